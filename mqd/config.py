@@ -1,0 +1,295 @@
+"""The configuration: TOML in, frozen dataclasses out; unknown keys are errors.
+
+Lookup order: ``--config``, then ``$MQD_CONFIG``, then the platform default
+(``/etc/mqd/mqd.toml`` for root on Linux, see ``mqd.paths``). With none of them present mqd runs
+on embedded defaults: one spool and the development ``outbox`` relay under the default dirs.
+
+Relay tables are kept as ``Options`` here; the relay's plugin reads its own keys from them
+when the relay is built (``mqd.runtime``), so a plugin's keys are checked just like the core's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .options import Options
+from .paths import DefaultPaths, default_paths
+
+__all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_RELAY",
+    "Config",
+    "QueueConfig",
+    "RelayConfig",
+    "RetryPolicy",
+    "SendmailConfig",
+    "SpoolConfig",
+    "load_config",
+    "locate_config",
+    "parse_config",
+    "validate_sender_pattern",
+]
+
+CONFIG_ENV = "MQD_CONFIG"
+#: Name of the relay used by the embedded defaults.
+DEFAULT_RELAY = "outbox"
+WATCH_MODES = ("auto", "inotify", "watchfiles", "poll")
+_PATTERN = re.compile(r"(\*|[^@\s*<>]+)@([^@\s*<>]+)")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff from ``initial`` up to ``max`` seconds; give up after ``lifetime``."""
+
+    initial: float = 300.0
+    max: float = 3600.0
+    lifetime: float = 5 * 86400.0
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    dir: Path
+    bounce_sender: str
+    concurrency: int = 20
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_message_size: int = 25 * 1024 * 1024
+    scan_interval: float = 5.0
+    watch: str = "auto"
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    path: Path
+    relay: str
+    #: Patterns ("user@example.com" or "*@example.com"); empty means "the relay's list decides".
+    allowed_senders: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """A short stable name for this spool, used for its directory inside the queue."""
+        resolved = os.path.abspath(self.path)
+        return hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    name: str
+    plugin: str
+    allowed_senders: tuple[str, ...]
+    #: The remaining keys, read by the plugin (which also rejects unknown ones).
+    options: Options = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class SendmailConfig:
+    """How ``mqd sendmail`` and ``mqd send`` inject: which spool, and how to qualify addresses."""
+
+    #: The spool to write into; None means the first ``[[spool]]``.
+    spool: Path | None = None
+    #: Appended to addresses without a domain ("root" -> "root@<domain>"), as cron sends them.
+    qualify_domain: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    #: The file this came from; None for the embedded defaults.
+    source: Path | None
+    queue: QueueConfig
+    spools: tuple[SpoolConfig, ...]
+    relays: Mapping[str, RelayConfig]
+    sendmail: SendmailConfig = field(default_factory=SendmailConfig)
+
+    @property
+    def inject_spool(self) -> Path:
+        """The spool that ``mqd send`` and ``mqd sendmail`` write into."""
+        return self.sendmail.spool or self.spools[0].path
+
+    @property
+    def is_embedded_default(self) -> bool:
+        return self.source is None
+
+
+def locate_config(explicit: Path | None = None) -> Path | None:
+    """The config file to use, or None for embedded defaults.
+
+    An explicit path (option or environment) must exist; the platform default is optional.
+    """
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(
+                "config file not found (given with --config); create it with 'mqd init'",
+                path=explicit,
+            )
+        return explicit
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        path = Path(from_env)
+        if not path.is_file():
+            raise ConfigError(
+                f"config file not found (named by ${CONFIG_ENV}); create it with 'mqd init'",
+                path=path,
+            )
+        return path
+    default = default_paths().config_file
+    return default if default.is_file() else None
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate ``path`` (None: embedded defaults)."""
+    if path is None:
+        return parse_config({}, None)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", path=path) from None
+    return parse_config(data, path)
+
+
+def parse_config(data: Mapping[str, Any], path: Path | None) -> Config:
+    """Validate the TOML document ``data`` that came from ``path``."""
+    defaults = default_paths()
+    root = Options(data, section="", path=path)
+    queue = _parse_queue(root.table("queue"), defaults)
+    relays = _parse_relays(root, path, defaults)
+    spools = _parse_spools(root, path, defaults, relays)
+    sendmail = _parse_sendmail(root.table("sendmail"))
+    root.finish()
+    return Config(source=path, queue=queue, spools=spools, relays=relays, sendmail=sendmail)
+
+
+def validate_sender_pattern(pattern: str) -> str:
+    """``pattern`` normalised, or ValueError: an address or ``*@domain``, nothing wider."""
+    match = _PATTERN.fullmatch(pattern.strip())
+    if not match:
+        raise ValueError(
+            f"{pattern!r} is not an address or a '*@domain' pattern "
+            "(mqd is never an open relay: list the senders your applications use)"
+        )
+    return f"{match.group(1)}@{match.group(2).rstrip('.').lower()}"
+
+
+def _parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
+    retry = opts.table("retry")
+    policy = RetryPolicy(
+        initial=retry.duration("initial", "5m"),
+        max=retry.duration("max", "1h"),
+        lifetime=retry.duration("lifetime", "5d"),
+    )
+    retry.finish()
+    if policy.initial <= 0:
+        raise retry.error("initial", "must be more than zero")
+    if policy.max < policy.initial:
+        raise retry.error("max", "must not be less than queue.retry.initial")
+    bounce_sender = opts.string("bounce_sender", f"mailer-daemon@{socket.gethostname()}")
+    if "@" not in bounce_sender:
+        raise opts.error("bounce_sender", f"expected an address, got {bounce_sender!r}")
+    config = QueueConfig(
+        dir=opts.filepath("dir", str(defaults.queue_dir)),
+        bounce_sender=bounce_sender,
+        concurrency=opts.integer("concurrency", 20, minimum=1),
+        retry=policy,
+        max_message_size=opts.size("max_message_size", "25MiB"),
+        scan_interval=opts.duration("scan_interval", "5s"),
+        watch=opts.choice("watch", WATCH_MODES, "auto"),
+    )
+    if config.scan_interval <= 0:
+        raise opts.error("scan_interval", "must be more than zero")
+    opts.finish()
+    return config
+
+
+def _parse_relays(
+    root: Options, path: Path | None, defaults: DefaultPaths
+) -> dict[str, RelayConfig]:
+    relays_table = root.table("relays")
+    names = relays_table.keys()
+    if not names:
+        if path is not None:
+            raise root.error("relays", "no relay is configured: add a [relays.<name>] table")
+        relays_table = Options(
+            {DEFAULT_RELAY: {"plugin": "outbox", "path": str(defaults.outbox_dir)}},
+            section="relays",
+            path=None,
+        )
+        names = [DEFAULT_RELAY]
+    relays: dict[str, RelayConfig] = {}
+    for name in names:
+        opts = relays_table.table(name)
+        relays[name] = RelayConfig(
+            name=name,
+            plugin=opts.string("plugin"),
+            allowed_senders=_patterns(opts, "allowed_senders"),
+            options=opts,
+        )
+    return relays
+
+
+def _parse_spools(
+    root: Options, path: Path | None, defaults: DefaultPaths, relays: Mapping[str, RelayConfig]
+) -> tuple[SpoolConfig, ...]:
+    raw = root.raw("spool")
+    if raw is None:
+        if path is not None:
+            raise root.error("spool", "no spool is configured: add a [[spool]] table")
+        raw = [{"path": str(defaults.spool_dir)}]
+    if isinstance(raw, Mapping):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise root.error("spool", "expected one or more [[spool]] tables")
+    spools = []
+    seen: dict[str, int] = {}
+    for index, table in enumerate(raw):
+        if not isinstance(table, Mapping):
+            raise root.error(f"spool[{index}]", f"expected a table, got {table!r}")
+        opts = Options(table, section=f"spool[{index}]", path=path)
+        relay = opts.string("relay", next(iter(relays)) if len(relays) == 1 else None)
+        if relay is None:
+            raise opts.error("relay", f"is required: one of {', '.join(sorted(relays))}")
+        if relay not in relays:
+            raise opts.error(
+                "relay", f"no relay named {relay!r} (configured: {', '.join(sorted(relays))})"
+            )
+        spool = SpoolConfig(
+            path=opts.filepath("path"),
+            relay=relay,
+            allowed_senders=_patterns(opts, "allowed_senders"),
+        )
+        opts.finish()
+        if spool.key in seen:
+            raise opts.error("path", f"the same directory as spool[{seen[spool.key]}]")
+        seen[spool.key] = index
+        spools.append(spool)
+    return tuple(spools)
+
+
+def _parse_sendmail(opts: Options) -> SendmailConfig:
+    config = SendmailConfig(
+        spool=opts.filepath("spool", None),
+        qualify_domain=opts.string("qualify_domain", None),
+    )
+    if config.qualify_domain is not None and (
+        not config.qualify_domain or "@" in config.qualify_domain
+    ):
+        raise opts.error("qualify_domain", "expected a domain such as 'example.com'")
+    opts.finish()
+    return config
+
+
+def _patterns(opts: Options, key: str) -> tuple[str, ...]:
+    patterns: tuple[str, ...] = opts.string_list(key, [])
+    try:
+        return tuple(validate_sender_pattern(p) for p in patterns)
+    except ValueError as exc:
+        raise opts.error(key, str(exc)) from None

@@ -1,0 +1,391 @@
+"""The daemon: recover the queue, watch the spools, deliver what is due with bounded concurrency.
+
+``run()`` is for the CLI, ``async_run()`` for tests and embedding. With ``once=True`` it takes
+what is in the spools, delivers everything due now (bounces included) and returns: cron-friendly,
+and what the tests use. Signal handlers only set flags; the loop then stops claiming, gives
+in-flight deliveries ``shutdown_timeout`` seconds, and cancels the rest (a cancelled attempt is
+not counted and its message is retried after the restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from . import systemd
+from .config import Config
+from .delivery import Deliverer
+from .events import Event
+from .intake import Intake
+from .plugins import PluginHost
+from .queue.entry import QueueEntry
+from .queue.filestore import FileStore
+from .relays.base import Relay
+from .runtime import build_relays
+from .spool import Spool, is_spool_name
+from .watch import Watcher, make_watcher
+
+__all__ = ["Daemon", "async_run", "run"]
+
+log = logging.getLogger("mqd.daemon")
+
+#: At most this many files are claimed in one intake batch (one fsync of the dirs per batch).
+INTAKE_BATCH = 256
+#: The scheduler re-reads the clock at least this often, so a clock jump is noticed.
+MAX_SLEEP = 30.0
+SHUTDOWN_TIMEOUT = 30.0
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        host: PluginHost | None = None,
+        once: bool = False,
+        shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+    ) -> None:
+        self.config = config
+        self.host = host or PluginHost()
+        self.once = once
+        self.shutdown_timeout = shutdown_timeout
+        self.relays: dict[str, Relay] = build_relays(config, self.host)
+        self.store = FileStore(config.queue.dir)
+        self.spools: list[Spool] = []
+        self.intake = Intake(config, self.store, self.host, self.emit)
+        self.deliverer = Deliverer(
+            config, self.store, self.relays, self.host, self.emit, self.schedule
+        )
+        self.entries: dict[str, QueueEntry] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._intake_wake = asyncio.Event()
+        self._pending_names: dict[int, set[str]] = {}
+        self._rescan: set[int] = set()
+        self._stopping = asyncio.Event()
+        self._intake_idle = asyncio.Event()
+        self._watcher: Watcher | None = None
+        self.ready = asyncio.Event()
+
+    # -- public control ---------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        self.host.track_event(event)
+
+    def request_stop(self) -> None:
+        """Stop taking work and shut down gracefully (what SIGTERM does)."""
+        if self._stopping.is_set():
+            log.warning("second stop request: cancelling in-flight deliveries now")
+            for task in self._in_flight.values():
+                task.cancel()
+        self._stopping.set()
+        self._wake.set()
+        self._intake_wake.set()
+
+    def schedule(self, entry: QueueEntry) -> None:
+        """Put ``entry`` on the schedule at its ``next_attempt_at``."""
+        self.entries[entry.id] = entry
+        heapq.heappush(self._heap, (entry.next_attempt_at, entry.id))
+        self._wake.set()
+
+    @property
+    def queue_size(self) -> int:
+        return len(self.entries)
+
+    # -- main -------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        recovery = await self.store.open()
+        try:
+            self.spools = [
+                Spool(spool, self.store.queue_key, self.store.staging_path)
+                for spool in self.config.spools
+            ]
+            for spool in self.spools:
+                spool.prepare()
+            for note in recovery.notes:
+                log.info("recovery: %s", note)
+            self._announce()
+            await self._recover(recovery.unaccepted, recovery.entries)
+            if not self.once:
+                self._start_watcher()
+            self._rescan.update(range(len(self.spools)))
+            systemd.notify("READY=1", f"STATUS=delivering; {len(self.entries)} queued")
+            self.ready.set()
+            await self._serve()
+        finally:
+            systemd.notify("STOPPING=1")
+            if self._watcher is not None:
+                await self._watcher.aclose()
+            for relay in self.relays.values():
+                try:
+                    await relay.aclose()
+                except Exception:
+                    log.exception("relay %s failed to close", relay.name)
+            await self.store.close()
+
+    async def _serve(self) -> None:
+        intake = asyncio.create_task(self._intake_loop(), name="mqd-intake")
+        scheduler = asyncio.create_task(self._scheduler_loop(), name="mqd-scheduler")
+        watchdog = asyncio.create_task(self._watchdog_loop(), name="mqd-watchdog")
+        try:
+            await scheduler
+        finally:
+            self._stopping.set()
+            self._intake_wake.set()
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await intake
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+            await self._drain_in_flight()
+
+    async def _recover(
+        self, unaccepted: dict[str, list[Path]], entries: Iterable[QueueEntry]
+    ) -> None:
+        by_key = {spool.config.key: spool for spool in self.spools}
+        count = 0
+        for entry in entries:
+            self.schedule(entry)
+            count += 1
+        if count:
+            log.info("recovered %d queued message(s) from %s", count, self.store.directory)
+        for key, paths in unaccepted.items():
+            spool = by_key.get(key)
+            if spool is None:
+                for path in paths:
+                    await self.store.reject(
+                        path.stem,
+                        path,
+                        {
+                            "stage": "recovery",
+                            "reason": "claimed from a spool that is no longer configured; "
+                            "re-inject it into a configured spool to send it",
+                        },
+                    )
+                    log.error("%s: its spool is no longer configured; moved to failed/", path.stem)
+                continue
+            claimed = [spool.claimed_file(path) for path in paths]
+            for entry in await self.intake.take_claimed(claimed):
+                self.schedule(entry)
+        for spool in self.spools:
+            recovered = await asyncio.to_thread(spool.recover_claims)
+            for entry in await self.intake.take_claimed(recovered):
+                self.schedule(entry)
+
+    def _announce(self) -> None:
+        log.info(
+            "mqd starting: queue %s, %d spool(s), concurrency %d%s",
+            self.config.queue.dir,
+            len(self.spools),
+            self.config.queue.concurrency,
+            " (--once: deliver what is due, then exit)" if self.once else "",
+        )
+        for spool in self.config.spools:
+            log.info("spool %s -> relay %s", spool.path, spool.relay)
+        for relay in self.relays.values():
+            log.info("relay %s: %s", relay.name, relay.describe())
+        if self.config.is_embedded_default:
+            log.warning(
+                "\n*** mqd is running on its EMBEDDED DEFAULTS (no config file found). ***\n"
+                "*** Nothing is sent: the 'outbox' relay writes each message to a folder. ***\n"
+                "*** Write a real config with 'mqd init', then 'mqd config check'.        ***"
+            )
+
+    def _start_watcher(self) -> None:
+        try:
+            watcher = make_watcher(self.config.queue.watch)
+            watcher.start([spool.path for spool in self.spools], self._on_spool_change)
+        except (OSError, ImportError) as exc:
+            log.warning(
+                "cannot watch the spools (%s); rescanning every %gs instead",
+                exc,
+                self.config.queue.scan_interval,
+            )
+            return
+        self._watcher = watcher
+        log.debug("watching spools with %s", watcher.name)
+
+    def _on_spool_change(self, index: int, name: str | None) -> None:
+        if name is None:
+            self._rescan.add(index)
+        elif is_spool_name(name):
+            self._pending_names.setdefault(index, set()).add(name)
+        else:
+            return
+        self._intake_wake.set()
+
+    # -- intake -----------------------------------------------------------------------------------
+
+    async def _intake_loop(self) -> None:
+        interval = self.config.queue.scan_interval
+        while not self._stopping.is_set():
+            work = await self._collect_intake_work()
+            for index, names in work:
+                for start in range(0, len(names), INTAKE_BATCH):
+                    if self._stopping.is_set():
+                        return
+                    batch = names[start : start + INTAKE_BATCH]
+                    try:
+                        entries = await self.intake.take_names(self.spools[index], batch)
+                    except Exception:
+                        log.exception(
+                            "intake from %s failed; retrying at the next scan",
+                            self.spools[index].path,
+                        )
+                        continue
+                    for entry in entries:
+                        self.schedule(entry)
+            if self._pending_names or self._rescan:
+                continue
+            self._intake_idle.set()
+            self._wake.set()
+            if self.once:
+                return
+            self._intake_wake.clear()
+            try:
+                await asyncio.wait_for(self._intake_wake.wait(), timeout=interval)
+            except TimeoutError:
+                self._rescan.update(range(len(self.spools)))
+
+    async def _collect_intake_work(self) -> list[tuple[int, list[str]]]:
+        rescan, self._rescan = self._rescan, set()
+        named, self._pending_names = self._pending_names, {}
+        work: list[tuple[int, list[str]]] = []
+        for index in sorted(rescan | set(named)):
+            if index in rescan:
+                names = await asyncio.to_thread(self.spools[index].scan)
+                names = sorted(set(names) | named.get(index, set()))
+            else:
+                names = sorted(named[index])
+            if names:
+                work.append((index, names))
+        return work
+
+    # -- scheduling -------------------------------------------------------------------------------
+
+    async def _scheduler_loop(self) -> None:
+        concurrency = self.config.queue.concurrency
+        while True:
+            self._wake.clear()
+            now = time.time()
+            stopping = self._stopping.is_set()
+            while self._heap and not stopping and len(self._in_flight) < concurrency:
+                due, entry_id = self._heap[0]
+                entry = self.entries.get(entry_id)
+                if entry is None or entry.next_attempt_at != due or entry_id in self._in_flight:
+                    heapq.heappop(self._heap)  # stale: rescheduled, finished or running
+                    continue
+                if due > now:
+                    break
+                heapq.heappop(self._heap)
+                self._start(entry)
+            if stopping:
+                return
+            idle = self._intake_idle.is_set() and not self._in_flight
+            if self.once and idle and not self._has_due(now):
+                return
+            timeout = MAX_SLEEP
+            if self._heap and len(self._in_flight) < concurrency:
+                timeout = min(MAX_SLEEP, max(0.0, self._heap[0][0] - now))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+
+    def _has_due(self, now: float) -> bool:
+        return any(
+            self.entries.get(entry_id) is not None
+            and self.entries[entry_id].next_attempt_at == due
+            and due <= now
+            for due, entry_id in self._heap
+        )
+
+    def _start(self, entry: QueueEntry) -> None:
+        task = asyncio.create_task(self._deliver(entry), name=f"mqd-deliver-{entry.id}")
+        self._in_flight[entry.id] = task
+
+    async def _deliver(self, entry: QueueEntry) -> None:
+        finished = False
+        try:
+            await self.deliverer.attempt(entry)
+            finished = entry.is_done
+        except asyncio.CancelledError:
+            log.info("%s delivery cancelled by shutdown; it is retried after the restart", entry.id)
+            raise
+        except Exception:
+            # The store failed (disk full, I/O error): the message stays where it was.
+            log.exception("%s could not be processed; keeping it and retrying later", entry.id)
+            entry.next_attempt_at = time.time() + self.deliverer.backoff.delay(
+                max(1, entry.attempts)
+            )
+        finally:
+            self._in_flight.pop(entry.id, None)
+            if finished:
+                self.entries.pop(entry.id, None)
+            elif not self._stopping.is_set():
+                heapq.heappush(self._heap, (entry.next_attempt_at, entry.id))
+            self._wake.set()
+
+    async def _drain_in_flight(self) -> None:
+        if not self._in_flight:
+            return
+        tasks = list(self._in_flight.values())
+        log.info(
+            "waiting up to %gs for %d delivery(ies) in flight", self.shutdown_timeout, len(tasks)
+        )
+        _, pending = await asyncio.wait(tasks, timeout=self.shutdown_timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _watchdog_loop(self) -> None:
+        interval = systemd.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            systemd.notify("WATCHDOG=1", f"STATUS=delivering; {len(self.entries)} queued")
+            await asyncio.sleep(interval)
+
+
+async def async_run(
+    config: Config,
+    *,
+    once: bool = False,
+    host: PluginHost | None = None,
+    install_signals: bool = False,
+) -> Daemon:
+    """Run a daemon until it is stopped (or, with ``once``, until nothing is due)."""
+    daemon = Daemon(config, host=host, once=once)
+    if install_signals:
+        _install_signal_handlers(daemon)
+    await daemon.run()
+    return daemon
+
+
+def run(config: Config, *, once: bool = False, host: PluginHost | None = None) -> None:
+    """Blocking entry point for the CLI: signals stop the daemon gracefully."""
+    asyncio.run(async_run(config, once=once, host=host, install_signals=True))
+
+
+def _install_signal_handlers(daemon: Daemon) -> None:
+    loop = asyncio.get_running_loop()
+    stop_signals = [signal.SIGTERM, signal.SIGINT]
+    if sys.platform == "win32":  # pragma: no cover - Windows
+        stop_signals.append(signal.SIGBREAK)
+        for sig in stop_signals:
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(daemon.request_stop))
+        return
+    for sig in stop_signals:
+        loop.add_signal_handler(sig, daemon.request_stop)
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        lambda: log.warning("SIGHUP: reloading the config is not supported yet; restart mqd"),
+    )

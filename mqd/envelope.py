@@ -1,0 +1,258 @@
+"""The envelope of a message, read from a spool file, and the header hygiene before relaying.
+
+A spool file is an RFC 5322 message. Its envelope comes from leading ``X-Sender:`` /
+``X-Receiver:`` lines when the file starts with them (the pickup format of .NET's SmtpClient
+and IIS), otherwise from the headers: the sender from ``Sender`` or ``From``, the recipients
+from ``To``, ``Cc`` and ``Bcc`` (``sendmail -t`` semantics). Only the header block is parsed;
+the body is passed through untouched.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import re
+from dataclasses import dataclass, field
+
+from .errors import MessageParseError
+
+__all__ = [
+    "Envelope",
+    "ParsedMessage",
+    "address_problem",
+    "is_delivery_report",
+    "parse_message",
+    "prepare_for_relay",
+]
+
+_FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
+_STRIPPED = frozenset({b"bcc", b"x-sender", b"x-receiver"})
+_ENVELOPE_FIELDS = frozenset({b"x-sender", b"x-receiver"})
+_HEADER_FACTORY = email.policy.default.header_factory
+_MAX_ADDRESS = 254
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What a relay delivers: envelope addresses and the message as it goes on the wire.
+
+    ``sender`` is "" for the null sender (bounces). ``message`` is already stripped of Bcc,
+    X-Sender and X-Receiver. ``id`` is mqd's queue id, for correlation in provider APIs.
+    """
+
+    sender: str
+    recipients: tuple[str, ...]
+    message: bytes
+    id: str = ""
+
+    @property
+    def needs_smtputf8(self) -> bool:
+        """True when an address is not ASCII (the relay must use SMTPUTF8)."""
+        return not all(a.isascii() for a in (self.sender, *self.recipients))
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    """The envelope found in a spool file, before any policy decision."""
+
+    sender: str
+    #: Well-formed recipients, in order, without duplicates.
+    recipients: tuple[str, ...]
+    #: Recipients that cannot be used, with the reason: they fail at once (and bounce).
+    invalid_recipients: tuple[tuple[str, str], ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def parse_message(
+    data: bytes, *, require_sender: bool = True, require_recipients: bool = True
+) -> ParsedMessage:
+    """The envelope of the message in ``data``.
+
+    Raises MessageParseError (with a reason fit for the failed/ folder) when the data is
+    empty, binary, has no valid header block, no sender, or no recipient at all (the last two
+    checks can be turned off; the sender is then "" when none is found).
+    """
+    if not data.strip():
+        raise MessageParseError("the file is empty")
+    if b"\x00" in data:
+        raise MessageParseError("the file contains NUL bytes: it is binary, not a message")
+    fields, _ = _split_header(data)
+    envelope_sender: str | None = None
+    envelope_rcpts: list[str] = []
+    for name, raw in fields:
+        if name.lower() not in _ENVELOPE_FIELDS:
+            break  # only leading X-Sender / X-Receiver lines are the envelope
+        value = _unfold(raw).strip()
+        if value.startswith("<") and value.endswith(">"):
+            value = value[1:-1].strip()
+        if name.lower() == b"x-sender":
+            if envelope_sender is not None:
+                raise MessageParseError("more than one leading X-Sender line")
+            envelope_sender = value
+        else:
+            envelope_rcpts.append(value)
+    headers = _selected_headers(
+        fields, ("from", "sender", "to", "cc", "bcc", "message-id", "content-type")
+    )
+
+    if envelope_sender is not None:
+        sender = envelope_sender
+    else:
+        try:
+            sender = _header_sender(headers)
+        except MessageParseError:
+            if require_sender:
+                raise
+            sender = ""
+    problem = address_problem(sender)
+    if problem and require_sender:
+        raise MessageParseError(f"the sender {sender!r} is not usable: {problem}")
+
+    if envelope_rcpts:
+        candidates = envelope_rcpts
+    else:
+        candidates = []
+        for header in ("to", "cc", "bcc"):
+            if header in headers:
+                candidates.extend(_addresses(headers[header], header))
+    recipients: list[str] = []
+    invalid: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for rcpt in candidates:
+        key = _address_key(rcpt)
+        if key in seen:
+            continue
+        seen.add(key)
+        problem = address_problem(rcpt)
+        if problem:
+            invalid.append((rcpt, problem))
+        else:
+            recipients.append(rcpt)
+    if not recipients and not invalid and require_recipients:
+        where = "X-Receiver lines" if envelope_sender is not None else "To, Cc or Bcc headers"
+        raise MessageParseError(f"no recipients: the message has no {where}")
+    return ParsedMessage(sender, tuple(recipients), tuple(invalid), headers)
+
+
+def address_problem(address: str) -> str | None:
+    """Why ``address`` cannot be used in an SMTP envelope, or None when it can."""
+    if not address:
+        return "it is empty"
+    if any(c in address for c in "\r\n\x00"):
+        return "it contains CR, LF or NUL"
+    if any(c.isspace() or ord(c) < 32 or c in "<>" for c in address):
+        return "it contains spaces, control characters or angle brackets"
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        return "it is not of the form local-part@domain"
+    if len(address) > _MAX_ADDRESS:
+        return f"it is longer than {_MAX_ADDRESS} characters"
+    if any("\udc80" <= c <= "\udcff" for c in address):
+        return "it is not valid UTF-8"
+    return None
+
+
+def prepare_for_relay(data: bytes, *, message_id: str | None = None) -> bytes:
+    """The message as it goes to a relay: Bcc, X-Sender and X-Receiver removed.
+
+    When the message has no Message-ID and ``message_id`` is given, that one is added (a stable
+    id, so a retried message keeps it); a missing Date is added too. The body is untouched.
+    """
+    fields, rest = _split_header(data)
+    newline = b"\r\n" if b"\r\n" in data[:4096] else b"\n"
+    kept = [raw for name, raw in fields if name.lower() not in _STRIPPED]
+    names = {name.lower() for name, _ in fields}
+    if b"message-id" not in names and message_id:
+        kept.append(b"Message-ID: " + message_id.encode("ascii") + newline)
+    if b"date" not in names:
+        kept.append(b"Date: " + email.utils.formatdate(localtime=True).encode("ascii") + newline)
+    return b"".join(kept) + rest
+
+
+def is_delivery_report(headers: dict[str, str]) -> bool:
+    """True when the message is itself a DSN (``multipart/report; report-type=delivery-status``)."""
+    content_type = headers.get("content-type", "").lower().replace(" ", "")
+    return content_type.startswith("multipart/report") and "delivery-status" in content_type
+
+
+# -- header block ---------------------------------------------------------------------------
+
+
+def _split_header(data: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The header fields as (name, raw lines incl. line endings) and the rest (blank line + body).
+
+    Raises MessageParseError when the first line is not a header field, or a line inside the
+    header block is neither a field nor a continuation line.
+    """
+    fields: list[tuple[bytes, bytes]] = []
+    pos = 0
+    size = len(data)
+    while pos < size:
+        end = data.find(b"\n", pos)
+        end = size if end < 0 else end + 1
+        line = data[pos:end]
+        if line in (b"\r\n", b"\n"):
+            return fields, data[pos:]
+        if line[:1] in (b" ", b"\t"):
+            if not fields:
+                raise MessageParseError("the message starts with a continuation line")
+            name, raw = fields[-1]
+            fields[-1] = (name, raw + line)
+        else:
+            match = _FIELD_NAME.match(line)
+            if not match:
+                if not fields:
+                    raise MessageParseError(
+                        "the first line is not a header field: this is not an RFC 5322 message"
+                    )
+                raise MessageParseError(
+                    f"header line {len(fields) + 1} is not a header field: "
+                    f"{line[:60].decode('utf-8', 'replace').rstrip()!r}"
+                )
+            fields.append((match.group(1), line))
+        pos = end
+    return fields, b""
+
+
+def _unfold(raw: bytes) -> str:
+    value = raw.split(b":", 1)[1]
+    text = value.decode("utf-8", "surrogateescape")
+    return text.replace("\r\n", "").replace("\n", "").replace("\r", "")
+
+
+def _selected_headers(fields: list[tuple[bytes, bytes]], wanted: tuple[str, ...]) -> dict[str, str]:
+    """The first occurrence of each wanted header (lower-case name -> unfolded value)."""
+    found: dict[str, str] = {}
+    for name, raw in fields:
+        key = name.decode("ascii").lower()
+        if key in wanted and key not in found:
+            found[key] = _unfold(raw).strip()
+    return found
+
+
+def _addresses(value: str, name: str) -> list[str]:
+    try:
+        header = _HEADER_FACTORY(name, value)
+    except Exception as exc:  # the parser raises assorted errors on hostile input
+        raise MessageParseError(f"the {name.title()} header cannot be parsed: {exc}") from None
+    return [addr.addr_spec for addr in getattr(header, "addresses", ()) if addr.addr_spec]
+
+
+def _header_sender(headers: dict[str, str]) -> str:
+    if "sender" in headers:
+        senders = _addresses(headers["sender"], "sender")
+        if senders:
+            return senders[0]
+    if "from" not in headers:
+        raise MessageParseError("no sender: the message has no From header and no X-Sender line")
+    senders = _addresses(headers["from"], "from")
+    if not senders:
+        raise MessageParseError("no sender: the From header holds no address")
+    if len(senders) > 1:
+        raise MessageParseError("From holds several addresses and there is no Sender header")
+    return senders[0]
+
+
+def _address_key(address: str) -> str:
+    local, _, domain = address.rpartition("@")
+    return f"{local}@{domain.lower()}" if local else address

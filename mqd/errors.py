@@ -1,0 +1,113 @@
+"""The exceptions mqd raises, as one tree.
+
+::
+
+    MQDError
+    ├── ConfigError            a config file or option is wrong (names the file and key)
+    ├── SpoolError             a spool file cannot be taken in
+    │   └── MessageParseError  its content is not a message mqd can relay
+    ├── PolicyError            the message is not allowed (sender not on the allow-list)
+    ├── QueueError             the queue directory is unusable
+    │   └── QueueLockedError   another mqd process holds the queue directory
+    ├── RelayError             a relay could not deliver; carries ``.reply``
+    │   ├── TransientRelayError   try again later (4xx, timeout, dropped connection)
+    │   └── PermanentRelayError   will never work (5xx, bad address)
+    └── PluginError            a plugin failed to load or misbehaved
+
+Relays translate their library's exceptions (aiosmtplib, httpx, ...) into
+``TransientRelayError`` / ``PermanentRelayError`` at one place, chaining ``from exc``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .relays.base import Reply
+
+__all__ = [
+    "ConfigError",
+    "MQDError",
+    "MessageParseError",
+    "PermanentRelayError",
+    "PluginError",
+    "PolicyError",
+    "QueueError",
+    "QueueLockedError",
+    "RelayError",
+    "SpoolError",
+    "TransientRelayError",
+]
+
+
+class MQDError(Exception):
+    """Root of every exception mqd raises on purpose."""
+
+
+class ConfigError(MQDError):
+    """The configuration is invalid.
+
+    ``path`` is the file (None for embedded defaults), ``key`` the dotted key at fault.
+    ``str()`` names both, so the message alone tells the user what to fix.
+    """
+
+    def __init__(self, message: str, *, path: Path | None = None, key: str | None = None) -> None:
+        self.message = message
+        self.path = path
+        self.key = key
+        super().__init__(message)
+
+    def with_location(self, *, path: Path | None = None, key: str | None = None) -> ConfigError:
+        """A copy of this error that also names ``path`` / ``key`` when it did not already."""
+        return ConfigError(self.message, path=self.path or path, key=self.key or key)
+
+    def __str__(self) -> str:
+        where = []
+        if self.path is not None:
+            where.append(str(self.path))
+        if self.key:
+            where.append(f"key '{self.key}'")
+        prefix = ": ".join(where)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class SpoolError(MQDError):
+    """A spool file cannot be taken in (not a regular file, too big, unreadable)."""
+
+
+class MessageParseError(SpoolError):
+    """The file is not a message mqd can relay (empty, binary, no recipients, ...)."""
+
+
+class PolicyError(MQDError):
+    """The message is refused by policy (its sender is not allowed)."""
+
+
+class QueueError(MQDError):
+    """The queue directory cannot be used."""
+
+
+class QueueLockedError(QueueError):
+    """Another mqd process holds the lock on this queue directory."""
+
+
+class RelayError(MQDError):
+    """A relay could not deliver a message. ``reply`` is what the far end said, if anything."""
+
+    def __init__(self, message: str, *, reply: Reply | None = None) -> None:
+        self.reply = reply
+        super().__init__(message)
+
+
+class TransientRelayError(RelayError):
+    """Delivery failed for now; the queue retries later."""
+
+
+class PermanentRelayError(RelayError):
+    """Delivery can never succeed; the queue bounces the message."""
+
+
+class PluginError(MQDError):
+    """A plugin failed to load, registered something invalid, or raised."""

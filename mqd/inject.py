@@ -1,0 +1,53 @@
+"""The producer side of the spool contract, used by ``mqd send`` and ``mqd sendmail``.
+
+A message is written to a dotfile temp name in the spool, fsynced, renamed to ``<name>.eml``
+(the daemon ignores dotfiles and takes only ``.eml``), and the directory is fsynced: when
+``inject`` returns, the message survives a crash. Applications in other languages follow the
+same three steps (see docs/producers.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from .fsutil import fsync_dirs, make_dirs, write_durably
+
+__all__ = ["envelope_lines", "inject", "inject_many"]
+
+
+def envelope_lines(sender: str, recipients: Sequence[str]) -> bytes:
+    """Leading ``X-Sender`` / ``X-Receiver`` lines that state the envelope explicitly."""
+    lines = [f"X-Sender: <{sender}>"] + [f"X-Receiver: <{rcpt}>" for rcpt in recipients]
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def inject(spool: Path, message: bytes) -> Path:
+    """Write one message into ``spool`` durably; returns the ``.eml`` path."""
+    return inject_many(spool, [message])[0]
+
+
+def inject_many(spool: Path, messages: Iterable[bytes]) -> list[Path]:
+    """Write messages into ``spool``; the directory is fsynced once for all of them."""
+    written: list[Path] = []
+    make_dirs(spool, mode=0o770)  # the daemon creates it too; the first producer may come first
+    try:
+        for message in messages:
+            name = f"{time.time_ns()}.{os.getpid()}.{secrets.token_hex(4)}.eml"
+            tmp = spool / f".{name}.tmp"
+            try:
+                write_durably(tmp, message, mode=0o640)
+                os.rename(tmp, spool / name)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
+            written.append(spool / name)
+    finally:
+        if written:
+            fsync_dirs([spool])
+    return written

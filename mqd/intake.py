@@ -1,0 +1,174 @@
+"""From spool file to queue entry: claim, open safely, parse, check policy, persist.
+
+A batch is claimed, read and parsed in a worker thread, checked against policy on the event
+loop (plugins run there), then persisted in one more worker-thread step: accepted entries in
+one ``add_many`` (one directory fsync per batch), refused files to failed/ with the reason.
+Refused mail never gets a bounce: it was never accepted, and a bounce would be backscatter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Config
+from .envelope import ParsedMessage, is_delivery_report, parse_message
+from .errors import SpoolError
+from .events import Event, EventKind, EventSink
+from .plugins import PluginHost
+from .queue.entry import QueueEntry, RcptStatus, RecipientState, new_message_id
+from .queue.filestore import FileStore
+from .spool import Claimed, Spool, read_claimed
+
+__all__ = ["Intake"]
+
+log = logging.getLogger("mqd.intake")
+
+
+@dataclass
+class _Read:
+    claimed: Claimed
+    size: int = 0
+    parsed: ParsedMessage | None = None
+    error: str | None = None
+    stage: str = "intake"
+
+
+class Intake:
+    def __init__(self, config: Config, store: FileStore, host: PluginHost, emit: EventSink) -> None:
+        self.config = config
+        self.store = store
+        self.host = host
+        self.emit = emit
+
+    async def take_names(self, spool: Spool, names: list[str]) -> list[QueueEntry]:
+        """Claim ``names`` from ``spool`` and queue what is acceptable. Files another process
+        claimed first are skipped silently."""
+        reads = await asyncio.to_thread(self._claim_and_read, spool, names)
+        return await self._finish(reads)
+
+    async def take_claimed(self, claimed: list[Claimed]) -> list[QueueEntry]:
+        """Queue files already claimed (recovered after a crash)."""
+        reads = await asyncio.to_thread(lambda: [self._read(c) for c in claimed])
+        return await self._finish(reads)
+
+    def _claim_and_read(self, spool: Spool, names: list[str]) -> list[_Read]:
+        reads = []
+        for name in names:
+            try:
+                claimed = spool.claim(name, new_message_id())
+            except SpoolError as exc:
+                log.error("%s", exc)
+                continue
+            if claimed is not None:
+                reads.append(self._read(claimed))
+        return reads
+
+    def _read(self, claimed: Claimed) -> _Read:
+        read = _Read(claimed)
+        try:
+            data = read_claimed(claimed.path, self.config.queue.max_message_size)
+            read.size = len(data)
+            read.parsed = parse_message(data)
+        except SpoolError as exc:  # MessageParseError included
+            read.error = str(exc)
+        except Exception as exc:  # a bug must not lose the file: it goes to failed/ too
+            log.exception("unexpected error reading %s", claimed.path)
+            read.error = f"mqd could not read it: {exc!r}"
+        return read
+
+    async def _finish(self, reads: list[_Read]) -> list[QueueEntry]:
+        now = time.time()
+        accepted: list[QueueEntry] = []
+        rejected: list[_Read] = []
+        for read in reads:
+            spool = read.claimed.spool
+            self.emit(
+                Event(
+                    EventKind.CLAIMED,
+                    read.claimed.entry_id,
+                    {"file": read.claimed.original_name, "spool": str(spool.path)},
+                )
+            )
+            if read.parsed is not None:
+                refusal = self.host.check_policy(read.parsed, spool, spool.relay, self.config)
+                if refusal:
+                    read.error, read.stage = refusal, "policy"
+            if read.error is not None or read.parsed is None:
+                rejected.append(read)
+            else:
+                accepted.append(self._entry(read, read.parsed, now))
+        await asyncio.to_thread(self._persist, accepted, rejected)
+        for read in rejected:
+            self._log_rejection(read)
+        for entry in accepted:
+            log.info(
+                "%s queued from=<%s> to=%s size=%d relay=%s file=%s",
+                entry.id,
+                entry.sender,
+                ",".join(f"<{r.address}>" for r in entry.recipients),
+                entry.size,
+                entry.relay,
+                entry.spool_name,
+            )
+            self.emit(Event(EventKind.QUEUED, entry.id, entry.summary()))
+        return accepted
+
+    def _entry(self, read: _Read, parsed: ParsedMessage, now: float) -> QueueEntry:
+        spool = read.claimed.spool
+        recipients = [RecipientState(address) for address in parsed.recipients]
+        recipients += [
+            RecipientState(
+                address,
+                RcptStatus.FAILED,
+                reply=f"553 5.1.3 invalid recipient address: {problem}",
+                status_code="5.1.3",
+            )
+            for address, problem in parsed.invalid_recipients
+        ]
+        return QueueEntry(
+            id=read.claimed.entry_id,
+            sender=parsed.sender,
+            recipients=recipients,
+            relay=spool.relay,
+            source=spool.key,
+            created_at=now,
+            next_attempt_at=now,
+            size=read.size,
+            is_report=is_delivery_report(parsed.headers),
+            spool_name=read.claimed.original_name,
+            message_id=parsed.headers.get("message-id", ""),
+        )
+
+    def _persist(self, accepted: list[QueueEntry], rejected: list[_Read]) -> None:
+        for read in rejected:
+            self.store.reject_sync(read.claimed.entry_id, read.claimed.path, self._reason(read))
+        self.store.add_many_sync([(entry, None) for entry in accepted])
+
+    @staticmethod
+    def _reason(read: _Read) -> dict[str, Any]:
+        reason: dict[str, Any] = {
+            "stage": read.stage,
+            "reason": read.error,
+            "spool": str(read.claimed.spool.path),
+            "file": read.claimed.original_name,
+        }
+        if read.parsed is not None:
+            reason["sender"] = read.parsed.sender
+            reason["recipients"] = list(read.parsed.recipients)
+        return reason
+
+    def _log_rejection(self, read: _Read) -> None:
+        claimed = read.claimed
+        log.warning(
+            "%s rejected file=%s spool=%s: %s (moved to %s, no bounce sent)",
+            claimed.entry_id,
+            claimed.original_name,
+            claimed.spool.path,
+            read.error,
+            self.store.failed_dir / f"{claimed.entry_id}.eml",
+        )
+        self.emit(Event(EventKind.REJECTED, claimed.entry_id, self._reason(read)))

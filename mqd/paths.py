@@ -1,0 +1,54 @@
+"""Where mqd looks for its config and keeps its state when the config does not say.
+
+Root on Linux and the BSDs uses the filesystem hierarchy a system service expects
+(``/etc/mqd``, ``/var/lib/mqd``, ``/var/spool/mqd``); everyone else gets platformdirs' per-user
+directories (``~/.config/mqd`` and ``~/.local/state/mqd`` on Linux, ``~/Library/...`` on macOS,
+``%LOCALAPPDATA%\\mqd`` on Windows). A Windows service running as LocalSystem gets the per-user
+dirs of that account; its install docs pass ``--config`` explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+__all__ = ["APP_NAME", "DefaultPaths", "default_paths", "is_system_service"]
+
+APP_NAME = "mqd"
+CONFIG_FILE_NAME = "mqd.toml"
+
+
+@dataclass(frozen=True)
+class DefaultPaths:
+    config_file: Path
+    queue_dir: Path
+    spool_dir: Path
+    outbox_dir: Path
+
+
+def is_system_service() -> bool:
+    """True when running as root on a Unix other than macOS: use the system-wide layout."""
+    return sys.platform != "darwin" and hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def default_paths() -> DefaultPaths:
+    """The platform's default locations (nothing is created here)."""
+    if is_system_service():
+        return DefaultPaths(
+            config_file=Path("/etc/mqd") / CONFIG_FILE_NAME,
+            queue_dir=Path("/var/lib/mqd/queue"),
+            spool_dir=Path("/var/spool/mqd"),
+            outbox_dir=Path("/var/lib/mqd/outbox"),
+        )
+    state = Path(platformdirs.user_state_dir(APP_NAME, appauthor=False))
+    return DefaultPaths(
+        config_file=Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
+        / CONFIG_FILE_NAME,
+        queue_dir=state / "queue",
+        spool_dir=state / "spool",
+        outbox_dir=state / "outbox",
+    )

@@ -1,0 +1,126 @@
+"""The state of one queued message: envelope, per-recipient status, attempts, schedule."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["STATE_VERSION", "QueueEntry", "RcptStatus", "RecipientState", "new_message_id"]
+
+#: Bumped when the on-disk state format changes incompatibly.
+STATE_VERSION = 1
+
+
+def new_message_id() -> str:
+    """A new queue id: sortable by creation time (ms, hex), then random."""
+    return f"{int(time.time() * 1000):011x}{secrets.token_hex(5)}"
+
+
+class RcptStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass
+class RecipientState:
+    address: str
+    status: RcptStatus = RcptStatus.PENDING
+    #: The last reply for this recipient ("250 2.0.0 OK", "550 5.1.1 no such user").
+    reply: str | None = None
+    #: Enhanced status code of that reply (or derived from it), for DSNs.
+    status_code: str | None = None
+    #: The host that gave that reply.
+    remote: str | None = None
+    #: True once a DSN has been queued for this failed recipient.
+    notified: bool = False
+
+
+@dataclass
+class QueueEntry:
+    """One message in the queue. Times are Unix timestamps (wall clock, persisted)."""
+
+    id: str
+    sender: str
+    recipients: list[RecipientState]
+    relay: str
+    #: Where the body lives: a spool's key, or "dsn" for bounces mqd generated.
+    source: str
+    created_at: float
+    next_attempt_at: float
+    size: int = 0
+    attempts: int = 0
+    last_attempt_at: float | None = None
+    last_reply: str | None = None
+    #: The message is itself a delivery report: it never bounces.
+    is_report: bool = False
+    #: How many DSNs were queued for this message (their ids derive from it, so a retry after a
+    #: crash regenerates the same DSN id instead of a second bounce).
+    bounces: int = 0
+    #: The file name it had in the spool, and its Message-ID header, for logs.
+    spool_name: str = ""
+    message_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> list[RecipientState]:
+        return [r for r in self.recipients if r.status is RcptStatus.PENDING]
+
+    @property
+    def unnotified_failures(self) -> list[RecipientState]:
+        return [r for r in self.recipients if r.status is RcptStatus.FAILED and not r.notified]
+
+    @property
+    def is_done(self) -> bool:
+        return not self.pending
+
+    @property
+    def has_failures(self) -> bool:
+        return any(r.status is RcptStatus.FAILED for r in self.recipients)
+
+    @property
+    def may_bounce(self) -> bool:
+        """False for the null sender and for delivery reports: no bounce loops (RFC 3464)."""
+        return bool(self.sender) and not self.is_report
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["version"] = STATE_VERSION
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> QueueEntry:
+        """Parse a state file; ValueError (with the reason) when it is not a valid one."""
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        version = data.pop("version", None)
+        if version != STATE_VERSION:
+            raise ValueError(f"state version {version!r}, this mqd reads {STATE_VERSION}")
+        try:
+            rcpts = [
+                RecipientState(**{**r, "status": RcptStatus(r["status"])})
+                for r in data.pop("recipients")
+            ]
+            entry = cls(recipients=rcpts, **data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"missing or unexpected fields ({exc})") from None
+        if not entry.id or not entry.recipients:
+            raise ValueError("no id or no recipients")
+        return entry
+
+    def summary(self) -> dict[str, Any]:
+        """Log fields describing this entry."""
+        return {
+            "id": self.id,
+            "sender": self.sender or "<>",
+            "recipients": [r.address for r in self.recipients],
+            "relay": self.relay,
+        }

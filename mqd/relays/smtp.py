@@ -1,0 +1,384 @@
+"""Default plugin: relay through an SMTP submission account with aiosmtplib.
+
+Implicit TLS (``security = "tls"``, port 465) or required STARTTLS (``"starttls"``, port 587),
+certificates verified against the system store (or ``tls_ca_file``); ``"none"`` is plain SMTP
+and must be chosen explicitly, and then refuses credentials so that no password ever crosses a
+plaintext connection. Connections are pooled: up to ``max_connections`` at once, each reused for
+up to ``messages_per_connection`` messages and closed after ``idle_timeout`` unused.
+
+aiosmtplib's exceptions are translated to ``TransientRelayError`` / ``PermanentRelayError`` in
+``_translate`` only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Self
+
+import aiosmtplib
+import tenacity
+
+from ..envelope import Envelope
+from ..errors import PermanentRelayError, RelayError, TransientRelayError
+from ..hookspecs import RegisterRelay, hookimpl
+from ..options import Options, Secret
+from .base import DeliveryResult, Relay, Reply
+
+__all__ = ["SMTPRelay", "SMTPSettings"]
+
+log = logging.getLogger("mqd.relay.smtp")
+
+SECURITY_MODES = ("tls", "starttls", "none")
+DEFAULT_PORTS = {"tls": 465, "starttls": 587, "none": 25}
+
+
+@dataclass(frozen=True)
+class SMTPSettings:
+    host: str
+    port: int
+    security: str = "starttls"
+    username: str | None = None
+    password: Secret | None = field(default=None, repr=False)
+    tls_verify: bool = True
+    tls_ca_file: str | None = None
+    helo_name: str | None = None
+    max_connections: int = 10
+    messages_per_connection: int = 100
+    connect_timeout: float = 30.0
+    command_timeout: float = 60.0
+    data_timeout: float = 600.0
+    idle_timeout: float = 30.0
+
+
+class _StaleConnection(Exception):
+    """A reused connection turned out dead before anything was sent: retry on a fresh one."""
+
+
+@dataclass
+class _Connection:
+    client: aiosmtplib.SMTP
+    messages: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class SMTPRelay(Relay):
+    network = True
+
+    def __init__(self, name: str, settings: SMTPSettings) -> None:
+        super().__init__(name)
+        self.settings = settings
+        self._slots = asyncio.Semaphore(settings.max_connections)
+        self._idle: list[_Connection] = []
+        self._closing: set[asyncio.Task[None]] = set()
+        self._reaper: asyncio.TimerHandle | None = None
+        self._tls_context = self._make_tls_context() if settings.security != "none" else None
+
+    @classmethod
+    def from_options(cls, name: str, options: Options) -> Self:
+        security = options.choice("security", SECURITY_MODES, "starttls")
+        settings = SMTPSettings(
+            host=options.string("host"),
+            port=options.integer("port", DEFAULT_PORTS[security], minimum=1),
+            security=security,
+            username=options.string("username", None),
+            password=options.secret("password"),
+            tls_verify=options.boolean("tls_verify", True),
+            tls_ca_file=_optional_path(options, "tls_ca_file"),
+            helo_name=options.string("helo_name", None),
+            max_connections=options.integer("max_connections", 10, minimum=1),
+            messages_per_connection=options.integer("messages_per_connection", 100, minimum=1),
+            connect_timeout=options.duration("connect_timeout", "30s"),
+            command_timeout=options.duration("command_timeout", "1m"),
+            data_timeout=options.duration("data_timeout", "10m"),
+            idle_timeout=options.duration("idle_timeout", "30s"),
+        )
+        if settings.username and settings.password is None:
+            raise options.error(
+                "password_file",
+                f"username {settings.username!r} needs a password: set "
+                "password_file (or password_env)",
+            )
+        if settings.password is not None and not settings.username:
+            raise options.error("username", "a password is set but no username")
+        if settings.security == "none" and settings.username:
+            raise options.error(
+                "security",
+                '"none" sends in clear text, so mqd will not send credentials over it: use '
+                '"starttls" or "tls", or remove username/password for an open local relay',
+            )
+        if settings.port > 65535:
+            raise options.error("port", f"{settings.port} is not a TCP port")
+        if settings.tls_ca_file:
+            try:
+                ssl.create_default_context(cafile=settings.tls_ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise options.error("tls_ca_file", f"cannot load CA certificates: {exc}") from None
+        if not settings.tls_verify:
+            log.warning(
+                "relay %s: tls_verify = false: the server's certificate is not checked", name
+            )
+        return cls(name, settings)
+
+    def describe(self) -> str:
+        s = self.settings
+        auth = f" as {s.username}" if s.username else ""
+        return f"smtp {s.host}:{s.port} {s.security}{auth}"
+
+    # -- delivery ---------------------------------------------------------------------------------
+
+    async def deliver(self, envelope: Envelope) -> DeliveryResult:
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(2),
+            retry=tenacity.retry_if_exception_type(_StaleConnection),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._deliver_once(envelope)
+        except _StaleConnection as exc:  # twice in a row: report the underlying failure
+            raise _translate(exc.__cause__ or exc, self.settings) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _deliver_once(self, envelope: Envelope) -> DeliveryResult:
+        async with self._slots:
+            conn, reused = await self._acquire()
+            reusable = False
+            try:
+                result = await self._transaction(conn, envelope, reused)
+                reusable = True
+                return result
+            finally:
+                self._release(conn, reusable)
+
+    async def _transaction(
+        self, conn: _Connection, envelope: Envelope, reused: bool
+    ) -> DeliveryResult:
+        client, s = conn.client, self.settings
+        conn.messages += 1
+        mail_options, encoding = self._mail_options(client, envelope)
+        replies: dict[str, Reply] = {}
+        try:
+            try:
+                await client.mail(
+                    envelope.sender,
+                    options=mail_options,
+                    encoding=encoding,
+                    timeout=s.command_timeout,
+                )
+            except aiosmtplib.SMTPServerDisconnected as exc:
+                if reused:
+                    raise _StaleConnection() from exc
+                raise
+            except aiosmtplib.SMTPSenderRefused as exc:
+                await self._reset(client)
+                return DeliveryResult.all(
+                    envelope.recipients, Reply.parse(exc.code, exc.message), remote=s.host
+                )
+            accepted = []
+            for rcpt in envelope.recipients:
+                try:
+                    await client.rcpt(rcpt, encoding=encoding, timeout=s.command_timeout)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    replies[rcpt] = Reply.parse(exc.code, exc.message)
+                else:
+                    accepted.append(rcpt)
+            if not accepted:
+                await self._reset(client)
+                return DeliveryResult(replies, remote=s.host)
+            try:
+                response = await client.data(envelope.message, timeout=s.data_timeout)
+                reply = Reply.parse(response.code, response.message)
+            except aiosmtplib.SMTPDataError as exc:
+                reply = Reply.parse(exc.code, exc.message)
+                await self._reset(client)
+            for rcpt in accepted:
+                replies[rcpt] = reply
+            return DeliveryResult(replies, remote=s.host)
+        except (_StaleConnection, RelayError):
+            raise
+        except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
+            raise _translate(exc, s) from exc
+
+    def _mail_options(self, client: aiosmtplib.SMTP, envelope: Envelope) -> tuple[list[str], str]:
+        options: list[str] = []
+        encoding = "ascii"
+        if envelope.needs_smtputf8:
+            if not client.supports_extension("smtputf8"):
+                raise PermanentRelayError(
+                    "the server does not support SMTPUTF8, needed for a non-ASCII address",
+                    reply=Reply(553, "the server does not support SMTPUTF8", "5.6.7"),
+                )
+            options.append("SMTPUTF8")
+            encoding = "utf-8"
+        if client.supports_extension("size"):
+            size = len(envelope.message) + envelope.message.count(b"\n")
+            limit = client.esmtp_extensions.get("size", "").strip()
+            if limit.isdigit() and 0 < int(limit) < size:
+                raise PermanentRelayError(
+                    f"the message ({size} bytes) is larger than the server accepts ({limit})",
+                    reply=Reply(552, f"message size {size} exceeds the limit of {limit}", "5.3.4"),
+                )
+            options.append(f"SIZE={size}")
+        if client.supports_extension("8bitmime") and not envelope.message.isascii():
+            options.append("BODY=8BITMIME")
+        return options, encoding
+
+    async def _reset(self, client: aiosmtplib.SMTP) -> None:
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+            await client.rset(timeout=self.settings.command_timeout)
+
+    # -- the pool ---------------------------------------------------------------------------------
+
+    async def _acquire(self) -> tuple[_Connection, bool]:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.client.is_connected and now - conn.last_used < self.settings.idle_timeout:
+                return conn, True
+            self._close(conn)
+        return await self._connect(), False
+
+    async def _connect(self) -> _Connection:
+        s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            use_tls=s.security == "tls",
+            start_tls=s.security == "starttls",
+            tls_context=self._tls_context,
+            username=s.username,
+            password=s.password.reveal() if s.password else None,
+            local_hostname=s.helo_name,
+            timeout=s.connect_timeout,
+        )
+        try:
+            await client.connect()
+        except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
+            raise _translate(exc, s) from exc
+        client.timeout = s.command_timeout
+        return _Connection(client)
+
+    def _release(self, conn: _Connection, reusable: bool) -> None:
+        limit_reached = conn.messages >= self.settings.messages_per_connection
+        if reusable and conn.client.is_connected and not limit_reached:
+            conn.last_used = time.monotonic()
+            self._idle.append(conn)
+            self._schedule_reaper()
+        else:
+            self._close(conn)
+
+    def _schedule_reaper(self) -> None:
+        if self._reaper is None:
+            loop = asyncio.get_running_loop()
+            self._reaper = loop.call_later(self.settings.idle_timeout, self._reap)
+
+    def _reap(self) -> None:
+        self._reaper = None
+        now = time.monotonic()
+        keep = []
+        for conn in self._idle:
+            if now - conn.last_used >= self.settings.idle_timeout:
+                self._close(conn)
+            else:
+                keep.append(conn)
+        self._idle = keep
+        if keep:
+            self._schedule_reaper()
+
+    def _close(self, conn: _Connection) -> None:
+        """QUIT politely in the background; a connection already gone is just dropped."""
+        if not conn.client.is_connected:
+            return
+        task = asyncio.get_running_loop().create_task(self._quit(conn.client))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _quit(self, client: aiosmtplib.SMTP) -> None:
+        try:
+            await client.quit(timeout=min(5.0, self.settings.command_timeout))
+        except (aiosmtplib.SMTPException, OSError):
+            client.close()
+
+    async def aclose(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._close(conn)
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=5.0)
+
+    def _make_tls_context(self) -> ssl.SSLContext:
+        s = self.settings
+        context = ssl.create_default_context(cafile=s.tls_ca_file)
+        if not s.tls_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+def _translate(exc: BaseException, s: SMTPSettings) -> RelayError:
+    """aiosmtplib / socket / TLS errors -> a relay error saying what went wrong and what to fix."""
+    where = f"{s.host}:{s.port}"
+    if isinstance(exc, RelayError):
+        return exc
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return TransientRelayError(
+            f"{where} refused the login for {s.username!r} ({exc.code} {exc.message}): check "
+            "username and the password file; mail is kept and retried",
+            reply=Reply.parse(exc.code, exc.message),
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError) or isinstance(
+        exc.__cause__, ssl.SSLCertVerificationError
+    ):
+        return TransientRelayError(
+            f"{where}: TLS certificate verification failed ({exc}); fix the server's "
+            "certificate or name its CA in tls_ca_file",
+            reply=Reply(451, "TLS certificate verification failed", "4.7.5"),
+        )
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return TransientRelayError(
+            f"{where} did not answer in time ({exc})", reply=Reply(451, "timed out", "4.4.2")
+        )
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        return TransientRelayError(
+            f"{where} closed the connection ({exc})", reply=Reply(451, "connection lost", "4.4.2")
+        )
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        # A refused greeting, EHLO or STARTTLS: the relay as a whole is unusable right now.
+        reply = Reply.parse(exc.code, exc.message)
+        return TransientRelayError(f"{where} answered {reply}", reply=reply)
+    if isinstance(exc, aiosmtplib.SMTPConnectError | ConnectionError | OSError):
+        return TransientRelayError(
+            f"cannot connect to {where}: {exc}", reply=Reply(451, "cannot connect", "4.4.1")
+        )
+    if isinstance(exc, aiosmtplib.SMTPNotSupported) or (
+        isinstance(exc, aiosmtplib.SMTPException) and "STARTTLS" in str(exc)
+    ):
+        return TransientRelayError(
+            f'{where}: {exc}; mqd will not fall back to clear text (security = "{s.security}")',
+            reply=Reply(451, "the server does not offer STARTTLS", "4.7.0"),
+        )
+    if isinstance(exc, ValueError):
+        return PermanentRelayError(
+            f"an address cannot be sent safely: {exc}",
+            reply=Reply(553, "invalid address", "5.1.3"),
+        )
+    return TransientRelayError(f"{where}: {exc}", reply=Reply(451, str(exc), "4.3.0"))
+
+
+def _optional_path(options: Options, key: str) -> str | None:
+    path = options.filepath(key, None)
+    return str(path) if path is not None else None
+
+
+@hookimpl
+def mqd_register_relays(register: RegisterRelay) -> None:
+    register("smtp", SMTPRelay)

@@ -1,0 +1,95 @@
+"""Turn a Config into live relays, checking what only the plugins know (their keys, and
+whether a relay sends over the network and therefore needs allowed senders)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import Config
+from .errors import ConfigError
+from .plugins import PluginHost
+from .relays.base import Relay
+from .units import format_duration
+
+__all__ = ["build_relays", "effective_config"]
+
+
+def build_relays(config: Config, host: PluginHost) -> dict[str, Relay]:
+    """One relay per ``[relays.<name>]`` table. Raises ConfigError naming the file and key."""
+    classes = host.relay_classes()
+    relays: dict[str, Relay] = {}
+    for name, relay_config in config.relays.items():
+        relay_class = classes.get(relay_config.plugin)
+        if relay_class is None:
+            known = ", ".join(sorted(classes)) or "none"
+            raise ConfigError(
+                f"no relay plugin named {relay_config.plugin!r} is installed (installed: {known}; "
+                "'mqd plugins' lists them)",
+                path=config.source,
+                key=f"relays.{name}.plugin",
+            )
+        try:
+            relay = relay_class.from_options(name, relay_config.options)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(
+                f"the {relay_config.plugin!r} plugin could not build this relay: {exc!r}",
+                path=config.source,
+                key=f"relays.{name}",
+            ) from exc
+        relay_config.options.finish()
+        relays[name] = relay
+    for index, spool in enumerate(config.spools):
+        relay = relays[spool.relay]
+        listed = spool.allowed_senders or config.relays[spool.relay].allowed_senders
+        if relay.network and not listed:
+            raise ConfigError(
+                f"required: the relay {spool.relay!r} sends mail over the network, and mqd is "
+                "never an open relay. List the senders your applications use, e.g. "
+                'allowed_senders = ["noreply@example.com", "*@example.com"] (here or in '
+                f"[relays.{spool.relay}])",
+                path=config.source,
+                key=f"spool[{index}].allowed_senders",
+            )
+    return relays
+
+
+def effective_config(config: Config) -> dict[str, Any]:
+    """The configuration as mqd uses it, defaults filled in and secrets redacted.
+
+    Call after ``build_relays`` so that each relay's options have been read.
+    """
+    queue = config.queue
+    return {
+        "queue": {
+            "dir": str(queue.dir),
+            "concurrency": queue.concurrency,
+            "bounce_sender": queue.bounce_sender,
+            "max_message_size": queue.max_message_size,
+            "scan_interval": format_duration(queue.scan_interval),
+            "watch": queue.watch,
+            "retry": {
+                "initial": format_duration(queue.retry.initial),
+                "max": format_duration(queue.retry.max),
+                "lifetime": format_duration(queue.retry.lifetime),
+            },
+        },
+        "spool": [
+            {
+                "path": str(spool.path),
+                "relay": spool.relay,
+                "allowed_senders": list(spool.allowed_senders),
+            }
+            for spool in config.spools
+        ],
+        "sendmail": {
+            "spool": str(config.inject_spool),
+            **(
+                {"qualify_domain": config.sendmail.qualify_domain}
+                if config.sendmail.qualify_domain
+                else {}
+            ),
+        },
+        "relays": {name: relay.options.effective() for name, relay in config.relays.items()},
+    }

@@ -1,0 +1,168 @@
+"""Shared fixtures: real SMTP servers (aiosmtpd on port 0), certificates, configs, spools."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+
+import pytest
+import trustme
+
+from mqd.config import Config, load_config
+from mqd.daemon import Daemon
+from mqd.inject import inject
+from mqd.plugins import PluginHost
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from smtpserver import SMTPPeer
+
+USERS = {"relay-user": "s3cret-pass"}
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def server_tls_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return context
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SMTPPeer]:
+    """Plain SMTP, no TLS, no AUTH (``security = "none"``)."""
+    peer = SMTPPeer().start()
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture
+def smtp_tls_server(server_tls_context: ssl.SSLContext) -> Iterator[SMTPPeer]:
+    """STARTTLS required, AUTH required (user ``relay-user``)."""
+    peer = SMTPPeer(tls_context=server_tls_context, require_starttls=True, users=USERS).start()
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture
+def host() -> PluginHost:
+    """Core plugins only: installed third-party plugins must not change test outcomes."""
+    return PluginHost(entry_points=False)
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    path = tmp_path / "spool"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def queue_dir(tmp_path: Path) -> Path:
+    return tmp_path / "queue"
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[str], Path]:
+    """Write a TOML config (dedented) with mode 0600 and return its path."""
+
+    def write(text: str, name: str = "mqd.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        path.chmod(0o600)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def plain_config(
+    write_config: Callable[[str], Path], spool: Path, queue_dir: Path, smtp_server: SMTPPeer
+) -> Config:
+    """One spool relayed to ``smtp_server`` over plain SMTP; fast retries for tests."""
+    path = write_config(
+        f"""
+        [queue]
+        dir = "{queue_dir}"
+        bounce_sender = "mailer-daemon@mqd.test"
+        scan_interval = "1s"
+        retry = {{ initial = "1s", max = "2s", lifetime = "1h" }}
+
+        [[spool]]
+        path = "{spool}"
+        relay = "sink"
+        allowed_senders = ["app@example.com", "*@example.org"]
+
+        [relays.sink]
+        plugin = "smtp"
+        host = "127.0.0.1"
+        port = {smtp_server.port}
+        security = "none"
+        connect_timeout = "5s"
+        command_timeout = "5s"
+        data_timeout = "5s"
+        """
+    )
+    return load_config(path)
+
+
+def make_message(
+    sender: str = "app@example.com",
+    to: tuple[str, ...] = ("alice@example.net",),
+    *,
+    cc: tuple[str, ...] = (),
+    bcc: tuple[str, ...] = (),
+    subject: str = "hello",
+    body: str = "Hello there.\n",
+    envelope: tuple[str, tuple[str, ...]] | None = None,
+    extra_headers: tuple[str, ...] = (),
+) -> bytes:
+    """An RFC 5322 message; ``envelope=(sender, rcpts)`` prepends X-Sender/X-Receiver lines."""
+    lines = []
+    if envelope is not None:
+        lines.append(f"X-Sender: {envelope[0]}")
+        lines += [f"X-Receiver: {rcpt}" for rcpt in envelope[1]]
+    lines += [f"From: {sender}"]
+    if to:
+        lines.append("To: " + ", ".join(to))
+    if cc:
+        lines.append("Cc: " + ", ".join(cc))
+    if bcc:
+        lines.append("Bcc: " + ", ".join(bcc))
+    lines += [
+        f"Subject: {subject}",
+        f"Date: {formatdate()}",
+        f"Message-ID: {make_msgid(domain='example.com')}",
+        *extra_headers,
+        "",
+        body,
+    ]
+    return "\r\n".join(lines).encode("utf-8")
+
+
+def drop(spool: Path, message: bytes | None = None, **kwargs: object) -> Path:
+    """Drop a message into ``spool`` through the producer path."""
+    return inject(spool, message if message is not None else make_message(**kwargs))  # type: ignore[arg-type]
+
+
+async def run_once(config: Config, host: PluginHost) -> Daemon:
+    """Run a daemon with ``--once`` semantics and return it (for its state)."""
+    daemon = Daemon(config, host=host, once=True, shutdown_timeout=5)
+    await daemon.run()
+    return daemon
