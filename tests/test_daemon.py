@@ -95,3 +95,159 @@ async def test_transient_failure_is_persisted_and_retried(
     assert messages[1].rcpt_tos == ["temp-carol@example.net"]
     assert daemon.queue_size == 0
     assert not (plain_config.queue.dir / "state" / f"{entry.id}.json").exists()
+
+
+async def test_sender_not_allowed_goes_to_failed_without_any_network_traffic(
+    plain_config: Config, host: PluginHost, spool: Path, smtp_server
+) -> None:
+    drop(spool, make_message(sender="intruder@evil.test", to=("victim@example.net",)))
+    await run_once(plain_config, host)
+    assert smtp_server.connections == 0
+    failed = plain_config.queue.dir / "failed"
+    [reason_file] = failed.glob("*.json")
+    reason = json.loads(reason_file.read_text())
+    assert reason["stage"] == "policy"
+    assert "intruder@evil.test" in reason["reason"] and "allowed_senders" in reason["reason"]
+    assert reason_file.with_suffix(".eml").read_bytes().startswith(b"From: intruder@evil.test")
+
+
+async def test_bad_input_goes_to_failed_and_the_daemon_goes_on(
+    plain_config: Config, host: PluginHost, spool: Path, smtp_server
+) -> None:
+    bad = {
+        "empty.eml": b"",
+        "binary.eml": bytes(range(256)) * 4,
+        "garbage.eml": b"this is not a message\r\nat all\r\n",
+        "norcpt.eml": b"From: app@example.com\r\nSubject: nobody\r\n\r\nbody\r\n",
+    }
+    for name, data in bad.items():
+        (spool / name).write_bytes(data)
+    drop(spool, make_message(to=("alice@example.net",)))
+    await run_once(plain_config, host)
+    [received] = smtp_server.wait_for(1)
+    assert received.rcpt_tos == ["alice@example.net"]
+    reasons = {}
+    for reason_file in (plain_config.queue.dir / "failed").glob("*.json"):
+        reason = json.loads(reason_file.read_text())
+        reasons[reason["file"]] = reason["reason"]
+        assert reason_file.with_suffix(".eml").exists()
+    assert set(reasons) == set(bad)
+    assert "empty" in reasons["empty.eml"]
+    assert "NUL" in reasons["binary.eml"]
+    assert "not a header field" in reasons["garbage.eml"]
+    assert "no recipients" in reasons["norcpt.eml"]
+    assert list(spool.iterdir()) == []
+
+
+async def test_invalid_recipient_bounces_while_the_others_are_delivered(
+    plain_config: Config, host: PluginHost, spool: Path, smtp_server
+) -> None:
+    message = make_message(envelope=("app@example.com", ("alice@example.net", "bad address@x")))
+    drop(spool, message)
+    await run_once(plain_config, host)
+    original, bounce = smtp_server.wait_for(2)
+    assert original.rcpt_tos == ["alice@example.net"]
+    assert bounce.rcpt_tos == ["app@example.com"]
+    assert b"Status: 5.1.3" in bounce.data
+
+
+async def test_lifetime_exceeded_bounces_with_4_4_7(
+    write_config, spool: Path, queue_dir: Path, smtp_server, host: PluginHost
+) -> None:
+    from mqd.config import load_config
+
+    config = load_config(
+        write_config(
+            f"""
+            [queue]
+            dir = "{queue_dir}"
+            retry = {{ initial = "1s", max = "1s", lifetime = "0s" }}
+            [[spool]]
+            path = "{spool}"
+            allowed_senders = ["app@example.com"]
+            [relays.sink]
+            plugin = "smtp"
+            host = "127.0.0.1"
+            port = {smtp_server.port}
+            security = "none"
+            """
+        )
+    )
+    drop(spool, make_message(to=("temp-dave@example.net",)))
+    daemon = await run_once(config, host)
+    [bounce] = smtp_server.wait_for(1)
+    assert bounce.mail_from == "<>"
+    assert b"Status: 4.4.7" in bounce.data
+    assert b"retries exhausted" in bounce.data
+    assert daemon.queue_size == 0
+    [reason] = (queue_dir / "failed").glob("*.json")
+    assert "4.4.7" in reason.read_text() or "retries exhausted" in reason.read_text()
+
+
+async def test_a_bounce_that_fails_is_never_bounced(
+    plain_config: Config, host: PluginHost, spool: Path, smtp_server
+) -> None:
+    # Every RCPT fails permanently, the bounce to app@example.com included.
+    smtp_server.rcpt_replies["app@example.com"] = "550 5.1.1 sender mailbox gone"
+    drop(spool, make_message(to=("perm-x@example.net",)))
+    daemon = await run_once(plain_config, host)
+    assert smtp_server.messages == []
+    assert daemon.queue_size == 0
+    failed = sorted((plain_config.queue.dir / "failed").glob("*.json"))
+    assert len(failed) == 2  # the original and its bounce; no bounce of the bounce
+    bounce_reason = json.loads(failed[1].read_text())
+    assert bounce_reason["sender"] == ""
+
+
+async def test_dropped_connection_during_data_is_retried(
+    plain_config: Config, host: PluginHost, spool: Path, smtp_server
+) -> None:
+    smtp_server.drop_in_data = True
+    drop(spool, make_message(to=("alice@example.net",)))
+    daemon = await run_once(plain_config, host)
+    [entry] = daemon.entries.values()
+    assert entry.attempts == 1 and entry.pending
+    assert "4.4.2" in (entry.last_reply or "")
+    smtp_server.drop_in_data = False
+    entry.next_attempt_at = 0
+    await daemon.store.save(entry)
+    await run_once(plain_config, host)
+    assert len(smtp_server.wait_for(1)) == 1
+
+
+async def test_watch_picks_up_a_new_file_without_a_rescan(
+    write_config, spool: Path, queue_dir: Path, smtp_server, host: PluginHost
+) -> None:
+    import asyncio
+
+    from mqd.config import load_config
+    from mqd.daemon import Daemon
+
+    for watch in ("inotify", "watchfiles"):
+        config = load_config(
+            write_config(
+                f"""
+                [queue]
+                dir = "{queue_dir}"
+                scan_interval = "1h"
+                watch = "{watch}"
+                [[spool]]
+                path = "{spool}"
+                allowed_senders = ["app@example.com"]
+                [relays.sink]
+                plugin = "smtp"
+                host = "127.0.0.1"
+                port = {smtp_server.port}
+                security = "none"
+                """
+            )
+        )
+        daemon = Daemon(config, host=host, shutdown_timeout=5)
+        task = asyncio.create_task(daemon.run())
+        await asyncio.wait_for(daemon.ready.wait(), 10)
+        await asyncio.sleep(0.2)  # the start-up scan is over; only the watch can see the file
+        count = len(smtp_server.messages)
+        drop(spool, make_message(to=("alice@example.net",), subject=watch))
+        await asyncio.to_thread(smtp_server.wait_for, count + 1, 10)
+        daemon.request_stop()
+        await asyncio.wait_for(task, 10)
