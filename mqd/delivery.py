@@ -75,7 +75,9 @@ class Deliverer:
         if relay is None:
             reply = Reply(451, f"no relay named {entry.relay!r} is configured", "4.3.5")
             return dict.fromkeys(addresses, reply), None
-        message = prepare_for_relay(body, message_id=f"<{entry.id}@{self.hostname}>")
+        # A stable Message-ID for messages that lack one, so that every retry carries the same.
+        domain = entry.sender.rpartition("@")[2] or self.hostname
+        message = prepare_for_relay(body, message_id=f"<{entry.id}@{domain}>")
         envelope = Envelope(entry.sender, addresses, message, entry.id)
         try:
             result = await relay.deliver(envelope)

@@ -217,7 +217,8 @@ class SMTPRelay(Relay):
             options.append("SMTPUTF8")
             encoding = "utf-8"
         if client.supports_extension("size"):
-            size = len(envelope.message) + envelope.message.count(b"\n")
+            message = envelope.message  # as sent: every bare LF becomes CRLF
+            size = len(message) + message.count(b"\n") - message.count(b"\r\n")
             limit = client.esmtp_extensions.get("size", "").strip()
             if limit.isdigit() and 0 < int(limit) < size:
                 raise PermanentRelayError(
