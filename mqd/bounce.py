@@ -50,7 +50,7 @@ def build_bounce(
     if subject_line:
         human += ["Subject of your message: " + subject_line, ""]
     for failure in failures:
-        human.append(f"<{failure.address}>: {failure.reply or 'delivery failed'}")
+        human.append(f"<{failure.address}>: {_one_line(failure.reply or 'delivery failed')}")
     human += ["", "The headers of your message are attached."]
 
     status = [

@@ -9,13 +9,14 @@ __all__ = ["classify_reply", "reply_for_error"]
 
 
 def classify_reply(reply: Reply) -> Outcome:
-    """2xx delivered, 4xx transient, 5xx permanent.
+    """2xx delivered, 4xx transient, 5xx permanent, by the basic reply code.
 
-    When the reply carries an enhanced status code (RFC 3463) its class decides, since it is
-    the more specific of the two; anything unexpected (1xx, 3xx, garbage) is transient, so a
-    confused server delays mail rather than bouncing it.
+    The enhanced status code (RFC 3463) adds detail but never overrides the code: the code is
+    what the SMTP transaction means (a 250 has committed the message whatever follows it), and
+    a server whose two classes disagree is confused. Anything unexpected (1xx, 3xx, garbage) is
+    transient, so a confused server delays mail rather than bouncing it.
     """
-    klass = int(reply.enhanced[0]) if reply.enhanced else reply.code // 100
+    klass = reply.code // 100
     if klass == 2:
         return Outcome.DELIVERED
     if klass == 5:

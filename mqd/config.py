@@ -161,6 +161,9 @@ def parse_config(data: Mapping[str, Any], path: Path | None) -> Config:
     """Validate the TOML document ``data`` that came from ``path``."""
     defaults = default_paths()
     root = Options(data, section="", path=path)
+    for key in ("queue", "relays", "spool", "sendmail"):
+        root.raw(key)
+    root.finish()  # a misspelled top-level table is named before it is missed
     queue = _parse_queue(root.table("queue"), defaults)
     relays = _parse_relays(root, path, defaults)
     spools = _parse_spools(root, path, defaults, relays)
@@ -172,7 +175,7 @@ def parse_config(data: Mapping[str, Any], path: Path | None) -> Config:
 def validate_sender_pattern(pattern: str) -> str:
     """``pattern`` normalised, or ValueError: an address or ``*@domain``, nothing wider."""
     match = _PATTERN.fullmatch(pattern.strip())
-    if not match:
+    if not match or not match.group(2).rstrip("."):
         raise ValueError(
             f"{pattern!r} is not an address or a '*@domain' pattern "
             "(mqd is never an open relay: list the senders your applications use)"

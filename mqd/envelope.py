@@ -112,9 +112,10 @@ def parse_message(
         candidates = envelope_rcpts
     else:
         candidates = []
-        for header in ("to", "cc", "bcc"):
-            if header in headers:
-                candidates.extend(_addresses(headers[header], header))
+        for name, raw in fields:  # every To, Cc and Bcc field, even repeated ones
+            header = name.decode("ascii").lower()
+            if header in ("to", "cc", "bcc"):
+                candidates.extend(_addresses(_unfold(raw).strip(), header))
     recipients: list[str] = []
     invalid: list[tuple[str, str]] = []
     seen: set[str] = set()
@@ -162,6 +163,8 @@ def prepare_for_relay(data: bytes, *, message_id: str | None = None) -> bytes:
     newline = b"\r\n" if b"\r\n" in data[:4096] else b"\n"
     kept = [raw for name, raw in fields if name.lower() not in _STRIPPED]
     names = {name.lower() for name, _ in fields}
+    if kept and not kept[-1].endswith(b"\n"):
+        kept[-1] += newline  # the file ended right after its last header
     if b"message-id" not in names and message_id:
         kept.append(b"Message-ID: " + message_id.encode("ascii") + newline)
     if b"date" not in names:
@@ -235,7 +238,17 @@ def _addresses(value: str, name: str) -> list[str]:
         header = _HEADER_FACTORY(name, value)
     except Exception as exc:  # the parser raises assorted errors on hostile input
         raise MessageParseError(f"the {name.title()} header cannot be parsed: {exc}") from None
-    return [addr.addr_spec for addr in getattr(header, "addresses", ()) if addr.addr_spec]
+    addresses = list(getattr(header, "addresses", ()))
+    # The parser empties an address it cannot read; report what was written instead (from the
+    # parse tree, a private attribute: without it the reason is still right, the text less so).
+    tree = getattr(header, "_parse_tree", None)
+    written = [str(m).strip() for m in getattr(tree, "all_mailboxes", ())]
+    if len(written) != len(addresses):
+        written = [""] * len(addresses)
+    return [
+        addr.addr_spec if addr.username or addr.domain else (text or addr.addr_spec)
+        for addr, text in zip(addresses, written, strict=True)
+    ]
 
 
 def _header_sender(headers: dict[str, str]) -> str:

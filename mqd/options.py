@@ -95,7 +95,10 @@ class Options:
         self._known.add(key)
         raw = self._table.get(key, default)
         if raw is _MISSING:
-            raise self.error(key, "is required")
+            unknown = [k for k in self._table if k not in self._known]
+            hint = difflib.get_close_matches(key, unknown, n=1)
+            spelled = f" (is '{hint[0]}' a misspelling of it?)" if hint else ""
+            raise self.error(key, f"is required{spelled}")
         if raw is None:
             return None  # type: ignore[return-value]
         try:

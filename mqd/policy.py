@@ -24,7 +24,7 @@ def sender_allowed(sender: str, patterns: Iterable[str]) -> bool:
     local = local.casefold()
     for pattern in patterns:
         p_local, _, p_domain = pattern.rpartition("@")
-        if p_domain.lower() != domain:
+        if p_domain.rstrip(".").lower() != domain:
             continue
         if p_local == "*" or p_local.casefold() == local:
             return True

@@ -114,7 +114,8 @@ def build(args: SendmailArgs, raw: bytes, qualify_domain: str | None) -> bytes:
     header_end = _header_end(raw)
     parsed = None
     if args.from_headers or args.sender is None:
-        parsed = parse_message(raw, require_sender=args.sender is None, require_recipients=False)
+        # The sender is validated after qualification ("root" from cron becomes root@domain).
+        parsed = parse_message(raw, require_sender=False, require_recipients=False)
     recipients = list(args.recipients)
     if args.from_headers and parsed is not None:
         recipients += list(parsed.recipients) + [a for a, _ in parsed.invalid_recipients]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 __all__ = ["format_duration", "parse_duration", "parse_size"]
@@ -34,17 +35,21 @@ def parse_duration(value: object) -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"a duration cannot be negative, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite duration like '30s' or '5m', got {value!r}")
         return float(value)
     if isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
         if text and _DURATION_PART.sub("", text) == "":
-            return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
+            total = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
+            if math.isfinite(total):
+                return total
         try:
             seconds = float(text)
         except ValueError:
             pass
         else:
-            if seconds >= 0:
+            if seconds >= 0 and math.isfinite(seconds):
                 return seconds
     raise ValueError(
         f"expected a duration like '30s', '5m', '1h' or '5d', got {value!r} "
@@ -73,4 +78,4 @@ def format_duration(seconds: float) -> str:
             return f"{int(seconds / size)}{unit}"
     if seconds < 1:
         return f"{round(seconds * 1000)}ms"
-    return f"{seconds:g}s"
+    return f"{seconds!r}s"  # repr is exact and, below 1e16, never in exponent notation

@@ -54,10 +54,15 @@ class Reply:
 
     @property
     def status(self) -> str:
-        """The enhanced status code, or one derived from the basic code class (RFC 3463)."""
+        """The enhanced status code, or one derived from the basic code class (RFC 3463).
+
+        When the enhanced code's class disagrees with the basic code, the class is corrected
+        to match the code (which decides the outcome), keeping the detail: 550 + 4.2.2 -> 5.2.2.
+        """
+        klass = {2: "2", 4: "4", 5: "5"}.get(self.code // 100, "4")
         if self.enhanced:
-            return self.enhanced
-        return {2: "2.0.0", 4: "4.0.0", 5: "5.0.0"}.get(self.code // 100, "4.0.0")
+            return klass + self.enhanced[1:]
+        return f"{klass}.0.0"
 
     def __str__(self) -> str:
         parts = [str(self.code)]

@@ -260,7 +260,16 @@ class SMTPRelay(Relay):
         )
         try:
             await client.connect()
+            # Without STARTTLS or AUTH aiosmtplib has not said EHLO yet; the extensions it
+            # returns (SIZE, 8BITMIME, SMTPUTF8) decide the MAIL options, so ask now.
+            if client.is_ehlo_or_helo_needed:
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
         except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
+            if client.is_connected:
+                client.close()
             raise _translate(exc, s) from exc
         client.timeout = s.command_timeout
         return _Connection(client)
