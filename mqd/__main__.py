@@ -20,9 +20,35 @@ def main(argv: Sequence[str] | None = None) -> None:
         from .sendmail import main as sendmail_main
 
         sys.exit(sendmail_main(args[1:] if args and args[0] == "sendmail" else args))
-    from .cli import cli
+    import click
 
-    cli.main(args=args, prog_name="mqd")
+    from .cli import cli
+    from .exitcodes import ExitCode
+
+    try:
+        # Not standalone: click would exit 2 on usage errors; mqd uses sysexits' 64.
+        result = cli.main(args=args, prog_name="mqd", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:  # also bad parameters and missing files: sysexits' 64
+        exc.show()
+        sys.exit(ExitCode.USAGE)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        print("Aborted.", file=sys.stderr)
+        sys.exit(130)
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        print(
+            "mqd: internal error (a bug): please report it with the traceback above",
+            file=sys.stderr,
+        )
+        sys.exit(ExitCode.SOFTWARE)
+    sys.exit(result if isinstance(result, int) else ExitCode.OK)  # ctx.exit(n) returns n
 
 
 if __name__ == "__main__":

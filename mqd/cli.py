@@ -83,7 +83,8 @@ pass_state = click.make_pass_decorator(State)
     type=click.Choice(LOG_FORMATS),
     default="text",
     show_default=True,
-    help="'json' writes one JSON object per line, with id, sender, recipient, relay, outcome.",
+    help="'json' writes one JSON object per line; delivery lines add id, sender, recipient, "
+    "relay, outcome.",
 )
 @click.version_option(__version__, prog_name="mqd")
 @click.pass_context
@@ -95,6 +96,7 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str, log_format
     delivered. Start with 'mqd init', check with 'mqd config check', then 'mqd run'.
     """
     ctx.obj = State(config_path, log_level, log_format)
+    setup_logging(log_level, log_format)
 
 
 @cli.command()
@@ -108,7 +110,6 @@ def run(state: State, once: bool) -> None:
     """Run the daemon in the foreground (stop with Ctrl-C or SIGTERM)."""
     from . import daemon
 
-    setup_logging(state.log_level, state.log_format)
     daemon.run(state.load(), once=once)
 
 
@@ -252,16 +253,23 @@ def init(
         username=username,
         allowed_senders=list(senders) or [username if "@" in username else "noreply@example.com"],
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(render_starter(options))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # No secret goes in this file (the password has its own file), and producers such as
+        # 'mqd sendmail' run by a web server must read it to find the spool: 0644.
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(render_starter(options))
+        target.chmod(0o644)
+    except OSError as exc:
+        click.echo(f"mqd: error: cannot write {target}: {exc.strerror or exc}", err=True)
+        sys.exit(ExitCode.CANTCREAT)
     click.echo(f"wrote {target}")
-    click.echo(
-        "next: edit it (host, username, allowed_senders), put the password in "
-        f"{target.parent / 'smtp-password'} (chmod 600), then run "
-        f"'mqd --config {target} config check'"
-    )
+    steps = "edit it (host, allowed_senders)"
+    if security != "none":
+        password = target.parent / "smtp-password"
+        steps += f", put the password alone in {password} and 'chmod 600' it"
+    click.echo(f"next: {steps}, then run 'mqd --config {target} config check'")
 
 
 @cli.group()

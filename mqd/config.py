@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .options import Options
-from .paths import DefaultPaths, default_paths
+from .paths import SYSTEM_CONFIG, DefaultPaths, default_paths
 
 __all__ = [
     "CONFIG_ENV",
@@ -140,7 +140,13 @@ def locate_config(explicit: Path | None = None) -> Path | None:
             )
         return path
     default = default_paths().config_file
-    return default if default.is_file() else None
+    if default.is_file():
+        return default
+    # A producer that is not root ('mqd sendmail' from a web server or a user's crontab) uses
+    # the system-wide config when it has none of its own, so it finds the daemon's spool.
+    if default != SYSTEM_CONFIG and SYSTEM_CONFIG.is_file() and os.name == "posix":
+        return SYSTEM_CONFIG
+    return None
 
 
 def load_config(path: Path | None) -> Config:
@@ -167,7 +173,14 @@ def parse_config(data: Mapping[str, Any], path: Path | None) -> Config:
     queue = _parse_queue(root.table("queue"), defaults)
     relays = _parse_relays(root, path, defaults)
     spools = _parse_spools(root, path, defaults, relays)
-    sendmail = _parse_sendmail(root.table("sendmail"))
+    sendmail_opts = root.table("sendmail")
+    sendmail = _parse_sendmail(sendmail_opts)
+    if sendmail.spool is not None and all(
+        os.path.abspath(sendmail.spool) != os.path.abspath(s.path) for s in spools
+    ):
+        raise sendmail_opts.error(
+            "spool", f"{sendmail.spool} is not one of the [[spool]] paths, so no daemon reads it"
+        )
     root.finish()
     return Config(source=path, queue=queue, spools=spools, relays=relays, sendmail=sendmail)
 

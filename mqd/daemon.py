@@ -226,8 +226,15 @@ class Daemon:
     # -- intake -----------------------------------------------------------------------------------
 
     async def _intake_loop(self) -> None:
+        """Claim what the watcher reports, and rescan every spool each ``scan_interval``
+        whatever the traffic, so that a missed event delays a file, never strands it."""
         interval = self.config.queue.scan_interval
+        last_full_scan = time.monotonic()  # run() already asked for the first full scan
         while not self._stopping.is_set():
+            if time.monotonic() - last_full_scan >= interval:
+                self._rescan.update(range(len(self.spools)))
+            if len(self._rescan) == len(self.spools):
+                last_full_scan = time.monotonic()
             work = await self._collect_intake_work()
             for index, names in work:
                 for start in range(0, len(names), INTAKE_BATCH):
@@ -251,10 +258,9 @@ class Daemon:
             if self.once:
                 return
             self._intake_wake.clear()
-            try:
-                await asyncio.wait_for(self._intake_wake.wait(), timeout=interval)
-            except TimeoutError:
-                self._rescan.update(range(len(self.spools)))
+            wait = max(0.0, last_full_scan + interval - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._intake_wake.wait(), timeout=wait)
 
     async def _collect_intake_work(self) -> list[tuple[int, list[str]]]:
         rescan, self._rescan = self._rescan, set()

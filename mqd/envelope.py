@@ -82,9 +82,7 @@ def parse_message(
     for name, raw in fields:
         if name.lower() not in _ENVELOPE_FIELDS:
             break  # only leading X-Sender / X-Receiver lines are the envelope
-        value = _unfold(raw).strip()
-        if value.startswith("<") and value.endswith(">"):
-            value = value[1:-1].strip()
+        value = _envelope_address(_unfold(raw))
         if name.lower() == b"x-sender":
             if envelope_sender is not None:
                 raise MessageParseError("more than one leading X-Sender line")
@@ -249,6 +247,14 @@ def _addresses(value: str, name: str) -> list[str]:
         addr.addr_spec if addr.username or addr.domain else (text or addr.addr_spec)
         for addr, text in zip(addresses, written, strict=True)
     ]
+
+
+def _envelope_address(value: str) -> str:
+    """The address of an X-Sender / X-Receiver value: ``a@b``, ``<a@b>`` or ``"Name" <a@b>``."""
+    value = value.strip()
+    if value.endswith(">") and "<" in value:
+        return value[value.rindex("<") + 1 : -1].strip()
+    return value
 
 
 def _header_sender(headers: dict[str, str]) -> str:

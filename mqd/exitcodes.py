@@ -11,23 +11,16 @@ class ExitCode(IntEnum):
     OK = 0
     #: Something went wrong that has no more specific code.
     FAILURE = 1
-    #: The command line was wrong (sendmail: an unknown option).
+    #: The command line was wrong (an unknown option, a missing argument or file).
     USAGE = 64
     #: The input message was unusable (no recipients, not a message).
     DATAERR = 65
-    #: An input file (an attachment, the config) does not exist.
-    NOINPUT = 66
-    #: A needed service is unavailable.
-    UNAVAILABLE = 69
-    #: A bug in mqd or a plugin.
+    #: An unexpected internal error (a bug in mqd or a plugin); the traceback is printed.
     SOFTWARE = 70
-    #: An output file or directory cannot be created (the spool is not writable).
+    #: A file or directory cannot be created (the spool or the queue is not writable).
     CANTCREAT = 73
-    #: A read or write failed.
-    IOERR = 74
-    #: Try again later: the queue directory is in use by another mqd.
+    #: Try again later: the queue directory is in use by another mqd, or the spool cannot be
+    #: written for a reason that may pass (sendmail).
     TEMPFAIL = 75
-    #: Not permitted (a file with a secret is readable by others).
-    NOPERM = 77
     #: The configuration is invalid.
     CONFIG = 78

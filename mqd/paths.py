@@ -16,10 +16,12 @@ from pathlib import Path
 
 import platformdirs
 
-__all__ = ["APP_NAME", "DefaultPaths", "default_paths", "is_system_service"]
+__all__ = ["APP_NAME", "SYSTEM_CONFIG", "DefaultPaths", "default_paths", "is_system_service"]
 
 APP_NAME = "mqd"
 CONFIG_FILE_NAME = "mqd.toml"
+#: The system-wide config: root's default, and everyone's fallback when they have none.
+SYSTEM_CONFIG = Path("/etc/mqd") / CONFIG_FILE_NAME
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ def default_paths() -> DefaultPaths:
     """The platform's default locations (nothing is created here)."""
     if is_system_service():
         return DefaultPaths(
-            config_file=Path("/etc/mqd") / CONFIG_FILE_NAME,
+            config_file=SYSTEM_CONFIG,
             queue_dir=Path("/var/lib/mqd/queue"),
             spool_dir=Path("/var/spool/mqd"),
             outbox_dir=Path("/var/lib/mqd/outbox"),

@@ -30,7 +30,20 @@ from .inject import envelope_lines, inject
 __all__ = ["SendmailArgs", "main", "parse_args"]
 
 USAGE = "usage: mqd sendmail [-t] [-i] [-f sender] [-F fullname] [recipient ...] < message"
-_IGNORED_PREFIXES = ("-o", "-B", "-od", "-N", "-R", "-L", "-X", "-v", "-m", "-e")
+HELP = f"""{USAGE}
+
+Drop the message on standard input into mqd's spool (the daemon delivers it).
+
+  -t          recipients from To, Cc and Bcc, plus any given as arguments
+  -i, -oi     a line with a single "." does not end the message
+  -f SENDER   envelope sender (also -fSENDER, -r SENDER); default: Sender or From header
+  -F NAME     full name for the From header added when the message has none
+  -C FILE     config file (like mqd --config)
+  -o*, -O*, -B*, -bm, -od*, -v, -N*, -R*, -L*, -X*   accepted and ignored
+
+Exit codes: 0 queued, 64 bad option, 65 unusable message, 78 config error,
+73 or 75 the spool cannot be written."""
+_IGNORED_PREFIXES = ("-o", "-O", "-B", "-od", "-N", "-R", "-L", "-X", "-v", "-m", "-e")
 _IGNORED_WITH_VALUE = ("-N", "-R", "-L", "-X", "-B", "-O")
 
 
@@ -85,7 +98,7 @@ def parse_args(argv: Sequence[str]) -> SendmailArgs:
             if arg in _IGNORED_WITH_VALUE:
                 value(arg)
         elif arg.startswith("-b"):
-            raise UsageError(f"{arg}: only -bm (read a message) is supported; use 'mqd queue'")
+            raise UsageError(f"{arg}: only -bm (read a message from standard input) is supported")
         else:
             raise UsageError(f"unknown option {arg}")
     args.recipients = [r.strip() for item in args.recipients for r in item.split(",") if r.strip()]
@@ -158,6 +171,9 @@ def main(argv: Sequence[str]) -> int:
 
     from .config import load_config, locate_config
 
+    if "--help" in argv:
+        print(HELP)
+        return ExitCode.OK
     try:
         args = parse_args(argv)
     except UsageError as exc:

@@ -60,7 +60,13 @@ class Spool:
 
     def prepare(self) -> None:
         """Create the spool directory and the staging directory when missing."""
-        make_dirs(self.path, mode=0o770)
+        try:
+            make_dirs(self.path, mode=0o770)
+        except OSError as exc:
+            raise SpoolError(
+                f"cannot use the spool directory {self.path}: {exc.strerror or exc} "
+                "(check [[spool]] path and its permissions)"
+            ) from None
         make_dirs(self._staging(self.config.key, "x").parent)
 
     def scan(self) -> list[str]:

@@ -21,7 +21,13 @@ class StarterOptions:
     username: str = "noreply@example.com"
     password_file: str = "smtp-password"  # noqa: S105 - a file name, not a secret
     allowed_senders: Sequence[str] = field(default_factory=lambda: ["noreply@example.com"])
-    bounce_sender: str = "mailer-daemon@example.com"
+
+    @property
+    def domain(self) -> str:
+        for address in (*self.allowed_senders, self.username):
+            if "@" in address:
+                return address.rpartition("@")[2]
+        return "example.com"
 
 
 def _kv(key: str, value: Any, *comment: str) -> str:
@@ -30,87 +36,86 @@ def _kv(key: str, value: Any, *comment: str) -> str:
     return "\n".join(lines)
 
 
+def _section(*blocks: str) -> str:
+    return "\n\n".join(blocks)
+
+
 def render_starter(options: StarterOptions) -> str:
     """The text of a starter ``mqd.toml``: every key commented, ready to edit."""
     paths = default_paths()
     port = options.port or {"tls": 465, "starttls": 587, "none": 25}[options.security]
+    if options.security == "none":
+        credentials = [
+            '# security = "none" is clear text: mqd refuses to send a username and password\n'
+            "# over it. Use it only for a relay that trusts this host without a login."
+        ]
+    else:
+        credentials = [
+            _kv("username", options.username),
+            _kv(
+                "password_file",
+                options.password_file,
+                "A file that holds only the password (chmod 600), relative to this file.",
+                'Or: password_env = "MQD_SMTP_PASSWORD".',
+            ),
+        ]
     sections = [
-        "\n".join(
-            [
-                "# mqd configuration. Every key is described in docs/configuration.md.",
-                "# Check this file with:  mqd config check",
-            ]
+        "# mqd configuration. Every key is described in docs/configuration.md.\n"
+        "# Check this file with:  mqd config check",
+        _section(
+            "[queue]",
+            _kv(
+                "dir",
+                str(paths.queue_dir),
+                "Queue state and the failed/ folder. Put it on the same filesystem as the",
+                "spools so that claiming a message is a rename, not a copy.",
+            ),
+            _kv("concurrency", 20, "Deliveries in progress at once, across all relays."),
+            _kv(
+                "bounce_sender",
+                f"mailer-daemon@{options.domain}",
+                "Header From of bounces (delivery status notifications). Their envelope",
+                "sender is always <>, so a bounce never bounces.",
+            ),
+            _kv("max_message_size", "25MiB", "Larger spool files go to failed/ unread."),
         ),
-        "\n\n".join(
-            [
-                "[queue]",
-                _kv(
-                    "dir",
-                    str(paths.queue_dir),
-                    "Queue state and the failed/ folder. Put it on the same filesystem as the",
-                    "spools so that claiming a message is a rename, not a copy.",
-                ),
-                _kv("concurrency", 20, "Deliveries in progress at once, across all relays."),
-                _kv(
-                    "bounce_sender",
-                    options.bounce_sender,
-                    "Header From of bounces (delivery status notifications). Their envelope",
-                    "sender is always <>, so a bounce never bounces.",
-                ),
-                _kv("max_message_size", "25MiB", "Larger spool files go to failed/ unread."),
-            ]
+        _section(
+            "[queue.retry]",
+            _kv(
+                "initial",
+                "5m",
+                "After a temporary failure (4xx, timeout) retry after `initial`,",
+                "doubling each time up to `max`; bounce what is still undelivered after",
+                "`lifetime`.",
+            ),
+            _kv("max", "1h"),
+            _kv("lifetime", "5d"),
         ),
-        "\n\n".join(
-            [
-                "[queue.retry]",
-                _kv(
-                    "initial",
-                    "5m",
-                    "After a temporary failure (4xx, timeout) retry after `initial`,",
-                    "doubling each time up to `max`; bounce what is still undelivered after",
-                    "`lifetime`.",
-                ),
-                _kv("max", "1h"),
-                _kv("lifetime", "5d"),
-            ]
+        _section(
+            "# Applications drop finished messages here: write a temporary name (a dotfile\n"
+            "# or *.tmp), then rename it to *.eml. Add a [[spool]] table per directory.\n"
+            "[[spool]]",
+            _kv("path", str(paths.spool_dir)),
+            _kv("relay", "main", "The [relays.<name>] table that delivers this spool's mail."),
+            _kv(
+                "allowed_senders",
+                list(options.allowed_senders),
+                "Only these envelope senders are relayed: exact addresses or '*@domain'.",
+                "mqd is never an open relay; anything else goes to failed/ unsent.",
+            ),
         ),
-        "\n\n".join(
-            [
-                "# Applications drop finished messages here: write a temporary name (a dotfile",
-                "# or *.tmp), then rename it to *.eml. Add a [[spool]] table per directory.",
-                "[[spool]]",
-                _kv("path", str(paths.spool_dir)),
-                _kv("relay", "main", "The [relays.<name>] table that delivers this spool's mail."),
-                _kv(
-                    "allowed_senders",
-                    list(options.allowed_senders),
-                    "Only these envelope senders are relayed: exact addresses or '*@domain'.",
-                    "mqd is never an open relay; anything else goes to failed/ unsent.",
-                ),
-            ]
-        ),
-        "\n\n".join(
-            [
-                "[relays.main]",
-                _kv(
-                    "plugin", "smtp", "'smtp' is built in; 'mqd plugins' lists the installed ones."
-                ),
-                _kv("host", options.host),
-                _kv("port", port),
-                _kv(
-                    "security",
-                    options.security,
-                    '"starttls" (port 587) or "tls" (port 465): the certificate is verified.',
-                    '"none" is clear text and refuses credentials.',
-                ),
-                _kv("username", options.username),
-                _kv(
-                    "password_file",
-                    options.password_file,
-                    "A file that holds only the password (chmod 600), relative to this file.",
-                    'Or: password_env = "MQD_SMTP_PASSWORD".',
-                ),
-            ]
+        _section(
+            "[relays.main]",
+            _kv("plugin", "smtp", "'smtp' is built in; 'mqd plugins' lists the installed ones."),
+            _kv("host", options.host),
+            _kv("port", port),
+            _kv(
+                "security",
+                options.security,
+                '"starttls" (port 587) or "tls" (port 465): the certificate is verified.',
+                '"none" is clear text and refuses credentials.',
+            ),
+            *credentials,
         ),
     ]
     return "\n\n".join(sections) + "\n"

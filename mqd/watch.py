@@ -60,6 +60,8 @@ class InotifyWatcher(Watcher):
     _EVENT = struct.Struct("iIII")
 
     def __init__(self) -> None:
+        if not sys.platform.startswith("linux"):
+            raise OSError('inotify exists on Linux only (use watch = "auto")')
         libc_name = ctypes.util.find_library("c")
         self._libc = ctypes.CDLL(libc_name, use_errno=True)
         self._fd = -1

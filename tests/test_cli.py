@@ -144,14 +144,14 @@ def test_plugins_lists_the_builtin_relays(env: dict[str, str]) -> None:
 
 def test_unknown_command_is_a_usage_error(env: dict[str, str]) -> None:
     proc = mqd("frobnicate", env=env)
-    assert proc.returncode == 2  # click's usage error
+    assert proc.returncode == 64  # EX_USAGE, as for sendmail
     assert "frobnicate" in proc.stderr
 
 
 # -- init and config check -----------------------------------------------------------------------
 
 
-def test_init_writes_a_private_config_that_checks_once_the_password_exists(
+def test_init_writes_a_config_that_checks_once_the_password_exists(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
     target = tmp_path / "etc" / "mqd.toml"
@@ -169,8 +169,12 @@ def test_init_writes_a_private_config_that_checks_once_the_password_exists(
     )
     assert proc.returncode == 0, proc.stderr
     assert str(target) in proc.stdout
-    assert stat.S_IMODE(target.stat().st_mode) == 0o600
-    tomllib.loads(target.read_text(encoding="utf-8"))  # valid TOML
+    # Readable by producers (mqd sendmail finds the spool in it); the secret is elsewhere.
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    text = target.read_text(encoding="utf-8")
+    assert "password =" not in text
+    assert 'bounce_sender = "mailer-daemon@mail.test"' in text
+    tomllib.loads(text)  # valid TOML
 
     password_file = target.parent / "smtp-password"
     check = mqd("--config", str(target), "config", "check", env=env)
@@ -476,3 +480,14 @@ def test_run_once_json_logs(
         assert record["id"]
     assert by_rcpt["alice@example.net"]["sender"] == "app@example.com"
     smtp_server.wait_for(2)  # the message and the bounce
+
+
+def test_init_with_security_none_writes_no_credentials(tmp_path: Path, env: dict[str, str]) -> None:
+    target = tmp_path / "plain.toml"
+    proc = mqd("init", "--path", str(target), "--security", "none", "--sender", "a@b.test", env=env)
+    assert proc.returncode == 0, proc.stderr
+    check = mqd("--config", str(target), "config", "check", env=env)
+    assert check.returncode == 0, check.stderr
+    effective = tomllib.loads(check.stdout)
+    assert "username" not in effective["relays"]["main"]
+    assert effective["relays"]["main"]["port"] == 25

@@ -505,8 +505,19 @@ def platform_default(tmp_path, monkeypatch):
         outbox_dir=tmp_path / "o",
     )
     monkeypatch.setattr("mqd.config.default_paths", lambda: paths)
+    monkeypatch.setattr("mqd.config.SYSTEM_CONFIG", tmp_path / "etc" / "mqd.toml")
     monkeypatch.delenv(CONFIG_ENV, raising=False)
     return path
+
+
+def test_locate_falls_back_to_the_system_config(platform_default, tmp_path):
+    system = tmp_path / "etc" / "mqd.toml"
+    system.parent.mkdir()
+    system.write_text("")
+    assert locate_config() == system  # a user without a config of their own
+    platform_default.parent.mkdir()
+    platform_default.write_text("")
+    assert locate_config() == platform_default  # their own wins
 
 
 def test_locate_explicit_path_wins(platform_default, write_config, monkeypatch):
@@ -822,3 +833,19 @@ def test_a_missing_required_key_points_at_its_misspelling(write_config, tmp_path
     )
     with pytest.raises(ConfigError, match=r"relays\.main\.host.*is required.*'hots'"):
         build_relays(load_config(path), PluginHost(entry_points=False))
+
+
+def test_sendmail_spool_must_be_a_configured_spool(write_config, tmp_path):
+    text = f"""
+        [[spool]]
+        path = "{tmp_path / "s"}"
+        [relays.o]
+        plugin = "outbox"
+        path = "{tmp_path / "o"}"
+        [sendmail]
+        spool = "{{spool}}"
+        """
+    ok = load_config(write_config(text.format(spool=tmp_path / "s")))
+    assert ok.inject_spool == tmp_path / "s"
+    with pytest.raises(ConfigError, match=r"sendmail\.spool.*not one of the \[\[spool\]\] paths"):
+        load_config(write_config(text.format(spool=tmp_path / "elsewhere")))

@@ -683,3 +683,14 @@ def test_repeated_recipient_headers_all_count():
         b"Bcc: c@example.net\r\n\r\nbody\r\n"
     )
     assert parse_message(data).recipients == ("a@example.net", "b@example.net", "c@example.net")
+
+
+def test_display_names_in_envelope_lines_are_ignored():
+    data = (
+        b'X-Sender: "Example Shop" <app@example.com>\r\n'
+        b"X-Receiver: Alice <alice@example.net>\r\n"
+        b"From: app@example.com\r\nTo: x@example.net\r\n\r\nbody\r\n"
+    )
+    parsed = parse_message(data)
+    assert parsed.sender == "app@example.com"
+    assert parsed.recipients == ("alice@example.net",)

@@ -415,3 +415,20 @@ def test_cron_through_the_command(sendmail_config: Path, spool: Path, env: dict[
     parsed = parse_message(written.read_bytes())
     assert parsed.sender == "root@example.com"
     assert parsed.recipients == ("root@example.com",)
+
+
+def test_help_prints_the_options_and_exits_0() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mqd", "sendmail", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0
+    assert "-t " in proc.stdout and "qualify" not in proc.stderr
+    assert "Exit codes" in proc.stdout
+
+
+def test_capital_o_option_is_ignored() -> None:
+    assert parse_args(["-O", "DeliveryMode=b", "-t"]).from_headers
+    assert parse_args(["-ODeliveryMode=b", "bob@example.net"]).recipients == ["bob@example.net"]
