@@ -235,7 +235,11 @@ class Daemon:
                 self._rescan.update(range(len(self.spools)))
             if len(self._rescan) == len(self.spools):
                 last_full_scan = time.monotonic()
-            work = await self._collect_intake_work()
+            try:
+                work = await self._collect_intake_work()
+            except Exception:  # e.g. a spool made unreadable: keep delivering, retry the scan
+                log.exception("cannot list the spools; retrying in %gs", interval)
+                work = []
             for index, names in work:
                 for start in range(0, len(names), INTAKE_BATCH):
                     if self._stopping.is_set():

@@ -61,6 +61,15 @@ def smtp_tls_server(server_tls_context: ssl.SSLContext) -> Iterator[SMTPPeer]:
 
 
 @pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The environment for mqd subprocesses: no inherited config, per-test XDG dirs."""
+    result = {k: v for k, v in os.environ.items() if k != "MQD_CONFIG"}
+    result["XDG_CONFIG_HOME"] = str(tmp_path / "xdg-config")
+    result["XDG_STATE_HOME"] = str(tmp_path / "xdg-state")
+    return result
+
+
+@pytest.fixture
 def host() -> PluginHost:
     """Core plugins only: installed third-party plugins must not change test outcomes."""
     return PluginHost(entry_points=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -20,15 +19,6 @@ from smtpserver import SMTPPeer
 
 MQD = Path(sys.executable).with_name("mqd")
 USER, PASSWORD = next(iter(USERS.items()))
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """The environment for mqd subprocesses: no inherited config, per-test XDG dirs."""
-    result = {k: v for k, v in os.environ.items() if k != "MQD_CONFIG"}
-    result["XDG_CONFIG_HOME"] = str(tmp_path / "xdg-config")
-    result["XDG_STATE_HOME"] = str(tmp_path / "xdg-state")
-    return result
 
 
 def mqd(

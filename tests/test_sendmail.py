@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -286,15 +285,6 @@ def sendmail_config(write_config: Callable[..., Path], spool: Path, queue_dir: P
         security = "none"
         """
     )
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """The environment for mqd subprocesses: no inherited config, per-test XDG dirs."""
-    result = {k: v for k, v in os.environ.items() if k != "MQD_CONFIG"}
-    result["XDG_CONFIG_HOME"] = str(tmp_path / "xdg-config")
-    result["XDG_STATE_HOME"] = str(tmp_path / "xdg-state")
-    return result
 
 
 def run_mqd(
