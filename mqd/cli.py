@@ -50,10 +50,8 @@ class MQDGroup(click.Group):
 
 
 class State:
-    def __init__(self, config_path: Path | None, log_level: str, log_format: str) -> None:
+    def __init__(self, config_path: Path | None) -> None:
         self.config_path = config_path
-        self.log_level = log_level
-        self.log_format = log_format
 
     def load(self) -> Config:
         return load_config(locate_config(self.config_path))
@@ -95,7 +93,7 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str, log_format
     through an authenticated relay, retries what fails temporarily and bounces what cannot be
     delivered. Start with 'mqd init', check with 'mqd config check', then 'mqd run'.
     """
-    ctx.obj = State(config_path, log_level, log_format)
+    ctx.obj = State(config_path)
     setup_logging(log_level, log_format)
 
 

@@ -181,7 +181,6 @@ def parse_config(data: Mapping[str, Any], path: Path | None) -> Config:
         raise sendmail_opts.error(
             "spool", f"{sendmail.spool} is not one of the [[spool]] paths, so no daemon reads it"
         )
-    root.finish()
     return Config(source=path, queue=queue, spools=spools, relays=relays, sendmail=sendmail)
 
 

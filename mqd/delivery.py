@@ -60,12 +60,13 @@ class Deliverer:
         attempt is not counted.
         """
         pending = entry.pending
+        body = None
         if pending:
             body = await self.store.load_body(entry)
             started = time.monotonic()
             replies, remote = await self._relay(entry, pending, body)
             self._record(entry, pending, replies, remote, time.monotonic() - started)
-        await self.finish(entry)
+        await self.finish(entry, body)
 
     async def _relay(
         self, entry: QueueEntry, pending: list[RecipientState], body: bytes
@@ -186,11 +187,11 @@ class Deliverer:
                 )
             )
 
-    async def finish(self, entry: QueueEntry) -> None:
+    async def finish(self, entry: QueueEntry, body: bytes | None = None) -> None:
         """Bounce new failures, then remove, fail or reschedule ``entry`` (durably)."""
         failures = entry.unnotified_failures
         if failures:
-            await self._bounce(entry, failures)
+            await self._bounce(entry, failures, body)
         if not entry.is_done:
             await self.store.save(entry)
             return
@@ -202,9 +203,11 @@ class Deliverer:
             await self.store.remove(entry)
             self.emit(Event(EventKind.COMPLETED, entry.id, entry.summary()))
 
-    async def _bounce(self, entry: QueueEntry, failures: list[RecipientState]) -> None:
+    async def _bounce(
+        self, entry: QueueEntry, failures: list[RecipientState], body: bytes | None
+    ) -> None:
         if entry.may_bounce:
-            original = await self.store.load_body(entry)
+            original = body if body is not None else await self.store.load_body(entry)
             message = self.host.build_bounce(entry, failures, original, self.config)
             dsn = QueueEntry(
                 id=f"{entry.id}b{entry.bounces}",

@@ -20,6 +20,7 @@ __all__ = [
     "Envelope",
     "ParsedMessage",
     "address_problem",
+    "envelope_address",
     "is_delivery_report",
     "parse_message",
     "prepare_for_relay",
@@ -82,7 +83,7 @@ def parse_message(
     for name, raw in fields:
         if name.lower() not in _ENVELOPE_FIELDS:
             break  # only leading X-Sender / X-Receiver lines are the envelope
-        value = _envelope_address(_unfold(raw))
+        value = envelope_address(_unfold(raw))
         if name.lower() == b"x-sender":
             if envelope_sender is not None:
                 raise MessageParseError("more than one leading X-Sender line")
@@ -249,9 +250,11 @@ def _addresses(value: str, name: str) -> list[str]:
     ]
 
 
-def _envelope_address(value: str) -> str:
+def envelope_address(value: str) -> str:
     """The address of an X-Sender / X-Receiver value: ``a@b``, ``<a@b>`` or ``"Name" <a@b>``."""
     value = value.strip()
+    if any(c in value for c in "\r\n\x00"):
+        return value  # never reinterpret an injection attempt; address_problem refuses it
     if value.endswith(">") and "<" in value:
         return value[value.rindex("<") + 1 : -1].strip()
     return value

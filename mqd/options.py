@@ -73,9 +73,6 @@ class Options:
                 known = ", ".join(sorted(self._known)) or "none"
                 raise self.error(key, f"unknown key{suggestion} (known keys here: {known})")
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._table
-
     def keys(self) -> list[str]:
         """The keys present in this table (reading them is still up to the caller)."""
         return list(self._table)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from email.utils import formataddr
 from typing import BinaryIO
 
-from .envelope import address_problem, parse_message
+from .envelope import address_problem, envelope_address, parse_message
 from .errors import ConfigError, MessageParseError, MQDError
 from .exitcodes import ExitCode
 from .inject import envelope_lines, inject
@@ -146,7 +146,7 @@ def build(args: SendmailArgs, raw: bytes, qualify_domain: str | None) -> bytes:
 
 
 def _qualify(address: str, domain: str | None, role: str) -> str:
-    address = address.strip().strip("<>").strip()
+    address = envelope_address(address)
     if address and "@" not in address:
         if not domain:
             raise MessageParseError(

@@ -9,6 +9,7 @@ from typing import Any
 import tomli_w
 
 from .paths import default_paths
+from .relays.smtp import DEFAULT_PORTS
 
 __all__ = ["StarterOptions", "render_starter"]
 
@@ -43,7 +44,7 @@ def _section(*blocks: str) -> str:
 def render_starter(options: StarterOptions) -> str:
     """The text of a starter ``mqd.toml``: every key commented, ready to edit."""
     paths = default_paths()
-    port = options.port or {"tls": 465, "starttls": 587, "none": 25}[options.security]
+    port = options.port or DEFAULT_PORTS[options.security]
     if options.security == "none":
         credentials = [
             '# security = "none" is clear text: mqd refuses to send a username and password\n'

@@ -64,6 +64,7 @@ class QueueEntry:
     #: The file name it had in the spool, and its Message-ID header, for logs.
     spool_name: str = ""
     message_id: str = ""
+    #: Data plugins keep with the message (e.g. a provider's message id); persisted as JSON.
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, ClassVar, Self
 
@@ -82,7 +82,6 @@ class DeliveryResult:
     remote: str | None = None
     #: The provider's id for the message, when it has one (for tracking).
     provider_id: str | None = None
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def all(
