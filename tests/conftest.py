@@ -101,34 +101,50 @@ def write_config(tmp_path: Path) -> Callable[[str], Path]:
 
 
 @pytest.fixture
-def plain_config(
+def sink_config(
     write_config: Callable[[str], Path], spool: Path, queue_dir: Path, smtp_server: SMTPPeer
-) -> Config:
+) -> Callable[..., Config]:
+    """``make(queue=..., relay=...)``: a config relaying ``spool`` to ``smtp_server`` over plain
+    SMTP, with extra TOML lines for its ``[queue]`` and ``[relays.sink]`` tables."""
+
+    def make(queue: str = "", relay: str = "") -> Config:
+        text = "\n".join(
+            [
+                "[queue]",
+                f'dir = "{queue_dir}"',
+                textwrap.dedent(queue),
+                "[[spool]]",
+                f'path = "{spool}"',
+                'relay = "sink"',
+                'allowed_senders = ["app@example.com", "*@example.org"]',
+                "[relays.sink]",
+                'plugin = "smtp"',
+                'host = "127.0.0.1"',
+                f"port = {smtp_server.port}",
+                'security = "none"',
+                textwrap.dedent(relay),
+            ]
+        )
+        return load_config(write_config(text))
+
+    return make
+
+
+@pytest.fixture
+def plain_config(sink_config: Callable[..., Config]) -> Config:
     """One spool relayed to ``smtp_server`` over plain SMTP; fast retries for tests."""
-    path = write_config(
-        f"""
-        [queue]
-        dir = "{queue_dir}"
+    return sink_config(
+        queue="""
         bounce_sender = "mailer-daemon@mqd.test"
         scan_interval = "1s"
-        retry = {{ initial = "1s", max = "2s", lifetime = "1h" }}
-
-        [[spool]]
-        path = "{spool}"
-        relay = "sink"
-        allowed_senders = ["app@example.com", "*@example.org"]
-
-        [relays.sink]
-        plugin = "smtp"
-        host = "127.0.0.1"
-        port = {smtp_server.port}
-        security = "none"
+        retry = { initial = "1s", max = "2s", lifetime = "1h" }
+        """,
+        relay="""
         connect_timeout = "5s"
         command_timeout = "5s"
         data_timeout = "5s"
-        """
+        """,
     )
-    return load_config(path)
 
 
 def make_message(

@@ -152,27 +152,9 @@ async def test_invalid_recipient_bounces_while_the_others_are_delivered(
 
 
 async def test_lifetime_exceeded_bounces_with_4_4_7(
-    write_config, spool: Path, queue_dir: Path, smtp_server, host: PluginHost
+    sink_config, spool: Path, queue_dir: Path, smtp_server, host: PluginHost
 ) -> None:
-    from mqd.config import load_config
-
-    config = load_config(
-        write_config(
-            f"""
-            [queue]
-            dir = "{queue_dir}"
-            retry = {{ initial = "1s", max = "1s", lifetime = "0s" }}
-            [[spool]]
-            path = "{spool}"
-            allowed_senders = ["app@example.com"]
-            [relays.sink]
-            plugin = "smtp"
-            host = "127.0.0.1"
-            port = {smtp_server.port}
-            security = "none"
-            """
-        )
-    )
+    config = sink_config(queue='retry = { initial = "1s", max = "1s", lifetime = "0s" }')
     drop(spool, make_message(to=("temp-dave@example.net",)))
     daemon = await run_once(config, host)
     [bounce] = smtp_server.wait_for(1)
@@ -216,32 +198,14 @@ async def test_dropped_connection_during_data_is_retried(
 
 
 async def test_watch_picks_up_a_new_file_without_a_rescan(
-    write_config, spool: Path, queue_dir: Path, smtp_server, host: PluginHost
+    sink_config, spool: Path, smtp_server, host: PluginHost
 ) -> None:
     import asyncio
 
-    from mqd.config import load_config
     from mqd.daemon import Daemon
 
     for watch in ("inotify", "watchfiles"):
-        config = load_config(
-            write_config(
-                f"""
-                [queue]
-                dir = "{queue_dir}"
-                scan_interval = "1h"
-                watch = "{watch}"
-                [[spool]]
-                path = "{spool}"
-                allowed_senders = ["app@example.com"]
-                [relays.sink]
-                plugin = "smtp"
-                host = "127.0.0.1"
-                port = {smtp_server.port}
-                security = "none"
-                """
-            )
-        )
+        config = sink_config(queue=f'scan_interval = "1h"\nwatch = "{watch}"')
         daemon = Daemon(config, host=host, shutdown_timeout=5)
         task = asyncio.create_task(daemon.run())
         await asyncio.wait_for(daemon.ready.wait(), 10)
