@@ -94,10 +94,18 @@ class QueueLockedError(QueueError):
 
 
 class RelayError(MQDError):
-    """A relay could not deliver a message. ``reply`` is what the far end said, if anything."""
+    """A relay could not deliver a message. ``reply`` is what the far end said, if anything.
 
-    def __init__(self, message: str, *, reply: Reply | None = None) -> None:
+    ``retry_after`` (seconds) is the far end's own word on when to come back (HTTP
+    ``Retry-After``, a provider's throttling hint): the next attempt is no sooner, and the relay
+    is paused for every message until then.
+    """
+
+    def __init__(
+        self, message: str, *, reply: Reply | None = None, retry_after: float | None = None
+    ) -> None:
         self.reply = reply
+        self.retry_after = retry_after
         super().__init__(message)
 
 
