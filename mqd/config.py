@@ -15,7 +15,7 @@ import os
 import re
 import socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,15 +27,19 @@ from .paths import SYSTEM_CONFIG, DefaultPaths, default_paths
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_RELAY",
+    "CircuitConfig",
     "Config",
     "QueueConfig",
+    "QuotaConfig",
     "RelayConfig",
     "RetryPolicy",
+    "RouteConfig",
     "SendmailConfig",
     "SpoolConfig",
     "load_config",
     "locate_config",
     "parse_config",
+    "sender_allowed",
     "validate_sender_pattern",
 ]
 
@@ -69,9 +73,16 @@ class QueueConfig:
 @dataclass(frozen=True)
 class SpoolConfig:
     path: Path
-    relay: str
+    #: The relays this spool's mail goes through: the first, then the others in turn when one
+    #: fails transiently or is unhealthy (failover).
+    relays: tuple[str, ...]
     #: Patterns ("user@example.com" or "*@example.com"); empty means "the relay's list decides".
     allowed_senders: tuple[str, ...] = ()
+
+    @property
+    def relay(self) -> str:
+        """The first (preferred) relay."""
+        return self.relays[0]
 
     @property
     def key(self) -> str:
@@ -81,12 +92,48 @@ class SpoolConfig:
 
 
 @dataclass(frozen=True)
+class QuotaConfig:
+    """A provider's sending limits; None means no limit. Counted in messages."""
+
+    max_per_second: float | None = None
+    max_per_hour: int | None = None
+    max_per_day: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        return any(
+            v is not None for v in (self.max_per_second, self.max_per_hour, self.max_per_day)
+        )
+
+
+@dataclass(frozen=True)
+class CircuitConfig:
+    """After ``failures`` whole-message failures in a row the relay is skipped for ``cooldown``
+    seconds (doubling while it keeps failing, up to ``max_cooldown``), then tried once."""
+
+    failures: int = 5
+    cooldown: float = 60.0
+    max_cooldown: float = 900.0
+
+
+@dataclass(frozen=True)
 class RelayConfig:
     name: str
     plugin: str
     allowed_senders: tuple[str, ...]
     #: The remaining keys, read by the plugin (which also rejects unknown ones).
     options: Options = field(compare=False, repr=False)
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
+    circuit: CircuitConfig = field(default_factory=CircuitConfig)
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """Mail from ``senders`` (exact addresses or ``*@domain``) goes through ``relays``, whatever
+    spool it came from."""
+
+    senders: tuple[str, ...]
+    relays: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -107,6 +154,7 @@ class Config:
     spools: tuple[SpoolConfig, ...]
     relays: Mapping[str, RelayConfig]
     sendmail: SendmailConfig = field(default_factory=SendmailConfig)
+    routes: tuple[RouteConfig, ...] = ()
 
     @property
     def inject_spool(self) -> Path:
@@ -167,12 +215,13 @@ def parse_config(data: Mapping[str, Any], path: Path | None) -> Config:
     """Validate the TOML document ``data`` that came from ``path``."""
     defaults = default_paths()
     root = Options(data, section="", path=path)
-    for key in ("queue", "relays", "spool", "sendmail"):
+    for key in ("queue", "relays", "spool", "route", "sendmail"):
         root.raw(key)
     root.finish()  # a misspelled top-level table is named before it is missed
     queue = _parse_queue(root.table("queue"), defaults)
     relays = _parse_relays(root, path, defaults)
     spools = _parse_spools(root, path, defaults, relays)
+    routes = _parse_routes(root, path, relays)
     sendmail_opts = root.table("sendmail")
     sendmail = _parse_sendmail(sendmail_opts)
     if sendmail.spool is not None and all(
@@ -181,7 +230,9 @@ def parse_config(data: Mapping[str, Any], path: Path | None) -> Config:
         raise sendmail_opts.error(
             "spool", f"{sendmail.spool} is not one of the [[spool]] paths, so no daemon reads it"
         )
-    return Config(source=path, queue=queue, spools=spools, relays=relays, sendmail=sendmail)
+    return Config(
+        source=path, queue=queue, spools=spools, relays=relays, sendmail=sendmail, routes=routes
+    )
 
 
 def validate_sender_pattern(pattern: str) -> str:
@@ -193,6 +244,26 @@ def validate_sender_pattern(pattern: str) -> str:
             "(mqd is never an open relay: list the senders your applications use)"
         )
     return f"{match.group(1)}@{match.group(2).rstrip('.').lower()}"
+
+
+def sender_allowed(sender: str, patterns: Iterable[str]) -> bool:
+    """True when ``sender`` matches one pattern: an exact address or ``*@domain``.
+
+    Domains compare case-insensitively and without a trailing dot; local parts compare
+    case-insensitively too (a looser match would never widen the list beyond one mailbox).
+    """
+    local, at, domain = sender.rpartition("@")
+    if not at or not local:
+        return False
+    domain = domain.rstrip(".").lower()
+    local = local.casefold()
+    for pattern in patterns:
+        p_local, _, p_domain = pattern.rpartition("@")
+        if p_domain.rstrip(".").lower() != domain:
+            continue
+        if p_local == "*" or p_local.casefold() == local:
+            return True
+    return False
 
 
 def _parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
@@ -247,8 +318,56 @@ def _parse_relays(
             plugin=opts.string("plugin"),
             allowed_senders=_patterns(opts, "allowed_senders"),
             options=opts,
+            quota=_parse_quota(opts),
+            circuit=_parse_circuit(opts),
         )
     return relays
+
+
+def _parse_quota(opts: Options) -> QuotaConfig:
+    def positive(key: str, value: float | None) -> None:
+        if value is not None and value <= 0:
+            raise opts.error(key, "must be more than zero (leave it out for no limit)")
+
+    quota = QuotaConfig(
+        max_per_second=opts.number("max_per_second", None),
+        max_per_hour=opts.integer("max_per_hour", None),
+        max_per_day=opts.integer("max_per_day", None),
+    )
+    positive("max_per_second", quota.max_per_second)
+    positive("max_per_hour", quota.max_per_hour)
+    positive("max_per_day", quota.max_per_day)
+    return quota
+
+
+def _parse_circuit(opts: Options) -> CircuitConfig:
+    circuit = CircuitConfig(
+        failures=opts.integer("circuit_failures", 5, minimum=1),
+        cooldown=opts.duration("circuit_cooldown", "1m"),
+        max_cooldown=opts.duration("circuit_max_cooldown", "15m"),
+    )
+    if circuit.cooldown <= 0:
+        raise opts.error("circuit_cooldown", "must be more than zero")
+    if circuit.max_cooldown < circuit.cooldown:
+        raise opts.error("circuit_max_cooldown", "must not be less than circuit_cooldown")
+    return circuit
+
+
+def _relay_chain(opts: Options, key: str, relays: Mapping[str, RelayConfig]) -> tuple[str, ...]:
+    """A relay name or a failover list of them, each configured, none twice."""
+    raw = opts.raw(key)
+    names: list[str] = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
+    if not names or not all(isinstance(n, str) for n in names):
+        raise opts.error(
+            key, f'expected a relay name or a failover list such as ["a", "b"], got {raw!r}'
+        )
+    configured = ", ".join(sorted(relays))
+    for name in names:
+        if name not in relays:
+            raise opts.error(key, f"no relay named {name!r} (configured: {configured})")
+    if len(set(names)) != len(names):
+        raise opts.error(key, f"names a relay twice: {names!r}")
+    return tuple(names)
 
 
 def _parse_spools(
@@ -269,16 +388,15 @@ def _parse_spools(
         if not isinstance(table, Mapping):
             raise root.error(f"spool[{index}]", f"expected a table, got {table!r}")
         opts = Options(table, section=f"spool[{index}]", path=path)
-        relay = opts.string("relay", next(iter(relays)) if len(relays) == 1 else None)
-        if relay is None:
-            raise opts.error("relay", f"is required: one of {', '.join(sorted(relays))}")
-        if relay not in relays:
-            raise opts.error(
-                "relay", f"no relay named {relay!r} (configured: {', '.join(sorted(relays))})"
-            )
+        if opts.raw("relay") is None:
+            if len(relays) != 1:
+                raise opts.error("relay", f"is required: one of {', '.join(sorted(relays))}")
+            chain: tuple[str, ...] = (next(iter(relays)),)
+        else:
+            chain = _relay_chain(opts, "relay", relays)
         spool = SpoolConfig(
             path=opts.filepath("path"),
-            relay=relay,
+            relays=chain,
             allowed_senders=_patterns(opts, "allowed_senders"),
         )
         opts.finish()
@@ -287,6 +405,31 @@ def _parse_spools(
         seen[spool.key] = index
         spools.append(spool)
     return tuple(spools)
+
+
+def _parse_routes(
+    root: Options, path: Path | None, relays: Mapping[str, RelayConfig]
+) -> tuple[RouteConfig, ...]:
+    raw = root.raw("route")
+    if raw is None:
+        return ()
+    if isinstance(raw, Mapping):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise root.error("route", "expected one or more [[route]] tables")
+    routes = []
+    for index, table in enumerate(raw):
+        if not isinstance(table, Mapping):
+            raise root.error(f"route[{index}]", f"expected a table, got {table!r}")
+        opts = Options(table, section=f"route[{index}]", path=path)
+        senders = _patterns(opts, "senders")
+        if not senders:
+            raise opts.error("senders", 'is required: e.g. senders = ["*@news.example.com"]')
+        if opts.raw("relay") is None:
+            raise opts.error("relay", f"is required: one of {', '.join(sorted(relays))}")
+        routes.append(RouteConfig(senders=senders, relays=_relay_chain(opts, "relay", relays)))
+        opts.finish()
+    return tuple(routes)
 
 
 def _parse_sendmail(opts: Options) -> SendmailConfig:

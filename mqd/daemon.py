@@ -23,10 +23,12 @@ from . import systemd
 from .config import Config
 from .delivery import Deliverer
 from .events import Event
+from .fsutil import atomic_write
 from .intake import Intake
 from .plugins import PluginHost
 from .queue.entry import QueueEntry
 from .queue.filestore import FileStore
+from .quota import dump_quotas, load_quotas
 from .relays.base import Relay
 from .runtime import build_relays
 from .spool import Spool, is_spool_name
@@ -41,6 +43,8 @@ INTAKE_BATCH = 256
 #: The scheduler re-reads the clock at least this often, so a clock jump is noticed.
 MAX_SLEEP = 30.0
 SHUTDOWN_TIMEOUT = 30.0
+#: Quota counts are saved this often (when they changed) and at shutdown.
+QUOTA_SAVE_INTERVAL = 5.0
 
 
 class Daemon:
@@ -113,6 +117,7 @@ class Daemon:
                 spool.prepare()
             for note in recovery.notes:
                 log.info("recovery: %s", note)
+            await self._load_quotas()
             self._announce()
             await self._recover(recovery.unaccepted, recovery.entries)
             if not self.once:
@@ -123,6 +128,7 @@ class Daemon:
             await self._serve()
         finally:
             systemd.notify("STOPPING=1")
+            await self._save_quotas()
             if self._watcher is not None:
                 await self._watcher.aclose()
             for relay in self.relays.values():
@@ -136,16 +142,19 @@ class Daemon:
         intake = asyncio.create_task(self._intake_loop(), name="mqd-intake")
         scheduler = asyncio.create_task(self._scheduler_loop(), name="mqd-scheduler")
         watchdog = asyncio.create_task(self._watchdog_loop(), name="mqd-watchdog")
+        quotas = asyncio.create_task(self._quota_loop(), name="mqd-quota")
         try:
             await scheduler
         finally:
             self._stopping.set()
             self._intake_wake.set()
             watchdog.cancel()
+            quotas.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await intake
-            with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
+            for task in (watchdog, quotas):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self._drain_in_flight()
 
     async def _recover(
@@ -355,6 +364,35 @@ class Daemon:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+
+    # -- quotas -----------------------------------------------------------------------------------
+
+    async def _load_quotas(self) -> None:
+        path = self.store.quota_path
+        try:
+            raw = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("cannot read the saved quota counts %s: %s", path, exc)
+            return
+        load_quotas(self.deliverer.quotas, raw)
+
+    async def _save_quotas(self) -> None:
+        quotas = self.deliverer.quotas
+        if not any(q.dirty for q in quotas.values()):
+            return
+        for quota in quotas.values():
+            quota.dirty = False
+        try:
+            await asyncio.to_thread(atomic_write, self.store.quota_path, dump_quotas(quotas))
+        except OSError as exc:
+            log.warning("cannot save the quota counts to %s: %s", self.store.quota_path, exc)
+
+    async def _quota_loop(self) -> None:
+        while True:
+            await asyncio.sleep(QUOTA_SAVE_INTERVAL)
+            await self._save_quotas()
 
     async def _watchdog_loop(self) -> None:
         interval = systemd.watchdog_interval()

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from .circuit import Circuit
 from .classify import classify_reply, reply_for_error
 from .config import Config
 from .envelope import Envelope, prepare_for_relay
@@ -26,11 +29,76 @@ from .plugins import PluginHost
 from .queue.entry import QueueEntry, RcptStatus, RecipientState
 from .queue.filestore import DSN_SOURCE, FileStore
 from .queue.schedule import Backoff
+from .quota import Quota
 from .relays.base import Outcome, Relay, Reply
 
 __all__ = ["Deliverer"]
 
 log = logging.getLogger("mqd.delivery")
+
+#: A per-second quota that frees up within this many seconds is waited for, not deferred.
+PACE = 1.0
+
+
+@dataclass
+class _Answer:
+    reply: Reply
+    remote: str | None
+    relay: str
+    provider_id: str | None
+
+
+@dataclass
+class _Walk:
+    """What one pass along a route produced."""
+
+    answers: dict[str, _Answer] = field(default_factory=dict)
+    #: False when no relay could be used at all (then the attempt does not count).
+    tried: bool = False
+    #: Why relays were skipped, and the shortest wait until one of them may be used.
+    held: list[str] = field(default_factory=list)
+    wait: float = math.inf
+    #: The longest pause a relay asked for (Retry-After): the next attempt is no sooner.
+    retry_after: float = 0.0
+    body: bytes | None = None
+
+    def answer(
+        self,
+        addresses: tuple[str, ...],
+        reply: Reply,
+        remote: str | None,
+        relay: str,
+        provider_id: str | None,
+    ) -> None:
+        for address in addresses:
+            self.answers[address] = _Answer(reply, remote, relay, provider_id)
+
+    def hold(self, why: str, wait: float) -> None:
+        self.held.append(why)
+        self.wait = min(self.wait, wait)
+
+
+def _history(
+    relay: str,
+    addresses: tuple[str, ...],
+    replies: Mapping[str, Reply],
+    remote: str | None,
+    provider_id: str | None,
+) -> dict[str, Any]:
+    """The state file's record of one relay's answer."""
+    outcomes = {classify_reply(replies[a]).value for a in addresses}
+    record: dict[str, Any] = {
+        "at": round(time.time(), 3),
+        "relay": relay,
+        "recipients": len(addresses),
+        "outcome": outcomes.pop() if len(outcomes) == 1 else "mixed",
+        "reply": str(replies[addresses[0]]),
+    }
+    if remote:
+        record["remote"] = remote
+    if provider_id:
+        record["provider_id"] = provider_id
+    return record
 
 
 class Deliverer:
@@ -52,30 +120,108 @@ class Deliverer:
         self.schedule = schedule
         self.backoff = Backoff(config.queue.retry)
         self.hostname = socket.gethostname()
+        self.circuits = {
+            name: Circuit(name, relay.circuit) for name, relay in config.relays.items()
+        }
+        self.quotas = {name: Quota(name, relay.quota) for name, relay in config.relays.items()}
 
     async def attempt(self, entry: QueueEntry) -> None:
-        """Try the pending recipients of ``entry`` once, then record and act on the outcome.
+        """Try the pending recipients of ``entry`` once along its route, then record and act on
+        the outcome.
 
-        Cancellation (shutdown) before the relay answered leaves the entry untouched: a cancelled
-        attempt is not counted.
+        When no relay of the route may take the message now (unhealthy, or held by a quota) it
+        waits without the attempt being counted. Cancellation (shutdown) before the relay
+        answered leaves the entry untouched: a cancelled attempt is not counted.
         """
         pending = entry.pending
         body = None
         if pending:
-            body = await self.store.load_body(entry)
             started = time.monotonic()
-            replies, remote = await self._relay(entry, pending, body)
-            self._record(entry, pending, replies, remote, time.monotonic() - started)
+            walk = await self._walk(entry, pending)
+            body = walk.body
+            if not walk.tried:
+                entry.next_attempt_at = time.time() + walk.wait
+                log.info(
+                    "%s held: %s; next look in %.0fs (not counted as an attempt)",
+                    entry.id,
+                    "; ".join(walk.held),
+                    walk.wait,
+                )
+                return
+            self._record(entry, pending, walk, time.monotonic() - started)
         await self.finish(entry, body)
 
-    async def _relay(
-        self, entry: QueueEntry, pending: list[RecipientState], body: bytes
-    ) -> tuple[dict[str, Reply], str | None]:
-        addresses = tuple(r.address for r in pending)
-        relay = self.relays.get(entry.relay)
-        if relay is None:
-            reply = Reply(451, f"no relay named {entry.relay!r} is configured", "4.3.5")
-            return dict.fromkeys(addresses, reply), None
+    async def _walk(self, entry: QueueEntry, pending: list[RecipientState]) -> _Walk:
+        """Hand the recipients to the route's relays in turn: the next relay gets those the
+        previous one deferred, or all of them when it is unhealthy or held by a quota."""
+        walk = _Walk()
+        remaining = tuple(r.address for r in pending)
+        route = entry.relays
+        for position, name in enumerate(route):
+            relay = self.relays.get(name)
+            if relay is None:
+                reply = Reply(451, f"no relay named {name!r} is configured", "4.3.5")
+                walk.answer(remaining, reply, None, name, None)
+                walk.tried = True
+                continue
+            wait = await self._admit(name)
+            if wait is not None:
+                walk.hold(f"relay {name} {wait[1]}", wait[0])
+                continue
+            walk.tried = True
+            if walk.body is None:  # read only once a relay takes it: a held message costs no I/O
+                walk.body = await self.store.load_body(entry)
+            replies, remote, provider_id = await self._deliver_via(
+                relay, entry, remaining, walk.body, walk
+            )
+            for address in remaining:
+                walk.answer((address,), replies[address], remote, name, provider_id)
+            entry.record(_history(name, remaining, replies, remote, provider_id))
+            remaining = tuple(
+                a for a in remaining if classify_reply(replies[a]) is Outcome.TRANSIENT
+            )
+            if not remaining:
+                break
+            if position + 1 < len(route):
+                log.info(
+                    "%s relay %s deferred %d recipient(s) (%s): failing over to %s",
+                    entry.id,
+                    name,
+                    len(remaining),
+                    replies[remaining[0]],
+                    route[position + 1],
+                )
+        return walk
+
+    async def _admit(self, name: str) -> tuple[float, str] | None:
+        """None when ``name`` may take a message now (counted against its quota); otherwise
+        (seconds to wait, why). A per-second quota that frees up within ``PACE`` seconds
+        is waited for here, so a burst is paced rather than diverted or deferred."""
+        circuit, quota = self.circuits[name], self.quotas[name]
+        while True:
+            wait = circuit.admit()
+            if wait is not None:
+                return wait, f"is unhealthy ({circuit.reason})"
+            hold = quota.take()
+            if hold is None:
+                return None
+            circuit.release()
+            if hold.limit == "per-second" and hold.seconds <= PACE:
+                await asyncio.sleep(hold.seconds)
+                continue
+            return hold.seconds, f"reached its {hold.limit} quota"
+
+    async def _deliver_via(
+        self,
+        relay: Relay,
+        entry: QueueEntry,
+        addresses: tuple[str, ...],
+        body: bytes,
+        walk: _Walk,
+    ) -> tuple[dict[str, Reply], str | None, str | None]:
+        """One relay's answer per recipient; whole-message failures become the same reply for
+        each, and feed the relay's circuit breaker (and ``walk.retry_after``)."""
+        circuit = self.circuits[relay.name]
         # A stable Message-ID for messages that lack one, so that every retry carries the same.
         domain = entry.sender.rpartition("@")[2] or self.hostname
         message = prepare_for_relay(body, message_id=f"<{entry.id}@{domain}>")
@@ -84,32 +230,39 @@ class Deliverer:
             result = await relay.deliver(envelope)
         except RelayError as exc:
             log.debug("%s relay %s: %s", entry.id, relay.name, exc)
-            return dict.fromkeys(addresses, reply_for_error(exc)), None
+            reply = reply_for_error(exc)
+            if classify_reply(reply) is Outcome.TRANSIENT:
+                circuit.failure(str(exc), exc.retry_after)
+                walk.retry_after = max(walk.retry_after, exc.retry_after or 0.0)
+            else:
+                circuit.success()  # it answered: the relay works, the message does not
+            return dict.fromkeys(addresses, reply), None, None
         except asyncio.CancelledError:
+            circuit.release()
             raise
         except Exception as exc:  # a relay bug: keep the mail, retry later, say so loudly
             log.exception("%s relay %s raised unexpectedly", entry.id, relay.name)
+            circuit.failure(repr(exc))
             reply = Reply(451, f"relay {relay.name} failed: {exc!r}", "4.3.0")
-            return dict.fromkeys(addresses, reply), None
+            return dict.fromkeys(addresses, reply), None, None
+        circuit.success()
         missing = Reply(451, "the relay gave no answer for this recipient", "4.3.0")
-        return {a: result.replies.get(a, missing) for a in addresses}, result.remote
+        replies = {a: result.replies.get(a, missing) for a in addresses}
+        return replies, result.remote, result.provider_id
 
     def _record(
-        self,
-        entry: QueueEntry,
-        pending: list[RecipientState],
-        replies: dict[str, Reply],
-        remote: str | None,
-        elapsed: float,
+        self, entry: QueueEntry, pending: list[RecipientState], walk: _Walk, elapsed: float
     ) -> None:
         now = time.time()
         entry.attempts += 1
         entry.last_attempt_at = now
         deferred: list[RecipientState] = []
         for rcpt in pending:
-            reply = replies[rcpt.address]
+            answer = walk.answers[rcpt.address]
+            reply = answer.reply
             outcome = classify_reply(reply)
-            rcpt.reply, rcpt.status_code, rcpt.remote = str(reply), reply.status, remote
+            rcpt.reply, rcpt.status_code = str(reply), reply.status
+            rcpt.remote, rcpt.relay = answer.remote, answer.relay
             if outcome is Outcome.DELIVERED:
                 rcpt.status = RcptStatus.DELIVERED
             elif outcome is Outcome.PERMANENT:
@@ -117,7 +270,7 @@ class Deliverer:
             else:
                 deferred.append(rcpt)
             entry.last_reply = str(reply)
-            self._log_attempt(entry, rcpt, outcome, elapsed)
+            self._log_attempt(entry, rcpt, outcome, elapsed, answer.provider_id)
         if not deferred:
             return
         if self.backoff.expired(entry.created_at, now):
@@ -131,7 +284,9 @@ class Deliverer:
                 rcpt.status_code = "4.4.7"
                 log.warning("%s to=<%s> expired: %s", entry.id, rcpt.address, rcpt.reply)
         else:
-            entry.next_attempt_at = now + self.backoff.delay(entry.attempts)
+            # The far end's Retry-After is a floor under the backoff.
+            delay = max(self.backoff.delay(entry.attempts), walk.retry_after)
+            entry.next_attempt_at = now + delay
             for rcpt in deferred:
                 self.emit(
                     Event(
@@ -141,13 +296,18 @@ class Deliverer:
                             "recipient": rcpt.address,
                             "reply": rcpt.reply,
                             "next_attempt_at": entry.next_attempt_at,
-                            "relay": entry.relay,
+                            "relay": rcpt.relay,
                         },
                     )
                 )
 
     def _log_attempt(
-        self, entry: QueueEntry, rcpt: RecipientState, outcome: Outcome, elapsed: float
+        self,
+        entry: QueueEntry,
+        rcpt: RecipientState,
+        outcome: Outcome,
+        elapsed: float,
+        provider_id: str | None,
     ) -> None:
         level = logging.INFO if outcome is Outcome.DELIVERED else logging.WARNING
         log.log(
@@ -156,7 +316,7 @@ class Deliverer:
             entry.id,
             entry.sender,
             rcpt.address,
-            entry.relay,
+            rcpt.relay,
             entry.attempts,
             elapsed,
             outcome.value,
@@ -166,7 +326,7 @@ class Deliverer:
                     "id": entry.id,
                     "sender": entry.sender,
                     "recipient": rcpt.address,
-                    "relay": entry.relay,
+                    "relay": rcpt.relay,
                     "attempt": entry.attempts,
                     "outcome": outcome.value,
                     "reply": rcpt.reply,
@@ -182,7 +342,8 @@ class Deliverer:
                     {
                         "recipient": rcpt.address,
                         "reply": rcpt.reply,
-                        "relay": entry.relay,
+                        "relay": rcpt.relay,
+                        "provider_id": provider_id,
                     },
                 )
             )

@@ -21,6 +21,7 @@ from .events import Event, EventKind, EventSink
 from .plugins import PluginHost
 from .queue.entry import QueueEntry, RcptStatus, RecipientState, new_message_id
 from .queue.filestore import FileStore
+from .routing import route_for
 from .spool import Claimed, Spool, read_claimed
 
 __all__ = ["Intake"]
@@ -93,14 +94,16 @@ class Intake:
                     {"file": read.claimed.original_name, "spool": str(spool.path)},
                 )
             )
+            route: tuple[str, ...] = ()
             if read.parsed is not None:
-                refusal = self.host.check_policy(read.parsed, spool, spool.relay, self.config)
+                route = route_for(self.config, spool, read.parsed.sender)
+                refusal = self.host.check_policy(read.parsed, spool, route[0], self.config)
                 if refusal:
                     read.error, read.stage = refusal, "policy"
             if read.error is not None or read.parsed is None:
                 rejected.append(read)
             else:
-                accepted.append(self._entry(read, read.parsed, now))
+                accepted.append(self._entry(read, read.parsed, route, now))
         await asyncio.to_thread(self._persist, accepted, rejected)
         for read in rejected:
             self._log_rejection(read)
@@ -111,13 +114,15 @@ class Intake:
                 entry.sender,
                 ",".join(f"<{r.address}>" for r in entry.recipients),
                 entry.size,
-                entry.relay,
+                ",".join(entry.relays),
                 entry.spool_name,
             )
             self.emit(Event(EventKind.QUEUED, entry.id, entry.summary()))
         return accepted
 
-    def _entry(self, read: _Read, parsed: ParsedMessage, now: float) -> QueueEntry:
+    def _entry(
+        self, read: _Read, parsed: ParsedMessage, route: tuple[str, ...], now: float
+    ) -> QueueEntry:
         spool = read.claimed.spool
         recipients = [RecipientState(address) for address in parsed.recipients]
         recipients += [
@@ -133,7 +138,8 @@ class Intake:
             id=read.claimed.entry_id,
             sender=parsed.sender,
             recipients=recipients,
-            relay=spool.relay,
+            relay=route[0],
+            route=list(route) if len(route) > 1 else [],
             source=spool.key,
             created_at=now,
             next_attempt_at=now,

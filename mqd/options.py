@@ -118,6 +118,16 @@ class Options:
 
         return self._get(key, default, convert)
 
+    def number(self, key: str, default: Any = _MISSING) -> Any:
+        """A number (integer or float), returned as a float."""
+
+        def convert(raw: Any) -> float:
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
+                raise ValueError(f"expected a number, got {raw!r}")
+            return float(raw)
+
+        return self._get(key, default, convert)
+
     def boolean(self, key: str, default: Any = _MISSING) -> Any:
         return self._get(key, default, _expect(bool, "true or false"))
 

@@ -40,19 +40,37 @@ def build_relays(config: Config, host: PluginHost) -> dict[str, Relay]:
             ) from exc
         relay_config.options.finish()
         relays[name] = relay
-    for index, spool in enumerate(config.spools):
-        relay = relays[spool.relay]
-        listed = spool.allowed_senders or config.relays[spool.relay].allowed_senders
-        if relay.network and not listed:
-            raise ConfigError(
-                f"required: the relay {spool.relay!r} sends mail over the network, and mqd is "
-                "never an open relay. List the senders your applications use, e.g. "
-                'allowed_senders = ["noreply@example.com", "*@example.com"] (here or in '
-                f"[relays.{spool.relay}])",
-                path=config.source,
-                key=f"spool[{index}].allowed_senders",
-            )
+    _check_not_open(config, relays)
     return relays
+
+
+def _check_not_open(config: Config, relays: dict[str, Relay]) -> None:
+    """Every network relay mail can reach needs an allow-list on the way (mqd is never an open
+    relay): the spool's own, or the relay's."""
+
+    def refuse(relay: str, key: str) -> ConfigError:
+        return ConfigError(
+            f"required: the relay {relay!r} sends mail over the network, and mqd is never an "
+            "open relay. List the senders your applications use, e.g. "
+            'allowed_senders = ["noreply@example.com", "*@example.com"] (here or in '
+            f"[relays.{relay}])",
+            path=config.source,
+            key=key,
+        )
+
+    for index, spool in enumerate(config.spools):
+        for name in spool.relays:
+            listed = spool.allowed_senders or config.relays[name].allowed_senders
+            if relays[name].network and not listed:
+                raise refuse(name, f"spool[{index}].allowed_senders")
+    # A route can take mail from any spool, so a spool without a list must not reach it.
+    every_spool_listed = all(spool.allowed_senders for spool in config.spools)
+    for index, route in enumerate(config.routes):
+        for name in route.relays:
+            if relays[name].network and not (
+                every_spool_listed or config.relays[name].allowed_senders
+            ):
+                raise refuse(name, f"route[{index}].relay")
 
 
 def effective_config(config: Config) -> dict[str, Any]:
@@ -78,11 +96,21 @@ def effective_config(config: Config) -> dict[str, Any]:
         "spool": [
             {
                 "path": str(spool.path),
-                "relay": spool.relay,
+                "relay": spool.relay if len(spool.relays) == 1 else list(spool.relays),
                 "allowed_senders": list(spool.allowed_senders),
             }
             for spool in config.spools
         ],
+        **(
+            {
+                "route": [
+                    {"senders": list(route.senders), "relay": list(route.relays)}
+                    for route in config.routes
+                ]
+            }
+            if config.routes
+            else {}
+        ),
         "sendmail": {
             "spool": str(config.inject_spool),
             **(

@@ -105,6 +105,7 @@ def config_tables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, 
             for name in plugins
         ],
         "sendmail": {"spool": str(tmp_path / f"spool-{plugins[0]}"), "qualify_domain": "a.test"},
+        "route": [{"senders": ["*@example.com"], "relay": plugins[0]}],
         "relays": {
             name: {"plugin": name, "allowed_senders": ["app@example.com"], **RELAY_SETTINGS[name]}
             for name in plugins
@@ -151,7 +152,7 @@ def test_every_config_key_is_documented(config_tables: dict[str, set[str]]) -> N
         expected[f'`plugin = "{name.removeprefix(RELAY_PREFIX)}"`'] = keys - common
     for name, keys in config_tables.items():
         if name and not name.startswith(RELAY_PREFIX):
-            heading = "`[[spool]]`" if name == "spool" else f"`[{name}]`"
+            heading = f"`[[{name}]]`" if name in ("spool", "route") else f"`[{name}]`"
             subtables = {k for k in keys if f"{name}.{k}" in config_tables}
             expected[heading] = keys - subtables
 

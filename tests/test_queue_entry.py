@@ -188,6 +188,7 @@ def test_entry_properties():
         "sender": "app@example.com",
         "recipients": [r.address for r in entry.recipients],
         "relay": "main",
+        "route": ["main"],
     }
     assert make_entry(sender="").summary()["sender"] == "<>"
 

@@ -27,7 +27,7 @@ def staging_root(tmp_path: Path) -> Path:
 def make_spool(spool: Path, staging_root: Path):
     def make() -> Spool:
         s = Spool(
-            SpoolConfig(path=spool, relay="r", allowed_senders=("app@example.com",)),
+            SpoolConfig(path=spool, relays=("r",), allowed_senders=("app@example.com",)),
             QUEUE_KEY,
             lambda source, entry_id: staging_root / source / f"{entry_id}.eml",
         )

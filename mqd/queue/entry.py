@@ -11,8 +11,10 @@ from typing import Any
 
 __all__ = ["STATE_VERSION", "QueueEntry", "RcptStatus", "RecipientState", "new_message_id"]
 
-#: Bumped when the on-disk state format changes incompatibly.
+#: Bumped when the on-disk state format changes incompatibly (new fields with defaults are not).
 STATE_VERSION = 1
+#: Attempt records kept per entry.
+HISTORY_LIMIT = 50
 
 
 def new_message_id() -> str:
@@ -36,6 +38,8 @@ class RecipientState:
     status_code: str | None = None
     #: The host that gave that reply.
     remote: str | None = None
+    #: The relay that gave that reply (with failover, not always the route's first).
+    relay: str | None = None
     #: True once a DSN has been queued for this failed recipient.
     notified: bool = False
 
@@ -47,6 +51,7 @@ class QueueEntry:
     id: str
     sender: str
     recipients: list[RecipientState]
+    #: The preferred relay: the first of ``route``.
     relay: str
     #: Where the body lives: a spool's key, or "dsn" for bounces mqd generated.
     source: str
@@ -66,6 +71,20 @@ class QueueEntry:
     message_id: str = ""
     #: Data plugins keep with the message (e.g. a provider's message id); persisted as JSON.
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The failover chain chosen at intake (by route or spool); empty means just ``relay``.
+    route: list[str] = field(default_factory=list)
+    #: One record per relay used, newest last (at most ``HISTORY_LIMIT``): when, which relay,
+    #: for which recipients, and what came back.
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def relays(self) -> list[str]:
+        """The relays to try, in order."""
+        return self.route or [self.relay]
+
+    def record(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        del self.history[:-HISTORY_LIMIT]
 
     @property
     def pending(self) -> list[RecipientState]:
@@ -124,4 +143,5 @@ class QueueEntry:
             "sender": self.sender or "<>",
             "recipients": [r.address for r in self.recipients],
             "relay": self.relay,
+            "route": self.relays,
         }

@@ -10,6 +10,7 @@
       state/<id>.json              one entry's state; its presence means "accepted"
       failed/<id>.eml, <id>.json   messages that bounced or were refused, and why
       quarantine/                  state files that could not be read, with the reason
+      quota.json                   recent send counts of relays with hourly/daily quotas
 
 Commit points: a state file written (temp, fsync, rename, directory fsync) accepts a message;
 unlinking the body finishes it (the state file goes right after; a state file whose body is
@@ -51,6 +52,7 @@ class FileStore(QueueStore):
         self.state_dir = directory / "state"
         self.failed_dir = directory / "failed"
         self.quarantine_dir = directory / "quarantine"
+        self.quota_path = directory / "quota.json"
         self.queue_key = ""
         self._lock_file: IO[str] | None = None
 
