@@ -341,16 +341,18 @@ def _parse_quota(opts: Options) -> QuotaConfig:
 
 
 def _parse_circuit(opts: Options) -> CircuitConfig:
-    circuit = CircuitConfig(
-        failures=opts.integer("circuit_failures", 5, minimum=1),
-        cooldown=opts.duration("circuit_cooldown", "1m"),
-        max_cooldown=opts.duration("circuit_max_cooldown", "15m"),
-    )
-    if circuit.cooldown <= 0:
+    cooldown = opts.duration("circuit_cooldown", "1m")
+    if cooldown <= 0:
         raise opts.error("circuit_cooldown", "must be more than zero")
-    if circuit.max_cooldown < circuit.cooldown:
+    max_cooldown = opts.duration("circuit_max_cooldown", None)
+    if max_cooldown is not None and max_cooldown < cooldown:
         raise opts.error("circuit_max_cooldown", "must not be less than circuit_cooldown")
-    return circuit
+    return CircuitConfig(
+        failures=opts.integer("circuit_failures", 5, minimum=1),
+        cooldown=cooldown,
+        # Default: 15 minutes, or the cooldown itself when that is longer.
+        max_cooldown=max_cooldown if max_cooldown is not None else max(900.0, cooldown),
+    )
 
 
 def _relay_chain(opts: Options, key: str, relays: Mapping[str, RelayConfig]) -> tuple[str, ...]:
