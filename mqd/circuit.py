@@ -80,6 +80,7 @@ class Circuit:
         self.failures = 0
         self._opened = False
         self._trial = False
+        self._open_until = 0.0
         self._cooldown = self.config.cooldown
         self.reason = ""
 
@@ -100,6 +101,10 @@ class Circuit:
                 )
             self._opened = True
             self._open_until = max(self._open_until, until)
+            return
+        if self._opened and not was_trial:
+            # A message already under way when the circuit opened: no news about the relay,
+            # and no reason to lengthen (or cut short) the pause already decided.
             return
         if not (was_trial or self.failures >= self.config.failures):
             return

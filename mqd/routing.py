@@ -16,9 +16,8 @@ __all__ = ["route_for"]
 def route_for(config: Config, spool: SpoolConfig, sender: str) -> tuple[str, ...]:
     """The relay chain for mail from ``sender`` taken from ``spool``."""
     if sender and config.routes:
-        exact = sender.casefold()
         for route in config.routes:
-            if any(p.casefold() == exact for p in route.senders if not p.startswith("*@")):
+            if sender_allowed(sender, [p for p in route.senders if not p.startswith("*@")]):
                 return route.relays
         for route in config.routes:
             if sender_allowed(sender, [p for p in route.senders if p.startswith("*@")]):
