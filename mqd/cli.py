@@ -296,13 +296,35 @@ def config_check(state: State, quiet: bool) -> None:
 
 
 @cli.command()
-def plugins() -> None:
-    """List loaded plugins and the relay types they provide."""
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object: the plugins (with version, hooks, relays, error) and relay types.",
+)
+def plugins(as_json: bool) -> None:
+    """List loaded plugins with their versions, what each provides, and disabled ones."""
+    import dataclasses
+    import json
+
     from .plugins import PluginHost
 
     host = PluginHost()
-    for info in host.describe():
-        version = f" {info.version}" if info.version else ""
-        status = f"  DISABLED: {info.error}" if info.error else ""
-        click.echo(f"{info.name}{version}{status}")
-    click.echo("relay types: " + ", ".join(sorted(host.relay_classes())))
+    infos = host.describe()
+    types = sorted(host.relay_classes())
+    if as_json:
+        document = {"plugins": [dataclasses.asdict(info) for info in infos], "relay_types": types}
+        click.echo(json.dumps(document, indent=2))
+        return
+    for info in infos:
+        source = info.distribution or ("built in" if info.origin == "core" else info.origin)
+        click.echo(f"{info.name} {info.version or '(no version)'} ({source})")
+        if info.error:
+            click.echo(f"    DISABLED: {info.error}")
+        if info.hooks:
+            click.echo(f"    hooks: {', '.join(info.hooks)}")
+        if info.relays:
+            click.echo(f"    relays: {', '.join(info.relays)}")
+        for problem in info.problems:
+            click.echo(f"    PROBLEM: {problem}")
+    click.echo("relay types: " + ", ".join(types))

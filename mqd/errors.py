@@ -12,7 +12,8 @@
     ├── RelayError             a relay could not deliver; carries ``.reply``
     │   ├── TransientRelayError   try again later (4xx, timeout, dropped connection)
     │   └── PermanentRelayError   will never work (5xx, bad address)
-    └── PluginError            a plugin failed to load or misbehaved
+    ├── PluginError            a plugin failed to load or misbehaved
+    └── TokenError             no OAuth2 access token could be had (``mqd.oauth2``)
 
 Relays translate their library's exceptions (aiosmtplib, httpx, ...) into
 ``TransientRelayError`` / ``PermanentRelayError`` at one place, chaining ``from exc``.

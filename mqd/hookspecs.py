@@ -1,7 +1,8 @@
 """The hooks a plugin may implement. Each docstring is the contract, including result policy.
 
 Implement them with ``@mqd.hookimpl`` in a module registered under the entry-point group
-``mqd``. A hook implementation that raises is logged and skipped (it never stops the others).
+``mqd``. A hook implementation that raises is logged and skipped (it never stops the others);
+``mqd_check_policy`` fails closed instead (the message is refused).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def mqd_register_relays(register: RegisterRelay) -> None:
     """Register relay classes: ``register("smtp", SMTPRelay)``.
 
     The name is what a config's ``plugin = "..."`` selects. Every implementation is called;
-    registering a name twice is an error reported against the second plugin.
+    registering a taken name is an error reported against the plugin loaded later (the core
+    is loaded first, so its names cannot be taken over).
     """
 
 
@@ -42,8 +44,8 @@ def mqd_check_policy(
 ) -> str | None:
     """Decide whether a message taken from ``spool`` may be relayed.
 
-    Return a reason to refuse it, or None to have no objection. Every implementation is called
-    and any refusal wins, so a plugin can add restrictions but never lift the core's allow-list.
+    Return a reason to refuse it, or None to have no objection. The first refusal wins (the
+    rest are not asked), so a plugin can add restrictions but never lift the core's allow-list.
     A refused message goes to failed/ with the reason and gets no bounce.
     """
 

@@ -83,8 +83,9 @@ class Options:
         return self._table.get(key, default)
 
     def effective(self) -> dict[str, Any]:
-        """What was read, defaults filled in and secrets redacted, in TOML-ready types."""
-        return dict(self._effective)
+        """What was read, defaults filled in and secrets redacted, in TOML-ready types
+        (sub-tables included)."""
+        return {k: dict(v) if isinstance(v, dict) else v for k, v in self._effective.items()}
 
     # -- getters ------------------------------------------------------------------------------
 
@@ -177,9 +178,10 @@ class Options:
         raw = self._table.get(key, {})
         if not isinstance(raw, Mapping):
             raise self.error(key, f"expected a table, got {raw!r}")
-        return Options(
-            raw, section=f"{self.section}.{key}" if self.section else key, path=self.file
-        )
+        sub = Options(raw, section=f"{self.section}.{key}" if self.section else key, path=self.file)
+        if key in self._table:  # shown nested, as read (``effective()`` copies it then)
+            self._effective[key] = sub._effective
+        return sub
 
     def secret(self, name: str, *, required: bool = False) -> Secret | None:
         """A credential given as exactly one of ``<name>_file``, ``<name>_env`` or ``<name>``.

@@ -3,19 +3,27 @@
 It serves daemons running in the test process and in child processes alike. Failures are
 injected per recipient by the local part (``temp-...`` -> 451, ``perm-...`` -> 550) or per
 server through attributes (``mail_reply``, ``data_reply``, ``data_delay``, ``drop_in_data``).
+
+``xoauth2=check`` adds the XOAUTH2 mechanism (and requires AUTH): ``check(user, token)`` says
+whether a token is current. A refused token gets Gmail's answer (a 334 challenge carrying a JSON
+error, then 535). ``auth_log`` records every XOAUTH2 attempt as (user, accepted).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import json
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
 
 
 @dataclass
@@ -74,6 +82,35 @@ class _Handler:
         )
         return f"250 2.0.0 Ok: queued as {len(self.peer.messages)}"
 
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        if len(args) == 2:
+            try:
+                blob = base64.b64decode(args[1], validate=True)
+            except binascii.Error:
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        else:
+            answer = await server.challenge_auth("")
+            if answer is MISSING:
+                return AuthResult(success=False, handled=True)
+            blob = answer
+        # user=<user>^Aauth=Bearer <token>^A^A
+        fields = dict(part.split("=", 1) for part in blob.decode().split("\x01") if "=" in part)
+        user = fields.get("user", "")
+        token = fields.get("auth", "").removeprefix("Bearer ")
+        check = self.peer.xoauth2
+        accepted = check is not None and bool(token) and check(user, token)
+        self.peer.auth_log.append((user, accepted))
+        if accepted:
+            return AuthResult(success=True, auth_data=user)
+        error = {"status": "401", "schemes": "Bearer", "scope": "https://mail.google.com/"}
+        await server.challenge_auth(json.dumps(error))
+        return AuthResult(
+            success=False,
+            handled=False,
+            message="535 5.7.8 Username and Password not accepted (test)",
+        )
+
 
 class SMTPPeer:
     """Start with ``start()``, stop with ``stop()``; ``port`` is set once started."""
@@ -86,12 +123,16 @@ class SMTPPeer:
         require_starttls: bool = False,
         users: dict[str, str] | None = None,
         hostname: str = "sink.test",
+        xoauth2: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.require_starttls = require_starttls
         self.users = users
         self.hostname = hostname
+        self.xoauth2 = xoauth2
+        #: Every XOAUTH2 attempt: (user, accepted).
+        self.auth_log: list[tuple[str, bool]] = []
         self.port = 0
         self.messages: list[Received] = []
         self.connections = 0
@@ -150,10 +191,12 @@ class SMTPPeer:
         if self.tls_context is not None and not self.implicit_tls:
             kwargs["tls_context"] = self.tls_context
             kwargs["require_starttls"] = self.require_starttls
-        if self.users is not None:
+        if self.users is not None or self.xoauth2 is not None:
             kwargs["authenticator"] = self._authenticate
             kwargs["auth_required"] = True
             kwargs["auth_require_tls"] = not self.implicit_tls
+        if self.xoauth2 is None:
+            kwargs["auth_exclude_mechanism"] = ["XOAUTH2"]
         return SMTP(_Handler(self), **kwargs)
 
     def _authenticate(self, server, session, envelope, mechanism, auth_data):

@@ -1,23 +1,25 @@
-"""Plugins: hooks are called, a failing plugin is isolated, entry points are discovered."""
+"""Plugins: hooks are called, a failing plugin is isolated, entry points are discovered and
+listed (``mqd plugins``) with their versions, and broken ones are reported and disabled."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import drop, make_message, run_once
 
+import mqd
 from mqd import DeliveryResult, Envelope, Relay, Reply, hookimpl
-from mqd.config import Config, load_config
-from mqd.daemon import Daemon
-from mqd.errors import ConfigError
+from mqd.config import load_config
+from mqd.errors import ConfigError, PluginError
 from mqd.events import Event, EventKind
 from mqd.plugins import PluginHost
 from mqd.relays.memory import MemoryRelay
 from mqd.runtime import build_relays
+from mqd.testing import Harness, make_message
 
 
 class Recorder:
@@ -39,30 +41,18 @@ class Exploder:
         raise RuntimeError("bounce plugin bug")
 
 
-def memory_config(write_config, spool: Path, queue_dir: Path) -> Config:
-    return load_config(
-        write_config(
-            f"""
-            [queue]
-            dir = "{queue_dir}"
-            [[spool]]
-            path = "{spool}"
-            allowed_senders = ["app@example.com"]
-            [relays.mem]
-            plugin = "memory"
-            """
-        )
-    )
+@pytest.fixture
+def harness(mqd_harness: Harness) -> Harness:
+    """One spool relayed by the memory relay ``mem``; each test passes its own plugin host."""
+    mqd_harness.configure({"mem": {"plugin": "memory"}})
+    return mqd_harness
 
 
-async def test_events_reach_plugins_even_when_another_plugin_raises(
-    write_config, spool: Path, queue_dir: Path
-) -> None:
+async def test_events_reach_plugins_even_when_another_plugin_raises(harness: Harness) -> None:
     recorder = Recorder()
     host = PluginHost(entry_points=False, extra=(Exploder(), recorder))
-    config = memory_config(write_config, spool, queue_dir)
-    drop(spool, make_message(to=("alice@example.net",)))
-    await run_once(config, host)
+    harness.drop(make_message(to=("alice@example.net",)))
+    await harness.run_once(host=host)
     kinds = [event.kind for event in recorder.events]
     assert kinds == [
         EventKind.CLAIMED,
@@ -71,18 +61,16 @@ async def test_events_reach_plugins_even_when_another_plugin_raises(
         EventKind.COMPLETED,
     ]
     assert len({event.message_id for event in recorder.events}) == 1
-    assert MemoryRelay.instances["mem"].sent[0].recipients == ("alice@example.net",)
+    assert harness.relay("mem", MemoryRelay).sent[0].recipients == ("alice@example.net",)
 
 
-async def test_failing_bounce_plugin_falls_back_to_the_core_builder(
-    write_config, spool: Path, queue_dir: Path
-) -> None:
+async def test_failing_bounce_plugin_falls_back_to_the_core_builder(harness: Harness) -> None:
     host = PluginHost(entry_points=False, extra=(Exploder(),))
-    daemon = Daemon(memory_config(write_config, spool, queue_dir), host=host, once=True)
+    daemon = harness.make_daemon(host=host)
     relay = daemon.relays["mem"]
     assert isinstance(relay, MemoryRelay)
     relay.replies["gone@example.net"] = Reply(550, "no such user", "5.1.1")
-    drop(spool, make_message(to=("gone@example.net",)))
+    harness.drop(make_message(to=("gone@example.net",)))
     await daemon.run()
     [bounce] = relay.sent
     assert bounce.sender == ""
@@ -104,27 +92,24 @@ class BrokenPolicy:
         raise RuntimeError("policy plugin bug")
 
 
-async def test_policy_plugin_can_refuse(write_config, spool: Path, queue_dir: Path) -> None:
+async def test_policy_plugin_can_refuse(harness: Harness) -> None:
     host = PluginHost(entry_points=False, extra=(Refuser(),))
-    config = memory_config(write_config, spool, queue_dir)
-    drop(spool, make_message(to=("blocked@example.net",)))
-    drop(spool, make_message(to=("fine@example.net",)))
-    await run_once(config, host)
-    [reason_file] = (queue_dir / "failed").glob("*.json")
-    assert json.loads(reason_file.read_text())["reason"] == "recipient is on the block list"
-    assert [e.recipients for e in MemoryRelay.instances["mem"].sent] == [("fine@example.net",)]
+    harness.drop(make_message(to=("blocked@example.net",)))
+    harness.drop(make_message(to=("fine@example.net",)))
+    await harness.run_once(host=host)
+    [record] = harness.failed()
+    assert record["reason"] == "recipient is on the block list"
+    assert [e.recipients for e in harness.relay("mem", MemoryRelay).sent] == [("fine@example.net",)]
 
 
-async def test_policy_plugin_that_raises_fails_closed(
-    write_config, spool: Path, queue_dir: Path
-) -> None:
+async def test_policy_plugin_that_raises_fails_closed(harness: Harness) -> None:
     host = PluginHost(entry_points=False, extra=(BrokenPolicy(),))
-    config = memory_config(write_config, spool, queue_dir)
-    drop(spool, make_message(to=("alice@example.net",)))
-    await run_once(config, host)
-    [reason_file] = (queue_dir / "failed").glob("*.json")
-    assert "policy plugin" in json.loads(reason_file.read_text())["reason"]
-    assert MemoryRelay.instances["mem"].sent == []
+    harness.drop(make_message(to=("alice@example.net",)))
+    await harness.run_once(host=host)
+    [record] = harness.failed()
+    assert "the policy plugin BrokenPolicy failed" in record["reason"]
+    assert harness.relay("mem", MemoryRelay).sent == []
+    assert harness.queued() == []
 
 
 class EchoRelay(Relay):
@@ -181,34 +166,255 @@ def test_third_party_relay_keys_are_checked_and_network_relays_need_senders(
         build_relays(unknown, host)
 
 
-def test_a_broken_entry_point_is_reported_and_disabled(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    dist = tmp_path / "mqd_broken-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mqd-broken\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[mqd]\nbroken = mqd_no_such_module_xyz\n")
-    good = tmp_path / "mqd_good_plugin.py"
-    good.write_text(
-        textwrap.dedent(
-            """
-            from mqd import hookimpl
+class TerseGate:
+    """Declares only the hook arguments it uses, as pluggy allows."""
 
-            @hookimpl
-            def mqd_track_event(event):
-                pass
-            """
-        )
-    )
-    dist2 = tmp_path / "mqd_good-2.0.dist-info"
-    dist2.mkdir()
-    (dist2 / "METADATA").write_text("Metadata-Version: 2.1\nName: mqd-good\nVersion: 2.0\n")
-    (dist2 / "entry_points.txt").write_text("[mqd]\ngood = mqd_good_plugin\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    host = PluginHost()
+    @hookimpl
+    def mqd_check_policy(self, message) -> str | None:
+        return "no mail for nobody@" if message.recipients[0].startswith("nobody@") else None
+
+
+async def test_an_implementation_may_take_a_subset_of_the_arguments(harness: Harness) -> None:
+    host = PluginHost(entry_points=False, extra=(TerseGate(),))
+    harness.drop(make_message(to=("nobody@example.net",)))
+    harness.drop(make_message(to=("somebody@example.net",)))
+    await harness.run_once(host=host)
+    [record] = harness.failed()
+    assert record["reason"] == "no mail for nobody@"
+    assert [e.recipients for e in harness.relay("mem", MemoryRelay).sent] == [
+        ("somebody@example.net",)
+    ]
+
+
+class BadRegistrar:
+    @hookimpl
+    def mqd_register_relays(self, register) -> None:
+        register("echo2", EchoRelay)
+        register("smtp", EchoRelay)  # taken by the core: an error against this plugin
+
+
+class NotARelay:
+    @hookimpl
+    def mqd_register_relays(self, register) -> None:
+        register("dict", dict)
+
+
+def test_relay_registration_errors_are_reported_and_the_rest_still_load(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    host = PluginHost(entry_points=False, extra=(BadRegistrar(), NotARelay(), EchoPlugin()))
+    classes = host.relay_classes()
+    assert classes["smtp"].__name__ == "SMTPRelay"
+    assert classes["echo"] is EchoRelay
+    assert "dict" not in classes
     infos = {info.name: info for info in host.describe()}
-    assert infos["broken"].error is not None and "failed to load" in infos["broken"].error
-    assert infos["broken"].version == "1.0"
-    assert infos["good"].error is None and infos["good"].version == "2.0"
-    assert "smtp" in host.relay_classes()
-    sys.modules.pop("mqd_good_plugin", None)
+    assert infos["BadRegistrar"].relays == ("echo2",)
+    [problem] = infos["BadRegistrar"].problems
+    assert "registered the relay name 'smtp' again" in problem
+    assert "not a Relay subclass" in infos["NotARelay"].problems[0]
+    assert infos["EchoPlugin"].relays == ("echo",)
+    assert infos["mqd.relays.smtp"].relays == ("smtp",)
+    assert "BadRegistrar failed in mqd_register_relays" in caplog.text
+
+
+def test_core_plugins_carry_mqd_version_and_their_hooks() -> None:
+    host = PluginHost(entry_points=False, extra=(Recorder(),))
+    infos = {info.name: info for info in host.describe()}
+    assert infos["mqd.bounce"].version == mqd.__version__
+    assert infos["mqd.bounce"].origin == "core"
+    assert infos["mqd.policy"].hooks == ("mqd_check_policy",)
+    assert infos["Recorder"].origin == "extra"
+    assert infos["Recorder"].hooks == ("mqd_track_event",)
+
+
+class Misspelled:
+    @hookimpl
+    def mqd_track_events(self, event) -> None:
+        pass
+
+
+class FromTheFuture:
+    @hookimpl(optionalhook=True)
+    def mqd_hook_of_a_later_version(self) -> None:
+        pass
+
+    @hookimpl
+    def mqd_track_event(self, event) -> None:
+        pass
+
+
+class Wrapper:
+    @hookimpl(wrapper=True)
+    def mqd_check_policy(self, message):
+        return (yield)
+
+
+def test_plugins_given_in_code_are_checked_at_once() -> None:
+    with pytest.raises(PluginError, match=r"mqd_track_events.*did you mean mqd_track_event"):
+        PluginHost(entry_points=False, extra=(Misspelled(),))
+    with pytest.raises(PluginError, match="as a wrapper"):
+        PluginHost(entry_points=False, extra=(Wrapper(),))
+    host = PluginHost(entry_points=False, extra=(FromTheFuture(),))
+    [info] = [i for i in host.describe() if i.name == "FromTheFuture"]
+    assert info.hooks == ("mqd_track_event",)
+
+
+# -- installed plugins (entry points) -----------------------------------------------------------
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``install(dist, version, entry_points, modules)``: a distribution 'installed' into a
+    directory on sys.path (a .dist-info folder, as pip leaves it), found by importlib.metadata."""
+    root = tmp_path / "site"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    modules: list[str] = []
+
+    def install(dist: str, version: str, entry_points: dict[str, str], **sources: str) -> None:
+        info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        lines = "".join(f"{name} = {value}\n" for name, value in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[mqd]\n{lines}")
+        for module, source in sources.items():
+            (root / f"{module}.py").write_text(textwrap.dedent(source))
+            modules.append(module)
+
+    install.root = root  # type: ignore[attr-defined]
+    yield install
+    for module in modules:
+        sys.modules.pop(module, None)
+
+
+GOOD_PLUGIN = """
+    from mqd import DeliveryResult, Relay, Reply, hookimpl
+
+    class GoodRelay(Relay):
+        network = False
+
+        @classmethod
+        def from_options(cls, name, options):
+            return cls(name)
+
+        async def deliver(self, envelope):
+            return DeliveryResult.all(envelope.recipients, Reply(250, "ok", "2.0.0"))
+
+    @hookimpl
+    def mqd_register_relays(register):
+        register("good", GoodRelay)
+    """
+
+
+@pytest.fixture
+def broken_site(site):
+    """Installed: one good plugin and one of each way to be broken."""
+    site("mqd-good", "2.0", {"good": "mqd_good_plugin"}, mqd_good_plugin=GOOD_PLUGIN)
+    site("mqd-broken", "1.0", {"broken": "mqd_no_such_module_xyz"})
+    site(
+        "mqd-raises",
+        "1.1",
+        {"raises": "mqd_raises_plugin"},
+        mqd_raises_plugin="raise RuntimeError('import-time bug')\n",
+    )
+    site(
+        "mqd-typo",
+        "0.3",
+        {"typo": "mqd_typo_plugin"},
+        mqd_typo_plugin="""
+        from mqd import hookimpl
+
+        @hookimpl
+        def mqd_check_polcy(message):
+            return "never called"
+        """,
+    )
+    site(
+        "mqd-badargs",
+        "0.4",
+        {"badargs": "mqd_badargs_plugin"},
+        mqd_badargs_plugin="""
+        from mqd import hookimpl
+
+        @hookimpl
+        def mqd_track_event(evnt):
+            pass
+        """,
+    )
+    site("mqd-impostor", "9.9", {"good": "mqd_no_such_module_either"})
+    return site
+
+
+def test_broken_entry_points_are_reported_and_disabled(
+    broken_site, caplog: pytest.LogCaptureFixture
+) -> None:
+    host = PluginHost()
+    infos = {(info.name, info.distribution): info for info in host.describe()}
+    good = infos["good", "mqd-good"]
+    assert (good.error, good.version, good.origin) == (None, "2.0", "entry point")
+    assert good.relays == ("good",)
+    errors = {
+        name: infos[name, dist].error
+        for name, dist in [
+            ("broken", "mqd-broken"),
+            ("raises", "mqd-raises"),
+            ("typo", "mqd-typo"),
+            ("badargs", "mqd-badargs"),
+            ("good", "mqd-impostor"),
+        ]
+    }
+    assert "failed to load" in errors["broken"] and "ModuleNotFoundError" in errors["broken"]
+    assert "import-time bug" in errors["raises"]
+    assert "mqd_check_polcy" in errors["typo"] and "did you mean mqd_check_policy" in errors["typo"]
+    assert "failed to register" in errors["badargs"] and "evnt" in errors["badargs"]
+    assert "already uses the name 'good'" in errors["good"]
+    assert infos["broken", "mqd-broken"].version == "1.0"
+    # Nothing of a disabled plugin is registered; everything else works.
+    assert {"smtp", "outbox", "memory", "good"} <= set(host.relay_classes())
+    assert host.pm.get_plugin("typo") is None
+    for name in ("broken", "raises", "typo", "badargs"):
+        assert f"plugin {name} (mqd-" in caplog.text
+
+
+async def test_the_daemon_logs_a_broken_plugin_and_delivers_anyway(
+    broken_site, mqd_harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    mqd_harness.configure({"g": {"plugin": "good"}})
+    mqd_harness.drop(make_message(to=("alice@example.net",)))
+    await mqd_harness.run_once()  # a PluginHost() with the entry points, as 'mqd run' builds
+    assert mqd_harness.queued() == [] and mqd_harness.failed() == []
+    disabled = [r for r in caplog.records if r.name == "mqd.plugins" and "disabled" in r.message]
+    assert {r.getMessage().split()[1] for r in disabled} >= {"broken", "raises", "typo", "badargs"}
+    assert all(r.levelname == "ERROR" for r in disabled)
+
+
+def test_mqd_plugins_lists_versions_relays_and_disabled_plugins(
+    broken_site, env: dict[str, str]
+) -> None:
+    env["PYTHONPATH"] = str(broken_site.root)
+    mqd_command = str(Path(sys.executable).with_name("mqd"))
+    proc = subprocess.run(
+        [mqd_command, "plugins"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    blocks = proc.stdout.split("\n")
+    assert f"mqd.relays.smtp {mqd.__version__} (built in)" in blocks
+    good = blocks.index("good 2.0 (mqd-good)")
+    assert blocks[good + 1 : good + 3] == ["    hooks: mqd_register_relays", "    relays: good"]
+    broken = blocks.index("broken 1.0 (mqd-broken)")
+    assert blocks[broken + 1].startswith("    DISABLED: failed to load")
+    types = blocks[-2].removeprefix("relay types: ").split(", ")
+    assert {"good", "memory", "outbox", "smtp"} <= set(types)
+    assert "plugin broken (mqd-broken 1.0) is disabled" in proc.stderr  # the log line
+
+    proc = subprocess.run(
+        [mqd_command, "plugins", "--json"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    document = json.loads(proc.stdout)
+    by_dist = {p["distribution"]: p for p in document["plugins"] if p["distribution"]}
+    assert by_dist["mqd-good"]["relays"] == ["good"]
+    assert by_dist["mqd-good"]["version"] == "2.0"
+    assert "ModuleNotFoundError" in by_dist["mqd-broken"]["error"]
+    assert by_dist["mqd-typo"]["hooks"] == []
+    assert {"good", "memory", "outbox", "smtp"} <= set(document["relay_types"])

@@ -113,7 +113,7 @@ class Relay(abc.ABC):
         TransientRelayError / PermanentRelayError for a failure of the whole message."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook with a no-op default
-        """Release connections; called once when the daemon stops or reloads."""
+        """Release connections; called once when the daemon stops."""
 
     def describe(self) -> str:
         """A short human description for logs ("smtp.example.com:587 starttls")."""

@@ -3,8 +3,11 @@
 Implicit TLS (``security = "tls"``, port 465) or required STARTTLS (``"starttls"``, port 587),
 certificates verified against the system store (or ``tls_ca_file``); ``"none"`` is plain SMTP
 and must be chosen explicitly, and then refuses credentials so that no password ever crosses a
-plaintext connection. Connections are pooled: up to ``max_connections`` at once, each reused for
-up to ``messages_per_connection`` messages and closed after ``idle_timeout`` unused.
+plaintext connection. Instead of a password, an ``[relays.<name>.oauth2]`` table logs in with
+XOAUTH2 (Microsoft 365, Gmail): a token from ``mqd.oauth2``, fetched before connecting; a token
+the server refuses is replaced once, on a new connection. Connections are pooled: up to
+``max_connections`` at once, each reused for up to ``messages_per_connection`` messages and
+closed after ``idle_timeout`` unused.
 
 aiosmtplib's exceptions are translated to ``TransientRelayError`` / ``PermanentRelayError`` in
 ``_translate`` only.
@@ -26,6 +29,7 @@ import tenacity
 from ..envelope import Envelope
 from ..errors import PermanentRelayError, RelayError, TransientRelayError
 from ..hookspecs import RegisterRelay, hookimpl
+from ..oauth2 import OAuth2Settings, TokenError, TokenSource, make_token_source
 from ..options import Options, Secret
 from .base import DeliveryResult, Relay, Reply
 
@@ -53,6 +57,8 @@ class SMTPSettings:
     command_timeout: float = 60.0
     data_timeout: float = 600.0
     idle_timeout: float = 30.0
+    #: XOAUTH2 instead of a password (``username`` is the mailbox).
+    oauth2: OAuth2Settings | None = None
 
 
 class _StaleConnection(Exception):
@@ -69,9 +75,15 @@ class _Connection:
 class SMTPRelay(Relay):
     network = True
 
-    def __init__(self, name: str, settings: SMTPSettings) -> None:
+    def __init__(
+        self, name: str, settings: SMTPSettings, *, tokens: TokenSource | None = None
+    ) -> None:
+        """``tokens`` replaces the token source built from ``settings.oauth2`` (for tests)."""
         super().__init__(name)
         self.settings = settings
+        if tokens is None and settings.oauth2 is not None:
+            tokens = make_token_source(settings.oauth2)
+        self._tokens = tokens
         self._slots = asyncio.Semaphore(settings.max_connections)
         self._idle: list[_Connection] = []
         self._closing: set[asyncio.Task[None]] = set()
@@ -81,6 +93,9 @@ class SMTPRelay(Relay):
     @classmethod
     def from_options(cls, name: str, options: Options) -> Self:
         security = options.choice("security", SECURITY_MODES, "starttls")
+        oauth2 = None
+        if options.raw("oauth2") is not None:
+            oauth2 = OAuth2Settings.from_options(options.table("oauth2"))
         settings = SMTPSettings(
             host=options.string("host"),
             port=options.integer("port", DEFAULT_PORTS[security], minimum=1),
@@ -96,8 +111,11 @@ class SMTPRelay(Relay):
             command_timeout=options.duration("command_timeout", "1m"),
             data_timeout=options.duration("data_timeout", "10m"),
             idle_timeout=options.duration("idle_timeout", "30s"),
+            oauth2=oauth2,
         )
-        if settings.username and settings.password is None:
+        if oauth2 is not None:
+            _check_oauth2(options, settings)
+        elif settings.username and settings.password is None:
             raise options.error(
                 "password_file",
                 f"username {settings.username!r} needs a password: set "
@@ -126,7 +144,10 @@ class SMTPRelay(Relay):
 
     def describe(self) -> str:
         s = self.settings
-        auth = f" as {s.username}" if s.username else ""
+        if self._tokens is not None:
+            auth = f" oauth2 for {s.username} ({self._tokens.describe()})"
+        else:
+            auth = f" as {s.username}" if s.username else ""
         return f"smtp {s.host}:{s.port} {s.security}{auth}"
 
     # -- delivery ---------------------------------------------------------------------------------
@@ -142,7 +163,7 @@ class SMTPRelay(Relay):
                 with attempt:
                     return await self._deliver_once(envelope)
         except _StaleConnection as exc:  # twice in a row: report the underlying failure
-            raise _translate(exc.__cause__ or exc, self.settings) from exc
+            raise _translate(exc.__cause__ or exc, self.settings, self.name) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _deliver_once(self, envelope: Envelope) -> DeliveryResult:
@@ -203,7 +224,7 @@ class SMTPRelay(Relay):
         except (_StaleConnection, RelayError):
             raise
         except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
-            raise _translate(exc, s) from exc
+            raise _translate(exc, s, self.name) from exc
 
     def _mail_options(self, client: aiosmtplib.SMTP, envelope: Envelope) -> tuple[list[str], str]:
         options: list[str] = []
@@ -246,33 +267,76 @@ class SMTPRelay(Relay):
         return await self._connect(), False
 
     async def _connect(self) -> _Connection:
+        """A new session, logged in. A refused OAuth2 token is replaced once, on a new one."""
         s = self.settings
-        client = aiosmtplib.SMTP(
-            hostname=s.host,
-            port=s.port,
-            use_tls=s.security == "tls",
-            start_tls=s.security == "starttls",
-            tls_context=self._tls_context,
-            username=s.username,
-            password=s.password.reveal() if s.password else None,
-            local_hostname=s.helo_name,
-            timeout=s.connect_timeout,
-        )
+        for last_try in (False, True):
+            token = await self._oauth2_token()
+            client = aiosmtplib.SMTP(
+                hostname=s.host,
+                port=s.port,
+                use_tls=s.security == "tls",
+                start_tls=s.security == "starttls",
+                tls_context=self._tls_context,
+                username=s.username if token is None else None,  # XOAUTH2 is done below
+                password=s.password.reveal() if s.password else None,
+                local_hostname=s.helo_name,
+                timeout=s.connect_timeout,
+            )
+            try:
+                await client.connect()
+                # Without STARTTLS or AUTH aiosmtplib has not said EHLO yet; the extensions it
+                # returns (SIZE, 8BITMIME, SMTPUTF8) decide the MAIL options, so ask now.
+                if client.is_ehlo_or_helo_needed:
+                    try:
+                        await client.ehlo()
+                    except aiosmtplib.SMTPHeloError:
+                        await client.helo()
+                if token is not None:
+                    await self._xoauth2(client, token)
+            except BaseException as exc:
+                if client.is_connected:
+                    client.close()
+                refused = isinstance(exc, aiosmtplib.SMTPAuthenticationError)
+                if refused and token is not None and self._tokens and not last_try:
+                    self._tokens.invalidate(token)
+                    log.info(
+                        "relay %s: %s:%s refused the XOAUTH2 token for %s (%s); trying once "
+                        "more with a new token",
+                        self.name,
+                        s.host,
+                        s.port,
+                        s.username,
+                        exc,
+                    )
+                    continue
+                if isinstance(exc, aiosmtplib.SMTPException | OSError | ValueError):
+                    raise _translate(exc, s, self.name) from exc
+                raise
+            client.timeout = s.command_timeout
+            return _Connection(client)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _oauth2_token(self) -> str | None:
+        """The access token to log in with, or None without oauth2 (fetched before connecting,
+        so that a slow token endpoint does not keep an idle session open)."""
+        if self._tokens is None:
+            return None
         try:
-            await client.connect()
-            # Without STARTTLS or AUTH aiosmtplib has not said EHLO yet; the extensions it
-            # returns (SIZE, 8BITMIME, SMTPUTF8) decide the MAIL options, so ask now.
-            if client.is_ehlo_or_helo_needed:
-                try:
-                    await client.ehlo()
-                except aiosmtplib.SMTPHeloError:
-                    await client.helo()
-        except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
-            if client.is_connected:
-                client.close()
-            raise _translate(exc, s) from exc
-        client.timeout = s.command_timeout
-        return _Connection(client)
+            return await self._tokens.token()
+        except TokenError as exc:
+            raise _translate(exc, self.settings, self.name) from exc
+
+    async def _xoauth2(self, client: aiosmtplib.SMTP, token: str) -> None:
+        s = self.settings
+        if "xoauth2" not in client.server_auth_methods:
+            offered = " ".join(client.server_auth_methods).upper() or "no AUTH at all"
+            message = (
+                f"relay {self.name}: {s.host}:{s.port} does not offer AUTH XOAUTH2 (it offers "
+                f"{offered}): check host and port (Microsoft 365: smtp.office365.com:587, Gmail: "
+                "smtp.gmail.com:465 or 587); mail is kept and retried"
+            )
+            raise TransientRelayError(message, reply=Reply(454, message, "4.7.0"))
+        await client.auth_xoauth2(s.username or "", token, timeout=s.connect_timeout)
 
     def _release(self, conn: _Connection, reusable: bool) -> None:
         limit_reached = conn.messages >= self.settings.messages_per_connection
@@ -316,6 +380,8 @@ class SMTPRelay(Relay):
             client.close()
 
     async def aclose(self) -> None:
+        if self._tokens is not None:
+            await self._tokens.aclose()
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
@@ -334,11 +400,31 @@ class SMTPRelay(Relay):
         return context
 
 
-def _translate(exc: BaseException, s: SMTPSettings) -> RelayError:
-    """aiosmtplib / socket / TLS errors -> a relay error saying what went wrong and what to fix."""
+def _translate(exc: BaseException, s: SMTPSettings, relay: str) -> RelayError:
+    """aiosmtplib / socket / TLS / OAuth2 token errors -> a relay error saying what went wrong
+    and what to fix. Login failures are transient: the mail waits while the config is fixed."""
     where = f"{s.host}:{s.port}"
     if isinstance(exc, RelayError):
         return exc
+    if isinstance(exc, TokenError):
+        message = (
+            f"relay {relay}: no OAuth2 access token for the mailbox {s.username!r}: {exc}; "
+            "mail is kept and retried"
+        )
+        return TransientRelayError(message, reply=Reply(454, message, "4.7.0"))
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError) and s.oauth2 is not None:
+        message = (
+            f"relay {relay}: {where} refused XOAUTH2 for the mailbox {s.username!r} "
+            f"({exc.code} {' '.join(exc.message.split())}), with a freshly fetched token too. "
+            "Check that username is the mailbox the token is for; that the app has the SMTP "
+            "permission with admin or user consent (Microsoft 365: SMTP.SendAsApp for client "
+            "credentials, SMTP.Send for a user's refresh token; Gmail: the "
+            "https://mail.google.com/ scope) and that scope asks for it; and for Microsoft 365 "
+            "that SMTP AUTH is enabled for the mailbox "
+            "(Set-CASMailbox <mailbox> -SmtpClientAuthenticationDisabled $false) "
+            "and the app's service principal has access to it. Mail is kept and retried"
+        )
+        return TransientRelayError(message, reply=Reply(454, message, "4.7.0"))
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
         return TransientRelayError(
             f"{where} refused the login for {s.username!r} ({exc.code} {exc.message}): check "
@@ -382,6 +468,30 @@ def _translate(exc: BaseException, s: SMTPSettings) -> RelayError:
             reply=Reply(553, "invalid address", "5.1.3"),
         )
     return TransientRelayError(f"{where}: {exc}", reply=Reply(451, str(exc), "4.3.0"))
+
+
+def _check_oauth2(options: Options, settings: SMTPSettings) -> None:
+    """XOAUTH2 replaces the password, needs the mailbox, and never goes over clear text."""
+    if settings.password is not None:
+        present = options.keys()
+        given = next(k for k in ("password_file", "password_env", "password") if k in present)
+        raise options.error(
+            given,
+            f"is given together with [{options.section}.oauth2]: XOAUTH2 logs in with a token "
+            "instead of a password, so remove the password (or the oauth2 table)",
+        )
+    if not settings.username:
+        raise options.error(
+            "username",
+            "is required with oauth2: the mailbox to send as (the account the token is for), "
+            'e.g. username = "noreply@example.com"',
+        )
+    if settings.security == "none":
+        raise options.error(
+            "security",
+            '"none" sends in clear text, so mqd will not send an OAuth2 token over it: use '
+            '"starttls" or "tls"',
+        )
 
 
 def _optional_path(options: Options, key: str) -> str | None:

@@ -1,0 +1,193 @@
+"""A daemon in a temporary directory: write a config, drop messages, run once, look at the queue.
+
+The pytest fixture ``mqd_harness`` gives one rooted in the test's ``tmp_path``::
+
+    async def test_delivers(mqd_harness):
+        mqd_harness.configure({"main": {"plugin": "memory"}})
+        mqd_harness.drop(make_message())
+        await mqd_harness.run_once()
+        assert mqd_harness.queued() == []
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, TypeVar, overload
+
+import tomli_w
+
+from ..config import Config, load_config
+from ..daemon import Daemon, async_run
+from ..fsutil import atomic_write, make_dirs
+from ..inject import inject
+from ..plugins import PluginHost
+from ..queue.entry import QueueEntry
+from ..queue.filestore import FileStore
+from ..relays.base import Relay
+from ._values import plain
+
+__all__ = ["Harness"]
+
+R = TypeVar("R", bound=Relay)
+
+#: Queue settings for tests: retries due within seconds, a fixed bounce sender.
+DEFAULT_QUEUE: dict[str, Any] = {
+    "bounce_sender": "mailer-daemon@mqd.test",
+    "scan_interval": "1s",
+    "retry": {"initial": "1s", "max": "2s"},
+}
+DEFAULT_ALLOWED_SENDERS = ["*@example.com"]
+
+
+class Harness:
+    """A config file, a spool and a queue under ``root``; runs the daemon with ``--once``."""
+
+    def __init__(self, root: Path, *, host: PluginHost | None = None) -> None:
+        self.root = root
+        self.queue_dir = root / "queue"
+        self.spool_dir = root / "spool"
+        self.config_path = root / "mqd.toml"
+        #: The plugin host for runs that do not name one (None: a new ``PluginHost()`` per run,
+        #: installed entry points included, as ``mqd run`` does).
+        self.host = host
+        self.config: Config | None = None
+        #: The daemon of the last ``run_once``, for its relays and state.
+        self.last_daemon: Daemon | None = None
+        make_dirs(root, self.spool_dir)
+
+    # -- setup ------------------------------------------------------------------------------------
+
+    def configure(
+        self,
+        relays: dict[str, dict[str, Any]],
+        *,
+        spools: list[dict[str, Any]] | None = None,
+        routes: list[dict[str, Any]] | None = None,
+        queue: dict[str, Any] | None = None,
+    ) -> Config:
+        """Write ``root/mqd.toml`` and load it (ConfigError as ``mqd run`` would raise it).
+
+        ``relays`` are the ``[relays.<name>]`` tables. Default ``spools``: one, ``spool_dir``,
+        relayed by the first relay, allowing ``*@example.com``. ``routes`` become ``[[route]]``
+        tables as given. ``queue`` is merged over the test defaults (``dir = queue_dir``,
+        ``retry = {initial = "1s", max = "2s"}``, ``scan_interval = "1s"``,
+        ``bounce_sender = "mailer-daemon@mqd.test"``). Values may be ``Path`` objects.
+        """
+        if not relays:
+            raise ValueError("configure() needs at least one relay table")
+        if spools is None:
+            spools = [
+                {
+                    "path": self.spool_dir,
+                    "relay": next(iter(relays)),
+                    "allowed_senders": DEFAULT_ALLOWED_SENDERS,
+                }
+            ]
+        document: dict[str, Any] = {
+            "queue": _merge({**DEFAULT_QUEUE, "dir": self.queue_dir}, queue or {}),
+            "spool": spools,
+            "relays": relays,
+        }
+        if routes is not None:
+            document["route"] = routes
+        # 0600: a relay table may hold an inline secret, which mqd accepts only in a private file.
+        atomic_write(self.config_path, tomli_w.dumps(plain(document)).encode("utf-8"))
+        self.config = load_config(self.config_path)
+        return self.config
+
+    def drop(self, message: bytes, *, spool: int = 0, name: str | None = None) -> Path:
+        """Put ``message`` into spool number ``spool`` as a producer does (temp file, rename).
+
+        ``name`` is the file name to use (the daemon takes only ``*.eml`` files); by default a
+        unique ``.eml`` name. Returns the path written.
+        """
+        directory = self._spool_path(spool)
+        if name is None:
+            return inject(directory, message)
+        if os.sep in name or name in ("", ".", ".."):
+            raise ValueError(f"{name!r} is not a file name")
+        make_dirs(directory, mode=0o770)
+        target = directory / name
+        atomic_write(target, message, mode=0o640)
+        return target
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def make_daemon(self, *, host: PluginHost | None = None) -> Daemon:
+        """A ``--once`` daemon on the current config, not started: set up its relays (e.g.
+        ``daemon.relays["mem"].replies[...]``), then ``await daemon.run()``."""
+        return Daemon(self._require_config(), host=host or self.host, once=True)
+
+    async def run_once(self, *, host: PluginHost | None = None) -> Daemon:
+        """Run the daemon with ``once=True``: take the spools, deliver what is due now (bounces
+        included), stop. Returns the finished daemon (also kept as ``last_daemon``)."""
+        self.last_daemon = await async_run(
+            self._require_config(), once=True, host=host or self.host
+        )
+        return self.last_daemon
+
+    @overload
+    def relay(self, name: str) -> Relay: ...
+    @overload
+    def relay(self, name: str, kind: type[R]) -> R: ...
+    def relay(self, name: str, kind: type[Relay] = Relay) -> Relay:
+        """The relay ``name`` of the last run (a ``MemoryRelay`` keeps what it ``sent``);
+        TypeError when it is not a ``kind``."""
+        if self.last_daemon is None:
+            raise RuntimeError("no daemon has run yet: await run_once() first")
+        relay = self.last_daemon.relays[name]
+        if not isinstance(relay, kind):
+            raise TypeError(f"relay {name!r} is a {type(relay).__name__}, not a {kind.__name__}")
+        return relay
+
+    # -- looking --------------------------------------------------------------------------------
+
+    def queued(self) -> list[QueueEntry]:
+        """The entries still in the queue (waiting for a retry), oldest first."""
+        store = self._store()
+        entries = [QueueEntry.from_json(p.read_bytes()) for p in store.state_dir.glob("*.json")]
+        return sorted(entries, key=lambda entry: (entry.created_at, entry.id))
+
+    def failed(self) -> list[dict[str, Any]]:
+        """The reason record (``<id>.json``) of each message in ``failed/``, oldest first; the
+        message itself is next to it as ``<id>.eml``."""
+        store = self._store()
+        records = [json.loads(p.read_bytes()) for p in store.failed_dir.glob("*.json")]
+        return sorted(records, key=lambda record: (record.get("failed_at", 0), record["id"]))
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _require_config(self) -> Config:
+        if self.config is None:
+            raise RuntimeError("no config yet: call configure() first")
+        return self.config
+
+    def _spool_path(self, index: int) -> Path:
+        if self.config is None:
+            if index != 0:
+                raise RuntimeError("no config yet: call configure() before dropping into spool")
+            return self.spool_dir
+        try:
+            return self.config.spools[index].path
+        except IndexError:
+            raise IndexError(
+                f"spool {index} is not configured ({len(self.config.spools)} spool(s))"
+            ) from None
+
+    def _store(self) -> FileStore:
+        """The queue's file layout (paths only: nothing is opened or locked)."""
+        directory = self.config.queue.dir if self.config is not None else self.queue_dir
+        return FileStore(directory)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``; sub-tables present in both are merged too."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
