@@ -7,22 +7,18 @@ import ssl
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
-from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 import pytest
 import trustme
 
 from mqd.config import Config, load_config
-from mqd.daemon import Daemon
-from mqd.inject import inject
 from mqd.plugins import PluginHost
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from corehelpers import USERS
 from smtpserver import SMTPPeer
-
-USERS = {"relay-user": "s3cret-pass"}
 
 
 @pytest.fixture(scope="session")
@@ -145,49 +141,3 @@ def plain_config(sink_config: Callable[..., Config]) -> Config:
         data_timeout = "5s"
         """,
     )
-
-
-def make_message(
-    sender: str = "app@example.com",
-    to: tuple[str, ...] = ("alice@example.net",),
-    *,
-    cc: tuple[str, ...] = (),
-    bcc: tuple[str, ...] = (),
-    subject: str = "hello",
-    body: str = "Hello there.\n",
-    envelope: tuple[str, tuple[str, ...]] | None = None,
-    extra_headers: tuple[str, ...] = (),
-) -> bytes:
-    """An RFC 5322 message; ``envelope=(sender, rcpts)`` prepends X-Sender/X-Receiver lines."""
-    lines = []
-    if envelope is not None:
-        lines.append(f"X-Sender: {envelope[0]}")
-        lines += [f"X-Receiver: {rcpt}" for rcpt in envelope[1]]
-    lines += [f"From: {sender}"]
-    if to:
-        lines.append("To: " + ", ".join(to))
-    if cc:
-        lines.append("Cc: " + ", ".join(cc))
-    if bcc:
-        lines.append("Bcc: " + ", ".join(bcc))
-    lines += [
-        f"Subject: {subject}",
-        f"Date: {formatdate()}",
-        f"Message-ID: {make_msgid(domain='example.com')}",
-        *extra_headers,
-        "",
-        body,
-    ]
-    return "\r\n".join(lines).encode("utf-8")
-
-
-def drop(spool: Path, message: bytes | None = None, **kwargs: object) -> Path:
-    """Drop a message into ``spool`` through the producer path."""
-    return inject(spool, message if message is not None else make_message(**kwargs))  # type: ignore[arg-type]
-
-
-async def run_once(config: Config, host: PluginHost) -> Daemon:
-    """Run a daemon with ``--once`` semantics and return it (for its state)."""
-    daemon = Daemon(config, host=host, once=True, shutdown_timeout=5)
-    await daemon.run()
-    return daemon

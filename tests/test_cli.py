@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import USERS, drop, make_message
+from corehelpers import USERS, drop, make_message
 from lockholder import hold_queue_lock
 from smtpserver import SMTPPeer
 

@@ -6,7 +6,7 @@ import email
 import json
 from pathlib import Path
 
-from conftest import drop, make_message, run_once
+from corehelpers import drop, make_message, run_once
 
 from mqd.config import Config
 from mqd.plugins import PluginHost

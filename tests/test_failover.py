@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import drop, make_message
+from corehelpers import drop, make_message
 from smtpserver import SMTPPeer
 
 from mqd.config import Config, load_config

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_message
+from corehelpers import make_message
 from smtpserver import SMTPPeer
 from test_docs import section, table_rows
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_message
+from corehelpers import make_message
 from smtpserver import SMTPPeer
 
 from mqd.inject import inject_many

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import USERS, make_message
+from corehelpers import USERS, make_message
 from smtp_variants import VariantPeer
 from smtpserver import SMTPPeer
 

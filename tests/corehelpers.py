@@ -1,0 +1,62 @@
+"""Helpers the core tests import by name (``from corehelpers import ...``): a module name of its
+own, because every test directory has a ``conftest`` module and only one can be imported as
+``conftest``."""
+
+from __future__ import annotations
+
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+
+from mqd.config import Config
+from mqd.daemon import Daemon
+from mqd.inject import inject
+from mqd.plugins import PluginHost
+
+#: The account of the STARTTLS + AUTH test server.
+USERS = {"relay-user": "s3cret-pass"}
+
+
+def make_message(
+    sender: str = "app@example.com",
+    to: tuple[str, ...] = ("alice@example.net",),
+    *,
+    cc: tuple[str, ...] = (),
+    bcc: tuple[str, ...] = (),
+    subject: str = "hello",
+    body: str = "Hello there.\n",
+    envelope: tuple[str, tuple[str, ...]] | None = None,
+    extra_headers: tuple[str, ...] = (),
+) -> bytes:
+    """An RFC 5322 message; ``envelope=(sender, rcpts)`` prepends X-Sender/X-Receiver lines."""
+    lines = []
+    if envelope is not None:
+        lines.append(f"X-Sender: {envelope[0]}")
+        lines += [f"X-Receiver: {rcpt}" for rcpt in envelope[1]]
+    lines += [f"From: {sender}"]
+    if to:
+        lines.append("To: " + ", ".join(to))
+    if cc:
+        lines.append("Cc: " + ", ".join(cc))
+    if bcc:
+        lines.append("Bcc: " + ", ".join(bcc))
+    lines += [
+        f"Subject: {subject}",
+        f"Date: {formatdate()}",
+        f"Message-ID: {make_msgid(domain='example.com')}",
+        *extra_headers,
+        "",
+        body,
+    ]
+    return "\r\n".join(lines).encode("utf-8")
+
+
+def drop(spool: Path, message: bytes | None = None, **kwargs: object) -> Path:
+    """Drop a message into ``spool`` through the producer path."""
+    return inject(spool, message if message is not None else make_message(**kwargs))  # type: ignore[arg-type]
+
+
+async def run_once(config: Config, host: PluginHost) -> Daemon:
+    """Run a daemon with ``--once`` semantics and return it (for its state)."""
+    daemon = Daemon(config, host=host, once=True, shutdown_timeout=5)
+    await daemon.run()
+    return daemon
