@@ -12,6 +12,20 @@ from mqd.daemon import Daemon
 from mqd.inject import inject
 from mqd.plugins import PluginHost
 
+
+class FakeClock:
+    """A clock that stands still until a test moves it: ``clock()``, ``clock.advance(s)``."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 #: The account of the STARTTLS + AUTH test server.
 USERS = {"relay-user": "s3cret-pass"}
 

@@ -5,22 +5,10 @@ from __future__ import annotations
 import logging
 
 import pytest
+from corehelpers import FakeClock as Clock
 
 from mqd.circuit import TRIAL_WAIT, Circuit, CircuitState
 from mqd.config import CircuitConfig
-
-
-class Clock:
-    """A monotonic clock that only moves when a test moves it."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -280,7 +280,7 @@ def slug(title: str) -> str:
 
 
 def doc_files() -> list[Path]:
-    return [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+    return [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 
 
 @pytest.mark.parametrize("path", doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
@@ -298,7 +298,7 @@ def test_relative_links_resolve(path: Path) -> None:
             anchors = {slug(title) for _, title in headings(linked.read_text(encoding="utf-8"))}
             if anchor not in anchors:
                 broken.append(target)
-    assert not broken, f"broken links in {path.name}: {broken}"
+    assert not broken, f"broken links in {path.relative_to(ROOT)}: {broken}"
 
 
 def test_docs_index_lists_every_page() -> None:

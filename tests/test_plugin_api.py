@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
-from test_docs import headings, section, slug
+from test_docs import headings, section
 
 import mqd.hookspecs
 from mqd.plugins import PluginHost
@@ -290,21 +290,3 @@ def test_the_index_lists_every_page() -> None:
     pages = {p.name for p in PLUGIN_DOCS.glob("*.md")} | PLUGIN_PAGES
     missing = sorted(name for name in pages - {"README.md"} if f"]({name})" not in index)
     assert not missing, f"docs/plugins/README.md does not link to {missing}"
-
-
-@pytest.mark.parametrize("page", sorted(plugin_pages()))
-def test_relative_links_resolve(page: str) -> None:
-    path = PLUGIN_DOCS / page
-    broken = []
-    for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text(encoding="utf-8")):
-        if re.match(r"[a-z]+:", target):
-            continue
-        file_part, _, anchor = target.partition("#")
-        linked = (path.parent / file_part).resolve() if file_part else path
-        if not linked.exists():
-            broken.append(target)
-        elif anchor and linked.suffix == ".md":
-            anchors = {slug(title) for _, title in headings(linked.read_text(encoding="utf-8"))}
-            if anchor not in anchors:
-                broken.append(target)
-    assert not broken, f"broken links in docs/plugins/{page}: {broken}"

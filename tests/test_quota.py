@@ -7,23 +7,13 @@ import json
 import logging
 
 import pytest
+from corehelpers import FakeClock as Clock
 
 from mqd.config import QuotaConfig
 from mqd.quota import Hold, Quota, dump_quotas, load_quotas
 
 #: A wall-clock time at the start of a minute (minute number 28_000_000).
 T0 = 28_000_000 * 60.0
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
