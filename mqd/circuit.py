@@ -43,6 +43,8 @@ class Circuit:
         self.config = config
         self._clock = clock
         self.failures = 0
+        #: Every whole-message failure since start (for metrics).
+        self.total_failures = 0
         self._open_until = 0.0
         self._cooldown = config.cooldown
         self._trial = False
@@ -87,6 +89,7 @@ class Circuit:
     def failure(self, reason: str, retry_after: float | None = None) -> None:
         """A whole-message failure. ``retry_after``: the far end asked for a pause this long."""
         self.failures += 1
+        self.total_failures += 1
         was_trial, self._trial = self._trial, False
         self.reason = reason
         now = self._clock()

@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_RELAY",
     "CircuitConfig",
     "Config",
+    "MetricsConfig",
     "QueueConfig",
     "QuotaConfig",
     "RelayConfig",
@@ -147,6 +148,15 @@ class SendmailConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The Prometheus endpoint: off unless enabled; on localhost unless told otherwise."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9325
+
+
+@dataclass(frozen=True)
 class Config:
     #: The file this came from; None for the embedded defaults.
     source: Path | None
@@ -155,6 +165,7 @@ class Config:
     relays: Mapping[str, RelayConfig]
     sendmail: SendmailConfig = field(default_factory=SendmailConfig)
     routes: tuple[RouteConfig, ...] = ()
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def inject_spool(self) -> Path:
@@ -215,7 +226,7 @@ def parse_config(data: Mapping[str, Any], path: Path | None) -> Config:
     """Validate the TOML document ``data`` that came from ``path``."""
     defaults = default_paths()
     root = Options(data, section="", path=path)
-    for key in ("queue", "relays", "spool", "route", "sendmail"):
+    for key in ("queue", "relays", "spool", "route", "sendmail", "metrics"):
         root.raw(key)
     root.finish()  # a misspelled top-level table is named before it is missed
     queue = _parse_queue(root.table("queue"), defaults)
@@ -231,7 +242,13 @@ def parse_config(data: Mapping[str, Any], path: Path | None) -> Config:
             "spool", f"{sendmail.spool} is not one of the [[spool]] paths, so no daemon reads it"
         )
     return Config(
-        source=path, queue=queue, spools=spools, relays=relays, sendmail=sendmail, routes=routes
+        source=path,
+        queue=queue,
+        spools=spools,
+        relays=relays,
+        sendmail=sendmail,
+        routes=routes,
+        metrics=_parse_metrics(root.table("metrics")),
     )
 
 
@@ -432,6 +449,18 @@ def _parse_routes(
         routes.append(RouteConfig(senders=senders, relays=_relay_chain(opts, "relay", relays)))
         opts.finish()
     return tuple(routes)
+
+
+def _parse_metrics(opts: Options) -> MetricsConfig:
+    config = MetricsConfig(
+        enabled=opts.boolean("enabled", False),
+        host=opts.string("host", "127.0.0.1"),
+        port=opts.integer("port", 9325, minimum=0),
+    )
+    if config.port > 65535:
+        raise opts.error("port", f"{config.port} is not a TCP port")
+    opts.finish()
+    return config
 
 
 def _parse_sendmail(opts: Options) -> SendmailConfig:

@@ -25,6 +25,7 @@ from .delivery import Deliverer
 from .events import Event
 from .fsutil import atomic_write
 from .intake import Intake
+from .metrics import MetricsServer
 from .plugins import PluginHost
 from .queue.entry import QueueEntry
 from .queue.filestore import FileStore
@@ -77,12 +78,21 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._intake_idle = asyncio.Event()
         self._watcher: Watcher | None = None
+        self.metrics: MetricsServer | None = None
+        self.started_at = time.time()
         self.ready = asyncio.Event()
 
     # -- public control ---------------------------------------------------------------------------
 
     def emit(self, event: Event) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(event)
         self.host.track_event(event)
+
+    @property
+    def in_flight(self) -> set[str]:
+        """Ids of the entries being delivered right now."""
+        return set(self._in_flight)
 
     def request_stop(self) -> None:
         """Stop taking work and shut down gracefully (what SIGTERM does)."""
@@ -118,6 +128,9 @@ class Daemon:
             for note in recovery.notes:
                 log.info("recovery: %s", note)
             await self._load_quotas()
+            if self.config.metrics.enabled:
+                self.metrics = MetricsServer(self)
+                self.metrics.start()
             self._announce()
             await self._recover(recovery.unaccepted, recovery.entries)
             if not self.once:
@@ -128,6 +141,8 @@ class Daemon:
             await self._serve()
         finally:
             systemd.notify("STOPPING=1")
+            if self.metrics is not None:
+                self.metrics.stop()
             await self._save_quotas()
             if self._watcher is not None:
                 await self._watcher.aclose()
@@ -300,8 +315,13 @@ class Daemon:
             while self._heap and not stopping and len(self._in_flight) < concurrency:
                 due, entry_id = self._heap[0]
                 entry = self.entries.get(entry_id)
-                if entry is None or entry.next_attempt_at != due or entry_id in self._in_flight:
-                    heapq.heappop(self._heap)  # stale: rescheduled, finished or running
+                if (
+                    entry is None
+                    or entry.next_attempt_at != due
+                    or entry_id in self._in_flight
+                    or entry.held
+                ):
+                    heapq.heappop(self._heap)  # stale (rescheduled, finished, running) or held
                     continue
                 if due > now:
                     break
@@ -321,6 +341,7 @@ class Daemon:
     def _has_due(self, now: float) -> bool:
         return any(
             self.entries.get(entry_id) is not None
+            and not self.entries[entry_id].held
             and self.entries[entry_id].next_attempt_at == due
             and due <= now
             for due, entry_id in self._heap

@@ -344,6 +344,8 @@ class Deliverer:
                         "reply": rcpt.reply,
                         "relay": rcpt.relay,
                         "provider_id": provider_id,
+                        "elapsed": round(elapsed, 4),
+                        "age": round(time.time() - entry.created_at, 3),
                     },
                 )
             )

@@ -120,4 +120,9 @@ def effective_config(config: Config) -> dict[str, Any]:
             ),
         },
         "relays": {name: relay.options.effective() for name, relay in config.relays.items()},
+        "metrics": {
+            "enabled": config.metrics.enabled,
+            "host": config.metrics.host,
+            "port": config.metrics.port,
+        },
     }

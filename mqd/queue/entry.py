@@ -71,6 +71,8 @@ class QueueEntry:
     message_id: str = ""
     #: Data plugins keep with the message (e.g. a provider's message id); persisted as JSON.
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Held by the administrator (``mqd queue hold``): never attempted until released.
+    held: bool = False
     #: The failover chain chosen at intake (by route or spool); empty means just ``relay``.
     route: list[str] = field(default_factory=list)
     #: One record per relay used, newest last (at most ``HISTORY_LIMIT``): when, which relay,
