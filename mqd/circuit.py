@@ -122,6 +122,17 @@ class Circuit:
         )
         self._cooldown = min(self._cooldown * 2, self.config.max_cooldown)
 
+    def reset(self) -> None:
+        """Closed again, on the administrator's word (``mqd queue flush``)."""
+        if self._opened:
+            log.warning("relay %s: circuit reset by the administrator", self.relay)
+        self.failures = 0
+        self._opened = False
+        self._trial = False
+        self._open_until = 0.0
+        self._cooldown = self.config.cooldown
+        self.reason = ""
+
     def release(self) -> None:
         """The trial ended without an answer (shutdown): let the next message try."""
         self._trial = False

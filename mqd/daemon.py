@@ -16,12 +16,15 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
 
 from . import systemd
-from .config import Config
+from .admin import QueueAdmin
+from .config import Config, load_config
+from .control import ControlServer
 from .delivery import Deliverer
+from .errors import ConfigError, MQDError
 from .events import Event
 from .fsutil import atomic_write
 from .intake import Intake
@@ -79,6 +82,8 @@ class Daemon:
         self._intake_idle = asyncio.Event()
         self._watcher: Watcher | None = None
         self.metrics: MetricsServer | None = None
+        self._control: ControlServer | None = None
+        self._background: set[asyncio.Task[object]] = set()
         self.started_at = time.time()
         self.ready = asyncio.Event()
 
@@ -114,6 +119,118 @@ class Daemon:
     def queue_size(self) -> int:
         return len(self.entries)
 
+    def flush(self) -> None:
+        """Retry everything deferred now (what SIGUSR1 and 'mqd queue flush' do)."""
+        self._spawn(QueueAdmin(self).op_flush(), "flush")
+
+    def request_reload(self) -> None:
+        """Re-read the config (what SIGHUP does); a bad one is reported and the old one kept."""
+        self._spawn(self.reload(), "reload")
+
+    def _spawn(self, work: Coroutine[object, object, object], what: str) -> None:
+        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(
+            work, name=f"mqd-{what}"
+        )
+        self._background.add(task)
+
+        def done(task: asyncio.Task[object]) -> None:
+            self._background.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("%s failed: %s", what, task.exception())
+
+        task.add_done_callback(done)
+
+    async def open_offline(self) -> None:
+        """Open the queue of a stopped daemon for ``mqd queue ...`` (takes the queue lock)."""
+        recovery = await self.store.open()
+        for entry in recovery.entries:
+            self.entries[entry.id] = entry
+        await self._load_quotas()
+
+    async def _start_control(self) -> None:
+        control = ControlServer(self.store.directory, QueueAdmin(self).handle)
+        try:
+            await control.start()
+        except OSError as exc:
+            log.error(
+                "cannot open the control socket in %s (%s): 'mqd queue' and 'mqd status' "
+                "will not reach this daemon",
+                self.store.directory,
+                exc,
+            )
+            return
+        self._control = control
+
+    async def reload(self) -> str:
+        """Re-read the config file and apply it without dropping in-flight deliveries.
+
+        Everything is checked before anything changes: a config that does not load, a relay that
+        cannot be built, or a different ``queue.dir`` is reported and the running config kept.
+        Deliveries in flight finish on the relays they started with; those are closed after.
+        Returns a one-line summary; raises ConfigError for a refused config.
+        """
+        path = self.config.source
+        if path is None:
+            raise ConfigError(
+                "mqd runs on its embedded defaults: there is no config file to reload; "
+                "write one with 'mqd init' and restart mqd with it"
+            )
+        try:
+            new = await asyncio.to_thread(load_config, path)
+            relays = build_relays(new, self.host)
+            if new.queue.dir.absolute() != self.config.queue.dir.absolute():
+                raise ConfigError(
+                    f"queue.dir changed from {self.config.queue.dir} to {new.queue.dir}: a new "
+                    "queue directory needs a restart",
+                    path=path,
+                    key="queue.dir",
+                )
+        except MQDError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            raise
+        old_relays = dict(self.relays)
+        self.config = new
+        self.relays.clear()
+        self.relays.update(relays)
+        self.deliverer.reconfigure(new)
+        self.intake.config = new
+        self._reopen_spools()
+        in_flight = list(self._in_flight.values())
+        self._spawn(self._close_relays(old_relays.values(), in_flight), "close-old-relays")
+        self._wake.set()
+        summary = f"reloaded {path}: {len(new.spools)} spool(s), relays {', '.join(new.relays)}"
+        log.warning("%s", summary)
+        systemd.notify("READY=1", f"STATUS=delivering; {len(self.entries)} queued; config reloaded")
+        return summary
+
+    def _reopen_spools(self) -> None:
+        """New spool objects for the new config; the watcher follows if the paths changed."""
+        old_paths = [spool.path for spool in self.spools]
+        self.spools = [
+            Spool(spool, self.store.queue_key, self.store.staging_path)
+            for spool in self.config.spools
+        ]
+        for spool in self.spools:
+            spool.prepare()
+        self._pending_names.clear()
+        self._rescan.update(range(len(self.spools)))
+        if [spool.path for spool in self.spools] != old_paths and self._watcher is not None:
+            watcher, self._watcher = self._watcher, None
+            self._spawn(watcher.aclose(), "close-watcher")
+            self._start_watcher()
+        self._intake_wake.set()
+
+    async def _close_relays(
+        self, relays: Iterable[Relay], in_flight: list[asyncio.Task[None]]
+    ) -> None:
+        if in_flight:
+            await asyncio.wait(in_flight)
+        for relay in relays:
+            try:
+                await relay.aclose()
+            except Exception:
+                log.exception("relay %s failed to close", relay.name)
+
     # -- main -------------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -135,12 +252,15 @@ class Daemon:
             await self._recover(recovery.unaccepted, recovery.entries)
             if not self.once:
                 self._start_watcher()
+                await self._start_control()
             self._rescan.update(range(len(self.spools)))
             systemd.notify("READY=1", f"STATUS=delivering; {len(self.entries)} queued")
             self.ready.set()
             await self._serve()
         finally:
             systemd.notify("STOPPING=1")
+            if self._control is not None:
+                await self._control.close()
             if self.metrics is not None:
                 self.metrics.stop()
             await self._save_quotas()
@@ -454,7 +574,5 @@ def _install_signal_handlers(daemon: Daemon) -> None:
         return
     for sig in stop_signals:
         loop.add_signal_handler(sig, daemon.request_stop)
-    loop.add_signal_handler(
-        signal.SIGHUP,
-        lambda: log.warning("SIGHUP: reloading the config is not supported yet; restart mqd"),
-    )
+    loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
+    loop.add_signal_handler(signal.SIGUSR1, daemon.flush)

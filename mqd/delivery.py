@@ -120,10 +120,32 @@ class Deliverer:
         self.schedule = schedule
         self.backoff = Backoff(config.queue.retry)
         self.hostname = socket.gethostname()
-        self.circuits = {
-            name: Circuit(name, relay.circuit) for name, relay in config.relays.items()
-        }
-        self.quotas = {name: Quota(name, relay.quota) for name, relay in config.relays.items()}
+        self.circuits: dict[str, Circuit] = {}
+        self.quotas: dict[str, Quota] = {}
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config. A relay whose breaker and quota settings did not change keeps
+        its circuit state; quota counts always carry over (the provider still counts them)."""
+        self.config = config
+        self.backoff = Backoff(config.queue.retry)
+        circuits, quotas = {}, {}
+        for name, relay in config.relays.items():
+            circuit = self.circuits.get(name)
+            circuits[name] = (
+                circuit
+                if circuit is not None and circuit.config == relay.circuit
+                else Circuit(name, relay.circuit)
+            )
+            quota = self.quotas.get(name)
+            quotas[name] = (
+                quota
+                if quota is not None and quota.config == relay.quota
+                else Quota(name, relay.quota)
+            )
+            if quota is not None and quotas[name] is not quota:
+                quotas[name].load(quota.to_json())
+        self.circuits, self.quotas = circuits, quotas
 
     async def attempt(self, entry: QueueEntry) -> None:
         """Try the pending recipients of ``entry`` once along its route, then record and act on

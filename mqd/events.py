@@ -20,6 +20,7 @@ class EventKind(StrEnum):
     BOUNCED = "bounced"  # a recipient failed permanently; a DSN was queued (if allowed)
     FAILED = "failed"  # the message finished with failures and was moved to failed/
     COMPLETED = "completed"  # every recipient delivered; the entry left the queue
+    DELETED = "deleted"  # removed by the administrator (mqd queue delete): not delivered
 
 
 @dataclass(frozen=True)

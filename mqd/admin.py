@@ -1,0 +1,351 @@
+"""Queue administration: the operations behind ``mqd queue ...``, ``mqd status`` and ``mqd reload``.
+
+The same code serves a running daemon (through the control socket, ``mqd.control``) and a
+stopped one (``offline``: the command takes the queue lock itself and works on the files), so
+``mqd queue list`` answers either way. A message being delivered right now cannot be deleted or
+bounced: the command says so, and it can be repeated a moment later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from .circuit import CircuitState
+from .errors import MQDError
+from .events import Event, EventKind
+from .queue.entry import QueueEntry, RcptStatus
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .daemon import Daemon
+    from .plugins import PluginHost
+
+__all__ = ["AdminError", "QueueAdmin", "entry_state", "offline", "request"]
+
+log = logging.getLogger("mqd.admin")
+
+#: The reply recorded for recipients returned with ``mqd queue bounce``.
+ADMIN_BOUNCE = "554 5.7.0 returned to the sender by the mail administrator"
+#: How many header bytes ``show`` returns.
+HEADER_LIMIT = 16 * 1024
+
+
+class AdminError(MQDError):
+    """An administrative request cannot be carried out (unknown id, message in flight, ...)."""
+
+
+def entry_state(entry: QueueEntry, in_flight: Iterable[str]) -> str:
+    """active (being delivered), held (by the administrator), deferred (tried, waiting for the
+    next attempt) or waiting (not tried yet)."""
+    if entry.id in in_flight:
+        return "active"
+    if entry.held:
+        return "held"
+    return "deferred" if entry.attempts else "waiting"
+
+
+class QueueAdmin:
+    def __init__(self, daemon: Daemon, *, online: bool = True) -> None:
+        self.daemon = daemon
+        #: False when working on the files of a stopped daemon: changes must be persisted then,
+        #: since nothing else will act on them.
+        self.online = online
+
+    async def handle(self, op: str, args: dict[str, Any]) -> Any:
+        method = getattr(self, f"op_{op}", None)
+        if method is None:
+            raise AdminError(f"unknown operation {op!r}")
+        return await method(**args)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def op_list(
+        self, relay: str | None = None, state: str | None = None
+    ) -> list[dict[str, Any]]:
+        in_flight = self.daemon.in_flight
+        now = time.time()
+        rows = []
+        for entry in sorted(self.daemon.entries.values(), key=lambda e: e.created_at):
+            if relay is not None and relay not in entry.relays:
+                continue
+            row = self._row(entry, in_flight, now)
+            if state is None or row["state"] == state:
+                rows.append(row)
+        return rows
+
+    async def op_show(self, id: str) -> dict[str, Any]:
+        entry = self._get(id)
+        row = self._row(entry, self.daemon.in_flight, time.time())
+        row["entry"] = _entry_dict(entry)
+        row["body_path"] = str(self.daemon.store.body_path(entry))
+        try:
+            body = await self.daemon.store.load_body(entry)
+        except OSError as exc:
+            row["headers"] = f"(cannot read the message: {exc})"
+        else:
+            end = body.find(b"\r\n\r\n")
+            end = body.find(b"\n\n") if end < 0 else end
+            head = body[: end if end >= 0 else HEADER_LIMIT][:HEADER_LIMIT]
+            row["headers"] = head.decode("utf-8", "replace")
+        return row
+
+    async def op_status(self) -> dict[str, Any]:
+        daemon = self.daemon
+        in_flight = daemon.in_flight
+        now = time.time()
+        counts = dict.fromkeys(("active", "waiting", "deferred", "held"), 0)
+        oldest: float | None = None
+        size = 0
+        for entry in list(daemon.entries.values()):
+            counts[entry_state(entry, in_flight)] += 1
+            oldest = entry.created_at if oldest is None else min(oldest, entry.created_at)
+            size += entry.size
+        failed = await _count_failed(daemon.store.failed_dir)
+        relays = {}
+        for name, relay_config in daemon.config.relays.items():
+            circuit = daemon.deliverer.circuits.get(name)
+            quota = daemon.deliverer.quotas.get(name)
+            relay = daemon.relays.get(name)
+            info: dict[str, Any] = {
+                "plugin": relay_config.plugin,
+                "describe": relay.describe() if relay is not None else None,
+                "health": circuit.state.value if circuit else CircuitState.CLOSED.value,
+                "failures_in_a_row": circuit.failures if circuit else 0,
+                "errors": circuit.total_failures if circuit else 0,
+                "last_error": (circuit.reason or None) if circuit else None,
+                "queued": sum(1 for e in daemon.entries.values() if name in e.relays),
+            }
+            if quota is not None and relay_config.quota.limited:
+                q = relay_config.quota
+                info["quota"] = {
+                    "max_per_second": q.max_per_second,
+                    "max_per_hour": q.max_per_hour,
+                    "sent_last_hour": quota.sent_within(3600) if q.max_per_hour else None,
+                    "max_per_day": q.max_per_day,
+                    "sent_last_day": quota.sent_within(86400) if q.max_per_day else None,
+                    "holds": quota.holds,
+                }
+            relays[name] = info
+        return {
+            "running": self.online,
+            "pid": os.getpid() if self.online else None,
+            "version": __version__,
+            "uptime": round(now - daemon.started_at, 1) if self.online else None,
+            "config": str(daemon.config.source) if daemon.config.source else None,
+            "queue_dir": str(daemon.store.directory),
+            "messages": sum(counts.values()),
+            "by_state": counts,
+            "bytes": size,
+            "oldest_age": round(now - oldest, 1) if oldest is not None else None,
+            "failed": failed,
+            "spools": [str(s.path) for s in daemon.config.spools],
+            "relays": relays,
+        }
+
+    # -- changing ---------------------------------------------------------------------------------
+
+    async def op_retry(
+        self, ids: list[str] | None = None, all: bool = False, relay: str | None = None
+    ) -> dict[str, Any]:
+        """Make deferred (and waiting) messages due now. Held ones stay held."""
+        entries = self._select(ids, all, relay)
+        now = time.time()
+        done = []
+        for entry in entries:
+            if entry.held or entry.id in self.daemon.in_flight:
+                continue
+            entry.next_attempt_at = now
+            await self._changed(entry)
+            done.append(entry.id)
+        if all or relay:
+            self._reset_circuits([relay] if relay else list(self.daemon.config.relays))
+        log.info("retry requested for %d message(s)", len(done))
+        return {"retried": done}
+
+    async def op_flush(self) -> dict[str, Any]:
+        return await self.op_retry(all=True)
+
+    async def op_hold(self, ids: list[str]) -> dict[str, Any]:
+        done = []
+        for entry in self._select(ids):
+            if not entry.held:
+                entry.held = True
+                await self._save_unless_in_flight(entry)
+                log.warning("%s held by the administrator", entry.id)
+            done.append(entry.id)
+        return {"held": done}
+
+    async def op_release(self, ids: list[str] | None = None, all: bool = False) -> dict[str, Any]:
+        done = []
+        for entry in self._select(ids, all):
+            if not entry.held:
+                continue
+            entry.held = False
+            entry.next_attempt_at = time.time()
+            await self._save_unless_in_flight(entry)
+            self.daemon.schedule(entry)
+            log.warning("%s released by the administrator", entry.id)
+            done.append(entry.id)
+        return {"released": done}
+
+    async def op_delete(self, ids: list[str]) -> dict[str, Any]:
+        """Remove messages from the queue for good: no delivery, no bounce."""
+        entries = self._select(ids)
+        self._refuse_in_flight(entries, "delete")
+        for entry in entries:
+            await self.daemon.store.remove(entry)
+            self.daemon.entries.pop(entry.id, None)
+            log.warning(
+                "%s deleted by the administrator (from=<%s>, %d recipient(s) not delivered)",
+                entry.id,
+                entry.sender,
+                len(entry.pending),
+            )
+            self.daemon.emit(Event(EventKind.DELETED, entry.id, entry.summary()))
+        return {"deleted": [e.id for e in entries]}
+
+    async def op_bounce(self, ids: list[str]) -> dict[str, Any]:
+        """Fail every pending recipient now: a bounce to the sender, the message to failed/."""
+        entries = self._select(ids)
+        self._refuse_in_flight(entries, "bounce")
+        for entry in entries:
+            for rcpt in entry.pending:
+                rcpt.status = RcptStatus.FAILED
+                rcpt.reply = ADMIN_BOUNCE
+                rcpt.status_code = "5.7.0"
+            log.warning("%s returned to <%s> by the administrator", entry.id, entry.sender)
+            await self.daemon.deliverer.finish(entry)
+            self.daemon.entries.pop(entry.id, None)
+        return {"bounced": [e.id for e in entries]}
+
+    async def op_reload(self) -> dict[str, Any]:
+        if not self.online:
+            raise AdminError("no daemon is running: there is nothing to reload")
+        return {"reloaded": await self.daemon.reload()}
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _get(self, id: str) -> QueueEntry:
+        entry = self.daemon.entries.get(id)
+        if entry is not None:
+            return entry
+        matches = [e for key, e in self.daemon.entries.items() if key.startswith(id)] if id else []
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise AdminError(f"{id!r} is the start of {len(matches)} queue ids: give more of it")
+        raise AdminError(f"no message {id!r} in the queue ('mqd queue list' shows the ids)")
+
+    def _select(
+        self, ids: list[str] | None, all: bool = False, relay: str | None = None
+    ) -> list[QueueEntry]:
+        if all or relay:
+            return [
+                e for e in list(self.daemon.entries.values()) if relay is None or relay in e.relays
+            ]
+        if not ids:
+            raise AdminError("name one or more queue ids (or --all)")
+        return list({id(e): e for e in (self._get(i) for i in ids)}.values())
+
+    def _refuse_in_flight(self, entries: list[QueueEntry], what: str) -> None:
+        busy = [e.id for e in entries if e.id in self.daemon.in_flight]
+        if busy:
+            raise AdminError(
+                f"cannot {what} {', '.join(busy)}: being delivered right now; try again in a moment"
+                " (or 'mqd queue hold' it first)"
+            )
+
+    async def _changed(self, entry: QueueEntry) -> None:
+        """A schedule change: the running daemon acts on it at once; offline it must persist."""
+        if self.online:
+            self.daemon.schedule(entry)
+        else:
+            await self.daemon.store.save(entry)
+
+    async def _save_unless_in_flight(self, entry: QueueEntry) -> None:
+        # An entry in flight is saved by its attempt, which carries the flag with it.
+        if entry.id not in self.daemon.in_flight:
+            await self.daemon.store.save(entry)
+
+    def _reset_circuits(self, names: Iterable[str]) -> None:
+        for name in names:
+            circuit = self.daemon.deliverer.circuits.get(name)
+            if circuit is not None and circuit.state is not CircuitState.CLOSED:
+                circuit.reset()
+
+    def _row(self, entry: QueueEntry, in_flight: set[str], now: float) -> dict[str, Any]:
+        return {
+            "id": entry.id,
+            "state": entry_state(entry, in_flight),
+            "sender": entry.sender,
+            "recipients": [
+                {"address": r.address, "status": r.status.value, "reply": r.reply}
+                for r in entry.recipients
+            ],
+            "size": entry.size,
+            "attempts": entry.attempts,
+            "next_attempt_at": entry.next_attempt_at,
+            "last_reply": entry.last_reply,
+            "created_at": entry.created_at,
+            "age": round(now - entry.created_at, 1),
+            "relays": entry.relays,
+        }
+
+
+def _entry_dict(entry: QueueEntry) -> dict[str, Any]:
+    return dict(json.loads(entry.to_json()))
+
+
+async def _count_failed(directory: os.PathLike[str]) -> int:
+    def count() -> int:
+        try:
+            return sum(1 for name in os.listdir(directory) if name.endswith(".json"))
+        except OSError:
+            return 0
+
+    return await asyncio.to_thread(count)
+
+
+@contextlib.asynccontextmanager
+async def offline(config: Config, host: PluginHost | None = None) -> AsyncIterator[QueueAdmin]:
+    """Administer the queue of a stopped daemon: take its lock, load its entries, release.
+
+    Raises QueueLockedError when a daemon holds the queue (then use the control socket).
+    """
+    from .daemon import Daemon
+
+    daemon = Daemon(config, host=host)
+    await daemon.open_offline()
+    try:
+        yield QueueAdmin(daemon, online=False)
+    finally:
+        await daemon.store.close()
+
+
+async def request(config: Config, op: str, args: dict[str, Any] | None = None) -> Any:
+    """Carry out ``op`` on the queue of ``config``: through the running daemon's control socket,
+    or on the files when no daemon runs. Raises AdminError / ControlError with a message for
+    the user."""
+    from .control import ControlError, DaemonNotRunning, call
+    from .errors import QueueLockedError
+
+    try:
+        return await call(config.queue.dir, op, args)
+    except DaemonNotRunning:
+        pass
+    try:
+        async with offline(config) as admin:
+            return await admin.handle(op, args or {})
+    except QueueLockedError:
+        raise ControlError(
+            f"a daemon holds the queue {config.queue.dir} but does not answer on its control "
+            "socket: is it an older mqd, or still starting? (see its log)"
+        ) from None
