@@ -177,7 +177,6 @@ class Daemon:
             )
         try:
             new = await asyncio.to_thread(load_config, path)
-            relays = build_relays(new, self.host)
             if new.queue.dir.absolute() != self.config.queue.dir.absolute():
                 raise ConfigError(
                     f"queue.dir changed from {self.config.queue.dir} to {new.queue.dir}: a new "
@@ -185,6 +184,7 @@ class Daemon:
                     path=path,
                     key="queue.dir",
                 )
+            relays = build_relays(new, self.host)  # the last check: nothing to undo after it
         except MQDError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             raise
