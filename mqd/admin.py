@@ -160,7 +160,11 @@ class QueueAdmin:
         now = time.time()
         done = []
         for entry in entries:
-            if entry.held or entry.id in self.daemon.in_flight:
+            if entry.held:
+                continue
+            if entry.id in self.daemon.in_flight:
+                self.daemon.retry_when_done.add(entry.id)
+                done.append(entry.id)
                 continue
             entry.next_attempt_at = now
             await self._changed(entry)

@@ -84,6 +84,9 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         self._control: ControlServer | None = None
         self._background: set[asyncio.Task[object]] = set()
+        #: Entries an administrator asked to retry while they were being delivered: they are
+        #: due again as soon as that attempt ends (if it did not finish them).
+        self.retry_when_done: set[str] = set()
         self.started_at = time.time()
         self.ready = asyncio.Event()
 
@@ -487,6 +490,9 @@ class Daemon:
             )
         finally:
             self._in_flight.pop(entry.id, None)
+            if entry.id in self.retry_when_done:
+                self.retry_when_done.discard(entry.id)
+                entry.next_attempt_at = min(entry.next_attempt_at, time.time())
             if finished:
                 self.entries.pop(entry.id, None)
             elif not self._stopping.is_set():
