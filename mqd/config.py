@@ -69,6 +69,8 @@ class QueueConfig:
     max_message_size: int = 25 * 1024 * 1024
     scan_interval: float = 5.0
     watch: str = "auto"
+    #: How long a graceful stop waits for deliveries in flight before cancelling them.
+    shutdown_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -306,7 +308,10 @@ def _parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         max_message_size=opts.size("max_message_size", "25MiB"),
         scan_interval=opts.duration("scan_interval", "5s"),
         watch=opts.choice("watch", WATCH_MODES, "auto"),
+        shutdown_timeout=opts.duration("shutdown_timeout", "30s"),
     )
+    if config.shutdown_timeout < 0:
+        raise opts.error("shutdown_timeout", "must not be negative")
     if config.scan_interval <= 0:
         raise opts.error("scan_interval", "must be more than zero")
     opts.finish()

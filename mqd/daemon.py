@@ -46,7 +46,6 @@ log = logging.getLogger("mqd.daemon")
 INTAKE_BATCH = 256
 #: The scheduler re-reads the clock at least this often, so a clock jump is noticed.
 MAX_SLEEP = 30.0
-SHUTDOWN_TIMEOUT = 30.0
 #: Quota counts are saved this often (when they changed) and at shutdown.
 QUOTA_SAVE_INTERVAL = 5.0
 
@@ -58,12 +57,15 @@ class Daemon:
         *,
         host: PluginHost | None = None,
         once: bool = False,
-        shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+        shutdown_timeout: float | None = None,
     ) -> None:
         self.config = config
         self.host = host or PluginHost()
         self.once = once
-        self.shutdown_timeout = shutdown_timeout
+        #: None: the config's ``queue.shutdown_timeout``.
+        self.shutdown_timeout = (
+            shutdown_timeout if shutdown_timeout is not None else config.queue.shutdown_timeout
+        )
         self.relays: dict[str, Relay] = build_relays(config, self.host)
         self.store = FileStore(config.queue.dir)
         self.spools: list[Spool] = []

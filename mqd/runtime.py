@@ -87,6 +87,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "max_message_size": queue.max_message_size,
             "scan_interval": format_duration(queue.scan_interval),
             "watch": queue.watch,
+            "shutdown_timeout": format_duration(queue.shutdown_timeout),
             "retry": {
                 "initial": format_duration(queue.retry.initial),
                 "max": format_duration(queue.retry.max),
