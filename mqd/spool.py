@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import stat
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,9 @@ class Spool:
             except FileNotFoundError:
                 return None
             except OSError as exc:
+                if _in_use(exc):
+                    log.debug("%s is still open in another program; retrying later", source)
+                    return None
                 if exc.errno != errno.EXDEV:
                     raise SpoolError(f"cannot claim {source}: {exc.strerror}") from exc
                 log.warning(
@@ -145,6 +149,12 @@ class Spool:
         fsync_dirs([target.parent])
         claimed.unlink()
         return Claimed(self.config, entry_id, target, name)
+
+
+def _in_use(exc: OSError) -> bool:
+    """Windows refuses to rename a file another program still has open (a producer that has not
+    closed it yet): not an error, the next scan takes it. POSIX renames open files freely."""
+    return sys.platform == "win32" and getattr(exc, "winerror", None) in (32, 33)
 
 
 def is_spool_name(name: str) -> bool:
