@@ -267,7 +267,7 @@ class Daemon:
             if self._control is not None:
                 await self._control.close()
             if self.metrics is not None:
-                self.metrics.stop()
+                await asyncio.to_thread(self.metrics.stop)
             await self._save_quotas()
             if self._watcher is not None:
                 await self._watcher.aclose()

@@ -432,6 +432,7 @@ class Deliverer:
                         "reply": failure.reply,
                         "status": failure.status_code,
                         "dsn_sent": entry.may_bounce,
+                        "relay": failure.relay,
                     },
                 )
             )
