@@ -345,6 +345,11 @@ async def request(config: Config, op: str, args: dict[str, Any] | None = None) -
         return await call(config.queue.dir, op, args)
     except DaemonNotRunning:
         pass
+    if not config.queue.dir.is_dir():
+        # Opening it offline would create it, owned by whoever runs this command.
+        raise AdminError(
+            f"there is no queue at {config.queue.dir} yet: mqd creates it when it first runs"
+        )
     try:
         async with offline(config) as admin:
             return await admin.handle(op, args or {})

@@ -103,12 +103,28 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str, log_format
     is_flag=True,
     help="Take what is in the spools, deliver everything due now, then exit (for cron).",
 )
+@click.option(
+    "--no-progress",
+    is_flag=True,
+    help="With --once: no progress bar (one is drawn only when stderr is a terminal).",
+)
 @pass_state
-def run(state: State, once: bool) -> None:
+def run(state: State, once: bool, no_progress: bool) -> None:
     """Run the daemon in the foreground (stop with Ctrl-C or SIGTERM)."""
     from . import daemon
 
-    daemon.run(state.load(), once=once)
+    config = state.load()
+    if not once:
+        daemon.run(config)
+        return
+    from .plugins import PluginHost
+    from .progress import DeliveryProgress, count_due_work, maybe_bar, wanted
+
+    show = wanted(sys.stderr, not no_progress)
+    total = count_due_work(config) if show else 0  # reading the queue only for a bar
+    with maybe_bar(total, "delivering", sys.stderr, show) as bar:
+        host = PluginHost(extra=(DeliveryProgress(bar),)) if bar is not None else None
+        daemon.run(config, once=True, host=host)
 
 
 @cli.command()
@@ -140,6 +156,11 @@ def run(state: State, once: bool) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Spool directory to write into. Default: [sendmail] spool, else the first spool.",
 )
+@click.option(
+    "--no-progress",
+    is_flag=True,
+    help="With --count: no progress bar (one is drawn only when stderr is a terminal).",
+)
 @pass_state
 def send(
     state: State,
@@ -151,10 +172,12 @@ def send(
     attachments: tuple[Path, ...],
     count: int,
     spool: Path | None,
+    no_progress: bool,
 ) -> None:
     """Compose a message and drop it into a spool (the daemon delivers it)."""
     from .compose import compose, with_new_message_id
     from .inject import inject_many
+    from .progress import counted, maybe_bar
 
     if body is None:
         body = "" if sys.stdin.isatty() else sys.stdin.read()
@@ -165,7 +188,8 @@ def send(
     domain = sender.rpartition("@")[2]
     copies = (message if i == 0 else with_new_message_id(message, domain) for i in range(count))
     try:
-        written = inject_many(target, copies)
+        with maybe_bar(count if count > 1 else 0, "queueing", sys.stderr, not no_progress) as bar:
+            written = inject_many(target, counted(copies, bar))
     except OSError as exc:
         click.echo(f"mqd: error: cannot write into the spool {target}: {exc}", err=True)
         sys.exit(ExitCode.CANTCREAT)
@@ -328,3 +352,343 @@ def plugins(as_json: bool) -> None:
         for problem in info.problems:
             click.echo(f"    PROBLEM: {problem}")
     click.echo("relay types: " + ", ".join(types))
+
+
+# -- queue administration -------------------------------------------------------------------------
+
+
+def _duration_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """A duration as in the config ("30s", "5m", "1h30m", "2d") in seconds."""
+    from .units import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def _request(config: Config, op: str, **args: Any) -> Any:
+    """``op`` through the running daemon, or on the queue files when none runs."""
+    import asyncio
+
+    from .admin import request
+
+    return asyncio.run(request(config, op, args))
+
+
+def _print_json(document: Any) -> None:
+    import json
+
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
+
+
+def _stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def _confirm(question: str, yes: bool) -> None:
+    """Ask ``question`` on a terminal; without one, refuse unless ``yes`` (exit 64)."""
+    if yes:
+        return
+    if not _stdin_is_terminal():
+        raise click.UsageError(
+            "this asks for confirmation, but standard input is not a terminal: add --yes"
+        )
+    if not click.confirm(question, default=False, err=True):
+        click.echo("mqd: nothing done", err=True)
+        sys.exit(ExitCode.FAILURE)
+
+
+def _echo_each(verb: str, ids: list[str], none: str) -> None:
+    for entry_id in ids:
+        click.echo(f"{verb} {entry_id}")
+    if not ids:
+        click.echo(none)
+
+
+@cli.group()
+def queue() -> None:
+    """Administer the queue (daemon running or not).
+
+    With a running daemon the commands go through its control socket; without one they take
+    the queue lock and work on the files.
+    """
+
+
+@queue.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object a message.")
+@click.option("--relay", help="Only messages routed through this relay.")
+@click.option(
+    "--state",
+    "wanted_state",
+    type=click.Choice(["active", "waiting", "deferred", "held"]),
+    help="Only messages in this state.",
+)
+@pass_state
+def queue_list(state: State, as_json: bool, relay: str | None, wanted_state: str | None) -> None:
+    """List the queue, like mailq.
+
+    Id, age, size, state, attempts, next attempt and sender of each message, and each recipient
+    with its last reply.
+    """
+    import time
+
+    from .adminview import render_queue
+
+    rows = _request(state.load(), "list", relay=relay, state=wanted_state)
+    if as_json:
+        _print_json(rows)
+        return
+    filtered = " and ".join(
+        f"{name} {value}" for name, value in (("relay", relay), ("state", wanted_state)) if value
+    )
+    for line in render_queue(rows, time.time(), filtered=f"with {filtered}" if filtered else ""):
+        click.echo(line)
+
+
+@queue.command("show")
+@click.argument("entry_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_state
+def queue_show(state: State, entry_id: str, as_json: bool) -> None:
+    """Show one message in full.
+
+    Envelope, recipients, attempt history and headers. ID may be the start of a queue id.
+    """
+    import time
+
+    from .adminview import render_show
+
+    row = _request(state.load(), "show", id=entry_id)
+    if as_json:
+        _print_json(row)
+        return
+    for line in render_show(row, time.time()):
+        click.echo(line)
+
+
+@queue.command("retry")
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.option("--all", "all_", is_flag=True, help="Every message in the queue.")
+@click.option("--relay", help="Every message routed through this relay.")
+@pass_state
+def queue_retry(state: State, ids: tuple[str, ...], all_: bool, relay: str | None) -> None:
+    """Try messages again now.
+
+    Instead of at their next attempt; held ones stay held. With --all or --relay, the relays'
+    circuit breakers are reset too.
+    """
+    if not (ids or all_ or relay):
+        raise click.UsageError("name queue ids, or give --all or --relay NAME")
+    result = _request(state.load(), "retry", ids=list(ids) or None, all=all_, relay=relay)
+    _echo_each("retrying", result["retried"], "nothing to retry (held messages stay held)")
+
+
+@queue.command("flush")
+@pass_state
+def queue_flush(state: State) -> None:
+    """Retry every message now (what SIGUSR1 does to the daemon)."""
+    result = _request(state.load(), "flush")
+    count = len(result["retried"])
+    click.echo(f"flushed: {count} message{'s' if count != 1 else ''} due now")
+
+
+@queue.command("hold")
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@pass_state
+def queue_hold(state: State, ids: tuple[str, ...]) -> None:
+    """Keep messages in the queue without trying them, until released."""
+    result = _request(state.load(), "hold", ids=list(ids))
+    _echo_each("held", result["held"], "nothing held")
+
+
+@queue.command("release")
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.option("--all", "all_", is_flag=True, help="Every held message.")
+@pass_state
+def queue_release(state: State, ids: tuple[str, ...], all_: bool) -> None:
+    """Let held messages go: they are tried now."""
+    if not (ids or all_):
+        raise click.UsageError("name queue ids, or give --all")
+    result = _request(state.load(), "release", ids=list(ids) or None, all=all_)
+    _echo_each("released", result["released"], "nothing released (no held message matched)")
+
+
+@queue.command("delete")
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+def queue_delete(state: State, ids: tuple[str, ...], yes: bool) -> None:
+    """Remove messages for good (no bounce).
+
+    They are not delivered, get no bounce and do not go to the failed folder.
+    """
+    config = state.load()
+    _confirm(f"Delete {', '.join(ids)} for good (no delivery, no bounce)?", yes)
+    result = _request(config, "delete", ids=list(ids))
+    _echo_each("deleted", result["deleted"], "nothing deleted")
+
+
+@queue.command("bounce")
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+def queue_bounce(state: State, ids: tuple[str, ...], yes: bool) -> None:
+    """Return messages to their senders now.
+
+    Every recipient not yet delivered fails: a bounce (DSN) goes to the sender and the message
+    to the failed folder.
+    """
+    config = state.load()
+    _confirm(f"Return {', '.join(ids)} to the sender now (a bounce for each)?", yes)
+    result = _request(config, "bounce", ids=list(ids))
+    _echo_each("bounced", result["bounced"], "nothing bounced")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Exit 1 when something needs attention (a relay's circuit is open; with --warn-age, "
+    "a message waiting too long), listing each problem on stderr.",
+)
+@click.option(
+    "--warn-age",
+    callback=_duration_option,
+    metavar="DURATION",
+    help="With --check (implied): a problem when the oldest message waited longer, e.g. 1h.",
+)
+@pass_state
+def status(state: State, as_json: bool, check: bool, warn_age: float | None) -> None:
+    """Daemon, queue and relay health at a glance.
+
+    Whether the daemon runs, the queue by state, the oldest message, the failed count and each
+    relay's health.
+    """
+    from .adminview import render_status, status_problems
+
+    result = _request(state.load(), "status")
+    if as_json:
+        _print_json(result)
+    else:
+        for line in render_status(result):
+            click.echo(line)
+    if check or warn_age is not None:
+        problems = status_problems(result, warn_age)
+        for problem in problems:
+            click.echo(f"mqd: warning: {problem}", err=True)
+        if problems:
+            sys.exit(ExitCode.FAILURE)
+
+
+@cli.command()
+@pass_state
+def reload(state: State) -> None:
+    """Ask the running daemon to re-read its config (what SIGHUP does).
+
+    A config that does not load is refused (exit 78) and the daemon keeps the one it has.
+    """
+    import asyncio
+
+    from .control import ControlError, DaemonNotRunning, call
+
+    config = state.load()  # a file that does not load never reaches the daemon
+    try:
+        summary = asyncio.run(call(config.queue.dir, "reload"))
+    except DaemonNotRunning:
+        raise MQDError(
+            f"no mqd daemon is running on {config.queue.dir}: there is nothing to reload "
+            "(the next 'mqd run' reads the config)"
+        ) from None
+    except ControlError as exc:
+        if exc.kind != "ConfigError":
+            raise
+        # The daemon checked the file and kept its running config.
+        click.echo(f"mqd: error: reload refused, the daemon keeps its config: {exc}", err=True)
+        sys.exit(ExitCode.CONFIG)
+    click.echo(str(summary["reloaded"]))
+
+
+# -- the failed folder ----------------------------------------------------------------------------
+
+
+@cli.group()
+def failed() -> None:
+    """The failed folder: list, retry, delete.
+
+    Messages mqd gave up on: refused at intake or by policy, undeliverable, bounced.
+    """
+
+
+@failed.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of the records.")
+@pass_state
+def failed_list(state: State, as_json: bool) -> None:
+    """List the failed folder.
+
+    Id, when, stage and sender of each message, its failed recipients and why.
+    """
+    import time
+
+    from .adminview import render_failed
+    from .failed import failed_dir, list_failed
+
+    messages = list_failed(failed_dir(state.load()))
+    if as_json:
+        _print_json([m.to_dict() for m in messages])
+        return
+    for line in render_failed(messages, time.time()):
+        click.echo(line)
+
+
+@failed.command("retry")
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.option("--all", "all_", is_flag=True, help="Every failed message (bounces are skipped).")
+@click.option(
+    "--spool",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Spool to re-inject into. Default: the spool that refused it, else [sendmail] spool, "
+    "else the first spool.",
+)
+@pass_state
+def failed_retry(state: State, ids: tuple[str, ...], all_: bool, spool: Path | None) -> None:
+    """Send failed messages again.
+
+    Each is re-injected into a spool (a new queue id, policy checked again), to the recipients
+    that failed only, and removed from the failed folder. Bounces are not retried.
+    """
+    from . import failed as failed_module
+
+    if not (ids or all_):
+        raise click.UsageError("name failed ids, or give --all")
+    config = state.load()
+    directory = failed_module.failed_dir(config)
+    messages = failed_module.list_failed(directory) if all_ else failed_module.find(directory, ids)
+    report = failed_module.retry(config, messages, spool=spool, skip_unretryable=all_)
+    for old_id, written, recipients in report.retried:
+        to = f" to {', '.join(f'<{r}>' for r in recipients)}" if recipients else ""
+        click.echo(f"retried {old_id}{to}: {written}")
+    for old_id, why in report.skipped:
+        click.echo(f"mqd: skipped {old_id}: {why}", err=True)
+    if not report.retried and not report.skipped:
+        click.echo("no failed messages")
+
+
+@failed.command("delete")
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+def failed_delete(state: State, ids: tuple[str, ...], yes: bool) -> None:
+    """Remove failed messages for good.
+
+    Both files go: the message and its reason record.
+    """
+    from . import failed as failed_module
+
+    config = state.load()
+    messages = failed_module.find(failed_module.failed_dir(config), ids)
+    _confirm(f"Delete {', '.join(m.id for m in messages)} from the failed folder?", yes)
+    _echo_each("deleted", failed_module.delete(config, messages), "nothing deleted")

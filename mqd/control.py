@@ -48,7 +48,12 @@ class DaemonNotRunning(MQDError):
 
 
 class ControlError(MQDError):
-    """The daemon refused or failed a request; the message says why."""
+    """The daemon refused or failed a request; the message says why, ``kind`` names the
+    daemon-side exception class ("ConfigError", "AdminError", ...) when there was one."""
+
+    def __init__(self, message: str, *, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def default_transport() -> str:
@@ -122,7 +127,7 @@ class ControlServer:
         try:
             return {"ok": True, "result": await self.handler(op, args)}
         except MQDError as exc:
-            return {"ok": False, "error": str(exc)}
+            return {"ok": False, "error": str(exc), "kind": type(exc).__name__}
         except Exception as exc:  # a bug must not take the daemon down with it
             log.exception("control request %r failed", op)
             return {"ok": False, "error": f"internal error: {exc!r} (see the daemon's log)"}
@@ -169,7 +174,7 @@ async def call(
         raise ControlError("the daemon closed the connection without an answer (see its log)")
     answer = json.loads(line)
     if not answer.get("ok"):
-        raise ControlError(str(answer.get("error")))
+        raise ControlError(str(answer.get("error")), kind=answer.get("kind"))
     return answer.get("result")
 
 

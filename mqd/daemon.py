@@ -174,6 +174,13 @@ class Daemon:
         Deliveries in flight finish on the relays they started with; those are closed after.
         Returns a one-line summary; raises ConfigError for a refused config.
         """
+        systemd.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            return await self._reload()
+        finally:
+            systemd.notify("READY=1", f"STATUS=delivering; {len(self.entries)} queued")
+
+    async def _reload(self) -> str:
         path = self.config.source
         if path is None:
             raise ConfigError(
@@ -205,7 +212,6 @@ class Daemon:
         self._wake.set()
         summary = f"reloaded {path}: {len(new.spools)} spool(s), relays {', '.join(new.relays)}"
         log.warning("%s", summary)
-        systemd.notify("READY=1", f"STATUS=delivering; {len(self.entries)} queued; config reloaded")
         return summary
 
     def _reopen_spools(self) -> None:

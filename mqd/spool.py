@@ -98,8 +98,9 @@ class Spool:
                 if exc.errno != errno.EXDEV:
                     raise SpoolError(f"cannot claim {source}: {exc.strerror}") from exc
                 log.warning(
-                    "spool %s is on another filesystem than the queue: claiming through %s "
-                    "and copying (put both on one filesystem for zero-copy claims)",
+                    "spool %s and the queue are on different filesystems or mounts (systemd's "
+                    "ReadWritePaths= makes each path its own mount): claiming through %s "
+                    "and copying (put both under one mount for zero-copy claims)",
                     self.path,
                     self.claim_dir,
                 )

@@ -34,6 +34,7 @@ def watchdog_interval() -> float | None:
     if not usec or (pid and pid != str(os.getpid())):
         return None
     try:
-        return int(usec) / 2_000_000
+        timeout = int(usec)
     except ValueError:
         return None
+    return timeout / 2_000_000 if timeout > 0 else None

@@ -1,0 +1,217 @@
+"""The failed folder (mqd.failed): real failures made by a daemon run with the memory relay, then
+listed, re-injected into a spool and delivered again, or deleted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from corehelpers import make_message
+
+from mqd.config import Config
+from mqd.failed import (
+    FailedError,
+    delete,
+    failed_dir,
+    find,
+    list_failed,
+    reinjection,
+    retry,
+    strip_envelope_lines,
+)
+from mqd.plugins import PluginHost
+from mqd.relays.base import Reply
+from mqd.relays.memory import MemoryRelay
+from mqd.testing import Harness
+
+NO_SUCH_USER = Reply(550, "no such user", "5.1.1")
+
+
+def configure(harness: Harness, **spool_senders: list[str]) -> Config:
+    """A memory relay; spool 0 allows *@example.com, a second spool ``other`` when asked."""
+    spools = [{"path": harness.spool_dir, "relay": "mem", "allowed_senders": ["*@example.com"]}]
+    if "other" in spool_senders:
+        spools.append(
+            {
+                "path": harness.root / "other",
+                "relay": "mem",
+                "allowed_senders": spool_senders["other"],
+            }
+        )
+    return harness.configure({"mem": {"plugin": "memory"}}, spools=spools)
+
+
+async def run(harness: Harness, failing: tuple[str, ...] = ()) -> MemoryRelay:
+    """One --once run in which each address in ``failing`` gets a 550."""
+    daemon = harness.make_daemon(host=PluginHost(entry_points=False))
+    relay = daemon.relays["mem"]
+    assert isinstance(relay, MemoryRelay)
+    for address in failing:
+        relay.replies[address] = NO_SUCH_USER
+    await daemon.run()
+    return relay
+
+
+async def test_a_partial_failure_is_retried_to_the_failed_recipients_only(
+    mqd_harness: Harness,
+) -> None:
+    config = configure(mqd_harness)
+    # The envelope given in leading lines: the retry replaces them rather than adding more.
+    mqd_harness.drop(
+        make_message(
+            to=("alice@example.net", "bob@example.net"),
+            envelope=("app@example.com", ("alice@example.net", "bob@example.net")),
+            subject="partial",
+        )
+    )
+    first = await run(mqd_harness, failing=("bob@example.net",))
+    assert [e.recipients for e in first.sent] == [("alice@example.net",), ("app@example.com",)]
+
+    [message] = list_failed(failed_dir(config))
+    assert message.stage == "delivery" and message.sender == "app@example.com"
+    assert [(r["address"], r["status"]) for r in message.recipients] == [
+        ("alice@example.net", "delivered"),
+        ("bob@example.net", "failed"),
+    ]
+
+    report = retry(config, [message])
+    [(old_id, written, recipients)] = report.retried
+    assert old_id == message.id and recipients == ["bob@example.net"]
+    assert written.parent == mqd_harness.spool_dir
+    content = written.read_bytes()
+    assert content.startswith(
+        b"X-Sender: <app@example.com>\r\nX-Receiver: <bob@example.net>\r\nFrom:"
+    )
+    assert content.count(b"X-Receiver") == 1 and content.count(b"X-Sender") == 1
+    assert list_failed(failed_dir(config)) == []
+    assert not (failed_dir(config) / f"{message.id}.eml").exists()
+
+    again = await run(mqd_harness)
+    [envelope] = again.sent
+    assert envelope.recipients == ("bob@example.net",)
+    assert envelope.sender == "app@example.com"
+    assert b"Subject: partial" in envelope.message
+    assert mqd_harness.queued() == [] and mqd_harness.failed() == []
+
+
+async def test_a_policy_refusal_goes_back_unchanged_into_the_spool_that_refused_it(
+    mqd_harness: Harness,
+) -> None:
+    configure(mqd_harness, other=["app@example.com"])
+    original = make_message(sender="news@example.com", to=("carol@example.net",))
+    mqd_harness.drop(original, spool=1)
+    await run(mqd_harness)
+    [refused] = mqd_harness.failed()
+    assert refused["stage"] == "policy"
+
+    config = configure(mqd_harness, other=["*@example.com"])  # the administrator's fix
+    [message] = find(failed_dir(config), [refused["id"][:12]])
+    report = retry(config, [message])
+    [(_, written, recipients)] = report.retried
+    assert recipients is None  # the envelope is left as it was
+    assert written.parent == mqd_harness.root / "other"
+    assert written.read_bytes() == original
+
+    delivered = await run(mqd_harness)
+    assert [e.recipients for e in delivered.sent] == [("carol@example.net",)]
+
+
+async def test_a_bounce_that_failed_is_not_retried(mqd_harness: Harness) -> None:
+    config = configure(mqd_harness)
+    mqd_harness.drop(make_message(to=("bob@example.net",)))
+    await run(mqd_harness, failing=("bob@example.net", "app@example.com"))
+    messages = list_failed(failed_dir(config))
+    [bounce] = [m for m in messages if m.is_bounce]
+    [original] = [m for m in messages if not m.is_bounce]
+    assert bounce.sender == ""
+
+    with pytest.raises(FailedError, match="is a bounce"):
+        retry(config, [bounce])
+    report = retry(config, messages, skip_unretryable=True)
+    assert [old for old, _, _ in report.retried] == [original.id]
+    assert [(old, "is a bounce" in why) for old, why in report.skipped] == [(bounce.id, True)]
+    assert [m.id for m in list_failed(failed_dir(config))] == [bounce.id]
+
+    assert delete(config, [bounce]) == [bounce.id]
+    assert list_failed(failed_dir(config)) == []
+    assert [p.name for p in failed_dir(config).iterdir() if not p.name.startswith(".")] == []
+
+
+def test_find_by_prefix_and_its_errors(tmp_path: Path) -> None:
+    for entry_id in ("1a2000aaaa", "1a2000bbbb"):
+        (tmp_path / f"{entry_id}.json").write_text(json.dumps({"stage": "intake"}))
+        (tmp_path / f"{entry_id}.eml").write_bytes(b"Subject: x\r\n\r\nbody\r\n")
+    [message] = find(tmp_path, ["1a2000b"])
+    assert message.id == "1a2000bbbb" and message.message_path == tmp_path / "1a2000bbbb.eml"
+    assert [m.id for m in find(tmp_path, ["1a2000aaaa", "1a2000a"])] == ["1a2000aaaa"]
+    with pytest.raises(FailedError, match="start of 2 failed ids"):
+        find(tmp_path, ["1a2000"])
+    with pytest.raises(FailedError, match="'mqd failed list' shows the ids"):
+        find(tmp_path, ["ffff"])
+    with pytest.raises(FailedError):
+        find(tmp_path, [""])
+
+
+async def test_a_record_without_its_message_cannot_be_retried_but_can_be_deleted(
+    mqd_harness: Harness,
+) -> None:
+    config = configure(mqd_harness)
+    directory = failed_dir(config)
+    directory.mkdir(parents=True)
+    (directory / "1a2000cccc.json").write_text(json.dumps({"stage": "intake", "reason": "x"}))
+    (directory / "1a2000dddd.json").write_text("{not json")
+    messages = list_failed(directory)
+    assert [(m.id, m.stage, m.message_path) for m in messages] == [
+        ("1a2000cccc", "intake", None),
+        ("1a2000dddd", "unreadable", None),
+    ]
+    with pytest.raises(FailedError, match="'mqd failed delete 1a2000cccc'"):
+        retry(config, messages[:1])
+    assert delete(config, messages) == ["1a2000cccc", "1a2000dddd"]
+    assert list_failed(directory) == []
+
+
+def test_nothing_failed_yet_is_an_empty_list(tmp_path: Path) -> None:
+    assert list_failed(tmp_path / "missing") == []
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            b"X-Sender: <a@b.c>\r\nX-Receiver: <d@e.f>\r\nFrom: a@b.c\r\n\r\nx",
+            b"From: a@b.c\r\n\r\nx",
+        ),
+        (b"x-sender:a@b.c\nX-RECEIVER : \n <d@e.f>\nTo: d@e.f\n\nx", b"To: d@e.f\n\nx"),
+        (
+            b"From: a@b.c\r\nX-Sender: <a@b.c>\r\n\r\nx",
+            b"From: a@b.c\r\nX-Sender: <a@b.c>\r\n\r\nx",
+        ),
+        (b" folded: first\r\n\r\n", b" folded: first\r\n\r\n"),
+        (b"X-Sender: <a@b.c>", b""),
+    ],
+)
+def test_strip_envelope_lines(data: bytes, expected: bytes) -> None:
+    assert strip_envelope_lines(data) == expected
+
+
+def test_reinjection_needs_a_failed_usable_recipient(tmp_path: Path) -> None:
+    from mqd.failed import FailedMessage
+
+    def message(recipients: list[dict[str, str]]) -> FailedMessage:
+        record = {"stage": "delivery", "sender": "app@example.com", "recipients": recipients}
+        return FailedMessage("1a2", record, tmp_path / "1a2.eml")
+
+    delivered = {"address": "a@example.net", "status": "delivered"}
+    invalid = {"address": "not an address", "status": "failed"}
+    with pytest.raises(FailedError, match="no recipient failed"):
+        reinjection(message([delivered]), b"From: x\r\n\r\n")
+    with pytest.raises(FailedError, match="not valid addresses"):
+        reinjection(message([delivered, invalid]), b"From: x\r\n\r\n")
+    failed = {"address": "b@example.net", "status": "failed"}
+    content, recipients = reinjection(message([delivered, invalid, failed]), b"From: x\r\n\r\n")
+    assert recipients == ["b@example.net"]
+    assert (
+        content == b"X-Sender: <app@example.com>\r\nX-Receiver: <b@example.net>\r\nFrom: x\r\n\r\n"
+    )
