@@ -79,12 +79,7 @@ class Circuit:
     def success(self) -> None:
         if self._opened:
             log.warning("relay %s answers again: using it for every message", self.relay)
-        self.failures = 0
-        self._opened = False
-        self._trial = False
-        self._open_until = 0.0
-        self._cooldown = self.config.cooldown
-        self.reason = ""
+        self._close()
 
     def failure(self, reason: str, retry_after: float | None = None) -> None:
         """A whole-message failure. ``retry_after``: the far end asked for a pause this long."""
@@ -126,6 +121,9 @@ class Circuit:
         """Closed again, on the administrator's word (``mqd queue flush``)."""
         if self._opened:
             log.warning("relay %s: circuit reset by the administrator", self.relay)
+        self._close()
+
+    def _close(self) -> None:
         self.failures = 0
         self._opened = False
         self._trial = False
