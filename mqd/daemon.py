@@ -46,6 +46,8 @@ log = logging.getLogger("mqd.daemon")
 INTAKE_BATCH = 256
 #: The scheduler re-reads the clock at least this often, so a clock jump is noticed.
 MAX_SLEEP = 30.0
+#: A clock that moved back by more than this is treated as a jump back.
+CLOCK_SLACK = 5.0
 #: Quota counts are saved this often (when they changed) and at shutdown.
 QUOTA_SAVE_INTERVAL = 5.0
 
@@ -116,9 +118,19 @@ class Daemon:
 
     def schedule(self, entry: QueueEntry) -> None:
         """Put ``entry`` on the schedule at its ``next_attempt_at``."""
+        _undo_clock_jump_back(entry, time.time())
         self.entries[entry.id] = entry
         heapq.heappush(self._heap, (entry.next_attempt_at, entry.id))
         self._wake.set()
+
+    def _clock_went_back(self, now: float) -> None:
+        """Re-plan every entry whose times lie in the future of a clock that jumped back, so
+        that the queue does not stall for the size of the jump."""
+        log.warning("the system clock went back; re-planning the schedule from the new time")
+        self._heap = []
+        for entry in list(self.entries.values()):
+            _undo_clock_jump_back(entry, now)
+            heapq.heappush(self._heap, (entry.next_attempt_at, entry.id))
 
     @property
     def queue_size(self) -> int:
@@ -439,9 +451,13 @@ class Daemon:
 
     async def _scheduler_loop(self) -> None:
         concurrency = self.config.queue.concurrency
+        last_now = time.time()
         while True:
             self._wake.clear()
             now = time.time()
+            if now < last_now - CLOCK_SLACK:
+                self._clock_went_back(now)
+            last_now = now
             stopping = self._stopping.is_set()
             while self._heap and not stopping and len(self._in_flight) < concurrency:
                 due, entry_id = self._heap[0]
@@ -556,6 +572,18 @@ class Daemon:
         while True:
             systemd.notify("WATCHDOG=1", f"STATUS=delivering; {len(self.entries)} queued")
             await asyncio.sleep(interval)
+
+
+def _undo_clock_jump_back(entry: QueueEntry, now: float) -> None:
+    """Times in the future of ``now`` that were set in the past mean the clock went back (or a
+    state file came from a machine whose clock was ahead). The wait that was planned is kept, but
+    counted from now: a deferred entry keeps its backoff interval, a new one is due now."""
+    if entry.last_attempt_at is not None and entry.last_attempt_at > now + CLOCK_SLACK:
+        wait = max(0.0, entry.next_attempt_at - entry.last_attempt_at)
+        entry.last_attempt_at = now
+        entry.next_attempt_at = now + wait
+    elif entry.last_attempt_at is None and entry.created_at > now + CLOCK_SLACK:
+        entry.next_attempt_at = min(entry.next_attempt_at, now)
 
 
 async def async_run(
