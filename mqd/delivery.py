@@ -437,11 +437,13 @@ class Deliverer:
                 )
             )
 
-    @staticmethod
-    def _failure_reason(entry: QueueEntry) -> dict[str, Any]:
+    def _failure_reason(self, entry: QueueEntry) -> dict[str, Any]:
         failed = [r for r in entry.recipients if r.status is RcptStatus.FAILED]
+        spool = next((str(s.path) for s in self.config.spools if s.key == entry.source), None)
         return {
             "stage": "delivery",
+            # Where it came from, so that 'mqd failed retry' sends it back there.
+            **({"spool": spool} if spool else {}),
             "reason": "; ".join(f"<{r.address}>: {r.reply}" for r in failed),
             "sender": entry.sender,
             "relay": entry.relay,
