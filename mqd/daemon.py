@@ -319,8 +319,17 @@ class Daemon:
         self, unaccepted: dict[str, list[Path]], entries: Iterable[QueueEntry]
     ) -> None:
         by_key = {spool.config.key: spool for spool in self.spools}
+        entries = list(entries)
+        ids = {entry.id for entry in entries}
         count = 0
         for entry in entries:
+            if entry.unnotified_failures and f"{entry.id}b{entry.bounces}" in ids:
+                # A crash came after this entry's DSN was queued and before the entry noted it:
+                # note it now rather than queue a second DSN.
+                for failure in entry.unnotified_failures:
+                    failure.notified = True
+                entry.bounces += 1
+                log.info("recovery: %s's bounce was already queued", entry.id)
             self.schedule(entry)
             count += 1
         if count:

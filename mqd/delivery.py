@@ -375,22 +375,38 @@ class Deliverer:
     async def finish(self, entry: QueueEntry, body: bytes | None = None) -> None:
         """Bounce new failures, then remove, fail or reschedule ``entry`` (durably)."""
         failures = entry.unnotified_failures
+        dsn = None
         if failures:
-            await self._bounce(entry, failures, body)
-        if not entry.is_done:
-            await self.store.save(entry)
-            return
-        if entry.has_failures:
-            where = await self.store.fail(entry, self._failure_reason(entry))
-            log.warning("%s failed: moved to %s", entry.id, where)
-            self.emit(Event(EventKind.FAILED, entry.id, {**entry.summary(), "path": str(where)}))
-        else:
-            await self.store.remove(entry)
-            self.emit(Event(EventKind.COMPLETED, entry.id, entry.summary()))
+            if entry.may_bounce:
+                # The failures are durable before the DSN is queued: a crash in between finds
+                # them on restart and bounces them (never sends to them again), and the DSN's
+                # id, derived from the entry, tells recovery whether it was already queued.
+                await self.store.save(entry)
+            dsn = await self._bounce(entry, failures, body)
+        try:
+            if not entry.is_done:
+                await self.store.save(entry)
+                return
+            if entry.has_failures:
+                where = await self.store.fail(entry, self._failure_reason(entry))
+                log.warning("%s failed: moved to %s", entry.id, where)
+                self.emit(
+                    Event(EventKind.FAILED, entry.id, {**entry.summary(), "path": str(where)})
+                )
+            else:
+                await self.store.remove(entry)
+                self.emit(Event(EventKind.COMPLETED, entry.id, entry.summary()))
+        finally:
+            # Sent only once the bounced entry has noted it: until then a crash must find the
+            # DSN still queued, so that recovery can tell it was queued (exactly one DSN).
+            if dsn is not None:
+                self.schedule(dsn)
 
     async def _bounce(
         self, entry: QueueEntry, failures: list[RecipientState], body: bytes | None
-    ) -> None:
+    ) -> QueueEntry | None:
+        """Queue the DSN for ``failures`` (durably) and return it, unscheduled; mark them."""
+        dsn = None
         if entry.may_bounce:
             original = body if body is not None else await self.store.load_body(entry)
             message = self.host.build_bounce(entry, failures, original, self.config)
@@ -409,7 +425,6 @@ class Deliverer:
             # The bounce is durable before the bounced entry records it: a crash in between
             # regenerates the same id, which replaces the first copy rather than adding one.
             await self.store.add_many([(dsn, message)])
-            self.schedule(dsn)
             entry.bounces += 1
             log.warning(
                 "%s bounced to=%s: DSN %s queued to <%s>",
@@ -436,6 +451,7 @@ class Deliverer:
                     },
                 )
             )
+        return dsn
 
     def _failure_reason(self, entry: QueueEntry) -> dict[str, Any]:
         failed = [r for r in entry.recipients if r.status is RcptStatus.FAILED]
