@@ -103,6 +103,7 @@ def parse_message(
             if require_sender:
                 raise
             sender = ""
+    sender = _without_root_dot(sender)
     problem = address_problem(sender)
     if problem and require_sender:
         raise MessageParseError(f"the sender {sender!r} is not usable: {problem}")
@@ -118,7 +119,7 @@ def parse_message(
     recipients: list[str] = []
     invalid: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for rcpt in candidates:
+    for rcpt in map(_without_root_dot, candidates):
         key = _address_key(rcpt)
         if key in seen:
             continue
@@ -216,10 +217,17 @@ def _split_header(data: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     return fields, b""
 
 
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
 def _unfold(raw: bytes) -> str:
+    """The field's value with its folds (a line break before a space or tab) removed and its
+    final line break dropped. Any other CR or LF stays, so that an address holding one is
+    refused rather than read as something else (``<a@x>\\rRCPT TO:<b@y>`` is not ``b@y``)."""
     value = raw.split(b":", 1)[1]
     text = value.decode("utf-8", "surrogateescape")
-    return text.replace("\r\n", "").replace("\n", "").replace("\r", "")
+    text = _FOLD.sub("", text)
+    return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
 
 
 def _selected_headers(fields: list[tuple[bytes, bytes]], wanted: tuple[str, ...]) -> dict[str, str]:
@@ -256,7 +264,10 @@ def envelope_address(value: str) -> str:
     if any(c in value for c in "\r\n\x00"):
         return value  # never reinterpret an injection attempt; address_problem refuses it
     if value.endswith(">") and "<" in value:
-        return value[value.rindex("<") + 1 : -1].strip()
+        start = value.rindex("<")
+        if "<" in value[:start] or ">" in value[:start]:
+            return value  # two bracketed parts: ambiguous, so address_problem refuses it
+        return value[start + 1 : -1].strip()
     return value
 
 
@@ -273,6 +284,15 @@ def _header_sender(headers: dict[str, str]) -> str:
     if len(senders) > 1:
         raise MessageParseError("From holds several addresses and there is no Sender header")
     return senders[0]
+
+
+def _without_root_dot(address: str) -> str:
+    """``a@example.com.`` -> ``a@example.com``: the same fully qualified domain, in the form
+    servers accept (many refuse the trailing dot in MAIL FROM / RCPT TO)."""
+    local, at, domain = address.rpartition("@")
+    if at and local and domain.endswith(".") and domain.strip("."):
+        return f"{local}@{domain.rstrip('.')}"
+    return address
 
 
 def _address_key(address: str) -> str:
