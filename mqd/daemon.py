@@ -431,6 +431,20 @@ class Daemon:
                         continue
                     for entry in entries:
                         self.schedule(entry)
+            if self.intake.write_failed:
+                # The queue cannot be written (disk full, I/O error): the files went back into
+                # their spools. Take them again after a scan interval, not in a busy loop.
+                self.intake.write_failed = False
+                self._pending_names.clear()
+                self._rescan.clear()
+                self._intake_idle.set()
+                self._wake.set()
+                if self.once:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=interval)
+                last_full_scan = time.monotonic() - interval
+                continue
             if self._pending_names or self._rescan:
                 continue
             self._intake_idle.set()

@@ -383,24 +383,20 @@ class Deliverer:
                 # id, derived from the entry, tells recovery whether it was already queued.
                 await self.store.save(entry)
             dsn = await self._bounce(entry, failures, body)
-        try:
-            if not entry.is_done:
-                await self.store.save(entry)
-                return
-            if entry.has_failures:
-                where = await self.store.fail(entry, self._failure_reason(entry))
-                log.warning("%s failed: moved to %s", entry.id, where)
-                self.emit(
-                    Event(EventKind.FAILED, entry.id, {**entry.summary(), "path": str(where)})
-                )
-            else:
-                await self.store.remove(entry)
-                self.emit(Event(EventKind.COMPLETED, entry.id, entry.summary()))
-        finally:
-            # Sent only once the bounced entry has noted it: until then a crash must find the
-            # DSN still queued, so that recovery can tell it was queued (exactly one DSN).
-            if dsn is not None:
-                self.schedule(dsn)
+        if not entry.is_done:
+            await self.store.save(entry)
+        elif entry.has_failures:
+            where = await self.store.fail(entry, self._failure_reason(entry))
+            log.warning("%s failed: moved to %s", entry.id, where)
+            self.emit(Event(EventKind.FAILED, entry.id, {**entry.summary(), "path": str(where)}))
+        else:
+            await self.store.remove(entry)
+            self.emit(Event(EventKind.COMPLETED, entry.id, entry.summary()))
+        # Sent only once the bounced entry has noted it: until then a crash (or a failed write
+        # above) must find the DSN still queued, so that it is never sent twice. If the write
+        # failed, the entry's next attempt queues the same DSN id again, replacing this one.
+        if dsn is not None:
+            self.schedule(dsn)
 
     async def _bounce(
         self, entry: QueueEntry, failures: list[RecipientState], body: bytes | None

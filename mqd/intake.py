@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,10 @@ class Intake:
         self.store = store
         self.host = host
         self.emit = emit
+        #: Set when the queue could not be written and files went back into their spool; the
+        #: daemon then waits a scan interval before taking files again (no busy loop on a full
+        #: disk).
+        self.write_failed = False
 
     async def take_names(self, spool: Spool, names: list[str]) -> list[QueueEntry]:
         """Claim ``names`` from ``spool`` and queue what is acceptable. Files another process
@@ -104,7 +109,10 @@ class Intake:
                 rejected.append(read)
             else:
                 accepted.append(self._entry(read, read.parsed, route, now))
-        await asyncio.to_thread(self._persist, accepted, rejected)
+        accepted_reads = [r for r in reads if r.error is None and r.parsed is not None]
+        accepted, rejected = await asyncio.to_thread(
+            self._persist, accepted, accepted_reads, rejected
+        )
         for read in rejected:
             self._log_rejection(read)
         for entry in accepted:
@@ -149,10 +157,55 @@ class Intake:
             message_id=parsed.headers.get("message-id", ""),
         )
 
-    def _persist(self, accepted: list[QueueEntry], rejected: list[_Read]) -> None:
+    def _persist(
+        self, accepted: list[QueueEntry], accepted_reads: list[_Read], rejected: list[_Read]
+    ) -> tuple[list[QueueEntry], list[_Read]]:
+        """Write the batch; what cannot be written goes back into its spool (taken again at the
+        next scan), so a full disk or an I/O error delays mail and never loses it. Returns what
+        was accepted and what was moved to failed/."""
+        moved = []
         for read in rejected:
-            self.store.reject_sync(read.claimed.entry_id, read.claimed.path, self._reason(read))
-        self.store.add_many_sync([(entry, None) for entry in accepted])
+            try:
+                self.store.reject_sync(read.claimed.entry_id, read.claimed.path, self._reason(read))
+            except OSError as exc:
+                log.error("cannot move %s to failed/: %s", read.claimed.path, exc)
+                self._unclaim(read)
+            else:
+                moved.append(read)
+        try:
+            self.store.add_many_sync([(entry, None) for entry in accepted])
+        except OSError as exc:
+            log.error(
+                "cannot write the queue state in %s (%s): %d message(s) go back into their "
+                "spool and are taken again at the next scan",
+                self.store.state_dir,
+                exc,
+                len(accepted),
+            )
+            self.write_failed = True
+            kept = []
+            for entry, read in zip(accepted, accepted_reads, strict=True):
+                if self.store.state_path(entry.id).exists():
+                    kept.append(entry)  # its state was written before the failure: accepted
+                else:
+                    self._unclaim(read)
+            return kept, moved
+        return accepted, moved
+
+    @staticmethod
+    def _unclaim(read: _Read) -> None:
+        claimed = read.claimed
+        back = claimed.spool.path / claimed.original_name
+        try:
+            os.rename(claimed.path, back)
+        except OSError as exc:  # e.g. claimed across filesystems: recovery takes it at start-up
+            log.error(
+                "cannot put %s back into the spool (%s); it stays at %s and is taken in when "
+                "mqd next starts",
+                claimed.original_name,
+                exc,
+                claimed.path,
+            )
 
     @staticmethod
     def _reason(read: _Read) -> dict[str, Any]:

@@ -1,0 +1,127 @@
+"""A queue write that fails (disk full, EIO, an fsync error) leaves the message where it was,
+reports the error, and the message goes out once the fault is gone.
+
+The faults are injected by wrapping mqd.fsutil's writers in the test process: a real full disk
+would need mount privileges this suite cannot count on. Everything else is real: files, the
+daemon, the SMTP sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from corehelpers import drop, run_once
+from smtpserver import SMTPPeer
+
+import mqd.fsutil
+import mqd.queue.filestore
+from mqd.config import Config
+from mqd.plugins import PluginHost
+
+FAULTS = {
+    "disk full": errno.ENOSPC,
+    "I/O error": errno.EIO,
+}
+
+
+def failing(original: Callable[..., None], code: int, where: str) -> Callable[..., None]:
+    def write(path: Path, *args: object, **kwargs: object) -> None:
+        if where in str(path):
+            raise OSError(code, os.strerror(code), str(path))
+        original(path, *args, **kwargs)
+
+    return write
+
+
+@pytest.mark.parametrize("code", FAULTS.values(), ids=FAULTS.keys())
+async def test_a_state_write_failing_at_intake_puts_the_file_back(
+    code: int,
+    plain_config: Config,
+    spool: Path,
+    smtp_server: SMTPPeer,
+    host: PluginHost,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = drop(spool)
+    monkeypatch.setattr(
+        mqd.queue.filestore, "atomic_write", failing(mqd.fsutil.atomic_write, code, "/state/")
+    )
+    with caplog.at_level(logging.ERROR):
+        await run_once(plain_config, host)
+    assert path.exists(), "the file must be back in the spool, unchanged"
+    assert smtp_server.messages == []
+    assert os.strerror(code) in caplog.text and "go back into their spool" in caplog.text
+
+    monkeypatch.undo()
+    await run_once(plain_config, host)
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["alice@example.net"]]
+    assert not path.exists()
+
+
+async def test_a_state_write_failing_after_an_attempt_keeps_the_message_queued(
+    plain_config: Config,
+    spool: Path,
+    smtp_server: SMTPPeer,
+    host: PluginHost,
+    queue_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The attempt defers (451) and saving that outcome fails: the message stays queued as it
+    was (state and body), the error is logged, and the next run delivers it."""
+    drop(spool, to=("temp-bob@example.net",))
+    await run_once(plain_config, host)  # queued and deferred once (retry in 1 s)
+    [state] = (queue_dir / "state").iterdir()
+    before = state.read_bytes()
+    await asyncio.sleep(1.3)
+    monkeypatch.setattr(
+        mqd.queue.filestore, "atomic_write", failing(mqd.fsutil.atomic_write, errno.EIO, "/state/")
+    )
+    with caplog.at_level(logging.ERROR):
+        await run_once(plain_config, host)
+    monkeypatch.undo()
+    assert "could not be processed; keeping it" in caplog.text
+    assert state.read_bytes() == before
+    assert list((queue_dir / "messages").rglob("*.eml")), "the body is still there"
+    smtp_server.temp_failures = False
+    await run_once(plain_config, host)
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["temp-bob@example.net"]]
+    assert not list((queue_dir / "state").iterdir())
+
+
+async def test_moving_to_failed_that_fails_keeps_the_message_and_says_so(
+    plain_config: Config,
+    spool: Path,
+    smtp_server: SMTPPeer,
+    host: PluginHost,
+    queue_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    drop(spool, to=("perm-bob@example.net",))
+    original = mqd.queue.filestore.FileStore._fail
+
+    def fail_fails(self: object, *args: object) -> Path:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "failed/")
+
+    monkeypatch.setattr(mqd.queue.filestore.FileStore, "_fail", fail_fails)
+    with caplog.at_level(logging.ERROR):
+        await run_once(plain_config, host)
+    assert "could not be processed; keeping it" in caplog.text
+    assert list((queue_dir / "state").iterdir()), "the message is still queued"
+    monkeypatch.setattr(mqd.queue.filestore.FileStore, "_fail", original)
+    assert not [m for m in smtp_server.messages if m.mail_from in ("", "<>")], (
+        "no DSN leaves before the bounced message has noted it"
+    )
+    # The next run finds the failure recorded and its DSN queued: one DSN, the move finished.
+    await run_once(plain_config, host)
+    dsns = [m for m in smtp_server.messages if m.mail_from in ("", "<>")]
+    assert len(dsns) == 1
+    assert len(list((queue_dir / "failed").glob("*.json"))) == 1
