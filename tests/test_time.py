@@ -1,0 +1,157 @@
+"""Time: the schedule survives restarts, clock jumps neither storm nor stall, and a message that
+outlives the queue lifetime gets exactly one DSN.
+
+The clock is moved by writing state files whose times lie in the past or the future of the real
+clock (what a jump looks like to the next start), and, for a jump while running, by shifting
+``time.time`` as the daemon's modules see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from corehelpers import drop
+
+import mqd.daemon
+import mqd.delivery
+from mqd.config import Config, load_config
+from mqd.daemon import Daemon
+from mqd.errors import TransientRelayError
+from mqd.plugins import PluginHost
+from mqd.queue.entry import QueueEntry
+from mqd.relays.memory import MemoryRelay
+
+HOUR = 3600.0
+
+
+@pytest.fixture
+def config(write_config: Callable[[str], Path], spool: Path, queue_dir: Path) -> Config:
+    return load_config(
+        write_config(
+            f"""
+            [queue]
+            dir = "{queue_dir}"
+            bounce_sender = "mailer-daemon@mqd.test"
+            retry = {{ initial = "10m", max = "1h", lifetime = "1d" }}
+
+            [[spool]]
+            path = "{spool}"
+            allowed_senders = ["*@example.com"]
+
+            [relays.main]
+            plugin = "memory"
+            """
+        )
+    )
+
+
+def states(queue_dir: Path) -> dict[str, QueueEntry]:
+    entries = (QueueEntry.from_json(p.read_bytes()) for p in (queue_dir / "state").glob("*"))
+    return {e.id: e for e in entries}
+
+
+def rewrite(queue_dir: Path, entry: QueueEntry) -> None:
+    (queue_dir / "state" / f"{entry.id}.json").write_bytes(entry.to_json())
+
+
+async def deferred_once(config: Config, host: PluginHost, spool: Path) -> QueueEntry:
+    drop(spool)
+    daemon = Daemon(config, host=host, once=True)
+    MemoryRelay.instances["main"].raise_error = TransientRelayError("down")
+    await daemon.run()
+    [entry] = states(config.queue.dir).values()
+    return entry
+
+
+async def test_the_schedule_survives_a_restart(config, host, spool, queue_dir):
+    entry = await deferred_once(config, host, spool)
+    assert entry.attempts == 1 and entry.next_attempt_at > time.time() + 500
+    daemon = Daemon(config, host=host, once=True)
+    await daemon.run()  # nothing is due: no attempt, the plan is kept as it was
+    assert MemoryRelay.instances["main"].sent == []
+    assert states(queue_dir)[entry.id].next_attempt_at == entry.next_attempt_at
+    assert states(queue_dir)[entry.id].attempts == 1
+
+
+async def test_a_clock_that_went_back_does_not_stall_the_queue(config, host, spool, queue_dir):
+    """The message was tried 'a day from now' (the clock has since gone back a day): it keeps
+    its 10-minute wait, counted from now, instead of waiting a day and ten minutes."""
+    entry = await deferred_once(config, host, spool)
+    wait = entry.next_attempt_at - (entry.last_attempt_at or 0)
+    entry.last_attempt_at = (entry.last_attempt_at or 0) + 24 * HOUR
+    entry.next_attempt_at += 24 * HOUR
+    rewrite(queue_dir, entry)
+    daemon = Daemon(config, host=host, once=True)
+    await daemon.run()
+    planned = daemon.entries[entry.id].next_attempt_at - time.time()
+    assert 0 < planned <= wait + 1
+
+
+async def test_a_new_message_from_a_clock_ahead_is_due_now(config, host, spool, queue_dir):
+    entry = await deferred_once(config, host, spool)
+    entry.attempts, entry.last_attempt_at = 0, None
+    entry.created_at = entry.next_attempt_at = time.time() + 24 * HOUR
+    rewrite(queue_dir, entry)
+    daemon = Daemon(config, host=host, once=True)
+    MemoryRelay.instances["main"].raise_error = None
+    await daemon.run()
+    assert len(MemoryRelay.instances["main"].sent) == 1
+
+
+def count_attempts(daemon: Daemon) -> list[str]:
+    """The ids the daemon's memory relay is asked to deliver (it fails them all)."""
+    relay = MemoryRelay.instances["main"]
+    relay.raise_error = TransientRelayError("down")
+    attempts: list[str] = []
+    deliver = relay.deliver
+
+    async def counting(envelope):  # type: ignore[no-untyped-def]
+        attempts.append(envelope.id)
+        return await deliver(envelope)
+
+    relay.deliver = counting  # type: ignore[method-assign]
+    return attempts
+
+
+async def test_a_jump_forward_gives_each_message_one_attempt_not_a_storm(
+    config, host, spool, queue_dir, monkeypatch
+):
+    for n in range(5):
+        drop(spool, to=(f"user{n}@example.net",))
+    daemon = Daemon(config, host=host, once=True)
+    attempts = count_attempts(daemon)
+    await daemon.run()
+    assert len(attempts) == 5
+    # Three hours later (within the 1-day lifetime): every message is due, and tried once.
+    start, real = time.monotonic(), time.time() + 3 * HOUR
+    for module in (mqd.daemon, mqd.delivery):
+        monkeypatch.setattr(module.time, "time", lambda: real + time.monotonic() - start)
+    daemon = Daemon(config, host=host, once=True)
+    attempts = count_attempts(daemon)
+    await asyncio.wait_for(daemon.run(), 30)
+    assert sorted(attempts) == sorted(states(queue_dir)), "one attempt per message"
+    assert all(e.attempts == 2 for e in states(queue_dir).values())
+    assert all(e.next_attempt_at > real + 500 for e in states(queue_dir).values())
+
+
+async def test_lifetime_expiry_gives_exactly_one_dsn_across_restarts(
+    config, host, spool, queue_dir
+):
+    entry = await deferred_once(config, host, spool)
+    entry.created_at -= 2 * 24 * HOUR  # accepted two days ago: past the 1-day lifetime
+    entry.next_attempt_at = time.time()
+    rewrite(queue_dir, entry)
+    for _ in range(3):
+        daemon = Daemon(config, host=host, once=True)
+        MemoryRelay.instances["main"].raise_error = TransientRelayError("still down")
+        await daemon.run()
+    # The DSN (from <>) also meets the dead relay: it stays queued, one of it, never doubled.
+    remaining = list(states(queue_dir).values())
+    assert [e.sender for e in remaining] == [""]
+    assert remaining[0].id == f"{entry.id}b0"
+    assert (queue_dir / "failed" / f"{entry.id}.json").exists()
+    assert "4.4.7" in (queue_dir / "failed" / f"{entry.id}.json").read_text()
