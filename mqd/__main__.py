@@ -16,10 +16,11 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     program = os.path.basename(sys.argv[0]) if sys.argv else "mqd"
-    if program in ("sendmail", "mqd-sendmail") or (args and args[0] == "sendmail"):
+    sendmail_args = args if program in ("sendmail", "mqd-sendmail") else _sendmail_args(args)
+    if sendmail_args is not None:
         from .sendmail import main as sendmail_main
 
-        sys.exit(sendmail_main(args[1:] if args and args[0] == "sendmail" else args))
+        sys.exit(sendmail_main(sendmail_args))
     import click
 
     from .cli import cli
@@ -49,6 +50,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         sys.exit(ExitCode.SOFTWARE)
     sys.exit(result if isinstance(result, int) else ExitCode.OK)  # ctx.exit(n) returns n
+
+
+def _sendmail_args(args: list[str]) -> list[str] | None:
+    """The arguments for the sendmail fast path when the command is ``mqd [--config FILE]
+    sendmail ...`` (``--config`` becomes sendmail's own ``-C``); None for any other command."""
+    config: list[str] = []
+    rest = args
+    if rest[:1] in (["--config"], ["-c"]) and len(rest) > 1:
+        config, rest = ["-C", rest[1]], rest[2:]
+    elif rest[:1] and rest[0].startswith("--config="):
+        config, rest = ["-C", rest[0].partition("=")[2]], rest[1:]
+    if rest[:1] != ["sendmail"]:
+        return None
+    return [*config, *rest[1:]]
 
 
 if __name__ == "__main__":

@@ -422,3 +422,24 @@ def test_help_prints_the_options_and_exits_0() -> None:
 def test_capital_o_option_is_ignored() -> None:
     assert parse_args(["-O", "DeliveryMode=b", "-t"]).from_headers
     assert parse_args(["-ODeliveryMode=b", "bob@example.net"]).recipients == ["bob@example.net"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["sendmail", "-t"], ["-t"]),
+        (
+            ["--config", "/etc/mqd.toml", "sendmail", "-t", "-i"],
+            ["-C", "/etc/mqd.toml", "-t", "-i"],
+        ),
+        (["-c", "x.toml", "sendmail"], ["-C", "x.toml"]),
+        (["--config=x.toml", "sendmail", "a@b.c"], ["-C", "x.toml", "a@b.c"]),
+        (["--config", "x.toml", "run"], None),
+        (["--log-level", "debug", "sendmail"], None),  # through click: it knows every option
+        ([], None),
+    ],
+)
+def test_the_sendmail_fast_path_also_takes_a_config(args, expected):
+    from mqd.__main__ import _sendmail_args
+
+    assert _sendmail_args(args) == expected

@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""mqd's speed on this machine: backlog drain, end to end through the spool, latency, the cost
+of ``mqd sendmail``. fsync stays on (mqd's default): durability is never traded for a figure.
+
+    .venv/bin/python benchmarks/bench.py                 # all, N=5000
+    .venv/bin/python benchmarks/bench.py --only drain --messages 10000
+
+The sink is an aiosmtpd server in this process (it records each message's arrival time and its
+``X-Bench-Sent`` header); mqd runs as a real ``mqd run`` subprocess whose CPU time and peak memory
+(RSS, and PSS where /proc has it) are read from /proc. Compare with Postfix on the same machine
+with ../shared/bench/side-by-side.sh, in the same session, and quote ratios: absolute figures drift
+between runs on shared machines. docs/performance.md has the method and the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+SENT = re.compile(rb"^X-Bench-Sent: ([0-9.]+)", re.MULTILINE)
+MQD = str(Path(sys.executable).with_name("mqd"))
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[float, float | None]] = []
+        self.lock = threading.Lock()
+        self.done = threading.Condition(self.lock)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        now = time.time()
+        match = SENT.search(envelope.original_content or envelope.content)
+        with self.lock:
+            self.arrivals.append((now, float(match.group(1)) if match else None))
+            self.done.notify_all()
+        return "250 2.0.0 OK"
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        with self.lock:
+            return self.done.wait_for(lambda: len(self.arrivals) >= count, timeout)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.arrivals.clear()
+
+
+class Daemon:
+    """``mqd run`` with CPU and memory sampled from /proc."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.process = subprocess.Popen(
+            [MQD, "--config", str(config), "--log-level", "warning", "run"],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        self.peak_rss = self.peak_pss = 0.0
+        self._stop = threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def cpu(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.25):
+            try:
+                rollup = Path(f"/proc/{self.process.pid}/smaps_rollup").read_text()
+            except OSError:
+                continue
+            for key, attr in (("Rss:", "peak_rss"), ("Pss:", "peak_pss")):
+                match = re.search(rf"^{key}\s+(\d+) kB", rollup, re.MULTILINE)
+                if match:
+                    setattr(self, attr, max(getattr(self, attr), int(match.group(1)) / 1024))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(60)
+
+
+def message(number: int, size: int) -> bytes:
+    head = (
+        f"From: bench@bench.test\r\nTo: rcpt{number % 20}@example.test\r\n"
+        f"Subject: bench {number}\r\nMessage-ID: <{number}.{time.time_ns()}@bench.test>\r\n"
+        f"X-Bench-Sent: {time.time():.6f}\r\n\r\n"
+    )
+    line = "x" * 74 + "\r\n"
+    return (head + line * max(1, (size - len(head)) // len(line))).encode()
+
+
+def drop(spool: Path, number: int, size: int) -> None:
+    """The producer contract: a temporary name, then a rename to *.eml."""
+    tmp = spool / f".{number}.tmp"
+    tmp.write_bytes(message(number, size))
+    os.rename(tmp, spool / f"{number}.eml")
+
+
+def setup(work: Path, port: int) -> tuple[Path, Path]:
+    spool = work / "spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    config = work / "mqd.toml"
+    config.write_text(
+        f'[queue]\ndir = "{work / "queue"}"\n[[spool]]\npath = "{spool}"\n'
+        'allowed_senders = ["bench@bench.test"]\n'
+        f'[relays.sink]\nplugin = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
+    )
+    return spool, config
+
+
+def drain(work: Path, sink: Sink, n: int, size: int) -> dict[str, Any]:
+    """N messages already in the spool; start mqd; time until the sink has them all."""
+    spool, config = setup(work / "drain", sink.port)
+    for number in range(n):
+        drop(spool, number, size)
+    sink.reset()
+    started = time.monotonic()
+    daemon = Daemon(config, work / "drain.log")
+    ok = sink.wait_for(n, 600)
+    elapsed = time.monotonic() - started
+    cpu = daemon.cpu()
+    daemon.stop()
+    return {
+        "test": "drain", "n": n, "ok": ok, "msgs_per_s": round(n / elapsed, 1),
+        "cpu_ms_per_msg": round(cpu * 1000 / n, 3), "peak_rss_mb": round(daemon.peak_rss, 1),
+        "peak_pss_mb": round(daemon.peak_pss, 1),
+    }  # fmt: skip
+
+
+def end_to_end(work: Path, sink: Sink, n: int, size: int, writers: int) -> dict[str, Any]:
+    """mqd running; ``writers`` threads drop N messages as fast as they can."""
+    spool, config = setup(work / "e2e", sink.port)
+    daemon = Daemon(config, work / "e2e.log")
+    time.sleep(1.5)  # started and watching
+    sink.reset()
+    started = time.monotonic()
+    cpu0 = daemon.cpu()
+    threads = [
+        threading.Thread(target=lambda w=w: [drop(spool, i, size) for i in range(w, n, writers)])
+        for w in range(writers)
+    ]
+    for thread in threads:
+        thread.start()
+    ok = sink.wait_for(n, 600)
+    elapsed = time.monotonic() - started
+    cpu = daemon.cpu() - cpu0
+    daemon.stop()
+    return {
+        "test": "end-to-end", "n": n, "writers": writers, "ok": ok,
+        "msgs_per_s": round(n / elapsed, 1), "cpu_ms_per_msg": round(cpu * 1000 / n, 3),
+    }  # fmt: skip
+
+
+def latency(work: Path, sink: Sink, n: int, rate: float) -> dict[str, Any]:
+    """One message every 1/rate s; latency = arrival at the sink - the time just before the drop."""
+    spool, config = setup(work / "latency", sink.port)
+    daemon = Daemon(config, work / "latency.log")
+    time.sleep(1.5)
+    sink.reset()
+    for number in range(n):
+        drop(spool, number, 2048)
+        time.sleep(1 / rate)
+    ok = sink.wait_for(n, 60)
+    daemon.stop()
+    with sink.lock:
+        samples = sorted((t - s) * 1000 for t, s in sink.arrivals if s is not None)
+    q = statistics.quantiles(samples, n=100)
+    return {
+        "test": "latency", "n": n, "rate": rate, "ok": ok, "p50_ms": round(q[49], 1),
+        "p90_ms": round(q[89], 1), "p99_ms": round(q[98], 1), "max_ms": round(samples[-1], 1),
+    }  # fmt: skip
+
+
+def sendmail_cost(work: Path, runs: int) -> dict[str, Any]:
+    """Wall time of ``mqd sendmail -t`` against a bare ``python3 -c pass``."""
+    _spool, config = setup(work / "sendmail", 9)
+    data = message(0, 2048)
+
+    def timed(args: list[str], stdin: bytes | None) -> float:
+        best = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            subprocess.run(args, input=stdin, check=True, capture_output=True)
+            best.append(time.perf_counter() - started)
+        return statistics.median(best) * 1000
+
+    bare = timed([sys.executable, "-c", "pass"], None)
+    mqd = timed([MQD, "--config", str(config), "sendmail", "-t", "-i"], data)
+    return {
+        "test": "sendmail", "runs": runs, "python_pass_ms": round(bare, 1),
+        "mqd_sendmail_ms": round(mqd, 1), "ratio": round(mqd / bare, 2),
+    }  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--writers", type=int, default=4)
+    parser.add_argument("--only", choices=("drain", "e2e", "latency", "sendmail"))
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mqd-bench-"))
+    sink = Sink()
+    sink.controller.start()
+    results = []
+    try:
+        if args.only in (None, "drain"):
+            results.append(drain(work, sink, args.messages, args.size))
+        if args.only in (None, "e2e"):
+            results.append(end_to_end(work, sink, args.messages, args.size, args.writers))
+        if args.only in (None, "latency"):
+            results.append(latency(work, sink, 200, 10.0))
+        if args.only in (None, "sendmail"):
+            results.append(sendmail_cost(work, 20))
+    finally:
+        sink.controller.stop()
+    for result in results:
+        print(json.dumps(result))
+    return 0 if all(r.get("ok", True) for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
