@@ -102,6 +102,36 @@ async def test_a_new_message_from_a_clock_ahead_is_due_now(config, host, spool, 
     assert len(MemoryRelay.instances["main"].sent) == 1
 
 
+async def test_a_clock_that_goes_back_while_running_re_plans_the_schedule(
+    config, host, spool, queue_dir, monkeypatch
+):
+    """The daemon is running, the message waits its 10 minutes, and the clock goes back a day:
+    the scheduler notices (it re-reads the clock at least every MAX_SLEEP) and counts the wait
+    from the new time instead of waiting a day and ten minutes."""
+    monkeypatch.setattr(mqd.daemon, "MAX_SLEEP", 0.05)
+    drop(spool)
+    daemon = Daemon(config, host=host)
+    MemoryRelay.instances["main"].raise_error = TransientRelayError("down")
+    running = asyncio.create_task(daemon.run())
+    try:
+        deadline = time.monotonic() + 20
+        while not (daemon.entries and all(e.attempts for e in daemon.entries.values())):
+            assert time.monotonic() < deadline, "the first attempt never happened"
+            await asyncio.sleep(0.02)
+        [entry] = daemon.entries.values()
+        wait = entry.next_attempt_at - (entry.last_attempt_at or 0)
+        start, back = time.monotonic(), time.time() - 24 * HOUR
+        monkeypatch.setattr(time, "time", lambda: back + time.monotonic() - start)
+        while entry.next_attempt_at > time.time() + wait + 1:
+            assert time.monotonic() < deadline, "the schedule was not re-planned"
+            await asyncio.sleep(0.02)
+        assert entry.attempts == 1, "re-planning is not an extra attempt"
+        assert entry.next_attempt_at > time.time(), "the wait is kept, not dropped"
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(running, 10)
+
+
 def count_attempts(daemon: Daemon) -> list[str]:
     """The ids the daemon's memory relay is asked to deliver (it fails them all)."""
     relay = MemoryRelay.instances["main"]
