@@ -26,6 +26,8 @@ from .errors import (
 from .hookspecs import hookimpl
 from .options import Options, Secret
 from .relays.base import DeliveryResult, Outcome, Relay, Reply
+from .tracking.vocabulary import ProviderEvent, Status
+from .webhooks import Webhook, WebhookRejected, WebhookReply, WebhookRequest
 
 __all__ = [
     "ConfigError",
@@ -38,6 +40,7 @@ __all__ = [
     "PermanentRelayError",
     "PluginError",
     "PolicyError",
+    "ProviderEvent",
     "QueueError",
     "QueueLockedError",
     "Relay",
@@ -45,7 +48,12 @@ __all__ = [
     "Reply",
     "Secret",
     "SpoolError",
+    "Status",
     "TransientRelayError",
+    "Webhook",
+    "WebhookRejected",
+    "WebhookReply",
+    "WebhookRequest",
     "__version__",
     "hookimpl",
 ]

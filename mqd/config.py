@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .options import Options
+from .options import Options, Secret
 from .paths import SYSTEM_CONFIG, DefaultPaths, default_paths
 
 __all__ = [
@@ -29,7 +29,9 @@ __all__ = [
     "DEFAULT_RELAY",
     "CircuitConfig",
     "Config",
+    "HttpConfig",
     "MetricsConfig",
+    "NotifyConfig",
     "QueueConfig",
     "QuotaConfig",
     "RelayConfig",
@@ -37,6 +39,7 @@ __all__ = [
     "RouteConfig",
     "SendmailConfig",
     "SpoolConfig",
+    "TrackingConfig",
     "load_config",
     "locate_config",
     "parse_config",
@@ -159,6 +162,44 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """The event store: every message's timeline. On by default, in the queue directory."""
+
+    enabled: bool = True
+    #: The SQLite database; None means ``<queue dir>/tracking.sqlite3``.
+    path: Path | None = None
+    #: Events (and messages whose newest event is) older than this are pruned.
+    retention: float = 30 * 86400.0
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The daemon's HTTP server: provider webhooks, the JSON API and the web view."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8025
+    #: Without a token, the API and the web view answer loopback clients only. Webhooks are
+    #: never token-protected: they prove themselves with the provider's signature.
+    token: Secret | None = field(default=None, repr=False)
+    #: The largest request body taken (a webhook batch); larger ones get 413.
+    max_body: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """Status changes POSTed to the application, signed with HMAC-SHA256."""
+
+    url: str | None = None
+    secret: Secret | None = field(default=None, repr=False)
+    #: Which statuses are sent; empty means every one.
+    statuses: tuple[str, ...] = ()
+    timeout: float = 10.0
+    #: Give up on one notification after retrying this long (it is logged, then dropped).
+    max_age: float = 86400.0
+
+
+@dataclass(frozen=True)
 class Config:
     #: The file this came from; None for the embedded defaults.
     source: Path | None
@@ -168,6 +209,13 @@ class Config:
     sendmail: SendmailConfig = field(default_factory=SendmailConfig)
     routes: tuple[RouteConfig, ...] = ()
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+
+    @property
+    def tracking_path(self) -> Path:
+        return self.tracking.path or self.queue.dir / "tracking.sqlite3"
 
     @property
     def inject_spool(self) -> Path:
@@ -228,7 +276,17 @@ def parse_config(data: Mapping[str, Any], path: Path | None) -> Config:
     """Validate the TOML document ``data`` that came from ``path``."""
     defaults = default_paths()
     root = Options(data, section="", path=path)
-    for key in ("queue", "relays", "spool", "route", "sendmail", "metrics"):
+    for key in (
+        "queue",
+        "relays",
+        "spool",
+        "route",
+        "sendmail",
+        "metrics",
+        "tracking",
+        "http",
+        "notify",
+    ):
         root.raw(key)
     root.finish()  # a misspelled top-level table is named before it is missed
     queue = _parse_queue(root.table("queue"), defaults)
@@ -251,6 +309,9 @@ def parse_config(data: Mapping[str, Any], path: Path | None) -> Config:
         sendmail=sendmail,
         routes=routes,
         metrics=_parse_metrics(root.table("metrics")),
+        tracking=_parse_tracking(root.table("tracking")),
+        http=_parse_http(root.table("http")),
+        notify=_parse_notify(root.table("notify")),
     )
 
 
@@ -464,6 +525,65 @@ def _parse_metrics(opts: Options) -> MetricsConfig:
     )
     if config.port > 65535:
         raise opts.error("port", f"{config.port} is not a TCP port")
+    opts.finish()
+    return config
+
+
+def _parse_tracking(opts: Options) -> TrackingConfig:
+    config = TrackingConfig(
+        enabled=opts.boolean("enabled", True),
+        path=opts.filepath("path", None),
+        retention=opts.duration("retention", "30d"),
+    )
+    if config.retention <= 0:
+        raise opts.error("retention", 'must be more than 0, e.g. "30d"')
+    opts.finish()
+    return config
+
+
+def _parse_http(opts: Options) -> HttpConfig:
+    config = HttpConfig(
+        enabled=opts.boolean("enabled", False),
+        host=opts.string("host", "127.0.0.1"),
+        port=opts.integer("port", 8025, minimum=0),
+        token=opts.secret("token"),
+        max_body=opts.size("max_body", "1MB"),
+    )
+    if config.port > 65535:
+        raise opts.error("port", f"{config.port} is not a TCP port")
+    if config.max_body < 1024:
+        raise opts.error("max_body", 'is too small for a webhook batch: give at least "1KB"')
+    opts.finish()
+    return config
+
+
+def _parse_notify(opts: Options) -> NotifyConfig:
+    from .tracking.vocabulary import Status
+
+    url = opts.string("url", None)
+    config = NotifyConfig(
+        url=url or None,
+        secret=opts.secret("secret"),
+        statuses=opts.string_list("statuses", []),
+        timeout=opts.duration("timeout", "10s"),
+        max_age=opts.duration("max_age", "1d"),
+    )
+    if config.url is not None:
+        scheme, _, rest = config.url.partition("://")
+        if scheme not in ("http", "https") or not rest:
+            raise opts.error("url", f"{config.url!r} is not an http(s) URL")
+        if config.secret is None:
+            raise opts.error(
+                "secret_file",
+                "is required with url: the application checks each notification's signature "
+                "with it (or secret_env, or an inline secret)",
+            )
+    known = {s.value for s in Status}
+    for status in config.statuses:
+        if status not in known:
+            raise opts.error("statuses", f"{status!r} is not a status; known: {sorted(known)}")
+    if config.timeout <= 0:
+        raise opts.error("timeout", 'must be more than 0s, e.g. "10s"')
     opts.finish()
     return config
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, ClassVar, Self
 if TYPE_CHECKING:
     from ..envelope import Envelope
     from ..options import Options
+    from ..webhooks import Webhook
 
 __all__ = ["DeliveryResult", "Outcome", "Relay", "Reply"]
 
@@ -118,3 +119,9 @@ class Relay(abc.ABC):
     def describe(self) -> str:
         """A short human description for logs ("smtp.example.com:587 starttls")."""
         return type(self).__name__
+
+    def webhook(self) -> Webhook | None:
+        """The provider's status webhook for this relay, served at ``/webhooks/<name>`` when
+        the daemon's ``[http]`` server is on; None (the default) when it has none or it is not
+        configured. See mqd/webhooks.py."""
+        return None
