@@ -692,3 +692,101 @@ def failed_delete(state: State, ids: tuple[str, ...], yes: bool) -> None:
     messages = failed_module.find(failed_module.failed_dir(config), ids)
     _confirm(f"Delete {', '.join(m.id for m in messages)} from the failed folder?", yes)
     _echo_each("deleted", failed_module.delete(config, messages), "nothing deleted")
+
+
+# -- tracking -------------------------------------------------------------------------------------
+
+
+def _tracking_store(config: Config) -> Any:
+    """The event store, read-only; a clear error when tracking is off or has no database yet."""
+    from .tracking.store import SQLiteStore
+
+    path = config.tracking_path
+    if not config.tracking.enabled:
+        raise ConfigError("tracking is off ([tracking] enabled = false): there is no history")
+    try:
+        return SQLiteStore(path, readonly=True)
+    except (FileNotFoundError, OSError) as exc:
+        raise ConfigError(
+            f"no event store at {path} yet ({exc.__class__.__name__}): it is created when "
+            "'mqd run' starts with [tracking] enabled"
+        ) from None
+
+
+@cli.command()
+@click.argument("key", metavar="ID|MESSAGE-ID|ADDRESS")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of histories.")
+@click.option(
+    "--limit", default=20, show_default=True, type=click.IntRange(1), help="At most this many."
+)
+@pass_state
+def history(state: State, key: str, as_json: bool, limit: int) -> None:
+    """Show a message's timeline: accepted, queued, dispatched, delivered, opened ...
+
+    KEY is mqd's queue id, a Message-ID (with or without <>), or an address: every message
+    from or to it is shown, newest first. Reads the event store directly, so it works whether
+    or not the daemon runs. Exit code 1 when nothing matches.
+    """
+    from .tracking.queries import history as find
+    from .tracking.render import history_lines
+
+    store = _tracking_store(state.load())
+    try:
+        found = find(store, key, limit)
+    finally:
+        store.close()
+    if as_json:
+        _print_json(found)
+    else:
+        for i, item in enumerate(found):
+            if i:
+                click.echo()
+            for line in history_lines(item):
+                click.echo(line)
+    if not found:
+        click.echo(f"mqd: no message matches {key!r}", err=True)
+        sys.exit(ExitCode.FAILURE)
+
+
+@cli.command()
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they come.")
+@click.option(
+    "--last", "-n", default=20, show_default=True, type=click.IntRange(0), help="Start with these."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
+@click.option(
+    "--interval", default=0.5, show_default=True, type=click.FloatRange(0.05), hidden=True
+)
+@pass_state
+def events(state: State, follow: bool, last: int, as_json: bool, interval: float) -> None:
+    """Print the newest events of every message (like tail), and with --follow the new ones
+    as they are recorded (Ctrl-C stops)."""
+    import json
+    import time
+
+    from .tracking.render import event_line
+
+    store = _tracking_store(state.load())
+
+    def show(batch: list[dict[str, Any]]) -> None:
+        for event in batch:
+            if as_json:
+                click.echo(json.dumps(event, ensure_ascii=False, default=str))
+            else:
+                click.echo(event_line(event, with_message=True))
+
+    try:
+        seq = max(store.last_seq() - last, 0)
+        while True:
+            batch = store.events_after(seq, 500)
+            show(batch)
+            if batch:
+                seq = batch[-1]["seq"]
+                continue
+            if not follow:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        store.close()

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Coroutine, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import systemd
 from .admin import QueueAdmin
@@ -37,6 +38,11 @@ from .relays.base import Relay
 from .runtime import build_relays
 from .spool import Spool, is_spool_name
 from .watch import Watcher, make_watcher
+
+if TYPE_CHECKING:
+    from .http.server import HttpServer
+    from .tracking.notify import Notifier
+    from .tracking.tracker import Tracker
 
 __all__ = ["Daemon", "async_run", "run"]
 
@@ -86,6 +92,12 @@ class Daemon:
         self._intake_idle = asyncio.Event()
         self._watcher: Watcher | None = None
         self.metrics: MetricsServer | None = None
+        #: The event store's writer and reader (None when [tracking] is off).
+        self.tracker: Tracker | None = None
+        #: Webhooks, the JSON API and the web view (None unless [http] is enabled).
+        self.http: HttpServer | None = None
+        #: Status changes POSTed to the application (None unless [notify] url is set).
+        self.notifier: Notifier | None = None
         self._control: ControlServer | None = None
         self._background: set[asyncio.Task[object]] = set()
         #: Entries an administrator asked to retry while they were being delivered: they are
@@ -99,6 +111,8 @@ class Daemon:
     def emit(self, event: Event) -> None:
         if self.metrics is not None:
             self.metrics.observe(event)
+        if self.tracker is not None:
+            self.tracker.observe(event)
         self.host.track_event(event)
 
     @property
@@ -271,6 +285,20 @@ class Daemon:
             if self.config.metrics.enabled:
                 self.metrics = MetricsServer(self)
                 self.metrics.start()
+            if self.config.tracking.enabled:
+                from .tracking.tracker import Tracker
+
+                self.tracker = await Tracker.open(self.config)
+                if self.config.notify.url:
+                    from .tracking.notify import Notifier
+
+                    self.notifier = Notifier(self.tracker, self.config.notify)
+                    self.notifier.start()
+            if self.config.http.enabled:
+                from .http.server import HttpServer
+
+                self.http = HttpServer(self)
+                await self.http.start()
             self._announce()
             await self._recover(recovery.unaccepted, recovery.entries)
             if not self.once:
@@ -284,8 +312,14 @@ class Daemon:
             systemd.notify("STOPPING=1")
             if self._control is not None:
                 await self._control.close()
+            if self.http is not None:
+                await self.http.stop()
             if self.metrics is not None:
                 await asyncio.to_thread(self.metrics.stop)
+            if self.notifier is not None:
+                await self.notifier.stop()
+            if self.tracker is not None:
+                await self.tracker.close()
             await self._save_quotas()
             if self._watcher is not None:
                 await self._watcher.aclose()

@@ -189,6 +189,7 @@ def test_entry_properties():
         "recipients": [r.address for r in entry.recipients],
         "relay": "main",
         "route": ["main"],
+        "message_id": "<1@example.com>",
     }
     assert make_entry(sender="").summary()["sender"] == "<>"
 

@@ -146,4 +146,5 @@ class QueueEntry:
             "recipients": [r.address for r in self.recipients],
             "relay": self.relay,
             "route": self.relays,
+            "message_id": self.message_id,
         }

@@ -66,6 +66,7 @@ class Harness:
         spools: list[dict[str, Any]] | None = None,
         routes: list[dict[str, Any]] | None = None,
         queue: dict[str, Any] | None = None,
+        tables: dict[str, dict[str, Any]] | None = None,
     ) -> Config:
         """Write ``root/mqd.toml`` and load it (ConfigError as ``mqd run`` would raise it).
 
@@ -73,7 +74,8 @@ class Harness:
         relayed by the first relay, allowing ``*@example.com``. ``routes`` become ``[[route]]``
         tables as given. ``queue`` is merged over the test defaults (``dir = queue_dir``,
         ``retry = {initial = "1s", max = "2s"}``, ``scan_interval = "1s"``,
-        ``bounce_sender = "mailer-daemon@mqd.test"``). Values may be ``Path`` objects.
+        ``bounce_sender = "mailer-daemon@mqd.test"``). ``tables`` are other top-level tables
+        as given (``{"http": {"enabled": True, "port": 0}}``). Values may be ``Path`` objects.
         """
         if not relays:
             raise ValueError("configure() needs at least one relay table")
@@ -92,6 +94,7 @@ class Harness:
         }
         if routes is not None:
             document["route"] = routes
+        document.update(tables or {})
         # 0600: a relay table may hold an inline secret, which mqd accepts only in a private file.
         atomic_write(self.config_path, tomli_w.dumps(plain(document)).encode("utf-8"))
         self.config = load_config(self.config_path)

@@ -32,6 +32,7 @@ from mqd import (
 
 from .convert import to_sendgrid
 from .settings import DEFAULT_BASE_URL, SendGridSettings, read_settings
+from .webhook import SendGridWebhook
 
 __all__ = ["SEND_PATH", "SendGridRelay"]
 
@@ -54,6 +55,12 @@ class SendGridRelay(Relay):
         self._client: httpx.AsyncClient | None = None
         self._fields = settings.request_fields()
         self._warned: OrderedDict[str, None] = OrderedDict()
+        # Never without a key: unsigned events would let anyone rewrite a message's history.
+        self._webhook = (
+            SendGridWebhook(name, settings.webhook_key, max_age=settings.webhook_max_age)
+            if settings.webhook_key is not None
+            else None
+        )
 
     @classmethod
     def from_options(cls, name: str, options: Options) -> Self:
@@ -65,6 +72,9 @@ class SendGridRelay(Relay):
                 name,
             )
         return cls(name, settings)
+
+    def webhook(self) -> SendGridWebhook | None:
+        return self._webhook
 
     def describe(self) -> str:
         sandbox = " sandbox" if self.settings.sandbox_mode else ""

@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric import ec
 from mqd import Options, Secret
+
+from .webhook import DEFAULT_MAX_AGE, load_verification_key
 
 __all__ = ["DEFAULT_BASE_URL", "SendGridSettings", "read_settings"]
 
@@ -26,6 +29,9 @@ class SendGridSettings:
     ip_pool: str | None = None
     click_tracking: bool | None = None
     open_tracking: bool | None = None
+    #: SendGrid's Signed Event Webhook key: without one the relay serves no webhook.
+    webhook_key: ec.EllipticCurvePublicKey | None = None
+    webhook_max_age: float = DEFAULT_MAX_AGE
 
     @property
     def host(self) -> str:
@@ -67,9 +73,15 @@ def read_settings(options: Options) -> SendGridSettings:
         ip_pool=options.string("ip_pool", None),
         click_tracking=options.boolean("click_tracking", None),
         open_tracking=options.boolean("open_tracking", None),
+        webhook_key=_webhook_key(options),
+        webhook_max_age=options.duration("webhook_max_age", "5m"),
     )
     if settings.timeout <= 0:
         raise options.error("timeout", 'must be more than 0s, e.g. "30s"')
+    if settings.webhook_max_age <= 0:
+        raise options.error(
+            "webhook_max_age", 'must be more than 0s: how far a signed timestamp may be, e.g. "5m"'
+        )
     if settings.ip_pool is not None and not 2 <= len(settings.ip_pool) <= 64:
         raise options.error("ip_pool", "an IP pool name is 2 to 64 characters long")
     return settings
@@ -116,3 +128,34 @@ def _categories(options: Options) -> tuple[str, ...]:
     if problem:
         raise options.error("categories", problem)
     return categories
+
+
+def _webhook_key(options: Options) -> ec.EllipticCurvePublicKey | None:
+    """``webhook_verification_key`` inline or from ``webhook_verification_key_file``: a public
+    key, so an inline one is fine in a readable config file (unlike ``api_key``)."""
+    inline: str | None = options.string("webhook_verification_key", None)
+    path = options.filepath("webhook_verification_key_file", None)
+    if inline is not None and path is not None:
+        raise options.error(
+            "webhook_verification_key_file",
+            "give only one of webhook_verification_key or webhook_verification_key_file",
+        )
+    if path is not None:
+        key = "webhook_verification_key_file"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise options.error(key, f"cannot read {path}: {reason}") from None
+    elif inline is not None:
+        key, text = "webhook_verification_key", inline
+    else:
+        return None
+    try:
+        return load_verification_key(text)
+    except ValueError as exc:
+        raise options.error(
+            key,
+            f"{exc}: copy the Verification Key SendGrid shows under Settings > Mail Settings > "
+            "Event Webhook > Signed Event Webhook (base64, starting with MFkw)",
+        ) from None

@@ -38,6 +38,7 @@ from mqd import (
 
 from .settings import MQD_ID_TAG, SESSettings, read_settings
 from .translate import CLIENT_RESET, Where, translate
+from .webhook import SESWebhook
 
 __all__ = ["MAX_RECIPIENTS", "SESRelay"]
 
@@ -60,6 +61,7 @@ class SESRelay(Relay):
         self._client_lock = asyncio.Lock()
         self._client: Any = None
         self._remote = urlsplit(settings.endpoint_url).hostname if settings.endpoint_url else None
+        self._webhook = SESWebhook(name, settings.webhook) if settings.webhook else None
 
     @classmethod
     def from_options(cls, name: str, options: Options) -> Self:
@@ -75,6 +77,10 @@ class SESRelay(Relay):
         if s.configuration_set:
             parts.append(f"configuration set {s.configuration_set}")
         return " ".join(parts)
+
+    def webhook(self) -> SESWebhook | None:
+        """SES's events through SNS, when ``webhook_topics`` is set (mqd_ses/webhook.py)."""
+        return self._webhook
 
     # -- delivery ---------------------------------------------------------------------------------
 

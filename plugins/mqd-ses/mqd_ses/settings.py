@@ -25,6 +25,8 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "MQD_ID_TAG",
     "SESSettings",
+    "WebhookSettings",
+    "is_loopback",
     "read_settings",
 ]
 
@@ -41,6 +43,24 @@ MQD_ID_TAG = "mqd_id"
 _TAG = re.compile(r"[A-Za-z0-9_-]{1,256}")
 #: What SES accepts as a configuration set name.
 _CONFIGURATION_SET = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: An SNS topic ARN (any partition: aws, aws-cn, aws-us-gov; topic names per CreateTopic).
+_TOPIC_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?")
+#: SNS retries a delivery to an HTTP(S) endpoint for at most an hour (a hard limit), keeping the
+#: message's Timestamp: a younger limit would refuse SNS's own late retries.
+DEFAULT_WEBHOOK_MAX_AGE = "1h"
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """The ``webhook_*`` keys: SES events through SNS, served at ``/webhooks/<relay name>``."""
+
+    #: The SNS TopicArns whose messages are taken.
+    topics: frozenset[str]
+    #: Extra URL prefixes a SigningCertURL or SubscribeURL may start with (tests, private
+    #: endpoints), besides SNS's own ``https://sns.<region>.amazonaws.com/``.
+    certificate_urls: tuple[str, ...] = ()
+    #: A message whose Timestamp is older than this (seconds) is refused as a replay.
+    max_age: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,8 @@ class SESSettings:
     #: Attempts per API call, botocore's standard retry mode (1 = botocore never retries).
     api_attempts: int = 2
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    #: The SNS event webhook; None when ``webhook_topics`` is not given.
+    webhook: WebhookSettings | None = None
 
 
 def read_settings(name: str, options: Options) -> SESSettings:
@@ -91,6 +113,7 @@ def read_settings(name: str, options: Options) -> SESSettings:
         read_timeout=_positive(options, "read_timeout", "1m"),
         api_attempts=options.integer("api_attempts", 2, minimum=1),
         max_message_size=_message_size(options),
+        webhook=_read_webhook(options),
     )
 
 
@@ -136,7 +159,7 @@ def _check_endpoint(name: str, options: Options, url: str) -> None:
             "endpoint_url",
             f"{url!r} is not an http(s) URL like 'https://email.eu-west-1.amazonaws.com'",
         )
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         log.warning(
             "relay %s: endpoint_url %s is plain http: messages cross the network unencrypted "
             "(requests are still signed, the secret key is never sent)",
@@ -145,7 +168,7 @@ def _check_endpoint(name: str, options: Options, url: str) -> None:
         )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -197,3 +220,67 @@ def _message_size(options: Options) -> int:
             DEFAULT_MAX_MESSAGE_SIZE,
         )
     return size
+
+
+def _read_webhook(options: Options) -> WebhookSettings | None:
+    topics: tuple[str, ...] | None = options.string_list("webhook_topics", None)
+    urls: tuple[str, ...] = options.string_list("webhook_certificate_urls", [])
+    max_age: float = options.duration("webhook_max_age", DEFAULT_WEBHOOK_MAX_AGE)
+    if topics is None:
+        present: list[str] = options.keys()  # Options is not a mapping: no `in` of its own
+        for key in ("webhook_certificate_urls", "webhook_max_age"):
+            if key in present:
+                raise options.error(
+                    key,
+                    "has no effect without webhook_topics: list the SNS topic ARNs your SES "
+                    'events are published to, e.g. webhook_topics = ["arn:aws:sns:eu-west-1:'
+                    '123456789012:ses-events"], or remove this key',
+                )
+        return None
+    if not topics:
+        raise options.error(
+            "webhook_topics",
+            "is empty: list at least one SNS topic ARN, or remove the key to turn the webhook off",
+        )
+    for topic in topics:
+        if topic.endswith(".fifo"):
+            raise options.error(
+                "webhook_topics",
+                f"{topic!r} is a FIFO topic: SES publishes events to standard topics only",
+            )
+        if not _TOPIC_ARN.fullmatch(topic):
+            raise options.error(
+                "webhook_topics",
+                f"{topic!r} is not an SNS topic ARN like "
+                "'arn:aws:sns:eu-west-1:123456789012:ses-events' (the TopicArn the SNS console "
+                "shows for the topic)",
+            )
+    for url in urls:
+        _check_certificate_prefix(options, url)
+    if max_age <= 0:
+        raise options.error("webhook_max_age", "must be longer than 0s")
+    return WebhookSettings(topics=frozenset(topics), certificate_urls=urls, max_age=max_age)
+
+
+def _check_certificate_prefix(options: Options, url: str) -> None:
+    key = "webhook_certificate_urls"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise options.error(key, f"{url!r} is not a URL") from None
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise options.error(
+            key, f"{url!r} is not an http(s) URL prefix like 'https://sns.internal.example/'"
+        )
+    if parts.username is not None or parts.query or parts.fragment:
+        raise options.error(
+            key, f"{url!r}: give a plain prefix, without user, password, query or fragment"
+        )
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise options.error(
+            key,
+            f"{url!r} is plain http to another machine: a certificate fetched so could be "
+            "replaced on the way, and with it any message forged. Use https, or http only to "
+            "127.0.0.1, ::1 or localhost",
+        )

@@ -173,6 +173,9 @@ EVERY_KEY: dict[str, Any] = {
     "read_timeout": "30s",
     "api_attempts": 1,
     "max_message_size": "10MiB",
+    "webhook_topics": ["arn:aws:sns:eu-west-1:123456789012:ses-events"],
+    "webhook_certificate_urls": ["https://sns-proxy.internal.example/certs/"],
+    "webhook_max_age": "30m",
 }
 
 

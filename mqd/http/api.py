@@ -1,0 +1,159 @@
+"""The read-only JSON API under ``/api/v1/``: the event store's answers and the queue overview.
+
+Every answer is JSON; every error is ``{"error": "..."}`` with its status (400 for a bad query
+value, 404 for an unknown message, 503 when ``[tracking]`` is off). docs/api.md describes each
+endpoint, ``openapi.json`` (``mqd.http.openapi``) describes them for machines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..admin import QueueAdmin
+from ..tracking.vocabulary import Status
+from .openapi import openapi
+
+if TYPE_CHECKING:
+    from ..daemon import Daemon
+    from ..tracking.tracker import Tracker
+
+__all__ = ["MAX_LIMIT", "PREFIX", "Api", "BadQuery", "error", "parse_limit", "parse_since"]
+
+PREFIX = "/api/v1"
+TRACKING_OFF = (
+    "tracking is off ([tracking] enabled = false in mqd's config): there is no message "
+    "history to answer from; remove that line (tracking is on by default) and restart mqd"
+)
+#: The most items one answer lists.
+MAX_LIMIT = 500
+
+
+class BadQuery(ValueError):
+    """A query parameter's value is not usable: answered 400 with this message."""
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def parse_limit(query: Mapping[str, str], default: int) -> int:
+    raw = query.get("limit")
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadQuery(f"limit must be a whole number from 1 to {MAX_LIMIT}, not {raw!r}") from None
+    if not 1 <= value <= MAX_LIMIT:
+        raise BadQuery(f"limit must be from 1 to {MAX_LIMIT}, not {value}")
+    return value
+
+
+def parse_status(query: Mapping[str, str]) -> str | None:
+    raw = query.get("status")
+    if raw is None or raw == "":
+        return None
+    try:
+        return Status(raw.strip().lower()).value
+    except ValueError:
+        words = ", ".join(s.value for s in Status)
+        raise BadQuery(f"status must be one of {words}; not {raw!r}") from None
+
+
+def parse_since(query: Mapping[str, str]) -> float | None:
+    """Seconds since the epoch, or an ISO 8601 date-time (UTC unless it names a zone)."""
+    raw = query.get("since")
+    if raw is None or raw.strip() == "":
+        return None
+    raw = raw.strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(raw)
+        except ValueError:
+            raise BadQuery(
+                "since must be seconds since the epoch (1714556400) or an ISO 8601 date-time "
+                f"(2024-05-01T09:40:00Z), not {raw!r}"
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.timestamp()
+    if not math.isfinite(value):
+        raise BadQuery(f"since must be a finite number, not {raw!r}")
+    return value
+
+
+class Api:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get(f"{PREFIX}/openapi.json", self.openapi),
+            web.get(f"{PREFIX}/status", self.status),
+            web.get(f"{PREFIX}/messages", self.messages),
+            web.get(f"{PREFIX}/messages/{{key:.+}}", self.message),
+            web.get(f"{PREFIX}/history/{{key:.+}}", self.history),
+            web.get(f"{PREFIX}/recipients/{{address}}/messages", self.recipient),
+            web.get(f"{PREFIX}/failures", self.failures),
+        ]
+
+    def _tracker(self) -> Tracker:
+        tracker = self.daemon.tracker
+        if tracker is None:
+            raise web.HTTPServiceUnavailable(
+                text=json.dumps({"error": TRACKING_OFF}),
+                content_type="application/json",
+            )
+        return tracker
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi())
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(await QueueAdmin(self.daemon).op_status())
+
+    async def messages(self, request: web.Request) -> web.Response:
+        limit = parse_limit(request.query, 50)
+        status = parse_status(request.query)
+        found = await self._tracker().recent(limit=limit, status=status)
+        return web.json_response({"messages": found})
+
+    async def message(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        found = await self._tracker().message(key)
+        if found is None:
+            return error(404, f"no message {key!r} in the event store")
+        return web.json_response(found)
+
+    async def history(self, request: web.Request) -> web.Response:
+        limit = parse_limit(request.query, 20)
+        found = await self._tracker().history(request.match_info["key"], limit=limit)
+        return web.json_response({"messages": found})
+
+    async def recipient(self, request: web.Request) -> web.Response:
+        limit = parse_limit(request.query, 50)
+        found = await self._tracker().recipient(request.match_info["address"], limit=limit)
+        return web.json_response({"messages": found})
+
+    async def failures(self, request: web.Request) -> web.Response:
+        limit = parse_limit(request.query, 50)
+        since = parse_since(request.query)
+        found = await self._tracker().failures(since=since, limit=limit)
+        return web.json_response({"messages": found})
+
+
+def json_error_for(exc: web.HTTPException) -> web.Response:
+    """An aiohttp HTTP error (404 of an unknown path, 405, 413 ...) as the API's JSON error."""
+    if exc.content_type == "application/json":
+        return web.Response(
+            status=exc.status, text=exc.text or "{}", content_type="application/json"
+        )
+    return error(exc.status, exc.reason)

@@ -1,0 +1,388 @@
+"""The OpenAPI 3.1 description of the HTTP server, served at ``/api/v1/openapi.json``.
+
+Kept as Python data next to the handlers it describes; tests/test_http.py validates it with
+openapi-spec-validator, checks that every route of the server is in it, and validates real
+answers against its schemas.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .. import __version__
+from ..tracking.vocabulary import Status
+
+__all__ = ["openapi"]
+
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_TIME = {"type": "number", "description": "Seconds since the epoch (UTC)."}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "400": {"$ref": "#/components/responses/BadRequest"},
+    "403": {"$ref": "#/components/responses/Forbidden"},
+}
+_TRACKING_ERRORS = {**_ERRORS, "503": {"$ref": "#/components/responses/TrackingOff"}}
+
+_LIMIT: dict[str, Any] = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "description": "How many messages to list at most (newest first).",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+}
+
+_RECIPIENT = {
+    "type": "object",
+    "description": "One recipient's current status: the highest-ranked it has reached.",
+    "required": ["address", "status", "updated_at", "relay", "provider_id", "reply"],
+    "properties": {
+        "address": {"type": "string"},
+        "status": _ref("Status"),
+        "updated_at": _TIME,
+        "relay": {**_NULLABLE_STRING, "description": "The relay that last handled it."},
+        "provider_id": {
+            **_NULLABLE_STRING,
+            "description": "The id the provider answered the send with.",
+        },
+        "reply": {**_NULLABLE_STRING, "description": "The last reply or reason."},
+    },
+}
+
+_SUMMARY = {
+    "type": "object",
+    "required": ["id", "message_id", "sender", "status", "created_at", "updated_at", "recipients"],
+    "properties": {
+        "id": {"type": "string", "description": "mqd's queue id."},
+        "message_id": {**_NULLABLE_STRING, "description": "The Message-ID header, with <>."},
+        "sender": {"type": "string", "description": "The envelope sender; empty for a bounce."},
+        "subject": _NULLABLE_STRING,
+        "status": _ref("Status"),
+        "created_at": _TIME,
+        "updated_at": _TIME,
+        "recipients": {"type": "array", "items": _ref("Recipient")},
+    },
+}
+
+_EVENT = {
+    "type": "object",
+    "required": ["seq", "at", "status", "recipient", "source", "relay", "provider_id", "reply"],
+    "properties": {
+        "seq": {"type": "integer", "description": "The event's number in the store."},
+        "message": {"type": "string", "description": "mqd's queue id of the message."},
+        "at": _TIME,
+        "status": _ref("Status"),
+        "recipient": {**_NULLABLE_STRING, "description": "None for a message-level event."},
+        "source": {
+            "type": "string",
+            "description": 'Who reported it: "mqd", or a provider ("sendgrid", "ses" ...).',
+        },
+        "relay": _NULLABLE_STRING,
+        "provider_id": _NULLABLE_STRING,
+        "reply": _NULLABLE_STRING,
+        "detail": {
+            "type": "object",
+            "description": "More about the event (a bounce's type, a clicked URL, the spool).",
+        },
+    },
+}
+
+_QUEUE_STATUS = {
+    "type": "object",
+    "description": "The queue overview that 'mqd status --json' prints.",
+    "required": ["running", "version", "messages", "by_state", "failed", "relays"],
+    "properties": {
+        "running": {"type": "boolean"},
+        "pid": {"type": ["integer", "null"]},
+        "version": {"type": "string"},
+        "uptime": {"type": ["number", "null"], "description": "Seconds since the start."},
+        "config": _NULLABLE_STRING,
+        "queue_dir": {"type": "string"},
+        "messages": {"type": "integer", "description": "Messages in the queue."},
+        "by_state": {
+            "type": "object",
+            "properties": {
+                state: {"type": "integer"} for state in ("active", "waiting", "deferred", "held")
+            },
+            "additionalProperties": {"type": "integer"},
+        },
+        "bytes": {"type": "integer"},
+        "oldest_age": {
+            "type": ["number", "null"],
+            "description": "Seconds since the oldest queued message was accepted.",
+        },
+        "failed": {"type": "integer", "description": "Messages in the failed folder."},
+        "spools": {"type": "array", "items": {"type": "string"}},
+        "relays": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["plugin", "health", "queued"],
+                "properties": {
+                    "plugin": {"type": "string"},
+                    "describe": _NULLABLE_STRING,
+                    "health": {"type": "string", "enum": ["closed", "open", "half-open"]},
+                    "failures_in_a_row": {"type": "integer"},
+                    "errors": {"type": "integer"},
+                    "last_error": _NULLABLE_STRING,
+                    "queued": {"type": "integer"},
+                    "quota": {"type": "object"},
+                },
+            },
+        },
+    },
+}
+
+
+def _list_of(schema: str, description: str) -> dict[str, Any]:
+    return _json(
+        {
+            "type": "object",
+            "required": ["messages"],
+            "properties": {"messages": {"type": "array", "items": _ref(schema)}},
+        },
+        description,
+    )
+
+
+_SPEC: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "mqd",
+        "version": __version__,
+        "summary": "The mail queue daemon's read-only API: message histories and the queue.",
+        "description": (
+            "Answers clients on the daemon's own machine (loopback, no proxy headers) and any "
+            "client that sends the configured token as 'Authorization: Bearer <token>'. "
+            "Provider webhooks need no token: each proves itself with the provider's signature."
+        ),
+    },
+    "servers": [{"url": "/"}],
+    "security": [{}, {"bearer": []}],
+    "paths": {
+        "/api/v1/messages": {
+            "get": {
+                "operationId": "recentMessages",
+                "summary": "The newest messages, all or those showing one status.",
+                "parameters": [
+                    _LIMIT,
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "required": False,
+                        "schema": _ref("Status"),
+                    },
+                ],
+                "responses": {
+                    "200": _list_of("MessageSummary", "Messages, newest first."),
+                    **_TRACKING_ERRORS,
+                },
+            }
+        },
+        "/api/v1/messages/{key}": {
+            "get": {
+                "operationId": "message",
+                "summary": "One message's history: its recipients and every event.",
+                "parameters": [
+                    {
+                        "name": "key",
+                        "in": "path",
+                        "required": True,
+                        "description": "mqd's queue id, or the Message-ID (with or without <>).",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _json(_ref("MessageHistory"), "The message."),
+                    "404": _json(_ref("Error"), "No such message in the event store."),
+                    **_TRACKING_ERRORS,
+                },
+            }
+        },
+        "/api/v1/history/{key}": {
+            "get": {
+                "operationId": "history",
+                "summary": "The histories of the messages a queue id, Message-ID or address names.",
+                "description": (
+                    "An address matches messages from it and messages to it, so this is the "
+                    "history of everything mqd sent to (or for) one user."
+                ),
+                "parameters": [
+                    {
+                        "name": "key",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    {**_LIMIT, "schema": {**_LIMIT["schema"], "default": 20}},
+                ],
+                "responses": {
+                    "200": _list_of("MessageHistory", "Histories, newest first."),
+                    **_TRACKING_ERRORS,
+                },
+            }
+        },
+        "/api/v1/recipients/{address}/messages": {
+            "get": {
+                "operationId": "recipientMessages",
+                "summary": "The messages sent to one address, with each recipient's status.",
+                "parameters": [
+                    {
+                        "name": "address",
+                        "in": "path",
+                        "required": True,
+                        "description": "An email address (case does not matter).",
+                        "schema": {"type": "string"},
+                    },
+                    _LIMIT,
+                ],
+                "responses": {
+                    "200": _list_of("MessageSummary", "Messages to the address, newest first."),
+                    **_TRACKING_ERRORS,
+                },
+            }
+        },
+        "/api/v1/failures": {
+            "get": {
+                "operationId": "failures",
+                "summary": (
+                    "Messages that went wrong: a recipient bounced, dropped or complained, or "
+                    "the message was rejected or failed."
+                ),
+                "parameters": [
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "description": (
+                            "Only those that changed since then: seconds since the epoch or an "
+                            "ISO 8601 date-time (UTC unless it names a zone)."
+                        ),
+                        "schema": {"type": "string"},
+                    },
+                    _LIMIT,
+                ],
+                "responses": {
+                    "200": _list_of("MessageSummary", "Failed messages, newest first."),
+                    **_TRACKING_ERRORS,
+                },
+            }
+        },
+        "/api/v1/status": {
+            "get": {
+                "operationId": "status",
+                "summary": "The queue: counts by state, oldest age, failed count, relay health.",
+                "responses": {
+                    "200": _json(_ref("QueueStatus"), "The queue overview."),
+                    "403": {"$ref": "#/components/responses/Forbidden"},
+                },
+            }
+        },
+        "/api/v1/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document.",
+                "responses": {
+                    "200": _json({"type": "object"}, "The OpenAPI description."),
+                    "403": {"$ref": "#/components/responses/Forbidden"},
+                },
+            }
+        },
+        "/webhooks/{relay}": {
+            "post": {
+                "operationId": "webhook",
+                "summary": "A provider's status events for the relay named in the path.",
+                "description": (
+                    "Needs no token: the relay's plugin checks the provider's signature and "
+                    "answers 403 (or another 4xx) without recording anything when it does not "
+                    "hold. Events are recorded before the answer is sent; a 500 asks the "
+                    "provider to retry."
+                ),
+                "security": [{}],
+                "parameters": [
+                    {
+                        "name": "relay",
+                        "in": "path",
+                        "required": True,
+                        "description": "The relay's name in mqd's config ([relays.<name>]).",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"*/*": {"schema": {}}},
+                    "description": "The provider's payload, as it sends it.",
+                },
+                "responses": {
+                    "200": {"description": "Taken (the provider's plugin may answer otherwise)."},
+                    "403": {"description": "Not genuine (bad signature, stale timestamp ...)."},
+                    "404": {"description": "No such relay, or it has no webhook."},
+                    "413": {"description": "Larger than [http] max_body."},
+                    "500": {"description": "Could not be recorded: the provider retries."},
+                },
+            }
+        },
+    },
+    "components": {
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "The token of [http] token (token_file, token_env) in mqd's config.",
+            }
+        },
+        "responses": {
+            "BadRequest": _json(_ref("Error"), "A query parameter's value is not usable."),
+            "Forbidden": _json(
+                _ref("Error"), "Neither on this machine nor carrying the token: says how to."
+            ),
+            "TrackingOff": _json(_ref("Error"), "[tracking] is off: there is no history."),
+        },
+        "schemas": {
+            "Status": {
+                "type": "string",
+                "description": "mqd's status vocabulary (docs/tracking.md).",
+                "enum": [status.value for status in Status],
+            },
+            "Recipient": _RECIPIENT,
+            "MessageSummary": _SUMMARY,
+            "MessageHistory": {
+                "allOf": [
+                    _ref("MessageSummary"),
+                    {
+                        "type": "object",
+                        "required": ["events"],
+                        "properties": {
+                            "events": {
+                                "type": "array",
+                                "items": _ref("Event"),
+                                "description": "Every event, in the order they happened.",
+                            }
+                        },
+                    },
+                ]
+            },
+            "Event": _EVENT,
+            "QueueStatus": _QUEUE_STATUS,
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {"error": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+def openapi() -> dict[str, Any]:
+    """The document (a copy: callers may change theirs)."""
+    return copy.deepcopy(_SPEC)

@@ -1,0 +1,172 @@
+"""Notifications to the application: every recorded status change POSTed as JSON to
+``[notify] url``, signed with HMAC-SHA256, in order, retried with backoff.
+
+It reads the event store after a cursor kept in the store itself, so a restart resumes where
+it stopped (at least once: the application de-duplicates by ``seq``). It runs as its own task:
+a slow or failing application delays notifications, never delivery.
+
+The signature: ``X-Mqd-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>." + body)>`` with
+``X-Mqd-Timestamp: <unix seconds>``; the application recomputes it and refuses old timestamps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from ..config import NotifyConfig
+    from .tracker import Tracker
+
+__all__ = ["Notifier", "notification_body", "sign"]
+
+log = logging.getLogger(__name__)
+
+CURSOR = "notify"
+#: Backoff between tries of one notification: 1 s doubling to 5 minutes.
+FIRST_DELAY = 1.0
+MAX_DELAY = 300.0
+#: When nothing was recorded, look again after this long anyway.
+IDLE_POLL = 5.0
+
+
+def sign(secret: bytes, timestamp: int, body: bytes) -> str:
+    digest = hmac.new(secret, str(timestamp).encode("ascii") + b"." + body, hashlib.sha256)
+    return "v1=" + digest.hexdigest()
+
+
+def notification_body(event: dict[str, Any]) -> bytes:
+    """The JSON an application receives for one event."""
+    document = {
+        "seq": event["seq"],
+        "id": event["message"],
+        "message_id": event.get("message_id"),
+        "sender": event.get("sender"),
+        "recipient": event.get("recipient"),
+        "status": event["status"],
+        "at": event["at"],
+        "source": event["source"],
+        "relay": event.get("relay"),
+        "provider_id": event.get("provider_id"),
+        "reply": event.get("reply"),
+        "detail": event.get("detail") or {},
+    }
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class _Permanent(Exception):
+    """The application refused the notification (a 4xx other than 408/429): do not retry."""
+
+
+class Notifier:
+    def __init__(self, tracker: Tracker, config: NotifyConfig) -> None:
+        assert config.url is not None and config.secret is not None
+        self.tracker = tracker
+        self.config = config
+        self.url = config.url
+        self._secret = config.secret.reveal().encode("utf-8")
+        self._task: asyncio.Task[None] | None = None
+        #: How many were sent and how many given up on (for logs and tests).
+        self.sent = 0
+        self.dropped = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="mqd-notify")
+        log.info("notifying %s of status changes", self.url)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass  # the normal end
+            except Exception:
+                log.exception("notifier failed")
+
+    async def _run(self) -> None:
+        import aiohttp
+
+        store = self.tracker.store
+        seq = await self.tracker.call(store.cursor, CURSOR)
+        if seq < 0:
+            # First run with [notify]: start from now, not with the whole history.
+            seq = await self.tracker.call(store.last_seq)
+            await self.tracker.call(store.set_cursor, CURSOR, seq)
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                self.tracker.changed.clear()
+                batch = await self.tracker.events_after(seq, 100)
+                for event in batch:
+                    if not self.config.statuses or event["status"] in self.config.statuses:
+                        await self._deliver(session, event)
+                    seq = event["seq"]
+                    await self.tracker.call(store.set_cursor, CURSOR, seq)
+                if not batch:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.tracker.changed.wait(), IDLE_POLL)
+
+    async def _deliver(self, session: aiohttp.ClientSession, event: dict[str, Any]) -> None:
+        body = notification_body(event)
+        started = time.monotonic()
+        delay = FIRST_DELAY
+        while True:
+            try:
+                await self._post(session, body)
+                self.sent += 1
+                return
+            except _Permanent as exc:
+                log.warning(
+                    "notification %s refused by %s: %s; dropped", event["seq"], self.url, exc
+                )
+                self.dropped += 1
+                return
+            except Exception as exc:
+                waited = time.monotonic() - started
+                if waited + delay > self.config.max_age:
+                    log.error(
+                        "notification %s to %s still failing after %.0fs (%s); dropped",
+                        event["seq"],
+                        self.url,
+                        waited,
+                        exc,
+                    )
+                    self.dropped += 1
+                    return
+                log.warning(
+                    "notification %s to %s failed (%s); retrying in %.0fs",
+                    event["seq"],
+                    self.url,
+                    exc,
+                    delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_DELAY)
+
+    async def _post(self, session: aiohttp.ClientSession, body: bytes) -> None:
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"mqd/{__version__}",
+            "X-Mqd-Timestamp": str(timestamp),
+            "X-Mqd-Signature": sign(self._secret, timestamp, body),
+        }
+        async with session.post(self.url, data=body, headers=headers) as response:
+            if 200 <= response.status < 300:
+                return
+            text = (await response.text(errors="replace"))[:200]
+            why = f"HTTP {response.status} {text}".strip()
+            if 400 <= response.status < 500 and response.status not in (408, 429):
+                raise _Permanent(why)
+            raise OSError(why)

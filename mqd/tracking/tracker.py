@@ -1,0 +1,240 @@
+"""The tracker: turns the daemon's events into records, writes them in batches off the event
+loop, takes providers' webhook events, and answers the queries of the API and the web view.
+
+Writing never holds up delivery: events are buffered and written by one worker thread every
+``FLUSH_DELAY``; a failing write is logged and the batch dropped (the queue, not this store,
+is what keeps the mail).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..events import Event, EventKind
+from .queries import failures, history, message, recent, recipient
+from .store import Record, SQLiteStore
+from .vocabulary import ProviderEvent, Status
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+__all__ = ["Tracker", "records_for"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How long events gather before a batch is written.
+FLUSH_DELAY = 0.1
+PRUNE_EVERY = 3600.0
+
+_STATUS_OF: dict[EventKind, Status] = {
+    EventKind.CLAIMED: Status.ACCEPTED,
+    EventKind.REJECTED: Status.REJECTED,
+    EventKind.QUEUED: Status.QUEUED,
+    EventKind.DELIVERED: Status.DISPATCHED,
+    EventKind.DEFERRED: Status.DEFERRED,
+    EventKind.BOUNCED: Status.BOUNCED,
+    EventKind.FAILED: Status.FAILED,
+    EventKind.DELETED: Status.DELETED,
+}
+
+
+def records_for(event: Event) -> list[Record]:
+    """The store records for one of the daemon's events (none for COMPLETED: the recipients'
+    own statuses already say it)."""
+    status = _STATUS_OF.get(event.kind)
+    if status is None:
+        return []
+    data = event.data
+    common: dict[str, Any] = {"message": event.message_id, "status": status, "at": event.time}
+    if event.kind is EventKind.CLAIMED:
+        return [Record(**common, detail={"file": data.get("file"), "spool": data.get("spool")})]
+    if event.kind is EventKind.REJECTED:
+        return [
+            Record(
+                **common,
+                reply=str(data.get("reason") or ""),
+                sender=data.get("sender"),
+                detail={"stage": data.get("stage"), "file": data.get("file")},
+            )
+        ]
+    if event.kind is EventKind.QUEUED:
+        sender = str(data.get("sender") or "")
+        return [
+            Record(
+                **common,
+                relay=data.get("relay"),
+                sender="" if sender == "<>" else sender,
+                message_id=data.get("message_id") or None,
+                recipients=tuple(data.get("recipients") or ()),
+                detail={"route": data.get("route")},
+            )
+        ]
+    if event.kind in (EventKind.FAILED, EventKind.DELETED):
+        return [Record(**common, detail={"path": data["path"]} if "path" in data else {})]
+    detail: dict[str, Any] = {}
+    if event.kind is EventKind.DEFERRED and data.get("next_attempt_at"):
+        detail["next_attempt_at"] = data["next_attempt_at"]
+    if event.kind is EventKind.BOUNCED:
+        detail = {"status": data.get("status"), "dsn_sent": data.get("dsn_sent")}
+    return [
+        Record(
+            **common,
+            recipient=data.get("recipient"),
+            relay=data.get("relay"),
+            provider_id=data.get("provider_id"),
+            reply=data.get("reply"),
+            detail=detail,
+        )
+    ]
+
+
+class Tracker:
+    def __init__(self, config: Config, store: SQLiteStore, writer: ThreadPoolExecutor) -> None:
+        self.config = config
+        self.store = store
+        self._writer = writer
+        self._buffer: list[Record] = []
+        self._dirty = asyncio.Event()
+        #: Set after each write that recorded something (the notifier waits on it).
+        self.changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        #: Provider events that matched no message (counted for the logs and tests).
+        self.unmatched = 0
+
+    @classmethod
+    async def open(cls, config: Config) -> Tracker:
+        writer = ThreadPoolExecutor(1, thread_name_prefix="mqd-tracking")
+        path = config.tracking_path
+        store = await asyncio.get_running_loop().run_in_executor(writer, SQLiteStore, path)
+        tracker = cls(config, store, writer)
+        tracker._tasks = [
+            asyncio.create_task(tracker._flush_loop(), name="mqd-tracking-flush"),
+            asyncio.create_task(tracker._prune_loop(), name="mqd-tracking-prune"),
+        ]
+        log.info("tracking events in %s", path)
+        return tracker
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def observe(self, event: Event) -> None:
+        """Buffer ``event`` (called on the event loop for every event: cheap)."""
+        records = records_for(event)
+        if records:
+            self._buffer.extend(records)
+            self._dirty.set()
+
+    async def flush(self) -> None:
+        """Write what is buffered (the batch is taken now, so writes keep their order)."""
+        batch, self._buffer = self._buffer, []
+        if not batch:
+            return
+        try:
+            new = await self.call(self.store.record, batch)
+        except Exception:
+            log.exception("tracking: could not record %d events; they are lost", len(batch))
+            return
+        if new:
+            self.changed.set()
+
+    async def ingest(self, source: str, events: Sequence[ProviderEvent]) -> int:
+        """Record a provider's verified events; return how many were new (duplicates of an
+        event already recorded, by ``event_id``, are skipped)."""
+        await self.flush()  # so that an id dispatched a moment ago matches
+        new = await self.call(self._ingest, source, list(events))
+        if new:
+            self.changed.set()
+        return new
+
+    def _ingest(self, source: str, events: list[ProviderEvent]) -> int:
+        records = []
+        for event in events:
+            message_key = self.store.match(source, event)
+            if message_key is None and event.mqd_id:
+                # Ours (it carries our id) but unknown here: pruned, or sent before tracking.
+                message_key = event.mqd_id
+            if message_key is None:
+                self.unmatched += 1
+                log.info(
+                    "%s event %s for <%s> matches no message (provider id %s): not recorded",
+                    source,
+                    event.status.value,
+                    event.recipient or "",
+                    event.provider_id,
+                )
+                continue
+            records.append(
+                Record(
+                    message=message_key,
+                    status=event.status,
+                    at=event.at,
+                    source=source,
+                    recipient=event.recipient,
+                    provider_id=event.provider_id,
+                    reply=event.reply,
+                    detail=dict(event.detail),
+                    event_key=f"{source}:{event.event_id}",
+                )
+            )
+        return len(self.store.record(records))
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(FLUSH_DELAY)
+            self._dirty.clear()
+            await self.flush()
+
+    async def _prune_loop(self) -> None:
+        while True:
+            try:
+                cutoff = time.time() - self.config.tracking.retention
+                gone = await self.call(self.store.prune, cutoff)
+                if gone:
+                    log.info("tracking: pruned %d events older than the retention", gone)
+            except Exception:
+                log.exception("tracking: pruning failed")
+            await asyncio.sleep(PRUNE_EVERY)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.flush()
+        await self.call(self.store.close)
+        self._writer.shutdown(wait=True)
+
+    # -- reading (on the writer's thread: a read sees every write before it) -----------------
+
+    async def message(self, key: str) -> dict[str, Any] | None:
+        return await self.call(message, self.store, key)
+
+    async def history(self, key: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        return await self.call(history, self.store, key, limit)
+
+    async def recipient(self, address: str, *, limit: int = 50) -> list[dict[str, Any]]:
+        return await self.call(recipient, self.store, address, limit)
+
+    async def recent(self, *, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
+        return await self.call(recent, self.store, limit, status)
+
+    async def failures(
+        self, *, since: float | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        return await self.call(failures, self.store, since, limit)
+
+    async def events_after(self, seq: int, limit: int = 100) -> list[dict[str, Any]]:
+        return await self.call(self.store.events_after, seq, limit)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the store's thread (after every write queued before it)."""
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
