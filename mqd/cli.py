@@ -755,7 +755,11 @@ def history(state: State, key: str, as_json: bool, limit: int) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
 @click.option(
-    "--interval", default=0.5, show_default=True, type=click.FloatRange(0.05), hidden=True
+    "--interval",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0.05),
+    help="With --follow, seconds between looks at the store.",
 )
 @pass_state
 def events(state: State, follow: bool, last: int, as_json: bool, interval: float) -> None:
