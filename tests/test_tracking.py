@@ -527,3 +527,18 @@ def test_notify_config_errors() -> None:
             None,
         )
     assert os.environ.get("HOME")
+
+
+async def test_an_id_among_several_joined_ones_matches(tmp_path: Path) -> None:
+    """SES sends more than 50 recipients in several calls: the relay joins their ids."""
+    async with tracker_for(tmp_path) as tracker:
+        dispatched(tracker, provider_id="ses-a,ses-b,ses-c")
+        for n, pid in enumerate(("ses-a", "ses-b", "ses-c")):
+            event = provider(
+                Status.DELIVERED, f"d{n}", recipient="bob@example.net", provider_id=pid
+            )
+            assert await tracker.ingest("ses", [event]) == 1
+        assert (
+            await tracker.ingest("ses", [provider(Status.DELIVERED, "x", provider_id="ses")]) == 0
+        )
+        assert tracker.unmatched == 1

@@ -65,7 +65,6 @@ _SUMMARY = {
         "id": {"type": "string", "description": "mqd's queue id."},
         "message_id": {**_NULLABLE_STRING, "description": "The Message-ID header, with <>."},
         "sender": {"type": "string", "description": "The envelope sender; empty for a bounce."},
-        "subject": _NULLABLE_STRING,
         "status": _ref("Status"),
         "created_at": _TIME,
         "updated_at": _TIME,

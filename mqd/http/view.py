@@ -365,14 +365,11 @@ class View:
                 message_link(str(m.get("id"))),
                 badge(m.get("status")),
                 sender_text(m.get("sender")),
-                e(m.get("subject") or ""),
                 _recipients_cell(m.get("recipients") or ()),
             ]
             for m in found
         ]
-        return table(
-            ("Accepted", "Queue id", "Status", "From", "Subject", "Recipients"), rows, empty=empty
-        )
+        return table(("Accepted", "Queue id", "Status", "From", "Recipients"), rows, empty=empty)
 
     # -- /messages/{key} --------------------------------------------------------------------------
 
@@ -403,7 +400,6 @@ class View:
                     [
                         ("Status", badge(history.get("status"))),
                         ("From", sender_text(history.get("sender"))),
-                        ("Subject", e(history.get("subject") or "")),
                         (
                             "Message-ID",
                             f'<span class="mono">{e(history.get("message_id") or "none")}</span>',
@@ -531,14 +527,13 @@ class View:
                     message_link(str(m.get("id"))),
                     badge(m.get("status")),
                     sender_text(m.get("sender")),
-                    e(m.get("subject") or ""),
                     self._reasons(m.get("recipients") or (), reasons.get(str(m.get("id")))),
                 ]
                 for m in found
             ]
             parts.append(
                 table(
-                    ("Last change", "Queue id", "Status", "From", "Subject", "Why"),
+                    ("Last change", "Queue id", "Status", "From", "Why"),
                     rows,
                     empty="Nothing has failed.",
                 )

@@ -313,6 +313,17 @@ class SQLiteStore(EventStore):
             row = self._db.execute(query + " LIMIT 1", args).fetchone()
             if row:
                 return str(row[0])
+            # A message sent in several calls (SES: 50 recipients a call) has its ids joined
+            # with commas.
+            pid = event.provider_id.replace("%", "").replace("_", "")
+            if pid == event.provider_id:
+                row = self._db.execute(
+                    "SELECT message FROM recipients WHERE provider_id LIKE ? "
+                    "OR provider_id LIKE ? OR provider_id LIKE ? LIMIT 1",
+                    (f"{pid},%", f"%,{pid}", f"%,{pid},%"),
+                ).fetchone()
+                if row:
+                    return str(row[0])
         return None
 
     def messages(self, where: str, args: Sequence[Any], limit: int) -> list[dict[str, Any]]:
@@ -346,7 +357,7 @@ class SQLiteStore(EventStore):
         rows = self._db.execute(
             "SELECT * FROM events WHERE message = ? ORDER BY at, seq", (message,)
         ).fetchall()
-        return [_event(row) for row in rows]
+        return sorted((_event(row) for row in rows), key=_timeline_order)
 
     def events_after(self, seq: int, limit: int) -> list[dict[str, Any]]:
         # With the message's Message-ID and sender: what an application correlates by.
@@ -368,6 +379,13 @@ class SQLiteStore(EventStore):
 
     def close(self) -> None:
         self._db.close()
+
+
+def _timeline_order(event: dict[str, Any]) -> tuple[int, bool, float, int]:
+    """In the order things happened. Providers give whole seconds, so within one second mqd's
+    own events (which caused the provider's) come first."""
+    at = float(event["at"])
+    return (int(at), event["source"] != "mqd", at, int(event["seq"]))
 
 
 def _event(row: sqlite3.Row) -> dict[str, Any]:
