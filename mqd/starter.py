@@ -118,5 +118,18 @@ def render_starter(options: StarterOptions) -> str:
             ),
             *credentials,
         ),
+        "# Every message's timeline (mqd history), on by default: docs/tracking.md.\n"
+        "# [tracking]\n"
+        '# retention = "30d"\n'
+        "\n"
+        "# Provider webhooks (/webhooks/<relay>), the JSON API (/api/v1/) and the web view\n"
+        "# (/) on http://127.0.0.1:8025/, for this machine only unless a token is set.\n"
+        "# [http]\n"
+        "# enabled = true\n"
+        "\n"
+        "# Each status change POSTed to your application, signed with HMAC-SHA256.\n"
+        "# [notify]\n"
+        '# url = "https://app.example.com/mqd-events"\n'
+        '# secret_file = "notify-secret"',
     ]
     return "\n\n".join(sections) + "\n"

@@ -542,3 +542,18 @@ async def test_an_id_among_several_joined_ones_matches(tmp_path: Path) -> None:
             await tracker.ingest("ses", [provider(Status.DELIVERED, "x", provider_id="ses")]) == 0
         )
         assert tracker.unmatched == 1
+
+
+def test_the_starter_config_offers_tracking_and_http_ready_to_uncomment(tmp_path: Path) -> None:
+    import tomllib
+
+    from mqd.config import parse_config
+    from mqd.starter import StarterOptions, render_starter
+
+    text = render_starter(StarterOptions())
+    for line in ("# [tracking]", '# retention = "30d"', "# [http]", "# enabled = true"):
+        assert line in text
+        text = text.replace(line, line[2:])
+    (tmp_path / "smtp-password").write_text("x\n")
+    config = parse_config(tomllib.loads(text), tmp_path / "mqd.toml")
+    assert config.http.enabled and config.tracking.retention == 30 * 86400
