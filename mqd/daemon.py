@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -227,6 +228,15 @@ class Daemon:
             log.error("reload refused, keeping the running configuration: %s", exc)
             raise
         old_relays = dict(self.relays)
+        # The HTTP token is read per request; the rest of these tables is read at start-up.
+        http_was, http_is = (replace(c.http, token=None) for c in (self.config, new))
+        for table, changed in (
+            ("tracking", new.tracking != self.config.tracking),
+            ("http", http_is != http_was),
+            ("notify", new.notify != self.config.notify),
+        ):
+            if changed:
+                log.warning("[%s] changed: that takes effect at the next restart", table)
         self.config = new
         self.relays.clear()
         self.relays.update(relays)
