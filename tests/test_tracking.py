@@ -557,3 +557,36 @@ def test_the_starter_config_offers_tracking_and_http_ready_to_uncomment(tmp_path
     (tmp_path / "smtp-password").write_text("x\n")
     config = parse_config(tomllib.loads(text), tmp_path / "mqd.toml")
     assert config.http.enabled and config.tracking.retention == 30 * 86400
+
+
+async def test_a_reload_says_which_tracking_tables_wait_for_a_restart(
+    mqd_harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    mqd_harness.configure(
+        {"mem": {"plugin": "memory"}}, tables={"http": {"enabled": True, "port": 0}}
+    )
+    daemon = Daemon(mqd_harness.config, host=mqd_harness.host)  # type: ignore[arg-type]
+    running = asyncio.create_task(daemon.run())
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 10)
+        # A new token only: applied at once, no warning.
+        mqd_harness.configure(
+            {"mem": {"plugin": "memory"}},
+            tables={"http": {"enabled": True, "port": 0, "token": "t0ken-t0ken"}},
+        )
+        await daemon.reload()
+        assert "changed" not in caplog.text
+        assert daemon.config.http.token is not None
+        mqd_harness.configure(
+            {"mem": {"plugin": "memory"}},
+            tables={
+                "http": {"enabled": True, "port": 0, "token": "t0ken-t0ken"},
+                "tracking": {"retention": "2d"},
+            },
+        )
+        await daemon.reload()
+        assert "[tracking] changed: that takes effect at the next restart" in caplog.text
+        assert "[http] changed" not in caplog.text
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(running, 10)
