@@ -10,9 +10,7 @@ names only: never an address, a message id or a secret. docs/metrics.md lists ev
 
 from __future__ import annotations
 
-import errno
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -39,6 +37,7 @@ from .circuit import CircuitState
 from .config import MetricsConfig
 from .errors import ConfigError
 from .events import Event, EventKind
+from .listen import listen_error
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -149,30 +148,15 @@ class MetricsServer:
         log.info("serving Prometheus metrics at %s", self.url)
 
     def _listen_error(self, config: MetricsConfig, exc: OSError) -> ConfigError:
-        where = f"{config.host}:{config.port}"
-        source = self.daemon.config.source
-        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
-            return ConfigError(
-                f"cannot serve metrics on {where}: {config.host!r} is not an address of this "
-                f"machine ({exc.strerror or exc}); set [metrics] host to 127.0.0.1 (the "
-                "default), to one of this machine's addresses, or to 0.0.0.0 for all of them",
-                path=source,
-                key="metrics.host",
-            )
-        if exc.errno == errno.EADDRINUSE:
-            why = (
-                "the port is already in use (another mqd or another exporter listens there); "
-                "set [metrics] port to a free port, or stop the program that holds it"
-            )
-        elif exc.errno == errno.EACCES:
-            why = (
-                "permission denied (ports below 1024 need privileges); set [metrics] port to "
-                "a port above 1023, such as the default 9325"
-            )
-        else:
-            why = f"{exc.strerror or exc}; set [metrics] port to a free port above 1023"
-        return ConfigError(
-            f"cannot serve metrics on {where}: {why}", path=source, key="metrics.port"
+        return listen_error(
+            "metrics",
+            "metrics",
+            config.host,
+            config.port,
+            exc,
+            source=self.daemon.config.source,
+            default_port=9325,
+            others="another mqd or another exporter",
         )
 
     def observe(self, event: Event) -> None:

@@ -8,54 +8,16 @@ are reused from their test folders.
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+import providerfixtures
+from providerfixtures import API_KEY, REGION, FakeSendGrid, MotoSES
 from smtpserver import SMTPPeer
 
 from mqd.testing import Harness, make_message
 
-ROOT = Path(__file__).resolve().parent.parent
-
-if os.environ.get("CI") != "true":  # in CI the plugins are installed: a missing one must fail
-    pytest.importorskip("mqd_sendgrid", reason="the mqd-sendgrid plugin is not installed")
-    pytest.importorskip("mqd_ses", reason="the mqd-ses plugin is not installed")
-
-sys.path[:0] = [str(ROOT / "plugins/mqd-sendgrid/tests"), str(ROOT / "plugins/mqd-ses/tests")]
-
-from sendgrid_fake import API_KEY, FakeSendGrid  # noqa: E402
-from ses_moto import REGION, MotoSES  # noqa: E402
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in [n for n in os.environ if n.startswith("AWS_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDMQDTEST")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "mqd-test-secret")
-
-
-@pytest.fixture
-def sendgrid() -> Iterator[FakeSendGrid]:
-    fake = FakeSendGrid().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def ses(aws: None) -> Iterator[MotoSES]:
-    server = MotoSES().start()
-    server.reset()
-    server.verify("example.com", "news.example.com")
-    yield server
-    server.stop()
+aws, sendgrid, ses = providerfixtures.aws, providerfixtures.sendgrid, providerfixtures.ses
 
 
 def relays(smtp: SMTPPeer, sendgrid: FakeSendGrid, ses: MotoSES, key: Path) -> dict[str, Any]:

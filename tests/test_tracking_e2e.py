@@ -12,29 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import providerfixtures
 import pytest
 from aiohttp import web
+from providerfixtures import API_KEY, REGION, FakeSendGrid, MotoSES
 
 from mqd.daemon import Daemon
 from mqd.testing import Harness, make_message
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-
-if os.environ.get("CI") != "true":  # in CI the plugins are installed: a missing one must fail
-    pytest.importorskip("mqd_sendgrid", reason="the mqd-sendgrid plugin is not installed")
-    pytest.importorskip("mqd_ses", reason="the mqd-ses plugin is not installed")
-
-sys.path[:0] = [str(ROOT / "plugins/mqd-sendgrid/tests"), str(ROOT / "plugins/mqd-ses/tests")]
+aws, sendgrid, ses = providerfixtures.aws, providerfixtures.sendgrid, providerfixtures.ses
 
 from mqd_sendgrid.testing import new_key_pair, signed_headers  # noqa: E402
 from mqd_ses.testing import (  # noqa: E402
@@ -44,36 +38,9 @@ from mqd_ses.testing import (  # noqa: E402
     sign_sns,
     sns_headers,
 )
-from sendgrid_fake import API_KEY, FakeSendGrid  # noqa: E402
-from ses_moto import REGION, MotoSES  # noqa: E402
 from test_webview_browser import CHROMIUM, CHROMIUM_ARGS, need_chromium  # noqa: E402
 
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in [n for n in os.environ if n.startswith("AWS_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDMQDTEST")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "mqd-test-secret")
-
-
-@pytest.fixture
-def sendgrid() -> Iterator[FakeSendGrid]:
-    fake = FakeSendGrid().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def ses(aws: None) -> Iterator[MotoSES]:
-    server = MotoSES().start()
-    server.reset()
-    server.verify("example.com", "news.example.com")
-    yield server
-    server.stop()
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 
 @pytest.fixture

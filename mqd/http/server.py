@@ -8,9 +8,7 @@ API at ``/api/v1/`` and the web view at ``/``. Request bodies are capped at ``[h
 
 from __future__ import annotations
 
-import errno
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -20,6 +18,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from ..config import HttpConfig
 from ..errors import ConfigError
+from ..listen import listen_error
 from ..webhooks import Webhook, WebhookRejected, WebhookRequest
 from . import access
 from .api import PREFIX, Api, BadQuery, error, json_error_for
@@ -128,29 +127,16 @@ class HttpServer:
         )
 
     def _listen_error(self, config: HttpConfig, exc: OSError) -> ConfigError:
-        where = f"{config.host}:{config.port}"
-        source = self.daemon.config.source
-        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
-            return ConfigError(
-                f"cannot serve HTTP on {where}: {config.host!r} is not an address of this "
-                f"machine ({exc.strerror or exc}); set [http] host to 127.0.0.1 (the default), "
-                "to one of this machine's addresses, or to 0.0.0.0 for all of them",
-                path=source,
-                key="http.host",
-            )
-        if exc.errno == errno.EADDRINUSE:
-            why = (
-                "the port is already in use (another mqd, or another web server, listens "
-                "there); set [http] port to a free port, or stop the program that holds it"
-            )
-        elif exc.errno == errno.EACCES:
-            why = (
-                "permission denied (ports below 1024 need privileges); set [http] port to a "
-                "port above 1023, such as the default 8025, and put a reverse proxy in front"
-            )
-        else:
-            why = f"{exc.strerror or exc}; set [http] port to a free port above 1023"
-        return ConfigError(f"cannot serve HTTP on {where}: {why}", path=source, key="http.port")
+        return listen_error(
+            "http",
+            "HTTP",
+            config.host,
+            config.port,
+            exc,
+            source=self.daemon.config.source,
+            default_port=8025,
+            others="another mqd, or another web server",
+        )
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
