@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import statistics
@@ -34,6 +35,12 @@ from aiosmtpd.controller import Controller
 SENT = re.compile(rb"^X-Bench-Sent: ([0-9.]+)", re.MULTILINE)
 MQD = str(Path(sys.executable).with_name("mqd"))
 CLK = os.sysconf("SC_CLK_TCK")
+# mqd and the baselines run with their bytecode cached, as after a real install (pip compiles
+# it): a development shell often sets PYTHONDONTWRITEBYTECODE, and an editable install would then
+# compile every module at each start (a second or more of CPU in a drain). The cache goes to a
+# directory of its own, kept between runs; main() warms it up before measuring.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+ENV["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / "mqd-bench-pycache")
 
 
 class Sink:
@@ -66,12 +73,21 @@ class Sink:
 class Daemon:
     """``mqd run`` with CPU and memory sampled from /proc."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, profile: Path | None = None) -> None:
         self.process = subprocess.Popen(
             [MQD, "--config", str(config), "--log-level", "warning", "run"],
             stdout=log.open("ab"),
             stderr=subprocess.STDOUT,
+            env=ENV,
         )
+        self.profiler: subprocess.Popen[bytes] | None = None
+        if profile is not None:  # py-spy attached to the daemon: collapsed stacks, idle excluded
+            self.profiler = subprocess.Popen(
+                [str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+                 str(self.process.pid), "--rate", "250", "--gil", "--format", "raw", "--output",
+                 str(profile)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
         self.peak_rss = self.peak_pss = 0.0
         self._stop = threading.Event()
         threading.Thread(target=self._sample, daemon=True).start()
@@ -95,6 +111,8 @@ class Daemon:
         self._stop.set()
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(60)
+        if self.profiler is not None:
+            self.profiler.wait(60)  # py-spy writes its file when the daemon exits
 
 
 def message(number: int, size: int) -> bytes:
@@ -114,6 +132,10 @@ def drop(spool: Path, number: int, size: int) -> None:
     os.rename(tmp, spool / f"{number}.eml")
 
 
+#: Appended to every mqd config (--extra-config), e.g. '[tracking]\nenabled = false'.
+EXTRA_CONFIG = ""
+
+
 def setup(work: Path, port: int) -> tuple[Path, Path]:
     spool = work / "spool"
     spool.mkdir(parents=True, exist_ok=True)
@@ -122,18 +144,19 @@ def setup(work: Path, port: int) -> tuple[Path, Path]:
         f'[queue]\ndir = "{work / "queue"}"\n[[spool]]\npath = "{spool}"\n'
         'allowed_senders = ["bench@bench.test"]\n'
         f'[relays.sink]\nplugin = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
+        + EXTRA_CONFIG
     )
     return spool, config
 
 
-def drain(work: Path, sink: Sink, n: int, size: int) -> dict[str, Any]:
+def drain(work: Path, sink: Sink, n: int, size: int, profile: Path | None = None) -> dict[str, Any]:
     """N messages already in the spool; start mqd; time until the sink has them all."""
     spool, config = setup(work / "drain", sink.port)
     for number in range(n):
         drop(spool, number, size)
     sink.reset()
     started = time.monotonic()
-    daemon = Daemon(config, work / "drain.log")
+    daemon = Daemon(config, work / "drain.log", profile)
     ok = sink.wait_for(n, 600)
     elapsed = time.monotonic() - started
     cpu = daemon.cpu()
@@ -190,23 +213,38 @@ def latency(work: Path, sink: Sink, n: int, rate: float) -> dict[str, Any]:
 
 
 def sendmail_cost(work: Path, runs: int) -> dict[str, Any]:
-    """Wall time of ``mqd sendmail -t`` against a bare ``python3 -c pass``."""
-    _spool, config = setup(work / "sendmail", 9)
+    """Wall and CPU time of ``mqd sendmail -t -i`` against a bare ``python3 -c pass``, and the
+    floor for any Python sendmail started by pip's wrapper (which imports ``re``) that reads a
+    TOML config: ``python3 -c "import re, tomllib"``. Medians of ``runs``, after a warm-up."""
+    spool, config = setup(work / "sendmail", 9)
     data = message(0, 2048)
 
-    def timed(args: list[str], stdin: bytes | None) -> float:
-        best = []
-        for _ in range(runs):
+    def timed(args: list[str], stdin: bytes | None) -> tuple[float, float]:
+        walls, cpus = [], []
+        for i in range(runs + 2):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
-            subprocess.run(args, input=stdin, check=True, capture_output=True)
-            best.append(time.perf_counter() - started)
-        return statistics.median(best) * 1000
+            subprocess.run(args, input=stdin, check=True, capture_output=True, env=ENV)
+            wall = time.perf_counter() - started
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if i >= 2:  # the first runs write the bytecode cache
+                walls.append(wall * 1000)
+                cpus.append(
+                    (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000
+                )
+        return statistics.median(walls), statistics.median(cpus)
 
-    bare = timed([sys.executable, "-c", "pass"], None)
-    mqd = timed([MQD, "--config", str(config), "sendmail", "-t", "-i"], data)
+    bare, bare_cpu = timed([sys.executable, "-c", "pass"], None)
+    floor, floor_cpu = timed([sys.executable, "-c", "import re, tomllib"], None)
+    mqd, mqd_cpu = timed([MQD, "--config", str(config), "sendmail", "-t", "-i"], data)
+    written = len(list(spool.glob("*.eml")))
     return {
-        "test": "sendmail", "runs": runs, "python_pass_ms": round(bare, 1),
-        "mqd_sendmail_ms": round(mqd, 1), "ratio": round(mqd / bare, 2),
+        "test": "sendmail", "runs": runs, "ok": written == runs + 2,
+        "python_pass_ms": round(bare, 1), "python_pass_cpu_ms": round(bare_cpu, 1),
+        "re_tomllib_floor_ms": round(floor, 1), "floor_cpu_ms": round(floor_cpu, 1),
+        "mqd_sendmail_ms": round(mqd, 1), "mqd_sendmail_cpu_ms": round(mqd_cpu, 1),
+        "ratio": round(mqd / bare, 2), "cpu_ratio": round(mqd_cpu / bare_cpu, 2),
+        "floor_ratio": round(floor / bare, 2),
     }  # fmt: skip
 
 
@@ -216,14 +254,31 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--only", choices=("drain", "e2e", "latency", "sendmail"))
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="record the drain with py-spy (pip install py-spy) into FILE (collapsed stacks; "
+        "summarise with benchmarks/stacks.py FILE); its overhead lowers the drain figure",
+    )
+    parser.add_argument(
+        "--extra-config",
+        default="",
+        metavar="TOML",
+        help="appended to mqd's config, e.g. $'[tracking]\\nenabled = false' (say so with the "
+        "figures)",
+    )
     args = parser.parse_args()
+    global EXTRA_CONFIG
+    EXTRA_CONFIG = args.extra_config.replace("\\n", "\n") + "\n"
     work = Path(tempfile.mkdtemp(prefix="mqd-bench-"))
     sink = Sink()
     sink.controller.start()
     results = []
     try:
+        drain(work / "warm-up", sink, 50, args.size)  # fills the bytecode cache; not reported
         if args.only in (None, "drain"):
-            results.append(drain(work, sink, args.messages, args.size))
+            results.append(drain(work, sink, args.messages, args.size, args.profile))
         if args.only in (None, "e2e"):
             results.append(end_to_end(work, sink, args.messages, args.size, args.writers))
         if args.only in (None, "latency"):

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # paths are os.PathLike at run time: pathlib costs mqd sendmail a few ms
+    from collections.abc import Iterable
+    from pathlib import Path
+
+    StrPath = str | os.PathLike[str]
 
 __all__ = ["atomic_write", "fsync_dirs", "make_dirs", "write_durably"]
 
@@ -13,7 +18,7 @@ __all__ = ["atomic_write", "fsync_dirs", "make_dirs", "write_durably"]
 _CAN_FSYNC_DIRS = os.name == "posix"
 
 
-def write_durably(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+def write_durably(path: StrPath, data: bytes, *, mode: int = 0o600) -> None:
     """Write ``data`` to a new file ``path`` and fsync it (the directory is not synced)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
     try:
@@ -44,7 +49,7 @@ def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True, mode: int = 
         fsync_dirs([path.parent])
 
 
-def fsync_dirs(dirs: Iterable[Path]) -> None:
+def fsync_dirs(dirs: Iterable[StrPath]) -> None:
     """fsync each directory once, so the renames and creations in it are durable."""
     if not _CAN_FSYNC_DIRS:
         return
@@ -56,7 +61,7 @@ def fsync_dirs(dirs: Iterable[Path]) -> None:
             os.close(fd)
 
 
-def make_dirs(*dirs: Path, mode: int = 0o700) -> None:
-    """Create each directory and its parents when missing."""
+def make_dirs(*dirs: StrPath, mode: int = 0o700) -> None:
+    """Create each directory and its parents when missing (``mode`` applies to the last one)."""
     for directory in dirs:
-        directory.mkdir(parents=True, exist_ok=True, mode=mode)
+        os.makedirs(directory, mode=mode, exist_ok=True)

@@ -4,20 +4,27 @@ A message is written to a dotfile temp name in the spool, fsynced, renamed to ``
 (the daemon ignores dotfiles and takes only ``.eml``), and the directory is fsynced: when
 ``inject`` returns, the message survives a crash. Applications in other languages follow the
 same three steps (see docs/producers.md).
+
+``mqd sendmail`` runs once per message, so this module imports only ``os`` and ``time`` at run
+time (no pathlib, no secrets: the name's random part comes from ``os.urandom``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import time
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .fsutil import fsync_dirs, make_dirs, write_durably
 
-__all__ = ["envelope_lines", "inject", "inject_many"]
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from pathlib import Path
+
+    from .fsutil import StrPath
+
+__all__ = ["envelope_lines", "inject", "inject_many", "write_to_spool"]
 
 
 def envelope_lines(sender: str, recipients: Sequence[str]) -> bytes:
@@ -33,20 +40,28 @@ def inject(spool: Path, message: bytes) -> Path:
 
 def inject_many(spool: Path, messages: Iterable[bytes]) -> list[Path]:
     """Write messages into ``spool``; the directory is fsynced once for all of them."""
-    written: list[Path] = []
+    from pathlib import Path
+
+    return [Path(name) for name in write_to_spool(spool, messages)]
+
+
+def write_to_spool(spool: StrPath, messages: Iterable[bytes]) -> list[str]:
+    """``inject_many`` with plain string paths: what ``mqd sendmail`` uses."""
+    spool = os.fspath(spool)
+    written: list[str] = []
     make_dirs(spool, mode=0o770)  # the daemon creates it too; the first producer may come first
     try:
         for message in messages:
-            name = f"{time.time_ns()}.{os.getpid()}.{secrets.token_hex(4)}.eml"
-            tmp = spool / f".{name}.tmp"
+            name = f"{time.time_ns()}.{os.getpid()}.{os.urandom(4).hex()}.eml"
+            tmp = os.path.join(spool, f".{name}.tmp")
             try:
                 write_durably(tmp, message, mode=0o640)
-                os.rename(tmp, spool / name)
+                os.rename(tmp, os.path.join(spool, name))
             except BaseException:
                 with contextlib.suppress(OSError):
-                    tmp.unlink()
+                    os.unlink(tmp)
                 raise
-            written.append(spool / name)
+            written.append(os.path.join(spool, name))
     finally:
         if written:
             fsync_dirs([spool])

@@ -21,7 +21,7 @@ from .errors import SpoolError
 from .events import Event, EventKind, EventSink
 from .plugins import PluginHost
 from .queue.entry import QueueEntry, RcptStatus, RecipientState, new_message_id
-from .queue.filestore import FileStore
+from .queue.filestore import KEEP_BODY_MAX, FileStore
 from .routing import route_for
 from .spool import Claimed, Spool, read_claimed
 
@@ -37,6 +37,8 @@ class _Read:
     parsed: ParsedMessage | None = None
     error: str | None = None
     stage: str = "intake"
+    #: The content, when small enough for the store to keep for the first delivery.
+    data: bytes | None = None
 
 
 class Intake:
@@ -79,6 +81,8 @@ class Intake:
             data = read_claimed(claimed.path, self.config.queue.max_message_size)
             read.size = len(data)
             read.parsed = parse_message(data)
+            if read.size <= KEEP_BODY_MAX:
+                read.data = data
         except SpoolError as exc:  # MessageParseError included
             read.error = str(exc)
         except Exception as exc:  # a bug must not lose the file: it goes to failed/ too
@@ -115,7 +119,11 @@ class Intake:
         )
         for read in rejected:
             self._log_rejection(read)
+        kept = {r.claimed.entry_id: r.data for r in accepted_reads if r.data is not None}
         for entry in accepted:
+            body = kept.get(entry.id)
+            if body is not None:
+                self.store.keep_body(entry.id, body)
             log.info(
                 "%s queued from=<%s> to=%s size=%d relay=%s file=%s",
                 entry.id,

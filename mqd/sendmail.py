@@ -11,21 +11,30 @@ envelope stated in leading X-Sender / X-Receiver lines. Supported options::
 
 Without ``-f`` the sender comes from the Sender or From header. Addresses without a domain
 (cron writes "root") get ``[sendmail] qualify_domain`` appended, or are refused.
-This module stays free of click so that the sendmail path starts fast.
+
+It runs once per message, so it loads as little as it can (tests/test_imports.py holds it to
+that): no click, asyncio, email.policy or pluggy, and not ``mqd.config``, whose dataclasses
+alone cost more than a bare interpreter's start. It reads the three keys it needs from the TOML
+file itself (``[sendmail] spool`` and ``qualify_domain``, the first ``[[spool]] path``); the
+daemon and ``mqd config check`` validate the rest. When anything about those keys is not as
+expected, the full config loader runs, so that its error (naming the key and the fix) is the
+one shown.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from email.utils import formataddr
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any
 
-from .envelope import address_problem, envelope_address, parse_message
 from .errors import ConfigError, MessageParseError, MQDError
 from .exitcodes import ExitCode
-from .inject import envelope_lines, inject
+from .headers import address_problem, envelope_address, read_envelope
+from .inject import envelope_lines, write_to_spool
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import BinaryIO
 
 __all__ = ["SendmailArgs", "main", "parse_args"]
 
@@ -51,14 +60,41 @@ class UsageError(Exception):
     pass
 
 
-@dataclass
 class SendmailArgs:
-    from_headers: bool = False
-    ignore_dots: bool = False
-    sender: str | None = None
-    full_name: str | None = None
-    recipients: list[str] = field(default_factory=list)
-    config: str | None = None
+    """The parsed command line (a plain class: a dataclass costs the import of ``dataclasses``)."""
+
+    __slots__ = ("config", "from_headers", "full_name", "ignore_dots", "recipients", "sender")
+
+    def __init__(
+        self,
+        *,
+        from_headers: bool = False,
+        ignore_dots: bool = False,
+        sender: str | None = None,
+        full_name: str | None = None,
+        recipients: list[str] | None = None,
+        config: str | None = None,
+    ) -> None:
+        self.from_headers = from_headers
+        self.ignore_dots = ignore_dots
+        self.sender = sender
+        self.full_name = full_name
+        self.recipients: list[str] = [] if recipients is None else recipients
+        self.config = config
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SendmailArgs):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaces
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"SendmailArgs({fields})"
 
 
 def parse_args(argv: Sequence[str]) -> SendmailArgs:
@@ -125,14 +161,18 @@ def build(args: SendmailArgs, raw: bytes, qualify_domain: str | None) -> bytes:
     if not raw.strip():
         raise MessageParseError("the message on standard input is empty")
     header_end = _header_end(raw)
-    parsed = None
+    found_sender = ""
+    found_rcpts: tuple[str, ...] = ()
+    invalid: tuple[tuple[str, str], ...] = ()
     if args.from_headers or args.sender is None:
         # The sender is validated after qualification ("root" from cron becomes root@domain).
-        parsed = parse_message(raw, require_sender=False, require_recipients=False)
+        found_sender, found_rcpts, invalid, _ = read_envelope(
+            raw, require_sender=False, require_recipients=False
+        )
     recipients = list(args.recipients)
-    if args.from_headers and parsed is not None:
-        recipients += list(parsed.recipients) + [a for a, _ in parsed.invalid_recipients]
-    sender = args.sender if args.sender is not None else (parsed.sender if parsed else "")
+    if args.from_headers:
+        recipients += list(found_rcpts) + [a for a, _ in invalid]
+    sender = args.sender if args.sender is not None else found_sender
     if not sender:
         raise MessageParseError("no sender: give one with -f or put a From header in the message")
     sender = _qualify(sender, qualify_domain, "sender")
@@ -141,6 +181,8 @@ def build(args: SendmailArgs, raw: bytes, qualify_domain: str | None) -> bytes:
         raise MessageParseError("no recipients: give them as arguments or use -t")
     extra = b""
     if b"\nfrom:" not in b"\n" + raw[:header_end].lower():
+        from email.utils import formataddr  # only for a message without From
+
         extra = f"From: {formataddr((args.full_name or '', sender))}\r\n".encode()
     return envelope_lines(sender, recipients) + extra + raw
 
@@ -167,10 +209,6 @@ def _header_end(raw: bytes) -> int:
 
 def main(argv: Sequence[str]) -> int:
     """Run ``sendmail`` with ``argv`` (without the program name); returns the exit code."""
-    from pathlib import Path
-
-    from .config import load_config, locate_config
-
     if "--help" in argv:
         print(HELP)
         return ExitCode.OK
@@ -180,11 +218,9 @@ def main(argv: Sequence[str]) -> int:
         print(f"mqd sendmail: {exc}\n{USAGE}", file=sys.stderr)
         return ExitCode.USAGE
     try:
-        config = load_config(locate_config(Path(args.config) if args.config else None))
-        data = build(
-            args, read_message(sys.stdin.buffer, args.ignore_dots), config.sendmail.qualify_domain
-        )
-        inject(config.inject_spool, data)
+        spool, qualify_domain = settings(args.config)
+        data = build(args, read_message(sys.stdin.buffer, args.ignore_dots), qualify_domain)
+        write_to_spool(spool, [data])
     except ConfigError as exc:
         print(f"mqd sendmail: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
@@ -201,3 +237,104 @@ def main(argv: Sequence[str]) -> int:
         print(f"mqd sendmail: {exc}", file=sys.stderr)
         return ExitCode.FAILURE
     return ExitCode.OK
+
+
+# -- the config, read lightly ---------------------------------------------------------------
+
+_CONFIG_ENV = "MQD_CONFIG"  # mqd.config.CONFIG_ENV
+_SYSTEM_CONFIG = "/etc/mqd/mqd.toml"  # mqd.paths.SYSTEM_CONFIG
+
+
+class _FullConfigNeeded(Exception):
+    """The light reader met something it does not check itself: let mqd.config say what."""
+
+
+def settings(config: str | None) -> tuple[str, str | None]:
+    """The spool to write into and ``[sendmail] qualify_domain``, for the config named by
+    ``-C`` (None: ``$MQD_CONFIG``, then the platform's default, as ``mqd.config.locate_config``).
+
+    Raises ConfigError as ``mqd.config.load_config`` would for these keys; tests/
+    test_perf_sendmail.py holds both readers to the same answers.
+    """
+    try:
+        return _light_settings(config)
+    except _FullConfigNeeded:
+        from pathlib import Path
+
+        from .config import load_config, locate_config
+
+        loaded = load_config(locate_config(Path(config) if config is not None else None))
+        return os.fspath(loaded.inject_spool), loaded.sendmail.qualify_domain
+
+
+def _light_settings(config: str | None) -> tuple[str, str | None]:
+    path = _locate(config)
+    if path is None:  # embedded defaults: rare outside development, so no shortcut
+        raise _FullConfigNeeded
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError):
+        raise _FullConfigNeeded from None
+    base = os.path.dirname(path)
+    sendmail = _table(data.get("sendmail", {}))
+    if not set(sendmail) <= {"spool", "qualify_domain"}:
+        raise _FullConfigNeeded  # a misspelt key: the full loader names it
+    domain = sendmail.get("qualify_domain")
+    if domain is not None and (not isinstance(domain, str) or not domain or "@" in domain):
+        raise _FullConfigNeeded
+    spools = data.get("spool")
+    if isinstance(spools, dict):
+        spools = [spools]
+    if not isinstance(spools, list) or not spools:
+        raise _FullConfigNeeded
+    paths = [_path(_table(spool).get("path"), base) for spool in spools]
+    if "spool" in sendmail:
+        chosen = _path(sendmail["spool"], base)
+        if os.path.abspath(chosen) not in map(os.path.abspath, paths):
+            raise _FullConfigNeeded
+        return chosen, domain
+    return paths[0], domain
+
+
+def _locate(config: str | None) -> str | None:
+    if config is not None:
+        return config if os.path.isfile(config) else _raise_full()
+    from_env = os.environ.get(_CONFIG_ENV)
+    if from_env:
+        return from_env if os.path.isfile(from_env) else _raise_full()
+    default = _default_config()
+    if os.path.isfile(default):
+        return default
+    if default != _SYSTEM_CONFIG and os.name == "posix" and os.path.isfile(_SYSTEM_CONFIG):
+        return _SYSTEM_CONFIG
+    return None
+
+
+def _default_config() -> str:
+    """``mqd.paths.default_paths().config_file``, without importing dataclasses for it."""
+    if sys.platform != "darwin" and hasattr(os, "geteuid") and os.geteuid() == 0:
+        return _SYSTEM_CONFIG
+    import platformdirs
+
+    return os.path.join(platformdirs.user_config_dir("mqd", appauthor=False), "mqd.toml")
+
+
+def _table(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _FullConfigNeeded
+    return value
+
+
+def _path(value: Any, base: str) -> str:
+    """As ``Options.filepath``: ``~`` expanded, relative to the config file's directory."""
+    if not isinstance(value, str):
+        raise _FullConfigNeeded
+    value = os.path.expanduser(value)
+    return value if os.path.isabs(value) else os.path.join(base, value)
+
+
+def _raise_full() -> str:
+    raise _FullConfigNeeded

@@ -55,6 +55,7 @@ class Spool:
     ) -> None:
         self.config = config
         self.path = config.path
+        self.key = config.key  # a hash of the path: computed once, not per claimed file
         self.claim_dir = config.path / f".mqd-claim-{queue_key}"
         self._staging = staging
         self._cross_device = False
@@ -68,7 +69,7 @@ class Spool:
                 f"cannot use the spool directory {self.path}: {exc.strerror or exc} "
                 "(check [[spool]] path and its permissions)"
             ) from None
-        make_dirs(self._staging(self.config.key, "x").parent)
+        make_dirs(self._staging(self.key, "x").parent)
 
     def scan(self) -> list[str]:
         """Names of the ``.eml`` entries waiting in the spool, oldest name first."""
@@ -85,7 +86,7 @@ class Spool:
     def claim(self, name: str, entry_id: str) -> Claimed | None:
         """Take ``name`` from the spool, or None when another process took it first."""
         source = self.path / name
-        target = self._staging(self.config.key, entry_id)
+        target = self._staging(self.key, entry_id)
         if not self._cross_device:
             try:
                 os.rename(source, target)
@@ -138,7 +139,7 @@ class Spool:
         st = os.lstat(claimed)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             return Claimed(self.config, entry_id, claimed, name)
-        target = self._staging(self.config.key, entry_id)
+        target = self._staging(self.key, entry_id)
         tmp = target.with_name(f".{target.name}.tmp")
         shutil.copyfile(claimed, tmp)
         fd = os.open(tmp, os.O_RDONLY)
@@ -191,12 +192,16 @@ def read_claimed(path: Path, max_size: int) -> bytes:
             )
         chunks = []
         remaining = max_size + 1
+        # The first read asks for the size fstat gave (and one byte more, to see the end): a
+        # larger buffer would be allocated (mmap'd) and shrunk for every small message.
+        want = st.st_size + 1
         while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 20))
+            chunk = os.read(fd, min(remaining, want))
             if not chunk:
                 break
             chunks.append(chunk)
             remaining -= len(chunk)
+            want = 1 << 20
         data = b"".join(chunks)
         if len(data) > max_size:
             raise SpoolError(f"it grew past queue.max_message_size ({max_size} bytes) while read")

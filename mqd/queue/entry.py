@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -110,7 +110,12 @@ class QueueEntry:
         return bool(self.sender) and not self.is_report
 
     def to_json(self) -> bytes:
-        data = asdict(self)
+        # What dataclasses.asdict() gives, built by hand: asdict deep-copies every value on the
+        # way, which made it the dearest step of writing a state file.
+        data = {name: getattr(self, name) for name in _ENTRY_FIELDS}
+        data["recipients"] = [
+            {name: getattr(r, name) for name in _RECIPIENT_FIELDS} for r in self.recipients
+        ]
         data["version"] = STATE_VERSION
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
@@ -148,3 +153,7 @@ class QueueEntry:
             "route": self.relays,
             "message_id": self.message_id,
         }
+
+
+_ENTRY_FIELDS = tuple(f.name for f in fields(QueueEntry))
+_RECIPIENT_FIELDS = tuple(f.name for f in fields(RecipientState))

@@ -14,8 +14,19 @@
 
 Commit points: a state file written (temp, fsync, rename, directory fsync) accepts a message;
 unlinking the body finishes it (the state file goes right after; a state file whose body is
-gone is cleaned up at start-up). Every operation here is blocking; the async methods run
-them in worker threads so that fsyncs never stall the event loop.
+gone is cleaned up at start-up). Every operation here is blocking; the async methods run them
+in worker threads so that the event loop never waits for the disk (even an unlink waits for
+the filesystem's journal while other files are being fsynced).
+
+A body just taken in is kept in memory for its first delivery (``keep_body``; small bodies,
+a few MiB in all, oldest dropped first), so that a message delivered right away costs no second
+read and no thread hop: that is most of the latency of a quiet queue.
+
+The per-delivery operations (``load_body``, ``save``, ``remove``) are grouped: those asked for
+while a group is in a worker thread go together in the next one (``_Grouped``), and the saves
+of a group share one directory fsync. Each caller still returns only once its own operation is
+done (durably, for a save): grouping saves CPU (one thread hop costs ~80 µs, more than reading
+a small body) and fsyncs, never a guarantee.
 """
 
 from __future__ import annotations
@@ -29,8 +40,9 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Generic, TypeVar
 
 from ..errors import QueueError, QueueLockedError
 from ..fsutil import atomic_write, fsync_dirs, make_dirs
@@ -44,6 +56,87 @@ log = logging.getLogger("mqd.queue")
 #: The ``source`` of entries mqd generates itself (bounces).
 DSN_SOURCE = "dsn"
 
+#: Bodies up to this size are kept in memory after intake for their first delivery...
+KEEP_BODY_MAX = 64 * 1024
+#: ...up to this many bytes in all (the oldest are dropped first).
+KEEP_BODIES_BYTES = 4 * 1024 * 1024
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class _Grouped(Generic[T, R]):
+    """Runs a blocking operation for many callers in one worker-thread hop.
+
+    ``await run(item)`` queues ``item``; the first caller of an event-loop turn schedules a
+    hop, and callers that come while one is running wait for the next. ``work`` gets the items
+    and returns one result or exception per item, in order; each caller gets its own.
+    """
+
+    def __init__(self, work: Callable[[list[T]], list[R | BaseException]]) -> None:
+        self._work = work
+        self._queued: list[tuple[T, asyncio.Future[R]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._busy = False
+
+    async def run(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new loop (tests, embedding): nothing of the old one runs
+            self._loop, self._queued, self._busy = loop, [], False
+        future: asyncio.Future[R] = loop.create_future()
+        self._queued.append((item, future))
+        if not self._busy:
+            self._busy = True
+            loop.call_soon(self._start)  # after the other tasks of this turn have queued theirs
+        return await future
+
+    def _start(self) -> None:
+        group, self._queued = self._queued, []
+        if not group or self._loop is None:
+            self._busy = False
+            return
+        hop = self._loop.run_in_executor(None, self._work, [item for item, _ in group])
+        hop.add_done_callback(lambda hop: self._finish(group, hop))
+
+    def _finish(
+        self, group: list[tuple[T, asyncio.Future[R]]], hop: asyncio.Future[list[R | BaseException]]
+    ) -> None:
+        failure = hop.exception() if not hop.cancelled() else asyncio.CancelledError()
+        results: list[R | BaseException] = (
+            [failure] * len(group) if failure is not None else hop.result()
+        )
+        for (_, future), result in zip(group, results, strict=True):
+            if future.done():  # its caller was cancelled; the operation ran all the same
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        self._start()
+
+
+def _read_body(item: tuple[Path, int]) -> bytes:
+    """The file's bytes, in as few system calls as its expected size allows."""
+    path, size = item
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        chunks = [os.read(fd, size + 1)]  # one read, and one more to see the end
+        while chunks[-1]:
+            chunks.append(os.read(fd, max(size, 1 << 16)))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _each(operation: Callable[[T], R], items: list[T]) -> list[R | BaseException]:
+    results: list[R | BaseException] = []
+    for item in items:
+        try:
+            results.append(operation(item))
+        except Exception as exc:
+            results.append(exc)
+    return results
+
 
 class FileStore(QueueStore):
     def __init__(self, directory: Path) -> None:
@@ -55,6 +148,15 @@ class FileStore(QueueStore):
         self.quota_path = directory / "quota.json"
         self.queue_key = ""
         self._lock_file: IO[str] | None = None
+        self._loads: _Grouped[tuple[Path, int], bytes] = _Grouped(
+            lambda items: _each(_read_body, items)
+        )
+        self._saves: _Grouped[tuple[Path, bytes], None] = _Grouped(self._save_many)
+        self._removals: _Grouped[QueueEntry, None] = _Grouped(
+            lambda entries: _each(self._remove, entries)
+        )
+        self._kept: dict[str, bytes] = {}
+        self._kept_bytes = 0
 
     # -- open / close ---------------------------------------------------------------------------
 
@@ -145,14 +247,45 @@ class FileStore(QueueStore):
             atomic_write(self.state_path(entry.id), entry.to_json(), sync_dir=False)
         fsync_dirs(dirs)  # one fsync per directory for the whole batch
 
+    def keep_body(self, entry_id: str, body: bytes) -> None:
+        """Remember the body just read at intake for its first ``load_body`` (small ones only)."""
+        if len(body) > KEEP_BODY_MAX:
+            return
+        self._forget(entry_id)
+        self._kept[entry_id] = body
+        self._kept_bytes += len(body)
+        while self._kept_bytes > KEEP_BODIES_BYTES:
+            self._forget(next(iter(self._kept)))
+
+    def _forget(self, entry_id: str) -> bytes | None:
+        body = self._kept.pop(entry_id, None)
+        if body is not None:
+            self._kept_bytes -= len(body)
+        return body
+
     async def load_body(self, entry: QueueEntry) -> bytes:
-        return await asyncio.to_thread(self.body_path(entry).read_bytes)
+        body = self._forget(entry.id)
+        if body is not None:
+            return body
+        return await self._loads.run((self.body_path(entry), entry.size))
 
     async def save(self, entry: QueueEntry) -> None:
-        await asyncio.to_thread(atomic_write, self.state_path(entry.id), entry.to_json())
+        # Serialised now, on the event loop: the entry may change while the write waits.
+        await self._saves.run((self.state_path(entry.id), entry.to_json()))
+
+    def _save_many(self, states: list[tuple[Path, bytes]]) -> list[BaseException | None]:
+        """Each state written (temp, fsync, rename), then the directory fsynced once for all."""
+        results = _each(lambda state: atomic_write(*state, sync_dir=False), states)
+        if any(result is None for result in results):
+            try:
+                fsync_dirs([self.state_dir])
+            except OSError as exc:
+                return [exc] * len(states)
+        return results
 
     async def remove(self, entry: QueueEntry) -> None:
-        await asyncio.to_thread(self._remove, entry)
+        self._forget(entry.id)
+        await self._removals.run(entry)
 
     def _remove(self, entry: QueueEntry) -> None:
         # Unlinking the body is the commit point; a leftover state file is cleaned at start-up.
@@ -162,6 +295,7 @@ class FileStore(QueueStore):
             self.state_path(entry.id).unlink()
 
     async def fail(self, entry: QueueEntry, reason: dict[str, Any]) -> Path:
+        self._forget(entry.id)
         return await asyncio.to_thread(self._fail, entry, reason)
 
     def _fail(self, entry: QueueEntry, reason: dict[str, Any]) -> Path:

@@ -1,0 +1,150 @@
+"""What importing mqd costs, structurally: ``mqd sendmail`` runs once per message, so it must load
+nothing it does not need, and ``import mqd`` must stay cheap while the public names still work.
+
+These assert which modules are loaded, never how long it took (timings live in benchmarks/).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import mqd
+
+MQD = Path(sys.executable).with_name("mqd")
+
+#: Modules the sendmail path must not load: the daemon's world (asyncio, pluggy, aiosmtplib),
+#: the CLI's (click), the email package's parser and the validating config loader (dataclasses).
+HEAVY = (
+    "aiohttp",
+    "aiosmtplib",
+    "asyncio",
+    "click",
+    "dataclasses",
+    "email",
+    "email.policy",
+    "email.utils",
+    "inspect",
+    "mqd.config",
+    "mqd.daemon",
+    "mqd.envelope",
+    "mqd.options",
+    "mqd.paths",
+    "mqd.plugins",
+    "platformdirs",
+    "pluggy",
+    "secrets",
+    "pathlib",
+    "socket",
+    "ssl",
+)
+
+MESSAGE = b"From: App <app@example.com>\nTo: Bob <bob@example.net>, carol@example.net\n\nhi\n"
+
+
+def imports(command: list[str], stdin: bytes, env: dict[str, str]) -> set[str]:
+    """The modules ``command`` imports (from ``-X importtime``'s report)."""
+    proc = subprocess.run(
+        command,
+        input=stdin,
+        capture_output=True,
+        env={**env, "PYTHONPROFILEIMPORTTIME": "1"},
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    modules = set()
+    for line in proc.stderr.decode().splitlines():
+        if line.startswith("import time:") and "|" in line:
+            name = line.rsplit("|", 1)[1].strip()
+            if name != "imported package":
+                modules.add(name)
+    return modules
+
+
+def imported_by(argv: list[str], stdin: bytes, env: dict[str, str]) -> set[str]:
+    """What the real ``mqd`` command imports beyond a bare interpreter's start (which may load
+    more through site-packages' .pth files or a sitecustomize, none of mqd's doing)."""
+    modules = imports([str(MQD), *argv], stdin, env)
+    assert "mqd.sendmail" in modules  # the report is read right
+    return modules - imports([sys.executable, "-c", "pass"], b"", env)
+
+
+@pytest.fixture
+def config(write_config: Callable[..., Path], spool: Path, queue_dir: Path) -> Path:
+    return write_config(
+        f"""
+        [queue]
+        dir = "{queue_dir}"
+        [[spool]]
+        path = "{spool}"
+        allowed_senders = ["*@example.com"]
+        [relays.sink]
+        plugin = "smtp"
+        host = "127.0.0.1"
+        port = 25
+        security = "none"
+        """
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["sendmail", "-t", "-i"], ["sendmail", "-i", "-f", "app@example.com", "bob@example.net"]],
+)
+def test_the_sendmail_path_loads_nothing_heavy(
+    config: Path, spool: Path, env: dict[str, str], args: list[str]
+) -> None:
+    modules = imported_by(["--config", str(config), *args], MESSAGE, env)
+    assert sorted(modules.intersection(HEAVY)) == []
+    assert len(list(spool.glob("*.eml"))) == 1
+
+
+def test_the_sendmail_path_through_mqd_config_loads_nothing_heavy(
+    config: Path, spool: Path, env: dict[str, str]
+) -> None:
+    modules = imported_by(["sendmail", "-t", "-i"], MESSAGE, {**env, "MQD_CONFIG": str(config)})
+    assert sorted(modules.intersection(HEAVY)) == []
+    assert len(list(spool.glob("*.eml"))) == 1
+
+
+def test_import_mqd_loads_no_submodule() -> None:
+    code = "import sys, mqd; print(sorted(m for m in sys.modules if m.startswith('mqd.')))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stdout.strip() == "[]"
+
+
+def test_the_public_names_resolve() -> None:
+    from mqd import (
+        Envelope,
+        Options,
+        ProviderEvent,
+        Relay,
+        Status,
+        Webhook,
+        WebhookRejected,
+        hookimpl,
+    )
+    from mqd.envelope import Envelope as EnvelopeDirect
+    from mqd.relays.base import Relay as RelayDirect
+    from mqd.tracking.vocabulary import Status as StatusDirect
+
+    assert Envelope is EnvelopeDirect and Relay is RelayDirect and Status is StatusDirect
+    assert callable(hookimpl) and isinstance(Options, type) and isinstance(ProviderEvent, type)
+    assert issubclass(WebhookRejected, Exception) and isinstance(Webhook, type)
+    for name in mqd.__all__:
+        assert getattr(mqd, name) is not None, name
+    assert set(mqd.__all__) <= set(dir(mqd))
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="Relya"):
+        mqd.Relya  # noqa: B018
+    with pytest.raises(ImportError):
+        from mqd import Relya  # type: ignore[attr-defined]  # noqa: F401

@@ -1,0 +1,110 @@
+"""``mqd sendmail`` reads its three config keys without mqd.config (for speed): it must find the
+same spool and qualify domain as the full loader, and show the full loader's error otherwise."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mqd import sendmail
+from mqd.config import load_config, locate_config
+from mqd.errors import ConfigError
+
+BASE = """
+[queue]
+dir = "{tmp}/queue"
+[relays.sink]
+plugin = "smtp"
+host = "127.0.0.1"
+port = 25
+security = "none"
+"""
+
+
+def expected(path: Path | None) -> tuple[str, str | None]:
+    config = load_config(locate_config(path))
+    return os.path.abspath(config.inject_spool), config.sendmail.qualify_domain
+
+
+def light(path: str | None) -> tuple[str, str | None]:
+    spool, domain = sendmail._light_settings(path)
+    return os.path.abspath(spool), domain
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        '[[spool]]\npath = "{tmp}/spool"',
+        '[[spool]]\npath = "relative/spool"',
+        '[[spool]]\npath = "~/mqd-spool"',
+        '[[spool]]\npath = "a"\n[[spool]]\npath = "b"\n[sendmail]\nspool = "b"\n',
+        '[[spool]]\npath = "{tmp}/a"\n[sendmail]\nqualify_domain = "example.com"',
+        '[sendmail]\nspool = "./s"\nqualify_domain = "host.example"\n[[spool]]\npath = "s"',
+        '[spool]\npath = "one"',
+    ],
+)
+def test_the_light_reader_finds_what_the_full_loader_finds(
+    write_config: Callable[..., Path], tmp_path: Path, extra: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config((BASE + extra).format(tmp=tmp_path))
+    assert light(str(path)) == expected(path)
+    monkeypatch.chdir(tmp_path)  # a relative --config: paths are relative to its directory
+    assert light(path.name) == expected(Path(path.name))
+
+
+def test_mqd_config_in_the_environment(
+    write_config: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config((BASE + '[[spool]]\npath = "{tmp}/env-spool"').format(tmp=tmp_path))
+    monkeypatch.setenv("MQD_CONFIG", str(path))
+    assert light(None) == expected(None) == (str(tmp_path / "env-spool"), None)
+
+
+def test_the_default_config_location_is_the_platform_one() -> None:
+    from mqd.paths import default_paths
+
+    assert sendmail._default_config() == str(default_paths().config_file)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('[[spool]]\npath = "s"\n[sendmail]\nqualify_domain = "a@b"', "qualify_domain"),
+        ('[[spool]]\npath = "s"\n[sendmail]\nqualify_domian = "b.org"', "qualify_domian"),
+        ('[[spool]]\npath = "s"\n[sendmail]\nspool = "elsewhere"', "sendmail.spool"),
+        ("[[spool]]\npath = 3", "path"),
+        ("", "no spool is configured"),
+        ('[[spool]]\npath = "s"\n[sendmail', "not valid TOML"),
+    ],
+)
+def test_a_problem_with_its_keys_gets_the_full_loaders_error(
+    write_config: Callable[..., Path], tmp_path: Path, extra: str, message: str
+) -> None:
+    path = write_config((BASE + extra).format(tmp=tmp_path))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+    with pytest.raises(sendmail._FullConfigNeeded):
+        sendmail._light_settings(str(path))
+    with pytest.raises(ConfigError, match=message):
+        sendmail.settings(str(path))
+
+
+def test_a_missing_config_is_the_full_loaders_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        sendmail.settings(str(tmp_path / "nope.toml"))
+
+
+def test_a_problem_elsewhere_is_left_to_the_daemon(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The price of reading lightly: a key sendmail does not use is not checked here (the
+    daemon refuses to start on it, and ``mqd config check`` names it); the message is queued."""
+    path = write_config(
+        (BASE + '[[spool]]\npath = "{tmp}/s"\n[queue.retry]\ninital = "1m"').format(tmp=tmp_path)
+    )
+    with pytest.raises(ConfigError, match="inital"):
+        load_config(path)
+    assert sendmail.settings(str(path)) == (str(tmp_path / "s"), None)
