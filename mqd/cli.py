@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import tomli_w
@@ -25,6 +25,9 @@ from .errors import (
 from .exitcodes import ExitCode
 from .logs import LOG_FORMATS, setup_logging
 from .paths import default_paths
+
+if TYPE_CHECKING:
+    from .tracking.store import SQLiteStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -697,7 +700,7 @@ def failed_delete(state: State, ids: tuple[str, ...], yes: bool) -> None:
 # -- tracking -------------------------------------------------------------------------------------
 
 
-def _tracking_store(config: Config) -> Any:
+def _tracking_store(config: Config) -> SQLiteStore:
     """The event store, read-only; a clear error when tracking is off or has no database yet."""
     from .tracking.store import SQLiteStore
 

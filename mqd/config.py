@@ -517,14 +517,19 @@ def _parse_routes(
     return tuple(routes)
 
 
+def _port(opts: Options, default: int) -> int:
+    port: int = opts.integer("port", default, minimum=0)
+    if port > 65535:
+        raise opts.error("port", f"{port} is not a TCP port")
+    return port
+
+
 def _parse_metrics(opts: Options) -> MetricsConfig:
     config = MetricsConfig(
         enabled=opts.boolean("enabled", False),
         host=opts.string("host", "127.0.0.1"),
-        port=opts.integer("port", 9325, minimum=0),
+        port=_port(opts, 9325),
     )
-    if config.port > 65535:
-        raise opts.error("port", f"{config.port} is not a TCP port")
     opts.finish()
     return config
 
@@ -545,12 +550,10 @@ def _parse_http(opts: Options) -> HttpConfig:
     config = HttpConfig(
         enabled=opts.boolean("enabled", False),
         host=opts.string("host", "127.0.0.1"),
-        port=opts.integer("port", 8025, minimum=0),
+        port=_port(opts, 8025),
         token=opts.secret("token"),
         max_body=opts.size("max_body", "1MB"),
     )
-    if config.port > 65535:
-        raise opts.error("port", f"{config.port} is not a TCP port")
     if config.max_body < 1024:
         raise opts.error("max_body", 'is too small for a webhook batch: give at least "1KB"')
     opts.finish()

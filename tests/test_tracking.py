@@ -590,3 +590,32 @@ async def test_a_reload_says_which_tracking_tables_wait_for_a_restart(
     finally:
         daemon.request_stop()
         await asyncio.wait_for(running, 10)
+
+
+async def test_notifications_survive_a_failing_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(notify_module, "IDLE_POLL", 0.05)
+    from mqd.config import NotifyConfig
+    from mqd.options import Secret
+
+    async with App() as app, tracker_for(tmp_path) as tracker:
+        real = tracker.store.events_after
+        failures_left = [2]
+
+        def flaky(seq: int, limit: int) -> list[dict[str, Any]]:
+            if failures_left[0]:
+                failures_left[0] -= 1
+                raise OSError("disk I/O error")
+            return real(seq, limit)
+
+        monkeypatch.setattr(tracker.store, "events_after", flaky)
+        notifier = Notifier(tracker, NotifyConfig(url=app.url, secret=Secret("k")))
+        notifier.start()
+        await asyncio.sleep(0.2)  # its cursor starts at the newest event: none yet
+        dispatched(tracker)
+        await tracker.flush()
+        await wait_for(lambda: len(app.received) == 4)
+        await notifier.stop()
+    assert failures_left == [0]
+    assert [d["status"] for d in app.documents()][:2] == ["accepted", "queued"]

@@ -97,25 +97,37 @@ class Notifier:
     async def _run(self) -> None:
         import aiohttp
 
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                try:
+                    await self._follow(session)
+                except Exception:
+                    # The store could not be read or written (a full disk, a lock): notifications
+                    # wait, delivery does not, and the cursor says where to resume.
+                    log.exception("notifications paused: the event store failed; retrying")
+                    await asyncio.sleep(IDLE_POLL)
+
+    async def _follow(self, session: aiohttp.ClientSession) -> None:
         store = self.tracker.store
         seq = await self.tracker.call(store.cursor, CURSOR)
         if seq < 0:
             # First run with [notify]: start from now, not with the whole history.
             seq = await self.tracker.call(store.last_seq)
             await self.tracker.call(store.set_cursor, CURSOR, seq)
-        timeout = aiohttp.ClientTimeout(total=self.config.timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            while True:
-                self.tracker.changed.clear()
-                batch = await self.tracker.events_after(seq, 100)
-                for event in batch:
-                    if not self.config.statuses or event["status"] in self.config.statuses:
-                        await self._deliver(session, event)
-                    seq = event["seq"]
-                    await self.tracker.call(store.set_cursor, CURSOR, seq)
-                if not batch:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.tracker.changed.wait(), IDLE_POLL)
+        while True:
+            self.tracker.changed.clear()
+            batch = await self.tracker.events_after(seq, 100)
+            for event in batch:
+                if not self.config.statuses or event["status"] in self.config.statuses:
+                    await self._deliver(session, event)
+                    await self.tracker.call(store.set_cursor, CURSOR, event["seq"])
+                seq = event["seq"]
+            if batch:
+                await self.tracker.call(store.set_cursor, CURSOR, seq)  # past skipped ones
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.tracker.changed.wait(), IDLE_POLL)
 
     async def _deliver(self, session: aiohttp.ClientSession, event: dict[str, Any]) -> None:
         body = notification_body(event)
