@@ -177,6 +177,14 @@ class Daemon:
         recovery = await self.store.open()
         for entry in recovery.entries:
             self.entries[entry.id] = entry
+        # Messages never deferred have no state file: read them in from their bodies, as the
+        # daemon does when it starts, so that 'mqd queue list' shows every queued message.
+        self.spools = self._make_spools()
+        for key, paths in recovery.unaccepted.items():
+            spool = next((s for s in self.spools if s.key == key), None)
+            if spool is not None:
+                taken = await self.intake.take_claimed([spool.claimed_file(p) for p in paths])
+                self.entries.update((entry.id, entry) for entry in taken)
         await self._load_quotas()
 
     async def _start_control(self) -> None:
@@ -253,10 +261,7 @@ class Daemon:
     def _reopen_spools(self) -> None:
         """New spool objects for the new config; the watcher follows if the paths changed."""
         old_paths = [spool.path for spool in self.spools]
-        self.spools = [
-            Spool(spool, self.store.queue_key, self.store.staging_path)
-            for spool in self.config.spools
-        ]
+        self.spools = self._make_spools()
         for spool in self.spools:
             spool.prepare()
         self._pending_names.clear()
@@ -266,6 +271,12 @@ class Daemon:
             self._spawn(watcher.aclose(), "close-watcher")
             self._start_watcher()
         self._intake_wake.set()
+
+    def _make_spools(self) -> list[Spool]:
+        return [
+            Spool(spool, self.store.queue_key, self.store.staging_path)
+            for spool in self.config.spools
+        ]
 
     async def _close_relays(
         self, relays: Iterable[Relay], in_flight: list[asyncio.Task[None]]
@@ -283,10 +294,7 @@ class Daemon:
     async def run(self) -> None:
         recovery = await self.store.open()
         try:
-            self.spools = [
-                Spool(spool, self.store.queue_key, self.store.staging_path)
-                for spool in self.config.spools
-            ]
+            self.spools = self._make_spools()
             for spool in self.spools:
                 spool.prepare()
             for note in recovery.notes:
@@ -376,8 +384,7 @@ class Daemon:
                 log.info("recovery: %s's bounce was already queued", entry.id)
             self.schedule(entry)
             count += 1
-        if count:
-            log.info("recovered %d queued message(s) from %s", count, self.store.directory)
+        from_bodies = 0
         for key, paths in unaccepted.items():
             spool = by_key.get(key)
             if spool is None:
@@ -396,6 +403,15 @@ class Daemon:
             claimed = [spool.claimed_file(path) for path in paths]
             for entry in await self.intake.take_claimed(claimed):
                 self.schedule(entry)
+                from_bodies += 1
+        if count or from_bodies:
+            log.info(
+                "recovered %d queued message(s) from %s (%d not yet attempted, read from their "
+                "bodies)",
+                count + from_bodies,
+                self.store.directory,
+                from_bodies,
+            )
         for spool in self.spools:
             recovered = await asyncio.to_thread(spool.recover_claims)
             for entry in await self.intake.take_claimed(recovered):

@@ -2,7 +2,8 @@
 
 A batch is claimed, read and parsed in a worker thread, checked against policy on the event
 loop (plugins run there), then persisted in one more worker-thread step: accepted entries in
-one ``add_many`` (one directory fsync per batch), refused files to failed/ with the reason.
+one ``add_many`` (the bodies' directory fsynced once per batch; no state file is written until a
+message is first deferred), refused files to failed/ with the reason.
 Refused mail never gets a bounce: it was never accepted, and a bounce would be backscatter.
 """
 
@@ -13,6 +14,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .config import Config
@@ -20,12 +22,12 @@ from .envelope import ParsedMessage, is_delivery_report, parse_message
 from .errors import SpoolError
 from .events import Event, EventKind, EventSink
 from .plugins import PluginHost
-from .queue.entry import QueueEntry, RcptStatus, RecipientState, new_message_id
-from .queue.filestore import KEEP_BODY_MAX, FileStore
+from .queue.entry import QueueEntry, RcptStatus, RecipientState, id_time, new_message_id
+from .queue.filestore import DSN_SOURCE, KEEP_BODY_MAX, FileStore
 from .routing import route_for
 from .spool import Claimed, Spool, read_claimed
 
-__all__ = ["Intake"]
+__all__ = ["Intake", "entry_from_body", "make_entry", "queued_entries"]
 
 log = logging.getLogger("mqd.intake")
 
@@ -59,9 +61,11 @@ class Intake:
         return await self._finish(reads)
 
     async def take_claimed(self, claimed: list[Claimed]) -> list[QueueEntry]:
-        """Queue files already claimed (recovered after a crash)."""
+        """Queue files already claimed: bodies recovered with no state file (accepted and never
+        deferred, or claimed by an intake a crash interrupted). They keep the age their id
+        records."""
         reads = await asyncio.to_thread(lambda: [self._read(c) for c in claimed])
-        return await self._finish(reads)
+        return await self._finish(reads, recovered=True)
 
     def _claim_and_read(self, spool: Spool, names: list[str]) -> list[_Read]:
         reads = []
@@ -90,19 +94,20 @@ class Intake:
             read.error = f"mqd could not read it: {exc!r}"
         return read
 
-    async def _finish(self, reads: list[_Read]) -> list[QueueEntry]:
+    async def _finish(self, reads: list[_Read], recovered: bool = False) -> list[QueueEntry]:
         now = time.time()
         accepted: list[QueueEntry] = []
         rejected: list[_Read] = []
         for read in reads:
             spool = read.claimed.spool
-            self.emit(
-                Event(
-                    EventKind.CLAIMED,
-                    read.claimed.entry_id,
-                    {"file": read.claimed.original_name, "spool": str(spool.path)},
+            if not recovered:  # a recovered body's claim was told when it was claimed
+                self.emit(
+                    Event(
+                        EventKind.CLAIMED,
+                        read.claimed.entry_id,
+                        {"file": read.claimed.original_name, "spool": str(spool.path)},
+                    )
                 )
-            )
             route: tuple[str, ...] = ()
             if read.parsed is not None:
                 route = route_for(self.config, spool, read.parsed.sender)
@@ -112,7 +117,10 @@ class Intake:
             if read.error is not None or read.parsed is None:
                 rejected.append(read)
             else:
-                accepted.append(self._entry(read, read.parsed, route, now))
+                created = min((recovered and id_time(read.claimed.entry_id)) or now, now)
+                accepted.append(
+                    make_entry(read.claimed, read.size, read.parsed, route, created, now)
+                )
         accepted_reads = [r for r in reads if r.error is None and r.parsed is not None]
         accepted, rejected = await asyncio.to_thread(
             self._persist, accepted, accepted_reads, rejected
@@ -135,35 +143,6 @@ class Intake:
             )
             self.emit(Event(EventKind.QUEUED, entry.id, entry.summary()))
         return accepted
-
-    def _entry(
-        self, read: _Read, parsed: ParsedMessage, route: tuple[str, ...], now: float
-    ) -> QueueEntry:
-        spool = read.claimed.spool
-        recipients = [RecipientState(address) for address in parsed.recipients]
-        recipients += [
-            RecipientState(
-                address,
-                RcptStatus.FAILED,
-                reply=f"553 5.1.3 invalid recipient address: {problem}",
-                status_code="5.1.3",
-            )
-            for address, problem in parsed.invalid_recipients
-        ]
-        return QueueEntry(
-            id=read.claimed.entry_id,
-            sender=parsed.sender,
-            recipients=recipients,
-            relay=route[0],
-            route=list(route) if len(route) > 1 else [],
-            source=spool.key,
-            created_at=now,
-            next_attempt_at=now,
-            size=read.size,
-            is_report=is_delivery_report(parsed.headers),
-            spool_name=read.claimed.original_name,
-            message_id=parsed.headers.get("message-id", ""),
-        )
 
     def _persist(
         self, accepted: list[QueueEntry], accepted_reads: list[_Read], rejected: list[_Read]
@@ -239,3 +218,75 @@ class Intake:
             self.store.failed_dir / f"{claimed.entry_id}.eml",
         )
         self.emit(Event(EventKind.REJECTED, claimed.entry_id, self._reason(read)))
+
+
+def make_entry(
+    claimed: Claimed,
+    size: int,
+    parsed: ParsedMessage,
+    route: tuple[str, ...],
+    created: float,
+    now: float,
+) -> QueueEntry:
+    """The new queue entry of a claimed, parsed message."""
+    recipients = [RecipientState(address) for address in parsed.recipients]
+    recipients += [
+        RecipientState(
+            address,
+            RcptStatus.FAILED,
+            reply=f"553 5.1.3 invalid recipient address: {problem}",
+            status_code="5.1.3",
+        )
+        for address, problem in parsed.invalid_recipients
+    ]
+    return QueueEntry(
+        id=claimed.entry_id,
+        sender=parsed.sender,
+        recipients=recipients,
+        relay=route[0],
+        route=list(route) if len(route) > 1 else [],
+        source=claimed.spool.key,
+        created_at=created,
+        next_attempt_at=now,
+        size=size,
+        is_report=is_delivery_report(parsed.headers),
+        spool_name=claimed.original_name,
+        message_id=parsed.headers.get("message-id", ""),
+    )
+
+
+def entry_from_body(config: Config, path: Path) -> QueueEntry | None:
+    """The entry a queued body with no state file stands for (a message accepted and not yet
+    attempted), read without changing anything: for looking at a stopped daemon's queue. None
+    when its spool is no longer configured or it cannot be read (the daemon would set it aside
+    in failed/ when it next starts). Policy is not checked again here."""
+    spool = next((s for s in config.spools if s.key == path.parent.name), None)
+    if spool is None:
+        return None
+    try:
+        data = read_claimed(path, config.queue.max_message_size)
+        parsed = parse_message(data)
+    except (OSError, SpoolError):
+        return None
+    claimed = Claimed(spool, path.stem, path, path.name)
+    created = id_time(path.stem) or path.stat().st_mtime
+    return make_entry(
+        claimed, len(data), parsed, route_for(config, spool, parsed.sender), created, created
+    )
+
+
+def queued_entries(config: Config) -> list[QueueEntry]:
+    """Every entry in ``config``'s queue, read without a lock and without changing anything
+    (tests and tools looking at a stopped daemon's queue), oldest first: the state files, and
+    the bodies accepted with none yet."""
+    store = FileStore(config.queue.dir)
+    entries = {}
+    for path in store.state_dir.glob("*.json"):
+        entry = QueueEntry.from_json(path.read_bytes())
+        entries[entry.id] = entry
+    for body in store.messages_dir.glob("*/*.eml"):
+        if body.stem not in entries and body.parent.name != DSN_SOURCE:
+            found = entry_from_body(config, body)
+            if found is not None:
+                entries[found.id] = found
+    return sorted(entries.values(), key=lambda entry: (entry.created_at, entry.id))

@@ -35,7 +35,7 @@ def _is_dsn(args: tuple[Any, ...]) -> bool:
 POINTS: dict[str, tuple[type, str, str, Callable[[tuple[Any, ...]], bool]]] = {
     # The file was renamed out of the spool; no state file yet.
     "claim": (Spool, "claim", "after", lambda args: True),
-    # State files of a batch are durable: the messages are accepted.
+    # The bodies of a batch are durable (no state file yet): the messages are accepted.
     "state-write": (FileStore, "add_many_sync", "after", lambda args: not _is_dsn(args)),
     # The server said 250; mqd has not recorded it.
     "relay-accepted": (SMTPRelay, "deliver", "after", lambda args: True),

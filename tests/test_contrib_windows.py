@@ -28,6 +28,7 @@ from smtpserver import SMTPPeer
 from mqd.config import Config, QueueConfig
 from mqd.errors import ConfigError
 from mqd.inject import inject
+from mqd.intake import queued_entries
 from mqd.plugins import PluginHost
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +133,7 @@ def test_a_second_stop_cancels_the_delivery_and_keeps_the_message(
     runner.join()
     assert runner.error is None
     # Cancelled before the relay accepted it: still queued, retried after the restart.
-    assert len(list((plain_config.queue.dir / "state").glob("*.json"))) == 1
+    assert len(queued_entries(plain_config)) == 1
 
 
 def test_stop_before_the_daemon_exists_stops_it_after_recovery(

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import email
 import json
+import time
 from pathlib import Path
 
+import pytest
 from corehelpers import drop, make_message, run_once
 
 from mqd.config import Config
 from mqd.plugins import PluginHost
-from mqd.queue.entry import QueueEntry
+from mqd.queue.entry import QueueEntry, id_time
 
 
 async def test_delivers_and_strips_envelope_headers(
@@ -215,3 +217,21 @@ async def test_watch_picks_up_a_new_file_without_a_rescan(
         await asyncio.to_thread(smtp_server.wait_for, count + 1, 10)
         daemon.request_stop()
         await asyncio.wait_for(task, 10)
+
+
+async def test_a_body_recovered_without_state_keeps_its_age(
+    sink_config, spool: Path, queue_dir: Path, smtp_server, host: PluginHost
+) -> None:
+    """A message accepted and never attempted has no state file; taken in again from its body
+    after a crash, it keeps the age its queue id records, so its lifetime does not restart."""
+    config = sink_config(queue='retry = { initial = "1s", max = "1s", lifetime = "1h" }')
+    two_hours_ago = f"{int((time.time() - 7200) * 1000):011x}{'ab' * 5}"
+    assert id_time(two_hours_ago) == pytest.approx(time.time() - 7200, abs=1)
+    body_dir = queue_dir / "messages" / config.spools[0].key
+    body_dir.mkdir(parents=True)
+    (body_dir / f"{two_hours_ago}.eml").write_bytes(make_message(to=("temp-erin@example.net",)))
+    daemon = await run_once(config, host)
+    [bounce] = smtp_server.wait_for(1)
+    assert b"Status: 4.4.7" in bounce.data
+    assert daemon.queue_size == 0
+    assert [p.stem for p in (queue_dir / "failed").glob("*.json")] == [two_hours_ago]

@@ -22,8 +22,8 @@ from mqd.daemon import Daemon
 from mqd.errors import TransientRelayError
 from mqd.events import Event, EventKind
 from mqd.hookspecs import hookimpl
+from mqd.intake import queued_entries
 from mqd.plugins import PluginHost
-from mqd.queue.entry import QueueEntry
 from mqd.relays.base import Reply
 from mqd.relays.memory import MemoryRelay
 
@@ -100,10 +100,6 @@ plugin = "memory"
 """
 
 
-def queued(queue_dir: Path) -> list[QueueEntry]:
-    return [QueueEntry.from_json(p.read_bytes()) for p in (queue_dir / "state").glob("*.json")]
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -130,7 +126,7 @@ async def test_a_dead_primary_fails_over_to_the_backup_and_its_circuit_opens(
 
     assert set(recorder.delivered_by().values()) == {"backup"}
     assert len(MemoryRelay.instances["backup"].sent) == 6
-    assert queued(queue_dir) == []
+    assert queued_entries(config) == []
     # Three failures open the circuit; the other messages skip the primary without trying it.
     failovers = [r for r in caplog.records if "failing over to backup" in r.getMessage()]
     assert len(failovers) == 3
@@ -173,7 +169,7 @@ async def test_each_relay_used_is_recorded_in_the_message_state(
     MemoryRelay.instances["backup"].raise_error = TransientRelayError("backup down")
     await daemon.run()
 
-    [entry] = queued(queue_dir)
+    [entry] = queued_entries(config)
     assert entry.attempts == 1
     assert entry.route == ["primary", "backup"]
     assert [(h["relay"], h["outcome"]) for h in entry.history] == [
@@ -223,7 +219,7 @@ async def test_a_relay_that_asks_for_a_pause_is_not_used_until_then(
     before = time.time()
     await daemon.run()
 
-    entries = sorted(queued(queue_dir), key=lambda e: e.attempts)
+    entries = sorted(queued_entries(config), key=lambda e: e.attempts)
     assert [e.attempts for e in entries] == [0, 1]
     held, tried = entries
     # The one that was tried waits at least the asked-for 10 minutes, not the 1m backoff ...
@@ -241,7 +237,7 @@ async def test_all_relays_down_defers_with_one_counted_attempt(
     for name in ("primary", "backup"):
         MemoryRelay.instances[name].raise_error = TransientRelayError(f"{name} down")
     await daemon.run()
-    [entry] = queued(queue_dir)
+    [entry] = queued_entries(config)
     assert entry.attempts == 1
     assert entry.recipients[0].status.value == "pending"
     assert [e.data["relay"] for e in recorder.kinds(EventKind.DEFERRED)] == ["backup"]
@@ -261,7 +257,7 @@ async def test_an_hourly_quota_holds_a_burst_without_counting_or_bouncing(
         await (await start(config, events_host)).run()
 
     assert len(MemoryRelay.instances["limited"].sent) == 5
-    held = queued(queue_dir)
+    held = queued_entries(config)
     assert len(held) == 3
     assert all(e.attempts == 0 and e.history == [] for e in held)
     assert recorder.kinds(EventKind.BOUNCED) == [] and recorder.kinds(EventKind.DEFERRED) == []
@@ -273,7 +269,7 @@ async def test_an_hourly_quota_holds_a_burst_without_counting_or_bouncing(
     config = load_config(config.source)
     await (await start(config, events_host)).run()
     assert len(MemoryRelay.instances["limited"].sent) == 0
-    assert len(queued(queue_dir)) == 3
+    assert len(queued_entries(config)) == 3
 
 
 async def test_a_quota_overflow_takes_the_next_relay_of_the_route(
@@ -289,7 +285,7 @@ async def test_a_quota_overflow_takes_the_next_relay_of_the_route(
     await (await start(config, events_host)).run()
     relays = list(recorder.delivered_by().values())
     assert relays.count("limited") == 4 and relays.count("backup") == 3
-    assert queued(queue_dir) == []
+    assert queued_entries(config) == []
 
 
 async def test_a_per_second_quota_paces_a_burst(config_for, spool, events_host, recorder):
@@ -355,4 +351,4 @@ security = "none"
         "user2@example.net",
     ]
     assert set(recorder.delivered_by().values()) == {"backup"}
-    assert queued(queue_dir) == []
+    assert queued_entries(config) == []

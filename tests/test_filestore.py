@@ -137,18 +137,34 @@ async def test_add_many_then_recovery_round_trip(store: FileStore) -> None:
         await new.close()
 
 
-async def test_add_many_with_a_body_already_in_staging(store: FileStore) -> None:
+async def test_add_many_with_a_body_already_in_staging_writes_no_state_file(
+    store: FileStore,
+) -> None:
+    """A claimed body is its own record until the entry first changes: no state file at intake;
+    recovery gives the body back to be taken in again."""
     entry = make_entry()
     store.ensure_source_dir(entry.source)
     store.staging_path(entry.source, entry.id).write_bytes(b"claimed")
     await store.add_many([(entry, None)])
+    assert not store.state_path(entry.id).exists() and not store.has_state(entry.id)
     new, recovery = await reopen(store)
     try:
-        assert recovery.entries == [entry]
-        assert recovery.unaccepted == {}
-        assert await new.load_body(entry) == b"claimed"
+        assert recovery.entries == []
+        assert recovery.unaccepted == {entry.source: [store.body_path(entry)]}
     finally:
         await new.close()
+
+
+async def test_an_entry_accepted_without_state_gets_one_when_saved(store: FileStore) -> None:
+    entry = make_entry()
+    store.ensure_source_dir(entry.source)
+    store.staging_path(entry.source, entry.id).write_bytes(b"claimed")
+    await store.add_many([(entry, None)])
+    entry.attempts = 1
+    await store.save(entry)
+    assert store.has_state(entry.id)
+    await store.remove(entry)
+    assert not store.body_path(entry).exists() and not store.state_path(entry.id).exists()
 
 
 async def test_save_persists_the_new_state(store: FileStore) -> None:

@@ -106,7 +106,7 @@ def wait_until_empty(queue_dirs: list[Path], spool: Path, timeout: float = 60) -
     while time.monotonic() < deadline:
         busy = list(spool.glob("*.eml"))
         for queue in queue_dirs:
-            busy += list((queue / "state").glob("*.json")) if (queue / "state").exists() else []
+            busy += list(queue.glob("state/*.json")) + list(queue.glob("messages/*/*.eml"))
         if not busy:
             return
         time.sleep(0.1)
@@ -171,7 +171,7 @@ def test_sigkill_during_delivery_then_restart_delivers_everything(
     assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
     delivered_before = len(smtp_server.messages)
     assert delivered_before < N, "the daemon finished before it could be killed"
-    leftover = list((queue / "state").glob("*.json")) + list(spool.glob("*.eml"))
+    leftover = list(queue.glob("messages/*/*.eml")) + list(spool.glob("*.eml"))
     assert leftover, "nothing was left to recover"
 
     smtp_server.data_delay = 0

@@ -39,8 +39,18 @@ def failing(original: Callable[..., None], code: int, where: str) -> Callable[..
     return write
 
 
+def failing_dirs(original: Callable[..., None], code: int, where: str) -> Callable[..., None]:
+    def sync(dirs: list[Path]) -> None:
+        for directory in dirs:
+            if where in str(directory):
+                raise OSError(code, os.strerror(code), str(directory))
+        original(dirs)
+
+    return sync
+
+
 @pytest.mark.parametrize("code", FAULTS.values(), ids=FAULTS.keys())
-async def test_a_state_write_failing_at_intake_puts_the_file_back(
+async def test_a_directory_fsync_failing_at_intake_puts_the_file_back(
     code: int,
     plain_config: Config,
     spool: Path,
@@ -49,13 +59,16 @@ async def test_a_state_write_failing_at_intake_puts_the_file_back(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Intake writes no state file: the claimed body's directory fsync is what accepts the
+    message, and when it fails the file goes back into the spool."""
     path = drop(spool)
+    content = path.read_bytes()
     monkeypatch.setattr(
-        mqd.queue.filestore, "atomic_write", failing(mqd.fsutil.atomic_write, code, "/state/")
+        mqd.queue.filestore, "fsync_dirs", failing_dirs(mqd.fsutil.fsync_dirs, code, "/messages/")
     )
     with caplog.at_level(logging.ERROR):
         await run_once(plain_config, host)
-    assert path.exists(), "the file must be back in the spool, unchanged"
+    assert path.read_bytes() == content, "the file must be back in the spool, unchanged"
     assert smtp_server.messages == []
     assert os.strerror(code) in caplog.text and "go back into their spool" in caplog.text
 

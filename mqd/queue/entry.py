@@ -9,7 +9,14 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["STATE_VERSION", "QueueEntry", "RcptStatus", "RecipientState", "new_message_id"]
+__all__ = [
+    "STATE_VERSION",
+    "QueueEntry",
+    "RcptStatus",
+    "RecipientState",
+    "id_time",
+    "new_message_id",
+]
 
 #: Bumped when the on-disk state format changes incompatibly (new fields with defaults are not).
 STATE_VERSION = 1
@@ -20,6 +27,15 @@ HISTORY_LIMIT = 50
 def new_message_id() -> str:
     """A new queue id: sortable by creation time (ms, hex), then random."""
     return f"{int(time.time() * 1000):011x}{secrets.token_hex(5)}"
+
+
+def id_time(entry_id: str) -> float | None:
+    """When ``entry_id`` was made by ``new_message_id`` (None for an id of another form): a body
+    recovered without its state file keeps its age, so its expiry does not restart."""
+    try:
+        return int(entry_id[:11], 16) / 1000 if len(entry_id) == 21 else None
+    except ValueError:
+        return None
 
 
 class RcptStatus(StrEnum):

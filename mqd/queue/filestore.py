@@ -7,16 +7,23 @@
       queue-id                     random id naming this queue's claim area in foreign spools
       messages/<source>/<id>.eml   message bodies: claimed spool files, renamed here unchanged;
                                    <source> is the spool's key, or "dsn" for generated bounces
-      state/<id>.json              one entry's state; its presence means "accepted"
+      state/<id>.json              one entry's state, written when it first changes (a deferral,
+                                   a hold): a message delivered at its first attempt never has one
       failed/<id>.eml, <id>.json   messages that bounced or were refused, and why
       quarantine/                  state files that could not be read, with the reason
       quota.json                   recent send counts of relays with hourly/daily quotas
 
-Commit points: a state file written (temp, fsync, rename, directory fsync) accepts a message;
-unlinking the body finishes it (the state file goes right after; a state file whose body is
-gone is cleaned up at start-up). Every operation here is blocking; the async methods run them
-in worker threads so that the event loop never waits for the disk (even an unlink waits for
-the filesystem's journal while other files are being fsynced).
+Commit points: a claimed body, fsynced, with its directory fsynced, accepts a message (the body
+is the whole record of a message not yet attempted: recovery takes a body without a state file
+in again, as at intake); a state file (temp, fsync, rename, directory fsync) records every
+change after that; unlinking the body finishes it (the state file, if any, goes right after; a
+state file whose body is gone is cleaned up at start-up). Not writing a state file at intake
+saves, per message, a JSON dump, a write, an fsync, a rename and an unlink, and halves the fsyncs
+between a drop in the spool and the first attempt.
+
+Every operation here is blocking; the async methods run them in worker threads so that the
+event loop never waits for the disk (even an unlink waits for the filesystem's journal while
+other files are being fsynced).
 
 A body just taken in is kept in memory for its first delivery (``keep_body``; small bodies,
 a few MiB in all, oldest dropped first), so that a message delivered right away costs no second
@@ -152,11 +159,13 @@ class FileStore(QueueStore):
             lambda items: _each(_read_body, items)
         )
         self._saves: _Grouped[tuple[Path, bytes], None] = _Grouped(self._save_many)
-        self._removals: _Grouped[QueueEntry, None] = _Grouped(
-            lambda entries: _each(self._remove, entries)
+        self._removals: _Grouped[tuple[QueueEntry, bool], None] = _Grouped(
+            lambda items: _each(self._remove, items)
         )
         self._kept: dict[str, bytes] = {}
         self._kept_bytes = 0
+        #: Entries accepted with no state file yet (their body is their record).
+        self._unsaved: set[str] = set()
 
     # -- open / close ---------------------------------------------------------------------------
 
@@ -234,18 +243,30 @@ class FileStore(QueueStore):
             await asyncio.to_thread(self.add_many_sync, items)
 
     def add_many_sync(self, items: list[tuple[QueueEntry, bytes | None]]) -> None:
-        """``add_many`` for callers already in a worker thread."""
-        dirs: list[Path] = [self.state_dir]
+        """``add_many`` for callers already in a worker thread.
+
+        A claimed body (``None``: already at its path and fsynced) needs only its directory
+        fsynced: recovery rebuilds its entry from it. A generated message (a bounce) gets its
+        state file, since what it was generated for is not in its body.
+        """
+        dirs: list[Path] = []
+        claimed: list[str] = []
         for entry, body in items:
             if body is not None:
                 path = self.body_path(entry)
                 self.ensure_source_dir(entry.source)
                 atomic_write(path, body, sync_dir=False)
-                dirs.append(path.parent)
+                atomic_write(self.state_path(entry.id), entry.to_json(), sync_dir=False)
+                dirs += [path.parent, self.state_dir]
             else:
                 dirs.append(self.body_path(entry).parent)
-            atomic_write(self.state_path(entry.id), entry.to_json(), sync_dir=False)
-        fsync_dirs(dirs)  # one fsync per directory for the whole batch
+                claimed.append(entry.id)
+        fsync_dirs(list(dict.fromkeys(dirs)))  # one fsync per directory for the whole batch
+        self._unsaved.update(claimed)
+
+    def has_state(self, entry_id: str) -> bool:
+        """Whether ``entry_id``'s state file exists (False for one accepted and never saved)."""
+        return entry_id not in self._unsaved and self.state_path(entry_id).exists()
 
     def keep_body(self, entry_id: str, body: bytes) -> None:
         """Remember the body just read at intake for its first ``load_body`` (small ones only)."""
@@ -271,6 +292,7 @@ class FileStore(QueueStore):
 
     async def save(self, entry: QueueEntry) -> None:
         # Serialised now, on the event loop: the entry may change while the write waits.
+        self._unsaved.discard(entry.id)  # from here on a removal must look for a state file
         await self._saves.run((self.state_path(entry.id), entry.to_json()))
 
     def _save_many(self, states: list[tuple[Path, bytes]]) -> list[BaseException | None]:
@@ -285,17 +307,22 @@ class FileStore(QueueStore):
 
     async def remove(self, entry: QueueEntry) -> None:
         self._forget(entry.id)
-        await self._removals.run(entry)
+        has_state = entry.id not in self._unsaved
+        self._unsaved.discard(entry.id)
+        await self._removals.run((entry, has_state))
 
-    def _remove(self, entry: QueueEntry) -> None:
+    def _remove(self, item: tuple[QueueEntry, bool]) -> None:
         # Unlinking the body is the commit point; a leftover state file is cleaned at start-up.
+        entry, has_state = item
         with contextlib.suppress(FileNotFoundError):
             self.body_path(entry).unlink()
-        with contextlib.suppress(FileNotFoundError):
-            self.state_path(entry.id).unlink()
+        if has_state:
+            with contextlib.suppress(FileNotFoundError):
+                self.state_path(entry.id).unlink()
 
     async def fail(self, entry: QueueEntry, reason: dict[str, Any]) -> Path:
         self._forget(entry.id)
+        self._unsaved.discard(entry.id)
         return await asyncio.to_thread(self._fail, entry, reason)
 
     def _fail(self, entry: QueueEntry, reason: dict[str, Any]) -> Path:

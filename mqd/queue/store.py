@@ -2,7 +2,9 @@
 
 Contract, for every implementation:
 
-* ``add_many`` returns only when the entries (state and body) would survive a crash.
+* ``add_many`` returns only when the entries would survive a crash (for a claimed body, the body
+  alone may be the record: ``open`` then gives it back in ``Recovery.unaccepted``, to be taken
+  in again as at intake).
 * ``save`` is durable on return; a crash leaves the old state or the new one, never a torn one.
 * ``remove`` and ``fail`` are the only ways an entry leaves the queue.
 * ``open`` takes an exclusive lock (one daemon per store) and recovers what is there.
@@ -26,7 +28,9 @@ class Recovery:
 
     #: Accepted entries, to schedule.
     entries: list[QueueEntry] = field(default_factory=list)
-    #: Claimed files that were never accepted (a crash during intake), by spool key.
+    #: Claimed bodies with no state file, by spool key: messages accepted and never attempted
+    #: or deferred (a state file is written at the first change), or claimed by an intake that
+    #: a crash interrupted. Both are taken in again from the body.
     unaccepted: dict[str, list[Path]] = field(default_factory=dict)
     #: What recovery did that an operator should hear about.
     notes: list[str] = field(default_factory=list)

@@ -22,6 +22,7 @@ from ..config import Config, load_config
 from ..daemon import Daemon, async_run
 from ..fsutil import atomic_write, make_dirs
 from ..inject import inject
+from ..intake import queued_entries
 from ..plugins import PluginHost
 from ..queue.entry import QueueEntry
 from ..queue.filestore import FileStore
@@ -149,9 +150,7 @@ class Harness:
 
     def queued(self) -> list[QueueEntry]:
         """The entries still in the queue (waiting for a retry), oldest first."""
-        store = self._store()
-        entries = [QueueEntry.from_json(p.read_bytes()) for p in store.state_dir.glob("*.json")]
-        return sorted(entries, key=lambda entry: (entry.created_at, entry.id))
+        return queued_entries(self._require_config())
 
     def failed(self) -> list[dict[str, Any]]:
         """The reason record (``<id>.json``) of each message in ``failed/``, oldest first; the
