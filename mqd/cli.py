@@ -338,7 +338,7 @@ def plugins(as_json: bool) -> None:
 
     host = PluginHost()
     infos = host.describe()
-    types = sorted(host.relay_classes())
+    types = sorted(host.relay_names())
     if as_json:
         document = {"plugins": [dataclasses.asdict(info) for info in infos], "relay_types": types}
         click.echo(json.dumps(document, indent=2))

@@ -24,13 +24,17 @@ __all__ = ["hookimpl", "hookspec"]
 hookspec = pluggy.HookspecMarker("mqd")
 hookimpl = pluggy.HookimplMarker("mqd")
 
-#: ``register(plugin_name, relay_class)``: what ``mqd_register_relays`` receives.
-RegisterRelay = Callable[[str, "type[Relay]"], None]
+#: ``register(plugin_name, relay_class)``: what ``mqd_register_relays`` receives. The class may
+#: be given as a ``"module:Class"`` path, imported only when a config uses the relay.
+RegisterRelay = Callable[[str, "type[Relay] | str"], None]
 
 
 @hookspec
 def mqd_register_relays(register: RegisterRelay) -> None:
-    """Register relay classes: ``register("smtp", SMTPRelay)``.
+    """Register relay classes: ``register("smtp", SMTPRelay)``, or by path,
+    ``register("ses", "mqd_ses.relay:SESRelay")``: then the module is imported only when a
+    config uses the relay, and a daemon that does not starts without it (an HTTP client and a
+    cloud SDK cost a start hundreds of milliseconds).
 
     The name is what a config's ``plugin = "..."`` selects. Every implementation is called;
     registering a taken name is an error reported against the plugin loaded later (the core

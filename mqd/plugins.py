@@ -81,7 +81,8 @@ class PluginHost:
         self.pm = pluggy.PluginManager("mqd")
         self.pm.add_hookspecs(hookspecs)
         self.infos: list[PluginInfo] = []
-        self._relay_classes: dict[str, type[Relay]] | None = None
+        self._registered: dict[str, type[Relay] | str] | None = None
+        self._plugin_of_relay: dict[str, str] = {}
         self._relays_by_plugin: dict[str, list[str]] = {}
         self._problems: dict[str, list[str]] = {}
         for module_name in DEFAULT_PLUGINS:
@@ -187,22 +188,69 @@ class PluginHost:
         """Call one implementation with the arguments it declares (a subset is allowed)."""
         return impl.function(*(kwargs[name] for name in impl.argnames))
 
+    def relay_names(self) -> list[str]:
+        """The relay names plugins registered (``plugin = "smtp"``), without importing any
+        relay registered lazily by module path."""
+        return list(self._registrations())
+
+    def relay_class(self, name: str) -> type[Relay] | None:
+        """The relay class registered as ``name`` (imported now if it was registered by path),
+        or None. PluginError when a path does not name a Relay subclass."""
+        registered = self._registrations().get(name)
+        if registered is None or isinstance(registered, type):
+            return registered
+        plugin = self._plugin_of_relay[name]
+        module_name, _, attribute = registered.partition(":")
+        try:
+            relay_class = getattr(importlib.import_module(module_name), attribute)
+        except Exception as exc:
+            raise PluginError(
+                f"{plugin} registered the relay {name!r} as {registered!r}, which does not "
+                f"load: {exc!r}"
+            ) from exc
+        if not (isinstance(relay_class, type) and issubclass(relay_class, Relay)):
+            raise PluginError(f"{plugin} registered {registered!r}, not a Relay subclass")
+        self._registrations()[name] = relay_class
+        return relay_class
+
     def relay_classes(self) -> dict[str, type[Relay]]:
-        """Every relay class plugins registered, by plugin name (``plugin = "smtp"``)."""
-        if self._relay_classes is not None:
-            return self._relay_classes
+        """Every relay class plugins registered, by name, all imported (``relay_class`` imports
+        only the one a config uses)."""
         classes: dict[str, type[Relay]] = {}
+        for name in self.relay_names():
+            try:
+                relay_class = self.relay_class(name)
+            except PluginError as exc:
+                log.error("%s", exc)
+                continue
+            if relay_class is not None:
+                classes[name] = relay_class
+        return classes
+
+    def _registrations(self) -> dict[str, type[Relay] | str]:
+        if self._registered is not None:
+            return self._registered
+        registered: dict[str, type[Relay] | str] = {}
         # In registration order (core, installed, extra): a name is kept by the plugin that was
         # there first, and the error names the newcomer that tried to take it.
         for impl in self.pm.hook.mqd_register_relays.get_hookimpls():
             plugin_name = impl.plugin_name
 
-            def register(name: str, relay_class: type[Relay], _plugin: str = plugin_name) -> None:
-                if not (isinstance(relay_class, type) and issubclass(relay_class, Relay)):
-                    raise PluginError(f"{_plugin} registered {relay_class!r}, not a Relay subclass")
-                if name in classes:
+            def register(
+                name: str, relay_class: type[Relay] | str, _plugin: str = plugin_name
+            ) -> None:
+                lazy = isinstance(relay_class, str) and ":" in relay_class
+                if not lazy and not (
+                    isinstance(relay_class, type) and issubclass(relay_class, Relay)
+                ):
+                    raise PluginError(
+                        f"{_plugin} registered {relay_class!r}, not a Relay subclass "
+                        "(nor a 'module:Class' path to one)"
+                    )
+                if name in registered:
                     raise PluginError(f"{_plugin} registered the relay name {name!r} again")
-                classes[name] = relay_class
+                registered[name] = relay_class
+                self._plugin_of_relay[name] = _plugin
                 self._relays_by_plugin.setdefault(_plugin, []).append(name)
 
             try:
@@ -212,8 +260,8 @@ class PluginHost:
                 self._problems.setdefault(plugin_name, []).append(
                     f"mqd_register_relays raised {exc!r}"
                 )
-        self._relay_classes = classes
-        return classes
+        self._registered = registered
+        return registered
 
     def check_policy(
         self, message: ParsedMessage, spool: SpoolConfig, relay_name: str, config: Config
@@ -264,7 +312,7 @@ class PluginHost:
 
     def describe(self) -> list[PluginInfo]:
         """Every plugin in load order, disabled ones included, with the relays it registered."""
-        self.relay_classes()
+        self._registrations()
         return [
             dataclasses.replace(
                 info,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import Config
-from .errors import ConfigError
+from .errors import ConfigError, PluginError
 from .plugins import PluginHost
 from .relays.base import Relay
 from .units import format_duration
@@ -16,12 +16,18 @@ __all__ = ["build_relays", "effective_config"]
 
 def build_relays(config: Config, host: PluginHost) -> dict[str, Relay]:
     """One relay per ``[relays.<name>]`` table. Raises ConfigError naming the file and key."""
-    classes = host.relay_classes()
     relays: dict[str, Relay] = {}
     for name, relay_config in config.relays.items():
-        relay_class = classes.get(relay_config.plugin)
+        try:
+            relay_class = host.relay_class(relay_config.plugin)
+        except PluginError as exc:
+            raise ConfigError(
+                f"the relay plugin {relay_config.plugin!r} failed to load: {exc}",
+                path=config.source,
+                key=f"relays.{name}.plugin",
+            ) from exc
         if relay_class is None:
-            known = ", ".join(sorted(classes)) or "none"
+            known = ", ".join(sorted(host.relay_names())) or "none"
             raise ConfigError(
                 f"no relay plugin named {relay_config.plugin!r} is installed (installed: {known}; "
                 "'mqd plugins' lists them)",

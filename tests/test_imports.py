@@ -148,3 +148,19 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
         mqd.Relya  # noqa: B018
     with pytest.raises(ImportError):
         from mqd import Relya  # type: ignore[attr-defined]  # noqa: F401
+
+
+def test_the_installed_plugins_load_without_their_relays() -> None:
+    """Every daemon start loads every installed plugin: the SES and SendGrid plugins register
+    their relays by path, so a config that uses neither never imports botocore, aiohttp, httpx
+    or cryptography (hundreds of milliseconds of start-up)."""
+    code = (
+        "import sys; from mqd.plugins import PluginHost; host = PluginHost();"
+        "names = host.relay_names(); assert {'ses', 'sendgrid'} <= set(names), names;"
+        "print(sorted(m.split('.')[0] for m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = set(eval(proc.stdout))  # a printed list of module names
+    assert loaded.isdisjoint({"aiohttp", "botocore", "cryptography", "httpx"})

@@ -16,6 +16,7 @@ from mqd import DeliveryResult, Envelope, Relay, Reply, hookimpl
 from mqd.config import load_config
 from mqd.errors import ConfigError, PluginError
 from mqd.events import Event, EventKind
+from mqd.hookspecs import RegisterRelay
 from mqd.plugins import PluginHost
 from mqd.relays.memory import MemoryRelay
 from mqd.runtime import build_relays
@@ -418,3 +419,19 @@ def test_mqd_plugins_lists_versions_relays_and_disabled_plugins(
     assert "ModuleNotFoundError" in by_dist["mqd-broken"]["error"]
     assert by_dist["mqd-typo"]["hooks"] == []
     assert {"good", "memory", "outbox", "smtp"} <= set(document["relay_types"])
+
+
+class _LazyRelays:
+    @hookimpl
+    def mqd_register_relays(self, register: RegisterRelay) -> None:
+        register("lazy-memory", "mqd.relays.memory:MemoryRelay")
+        register("lazy-broken", "mqd_no_such_module:Relay")
+
+
+def test_a_relay_registered_by_path_is_imported_when_used() -> None:
+    host = PluginHost(entry_points=False, extra=[_LazyRelays()])
+    assert {"lazy-memory", "lazy-broken"} <= set(host.relay_names())
+    assert host.relay_class("lazy-memory") is MemoryRelay
+    with pytest.raises(PluginError, match=r"lazy-broken.*does not load.*mqd_no_such_module"):
+        host.relay_class("lazy-broken")
+    assert "lazy-broken" not in host.relay_classes()  # logged and left out

@@ -8,14 +8,17 @@ the Signed Event Webhook (``SendGridWebhook``; ``mqd_sendgrid.testing`` signs ev
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from mqd import Relay, hookimpl
+from mqd import hookimpl
+from mqd.hookspecs import RegisterRelay
 
-from .convert import Conversion, to_sendgrid
-from .relay import SendGridRelay
-from .settings import SendGridSettings
-from .webhook import SendGridWebhook
+if TYPE_CHECKING:
+    from .convert import Conversion, to_sendgrid
+    from .relay import SendGridRelay
+    from .settings import SendGridSettings
+    from .webhook import SendGridWebhook
 
 __all__ = [
     "Conversion",
@@ -30,6 +33,23 @@ __all__ = [
 __version__ = "0.1.0"
 
 
+#: Where each public name lives: imported on first use, so that loading the plugin (every
+#: mqd start does) costs no HTTP client and no cryptography.
+_LAZY = {
+    "Conversion": "convert",
+    "to_sendgrid": "convert",
+    "SendGridRelay": "relay",
+    "SendGridSettings": "settings",
+    "SendGridWebhook": "webhook",
+}
+
+
 @hookimpl
-def mqd_register_relays(register: Callable[[str, type[Relay]], None]) -> None:
-    register("sendgrid", SendGridRelay)
+def mqd_register_relays(register: RegisterRelay) -> None:
+    register("sendgrid", "mqd_sendgrid.relay:SendGridRelay")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,14 +6,26 @@ select it with ``plugin = "ses"`` in a ``[relays.<name>]`` table. See docs/plugi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from mqd import hookimpl
 from mqd.hookspecs import RegisterRelay
 
-from .relay import SESRelay
+if TYPE_CHECKING:
+    from .relay import SESRelay
 
 __all__ = ["SESRelay", "mqd_register_relays"]
 
 
 @hookimpl
 def mqd_register_relays(register: RegisterRelay) -> None:
-    register("ses", SESRelay)
+    # By path: botocore, aiohttp and cryptography load only when a config uses the relay.
+    register("ses", "mqd_ses.relay:SESRelay")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SESRelay":
+        from .relay import SESRelay
+
+        return SESRelay
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
