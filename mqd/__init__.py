@@ -10,8 +10,6 @@ per message, and importing the package must not cost it email.policy, pluggy or 
 
 from __future__ import annotations
 
-from importlib import import_module
-
 # Not typing.TYPE_CHECKING: importing typing alone costs the sendmail path a few ms. Type checkers
 # treat any name TYPE_CHECKING as true.
 TYPE_CHECKING = False
@@ -106,6 +104,8 @@ if not TYPE_CHECKING:  # hidden from type checkers, so that a misspelt name stay
         module = _LAZY.get(name)
         if module is None:
             raise AttributeError(f"module 'mqd' has no attribute {name!r}")
+        from importlib import import_module  # here: importlib costs mqd sendmail an import
+
         value = getattr(import_module(module, __name__), name)
         globals()[name] = value  # resolved once; later lookups do not come here
         return value

@@ -21,8 +21,7 @@ Relays translate their library's exceptions (aiosmtplib, httpx, ...) into
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers know it)
 if TYPE_CHECKING:
     from pathlib import Path
 

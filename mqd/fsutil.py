@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers know it)
 if TYPE_CHECKING:  # paths are os.PathLike at run time: pathlib costs mqd sendmail a few ms
     from collections.abc import Iterable
     from pathlib import Path
@@ -42,8 +41,10 @@ def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True, mode: int = 
         write_durably(tmp, data, mode=mode)
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 - contextlib would cost mqd sendmail an import
             tmp.unlink()
+        except OSError:
+            pass
         raise
     if sync_dir:
         fsync_dirs([path.parent])

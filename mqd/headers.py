@@ -5,15 +5,14 @@ module directly, because it runs once per message and importing ``dataclasses`` 
 ``email`` package) would cost it more than a bare interpreter's start.
 
 Address headers in the plain forms nearly all mail uses (``a@b.c``, ``Name <a@b.c>``,
-``"Doe, Jane" <a@b.c>``, comma-separated) are read by a regular expression; anything else
+``"Doe, Jane" <a@b.c>``, comma-separated) are read by a small scanner (no ``re``: importing it
+costs ``mqd sendmail`` more than half a bare interpreter's start); anything else
 (comments, groups, quoted local parts, non-ASCII, ...) goes to the standard library's RFC 5322
 parser, loaded only then: it costs tens of milliseconds to import and a hundred microseconds or
 so per header to run.
 """
 
 from __future__ import annotations
-
-import re
 
 from .errors import MessageParseError
 
@@ -26,17 +25,14 @@ __all__ = [
     "unfold",
 ]
 
-_FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
 ENVELOPE_FIELDS = frozenset({b"x-sender", b"x-receiver"})
 _MAX_ADDRESS = 254
-
-# RFC 5322 dot-atoms, and the display names that cannot hide a comma or a bracket: atoms
-# separated by blanks, or one quoted string without escapes.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"
-_DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
-_ADDR_SPEC = rf"{_DOT_ATOM}@{_DOT_ATOM}"
-_PHRASE = rf'(?:{_ATEXT}+(?:[ \t]+{_ATEXT}+)*|"[^"\\\r\n]*")'
-_PLAIN_MAILBOX = re.compile(rf"[ \t]*(?:({_ADDR_SPEC})|(?:{_PHRASE}[ \t]*)?<({_ADDR_SPEC})>)[ \t]*")
+#: The bytes of a header field name (RFC 5322: printable ASCII except the colon).
+_NAME_BYTES = bytes(b for b in range(33, 127) if b != 58)
+#: RFC 5322 atext: what a dot-atom (and an unquoted display-name word) is made of.
+_ATEXT = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-/=?^_`{|}~"
+)
 
 
 def read_envelope(
@@ -150,8 +146,8 @@ def split_header(data: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
             name, raw = fields[-1]
             fields[-1] = (name, raw + line)
         else:
-            match = _FIELD_NAME.match(line)
-            if not match:
+            field = _field_name(line)
+            if field is None:
                 if not fields:
                     raise MessageParseError(
                         "the first line is not a header field: this is not an RFC 5322 message"
@@ -160,12 +156,18 @@ def split_header(data: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
                     f"header line {len(fields) + 1} is not a header field: "
                     f"{line[:60].decode('utf-8', 'replace').rstrip()!r}"
                 )
-            fields.append((match.group(1), line))
+            fields.append((field, line))
         pos = end
     return fields, b""
 
 
-_FOLD = re.compile(r"\r?\n(?=[ \t])")
+def _field_name(line: bytes) -> bytes | None:
+    """The name of the field ``line`` starts (``Name:`` or ``Name :``), or None."""
+    colon = line.find(b":")
+    name = line[:colon].rstrip(b" \t")
+    if colon <= 0 or not name or name.translate(None, _NAME_BYTES):
+        return None
+    return name
 
 
 def unfold(raw: bytes) -> str:
@@ -174,7 +176,14 @@ def unfold(raw: bytes) -> str:
     refused rather than read as something else (``<a@x>\\rRCPT TO:<b@y>`` is not ``b@y``)."""
     value = raw.split(b":", 1)[1]
     text = value.decode("utf-8", "surrogateescape")
-    text = _FOLD.sub("", text)
+    if "\n" in text:  # a fold is a line break (LF or CRLF) before a space or tab
+        pieces = text.split("\n")
+        text = pieces[0]
+        for piece in pieces[1:]:
+            if piece[:1] in (" ", "\t"):
+                text = (text[:-1] if text.endswith("\r") else text) + piece
+            else:
+                text += "\n" + piece
     return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
 
 
@@ -191,22 +200,83 @@ def _selected_headers(fields: list[tuple[bytes, bytes]], wanted: tuple[str, ...]
 def _plain_addresses(value: str) -> list[str] | None:
     """The addresses of a plain mailbox list (see the module docstring), or None when the value
     is anything else and needs the full parser. Both give the same addresses for a plain list
-    (tests/test_perf_addresses.py checks it against the full parser)."""
+    (tests/test_perf_addresses.py checks it against the full parser and a regular expression)."""
     if not value.isascii():
         return None
     found: list[str] = []
     pos, end = 0, len(value)
     while True:
-        match = _PLAIN_MAILBOX.match(value, pos)
-        if match is None:
+        mailbox = _plain_mailbox(value, pos)
+        if mailbox is None:
             return None
-        found.append(match.group(1) or match.group(2))
-        pos = match.end()
+        address, pos = mailbox
+        found.append(address)
         if pos == end:
             return found
         if value[pos] != ",":
             return None
         pos += 1
+
+
+def _plain_mailbox(value: str, pos: int) -> tuple[str, int] | None:
+    """One mailbox at ``pos``, with the blanks around it: ``addr-spec``, or an optional display
+    name (words of atext, or one quoted string without escapes) and ``<addr-spec>``. Returns
+    the address and where the scan stopped."""
+    pos = _skip_blanks(value, pos)
+    end = _addr_spec_end(value, pos)
+    if end >= 0:
+        return value[pos:end], _skip_blanks(value, end)
+    if pos < len(value) and value[pos] == '"':
+        close = pos + 1
+        while close < len(value) and value[close] not in '"\\\r\n':
+            close += 1
+        if close >= len(value) or value[close] != '"':
+            return None
+        pos = _skip_blanks(value, close + 1)
+    else:
+        word_end = _atext_end(value, pos)
+        while word_end > pos:  # words of atext separated by blanks
+            after = _skip_blanks(value, word_end)
+            pos = after
+            if after == word_end:
+                break
+            word_end = _atext_end(value, after)
+    if pos >= len(value) or value[pos] != "<":
+        return None
+    end = _addr_spec_end(value, pos + 1)
+    if end < 0 or end >= len(value) or value[end] != ">":
+        return None
+    return value[pos + 1 : end], _skip_blanks(value, end + 1)
+
+
+def _skip_blanks(value: str, pos: int) -> int:
+    while pos < len(value) and value[pos] in " \t":
+        pos += 1
+    return pos
+
+
+def _atext_end(value: str, pos: int) -> int:
+    while pos < len(value) and value[pos] in _ATEXT:
+        pos += 1
+    return pos
+
+
+def _dot_atom_end(value: str, pos: int) -> int:
+    """The end of the longest dot-atom at ``pos`` (atext runs joined by single dots), or -1."""
+    end = _atext_end(value, pos)
+    if end == pos:
+        return -1
+    while end + 1 < len(value) and value[end] == "." and value[end + 1] in _ATEXT:
+        end = _atext_end(value, end + 1)
+    return end
+
+
+def _addr_spec_end(value: str, pos: int) -> int:
+    """The end of ``dot-atom@dot-atom`` at ``pos``, or -1."""
+    local_end = _dot_atom_end(value, pos)
+    if local_end < 0 or local_end >= len(value) or value[local_end] != "@":
+        return -1
+    return _dot_atom_end(value, local_end + 1)
 
 
 def _addresses(value: str, name: str) -> list[str]:

@@ -11,13 +11,12 @@ time (no pathlib, no secrets: the name's random part comes from ``os.urandom``).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from typing import TYPE_CHECKING
 
 from .fsutil import fsync_dirs, make_dirs, write_durably
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers know it)
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
     from pathlib import Path
@@ -58,8 +57,10 @@ def write_to_spool(spool: StrPath, messages: Iterable[bytes]) -> list[str]:
                 write_durably(tmp, message, mode=0o640)
                 os.rename(tmp, os.path.join(spool, name))
             except BaseException:
-                with contextlib.suppress(OSError):
+                try:  # noqa: SIM105 - contextlib would cost mqd sendmail an import
                     os.unlink(tmp)
+                except OSError:
+                    pass
                 raise
             written.append(os.path.join(spool, name))
     finally:

@@ -1,9 +1,9 @@
 """From spool file to queue entry: claim, open safely, parse, check policy, persist.
 
-A batch is claimed, read and parsed in a worker thread, checked against policy on the event
-loop (plugins run there), then persisted in one more worker-thread step: accepted entries in
-one ``add_many`` (the bodies' directory fsynced once per batch; no state file is written until a
-message is first deferred), refused files to failed/ with the reason.
+A batch is claimed, read, parsed and made durable in one worker-thread hop (the bodies'
+directory fsynced once per batch; no state file is written until a message is first deferred),
+then checked against policy on the event loop (plugins run there); refused files go to failed/
+with the reason in one more hop, taken only when there are any.
 Refused mail never gets a bounce: it was never accepted, and a bounce would be backscatter.
 """
 
@@ -64,7 +64,9 @@ class Intake:
         """Queue files already claimed: bodies recovered with no state file (accepted and never
         deferred, or claimed by an intake a crash interrupted). They keep the age their id
         records."""
-        reads = await asyncio.to_thread(lambda: [self._read(c) for c in claimed])
+        reads = await asyncio.to_thread(
+            lambda: self._make_durable([self._read(c) for c in claimed])
+        )
         return await self._finish(reads, recovered=True)
 
     def _claim_and_read(self, spool: Spool, names: list[str]) -> list[_Read]:
@@ -77,6 +79,27 @@ class Intake:
                 continue
             if claimed is not None:
                 reads.append(self._read(claimed))
+        return self._make_durable(reads)
+
+    def _make_durable(self, reads: list[_Read]) -> list[_Read]:
+        """Fsync the directories the batch was claimed into, in the same worker-thread hop as
+        the claims and reads: with the bodies already fsynced, the batch then survives a crash
+        (recovery takes it in again, policy included), so accepting it later on the event loop
+        needs no more I/O. If the fsync fails, the files go back into their spool."""
+        try:
+            self.store.sync_claimed([read.claimed.path for read in reads])
+        except OSError as exc:
+            log.error(
+                "cannot write the queue directory %s (%s): %d message(s) go back into their "
+                "spool and are taken again at the next scan",
+                self.store.messages_dir,
+                exc,
+                len(reads),
+            )
+            self.write_failed = True
+            for read in reads:
+                self._unclaim(read)
+            return []
         return reads
 
     def _read(self, claimed: Claimed) -> _Read:
@@ -122,9 +145,9 @@ class Intake:
                     make_entry(read.claimed, read.size, read.parsed, route, created, now)
                 )
         accepted_reads = [r for r in reads if r.error is None and r.parsed is not None]
-        accepted, rejected = await asyncio.to_thread(
-            self._persist, accepted, accepted_reads, rejected
-        )
+        self.store.add_claimed(accepted)  # durable already (see _make_durable)
+        if rejected:
+            rejected = await asyncio.to_thread(self._reject, rejected)
         for read in rejected:
             self._log_rejection(read)
         kept = {r.claimed.entry_id: r.data for r in accepted_reads if r.data is not None}
@@ -144,12 +167,9 @@ class Intake:
             self.emit(Event(EventKind.QUEUED, entry.id, entry.summary()))
         return accepted
 
-    def _persist(
-        self, accepted: list[QueueEntry], accepted_reads: list[_Read], rejected: list[_Read]
-    ) -> tuple[list[QueueEntry], list[_Read]]:
-        """Write the batch; what cannot be written goes back into its spool (taken again at the
-        next scan), so a full disk or an I/O error delays mail and never loses it. Returns what
-        was accepted and what was moved to failed/."""
+    def _reject(self, rejected: list[_Read]) -> list[_Read]:
+        """Move refused files to failed/ with the reason; one that cannot be moved goes back
+        into its spool. Returns those moved."""
         moved = []
         for read in rejected:
             try:
@@ -159,25 +179,7 @@ class Intake:
                 self._unclaim(read)
             else:
                 moved.append(read)
-        try:
-            self.store.add_many_sync([(entry, None) for entry in accepted])
-        except OSError as exc:
-            log.error(
-                "cannot write the queue state in %s (%s): %d message(s) go back into their "
-                "spool and are taken again at the next scan",
-                self.store.state_dir,
-                exc,
-                len(accepted),
-            )
-            self.write_failed = True
-            kept = []
-            for entry, read in zip(accepted, accepted_reads, strict=True):
-                if self.store.state_path(entry.id).exists():
-                    kept.append(entry)  # its state was written before the failure: accepted
-                else:
-                    self._unclaim(read)
-            return kept, moved
-        return accepted, moved
+        return moved
 
     @staticmethod
     def _unclaim(read: _Read) -> None:

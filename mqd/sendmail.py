@@ -25,18 +25,32 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, MessageParseError, MQDError
-from .exitcodes import ExitCode
 from .headers import address_problem, envelope_address, read_envelope
 from .inject import envelope_lines, write_to_spool
+from .tomlsubset import read_subset
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers know it)
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import BinaryIO
+    from typing import Any, BinaryIO
 
 __all__ = ["SendmailArgs", "main", "parse_args"]
+
+
+class ExitCode:
+    """``mqd.exitcodes.ExitCode``'s values as plain ints: that one is an IntEnum, and importing
+    ``enum`` costs this path a few ms (tests/test_perf_sendmail.py keeps the two equal)."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 64
+    DATAERR = 65
+    CANTCREAT = 73
+    TEMPFAIL = 75
+    CONFIG = 78
+
 
 USAGE = "usage: mqd sendmail [-t] [-i] [-f sender] [-F fullname] [recipient ...] < message"
 HELP = f"""{USAGE}
@@ -271,12 +285,15 @@ def _light_settings(config: str | None) -> tuple[str, str | None]:
     path = _locate(config)
     if path is None:  # embedded defaults: rare outside development, so no shortcut
         raise _FullConfigNeeded
-    import tomllib
-
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError):
+            raw = fh.read()
+        data = read_subset(raw.decode("utf-8"))
+        if data is None:  # beyond the subset the light reader knows: the real parser
+            import tomllib
+
+            data = tomllib.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):  # TOMLDecodeError is a ValueError
         raise _FullConfigNeeded from None
     base = os.path.dirname(path)
     sendmail = _table(data.get("sendmail", {}))

@@ -35,8 +35,8 @@ def _is_dsn(args: tuple[Any, ...]) -> bool:
 POINTS: dict[str, tuple[type, str, str, Callable[[tuple[Any, ...]], bool]]] = {
     # The file was renamed out of the spool; no state file yet.
     "claim": (Spool, "claim", "after", lambda args: True),
-    # The bodies of a batch are durable (no state file yet): the messages are accepted.
-    "state-write": (FileStore, "add_many_sync", "after", lambda args: not _is_dsn(args)),
+    # The bodies of a batch and their directory are fsynced (no state file yet): accepted.
+    "accepted": (FileStore, "sync_claimed", "after", lambda args: True),
     # The server said 250; mqd has not recorded it.
     "relay-accepted": (SMTPRelay, "deliver", "after", lambda args: True),
     # Delivered and recorded as done, about to unlink.

@@ -63,7 +63,7 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
     ("point", "nth"),
     [
         ("claim", 3),
-        ("state-write", 1),
+        ("accepted", 1),
         ("relay-accepted", 2),
         ("before-removal", 2),
         ("bounce-before-dsn", 1),

@@ -164,3 +164,17 @@ def test_the_installed_plugins_load_without_their_relays() -> None:
     )
     loaded = set(eval(proc.stdout))  # a printed list of module names
     assert loaded.isdisjoint({"aiohttp", "botocore", "cryptography", "httpx"})
+
+
+def test_mqd_sendmail_command_loads_only_mqds_own_light_modules(
+    config: Path, spool: Path, env: dict[str, str]
+) -> None:
+    """``mqd-sendmail`` (installed beside ``mqd``, without pip's wrapper, which imports re)
+    loads nothing beyond a bare interpreter's start but the sendmail path's own modules: no re,
+    typing, enum, tomllib, contextlib or collections."""
+    script = Path(sys.executable).with_name("mqd-sendmail")
+    modules = imports([str(script), "-C", str(config), "-t", "-i"], MESSAGE, env)
+    extra = modules - imports([sys.executable, "-c", "pass"], b"", env)
+    assert "mqd.sendmail" in extra
+    assert sorted(m for m in extra if not m.startswith("mqd")) == ["__future__"]
+    assert len(list(spool.glob("*.eml"))) == 1

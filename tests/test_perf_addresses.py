@@ -1,15 +1,18 @@
 """The plain address reader (mqd.headers' fast path, for speed) against the standard library's
-RFC 5322 parser: whenever the fast path answers, it answers what the full parser would."""
+RFC 5322 parser: whenever the fast path answers, it answers what the full parser would. And the
+scanners that replaced regular expressions (``re`` costs ``mqd sendmail`` ~10 ms to import)
+against those expressions, which stay here as the reference."""
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mqd.headers import _parsed_addresses, _plain_addresses, read_envelope
+from mqd.headers import _field_name, _parsed_addresses, _plain_addresses, read_envelope, unfold
 
 SETTINGS = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -100,3 +103,63 @@ def test_a_message_with_plain_headers_does_not_load_the_email_parser() -> None:
     assert out[0] == "('a@example.com', ('b@example.net',))"
     assert out[1] == "False"
     assert read_envelope(b"From: a@example.com\nTo: root (Cron)\n\nx")[1] == ()  # fallback ran
+
+
+# -- the scanners against the regular expressions they replaced --------------------------------
+
+_ATEXT_RE = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"
+_DOT_ATOM_RE = rf"{_ATEXT_RE}+(?:\.{_ATEXT_RE}+)*"
+_ADDR_SPEC_RE = rf"{_DOT_ATOM_RE}@{_DOT_ATOM_RE}"
+_PHRASE_RE = rf'(?:{_ATEXT_RE}+(?:[ \t]+{_ATEXT_RE}+)*|"[^"\\\r\n]*")'
+PLAIN_MAILBOX = re.compile(
+    rf"[ \t]*(?:({_ADDR_SPEC_RE})|(?:{_PHRASE_RE}[ \t]*)?<({_ADDR_SPEC_RE})>)[ \t]*"
+)
+FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
+FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+def plain_addresses_by_regex(value: str) -> list[str] | None:
+    if not value.isascii():
+        return None
+    found: list[str] = []
+    pos, end = 0, len(value)
+    while True:
+        match = PLAIN_MAILBOX.match(value, pos)
+        if match is None:
+            return None
+        found.append(match.group(1) or match.group(2))
+        pos = match.end()
+        if pos == end:
+            return found
+        if value[pos] != ",":
+            return None
+        pos += 1
+
+
+@SETTINGS
+@given(st.one_of(noise, plain_lists, plain_lists.map(lambda v: v + ","), names))
+def test_the_mailbox_scanner_reads_what_the_regular_expression_read(value: str) -> None:
+    assert _plain_addresses(value) == plain_addresses_by_regex(value)
+
+
+header_lines = st.lists(
+    st.sampled_from(["X-Sender", "To", "a", ":", " ", "\t", "b;c", "\x7f", "é", "\r\n", "\n"]),
+    max_size=8,
+).map(lambda parts: "".join(parts).encode("utf-8"))
+
+
+@SETTINGS
+@given(header_lines)
+def test_the_field_name_scanner_reads_what_the_regular_expression_read(line: bytes) -> None:
+    match = FIELD_NAME.match(line)
+    assert _field_name(line) == (match.group(1) if match else None)
+
+
+@SETTINGS
+@given(st.lists(st.sampled_from(["a", " ", "\t", "\r", "\n", "\r\n", ":", "b"]), max_size=12))
+def test_unfolding_removes_what_the_regular_expression_removed(parts: list[str]) -> None:
+    raw = ("X:" + "".join(parts)).encode()
+    text = raw.split(b":", 1)[1].decode()
+    text = FOLD.sub("", text)
+    expected = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+    assert unfold(raw) == expected

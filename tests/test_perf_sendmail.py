@@ -4,6 +4,8 @@ same spool and qualify domain as the full loader, and show the full loader's err
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from mqd import sendmail
 from mqd.config import load_config, locate_config
 from mqd.errors import ConfigError
+from mqd.tomlsubset import read_subset
 
 BASE = """
 [queue]
@@ -108,3 +111,100 @@ def test_a_problem_elsewhere_is_left_to_the_daemon(
     with pytest.raises(ConfigError, match="inital"):
         load_config(path)
     assert sendmail.settings(str(path)) == (str(tmp_path / "s"), None)
+
+
+def test_its_exit_codes_are_mqds() -> None:
+    from mqd.exitcodes import ExitCode
+
+    for name, value in vars(sendmail.ExitCode).items():
+        if name.isupper():
+            assert ExitCode[name] == value
+
+
+# -- the TOML subset reader against tomllib ------------------------------------------------------
+
+
+def projection(data: dict[str, object]) -> dict[str, object]:
+    """What read_subset promises of a document tomllib parsed: [sendmail] and [[spool]], with
+    string values as they are and anything else as "not a string"."""
+
+    def strings(table: object) -> dict[str, object]:
+        assert isinstance(table, dict)
+        return {k: v if isinstance(v, str) else "<other>" for k, v in table.items()}
+
+    out: dict[str, object] = {}
+    if "sendmail" in data:
+        out["sendmail"] = strings(data["sendmail"])
+    spools = data.get("spool")
+    if isinstance(spools, list):
+        out["spool"] = [strings(s) for s in spools]
+    elif spools is not None:
+        out["spool"] = strings(spools)
+    return out
+
+
+def subset(text: str) -> dict[str, object] | None:
+    data = read_subset(text)
+    if data is None:
+        return None
+
+    def strings(table: dict[str, object]) -> dict[str, object]:
+        return {k: v if isinstance(v, str) else "<other>" for k, v in table.items()}
+
+    spools = data.get("spool")
+    if isinstance(spools, list):
+        data["spool"] = [strings(s) for s in spools]
+    elif isinstance(spools, dict):
+        data["spool"] = strings(spools)
+    if "sendmail" in data:
+        data["sendmail"] = strings(data["sendmail"])
+    return data
+
+
+def toml_documents() -> list[str]:
+    """Every TOML example in the docs and the repository's sample configs."""
+    root = Path(__file__).parent.parent
+    found = [p.read_text() for p in root.glob("contrib/**/*.toml")]
+    for doc in [root / "README.md", *root.glob("docs/**/*.md")]:
+        found += re.findall(r"```toml\n(.*?)```", doc.read_text(), re.DOTALL)
+    return found
+
+
+CASES = [
+    "[sendmail]\nspool = \"/s\" # a comment\nqualify_domain = 'example.com'\n",
+    '[[spool]]\npath = "a"\nallowed_senders = [\n  "x@example.com", # who\n  "]",\n]\n'
+    '[[spool]]\npath = "b"\n',
+    '[relays.x]\nhost = "[sendmail]"\nopts = { a = "}", b = [1, 2] }\n[[spool]]\npath = "p"\n',
+    '[spool]\npath = "one"\n',
+    '[ sendmail ]\nspool = "s"\n[[ spool ]]\npath = "s"\n',
+    '[sendmail]\nspool = "a\\"b"\n',  # an escape: tomllib's job
+    '[sendmail]\nspool = """x"""\n',
+    "[[spool]]\npath = 5\n",
+    "sendmail.spool = 'x'\n",
+    '[sendmail]\nspool = "a"\nspool = "b"\n',  # invalid: tomllib refuses it
+    '[sendmail]\nqualify_domain = "x"\nother = true\n',
+    '[[spool]]\npath = "a"\n[spool.sub]\nx = 1\n',
+    '[queue]\ndir = "q"\nretry = { initial = "1s", max = "2s" }\n[[spool]]\npath = "p"\n',
+    "[[spool]]\npath = 'C:\\mail\\spool'\n",
+]
+
+
+@pytest.mark.parametrize("text", CASES + toml_documents())
+def test_the_subset_reader_reads_what_tomllib_reads_or_stands_aside(text: str) -> None:
+    try:
+        parsed = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        parsed = None
+    got = subset(text)
+    if got is not None:
+        assert parsed is not None, "the subset reader accepted what tomllib refuses"
+        assert got == projection(parsed)
+
+
+def test_the_subset_reader_takes_the_common_configs() -> None:
+    assert read_subset(CASES[0]) == {"sendmail": {"spool": "/s", "qualify_domain": "example.com"}}
+    assert subset(CASES[1]) == {
+        "spool": [{"path": "a", "allowed_senders": "<other>"}, {"path": "b"}]
+    }
+    assert read_subset(CASES[2]) == {"spool": [{"path": "p"}]}
+    assert read_subset(CASES[12]) is not None

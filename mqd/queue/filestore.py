@@ -264,6 +264,16 @@ class FileStore(QueueStore):
         fsync_dirs(list(dict.fromkeys(dirs)))  # one fsync per directory for the whole batch
         self._unsaved.update(claimed)
 
+    def sync_claimed(self, bodies: list[Path]) -> None:
+        """Make claimed bodies (each already fsynced) durable where they are: one fsync per
+        directory holding them. Blocking; raises OSError."""
+        fsync_dirs(list(dict.fromkeys(body.parent for body in bodies)))
+
+    def add_claimed(self, entries: list[QueueEntry]) -> None:
+        """Accept entries whose claimed bodies (and their directories) the caller has already
+        fsynced: nothing more to write until they first change."""
+        self._unsaved.update(entry.id for entry in entries)
+
     def has_state(self, entry_id: str) -> bool:
         """Whether ``entry_id``'s state file exists (False for one accepted and never saved)."""
         return entry_id not in self._unsaved and self.state_path(entry_id).exists()
