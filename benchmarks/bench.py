@@ -212,6 +212,54 @@ def latency(work: Path, sink: Sink, n: int, rate: float) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def big_queue(work: Path, sink: Sink, n: int, size: int) -> dict[str, Any]:
+    """N messages queued, their relay refusing connections (the first ones tried and deferred, the
+    rest waiting while its circuit is open), the daemon restarted:
+    how long until it answers on its control socket, its memory then, and the drain of all N
+    once they are due (``mqd queue flush``), against the same daemon's drain of a small queue."""
+    with socket.socket() as probe:  # a port nothing listens on: every attempt is refused
+        probe.bind(("127.0.0.1", 0))
+        refused = int(probe.getsockname()[1])
+    spool, config = setup(work / "big", refused)
+    config.write_text(config.read_text() + '[queue.retry]\ninitial = "1h"\nmax = "2h"\n')
+    for number in range(n):
+        drop(spool, number, size)
+    queue = work / "big" / "queue"
+    started = time.monotonic()
+    daemon = Daemon(config, work / "big.log")
+    # Queued: out of the spool and into the queue (tried once and deferred, or waiting while
+    # the relay's circuit is open after its failures: then with no state file yet).
+    while any(spool.iterdir()) or len(list(queue.glob("messages/*/*.eml"))) < n:
+        if time.monotonic() - started > 1800 or daemon.process.poll() is not None:
+            break
+        time.sleep(0.5)
+    queued_s = time.monotonic() - started
+    time.sleep(2.0)
+    daemon.stop()
+    queueing_rss = daemon.peak_rss
+    config.write_text(config.read_text().replace(f"port = {refused}", f"port = {sink.port}"))
+    sink.reset()
+    started = time.monotonic()
+    daemon = Daemon(config, work / "big.log")
+    while not (queue / "control.sock").exists() and time.monotonic() - started < 600:
+        time.sleep(0.01)
+    ready_s = time.monotonic() - started
+    time.sleep(1.0)  # a few memory samples of the idle, full queue
+    ready_rss = daemon.peak_rss
+    started = time.monotonic()
+    subprocess.run([MQD, "--config", str(config), "queue", "flush"], check=True, env=ENV,
+                   capture_output=True)  # fmt: skip
+    ok = sink.wait_for(n, 1800)
+    elapsed = time.monotonic() - started
+    daemon.stop()
+    return {
+        "test": "big-queue", "n": n, "ok": ok, "queueing_s": round(queued_s, 1),
+        "queueing_peak_rss_mb": round(queueing_rss, 1), "restart_to_ready_s": round(ready_s, 2),
+        "ready_rss_mb": round(ready_rss, 1), "drain_msgs_per_s": round(n / elapsed, 1),
+        "drain_peak_rss_mb": round(daemon.peak_rss, 1),
+    }  # fmt: skip
+
+
 def sendmail_cost(work: Path, runs: int) -> dict[str, Any]:
     """Wall and CPU time of ``mqd sendmail -t -i`` against a bare ``python3 -c pass``, and the
     floor for any Python sendmail started by pip's wrapper (which imports ``re``) that reads a
@@ -253,7 +301,12 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--writers", type=int, default=4)
-    parser.add_argument("--only", choices=("drain", "e2e", "latency", "sendmail"))
+    parser.add_argument(
+        "--only", choices=("drain", "e2e", "latency", "sendmail", "big-queue"),
+        help="one measurement; big-queue (100,000 queued and restarted, several minutes) runs "
+        "only when asked for",
+    )  # fmt: skip
+    parser.add_argument("--big", type=int, default=100_000, help="messages for big-queue")
     parser.add_argument(
         "--profile",
         type=Path,
@@ -285,6 +338,8 @@ def main() -> int:
             results.append(latency(work, sink, 200, 10.0))
         if args.only in (None, "sendmail"):
             results.append(sendmail_cost(work, 20))
+        if args.only == "big-queue":
+            results.append(big_queue(work, sink, args.big, args.size))
     finally:
         sink.controller.stop()
     for result in results:

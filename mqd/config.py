@@ -10,6 +10,7 @@ when the relay is built (``mqd.runtime``), so a plugin's keys are checked just l
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -90,7 +91,7 @@ class SpoolConfig:
         """The first (preferred) relay."""
         return self.relays[0]
 
-    @property
+    @functools.cached_property  # asked for every message taken in: one hash, one string
     def key(self) -> str:
         """A short stable name for this spool, used for its directory inside the queue."""
         resolved = os.path.abspath(self.path)

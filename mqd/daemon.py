@@ -29,7 +29,7 @@ from .delivery import Deliverer
 from .errors import ConfigError, MQDError
 from .events import Event
 from .fsutil import atomic_write
-from .intake import Intake
+from .intake import RECOVERY_BATCH, Intake
 from .metrics import MetricsServer
 from .plugins import PluginHost
 from .queue.entry import QueueEntry
@@ -319,6 +319,7 @@ class Daemon:
                 await self.http.start()
             self._announce()
             await self._recover(recovery.unaccepted, recovery.entries)
+            del recovery  # its lists (100,000 paths for a large queue) are not needed any more
             if not self.once:
                 self._start_watcher()
                 await self._start_control()
@@ -400,10 +401,13 @@ class Daemon:
                     )
                     log.error("%s: its spool is no longer configured; moved to failed/", path.stem)
                 continue
-            claimed = [spool.claimed_file(path) for path in paths]
-            for entry in await self.intake.take_claimed(claimed):
-                self.schedule(entry)
-                from_bodies += 1
+            for start in range(0, len(paths), RECOVERY_BATCH):  # a batch of Claimed at a time
+                claimed = [
+                    spool.claimed_file(path) for path in paths[start : start + RECOVERY_BATCH]
+                ]
+                for entry in await self.intake.take_claimed(claimed):
+                    self.schedule(entry)
+                    from_bodies += 1
         if count or from_bodies:
             log.info(
                 "recovered %d queued message(s) from %s (%d not yet attempted, read from their "

@@ -164,8 +164,9 @@ def is_spool_name(name: str) -> bool:
     return name.endswith(SUFFIX) and not name.startswith(".")
 
 
-def read_claimed(path: Path, max_size: int) -> bytes:
-    """The content of a claimed file, made durable (fsync) before anything else happens.
+def read_claimed(path: Path, max_size: int, *, sync: bool = True) -> bytes:
+    """The content of a claimed file, made durable (fsync) before anything else happens
+    (``sync=False``: the caller has made it durable otherwise, or only looks).
 
     Refuses (SpoolError with the reason) symlinks, anything but regular files, files with more
     than one hard link (the other name could be a file the producer may not read), and files
@@ -205,7 +206,8 @@ def read_claimed(path: Path, max_size: int) -> bytes:
         data = b"".join(chunks)
         if len(data) > max_size:
             raise SpoolError(f"it grew past queue.max_message_size ({max_size} bytes) while read")
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
         return data
     finally:
         os.close(fd)

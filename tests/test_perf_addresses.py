@@ -163,3 +163,20 @@ def test_unfolding_removes_what_the_regular_expression_removed(parts: list[str])
     text = FOLD.sub("", text)
     expected = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
     assert unfold(raw) == expected
+
+
+def address_problem_reference(address: str) -> bool:
+    """The character checks address_problem made one character at a time before."""
+    return any(c.isspace() or ord(c) < 32 or c in "<>" for c in address)
+
+
+@SETTINGS
+@given(st.text(alphabet=st.sampled_from([*"ab@.<> \t\x7f\x1f\x00", "\u00a0", "\u2003", "é"])))
+def test_address_checks_refuse_what_they_refused_before(address: str) -> None:
+    from mqd.headers import address_problem
+
+    problem = address_problem(address)
+    if address and not any(c in address for c in "\r\n\x00") and address_problem_reference(address):
+        assert problem == "it contains spaces, control characters or angle brackets"
+    elif problem == "it contains spaces, control characters or angle brackets":
+        raise AssertionError(f"{address!r} refused for characters it does not have")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
@@ -44,7 +45,7 @@ class RcptStatus(StrEnum):
     FAILED = "failed"
 
 
-@dataclass
+@dataclass(slots=True)  # slots: 100,000 queued entries are held in memory
 class RecipientState:
     address: str
     status: RcptStatus = RcptStatus.PENDING
@@ -60,7 +61,7 @@ class RecipientState:
     notified: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class QueueEntry:
     """One message in the queue. Times are Unix timestamps (wall clock, persisted)."""
 
@@ -149,11 +150,12 @@ class QueueEntry:
             raise ValueError(f"state version {version!r}, this mqd reads {STATE_VERSION}")
         try:
             rcpts = [
-                RecipientState(**{**r, "status": RcptStatus(r["status"])})
+                RecipientState(**{**_interned(r), "status": RcptStatus(r["status"])})
                 for r in data.pop("recipients")
             ]
-            entry = cls(recipients=rcpts, **data)
-        except (KeyError, TypeError, ValueError) as exc:
+            data["history"] = [_interned(record) for record in data.get("history", ())]
+            entry = cls(recipients=rcpts, **_interned(data))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"missing or unexpected fields ({exc})") from None
         if not entry.id or not entry.recipients:
             raise ValueError("no id or no recipients")
@@ -169,6 +171,16 @@ class QueueEntry:
             "route": self.relays,
             "message_id": self.message_id,
         }
+
+
+def _interned(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with its keys and short string values interned: the relay names, replies and
+    senders a large queue holds thousands of times over are then held once (a state file read
+    makes new strings of each)."""
+    return {
+        sys.intern(key): sys.intern(value) if type(value) is str and len(value) < 200 else value
+        for key, value in record.items()
+    }
 
 
 _ENTRY_FIELDS = tuple(f.name for f in fields(QueueEntry))

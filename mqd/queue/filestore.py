@@ -394,8 +394,10 @@ class FileStore(QueueStore):
         for stray in self.state_dir.glob(".*.tmp"):
             stray.unlink()  # a state write interrupted before its rename: the old state stands
         for source_dir in sorted(p for p in self.messages_dir.iterdir() if p.is_dir()):
-            for body in sorted(source_dir.iterdir()):
-                if body.name.startswith("."):
+            # Sorted as names (ids sort by time): Path comparisons cost seconds for 100,000.
+            for name in sorted(os.listdir(source_dir)):
+                body = source_dir / name
+                if name.startswith("."):
                     body.unlink()  # an interrupted write of a generated message
                 elif body.suffix == ".eml" and body.stem not in accepted:
                     if source_dir.name == DSN_SOURCE:
