@@ -29,7 +29,7 @@ from .delivery import Deliverer
 from .errors import ConfigError, MQDError
 from .events import Event
 from .fsutil import atomic_write
-from .intake import RECOVERY_BATCH, Intake
+from .intake import RECOVERY_BATCH, Intake, entry_from_body
 from .metrics import MetricsServer
 from .plugins import PluginHost
 from .queue.entry import QueueEntry
@@ -177,14 +177,16 @@ class Daemon:
         recovery = await self.store.open()
         for entry in recovery.entries:
             self.entries[entry.id] = entry
-        # Messages never deferred have no state file: read them in from their bodies, as the
-        # daemon does when it starts, so that 'mqd queue list' shows every queued message.
-        self.spools = self._make_spools()
-        for key, paths in recovery.unaccepted.items():
-            spool = next((s for s in self.spools if s.key == key), None)
-            if spool is not None:
-                taken = await self.intake.take_claimed([spool.claimed_file(p) for p in paths])
-                self.entries.update((entry.id, entry) for entry in taken)
+        # Messages never deferred have no state file: read them from their bodies, so that
+        # 'mqd queue list' shows every queued message. Read only: the policy check, and moving
+        # what fails it to failed/, are left to the daemon's start.
+        paths = [path for group in recovery.unaccepted.values() for path in group]
+        found = await asyncio.to_thread(
+            lambda: [entry_from_body(self.config, path) for path in paths]
+        )
+        taken = [entry for entry in found if entry is not None]
+        self.store.add_claimed(taken)
+        self.entries.update((entry.id, entry) for entry in taken)
         await self._load_quotas()
 
     async def _start_control(self) -> None:

@@ -173,12 +173,20 @@ class QueueEntry:
         }
 
 
+#: Fields whose values repeat across a queue's entries (ids, addresses and Message-IDs do not).
+_REPEATING = frozenset(
+    {"sender", "relay", "source", "last_reply", "reply", "status_code", "remote", "outcome"}
+)
+
+
 def _interned(record: dict[str, Any]) -> dict[str, Any]:
-    """``record`` with its keys and short string values interned: the relay names, replies and
-    senders a large queue holds thousands of times over are then held once (a state file read
-    makes new strings of each)."""
+    """``record`` with its keys, and the short values of its repeating fields, interned: the
+    relay names, replies and senders a large queue holds thousands of times over are then held
+    once (a state file read makes new strings of each)."""
     return {
-        sys.intern(key): sys.intern(value) if type(value) is str and len(value) < 200 else value
+        sys.intern(key): sys.intern(value)
+        if key in _REPEATING and type(value) is str and len(value) < 200
+        else value
         for key, value in record.items()
     }
 
