@@ -21,7 +21,8 @@ from . import __version__
 from .circuit import CircuitState
 from .errors import MQDError
 from .events import Event, EventKind
-from .queue.entry import QueueEntry, RcptStatus
+from .intake import entry_from_body
+from .queue.entry import QueueEntry, RcptStatus, id_time
 
 if TYPE_CHECKING:
     from .config import Config
@@ -73,7 +74,8 @@ class QueueAdmin:
         in_flight = self.daemon.in_flight
         now = time.time()
         rows = []
-        for entry in sorted(self.daemon.entries.values(), key=lambda e: e.created_at):
+        entries = list(self.daemon.entries.values()) + await self._read_backlog()
+        for entry in sorted(entries, key=lambda e: e.created_at):
             if relay is not None and relay not in entry.relays:
                 continue
             row = self._row(entry, in_flight, now)
@@ -82,7 +84,7 @@ class QueueAdmin:
         return rows
 
     async def op_show(self, id: str) -> dict[str, Any]:
-        entry = self._get(id)
+        entry = await self._get(id)
         row = self._row(entry, self.daemon.in_flight, time.time())
         row["entry"] = _entry_dict(entry)
         row["body_path"] = str(self.daemon.store.body_path(entry))
@@ -108,6 +110,21 @@ class QueueAdmin:
             counts[entry_state(entry, in_flight)] += 1
             oldest = entry.created_at if oldest is None else min(oldest, entry.created_at)
             size += entry.size
+        backlog = daemon.backlog
+        counts["waiting"] += len(backlog)
+        first = backlog.oldest()
+        if first is not None:
+            created = id_time(first) or now
+            oldest = created if oldest is None else min(oldest, created)
+            size += await asyncio.to_thread(self._backlog_bytes)
+        # Not read yet, so routed by their spool: exact unless [[route]] tables route by sender.
+        by_relay: dict[str, int] = {}
+        if backlog and not daemon.config.routes:
+            spools = {spool.key: spool for spool in daemon.config.spools}
+            for key, _ in backlog.items():
+                spool = spools.get(key)
+                for name in spool.relays if spool is not None else ():
+                    by_relay[name] = by_relay.get(name, 0) + 1
         failed = await _count_failed(daemon.store.failed_dir)
         relays = {}
         for name, relay_config in daemon.config.relays.items():
@@ -121,7 +138,8 @@ class QueueAdmin:
                 "failures_in_a_row": circuit.failures if circuit else 0,
                 "errors": circuit.total_failures if circuit else 0,
                 "last_error": (circuit.reason or None) if circuit else None,
-                "queued": sum(1 for e in daemon.entries.values() if name in e.relays),
+                "queued": sum(1 for e in daemon.entries.values() if name in e.relays)
+                + by_relay.get(name, 0),
             }
             if quota is not None and relay_config.quota.limited:
                 q = relay_config.quota
@@ -143,6 +161,7 @@ class QueueAdmin:
             "queue_dir": str(daemon.store.directory),
             "messages": sum(counts.values()),
             "by_state": counts,
+            "not_read": len(backlog),
             "bytes": size,
             "oldest_age": round(now - oldest, 1) if oldest is not None else None,
             "failed": failed,
@@ -156,7 +175,7 @@ class QueueAdmin:
         self, ids: list[str] | None = None, all: bool = False, relay: str | None = None
     ) -> dict[str, Any]:
         """Make deferred (and waiting) messages due now. Held ones stay held."""
-        entries = self._select(ids, all, relay)
+        entries = await self._select(ids, all, relay)
         now = time.time()
         done = []
         for entry in entries:
@@ -179,9 +198,10 @@ class QueueAdmin:
 
     async def op_hold(self, ids: list[str]) -> dict[str, Any]:
         done = []
-        for entry in self._select(ids):
+        for entry in await self._select(ids):
             if not entry.held:
                 entry.held = True
+                self.daemon.make_room(entry.id)
                 await self._save_unless_in_flight(entry)
                 log.warning("%s held by the administrator", entry.id)
             done.append(entry.id)
@@ -189,7 +209,7 @@ class QueueAdmin:
 
     async def op_release(self, ids: list[str] | None = None, all: bool = False) -> dict[str, Any]:
         done = []
-        for entry in self._select(ids, all):
+        for entry in await self._select(ids, all):
             if not entry.held:
                 continue
             entry.held = False
@@ -202,11 +222,11 @@ class QueueAdmin:
 
     async def op_delete(self, ids: list[str]) -> dict[str, Any]:
         """Remove messages from the queue for good: no delivery, no bounce."""
-        entries = self._select(ids)
+        entries = await self._select(ids)
         self._refuse_in_flight(entries, "delete")
         for entry in entries:
             await self.daemon.store.remove(entry)
-            self.daemon.entries.pop(entry.id, None)
+            self.daemon.forget(entry.id)
             log.warning(
                 "%s deleted by the administrator (from=<%s>, %d recipient(s) not delivered)",
                 entry.id,
@@ -218,7 +238,7 @@ class QueueAdmin:
 
     async def op_bounce(self, ids: list[str]) -> dict[str, Any]:
         """Fail every pending recipient now: a bounce to the sender, the message to failed/."""
-        entries = self._select(ids)
+        entries = await self._select(ids)
         self._refuse_in_flight(entries, "bounce")
         for entry in entries:
             for rcpt in entry.pending:
@@ -227,7 +247,7 @@ class QueueAdmin:
                 rcpt.status_code = "5.7.0"
             log.warning("%s returned to <%s> by the administrator", entry.id, entry.sender)
             await self.daemon.deliverer.finish(entry)
-            self.daemon.entries.pop(entry.id, None)
+            self.daemon.forget(entry.id)
         return {"bounced": [e.id for e in entries]}
 
     async def op_reload(self) -> dict[str, Any]:
@@ -237,27 +257,37 @@ class QueueAdmin:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _get(self, id: str) -> QueueEntry:
+    async def _get(self, id: str) -> QueueEntry:
         entry = self.daemon.entries.get(id)
         if entry is not None:
             return entry
+        backlog = self.daemon.backlog
+        named = [id] if id in backlog else backlog.starting_with(id) if id else []
+        if len(named) == 1 and not [key for key in self.daemon.entries if key.startswith(id)]:
+            await self.daemon.take_from_backlog(named)  # read it now, out of turn
+            entry = self.daemon.entries.get(named[0])
+            if entry is not None:
+                return entry
+            raise AdminError(f"{named[0]} could not be read: it was moved to failed/")
         matches = [e for key, e in self.daemon.entries.items() if key.startswith(id)] if id else []
-        if len(matches) == 1:
+        if len(matches) == 1 and not named:
             return matches[0]
-        if matches:
-            raise AdminError(f"{id!r} is the start of {len(matches)} queue ids: give more of it")
+        if matches or named:
+            count = len(matches) + len(named)
+            raise AdminError(f"{id!r} is the start of {count} queue ids: give more of it")
         raise AdminError(f"no message {id!r} in the queue ('mqd queue list' shows the ids)")
 
-    def _select(
+    async def _select(
         self, ids: list[str] | None, all: bool = False, relay: str | None = None
     ) -> list[QueueEntry]:
+        # "All" means those read: the backlog's are waiting, never held, and due already.
         if all or relay:
             return [
                 e for e in list(self.daemon.entries.values()) if relay is None or relay in e.relays
             ]
         if not ids:
             raise AdminError("name one or more queue ids (or --all)")
-        return list({id(e): e for e in (self._get(i) for i in ids)}.values())
+        return list({id(e): e for e in [await self._get(i) for i in ids]}.values())
 
     def _refuse_in_flight(self, entries: list[QueueEntry], what: str) -> None:
         busy = [e.id for e in entries if e.id in self.daemon.in_flight]
@@ -284,6 +314,29 @@ class QueueAdmin:
             circuit = self.daemon.deliverer.circuits.get(name)
             if circuit is not None and circuit.state is not CircuitState.CLOSED:
                 circuit.reset()
+
+    async def _read_backlog(self) -> list[QueueEntry]:
+        """The backlog's entries, read from their bodies and left in the backlog (a listing of a
+        large queue reads every body, as Postfix's mailq does, but keeps none of them)."""
+        daemon = self.daemon
+        messages = daemon.store.messages_dir
+
+        def read() -> list[QueueEntry]:
+            found = (
+                entry_from_body(daemon.config, messages / key / f"{entry_id}.eml")
+                for key, entry_id in daemon.backlog.items()
+            )
+            return [entry for entry in found if entry is not None]
+
+        return await asyncio.to_thread(read) if daemon.backlog else []
+
+    def _backlog_bytes(self) -> int:
+        messages = self.daemon.store.messages_dir
+        size = 0
+        for key, entry_id in self.daemon.backlog.items():
+            with contextlib.suppress(OSError):
+                size += os.stat(messages / key / f"{entry_id}.eml").st_size
+        return size
 
     def _row(self, entry: QueueEntry, in_flight: set[str], now: float) -> dict[str, Any]:
         return {

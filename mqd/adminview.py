@@ -190,6 +190,9 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
     if total:
         parts = [f"{n} {state}" for state, n in counts.items() if n]
         queued = f"{total} ({human_size(int(status.get('bytes') or 0))}): " + ", ".join(parts)
+        not_read = int(status.get("not_read") or 0)
+        if not_read:
+            queued += f" ({not_read} of them not read yet: read as deliveries make room)"
     else:
         queued = "none"
     oldest = status.get("oldest_age")

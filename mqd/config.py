@@ -75,6 +75,9 @@ class QueueConfig:
     watch: str = "auto"
     #: How long a graceful stop waits for deliveries in flight before cancelling them.
     shutdown_timeout: float = 30.0
+    #: At start-up, at most this many never-attempted messages are read into memory; the rest
+    #: are read as deliveries make room (see ``mqd.backlog``).
+    active_limit: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -371,6 +374,7 @@ def _parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         scan_interval=opts.duration("scan_interval", "5s"),
         watch=opts.choice("watch", WATCH_MODES, "auto"),
         shutdown_timeout=opts.duration("shutdown_timeout", "30s"),
+        active_limit=opts.integer("active_limit", 10_000, minimum=1),
     )
     if config.shutdown_timeout < 0:
         raise opts.error("shutdown_timeout", "must not be negative")

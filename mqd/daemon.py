@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from . import systemd
 from .admin import QueueAdmin
+from .backlog import Backlog
 from .config import Config, load_config
 from .control import ControlServer
 from .delivery import Deliverer
@@ -83,6 +84,12 @@ class Daemon:
             config, self.store, self.relays, self.host, self.emit, self.schedule
         )
         self.entries: dict[str, QueueEntry] = {}
+        #: Queued bodies not read yet (the rest of a large queue at start-up, see mqd.backlog).
+        self.backlog = Backlog()
+        #: Entries read from the backlog and not attempted, held or removed yet: what
+        #: ``queue.active_limit`` bounds.
+        self._fresh: set[str] = set()
+        self._backlog_room = asyncio.Event()
         self._heap: list[tuple[float, str]] = []
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -149,7 +156,33 @@ class Daemon:
 
     @property
     def queue_size(self) -> int:
-        return len(self.entries)
+        return len(self.entries) + len(self.backlog)
+
+    def forget(self, entry_id: str) -> None:
+        """``entry_id`` left the queue (delivered, bounced, deleted)."""
+        self.entries.pop(entry_id, None)
+        self.make_room(entry_id)
+
+    def make_room(self, entry_id: str) -> None:
+        """``entry_id`` no longer counts against ``queue.active_limit`` (it was attempted, held
+        or removed): read more of the backlog once a batch's worth of room is free."""
+        if entry_id not in self._fresh:
+            return
+        self._fresh.discard(entry_id)
+        if self.backlog:
+            limit = self.config.queue.active_limit
+            room = limit - len(self._fresh)
+            if room >= min(RECOVERY_BATCH, limit, len(self.backlog)):
+                self._backlog_room.set()
+
+    async def take_from_backlog(self, entry_ids: Iterable[str]) -> None:
+        """Read these backlog ids now, out of turn (an administrator named them)."""
+        found = []
+        for entry_id in entry_ids:
+            key = self.backlog.take_id(entry_id)
+            if key is not None:
+                found.append((key, entry_id))
+        await self._read_from_backlog(found, fresh=False)
 
     def flush(self) -> None:
         """Retry everything deferred now (what SIGUSR1 and 'mqd queue flush' do)."""
@@ -322,6 +355,7 @@ class Daemon:
             self._announce()
             await self._recover(recovery.unaccepted, recovery.entries)
             del recovery  # its lists (100,000 paths for a large queue) are not needed any more
+            await self._read_backlog()
             if not self.once:
                 self._start_watcher()
                 await self._start_control()
@@ -353,6 +387,7 @@ class Daemon:
 
     async def _serve(self) -> None:
         intake = asyncio.create_task(self._intake_loop(), name="mqd-intake")
+        backlog = asyncio.create_task(self._backlog_loop(), name="mqd-backlog")
         scheduler = asyncio.create_task(self._scheduler_loop(), name="mqd-scheduler")
         watchdog = asyncio.create_task(self._watchdog_loop(), name="mqd-watchdog")
         quotas = asyncio.create_task(self._quota_loop(), name="mqd-quota")
@@ -363,9 +398,10 @@ class Daemon:
             self._intake_wake.set()
             watchdog.cancel()
             quotas.cancel()
+            backlog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await intake
-            for task in (watchdog, quotas):
+            for task in (watchdog, quotas, backlog):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self._drain_in_flight()
@@ -387,41 +423,93 @@ class Daemon:
                 log.info("recovery: %s's bounce was already queued", entry.id)
             self.schedule(entry)
             count += 1
-        from_bodies = 0
         for key, paths in unaccepted.items():
-            spool = by_key.get(key)
-            if spool is None:
+            if key in by_key:
+                # Listed only: read by _read_backlog, as many as queue.active_limit allows.
+                self.backlog.add(key, [path.stem for path in paths])
+            else:
                 for path in paths:
-                    await self.store.reject(
-                        path.stem,
-                        path,
-                        {
-                            "stage": "recovery",
-                            "reason": "claimed from a spool that is no longer configured; "
-                            "re-inject it into a configured spool to send it",
-                        },
-                    )
-                    log.error("%s: its spool is no longer configured; moved to failed/", path.stem)
-                continue
-            for start in range(0, len(paths), RECOVERY_BATCH):  # a batch of Claimed at a time
-                claimed = [
-                    spool.claimed_file(path) for path in paths[start : start + RECOVERY_BATCH]
-                ]
-                for entry in await self.intake.take_claimed(claimed):
-                    self.schedule(entry)
-                    from_bodies += 1
+                    await self._reject_unconfigured(path)
+        from_bodies = len(self.backlog)
         if count or from_bodies:
             log.info(
-                "recovered %d queued message(s) from %s (%d not yet attempted, read from their "
-                "bodies)",
+                "recovered %d queued message(s) from %s (%d not yet attempted: read from their "
+                "bodies, at most %d at a time)",
                 count + from_bodies,
                 self.store.directory,
                 from_bodies,
+                self.config.queue.active_limit,
             )
         for spool in self.spools:
             recovered = await asyncio.to_thread(spool.recover_claims)
             for entry in await self.intake.take_claimed(recovered):
                 self.schedule(entry)
+
+    async def _reject_unconfigured(self, path: Path) -> None:
+        await self.store.reject(
+            path.stem,
+            path,
+            {
+                "stage": "recovery",
+                "reason": "claimed from a spool that is no longer configured; "
+                "re-inject it into a configured spool to send it",
+            },
+        )
+        log.error("%s: its spool is no longer configured; moved to failed/", path.stem)
+
+    # -- the backlog ------------------------------------------------------------------------------
+
+    async def _read_backlog(self) -> None:
+        """Read backlog bodies, oldest first, while there is room under ``queue.active_limit``
+        (with --once, all of them: it delivers everything before it exits)."""
+        while self.backlog and not self._stopping.is_set():
+            room = self.config.queue.active_limit - len(self._fresh)
+            if self.once:
+                room = len(self.backlog)
+            if room <= 0:
+                return
+            await self._read_from_backlog(self.backlog.take(min(room, RECOVERY_BATCH)))
+
+    async def _read_from_backlog(self, taken: list[tuple[str, str]], fresh: bool = True) -> None:
+        by_key = {spool.config.key: spool for spool in self.spools}
+        claimed = []
+        for key, entry_id in taken:
+            path = self.store.messages_dir / key / f"{entry_id}.eml"
+            spool = by_key.get(key)
+            if spool is None:  # a reload removed its spool since start-up
+                await self._reject_unconfigured(path)
+            else:
+                claimed.append(spool.claimed_file(path))
+        for entry in await self.intake.take_claimed(claimed):
+            if fresh:
+                self._fresh.add(entry.id)
+            self.schedule(entry)
+
+    def _admit(self, entry: QueueEntry) -> None:
+        """A message just taken in from a spool: scheduled, or, once ``queue.active_limit``
+        never-attempted messages are read (or older ones wait unread), listed in the backlog: its
+        body is its record, read again when its turn comes. Memory then stays bounded while a
+        flood is taken in faster than it is delivered, or while its relay is down."""
+        if not self.once and (self.backlog or len(self._fresh) >= self.config.queue.active_limit):
+            self.backlog.add(entry.source, [entry.id])
+            self.store.drop_kept(entry.id)
+            if len(self._fresh) < self.config.queue.active_limit:
+                self._backlog_room.set()
+            return
+        self._fresh.add(entry.id)
+        self.schedule(entry)
+
+    async def _backlog_loop(self) -> None:
+        """Read more of the backlog each time deliveries have made room for it."""
+        while True:
+            await self._backlog_room.wait()
+            self._backlog_room.clear()
+            try:
+                await self._read_backlog()
+            except Exception:  # the bodies stay in the queue: the next start lists them again
+                log.exception("cannot read queued messages; retrying in a while")
+                await asyncio.sleep(self.config.queue.scan_interval)
+                self._backlog_room.set()
 
     def _announce(self) -> None:
         log.info(
@@ -496,7 +584,7 @@ class Daemon:
                         )
                         continue
                     for entry in entries:
-                        self.schedule(entry)
+                        self._admit(entry)
             if self.intake.write_failed:
                 # The queue cannot be written (disk full, I/O error): the files went back into
                 # their spools. Take them again after a scan interval, not in a busy loop.
@@ -606,6 +694,8 @@ class Daemon:
             if entry.id in self.retry_when_done:
                 self.retry_when_done.discard(entry.id)
                 entry.next_attempt_at = min(entry.next_attempt_at, time.time())
+            if finished or entry.attempts or entry.held:
+                self.make_room(entry.id)
             if finished:
                 self.entries.pop(entry.id, None)
             elif not self._stopping.is_set():

@@ -288,6 +288,10 @@ class FileStore(QueueStore):
         while self._kept_bytes > KEEP_BODIES_BYTES:
             self._forget(next(iter(self._kept)))
 
+    def drop_kept(self, entry_id: str) -> None:
+        """Forget the body kept for ``entry_id`` (it will not be delivered soon)."""
+        self._forget(entry_id)
+
     def _forget(self, entry_id: str) -> bytes | None:
         body = self._kept.pop(entry_id, None)
         if body is not None:

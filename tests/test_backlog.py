@@ -1,0 +1,181 @@
+"""A large queue at start-up: at most ``queue.active_limit`` never-attempted bodies are read, the
+rest listed by id (``mqd.backlog``) and read as deliveries make room, and every command still
+sees every message."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from corehelpers import drop, make_message, run_once
+
+from mqd.admin import QueueAdmin
+from mqd.backlog import Backlog
+from mqd.circuit import CircuitState
+from mqd.config import Config
+from mqd.daemon import Daemon
+from mqd.plugins import PluginHost
+from mqd.queue.entry import new_message_id
+
+
+def queue_bodies(config: Config, count: int) -> list[str]:
+    """``count`` accepted, never-attempted messages: bodies in the queue with no state file.
+    Their ids, sorted (the order they are read in; ids made in the same millisecond sort by
+    their random part)."""
+    body_dir = config.queue.dir / "messages" / config.spools[0].key
+    body_dir.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for number in range(count):
+        entry_id = new_message_id()
+        message = make_message(to=(f"rcpt{number}@example.net",), subject=f"n{number}")
+        (body_dir / f"{entry_id}.eml").write_bytes(message)
+        ids.append(entry_id)
+    return sorted(ids)
+
+
+def test_backlog_takes_oldest_first_and_skips_what_was_taken_out_of_turn() -> None:
+    backlog = Backlog()
+    backlog.add("spool-a", ["01", "02", "03"])
+    backlog.add("spool-b", ["04"])
+    assert len(backlog) == 4 and "02" in backlog and backlog.oldest() == "01"
+    assert backlog.take_id("01") == "spool-a" and backlog.take_id("01") is None
+    assert backlog.oldest() == "02" and backlog.starting_with("0") == ["02", "03", "04"]
+    assert backlog.take(2) == [("spool-a", "02"), ("spool-a", "03")]
+    assert backlog.items() == [("spool-b", "04")]
+    assert backlog.take(5) == [("spool-b", "04")] and not backlog and backlog.oldest() is None
+
+
+async def test_a_large_queue_is_read_as_deliveries_make_room(
+    sink_config: Callable[..., Config], host: PluginHost, smtp_server
+) -> None:
+    config = sink_config(queue="active_limit = 3")
+    queue_bodies(config, 20)
+    daemon = Daemon(config, host=host, shutdown_timeout=5)
+    most_read = 0
+    schedule = daemon.schedule
+
+    def counting_schedule(entry):  # type: ignore[no-untyped-def]
+        nonlocal most_read
+        schedule(entry)
+        most_read = max(most_read, len(daemon.entries))
+
+    daemon.schedule = counting_schedule  # type: ignore[method-assign]
+    task = asyncio.create_task(daemon.run())
+    await asyncio.wait_for(daemon.ready.wait(), 10)
+    assert len(daemon.entries) <= 3 and len(daemon.backlog) >= 17
+    await asyncio.to_thread(smtp_server.wait_for, 20, 20)
+    daemon.request_stop()
+    await asyncio.wait_for(task, 10)
+    assert most_read <= 3  # never more than the limit read and waiting at once
+    assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == sorted(
+        f"rcpt{n}@example.net" for n in range(20)
+    )
+    assert not list((config.queue.dir / "messages").glob("*/*.eml"))
+
+
+async def test_once_reads_the_whole_backlog(
+    sink_config: Callable[..., Config], host: PluginHost, smtp_server
+) -> None:
+    config = sink_config(queue="active_limit = 2")
+    queue_bodies(config, 7)
+    daemon = await run_once(config, host)
+    assert len(smtp_server.wait_for(7)) == 7
+    assert daemon.queue_size == 0
+
+
+async def test_relay_down_keeps_the_backlog_unread_and_commands_still_see_it(
+    write_config: Callable[[str], Path], spool: Path, queue_dir: Path, host: PluginHost
+) -> None:
+    """With the relay refusing connections its circuit opens and the messages read are held
+    back without an attempt: they keep counting against the limit, so the rest stay unread
+    (memory stays bounded), while status, list, show and delete see all of them."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    path = write_config(
+        f"""
+        [queue]
+        dir = "{queue_dir}"
+        active_limit = 4
+        retry = {{ initial = "1h", max = "2h" }}
+        [[spool]]
+        path = "{spool}"
+        relay = "sink"
+        allowed_senders = ["app@example.com"]
+        [relays.sink]
+        plugin = "smtp"
+        host = "127.0.0.1"
+        port = {closed_port}
+        security = "none"
+        circuit_failures = 2
+        """
+    )
+    from mqd.config import load_config
+
+    config = load_config(path)
+    ids = queue_bodies(config, 30)
+    daemon = Daemon(config, host=host, shutdown_timeout=5)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 10)
+        deadline = time.monotonic() + 20
+        while daemon.deliverer.circuits["sink"].state is not CircuitState.OPEN or daemon.in_flight:
+            assert time.monotonic() < deadline, "the circuit did not open"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        unread = len(daemon.backlog)
+        assert unread >= 20  # 2 attempts opened the circuit, 4 read and held: the rest unread
+        assert len(daemon.entries) + unread == 30
+        admin = QueueAdmin(daemon)
+        status = await admin.op_status()
+        assert status["messages"] == 30 and status["not_read"] == unread
+        assert status["relays"]["sink"]["queued"] == 30
+        assert status["bytes"] > 30 * 100
+        rows = await admin.op_list()
+        assert sorted(row["id"] for row in rows) == ids
+        assert {row["sender"] for row in rows} == {"app@example.com"}
+        last = ids[-1]
+        assert last in daemon.backlog
+        shown = await admin.op_show(last[:15])  # a prefix names it: it is read out of turn
+        assert shown["id"] == last and "To: rcpt" in shown["headers"]
+        assert last not in daemon.backlog and last in daemon.entries
+        before_last = ids[-2]
+        await admin.op_delete([before_last])
+        assert before_last not in daemon.backlog and before_last not in daemon.entries
+        assert not list(queue_dir.glob(f"messages/*/{before_last}.eml"))
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 10)
+    assert len(list(queue_dir.glob("messages/*/*.eml"))) == 29  # nothing else lost or moved
+
+
+async def test_a_flood_in_the_spool_is_taken_in_but_read_into_memory_as_room_is_made(
+    sink_config: Callable[..., Config], host: PluginHost, spool: Path, smtp_server
+) -> None:
+    """Taken in (claimed, checked, logged as queued) at once, but beyond the limit kept only as
+    a listed body until its turn."""
+    config = sink_config(queue="active_limit = 3")
+    for number in range(25):
+        drop(spool, make_message(to=(f"rcpt{number}@example.net",)))
+    daemon = Daemon(config, host=host, shutdown_timeout=5)
+    most_read = 0
+    schedule = daemon.schedule
+
+    def counting_schedule(entry):  # type: ignore[no-untyped-def]
+        nonlocal most_read
+        schedule(entry)
+        most_read = max(most_read, len(daemon.entries))
+
+    daemon.schedule = counting_schedule  # type: ignore[method-assign]
+    task = asyncio.create_task(daemon.run())
+    try:
+        await asyncio.to_thread(smtp_server.wait_for, 25, 20)
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 10)
+    assert most_read <= 3
+    assert len({m.rcpt_tos[0] for m in smtp_server.messages}) == 25
+    assert not list(spool.glob("*.eml")) and not daemon.backlog
