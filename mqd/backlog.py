@@ -1,11 +1,11 @@
 """Queued bodies not read yet in this run, oldest first.
 
 A message accepted and never attempted has no state file: its body is its whole record. At
-start-up the daemon does not read all such bodies at once. It reads as many as
-``queue.active_limit`` allows and lists the rest here, an id and a spool key each (~150 bytes,
-against ~1.4 kB for a read entry), to be read oldest first as deliveries make room. Start-up
-time and memory then follow the limit, not the size of the queue (what Postfix's active queue
-limit does for its queue manager).
+start-up the daemon does not read all such bodies at once, and while ``queue.active_limit``
+never-attempted messages are held it does not keep more of those it takes in from a spool: they
+are listed here, an id and a spool key each (~150 bytes, against ~1.4 kB for a read entry), and
+read oldest first a little ahead of the deliveries. Start-up time and memory then follow the
+limit, not the size of the queue (what Postfix's active queue limit does for its queue manager).
 """
 
 from __future__ import annotations

@@ -52,6 +52,10 @@ log = logging.getLogger("mqd.daemon")
 
 #: At most this many files are claimed in one intake batch (one fsync of the dirs per batch).
 INTAKE_BATCH = 256
+#: The backlog is read this far ahead of the deliveries (and never past ``queue.active_limit``):
+#: a body read is then delivered within a second or so, while the store still keeps it in memory,
+#: instead of being read a second time after waiting behind 10,000 others.
+BACKLOG_READ_AHEAD = 1024
 #: The scheduler re-reads the clock at least this often, so a clock jump is noticed.
 MAX_SLEEP = 30.0
 #: A clock that moved back by more than this is treated as a jump back.
@@ -170,10 +174,13 @@ class Daemon:
             return
         self._fresh.discard(entry_id)
         if self.backlog:
-            limit = self.config.queue.active_limit
-            room = limit - len(self._fresh)
-            if room >= min(RECOVERY_BATCH, limit, len(self.backlog)):
+            ahead = self._read_ahead
+            if ahead - len(self._fresh) >= min(RECOVERY_BATCH, ahead, len(self.backlog)):
                 self._backlog_room.set()
+
+    @property
+    def _read_ahead(self) -> int:
+        return min(self.config.queue.active_limit, BACKLOG_READ_AHEAD)
 
     async def take_from_backlog(self, entry_ids: Iterable[str]) -> None:
         """Read these backlog ids now, out of turn (an administrator named them)."""
@@ -425,7 +432,7 @@ class Daemon:
             count += 1
         for key, paths in unaccepted.items():
             if key in by_key:
-                # Listed only: read by _read_backlog, as many as queue.active_limit allows.
+                # Listed only: read by _read_backlog a little ahead of the deliveries.
                 self.backlog.add(key, [path.stem for path in paths])
             else:
                 for path in paths:
@@ -460,10 +467,10 @@ class Daemon:
     # -- the backlog ------------------------------------------------------------------------------
 
     async def _read_backlog(self) -> None:
-        """Read backlog bodies, oldest first, while there is room under ``queue.active_limit``
-        (with --once, all of them: it delivers everything before it exits)."""
+        """Read backlog bodies, oldest first, while fewer than ``BACKLOG_READ_AHEAD`` read ones
+        wait (with --once, all of them: it delivers everything before it exits)."""
         while self.backlog and not self._stopping.is_set():
-            room = self.config.queue.active_limit - len(self._fresh)
+            room = self._read_ahead - len(self._fresh)
             if self.once:
                 room = len(self.backlog)
             if room <= 0:
@@ -493,7 +500,7 @@ class Daemon:
         if not self.once and (self.backlog or len(self._fresh) >= self.config.queue.active_limit):
             self.backlog.add(entry.source, [entry.id])
             self.store.drop_kept(entry.id)
-            if len(self._fresh) < self.config.queue.active_limit:
+            if len(self._fresh) < self._read_ahead:
                 self._backlog_room.set()
             return
         self._fresh.add(entry.id)
