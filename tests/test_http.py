@@ -34,6 +34,7 @@ from mqd.hookspecs import RegisterRelay, hookimpl
 from mqd.http.access import SESSION_COOKIE
 from mqd.http.openapi import openapi
 from mqd.plugins import PluginHost
+from mqd.queue.entry import new_message_id
 from mqd.relays.base import Reply
 from mqd.relays.memory import MemoryRelay
 from mqd.tracking.vocabulary import ProviderEvent, Status
@@ -695,6 +696,20 @@ async def test_the_pages_show_the_queue_messages_and_failures(served: Served) ->
 
     status, page, _ = await served.get("/messages/0123456789abcdef01234")
     assert status == 404 and "No message" in page
+
+
+async def test_the_page_of_a_queued_message_not_read_yet_reads_it(served: Served) -> None:
+    """A message listed in the backlog (a large queue at start-up) is read to be shown."""
+    daemon = served.daemon
+    key = daemon.config.spools[0].key
+    entry_id = new_message_id()
+    body_dir = daemon.store.messages_dir / key
+    body_dir.mkdir(parents=True, exist_ok=True)
+    (body_dir / f"{entry_id}.eml").write_bytes(make_message(to=("unread@example.net",)))
+    daemon.backlog.add(key, [entry_id])
+    status, page, _ = await served.get(f"/messages/{entry_id}")
+    assert status == 200 and "In the queue" in page and "app@example.com" in page
+    assert entry_id not in daemon.backlog
 
 
 HOSTILE = '<script>alert("x")</script>'

@@ -378,6 +378,8 @@ class View:
         tracker: Tracker | None = self.daemon.tracker
         history = await tracker.message(key) if tracker is not None else None
         queue_id = str(history["id"]) if history is not None else key
+        if queue_id in self.daemon.backlog:  # queued, not read yet: read it now to show it
+            await self.daemon.take_from_backlog([queue_id])
         entry = self.daemon.entries.get(queue_id)
         failed = await asyncio.to_thread(self._failed_record, queue_id)
         if history is None and entry is None and failed is None:
