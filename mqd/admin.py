@@ -22,7 +22,7 @@ from .circuit import CircuitState
 from .errors import MQDError
 from .events import Event, EventKind
 from .intake import entry_from_body
-from .queue.entry import QueueEntry, RcptStatus, id_time
+from .queue.entry import QueueEntry, RcptStatus
 
 if TYPE_CHECKING:
     from .config import Config
@@ -112,9 +112,8 @@ class QueueAdmin:
             size += entry.size
         backlog = daemon.backlog
         counts["waiting"] += len(backlog)
-        first = backlog.oldest()
-        if first is not None:
-            created = id_time(first) or now
+        created = backlog.oldest_created()
+        if created is not None:
             oldest = created if oldest is None else min(oldest, created)
             size += await asyncio.to_thread(self._backlog_bytes)
         # Not read yet, so routed by their spool: exact unless [[route]] tables route by sender.
@@ -262,19 +261,24 @@ class QueueAdmin:
         if entry is not None:
             return entry
         backlog = self.daemon.backlog
-        named = [id] if id in backlog else backlog.starting_with(id) if id else []
-        if len(named) == 1 and not [key for key in self.daemon.entries if key.startswith(id)]:
-            await self.daemon.take_from_backlog(named)  # read it now, out of turn
-            entry = self.daemon.entries.get(named[0])
-            if entry is not None:
-                return entry
-            raise AdminError(f"{named[0]} could not be read: it was moved to failed/")
-        matches = [e for key, e in self.daemon.entries.items() if key.startswith(id)] if id else []
-        if len(matches) == 1 and not named:
-            return matches[0]
-        if matches or named:
-            count = len(matches) + len(named)
+        if id in backlog:
+            matches, unread = [], [id]
+        elif id:
+            matches = [e for key, e in self.daemon.entries.items() if key.startswith(id)]
+            unread = backlog.starting_with(id)
+        else:
+            matches, unread = [], []
+        if len(matches) + len(unread) > 1:
+            count = len(matches) + len(unread)
             raise AdminError(f"{id!r} is the start of {count} queue ids: give more of it")
+        if matches:
+            return matches[0]
+        if unread:
+            await self.daemon.take_from_backlog(unread)  # read it now, out of turn
+            entry = self.daemon.entries.get(unread[0])
+            if entry is None:
+                raise AdminError(f"{unread[0]} could not be read: it was moved to failed/")
+            return entry
         raise AdminError(f"no message {id!r} in the queue ('mqd queue list' shows the ids)")
 
     async def _select(
@@ -319,11 +323,10 @@ class QueueAdmin:
         """The backlog's entries, read from their bodies and left in the backlog (a listing of a
         large queue reads every body, as Postfix's mailq does, but keeps none of them)."""
         daemon = self.daemon
-        messages = daemon.store.messages_dir
 
         def read() -> list[QueueEntry]:
             found = (
-                entry_from_body(daemon.config, messages / key / f"{entry_id}.eml")
+                entry_from_body(daemon.config, daemon.store.staging_path(key, entry_id))
                 for key, entry_id in daemon.backlog.items()
             )
             return [entry for entry in found if entry is not None]
@@ -331,11 +334,11 @@ class QueueAdmin:
         return await asyncio.to_thread(read) if daemon.backlog else []
 
     def _backlog_bytes(self) -> int:
-        messages = self.daemon.store.messages_dir
+        store = self.daemon.store
         size = 0
         for key, entry_id in self.daemon.backlog.items():
             with contextlib.suppress(OSError):
-                size += os.stat(messages / key / f"{entry_id}.eml").st_size
+                size += os.stat(store.staging_path(key, entry_id)).st_size
         return size
 
     def _row(self, entry: QueueEntry, in_flight: set[str], now: float) -> dict[str, Any]:

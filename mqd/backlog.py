@@ -13,6 +13,8 @@ from __future__ import annotations
 import collections
 import sys
 
+from .queue.entry import id_time
+
 __all__ = ["Backlog"]
 
 
@@ -47,6 +49,12 @@ class Backlog:
                 taken.append((key, entry_id))
         return taken
 
+    def put_back(self, taken: list[tuple[str, str]]) -> None:
+        """Return what ``take`` gave (a read that failed): first in line again, in order."""
+        for key, entry_id in reversed(taken):
+            self._order.appendleft(entry_id)
+            self._source[entry_id] = key
+
     def take_id(self, entry_id: str) -> str | None:
         """Take one id out of turn (an administrator asked for it); its spool key, or None."""
         key = self._source.pop(entry_id, None)
@@ -67,3 +75,8 @@ class Backlog:
             if entry_id in self._source:
                 return entry_id
         return None
+
+    def oldest_created(self) -> float | None:
+        """When the oldest was taken in (from its id), or None when the backlog is empty."""
+        oldest = self.oldest()
+        return None if oldest is None else id_time(oldest) or 0.0

@@ -75,8 +75,9 @@ class QueueConfig:
     watch: str = "auto"
     #: How long a graceful stop waits for deliveries in flight before cancelling them.
     shutdown_timeout: float = 30.0
-    #: At start-up, at most this many never-attempted messages are read into memory; the rest
-    #: are read as deliveries make room (see ``mqd.backlog``).
+    #: At most this many never-attempted messages are held in memory; the rest (at start-up, or
+    #: taken in while the limit is reached) are listed by id and read as deliveries make room
+    #: (see ``mqd.backlog``).
     active_limit: int = 10_000
 
 

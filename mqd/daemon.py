@@ -90,8 +90,8 @@ class Daemon:
         self.entries: dict[str, QueueEntry] = {}
         #: Queued bodies not read yet (the rest of a large queue at start-up, see mqd.backlog).
         self.backlog = Backlog()
-        #: Entries read from the backlog and not attempted, held or removed yet: what
-        #: ``queue.active_limit`` bounds.
+        #: Entries held in memory and not attempted, held or removed yet (taken in from a spool
+        #: or read from the backlog): what ``queue.active_limit`` bounds.
         self._fresh: set[str] = set()
         self._backlog_room = asyncio.Event()
         self._heap: list[tuple[float, str]] = []
@@ -255,7 +255,7 @@ class Daemon:
         try:
             return await self._reload()
         finally:
-            systemd.notify("READY=1", f"STATUS=delivering; {len(self.entries)} queued")
+            systemd.notify("READY=1", f"STATUS=delivering; {self.queue_size} queued")
 
     async def _reload(self) -> str:
         path = self.config.source
@@ -367,7 +367,7 @@ class Daemon:
                 self._start_watcher()
                 await self._start_control()
             self._rescan.update(range(len(self.spools)))
-            systemd.notify("READY=1", f"STATUS=delivering; {len(self.entries)} queued")
+            systemd.notify("READY=1", f"STATUS=delivering; {self.queue_size} queued")
             self.ready.set()
             await self._serve()
         finally:
@@ -441,11 +441,10 @@ class Daemon:
         if count or from_bodies:
             log.info(
                 "recovered %d queued message(s) from %s (%d not yet attempted: read from their "
-                "bodies, at most %d at a time)",
+                "bodies as deliveries make room)",
                 count + from_bodies,
                 self.store.directory,
                 from_bodies,
-                self.config.queue.active_limit,
             )
         for spool in self.spools:
             recovered = await asyncio.to_thread(spool.recover_claims)
@@ -475,13 +474,18 @@ class Daemon:
                 room = len(self.backlog)
             if room <= 0:
                 return
-            await self._read_from_backlog(self.backlog.take(min(room, RECOVERY_BATCH)))
+            taken = self.backlog.take(min(room, RECOVERY_BATCH))
+            try:
+                await self._read_from_backlog(taken)
+            except BaseException:  # not stranded until a restart: first in line again
+                self.backlog.put_back([t for t in taken if t[1] not in self.entries])
+                raise
 
     async def _read_from_backlog(self, taken: list[tuple[str, str]], fresh: bool = True) -> None:
         by_key = {spool.config.key: spool for spool in self.spools}
         claimed = []
         for key, entry_id in taken:
-            path = self.store.messages_dir / key / f"{entry_id}.eml"
+            path = self.store.staging_path(key, entry_id)
             spool = by_key.get(key)
             if spool is None:  # a reload removed its spool since start-up
                 await self._reject_unconfigured(path)
@@ -513,7 +517,7 @@ class Daemon:
             self._backlog_room.clear()
             try:
                 await self._read_backlog()
-            except Exception:  # the bodies stay in the queue: the next start lists them again
+            except Exception:  # they were put back (_read_backlog): try again in a while
                 log.exception("cannot read queued messages; retrying in a while")
                 await asyncio.sleep(self.config.queue.scan_interval)
                 self._backlog_room.set()
@@ -756,7 +760,7 @@ class Daemon:
         if interval is None:
             return
         while True:
-            systemd.notify("WATCHDOG=1", f"STATUS=delivering; {len(self.entries)} queued")
+            systemd.notify("WATCHDOG=1", f"STATUS=delivering; {self.queue_size} queued")
             await asyncio.sleep(interval)
 
 

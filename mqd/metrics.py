@@ -38,7 +38,6 @@ from .config import MetricsConfig
 from .errors import ConfigError
 from .events import Event, EventKind
 from .listen import listen_error
-from .queue.entry import id_time
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -259,9 +258,7 @@ class _DaemonCollector:
             if state != "held":
                 oldest = min(oldest, entry.created_at)
         states["waiting"] += len(daemon.backlog)
-        first = daemon.backlog.oldest()
-        if first is not None:
-            oldest = min(oldest, id_time(first) or now)
+        oldest = min(oldest, daemon.backlog.oldest_created() or now)
         relays: dict[str, _RelayState] = {}
         circuits = daemon.deliverer.circuits
         quotas = daemon.deliverer.quotas

@@ -18,7 +18,7 @@ from mqd.circuit import CircuitState
 from mqd.config import Config
 from mqd.daemon import Daemon
 from mqd.plugins import PluginHost
-from mqd.queue.entry import new_message_id
+from mqd.queue.entry import QueueEntry, new_message_id
 
 
 def queue_bodies(config: Config, count: int) -> list[str]:
@@ -36,6 +36,20 @@ def queue_bodies(config: Config, count: int) -> list[str]:
     return sorted(ids)
 
 
+def count_most_read(daemon: Daemon) -> Callable[[], int]:
+    """The most entries ``daemon`` held in memory at once, as it goes (read at each schedule)."""
+    most = 0
+    schedule = daemon.schedule
+
+    def counting_schedule(entry: QueueEntry) -> None:
+        nonlocal most
+        schedule(entry)
+        most = max(most, len(daemon.entries))
+
+    daemon.schedule = counting_schedule  # type: ignore[method-assign]
+    return lambda: most
+
+
 def test_backlog_takes_oldest_first_and_skips_what_was_taken_out_of_turn() -> None:
     backlog = Backlog()
     backlog.add("spool-a", ["01", "02", "03"])
@@ -43,6 +57,8 @@ def test_backlog_takes_oldest_first_and_skips_what_was_taken_out_of_turn() -> No
     assert len(backlog) == 4 and "02" in backlog and backlog.oldest() == "01"
     assert backlog.take_id("01") == "spool-a" and backlog.take_id("01") is None
     assert backlog.oldest() == "02" and backlog.starting_with("0") == ["02", "03", "04"]
+    assert backlog.take(2) == [("spool-a", "02"), ("spool-a", "03")]
+    backlog.put_back([("spool-a", "02"), ("spool-a", "03")])  # a read that failed
     assert backlog.take(2) == [("spool-a", "02"), ("spool-a", "03")]
     assert backlog.items() == [("spool-b", "04")]
     assert backlog.take(5) == [("spool-b", "04")] and not backlog and backlog.oldest() is None
@@ -54,22 +70,14 @@ async def test_a_large_queue_is_read_as_deliveries_make_room(
     config = sink_config(queue="active_limit = 3")
     queue_bodies(config, 20)
     daemon = Daemon(config, host=host, shutdown_timeout=5)
-    most_read = 0
-    schedule = daemon.schedule
-
-    def counting_schedule(entry):  # type: ignore[no-untyped-def]
-        nonlocal most_read
-        schedule(entry)
-        most_read = max(most_read, len(daemon.entries))
-
-    daemon.schedule = counting_schedule  # type: ignore[method-assign]
+    most_read = count_most_read(daemon)
     task = asyncio.create_task(daemon.run())
     await asyncio.wait_for(daemon.ready.wait(), 10)
     assert len(daemon.entries) <= 3 and len(daemon.backlog) >= 17
     await asyncio.to_thread(smtp_server.wait_for, 20, 20)
     daemon.request_stop()
     await asyncio.wait_for(task, 10)
-    assert most_read <= 3  # never more than the limit read and waiting at once
+    assert most_read() <= 3  # never more than the limit read and waiting at once
     assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == sorted(
         f"rcpt{n}@example.net" for n in range(20)
     )
@@ -161,21 +169,41 @@ async def test_a_flood_in_the_spool_is_taken_in_but_read_into_memory_as_room_is_
     for number in range(25):
         drop(spool, make_message(to=(f"rcpt{number}@example.net",)))
     daemon = Daemon(config, host=host, shutdown_timeout=5)
-    most_read = 0
-    schedule = daemon.schedule
-
-    def counting_schedule(entry):  # type: ignore[no-untyped-def]
-        nonlocal most_read
-        schedule(entry)
-        most_read = max(most_read, len(daemon.entries))
-
-    daemon.schedule = counting_schedule  # type: ignore[method-assign]
+    most_read = count_most_read(daemon)
     task = asyncio.create_task(daemon.run())
     try:
         await asyncio.to_thread(smtp_server.wait_for, 25, 20)
     finally:
         daemon.request_stop()
         await asyncio.wait_for(task, 10)
-    assert most_read <= 3
+    assert most_read() <= 3
     assert len({m.rcpt_tos[0] for m in smtp_server.messages}) == 25
     assert not list(spool.glob("*.eml")) and not daemon.backlog
+
+
+async def test_a_backlog_read_that_fails_puts_them_back_in_line(
+    sink_config: Callable[..., Config], host: PluginHost, smtp_server
+) -> None:
+    """An unexpected error reading a batch (a bug, say) is logged, and that batch is read again
+    later in the same run instead of waiting for a restart."""
+    config = sink_config(queue='active_limit = 2\nscan_interval = "0.2s"')
+    queue_bodies(config, 6)
+    daemon = Daemon(config, host=host, shutdown_timeout=5)
+    take_claimed = daemon.intake.take_claimed
+    calls = 0
+
+    async def failing_once(claimed):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # the first read by the backlog loop (1: claims left over, 2: start-up)
+            raise RuntimeError("simulated bug")
+        return await take_claimed(claimed)
+
+    daemon.intake.take_claimed = failing_once  # type: ignore[method-assign]
+    task = asyncio.create_task(daemon.run())
+    try:
+        await asyncio.to_thread(smtp_server.wait_for, 6, 20)
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 10)
+    assert calls > 3 and len({m.rcpt_tos[0] for m in smtp_server.messages}) == 6
