@@ -4,6 +4,8 @@ It serves daemons running in the test process and in child processes alike. Fail
 injected per recipient by the local part (``temp-...`` -> 451, ``perm-...`` -> 550) or per
 server through attributes (``mail_reply``, ``data_reply``, ``data_delay``, ``drop_in_data``).
 
+It offers PIPELINING unless ``pipelining=False``.
+
 ``xoauth2=check`` adds the XOAUTH2 mechanism (and requires AUTH): ``check(user, token)`` says
 whether a token is current. A refused token gets Gmail's answer (a 334 challenge carrying a JSON
 error, then 535). ``auth_log`` records every XOAUTH2 attempt as (user, accepted).
@@ -39,6 +41,12 @@ class Received:
 class _Handler:
     def __init__(self, peer: SMTPPeer) -> None:
         self.peer = peer
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.peer.pipelining:  # aiosmtpd reads commands in turn, so it can offer it
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         if self.peer.mail_reply:
@@ -124,6 +132,7 @@ class SMTPPeer:
         users: dict[str, str] | None = None,
         hostname: str = "sink.test",
         xoauth2: Callable[[str, str], bool] | None = None,
+        pipelining: bool = True,
     ) -> None:
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
@@ -131,6 +140,7 @@ class SMTPPeer:
         self.users = users
         self.hostname = hostname
         self.xoauth2 = xoauth2
+        self.pipelining = pipelining
         #: Every XOAUTH2 attempt: (user, accepted).
         self.auth_log: list[tuple[str, bool]] = []
         self.port = 0

@@ -397,12 +397,13 @@ def spy_transactions(relay: SMTPRelay, monkeypatch: pytest.MonkeyPatch) -> list[
     return reused_flags
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "stepwise"])
 async def test_reused_connection_dropped_by_the_server_is_replaced(
-    variant, monkeypatch: pytest.MonkeyPatch
+    variant, monkeypatch: pytest.MonkeyPatch, pipelining: bool
 ) -> None:
     """The server dropped the idle connection and the client has not noticed yet: MAIL finds
     it dead, and the message goes out on a fresh connection within the same deliver()."""
-    peer = variant()
+    peer = variant(pipelining=pipelining)
     relay = plain(peer)
     reused = spy_transactions(relay, monkeypatch)
     try:

@@ -33,6 +33,7 @@ from ..hookspecs import RegisterRelay, hookimpl
 from ..oauth2 import OAuth2Settings, TokenError, TokenSource, make_token_source
 from ..options import Options, Secret
 from .base import DeliveryResult, Relay, Reply
+from .pipelining import PipeliningProtocol, enable_pipelining
 
 __all__ = ["SMTPRelay", "SMTPSettings"]
 
@@ -62,6 +63,8 @@ class SMTPSettings:
     command_timeout: float = 60.0
     data_timeout: float = 600.0
     idle_timeout: float = 30.0
+    #: Send MAIL, RCPT and DATA in one write when the server offers PIPELINING (RFC 2920).
+    pipelining: bool = True
     #: XOAUTH2 instead of a password (``username`` is the mailbox).
     oauth2: OAuth2Settings | None = None
 
@@ -73,6 +76,9 @@ class _StaleConnection(Exception):
 @dataclass
 class _Connection:
     client: aiosmtplib.SMTP
+    #: Set when the server offers PIPELINING (and ``pipelining`` is on): MAIL, RCPT and DATA go
+    #: in one write.
+    pipeline: PipeliningProtocol | None = None
     messages: int = 0
     last_used: float = field(default_factory=time.monotonic)
 
@@ -116,6 +122,7 @@ class SMTPRelay(Relay):
             command_timeout=options.duration("command_timeout", "1m"),
             data_timeout=options.duration("data_timeout", "10m"),
             idle_timeout=options.duration("idle_timeout", "30s"),
+            pipelining=options.boolean("pipelining", True),
             oauth2=oauth2,
         )
         if oauth2 is not None:
@@ -182,46 +189,120 @@ class SMTPRelay(Relay):
     async def _transaction(
         self, conn: _Connection, envelope: Envelope, reused: bool
     ) -> DeliveryResult:
-        client, s = conn.client, self.settings
         conn.messages += 1
-        mail_options, encoding = self._mail_options(client, envelope)
-        replies: dict[str, Reply] = {}
         try:
-            try:
-                await self._mail(client, envelope.sender, mail_options, encoding)
-            except aiosmtplib.SMTPServerDisconnected as exc:
-                if reused:
-                    raise _StaleConnection() from exc
-                raise
-            except aiosmtplib.SMTPSenderRefused as exc:
-                await self._reset(client)
-                return DeliveryResult.all(
-                    envelope.recipients, Reply.parse(exc.code, exc.message), remote=s.host
-                )
-            accepted = []
-            for rcpt in envelope.recipients:
-                try:
-                    await self._rcpt(client, rcpt, encoding)
-                except aiosmtplib.SMTPRecipientRefused as exc:
-                    replies[rcpt] = Reply.parse(exc.code, exc.message)
-                else:
-                    accepted.append(rcpt)
-            if not accepted:
-                await self._reset(client)
-                return DeliveryResult(replies, remote=s.host)
-            try:
-                response = await client.data(envelope.message, timeout=s.data_timeout)
-                reply = Reply.parse(response.code, response.message)
-            except aiosmtplib.SMTPDataError as exc:
-                reply = Reply.parse(exc.code, exc.message)
-                await self._reset(client)
-            for rcpt in accepted:
-                replies[rcpt] = reply
-            return DeliveryResult(replies, remote=s.host)
+            if conn.pipeline is not None:
+                return await self._pipelined(conn.client, conn.pipeline, envelope, reused)
+            return await self._stepwise(conn.client, envelope, reused)
         except (_StaleConnection, RelayError):
             raise
         except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
-            raise _translate(exc, s, self.name) from exc
+            raise _translate(exc, self.settings, self.name) from exc
+
+    async def _stepwise(
+        self, client: aiosmtplib.SMTP, envelope: Envelope, reused: bool
+    ) -> DeliveryResult:
+        """One command, one reply: for a server that does not offer PIPELINING."""
+        s = self.settings
+        mail_options, encoding = self._mail_options(client, envelope)
+        replies: dict[str, Reply] = {}
+        try:
+            await self._mail(client, envelope.sender, mail_options, encoding)
+        except aiosmtplib.SMTPServerDisconnected as exc:
+            if reused:
+                raise _StaleConnection() from exc
+            raise
+        except aiosmtplib.SMTPSenderRefused as exc:
+            await self._reset(client)
+            return DeliveryResult.all(
+                envelope.recipients, Reply.parse(exc.code, exc.message), remote=s.host
+            )
+        accepted = []
+        for rcpt in envelope.recipients:
+            try:
+                await self._rcpt(client, rcpt, encoding)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                replies[rcpt] = Reply.parse(exc.code, exc.message)
+            else:
+                accepted.append(rcpt)
+        if not accepted:
+            await self._reset(client)
+            return DeliveryResult(replies, remote=s.host)
+        try:
+            response = await client.data(envelope.message, timeout=s.data_timeout)
+            reply = Reply.parse(response.code, response.message)
+        except aiosmtplib.SMTPDataError as exc:
+            reply = Reply.parse(exc.code, exc.message)
+            await self._reset(client)
+        for rcpt in accepted:
+            replies[rcpt] = reply
+        return DeliveryResult(replies, remote=s.host)
+
+    async def _pipelined(
+        self,
+        client: aiosmtplib.SMTP,
+        pipeline: PipeliningProtocol,
+        envelope: Envelope,
+        reused: bool,
+    ) -> DeliveryResult:
+        """MAIL, every RCPT and DATA in one write, then the body: every reply is checked, as
+        RFC 2920 asks, and the outcome is the same as command by command."""
+        s = self.settings
+        mail_options, encoding = self._mail_options(client, envelope)
+        recipients = envelope.recipients
+        group: list[tuple[bytes, ...]] = [
+            (
+                b"MAIL",
+                b"FROM:" + _wire_address(envelope.sender, encoding),
+                *[option.encode("ascii") for option in mail_options],
+            )
+        ]
+        group += [(b"RCPT", b"TO:" + _wire_address(rcpt, encoding)) for rcpt in recipients]
+        group.append((b"DATA",))
+        try:
+            responses = await pipeline.execute_group(group, timeout=s.command_timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
+            client.close()  # as aiosmtplib does: the replies can no longer be paired
+            if reused and isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+                raise _StaleConnection() from exc
+            raise
+        if len(responses) < len(group):  # a 421: the server closed; it answers the rest
+            client.close()
+            responses += [responses[-1]] * (len(group) - len(responses))
+        mail, data = responses[0], responses[-1]
+        replies = {
+            rcpt: Reply.parse(response.code, response.message)
+            for rcpt, response in zip(recipients, responses[1:-1], strict=True)
+        }
+        accepted = [rcpt for rcpt, reply in replies.items() if reply.code in (250, 251)]
+        if mail.code != 250:
+            replies = dict.fromkeys(recipients, Reply.parse(mail.code, mail.message))
+            accepted = []
+        if data.code != 354:
+            reply = Reply.parse(data.code, data.message)
+        elif not accepted:  # DATA taken though nobody is to receive it: end it empty
+            await self._end_data(client, pipeline, None)
+            reply = None
+        else:
+            body = await self._end_data(client, pipeline, envelope.message)
+            reply = Reply.parse(body.code, body.message)
+        if reply is None or reply.code != 250:
+            if client.is_connected:
+                await self._reset(client)
+            if reply is None:
+                return DeliveryResult(replies, remote=s.host)
+        for rcpt in accepted:
+            replies[rcpt] = reply
+        return DeliveryResult(replies, remote=s.host)
+
+    async def _end_data(
+        self, client: aiosmtplib.SMTP, pipeline: PipeliningProtocol, message: bytes | None
+    ) -> aiosmtplib.SMTPResponse:
+        try:
+            return await pipeline.send_data(message, timeout=self.settings.data_timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+            client.close()
+            raise
 
     # MAIL and RCPT for the plain addresses nearly all mail has are sent as they are, through
     # aiosmtplib's command layer (its timeouts, its CR/LF check, its closing on 421 or a lost
@@ -344,7 +425,7 @@ class SMTPRelay(Relay):
                     raise _translate(exc, s, self.name) from exc
                 raise
             client.timeout = s.command_timeout
-            return _Connection(client)
+            return _Connection(client, enable_pipelining(client) if s.pipelining else None)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _oauth2_token(self) -> str | None:
@@ -507,6 +588,14 @@ def _check_quoting(address: str) -> None:
     quoted = quote_address(address)  # ValueError for characters unsafe on a command line
     if quoted != f"<{address}>":
         raise ValueError(f"{address!r} would go out as {quoted}")
+
+
+def _wire_address(address: str, encoding: str) -> bytes:
+    """``<address>`` as MAIL or RCPT carries it: what aiosmtplib's mail() and rcpt() send, for
+    an address _check_quoting lets through."""
+    if address and not _PLAIN_ADDRESS.fullmatch(address):
+        _check_quoting(address)
+    return b"<" + address.encode(encoding) + b">"
 
 
 def _check_oauth2(options: Options, settings: SMTPSettings) -> None:
