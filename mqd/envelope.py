@@ -11,6 +11,7 @@ The header block is read by ``mqd.headers`` (which ``mqd sendmail`` uses without
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from .headers import ENVELOPE_FIELDS, address_problem, envelope_address, read_envelope, split_header
@@ -88,10 +89,23 @@ def prepare_for_relay(data: bytes, *, message_id: str | None = None) -> bytes:
     if b"message-id" not in names and message_id:
         kept.append(b"Message-ID: " + message_id.encode("ascii") + newline)
     if b"date" not in names:
+        kept.append(b"Date: " + _date_now() + newline)
+    return b"".join(kept) + rest
+
+
+_date_cache: tuple[int, bytes] = (-1, b"")
+
+
+def _date_now() -> bytes:
+    """The local time as a Date header gives it, formatted once a second: formatdate is a
+    tenth of a delivery's CPU for a message without a Date."""
+    global _date_cache
+    second = int(time.time())
+    if _date_cache[0] != second:
         import email.utils  # on first use: most messages carry a Date
 
-        kept.append(b"Date: " + email.utils.formatdate(localtime=True).encode("ascii") + newline)
-    return b"".join(kept) + rest
+        _date_cache = (second, email.utils.formatdate(second, localtime=True).encode("ascii"))
+    return _date_cache[1]
 
 
 def is_delivery_report(headers: dict[str, str]) -> bool:

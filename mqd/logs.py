@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["JSONFormatter", "setup_logging"]
+__all__ = ["JSONFormatter", "TextFormatter", "setup_logging"]
 
 LOG_FORMATS = ("text", "json")
 
@@ -34,13 +34,33 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=False, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """``2026-12-02 19:50:25,481 INFO    mqd.delivery: ...``; the date and time are formatted
+    once a second, not for every line (two lines per message at info level)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
+            self._second = second
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     """Send mqd's logs to stderr at ``level`` in ``fmt`` ("text" or "json")."""
+    # Neither format shows the thread, the process or the source line: not looking them up
+    # for every record makes a line a third cheaper (the logging docs' "Optimization").
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JSONFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -694,3 +694,15 @@ def test_display_names_in_envelope_lines_are_ignored():
     parsed = parse_message(data)
     assert parsed.sender == "app@example.com"
     assert parsed.recipients == ("alice@example.net",)
+
+
+def test_an_added_date_is_the_current_local_time() -> None:
+    import email.utils
+    import time
+
+    from mqd.envelope import _date_now
+
+    before = time.time()
+    stamp = email.utils.parsedate_to_datetime(_date_now().decode()).timestamp()
+    assert int(before) - 1 <= stamp <= time.time()
+    assert email.utils.parsedate_to_datetime(_date_now().decode()).utcoffset() is not None
