@@ -5,11 +5,12 @@ of ``mqd sendmail``. fsync stays on (mqd's default): durability is never traded 
     .venv/bin/python benchmarks/bench.py                 # all, N=5000
     .venv/bin/python benchmarks/bench.py --only drain --messages 10000
 
-The sink is an aiosmtpd server in this process (it records each message's arrival time and its
-``X-Bench-Sent`` header); mqd runs as a real ``mqd run`` subprocess whose CPU time and peak memory
-(RSS, and PSS where /proc has it) are read from /proc. Compare with Postfix on the same machine
-with ../shared/bench/side-by-side.sh, in the same session, and quote ratios: absolute figures drift
-between runs on shared machines. docs/performance.md has the method and the figures.
+The sink is an aiosmtpd server in this process, offering PIPELINING as smtp-sink does (it records
+each message's arrival time and its ``X-Bench-Sent`` header); mqd runs as a real ``mqd run``
+subprocess whose CPU time and peak memory (RSS, and PSS where /proc has it) are read from /proc.
+Compare with Postfix on the same machine with ../shared/bench/side-by-side.sh, in the same
+session, and quote ratios: absolute figures drift between runs on shared machines.
+docs/performance.md has the method and the figures.
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ class Sink:
             probe.bind(("127.0.0.1", 0))
             self.port = int(probe.getsockname()[1])
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        # As smtp-sink and nearly every real server: aiosmtpd reads commands in turn, so it
+        # takes pipelined ones, but does not say so itself.
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         now = time.time()
