@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from aiosmtplib.protocol import PERIOD_REGEX, SMTPProtocol, normalize_message_line_endings
 from corehelpers import make_message
 from faultsmtp import STALL, FaultSMTP, _Threaded
 from hypothesis import given, settings
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from mqd.envelope import Envelope
 from mqd.errors import TransientRelayError
 from mqd.options import Options
-from mqd.relays.pipelining import wire_data
+from mqd.relays.pipelining import RELIED_ON, wire_data
 from mqd.relays.smtp import SMTPRelay
 
 SENDER = "app@example.com"
@@ -313,3 +313,11 @@ async def test_a_server_that_stops_answering_is_a_timeout_and_the_connection_is_
         server.stop()
     assert caught.value.reply is not None and caught.value.reply.code == 451
     assert "did not answer in time" in str(caught.value)
+
+
+async def test_the_installed_aiosmtplib_has_what_pipelining_relies_on() -> None:
+    # Should a release rename its protocol's private state, connections would silently go one
+    # command at a time: this says so instead.
+    protocol = SMTPProtocol(loop=asyncio.get_running_loop())
+    missing = [name for name in RELIED_ON if not hasattr(protocol, name)]
+    assert not missing, f"aiosmtplib's protocol lacks {missing}: see mqd/relays/pipelining.py"

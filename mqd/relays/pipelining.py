@@ -32,6 +32,18 @@ __all__ = ["PipeliningProtocol", "enable_pipelining", "wire_data"]
 
 #: The reply with which a server says it is closing the connection: no reply follows it.
 CLOSING = 421
+#: aiosmtplib's private state this module works with (5.1.x). If a release renames any of it,
+#: connections go one command at a time instead of failing (tests/test_pipelining.py checks).
+RELIED_ON = (
+    "_buffer",
+    "_command_lock",
+    "_loop",
+    "_read_response_from_buffer",
+    "_response_pending",
+    "_response_waiter",
+    "_set_response_exception",
+    "transport",
+)
 
 
 class PipeliningProtocol(SMTPProtocol):
@@ -151,6 +163,6 @@ def enable_pipelining(client: aiosmtplib.SMTP) -> PipeliningProtocol | None:
     protocol = client.protocol
     if protocol is None or not client.supports_extension("pipelining"):
         return None
-    if type(protocol) is SMTPProtocol:
+    if type(protocol) is SMTPProtocol and all(hasattr(protocol, name) for name in RELIED_ON):
         protocol.__class__ = PipeliningProtocol
     return protocol if isinstance(protocol, PipeliningProtocol) else None
