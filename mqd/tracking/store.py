@@ -155,6 +155,27 @@ class EventStore(abc.ABC):
     def close(self) -> None: ...
 
 
+_INSERT_EVENT = (
+    "INSERT INTO events (message, recipient, status, at, source, relay, provider_id, reply, "
+    "detail, event_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_key) DO NOTHING"
+)
+
+
+def _event_row(r: Record) -> tuple[Any, ...]:
+    return (
+        r.message,
+        r.recipient,
+        r.status.value,
+        r.at,
+        r.source,
+        r.relay,
+        r.provider_id,
+        r.reply,
+        json.dumps(r.detail, separators=(",", ":"), default=str),
+        r.event_key,
+    )
+
+
 class SQLiteStore(EventStore):
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
@@ -189,9 +210,14 @@ class SQLiteStore(EventStore):
         # once per batch: 9 statements for a message delivered at once, not 12.
         new: list[Record] = []
         touched: dict[str, float] = {}
+        # mqd's own events have no de-duplication key, so every one is new: they go in with one
+        # executemany (the daemon's batches), a provider's one by one, to learn which were new.
+        own = all(record.event_key is None for record in records)
         with self._db:
+            if own:
+                self._db.executemany(_INSERT_EVENT, map(_event_row, records))
             for record in records:
-                if not self._insert_event(record):
+                if not own and not self._insert_event(record):
                     continue
                 new.append(record)
                 self._apply(record, first=record.message not in touched)
@@ -201,24 +227,7 @@ class SQLiteStore(EventStore):
         return new
 
     def _insert_event(self, r: Record) -> bool:
-        cursor = self._db.execute(
-            "INSERT INTO events (message, recipient, status, at, source, relay, provider_id, "
-            "reply, detail, event_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (event_key) DO NOTHING",
-            (
-                r.message,
-                r.recipient,
-                r.status.value,
-                r.at,
-                r.source,
-                r.relay,
-                r.provider_id,
-                r.reply,
-                json.dumps(r.detail, separators=(",", ":"), default=str),
-                r.event_key,
-            ),
-        )
-        return cursor.rowcount == 1
+        return self._db.execute(_INSERT_EVENT, _event_row(r)).rowcount == 1
 
     def _apply(self, r: Record, *, first: bool) -> None:
         """The message's and the recipients' rows for one new event. ``first``: the batch's
