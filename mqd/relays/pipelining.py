@@ -6,10 +6,11 @@ server that offers PIPELINING takes MAIL, every RCPT and DATA in one write and a
 order: two round trips per message (the group, then the body) instead of three plus one per
 recipient, which matters most on a distant relay and saves event-loop turns on a near one.
 
-``PipeliningProtocol`` is aiosmtplib's protocol plus two methods; outside a group it behaves
-exactly as aiosmtplib's own. aiosmtplib builds its protocol inside a private method with no
-factory to pass, so ``enable_pipelining`` gives the connected protocol this class (it only adds
-methods and a class attribute, no state of its own that the instance would lack).
+``PipeliningProtocol`` is aiosmtplib's protocol with ``execute_group`` and ``send_data`` added,
+and ``data_received`` and ``read_response`` taught to keep the replies of a group that arrive
+early; outside a group it answers as aiosmtplib's own. aiosmtplib builds its protocol inside a
+private method with no factory to pass, so ``enable_pipelining`` gives the connected protocol
+this class (it adds methods and a class attribute only, no state the instance would lack).
 """
 
 from __future__ import annotations
