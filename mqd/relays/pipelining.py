@@ -111,8 +111,9 @@ class PipeliningProtocol(SMTPProtocol):
         timeout: float | None = None,  # noqa: ASYNC109 - aiosmtplib's signature
     ) -> SMTPResponse:
         """aiosmtplib's read_response, cheaper: a reply already here (the rest of a group's
-        replies, which arrive together) is taken without waiting, and the timeout is a timer
-        on this wait rather than wait_for's extra future and two extra event-loop turns."""
+        replies, which arrive together) is taken without waiting, and the timeout is one timer
+        that fails the wait, rather than wait_for's extra future and two extra event-loop turns
+        (or asyncio.timeout's cancellation machinery, twice the cost of the timer)."""
         if self._response_waiter is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
         self._response_pending = True
@@ -122,10 +123,13 @@ class PipeliningProtocol(SMTPProtocol):
         try:
             if waiter.done():
                 return waiter.result()
-            async with asyncio.timeout(timeout):
+            if timeout is None:
                 return await waiter
-        except TimeoutError as exc:
-            raise SMTPReadTimeoutError("Timed out waiting for server response") from exc
+            timer = self._loop.call_later(timeout, _time_out, waiter)
+            try:
+                return await waiter
+            finally:
+                timer.cancel()
         finally:
             self._response_pending = False
             # as aiosmtplib: a fresh waiter for the next reply, none once disconnected
@@ -142,6 +146,11 @@ class PipeliningProtocol(SMTPProtocol):
         else:
             if response is not None:
                 waiter.set_result(response)
+
+
+def _time_out(waiter: asyncio.Future[SMTPResponse]) -> None:
+    if not waiter.done():
+        waiter.set_exception(SMTPReadTimeoutError("Timed out waiting for server response"))
 
 
 def wire_data(message: bytes) -> bytes:
