@@ -5,6 +5,7 @@ outcome is the same as command by command."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -126,6 +127,12 @@ class PipelineSink(_Threaded):
         if replies[0].startswith("421"):  # closing: nothing after it
             replies = replies[:1]
         blob = "".join(r + "\r\n" for r in replies).encode()
+        if self.mode == "flood":  # one reply that never ends
+            with contextlib.suppress(ConnectionError):
+                for _ in range(2000):
+                    writer.write(b"250-" + b"x" * 500 + b"\r\n")
+                    await writer.drain()
+            return
         if self.mode == "together":
             writer.write(blob)
         elif self.mode == "apart":
@@ -321,3 +328,21 @@ async def test_the_installed_aiosmtplib_has_what_pipelining_relies_on() -> None:
     protocol = SMTPProtocol(loop=asyncio.get_running_loop())
     missing = [name for name in RELIED_ON if not hasattr(protocol, name)]
     assert not missing, f"aiosmtplib's protocol lacks {missing}: see mqd/relays/pipelining.py"
+
+
+async def test_a_large_group_is_not_taken_for_an_endless_reply(sink_factory: Any) -> None:
+    # 1,500 RCPT replies in one write are ~40 KB: more than aiosmtplib allows for one reply,
+    # and all of them legitimate.
+    sink = sink_factory(mode="together")
+    rcpts = tuple(f"user{i}@example.net" for i in range(1500))
+    (result,) = await deliver(sink, envelope(*rcpts))
+    assert len(result.replies) == 1500
+    assert {x.code for x in result.replies.values()} == {250}
+    assert len(sink.groups[0]) == 1502
+
+
+async def test_a_reply_without_end_drops_the_connection(sink_factory: Any) -> None:
+    sink = sink_factory(mode="flood")
+    with pytest.raises(TransientRelayError) as caught:
+        await asyncio.wait_for(deliver(sink, envelope("a@example.net")), 10)
+    assert "Response too long" in str(caught.value)  # bounded, not waited out to a timeout

@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Sequence
 
 import aiosmtplib
-from aiosmtplib.errors import SMTPReadTimeoutError
+from aiosmtplib.errors import SMTPReadTimeoutError, SMTPResponseException
 from aiosmtplib.protocol import (
     COMMAND_INJECTION_REGEX,
     MAX_RESPONSE_LENGTH,
@@ -28,6 +28,7 @@ from aiosmtplib.protocol import (
     normalize_message_line_endings,
 )
 from aiosmtplib.response import SMTPResponse
+from aiosmtplib.typing import SMTPStatus
 
 __all__ = ["PipeliningProtocol", "enable_pipelining", "wire_data"]
 
@@ -51,6 +52,8 @@ class PipeliningProtocol(SMTPProtocol):
     #: While a group's replies are read: a reply that arrives before the one before it is taken
     #: is kept in the buffer (aiosmtplib would drop it) and taken by the next read_response.
     _in_group = False
+    #: How many commands the group being read has.
+    _group_size = 1
 
     async def execute_group(
         self,
@@ -68,7 +71,7 @@ class PipeliningProtocol(SMTPProtocol):
         data = b"".join(b" ".join(words) + b"\r\n" for words in commands)
         replies: list[SMTPResponse] = []
         async with self._command_lock:
-            self._in_group = True
+            self._in_group, self._group_size = True, len(commands)
             try:
                 self._response_pending = True
                 self.write(data)
@@ -98,13 +101,29 @@ class PipeliningProtocol(SMTPProtocol):
             return await self.read_response(timeout=timeout)
 
     def data_received(self, data: bytes) -> None:
-        waiter = self._response_waiter
-        if self._in_group and waiter is not None and (waiter.done() or not self._response_pending):
-            self._buffer.extend(data)
-            if len(self._buffer) > MAX_RESPONSE_LENGTH and self.transport is not None:
-                self.transport.close()  # endless replies: the reads see the connection lost
+        if not self._in_group:
+            super().data_received(data)
             return
-        super().data_received(data)
+        # A group's replies may all be here at once, more than aiosmtplib's bound for one reply
+        # (1,500 RCPT replies are ~40 KB): the bound is one reply's per command of the group.
+        waiter = self._response_waiter
+        if waiter is None:  # the connection is gone
+            return
+        self._buffer.extend(data)
+        if len(self._buffer) > MAX_RESPONSE_LENGTH * self._group_size:
+            # Endless replies: the same error as aiosmtplib's, and the connection is dropped
+            # (a later read of the group sees it lost).
+            del self._buffer[:]
+            if not waiter.done():
+                self._set_response_exception(
+                    waiter,
+                    SMTPResponseException(SMTPStatus.invalid_response.value, "Response too long"),
+                )
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self._response_pending and not waiter.done():
+            self._take_buffered_reply()
 
     async def read_response(
         self,
