@@ -23,7 +23,7 @@ from .envelope import ParsedMessage, is_delivery_report, parse_message
 from .errors import SpoolError
 from .events import Event, EventKind, EventSink
 from .plugins import PluginHost
-from .queue.entry import QueueEntry, RcptStatus, RecipientState, id_time, new_message_id
+from .queue.entry import QueueEntry, RcptStatus, RecipientState, id_time, message_id_maker
 from .queue.filestore import DSN_SOURCE, KEEP_BODY_MAX, FileStore
 from .routing import route_for
 from .spool import Claimed, Spool, read_claimed
@@ -97,9 +97,10 @@ class Intake:
 
     def _claim_and_read(self, spool: Spool, names: list[str]) -> list[_Read]:
         reads = []
+        new_id = message_id_maker(len(names))
         for name in names:
             try:
-                claimed = spool.claim(name, new_message_id())
+                claimed = spool.claim(name, new_id())
             except SpoolError as exc:
                 log.error("%s", exc)
                 continue

@@ -290,3 +290,16 @@ def test_delay_is_a_float():
 def test_expired(age, expired):
     created = 1_700_000_000.0
     assert Backoff(POLICY).expired(created, created + age) is expired
+
+
+def test_ids_made_for_a_batch_are_distinct_and_carry_their_time() -> None:
+    import time
+
+    from mqd.queue.entry import id_time, message_id_maker
+
+    before = time.time()
+    make = message_id_maker(500)
+    ids = [make() for _ in range(500)]
+    assert len(set(ids)) == 500
+    assert all(len(i) == 21 and int(i, 16) >= 0 for i in ids)
+    assert all(before - 0.001 <= (id_time(i) or 0) <= time.time() for i in ids)
