@@ -29,13 +29,13 @@ HISTORY_LIMIT = 50
 
 def new_message_id() -> str:
     """A new queue id: sortable by creation time (ms, hex), then random."""
-    return f"{int(time.time() * 1000):011x}{secrets.token_hex(5)}"
+    return message_id_maker(1)()
 
 
 def message_id_maker(count: int) -> Callable[[], str]:
-    """A maker of up to ``count`` ids like ``new_message_id``'s, their random parts drawn at
-    once: one system call for an intake batch rather than one per file (in the intake thread,
-    each system call also waits for the event loop to hand back the GIL)."""
+    """A maker of up to ``count`` new queue ids, their random parts drawn at once: one system
+    call for an intake batch rather than one per file (in the intake thread, each system call
+    also waits for the event loop to hand back the GIL)."""
     drawn = secrets.token_hex(5 * count)
     randoms = (drawn[i : i + 10] for i in range(0, len(drawn), 10))
 
