@@ -101,20 +101,43 @@ class Daemon:
         self._stop = threading.Event()
         threading.Thread(target=self._sample, daemon=True).start()
 
+    def tree(self) -> list[int]:
+        """The daemon's pid and its workers' (``--workers``), as mqbench.py counts a tree."""
+        pids, todo = [], [self.process.pid]
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            for children in Path(f"/proc/{pid}/task").glob("*/children"):
+                try:
+                    todo += [int(child) for child in children.read_text().split()]
+                except OSError:
+                    continue
+        return pids
+
     def cpu(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK
+        total = 0
+        for pid in self.tree():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / CLK
 
     def _sample(self) -> None:
         while not self._stop.wait(0.25):
-            try:
-                rollup = Path(f"/proc/{self.process.pid}/smaps_rollup").read_text()
-            except OSError:
-                continue
-            for key, attr in (("Rss:", "peak_rss"), ("Pss:", "peak_pss")):
-                match = re.search(rf"^{key}\s+(\d+) kB", rollup, re.MULTILINE)
-                if match:
-                    setattr(self, attr, max(getattr(self, attr), int(match.group(1)) / 1024))
+            sizes = {"Rss:": 0.0, "Pss:": 0.0}
+            for pid in self.tree():
+                try:
+                    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+                except OSError:
+                    continue
+                for key in sizes:
+                    match = re.search(rf"^{key}\s+(\d+) kB", rollup, re.MULTILINE)
+                    if match:
+                        sizes[key] += int(match.group(1)) / 1024
+            self.peak_rss = max(self.peak_rss, sizes["Rss:"])
+            self.peak_pss = max(self.peak_pss, sizes["Pss:"])
 
     def stop(self) -> None:
         self._stop.set()
@@ -143,6 +166,8 @@ def drop(spool: Path, number: int, size: int) -> None:
 
 #: Appended to every mqd config (--extra-config), e.g. '[tracking]\nenabled = false'.
 EXTRA_CONFIG = ""
+#: queue.workers of every mqd config (--workers).
+WORKERS = 1
 
 
 def setup(work: Path, port: int) -> tuple[Path, Path]:
@@ -150,7 +175,7 @@ def setup(work: Path, port: int) -> tuple[Path, Path]:
     spool.mkdir(parents=True, exist_ok=True)
     config = work / "mqd.toml"
     config.write_text(
-        f'[queue]\ndir = "{work / "queue"}"\n[[spool]]\npath = "{spool}"\n'
+        f'[queue]\ndir = "{work / "queue"}"\nworkers = {WORKERS}\n[[spool]]\npath = "{spool}"\n'
         'allowed_senders = ["bench@bench.test"]\n'
         f'[relays.sink]\nplugin = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
         + EXTRA_CONFIG
@@ -328,6 +353,14 @@ def main() -> int:
         "summarise with benchmarks/stacks.py FILE); its overhead lowers the drain figure",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="queue.workers: N daemon processes sharing the spool (CPU and memory are the sum "
+        "over all of them)",
+    )
+    parser.add_argument(
         "--extra-config",
         default="",
         metavar="TOML",
@@ -335,8 +368,9 @@ def main() -> int:
         "figures)",
     )
     args = parser.parse_args()
-    global EXTRA_CONFIG
+    global EXTRA_CONFIG, WORKERS
     EXTRA_CONFIG = args.extra_config.replace("\\n", "\n") + "\n"
+    WORKERS = args.workers
     work = Path(tempfile.mkdtemp(prefix="mqd-bench-"))
     sink = Sink()
     sink.controller.start()

@@ -256,23 +256,39 @@ class QueueAdmin:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    async def _get(self, id: str) -> QueueEntry:
-        entry = self.daemon.entries.get(id)
-        if entry is not None:
-            return entry
+    async def op_find(self, ids: list[str]) -> dict[str, str]:
+        """Which of ``ids`` (or starts of ids) are in this queue, as {given: queue id}: how
+        ``mqd.fanout`` finds the worker that holds a message."""
+        found = {}
+        for given in ids:
+            read, unread = self._matching(given)
+            if len(read) + len(unread) > 1:
+                raise AdminError(self._ambiguous(given, len(read) + len(unread)))
+            if read or unread:
+                found[given] = (read or unread)[0]
+        return found
+
+    def _matching(self, id: str) -> tuple[list[str], list[str]]:
+        """The ids ``id`` names (itself, or those it starts): (read, still in the backlog)."""
+        if id in self.daemon.entries:
+            return [id], []
         backlog = self.daemon.backlog
         if id in backlog:
-            matches, unread = [], [id]
-        elif id:
-            matches = [e for key, e in self.daemon.entries.items() if key.startswith(id)]
-            unread = backlog.starting_with(id)
-        else:
-            matches, unread = [], []
-        if len(matches) + len(unread) > 1:
-            count = len(matches) + len(unread)
-            raise AdminError(f"{id!r} is the start of {count} queue ids: give more of it")
-        if matches:
-            return matches[0]
+            return [], [id]
+        if not id:
+            return [], []
+        return [key for key in self.daemon.entries if key.startswith(id)], backlog.starting_with(id)
+
+    @staticmethod
+    def _ambiguous(id: str, count: int) -> str:
+        return f"{id!r} is the start of {count} queue ids: give more of it"
+
+    async def _get(self, id: str) -> QueueEntry:
+        read, unread = self._matching(id)
+        if len(read) + len(unread) > 1:
+            raise AdminError(self._ambiguous(id, len(read) + len(unread)))
+        if read:
+            return self.daemon.entries[read[0]]
         if unread:
             await self.daemon.take_from_backlog(unread)  # read it now, out of turn
             entry = self.daemon.entries.get(unread[0])
@@ -391,26 +407,26 @@ async def offline(config: Config, host: PluginHost | None = None) -> AsyncIterat
 
 
 async def request(config: Config, op: str, args: dict[str, Any] | None = None) -> Any:
-    """Carry out ``op`` on the queue of ``config``: through the running daemon's control socket,
+    """Carry out ``op`` on the queue of ``config`` (of one worker: ``mqd.fanout`` asks every
+    worker of ``queue.workers``): through the running daemon's control socket,
     or on the files when no daemon runs. Raises AdminError / ControlError with a message for
     the user."""
     from .control import ControlError, DaemonNotRunning, call
     from .errors import QueueLockedError
 
+    directory = config.queue.own_dir
     try:
-        return await call(config.queue.dir, op, args)
+        return await call(directory, op, args)
     except DaemonNotRunning:
         pass
-    if not config.queue.dir.is_dir():
+    if not directory.is_dir():
         # Opening it offline would create it, owned by whoever runs this command.
-        raise AdminError(
-            f"there is no queue at {config.queue.dir} yet: mqd creates it when it first runs"
-        )
+        raise AdminError(f"there is no queue at {directory} yet: mqd creates it when it first runs")
     try:
         async with offline(config) as admin:
             return await admin.handle(op, args or {})
     except QueueLockedError:
         raise ControlError(
-            f"a daemon holds the queue {config.queue.dir} but does not answer on its control "
+            f"a daemon holds the queue {directory} but does not answer on its control "
             "socket: is it an older mqd, or still starting? (see its log)"
         ) from None

@@ -205,6 +205,9 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
         ("oldest", human_age(float(oldest)) if oldest is not None else "-"),
         ("failed", f"{failed}" + (" ('mqd failed list' shows them)" if failed else "")),
     ]
+    workers: Sequence[Mapping[str, Any]] = status.get("workers") or []
+    if workers:
+        fields.insert(1, ("workers", ", ".join(_worker(w) for w in workers)))
     width = max(len(name) for name, _ in fields)
     lines = [f"{name.ljust(width)}  {value}" for name, value in fields]
     relays: Mapping[str, Mapping[str, Any]] = status.get("relays") or {}
@@ -226,6 +229,14 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _worker(worker: Mapping[str, Any]) -> str:
+    """``2: pid 4242, 17 queued`` for one of queue.workers."""
+    if worker.get("messages") is None:
+        return f"{worker['worker']}: starting (not answering yet)"
+    state = f"pid {worker['pid']}" if worker.get("running") else "not running"
+    return f"{worker['worker']}: {state}, {worker['messages']} queued"
+
+
 def _quota(quota: Mapping[str, Any]) -> str:
     parts = []
     if quota.get("max_per_second"):
@@ -240,14 +251,20 @@ def _quota(quota: Mapping[str, Any]) -> str:
 
 
 def status_problems(status: Mapping[str, Any], warn_age: float | None) -> list[str]:
-    """What ``mqd status --check`` reports: open circuits, and a message older than
-    ``warn_age`` seconds."""
+    """What ``mqd status --check`` reports: open circuits, a worker of queue.workers not
+    running while the first is, and a message older than ``warn_age`` seconds."""
     problems = [
         f"relay {name}: circuit open"
         + (f" (last error: {relay['last_error']})" if relay.get("last_error") else "")
         for name, relay in (status.get("relays") or {}).items()
         if relay.get("health") == "open"
     ]
+    if status.get("running"):
+        problems += [
+            f"worker {w['worker']} is not running (worker 1 starts it again; see the log)"
+            for w in status.get("workers") or []
+            if not w.get("running")
+        ]
     oldest = status.get("oldest_age")
     if warn_age is not None and oldest is not None and float(oldest) > warn_age:
         problems.append(

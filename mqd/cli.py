@@ -53,8 +53,10 @@ class MQDGroup(click.Group):
 
 
 class State:
-    def __init__(self, config_path: Path | None) -> None:
+    def __init__(self, config_path: Path | None, log_args: tuple[str, ...] = ()) -> None:
         self.config_path = config_path
+        #: --log-level and --log-format as given, for the other workers of queue.workers.
+        self.log_args = log_args
 
     def load(self) -> Config:
         return load_config(locate_config(self.config_path))
@@ -96,7 +98,7 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str, log_format
     through an authenticated relay, retries what fails temporarily and bounces what cannot be
     delivered. Start with 'mqd init', check with 'mqd config check', then 'mqd run'.
     """
-    ctx.obj = State(config_path)
+    ctx.obj = State(config_path, ("--log-level", log_level, "--log-format", log_format))
     setup_logging(log_level, log_format)
 
 
@@ -111,23 +113,39 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str, log_format
     is_flag=True,
     help="With --once: no progress bar (one is drawn only when stderr is a terminal).",
 )
+@click.option("--worker", default=1, type=click.IntRange(min=1), hidden=True)
 @pass_state
-def run(state: State, once: bool, no_progress: bool) -> None:
-    """Run the daemon in the foreground (stop with Ctrl-C or SIGTERM)."""
+def run(state: State, once: bool, no_progress: bool, worker: int) -> None:
+    """Run the daemon in the foreground (stop with Ctrl-C or SIGTERM).
+
+    With queue.workers = N in the config, this process starts N - 1 more daemon processes that
+    share the spools, and stops them when it stops.
+    """
     from . import daemon
 
     config = state.load()
+    if worker > config.queue.workers:
+        raise click.UsageError(
+            f"--worker {worker}: the config has queue.workers = {config.queue.workers}"
+        )
+    if config.queue.workers > 1:
+        config = config.for_worker(worker)
+        if worker > 1:
+            from .logs import setup_logging
+
+            setup_logging(*state.log_args[1::2], worker=worker)
     if not once:
-        daemon.run(config)
+        daemon.run(config, cli_args=state.log_args)
         return
     from .plugins import PluginHost
     from .progress import DeliveryProgress, count_due_work, maybe_bar, wanted
 
-    show = wanted(sys.stderr, not no_progress)
+    # With several workers each process sees only its own deliveries: no bar.
+    show = wanted(sys.stderr, not no_progress) and config.queue.workers == 1
     total = count_due_work(config) if show else 0  # reading the queue only for a bar
     with maybe_bar(total, "delivering", sys.stderr, show) as bar:
         host = PluginHost(extra=(DeliveryProgress(bar),)) if bar is not None else None
-        daemon.run(config, once=True, host=host)
+        daemon.run(config, once=True, host=host, cli_args=state.log_args)
 
 
 @cli.command()
@@ -376,7 +394,7 @@ def _request(config: Config, op: str, **args: Any) -> Any:
     """``op`` through the running daemon, or on the queue files when none runs."""
     import asyncio
 
-    from .admin import request
+    from .fanout import request
 
     return asyncio.run(request(config, op, args))
 
@@ -595,12 +613,22 @@ def reload(state: State) -> None:
     A config that does not load is refused (exit 78) and the daemon keeps the one it has.
     """
     import asyncio
+    import contextlib
 
     from .control import ControlError, DaemonNotRunning, call
 
     config = state.load()  # a file that does not load never reaches the daemon
+
+    async def reload_each() -> dict[str, Any]:
+        summary = await call(config.queue.dir, "reload")
+        for directory in config.queue.worker_dirs[1:]:
+            # A worker not running now reads the config when worker 1 starts it again.
+            with contextlib.suppress(DaemonNotRunning):
+                await call(directory, "reload")
+        return dict(summary)
+
     try:
-        summary = asyncio.run(call(config.queue.dir, "reload"))
+        summary = asyncio.run(reload_each())
     except DaemonNotRunning:
         raise MQDError(
             f"no mqd daemon is running on {config.queue.dir}: there is nothing to reload "
@@ -612,7 +640,10 @@ def reload(state: State) -> None:
         # The daemon checked the file and kept its running config.
         click.echo(f"mqd: error: reload refused, the daemon keeps its config: {exc}", err=True)
         sys.exit(ExitCode.CONFIG)
-    click.echo(str(summary["reloaded"]))
+    workers = config.queue.workers
+    click.echo(
+        str(summary["reloaded"]) + (f" (in each of {workers} workers)" if workers > 1 else "")
+    )
 
 
 # -- the failed folder ----------------------------------------------------------------------------

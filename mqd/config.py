@@ -17,7 +17,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,8 @@ CONFIG_ENV = "MQD_CONFIG"
 #: Name of the relay used by the embedded defaults.
 DEFAULT_RELAY = "outbox"
 WATCH_MODES = ("auto", "inotify", "watchfiles", "poll")
+#: queue.workers at most: each is a process with its own connections and memory (~35 MB).
+MAX_WORKERS = 64
 _PATTERN = re.compile(r"(\*|[^@\s*<>]+)@([^@\s*<>]+)")
 
 
@@ -79,6 +81,24 @@ class QueueConfig:
     #: taken in while the limit is reached) are listed by id and read as deliveries make room
     #: (see ``mqd.backlog``).
     active_limit: int = 10_000
+    #: Daemon processes sharing the claim (``mqd run`` starts the others, see ``mqd.workers``).
+    workers: int = 1
+    #: Which of them this process is (1: the one ``mqd run`` started; not a config key).
+    worker: int = 1
+
+    @property
+    def own_dir(self) -> Path:
+        """This process's queue: ``dir`` for the first worker, ``dir/workers/<n>`` for others."""
+        return worker_dir(self.dir, self.worker)
+
+    @property
+    def worker_dirs(self) -> list[Path]:
+        """Every worker's queue directory, the first worker's first."""
+        return [worker_dir(self.dir, n) for n in range(1, self.workers + 1)]
+
+
+def worker_dir(queue_dir: Path, worker: int) -> Path:
+    return queue_dir if worker == 1 else queue_dir / "workers" / str(worker)
 
 
 @dataclass(frozen=True)
@@ -109,6 +129,18 @@ class QuotaConfig:
     max_per_second: float | None = None
     max_per_hour: int | None = None
     max_per_day: int | None = None
+
+    def divided(self, workers: int) -> QuotaConfig:
+        """Each worker's share, so that all of them together keep to the limits."""
+        if workers == 1:
+            return self
+        return QuotaConfig(
+            max_per_second=None if self.max_per_second is None else self.max_per_second / workers,
+            max_per_hour=None
+            if self.max_per_hour is None
+            else max(1, self.max_per_hour // workers),
+            max_per_day=None if self.max_per_day is None else max(1, self.max_per_day // workers),
+        )
 
     @property
     def limited(self) -> bool:
@@ -218,6 +250,30 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
 
+    def for_worker(self, worker: int) -> Config:
+        """The config of worker ``worker`` of ``queue.workers``: its own queue directory, its own
+        [metrics] endpoint (on the next port: ``port + worker - 1``), and [http] and [notify]
+        only in the first. Every worker shares the spools, the failed folder and the event
+        store, and keeps to its share of each relay's quota (``QuotaConfig.divided``, applied
+        where the quotas are counted)."""
+        queue = replace(self.queue, worker=worker)
+        if worker == 1:
+            return replace(self, queue=queue)
+        port = self.metrics.port + worker - 1 if self.metrics.port else 0
+        return replace(
+            self,
+            queue=queue,
+            tracking=replace(self.tracking, path=self.tracking_path),
+            metrics=replace(self.metrics, port=port),
+            http=replace(self.http, enabled=False),
+            notify=replace(self.notify, url=None),
+        )
+
+    @property
+    def failed_dir(self) -> Path:
+        """The failed folder, one for every worker."""
+        return self.queue.dir / "failed"
+
     @property
     def tracking_path(self) -> Path:
         return self.tracking.path or self.queue.dir / "tracking.sqlite3"
@@ -295,7 +351,7 @@ def parse_config(data: Mapping[str, Any], path: Path | None) -> Config:
         root.raw(key)
     root.finish()  # a misspelled top-level table is named before it is missed
     queue = _parse_queue(root.table("queue"), defaults)
-    relays = _parse_relays(root, path, defaults)
+    relays = _parse_relays(root, path, defaults, queue.workers)
     spools = _parse_spools(root, path, defaults, relays)
     routes = _parse_routes(root, path, relays)
     sendmail_opts = root.table("sendmail")
@@ -376,7 +432,10 @@ def _parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         watch=opts.choice("watch", WATCH_MODES, "auto"),
         shutdown_timeout=opts.duration("shutdown_timeout", "30s"),
         active_limit=opts.integer("active_limit", 10_000, minimum=1),
+        workers=opts.integer("workers", 1, minimum=1),
     )
+    if config.workers > MAX_WORKERS:
+        raise opts.error("workers", f"at most {MAX_WORKERS}")
     if config.shutdown_timeout < 0:
         raise opts.error("shutdown_timeout", "must not be negative")
     if config.scan_interval <= 0:
@@ -386,7 +445,7 @@ def _parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
 
 
 def _parse_relays(
-    root: Options, path: Path | None, defaults: DefaultPaths
+    root: Options, path: Path | None, defaults: DefaultPaths, workers: int
 ) -> dict[str, RelayConfig]:
     relays_table = root.table("relays")
     names = relays_table.keys()
@@ -407,16 +466,24 @@ def _parse_relays(
             plugin=opts.string("plugin"),
             allowed_senders=_patterns(opts, "allowed_senders"),
             options=opts,
-            quota=_parse_quota(opts),
+            quota=_parse_quota(opts, workers),
             circuit=_parse_circuit(opts),
         )
     return relays
 
 
-def _parse_quota(opts: Options) -> QuotaConfig:
+def _parse_quota(opts: Options, workers: int) -> QuotaConfig:
     def positive(key: str, value: float | None) -> None:
         if value is not None and value <= 0:
             raise opts.error(key, "must be more than zero (leave it out for no limit)")
+        if value is not None and value < workers and key != "max_per_second":
+            # Each worker counts its own sends against its whole share (QuotaConfig.divided);
+            # a rate is divided as it is.
+            raise opts.error(
+                key,
+                f"{value:g} cannot be shared between queue.workers = {workers} daemon processes "
+                "(each keeps to its share): raise it or lower queue.workers",
+            )
 
     quota = QuotaConfig(
         max_per_second=opts.number("max_per_second", None),

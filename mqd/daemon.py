@@ -16,7 +16,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +27,7 @@ from .backlog import Backlog
 from .config import Config, load_config
 from .control import ControlServer
 from .delivery import Deliverer
-from .errors import ConfigError, MQDError
+from .errors import ConfigError, MQDError, WorkerError
 from .events import Event
 from .fsutil import atomic_write
 from .intake import RECOVERY_BATCH, Intake, entry_from_body
@@ -40,6 +40,7 @@ from .relays.base import Relay
 from .runtime import build_relays
 from .spool import Spool, is_spool_name
 from .watch import Watcher, make_watcher
+from .workers import WorkerPool, warn_of_retired_workers, watch_parent
 
 if TYPE_CHECKING:
     from .http.server import HttpServer
@@ -62,6 +63,8 @@ MAX_SLEEP = 30.0
 CLOCK_SLACK = 5.0
 #: Quota counts are saved this often (when they changed) and at shutdown.
 QUOTA_SAVE_INTERVAL = 5.0
+#: Worker 1 waits this much longer than ``queue.shutdown_timeout`` for the others to stop.
+WORKER_STOP_SLACK = 10.0
 
 
 class Daemon:
@@ -72,8 +75,13 @@ class Daemon:
         host: PluginHost | None = None,
         once: bool = False,
         shutdown_timeout: float | None = None,
+        cli_args: Sequence[str] = (),
     ) -> None:
         self.config = config
+        #: Global command-line options passed on to the other workers of ``queue.workers``.
+        self.cli_args = tuple(cli_args)
+        #: Workers 2..N, in worker 1 (None with one worker, and in the others).
+        self.workers: WorkerPool | None = None
         self.host = host or PluginHost()
         self.once = once
         #: None: the config's ``queue.shutdown_timeout``.
@@ -81,7 +89,7 @@ class Daemon:
             shutdown_timeout if shutdown_timeout is not None else config.queue.shutdown_timeout
         )
         self.relays: dict[str, Relay] = build_relays(config, self.host)
-        self.store = FileStore(config.queue.dir)
+        self.store = FileStore(config.queue.own_dir, config.failed_dir)
         self.spools: list[Spool] = []
         self.intake = Intake(config, self.store, self.host, self.emit)
         self.deliverer = Deliverer(
@@ -141,6 +149,8 @@ class Daemon:
         self._stopping.set()
         self._wake.set()
         self._intake_wake.set()
+        if self.workers is not None:
+            self.workers.stop()
 
     def schedule(self, entry: QueueEntry) -> None:
         """Put ``entry`` on the schedule at its ``next_attempt_at``."""
@@ -194,10 +204,14 @@ class Daemon:
     def flush(self) -> None:
         """Retry everything deferred now (what SIGUSR1 and 'mqd queue flush' do)."""
         self._spawn(QueueAdmin(self).op_flush(), "flush")
+        if self.workers is not None and sys.platform != "win32":
+            self.workers.send_signal(signal.SIGUSR1)
 
     def request_reload(self) -> None:
         """Re-read the config (what SIGHUP does); a bad one is reported and the old one kept."""
         self._spawn(self.reload(), "reload")
+        if self.workers is not None and sys.platform != "win32":
+            self.workers.send_signal(signal.SIGHUP)
 
     def _spawn(self, work: Coroutine[object, object, object], what: str) -> None:
         task: asyncio.Task[object] = asyncio.get_running_loop().create_task(
@@ -273,6 +287,7 @@ class Daemon:
                     path=path,
                     key="queue.dir",
                 )
+            new = self._as_this_worker(new)
             relays = build_relays(new, self.host)  # the last check: nothing to undo after it
         except MQDError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
@@ -299,6 +314,18 @@ class Daemon:
         summary = f"reloaded {path}: {len(new.spools)} spool(s), relays {', '.join(new.relays)}"
         log.warning("%s", summary)
         return summary
+
+    def _as_this_worker(self, new: Config) -> Config:
+        """``new`` as this process's share of it; the number of workers stays until a restart."""
+        running = self.config.queue.workers
+        if new.queue.workers != running:
+            log.warning(
+                "queue.workers changed from %d to %d: that takes effect at the next restart",
+                running,
+                new.queue.workers,
+            )
+            new = replace(new, queue=replace(new.queue, workers=running))
+        return new.for_worker(self.config.queue.worker) if running > 1 else new
 
     def _reopen_spools(self) -> None:
         """New spool objects for the new config; the watcher follows if the paths changed."""
@@ -360,6 +387,13 @@ class Daemon:
                 self.http = HttpServer(self)
                 await self.http.start()
             self._announce()
+            if self.config.queue.worker == 1:
+                await asyncio.to_thread(warn_of_retired_workers, self.config.queue)
+                if self.config.queue.workers > 1:
+                    self.workers = WorkerPool(self.config, once=self.once, cli_args=self.cli_args)
+                    self.workers.start()
+            else:
+                watch_parent(self.request_stop)
             await self._recover(recovery.unaccepted, recovery.entries)
             del recovery  # its lists (100,000 paths for a large queue) are not needed any more
             await self._read_backlog()
@@ -372,6 +406,8 @@ class Daemon:
             await self._serve()
         finally:
             systemd.notify("STOPPING=1")
+            if self.workers is not None:
+                await self.workers.wait(self.shutdown_timeout + WORKER_STOP_SLACK)
             if self._control is not None:
                 await self._control.close()
             if self.http is not None:
@@ -525,7 +561,7 @@ class Daemon:
     def _announce(self) -> None:
         log.info(
             "mqd starting: queue %s, %d spool(s), concurrency %d%s",
-            self.config.queue.dir,
+            self.store.directory,
             len(self.spools),
             self.config.queue.concurrency,
             " (--once: deliver what is due, then exit)" if self.once else "",
@@ -782,18 +818,31 @@ async def async_run(
     once: bool = False,
     host: PluginHost | None = None,
     install_signals: bool = False,
+    cli_args: Sequence[str] = (),
 ) -> Daemon:
     """Run a daemon until it is stopped (or, with ``once``, until nothing is due)."""
-    daemon = Daemon(config, host=host, once=once)
+    daemon = Daemon(config, host=host, once=once, cli_args=cli_args)
     if install_signals:
         _install_signal_handlers(daemon)
     await daemon.run()
     return daemon
 
 
-def run(config: Config, *, once: bool = False, host: PluginHost | None = None) -> None:
-    """Blocking entry point for the CLI: signals stop the daemon gracefully."""
-    asyncio.run(async_run(config, once=once, host=host, install_signals=True))
+def run(
+    config: Config,
+    *,
+    once: bool = False,
+    host: PluginHost | None = None,
+    cli_args: Sequence[str] = (),
+) -> None:
+    """Blocking entry point for the CLI: signals stop the daemon gracefully. With --once and
+    several workers, raises WorkerError when one of the others failed."""
+    daemon = asyncio.run(
+        async_run(config, once=once, host=host, install_signals=True, cli_args=cli_args)
+    )
+    if daemon.workers is not None and daemon.workers.failures:
+        failed = ", ".join(f"{n} (code {c})" for n, c in sorted(daemon.workers.failures.items()))
+        raise WorkerError(f"worker(s) {failed} did not finish: see their log lines above")
 
 
 def _install_signal_handlers(daemon: Daemon) -> None:

@@ -138,10 +138,9 @@ class Deliverer:
                 else Circuit(name, relay.circuit)
             )
             quota = self.quotas.get(name)
+            share = relay.quota.divided(config.queue.workers)  # this worker's part of the limits
             quotas[name] = (
-                quota
-                if quota is not None and quota.config == relay.quota
-                else Quota(name, relay.quota)
+                quota if quota is not None and quota.config == share else Quota(name, share)
             )
             if quota is not None and quotas[name] is not quota:
                 quotas[name].load(quota.to_json())

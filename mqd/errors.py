@@ -39,6 +39,7 @@ __all__ = [
     "RelayError",
     "SpoolError",
     "TransientRelayError",
+    "WorkerError",
 ]
 
 
@@ -83,6 +84,10 @@ class MessageParseError(SpoolError):
 
 class PolicyError(MQDError):
     """The message is refused by policy (its sender is not allowed)."""
+
+
+class WorkerError(MQDError):
+    """One of queue.workers' other processes failed (with ``mqd run --once``)."""
 
 
 class QueueError(MQDError):

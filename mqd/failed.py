@@ -31,7 +31,6 @@ from .config import Config
 from .envelope import address_problem
 from .errors import MQDError
 from .inject import envelope_lines, inject
-from .queue.filestore import FileStore
 
 __all__ = [
     "FailedError",
@@ -125,7 +124,7 @@ class RetryReport:
 
 def failed_dir(config: Config) -> Path:
     """``<queue dir>/failed`` of ``config`` (nothing is created)."""
-    return FileStore(config.queue.dir).failed_dir
+    return config.failed_dir
 
 
 def list_failed(directory: Path) -> list[FailedMessage]:

@@ -313,15 +313,16 @@ def entry_from_body(config: Config, path: Path) -> QueueEntry | None:
 def queued_entries(config: Config) -> list[QueueEntry]:
     """Every entry in ``config``'s queue, read without a lock and without changing anything
     (tests and tools looking at a stopped daemon's queue), oldest first: the state files, and
-    the bodies accepted with none yet."""
-    store = FileStore(config.queue.dir)
+    the bodies accepted with none yet; of every worker of ``queue.workers``."""
     entries = {}
-    for path in store.state_dir.glob("*.json"):
-        entry = QueueEntry.from_json(path.read_bytes())
-        entries[entry.id] = entry
-    for body in store.messages_dir.glob("*/*.eml"):
-        if body.stem not in entries and body.parent.name != DSN_SOURCE:
-            found = entry_from_body(config, body)
-            if found is not None:
-                entries[found.id] = found
+    for directory in config.queue.worker_dirs:  # every worker's, with queue.workers
+        store = FileStore(directory)
+        for path in store.state_dir.glob("*.json"):
+            entry = QueueEntry.from_json(path.read_bytes())
+            entries[entry.id] = entry
+        for body in store.messages_dir.glob("*/*.eml"):
+            if body.stem not in entries and body.parent.name != DSN_SOURCE:
+                found = entry_from_body(config, body)
+                if found is not None:
+                    entries[found.id] = found
     return sorted(entries.values(), key=lambda entry: (entry.created_at, entry.id))

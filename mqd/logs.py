@@ -18,6 +18,11 @@ LOG_FORMATS = ("text", "json")
 
 
 class JSONFormatter(logging.Formatter):
+    def __init__(self, worker: int = 1) -> None:
+        super().__init__()
+        #: Which of queue.workers' processes logs (a "worker" key only when not the first).
+        self.worker = worker
+
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -26,6 +31,8 @@ class JSONFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker != 1:
+            data["worker"] = self.worker
         fields = getattr(record, "mqd", None)
         if isinstance(fields, dict):
             data.update(fields)
@@ -36,10 +43,12 @@ class JSONFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     """``2026-12-02 19:50:25,481 INFO    mqd.delivery: ...``; the date and time are formatted
-    once a second, not for every line (two lines per message at info level)."""
+    once a second, not for every line (two lines per message at info level). The workers of
+    queue.workers after the first add ``[worker 2]`` (and so on) before the logger's name."""
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    def __init__(self, worker: int = 1) -> None:
+        tag = f"[worker {worker}] " if worker != 1 else ""
+        super().__init__(f"%(asctime)s %(levelname)-7s {tag}%(name)s: %(message)s")
         self._second = -1
         self._stamp = ""
 
@@ -51,8 +60,9 @@ class TextFormatter(logging.Formatter):
         return f"{self._stamp},{int(record.msecs):03d}"
 
 
-def setup_logging(level: str = "info", fmt: str = "text") -> None:
-    """Send mqd's logs to stderr at ``level`` in ``fmt`` ("text" or "json")."""
+def setup_logging(level: str = "info", fmt: str = "text", *, worker: int = 1) -> None:
+    """Send mqd's logs to stderr at ``level`` in ``fmt`` ("text" or "json"), marked as
+    ``worker``'s when not the first of queue.workers."""
     # Neither format shows the thread, the process or the source line: not looking them up
     # for every record makes a line a third cheaper (the logging docs' "Optimization").
     logging.logThreads = False
@@ -60,7 +70,7 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     logging.logMultiprocessing = False
     logging._srcfile = None
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JSONFormatter(worker) if fmt == "json" else TextFormatter(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

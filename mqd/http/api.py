@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..admin import QueueAdmin
+from ..fanout import daemon_status
 from ..tracking.vocabulary import Status
 from .openapi import openapi
 
@@ -118,7 +118,7 @@ class Api:
         return web.json_response(openapi())
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(await QueueAdmin(self.daemon).op_status())
+        return web.json_response(await daemon_status(self.daemon))
 
     async def messages(self, request: web.Request) -> web.Response:
         limit = parse_limit(request.query, 50)

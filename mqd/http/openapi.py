@@ -121,6 +121,26 @@ _QUEUE_STATUS = {
         },
         "failed": {"type": "integer", "description": "Messages in the failed folder."},
         "spools": {"type": "array", "items": {"type": "string"}},
+        "workers": {
+            "type": "array",
+            "description": "With queue.workers above 1: each worker process and its own queue "
+            "(the counts above are of all of them).",
+            "items": {
+                "type": "object",
+                "required": ["worker", "running", "queue_dir", "messages"],
+                "properties": {
+                    "worker": {"type": "integer"},
+                    "running": {"type": "boolean"},
+                    "pid": {"type": ["integer", "null"]},
+                    "queue_dir": _NULLABLE_STRING,
+                    "messages": {
+                        "type": ["integer", "null"],
+                        "description": "null: the worker holds its queue but does not answer "
+                        "yet (just started again).",
+                    },
+                },
+            },
+        },
         "relays": {
             "type": "object",
             "additionalProperties": {

@@ -21,9 +21,10 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from ..admin import QueueAdmin, entry_state
+from ..admin import entry_state
 from ..adminview import human_age, human_size
 from ..failed import FailedError, FailedMessage, failed_dir, find, list_failed
+from ..fanout import daemon_status
 from ..tracking.vocabulary import Status
 from . import access
 from .api import BadQuery, parse_limit, parse_status
@@ -237,7 +238,7 @@ class View:
     # -- / ----------------------------------------------------------------------------------------
 
     async def overview(self, request: web.Request) -> web.Response:
-        status = await QueueAdmin(self.daemon).op_status()
+        status = await daemon_status(self.daemon)
         counts = status["by_state"]
         oldest = status["oldest_age"]
         failed = int(status["failed"])

@@ -146,11 +146,13 @@ def _each(operation: Callable[[T], R], items: list[T]) -> list[R | BaseException
 
 
 class FileStore(QueueStore):
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, failed_dir: Path | None = None) -> None:
+        """``failed_dir``: the failed folder when it is not the queue's own (the workers of
+        ``queue.workers`` share the first one's)."""
         self.directory = directory
         self.messages_dir = directory / "messages"
         self.state_dir = directory / "state"
-        self.failed_dir = directory / "failed"
+        self.failed_dir = failed_dir or directory / "failed"
         self.quarantine_dir = directory / "quarantine"
         self.quota_path = directory / "quota.json"
         self.queue_key = ""

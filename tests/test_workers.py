@@ -1,0 +1,493 @@
+"""queue.workers: several daemon processes under one ``mqd run``, administered as one queue."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from corehelpers import make_message
+from smtpserver import SMTPPeer
+from test_processes import received_ids, wait_until_empty
+
+from mqd.config import QuotaConfig, load_config
+from mqd.errors import ConfigError
+from mqd.fanout import merge_status
+from mqd.inject import inject_many
+
+CONFIG = """
+[queue]
+dir = "{queue}"
+bounce_sender = "mailer-daemon@mqd.test"
+scan_interval = "1s"
+workers = {workers}
+{queue_extra}
+[[spool]]
+path = "{spool}"
+allowed_senders = ["app@example.com"]
+
+[relays.sink]
+plugin = "smtp"
+host = "127.0.0.1"
+port = {port}
+security = "none"
+{relay_extra}
+"""
+
+
+def write(
+    tmp_path: Path,
+    spool: Path,
+    port: int = 1,
+    workers: int = 2,
+    queue_extra: str = "",
+    relay_extra: str = "",
+) -> Path:
+    path = tmp_path / "mqd.toml"
+    path.write_text(
+        CONFIG.format(
+            queue=tmp_path / "queue",
+            spool=spool,
+            port=port,
+            workers=workers,
+            queue_extra=queue_extra,
+            relay_extra=relay_extra,
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def mqd(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mqd", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def mqd_json(config: Path, *args: str) -> Any:
+    done = mqd(config, *args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+# -- the config -----------------------------------------------------------------------------------
+
+
+def test_workers_default_to_one(tmp_path: Path, spool: Path) -> None:
+    path = tmp_path / "one.toml"
+    path.write_text(
+        write(tmp_path, spool).read_text().replace("workers = 2\n", ""), encoding="utf-8"
+    )
+    config = load_config(path)
+    assert config.queue.workers == 1
+    assert config.queue.worker_dirs == [tmp_path / "queue"]
+
+
+@pytest.mark.parametrize(("value", "message"), [("0", "at least 1"), ("65", "at most 64")])
+def test_workers_out_of_range_is_refused(
+    tmp_path: Path, spool: Path, value: str, message: str
+) -> None:
+    path = write(tmp_path, spool)
+    path.write_text(path.read_text().replace("workers = 2", f"workers = {value}"))
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(path)
+    assert "queue.workers" in str(caught.value) or "workers" in str(caught.value)
+
+
+def test_a_quota_smaller_than_the_workers_is_refused(tmp_path: Path, spool: Path) -> None:
+    path = write(tmp_path, spool, workers=3, relay_extra="max_per_hour = 2")
+    with pytest.raises(ConfigError, match=r"max_per_hour.*queue.workers = 3") as caught:
+        load_config(path)
+    assert "raise it or lower queue.workers" in str(caught.value)
+
+
+def test_a_rate_below_the_workers_is_divided_as_it_is(tmp_path: Path, spool: Path) -> None:
+    config = load_config(write(tmp_path, spool, workers=2, relay_extra="max_per_second = 0.5"))
+    assert config.relays["sink"].quota.divided(2).max_per_second == 0.25
+
+
+def test_each_worker_has_its_own_queue_and_shares_the_rest(tmp_path: Path, spool: Path) -> None:
+    path = write(tmp_path, spool, workers=3)
+    extra = "\n[http]\nenabled = true\n[metrics]\nenabled = true\nport = 9400\n"
+    path.write_text(path.read_text() + extra)
+    config = load_config(path)
+    queue = tmp_path / "queue"
+    assert config.queue.worker_dirs == [queue, queue / "workers" / "2", queue / "workers" / "3"]
+    first, third = config.for_worker(1), config.for_worker(3)
+    assert first.queue.own_dir == queue and third.queue.own_dir == queue / "workers" / "3"
+    assert first.http.enabled and first.metrics.enabled and first.metrics.port == 9400
+    assert not third.http.enabled and third.notify.url is None
+    assert third.metrics.enabled and third.metrics.port == 9402  # each worker its own endpoint
+    assert third.tracking_path == first.tracking_path == queue / "tracking.sqlite3"
+    assert third.failed_dir == first.failed_dir == queue / "failed"
+    assert third.spools == first.spools
+
+
+def test_quotas_are_divided_between_the_workers() -> None:
+    quota = QuotaConfig(max_per_second=3.0, max_per_hour=100, max_per_day=7)
+    share = quota.divided(3)
+    assert share == QuotaConfig(max_per_second=1.0, max_per_hour=33, max_per_day=2)
+    assert quota.divided(1) is quota
+
+
+def status(worker: int, messages: int, **changes: Any) -> dict[str, Any]:
+    relay = {
+        "plugin": "smtp",
+        "describe": "smtp 127.0.0.1:1 none",
+        "health": "closed",
+        "failures_in_a_row": 0,
+        "errors": 0,
+        "last_error": None,
+        "queued": messages,
+        "quota": {
+            "max_per_second": None,
+            "max_per_hour": 100,
+            "sent_last_hour": 10 * worker,
+            "max_per_day": None,
+            "sent_last_day": None,
+            "holds": worker,
+        },
+    }
+    relay.update(changes)
+    return {
+        "running": True,
+        "pid": 100 + worker,
+        "version": "x",
+        "uptime": 1.0,
+        "config": "mqd.toml",
+        "queue_dir": f"q/{worker}",
+        "messages": messages,
+        "by_state": {"active": 0, "waiting": messages, "deferred": 0, "held": 0},
+        "not_read": 1,
+        "bytes": 1000 * messages,
+        "oldest_age": 10.0 * worker if messages else None,
+        "failed": 4,
+        "spools": ["s"],
+        "relays": {"sink": relay},
+    }
+
+
+def test_merged_status_sums_the_queues_and_keeps_the_worst_health() -> None:
+    merged = merge_status(
+        {
+            1: status(1, 3),
+            2: status(2, 5, health="open", failures_in_a_row=6, errors=6, last_error="421 busy"),
+            3: status(3, 0),
+        }
+    )
+    assert merged["messages"] == 8 and merged["by_state"]["waiting"] == 8
+    assert merged["bytes"] == 8000 and merged["not_read"] == 3
+    assert merged["oldest_age"] == 20.0  # worker 2's; worker 3 has none
+    assert merged["failed"] == 4  # one folder for all, counted once
+    relay = merged["relays"]["sink"]
+    assert relay["health"] == "open" and relay["last_error"] == "421 busy"
+    assert relay["queued"] == 8 and relay["errors"] == 6 and relay["failures_in_a_row"] == 6
+    assert relay["quota"]["max_per_hour"] == 100  # as configured: each keeps to its share
+    assert relay["quota"]["sent_last_hour"] == 60 and relay["quota"]["holds"] == 6
+    assert [(w["worker"], w["pid"], w["messages"]) for w in merged["workers"]] == [
+        (1, 101, 3),
+        (2, 102, 5),
+        (3, 103, 0),
+    ]
+
+
+def test_a_worker_that_does_not_answer_yet_is_listed_and_counted_in_nothing() -> None:
+    from mqd.adminview import render_status
+
+    merged = merge_status({1: status(1, 3), 2: None})
+    assert merged["messages"] == 3
+    assert merged["workers"][1] == {
+        "worker": 2,
+        "running": False,
+        "pid": None,
+        "queue_dir": None,
+        "messages": None,
+    }
+    assert "2: starting (not answering yet)" in "\n".join(render_status(merged))
+
+
+# -- real processes -------------------------------------------------------------------------------
+
+
+class Run:
+    """``mqd run`` (worker 1) in the background."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mqd", "--config", str(config), "run"],
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+            )
+        self.log = log
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+
+@pytest.fixture
+def runs() -> Iterator[list[Run]]:
+    started: list[Run] = []
+    yield started
+    for run in started:
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait(10)
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+def sockets_up(config: Path, workers: int) -> Callable[[], bool]:
+    queue = load_config(config).queue
+    return lambda: all((d / "control.sock").exists() for d in queue.worker_dirs[:workers])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, its parent not told yet) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+pytestmark_slow = pytest.mark.slow
+
+
+@pytestmark_slow
+@pytest.mark.skipif(sys.platform == "win32", reason="signals and /proc")
+def test_three_workers_deliver_each_message_once(
+    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, runs: list[Run]
+) -> None:
+    config = write(tmp_path, spool, smtp_server.port, workers=3)
+    run = Run(config, tmp_path / "mqd.log")
+    runs.append(run)
+    wait_for(sockets_up(config, 3), what="three control sockets")
+    count = 300
+    inject_many(
+        spool,
+        [make_message(extra_headers=(f"X-Test-Id: w-{i}",)) for i in range(count)],
+    )
+    smtp_server.wait_for(count, timeout=120)
+    wait_until_empty(load_config(config).queue.worker_dirs, spool)
+    assert run.stop() == 0
+    ids = received_ids(smtp_server)
+    assert len(ids) == count and max(ids.values()) == 1
+    log = run.log.read_text()
+    # More than one process took part (each claim is a race that any of them may win).
+    delivering = {
+        w for w in ("", "[worker 2] ", "[worker 3] ") if f"INFO    {w}mqd.delivery" in log
+    }
+    assert len(delivering) >= 2, log[-2000:]
+    assert "worker 2 started" in log and "worker 3 started" in log
+
+
+@pytestmark_slow
+@pytest.mark.skipif(sys.platform == "win32", reason="signals and /proc")
+def test_the_queue_of_every_worker_is_administered_as_one(
+    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, runs: list[Run]
+) -> None:
+    smtp_server.mail_reply = "451 4.3.0 try again later"  # everything stays queued, deferred
+    config = write(tmp_path, spool, smtp_server.port, workers=2)
+    # Worker 2 alone (by hand, with --once) takes in the first three: they are in its queue.
+    inject_many(spool, [make_message(subject=f"early {i}") for i in range(3)])
+    by_hand = mqd(config, "run", "--worker", "2", "--once")
+    assert by_hand.returncode == 0, by_hand.stderr
+    assert "[worker 2]" in by_hand.stderr
+    second = tmp_path / "queue" / "workers" / "2"
+    assert len(list(second.glob("state/*.json"))) == 3
+    inject_many(spool, [make_message(subject=f"late {i}") for i in range(2)])
+    done = mqd(config, "run", "--once")  # both workers; the two new ones go to either
+    assert done.returncode == 0, done.stderr
+
+    # Offline: every worker's files.
+    rows = mqd_json(config, "queue", "list")
+    assert len(rows) == 5 and sum(row["worker"] == 2 for row in rows) >= 3
+    offline = mqd_json(config, "status")
+    assert offline["messages"] == 5 and not offline["running"]
+    assert sum(w["messages"] for w in offline["workers"]) == 5
+    of_second = next(row["id"] for row in rows if row["worker"] == 2)
+    shown = mqd_json(config, "queue", "show", of_second[:12])  # a prefix finds its worker
+    assert shown["id"] == of_second and shown["worker"] == 2
+    assert shown["body_path"].startswith(str(second))
+
+    run = Run(config, tmp_path / "mqd.log")
+    runs.append(run)
+    wait_for(sockets_up(config, 2), what="both control sockets")
+    online = mqd_json(config, "status")
+    assert online["running"] and online["messages"] == 5
+    assert [w["running"] for w in online["workers"]] == [True, True]
+    pids = [w["pid"] for w in online["workers"]]
+    assert pids[0] == run.proc.pid and pids[1] != pids[0]
+    text = mqd(config, "status")
+    assert text.returncode == 0 and "workers   1: pid" in text.stdout, text.stdout
+
+    held = mqd(config, "queue", "hold", of_second)
+    assert held.returncode == 0, held.stderr
+    assert [r["state"] for r in mqd_json(config, "queue", "list") if r["id"] == of_second] == [
+        "held"
+    ]
+    deleted = mqd(config, "queue", "delete", "--yes", of_second)
+    assert deleted.returncode == 0, deleted.stderr
+    assert not (second / "state" / f"{of_second}.json").exists()
+    unknown = mqd(config, "queue", "delete", "--yes", "zzzz")
+    assert unknown.returncode != 0 and "no message 'zzzz'" in unknown.stderr
+    reloaded = mqd(config, "reload")
+    assert reloaded.returncode == 0 and "in each of 2 workers" in reloaded.stdout, reloaded.stderr
+
+    # A worker that dies is started again; --check says so while it is down.
+    os.kill(pids[1], signal.SIGKILL)
+    restarted = wait_for(
+        lambda: next(
+            (
+                w["pid"]
+                for w in mqd_json(config, "status")["workers"]
+                if w["worker"] == 2 and w["running"] and w["pid"] != pids[1]
+            ),
+            None,
+        ),
+        timeout=30,
+        what="worker 2 started again",
+    )
+    assert "worker 2 exited (code -9)" in run.log.read_text()
+    assert run.stop() == 0
+    wait_for(lambda: not alive(restarted), timeout=10, what="worker 2 stopped with worker 1")
+
+
+@pytestmark_slow
+@pytest.mark.skipif(sys.platform == "win32", reason="signals and /proc")
+def test_workers_stop_when_worker_1_is_killed(
+    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, runs: list[Run]
+) -> None:
+    config = write(tmp_path, spool, smtp_server.port, workers=3)
+    run = Run(config, tmp_path / "mqd.log")
+    runs.append(run)
+    wait_for(sockets_up(config, 3), what="three control sockets")
+    pids = [w["pid"] for w in mqd_json(config, "status")["workers"]]
+    assert run.stop(signal.SIGKILL) == -signal.SIGKILL
+    for pid in pids[1:]:
+        wait_for(lambda pid=pid: not alive(pid), timeout=20, what=f"worker pid {pid} gone")
+    # Nothing is left holding a queue: a new run starts at once.
+    again = Run(config, tmp_path / "mqd.log")
+    runs.append(again)
+    wait_for(sockets_up(config, 3), what="three control sockets again")
+    assert again.stop() == 0
+
+
+def test_messages_of_a_retired_worker_are_named_at_start(
+    tmp_path: Path, spool: Path, smtp_server: SMTPPeer
+) -> None:
+    smtp_server.mail_reply = "451 4.3.0 try again later"
+    config = write(tmp_path, spool, smtp_server.port, workers=3)
+    inject_many(spool, [make_message()])
+    assert mqd(config, "run", "--worker", "3", "--once").returncode == 0
+    config.write_text(config.read_text().replace("workers = 3", "workers = 1"))
+    done = mqd(config, "run", "--once")
+    assert done.returncode == 0, done.stderr
+    assert "holds 1 message(s) of worker 3" in done.stderr
+    assert "set queue.workers to 3 or more" in done.stderr
+    refused = mqd(config, "run", "--worker", "3", "--once")
+    assert refused.returncode != 0 and "queue.workers = 1" in refused.stderr
+
+
+@pytestmark_slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="an AF_UNIX notify socket")
+def test_only_worker_1_talks_to_systemd(
+    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, env: dict[str, str], runs: list[Run]
+) -> None:
+    from test_sd_notify import NotifySocket, short_socket_path
+
+    notify = NotifySocket(short_socket_path(tmp_path))
+    config = write(tmp_path, spool, smtp_server.port, workers=3)
+    log = tmp_path / "mqd.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mqd", "--config", str(config), "run"],
+            env={**env, "NOTIFY_SOCKET": notify.address},
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        assert notify.receive().get("READY") == "1"
+        wait_for(sockets_up(config, 3), what="three control sockets")
+        time.sleep(0.5)  # a worker that had the socket would have said READY=1 by now
+        proc.send_signal(signal.SIGTERM)
+        notify.wait_for("STOPPING")
+        assert proc.wait(40) == 0
+        with pytest.raises(AssertionError, match="no notification"):
+            notify.receive(timeout=0.5)
+        assert [m for m in notify.received if m.get("READY") == "1"] == [notify.received[0]]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()
+
+
+@pytestmark_slow
+@pytest.mark.skipif(sys.platform == "win32", reason="signals")
+def test_each_worker_serves_its_own_metrics_and_they_add_up(
+    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, runs: list[Run]
+) -> None:
+    import re
+    import urllib.request
+
+    config = write(tmp_path, spool, smtp_server.port, workers=2)
+    config.write_text(
+        config.read_text() + '\n[metrics]\nenabled = true\nhost = "127.0.0.1"\nport = 0\n'
+    )
+    run = Run(config, tmp_path / "mqd.log")
+    runs.append(run)
+    wait_for(sockets_up(config, 2), what="both control sockets")
+    urls = wait_for(
+        lambda: (
+            (found := re.findall(r"serving Prometheus metrics at (\S+)", run.log.read_text()))
+            and len(found) == 2
+            and found
+        ),
+        what="two metrics endpoints",
+    )
+    assert len(set(urls)) == 2
+    count = 60
+    inject_many(spool, [make_message(subject=f"m {i}") for i in range(count)])
+    smtp_server.wait_for(count, timeout=60)
+
+    def delivered(url: str) -> float:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        found = re.search(r'^mqd_messages_total\{event="delivered"\} (\S+)$', text, re.M)
+        assert found, text[:500]
+        return float(found.group(1))
+
+    wait_for(lambda: sum(delivered(url) for url in urls) == count, what="the counts add up")
+    assert run.stop() == 0
