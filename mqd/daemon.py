@@ -152,6 +152,14 @@ class Daemon:
         if self.workers is not None:
             self.workers.stop()
 
+    def _worker_1_gone(self) -> None:
+        """Worker 1 closed this worker's pipe (it stops, or it died). Not a second stop request:
+        a service manager's SIGTERM may have reached this worker already, and in-flight
+        deliveries still get their ``shutdown_timeout``."""
+        if not self._stopping.is_set():
+            log.info("worker 1 has stopped: stopping")
+            self.request_stop()
+
     def schedule(self, entry: QueueEntry) -> None:
         """Put ``entry`` on the schedule at its ``next_attempt_at``."""
         _undo_clock_jump_back(entry, time.time())
@@ -393,7 +401,7 @@ class Daemon:
                     self.workers = WorkerPool(self.config, once=self.once, cli_args=self.cli_args)
                     self.workers.start()
             else:
-                watch_parent(self.request_stop)
+                watch_parent(self._worker_1_gone)
             await self._recover(recovery.unaccepted, recovery.entries)
             del recovery  # its lists (100,000 paths for a large queue) are not needed any more
             await self._read_backlog()

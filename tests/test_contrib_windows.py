@@ -156,6 +156,19 @@ def test_a_bad_config_is_raised_to_the_service(tmp_path: Path) -> None:
     assert runner.daemon is None
 
 
+def test_several_workers_are_refused_with_the_way_that_works(tmp_path: Path) -> None:
+    config = tmp_path / "mqd.toml"
+    config.write_text(
+        f'[queue]\ndir = "{tmp_path / "queue"}"\nworkers = 2\n'
+        f'[[spool]]\npath = "{tmp_path / "spool"}"\nallowed_senders = ["a@example.com"]\n'
+        '[relays.out]\nplugin = "memory"\n'
+    )
+    runner = service.ServiceRunner(config)
+    with pytest.raises(ConfigError, match=r"queue.workers = 2 needs 'mqd run'.*WinSW"):
+        runner.run()
+    assert not (tmp_path / "queue").exists()  # refused before anything was opened
+
+
 def test_shutdown_timeout_follows_the_config(
     sink_config: Any, tmp_path: Path, runners: list[RunnerThread]
 ) -> None:

@@ -491,3 +491,27 @@ def test_each_worker_serves_its_own_metrics_and_they_add_up(
 
     wait_for(lambda: sum(delivered(url) for url in urls) == count, what="the counts add up")
     assert run.stop() == 0
+
+
+@pytestmark_slow
+@pytest.mark.skipif(sys.platform == "win32", reason="signals")
+def test_sigterm_to_every_worker_at_once_is_one_graceful_stop(
+    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, runs: list[Run]
+) -> None:
+    """What systemd's stop does (KillMode=control-group): deliveries in flight still finish."""
+    smtp_server.data_delay = 0.5
+    config = write(tmp_path, spool, smtp_server.port, workers=2)
+    run = Run(config, tmp_path / "mqd.log")
+    runs.append(run)
+    wait_for(sockets_up(config, 2), what="both control sockets")
+    pids = [w["pid"] for w in mqd_json(config, "status")["workers"]]
+    inject_many(spool, [make_message(subject=f"slow {i}") for i in range(40)])
+    wait_for(lambda: smtp_server.data_started >= 4, what="deliveries in flight")
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    assert run.proc.wait(40) == 0
+    for pid in pids[1:]:
+        wait_for(lambda pid=pid: not alive(pid), timeout=20, what="worker 2 gone")
+    log = run.log.read_text()
+    assert "cancelling in-flight deliveries" not in log
+    assert "outcome=delivered" in log

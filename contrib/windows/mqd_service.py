@@ -31,6 +31,7 @@ from pathlib import Path
 
 from mqd.config import QueueConfig, load_config, locate_config
 from mqd.daemon import Daemon
+from mqd.errors import ConfigError
 from mqd.logs import JSONFormatter
 from mqd.plugins import PluginHost
 
@@ -119,6 +120,16 @@ class ServiceRunner:
 
     async def _main(self) -> None:
         config = load_config(locate_config(self.config_path))
+        if config.queue.workers > 1:
+            # The other workers are started as `python -m mqd run --worker N`, and in this
+            # service sys.executable is pywin32's pythonservice.exe, not Python.
+            raise ConfigError(
+                f"queue.workers = {config.queue.workers} needs 'mqd run' to start the workers: "
+                "run mqd as a service with WinSW (contrib/windows/mqd-winsw.xml), or set "
+                "queue.workers = 1 for this one",
+                path=config.source,
+                key="queue.workers",
+            )
         daemon = Daemon(config, host=self.host)
         with self._lock:
             self.daemon = daemon
