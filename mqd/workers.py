@@ -94,13 +94,15 @@ class WorkerPool:
             else:
                 self._procs[worker] = proc
                 log.info("worker %d started (pid %d)", worker, proc.pid)
+                if self._stopping.is_set():  # the stop came while it was being started
+                    self._ask_to_stop(proc)
                 code = await proc.wait()
                 del self._procs[worker]
             if self._stopping.is_set():
                 return
             if self.once:
-                if code:
-                    self.failures[worker] = code if code is not None else -1
+                if code != 0:  # None: it could not be started
+                    self.failures[worker] = -1 if code is None else code
                 return
             if time.monotonic() - started > STEADY_AFTER:
                 delay = RESTART_DELAY
@@ -120,12 +122,15 @@ class WorkerPool:
         self._stopping.set()
         self._stop_requests += 1
         for proc in list(self._procs.values()):
-            if self._stop_requests == 1:
-                if proc.stdin is not None:
-                    proc.stdin.close()
-            else:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
+            self._ask_to_stop(proc)
+
+    def _ask_to_stop(self, proc: asyncio.subprocess.Process) -> None:
+        if self._stop_requests <= 1:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
 
     def send_signal(self, sig: signal.Signals) -> None:
         for proc in list(self._procs.values()):

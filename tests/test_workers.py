@@ -515,3 +515,16 @@ def test_sigterm_to_every_worker_at_once_is_one_graceful_stop(
     log = run.log.read_text()
     assert "cancelling in-flight deliveries" not in log
     assert "outcome=delivered" in log
+
+
+def test_once_fails_when_a_worker_fails(tmp_path: Path, spool: Path, smtp_server: SMTPPeer) -> None:
+    from lockholder import hold_queue_lock
+
+    config = write(tmp_path, spool, smtp_server.port, workers=2)
+    inject_many(spool, [make_message(subject=f"m {i}") for i in range(5)])
+    with hold_queue_lock(tmp_path / "queue" / "workers" / "2"):
+        done = mqd(config, "run", "--once")
+    assert done.returncode == 1, done.stderr
+    assert "worker(s) 2 (code 75) did not finish" in done.stderr
+    assert "in use by another mqd process" in done.stderr  # worker 2's own words
+    smtp_server.wait_for(5, timeout=30)  # worker 1 delivered everything meanwhile
