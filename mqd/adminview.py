@@ -207,7 +207,7 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
     ]
     workers: Sequence[Mapping[str, Any]] = status.get("workers") or []
     if workers:
-        fields.insert(1, ("workers", ", ".join(_worker(w) for w in workers)))
+        fields.insert(1, ("workers", "; ".join(_worker(w) for w in workers)))
     width = max(len(name) for name, _ in fields)
     lines = [f"{name.ljust(width)}  {value}" for name, value in fields]
     relays: Mapping[str, Mapping[str, Any]] = status.get("relays") or {}
@@ -230,11 +230,11 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
 
 
 def _worker(worker: Mapping[str, Any]) -> str:
-    """``2: pid 4242, 17 queued`` for one of queue.workers."""
+    """``2 (pid 4242) 17 queued`` for one of queue.workers."""
     if worker.get("messages") is None:
-        return f"{worker['worker']}: starting (not answering yet)"
+        return f"{worker['worker']} (starting, not answering yet)"
     state = f"pid {worker['pid']}" if worker.get("running") else "not running"
-    return f"{worker['worker']}: {state}, {worker['messages']} queued"
+    return f"{worker['worker']} ({state}) {worker['messages']} queued"
 
 
 def _quota(quota: Mapping[str, Any]) -> str:

@@ -109,6 +109,8 @@ class Daemon:
         self._pending_names: dict[int, set[str]] = {}
         self._rescan: set[int] = set()
         self._stopping = asyncio.Event()
+        #: A stop was asked for (SIGTERM, Ctrl-C, the service): a second request hurries it.
+        self._stop_requested = False
         self._intake_idle = asyncio.Event()
         self._watcher: Watcher | None = None
         self.metrics: MetricsServer | None = None
@@ -141,24 +143,35 @@ class Daemon:
         return set(self._in_flight)
 
     def request_stop(self) -> None:
-        """Stop taking work and shut down gracefully (what SIGTERM does)."""
-        if self._stopping.is_set():
-            log.warning("second stop request: cancelling in-flight deliveries now")
-            for task in self._in_flight.values():
-                task.cancel()
+        """Stop taking work and shut down gracefully (what SIGTERM does); asked again, cancel
+        the deliveries in flight."""
+        if self._stop_requested:
+            self._hurry()
+            return
+        self._stop_requested = True
+        self._begin_stop()
+
+    def _begin_stop(self) -> None:
         self._stopping.set()
         self._wake.set()
         self._intake_wake.set()
         if self.workers is not None:
             self.workers.stop()
 
-    def _worker_1_gone(self) -> None:
-        """Worker 1 closed this worker's pipe (it stops, or it died). Not a second stop request:
-        a service manager's SIGTERM may have reached this worker already, and in-flight
-        deliveries still get their ``shutdown_timeout``."""
+    def _hurry(self) -> None:
+        log.warning("second stop request: cancelling in-flight deliveries now")
+        for task in self._in_flight.values():
+            task.cancel()
+        if self.workers is not None:
+            self.workers.stop()
+
+    def _told_to_stop(self) -> None:
+        """Worker 1 asked this worker to stop, or its pipe ended. Not a stop request of its own:
+        the service manager's SIGTERM to every process may come too, and that one is the first
+        request here, so deliveries in flight still get their ``shutdown_timeout``."""
         if not self._stopping.is_set():
-            log.info("worker 1 has stopped: stopping")
-            self.request_stop()
+            log.info("stopping: worker 1 stops")
+            self._begin_stop()
 
     def schedule(self, entry: QueueEntry) -> None:
         """Put ``entry`` on the schedule at its ``next_attempt_at``."""
@@ -401,7 +414,7 @@ class Daemon:
                     self.workers = WorkerPool(self.config, once=self.once, cli_args=self.cli_args)
                     self.workers.start()
             else:
-                watch_parent(self._worker_1_gone)
+                watch_parent(self._told_to_stop, self._hurry)
             await self._recover(recovery.unaccepted, recovery.entries)
             del recovery  # its lists (100,000 paths for a large queue) are not needed any more
             await self._read_backlog()

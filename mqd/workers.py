@@ -11,9 +11,10 @@ processes). The relays' quotas are divided between them (``QuotaConfig.divided``
 worker (``mqd.fanout``).
 
 Worker 1 watches the others: one that exits while nothing asked it to is started again after
-1 s, doubling to a minute. A worker stops as on SIGTERM when its standard input, a pipe from
-worker 1, closes: when worker 1 stops, and also when it is killed, so no worker outlives it.
-SIGTERM, SIGHUP (reload) and SIGUSR1 (flush) sent to worker 1 are passed on.
+1 s, doubling to a minute. Its stop requests reach them over a pipe on their standard input
+(``STOP``, then ``HURRY`` for a second request), and a worker also stops when that pipe ends,
+so that none outlives a worker 1 that was killed. SIGHUP (reload) and SIGUSR1 (flush) sent to
+worker 1 are passed on as signals.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ STEADY_AFTER = 60.0
 #: The environment that belongs to worker 1 alone: systemd's notify and watchdog, socket
 #: activation. A worker that sent READY=1 would confuse the service manager.
 PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+#: What worker 1 writes on a worker's pipe: stop gracefully; cancel the deliveries in flight.
+STOP = b"s"
+HURRY = b"h"
 
 
 class WorkerPool:
@@ -117,20 +121,20 @@ class WorkerPool:
             delay = min(delay * 2, MAX_RESTART_DELAY)
 
     def stop(self) -> None:
-        """Ask every worker to stop (closing its pipe); asked again, SIGTERM: a second stop
-        request cancels their deliveries in flight, as it does in worker 1."""
+        """Ask every worker to stop (``STOP`` on its pipe); asked again, ``HURRY``: a second
+        stop request cancels their deliveries in flight, as it does in worker 1."""
         self._stopping.set()
         self._stop_requests += 1
         for proc in list(self._procs.values()):
             self._ask_to_stop(proc)
 
     def _ask_to_stop(self, proc: asyncio.subprocess.Process) -> None:
-        if self._stop_requests <= 1:
-            if proc.stdin is not None:
-                proc.stdin.close()
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
+        # Over the pipe, not by a signal: a service manager may send the workers its own
+        # SIGTERM at the same moment, and two signals would read as a second request.
+        if proc.stdin is None or proc.stdin.is_closing():
+            return
+        with contextlib.suppress(OSError):
+            proc.stdin.write(STOP if self._stop_requests <= 1 else HURRY)
 
     def send_signal(self, sig: signal.Signals) -> None:
         for proc in list(self._procs.values()):
@@ -161,9 +165,10 @@ class WorkerPool:
         return {worker: proc.pid for worker, proc in self._procs.items()}
 
 
-def watch_parent(on_gone: Callable[[], None]) -> None:
-    """Call ``on_gone`` in the running loop when standard input, a pipe, ends: worker 1 closed
-    its end or died. A thread, since pipes cannot be watched by every event loop."""
+def watch_parent(on_stop: Callable[[], None], on_hurry: Callable[[], None]) -> None:
+    """Follow worker 1's pipe on standard input, in the running loop: ``on_stop`` at ``STOP``
+    or at its end (worker 1 stopped, or died), ``on_hurry`` at ``HURRY`` (a second stop request
+    reached worker 1). A thread, since pipes cannot be watched by every event loop."""
     loop = asyncio.get_running_loop()
     try:
         fd = sys.stdin.fileno()
@@ -173,16 +178,20 @@ def watch_parent(on_gone: Callable[[], None]) -> None:
     except (AttributeError, OSError, ValueError):
         return
 
-    def wait() -> None:
+    def call(callback: Callable[[], None]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed already
+            loop.call_soon_threadsafe(callback)
+
+    def follow() -> None:
         # os.read, not sys.stdin's buffered reader: a daemon thread blocked inside that one
         # holds its lock, and the interpreter aborts at exit when it cannot take it.
         with contextlib.suppress(OSError):
-            while os.read(fd, 4096):
-                pass
-        with contextlib.suppress(RuntimeError):  # the loop has closed already
-            loop.call_soon_threadsafe(on_gone)
+            while data := os.read(fd, 64):
+                for byte in data:
+                    call(on_hurry if byte == HURRY[0] else on_stop)
+        call(on_stop)
 
-    threading.Thread(target=wait, name="mqd-parent-watch", daemon=True).start()
+    threading.Thread(target=follow, name="mqd-parent-watch", daemon=True).start()
 
 
 def warn_of_retired_workers(queue: QueueConfig) -> None:

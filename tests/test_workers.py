@@ -214,7 +214,7 @@ def test_a_worker_that_does_not_answer_yet_is_listed_and_counted_in_nothing() ->
         "queue_dir": None,
         "messages": None,
     }
-    assert "2: starting (not answering yet)" in "\n".join(render_status(merged))
+    assert "3 queued; 2 (starting, not answering yet)" in "\n".join(render_status(merged))
 
 
 # -- real processes -------------------------------------------------------------------------------
@@ -350,7 +350,7 @@ def test_the_queue_of_every_worker_is_administered_as_one(
     pids = [w["pid"] for w in online["workers"]]
     assert pids[0] == run.proc.pid and pids[1] != pids[0]
     text = mqd(config, "status")
-    assert text.returncode == 0 and "workers   1: pid" in text.stdout, text.stdout
+    assert text.returncode == 0 and "workers   1 (pid " in text.stdout, text.stdout
 
     held = mqd(config, "queue", "hold", of_second)
     assert held.returncode == 0, held.stderr
@@ -528,3 +528,25 @@ def test_once_fails_when_a_worker_fails(tmp_path: Path, spool: Path, smtp_server
     assert "worker(s) 2 (code 75) did not finish" in done.stderr
     assert "in use by another mqd process" in done.stderr  # worker 2's own words
     smtp_server.wait_for(5, timeout=30)  # worker 1 delivered everything meanwhile
+
+
+@pytestmark_slow
+@pytest.mark.skipif(sys.platform == "win32", reason="signals")
+def test_a_second_sigterm_to_worker_1_hurries_every_worker(
+    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, runs: list[Run]
+) -> None:
+    smtp_server.data_delay = 20.0  # a graceful stop would wait for these
+    config = write(tmp_path, spool, smtp_server.port, workers=2)
+    run = Run(config, tmp_path / "mqd.log")
+    runs.append(run)
+    wait_for(sockets_up(config, 2), what="both control sockets")
+    inject_many(spool, [make_message(subject=f"slow {i}") for i in range(40)])
+    wait_for(lambda: smtp_server.data_started >= 4, what="deliveries in flight")
+    started = time.monotonic()
+    run.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.proc.wait(15) == 0
+    assert time.monotonic() - started < 15
+    log = run.log.read_text()
+    assert "[worker 2] mqd.daemon: second stop request: cancelling" in log, log[-3000:]
