@@ -97,6 +97,16 @@ class QueueConfig:
         return [worker_dir(self.dir, n) for n in range(1, self.workers + 1)]
 
 
+def available_cores() -> int:
+    """``queue.workers = "auto"``: the cores this process may run on (its CPU affinity, which
+    a container or systemd's CPUAffinity= may narrow), at most MAX_WORKERS."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS))
+
+
 def worker_dir(queue_dir: Path, worker: int) -> Path:
     return queue_dir if worker == 1 else queue_dir / "workers" / str(worker)
 
@@ -432,7 +442,7 @@ def _parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         watch=opts.choice("watch", WATCH_MODES, "auto"),
         shutdown_timeout=opts.duration("shutdown_timeout", "30s"),
         active_limit=opts.integer("active_limit", 10_000, minimum=1),
-        workers=opts.integer("workers", 1, minimum=1),
+        workers=opts.count("workers", 1, auto=available_cores),
     )
     if config.workers > MAX_WORKERS:
         raise opts.error("workers", f"at most {MAX_WORKERS}")

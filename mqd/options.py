@@ -119,6 +119,20 @@ class Options:
 
         return self._get(key, default, convert)
 
+    def count(self, key: str, default: Any, *, auto: Callable[[], int], minimum: int = 1) -> Any:
+        """An integer of at least ``minimum``, or ``"auto"`` for what ``auto()`` says."""
+
+        def convert(raw: Any) -> int:
+            if raw == "auto":
+                return auto()
+            if isinstance(raw, bool) or not isinstance(raw, int):
+                raise ValueError(f'expected an integer or "auto", got {raw!r}')
+            if raw < minimum:
+                raise ValueError(f"must be at least {minimum}, got {raw}")
+            return raw
+
+        return self._get(key, default, convert)
+
     def number(self, key: str, default: Any = _MISSING) -> Any:
         """A number (integer or float), returned as a float."""
 

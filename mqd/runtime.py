@@ -94,6 +94,8 @@ def effective_config(config: Config) -> dict[str, Any]:
             "scan_interval": format_duration(queue.scan_interval),
             "watch": queue.watch,
             "shutdown_timeout": format_duration(queue.shutdown_timeout),
+            "active_limit": queue.active_limit,
+            "workers": queue.workers,
             "retry": {
                 "initial": format_duration(queue.retry.initial),
                 "max": format_duration(queue.retry.max),

@@ -94,7 +94,18 @@ def test_workers_default_to_one(tmp_path: Path, spool: Path) -> None:
     assert config.queue.worker_dirs == [tmp_path / "queue"]
 
 
-@pytest.mark.parametrize(("value", "message"), [("0", "at least 1"), ("65", "at most 64")])
+def test_auto_is_one_worker_per_available_core(tmp_path: Path, spool: Path) -> None:
+    path = write(tmp_path, spool)
+    path.write_text(path.read_text().replace("workers = 2", 'workers = "auto"'))
+    config = load_config(path)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert config.queue.workers == min(cores or 1, 64)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("0", "at least 1"), ("65", "at most 64"), ('"many"', 'an integer or "auto"')],
+)
 def test_workers_out_of_range_is_refused(
     tmp_path: Path, spool: Path, value: str, message: str
 ) -> None:
