@@ -31,7 +31,6 @@ from .errors import ConfigError, MQDError, WorkerError
 from .events import Event
 from .fsutil import atomic_write
 from .intake import RECOVERY_BATCH, Intake, entry_from_body
-from .metrics import MetricsServer
 from .plugins import PluginHost
 from .queue.entry import QueueEntry
 from .queue.filestore import FileStore
@@ -44,6 +43,7 @@ from .workers import WorkerPool, warn_of_retired_workers, watch_parent
 
 if TYPE_CHECKING:
     from .http.server import HttpServer
+    from .metrics import MetricsServer
     from .tracking.notify import Notifier
     from .tracking.tracker import Tracker
 
@@ -391,6 +391,8 @@ class Daemon:
                 log.info("recovery: %s", note)
             await self._load_quotas()
             if self.config.metrics.enabled:
+                from .metrics import MetricsServer  # prometheus_client: only when asked for
+
                 self.metrics = MetricsServer(self)
                 self.metrics.start()
             if self.config.tracking.enabled:

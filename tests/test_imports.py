@@ -178,3 +178,12 @@ def test_mqd_sendmail_command_loads_only_mqds_own_light_modules(
     assert "mqd.sendmail" in extra
     assert sorted(m for m in extra if not m.startswith("mqd")) == ["__future__"]
     assert len(list(spool.glob("*.eml"))) == 1
+
+
+def test_the_daemon_loads_prometheus_client_only_with_metrics(
+    config: Path, env: dict[str, str]
+) -> None:
+    """Each worker of queue.workers pays its imports at start: no exporter nobody asked for."""
+    once = imports([str(MQD), "--config", str(config), "run", "--once"], b"", env)
+    assert "mqd.daemon" in once and "mqd.delivery" in once  # the report is read right
+    assert "prometheus_client" not in once and "mqd.metrics" not in once
