@@ -29,7 +29,15 @@ if TYPE_CHECKING:
     from .daemon import Daemon
     from .plugins import PluginHost
 
-__all__ = ["AdminError", "QueueAdmin", "entry_state", "offline", "request"]
+__all__ = [
+    "AdminError",
+    "QueueAdmin",
+    "ambiguous_id",
+    "entry_state",
+    "offline",
+    "request",
+    "unknown_id",
+]
 
 log = logging.getLogger("mqd.admin")
 
@@ -263,7 +271,7 @@ class QueueAdmin:
         for given in ids:
             read, unread = self._matching(given)
             if len(read) + len(unread) > 1:
-                raise AdminError(self._ambiguous(given, len(read) + len(unread)))
+                raise ambiguous_id(given, len(read) + len(unread))
             if read or unread:
                 found[given] = (read or unread)[0]
         return found
@@ -279,14 +287,10 @@ class QueueAdmin:
             return [], []
         return [key for key in self.daemon.entries if key.startswith(id)], backlog.starting_with(id)
 
-    @staticmethod
-    def _ambiguous(id: str, count: int) -> str:
-        return f"{id!r} is the start of {count} queue ids: give more of it"
-
     async def _get(self, id: str) -> QueueEntry:
         read, unread = self._matching(id)
         if len(read) + len(unread) > 1:
-            raise AdminError(self._ambiguous(id, len(read) + len(unread)))
+            raise ambiguous_id(id, len(read) + len(unread))
         if read:
             return self.daemon.entries[read[0]]
         if unread:
@@ -295,7 +299,7 @@ class QueueAdmin:
             if entry is None:
                 raise AdminError(f"{unread[0]} could not be read: it was moved to failed/")
             return entry
-        raise AdminError(f"no message {id!r} in the queue ('mqd queue list' shows the ids)")
+        raise unknown_id(id)
 
     async def _select(
         self, ids: list[str] | None, all: bool = False, relay: str | None = None
@@ -374,6 +378,14 @@ class QueueAdmin:
             "age": round(now - entry.created_at, 1),
             "relays": entry.relays,
         }
+
+
+def unknown_id(id: str) -> AdminError:
+    return AdminError(f"no message {id!r} in the queue ('mqd queue list' shows the ids)")
+
+
+def ambiguous_id(id: str, count: int) -> AdminError:
+    return AdminError(f"{id!r} is the start of {count} queue ids: give more of it")
 
 
 def _entry_dict(entry: QueueEntry) -> dict[str, Any]:

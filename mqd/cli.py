@@ -53,10 +53,17 @@ class MQDGroup(click.Group):
 
 
 class State:
-    def __init__(self, config_path: Path | None, log_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, config_path: Path | None, log_level: str = "info", log_format: str = "text"
+    ) -> None:
         self.config_path = config_path
-        #: --log-level and --log-format as given, for the other workers of queue.workers.
-        self.log_args = log_args
+        self.log_level = log_level
+        self.log_format = log_format
+
+    @property
+    def log_args(self) -> tuple[str, ...]:
+        """--log-level and --log-format as given, for the other workers of queue.workers."""
+        return ("--log-level", self.log_level, "--log-format", self.log_format)
 
     def load(self) -> Config:
         return load_config(locate_config(self.config_path))
@@ -98,7 +105,7 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str, log_format
     through an authenticated relay, retries what fails temporarily and bounces what cannot be
     delivered. Start with 'mqd init', check with 'mqd config check', then 'mqd run'.
     """
-    ctx.obj = State(config_path, ("--log-level", log_level, "--log-format", log_format))
+    ctx.obj = State(config_path, log_level, log_format)
     setup_logging(log_level, log_format)
 
 
@@ -133,7 +140,7 @@ def run(state: State, once: bool, no_progress: bool, worker: int) -> None:
         if worker > 1:
             from .logs import setup_logging
 
-            setup_logging(*state.log_args[1::2], worker=worker)
+            setup_logging(state.log_level, state.log_format, worker=worker)
     if not once:
         daemon.run(config, cli_args=state.log_args)
         return

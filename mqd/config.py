@@ -273,7 +273,6 @@ class Config:
         return replace(
             self,
             queue=queue,
-            tracking=replace(self.tracking, path=self.tracking_path),
             metrics=replace(self.metrics, port=port),
             http=replace(self.http, enabled=False),
             notify=replace(self.notify, url=None),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from .admin import AdminError
+from .admin import ambiguous_id, unknown_id
 from .admin import request as request_one
 from .circuit import CircuitState
 
@@ -74,16 +74,21 @@ async def _statuses(configs: dict[int, Config]) -> dict[int, dict[str, Any] | No
                 raise
             return None
 
-    present = {n: c for n, c in configs.items() if n == 1 or c.queue.own_dir.is_dir()}
+    present = _present(configs)
     answers = await asyncio.gather(*(one(n, c) for n, c in present.items()))
     return dict(zip(present, answers, strict=True))
 
 
 async def _each(configs: dict[int, Config], op: str, args: dict[str, Any]) -> dict[int, Any]:
-    """Every worker's answer; a worker that never ran (no queue directory yet) has none."""
-    present = {n: c for n, c in configs.items() if n == 1 or c.queue.own_dir.is_dir()}
+    """Every worker's answer (of those ``_present``)."""
+    present = _present(configs)
     answers = await asyncio.gather(*(request_one(c, op, args) for c in present.values()))
     return dict(zip(present, answers, strict=True))
+
+
+def _present(configs: dict[int, Config]) -> dict[int, Config]:
+    """The workers to ask: worker 1, and the others that have run (a queue directory)."""
+    return {n: c for n, c in configs.items() if n == 1 or c.queue.own_dir.is_dir()}
 
 
 async def _by_id(configs: dict[int, Config], op: str, args: dict[str, Any]) -> Any:
@@ -93,9 +98,9 @@ async def _by_id(configs: dict[int, Config], op: str, args: dict[str, Any]) -> A
     for name in wanted:
         holders = [(n, part[name]) for n, part in found.items() if name in part]
         if not holders:
-            raise AdminError(f"no message {name!r} in the queue ('mqd queue list' shows the ids)")
+            raise unknown_id(name)
         if len(holders) > 1:
-            raise AdminError(f"{name!r} is the start of {len(holders)} queue ids: give more of it")
+            raise ambiguous_id(name, len(holders))
         worker, full = holders[0]
         owners.setdefault(worker, []).append(full)
     if op == "show":

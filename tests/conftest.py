@@ -17,7 +17,7 @@ from mqd.plugins import PluginHost
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from corehelpers import USERS
+from corehelpers import USERS, DaemonProcess
 from smtpserver import SMTPPeer
 
 
@@ -141,3 +141,14 @@ def plain_config(sink_config: Callable[..., Config]) -> Config:
         data_timeout = "5s"
         """,
     )
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    """``DaemonProcess``es a test starts: killed at the end if still running."""
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait(10)

@@ -4,6 +4,9 @@ own, because every test directory has a ``conftest`` module and only one can be 
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
@@ -74,3 +77,33 @@ async def run_once(config: Config, host: PluginHost) -> Daemon:
     daemon = Daemon(config, host=host, once=True, shutdown_timeout=5)
     await daemon.run()
     return daemon
+
+
+class DaemonProcess:
+    """A real ``mqd run`` in a child process, its output appended to ``log`` (the ``daemons``
+    fixture kills those a test left running)."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DaemonProcess:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mqd", "--config", str(self.config), "run"],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)

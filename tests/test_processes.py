@@ -9,11 +9,10 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from corehelpers import make_message
+from corehelpers import DaemonProcess, make_message
 from smtpserver import SMTPPeer
 
 from mqd.inject import inject_many
@@ -47,42 +46,6 @@ def write_daemon_config(path: Path, queue: Path, spool: Path, port: int) -> Path
         encoding="utf-8",
     )
     return path
-
-
-class DaemonProcess:
-    def __init__(self, config: Path, log: Path) -> None:
-        self.config = config
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> DaemonProcess:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mqd", "--config", str(self.config), "run"],
-                stdout=log,
-                stderr=log,
-            )
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait(10)
 
 
 def messages(count: int, tag: str) -> list[bytes]:

@@ -8,12 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from corehelpers import make_message
+from corehelpers import DaemonProcess, make_message
 from smtpserver import SMTPPeer
 from test_processes import received_ids, wait_until_empty
 
@@ -231,37 +231,12 @@ def test_a_worker_that_does_not_answer_yet_is_listed_and_counted_in_nothing() ->
 # -- real processes -------------------------------------------------------------------------------
 
 
-class Run:
-    """``mqd run`` (worker 1) in the background."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mqd", "--config", str(config), "run"],
-                stdout=out,
-                stderr=out,
-                stdin=subprocess.DEVNULL,
-            )
-        self.log = log
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(40)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
-
-
-@pytest.fixture
-def runs() -> Iterator[list[Run]]:
-    started: list[Run] = []
-    yield started
-    for run in started:
-        if run.proc.poll() is None:
-            run.proc.kill()
-            run.proc.wait(10)
+def start_workers(daemons: list[DaemonProcess], config: Path, workers: int) -> DaemonProcess:
+    """``mqd run`` (worker 1) in the background, once all ``workers`` answer on their sockets."""
+    run = DaemonProcess(config, config.parent / "mqd.log").start()
+    daemons.append(run)
+    wait_for(sockets_up(config, workers), what=f"{workers} control sockets")
+    return run
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
@@ -298,12 +273,10 @@ pytestmark_slow = pytest.mark.slow
 @pytestmark_slow
 @pytest.mark.skipif(sys.platform == "win32", reason="signals and /proc")
 def test_three_workers_deliver_each_message_once(
-    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, runs: list[Run]
+    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, daemons: list[DaemonProcess]
 ) -> None:
     config = write(tmp_path, spool, smtp_server.port, workers=3)
-    run = Run(config, tmp_path / "mqd.log")
-    runs.append(run)
-    wait_for(sockets_up(config, 3), what="three control sockets")
+    run = start_workers(daemons, config, 3)
     count = 300
     inject_many(
         spool,
@@ -326,7 +299,7 @@ def test_three_workers_deliver_each_message_once(
 @pytestmark_slow
 @pytest.mark.skipif(sys.platform == "win32", reason="signals and /proc")
 def test_the_queue_of_every_worker_is_administered_as_one(
-    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, runs: list[Run]
+    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, daemons: list[DaemonProcess]
 ) -> None:
     smtp_server.mail_reply = "451 4.3.0 try again later"  # everything stays queued, deferred
     config = write(tmp_path, spool, smtp_server.port, workers=2)
@@ -352,9 +325,7 @@ def test_the_queue_of_every_worker_is_administered_as_one(
     assert shown["id"] == of_second and shown["worker"] == 2
     assert shown["body_path"].startswith(str(second))
 
-    run = Run(config, tmp_path / "mqd.log")
-    runs.append(run)
-    wait_for(sockets_up(config, 2), what="both control sockets")
+    run = start_workers(daemons, config, 2)
     online = mqd_json(config, "status")
     assert online["running"] and online["messages"] == 5
     assert [w["running"] for w in online["workers"]] == [True, True]
@@ -398,20 +369,16 @@ def test_the_queue_of_every_worker_is_administered_as_one(
 @pytestmark_slow
 @pytest.mark.skipif(sys.platform == "win32", reason="signals and /proc")
 def test_workers_stop_when_worker_1_is_killed(
-    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, runs: list[Run]
+    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, daemons: list[DaemonProcess]
 ) -> None:
     config = write(tmp_path, spool, smtp_server.port, workers=3)
-    run = Run(config, tmp_path / "mqd.log")
-    runs.append(run)
-    wait_for(sockets_up(config, 3), what="three control sockets")
+    run = start_workers(daemons, config, 3)
     pids = [w["pid"] for w in mqd_json(config, "status")["workers"]]
     assert run.stop(signal.SIGKILL) == -signal.SIGKILL
     for pid in pids[1:]:
         wait_for(lambda pid=pid: not alive(pid), timeout=20, what=f"worker pid {pid} gone")
     # Nothing is left holding a queue: a new run starts at once.
-    again = Run(config, tmp_path / "mqd.log")
-    runs.append(again)
-    wait_for(sockets_up(config, 3), what="three control sockets again")
+    again = start_workers(daemons, config, 3)
     assert again.stop() == 0
 
 
@@ -434,7 +401,10 @@ def test_messages_of_a_retired_worker_are_named_at_start(
 @pytestmark_slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="an AF_UNIX notify socket")
 def test_only_worker_1_talks_to_systemd(
-    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, env: dict[str, str], runs: list[Run]
+    tmp_path: Path,
+    spool: Path,
+    smtp_server: SMTPPeer,
+    env: dict[str, str],
 ) -> None:
     from test_sd_notify import NotifySocket, short_socket_path
 
@@ -468,7 +438,7 @@ def test_only_worker_1_talks_to_systemd(
 @pytestmark_slow
 @pytest.mark.skipif(sys.platform == "win32", reason="signals")
 def test_each_worker_serves_its_own_metrics_and_they_add_up(
-    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, runs: list[Run]
+    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, daemons: list[DaemonProcess]
 ) -> None:
     import re
     import urllib.request
@@ -477,9 +447,7 @@ def test_each_worker_serves_its_own_metrics_and_they_add_up(
     config.write_text(
         config.read_text() + '\n[metrics]\nenabled = true\nhost = "127.0.0.1"\nport = 0\n'
     )
-    run = Run(config, tmp_path / "mqd.log")
-    runs.append(run)
-    wait_for(sockets_up(config, 2), what="both control sockets")
+    run = start_workers(daemons, config, 2)
     urls = wait_for(
         lambda: (
             (found := re.findall(r"serving Prometheus metrics at (\S+)", run.log.read_text()))
@@ -507,14 +475,12 @@ def test_each_worker_serves_its_own_metrics_and_they_add_up(
 @pytestmark_slow
 @pytest.mark.skipif(sys.platform == "win32", reason="signals")
 def test_sigterm_to_every_worker_at_once_is_one_graceful_stop(
-    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, runs: list[Run]
+    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, daemons: list[DaemonProcess]
 ) -> None:
     """What systemd's stop does (KillMode=control-group): deliveries in flight still finish."""
     smtp_server.data_delay = 0.5
     config = write(tmp_path, spool, smtp_server.port, workers=2)
-    run = Run(config, tmp_path / "mqd.log")
-    runs.append(run)
-    wait_for(sockets_up(config, 2), what="both control sockets")
+    run = start_workers(daemons, config, 2)
     pids = [w["pid"] for w in mqd_json(config, "status")["workers"]]
     inject_many(spool, [make_message(subject=f"slow {i}") for i in range(40)])
     wait_for(lambda: smtp_server.data_started >= 4, what="deliveries in flight")
@@ -544,13 +510,11 @@ def test_once_fails_when_a_worker_fails(tmp_path: Path, spool: Path, smtp_server
 @pytestmark_slow
 @pytest.mark.skipif(sys.platform == "win32", reason="signals")
 def test_a_second_sigterm_to_worker_1_hurries_every_worker(
-    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, runs: list[Run]
+    tmp_path: Path, spool: Path, smtp_server: SMTPPeer, daemons: list[DaemonProcess]
 ) -> None:
     smtp_server.data_delay = 20.0  # a graceful stop would wait for these
     config = write(tmp_path, spool, smtp_server.port, workers=2)
-    run = Run(config, tmp_path / "mqd.log")
-    runs.append(run)
-    wait_for(sockets_up(config, 2), what="both control sockets")
+    run = start_workers(daemons, config, 2)
     inject_many(spool, [make_message(subject=f"slow {i}") for i in range(40)])
     wait_for(lambda: smtp_server.data_started >= 4, what="deliveries in flight")
     started = time.monotonic()
