@@ -321,7 +321,14 @@ def test_the_queue_of_every_worker_is_administered_as_one(
     assert offline["messages"] == 5 and not offline["running"]
     assert sum(w["messages"] for w in offline["workers"]) == 5
     of_second = next(row["id"] for row in rows if row["worker"] == 2)
-    shown = mqd_json(config, "queue", "show", of_second[:12])  # a prefix finds its worker
+    # A prefix finds its worker: the shortest that no other id starts with (ids begin with time).
+    others = [row["id"] for row in rows if row["id"] != of_second]
+    prefix = next(
+        of_second[:n]
+        for n in range(1, len(of_second))
+        if not any(i.startswith(of_second[:n]) for i in others)
+    )
+    shown = mqd_json(config, "queue", "show", prefix)
     assert shown["id"] == of_second and shown["worker"] == 2
     assert shown["body_path"].startswith(str(second))
 
