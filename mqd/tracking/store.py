@@ -155,10 +155,56 @@ class EventStore(abc.ABC):
     def close(self) -> None: ...
 
 
+#: At most this many rows go in one INSERT (and ids in one IN list), whatever SQLite allows.
+ROWS_PER_STATEMENT = 500
+
+_EVENT_COLUMNS = (
+    "message",
+    "recipient",
+    "status",
+    "at",
+    "source",
+    "relay",
+    "provider_id",
+    "reply",
+    "detail",
+    "event_key",
+)
+_MESSAGE_COLUMNS = ("id", "message_id", "sender", "status", "created_at", "updated_at")
+_QUEUED_COLUMNS = ("message", "address", "status", "rank", "updated_at")
+_RECIPIENT_COLUMNS = (*_QUEUED_COLUMNS, "relay", "provider_id", "reply")
+
 _INSERT_EVENT = (
     "INSERT INTO events (message, recipient, status, at, source, relay, provider_id, reply, "
     "detail, event_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_key) DO NOTHING"
 )
+# A message's row: what its first event says, then its sender and Message-ID once known.
+_MESSAGE_UNTOLD = (
+    "ON CONFLICT (id) DO UPDATE SET message_id = COALESCE(excluded.message_id, messages.message_id)"
+)
+_MESSAGE_TOLD = _MESSAGE_UNTOLD + ", sender = excluded.sender"
+_STATUS_UPDATE = (
+    "ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated_at = CASE WHEN "
+    "excluded.updated_at > messages.updated_at THEN excluded.updated_at "
+    "ELSE messages.updated_at END"
+)
+_RECIPIENT_UPSERT = (
+    "ON CONFLICT (message, address) DO UPDATE SET "
+    # A late or reordered event never moves the status backwards.
+    "status = CASE WHEN excluded.rank >= recipients.rank THEN excluded.status "
+    "ELSE recipients.status END, "
+    "rank = CASE WHEN excluded.rank >= recipients.rank THEN excluded.rank "
+    "ELSE recipients.rank END, "
+    "updated_at = CASE WHEN excluded.updated_at > recipients.updated_at "
+    "THEN excluded.updated_at ELSE recipients.updated_at END, "
+    "relay = COALESCE(excluded.relay, recipients.relay), "
+    "provider_id = COALESCE(excluded.provider_id, recipients.provider_id), "
+    "reply = COALESCE(excluded.reply, recipients.reply)"
+)
+
+
+#: One encoder for every event's detail (``json.dumps`` with options builds one per call).
+_detail_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 def _event_row(r: Record) -> tuple[Any, ...]:
@@ -171,8 +217,63 @@ def _event_row(r: Record) -> tuple[Any, ...]:
         r.relay,
         r.provider_id,
         r.reply,
-        json.dumps(r.detail, separators=(",", ":"), default=str),
+        _detail_json(r.detail) if r.detail else "{}",
         r.event_key,
+    )
+
+
+@dataclass(slots=True)
+class _MessageRow:
+    """A message's row after a batch's events: as its first event made it, with the sender
+    and the Message-ID the last events that told them said."""
+
+    id: str
+    status: str
+    created_at: float
+    message_id: str | None
+    sender: str | None
+    last_at: float
+
+    @classmethod
+    def of(cls, r: Record) -> _MessageRow:
+        return cls(r.message, r.status.value, r.at, r.message_id or None, r.sender, r.at)
+
+    def then(self, r: Record) -> _MessageRow:
+        self.message_id = r.message_id or self.message_id
+        self.sender = self.sender if r.sender is None else r.sender
+        self.last_at = max(self.last_at, r.at)
+        return self
+
+    def values(self) -> tuple[Any, ...]:
+        return (
+            self.id,
+            self.message_id,
+            self.sender or "",
+            self.status,
+            self.created_at,
+            self.created_at,
+        )
+
+
+def _recipient_then(
+    row: tuple[Any, ...] | None, key: tuple[str, str], r: Record
+) -> tuple[Any, ...]:
+    """A recipient's row values after ``r``, by the rules of ``_RECIPIENT_UPSERT``: folding a
+    batch's events into one row, then upserting it, ends where upserting each would."""
+    rank = RANK[r.status]
+    if row is None:
+        return (*key, r.status.value, rank, r.at, r.relay, r.provider_id, r.reply)
+    _, _, status, best, at, relay, provider_id, reply = row
+    if rank >= best:
+        status, best = r.status.value, rank
+    return (
+        *key,
+        status,
+        best,
+        max(at, r.at),
+        relay if r.relay is None else r.relay,
+        provider_id if r.provider_id is None else r.provider_id,
+        reply if r.reply is None else r.reply,
     )
 
 
@@ -201,108 +302,119 @@ class SQLiteStore(EventStore):
                     (str(SCHEMA_VERSION),),
                 )
         self._db.row_factory = sqlite3.Row
+        self._max_parameters = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
 
     # -- writing ----------------------------------------------------------------------------------
 
     def record(self, records: Sequence[Record]) -> list[Record]:
-        # A batch is most of a message's story (claimed, queued, delivered within the tracker's
-        # flush delay), so its message row is written once per batch and its status worked out
-        # once per batch: 9 statements for a message delivered at once, not 12.
-        new: list[Record] = []
-        touched: dict[str, float] = {}
-        # mqd's own events have no de-duplication key, so every one is new: they go in with one
-        # executemany (the daemon's batches), a provider's one by one, to learn which were new.
-        own = all(record.event_key is None for record in records)
+        # Set-wise: a few statements for the whole batch (its events, then each message's row
+        # and each recipient's row once, then the statuses), not several per event. SQLite runs
+        # each statement without the GIL, so per-event statements each cost a hand-over of the
+        # GIL to and from the event loop: at a thousand messages a second that, more than
+        # SQLite, was the price of tracking. mqd's own events have no de-duplication key, so
+        # every one is new; a provider's go in one by one, to learn which were new.
         with self._db:
-            if own:
-                self._db.executemany(_INSERT_EVENT, map(_event_row, records))
-            for record in records:
-                if not own and not self._insert_event(record):
-                    continue
-                new.append(record)
-                self._apply(record, first=record.message not in touched)
-                touched[record.message] = max(record.at, touched.get(record.message, 0.0))
-            for message, at in touched.items():
-                self._refresh_status(message, at)
+            if all(record.event_key is None for record in records):
+                self._insert(
+                    "events",
+                    _EVENT_COLUMNS,
+                    "ON CONFLICT (event_key) DO NOTHING",
+                    map(_event_row, records),
+                )
+                new = list(records)
+            else:
+                new = [record for record in records if self._insert_event(record)]
+            if new:
+                self._apply(new)
         return new
 
     def _insert_event(self, r: Record) -> bool:
         return self._db.execute(_INSERT_EVENT, _event_row(r)).rowcount == 1
 
-    def _apply(self, r: Record, *, first: bool) -> None:
-        """The message's and the recipients' rows for one new event. ``first``: the batch's
-        first event of this message (its row may not exist yet; after it, it does)."""
-        db = self._db
-        if r.sender is not None or r.message_id:
-            db.execute(
-                "INSERT INTO messages (id, message_id, sender, status, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                "sender = COALESCE(?, messages.sender), "
-                "message_id = COALESCE(?, messages.message_id)",
-                (
-                    r.message,
-                    r.message_id or None,
-                    r.sender or "",
-                    r.status.value,
-                    r.at,
-                    r.at,
-                    r.sender,
-                    r.message_id or None,
-                ),
-            )
-        elif first:
-            db.execute(
-                "INSERT INTO messages (id, message_id, sender, status, created_at, updated_at) "
-                "VALUES (?, NULL, '', ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                (r.message, r.status.value, r.at, r.at),
-            )
-        for address in r.recipients:
-            db.execute(
-                "INSERT INTO recipients (message, address, status, rank, updated_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (message, address) DO NOTHING",
-                (r.message, address.lower(), r.status.value, RANK[r.status], r.at),
-            )
-        if r.recipient is None:
-            return
-        address = r.recipient.lower()
-        rank = RANK[r.status]
-        db.execute(
-            "INSERT INTO recipients (message, address, status, rank, updated_at, relay, "
-            "provider_id, reply) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (message, address) DO UPDATE SET "
-            # A late or reordered event never moves the status backwards.
-            "status = CASE WHEN excluded.rank >= recipients.rank THEN excluded.status "
-            "ELSE recipients.status END, "
-            "rank = CASE WHEN excluded.rank >= recipients.rank THEN excluded.rank "
-            "ELSE recipients.rank END, "
-            "updated_at = CASE WHEN excluded.updated_at > recipients.updated_at "
-            "THEN excluded.updated_at ELSE recipients.updated_at END, "
-            "relay = COALESCE(excluded.relay, recipients.relay), "
-            "provider_id = COALESCE(excluded.provider_id, recipients.provider_id), "
-            "reply = COALESCE(excluded.reply, recipients.reply)",
-            (r.message, address, r.status.value, rank, r.at, r.relay, r.provider_id, r.reply),
+    def _apply(self, records: Sequence[Record]) -> None:
+        """The messages' and the recipients' rows for new events: each row written once, as
+        it would be after the events one by one."""
+        messages: dict[str, _MessageRow] = {}
+        queued: dict[tuple[str, str], tuple[Any, ...]] = {}
+        recipients: dict[tuple[str, str], tuple[Any, ...]] = {}
+        for r in records:
+            row = messages.get(r.message)
+            messages[r.message] = row.then(r) if row else _MessageRow.of(r)
+            for address in r.recipients:
+                key = (r.message, address.lower())
+                queued.setdefault(key, (*key, r.status.value, RANK[r.status], r.at))
+            if r.recipient is not None:
+                key = (r.message, r.recipient.lower())
+                recipients[key] = _recipient_then(recipients.get(key), key, r)
+        told = [row for row in messages.values() if row.sender is not None]
+        untold = [row for row in messages.values() if row.sender is None]
+        self._insert("messages", _MESSAGE_COLUMNS, _MESSAGE_TOLD, map(_MessageRow.values, told))
+        self._insert("messages", _MESSAGE_COLUMNS, _MESSAGE_UNTOLD, map(_MessageRow.values, untold))
+        self._insert(
+            "recipients",
+            _QUEUED_COLUMNS,
+            "ON CONFLICT (message, address) DO NOTHING",
+            queued.values(),
         )
+        self._insert("recipients", _RECIPIENT_COLUMNS, _RECIPIENT_UPSERT, recipients.values())
+        self._refresh_statuses({row.id: row.last_at for row in messages.values()})
 
-    def _refresh_status(self, message: str, at: float) -> None:
-        # The recipients' statuses and the message's last final event in one query: the final
-        # event, if any, is the row with final = 1.
-        rows = self._db.execute(
-            "SELECT status, 0 AS final FROM recipients WHERE message = ? "
-            "UNION ALL SELECT * FROM (SELECT status, 1 AS final FROM events WHERE message = ? "
-            "AND recipient IS NULL AND status IN ('rejected', 'failed', 'deleted') "
-            "ORDER BY seq DESC LIMIT 1) AS last_final",
-            (message, message),
-        ).fetchall()
-        recipients = [Status(row[0]) for row in rows if not row[1]]
-        final = next((Status(row[0]) for row in rows if row[1]), None)
-        if final is None and not recipients:
-            return  # only "accepted" so far: the row's own status stands
-        status = message_status(recipients, final)
-        self._db.execute(
-            "UPDATE messages SET status = ?, updated_at = CASE WHEN ? > updated_at THEN ? "
-            "ELSE updated_at END WHERE id = ?",
-            (status.value, at, at, message),
-        )
+    def _refresh_statuses(self, touched: dict[str, float]) -> None:
+        """Each touched message's status, from its recipients' and its last final event."""
+        recipients: dict[str, list[Status]] = {}
+        finals: dict[str, Status] = {}
+        ids = list(touched)
+        for start in range(0, len(ids), self._rows_of(1)):
+            chunk = ids[start : start + self._rows_of(1)]
+            marks = ", ".join("?" * len(chunk))
+            for message, status in self._db.execute(
+                f"SELECT message, status FROM recipients WHERE message IN ({marks})",  # noqa: S608
+                chunk,
+            ):
+                recipients.setdefault(message, []).append(Status(status))
+            for message, status in self._db.execute(
+                f"SELECT message, status FROM events WHERE message IN ({marks}) "  # noqa: S608
+                "AND recipient IS NULL AND status IN ('rejected', 'failed', 'deleted') "
+                "ORDER BY seq",
+                chunk,
+            ):
+                finals[message] = Status(status)  # the last one stays
+        rows = [
+            (
+                message,
+                message_status(recipients.get(message, ()), finals.get(message)).value,
+                at,
+                at,
+            )
+            for message, at in touched.items()
+            # Only "accepted" so far: the row's own status stands.
+            if message in recipients or message in finals
+        ]
+        # Every row exists (_apply wrote it): the insert is only ever an update.
+        self._insert("messages", ("id", "status", "created_at", "updated_at"), _STATUS_UPDATE, rows)
+
+    def _insert(
+        self,
+        table: str,
+        columns: Sequence[str],
+        conflict: str,
+        rows: Iterable[Sequence[Any]],
+    ) -> None:
+        """``INSERT`` the rows, as many to a statement as SQLite takes."""
+        rows = list(rows)
+        per_statement = self._rows_of(len(columns))
+        row_marks = "(" + ", ".join("?" * len(columns)) + ")"
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            self._db.execute(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES "  # noqa: S608
+                f"{', '.join([row_marks] * len(chunk))} {conflict}",
+                [value for row in chunk for value in row],
+            )
+
+    def _rows_of(self, width: int) -> int:
+        """How many rows of ``width`` values one statement may bind."""
+        return max(1, min(ROWS_PER_STATEMENT, self._max_parameters // width))
 
     def set_cursor(self, name: str, seq: int) -> None:
         with self._db:
