@@ -133,6 +133,26 @@ async def test_grouped_removals_and_reads(store: FileStore) -> None:
         await store.load_body(entries[0])
 
 
+async def test_removals_asked_for_a_moment_apart_share_a_hop() -> None:
+    hops: list[list[int]] = []
+
+    def work(items: list[int]) -> list[int | BaseException]:
+        hops.append(items)
+        return [item * 10 for item in items]
+
+    async def ask(grouped: filestore._Grouped[int, int], item: int) -> int:
+        await asyncio.sleep(item * 0.002)  # callers of different turns, within the window
+        return await grouped.run(item)
+
+    gathering = filestore._Grouped(work, gather=0.05)
+    assert await asyncio.gather(*(ask(gathering, n) for n in range(4))) == [0, 10, 20, 30]
+    assert hops == [[0, 1, 2, 3]]
+    hops.clear()
+    eager = filestore._Grouped(work)  # what loads and saves use: the first caller goes at once
+    assert await asyncio.gather(*(ask(eager, n) for n in range(4))) == [0, 10, 20, 30]
+    assert len(hops) > 1 and sorted(item for hop in hops for item in hop) == [0, 1, 2, 3]
+
+
 async def test_a_body_larger_than_its_recorded_size_is_read_whole(store: FileStore) -> None:
     entry = make_entry(size=3)  # a state from an older mqd may say anything
     data = os.urandom(200_000)

@@ -31,9 +31,10 @@ read and no thread hop: that is most of the latency of a quiet queue.
 
 The per-delivery operations (``load_body``, ``save``, ``remove``) are grouped: those asked for
 while a group is in a worker thread go together in the next one (``_Grouped``), and the saves
-of a group share one directory fsync. Each caller still returns only once its own operation is
-done (durably, for a save): grouping saves CPU (one thread hop costs ~80 µs, more than reading
-a small body) and fsyncs, never a guarantee.
+of a group share one directory fsync; removals also wait a few milliseconds for company
+(``REMOVAL_GATHER``). Each caller still returns only once its own operation is done (durably,
+for a save): grouping saves CPU (one thread hop costs ~80 µs, more than reading a small body)
+and fsyncs, never a guarantee.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ KEEP_BODY_MAX = 64 * 1024
 #: ...up to this many bytes in all (the oldest are dropped first).
 KEEP_BODIES_BYTES = 4 * 1024 * 1024
 
+#: Removals wait this long for others to share their worker-thread hop. Nothing waits for a
+#: removal but its own delivery task (the message is at the relay already), and each hop costs
+#: the event loop a wake-up of a thread and the GIL's hand-overs: a drain of 10,000 messages
+#: made 1,111 hops with none (9 to a hop) and 722 with this, at 7-8% less CPU per message.
+REMOVAL_GATHER = 0.005
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -75,13 +82,17 @@ R = TypeVar("R")
 class _Grouped(Generic[T, R]):
     """Runs a blocking operation for many callers in one worker-thread hop.
 
-    ``await run(item)`` queues ``item``; the first caller of an event-loop turn schedules a
-    hop, and callers that come while one is running wait for the next. ``work`` gets the items
-    and returns one result or exception per item, in order; each caller gets its own.
+    ``await run(item)`` queues ``item``; the first caller schedules a hop, at the end of this
+    event-loop turn or ``gather`` seconds later, and callers that come while one is running
+    wait for the next. ``work`` gets the items and returns one result or exception per item,
+    in order; each caller gets its own.
     """
 
-    def __init__(self, work: Callable[[list[T]], list[R | BaseException]]) -> None:
+    def __init__(
+        self, work: Callable[[list[T]], list[R | BaseException]], gather: float = 0.0
+    ) -> None:
         self._work = work
+        self._gather = gather
         self._queued: list[tuple[T, asyncio.Future[R]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._busy = False
@@ -94,7 +105,10 @@ class _Grouped(Generic[T, R]):
         self._queued.append((item, future))
         if not self._busy:
             self._busy = True
-            loop.call_soon(self._start)  # after the other tasks of this turn have queued theirs
+            if self._gather:
+                loop.call_later(self._gather, self._start)
+            else:
+                loop.call_soon(self._start)  # after the other tasks of this turn have queued theirs
         return await future
 
     def _start(self) -> None:
@@ -162,8 +176,9 @@ class FileStore(QueueStore):
         )
         self._saves: _Grouped[tuple[Path, bytes], None] = _Grouped(self._save_many)
         self._removals: _Grouped[tuple[QueueEntry, bool], None] = _Grouped(
-            lambda items: _each(self._remove, items)
+            lambda items: _each(self._remove, items), gather=REMOVAL_GATHER
         )
+        self._source_dirs: dict[str, Path] = {}
         self._kept: dict[str, bytes] = {}
         self._kept_bytes = 0
         #: Entries accepted with no state file yet (their body is their record).
@@ -225,7 +240,10 @@ class FileStore(QueueStore):
     # -- paths ------------------------------------------------------------------------------------
 
     def staging_path(self, source: str, entry_id: str) -> Path:
-        return self.messages_dir / source / f"{entry_id}.eml"
+        directory = self._source_dirs.get(source)
+        if directory is None:  # (a Path join costs microseconds: one per call, not two)
+            directory = self._source_dirs[source] = self.messages_dir / source
+        return directory / f"{entry_id}.eml"
 
     def body_path(self, entry: QueueEntry) -> Path:
         return self.staging_path(entry.source, entry.id)
@@ -331,7 +349,7 @@ class FileStore(QueueStore):
         # Unlinking the body is the commit point; a leftover state file is cleaned at start-up.
         entry, has_state = item
         with contextlib.suppress(FileNotFoundError):
-            self.body_path(entry).unlink()
+            os.unlink(f"{self.messages_dir}/{entry.source}/{entry.id}.eml")  # body_path, as str
         if has_state:
             with contextlib.suppress(FileNotFoundError):
                 self.state_path(entry.id).unlink()
