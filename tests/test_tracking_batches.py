@@ -145,3 +145,14 @@ def test_the_last_final_event_is_what_a_message_shows(tmp_path: Path) -> None:
         ]
     )
     assert tables(store)["messages"] == [("m", None, "a@x", "deleted", 1.0, 4.0)]
+
+
+def test_statements_take_a_few_sizes_of_batch() -> None:
+    """Each size of statement is prepared and cached apart: any batch is cut into powers of two
+    up to the largest, so that a few sizes serve every batch."""
+    sizes: set[int] = set()
+    for n in range(300):
+        chunks = list(store_module._chunks(list(range(n)), 64))
+        assert [item for chunk in chunks for item in chunk] == list(range(n))
+        sizes.update(len(chunk) for chunk in chunks)
+    assert sizes == {1, 2, 4, 8, 16, 32, 64}
