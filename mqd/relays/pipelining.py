@@ -175,12 +175,16 @@ def _time_out(waiter: asyncio.Future[SMTPResponse]) -> None:
 def wire_data(message: bytes) -> bytes:
     """The message as DATA carries it: every line ended by CRLF, a leading dot doubled, and
     the lone dot after it; what aiosmtplib sends. Its two regular expressions are a tenth of
-    the relay's CPU for a 2 KB message, so they run only when there is something to change."""
+    the relay's CPU for a 2 KB message, so they run only when nothing cheaper does the same."""
     crlf = message.count(b"\r\n")
-    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
-        message = normalize_message_line_endings(message)  # a bare CR or LF
-    elif not message.endswith(b"\r\n"):
-        message += b"\r\n"
+    if message.count(b"\r") != crlf:
+        message = normalize_message_line_endings(message)  # a bare CR
+    else:
+        if message.count(b"\n") != crlf:  # bare LFs (files written on Unix): bytes.replace is
+            # several times faster than the regular expression
+            message = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if not message.endswith(b"\r\n"):
+            message += b"\r\n"
     if message.startswith(b".") or b"\n." in message:
         message = PERIOD_REGEX.sub(b"..", message)
     return message + b".\r\n"
