@@ -324,10 +324,10 @@ class SQLiteStore(EventStore):
     def record(self, records: Sequence[Record]) -> list[Record]:
         # Set-wise: a few statements for the whole batch (its events, then each message's row
         # and each recipient's row once, then the statuses), not several per event. SQLite runs
-        # each statement without the GIL, so per-event statements each cost a hand-over of the
-        # GIL to and from the event loop: at a thousand messages a second that, more than
-        # SQLite, was the price of tracking. mqd's own events have no de-duplication key, so
-        # every one is new; a provider's go in one by one, to learn which were new.
+        # each statement without the GIL, so every statement also costs a hand-over of the GIL
+        # to and from the event loop. Each row appears once in a statement, as PostgreSQL's
+        # upsert requires. mqd's own events have no de-duplication key, so every one is new; a
+        # provider's go in one by one, to learn which were new.
         with self._db:
             if all(record.event_key is None for record in records):
                 self._insert(
