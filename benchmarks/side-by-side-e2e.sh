@@ -42,13 +42,17 @@ probe() {  # µs of wall and of kernel time per file created (and unlinked) in d
   python3 - "$1" <<'PY'
 import os, sys, time
 d, n = sys.argv[1], 500
-t, c = time.perf_counter(), os.times()
-for i in range(n):
-    fd = os.open(f"{d}/.probe-{i}.tmp", os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
-    os.close(fd)
-wall, sys_s = time.perf_counter() - t, os.times().system - c.system
-for i in range(n):
-    os.unlink(f"{d}/.probe-{i}.tmp")
+made = []  # removed even if interrupted: one of the directories is Postfix's incoming/
+try:
+    t, c = time.perf_counter(), os.times()
+    for i in range(n):
+        made.append(f"{d}/.probe-{i}.tmp")
+        os.close(os.open(made[-1], os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
+    wall, sys_s = time.perf_counter() - t, os.times().system - c.system
+finally:
+    for path in made:
+        if os.path.exists(path):
+            os.unlink(path)
 print(f"create probe in {d}: {1e6 * wall / n:.0f} us per file, {1e6 * sys_s / n:.0f} us kernel")
 PY
 }
