@@ -1,9 +1,13 @@
 """From spool file to queue entry: claim, open safely, parse, check policy, persist.
 
-A batch is claimed, read, parsed and made durable in one worker-thread hop (the bodies'
-directory fsynced once per batch; no state file is written until a message is first deferred),
-then checked against policy on the event loop (plugins run there); refused files go to failed/
-with the reason in one more hop, taken only when there are any.
+A batch is claimed (renamed), read and parsed on the event loop, then made durable in one
+worker-thread hop that fsyncs each body and, once, their directory (no state file is written
+until a message is first deferred); then checked against policy on the event loop (plugins run
+there). Refused files go to failed/ with the reason in one more hop, taken only when there are
+any. Only the fsyncs leave the loop: every system call a worker thread makes gives up the GIL
+and must win it back from the busy loop. With the renames, opens, reads and parsing in the hop
+too, a drain of 10,000 messages ran at 0.65-0.75x the rate on an ext4 with a journal, and on
+one without spent 20-25% more CPU per message in 40% more context switches.
 Refused mail never gets a bounce: it was never accepted, and a bounce would be backscatter.
 """
 
@@ -26,7 +30,7 @@ from .plugins import PluginHost
 from .queue.entry import QueueEntry, RcptStatus, RecipientState, id_time, message_id_maker
 from .queue.filestore import DSN_SOURCE, KEEP_BODY_MAX, FileStore
 from .routing import route_for
-from .spool import Claimed, Spool, read_claimed
+from .spool import Claimed, Spool, open_claimed, read_claimed
 
 __all__ = ["Intake", "entry_from_body", "make_entry", "queued_entries"]
 
@@ -56,6 +60,16 @@ class _Read:
     stage: str = "intake"
     #: The content, when small enough for the store to keep for the first delivery.
     data: bytes | None = None
+    #: The file, still open for its fsync (claimed on the event loop, synced off it).
+    fd: int | None = None
+
+
+def _close(reads: list[_Read]) -> None:
+    """Close the files ``reads`` still hold open (each once)."""
+    for read in reads:
+        if read.fd is not None:
+            fd, read.fd = read.fd, None
+            os.close(fd)
 
 
 class Intake:
@@ -74,7 +88,15 @@ class Intake:
     async def take_names(self, spool: Spool, names: list[str]) -> list[QueueEntry]:
         """Claim ``names`` from ``spool`` and queue what is acceptable. Files another process
         claimed first are skipped silently."""
-        reads = await asyncio.to_thread(self._claim_and_read, spool, names)
+        reads: list[_Read] = []
+        if not spool.claims_by_copy:
+            opened, names = self._claim_and_open(spool, names)
+            try:
+                reads = await asyncio.to_thread(self._sync_opened, opened)
+            finally:
+                _close(opened)
+        if names:  # across filesystems each claim is a copy and its fsyncs: all off the loop
+            reads += await asyncio.to_thread(self._claim_and_read, spool, names)
         return await self._finish(reads)
 
     async def take_claimed(self, claimed: list[Claimed]) -> list[QueueEntry]:
@@ -94,6 +116,39 @@ class Intake:
 
     def _read_recovered(self, claimed: list[Claimed], sync: bool) -> list[_Read]:
         return self._make_durable([self._read(c, sync) for c in claimed])
+
+    def _claim_and_open(self, spool: Spool, names: list[str]) -> tuple[list[_Read], list[str]]:
+        """Claim and read ``names`` (on the event loop: renames and reads of files just written
+        are quick), leaving each file open for ``_sync_opened``. Stops when a claim finds the
+        spool on another filesystem than the queue, and returns the names not yet tried."""
+        reads: list[_Read] = []
+        new_id = message_id_maker(len(names))
+        try:
+            for index, name in enumerate(names):
+                try:
+                    claimed = spool.claim(name, new_id())
+                except SpoolError as exc:
+                    log.error("%s", exc)
+                    continue
+                if claimed is not None:
+                    reads.append(self._read(claimed, keep_open=True))
+                if spool.claims_by_copy:
+                    return reads, names[index + 1 :]
+        except BaseException:  # the claimed ones wait in the queue for recovery at start-up
+            _close(reads)
+            raise
+        return reads, []
+
+    def _sync_opened(self, reads: list[_Read]) -> list[_Read]:
+        """Fsync the bodies ``_claim_and_open`` left open (rejected ones too: they are kept in
+        failed/), then their directories."""
+        try:
+            for read in reads:
+                if read.fd is not None:
+                    os.fsync(read.fd)
+        except OSError as exc:
+            return self._cannot_write(reads, exc)
+        return self._make_durable(reads)
 
     def _claim_and_read(self, spool: Spool, names: list[str]) -> list[_Read]:
         reads = []
@@ -116,23 +171,33 @@ class Intake:
         try:
             self.store.sync_claimed([read.claimed.path for read in reads])
         except OSError as exc:
-            log.error(
-                "cannot write the queue directory %s (%s): %d message(s) go back into their "
-                "spool and are taken again at the next scan",
-                self.store.messages_dir,
-                exc,
-                len(reads),
-            )
-            self.write_failed = True
-            for read in reads:
-                self._unclaim(read)
-            return []
+            return self._cannot_write(reads, exc)
         return reads
 
-    def _read(self, claimed: Claimed, sync: bool = True) -> _Read:
+    def _cannot_write(self, reads: list[_Read], exc: OSError) -> list[_Read]:
+        log.error(
+            "cannot write the queue directory %s (%s): %d message(s) go back into their "
+            "spool and are taken again at the next scan",
+            self.store.messages_dir,
+            exc,
+            len(reads),
+        )
+        self.write_failed = True
+        _close(reads)  # (Windows renames no open file)
+        for read in reads:
+            self._unclaim(read)
+        return []
+
+    def _read(self, claimed: Claimed, sync: bool = True, keep_open: bool = False) -> _Read:
+        """Read and parse a claimed file; fsynced first (``sync``), or left open in ``read.fd``
+        for the caller to fsync (``keep_open``)."""
         read = _Read(claimed)
+        max_size = self.config.queue.max_message_size
         try:
-            data = read_claimed(claimed.path, self.config.queue.max_message_size, sync=sync)
+            if keep_open:
+                data, read.fd = open_claimed(claimed.path, max_size)
+            else:
+                data = read_claimed(claimed.path, max_size, sync=sync)
             read.size = len(data)
             read.parsed = parse_message(data)
             if read.size <= KEEP_BODY_MAX:

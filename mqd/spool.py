@@ -23,7 +23,7 @@ from .config import SpoolConfig
 from .errors import SpoolError
 from .fsutil import fsync_dirs, make_dirs
 
-__all__ = ["SUFFIX", "Claimed", "Spool", "read_claimed"]
+__all__ = ["SUFFIX", "Claimed", "Spool", "open_claimed", "read_claimed"]
 
 log = logging.getLogger("mqd.spool")
 
@@ -59,6 +59,11 @@ class Spool:
         self.claim_dir = config.path / f".mqd-claim-{queue_key}"
         self._staging = staging
         self._cross_device = False
+
+    @property
+    def claims_by_copy(self) -> bool:
+        """Whether a claim here copies the file (the queue is on another filesystem or mount)."""
+        return self._cross_device
 
     def prepare(self) -> None:
         """Create the spool directory and the staging directory when missing."""
@@ -172,6 +177,18 @@ def read_claimed(path: Path, max_size: int, *, sync: bool = True) -> bytes:
     than one hard link (the other name could be a file the producer may not read), and files
     larger than ``max_size``.
     """
+    data, fd = open_claimed(path, max_size)
+    try:
+        if sync:
+            os.fsync(fd)
+        return data
+    finally:
+        os.close(fd)
+
+
+def open_claimed(path: Path, max_size: int) -> tuple[bytes, int]:
+    """``read_claimed`` without the fsync: the content and the file still open, for the caller
+    to fsync (and close) later, off the event loop. Raises as ``read_claimed`` does."""
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError as exc:
@@ -179,42 +196,45 @@ def read_claimed(path: Path, max_size: int, *, sync: bool = True) -> bytes:
             raise SpoolError("it is a symbolic link; mqd only takes regular files") from None
         raise SpoolError(f"cannot open it: {exc.strerror}") from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            kind = _kind(st.st_mode)
-            raise SpoolError(f"it is a {kind}, not a regular file")
-        if st.st_nlink != 1:
-            raise SpoolError(
-                f"it has {st.st_nlink} hard links; mqd only takes files with a single link"
-            )
-        if st.st_size > max_size:
-            raise SpoolError(
-                f"it is {st.st_size} bytes, more than queue.max_message_size ({max_size} bytes)"
-            )
-        chunks = []
-        remaining = max_size + 1
-        # The first read asks for the size fstat gave (and one byte more, to see the end): a
-        # larger buffer would be allocated (mmap'd) and shrunk for every small message. When it
-        # returns exactly that size, the file ended there, and no second read is needed to see
-        # it (a system call, and a wait for the GIL, fewer per message).
-        want = st.st_size + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, want))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-            if len(chunks) == 1 and len(chunk) == st.st_size:
-                break
-            want = 1 << 20
-        data = b"".join(chunks)
-        if len(data) > max_size:
-            raise SpoolError(f"it grew past queue.max_message_size ({max_size} bytes) while read")
-        if sync:
-            os.fsync(fd)
-        return data
-    finally:
+        return _read_checked(fd, max_size), fd
+    except BaseException:
         os.close(fd)
+        raise
+
+
+def _read_checked(fd: int, max_size: int) -> bytes:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        kind = _kind(st.st_mode)
+        raise SpoolError(f"it is a {kind}, not a regular file")
+    if st.st_nlink != 1:
+        raise SpoolError(
+            f"it has {st.st_nlink} hard links; mqd only takes files with a single link"
+        )
+    if st.st_size > max_size:
+        raise SpoolError(
+            f"it is {st.st_size} bytes, more than queue.max_message_size ({max_size} bytes)"
+        )
+    chunks = []
+    remaining = max_size + 1
+    # The first read asks for the size fstat gave (and one byte more, to see the end): a
+    # larger buffer would be allocated (mmap'd) and shrunk for every small message. When it
+    # returns exactly that size, the file ended there, and no second read is needed to see
+    # it (a system call fewer per message).
+    want = st.st_size + 1
+    while remaining > 0:
+        chunk = os.read(fd, min(remaining, want))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+        if len(chunks) == 1 and len(chunk) == st.st_size:
+            break
+        want = 1 << 20
+    data = b"".join(chunks)
+    if len(data) > max_size:
+        raise SpoolError(f"it grew past queue.max_message_size ({max_size} bytes) while read")
+    return data
 
 
 def _kind(mode: int) -> str:

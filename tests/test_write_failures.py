@@ -78,6 +78,50 @@ async def test_a_directory_fsync_failing_at_intake_puts_the_file_back(
     assert not path.exists()
 
 
+def open_paths() -> list[str]:
+    return [os.readlink(fd) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc/self/fd")
+@pytest.mark.parametrize("code", FAULTS.values(), ids=FAULTS.keys())
+async def test_a_body_fsync_failing_at_intake_puts_every_file_of_the_batch_back(
+    code: int,
+    plain_config: Config,
+    spool: Path,
+    smtp_server: SMTPPeer,
+    host: PluginHost,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The bodies are claimed and read on the event loop and fsynced together in a worker
+    thread: one failing fsync puts the whole batch back, each file closed and unchanged."""
+    paths = [drop(spool) for _ in range(3)]
+    contents = [path.read_bytes() for path in paths]
+    real_fsync, bodies = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        if "/messages/" in os.readlink(f"/proc/self/fd/{fd}"):
+            bodies.append(fd)
+            if len(bodies) == 2:
+                raise OSError(code, os.strerror(code))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with caplog.at_level(logging.ERROR):
+        await run_once(plain_config, host)
+    monkeypatch.undo()
+    assert [path.read_bytes() for path in paths] == contents, "every file back, unchanged"
+    assert smtp_server.messages == []
+    assert len(bodies) == 2 and os.strerror(code) in caplog.text
+    assert "3 message(s) go back into their spool" in caplog.text
+    queue = str(plain_config.queue.dir)
+    assert not [path for path in open_paths() if path.startswith(queue)], "no file left open"
+
+    await run_once(plain_config, host)
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["alice@example.net"]] * 3
+    assert not any(path.exists() for path in paths)
+
+
 async def test_a_state_write_failing_after_an_attempt_keeps_the_message_queued(
     plain_config: Config,
     spool: Path,
