@@ -20,6 +20,7 @@ from corehelpers import drop, run_once
 from smtpserver import SMTPPeer
 
 import mqd.fsutil
+import mqd.intake
 import mqd.queue.filestore
 from mqd.config import Config
 from mqd.plugins import PluginHost
@@ -119,6 +120,44 @@ async def test_a_body_fsync_failing_at_intake_puts_every_file_of_the_batch_back(
 
     await run_once(plain_config, host)
     assert [m.rcpt_tos for m in smtp_server.messages] == [["alice@example.net"]] * 3
+    assert not any(path.exists() for path in paths)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc/self/fd")
+async def test_a_body_fsync_failing_in_one_thread_of_a_large_batch_puts_all_of_it_back(
+    plain_config: Config,
+    spool: Path,
+    smtp_server: SMTPPeer,
+    host: PluginHost,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A large batch's bodies are fsynced in several threads at once: one of them failing
+    puts the whole batch back, whichever thread it was."""
+    count = 4 * mqd.intake.SYNC_CHUNK
+    paths = [drop(spool) for _ in range(count)]
+    real_fsync, seen = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if "/messages/" in target:
+            seen.append(target)
+            if len(seen) == count - 1:  # near the end: another thread's share
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with caplog.at_level(logging.ERROR):
+        await run_once(plain_config, host)
+    monkeypatch.undo()
+    assert all(path.exists() for path in paths), "every file back in the spool"
+    assert smtp_server.messages == []
+    assert f"{count} message(s) go back into their spool" in caplog.text
+    queue = str(plain_config.queue.dir)
+    assert not [path for path in open_paths() if path.startswith(queue)], "no file left open"
+
+    await run_once(plain_config, host)
+    assert len(smtp_server.messages) == count
     assert not any(path.exists() for path in paths)
 
 
