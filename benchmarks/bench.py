@@ -302,7 +302,7 @@ def big_queue(work: Path, sink: Sink, n: int, size: int) -> dict[str, Any]:
         "drain_tenths_msgs_per_s": [
             round(tenth / (times[at + tenth - 1] - times[at]))
             for at in range(0, len(times) - tenth + 1, tenth)
-        ],
+        ] if len(times) >= 20 else [],
         "drain_peak_rss_mb": round(daemon.peak_rss, 1),
     }  # fmt: skip
 

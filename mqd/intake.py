@@ -128,21 +128,28 @@ class Intake:
         are quick), leaving each file open for ``_sync_opened``. Stops when a claim finds the
         spool on another filesystem than the queue, and returns the names not yet tried."""
         reads: list[_Read] = []
-        new_id = message_id_maker(len(names))
         try:
-            for index, name in enumerate(names):
-                try:
-                    claimed = spool.claim(name, new_id())
-                except SpoolError as exc:
-                    log.error("%s", exc)
-                    continue
-                if claimed is not None:
-                    reads.append(self._read(claimed, keep_open=True))
-                if spool.claims_by_copy:
-                    return reads, names[index + 1 :]
+            return self._claim(spool, names, reads, keep_open=True)
         except BaseException:  # the claimed ones wait in the queue for recovery at start-up
             _close(reads)
             raise
+
+    def _claim(
+        self, spool: Spool, names: list[str], reads: list[_Read], keep_open: bool
+    ) -> tuple[list[_Read], list[str]]:
+        """Claim and read ``names`` into ``reads``; with ``keep_open``, stop as soon as the
+        spool turns out to need copies, and return the names not yet tried."""
+        new_id = message_id_maker(len(names))
+        for index, name in enumerate(names):
+            try:
+                claimed = spool.claim(name, new_id())
+            except SpoolError as exc:
+                log.error("%s", exc)
+                continue
+            if claimed is not None:
+                reads.append(self._read(claimed, keep_open=keep_open))
+            if keep_open and spool.claims_by_copy:
+                return reads, names[index + 1 :]
         return reads, []
 
     async def _sync_opened(self, reads: list[_Read]) -> list[_Read]:
@@ -153,11 +160,11 @@ class Intake:
         if not reads:
             return reads
         fds = [read.fd for read in reads if read.fd is not None]
-        dirs = [read.claimed.path for read in reads]
+        bodies = [read.claimed.path for read in reads]  # for their directories
         size = max(SYNC_CHUNK, -(-len(fds) // SYNC_THREADS))
         chunks = [fds[at : at + size] for at in range(0, len(fds), size)] or [[]]
         outcomes = await asyncio.gather(
-            asyncio.to_thread(self._fsync_all, chunks[0], dirs),  # the directories' with the first
+            asyncio.to_thread(self._fsync_all, chunks[0], bodies),  # the directories with the first
             *(asyncio.to_thread(self._fsync_all, chunk, []) for chunk in chunks[1:]),
             return_exceptions=True,
         )
@@ -175,16 +182,8 @@ class Intake:
             self.store.sync_claimed(bodies)
 
     def _claim_and_read(self, spool: Spool, names: list[str]) -> list[_Read]:
-        reads = []
-        new_id = message_id_maker(len(names))
-        for name in names:
-            try:
-                claimed = spool.claim(name, new_id())
-            except SpoolError as exc:
-                log.error("%s", exc)
-                continue
-            if claimed is not None:
-                reads.append(self._read(claimed))
+        """Claim, read and fsync ``names`` in one worker-thread hop (claims that copy)."""
+        reads, _ = self._claim(spool, names, [], keep_open=False)
         return self._make_durable(reads)
 
     def _make_durable(self, reads: list[_Read]) -> list[_Read]:
