@@ -307,44 +307,64 @@ def big_queue(work: Path, sink: Sink, n: int, size: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def sendmail_cost(work: Path, runs: int) -> dict[str, Any]:
-    """Wall and CPU time of ``mqd sendmail -t -i`` against a bare ``python3 -c pass``, and the
-    floor for any Python sendmail started by pip's wrapper (which imports ``re``) that reads a
-    TOML config: ``python3 -c "import re, tomllib"``. Medians of ``runs``, after a warm-up."""
-    spool, config = setup(work / "sendmail", 9)
-    data = message(0, 2048)
+def sendmail_cost(work: Path, rounds: int) -> dict[str, Any]:
+    """Wall and CPU time of ``mqd sendmail -t -i`` against a bare ``python3 -c pass``: through
+    pip's wrapper (``mqd sendmail``), as ``mqd-sendmail`` (no wrapper) and through the launcher
+    ``mqd install-sendmail`` writes (no site.py); and the floor for any Python sendmail that pip's
+    wrapper starts and that reads a TOML config: ``python3 -c "import re, tomllib"``.
 
-    def timed(args: list[str], stdin: bytes | None) -> tuple[float, float]:
-        walls, cpus = [], []
-        for i in range(runs + 2):
+    The commands take turns, one run each per round in a rotating order, so that a shared
+    machine's drift between rounds (a bare start here moves by half between minutes) falls on all
+    of them alike; medians of ``rounds`` rounds after two of warm-up (bytecode caches written)."""
+    spool, config = setup(work / "sendmail", 9)
+    launcher = work / "sendmail" / "sendmail"
+    launcher.unlink(missing_ok=True)
+    subprocess.run([MQD, "install-sendmail", str(launcher)], check=True, capture_output=True)
+    # Every command gets the message on stdin from a file (a bare start ignores it) and its
+    # output to /dev/null: a pipe fed by this process would be timed with it, and only for some.
+    message_file = work / "sendmail" / "message.eml"
+    message_file.write_bytes(message(0, 2048))
+    commands = {
+        "python_pass": [sys.executable, "-c", "pass"],
+        "re_tomllib_floor": [sys.executable, "-c", "import re, tomllib"],
+        "mqd_sendmail": [MQD, "--config", str(config), "sendmail", "-t", "-i"],
+        # without pip's wrapper, which imports re
+        "script": [str(Path(MQD).with_name("mqd-sendmail")), "-C", str(config), "-t", "-i"],
+        "launcher": [str(launcher), "-C", str(config), "-t", "-i"],
+    }
+    walls: dict[str, list[float]] = {name: [] for name in commands}
+    cpus: dict[str, list[float]] = {name: [] for name in commands}
+    names = list(commands)
+    for round_ in range(rounds + 2):
+        turn = round_ % len(names)
+        for name in names[turn:] + names[:turn]:
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            started = time.perf_counter()
-            subprocess.run(args, input=stdin, check=True, capture_output=True, env=ENV)
-            wall = time.perf_counter() - started
+            with message_file.open("rb") as stdin:
+                started = time.perf_counter()
+                subprocess.run(
+                    commands[name], stdin=stdin, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, check=True, env=ENV,
+                )  # fmt: skip
+                wall = time.perf_counter() - started
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            if i >= 2:  # the first runs write the bytecode cache
-                walls.append(wall * 1000)
-                cpus.append(
+            if round_ >= 2:
+                walls[name].append(wall * 1000)
+                cpus[name].append(
                     (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000
                 )
-        return statistics.median(walls), statistics.median(cpus)
-
-    bare, bare_cpu = timed([sys.executable, "-c", "pass"], None)
-    floor, floor_cpu = timed([sys.executable, "-c", "import re, tomllib"], None)
-    mqd, mqd_cpu = timed([MQD, "--config", str(config), "sendmail", "-t", "-i"], data)
-    script = str(Path(MQD).with_name("mqd-sendmail"))  # without pip's wrapper
-    light, light_cpu = timed([script, "-C", str(config), "-t", "-i"], data)
-    written = len(list(spool.glob("*.eml")))
-    return {
-        "test": "sendmail", "runs": runs, "ok": written == 2 * (runs + 2),
-        "python_pass_ms": round(bare, 1), "python_pass_cpu_ms": round(bare_cpu, 1),
-        "re_tomllib_floor_ms": round(floor, 1), "floor_cpu_ms": round(floor_cpu, 1),
-        "mqd_sendmail_ms": round(mqd, 1), "mqd_sendmail_cpu_ms": round(mqd_cpu, 1),
-        "ratio": round(mqd / bare, 2), "cpu_ratio": round(mqd_cpu / bare_cpu, 2),
-        "floor_ratio": round(floor / bare, 2),
-        "mqd_sendmail_script_ms": round(light, 1), "script_cpu_ms": round(light_cpu, 1),
-        "script_ratio": round(light / bare, 2), "script_cpu_ratio": round(light_cpu / bare_cpu, 2),
+    wall = {name: statistics.median(values) for name, values in walls.items()}
+    cpu = {name: statistics.median(values) for name, values in cpus.items()}
+    result: dict[str, Any] = {
+        "test": "sendmail", "rounds": rounds,
+        "ok": len(list(spool.glob("*.eml"))) == 3 * (rounds + 2),
+        "python_pass_ms": round(wall["python_pass"], 1),
+        "python_pass_cpu_ms": round(cpu["python_pass"], 1),
     }  # fmt: skip
+    for name in names[1:]:
+        result[f"{name}_ms"] = round(wall[name], 1)
+        result[f"{name}_ratio"] = round(wall[name] / wall["python_pass"], 2)
+        result[f"{name}_cpu_ratio"] = round(cpu[name] / cpu["python_pass"], 2)
+    return result
 
 
 def main() -> int:
@@ -358,6 +378,10 @@ def main() -> int:
         "only when asked for",
     )  # fmt: skip
     parser.add_argument("--big", type=int, default=100_000, help="messages for big-queue")
+    parser.add_argument(
+        "--sendmail-rounds", type=int, default=100, metavar="N",
+        help="rounds of the sendmail measurement (each runs every command once)",
+    )  # fmt: skip
     parser.add_argument(
         "--profile",
         type=Path,
@@ -397,7 +421,7 @@ def main() -> int:
         if args.only in (None, "latency"):
             results.append(latency(work, sink, 200, 10.0))
         if args.only in (None, "sendmail"):
-            results.append(sendmail_cost(work, 20))
+            results.append(sendmail_cost(work, args.sendmail_rounds))
         if args.only == "big-queue":
             results.append(big_queue(work, sink, args.big, args.size))
     finally:

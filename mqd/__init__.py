@@ -8,8 +8,6 @@ The public names are imported on first use (module ``__getattr__``): ``mqd sendm
 per message, and importing the package must not cost it email.policy, pluggy or the daemon.
 """
 
-from __future__ import annotations
-
 # Not typing.TYPE_CHECKING: importing typing alone costs the sendmail path a few ms. Type checkers
 # treat any name TYPE_CHECKING as true.
 TYPE_CHECKING = False
@@ -100,7 +98,7 @@ __all__ = [
 
 if not TYPE_CHECKING:  # hidden from type checkers, so that a misspelt name stays an error
 
-    def __getattr__(name: str) -> Any:
+    def __getattr__(name: str) -> "Any":
         module = _LAZY.get(name)
         if module is None:
             raise AttributeError(f"module 'mqd' has no attribute {name!r}")

@@ -19,8 +19,6 @@ Relays translate their library's exceptions (aiosmtplib, httpx, ...) into
 ``TransientRelayError`` / ``PermanentRelayError`` at one place, chaining ``from exc``.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers know it)
 if TYPE_CHECKING:
     from pathlib import Path
@@ -54,13 +52,13 @@ class ConfigError(MQDError):
     ``str()`` names both, so the message alone tells the user what to fix.
     """
 
-    def __init__(self, message: str, *, path: Path | None = None, key: str | None = None) -> None:
+    def __init__(self, message: str, *, path: "Path | None" = None, key: str | None = None) -> None:
         self.message = message
         self.path = path
         self.key = key
         super().__init__(message)
 
-    def with_location(self, *, path: Path | None = None, key: str | None = None) -> ConfigError:
+    def with_location(self, *, path: "Path | None" = None, key: str | None = None) -> "ConfigError":
         """A copy of this error that also names ``path`` / ``key`` when it did not already."""
         return ConfigError(self.message, path=self.path or path, key=self.key or key)
 
@@ -107,7 +105,7 @@ class RelayError(MQDError):
     """
 
     def __init__(
-        self, message: str, *, reply: Reply | None = None, retry_after: float | None = None
+        self, message: str, *, reply: "Reply | None" = None, retry_after: float | None = None
     ) -> None:
         self.reply = reply
         self.retry_after = retry_after

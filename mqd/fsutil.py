@@ -1,7 +1,5 @@
 """Durable file operations: write-fsync-rename and directory fsyncs, in one place."""
 
-from __future__ import annotations
-
 import os
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers know it)
@@ -17,7 +15,7 @@ __all__ = ["atomic_write", "fsync_dirs", "make_dirs", "write_durably"]
 _CAN_FSYNC_DIRS = os.name == "posix"
 
 
-def write_durably(path: StrPath, data: bytes, *, mode: int = 0o600) -> None:
+def write_durably(path: "StrPath", data: bytes, *, mode: int = 0o600) -> None:
     """Write ``data`` to a new file ``path`` and fsync it (the directory is not synced)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
     try:
@@ -30,7 +28,7 @@ def write_durably(path: StrPath, data: bytes, *, mode: int = 0o600) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True, mode: int = 0o600) -> None:
+def atomic_write(path: "Path", data: bytes, *, sync_dir: bool = True, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` atomically: temp file, fsync, rename, fsync the directory.
 
     A reader sees the old content or the new, never a torn file; after return it survives a
@@ -50,7 +48,7 @@ def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True, mode: int = 
         fsync_dirs([path.parent])
 
 
-def fsync_dirs(dirs: Iterable[StrPath]) -> None:
+def fsync_dirs(dirs: "Iterable[StrPath]") -> None:
     """fsync each directory once, so the renames and creations in it are durable."""
     if not _CAN_FSYNC_DIRS:
         return
@@ -62,7 +60,7 @@ def fsync_dirs(dirs: Iterable[StrPath]) -> None:
             os.close(fd)
 
 
-def make_dirs(*dirs: StrPath, mode: int = 0o700) -> None:
+def make_dirs(*dirs: "StrPath", mode: int = 0o700) -> None:
     """Create each directory and its parents when missing (``mode`` applies to the last one)."""
     for directory in dirs:
         os.makedirs(directory, mode=mode, exist_ok=True)

@@ -12,8 +12,6 @@ parser, loaded only then: it costs tens of milliseconds to import and a hundred 
 so per header to run.
 """
 
-from __future__ import annotations
-
 from .errors import MessageParseError
 
 __all__ = [

@@ -9,8 +9,6 @@ same three steps (see docs/producers.md).
 time (no pathlib, no secrets: the name's random part comes from ``os.urandom``).
 """
 
-from __future__ import annotations
-
 import os
 import time
 
@@ -26,25 +24,25 @@ if TYPE_CHECKING:
 __all__ = ["envelope_lines", "inject", "inject_many", "write_to_spool"]
 
 
-def envelope_lines(sender: str, recipients: Sequence[str]) -> bytes:
+def envelope_lines(sender: str, recipients: "Sequence[str]") -> bytes:
     """Leading ``X-Sender`` / ``X-Receiver`` lines that state the envelope explicitly."""
     lines = [f"X-Sender: <{sender}>"] + [f"X-Receiver: <{rcpt}>" for rcpt in recipients]
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
 
-def inject(spool: Path, message: bytes) -> Path:
+def inject(spool: "Path", message: bytes) -> "Path":
     """Write one message into ``spool`` durably; returns the ``.eml`` path."""
     return inject_many(spool, [message])[0]
 
 
-def inject_many(spool: Path, messages: Iterable[bytes]) -> list[Path]:
+def inject_many(spool: "Path", messages: "Iterable[bytes]") -> "list[Path]":
     """Write messages into ``spool``; the directory is fsynced once for all of them."""
     from pathlib import Path
 
     return [Path(name) for name in write_to_spool(spool, messages)]
 
 
-def write_to_spool(spool: StrPath, messages: Iterable[bytes]) -> list[str]:
+def write_to_spool(spool: "StrPath", messages: "Iterable[bytes]") -> list[str]:
     """``inject_many`` with plain string paths: what ``mqd sendmail`` uses."""
     spool = os.fspath(spool)
     written: list[str] = []

@@ -13,8 +13,6 @@ Keys of ``[sendmail]`` other than those two are returned with a placeholder valu
 caller sees a key it does not know (and hands over to the full loader, which names it).
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from typing import Any
@@ -31,7 +29,7 @@ class _Unsupported(Exception):
     pass
 
 
-def read_subset(text: str) -> dict[str, Any] | None:
+def read_subset(text: str) -> "dict[str, Any] | None":
     """The ``sendmail`` table and the ``spool`` table(s) of the TOML document ``text``, with
     their string values; None when the document needs the real parser."""
     try:
@@ -40,7 +38,7 @@ def read_subset(text: str) -> dict[str, Any] | None:
         return None
 
 
-def _read(text: str) -> dict[str, Any]:
+def _read(text: str) -> "dict[str, Any]":
     if '"""' in text or "'''" in text:
         raise _Unsupported
     data: dict[str, Any] = {}
@@ -79,7 +77,7 @@ def _read(text: str) -> dict[str, Any]:
     return data
 
 
-def _header(line: str, data: dict[str, Any]) -> dict[str, Any] | None:
+def _header(line: str, data: "dict[str, Any]") -> "dict[str, Any] | None":
     array = line.startswith("[[")
     close = line.find("]]" if array else "]")
     name = line[2 if array else 1 : close].strip()

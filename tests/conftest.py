@@ -97,6 +97,26 @@ def write_config(tmp_path: Path) -> Callable[[str], Path]:
 
 
 @pytest.fixture
+def producer_config(write_config: Callable[..., Path], spool: Path, queue_dir: Path) -> Path:
+    """A config file for the producer commands (``mqd sendmail`` and its launchers): the
+    ``spool`` fixture's directory, allowing ``*@example.com``; its relay is never reached."""
+    return write_config(
+        f"""
+        [queue]
+        dir = "{queue_dir}"
+        [[spool]]
+        path = "{spool}"
+        allowed_senders = ["*@example.com"]
+        [relays.sink]
+        plugin = "smtp"
+        host = "127.0.0.1"
+        port = 25
+        security = "none"
+        """
+    )
+
+
+@pytest.fixture
 def sink_config(
     write_config: Callable[[str], Path], spool: Path, queue_dir: Path, smtp_server: SMTPPeer
 ) -> Callable[..., Config]:

@@ -16,6 +16,26 @@ from mqd.inject import inject
 from mqd.plugins import PluginHost
 
 
+def imports(command: list[str], stdin: bytes, env: dict[str, str]) -> set[str]:
+    """The modules ``command`` imports (from ``-X importtime``'s report)."""
+    proc = subprocess.run(
+        command,
+        input=stdin,
+        capture_output=True,
+        env={**env, "PYTHONPROFILEIMPORTTIME": "1"},
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    modules = set()
+    for line in proc.stderr.decode().splitlines():
+        if line.startswith("import time:") and "|" in line:
+            name = line.rsplit("|", 1)[1].strip()
+            if name != "imported package":
+                modules.add(name)
+    return modules
+
+
 class FakeClock:
     """A clock that stands still until a test moves it: ``clock()``, ``clock.advance(s)``."""
 
