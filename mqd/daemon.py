@@ -628,6 +628,12 @@ class Daemon:
     async def _intake_loop(self) -> None:
         """Claim what the watcher reports, and rescan every spool each ``scan_interval``
         whatever the traffic, so that a missed event delays a file, never strands it."""
+        try:
+            await self._take_from_spools()
+        finally:
+            await self.intake.settle()  # the last batch's fsyncs
+
+    async def _take_from_spools(self) -> None:
         interval = self.config.queue.scan_interval
         last_full_scan = time.monotonic()  # run() already asked for the first full scan
         while not self._stopping.is_set():
@@ -657,7 +663,8 @@ class Daemon:
                         self._admit(entry)
             if self.intake.write_failed:
                 # The queue cannot be written (disk full, I/O error): the files went back into
-                # their spools. Take them again after a scan interval, not in a busy loop.
+                # their spools (or, when only their fsyncs failed, are being delivered). Take
+                # files again after a scan interval, not in a busy loop.
                 self.intake.write_failed = False
                 self._pending_names.clear()
                 self._rescan.clear()

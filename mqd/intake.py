@@ -1,13 +1,25 @@
 """From spool file to queue entry: claim, open safely, parse, check policy, persist.
 
-A batch is claimed (renamed), read and parsed on the event loop, then made durable in one
-worker-thread hop that fsyncs each body and, once, their directory (no state file is written
-until a message is first deferred); then checked against policy on the event loop (plugins run
-there). Refused files go to failed/ with the reason in one more hop, taken only when there are
-any. Only the fsyncs leave the loop: every system call a worker thread makes gives up the GIL
-and must win it back from the busy loop. With the renames, opens, reads and parsing in the hop
-too, a drain of 10,000 messages ran at 0.65-0.75x the rate on an ext4 with a journal, and on
-one without spent 20-25% more CPU per message in 40% more context switches.
+A batch is claimed (renamed), read and parsed on the event loop, then checked against policy
+there (plugins run there) and handed to delivery, while worker threads fsync each body and, once,
+their directory (no state file is written until a message is first deferred). Refused files go
+to failed/ with the reason in one more hop, taken only when there are any. Only the fsyncs leave
+the loop: every system call a worker thread makes gives up the GIL and must win it back from the
+busy loop. With the renames, opens, reads and parsing in the hop too, a drain of 10,000 messages
+ran at 0.65-0.75x the rate on an ext4 with a journal, and on one without spent 20-25% more CPU
+per message in 40% more context switches.
+
+Delivery does not wait for those fsyncs (on POSIX; Windows neither renames nor deletes an open
+file, so there it does): a producer fsyncs a file before renaming it into the spool (the producer
+contract), so the body is durable already and the claim is one rename, which a crash either
+undoes (the file is back in the spool) or keeps. The fsyncs make the claim durable, and the body
+too when a producer skipped its fsync; a first attempt that starts before they end changes no
+crash's outcome, only how soon mail goes out: a message sent before a crash may be sent again
+after it (at-least-once, as after any crash between the relay's reply and the state update).
+One batch's fsyncs are in flight at a time. When they fail, the batch is delivered anyway (its
+data is still in the page cache, and another fsync of the same file could not promise more: the
+kernel reports a failed writeback once), the error is logged and intake pauses a scan interval.
+
 Refused mail never gets a bounce: it was never accepted, and a bounce would be backscatter.
 """
 
@@ -64,6 +76,10 @@ class _Read:
     fd: int | None = None
 
 
+#: Whether a batch goes to delivery while its fsyncs run (not on Windows, where a file still
+#: open for its fsync can be neither renamed into failed/ nor deleted once delivered).
+SEND_WHILE_SYNCING = os.name == "posix"
+
 #: A batch's bodies are fsynced in up to this many worker threads at once...
 SYNC_THREADS = 4
 #: ...each taking at least this many (a thread more costs a hand-over of the GIL or two).
@@ -84,26 +100,37 @@ class Intake:
         self.store = store
         self.host = host
         self.emit = emit
-        #: Set when the queue could not be written and files went back into their spool; the
-        #: daemon then waits a scan interval before taking files again (no busy loop on a full
-        #: disk).
+        #: Set when the queue could not be written (files went back into their spool, or, when
+        #: only a batch's fsyncs failed, are delivered all the same); the daemon then waits a
+        #: scan interval before taking files again (no busy loop on a full disk).
         self.write_failed = False
         #: Whether recovered bodies are durable already (None: not synced yet this start).
         self._synced: bool | None = None
+        #: The last batch's fsyncs, while they run.
+        self._syncing: asyncio.Future[None] | None = None
 
     async def take_names(self, spool: Spool, names: list[str]) -> list[QueueEntry]:
-        """Claim ``names`` from ``spool`` and queue what is acceptable. Files another process
-        claimed first are skipped silently."""
+        """Claim ``names`` from ``spool`` and queue what is acceptable, its fsyncs still running
+        (see the module's docstring). Files another process claimed first are skipped
+        silently."""
+        await self.settle()  # one batch's fsyncs at a time: its files are open until they end
         reads: list[_Read] = []
         if not spool.claims_by_copy:
-            opened, names = self._claim_and_open(spool, names)
-            try:
-                reads = await self._sync_opened(opened)
-            finally:
-                _close(opened)
+            reads, names = self._claim_and_open(spool, names)
+            if reads:
+                self._syncing = asyncio.ensure_future(self._sync_opened(reads))
+                if not SEND_WHILE_SYNCING:
+                    await self.settle()
         if names:  # across filesystems each claim is a copy and its fsyncs: all off the loop
             reads += await asyncio.to_thread(self._claim_and_read, spool, names)
         return await self._finish(reads)
+
+    async def settle(self) -> None:
+        """Wait for the last batch's fsyncs (before the next batch, and before stopping)."""
+        syncing, self._syncing = self._syncing, None
+        if syncing is not None:
+            # Shielded: a cancelled wait must not cancel them (their threads would run on).
+            await asyncio.shield(syncing)
 
     async def take_claimed(self, claimed: list[Claimed]) -> list[QueueEntry]:
         """Queue files already claimed: bodies recovered with no state file (accepted and never
@@ -152,14 +179,14 @@ class Intake:
                 return reads, names[index + 1 :]
         return reads, []
 
-    async def _sync_opened(self, reads: list[_Read]) -> list[_Read]:
+    async def _sync_opened(self, reads: list[_Read]) -> None:
         """Fsync the bodies ``_claim_and_open`` left open (rejected ones too: they are kept in
-        failed/) and their directories. A large batch is split over a few worker threads: the
-        disk takes several flushes at a time (256 bodies: 0.15 s one after the other, 0.06 s
-        in four threads, on an ext4 with a journal)."""
-        if not reads:
-            return reads
+        failed/) and their directories, and close them. A large batch is split over a few
+        worker threads: the disk takes several flushes at a time (256 bodies: 0.15 s one after
+        the other, 0.06 s in four threads, on an ext4 with a journal)."""
         fds = [read.fd for read in reads if read.fd is not None]
+        for read in reads:  # the threads own the descriptors now, and close them
+            read.fd = None
         bodies = [read.claimed.path for read in reads]  # for their directories
         size = max(SYNC_CHUNK, -(-len(fds) // SYNC_THREADS))
         chunks = [fds[at : at + size] for at in range(0, len(fds), size)] or [[]]
@@ -170,14 +197,27 @@ class Intake:
         )
         for outcome in outcomes:
             if isinstance(outcome, OSError):
-                return await asyncio.to_thread(self._cannot_write, reads, outcome)
+                log.error(
+                    "cannot fsync in the queue directory %s (%s): the %d message(s) claimed "
+                    "with it are delivered all the same, but until then a crash may lose them; "
+                    "taking no more files for a scan interval",
+                    self.store.messages_dir,
+                    outcome,
+                    len(reads),
+                )
+                self.write_failed = True
+                return
             if isinstance(outcome, BaseException):
                 raise outcome
-        return reads
 
     def _fsync_all(self, fds: list[int], bodies: list[Path]) -> None:
-        for fd in fds:
-            os.fsync(fd)
+        """Fsync and close ``fds``, then fsync the directories of ``bodies``."""
+        try:
+            for fd in fds:
+                os.fsync(fd)
+        finally:
+            for fd in fds:
+                os.close(fd)
         if bodies:
             self.store.sync_claimed(bodies)
 
@@ -260,7 +300,7 @@ class Intake:
                     make_entry(read.claimed, read.size, read.parsed, route, created, now)
                 )
         accepted_reads = [r for r in reads if r.error is None and r.parsed is not None]
-        self.store.add_claimed(accepted)  # durable already (see _make_durable)
+        self.store.add_claimed(accepted)  # durable, or being made so (the module's docstring)
         if rejected:
             rejected = await asyncio.to_thread(self._reject, rejected)
         for read in rejected:

@@ -235,3 +235,43 @@ async def test_a_body_recovered_without_state_keeps_its_age(
     assert b"Status: 4.4.7" in bounce.data
     assert daemon.queue_size == 0
     assert [p.stem for p in (queue_dir / "failed").glob("*.json")] == [two_hours_ago]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc/self/fd")
+async def test_the_first_attempt_does_not_wait_for_the_claims_fsyncs(
+    plain_config: Config,
+    spool: Path,
+    smtp_server,
+    host: PluginHost,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A producer fsyncs a file before renaming it into the spool, so the claimed body is
+    durable already: the message goes out while the fsyncs that make the claim durable still
+    run (here held until the sink has it), and the daemon stops only after they end."""
+    import asyncio
+    import os
+    import threading
+
+    import mqd.intake
+
+    if not mqd.intake.SEND_WHILE_SYNCING:
+        pytest.skip("Windows waits for the fsyncs (no rename or delete of an open file)")
+    drop(spool)
+    arrived, synced = threading.Event(), []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".eml"):  # the body's
+            synced.append(arrived.wait(5))  # True: the sink had it before this fsync ended
+        real_fsync(fd)
+
+    async def on_arrival() -> None:
+        await asyncio.to_thread(smtp_server.wait_for, 1, 10)
+        arrived.set()
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    watcher = asyncio.create_task(on_arrival())
+    await run_once(plain_config, host)
+    await watcher
+    assert synced == [True]
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["alice@example.net"]]
