@@ -13,7 +13,6 @@ works as ``mqd-sendmail`` does, only slower, until it is written again.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import MQDError
+from .fsutil import atomic_write
 
 __all__ = ["LauncherError", "render_launcher", "site_paths", "write_launcher"]
 
@@ -100,14 +100,9 @@ def write_launcher(target: Path, *, force: bool = False, config: Path | None = N
     text = render_launcher(
         sys.executable, site_paths(), os.path.abspath(config) if config is not None else None
     )
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o755)  # noqa: S103 - a command for everyone, whatever the umask
-        os.replace(tmp, target)  # a symlink at target is replaced, not followed
+        # Temporary file, fsync, rename (a symlink at target is replaced, not followed).
+        atomic_write(target, text.encode("utf-8"), mode=0o755)
+        os.chmod(target, 0o755)  # noqa: S103 - a command for everyone, whatever the umask
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise LauncherError(f"cannot write {target}: {exc.strerror or exc}") from None
