@@ -12,13 +12,11 @@ per message, and importing the package must not cost it email.policy, pluggy or 
 # treat any name TYPE_CHECKING as true.
 TYPE_CHECKING = False
 
-__version__ = "0.1.0"
-
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ resolves these
     from typing import Any
 
-    from .envelope import Envelope
-    from .errors import (
+    from mqd.config.options import Options, Secret
+    from mqd.errors import (
         ConfigError,
         MessageParseError,
         MQDError,
@@ -31,39 +29,42 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
         SpoolError,
         TransientRelayError,
     )
-    from .hookspecs import hookimpl
-    from .options import Options, Secret
-    from .relays.base import DeliveryResult, Outcome, Relay, Reply
-    from .tracking.vocabulary import ProviderEvent, Status
-    from .webhooks import Webhook, WebhookRejected, WebhookReply, WebhookRequest
+    from mqd.message.envelope import Envelope
+    from mqd.message.reply import Outcome, Reply
+    from mqd.plugins.hookspecs import hookimpl
+    from mqd.plugins.webhooks import Webhook, WebhookRejected, WebhookReply, WebhookRequest
+    from mqd.relays.base import DeliveryResult, Relay
+    from mqd.tracking.vocabulary import ProviderEvent, Status
+    from mqd.version import __version__
 
 #: Public name -> the module that defines it.
 _LAZY = {
-    "ConfigError": ".errors",
-    "DeliveryResult": ".relays.base",
-    "Envelope": ".envelope",
-    "MQDError": ".errors",
-    "MessageParseError": ".errors",
-    "Options": ".options",
-    "Outcome": ".relays.base",
-    "PermanentRelayError": ".errors",
-    "PluginError": ".errors",
-    "PolicyError": ".errors",
-    "ProviderEvent": ".tracking.vocabulary",
-    "QueueError": ".errors",
-    "QueueLockedError": ".errors",
-    "Relay": ".relays.base",
-    "RelayError": ".errors",
-    "Reply": ".relays.base",
-    "Secret": ".options",
-    "SpoolError": ".errors",
-    "Status": ".tracking.vocabulary",
-    "TransientRelayError": ".errors",
-    "Webhook": ".webhooks",
-    "WebhookRejected": ".webhooks",
-    "WebhookReply": ".webhooks",
-    "WebhookRequest": ".webhooks",
-    "hookimpl": ".hookspecs",
+    "ConfigError": "mqd.errors",
+    "DeliveryResult": "mqd.relays.base",
+    "Envelope": "mqd.message.envelope",
+    "MQDError": "mqd.errors",
+    "MessageParseError": "mqd.errors",
+    "Options": "mqd.config.options",
+    "Outcome": "mqd.message.reply",
+    "PermanentRelayError": "mqd.errors",
+    "PluginError": "mqd.errors",
+    "PolicyError": "mqd.errors",
+    "ProviderEvent": "mqd.tracking.vocabulary",
+    "QueueError": "mqd.errors",
+    "QueueLockedError": "mqd.errors",
+    "Relay": "mqd.relays.base",
+    "RelayError": "mqd.errors",
+    "Reply": "mqd.message.reply",
+    "Secret": "mqd.config.options",
+    "SpoolError": "mqd.errors",
+    "Status": "mqd.tracking.vocabulary",
+    "TransientRelayError": "mqd.errors",
+    "Webhook": "mqd.plugins.webhooks",
+    "WebhookRejected": "mqd.plugins.webhooks",
+    "WebhookReply": "mqd.plugins.webhooks",
+    "WebhookRequest": "mqd.plugins.webhooks",
+    "hookimpl": "mqd.plugins.hookspecs",
+    "__version__": "mqd.version",
 }
 
 __all__ = [
@@ -104,7 +105,7 @@ if not TYPE_CHECKING:  # hidden from type checkers, so that a misspelt name stay
             raise AttributeError(f"module 'mqd' has no attribute {name!r}")
         from importlib import import_module  # here: importlib costs mqd sendmail an import
 
-        value = getattr(import_module(module, __name__), name)
+        value = getattr(import_module(module), name)
         globals()[name] = value  # resolved once; later lookups do not come here
         return value
 

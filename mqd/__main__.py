@@ -21,13 +21,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     program = os.path.basename(sys.argv[0]) if sys.argv else "mqd"
     sendmail_args = args if program in ("sendmail", "mqd-sendmail") else _sendmail_args(args)
     if sendmail_args is not None:
-        from .sendmail import main as sendmail_main
+        from mqd.producer.sendmail import main as sendmail_main
 
         sys.exit(sendmail_main(sendmail_args))
     import click
 
-    from .cli import cli
-    from .exitcodes import ExitCode
+    from mqd.cli.main import cli
+    from mqd.exitcodes import ExitCode
 
     try:
         # Not standalone: click would exit 2 on usage errors; mqd uses sysexits' 64.

@@ -13,7 +13,7 @@
     │   ├── TransientRelayError   try again later (4xx, timeout, dropped connection)
     │   └── PermanentRelayError   will never work (5xx, bad address)
     ├── PluginError            a plugin failed to load or misbehaved
-    └── TokenError             no OAuth2 access token could be had (``mqd.oauth2``)
+    └── TokenError             no OAuth2 access token could be had (``mqd.relays.smtp.oauth2``)
 
 Relays translate their library's exceptions (aiosmtplib, httpx, ...) into
 ``TransientRelayError`` / ``PermanentRelayError`` at one place, chaining ``from exc``.
@@ -23,7 +23,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type che
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .relays.base import Reply
+    from mqd.message.reply import Reply
 
 __all__ = [
     "ConfigError",

@@ -10,10 +10,10 @@ import sys
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from mqd.config import Config
-from mqd.daemon import Daemon
-from mqd.inject import inject
-from mqd.plugins import PluginHost
+from mqd.config.load import Config
+from mqd.daemon.root import Daemon
+from mqd.plugins.host import PluginHost
+from mqd.producer.inject import inject
 
 
 def imports(command: list[str], stdin: bytes, env: dict[str, str]) -> set[str]:

@@ -17,9 +17,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from mqd.queue.filestore import DSN_SOURCE, FileStore
-from mqd.relays.smtp import SMTPRelay
-from mqd.spool import Spool
+from mqd.intake.spool import Spool
+from mqd.queue.file.store import DSN_SOURCE, FileStore
+from mqd.relays.smtp.relay import SMTPRelay
 
 
 def _die() -> None:

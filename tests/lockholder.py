@@ -13,7 +13,7 @@ from pathlib import Path
 _SCRIPT = """
 import asyncio, sys, time
 from pathlib import Path
-from mqd.queue.filestore import FileStore
+from mqd.queue.file.store import FileStore
 
 store = FileStore(Path(sys.argv[1]))  # keep a reference: the lock lives with it
 asyncio.run(store.open())

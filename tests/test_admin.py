@@ -1,4 +1,5 @@
-"""Queue administration (mqd.admin) on a running daemon through its control socket, and on the
+"""Queue administration (mqd.admin.service) on a running daemon through its control socket, and on
+the
 files of a stopped one; and reloading the config (SIGHUP's work) without losing anything."""
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from typing import Any
 import pytest
 from corehelpers import drop
 
-from mqd.admin import AdminError, request
-from mqd.config import Config, load_config
-from mqd.control import ControlError
-from mqd.daemon import Daemon
+from mqd.admin.control import ControlError
+from mqd.admin.service import AdminError, request
+from mqd.config.load import Config, load_config
+from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError, TransientRelayError
-from mqd.plugins import PluginHost
+from mqd.message.reply import Reply
+from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry
-from mqd.relays.base import Reply
 from mqd.relays.memory import MemoryRelay
 
 CONFIG = """

@@ -1,5 +1,6 @@
 """A large queue at start-up: at most ``queue.active_limit`` never-attempted bodies are read, the
-rest listed by id (``mqd.backlog``) and read as deliveries make room, and every command still
+rest listed by id (``mqd.queue.file.backlog``) and read as deliveries make room, and every command
+still
 sees every message."""
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from pathlib import Path
 
 from corehelpers import drop, make_message, run_once
 
-from mqd.admin import QueueAdmin
-from mqd.backlog import Backlog
-from mqd.circuit import CircuitState
-from mqd.config import Config
-from mqd.daemon import Daemon
-from mqd.plugins import PluginHost
+from mqd.admin.service import QueueAdmin
+from mqd.config.load import Config
+from mqd.daemon.root import Daemon
+from mqd.delivery.circuit import CircuitState
+from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry, new_message_id
+from mqd.queue.file.backlog import Backlog
 
 
 def queue_bodies(config: Config, count: int) -> list[str]:
@@ -121,7 +122,7 @@ async def test_relay_down_keeps_the_backlog_unread_and_commands_still_see_it(
         circuit_failures = 2
         """
     )
-    from mqd.config import load_config
+    from mqd.config.load import load_config
 
     config = load_config(path)
     ids = queue_bodies(config, 30)

@@ -1,4 +1,4 @@
-"""Unit tests for mqd.bounce: the RFC 3464 delivery status notification."""
+"""Unit tests for mqd.delivery.bounce: the RFC 3464 delivery status notification."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import re
 
 import pytest
 
-from mqd.bounce import build_bounce, original_headers
-from mqd.config import parse_config
-from mqd.envelope import is_delivery_report, parse_message
+from mqd.config.load import parse_config
+from mqd.delivery.bounce import build_bounce, original_headers
+from mqd.message.envelope import is_delivery_report, parse_message
 from mqd.queue.entry import QueueEntry, RcptStatus, RecipientState
 
 BOUNCE_SENDER = "mailer-daemon@mqd.test"

@@ -1,4 +1,4 @@
-"""Unit tests for mqd.circuit: the per-relay circuit breaker, driven by a fake clock."""
+"""Unit tests for mqd.delivery.circuit: the per-relay circuit breaker, driven by a fake clock."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 import pytest
 from corehelpers import FakeClock as Clock
 
-from mqd.circuit import TRIAL_WAIT, Circuit, CircuitState
-from mqd.config import CircuitConfig
+from mqd.config.load import CircuitConfig
+from mqd.delivery.circuit import TRIAL_WAIT, Circuit, CircuitState
 
 
 @pytest.fixture

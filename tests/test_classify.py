@@ -1,12 +1,13 @@
-"""Unit tests for mqd.classify and the Reply type it reads."""
+"""Unit tests for mqd.message.classify and the Reply type it reads."""
 
 from __future__ import annotations
 
 import pytest
 
-from mqd.classify import classify_reply, reply_for_error
 from mqd.errors import PermanentRelayError, RelayError, TransientRelayError
-from mqd.relays.base import DeliveryResult, Outcome, Reply
+from mqd.message.classify import classify_reply, reply_for_error
+from mqd.message.reply import Outcome, Reply
+from mqd.relays.base import DeliveryResult
 
 D, T, P = Outcome.DELIVERED, Outcome.TRANSIENT, Outcome.PERMANENT
 

@@ -129,7 +129,7 @@ def test_plugins_lists_the_builtin_relays(env: dict[str, str]) -> None:
     [types_line] = [line for line in proc.stdout.splitlines() if line.startswith("relay types:")]
     types = {t.strip() for t in types_line.split(":", 1)[1].split(",")}
     assert {"smtp", "outbox"} <= types
-    assert "mqd.relays.smtp" in proc.stdout
+    assert "mqd.relays.smtp.relay" in proc.stdout
 
 
 def test_unknown_command_is_a_usage_error(env: dict[str, str]) -> None:

@@ -1,4 +1,4 @@
-"""Unit tests for the configuration: mqd.config, mqd.options and mqd.runtime."""
+"""Unit tests for the configuration: mqd.config.load, mqd.config.options and mqd.relays.build."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from mqd.config import (
+from mqd.config.effective import effective_config
+from mqd.config.load import (
     CONFIG_ENV,
     DEFAULT_RELAY,
     Config,
@@ -18,13 +19,13 @@ from mqd.config import (
     parse_config,
     validate_sender_pattern,
 )
+from mqd.config.options import REDACTED, Options, Secret
+from mqd.config.paths import DefaultPaths, default_paths
 from mqd.errors import ConfigError
-from mqd.options import REDACTED, Options, Secret
-from mqd.paths import DefaultPaths, default_paths
-from mqd.plugins import PluginHost
+from mqd.plugins.host import PluginHost
+from mqd.relays.build import build_relays
 from mqd.relays.outbox import OutboxRelay
-from mqd.relays.smtp import SMTPRelay
-from mqd.runtime import build_relays, effective_config
+from mqd.relays.smtp.relay import SMTPRelay
 
 SECRET = "Tr0ub4dor-&-3-unique-secret"
 ALLOWED = 'allowed_senders = ["app@example.com"]'
@@ -504,8 +505,8 @@ def platform_default(tmp_path, monkeypatch):
         spool_dir=tmp_path / "s",
         outbox_dir=tmp_path / "o",
     )
-    monkeypatch.setattr("mqd.config.default_paths", lambda: paths)
-    monkeypatch.setattr("mqd.config.SYSTEM_CONFIG", tmp_path / "etc" / "mqd.toml")
+    monkeypatch.setattr("mqd.config.load.default_paths", lambda: paths)
+    monkeypatch.setattr("mqd.config.load.SYSTEM_CONFIG", tmp_path / "etc" / "mqd.toml")
     monkeypatch.delenv(CONFIG_ENV, raising=False)
     return path
 
@@ -816,8 +817,8 @@ def test_config_is_frozen(load):
 
 
 def test_a_missing_required_key_points_at_its_misspelling(write_config, tmp_path):
-    from mqd.plugins import PluginHost
-    from mqd.runtime import build_relays
+    from mqd.plugins.host import PluginHost
+    from mqd.relays.build import build_relays
 
     path = write_config(
         f"""

@@ -23,8 +23,8 @@ import pytest
 from corehelpers import make_message
 from smtpserver import SMTPPeer
 
-from mqd.config import Config, QueueConfig
-from mqd.inject import inject
+from mqd.config.load import Config, QueueConfig
+from mqd.producer.inject import inject
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRIB = ROOT / "contrib" / "systemd"

@@ -25,11 +25,11 @@ import pytest
 from corehelpers import make_message
 from smtpserver import SMTPPeer
 
-from mqd.config import Config, QueueConfig
+from mqd.config.load import Config, QueueConfig
 from mqd.errors import ConfigError
-from mqd.inject import inject
-from mqd.intake import queued_entries
-from mqd.plugins import PluginHost
+from mqd.intake.pipeline import queued_entries
+from mqd.plugins.host import PluginHost
+from mqd.producer.inject import inject
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOWS = ROOT / "contrib" / "windows"

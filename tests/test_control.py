@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mqd.control import (
+from mqd.admin.control import (
     SOCKET_NAME,
     TCP_INFO_NAME,
     ControlError,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from corehelpers import drop, make_message, run_once
 
-from mqd.config import Config
-from mqd.plugins import PluginHost
+from mqd.config.load import Config
+from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry, id_time
 
 
@@ -204,7 +204,7 @@ async def test_watch_picks_up_a_new_file_without_a_rescan(
 ) -> None:
     import asyncio
 
-    from mqd.daemon import Daemon
+    from mqd.daemon.root import Daemon
 
     for watch in ("inotify", "watchfiles"):
         config = sink_config(queue=f'scan_interval = "1h"\nwatch = "{watch}"')
@@ -252,9 +252,9 @@ async def test_the_first_attempt_does_not_wait_for_the_claims_fsyncs(
     import os
     import threading
 
-    import mqd.intake
+    import mqd.intake.pipeline
 
-    if not mqd.intake.SEND_WHILE_SYNCING:
+    if not mqd.intake.pipeline.SEND_WHILE_SYNCING:
         pytest.skip("Windows waits for the fsyncs (no rename or delete of an open file)")
     drop(spool)
     arrived, synced = threading.Event(), []

@@ -17,13 +17,13 @@ from typing import Any
 import click
 import pytest
 
-import mqd.hookspecs
-from mqd.cli import cli
-from mqd.config import parse_config
+import mqd.plugins.hookspecs
+from mqd.cli.main import cli
+from mqd.config.load import parse_config
+from mqd.config.options import Options
 from mqd.exitcodes import ExitCode
-from mqd.options import Options
-from mqd.plugins import PluginHost
-from mqd.runtime import build_relays
+from mqd.plugins.host import PluginHost
+from mqd.relays.build import build_relays
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -266,10 +266,10 @@ def test_readme_test_command_is_what_ci_runs() -> None:
 def test_every_hookspec_has_a_docstring() -> None:
     specs = [
         (name, function)
-        for name, function in inspect.getmembers(mqd.hookspecs, inspect.isfunction)
+        for name, function in inspect.getmembers(mqd.plugins.hookspecs, inspect.isfunction)
         if hasattr(function, "mqd_spec")
     ]
-    assert specs, "no hookspecs found in mqd.hookspecs"
+    assert specs, "no hookspecs found in mqd.plugins.hookspecs"
     undocumented = [name for name, function in specs if not (inspect.getdoc(function) or "")]
     assert not undocumented, f"hookspecs without a docstring: {undocumented}"
 

@@ -1,4 +1,4 @@
-"""Unit tests for mqd.envelope: reading the envelope of a spool file, header hygiene."""
+"""Unit tests for mqd.message.envelope: reading the envelope of a spool file, header hygiene."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from mqd.envelope import (
+from mqd.errors import MessageParseError, SpoolError
+from mqd.message.envelope import (
     Envelope,
     address_problem,
     is_delivery_report,
     parse_message,
     prepare_for_relay,
 )
-from mqd.errors import MessageParseError, SpoolError
 
 
 @dataclass(frozen=True)
@@ -700,7 +700,7 @@ def test_an_added_date_is_the_current_local_time() -> None:
     import email.utils
     import time
 
-    from mqd.envelope import _date_now
+    from mqd.message.envelope import _date_now
 
     before = time.time()
     stamp = email.utils.parsedate_to_datetime(_date_now().decode()).timestamp()

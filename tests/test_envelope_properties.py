@@ -8,9 +8,9 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mqd.config import sender_allowed
-from mqd.envelope import address_problem, parse_message, prepare_for_relay
+from mqd.config.load import sender_allowed
 from mqd.errors import MessageParseError
+from mqd.message.envelope import address_problem, parse_message, prepare_for_relay
 
 FORBIDDEN = re.compile(r"[\r\n\x00<>\s]")
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

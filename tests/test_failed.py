@@ -1,4 +1,5 @@
-"""The failed folder (mqd.failed): real failures made by a daemon run with the memory relay, then
+"""The failed folder (mqd.admin.failed): real failures made by a daemon run with the memory relay,
+then
 listed, re-injected into a spool and delivered again, or deleted."""
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ from pathlib import Path
 import pytest
 from corehelpers import make_message
 
-from mqd.config import Config
-from mqd.failed import (
+from mqd.admin.failed import (
     FailedError,
     delete,
     failed_dir,
@@ -20,8 +20,9 @@ from mqd.failed import (
     retry,
     strip_envelope_lines,
 )
-from mqd.plugins import PluginHost
-from mqd.relays.base import Reply
+from mqd.config.load import Config
+from mqd.message.reply import Reply
+from mqd.plugins.host import PluginHost
 from mqd.relays.memory import MemoryRelay
 from mqd.testing import Harness
 
@@ -197,7 +198,7 @@ def test_strip_envelope_lines(data: bytes, expected: bytes) -> None:
 
 
 def test_reinjection_needs_a_failed_usable_recipient(tmp_path: Path) -> None:
-    from mqd.failed import FailedMessage
+    from mqd.admin.failed import FailedMessage
 
     def message(recipients: list[dict[str, str]]) -> FailedMessage:
         record = {"stage": "delivery", "sender": "app@example.com", "recipients": recipients}

@@ -17,14 +17,14 @@ import pytest
 from corehelpers import drop, make_message
 from smtpserver import SMTPPeer
 
-from mqd.config import Config, load_config
-from mqd.daemon import Daemon
+from mqd.config.load import Config, load_config
+from mqd.daemon.root import Daemon
 from mqd.errors import TransientRelayError
 from mqd.events import Event, EventKind
-from mqd.hookspecs import hookimpl
-from mqd.intake import queued_entries
-from mqd.plugins import PluginHost
-from mqd.relays.base import Reply
+from mqd.intake.pipeline import queued_entries
+from mqd.message.reply import Reply
+from mqd.plugins.hookspecs import hookimpl
+from mqd.plugins.host import PluginHost
 from mqd.relays.memory import MemoryRelay
 
 

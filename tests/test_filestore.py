@@ -1,4 +1,4 @@
-"""mqd.queue.filestore: layout, the lock, durable writes, and recovery after a crash."""
+"""mqd.queue.file.store: layout, the lock, durable writes, and recovery after a crash."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from lockholder import hold_queue_lock
 
 from mqd.errors import QueueLockedError
 from mqd.queue.entry import QueueEntry, RcptStatus, RecipientState, new_message_id
-from mqd.queue.filestore import DSN_SOURCE, FileStore
+from mqd.queue.file.store import DSN_SOURCE, FileStore
 
 SOURCE = "0123456789ab"
 

@@ -27,18 +27,18 @@ from openapi_schema_validator import OAS31Validator
 from openapi_schema_validator import validate as validate_schema
 from openapi_spec_validator import validate as validate_spec
 
-from mqd.config import Config, load_config
-from mqd.daemon import Daemon
+from mqd.config.load import Config, load_config
+from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError
-from mqd.hookspecs import RegisterRelay, hookimpl
 from mqd.http.access import SESSION_COOKIE
 from mqd.http.openapi import openapi
-from mqd.plugins import PluginHost
+from mqd.message.reply import Reply
+from mqd.plugins.hookspecs import RegisterRelay, hookimpl
+from mqd.plugins.host import PluginHost
+from mqd.plugins.webhooks import Webhook, WebhookRejected, WebhookReply, WebhookRequest
 from mqd.queue.entry import new_message_id
-from mqd.relays.base import Reply
 from mqd.relays.memory import MemoryRelay
 from mqd.tracking.vocabulary import ProviderEvent, Status
-from mqd.webhooks import Webhook, WebhookRejected, WebhookReply, WebhookRequest
 
 TOKEN = "token-for-the-tests-6b1f0c"
 SECRET = b"the provider's signing key"
@@ -229,7 +229,7 @@ async def test_serves_on_a_free_port_and_logs_its_url(
 
 def test_the_http_package_is_not_imported_unless_enabled() -> None:
     code = (
-        "import sys, mqd.cli, mqd.daemon, mqd.config\n"
+        "import sys, mqd.cli.main, mqd.daemon.root, mqd.config.load\n"
         "loaded = [m for m in sys.modules if m.startswith('mqd.http')]\n"
         "assert not loaded, loaded\n"
     )

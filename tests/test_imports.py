@@ -29,12 +29,12 @@ HEAVY = (
     "email.policy",
     "email.utils",
     "inspect",
-    "mqd.config",
-    "mqd.daemon",
-    "mqd.envelope",
-    "mqd.options",
-    "mqd.paths",
-    "mqd.plugins",
+    "mqd.config.load",
+    "mqd.daemon.root",
+    "mqd.message.envelope",
+    "mqd.config.options",
+    "mqd.config.paths",
+    "mqd.plugins.host",
     "platformdirs",
     "pluggy",
     "secrets",
@@ -50,7 +50,7 @@ def imported_by(argv: list[str], stdin: bytes, env: dict[str, str]) -> set[str]:
     """What the real ``mqd`` command imports beyond a bare interpreter's start (which may load
     more through site-packages' .pth files or a sitecustomize, none of mqd's doing)."""
     modules = imports([str(MQD), *argv], stdin, env)
-    assert "mqd.sendmail" in modules  # the report is read right
+    assert "mqd.producer.sendmail" in modules  # the report is read right
     return modules - imports([sys.executable, "-c", "pass"], b"", env)
 
 
@@ -98,7 +98,7 @@ def test_the_public_names_resolve() -> None:
         WebhookRejected,
         hookimpl,
     )
-    from mqd.envelope import Envelope as EnvelopeDirect
+    from mqd.message.envelope import Envelope as EnvelopeDirect
     from mqd.relays.base import Relay as RelayDirect
     from mqd.tracking.vocabulary import Status as StatusDirect
 
@@ -122,7 +122,7 @@ def test_the_installed_plugins_load_without_their_relays() -> None:
     their relays by path, so a config that uses neither never imports botocore, aiohttp, httpx
     or cryptography (hundreds of milliseconds of start-up)."""
     code = (
-        "import sys; from mqd.plugins import PluginHost; host = PluginHost();"
+        "import sys; from mqd.plugins.host import PluginHost; host = PluginHost();"
         "names = host.relay_names(); assert {'ses', 'sendgrid'} <= set(names), names;"
         "print(sorted(m.split('.')[0] for m in sys.modules))"
     )
@@ -142,8 +142,8 @@ def test_mqd_sendmail_command_loads_only_mqds_own_light_modules(
     script = Path(sys.executable).with_name("mqd-sendmail")
     modules = imports([str(script), "-C", str(config), "-t", "-i"], MESSAGE, env)
     extra = modules - imports([sys.executable, "-c", "pass"], b"", env)
-    assert "mqd.sendmail" in extra
-    assert "mqd.__main__" not in extra  # the script goes straight to mqd.sendmail
+    assert "mqd.producer.sendmail" in extra
+    assert "mqd.__main__" not in extra  # the script goes straight to mqd.producer.sendmail
     # Not even __future__: "from __future__ import annotations" is a real import (~0.2 ms here),
     # so the sendmail path's modules quote the annotations that name type-checking-only imports.
     assert sorted(m for m in extra if not m.startswith("mqd")) == []
@@ -155,5 +155,7 @@ def test_the_daemon_loads_prometheus_client_only_with_metrics(
 ) -> None:
     """Each worker of queue.workers pays its imports at start: no exporter nobody asked for."""
     once = imports([str(MQD), "--config", str(config), "run", "--once"], b"", env)
-    assert "mqd.daemon" in once and "mqd.delivery" in once  # the report is read right
-    assert "prometheus_client" not in once and "mqd.metrics" not in once
+    assert (
+        "mqd.daemon.root" in once and "mqd.delivery.deliverer" in once
+    )  # the report is read right
+    assert "prometheus_client" not in once and "mqd.http.metrics" not in once

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 from corehelpers import imports
 
-from mqd.cli import cli
+from mqd.cli.main import cli
 from mqd.exitcodes import ExitCode
-from mqd.launcher import LauncherError, render_launcher, site_paths, write_launcher
+from mqd.producer.launcher import LauncherError, render_launcher, site_paths, write_launcher
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="a launcher is a #! script")
 
@@ -41,7 +41,7 @@ def test_the_launcher_drops_the_message_into_the_spool_without_site(
     assert launcher.read_text().startswith(f"#!{sys.executable} -S\n")
     assert os.stat(launcher).st_mode & 0o777 == 0o755
     modules = imports([str(launcher), "-C", str(config), "-t", "-i"], MESSAGE, env)
-    assert "mqd.sendmail" in modules
+    assert "mqd.producer.sendmail" in modules
     assert "site" not in modules  # what the launcher is for
     assert "mqd.__main__" not in modules
     [written] = spool.glob("*.eml")
@@ -106,7 +106,7 @@ def test_an_existing_file_is_kept_without_force(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["install-sendmail", "--force", str(target)])
     assert result.exit_code == 0, result.output
     assert f"wrote {target}" in result.output
-    assert "from mqd.sendmail import main" in target.read_text()
+    assert "from mqd.producer.sendmail import main" in target.read_text()
 
 
 def test_a_symlink_is_replaced_not_followed(tmp_path: Path) -> None:

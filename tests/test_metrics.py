@@ -15,13 +15,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from smtpserver import SMTPPeer
 
 from mqd import __version__
-from mqd.config import Config, load_config
-from mqd.daemon import Daemon
+from mqd.config.load import Config, load_config
+from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError
 from mqd.events import Event, EventKind
-from mqd.hookspecs import hookimpl
-from mqd.metrics import MetricsServer
-from mqd.plugins import PluginHost
+from mqd.http.metrics import MetricsServer
+from mqd.plugins.hookspecs import hookimpl
+from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry, RecipientState
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

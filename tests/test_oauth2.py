@@ -25,12 +25,12 @@ from corehelpers import make_message
 from smtpserver import SMTPPeer
 from test_docs import section, table_rows
 
-from mqd.envelope import Envelope
+from mqd.config.options import Options
 from mqd.errors import ConfigError, PermanentRelayError, TransientRelayError
-from mqd.oauth2 import OAuth2Settings, TokenError, make_token_source
-from mqd.options import Options
-from mqd.plugins import PluginHost
-from mqd.relays.smtp import SMTPRelay
+from mqd.message.envelope import Envelope
+from mqd.plugins.host import PluginHost
+from mqd.relays.smtp.oauth2 import OAuth2Settings, TokenError, make_token_source
+from mqd.relays.smtp.relay import SMTPRelay
 from mqd.testing import Harness
 
 MAILBOX = "noreply@example.com"

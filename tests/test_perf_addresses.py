@@ -1,4 +1,5 @@
-"""The plain address reader (mqd.headers' fast path, for speed) against the standard library's
+"""The plain address reader (mqd.message.headers' fast path, for speed) against the standard
+library's
 RFC 5322 parser: whenever the fast path answers, it answers what the full parser would. And the
 scanners that replaced regular expressions (``re`` costs ``mqd sendmail`` ~10 ms to import)
 against those expressions, which stay here as the reference."""
@@ -12,7 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mqd.headers import _field_name, _parsed_addresses, _plain_addresses, read_envelope, unfold
+from mqd.message.headers import (
+    _field_name,
+    _parsed_addresses,
+    _plain_addresses,
+    read_envelope,
+    unfold,
+)
 
 SETTINGS = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -93,7 +100,7 @@ def test_a_message_with_plain_headers_does_not_load_the_email_parser() -> None:
     import subprocess
 
     code = (
-        "import sys; from mqd.headers import read_envelope;"
+        "import sys; from mqd.message.headers import read_envelope;"
         "print(read_envelope(b'From: App <a@example.com>\\nTo: b@example.net\\n\\nx')[:2]);"
         "print('email.policy' in sys.modules)"
     )
@@ -173,7 +180,7 @@ def address_problem_reference(address: str) -> bool:
 @SETTINGS
 @given(st.text(alphabet=st.sampled_from([*"ab@.<> \t\x7f\x1f\x00", "\u00a0", "\u2003", "é"])))
 def test_address_checks_refuse_what_they_refused_before(address: str) -> None:
-    from mqd.headers import address_problem
+    from mqd.message.headers import address_problem
 
     problem = address_problem(address)
     if address and not any(c in address for c in "\r\n\x00") and address_problem_reference(address):

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-import mqd.queue.filestore as filestore
+import mqd.queue.file.store as filestore
 from mqd.queue.entry import STATE_VERSION, QueueEntry, RcptStatus, RecipientState, new_message_id
-from mqd.queue.filestore import KEEP_BODIES_BYTES, KEEP_BODY_MAX, FileStore
+from mqd.queue.file.store import KEEP_BODIES_BYTES, KEEP_BODY_MAX, FileStore
 
 SOURCE = "0123456789ab"
 

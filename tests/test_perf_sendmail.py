@@ -1,4 +1,5 @@
-"""``mqd sendmail`` reads its three config keys without mqd.config (for speed): it must find the
+"""``mqd sendmail`` reads its three config keys without mqd.config.load (for speed): it must find
+the
 same spool and qualify domain as the full loader, and show the full loader's error otherwise."""
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from mqd import sendmail
-from mqd.config import load_config, locate_config
+import mqd.producer.sendmail as sendmail
+from mqd.config.load import load_config, locate_config
 from mqd.errors import ConfigError
-from mqd.tomlsubset import read_subset
+from mqd.producer.tomlsubset import read_subset
 
 BASE = """
 [queue]
@@ -67,7 +68,7 @@ def test_mqd_config_in_the_environment(
 
 
 def test_the_default_config_location_is_the_platform_one() -> None:
-    from mqd.paths import default_paths
+    from mqd.config.paths import default_paths
 
     assert sendmail._default_config() == str(default_paths().config_file)
 

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from smtpserver import SMTPPeer
 
-from mqd.envelope import Envelope
+from mqd.config.options import Options
 from mqd.errors import PermanentRelayError
-from mqd.options import Options
-from mqd.relays.smtp import _PLAIN_ADDRESS, SMTPRelay
+from mqd.message.envelope import Envelope
+from mqd.relays.smtp.relay import _PLAIN_ADDRESS, SMTPRelay
 
 atoms = st.text(alphabet="abcXYZ019!#$%&'*+-/=?^_`{|}~", min_size=1, max_size=5)
 dot_atoms = st.lists(atoms, min_size=1, max_size=3).map(".".join)

@@ -15,11 +15,11 @@ from faultsmtp import STALL, FaultSMTP, _Threaded
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mqd.envelope import Envelope
+from mqd.config.options import Options
 from mqd.errors import TransientRelayError
-from mqd.options import Options
-from mqd.relays.pipelining import RELIED_ON, wire_data
-from mqd.relays.smtp import SMTPRelay
+from mqd.message.envelope import Envelope
+from mqd.relays.smtp.pipelining import RELIED_ON, wire_data
+from mqd.relays.smtp.relay import SMTPRelay
 
 SENDER = "app@example.com"
 

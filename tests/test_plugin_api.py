@@ -1,7 +1,7 @@
 """The plugin API is a product: this meta-test fails when a hook is undocumented or untested,
 and runs the code of docs/plugins/ so that it cannot rot.
 
-* Every hookspec ``mqd_*`` in ``mqd.hookspecs`` needs a ``## `mqd_x` `` section in a page of
+* Every hookspec ``mqd_*`` in ``mqd.plugins.hookspecs`` needs a ``## `mqd_x` `` section in a page of
   docs/plugins/ with an example ``def mqd_x(...)`` whose arguments the hook has, and a test
   under tests/ (other than this file) that names it in code (an implementation or a call).
 * Every Python block of the docs compiles; blocks with ``@hookimpl`` load as plugins (pluggy
@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 from test_docs import headings, section
 
-import mqd.hookspecs
-from mqd.plugins import PluginHost
+import mqd.plugins.hookspecs
+from mqd.plugins.host import PluginHost
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_DOCS = ROOT / "docs" / "plugins"
@@ -45,7 +45,7 @@ def hookspecs() -> dict[str, list[str]]:
     """Hook name -> its argument names."""
     return {
         name: list(inspect.signature(function).parameters)
-        for name, function in inspect.getmembers(mqd.hookspecs, inspect.isfunction)
+        for name, function in inspect.getmembers(mqd.plugins.hookspecs, inspect.isfunction)
         if name.startswith("mqd_") and hasattr(function, "mqd_spec")
     }
 

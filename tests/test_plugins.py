@@ -13,13 +13,13 @@ import pytest
 
 import mqd
 from mqd import DeliveryResult, Envelope, Relay, Reply, hookimpl
-from mqd.config import load_config
+from mqd.config.load import load_config
 from mqd.errors import ConfigError, PluginError
 from mqd.events import Event, EventKind
-from mqd.hookspecs import RegisterRelay
-from mqd.plugins import PluginHost
+from mqd.plugins.hookspecs import RegisterRelay
+from mqd.plugins.host import PluginHost
+from mqd.relays.build import build_relays
 from mqd.relays.memory import MemoryRelay
-from mqd.runtime import build_relays
 from mqd.testing import Harness, make_message
 
 
@@ -214,16 +214,16 @@ def test_relay_registration_errors_are_reported_and_the_rest_still_load(
     assert "registered the relay name 'smtp' again" in problem
     assert "not a Relay subclass" in infos["NotARelay"].problems[0]
     assert infos["EchoPlugin"].relays == ("echo",)
-    assert infos["mqd.relays.smtp"].relays == ("smtp",)
+    assert infos["mqd.relays.smtp.relay"].relays == ("smtp",)
     assert "BadRegistrar failed in mqd_register_relays" in caplog.text
 
 
 def test_core_plugins_carry_mqd_version_and_their_hooks() -> None:
     host = PluginHost(entry_points=False, extra=(Recorder(),))
     infos = {info.name: info for info in host.describe()}
-    assert infos["mqd.bounce"].version == mqd.__version__
-    assert infos["mqd.bounce"].origin == "core"
-    assert infos["mqd.policy"].hooks == ("mqd_check_policy",)
+    assert infos["mqd.delivery.bounce"].version == mqd.__version__
+    assert infos["mqd.delivery.bounce"].origin == "core"
+    assert infos["mqd.intake.policy"].hooks == ("mqd_check_policy",)
     assert infos["Recorder"].origin == "extra"
     assert infos["Recorder"].hooks == ("mqd_track_event",)
 
@@ -399,7 +399,7 @@ def test_mqd_plugins_lists_versions_relays_and_disabled_plugins(
     )
     assert proc.returncode == 0, proc.stderr
     blocks = proc.stdout.split("\n")
-    assert f"mqd.relays.smtp {mqd.__version__} (built in)" in blocks
+    assert f"mqd.relays.smtp.relay {mqd.__version__} (built in)" in blocks
     good = blocks.index("good 2.0 (mqd-good)")
     assert blocks[good + 1 : good + 3] == ["    hooks: mqd_register_relays", "    relays: good"]
     broken = blocks.index("broken 1.0 (mqd-broken)")

@@ -1,12 +1,12 @@
-"""Unit tests for mqd.policy: the sender allow-list (mqd is never an open relay)."""
+"""Unit tests for mqd.intake.policy: the sender allow-list (mqd is never an open relay)."""
 
 from __future__ import annotations
 
 import pytest
 
-from mqd.config import parse_config
-from mqd.envelope import ParsedMessage
-from mqd.policy import mqd_check_policy, sender_allowed
+from mqd.config.load import parse_config
+from mqd.intake.policy import mqd_check_policy, sender_allowed
+from mqd.message.envelope import ParsedMessage
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 from corehelpers import DaemonProcess, make_message
 from smtpserver import SMTPPeer
 
-from mqd.inject import inject_many
+from mqd.producer.inject import inject_many
 
 pytestmark = pytest.mark.slow
 

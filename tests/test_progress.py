@@ -1,4 +1,5 @@
-"""Progress bars (mqd.progress): drawn on a terminal only. A fake terminal is a text stream whose
+"""Progress bars (mqd.cli.progress): drawn on a terminal only. A fake terminal is a text stream
+whose
 isatty() says True; click draws on it exactly as on a real one."""
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from collections.abc import Callable, Iterator
 import pytest
 from corehelpers import make_message
 
-from mqd.cli import cli
+from mqd.cli.main import cli
+from mqd.cli.progress import Bar, DeliveryProgress, count_due_work, counted, maybe_bar, wanted
 from mqd.events import Event, EventKind
-from mqd.plugins import PluginHost
-from mqd.progress import Bar, DeliveryProgress, count_due_work, counted, maybe_bar, wanted
+from mqd.message.reply import Reply
+from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry, RecipientState
-from mqd.queue.filestore import FileStore
-from mqd.relays.base import Reply
+from mqd.queue.file.store import FileStore
 from mqd.relays.memory import MemoryRelay
 from mqd.testing import Harness
 

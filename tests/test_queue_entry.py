@@ -1,4 +1,4 @@
-"""Unit tests for the queue entry state (mqd.queue.entry) and the backoff (mqd.queue.schedule)."""
+"""Unit tests for the queue entry state (mqd.queue.entry) and the backoff (mqd.queue.backoff)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from mqd.config import RetryPolicy
+from mqd.config.load import RetryPolicy
+from mqd.queue.backoff import JITTER_SHARE, Backoff
 from mqd.queue.entry import (
     STATE_VERSION,
     QueueEntry,
@@ -15,7 +16,6 @@ from mqd.queue.entry import (
     RecipientState,
     new_message_id,
 )
-from mqd.queue.schedule import JITTER_SHARE, Backoff
 
 
 def make_entry(**overrides) -> QueueEntry:

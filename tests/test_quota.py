@@ -1,4 +1,4 @@
-"""Unit tests for mqd.quota: per-second token buckets and rolling hour/day windows, on fake
+"""Unit tests for mqd.delivery.quota: per-second token buckets and rolling hour/day windows, on fake
 clocks (a wall clock for the windows, a monotonic one for the bucket)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import logging
 import pytest
 from corehelpers import FakeClock as Clock
 
-from mqd.config import QuotaConfig
-from mqd.quota import Hold, Quota, dump_quotas, load_quotas
+from mqd.config.load import QuotaConfig
+from mqd.delivery.quota import Hold, Quota, dump_quotas, load_quotas
 
 #: A wall-clock time at the start of a minute (minute number 28_000_000).
 T0 = 28_000_000 * 60.0

@@ -1,6 +1,7 @@
 """Unit tests for routing: the [[spool]] failover list, [[route]] tables, the relay quota and
-circuit keys (mqd.config), route_for (mqd.routing), the policy hook and the open-relay checks
-with routes (mqd.policy, mqd.runtime), and effective_config."""
+circuit keys (mqd.config.load), route_for (mqd.intake.routing), the policy hook and the open-relay
+checks
+with routes (mqd.intake.policy, mqd.relays.build), and effective_config."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ from typing import Any
 import pytest
 import tomli_w
 
-from mqd.config import CircuitConfig, Config, QuotaConfig, RouteConfig, parse_config
-from mqd.envelope import ParsedMessage
+from mqd.config.effective import effective_config
+from mqd.config.load import CircuitConfig, Config, QuotaConfig, RouteConfig, parse_config
 from mqd.errors import ConfigError
-from mqd.plugins import PluginHost
-from mqd.policy import mqd_check_policy
-from mqd.relays.smtp import SMTPRelay
-from mqd.routing import route_for
-from mqd.runtime import build_relays, effective_config
+from mqd.intake.policy import mqd_check_policy
+from mqd.intake.routing import route_for
+from mqd.message.envelope import ParsedMessage
+from mqd.plugins.host import PluginHost
+from mqd.relays.build import build_relays
+from mqd.relays.smtp.relay import SMTPRelay
 
 #: A network relay (it needs an allow-list on the way); never contacted by these tests.
 NET: dict[str, Any] = {"plugin": "smtp", "host": "127.0.0.1", "security": "none"}

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from mqd import systemd
-from mqd.daemon import Daemon
-from mqd.relays.base import Reply
+import mqd.daemon.systemd as systemd
+from mqd.daemon.root import Daemon
+from mqd.message.reply import Reply
 from mqd.relays.memory import MemoryRelay
 from mqd.testing import Harness, make_message
 
@@ -180,7 +180,8 @@ def test_no_watchdog_pings_for_another_pid(
     assert not [m for m in notify_socket.received if "WATCHDOG" in m]
 
 
-# -- mqd.systemd in this process ----------------------------------------------------------------
+# -- mqd.daemon.systemd in this process
+# ----------------------------------------------------------------
 
 
 def test_notify_sends_each_state_on_its_own_line(

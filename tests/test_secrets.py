@@ -18,15 +18,15 @@ from click.testing import CliRunner
 from corehelpers import drop, run_once
 from smtpserver import SMTPPeer
 
-from mqd.cli import cli
-from mqd.config import load_config
-from mqd.envelope import Envelope
+from mqd.cli.main import cli
+from mqd.config.load import load_config
+from mqd.config.options import Options, Secret
 from mqd.errors import ConfigError
-from mqd.hookspecs import hookimpl
-from mqd.options import Options, Secret
-from mqd.plugins import PluginHost
+from mqd.message.envelope import Envelope
+from mqd.plugins.hookspecs import hookimpl
+from mqd.plugins.host import PluginHost
 from mqd.relays.base import DeliveryResult, Relay
-from mqd.runtime import build_relays
+from mqd.relays.build import build_relays
 
 PASSWORD = "hunter2-Zq9-secret"
 

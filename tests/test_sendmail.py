@@ -1,4 +1,5 @@
-"""mqd.sendmail: the sendmail command line, the spool file it builds, and the real command."""
+"""mqd.producer.sendmail: the sendmail command line, the spool file it builds, and the real
+command."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mqd.envelope import parse_message
 from mqd.errors import MessageParseError
-from mqd.sendmail import SendmailArgs, UsageError, build, parse_args, read_message
+from mqd.message.envelope import parse_message
+from mqd.producer.sendmail import SendmailArgs, UsageError, build, parse_args, read_message
 
 MQD = Path(sys.executable).with_name("mqd")
 

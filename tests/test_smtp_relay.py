@@ -1,4 +1,4 @@
-"""mqd.relays.smtp against real aiosmtpd servers: TLS, AUTH, replies, failures, the pool."""
+"""mqd.relays.smtp.relay against real aiosmtpd servers: TLS, AUTH, replies, failures, the pool."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from corehelpers import USERS, make_message
 from smtp_variants import VariantPeer
 from smtpserver import SMTPPeer
 
-from mqd.envelope import Envelope
+from mqd.config.options import Options
 from mqd.errors import ConfigError, PermanentRelayError, TransientRelayError
-from mqd.options import Options
-from mqd.relays.smtp import SMTPRelay
+from mqd.message.envelope import Envelope
+from mqd.relays.smtp.relay import SMTPRelay
 
 USER, PASSWORD = next(iter(USERS.items()))
 

@@ -1,4 +1,4 @@
-"""mqd.spool: scanning, atomic claims (also across filesystems), and the safe open."""
+"""mqd.intake.spool: scanning, atomic claims (also across filesystems), and the safe open."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import mqd.spool
-from mqd.config import SpoolConfig
+import mqd.intake.spool
+from mqd.config.load import SpoolConfig
 from mqd.errors import SpoolError
-from mqd.spool import Claimed, Spool, read_claimed
+from mqd.intake.spool import Claimed, Spool, read_claimed
 
 QUEUE_KEY = "q0123456789abcde"
 
@@ -160,7 +160,7 @@ def test_claim_error_other_than_enoent_is_a_spool_error(
     def refuse(src, dst, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(mqd.spool.os, "rename", refuse)
+    monkeypatch.setattr(mqd.intake.spool.os, "rename", refuse)
     with pytest.raises(SpoolError, match="cannot claim"):
         s.claim("m.eml", "id1")
     monkeypatch.undo()
@@ -183,7 +183,7 @@ def exdev_into_queue(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tu
             raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
         return real_rename(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(mqd.spool.os, "rename", rename)
+    monkeypatch.setattr(mqd.intake.spool.os, "rename", rename)
     return calls
 
 

@@ -12,9 +12,9 @@ from typing import Self
 import pytest
 
 from mqd import ConfigError, DeliveryResult, Envelope, Options, Relay, Reply, hookimpl
-from mqd.envelope import parse_message
-from mqd.hookspecs import RegisterRelay
-from mqd.plugins import PluginHost
+from mqd.message.envelope import parse_message
+from mqd.plugins.hookspecs import RegisterRelay
+from mqd.plugins.host import PluginHost
 from mqd.queue.entry import RcptStatus
 from mqd.relays.outbox import OutboxRelay
 from mqd.testing import (
@@ -287,5 +287,12 @@ def test_the_pytest_plugin_is_registered_and_light() -> None:
     )
     value, modules = json.loads(proc.stdout)
     assert value == "mqd.testing.pytest_plugin"
-    heavy = {"mqd.daemon", "mqd.config", "mqd.plugins", "aiosmtpd", "aiosmtplib", "tomli_w"}
+    heavy = {
+        "mqd.daemon.root",
+        "mqd.config.load",
+        "mqd.plugins.host",
+        "aiosmtpd",
+        "aiosmtplib",
+        "tomli_w",
+    }
     assert heavy.isdisjoint(modules)

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from corehelpers import drop
 
-import mqd.daemon
-import mqd.delivery
-from mqd.config import Config, load_config
-from mqd.daemon import Daemon
+import mqd.daemon.root
+import mqd.delivery.deliverer
+from mqd.config.load import Config, load_config
+from mqd.daemon.root import Daemon
 from mqd.errors import TransientRelayError
-from mqd.plugins import PluginHost
+from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry
 from mqd.relays.memory import MemoryRelay
 
@@ -108,7 +108,7 @@ async def test_a_clock_that_goes_back_while_running_re_plans_the_schedule(
     """The daemon is running, the message waits its 10 minutes, and the clock goes back a day:
     the scheduler notices (it re-reads the clock at least every MAX_SLEEP) and counts the wait
     from the new time instead of waiting a day and ten minutes."""
-    monkeypatch.setattr(mqd.daemon, "MAX_SLEEP", 0.05)
+    monkeypatch.setattr(mqd.daemon.root, "MAX_SLEEP", 0.05)
     drop(spool)
     daemon = Daemon(config, host=host)
     MemoryRelay.instances["main"].raise_error = TransientRelayError("down")
@@ -158,7 +158,7 @@ async def test_a_jump_forward_gives_each_message_one_attempt_not_a_storm(
     assert len(attempts) == 5
     # Three hours later (within the 1-day lifetime): every message is due, and tried once.
     start, real = time.monotonic(), time.time() + 3 * HOUR
-    for module in (mqd.daemon, mqd.delivery):
+    for module in (mqd.daemon.root, mqd.delivery.deliverer):
         monkeypatch.setattr(module.time, "time", lambda: real + time.monotonic() - start)
     daemon = Daemon(config, host=host, once=True)
     attempts = count_attempts(daemon)

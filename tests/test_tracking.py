@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from mqd.config import Config
-from mqd.daemon import Daemon
+from mqd.config.load import Config
+from mqd.daemon.root import Daemon
 from mqd.events import Event, EventKind
-from mqd.relays.base import Reply
+from mqd.message.reply import Reply
 from mqd.testing import Harness, make_message
 from mqd.tracking import notify as notify_module
 from mqd.tracking.notify import Notifier
@@ -156,7 +156,7 @@ async def test_tracking_off_writes_no_database(mqd_harness: Harness) -> None:
 
 @asynccontextmanager
 async def tracker_for(tmp_path: Path, **tracking: Any) -> AsyncIterator[Tracker]:
-    from mqd.config import parse_config
+    from mqd.config.load import parse_config
 
     config = parse_config(
         {
@@ -462,8 +462,8 @@ async def test_notifications_retry_then_resume_after_a_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(notify_module, "FIRST_DELAY", 0.05)
-    from mqd.config import NotifyConfig
-    from mqd.options import Secret
+    from mqd.config.load import NotifyConfig
+    from mqd.config.options import Secret
 
     async with App() as app, tracker_for(tmp_path) as tracker:
         config = NotifyConfig(url=app.url, secret=Secret("k"), statuses=("dispatched",))
@@ -503,7 +503,7 @@ async def test_notifications_retry_then_resume_after_a_restart(
 
 
 def test_notify_config_errors() -> None:
-    from mqd.config import parse_config
+    from mqd.config.load import parse_config
     from mqd.errors import ConfigError
 
     base = {
@@ -547,8 +547,8 @@ async def test_an_id_among_several_joined_ones_matches(tmp_path: Path) -> None:
 def test_the_starter_config_offers_tracking_and_http_ready_to_uncomment(tmp_path: Path) -> None:
     import tomllib
 
-    from mqd.config import parse_config
-    from mqd.starter import StarterOptions, render_starter
+    from mqd.cli.starter import StarterOptions, render_starter
+    from mqd.config.load import parse_config
 
     text = render_starter(StarterOptions())
     for line in ("# [tracking]", '# retention = "30d"', "# [http]", "# enabled = true"):
@@ -596,8 +596,8 @@ async def test_notifications_survive_a_failing_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(notify_module, "IDLE_POLL", 0.05)
-    from mqd.config import NotifyConfig
-    from mqd.options import Secret
+    from mqd.config.load import NotifyConfig
+    from mqd.config.options import Secret
 
     async with App() as app, tracker_for(tmp_path) as tracker:
         real = tracker.store.events_after

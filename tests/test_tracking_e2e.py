@@ -25,7 +25,7 @@ import pytest
 from aiohttp import web
 from providerfixtures import API_KEY, REGION, FakeSendGrid, MotoSES
 
-from mqd.daemon import Daemon
+from mqd.daemon.root import Daemon
 from mqd.testing import Harness, make_message
 
 aws, sendgrid, ses = providerfixtures.aws, providerfixtures.sendgrid, providerfixtures.ses

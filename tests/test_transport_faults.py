@@ -22,14 +22,14 @@ from corehelpers import USERS, drop
 from faultsmtp import DROP, STALL, CuttingProxy, FaultSMTP
 from smtpserver import SMTPPeer
 
-from mqd.config import load_config
-from mqd.daemon import Daemon
-from mqd.envelope import Envelope
+from mqd.config.load import load_config
+from mqd.config.options import Options
+from mqd.daemon.root import Daemon
 from mqd.errors import PermanentRelayError, TransientRelayError
-from mqd.options import Options
-from mqd.plugins import PluginHost
+from mqd.message.envelope import Envelope
+from mqd.plugins.host import PluginHost
 from mqd.relays.base import DeliveryResult
-from mqd.relays.smtp import SMTPRelay
+from mqd.relays.smtp.relay import SMTPRelay
 
 MESSAGE = b"From: app@example.com\r\nTo: a@example.net\r\nSubject: t\r\n\r\n" + b"line\r\n" * 200
 ENVELOPE = Envelope("app@example.com", ("a@example.net", "b@example.net"), MESSAGE, "faulttest")

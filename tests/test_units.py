@@ -1,4 +1,4 @@
-"""Unit tests for mqd.units: durations and sizes as written in the config."""
+"""Unit tests for mqd.config.units: durations and sizes as written in the config."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mqd.units import format_duration, parse_duration, parse_size
+from mqd.config.units import format_duration, parse_duration, parse_size
 
 # -- parse_duration ------------------------------------------------------------------------------
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from corehelpers import drop, make_message
 
-from mqd.config import Config, load_config
-from mqd.daemon import Daemon
-from mqd.plugins import PluginHost
-from mqd.relays.base import Reply
+from mqd.config.load import Config, load_config
+from mqd.daemon.root import Daemon
+from mqd.message.reply import Reply
+from mqd.plugins.host import PluginHost
 from mqd.relays.memory import MemoryRelay
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -17,10 +17,10 @@ from corehelpers import DaemonProcess, make_message
 from smtpserver import SMTPPeer
 from test_processes import received_ids, wait_until_empty
 
-from mqd.config import QuotaConfig, load_config
+from mqd.admin.fanout import merge_status
+from mqd.config.load import QuotaConfig, load_config
 from mqd.errors import ConfigError
-from mqd.fanout import merge_status
-from mqd.inject import inject_many
+from mqd.producer.inject import inject_many
 
 CONFIG = """
 [queue]
@@ -214,7 +214,7 @@ def test_merged_status_sums_the_queues_and_keeps_the_worst_health() -> None:
 
 
 def test_a_worker_that_does_not_answer_yet_is_listed_and_counted_in_nothing() -> None:
-    from mqd.adminview import render_status
+    from mqd.admin.render import render_status
 
     merged = merge_status({1: status(1, 3), 2: None})
     assert merged["messages"] == 3
@@ -290,7 +290,7 @@ def test_three_workers_deliver_each_message_once(
     log = run.log.read_text()
     # More than one process took part (each claim is a race that any of them may win).
     delivering = {
-        w for w in ("", "[worker 2] ", "[worker 3] ") if f"INFO    {w}mqd.delivery" in log
+        w for w in ("", "[worker 2] ", "[worker 3] ") if f"INFO    {w}mqd.delivery:" in log
     }
     assert len(delivering) >= 2, log[-2000:]
     assert "worker 2 started" in log and "worker 3 started" in log

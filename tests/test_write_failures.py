@@ -21,10 +21,10 @@ from corehelpers import drop, run_once
 from smtpserver import SMTPPeer
 
 import mqd.fsutil
-import mqd.intake
-import mqd.queue.filestore
-from mqd.config import Config
-from mqd.plugins import PluginHost
+import mqd.intake.pipeline
+import mqd.queue.file.store
+from mqd.config.load import Config
+from mqd.plugins.host import PluginHost
 
 FAULTS = {
     "disk full": errno.ENOSPC,
@@ -66,7 +66,7 @@ async def test_a_directory_fsync_failing_at_intake_is_reported_and_the_message_d
     directory, and the message (queued, its data in the page cache) goes out all the same."""
     path = drop(spool)
     monkeypatch.setattr(
-        mqd.queue.filestore, "fsync_dirs", failing_dirs(mqd.fsutil.fsync_dirs, code, "/messages/")
+        mqd.queue.file.store, "fsync_dirs", failing_dirs(mqd.fsutil.fsync_dirs, code, "/messages/")
     )
     with caplog.at_level(logging.ERROR):
         await run_once(plain_config, host)
@@ -87,7 +87,7 @@ def open_paths() -> list[str]:
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc/self/fd")
 @pytest.mark.parametrize("code", FAULTS.values(), ids=FAULTS.keys())
 @pytest.mark.parametrize(
-    "count", [3, 4 * mqd.intake.SYNC_CHUNK], ids=["one thread", "four threads"]
+    "count", [3, 4 * mqd.intake.pipeline.SYNC_CHUNK], ids=["one thread", "four threads"]
 )
 async def test_a_body_fsync_failing_at_intake_is_reported_and_the_batch_delivered(
     code: int,
@@ -116,7 +116,7 @@ async def test_a_body_fsync_failing_at_intake_is_reported_and_the_batch_delivere
     with caplog.at_level(logging.ERROR):
         await run_once(plain_config, host)
     monkeypatch.undo()
-    if count <= mqd.intake.SYNC_CHUNK:  # one thread: it stopped at the failing one
+    if count <= mqd.intake.pipeline.SYNC_CHUNK:  # one thread: it stopped at the failing one
         assert len(bodies) == count - 1
     assert os.strerror(code) in caplog.text
     assert f"the {count} message(s) claimed with it are delivered all the same" in caplog.text
@@ -143,7 +143,7 @@ async def test_a_state_write_failing_after_an_attempt_keeps_the_message_queued(
     before = state.read_bytes()
     await asyncio.sleep(1.3)
     monkeypatch.setattr(
-        mqd.queue.filestore, "atomic_write", failing(mqd.fsutil.atomic_write, errno.EIO, "/state/")
+        mqd.queue.file.store, "atomic_write", failing(mqd.fsutil.atomic_write, errno.EIO, "/state/")
     )
     with caplog.at_level(logging.ERROR):
         await run_once(plain_config, host)
@@ -167,17 +167,17 @@ async def test_moving_to_failed_that_fails_keeps_the_message_and_says_so(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     drop(spool, to=("perm-bob@example.net",))
-    original = mqd.queue.filestore.FileStore._fail
+    original = mqd.queue.file.store.FileStore._fail
 
     def fail_fails(self: object, *args: object) -> Path:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "failed/")
 
-    monkeypatch.setattr(mqd.queue.filestore.FileStore, "_fail", fail_fails)
+    monkeypatch.setattr(mqd.queue.file.store.FileStore, "_fail", fail_fails)
     with caplog.at_level(logging.ERROR):
         await run_once(plain_config, host)
     assert "could not be processed; keeping it" in caplog.text
     assert list((queue_dir / "state").iterdir()), "the message is still queued"
-    monkeypatch.setattr(mqd.queue.filestore.FileStore, "_fail", original)
+    monkeypatch.setattr(mqd.queue.file.store.FileStore, "_fail", original)
     assert not [m for m in smtp_server.messages if m.mail_from in ("", "<>")], (
         "no DSN leaves before the bounced message has noted it"
     )

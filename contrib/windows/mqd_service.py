@@ -29,11 +29,11 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mqd.config import QueueConfig, load_config, locate_config
-from mqd.daemon import Daemon
+from mqd.config.load import QueueConfig, load_config, locate_config
+from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError
 from mqd.logs import JSONFormatter
-from mqd.plugins import PluginHost
+from mqd.plugins.host import PluginHost
 
 __all__ = ["ServiceRunner", "default_config", "default_log_dir", "main", "setup_logging"]
 

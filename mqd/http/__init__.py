@@ -1,6 +1,6 @@
 """The daemon's HTTP server (``[http]``): provider webhooks, the read-only JSON API, the web view.
 
-Imported only when ``[http] enabled = true`` (``mqd.daemon`` imports ``.server`` lazily), so a
+Imported only when ``[http] enabled = true`` (``mqd.daemon.root`` imports ``.server`` lazily), so a
 daemon without it never loads aiohttp's server side.
 
 - ``server``: ``HttpServer``, the application, its access control and the webhook routing

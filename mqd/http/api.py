@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..fanout import daemon_status
-from ..tracking.vocabulary import Status
-from .openapi import openapi
+from mqd.admin.fanout import daemon_status
+from mqd.http.openapi import openapi
+from mqd.tracking.vocabulary import Status
 
 if TYPE_CHECKING:
-    from ..daemon import Daemon
-    from ..tracking.tracker import Tracker
+    from mqd.daemon.root import Daemon
+    from mqd.tracking.tracker import Tracker
 
 __all__ = ["MAX_LIMIT", "PREFIX", "Api", "BadQuery", "error", "parse_limit", "parse_since"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .. import __version__
-from ..tracking.vocabulary import Status
+from mqd.tracking.vocabulary import Status
+from mqd.version import __version__
 
 __all__ = ["openapi"]
 

@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from ..config import HttpConfig
-from ..errors import ConfigError
-from ..listen import listen_error
-from ..webhooks import Webhook, WebhookRejected, WebhookRequest
-from . import access
-from .api import PREFIX, Api, BadQuery, error, json_error_for
-from .view import SECURITY_HEADERS, View, forbidden_page, page
+from mqd.config.load import HttpConfig
+from mqd.errors import ConfigError
+from mqd.http import access
+from mqd.http.api import PREFIX, Api, BadQuery, error, json_error_for
+from mqd.http.listen import listen_error
+from mqd.http.view import SECURITY_HEADERS, View, forbidden_page, page
+from mqd.plugins.webhooks import Webhook, WebhookRejected, WebhookRequest
 
 if TYPE_CHECKING:
-    from ..daemon import Daemon
-    from ..relays.base import Relay
+    from mqd.daemon.root import Daemon
+    from mqd.relays.base import Relay
 
 __all__ = ["HttpServer"]
 

@@ -21,17 +21,17 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from ..admin import entry_state
-from ..adminview import human_age, human_size
-from ..failed import FailedError, FailedMessage, failed_dir, find, list_failed
-from ..fanout import daemon_status
-from ..tracking.vocabulary import Status
-from . import access
-from .api import BadQuery, parse_limit, parse_status
+from mqd.admin.failed import FailedError, FailedMessage, failed_dir, find, list_failed
+from mqd.admin.fanout import daemon_status
+from mqd.admin.render import human_age, human_size
+from mqd.admin.service import entry_state
+from mqd.http import access
+from mqd.http.api import BadQuery, parse_limit, parse_status
+from mqd.tracking.vocabulary import Status
 
 if TYPE_CHECKING:
-    from ..daemon import Daemon
-    from ..tracking.tracker import Tracker
+    from mqd.daemon.root import Daemon
+    from mqd.tracking.tracker import Tracker
 
 __all__ = ["CSP", "SECURITY_HEADERS", "View"]
 

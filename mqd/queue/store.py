@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .entry import QueueEntry
+from mqd.queue.entry import QueueEntry
 
 __all__ = ["QueueStore", "Recovery"]
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import ClassVar, Self
 
-from ..envelope import Envelope
-from ..errors import RelayError
-from ..hookspecs import RegisterRelay, hookimpl
-from ..options import Options
-from .base import DeliveryResult, Relay, Reply
+from mqd.config.options import Options
+from mqd.errors import RelayError
+from mqd.message.envelope import Envelope
+from mqd.message.reply import Reply
+from mqd.plugins.hookspecs import RegisterRelay, hookimpl
+from mqd.relays.base import DeliveryResult, Relay
 
 __all__ = ["MemoryRelay"]
 

@@ -11,11 +11,12 @@ import asyncio
 from pathlib import Path
 from typing import Self
 
-from ..envelope import Envelope
-from ..fsutil import atomic_write, make_dirs
-from ..hookspecs import RegisterRelay, hookimpl
-from ..options import Options
-from .base import DeliveryResult, Relay, Reply
+from mqd.config.options import Options
+from mqd.fsutil import atomic_write, make_dirs
+from mqd.message.envelope import Envelope
+from mqd.message.reply import Reply
+from mqd.plugins.hookspecs import RegisterRelay, hookimpl
+from mqd.relays.base import DeliveryResult, Relay
 
 __all__ = ["OutboxRelay"]
 

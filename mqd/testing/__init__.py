@@ -16,10 +16,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..relays.memory import MemoryRelay
-    from .harness import Harness
-    from .messages import make_envelope, make_message
-    from .relays import relay_from_table
+    from mqd.relays.memory import MemoryRelay
+    from mqd.testing.harness import Harness
+    from mqd.testing.messages import make_envelope, make_message
+    from mqd.testing.relays import relay_from_table
 
 __all__ = ["Harness", "MemoryRelay", "make_envelope", "make_message", "relay_from_table"]
 

@@ -18,16 +18,16 @@ from typing import Any, TypeVar, overload
 
 import tomli_w
 
-from ..config import Config, load_config
-from ..daemon import Daemon, async_run
-from ..fsutil import atomic_write, make_dirs
-from ..inject import inject
-from ..intake import queued_entries
-from ..plugins import PluginHost
-from ..queue.entry import QueueEntry
-from ..queue.filestore import FileStore
-from ..relays.base import Relay
-from ._values import plain
+from mqd.config.load import Config, load_config
+from mqd.daemon.root import Daemon, async_run
+from mqd.fsutil import atomic_write, make_dirs
+from mqd.intake.pipeline import queued_entries
+from mqd.plugins.host import PluginHost
+from mqd.producer.inject import inject
+from mqd.queue.entry import QueueEntry
+from mqd.queue.file.store import FileStore
+from mqd.relays.base import Relay
+from mqd.testing._values import plain
 
 __all__ = ["Harness"]
 

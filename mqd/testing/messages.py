@@ -6,8 +6,8 @@ import email.policy
 from collections.abc import Mapping, Sequence
 from email.parser import BytesParser
 
-from ..compose import compose
-from ..envelope import Envelope
+from mqd.message.compose import compose
+from mqd.message.envelope import Envelope
 
 __all__ = ["make_envelope", "make_message"]
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from mqd.plugins import PluginHost
+    from mqd.plugins.host import PluginHost
     from mqd.testing import Harness
 
 __all__ = ["mqd_harness", "mqd_plugin_host"]
@@ -22,7 +22,7 @@ __all__ = ["mqd_harness", "mqd_plugin_host"]
 @pytest.fixture
 def mqd_plugin_host() -> PluginHost:
     """A plugin host as ``mqd run`` builds it: core plugins and every installed entry point."""
-    from mqd.plugins import PluginHost
+    from mqd.plugins.host import PluginHost
 
     return PluginHost()
 

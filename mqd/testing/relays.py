@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import parse_config
-from ..plugins import PluginHost
-from ..relays.base import Relay
-from ..runtime import build_relays
-from ._values import plain
+from mqd.config.load import parse_config
+from mqd.plugins.host import PluginHost
+from mqd.relays.base import Relay
+from mqd.relays.build import build_relays
+from mqd.testing._values import plain
 
 __all__ = ["relay_from_table"]
 
@@ -25,7 +25,7 @@ def relay_from_table(
 ) -> Relay:
     """The relay that ``[relays.<name>]`` with ``plugin = "<plugin>"`` and ``table`` builds.
 
-    The table goes through the same code as a config file (``mqd.runtime.build_relays``), so a
+    The table goes through the same code as a config file (``mqd.relays.build.build_relays``), so a
     bad value or an unknown key raises the same ``ConfigError`` (naming ``relays.<name>.<key>``)
     and a plugin that is not installed is reported the same way. ``host`` defaults to a
     ``PluginHost()`` that loads installed entry points, so your plugin must be installed

@@ -3,6 +3,6 @@ providers' webhooks, queried by ``mqd history``, the JSON API and the web view."
 
 from __future__ import annotations
 
-from .vocabulary import RANK, ProviderEvent, Status
+from mqd.tracking.vocabulary import RANK, ProviderEvent, Status
 
 __all__ = ["RANK", "ProviderEvent", "Status"]

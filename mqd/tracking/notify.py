@@ -20,13 +20,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__
+from mqd.version import __version__
 
 if TYPE_CHECKING:
     import aiohttp
 
-    from ..config import NotifyConfig
-    from .tracker import Tracker
+    from mqd.config.load import NotifyConfig
+    from mqd.tracking.tracker import Tracker
 
 __all__ = ["Notifier", "notification_body", "sign"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .store import BAD, EventStore
-from .vocabulary import Status
+from mqd.tracking.store import BAD, EventStore
+from mqd.tracking.vocabulary import Status
 
 __all__ = ["failures", "history", "message", "recent", "recipient"]
 

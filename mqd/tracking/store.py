@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .vocabulary import RANK, ProviderEvent, Status
+from mqd.tracking.vocabulary import RANK, ProviderEvent, Status
 
 __all__ = ["BAD", "EventStore", "Record", "SQLiteStore", "message_status"]
 

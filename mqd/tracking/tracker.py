@@ -16,13 +16,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..events import Event, EventKind
-from .queries import failures, history, message, recent, recipient
-from .store import Record, SQLiteStore
-from .vocabulary import ProviderEvent, Status
+from mqd.events import Event, EventKind
+from mqd.tracking.queries import failures, history, message, recent, recipient
+from mqd.tracking.store import Record, SQLiteStore
+from mqd.tracking.vocabulary import ProviderEvent, Status
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from mqd.config.load import Config
 
 __all__ = ["Tracker", "records_for"]
 

@@ -12,7 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from mqd import hookimpl
-from mqd.hookspecs import RegisterRelay
+from mqd.plugins.hookspecs import RegisterRelay
 
 if TYPE_CHECKING:
     from .convert import Conversion, to_sendgrid

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from conftest import MakeRelay
 from mqd import Outcome, PermanentRelayError, RelayError, TransientRelayError
-from mqd.classify import classify_reply
+from mqd.message.classify import classify_reply
 from mqd.testing import make_envelope, make_message
 from sendgrid_fake import FakeSendGrid
 

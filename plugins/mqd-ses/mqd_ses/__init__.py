@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mqd import hookimpl
-from mqd.hookspecs import RegisterRelay
+from mqd.plugins.hookspecs import RegisterRelay
 
 if TYPE_CHECKING:
     from .relay import SESRelay

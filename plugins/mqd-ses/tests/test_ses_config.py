@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from mqd import ConfigError, Options
-from mqd.plugins import PluginHost
+from mqd.plugins.host import PluginHost
 from ses_support import MakeRelay
 
 from mqd_ses import SESRelay

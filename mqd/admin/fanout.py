@@ -1,0 +1,175 @@
+"""Administration of every worker of ``queue.workers`` as one queue.
+
+Each worker is a daemon with its own queue directory and control socket (``mqd.daemon.workers``).
+``request`` asks each of them (through its socket, or on its files when it is not running, as
+``mqd.admin.service.request`` does for one) and merges the answers, so that ``mqd status`` and
+``mqd queue ...`` show one queue. A queue id is in exactly one worker's queue: an operation on
+ids first asks every worker which of the ids (or id prefixes) it holds, then sends each worker
+its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from mqd.admin.service import ambiguous_id, unknown_id
+from mqd.admin.service import request as request_one
+from mqd.delivery.circuit import CircuitState
+
+if TYPE_CHECKING:
+    from mqd.config.load import Config
+    from mqd.daemon.root import Daemon
+
+__all__ = ["daemon_status", "merge_status", "request"]
+
+#: Operations on named messages: each id goes to the worker that holds it.
+BY_ID = ("show", "retry", "hold", "release", "delete", "bounce")
+#: Worst first: a relay open in one worker is reported open.
+_HEALTH_ORDER = (CircuitState.OPEN.value, CircuitState.HALF_OPEN.value, CircuitState.CLOSED.value)
+
+
+async def request(config: Config, op: str, args: dict[str, Any] | None = None) -> Any:
+    """``op`` on the queue of every worker of ``config``, answered as by one daemon."""
+    args = dict(args or {})
+    workers = config.queue.workers
+    if workers == 1:
+        return await request_one(config, op, args)
+    configs = {n: config.for_worker(n) for n in range(1, workers + 1)}
+    if op in BY_ID and (args.get("ids") or op == "show"):
+        return await _by_id(configs, op, args)
+    if op == "status":
+        return merge_status(await _statuses(configs))
+    answers = await _each(configs, op, args)
+    if op == "list":
+        rows = [dict(row, worker=n) for n, part in answers.items() for row in part]
+        return sorted(rows, key=lambda row: (row["created_at"], row["id"]))
+    if op == "reload":
+        return {"reloaded": "; ".join(str(a["reloaded"]) for a in answers.values())}
+    return _concatenated(answers.values())
+
+
+async def daemon_status(daemon: Daemon) -> dict[str, Any]:
+    """``status`` as worker 1's web view and API show it: every worker's, merged."""
+    from mqd.admin.service import QueueAdmin
+
+    own = await QueueAdmin(daemon).op_status()
+    workers = daemon.config.queue.workers
+    if workers == 1:
+        return own
+    others = {n: daemon.config.for_worker(n) for n in range(2, workers + 1)}
+    return merge_status({1: own, **await _statuses(others)})
+
+
+async def _statuses(configs: dict[int, Config]) -> dict[int, dict[str, Any] | None]:
+    """Every worker's status; None for one that holds its queue but does not answer yet (just
+    started again, still recovering): the others' are still worth showing."""
+    from mqd.admin.control import ControlError
+
+    async def one(n: int, config: Config) -> dict[str, Any] | None:
+        try:
+            return dict(await request_one(config, "status", {}))
+        except ControlError:
+            if n == 1:
+                raise
+            return None
+
+    present = _present(configs)
+    answers = await asyncio.gather(*(one(n, c) for n, c in present.items()))
+    return dict(zip(present, answers, strict=True))
+
+
+async def _each(configs: dict[int, Config], op: str, args: dict[str, Any]) -> dict[int, Any]:
+    """Every worker's answer (of those ``_present``)."""
+    present = _present(configs)
+    answers = await asyncio.gather(*(request_one(c, op, args) for c in present.values()))
+    return dict(zip(present, answers, strict=True))
+
+
+def _present(configs: dict[int, Config]) -> dict[int, Config]:
+    """The workers to ask: worker 1, and the others that have run (a queue directory)."""
+    return {n: c for n, c in configs.items() if n == 1 or c.queue.own_dir.is_dir()}
+
+
+async def _by_id(configs: dict[int, Config], op: str, args: dict[str, Any]) -> Any:
+    wanted = [args.pop("id")] if op == "show" else list(args.pop("ids"))
+    found = await _each(configs, "find", {"ids": wanted})
+    owners: dict[int, list[str]] = {}
+    for name in wanted:
+        holders = [(n, part[name]) for n, part in found.items() if name in part]
+        if not holders:
+            raise unknown_id(name)
+        if len(holders) > 1:
+            raise ambiguous_id(name, len(holders))
+        worker, full = holders[0]
+        owners.setdefault(worker, []).append(full)
+    if op == "show":
+        ((worker, (full,)),) = owners.items()
+        row = await request_one(configs[worker], "show", {"id": full, **args})
+        return dict(row, worker=worker)
+    answers = await asyncio.gather(
+        *(request_one(configs[n], op, {**args, "ids": ids}) for n, ids in owners.items())
+    )
+    return _concatenated(answers)
+
+
+def _concatenated(answers: Any) -> dict[str, list[Any]]:
+    """{"retried": [...]} and the like from each worker, as one."""
+    merged: dict[str, list[Any]] = {}
+    for answer in answers:
+        for key, value in answer.items():
+            merged.setdefault(key, []).extend(value)
+    return merged
+
+
+def merge_status(answers: dict[int, dict[str, Any] | None]) -> dict[str, Any]:
+    """One ``status`` from every worker's: counts summed, the oldest message the oldest of all,
+    a relay as healthy as its worst worker says, and a ``workers`` list (a worker that did not
+    answer, None, is listed as such and counted in nothing)."""
+    first = answers[1]
+    assert first is not None
+    merged = dict(first)
+    parts = [p for p in answers.values() if p is not None]
+    merged["messages"] = sum(p["messages"] for p in parts)
+    merged["by_state"] = {
+        state: sum(p["by_state"].get(state, 0) for p in parts) for state in first["by_state"]
+    }
+    merged["not_read"] = sum(p["not_read"] for p in parts)
+    merged["bytes"] = sum(p["bytes"] for p in parts)
+    ages = [p["oldest_age"] for p in parts if p["oldest_age"] is not None]
+    merged["oldest_age"] = max(ages) if ages else None
+    merged["relays"] = {name: _merge_relay(name, parts) for name in first["relays"]}
+    merged["workers"] = [
+        {
+            "worker": n,
+            "running": p["running"],
+            "pid": p["pid"],
+            "queue_dir": p["queue_dir"],
+            "messages": p["messages"],
+        }
+        if p is not None
+        else {"worker": n, "running": False, "pid": None, "queue_dir": None, "messages": None}
+        for n, p in sorted(answers.items())
+    ]
+    return merged
+
+
+def _merge_relay(name: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    each = [p["relays"][name] for p in parts if name in p["relays"]]
+    relay = dict(each[0])
+    relay["queued"] = sum(r["queued"] for r in each)
+    relay["errors"] = sum(r["errors"] for r in each)
+    relay["failures_in_a_row"] = max(r["failures_in_a_row"] for r in each)
+    healths = [r["health"] for r in each]
+    relay["health"] = min(
+        healths, key=lambda h: _HEALTH_ORDER.index(h) if h in _HEALTH_ORDER else 0
+    )
+    relay["last_error"] = next((r["last_error"] for r in each if r["last_error"]), None)
+    quotas = [r["quota"] for r in each if r.get("quota")]
+    if quotas:
+        quota = dict(quotas[0])  # the limits as configured: each worker keeps to its share
+        for key in ("sent_last_hour", "sent_last_day", "holds"):
+            values = [q[key] for q in quotas if q.get(key) is not None]
+            quota[key] = sum(values) if values else None
+        relay["quota"] = quota
+    return relay

@@ -1,0 +1,1 @@
+"""The ``mqd`` command line (click): one module per command group, each thin."""

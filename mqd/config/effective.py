@@ -1,0 +1,69 @@
+"""The configuration as mqd uses it, for ``mqd config check``: defaults filled in, secrets
+redacted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mqd.config.load import Config
+from mqd.config.units import format_duration
+
+__all__ = ["effective_config"]
+
+
+def effective_config(config: Config) -> dict[str, Any]:
+    """The configuration as mqd uses it, defaults filled in and secrets redacted.
+
+    Call after ``build_relays`` so that each relay's options have been read.
+    """
+    queue = config.queue
+    return {
+        "queue": {
+            "dir": str(queue.dir),
+            "concurrency": queue.concurrency,
+            "bounce_sender": queue.bounce_sender,
+            "max_message_size": queue.max_message_size,
+            "scan_interval": format_duration(queue.scan_interval),
+            "watch": queue.watch,
+            "shutdown_timeout": format_duration(queue.shutdown_timeout),
+            "active_limit": queue.active_limit,
+            "workers": queue.workers,
+            "retry": {
+                "initial": format_duration(queue.retry.initial),
+                "max": format_duration(queue.retry.max),
+                "lifetime": format_duration(queue.retry.lifetime),
+            },
+        },
+        "spool": [
+            {
+                "path": str(spool.path),
+                "relay": spool.relay if len(spool.relays) == 1 else list(spool.relays),
+                "allowed_senders": list(spool.allowed_senders),
+            }
+            for spool in config.spools
+        ],
+        **(
+            {
+                "route": [
+                    {"senders": list(route.senders), "relay": list(route.relays)}
+                    for route in config.routes
+                ]
+            }
+            if config.routes
+            else {}
+        ),
+        "sendmail": {
+            "spool": str(config.inject_spool),
+            **(
+                {"qualify_domain": config.sendmail.qualify_domain}
+                if config.sendmail.qualify_domain
+                else {}
+            ),
+        },
+        "relays": {name: relay.options.effective() for name, relay in config.relays.items()},
+        "metrics": {
+            "enabled": config.metrics.enabled,
+            "host": config.metrics.host,
+            "port": config.metrics.port,
+        },
+    }

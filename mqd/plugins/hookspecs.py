@@ -1,0 +1,74 @@
+"""The hooks a plugin may implement. Each docstring is the contract, including result policy.
+
+Implement them with ``@mqd.hookimpl`` in a module registered under the entry-point group
+``mqd``. A hook implementation that raises is logged and skipped (it never stops the others);
+``mqd_check_policy`` fails closed instead (the message is refused).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from mqd.config.load import Config, SpoolConfig
+    from mqd.events import Event
+    from mqd.message.envelope import ParsedMessage
+    from mqd.queue.entry import QueueEntry, RecipientState
+    from mqd.relays.base import Relay
+
+__all__ = ["hookimpl", "hookspec"]
+
+hookspec = pluggy.HookspecMarker("mqd")
+hookimpl = pluggy.HookimplMarker("mqd")
+
+#: ``register(plugin_name, relay_class)``: what ``mqd_register_relays`` receives. The class may
+#: be given as a ``"module:Class"`` path, imported only when a config uses the relay.
+RegisterRelay = Callable[[str, "type[Relay] | str"], None]
+
+
+@hookspec
+def mqd_register_relays(register: RegisterRelay) -> None:
+    """Register relay classes: ``register("smtp", SMTPRelay)``, or by path,
+    ``register("ses", "mqd_ses.relay:SESRelay")``: then the module is imported only when a
+    config uses the relay, and a daemon that does not starts without it (an HTTP client and a
+    cloud SDK cost a start hundreds of milliseconds).
+
+    The name is what a config's ``plugin = "..."`` selects. Every implementation is called;
+    registering a taken name is an error reported against the plugin loaded later (the core
+    is loaded first, so its names cannot be taken over).
+    """
+
+
+@hookspec
+def mqd_check_policy(
+    message: ParsedMessage, spool: SpoolConfig, relay_name: str, config: Config
+) -> str | None:
+    """Decide whether a message taken from ``spool`` may be relayed.
+
+    Return a reason to refuse it, or None to have no objection. The first refusal wins (the
+    rest are not asked), so a plugin can add restrictions but never lift the core's allow-list.
+    A refused message goes to failed/ with the reason and gets no bounce.
+    """
+
+
+@hookspec(firstresult=True)
+def mqd_build_bounce(
+    entry: QueueEntry, failures: list[RecipientState], original: bytes, config: Config
+) -> bytes | None:
+    """Build the delivery status notification for ``failures`` of ``entry``.
+
+    Return the complete message (bytes; it is sent from ``<>`` to ``entry.sender``) or None to
+    leave it to the next implementation. First result wins; the core's RFC 3464 builder runs
+    last. Not called for the null sender or for a message that is itself a report.
+    """
+
+
+@hookspec
+def mqd_track_event(event: Event) -> None:
+    """Observe an event (claimed, rejected, queued, delivered, deferred, bounced, failed).
+
+    Called on the daemon's event loop: return quickly and do not block.
+    """

@@ -1,0 +1,1 @@
+"""The file store: the queue as files in the queue directory."""

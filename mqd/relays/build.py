@@ -1,0 +1,76 @@
+"""Turn a Config into live relays, checking what only the plugins know (their keys, and
+whether a relay sends over the network and therefore needs allowed senders)."""
+
+from __future__ import annotations
+
+from mqd.config.load import Config
+from mqd.errors import ConfigError, PluginError
+from mqd.plugins.host import PluginHost
+from mqd.relays.base import Relay
+
+__all__ = ["build_relays"]
+
+
+def build_relays(config: Config, host: PluginHost) -> dict[str, Relay]:
+    """One relay per ``[relays.<name>]`` table. Raises ConfigError naming the file and key."""
+    relays: dict[str, Relay] = {}
+    for name, relay_config in config.relays.items():
+        try:
+            relay_class = host.relay_class(relay_config.plugin)
+        except PluginError as exc:
+            raise ConfigError(
+                f"the relay plugin {relay_config.plugin!r} failed to load: {exc}",
+                path=config.source,
+                key=f"relays.{name}.plugin",
+            ) from exc
+        if relay_class is None:
+            known = ", ".join(sorted(host.relay_names())) or "none"
+            raise ConfigError(
+                f"no relay plugin named {relay_config.plugin!r} is installed (installed: {known}; "
+                "'mqd plugins' lists them)",
+                path=config.source,
+                key=f"relays.{name}.plugin",
+            )
+        try:
+            relay = relay_class.from_options(name, relay_config.options)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(
+                f"the {relay_config.plugin!r} plugin could not build this relay: {exc!r}",
+                path=config.source,
+                key=f"relays.{name}",
+            ) from exc
+        relay_config.options.finish()
+        relays[name] = relay
+    _check_not_open(config, relays)
+    return relays
+
+
+def _check_not_open(config: Config, relays: dict[str, Relay]) -> None:
+    """Every network relay mail can reach needs an allow-list on the way (mqd is never an open
+    relay): the spool's own, or the relay's."""
+
+    def refuse(relay: str, key: str) -> ConfigError:
+        return ConfigError(
+            f"required: the relay {relay!r} sends mail over the network, and mqd is never an "
+            "open relay. List the senders your applications use, e.g. "
+            'allowed_senders = ["noreply@example.com", "*@example.com"] (here or in '
+            f"[relays.{relay}])",
+            path=config.source,
+            key=key,
+        )
+
+    for index, spool in enumerate(config.spools):
+        for name in spool.relays:
+            listed = spool.allowed_senders or config.relays[name].allowed_senders
+            if relays[name].network and not listed:
+                raise refuse(name, f"spool[{index}].allowed_senders")
+    # A route can take mail from any spool, so a spool without a list must not reach it.
+    every_spool_listed = all(spool.allowed_senders for spool in config.spools)
+    for index, route in enumerate(config.routes):
+        for name in route.relays:
+            if relays[name].network and not (
+                every_spool_listed or config.relays[name].allowed_senders
+            ):
+                raise refuse(name, f"route[{index}].relay")

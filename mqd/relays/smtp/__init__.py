@@ -1,0 +1,1 @@
+"""The built-in SMTP relay (aiosmtplib): settings, the transaction with pipelining, OAuth2."""
