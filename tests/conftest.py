@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from mqd.config.load import Config, load_config
+from mqd.config.load import load_config
+from mqd.config.schema import Config
 from mqd.plugins.host import PluginHost
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -10,7 +10,7 @@ import sys
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from mqd.config.load import Config
+from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.plugins.host import PluginHost
 from mqd.producer.inject import inject

@@ -16,7 +16,8 @@ from corehelpers import drop
 
 from mqd.admin.control import ControlError
 from mqd.admin.service import AdminError, request
-from mqd.config.load import Config, load_config
+from mqd.config.load import load_config
+from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError, TransientRelayError
 from mqd.message.reply import Reply

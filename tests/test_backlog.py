@@ -14,7 +14,7 @@ from pathlib import Path
 from corehelpers import drop, make_message, run_once
 
 from mqd.admin.service import QueueAdmin
-from mqd.config.load import Config
+from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.delivery.circuit import CircuitState
 from mqd.plugins.host import PluginHost

@@ -7,7 +7,7 @@ import logging
 import pytest
 from corehelpers import FakeClock as Clock
 
-from mqd.config.load import CircuitConfig
+from mqd.config.schema import CircuitConfig
 from mqd.delivery.circuit import TRIAL_WAIT, Circuit, CircuitState
 
 

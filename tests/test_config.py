@@ -10,17 +10,11 @@ import pytest
 import tomli_w
 
 from mqd.config.effective import effective_config
-from mqd.config.load import (
-    CONFIG_ENV,
-    DEFAULT_RELAY,
-    Config,
-    load_config,
-    locate_config,
-    parse_config,
-    validate_sender_pattern,
-)
+from mqd.config.load import load_config, locate_config, parse_config
 from mqd.config.options import REDACTED, Options, Secret
 from mqd.config.paths import DefaultPaths, default_paths
+from mqd.config.schema import CONFIG_ENV, DEFAULT_RELAY, Config
+from mqd.config.senders import validate_sender_pattern
 from mqd.errors import ConfigError
 from mqd.plugins.host import PluginHost
 from mqd.relays.build import build_relays

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mqd.config.load import QueueConfig
+from mqd.config.schema import QueueConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHD = ROOT / "contrib" / "launchd"

@@ -23,7 +23,7 @@ import pytest
 from corehelpers import make_message
 from smtpserver import SMTPPeer
 
-from mqd.config.load import Config, QueueConfig
+from mqd.config.schema import Config, QueueConfig
 from mqd.producer.inject import inject
 
 ROOT = Path(__file__).resolve().parent.parent

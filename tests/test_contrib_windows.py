@@ -25,7 +25,7 @@ import pytest
 from corehelpers import make_message
 from smtpserver import SMTPPeer
 
-from mqd.config.load import Config, QueueConfig
+from mqd.config.schema import Config, QueueConfig
 from mqd.errors import ConfigError
 from mqd.intake.pipeline import queued_entries
 from mqd.plugins.host import PluginHost

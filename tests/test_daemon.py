@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from corehelpers import drop, make_message, run_once
 
-from mqd.config.load import Config
+from mqd.config.schema import Config
 from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry, id_time
 

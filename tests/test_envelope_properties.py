@@ -8,7 +8,7 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mqd.config.load import sender_allowed
+from mqd.config.senders import sender_allowed
 from mqd.errors import MessageParseError
 from mqd.message.envelope import address_problem, parse_message, prepare_for_relay
 

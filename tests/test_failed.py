@@ -20,7 +20,7 @@ from mqd.admin.failed import (
     retry,
     strip_envelope_lines,
 )
-from mqd.config.load import Config
+from mqd.config.schema import Config
 from mqd.message.reply import Reply
 from mqd.plugins.host import PluginHost
 from mqd.relays.memory import MemoryRelay

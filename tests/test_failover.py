@@ -17,7 +17,8 @@ import pytest
 from corehelpers import drop, make_message
 from smtpserver import SMTPPeer
 
-from mqd.config.load import Config, load_config
+from mqd.config.load import load_config
+from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.errors import TransientRelayError
 from mqd.events import Event, EventKind

@@ -16,7 +16,7 @@ import pytest
 from corehelpers import drop, make_message, run_once
 from smtpserver import SMTPPeer
 
-from mqd.config.load import Config
+from mqd.config.schema import Config
 
 
 def reasons(queue_dir: Path) -> list[dict[str, object]]:

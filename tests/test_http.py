@@ -27,7 +27,8 @@ from openapi_schema_validator import OAS31Validator
 from openapi_schema_validator import validate as validate_schema
 from openapi_spec_validator import validate as validate_spec
 
-from mqd.config.load import Config, load_config
+from mqd.config.load import load_config
+from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError
 from mqd.http.access import SESSION_COOKIE

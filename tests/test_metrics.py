@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from smtpserver import SMTPPeer
 
 from mqd import __version__
-from mqd.config.load import Config, load_config
+from mqd.config.load import load_config
+from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError
 from mqd.events import Event, EventKind

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from mqd.config.load import RetryPolicy
+from mqd.config.schema import RetryPolicy
 from mqd.queue.backoff import JITTER_SHARE, Backoff
 from mqd.queue.entry import (
     STATE_VERSION,

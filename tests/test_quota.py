@@ -9,7 +9,7 @@ import logging
 import pytest
 from corehelpers import FakeClock as Clock
 
-from mqd.config.load import QuotaConfig
+from mqd.config.schema import QuotaConfig
 from mqd.delivery.quota import Hold, Quota, dump_quotas, load_quotas
 
 #: A wall-clock time at the start of a minute (minute number 28_000_000).

@@ -13,7 +13,8 @@ import pytest
 import tomli_w
 
 from mqd.config.effective import effective_config
-from mqd.config.load import CircuitConfig, Config, QuotaConfig, RouteConfig, parse_config
+from mqd.config.load import parse_config
+from mqd.config.schema import CircuitConfig, Config, QuotaConfig, RouteConfig
 from mqd.errors import ConfigError
 from mqd.intake.policy import mqd_check_policy
 from mqd.intake.routing import route_for

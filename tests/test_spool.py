@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import mqd.intake.spool
-from mqd.config.load import SpoolConfig
+from mqd.config.schema import SpoolConfig
 from mqd.errors import SpoolError
 from mqd.intake.spool import Claimed, Spool, read_claimed
 

@@ -18,7 +18,8 @@ from corehelpers import drop
 
 import mqd.daemon.root
 import mqd.delivery.deliverer
-from mqd.config.load import Config, load_config
+from mqd.config.load import load_config
+from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.errors import TransientRelayError
 from mqd.plugins.host import PluginHost

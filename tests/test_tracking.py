@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from mqd.config.load import Config
+from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.events import Event, EventKind
 from mqd.message.reply import Reply
@@ -462,8 +462,8 @@ async def test_notifications_retry_then_resume_after_a_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(notify_module, "FIRST_DELAY", 0.05)
-    from mqd.config.load import NotifyConfig
     from mqd.config.options import Secret
+    from mqd.config.schema import NotifyConfig
 
     async with App() as app, tracker_for(tmp_path) as tracker:
         config = NotifyConfig(url=app.url, secret=Secret("k"), statuses=("dispatched",))
@@ -596,8 +596,8 @@ async def test_notifications_survive_a_failing_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(notify_module, "IDLE_POLL", 0.05)
-    from mqd.config.load import NotifyConfig
     from mqd.config.options import Secret
+    from mqd.config.schema import NotifyConfig
 
     async with App() as app, tracker_for(tmp_path) as tracker:
         real = tracker.store.events_after

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from corehelpers import drop, make_message
 
-from mqd.config.load import Config, load_config
+from mqd.config.load import load_config
+from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.message.reply import Reply
 from mqd.plugins.host import PluginHost

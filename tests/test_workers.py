@@ -18,7 +18,8 @@ from smtpserver import SMTPPeer
 from test_processes import received_ids, wait_until_empty
 
 from mqd.admin.fanout import merge_status
-from mqd.config.load import QuotaConfig, load_config
+from mqd.config.load import load_config
+from mqd.config.schema import QuotaConfig
 from mqd.errors import ConfigError
 from mqd.producer.inject import inject_many
 

@@ -23,7 +23,7 @@ from smtpserver import SMTPPeer
 import mqd.fsutil
 import mqd.intake.pipeline
 import mqd.queue.file.store
-from mqd.config.load import Config
+from mqd.config.schema import Config
 from mqd.plugins.host import PluginHost
 
 FAULTS = {

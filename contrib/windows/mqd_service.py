@@ -29,7 +29,8 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mqd.config.load import QueueConfig, load_config, locate_config
+from mqd.config.load import load_config, locate_config
+from mqd.config.schema import QueueConfig
 from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError
 from mqd.logs import JSONFormatter

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from mqd.config.load import Config
+from mqd.config.schema import Config
 from mqd.errors import MQDError
 from mqd.message.envelope import address_problem
 from mqd.producer.inject import envelope_lines, inject

@@ -18,7 +18,7 @@ from mqd.admin.service import request as request_one
 from mqd.delivery.circuit import CircuitState
 
 if TYPE_CHECKING:
-    from mqd.config.load import Config
+    from mqd.config.schema import Config
     from mqd.daemon.root import Daemon
 
 __all__ = ["daemon_status", "merge_status", "request"]

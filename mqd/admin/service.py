@@ -25,7 +25,7 @@ from mqd.queue.entry import QueueEntry, RcptStatus
 from mqd.version import __version__
 
 if TYPE_CHECKING:
-    from mqd.config.load import Config
+    from mqd.config.schema import Config
     from mqd.daemon.root import Daemon
     from mqd.plugins.host import PluginHost
 

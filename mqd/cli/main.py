@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import tomli_w
 
-from mqd.config.load import CONFIG_ENV, Config, load_config, locate_config
+from mqd.config.load import load_config, locate_config
 from mqd.config.paths import default_paths
+from mqd.config.schema import CONFIG_ENV, Config
 from mqd.errors import ConfigError, MessageParseError, MQDError, QueueError, QueueLockedError
 from mqd.exitcodes import ExitCode
 from mqd.logs import LOG_FORMATS, setup_logging

@@ -22,7 +22,7 @@ from typing import TextIO
 
 import click
 
-from mqd.config.load import Config
+from mqd.config.schema import Config
 from mqd.events import Event, EventKind
 from mqd.intake.spool import is_spool_name
 from mqd.plugins.hookspecs import hookimpl

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mqd.config.load import Config
+from mqd.config.schema import Config
 from mqd.config.units import format_duration
 
 __all__ = ["effective_config"]

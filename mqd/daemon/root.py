@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 import mqd.daemon.systemd as systemd
 from mqd.admin.control import ControlServer
 from mqd.admin.service import QueueAdmin
-from mqd.config.load import Config, load_config
+from mqd.config.load import load_config
+from mqd.config.schema import Config
 from mqd.daemon.workers import WorkerPool, warn_of_retired_workers, watch_parent
 from mqd.delivery.deliverer import Deliverer
 from mqd.delivery.quota import dump_quotas, load_quotas

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mqd.config.load import Config, QueueConfig
+    from mqd.config.schema import Config, QueueConfig
 
 __all__ = ["WorkerPool", "warn_of_retired_workers", "watch_parent"]
 

@@ -13,7 +13,7 @@ import secrets
 import socket
 from email.headerregistry import Address
 
-from mqd.config.load import Config
+from mqd.config.schema import Config
 from mqd.plugins.hookspecs import hookimpl
 from mqd.queue.entry import QueueEntry, RecipientState
 

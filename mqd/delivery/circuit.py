@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 
-from mqd.config.load import CircuitConfig
+from mqd.config.schema import CircuitConfig
 
 __all__ = ["Circuit", "CircuitState"]
 

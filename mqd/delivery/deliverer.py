@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mqd.config.load import Config
+from mqd.config.schema import Config
 from mqd.delivery.circuit import Circuit
 from mqd.delivery.quota import Quota
 from mqd.errors import RelayError

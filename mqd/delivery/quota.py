@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mqd.config.load import QuotaConfig
+from mqd.config.schema import QuotaConfig
 
 __all__ = ["Hold", "Quota"]
 

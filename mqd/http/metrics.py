@@ -32,7 +32,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from mqd.config.load import MetricsConfig
+from mqd.config.schema import MetricsConfig
 from mqd.delivery.circuit import CircuitState
 from mqd.errors import ConfigError
 from mqd.events import Event, EventKind

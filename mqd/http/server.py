@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from mqd.config.load import HttpConfig
+from mqd.config.schema import HttpConfig
 from mqd.errors import ConfigError
 from mqd.http import access
 from mqd.http.api import PREFIX, Api, BadQuery, error, json_error_for

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mqd.config.load import Config
+from mqd.config.schema import Config
 from mqd.errors import SpoolError
 from mqd.events import Event, EventKind, EventSink
 from mqd.intake.routing import route_for

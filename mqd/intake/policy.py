@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mqd.config.load import Config, SpoolConfig, sender_allowed
+from mqd.config.schema import Config, SpoolConfig
+from mqd.config.senders import sender_allowed
 from mqd.intake.routing import route_for
 from mqd.message.envelope import ParsedMessage
 from mqd.plugins.hookspecs import hookimpl

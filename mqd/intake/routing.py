@@ -8,7 +8,8 @@ is held back by a quota.
 
 from __future__ import annotations
 
-from mqd.config.load import Config, SpoolConfig, sender_allowed
+from mqd.config.schema import Config, SpoolConfig
+from mqd.config.senders import sender_allowed
 
 __all__ = ["route_for"]
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mqd.config.load import SpoolConfig
+from mqd.config.schema import SpoolConfig
 from mqd.errors import SpoolError
 from mqd.fsutil import fsync_dirs, make_dirs
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from mqd.config.load import Config, SpoolConfig
+    from mqd.config.schema import Config, SpoolConfig
     from mqd.events import Event
     from mqd.message.envelope import ParsedMessage
     from mqd.queue.entry import QueueEntry, RecipientState

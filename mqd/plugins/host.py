@@ -29,7 +29,7 @@ from mqd.relays.base import Relay
 from mqd.version import __version__
 
 if TYPE_CHECKING:
-    from mqd.config.load import Config, SpoolConfig
+    from mqd.config.schema import Config, SpoolConfig
     from mqd.events import Event
     from mqd.message.envelope import ParsedMessage
     from mqd.queue.entry import QueueEntry, RecipientState

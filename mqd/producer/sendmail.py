@@ -254,7 +254,7 @@ def main(argv: "Sequence[str]") -> int:
 
 # -- the config, read lightly ---------------------------------------------------------------
 
-_CONFIG_ENV = "MQD_CONFIG"  # mqd.config.load.CONFIG_ENV
+_CONFIG_ENV = "MQD_CONFIG"  # mqd.config.schema.CONFIG_ENV
 _SYSTEM_CONFIG = "/etc/mqd/mqd.toml"  # mqd.config.paths.SYSTEM_CONFIG
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tenacity
 
-from mqd.config.load import RetryPolicy
+from mqd.config.schema import RetryPolicy
 
 __all__ = ["Backoff"]
 

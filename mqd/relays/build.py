@@ -3,7 +3,7 @@ whether a relay sends over the network and therefore needs allowed senders)."""
 
 from __future__ import annotations
 
-from mqd.config.load import Config
+from mqd.config.schema import Config
 from mqd.errors import ConfigError, PluginError
 from mqd.plugins.host import PluginHost
 from mqd.relays.base import Relay

@@ -18,7 +18,8 @@ from typing import Any, TypeVar, overload
 
 import tomli_w
 
-from mqd.config.load import Config, load_config
+from mqd.config.load import load_config
+from mqd.config.schema import Config
 from mqd.daemon.root import Daemon, async_run
 from mqd.fsutil import atomic_write, make_dirs
 from mqd.intake.pipeline import queued_entries

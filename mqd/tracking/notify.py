@@ -25,7 +25,7 @@ from mqd.version import __version__
 if TYPE_CHECKING:
     import aiohttp
 
-    from mqd.config.load import NotifyConfig
+    from mqd.config.schema import NotifyConfig
     from mqd.tracking.tracker import Tracker
 
 __all__ = ["Notifier", "notification_body", "sign"]

@@ -22,7 +22,7 @@ from mqd.tracking.store import Record, SQLiteStore
 from mqd.tracking.vocabulary import ProviderEvent, Status
 
 if TYPE_CHECKING:
-    from mqd.config.load import Config
+    from mqd.config.schema import Config
 
 __all__ = ["Tracker", "records_for"]
 

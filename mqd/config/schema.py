@@ -1,0 +1,279 @@
+"""The configuration as mqd uses it: frozen dataclasses, one per table (``mqd.config.load`` fills
+them from the TOML file and checks every key)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from mqd.config.options import Options, Secret
+
+__all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_RELAY",
+    "CircuitConfig",
+    "Config",
+    "HttpConfig",
+    "MetricsConfig",
+    "NotifyConfig",
+    "QueueConfig",
+    "QuotaConfig",
+    "RelayConfig",
+    "RetryPolicy",
+    "RouteConfig",
+    "SendmailConfig",
+    "SpoolConfig",
+    "TrackingConfig",
+]
+
+CONFIG_ENV = "MQD_CONFIG"
+#: Name of the relay used by the embedded defaults.
+DEFAULT_RELAY = "outbox"
+WATCH_MODES = ("auto", "inotify", "watchfiles", "poll")
+#: queue.workers at most: each is a process with its own connections and memory (~35 MB).
+MAX_WORKERS = 64
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff from ``initial`` up to ``max`` seconds; give up after ``lifetime``."""
+
+    initial: float = 300.0
+    max: float = 3600.0
+    lifetime: float = 5 * 86400.0
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    dir: Path
+    bounce_sender: str
+    concurrency: int = 20
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_message_size: int = 25 * 1024 * 1024
+    scan_interval: float = 5.0
+    watch: str = "auto"
+    #: How long a graceful stop waits for deliveries in flight before cancelling them.
+    shutdown_timeout: float = 30.0
+    #: At most this many never-attempted messages are held in memory; the rest (at start-up, or
+    #: taken in while the limit is reached) are listed by id and read as deliveries make room
+    #: (see ``mqd.queue.file.backlog``).
+    active_limit: int = 10_000
+    #: Daemon processes sharing the claim (``mqd run`` starts the others, see
+    #: ``mqd.daemon.workers``).
+    workers: int = 1
+    #: Which of them this process is (1: the one ``mqd run`` started; not a config key).
+    worker: int = 1
+
+    @property
+    def own_dir(self) -> Path:
+        """This process's queue: ``dir`` for the first worker, ``dir/workers/<n>`` for others."""
+        return worker_dir(self.dir, self.worker)
+
+    @property
+    def worker_dirs(self) -> list[Path]:
+        """Every worker's queue directory, the first worker's first."""
+        return [worker_dir(self.dir, n) for n in range(1, self.workers + 1)]
+
+
+def available_cores() -> int:
+    """``queue.workers = "auto"``: the cores this process may run on (its CPU affinity, which
+    a container or systemd's CPUAffinity= may narrow), at most MAX_WORKERS."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS))
+
+
+def worker_dir(queue_dir: Path, worker: int) -> Path:
+    return queue_dir if worker == 1 else queue_dir / "workers" / str(worker)
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    path: Path
+    #: The relays this spool's mail goes through: the first, then the others in turn when one
+    #: fails transiently or is unhealthy (failover).
+    relays: tuple[str, ...]
+    #: Patterns ("user@example.com" or "*@example.com"); empty means "the relay's list decides".
+    allowed_senders: tuple[str, ...] = ()
+
+    @property
+    def relay(self) -> str:
+        """The first (preferred) relay."""
+        return self.relays[0]
+
+    @functools.cached_property  # asked for every message taken in: one hash, one string
+    def key(self) -> str:
+        """A short stable name for this spool, used for its directory inside the queue."""
+        resolved = os.path.abspath(self.path)
+        return hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class QuotaConfig:
+    """A provider's sending limits; None means no limit. Counted in messages."""
+
+    max_per_second: float | None = None
+    max_per_hour: int | None = None
+    max_per_day: int | None = None
+
+    def divided(self, workers: int) -> QuotaConfig:
+        """Each worker's share, so that all of them together keep to the limits."""
+        if workers == 1:
+            return self
+        return QuotaConfig(
+            max_per_second=None if self.max_per_second is None else self.max_per_second / workers,
+            max_per_hour=None
+            if self.max_per_hour is None
+            else max(1, self.max_per_hour // workers),
+            max_per_day=None if self.max_per_day is None else max(1, self.max_per_day // workers),
+        )
+
+    @property
+    def limited(self) -> bool:
+        return any(
+            v is not None for v in (self.max_per_second, self.max_per_hour, self.max_per_day)
+        )
+
+
+@dataclass(frozen=True)
+class CircuitConfig:
+    """After ``failures`` whole-message failures in a row the relay is skipped for ``cooldown``
+    seconds (doubling while it keeps failing, up to ``max_cooldown``), then tried once."""
+
+    failures: int = 5
+    cooldown: float = 60.0
+    max_cooldown: float = 900.0
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    name: str
+    plugin: str
+    allowed_senders: tuple[str, ...]
+    #: The remaining keys, read by the plugin (which also rejects unknown ones).
+    options: Options = field(compare=False, repr=False)
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
+    circuit: CircuitConfig = field(default_factory=CircuitConfig)
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """Mail from ``senders`` (exact addresses or ``*@domain``) goes through ``relays``, whatever
+    spool it came from."""
+
+    senders: tuple[str, ...]
+    relays: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SendmailConfig:
+    """How ``mqd sendmail`` and ``mqd send`` inject: which spool, and how to qualify addresses."""
+
+    #: The spool to write into; None means the first ``[[spool]]``.
+    spool: Path | None = None
+    #: Appended to addresses without a domain ("root" -> "root@<domain>"), as cron sends them.
+    qualify_domain: str | None = None
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The Prometheus endpoint: off unless enabled; on localhost unless told otherwise."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9325
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """The event store: every message's timeline. On by default, in the queue directory."""
+
+    enabled: bool = True
+    #: The SQLite database; None means ``<queue dir>/tracking.sqlite3``.
+    path: Path | None = None
+    #: Events (and messages whose newest event is) older than this are pruned.
+    retention: float = 30 * 86400.0
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The daemon's HTTP server: provider webhooks, the JSON API and the web view."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8025
+    #: Without a token, the API and the web view answer loopback clients only. Webhooks are
+    #: never token-protected: they prove themselves with the provider's signature.
+    token: Secret | None = field(default=None, repr=False)
+    #: The largest request body taken (a webhook batch); larger ones get 413.
+    max_body: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """Status changes POSTed to the application, signed with HMAC-SHA256."""
+
+    url: str | None = None
+    secret: Secret | None = field(default=None, repr=False)
+    #: Which statuses are sent; empty means every one.
+    statuses: tuple[str, ...] = ()
+    timeout: float = 10.0
+    #: Give up on one notification after retrying this long (it is logged, then dropped).
+    max_age: float = 86400.0
+
+
+@dataclass(frozen=True)
+class Config:
+    #: The file this came from; None for the embedded defaults.
+    source: Path | None
+    queue: QueueConfig
+    spools: tuple[SpoolConfig, ...]
+    relays: Mapping[str, RelayConfig]
+    sendmail: SendmailConfig = field(default_factory=SendmailConfig)
+    routes: tuple[RouteConfig, ...] = ()
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+
+    def for_worker(self, worker: int) -> Config:
+        """The config of worker ``worker`` of ``queue.workers``: its own queue directory, its own
+        [metrics] endpoint (on the next port: ``port + worker - 1``), and [http] and [notify]
+        only in the first. Every worker shares the spools, the failed folder and the event
+        store, and keeps to its share of each relay's quota (``QuotaConfig.divided``, applied
+        where the quotas are counted)."""
+        queue = replace(self.queue, worker=worker)
+        if worker == 1:
+            return replace(self, queue=queue)
+        port = self.metrics.port + worker - 1 if self.metrics.port else 0
+        return replace(
+            self,
+            queue=queue,
+            metrics=replace(self.metrics, port=port),
+            http=replace(self.http, enabled=False),
+            notify=replace(self.notify, url=None),
+        )
+
+    @property
+    def failed_dir(self) -> Path:
+        """The failed folder, one for every worker."""
+        return self.queue.dir / "failed"
+
+    @property
+    def tracking_path(self) -> Path:
+        return self.tracking.path or self.queue.dir / "tracking.sqlite3"
+
+    @property
+    def inject_spool(self) -> Path:
+        """The spool that ``mqd send`` and ``mqd sendmail`` write into."""
+        return self.sendmail.spool or self.spools[0].path
+
+    @property
+    def is_embedded_default(self) -> bool:
+        return self.source is None

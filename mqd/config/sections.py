@@ -1,0 +1,320 @@
+"""Each table of the config file read into its dataclass: every key typed and checked, unknown keys
+refused by name (``Options.finish``)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+
+from mqd.config.options import Options
+from mqd.config.paths import DefaultPaths
+from mqd.config.schema import (
+    DEFAULT_RELAY,
+    MAX_WORKERS,
+    WATCH_MODES,
+    CircuitConfig,
+    HttpConfig,
+    MetricsConfig,
+    NotifyConfig,
+    QueueConfig,
+    QuotaConfig,
+    RelayConfig,
+    RetryPolicy,
+    RouteConfig,
+    SendmailConfig,
+    SpoolConfig,
+    TrackingConfig,
+    available_cores,
+)
+from mqd.config.senders import validate_sender_pattern
+
+__all__ = [
+    "parse_http",
+    "parse_metrics",
+    "parse_notify",
+    "parse_queue",
+    "parse_relays",
+    "parse_routes",
+    "parse_sendmail",
+    "parse_spools",
+    "parse_tracking",
+]
+
+
+def parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
+    retry = opts.table("retry")
+    policy = RetryPolicy(
+        initial=retry.duration("initial", "5m"),
+        max=retry.duration("max", "1h"),
+        lifetime=retry.duration("lifetime", "5d"),
+    )
+    retry.finish()
+    if policy.initial <= 0:
+        raise retry.error("initial", "must be more than zero")
+    if policy.max < policy.initial:
+        raise retry.error("max", "must not be less than queue.retry.initial")
+    bounce_sender = opts.string("bounce_sender", f"mailer-daemon@{socket.gethostname()}")
+    if "@" not in bounce_sender:
+        raise opts.error("bounce_sender", f"expected an address, got {bounce_sender!r}")
+    config = QueueConfig(
+        dir=opts.filepath("dir", str(defaults.queue_dir)),
+        bounce_sender=bounce_sender,
+        concurrency=opts.integer("concurrency", 20, minimum=1),
+        retry=policy,
+        max_message_size=opts.size("max_message_size", "25MiB"),
+        scan_interval=opts.duration("scan_interval", "5s"),
+        watch=opts.choice("watch", WATCH_MODES, "auto"),
+        shutdown_timeout=opts.duration("shutdown_timeout", "30s"),
+        active_limit=opts.integer("active_limit", 10_000, minimum=1),
+        workers=opts.count("workers", 1, auto=available_cores),
+    )
+    if config.workers > MAX_WORKERS:
+        raise opts.error("workers", f"at most {MAX_WORKERS}")
+    if config.shutdown_timeout < 0:
+        raise opts.error("shutdown_timeout", "must not be negative")
+    if config.scan_interval <= 0:
+        raise opts.error("scan_interval", "must be more than zero")
+    opts.finish()
+    return config
+
+
+def parse_relays(
+    root: Options, path: Path | None, defaults: DefaultPaths, workers: int
+) -> dict[str, RelayConfig]:
+    relays_table = root.table("relays")
+    names = relays_table.keys()
+    if not names:
+        if path is not None:
+            raise root.error("relays", "no relay is configured: add a [relays.<name>] table")
+        relays_table = Options(
+            {DEFAULT_RELAY: {"plugin": "outbox", "path": str(defaults.outbox_dir)}},
+            section="relays",
+            path=None,
+        )
+        names = [DEFAULT_RELAY]
+    relays: dict[str, RelayConfig] = {}
+    for name in names:
+        opts = relays_table.table(name)
+        relays[name] = RelayConfig(
+            name=name,
+            plugin=opts.string("plugin"),
+            allowed_senders=_patterns(opts, "allowed_senders"),
+            options=opts,
+            quota=_parse_quota(opts, workers),
+            circuit=_parse_circuit(opts),
+        )
+    return relays
+
+
+def _parse_quota(opts: Options, workers: int) -> QuotaConfig:
+    def positive(key: str, value: float | None) -> None:
+        if value is not None and value <= 0:
+            raise opts.error(key, "must be more than zero (leave it out for no limit)")
+        if value is not None and value < workers and key != "max_per_second":
+            # Each worker counts its own sends against its whole share (QuotaConfig.divided);
+            # a rate is divided as it is.
+            raise opts.error(
+                key,
+                f"{value:g} cannot be shared between queue.workers = {workers} daemon processes "
+                "(each keeps to its share): raise it or lower queue.workers",
+            )
+
+    quota = QuotaConfig(
+        max_per_second=opts.number("max_per_second", None),
+        max_per_hour=opts.integer("max_per_hour", None),
+        max_per_day=opts.integer("max_per_day", None),
+    )
+    positive("max_per_second", quota.max_per_second)
+    positive("max_per_hour", quota.max_per_hour)
+    positive("max_per_day", quota.max_per_day)
+    return quota
+
+
+def _parse_circuit(opts: Options) -> CircuitConfig:
+    cooldown = opts.duration("circuit_cooldown", "1m")
+    if cooldown <= 0:
+        raise opts.error("circuit_cooldown", "must be more than zero")
+    max_cooldown = opts.duration("circuit_max_cooldown", None)
+    if max_cooldown is not None and max_cooldown < cooldown:
+        raise opts.error("circuit_max_cooldown", "must not be less than circuit_cooldown")
+    return CircuitConfig(
+        failures=opts.integer("circuit_failures", 5, minimum=1),
+        cooldown=cooldown,
+        # Default: 15 minutes, or the cooldown itself when that is longer.
+        max_cooldown=max_cooldown if max_cooldown is not None else max(900.0, cooldown),
+    )
+
+
+def _relay_chain(opts: Options, key: str, relays: Mapping[str, RelayConfig]) -> tuple[str, ...]:
+    """A relay name or a failover list of them, each configured, none twice."""
+    raw = opts.raw(key)
+    names: list[str] = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
+    if not names or not all(isinstance(n, str) for n in names):
+        raise opts.error(
+            key, f'expected a relay name or a failover list such as ["a", "b"], got {raw!r}'
+        )
+    configured = ", ".join(sorted(relays))
+    for name in names:
+        if name not in relays:
+            raise opts.error(key, f"no relay named {name!r} (configured: {configured})")
+    if len(set(names)) != len(names):
+        raise opts.error(key, f"names a relay twice: {names!r}")
+    return tuple(names)
+
+
+def parse_spools(
+    root: Options, path: Path | None, defaults: DefaultPaths, relays: Mapping[str, RelayConfig]
+) -> tuple[SpoolConfig, ...]:
+    raw = root.raw("spool")
+    if raw is None:
+        if path is not None:
+            raise root.error("spool", "no spool is configured: add a [[spool]] table")
+        raw = [{"path": str(defaults.spool_dir)}]
+    if isinstance(raw, Mapping):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise root.error("spool", "expected one or more [[spool]] tables")
+    spools = []
+    seen: dict[str, int] = {}
+    for index, table in enumerate(raw):
+        if not isinstance(table, Mapping):
+            raise root.error(f"spool[{index}]", f"expected a table, got {table!r}")
+        opts = Options(table, section=f"spool[{index}]", path=path)
+        if opts.raw("relay") is None:
+            if len(relays) != 1:
+                raise opts.error("relay", f"is required: one of {', '.join(sorted(relays))}")
+            chain: tuple[str, ...] = (next(iter(relays)),)
+        else:
+            chain = _relay_chain(opts, "relay", relays)
+        spool = SpoolConfig(
+            path=opts.filepath("path"),
+            relays=chain,
+            allowed_senders=_patterns(opts, "allowed_senders"),
+        )
+        opts.finish()
+        if spool.key in seen:
+            raise opts.error("path", f"the same directory as spool[{seen[spool.key]}]")
+        seen[spool.key] = index
+        spools.append(spool)
+    return tuple(spools)
+
+
+def parse_routes(
+    root: Options, path: Path | None, relays: Mapping[str, RelayConfig]
+) -> tuple[RouteConfig, ...]:
+    raw = root.raw("route")
+    if raw is None:
+        return ()
+    if isinstance(raw, Mapping):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise root.error("route", "expected one or more [[route]] tables")
+    routes = []
+    for index, table in enumerate(raw):
+        if not isinstance(table, Mapping):
+            raise root.error(f"route[{index}]", f"expected a table, got {table!r}")
+        opts = Options(table, section=f"route[{index}]", path=path)
+        senders = _patterns(opts, "senders")
+        if not senders:
+            raise opts.error("senders", 'is required: e.g. senders = ["*@news.example.com"]')
+        if opts.raw("relay") is None:
+            raise opts.error("relay", f"is required: one of {', '.join(sorted(relays))}")
+        routes.append(RouteConfig(senders=senders, relays=_relay_chain(opts, "relay", relays)))
+        opts.finish()
+    return tuple(routes)
+
+
+def _port(opts: Options, default: int) -> int:
+    port: int = opts.integer("port", default, minimum=0)
+    if port > 65535:
+        raise opts.error("port", f"{port} is not a TCP port")
+    return port
+
+
+def parse_metrics(opts: Options) -> MetricsConfig:
+    config = MetricsConfig(
+        enabled=opts.boolean("enabled", False),
+        host=opts.string("host", "127.0.0.1"),
+        port=_port(opts, 9325),
+    )
+    opts.finish()
+    return config
+
+
+def parse_tracking(opts: Options) -> TrackingConfig:
+    config = TrackingConfig(
+        enabled=opts.boolean("enabled", True),
+        path=opts.filepath("path", None),
+        retention=opts.duration("retention", "30d"),
+    )
+    if config.retention <= 0:
+        raise opts.error("retention", 'must be more than 0, e.g. "30d"')
+    opts.finish()
+    return config
+
+
+def parse_http(opts: Options) -> HttpConfig:
+    config = HttpConfig(
+        enabled=opts.boolean("enabled", False),
+        host=opts.string("host", "127.0.0.1"),
+        port=_port(opts, 8025),
+        token=opts.secret("token"),
+        max_body=opts.size("max_body", "1MB"),
+    )
+    if config.max_body < 1024:
+        raise opts.error("max_body", 'is too small for a webhook batch: give at least "1KB"')
+    opts.finish()
+    return config
+
+
+def parse_notify(opts: Options) -> NotifyConfig:
+    from mqd.tracking.vocabulary import Status
+
+    url = opts.string("url", None)
+    config = NotifyConfig(
+        url=url or None,
+        secret=opts.secret("secret"),
+        statuses=opts.string_list("statuses", []),
+        timeout=opts.duration("timeout", "10s"),
+        max_age=opts.duration("max_age", "1d"),
+    )
+    if config.url is not None:
+        scheme, _, rest = config.url.partition("://")
+        if scheme not in ("http", "https") or not rest:
+            raise opts.error("url", f"{config.url!r} is not an http(s) URL")
+        if config.secret is None:
+            raise opts.error(
+                "secret_file",
+                "is required with url: the application checks each notification's signature "
+                "with it (or secret_env, or an inline secret)",
+            )
+    known = {s.value for s in Status}
+    for status in config.statuses:
+        if status not in known:
+            raise opts.error("statuses", f"{status!r} is not a status; known: {sorted(known)}")
+    if config.timeout <= 0:
+        raise opts.error("timeout", 'must be more than 0s, e.g. "10s"')
+    opts.finish()
+    return config
+
+
+def parse_sendmail(opts: Options) -> SendmailConfig:
+    config = SendmailConfig(
+        spool=opts.filepath("spool", None),
+        qualify_domain=opts.string("qualify_domain", None),
+    )
+    if config.qualify_domain is not None and (
+        not config.qualify_domain or "@" in config.qualify_domain
+    ):
+        raise opts.error("qualify_domain", "expected a domain such as 'example.com'")
+    opts.finish()
+    return config
+
+
+def _patterns(opts: Options, key: str) -> tuple[str, ...]:
+    patterns: tuple[str, ...] = opts.string_list(key, [])
+    try:
+        return tuple(validate_sender_pattern(p) for p in patterns)
+    except ValueError as exc:
+        raise opts.error(key, str(exc)) from None
