@@ -18,7 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from mqd.intake.spool import Spool
-from mqd.queue.file.store import DSN_SOURCE, FileStore
+from mqd.queue.entry import DSN_SOURCE
+from mqd.queue.file.disk import Disk
 from mqd.relays.smtp.relay import SMTPRelay
 
 
@@ -33,20 +34,20 @@ def _is_dsn(args: tuple[Any, ...]) -> bool:
 
 #: point -> (owner, function name, when: "before" | "after", which calls count)
 POINTS: dict[str, tuple[type, str, str, Callable[[tuple[Any, ...]], bool]]] = {
-    # The file was renamed out of the spool; no state file yet.
+    # The file was renamed out of the spool into the claim area; not in the queue yet.
     "claim": (Spool, "claim", "after", lambda args: True),
-    # The bodies of a batch and their directory are fsynced (no state file yet): accepted.
-    "accepted": (FileStore, "sync_claimed", "after", lambda args: True),
+    # A batch is in the queue (renamed in, its directory fsynced; no state file yet): accepted.
+    "accepted": (Disk, "sync_dirs", "after", lambda args: True),
     # The server said 250; mqd has not recorded it.
     "relay-accepted": (SMTPRelay, "deliver", "after", lambda args: True),
     # Delivered and recorded as done, about to unlink.
-    "before-removal": (FileStore, "_remove", "before", lambda args: True),
+    "before-removal": (Disk, "_remove", "before", lambda args: True),
     # The failures are saved; the DSN is not queued yet.
-    "bounce-before-dsn": (FileStore, "add_many", "before", _is_dsn),
+    "bounce-before-dsn": (Disk, "write_bodies", "before", _is_dsn),
     # The DSN is durable; the bounced entry has not noted it.
-    "bounce-after-dsn": (FileStore, "add_many", "after", _is_dsn),
+    "bounce-after-dsn": (Disk, "write_bodies", "after", _is_dsn),
     # Moving the bounced message to failed/.
-    "fail-move": (FileStore, "_fail", "before", lambda args: True),
+    "fail-move": (Disk, "_fail", "before", lambda args: True),
 }
 
 

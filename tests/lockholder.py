@@ -15,7 +15,7 @@ import asyncio, sys, time
 from pathlib import Path
 from mqd.queue.file.store import FileStore
 
-store = FileStore(Path(sys.argv[1]))  # keep a reference: the lock lives with it
+store = FileStore(Path(sys.argv[1]), rebuild=lambda unread: None)  # the lock lives with it
 asyncio.run(store.open())
 print("locked", flush=True)
 time.sleep(120)

@@ -15,7 +15,8 @@ import pytest
 from corehelpers import drop
 
 from mqd.admin.control import ControlError
-from mqd.admin.service import AdminError, request
+from mqd.admin.client import request
+from mqd.admin.service import AdminError
 from mqd.config.load import load_config
 from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
@@ -70,9 +71,7 @@ class Running:
     def deferred(self) -> list[QueueEntry]:
         busy = self.daemon.in_flight
         return [
-            e
-            for e in self.daemon.entries.values()
-            if e.attempts and not e.held and e.id not in busy
+            e for e in self.daemon.store.schedule if e.attempts and not e.held and e.id not in busy
         ]
 
 
@@ -120,11 +119,11 @@ async def test_hold_keeps_a_message_from_being_tried_until_released(running, spo
     await request(config, "retry", {"all": True})  # a held message stays held
     await asyncio.sleep(0.3)
     assert running.relay.sent == [] and entry.held
-    saved = QueueEntry.from_json(running.daemon.store.state_path(entry.id).read_bytes())
+    saved = QueueEntry.from_json(running.daemon.store.layout.state_path(entry.id).read_bytes())
     assert saved.held, "the hold must survive a restart"
     await request(config, "release", {"ids": [entry.id]})
     await wait_for(lambda: len(running.relay.sent) == 1)
-    await wait_for(lambda: entry.id not in running.daemon.entries)
+    await wait_for(lambda: entry.id not in running.daemon.store.schedule)
 
 
 async def test_retry_and_flush_make_deferred_mail_due_now(running, spool):
@@ -132,7 +131,7 @@ async def test_retry_and_flush_make_deferred_mail_due_now(running, spool):
     assert entry.next_attempt_at > time.time() + 3000
     running.relay.raise_error = None
     await request(running.daemon.config, "flush")
-    await wait_for(lambda: entry.id not in running.daemon.entries)
+    await wait_for(lambda: entry.id not in running.daemon.store.schedule)
     assert len(running.relay.sent) == 1
 
 
@@ -144,12 +143,12 @@ async def test_sigusr1_flush_closes_open_circuits_too(make_config, spool, host):
     await asyncio.wait_for(daemon.ready.wait(), 10)
     try:
         drop(spool)
-        await wait_for(lambda: any(e.attempts for e in daemon.entries.values()))
-        assert daemon.deliverer.circuits["main"].state.value == "open"
+        await wait_for(lambda: any(e.attempts for e in daemon.store.schedule))
+        assert daemon.guards.circuits["main"].state.value == "open"
         relay.raise_error = None
         daemon.flush()
-        await wait_for(lambda: not daemon.entries)
-        assert daemon.deliverer.circuits["main"].state.value == "closed"
+        await wait_for(lambda: not len(daemon.store.schedule))
+        assert daemon.guards.circuits["main"].state.value == "closed"
     finally:
         daemon.request_stop()
         await task
@@ -159,10 +158,10 @@ async def test_delete_removes_without_a_bounce(running, spool, queue_dir):
     entry = await one_deferred(running, spool)
     result = await request(running.daemon.config, "delete", {"ids": [entry.id]})
     assert result == {"deleted": [entry.id]}
-    assert entry.id not in running.daemon.entries
-    assert not running.daemon.store.state_path(entry.id).exists()
+    assert entry.id not in running.daemon.store.schedule
+    assert not running.daemon.store.layout.state_path(entry.id).exists()
     assert list((queue_dir / "failed").iterdir()) == []
-    assert [e for e in running.daemon.entries.values() if not e.sender] == []
+    assert [e for e in running.daemon.store.schedule if not e.sender] == []
 
 
 async def test_bounce_fails_the_message_now_with_a_dsn(running, spool, queue_dir):
@@ -170,7 +169,7 @@ async def test_bounce_fails_the_message_now_with_a_dsn(running, spool, queue_dir
     await request(running.daemon.config, "bounce", {"ids": [entry.id]})
     reason = json.loads((queue_dir / "failed" / f"{entry.id}.json").read_text())
     assert "returned to the sender by the mail administrator" in reason["reason"]
-    dsns = [e for e in running.daemon.entries.values() if e.sender == ""]
+    dsns = [e for e in running.daemon.store.schedule if e.sender == ""]
     assert [d.recipients[0].address for d in dsns] == ["app@example.com"]
 
 
@@ -202,7 +201,7 @@ async def test_a_message_in_flight_cannot_be_deleted(running, spool):
     with pytest.raises(ControlError, match="being delivered right now"):
         await request(running.daemon.config, "delete", {"ids": [busy]})
     gate.set()
-    await wait_for(lambda: not running.daemon.entries)
+    await wait_for(lambda: not len(running.daemon.store.schedule))
 
 
 # -- offline: no daemon running ------------------------------------------------------------
@@ -214,7 +213,7 @@ async def test_offline_admin_works_on_the_files_and_persists(make_config, spool,
     MemoryRelay.instances["main"].raise_error = TransientRelayError("down")
     drop(spool)
     await daemon.run()
-    [entry] = daemon.entries.values()
+    [entry] = daemon.store.schedule
 
     rows = await request(config, "list")
     assert [r["id"] for r in rows] == [entry.id] and rows[0]["state"] == "deferred"
@@ -223,14 +222,14 @@ async def test_offline_admin_works_on_the_files_and_persists(make_config, spool,
     assert [r["state"] for r in await request(config, "list")] == ["held"]
     await request(config, "release", {"ids": [entry.id]})
     await request(config, "retry", {"ids": [entry.id]})
-    saved = QueueEntry.from_json(daemon.store.state_path(entry.id).read_bytes())
+    saved = QueueEntry.from_json(daemon.store.layout.state_path(entry.id).read_bytes())
     assert not saved.held and saved.next_attempt_at <= time.time()
     with pytest.raises(AdminError, match="nothing to reload"):
         await request(config, "reload")
     # The retry was persisted: a new run delivers it at once.
     daemon = Daemon(config, host=host, once=True)
     await daemon.run()
-    assert len(MemoryRelay.instances["main"].sent) == 1 and not daemon.entries
+    assert len(MemoryRelay.instances["main"].sent) == 1 and not len(daemon.store.schedule)
 
 
 # -- reload ------------------------------------------------------------------------------------
@@ -252,7 +251,7 @@ async def test_reload_applies_a_new_relay_config_and_keeps_in_flight_work(
     new_relay = MemoryRelay.instances["main"]
     assert new_relay is not old_relay and daemon.relays["main"] is new_relay
     await request(daemon.config, "retry", {"ids": [entry.id]})
-    await wait_for(lambda: not daemon.entries)
+    await wait_for(lambda: not len(daemon.store.schedule))
     assert len(new_relay.sent) == 1
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from corehelpers import drop, make_message, run_once
 
-from mqd.admin.service import QueueAdmin
 from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.delivery.circuit import CircuitState
@@ -38,16 +37,18 @@ def queue_bodies(config: Config, count: int) -> list[str]:
 
 
 def count_most_read(daemon: Daemon) -> Callable[[], int]:
-    """The most entries ``daemon`` held in memory at once, as it goes (read at each schedule)."""
+    """The most entries ``daemon``'s file store held in memory at once, as it goes (read at each
+    addition to its schedule)."""
     most = 0
-    schedule = daemon.schedule
+    schedule = daemon.store.schedule
+    add = schedule.add
 
-    def counting_schedule(entry: QueueEntry) -> None:
+    def counting_add(entry: QueueEntry) -> None:
         nonlocal most
-        schedule(entry)
-        most = max(most, len(daemon.entries))
+        add(entry)
+        most = max(most, len(schedule))
 
-    daemon.schedule = counting_schedule  # type: ignore[method-assign]
+    schedule.add = counting_add  # type: ignore[method-assign]
     return lambda: most
 
 
@@ -74,7 +75,7 @@ async def test_a_large_queue_is_read_as_deliveries_make_room(
     most_read = count_most_read(daemon)
     task = asyncio.create_task(daemon.run())
     await asyncio.wait_for(daemon.ready.wait(), 10)
-    assert len(daemon.entries) <= 3 and len(daemon.backlog) >= 17
+    assert len(daemon.store.schedule) <= 3 and len(daemon.store.backlog) >= 17
     await asyncio.to_thread(smtp_server.wait_for, 20, 20)
     daemon.request_stop()
     await asyncio.wait_for(task, 10)
@@ -92,7 +93,7 @@ async def test_once_reads_the_whole_backlog(
     queue_bodies(config, 7)
     daemon = await run_once(config, host)
     assert len(smtp_server.wait_for(7)) == 7
-    assert daemon.queue_size == 0
+    assert await daemon.store.queued() == 0
 
 
 async def test_relay_down_keeps_the_backlog_unread_and_commands_still_see_it(
@@ -131,14 +132,14 @@ async def test_relay_down_keeps_the_backlog_unread_and_commands_still_see_it(
     try:
         await asyncio.wait_for(daemon.ready.wait(), 10)
         deadline = time.monotonic() + 20
-        while daemon.deliverer.circuits["sink"].state is not CircuitState.OPEN or daemon.in_flight:
+        while daemon.guards.circuits["sink"].state is not CircuitState.OPEN or daemon.in_flight:
             assert time.monotonic() < deadline, "the circuit did not open"
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.3)
-        unread = len(daemon.backlog)
+        unread = len(daemon.store.backlog)
         assert unread >= 20  # 2 attempts opened the circuit, 4 read and held: the rest unread
-        assert len(daemon.entries) + unread == 30
-        admin = QueueAdmin(daemon)
+        assert len(daemon.store.schedule) + unread == 30
+        admin = daemon.admin
         status = await admin.op_status()
         assert status["messages"] == 30 and status["not_read"] == unread
         assert status["relays"]["sink"]["queued"] == 30
@@ -147,13 +148,14 @@ async def test_relay_down_keeps_the_backlog_unread_and_commands_still_see_it(
         assert sorted(row["id"] for row in rows) == ids
         assert {row["sender"] for row in rows} == {"app@example.com"}
         last = ids[-1]
-        assert last in daemon.backlog
+        assert last in daemon.store.backlog
         shown = await admin.op_show(last[:15])  # a prefix names it: it is read out of turn
         assert shown["id"] == last and "To: rcpt" in shown["headers"]
-        assert last not in daemon.backlog and last in daemon.entries
+        assert last not in daemon.store.backlog and last in daemon.store.schedule
         before_last = ids[-2]
         await admin.op_delete([before_last])
-        assert before_last not in daemon.backlog and before_last not in daemon.entries
+        assert before_last not in daemon.store.backlog
+        assert before_last not in daemon.store.schedule
         assert not list(queue_dir.glob(f"messages/*/{before_last}.eml"))
     finally:
         daemon.request_stop()
@@ -179,7 +181,7 @@ async def test_a_flood_in_the_spool_is_taken_in_but_read_into_memory_as_room_is_
         await asyncio.wait_for(task, 10)
     assert most_read() <= 3
     assert len({m.rcpt_tos[0] for m in smtp_server.messages}) == 25
-    assert not list(spool.glob("*.eml")) and not daemon.backlog
+    assert not list(spool.glob("*.eml")) and not daemon.store.backlog
 
 
 async def test_a_backlog_read_that_fails_puts_them_back_in_line(
@@ -190,21 +192,21 @@ async def test_a_backlog_read_that_fails_puts_them_back_in_line(
     config = sink_config(queue='active_limit = 2\nscan_interval = "0.2s"')
     queue_bodies(config, 6)
     daemon = Daemon(config, host=host, shutdown_timeout=5)
-    take_claimed = daemon.intake.take_claimed
+    read_bodies = daemon.store._read_bodies
     calls = 0
 
-    async def failing_once(claimed):  # type: ignore[no-untyped-def]
+    def failing_once(taken):  # type: ignore[no-untyped-def]
         nonlocal calls
         calls += 1
-        if calls == 3:  # the first read by the backlog loop (1: claims left over, 2: start-up)
+        if calls == 1:  # the first read, by the store's read-ahead at start-up
             raise RuntimeError("simulated bug")
-        return await take_claimed(claimed)
+        return read_bodies(taken)
 
-    daemon.intake.take_claimed = failing_once  # type: ignore[method-assign]
+    daemon.store._read_bodies = failing_once  # type: ignore[method-assign]
     task = asyncio.create_task(daemon.run())
     try:
         await asyncio.to_thread(smtp_server.wait_for, 6, 20)
     finally:
         daemon.request_stop()
         await asyncio.wait_for(task, 10)
-    assert calls > 3 and len({m.rcpt_tos[0] for m in smtp_server.messages}) == 6
+    assert calls > 1 and len({m.rcpt_tos[0] for m in smtp_server.messages}) == 6

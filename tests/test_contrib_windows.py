@@ -27,7 +27,7 @@ from smtpserver import SMTPPeer
 
 from mqd.config.schema import Config, QueueConfig
 from mqd.errors import ConfigError
-from mqd.intake.pipeline import queued_entries
+from mqd.testing.harness import queued_entries
 from mqd.plugins.host import PluginHost
 from mqd.producer.inject import inject
 

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 from corehelpers import drop, make_message, run_once
 
+from mqd.admin.client import request
 from mqd.config.schema import Config
 from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry, id_time
+from mqd.testing.harness import queued_entries_async
 
 
 async def test_delivers_and_strips_envelope_headers(
@@ -25,7 +27,7 @@ async def test_delivers_and_strips_envelope_headers(
     assert sorted(received.rcpt_tos) == ["alice@example.net", "hidden@example.net"]
     assert b"hidden@example.net" not in received.data
     assert b"\nBcc:" not in received.data and not received.data.startswith(b"Bcc:")
-    assert daemon.queue_size == 0
+    assert await queued_entries_async(daemon.config) == []
     assert list(spool.glob("*.eml")) == []
     assert list((plain_config.queue.dir / "state").iterdir()) == []
 
@@ -79,7 +81,7 @@ async def test_transient_failure_is_persisted_and_retried(
     drop(spool, make_message(to=("temp-carol@example.net", "alice@example.net")))
     daemon = await run_once(plain_config, host)
     smtp_server.wait_for(1)
-    [entry] = daemon.entries.values()
+    [entry] = await queued_entries_async(daemon.config)
     assert entry.attempts == 1
     state = QueueEntry.from_json(
         (plain_config.queue.dir / "state" / f"{entry.id}.json").read_bytes()
@@ -95,7 +97,7 @@ async def test_transient_failure_is_persisted_and_retried(
     daemon = await run_once(plain_config, host)
     messages = smtp_server.wait_for(2)
     assert messages[1].rcpt_tos == ["temp-carol@example.net"]
-    assert daemon.queue_size == 0
+    assert await queued_entries_async(daemon.config) == []
     assert not (plain_config.queue.dir / "state" / f"{entry.id}.json").exists()
 
 
@@ -163,7 +165,7 @@ async def test_lifetime_exceeded_bounces_with_4_4_7(
     assert bounce.mail_from == "<>"
     assert b"Status: 4.4.7" in bounce.data
     assert b"retries exhausted" in bounce.data
-    assert daemon.queue_size == 0
+    assert await queued_entries_async(daemon.config) == []
     [reason] = (queue_dir / "failed").glob("*.json")
     assert "4.4.7" in reason.read_text() or "retries exhausted" in reason.read_text()
 
@@ -176,7 +178,7 @@ async def test_a_bounce_that_fails_is_never_bounced(
     drop(spool, make_message(to=("perm-x@example.net",)))
     daemon = await run_once(plain_config, host)
     assert smtp_server.messages == []
-    assert daemon.queue_size == 0
+    assert await queued_entries_async(daemon.config) == []
     failed = sorted((plain_config.queue.dir / "failed").glob("*.json"))
     assert len(failed) == 2  # the original and its bounce; no bounce of the bounce
     bounce_reason = json.loads(failed[1].read_text())
@@ -189,12 +191,11 @@ async def test_dropped_connection_during_data_is_retried(
     smtp_server.drop_in_data = True
     drop(spool, make_message(to=("alice@example.net",)))
     daemon = await run_once(plain_config, host)
-    [entry] = daemon.entries.values()
+    [entry] = await queued_entries_async(daemon.config)
     assert entry.attempts == 1 and entry.pending
     assert "4.4.2" in (entry.last_reply or "")
     smtp_server.drop_in_data = False
-    entry.next_attempt_at = 0
-    await daemon.store.save(entry)
+    await request(daemon.config, "retry", {"ids": [entry.id]})
     await run_once(plain_config, host)
     assert len(smtp_server.wait_for(1)) == 1
 
@@ -233,7 +234,7 @@ async def test_a_body_recovered_without_state_keeps_its_age(
     daemon = await run_once(config, host)
     [bounce] = smtp_server.wait_for(1)
     assert b"Status: 4.4.7" in bounce.data
-    assert daemon.queue_size == 0
+    assert await queued_entries_async(daemon.config) == []
     assert [p.stem for p in (queue_dir / "failed").glob("*.json")] == [two_hours_ago]
 
 

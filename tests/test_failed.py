@@ -23,6 +23,7 @@ from mqd.admin.failed import (
 from mqd.config.schema import Config
 from mqd.message.reply import Reply
 from mqd.plugins.host import PluginHost
+from mqd.queue.file.failed import FileFailedFolder
 from mqd.relays.memory import MemoryRelay
 from mqd.testing import Harness
 
@@ -69,14 +70,14 @@ async def test_a_partial_failure_is_retried_to_the_failed_recipients_only(
     first = await run(mqd_harness, failing=("bob@example.net",))
     assert [e.recipients for e in first.sent] == [("alice@example.net",), ("app@example.com",)]
 
-    [message] = list_failed(failed_dir(config))
+    [message] = await list_failed(failed_dir(config))
     assert message.stage == "delivery" and message.sender == "app@example.com"
-    assert [(r["address"], r["status"]) for r in message.recipients] == [
+    assert [(r.address, r.status) for r in message.recipients] == [
         ("alice@example.net", "delivered"),
         ("bob@example.net", "failed"),
     ]
 
-    report = retry(config, [message])
+    report = await retry(config, [message])
     [(old_id, written, recipients)] = report.retried
     assert old_id == message.id and recipients == ["bob@example.net"]
     assert written.parent == mqd_harness.spool_dir
@@ -85,8 +86,8 @@ async def test_a_partial_failure_is_retried_to_the_failed_recipients_only(
         b"X-Sender: <app@example.com>\r\nX-Receiver: <bob@example.net>\r\nFrom:"
     )
     assert content.count(b"X-Receiver") == 1 and content.count(b"X-Sender") == 1
-    assert list_failed(failed_dir(config)) == []
-    assert not (failed_dir(config) / f"{message.id}.eml").exists()
+    assert await list_failed(failed_dir(config)) == []
+    assert not (config.failed_dir / f"{message.id}.eml").exists()
 
     again = await run(mqd_harness)
     [envelope] = again.sent
@@ -107,8 +108,8 @@ async def test_a_policy_refusal_goes_back_unchanged_into_the_spool_that_refused_
     assert refused["stage"] == "policy"
 
     config = configure(mqd_harness, other=["*@example.com"])  # the administrator's fix
-    [message] = find(failed_dir(config), [refused["id"][:12]])
-    report = retry(config, [message])
+    [message] = await find(failed_dir(config), [refused["id"][:12]])
+    report = await retry(config, [message])
     [(_, written, recipients)] = report.retried
     assert recipients is None  # the envelope is left as it was
     assert written.parent == mqd_harness.root / "other"
@@ -122,59 +123,60 @@ async def test_a_bounce_that_failed_is_not_retried(mqd_harness: Harness) -> None
     config = configure(mqd_harness)
     mqd_harness.drop(make_message(to=("bob@example.net",)))
     await run(mqd_harness, failing=("bob@example.net", "app@example.com"))
-    messages = list_failed(failed_dir(config))
+    messages = await list_failed(failed_dir(config))
     [bounce] = [m for m in messages if m.is_bounce]
     [original] = [m for m in messages if not m.is_bounce]
     assert bounce.sender == ""
 
     with pytest.raises(FailedError, match="is a bounce"):
-        retry(config, [bounce])
-    report = retry(config, messages, skip_unretryable=True)
+        await retry(config, [bounce])
+    report = await retry(config, messages, skip_unretryable=True)
     assert [old for old, _, _ in report.retried] == [original.id]
     assert [(old, "is a bounce" in why) for old, why in report.skipped] == [(bounce.id, True)]
-    assert [m.id for m in list_failed(failed_dir(config))] == [bounce.id]
+    assert [m.id for m in await list_failed(failed_dir(config))] == [bounce.id]
 
-    assert delete(config, [bounce]) == [bounce.id]
-    assert list_failed(failed_dir(config)) == []
-    assert [p.name for p in failed_dir(config).iterdir() if not p.name.startswith(".")] == []
+    assert await delete(config, [bounce]) == [bounce.id]
+    assert await list_failed(failed_dir(config)) == []
+    assert [p.name for p in config.failed_dir.iterdir() if not p.name.startswith(".")] == []
 
 
-def test_find_by_prefix_and_its_errors(tmp_path: Path) -> None:
+async def test_find_by_prefix_and_its_errors(tmp_path: Path) -> None:
     for entry_id in ("1a2000aaaa", "1a2000bbbb"):
         (tmp_path / f"{entry_id}.json").write_text(json.dumps({"stage": "intake"}))
         (tmp_path / f"{entry_id}.eml").write_bytes(b"Subject: x\r\n\r\nbody\r\n")
-    [message] = find(tmp_path, ["1a2000b"])
-    assert message.id == "1a2000bbbb" and message.message_path == tmp_path / "1a2000bbbb.eml"
-    assert [m.id for m in find(tmp_path, ["1a2000aaaa", "1a2000a"])] == ["1a2000aaaa"]
+    folder = FileFailedFolder(tmp_path)
+    [message] = await find(folder, ["1a2000b"])
+    assert message.id == "1a2000bbbb" and message.location == str(tmp_path / "1a2000bbbb.eml")
+    assert [m.id for m in await find(folder, ["1a2000aaaa", "1a2000a"])] == ["1a2000aaaa"]
     with pytest.raises(FailedError, match="start of 2 failed ids"):
-        find(tmp_path, ["1a2000"])
+        await find(folder, ["1a2000"])
     with pytest.raises(FailedError, match="'mqd failed list' shows the ids"):
-        find(tmp_path, ["ffff"])
+        await find(folder, ["ffff"])
     with pytest.raises(FailedError):
-        find(tmp_path, [""])
+        await find(folder, [""])
 
 
 async def test_a_record_without_its_message_cannot_be_retried_but_can_be_deleted(
     mqd_harness: Harness,
 ) -> None:
     config = configure(mqd_harness)
-    directory = failed_dir(config)
+    directory = config.failed_dir
     directory.mkdir(parents=True)
     (directory / "1a2000cccc.json").write_text(json.dumps({"stage": "intake", "reason": "x"}))
     (directory / "1a2000dddd.json").write_text("{not json")
-    messages = list_failed(directory)
-    assert [(m.id, m.stage, m.message_path) for m in messages] == [
+    messages = await list_failed(failed_dir(config))
+    assert [(m.id, m.stage, m.location) for m in messages] == [
         ("1a2000cccc", "intake", None),
         ("1a2000dddd", "unreadable", None),
     ]
     with pytest.raises(FailedError, match="'mqd failed delete 1a2000cccc'"):
-        retry(config, messages[:1])
-    assert delete(config, messages) == ["1a2000cccc", "1a2000dddd"]
-    assert list_failed(directory) == []
+        await retry(config, messages[:1])
+    assert await delete(config, messages) == ["1a2000cccc", "1a2000dddd"]
+    assert await list_failed(failed_dir(config)) == []
 
 
-def test_nothing_failed_yet_is_an_empty_list(tmp_path: Path) -> None:
-    assert list_failed(tmp_path / "missing") == []
+async def test_nothing_failed_yet_is_an_empty_list(tmp_path: Path) -> None:
+    assert await list_failed(FileFailedFolder(tmp_path / "missing")) == []
 
 
 @pytest.mark.parametrize(
@@ -198,11 +200,11 @@ def test_strip_envelope_lines(data: bytes, expected: bytes) -> None:
 
 
 def test_reinjection_needs_a_failed_usable_recipient(tmp_path: Path) -> None:
-    from mqd.admin.failed import FailedMessage
+    from mqd.queue.failed import FailedMessage, FailureRecord
 
     def message(recipients: list[dict[str, str]]) -> FailedMessage:
         record = {"stage": "delivery", "sender": "app@example.com", "recipients": recipients}
-        return FailedMessage("1a2", record, tmp_path / "1a2.eml")
+        return FailedMessage("1a2", 0.0, FailureRecord.from_dict(record), str(tmp_path / "x"))
 
     delivered = {"address": "a@example.net", "status": "delivered"}
     invalid = {"address": "not an address", "status": "failed"}

@@ -22,7 +22,7 @@ from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.errors import TransientRelayError
 from mqd.events import Event, EventKind
-from mqd.intake.pipeline import queued_entries
+from mqd.testing.harness import queued_entries
 from mqd.message.reply import Reply
 from mqd.plugins.hookspecs import hookimpl
 from mqd.plugins.host import PluginHost

@@ -704,13 +704,13 @@ async def test_the_page_of_a_queued_message_not_read_yet_reads_it(served: Served
     daemon = served.daemon
     key = daemon.config.spools[0].key
     entry_id = new_message_id()
-    body_dir = daemon.store.messages_dir / key
+    body_dir = daemon.store.layout.messages_dir / key
     body_dir.mkdir(parents=True, exist_ok=True)
     (body_dir / f"{entry_id}.eml").write_bytes(make_message(to=("unread@example.net",)))
-    daemon.backlog.add(key, [entry_id])
+    daemon.store.backlog.add(key, [entry_id])
     status, page, _ = await served.get(f"/messages/{entry_id}")
     assert status == 200 and "In the queue" in page and "app@example.com" in page
-    assert entry_id not in daemon.backlog
+    assert entry_id not in daemon.store.backlog
 
 
 HOSTILE = '<script>alert("x")</script>'

@@ -7,6 +7,7 @@ import socket
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,12 +19,15 @@ from mqd import __version__
 from mqd.config.load import load_config
 from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
+from mqd.delivery.guards import Guards
 from mqd.errors import ConfigError
 from mqd.events import Event, EventKind
-from mqd.http.metrics import MetricsServer
+from mqd.http.metrics import Metrics, MetricsServer
 from mqd.plugins.hookspecs import hookimpl
 from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry, RecipientState
+from mqd.queue.memory import MemoryStore
+from mqd.queue.store import Incoming
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -154,9 +158,9 @@ relay = "dead"
     await asyncio.to_thread(smtp_server.wait_for, 2)
     await until(
         lambda: (
-            len(daemon.entries) == 2
+            len(daemon.store.schedule) == 2
             and not daemon.in_flight
-            and all(entry.attempts == 1 for entry in daemon.entries.values())
+            and all(entry.attempts == 1 for entry in daemon.store.schedule)
         ),
         "two deferred messages",
     )
@@ -232,8 +236,10 @@ async def test_quota_waits_and_waiting_messages(
     drop(spool, make_message(to=("alice@example.net",)))
     drop(spool, make_message(to=("bob@example.net",)))
     await asyncio.to_thread(smtp_server.wait_for, 1)
-    await until(lambda: daemon.deliverer.quotas["sink"].holds == 1, "the quota to hold one")
-    await until(lambda: len(daemon.entries) == 1 and not daemon.in_flight, "one message left")
+    await until(lambda: daemon.guards.quotas["sink"].holds == 1, "the quota to hold one")
+    await until(
+        lambda: len(daemon.store.schedule) == 1 and not daemon.in_flight, "one message left"
+    )
     samples = parse(await asyncio.to_thread(scrape_text, daemon.metrics.port))
     daemon.request_stop()
     await asyncio.wait_for(task, 10)
@@ -301,41 +307,58 @@ def entry(message_id: str, *, created: float, attempts: int = 0, held: bool = Fa
     )
 
 
-async def test_queue_states_and_the_oldest_message(
-    metrics_config: Callable[..., Config], host: PluginHost
-) -> None:
-    daemon = Daemon(metrics_config(), host=host)
-    metrics = MetricsServer(daemon)
+@dataclass
+class Node:
+    """What the metrics read of a daemon: here a memory store, filled by the test."""
+
+    config: Config
+    store: MemoryStore
+    guards: Guards
+    started_at: float
+
+
+async def test_queue_states_and_the_oldest_message(metrics_config: Callable[..., Config]) -> None:
+    config = metrics_config()
+    node = Node(config, MemoryStore(), Guards(config), time.time())
+    await node.store.open()
+    metrics = Metrics(node)
     now = time.time()
-    for queued in (
-        entry("held0000000001", created=now - 7200, held=True),
-        entry("active00000001", created=now - 600),
-        entry("deferred000001", created=now - 60, attempts=3),
-        entry("deferred000002", created=now - 30, attempts=1),
-        entry("waiting0000001", created=now - 10),
-    ):
-        daemon.entries[queued.id] = queued
-    # Nothing runs here: mark one entry in flight the way the scheduler does.
-    daemon._in_flight["active00000001"] = asyncio.get_running_loop().create_future()
+    await node.store.accept(
+        [
+            Incoming(queued, b"x")
+            for queued in (
+                entry("held0000000001", created=now - 7200, held=True),
+                entry("active00000001", created=now - 600),
+                entry("deferred000001", created=now - 60, attempts=3),
+                entry("deferred000002", created=now - 30, attempts=1),
+                entry("waiting0000001", created=now - 10),
+            )
+        ]
+    )
+    # Mark one entry in flight the way the scheduler does: leased.
+    [active] = await node.store.lease_ids(["active00000001"])
 
-    def gauge(name: str, **labels: str) -> float | None:
-        return metrics.registry.get_sample_value(name, labels)
+    async def gauges() -> Samples:
+        return parse((await metrics.render()).decode())
 
+    samples = await gauges()
     expected = {"active": 1, "deferred": 2, "held": 1, "waiting": 1}
-    assert {s: gauge("mqd_queue_messages", state=s) for s in expected} == expected
+    assert {s: value(samples, "mqd_queue_messages", state=s) for s in expected} == expected
     # The held message is older, but held on purpose: the age is the active one's.
-    assert 600 <= (gauge("mqd_oldest_message_age_seconds") or 0) < 7200
+    assert 600 <= value(samples, "mqd_oldest_message_age_seconds") < 7200
 
-    daemon.entries.clear()
-    daemon._in_flight.clear()
-    assert gauge("mqd_oldest_message_age_seconds") == 0
-    assert gauge("mqd_queue_messages", state="waiting") == 0
+    await node.store.complete(active, active.entry)
+    await node.store.delete(["held0000000001", "deferred000001", "deferred000002"])
+    await node.store.delete(["waiting0000001"])
+    samples = await gauges()
+    assert value(samples, "mqd_oldest_message_age_seconds") == 0
+    assert value(samples, "mqd_queue_messages", state="waiting") == 0
 
 
 async def test_observe_counts_and_never_raises(
     metrics_config: Callable[..., Config], host: PluginHost
 ) -> None:
-    metrics = MetricsServer(Daemon(metrics_config(), host=host))
+    metrics = Metrics(Daemon(metrics_config(), host=host))
 
     def sample(name: str, **labels: str) -> float | None:
         return metrics.registry.get_sample_value(name, labels)
@@ -357,5 +380,6 @@ async def test_observe_counts_and_never_raises(
     assert sample("mqd_delivery_duration_seconds_bucket", relay="sink", le="0.25") == 0
     assert sample("mqd_delivery_age_seconds_bucket", le="60.0") == 1
     assert sample("mqd_delivery_age_seconds_bucket", le="15.0") == 0
-    metrics.stop()  # never started: nothing to do
-    assert metrics.port == 0
+    server = MetricsServer(Daemon(metrics_config(), host=host), metrics)
+    await server.stop()  # never started: nothing to do
+    assert server.port == 0

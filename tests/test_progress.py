@@ -4,6 +4,7 @@ isatty() says True; click draws on it exactly as on a real one."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import sys
@@ -19,7 +20,6 @@ from mqd.events import Event, EventKind
 from mqd.message.reply import Reply
 from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry, RecipientState
-from mqd.queue.file.store import FileStore
 from mqd.relays.memory import MemoryRelay
 from mqd.testing import Harness
 
@@ -146,18 +146,15 @@ def test_count_due_work_counts_spool_files_and_due_entries(mqd_harness: Harness)
             held=held,
         )
 
-    store = FileStore(config.queue.dir)
-    store.state_dir.mkdir(parents=True)
-    store.add_many_sync(
-        [
-            (entry("due", now - 1), b"Subject: x\r\n\r\n"),
-            (entry("later", now + 3600), b"Subject: x\r\n\r\n"),
-            (entry("held", now - 1, held=True), b"Subject: x\r\n\r\n"),
-        ]
-    )
-    (store.state_dir / "broken.json").write_text("{")
-    assert count_due_work(config, now) == 3  # 2 files + "due"
-    assert count_due_work(config, now + 7200) == 4  # "later" is due by then
+    # Three entries with their state files, as a daemon leaves them, and a state file broken.
+    state_dir, body_dir = config.queue.dir / "state", config.queue.dir / "messages" / "test"
+    state_dir.mkdir(parents=True)
+    body_dir.mkdir(parents=True)
+    for queued in (entry("due", now - 1), entry("later", now + 3600), entry("held", now - 1, True)):
+        (state_dir / f"{queued.id}.json").write_bytes(queued.to_json())
+        (body_dir / f"{queued.id}.eml").write_bytes(b"Subject: x\r\n\r\n")
+    (state_dir / "broken.json").write_text("{")
+    assert asyncio.run(count_due_work(config)) == 3  # 2 files + "due"
 
 
 async def test_a_run_once_moves_the_bar_to_the_end(
@@ -166,7 +163,7 @@ async def test_a_run_once_moves_the_bar_to_the_end(
     config = mqd_harness.configure({"mem": {"plugin": "memory"}})
     for to in ("a@example.net", "b@example.net", "bad@example.net"):
         mqd_harness.drop(make_message(to=(to,)))
-    total = count_due_work(config)
+    total = await count_due_work(config)
     assert total == 3
     with maybe_bar(total, "delivering", terminal, True) as bar:
         assert bar is not None

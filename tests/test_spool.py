@@ -20,7 +20,8 @@ QUEUE_KEY = "q0123456789abcde"
 
 @pytest.fixture
 def staging_root(tmp_path: Path) -> Path:
-    return tmp_path / "queue" / "messages"
+    """Intake's claim area (node-local, beside the queue)."""
+    return tmp_path / "queue" / "claim"
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def make_spool(spool: Path, staging_root: Path):
         s = Spool(
             SpoolConfig(path=spool, relays=("r",), allowed_senders=("app@example.com",)),
             QUEUE_KEY,
-            lambda source, entry_id: staging_root / source / f"{entry_id}.eml",
+            staging_root,
         )
         s.prepare()
         return s
@@ -37,8 +38,8 @@ def make_spool(spool: Path, staging_root: Path):
     return make
 
 
-def staged(staging_root: Path, s: Spool, entry_id: str) -> Path:
-    return staging_root / s.config.key / f"{entry_id}.eml"
+def staged(staging_root: Path, s: Spool, entry_id: str) -> str:
+    return str(staging_root / s.config.key / f"{entry_id}.eml")
 
 
 # -- scan ----------------------------------------------------------------------------------------
@@ -63,9 +64,9 @@ def test_scan_lists_only_eml_non_dotfiles_sorted(make_spool, spool: Path) -> Non
 
 def test_scan_ignores_its_own_claim_dir(make_spool, spool: Path) -> None:
     s = make_spool()
-    s.claim_dir.mkdir()
-    (s.claim_dir / "x.eml").write_bytes(b"x")
-    assert s.claim_dir.name.startswith(".mqd-claim-")
+    s.beside_dir.mkdir()
+    (s.beside_dir / "x.eml").write_bytes(b"x")
+    assert s.beside_dir.name.startswith(".mqd-claim-")
     assert s.scan() == []
 
 
@@ -91,8 +92,8 @@ def test_claim_renames_into_staging(make_spool, spool: Path, staging_root: Path)
     assert claimed.original_name == "m1.eml"
     assert claimed.spool == s.config
     assert not source.exists()
-    assert claimed.path.read_bytes() == b"Subject: one\r\n\r\nbody\r\n"
-    assert claimed.path.stat().st_ino == inode  # a rename, not a copy
+    assert Path(claimed.path).read_bytes() == b"Subject: one\r\n\r\nbody\r\n"
+    assert Path(claimed.path).stat().st_ino == inode  # a rename, not a copy
 
 
 def test_claim_of_a_file_already_gone_returns_none(make_spool, spool: Path) -> None:
@@ -102,7 +103,7 @@ def test_claim_of_a_file_already_gone_returns_none(make_spool, spool: Path) -> N
     assert first is not None
     # The loser of a race: the name is gone by the time it renames.
     assert s.claim("m1.eml", "id2") is None
-    assert first.path.read_bytes() == b"x"
+    assert Path(first.path).read_bytes() == b"x"
 
 
 def test_claim_of_a_name_that_never_existed_returns_none(make_spool) -> None:
@@ -147,7 +148,7 @@ def test_two_threads_claim_each_file_exactly_once(
     for tag in won:
         for name, claimed in won[tag]:
             index = int(name[:-4])
-            assert claimed.path.read_bytes() == f"message {index}\n".encode()
+            assert Path(claimed.path).read_bytes() == f"message {index}\n".encode()
     assert len(list((staging_root / first.config.key).glob("*.eml"))) == 200
 
 
@@ -187,34 +188,28 @@ def exdev_into_queue(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tu
     return calls
 
 
-def test_cross_filesystem_claim_copies_through_the_claim_dir(
-    make_spool, spool: Path, staging_root: Path, exdev_into_queue: list[tuple[str, str]]
+def test_cross_filesystem_claims_go_into_the_spools_own_claim_dir(
+    make_spool, spool: Path, exdev_into_queue: list[tuple[str, str]]
 ) -> None:
     s = make_spool()
     content = b"Subject: far away\r\n\r\n" + os.urandom(3000).hex().encode() + b"\r\n"
     (spool / "m1.eml").write_bytes(content)
     claimed = s.claim("m1.eml", "id1")
-    assert claimed is not None
-    assert claimed.path == staged(staging_root, s, "id1")
-    assert claimed.path.read_bytes() == content
+    assert claimed is not None and s.claims_across
+    # Renamed into the spool's own hidden directory (same filesystem): the store copies it.
+    assert claimed.path == str(s.beside_dir / "id1.eml")
+    assert Path(claimed.path).read_bytes() == content
     assert claimed.original_name == "m1.eml"
     assert not (spool / "m1.eml").exists()
-    assert s.claim_dir.is_dir()
-    assert list(s.claim_dir.iterdir()) == []
-    # The claim went through the claim dir (inside the spool, so same filesystem).
-    assert any(dst.startswith(str(s.claim_dir)) for _, dst in exdev_into_queue)
-    # No temp file left next to the staged copy.
-    assert sorted(p.name for p in claimed.path.parent.iterdir()) == ["id1.eml"]
-
-    # Later claims go straight through the claim dir, and a lost race is still None.
+    # Later claims go straight there, and a lost race is still None.
     (spool / "m2.eml").write_bytes(b"two")
     second = s.claim("m2.eml", "id2")
-    assert second is not None and second.path.read_bytes() == b"two"
+    assert second is not None and Path(second.path).read_bytes() == b"two"
     assert s.claim("m2.eml", "id3") is None
-    assert list(s.claim_dir.iterdir()) == []
+    assert s.scan() == []  # the hidden directory is not a spool file
 
 
-def test_cross_filesystem_claim_leaves_a_symlink_in_place_for_read_claimed(
+def test_cross_filesystem_claim_leaves_a_symlink_for_read_claimed_to_refuse(
     make_spool, spool: Path, tmp_path: Path, exdev_into_queue: list[tuple[str, str]]
 ) -> None:
     s = make_spool()
@@ -223,28 +218,29 @@ def test_cross_filesystem_claim_leaves_a_symlink_in_place_for_read_claimed(
     (spool / "evil.eml").symlink_to(secret)
     claimed = s.claim("evil.eml", "id1")
     assert claimed is not None
-    assert claimed.path.parent == s.claim_dir  # not copied: copying would follow the link
+    assert Path(claimed.path).parent == s.beside_dir  # renamed, never followed
     with pytest.raises(SpoolError, match="symbolic link"):
         read_claimed(claimed.path, 1 << 20)
 
 
-def test_recover_claims_copies_in_what_a_crash_left_in_the_claim_dir(
+def test_waiting_lists_what_a_crash_left_in_both_claim_dirs(
     make_spool, staging_root: Path
 ) -> None:
     s = make_spool()
-    s.claim_dir.mkdir()
-    (s.claim_dir / "0190abcdef012345.eml").write_bytes(b"left behind")
-    (s.claim_dir / ".partial.tmp").write_bytes(b"not a claim")
-    [recovered] = s.recover_claims()
-    assert recovered.entry_id == "0190abcdef012345"
-    assert recovered.path == staged(staging_root, s, "0190abcdef012345")
-    assert recovered.path.read_bytes() == b"left behind"
-    assert not (s.claim_dir / "0190abcdef012345.eml").exists()
-    assert s.recover_claims() == []
+    s.beside_dir.mkdir()
+    (s.beside_dir / "0190abcdef012345.eml").write_bytes(b"left behind")
+    (s.beside_dir / ".partial.tmp").write_bytes(b"not a claim")
+    (s.claim_dir / "0190abcdef012300.eml").write_bytes(b"claimed here")
+    found = s.waiting()
+    assert [c.entry_id for c in found] == ["0190abcdef012300", "0190abcdef012345"]
+    assert Path(found[1].path).read_bytes() == b"left behind"
+    assert s.unclaim(found[0])
+    assert (s.path / "0190abcdef012300.eml").read_bytes() == b"claimed here"
+    assert [c.entry_id for c in s.waiting()] == ["0190abcdef012345"]
 
 
-def test_recover_claims_without_a_claim_dir_is_empty(make_spool) -> None:
-    assert make_spool().recover_claims() == []
+def test_waiting_without_claim_dirs_is_empty(make_spool) -> None:
+    assert make_spool().waiting() == []
 
 
 # -- read_claimed --------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 outlives the queue lifetime gets exactly one DSN.
 
 The clock is moved by writing state files whose times lie in the past or the future of the real
-clock (what a jump looks like to the next start), and, for a jump while running, by shifting
-``time.time`` as the daemon's modules see it.
+clock (what a jump looks like to the next start), and, for a jump while running or between runs,
+by giving the daemon a ManualClock and moving it.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from corehelpers import drop
 
-import mqd.daemon.root
-import mqd.delivery.deliverer
+from mqd.clock import ManualClock
 from mqd.config.load import load_config
 from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
+from mqd.daemon.scheduler import MAX_SLEEP
 from mqd.errors import TransientRelayError
 from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry
@@ -88,7 +88,7 @@ async def test_a_clock_that_went_back_does_not_stall_the_queue(config, host, spo
     rewrite(queue_dir, entry)
     daemon = Daemon(config, host=host, once=True)
     await daemon.run()
-    planned = daemon.entries[entry.id].next_attempt_at - time.time()
+    planned = (await daemon.store.get(entry.id)).entry.next_attempt_at - time.time()
     assert 0 < planned <= wait + 1
 
 
@@ -104,30 +104,36 @@ async def test_a_new_message_from_a_clock_ahead_is_due_now(config, host, spool, 
 
 
 async def test_a_clock_that_goes_back_while_running_re_plans_the_schedule(
-    config, host, spool, queue_dir, monkeypatch
+    config, host, spool, queue_dir
 ):
     """The daemon is running, the message waits its 10 minutes, and the clock goes back a day:
-    the scheduler notices (it re-reads the clock at least every MAX_SLEEP) and counts the wait
+    the scheduler notices (it asks the store at least every MAX_SLEEP) and the wait is counted
     from the new time instead of waiting a day and ten minutes."""
-    monkeypatch.setattr(mqd.daemon.root, "MAX_SLEEP", 0.05)
+    clock = ManualClock(time.time())
     drop(spool)
-    daemon = Daemon(config, host=host)
+    daemon = Daemon(config, host=host, clock=clock)
     MemoryRelay.instances["main"].raise_error = TransientRelayError("down")
     running = asyncio.create_task(daemon.run())
+
+    async def entry() -> QueueEntry:
+        listed = await daemon.store.entries()
+        assert len(listed) == 1
+        return listed[0].entry
+
     try:
         deadline = time.monotonic() + 20
-        while not (daemon.entries and all(e.attempts for e in daemon.entries.values())):
+        while not await daemon.store.entries() or not (await entry()).attempts:
             assert time.monotonic() < deadline, "the first attempt never happened"
             await asyncio.sleep(0.02)
-        [entry] = daemon.entries.values()
-        wait = entry.next_attempt_at - (entry.last_attempt_at or 0)
-        start, back = time.monotonic(), time.time() - 24 * HOUR
-        monkeypatch.setattr(time, "time", lambda: back + time.monotonic() - start)
-        while entry.next_attempt_at > time.time() + wait + 1:
+        first = await entry()
+        wait = first.next_attempt_at - (first.last_attempt_at or 0)
+        clock.set(clock.time() - 24 * HOUR)
+        clock.advance(MAX_SLEEP)  # the scheduler's longest sleep: it looks at the time again
+        while (await entry()).next_attempt_at > clock.time() + wait:
             assert time.monotonic() < deadline, "the schedule was not re-planned"
             await asyncio.sleep(0.02)
-        assert entry.attempts == 1, "re-planning is not an extra attempt"
-        assert entry.next_attempt_at > time.time(), "the wait is kept, not dropped"
+        assert (await entry()).attempts == 1, "re-planning is not an extra attempt"
+        assert (await entry()).next_attempt_at > clock.time(), "the wait is kept, not dropped"
     finally:
         daemon.request_stop()
         await asyncio.wait_for(running, 10)
@@ -153,20 +159,19 @@ async def test_a_jump_forward_gives_each_message_one_attempt_not_a_storm(
 ):
     for n in range(5):
         drop(spool, to=(f"user{n}@example.net",))
-    daemon = Daemon(config, host=host, once=True)
+    now = time.time()
+    daemon = Daemon(config, host=host, once=True, clock=ManualClock(now))
     attempts = count_attempts(daemon)
     await daemon.run()
     assert len(attempts) == 5
     # Three hours later (within the 1-day lifetime): every message is due, and tried once.
-    start, real = time.monotonic(), time.time() + 3 * HOUR
-    for module in (mqd.daemon.root, mqd.delivery.deliverer):
-        monkeypatch.setattr(module.time, "time", lambda: real + time.monotonic() - start)
-    daemon = Daemon(config, host=host, once=True)
+    later = now + 3 * HOUR
+    daemon = Daemon(config, host=host, once=True, clock=ManualClock(later))
     attempts = count_attempts(daemon)
     await asyncio.wait_for(daemon.run(), 30)
     assert sorted(attempts) == sorted(states(queue_dir)), "one attempt per message"
     assert all(e.attempts == 2 for e in states(queue_dir).values())
-    assert all(e.next_attempt_at > real + 500 for e in states(queue_dir).values())
+    assert all(e.next_attempt_at > later + 500 for e in states(queue_dir).values())
 
 
 async def test_lifetime_expiry_gives_exactly_one_dsn_across_restarts(

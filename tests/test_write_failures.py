@@ -22,7 +22,7 @@ from smtpserver import SMTPPeer
 
 import mqd.fsutil
 import mqd.intake.pipeline
-import mqd.queue.file.store
+import mqd.queue.file.disk
 from mqd.config.schema import Config
 from mqd.plugins.host import PluginHost
 
@@ -66,15 +66,15 @@ async def test_a_directory_fsync_failing_at_intake_is_reported_and_the_message_d
     directory, and the message (queued, its data in the page cache) goes out all the same."""
     path = drop(spool)
     monkeypatch.setattr(
-        mqd.queue.file.store, "fsync_dirs", failing_dirs(mqd.fsutil.fsync_dirs, code, "/messages/")
+        mqd.queue.file.disk, "fsync_dirs", failing_dirs(mqd.fsutil.fsync_dirs, code, "/messages/")
     )
     with caplog.at_level(logging.ERROR):
         await run_once(plain_config, host)
     assert os.strerror(code) in caplog.text
-    assert f"cannot fsync in the queue directory {plain_config.queue.dir / 'messages'}" in (
+    assert f"cannot fsync the queue directory {plain_config.queue.dir / 'messages'}" in (
         caplog.text
     )
-    assert "1 message(s) claimed with it are delivered all the same" in caplog.text
+    assert "the messages just queued are delivered all the same" in caplog.text
     assert [m.rcpt_tos for m in smtp_server.messages] == [["alice@example.net"]]
     assert not path.exists()
     assert not list((plain_config.queue.dir / "messages").rglob("*.eml")), "nothing left queued"
@@ -106,7 +106,7 @@ async def test_a_body_fsync_failing_at_intake_is_reported_and_the_batch_delivere
     real_fsync, bodies = os.fsync, []
 
     def fsync(fd: int) -> None:
-        if "/messages/" in os.readlink(f"/proc/self/fd/{fd}"):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".eml"):
             bodies.append(fd)
             if len(bodies) == count - 1:  # near the end: in a large batch, another thread's
                 raise OSError(code, os.strerror(code))
@@ -119,7 +119,8 @@ async def test_a_body_fsync_failing_at_intake_is_reported_and_the_batch_delivere
     if count <= mqd.intake.pipeline.SYNC_CHUNK:  # one thread: it stopped at the failing one
         assert len(bodies) == count - 1
     assert os.strerror(code) in caplog.text
-    assert f"the {count} message(s) claimed with it are delivered all the same" in caplog.text
+    assert f"cannot fsync {count} message(s) just claimed" in caplog.text
+    assert "they are delivered all the same" in caplog.text
     queue = str(plain_config.queue.dir)
     assert not [path for path in open_paths() if path.startswith(queue)], "no file left open"
     assert [m.rcpt_tos for m in smtp_server.messages] == [["alice@example.net"]] * count
@@ -143,7 +144,7 @@ async def test_a_state_write_failing_after_an_attempt_keeps_the_message_queued(
     before = state.read_bytes()
     await asyncio.sleep(1.3)
     monkeypatch.setattr(
-        mqd.queue.file.store, "atomic_write", failing(mqd.fsutil.atomic_write, errno.EIO, "/state/")
+        mqd.queue.file.disk, "atomic_write", failing(mqd.fsutil.atomic_write, errno.EIO, "/state/")
     )
     with caplog.at_level(logging.ERROR):
         await run_once(plain_config, host)
@@ -157,7 +158,7 @@ async def test_a_state_write_failing_after_an_attempt_keeps_the_message_queued(
     assert not list((queue_dir / "state").iterdir())
 
 
-async def test_moving_to_failed_that_fails_keeps_the_message_and_says_so(
+async def test_moving_to_failed_that_fails_keeps_the_message_and_sends_its_bounce_once(
     plain_config: Config,
     spool: Path,
     smtp_server: SMTPPeer,
@@ -166,23 +167,26 @@ async def test_moving_to_failed_that_fails_keeps_the_message_and_says_so(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """The failed folder cannot take the message: it stays queued and the error is logged, but
+    its bounce goes out at once (the entry noted it durably first), and the next run finishes
+    the move without a second bounce."""
     drop(spool, to=("perm-bob@example.net",))
-    original = mqd.queue.file.store.FileStore._fail
+    original = mqd.queue.file.disk.Disk._fail
 
     def fail_fails(self: object, *args: object) -> Path:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "failed/")
 
-    monkeypatch.setattr(mqd.queue.file.store.FileStore, "_fail", fail_fails)
+    monkeypatch.setattr(mqd.queue.file.disk.Disk, "_fail", fail_fails)
     with caplog.at_level(logging.ERROR):
         await run_once(plain_config, host)
     assert "could not be processed; keeping it" in caplog.text
     assert list((queue_dir / "state").iterdir()), "the message is still queued"
-    monkeypatch.setattr(mqd.queue.file.store.FileStore, "_fail", original)
-    assert not [m for m in smtp_server.messages if m.mail_from in ("", "<>")], (
-        "no DSN leaves before the bounced message has noted it"
-    )
-    # The next run finds the failure recorded and its DSN queued: one DSN, the move finished.
+    dsns = [m for m in smtp_server.messages if m.mail_from in ("", "<>")]
+    assert len(dsns) == 1, "the bounce does not wait for the failed folder"
+    monkeypatch.setattr(mqd.queue.file.disk.Disk, "_fail", original)
+    # The next run finds the bounce noted: the move finishes, no second DSN.
     await run_once(plain_config, host)
     dsns = [m for m in smtp_server.messages if m.mail_from in ("", "<>")]
     assert len(dsns) == 1
     assert len(list((queue_dir / "failed").glob("*.json"))) == 1
+    assert not list((queue_dir / "state").iterdir())

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from mqd.admin.service import ambiguous_id, unknown_id
-from mqd.admin.service import request as request_one
+from mqd.admin.client import request as request_one
+from mqd.admin.control import ControlError
+from mqd.admin.service import QueueAdmin, ambiguous_id, unknown_id
 from mqd.delivery.circuit import CircuitState
 
 if TYPE_CHECKING:
     from mqd.config.schema import Config
-    from mqd.daemon.root import Daemon
 
 __all__ = ["daemon_status", "merge_status", "request"]
 
@@ -49,22 +49,20 @@ async def request(config: Config, op: str, args: dict[str, Any] | None = None) -
     return _concatenated(answers.values())
 
 
-async def daemon_status(daemon: Daemon) -> dict[str, Any]:
+async def daemon_status(admin: QueueAdmin) -> dict[str, Any]:
     """``status`` as worker 1's web view and API show it: every worker's, merged."""
-    from mqd.admin.service import QueueAdmin
-
-    own = await QueueAdmin(daemon).op_status()
-    workers = daemon.config.queue.workers
+    own = await admin.op_status()
+    config = admin.node.config
+    workers = config.queue.workers
     if workers == 1:
         return own
-    others = {n: daemon.config.for_worker(n) for n in range(2, workers + 1)}
+    others = {n: config.for_worker(n) for n in range(2, workers + 1)}
     return merge_status({1: own, **await _statuses(others)})
 
 
 async def _statuses(configs: dict[int, Config]) -> dict[int, dict[str, Any] | None]:
     """Every worker's status; None for one that holds its queue but does not answer yet (just
     started again, still recovering): the others' are still worth showing."""
-    from mqd.admin.control import ControlError
 
     async def one(n: int, config: Config) -> dict[str, Any] | None:
         try:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
-from mqd.admin.failed import FailedMessage
+from mqd.queue.failed import FailedMessage
 
 __all__ = [
     "human_age",
@@ -300,18 +301,18 @@ def render_failed(messages: Sequence[FailedMessage], now: float) -> list[str]:
         recipients = message.recipients
         if message.stage == "delivery":
             for r in recipients:
-                if r["status"] == "failed":
-                    lines.append(f"    {_recipient_line(r)}")
-            delivered = [r["address"] for r in recipients if r["status"] == "delivered"]
+                if r.status == "failed":
+                    lines.append(f"    {_recipient_line(asdict(r))}")
+            delivered = [r.address for r in recipients if r.status == "delivered"]
             if delivered:
                 lines.append(f"    delivered (not sent again): {', '.join(delivered)}")
             if message.is_bounce:
                 lines.append("    a bounce: not retried ('mqd failed delete' when read)")
         else:
             if recipients:
-                lines.append("    to " + ", ".join(_address(r["address"]) for r in recipients))
+                lines.append("    to " + ", ".join(_address(r.address) for r in recipients))
             lines.append(f"    {message.reason}")
-        if message.message_path is None:
+        if message.location is None:
             lines.append("    (the message file is missing)")
     count = len(messages)
     lines += ["", f"{count} failed message{'s' if count != 1 else ''}"]

@@ -123,7 +123,7 @@ def run(state: State, once: bool, no_progress: bool, worker: int) -> None:
     With queue.workers = N in the config, this process starts N - 1 more daemon processes that
     share the spools, and stops them when it stops.
     """
-    import mqd.daemon.root as daemon
+    import mqd.daemon.signals as daemon
 
     config = state.load()
     if worker > config.queue.workers:
@@ -139,12 +139,14 @@ def run(state: State, once: bool, no_progress: bool, worker: int) -> None:
     if not once:
         daemon.run(config, cli_args=state.log_args)
         return
+    import asyncio
+
     from mqd.cli.progress import DeliveryProgress, count_due_work, maybe_bar, wanted
     from mqd.plugins.host import PluginHost
 
     # With several workers each process sees only its own deliveries: no bar.
     show = wanted(sys.stderr, not no_progress) and config.queue.workers == 1
-    total = count_due_work(config) if show else 0  # reading the queue only for a bar
+    total = asyncio.run(count_due_work(config)) if show else 0  # reading the queue for a bar
     with maybe_bar(total, "delivering", sys.stderr, show) as bar:
         host = PluginHost(extra=(DeliveryProgress(bar),)) if bar is not None else None
         daemon.run(config, once=True, host=host, cli_args=state.log_args)
@@ -696,12 +698,13 @@ def failed_list(state: State, as_json: bool) -> None:
 
     Id, when, stage and sender of each message, its failed recipients and why.
     """
+    import asyncio
     import time
 
     from mqd.admin.failed import failed_dir, list_failed
     from mqd.admin.render import render_failed
 
-    messages = list_failed(failed_dir(state.load()))
+    messages = asyncio.run(list_failed(failed_dir(state.load())))
     if as_json:
         _print_json([m.to_dict() for m in messages])
         return
@@ -725,14 +728,20 @@ def failed_retry(state: State, ids: tuple[str, ...], all_: bool, spool: Path | N
     Each is re-injected into a spool (a new queue id, policy checked again), to the recipients
     that failed only, and removed from the failed folder. Bounces are not retried.
     """
+    import asyncio
+
     import mqd.admin.failed as failed_module
 
     if not (ids or all_):
         raise click.UsageError("name failed ids, or give --all")
     config = state.load()
-    directory = failed_module.failed_dir(config)
-    messages = failed_module.list_failed(directory) if all_ else failed_module.find(directory, ids)
-    report = failed_module.retry(config, messages, spool=spool, skip_unretryable=all_)
+    folder = failed_module.failed_dir(config)
+
+    async def retry() -> failed_module.RetryReport:
+        messages = await (folder.messages() if all_ else folder.find(ids))
+        return await failed_module.retry(config, messages, spool=spool, skip_unretryable=all_)
+
+    report = asyncio.run(retry())
     for old_id, written, recipients in report.retried:
         to = f" to {', '.join(f'<{r}>' for r in recipients)}" if recipients else ""
         click.echo(f"retried {old_id}{to}: {written}")
@@ -751,12 +760,15 @@ def failed_delete(state: State, ids: tuple[str, ...], yes: bool) -> None:
 
     Both files go: the message and its reason record.
     """
+    import asyncio
+
     import mqd.admin.failed as failed_module
 
     config = state.load()
-    messages = failed_module.find(failed_module.failed_dir(config), ids)
+    messages = asyncio.run(failed_module.failed_dir(config).find(ids))
     _confirm(f"Delete {', '.join(m.id for m in messages)} from the failed folder?", yes)
-    _echo_each("deleted", failed_module.delete(config, messages), "nothing deleted")
+    deleted = asyncio.run(failed_module.delete(config, messages))
+    _echo_each("deleted", deleted, "nothing deleted")
 
 
 # -- tracking -------------------------------------------------------------------------------------

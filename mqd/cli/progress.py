@@ -16,18 +16,17 @@ import contextlib
 import logging
 import os
 import shutil
-import time
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
 import click
 
+from mqd.admin.client import offline
 from mqd.config.schema import Config
+from mqd.errors import MQDError
 from mqd.events import Event, EventKind
 from mqd.intake.spool import is_spool_name
 from mqd.plugins.hookspecs import hookimpl
-from mqd.queue.entry import QueueEntry
-from mqd.queue.file.store import FileStore
 
 __all__ = ["Bar", "DeliveryProgress", "count_due_work", "counted", "wanted"]
 
@@ -138,25 +137,21 @@ def counted(items: Iterable[bytes], bar: Bar | None) -> Iterator[bytes]:
             bar.advance()
 
 
-def count_due_work(config: Config, now: float | None = None) -> int:
+async def count_due_work(config: Config) -> int:
     """Messages a ``--once`` run will handle: ``.eml`` files in the spools, plus queued entries
-    due by ``now`` and not held. Only reads (the queue may be someone else's); unreadable
-    entries are left out."""
-    now = time.time() if now is None else now
+    due now. Only counts (the queue may be held by a running daemon: then its entries are not
+    counted)."""
     total = 0
     for spool in config.spools:
         with contextlib.suppress(OSError):
             total += sum(1 for name in os.listdir(spool.path) if is_spool_name(name))
-    state_dir = FileStore(config.queue.dir).state_dir
-    with contextlib.suppress(OSError):
-        for path in state_dir.glob("*.json"):
-            try:
-                entry = QueueEntry.from_json(path.read_bytes())
-            except (OSError, ValueError):
-                continue
-            if not entry.held and entry.next_attempt_at <= now:
-                total += 1
-    return total
+    if not config.queue.own_dir.is_dir():
+        return total
+    try:
+        async with offline(config) as admin:
+            return total + (await admin.store.counts()).due
+    except MQDError:
+        return total
 
 
 class DeliveryProgress:

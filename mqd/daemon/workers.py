@@ -141,6 +141,16 @@ class WorkerPool:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(sig)
 
+    def flush(self) -> None:
+        """Pass a flush (SIGUSR1) on to every worker (not on Windows, which has no signals)."""
+        if sys.platform != "win32":
+            self.send_signal(signal.SIGUSR1)
+
+    def reload(self) -> None:
+        """Pass a reload (SIGHUP) on to every worker (not on Windows)."""
+        if sys.platform != "win32":
+            self.send_signal(signal.SIGHUP)
+
     async def wait(self, grace: float) -> None:
         """Until every worker has ended (--once: has done its work); after ``grace`` seconds
         of a stop, kill those left."""

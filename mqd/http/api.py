@@ -20,7 +20,7 @@ from mqd.http.openapi import openapi
 from mqd.tracking.vocabulary import Status
 
 if TYPE_CHECKING:
-    from mqd.daemon.root import Daemon
+    from mqd.http.site import Site
     from mqd.tracking.tracker import Tracker
 
 __all__ = ["MAX_LIMIT", "PREFIX", "Api", "BadQuery", "error", "parse_limit", "parse_since"]
@@ -91,8 +91,8 @@ def parse_since(query: Mapping[str, str]) -> float | None:
 
 
 class Api:
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, site: Site) -> None:
+        self.site = site
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -106,7 +106,7 @@ class Api:
         ]
 
     def _tracker(self) -> Tracker:
-        tracker = self.daemon.tracker
+        tracker = self.site.tracker
         if tracker is None:
             raise web.HTTPServiceUnavailable(
                 text=json.dumps({"error": TRACKING_OFF}),
@@ -118,7 +118,7 @@ class Api:
         return web.json_response(openapi())
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(await daemon_status(self.daemon))
+        return web.json_response(await daemon_status(self.site.admin))
 
     async def messages(self, request: web.Request) -> web.Response:
         limit = parse_limit(request.query, 50)

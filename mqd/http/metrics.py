@@ -2,28 +2,31 @@
 
 Counters and histograms are updated by ``observe(event)``, on the event loop, for every event the
 daemon emits. Queue sizes, message ages and the relays' circuit and quota state are not kept
-twice: a collector reads them from the daemon when Prometheus scrapes, in prometheus_client's
-HTTP thread. Every ``MetricsServer`` has its own registry (never the process-wide one), so
-several daemons can run in one process. Labels carry relay names and fixed state or outcome
-names only: never an address, a message id or a secret. docs/metrics.md lists every metric.
+twice: they are read from the queue store and the relays' guards when Prometheus scrapes, on the
+event loop too (``MetricsServer`` is an aiohttp app in the daemon's loop, not a thread of its
+own), so a scrape never sees a half-changed state. Every ``Metrics`` has its own registry (never
+the process-wide one), so several daemons can run in one process. Labels carry relay names and
+fixed state or outcome names only: never an address, a message id or a secret. docs/metrics.md
+lists every metric.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from aiohttp import web
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
+    generate_latest,
 )
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -32,19 +35,15 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from mqd.config.schema import MetricsConfig
+from mqd.config.schema import Config
 from mqd.delivery.circuit import CircuitState
-from mqd.errors import ConfigError
+from mqd.delivery.guards import Guards
 from mqd.events import Event, EventKind
 from mqd.http.listen import listen_error
+from mqd.queue.store import EntryState, QueueStore
 from mqd.version import __version__
 
-if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
-    from mqd.daemon.root import Daemon
-
-__all__ = ["AGE_BUCKETS", "DURATION_BUCKETS", "QUEUE_STATES", "MetricsServer"]
+__all__ = ["AGE_BUCKETS", "DURATION_BUCKETS", "QUEUE_STATES", "Metrics", "MetricsServer"]
 
 log = logging.getLogger("mqd.metrics")
 
@@ -74,20 +73,25 @@ AGE_BUCKETS = (
 )  # fmt: skip
 
 
-class MetricsServer:
-    """Serves ``/metrics`` on ``[metrics] host:port`` for one daemon.
+class MetricsNode(Protocol):
+    """What the metrics read of the daemon."""
 
-    ``start()`` raises ConfigError (key ``metrics.port`` or ``metrics.host``) when it cannot
-    listen; ``stop()`` may be called whether or not it started.
-    """
+    @property
+    def config(self) -> Config: ...
+    @property
+    def store(self) -> QueueStore: ...
+    @property
+    def guards(self) -> Guards: ...
+    @property
+    def started_at(self) -> float: ...
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        #: The port listened on (the chosen one when ``[metrics] port = 0``); 0 until started.
-        self.port = 0
+
+class Metrics:
+    """The counters (fed by ``observe``) and ``render()``, the scrape."""
+
+    def __init__(self, node: MetricsNode) -> None:
+        self.node = node
         self.registry = CollectorRegistry()
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
         self.messages = Counter(
             "mqd_messages",
             "Messages by event: queued, rejected (refused at intake), failed (moved to failed/), "
@@ -121,43 +125,14 @@ class MetricsServer:
         # Every series exists from the start, at 0: rate() and absent() need no first event.
         for kind in COUNTED_EVENTS:
             self.messages.labels(kind.value)
-        for relay in daemon.config.relays:
+        for relay in node.config.relays:
             self.duration.labels(relay)
             for outcome in RECIPIENT_OUTCOMES:
                 self.relay_deliveries.labels(relay, outcome.value)
-        self.registry.register(_DaemonCollector(daemon))
+        self._gauges = _Gauges(node)
+        self.registry.register(self._gauges)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-
-    @property
-    def url(self) -> str:
-        host = self.daemon.config.metrics.host
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/metrics"
-
-    def start(self) -> None:
-        """Listen on ``[metrics] host:port`` (port 0: any free port, then ``self.port``)."""
-        config = self.daemon.config.metrics
-        try:
-            server, thread = start_http_server(
-                config.port, addr=config.host, registry=self.registry
-            )
-        except OSError as exc:
-            raise self._listen_error(config, exc) from exc
-        self._server, self._thread = server, thread
-        self.port = int(server.server_address[1])
-        log.info("serving Prometheus metrics at %s", self.url)
-
-    def _listen_error(self, config: MetricsConfig, exc: OSError) -> ConfigError:
-        return listen_error(
-            "metrics",
-            "metrics",
-            config.host,
-            config.port,
-            exc,
-            source=self.daemon.config.source,
-            default_port=9325,
-            others="another mqd or another exporter",
-        )
 
     def observe(self, event: Event) -> None:
         """Count one event (called on the event loop for every event the daemon emits).
@@ -170,9 +145,9 @@ class MetricsServer:
             self.messages.labels(event.kind.value).inc()
             if event.kind not in RECIPIENT_OUTCOMES:
                 return
-            relay = self._relay_of(event)
-            if relay is None:
-                return
+            relay = event.data.get("relay")
+            if not isinstance(relay, str):
+                return  # no relay was asked (refused at intake, or returned by the administrator)
             self.relay_deliveries.labels(relay, event.kind.value).inc()
             if event.kind is EventKind.DELIVERED:
                 elapsed, age = event.data.get("elapsed"), event.data.get("age")
@@ -183,24 +158,69 @@ class MetricsServer:
         except Exception:  # a bug here must cost a count, never a delivery
             log.exception("metrics: cannot count event %s", event.kind.value)
 
-    @staticmethod
-    def _relay_of(event: Event) -> str | None:
-        """The relay that answered; None for a recipient no relay was asked about (refused at
-        intake, or returned by the administrator before any attempt)."""
-        relay = event.data.get("relay")
-        return relay if isinstance(relay, str) else None
+    async def render(self) -> bytes:
+        """The scrape: the gauges read now, on the event loop, then every family as text."""
+        self._gauges.snapshot = await self._gauges.read()
+        try:
+            return generate_latest(self.registry)
+        finally:
+            self._gauges.snapshot = None
 
-    def stop(self) -> None:
-        """Stop listening (blocks until the HTTP thread has stopped: at most half a second)."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        log.debug("metrics endpoint closed")
+
+class MetricsServer:
+    """Serves ``/metrics`` on ``[metrics] host:port`` (an aiohttp app in the daemon's loop).
+
+    ``start()`` raises ConfigError (key ``metrics.port`` or ``metrics.host``) when it cannot
+    listen; ``stop()`` may be called whether or not it started.
+    """
+
+    def __init__(self, node: MetricsNode, metrics: Metrics) -> None:
+        self.node = node
+        self.metrics = metrics
+        #: The port listened on (the chosen one when ``[metrics] port = 0``); 0 until started.
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        host = self.node.config.metrics.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/metrics"
+
+    async def start(self) -> None:
+        config = self.node.config.metrics
+        app = web.Application()
+        app.router.add_get("/metrics", self._scrape)
+        app.router.add_get("/", self._scrape)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise listen_error(
+                "metrics",
+                "metrics",
+                config.host,
+                config.port,
+                exc,
+                source=self.node.config.source,
+                default_port=9325,
+                others="another mqd or another exporter",
+            ) from exc
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        log.info("serving Prometheus metrics at %s", self.url)
+
+    async def _scrape(self, request: web.Request) -> web.Response:
+        body = await self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+            log.debug("metrics endpoint closed")
 
 
 @dataclass
@@ -221,49 +241,22 @@ class _Snapshot:
     relays: dict[str, _RelayState]
 
 
-class _DaemonCollector:
-    """The gauges, read from the daemon's own state at each scrape."""
+class _Gauges:
+    """The gauges, from a snapshot read on the event loop just before each scrape."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, node: MetricsNode) -> None:
+        self.node = node
+        self.snapshot: _Snapshot | None = None
 
-    def collect(self) -> Iterable[Metric]:
-        try:
-            snapshot = self._snapshot()
-        except RuntimeError:
-            # This runs in prometheus_client's HTTP thread while the event loop adds and removes
-            # entries, minute counts and in-flight tasks: copying a dict the loop changes at that
-            # instant raises "changed size during iteration". The copies are short, so a second
-            # try succeeds; should it not, the scrape fails and the next one works.
-            snapshot = self._snapshot()
-        return self._families(snapshot)
-
-    def _snapshot(self) -> _Snapshot:
-        daemon = self.daemon
+    async def read(self) -> _Snapshot:
+        node = self.node
+        counts = await node.store.counts()
         now = time.time()
-        entries = list(daemon.entries.values())
-        in_flight = daemon.in_flight
-        states = dict.fromkeys(QUEUE_STATES, 0)
-        oldest = now
-        for entry in entries:
-            if entry.id in in_flight:
-                state = "active"
-            elif entry.held:
-                state = "held"
-            elif entry.attempts > 0:
-                state = "deferred"
-            else:
-                state = "waiting"
-            states[state] += 1
-            if state != "held":
-                oldest = min(oldest, entry.created_at)
-        states["waiting"] += len(daemon.backlog)
-        oldest = min(oldest, daemon.backlog.oldest_created() or now)
+        states = {state.value: counts.by_state.get(state, 0) for state in EntryState}
+        oldest = max(0.0, now - counts.oldest_unheld) if counts.oldest_unheld is not None else 0.0
         relays: dict[str, _RelayState] = {}
-        circuits = daemon.deliverer.circuits
-        quotas = daemon.deliverer.quotas
-        for name, circuit in list(circuits.items()):
-            quota = quotas.get(name)
+        for name, circuit in node.guards.circuits.items():
+            quota = node.guards.quotas.get(name)
             relay = _RelayState(
                 errors=circuit.total_failures,
                 circuit_open=circuit.state is not CircuitState.CLOSED,
@@ -275,14 +268,19 @@ class _DaemonCollector:
                 if relay.limits:
                     relay.sent = (quota.sent_within(3600.0), quota.sent_within(86400.0))
             relays[name] = relay
-        return _Snapshot(states, max(0.0, now - oldest), relays)
+        return _Snapshot(states, oldest, relays)
+
+    def collect(self) -> Iterable[Metric]:
+        if self.snapshot is None:  # registered before any scrape: nothing to describe yet
+            return iter(())
+        return self._families(self.snapshot)
 
     def _families(self, snapshot: _Snapshot) -> Iterator[Metric]:
         yield GaugeMetricFamily("mqd_up", "1 while mqd is running and answering scrapes.", 1)
         yield GaugeMetricFamily(
             "mqd_start_time_seconds",
             "When the daemon started, as a Unix timestamp.",
-            self.daemon.started_at,
+            self.node.started_at,
         )
         yield InfoMetricFamily("mqd", "The mqd version.", value={"version": __version__})
         queue = GaugeMetricFamily(

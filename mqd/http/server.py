@@ -20,12 +20,13 @@ from mqd.config.schema import HttpConfig
 from mqd.errors import ConfigError
 from mqd.http import access
 from mqd.http.api import PREFIX, Api, BadQuery, error, json_error_for
+from mqd.http.html import SECURITY_HEADERS, forbidden_page, page
 from mqd.http.listen import listen_error
-from mqd.http.view import SECURITY_HEADERS, View, forbidden_page, page
+from mqd.http.view import View
 from mqd.plugins.webhooks import Webhook, WebhookRejected, WebhookRequest
 
 if TYPE_CHECKING:
-    from mqd.daemon.root import Daemon
+    from mqd.http.site import Site
     from mqd.relays.base import Relay
 
 __all__ = ["HttpServer"]
@@ -70,8 +71,8 @@ class HttpServer:
     ``stop()`` may be called whether or not it started.
     """
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, site: Site) -> None:
+        self.site = site
         #: The port listened on (the chosen one with ``[http] port = 0``); 0 until started.
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -81,7 +82,7 @@ class HttpServer:
 
     @property
     def config(self) -> HttpConfig:
-        return self.daemon.config.http
+        return self.site.config.http
 
     @property
     def url(self) -> str:
@@ -96,8 +97,8 @@ class HttpServer:
             middlewares=[self._guard],
         )
         app.router.add_route("*", WEBHOOK_PREFIX + "{relay}", self.webhook)
-        app.router.add_routes(Api(self.daemon).routes())
-        app.router.add_routes(View(self.daemon).routes())
+        app.router.add_routes(Api(self.site).routes())
+        app.router.add_routes(View(self.site).routes())
         app.on_response_prepare.append(_add_headers)
         return app
 
@@ -133,7 +134,7 @@ class HttpServer:
             config.host,
             config.port,
             exc,
-            source=self.daemon.config.source,
+            source=self.site.config.source,
             default_port=8025,
             others="another mqd, or another web server",
         )
@@ -183,7 +184,7 @@ class HttpServer:
     # -- webhooks ---------------------------------------------------------------------------------
 
     def _webhook_of(self, name: str) -> Webhook | None:
-        relay = self.daemon.relays.get(name)
+        relay = self.site.relays.get(name)
         if relay is None:
             return None
         cached = self._webhooks.get(name)
@@ -231,7 +232,7 @@ class HttpServer:
         except Exception:
             log.exception("webhook %s: failed on a request from %s", name, peer)
             return web.Response(status=500, text="error")
-        tracker = self.daemon.tracker
+        tracker = self.site.tracker
         if tracker is not None and reply.events:
             try:
                 new = await tracker.ingest(webhook.source, reply.events)

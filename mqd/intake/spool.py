@@ -1,10 +1,11 @@
 """Spool directories: find ``.eml`` files, claim them atomically, open them safely.
 
-The claim is one ``rename(2)`` of ``<spool>/<name>.eml`` to the queue's staging path: of two
-daemons racing for a file exactly one rename succeeds, the other gets ENOENT and moves on.
-When the queue is on another filesystem (EXDEV) the claim renames the file into this queue's
-own hidden directory inside the spool (``.mqd-claim-<queue key>/``), copies it durably into the
-queue and unlinks the claimed copy; a crash in between is recovered from that directory.
+The claim is one ``rename(2)`` of ``<spool>/<name>.eml`` into intake's claim area (node-local,
+beside the queue): of two daemons racing for a file exactly one rename succeeds, the other gets
+ENOENT and moves on. When the claim area is on another filesystem (EXDEV) the claim renames the
+file into this node's own hidden directory inside the spool (``.mqd-claim-<node>/``) instead; the
+queue store then copies its bytes and intake removes it. A crash in between is recovered from
+either directory (``Spool.waiting``).
 """
 
 from __future__ import annotations
@@ -12,16 +13,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 import stat
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from mqd.config.schema import SpoolConfig
 from mqd.errors import SpoolError
-from mqd.fsutil import fsync_dirs, make_dirs
+from mqd.fsutil import make_dirs
 
 __all__ = ["SUFFIX", "Claimed", "Spool", "open_claimed", "read_claimed"]
 
@@ -39,34 +38,37 @@ _OPEN_FLAGS = (
 
 @dataclass(frozen=True)
 class Claimed:
-    """A file this daemon now owns: it is at ``path`` (the queue's staging path)."""
+    """A file this node now owns: it is at ``path``, in the claim area (or, across filesystems,
+    in the spool's ``.mqd-claim-<node>/``)."""
 
     spool: SpoolConfig
     entry_id: str
-    path: Path
+    path: str
     original_name: str
 
 
 class Spool:
-    """One configured spool directory, as seen by one queue."""
+    """One configured spool directory, as seen by one node."""
 
-    def __init__(
-        self, config: SpoolConfig, queue_key: str, staging: Callable[[str, str], Path]
-    ) -> None:
+    def __init__(self, config: SpoolConfig, node: str, claim_dir: Path) -> None:
         self.config = config
         self.path = config.path
         self.key = config.key  # a hash of the path: computed once, not per claimed file
-        self.claim_dir = config.path / f".mqd-claim-{queue_key}"
-        self._staging = staging
+        #: Where this spool's files are claimed to: intake's claim area, and the hidden directory
+        #: in the spool itself for a claim area on another filesystem.
+        self.claim_dir = claim_dir / self.key
+        self.beside_dir = config.path / f".mqd-claim-{node}"
+        self._target = os.fspath(self.claim_dir) + "/"
         self._cross_device = False
 
     @property
-    def claims_by_copy(self) -> bool:
-        """Whether a claim here copies the file (the queue is on another filesystem or mount)."""
+    def claims_across(self) -> bool:
+        """Whether claims here go into the spool's own hidden directory (the claim area is on
+        another filesystem or mount)."""
         return self._cross_device
 
     def prepare(self) -> None:
-        """Create the spool directory and the staging directory when missing."""
+        """Create the spool directory and this spool's part of the claim area when missing."""
         try:
             make_dirs(self.path, mode=0o770)
         except OSError as exc:
@@ -74,7 +76,7 @@ class Spool:
                 f"cannot use the spool directory {self.path}: {exc.strerror or exc} "
                 "(check [[spool]] path and its permissions)"
             ) from None
-        make_dirs(self._staging(self.key, "x").parent)
+        make_dirs(self.claim_dir)
 
     def scan(self) -> list[str]:
         """Names of the ``.eml`` entries waiting in the spool, oldest name first."""
@@ -91,8 +93,8 @@ class Spool:
     def claim(self, name: str, entry_id: str) -> Claimed | None:
         """Take ``name`` from the spool, or None when another process took it first."""
         source = os.path.join(self.path, name)  # (str: cheaper than a Path join, per file)
-        target = self._staging(self.key, entry_id)
         if not self._cross_device:
+            target = f"{self._target}{entry_id}{SUFFIX}"
             try:
                 os.rename(source, target)
             except FileNotFoundError:
@@ -108,54 +110,42 @@ class Spool:
                     "ReadWritePaths= makes each path its own mount): claiming through %s "
                     "and copying (put both under one mount for zero-copy claims)",
                     self.path,
-                    self.claim_dir,
+                    self.beside_dir,
                 )
                 self._cross_device = True
             else:
                 return Claimed(self.config, entry_id, target, name)
-        make_dirs(self.claim_dir)
-        claimed = self.claim_dir / f"{entry_id}{SUFFIX}"
+        make_dirs(self.beside_dir)
+        target = os.path.join(self.beside_dir, f"{entry_id}{SUFFIX}")
         try:
-            os.rename(source, claimed)
+            os.rename(source, target)
         except FileNotFoundError:
             return None
-        return self._copy_in(claimed, entry_id, name)
-
-    def claimed_file(self, path: Path) -> Claimed:
-        """A file already in this spool's staging area (recovered after a crash)."""
-        return Claimed(self.config, path.stem, path, path.name)
-
-    def recover_claims(self) -> list[Claimed]:
-        """Files this queue claimed across filesystems but had not copied in before a crash."""
-        if not self.claim_dir.is_dir():
-            return []
-        return [
-            self._copy_in(claimed, claimed.stem, claimed.name)
-            for claimed in sorted(self.claim_dir.iterdir())
-            if claimed.suffix == SUFFIX
-        ]
-
-    def _copy_in(self, claimed: Path, entry_id: str, name: str) -> Claimed:
-        """Copy a file claimed across filesystems into the queue durably, then unlink it.
-
-        Anything but a plain file with one link stays where it is (copying would follow a link
-        or block on a FIFO); ``read_claimed`` then refuses it with the reason.
-        """
-        st = os.lstat(claimed)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            return Claimed(self.config, entry_id, claimed, name)
-        target = self._staging(self.key, entry_id)
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(claimed, tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-        fsync_dirs([target.parent])
-        claimed.unlink()
         return Claimed(self.config, entry_id, target, name)
+
+    def waiting(self) -> list[Claimed]:
+        """Files claimed from this spool and not yet in the queue (a crash or a fault came
+        between the claim and the store), oldest first."""
+        found = []
+        for directory in (self.claim_dir, self.beside_dir):
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.endswith(SUFFIX) and not name.startswith("."):
+                    path = os.path.join(directory, name)
+                    found.append(Claimed(self.config, name[: -len(SUFFIX)], path, name))
+        return sorted(found, key=lambda claimed: claimed.entry_id)
+
+    def unclaim(self, claimed: Claimed) -> bool:
+        """Put a claimed file back into the spool under its own name; False when it cannot
+        be (it then waits where it is)."""
+        try:
+            os.rename(claimed.path, os.path.join(self.path, claimed.original_name))
+        except OSError:
+            return False
+        return True
 
 
 def _in_use(exc: OSError) -> bool:
@@ -169,7 +159,7 @@ def is_spool_name(name: str) -> bool:
     return name.endswith(SUFFIX) and not name.startswith(".")
 
 
-def read_claimed(path: Path, max_size: int, *, sync: bool = True) -> bytes:
+def read_claimed(path: str | os.PathLike[str], max_size: int, *, sync: bool = True) -> bytes:
     """The content of a claimed file, made durable (fsync) before anything else happens
     (``sync=False``: the caller has made it durable otherwise, or only looks).
 
@@ -186,7 +176,7 @@ def read_claimed(path: Path, max_size: int, *, sync: bool = True) -> bytes:
         os.close(fd)
 
 
-def open_claimed(path: Path, max_size: int) -> tuple[bytes, int]:
+def open_claimed(path: str | os.PathLike[str], max_size: int) -> tuple[bytes, int]:
     """``read_claimed`` without the fsync: the content and the file still open, for the caller
     to fsync (and close) later, off the event loop. Raises as ``read_claimed`` does."""
     try:

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 __all__ = [
+    "DSN_SOURCE",
     "STATE_VERSION",
     "QueueEntry",
     "RcptStatus",
@@ -21,6 +22,8 @@ __all__ = [
     "new_message_id",
 ]
 
+#: The ``source`` of entries mqd generates itself (bounces).
+DSN_SOURCE = "dsn"
 #: Bumped when the on-disk state format changes incompatibly (new fields with defaults are not).
 STATE_VERSION = 1
 #: Attempt records kept per entry.

@@ -1,80 +1,314 @@
-"""The queue store interface. The file store implements it; a PostgreSQL store will too.
+"""The queue store protocol: the store owns the queue, its schedule and its failed folder.
 
-Contract, for every implementation:
+Intake hands the store batches of accepted messages (``accept``) and refused ones (``refuse``).
+Delivery asks the store what is due: ``lease`` gives the next due entries to this node, each
+with a fencing token; the holder marks the lease ``dispatching`` before a relay gets the message,
+then ends it with ``save`` (still queued), ``complete`` (delivered), ``fail`` (to the failed
+folder) or ``release`` (given back unchanged). Those four are fenced: a holder whose lease was
+revoked (an administrator deleted the entry) or lost gets ``LeaseLost`` and never overwrites the
+store's state. Administration (list, hold, retry, delete, ...) is store operations too, so the
+same commands work on a running node, a stopped one, and a shared store with many nodes.
 
-* ``add_many`` returns only when the entries would survive a crash (for a claimed body, the body
-  alone may be the record: ``open`` then gives it back in ``Recovery.unaccepted``, to be taken
-  in again as at intake).
-* ``save`` is durable on return; a crash leaves the old state or the new one, never a torn one.
-* ``remove`` and ``fail`` are the only ways an entry leaves the queue.
-* ``open`` takes an exclusive lock (one daemon per store) and recovers what is there.
+Contract, for every implementation (``tests/queue_contract.py`` holds them to it):
+
+* ``accept`` returns once the entries survive a crash, or, when a store takes over the claimed
+  files themselves (``Incoming.file``), once each is in the store by an atomic rename (a crash
+  then leaves it in the claim area or in the store, and intake's recovery accepts it again:
+  ``accept`` is idempotent on the entry id).
+* ``save``, ``complete`` and ``fail`` are durable on return; a crash leaves the old state or the
+  new one, never a torn one. A bounce given with them is durable before the entry records it
+  and is due from then on.
+* An entry leaves the queue only by ``complete``, ``fail`` or ``delete``.
+* A lease is given to one holder at a time; an entry being dispatched cannot be deleted (the
+  administrator is told it is being delivered); a hold or retry of a leased entry takes effect
+  when its holder saves it.
+* ``release(lease, not_before=...)`` reschedules without counting an attempt and need not be
+  durable (an entry kept back by a quota or an open circuit).
+* Nothing here knows a relay, a spool or a screen: entries are data, bodies are bytes.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from enum import StrEnum
 
+from mqd.errors import QueueError
 from mqd.queue.entry import QueueEntry
+from mqd.queue.failed import FailedFolder, FailureRecord
 
-__all__ = ["QueueStore", "Recovery"]
+__all__ = [
+    "AcceptError",
+    "Bounce",
+    "EntryBusy",
+    "EntryState",
+    "Incoming",
+    "Lease",
+    "LeaseLost",
+    "Listed",
+    "QueueCounts",
+    "QueueStore",
+    "Refused",
+    "UnknownEntry",
+]
 
 
-@dataclass
-class Recovery:
-    """What ``QueueStore.open`` found."""
+class LeaseLost(QueueError):
+    """The lease on an entry is gone (revoked by an administrator, or expired and taken by
+    another node): its holder must neither send the message nor write the entry."""
 
-    #: Accepted entries, to schedule.
-    entries: list[QueueEntry] = field(default_factory=list)
-    #: Claimed bodies with no state file, by spool key: messages accepted and never attempted
-    #: or deferred (a state file is written at the first change), or claimed by an intake that
-    #: a crash interrupted. Both are taken in again from the body.
-    unaccepted: dict[str, list[Path]] = field(default_factory=dict)
-    #: What recovery did that an operator should hear about.
-    notes: list[str] = field(default_factory=list)
+
+class AcceptError(QueueError):
+    """Part of a batch could not be queued (the disk is full, the store is unreachable): those
+    in ``accepted`` were, the others were not and stay with the caller."""
+
+    def __init__(self, message: str, accepted: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.accepted = list(accepted)
+
+
+class EntryBusy(QueueError):
+    """The entry is being delivered right now: it cannot be deleted or bounced this moment."""
+
+
+class UnknownEntry(QueueError):
+    """No entry has this id, or the id prefix names several (the message says which)."""
+
+
+class EntryState(StrEnum):
+    ACTIVE = "active"  # leased: being delivered
+    WAITING = "waiting"  # never attempted
+    DEFERRED = "deferred"  # attempted, waiting for its next attempt
+    HELD = "held"  # held by the administrator
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """An entry given to one holder until it saves, completes, fails or releases it."""
+
+    entry: QueueEntry
+    #: The fencing token: every write of the holder names it.
+    token: int
+    #: The node holding it.
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A message intake accepted: its new entry and its bytes."""
+
+    entry: QueueEntry
+    body: bytes
+    #: The claimed file holding ``body``, in intake's node-local claim area: a store may take
+    #: it over (rename it) rather than write ``body``. Intake removes it if it is still there
+    #: once ``accept`` returned.
+    file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A claimed file intake refused (unreadable, malformed, sender not allowed)."""
+
+    entry_id: str
+    record: FailureRecord
+    #: Its bytes; None when it could not be read (a FIFO, a symlink, too large).
+    body: bytes | None = None
+    #: The claimed file, as for ``Incoming.file``; a store that cannot take it leaves it there
+    #: and says where in the failed record.
+    file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bounce:
+    """A delivery status notification to queue with the bounced entry's update."""
+
+    entry: QueueEntry
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """An entry as administration sees it."""
+
+    entry: QueueEntry
+    state: EntryState
+    #: The node that holds its lease (None when it is not leased).
+    node: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounts:
+    """The queue in numbers, for ``mqd status``, the API and the metrics."""
+
+    by_state: Mapping[EntryState, int]
+    #: Bytes of every queued message.
+    size: int
+    #: When the oldest queued message, and the oldest not held, were accepted.
+    oldest: float | None
+    oldest_unheld: float | None
+    #: Queued entries by relay (each entry counted for every relay of its route).
+    by_relay: Mapping[str, int] = field(default_factory=dict)
+    #: Entries the store has not read into memory yet (a file store's backlog), included above,
+    #: by their source (not routed yet: counted in ``by_relay`` by no relay).
+    not_read: int = 0
+    unread_by_source: Mapping[str, int] = field(default_factory=dict)
+    #: Entries due now (not held, not leased): what a ``--once`` run has to deliver.
+    due: int = 0
+    #: Entries that went out, or may have, when a node died with them ("dispatching" when
+    #: their lease was taken over): the at-least-once window, counted since the store opened.
+    redispatched: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_state.values())
 
 
 class QueueStore(abc.ABC):
-    #: A stable id of this queue, used to name its claim area in spools on other filesystems.
-    queue_key: str
+    """The queue: see the module docstring for the contract."""
+
+    #: This node's name (the file store's is its queue directory's).
+    node: str
+    #: Where messages the queue gave up on are kept, with their reasons.
+    failed: FailedFolder
+
+    # -- lifecycle --------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def open(self) -> Recovery:
-        """Lock the store (QueueLockedError if another daemon holds it) and recover."""
+    async def open(self) -> list[str]:
+        """Take the store for this node and recover it; returns what an operator should hear
+        about (one line each). Raises QueueError (QueueLockedError when another process holds a
+        store only one may hold)."""
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Release the lock."""
+        """Finish pending writes and let go of the store."""
 
     @abc.abstractmethod
-    def staging_path(self, source: str, entry_id: str) -> Path:
-        """Where a file claimed from the spool with key ``source`` is renamed to.
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` (on the event loop, cheaply) whenever an entry may be due sooner than
+        ``next_due`` said: accepted, released, retried, a bounce queued."""
 
-        A body already at this path (and fsynced) needs no copy when its entry is added.
-        """
-
-    @abc.abstractmethod
-    async def add_many(self, items: list[tuple[QueueEntry, bytes | None]]) -> None:
-        """Make entries durable. A body of None is already at ``staging_path`` and fsynced."""
+    # -- intake -----------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def load_body(self, entry: QueueEntry) -> bytes:
-        """The message bytes of ``entry``, as they were claimed."""
+    async def accept(self, batch: Sequence[Incoming]) -> None:
+        """Queue ``batch``: due now. Idempotent on the entry ids. Raises AcceptError (naming
+        those that were queued) when the store cannot take them all."""
 
     @abc.abstractmethod
-    async def save(self, entry: QueueEntry) -> None:
-        """Persist ``entry``'s state durably."""
+    async def refuse(self, batch: Sequence[Refused]) -> None:
+        """Put refused files into the failed folder with their reasons. Raises OSError (or
+        QueueError) when the folder cannot be written; nothing is lost then (the files stay)."""
+
+    # -- the schedule -----------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def remove(self, entry: QueueEntry) -> None:
-        """``entry`` is finished (every recipient delivered): forget it."""
+    async def lease(self, limit: int) -> list[Lease]:
+        """Up to ``limit`` entries due now (not held, not leased), oldest due first, leased to
+        this node."""
 
     @abc.abstractmethod
-    async def fail(self, entry: QueueEntry, reason: dict[str, Any]) -> Path:
-        """Move ``entry``'s message and ``reason`` to the failed folder; returns where."""
+    async def lease_ids(self, ids: Sequence[str]) -> list[Lease]:
+        """Lease these entries whatever their schedule (an administrator acts on them). Raises
+        UnknownEntry for an id not queued, EntryBusy for one leased by anyone."""
 
     @abc.abstractmethod
-    async def reject(self, entry_id: str, claimed: Path, reason: dict[str, Any]) -> Path:
-        """Move a claimed file that was never accepted to the failed folder with ``reason``."""
+    async def next_due(self) -> float | None:
+        """When the next unleased, unheld entry is due (a past time: now); None when none is
+        queued."""
+
+    @abc.abstractmethod
+    async def body(self, entry: QueueEntry) -> bytes:
+        """The message bytes of ``entry``, as accepted."""
+
+    def where(self, entry: QueueEntry) -> str | None:
+        """Where ``entry``'s message is kept, for a person to look at (a file path), if
+        anywhere a person could."""
+        return None
+
+    @abc.abstractmethod
+    async def dispatching(self, lease: Lease) -> None:
+        """Mark ``lease`` as being handed to a relay now (durably where a node's death could
+        hand the entry to another). Raises LeaseLost when the lease was revoked."""
+
+    @abc.abstractmethod
+    async def checkpoint(self, lease: Lease, entry: QueueEntry) -> None:
+        """Write ``entry``'s state durably and keep the lease (before a bounce is queued, so that
+        a crash in between finds the failures it is for). LeaseLost when the lease is gone."""
+
+    @abc.abstractmethod
+    async def save(self, lease: Lease, entry: QueueEntry, *, bounce: Bounce | None = None) -> None:
+        """``entry`` stays queued with this state (``next_attempt_at`` says when); ends the lease.
+        A hold or retry asked for meanwhile applies to it."""
+
+    @abc.abstractmethod
+    async def complete(self, lease: Lease, entry: QueueEntry) -> None:
+        """Every recipient of ``entry`` is delivered: it leaves the queue."""
+
+    @abc.abstractmethod
+    async def fail(
+        self,
+        lease: Lease,
+        entry: QueueEntry,
+        record: FailureRecord,
+        *,
+        bounce: Bounce | None = None,
+    ) -> None:
+        """``entry`` is finished with failures: it moves to the failed folder with ``record``."""
+
+    @abc.abstractmethod
+    async def release(self, lease: Lease, *, not_before: float | None = None) -> None:
+        """Give ``lease`` back without a change (no attempt counted); due again at
+        ``not_before`` when given, else as it was. A revoked lease is released silently."""
+
+    # -- administration ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def entries(self) -> list[Listed]:
+        """Every queued entry, oldest first (entries not read yet are read for it, not kept)."""
+
+    @abc.abstractmethod
+    async def find(self, wanted: Sequence[str]) -> dict[str, str]:
+        """The full ids of ``wanted`` (full ids or unique starts of ids), as {given: id}, for
+        those in this queue. Raises UnknownEntry when a start names several."""
+
+    @abc.abstractmethod
+    async def get(self, entry_id: str) -> Listed:
+        """One entry by its full id; UnknownEntry when it is not queued."""
+
+    @abc.abstractmethod
+    async def hold(self, ids: Sequence[str]) -> list[str]:
+        """Keep these from being attempted until released (durably); returns the ids held."""
+
+    @abc.abstractmethod
+    async def unhold(self, ids: Sequence[str] | None) -> list[str]:
+        """Release held entries (None: every held one), due now; returns the ids released."""
+
+    @abc.abstractmethod
+    async def retry(self, ids: Sequence[str] | None, *, relay: str | None = None) -> list[str]:
+        """Make entries due now (None: every one, or those routed through ``relay``); held
+        ones stay held. Returns the ids made due."""
+
+    @abc.abstractmethod
+    async def delete(self, ids: Sequence[str]) -> list[QueueEntry]:
+        """Remove entries for good (no delivery, no bounce). Raises EntryBusy, and removes
+        nothing, when one of them is being dispatched."""
+
+    @abc.abstractmethod
+    async def counts(self) -> QueueCounts:
+        """The queue in numbers."""
+
+    @abc.abstractmethod
+    async def queued(self) -> int:
+        """How many entries are queued (cheap: for a status line)."""
+
+    # -- a node's small state ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def load_state(self, name: str) -> bytes | None:
+        """A small blob saved with ``save_state`` (e.g. the relays' quota counts), or None."""
+
+    @abc.abstractmethod
+    async def save_state(self, name: str, data: bytes) -> None:
+        """Keep ``data`` under ``name`` (durably; the last write wins)."""

@@ -11,28 +11,32 @@ The pytest fixture ``mqd_harness`` gives one rooted in the test's ``tmp_path``::
 
 from __future__ import annotations
 
-import json
+import asyncio
+import concurrent.futures
 import os
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import tomli_w
 
+from mqd.admin.client import offline
 from mqd.config.load import load_config
 from mqd.config.schema import Config
-from mqd.daemon.root import Daemon, async_run
+from mqd.daemon.root import Daemon
+from mqd.daemon.signals import async_run
+from mqd.daemon.stores import failed_folder
 from mqd.fsutil import atomic_write, make_dirs
-from mqd.intake.pipeline import queued_entries
 from mqd.plugins.host import PluginHost
 from mqd.producer.inject import inject
 from mqd.queue.entry import QueueEntry
-from mqd.queue.file.store import FileStore
 from mqd.relays.base import Relay
 from mqd.testing._values import plain
 
-__all__ = ["Harness"]
+__all__ = ["Harness", "queued_entries", "queued_entries_async"]
 
 R = TypeVar("R", bound=Relay)
+T = TypeVar("T")
 
 #: Queue settings for tests: retries due within seconds, a fixed bounce sender.
 DEFAULT_QUEUE: dict[str, Any] = {
@@ -150,15 +154,15 @@ class Harness:
     # -- looking --------------------------------------------------------------------------------
 
     def queued(self) -> list[QueueEntry]:
-        """The entries still in the queue (waiting for a retry), oldest first."""
+        """The entries still in the queue (waiting for a retry), oldest first, read from the
+        stopped queue (every worker's, with ``queue.workers``)."""
         return queued_entries(self._require_config())
 
     def failed(self) -> list[dict[str, Any]]:
-        """The reason record (``<id>.json``) of each message in ``failed/``, oldest first; the
-        message itself is next to it as ``<id>.eml``."""
-        store = self._store()
-        records = [json.loads(p.read_bytes()) for p in store.failed_dir.glob("*.json")]
-        return sorted(records, key=lambda record: (record.get("failed_at", 0), record["id"]))
+        """The reason record of each message in the failed folder, oldest first, with its
+        ``id``, ``failed_at`` and where the message is (``message_path``)."""
+        folder = failed_folder(self._require_config())
+        return [message.to_dict() for message in _run(folder.messages())]
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -179,11 +183,6 @@ class Harness:
                 f"spool {index} is not configured ({len(self.config.spools)} spool(s))"
             ) from None
 
-    def _store(self) -> FileStore:
-        """The queue's file layout (paths only: nothing is opened or locked)."""
-        directory = self.config.queue.dir if self.config is not None else self.queue_dir
-        return FileStore(directory)
-
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """``override`` over ``base``; sub-tables present in both are merged too."""
@@ -194,3 +193,30 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def queued_entries(config: Config) -> list[QueueEntry]:
+    """Every entry in ``config``'s stopped queue (every worker's), oldest first."""
+    return _run(queued_entries_async(config))
+
+
+def _run(work: Coroutine[object, object, T]) -> T:
+    """Run ``work`` to its end from synchronous code, inside a test's event loop or not (in a
+    thread of its own then: the test's loop is busy running the test)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, work).result()
+
+
+async def queued_entries_async(config: Config) -> list[QueueEntry]:
+    entries: dict[str, QueueEntry] = {}
+    for worker in range(1, config.queue.workers + 1):
+        part = config.for_worker(worker) if config.queue.workers > 1 else config
+        if not part.queue.own_dir.is_dir():
+            continue
+        async with offline(part) as admin:
+            entries.update((item.entry.id, item.entry) for item in await admin.store.entries())
+    return sorted(entries.values(), key=lambda entry: (entry.created_at, entry.id))

@@ -38,6 +38,15 @@ class Backlog:
         self._order.extend(ids)
         self._source.update(dict.fromkeys(ids, source))
 
+    def add_each(self, items: list[tuple[str, str]]) -> None:
+        """List (source, id) pairs (sorted by id) after those already listed."""
+        for source, entry_id in items:
+            self._order.append(entry_id)
+            self._source[entry_id] = sys.intern(source)
+
+    def source_of(self, entry_id: str) -> str | None:
+        return self._source.get(entry_id)
+
     def take(self, count: int) -> list[tuple[str, str]]:
         """Up to ``count`` of the oldest, as (spool key, id), out of the backlog."""
         taken: list[tuple[str, str]] = []

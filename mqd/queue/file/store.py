@@ -1,454 +1,389 @@
-"""The queue as files in the queue directory.
+"""The file store: the queue as files in one directory, for one process (one node).
 
-::
+The schedule lives in memory (``mqd.queue.schedule``): leases are trivial in one process (they
+end with it). What is durable, and when, is ``mqd.queue.file.layout`` and ``recovery``'s story.
 
-    <queue dir>/
-      lock                         held (flock) by the daemon that owns this queue; holds its pid
-      queue-id                     random id naming this queue's claim area in foreign spools
-      messages/<source>/<id>.eml   message bodies: claimed spool files, renamed here unchanged;
-                                   <source> is the spool's key, or "dsn" for generated bounces
-      state/<id>.json              one entry's state, written when it first changes (a deferral,
-                                   a hold): a message delivered at its first attempt never has one
-      failed/<id>.eml, <id>.json   messages that bounced or were refused, and why
-      quarantine/                  state files that could not be read, with the reason
-      quota.json                   recent send counts of relays with hourly/daily quotas
+Intake hands over claimed files and the store renames them into ``messages/`` (no copy); their
+directory is fsynced in the background, one batch at a time: a crash before that leaves each
+file in intake's claim area or here, both recovered. A message never attempted has no state
+file: its body is its record, and after a restart its entry is rebuilt from it (``rebuild``,
+intake's parse, route and policy) when its turn comes. So a large queue starts in a second: at
+most ``active_limit`` never-attempted entries are held in memory, the rest are listed by id
+(``Backlog``) and read a little ahead of the deliveries, as Postfix's active queue limit does.
 
-Commit points: a claimed body, fsynced, with its directory fsynced, accepts a message (the body
-is the whole record of a message not yet attempted: recovery takes a body without a state file
-in again, as at intake); a state file (temp, fsync, rename, directory fsync) records every
-change after that; unlinking the body finishes it (the state file, if any, goes right after; a
-state file whose body is gone is cleaned up at start-up). Not writing a state file at intake
-saves, per message, a JSON dump, a write, an fsync, a rename and an unlink, and halves the fsyncs
-between a drop in the spool and the first attempt.
-
-Every operation here is blocking; the async methods run them in worker threads so that the
-event loop never waits for the disk (even an unlink waits for the filesystem's journal while
-other files are being fsynced).
-
-A body just taken in is kept in memory for its first delivery (``keep_body``; small bodies,
-a few MiB in all, oldest dropped first), so that a message delivered right away costs no second
-read and no thread hop: that is most of the latency of a quiet queue.
-
-The per-delivery operations (``load_body``, ``save``, ``remove``) are grouped: those asked for
-while a group is in a worker thread go together in the next one (``_Grouped``), and the saves
-of a group share one directory fsync; removals also wait a few milliseconds for company
-(``REMOVAL_GATHER``). Each caller still returns only once its own operation is done (durably,
-for a save): grouping saves CPU (one thread hop costs ~80 µs, more than reading a small body)
-and fsyncs, never a guarantee.
+A body just accepted is kept in memory for its first delivery (small ones, a few MiB in all):
+a message delivered right away then costs no second read and no thread hop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import json
 import logging
 import os
-import sys
-import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, Generic, TypeVar
 
-from mqd.errors import QueueError, QueueLockedError
-from mqd.fsutil import atomic_write, fsync_dirs, make_dirs
+from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.queue.entry import QueueEntry
-from mqd.queue.store import QueueStore, Recovery
+from mqd.queue.failed import FailureRecord
+from mqd.queue.file.admin import FileAdmin
+from mqd.queue.file.backlog import Backlog
+from mqd.queue.file.disk import Disk
+from mqd.queue.file.failed import FileFailedFolder
+from mqd.queue.file.io import BodyCache
+from mqd.queue.file.layout import Layout
+from mqd.queue.file.rebuild import Rebuild, Unread
+from mqd.queue.file.recovery import Recovered, recover
+from mqd.queue.schedule import Schedule
+from mqd.queue.store import AcceptError, Bounce, Incoming, Lease, QueueStore, Refused
 
-__all__ = ["DSN_SOURCE", "FileStore"]
+__all__ = ["FileStore"]
 
 log = logging.getLogger("mqd.queue")
 
-#: The ``source`` of entries mqd generates itself (bounces).
-DSN_SOURCE = "dsn"
-
-#: Bodies up to this size are kept in memory after intake for their first delivery...
-KEEP_BODY_MAX = 64 * 1024
-#: ...up to this many bytes in all (the oldest are dropped first).
-KEEP_BODIES_BYTES = 4 * 1024 * 1024
-
-#: Removals wait this long for others to share their worker-thread hop. Nothing waits for a
-#: removal but its own delivery task (the message is at the relay already), and each hop costs
-#: the event loop a wake-up of a thread and the GIL's hand-overs: a drain of 10,000 messages
-#: made 1,111 hops with none (9 to a hop) and 722 with this, at 7-8% less CPU per message.
-REMOVAL_GATHER = 0.005
-
-T = TypeVar("T")
-R = TypeVar("R")
+#: Unread bodies read, rebuilt and scheduled per worker-thread hop.
+READ_BATCH = 512
+#: The backlog is read this far ahead of the deliveries (and never past ``active_limit``): a
+#: body read is then delivered within a second or so, while it is still kept in memory.
+READ_AHEAD = 1024
+#: A read of the backlog that failed is tried again this much later.
+READ_RETRY = 1.0
 
 
-class _Grouped(Generic[T, R]):
-    """Runs a blocking operation for many callers in one worker-thread hop.
-
-    ``await run(item)`` queues ``item``; the first caller schedules a hop, at the end of this
-    event-loop turn or ``gather`` seconds later, and callers that come while one is running
-    wait for the next. ``work`` gets the items and returns one result or exception per item,
-    in order; each caller gets its own.
-    """
-
+class FileStore(FileAdmin, QueueStore):
     def __init__(
-        self, work: Callable[[list[T]], list[R | BaseException]], gather: float = 0.0
+        self,
+        directory: Path,
+        *,
+        rebuild: Rebuild,
+        failed_dir: Path | None = None,
+        active_limit: int = 10_000,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self._work = work
-        self._gather = gather
-        self._queued: list[tuple[T, asyncio.Future[R]]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._busy = False
-
-    async def run(self, item: T) -> R:
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a new loop (tests, embedding): nothing of the old one runs
-            self._loop, self._queued, self._busy = loop, [], False
-        future: asyncio.Future[R] = loop.create_future()
-        self._queued.append((item, future))
-        if not self._busy:
-            self._busy = True
-            if self._gather:
-                loop.call_later(self._gather, self._start)
-            else:
-                loop.call_soon(self._start)  # after the other tasks of this turn have queued theirs
-        return await future
-
-    def _start(self) -> None:
-        group, self._queued = self._queued, []
-        if not group or self._loop is None:
-            self._busy = False
-            return
-        hop = self._loop.run_in_executor(None, self._work, [item for item, _ in group])
-        hop.add_done_callback(lambda hop: self._finish(group, hop))
-
-    def _finish(
-        self, group: list[tuple[T, asyncio.Future[R]]], hop: asyncio.Future[list[R | BaseException]]
-    ) -> None:
-        failure = hop.exception() if not hop.cancelled() else asyncio.CancelledError()
-        results: list[R | BaseException] = (
-            [failure] * len(group) if failure is not None else hop.result()
-        )
-        for (_, future), result in zip(group, results, strict=True):
-            if future.done():  # its caller was cancelled; the operation ran all the same
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-        self._start()
-
-
-def _read_body(item: tuple[Path, int]) -> bytes:
-    """The file's bytes, in as few system calls as its expected size allows."""
-    path, size = item
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
-    try:
-        chunks = [os.read(fd, size + 1)]  # one read, and one more to see the end
-        while chunks[-1]:
-            chunks.append(os.read(fd, max(size, 1 << 16)))
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _each(operation: Callable[[T], R], items: list[T]) -> list[R | BaseException]:
-    results: list[R | BaseException] = []
-    for item in items:
-        try:
-            results.append(operation(item))
-        except Exception as exc:
-            results.append(exc)
-    return results
-
-
-class FileStore(QueueStore):
-    def __init__(self, directory: Path, failed_dir: Path | None = None) -> None:
         """``failed_dir``: the failed folder when it is not the queue's own (the workers of
         ``queue.workers`` share the first one's)."""
         self.directory = directory
-        self.messages_dir = directory / "messages"
-        self.state_dir = directory / "state"
-        self.failed_dir = failed_dir or directory / "failed"
-        self.quarantine_dir = directory / "quarantine"
-        self.quota_path = directory / "quota.json"
-        self.queue_key = ""
-        self._lock_file: IO[str] | None = None
-        self._loads: _Grouped[tuple[Path, int], bytes] = _Grouped(
-            lambda items: _each(_read_body, items)
-        )
-        self._saves: _Grouped[tuple[Path, bytes], None] = _Grouped(self._save_many)
-        self._removals: _Grouped[tuple[QueueEntry, bool], None] = _Grouped(
-            lambda items: _each(self._remove, items), gather=REMOVAL_GATHER
-        )
-        self._source_dirs: dict[str, Path] = {}
-        self._kept: dict[str, bytes] = {}
-        self._kept_bytes = 0
+        self.layout = Layout(directory)
+        self.folder = FileFailedFolder(failed_dir or directory / "failed")
+        self.failed = self.folder
+        self.disk = Disk(self.layout, self.folder)
+        self.node = directory.name
+        self.clock = clock
+        self.rebuild = rebuild
+        self.active_limit = active_limit
+        self.schedule = Schedule(self.node, clock=clock)
+        self.backlog = Backlog()
+        #: Entries held in memory and never attempted, held or removed: what ``active_limit``
+        #: bounds.
+        self.fresh: set[str] = set()
         #: Entries accepted with no state file yet (their body is their record).
-        self._unsaved: set[str] = set()
+        self.unsaved: set[str] = set()
+        self.kept = BodyCache()
+        self._room = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._syncing: asyncio.Future[None] | None = None
+        #: Bounces written, waiting for their bounced entry to note them (by its id).
+        self._unsent: dict[str, QueueEntry] = {}
+        #: Backlog bodies being read (lease waits for them rather than miss them).
+        self._reading: asyncio.Future[None] | None = None
 
-    # -- open / close ---------------------------------------------------------------------------
+    # -- lifecycle --------------------------------------------------------------------------------
 
-    async def open(self) -> Recovery:
-        return await asyncio.to_thread(self._open)
+    async def open(self) -> list[str]:
+        found = await asyncio.to_thread(self._open)
+        for entry in found.entries:
+            self.schedule.add(entry)
+        self.backlog.add_each(found.unread)
+        await self._apply_flushes()
+        self._reader = asyncio.get_running_loop().create_task(
+            self._read_ahead(), name="mqd-queue-read-ahead"
+        )
+        self._room.set()
+        if found.unread:
+            found.notes.append(
+                f"{len(found.unread)} message(s) accepted and never attempted: read from their "
+                "bodies as deliveries make room"
+            )
+        return found.notes
 
-    def _open(self) -> Recovery:
-        try:
-            make_dirs(self.directory, self.messages_dir, self.state_dir, self.failed_dir)
-        except OSError as exc:
-            raise QueueError(
-                f"cannot create the queue directory {self.directory}: {exc.strerror or exc} "
-                "(set queue.dir to a directory mqd may write)"
-            ) from None
-        self._lock()
-        self.queue_key = self._read_queue_key()
-        return self._recover()
+    def _open(self) -> Recovered:
+        self.layout.create()
+        self.layout.lock()
+        self.node = self.layout.queue_key()
+        self.schedule.node = self.node
+        found = recover(self.layout, str(self.folder.directory))
+        if found.unread:
+            # Bodies accepted before a crash may not be on disk yet: one sync for all of them
+            # rather than an fsync each (100,000 of them cost ~25 s of fsyncs).
+            sync = getattr(os, "sync", None)
+            if sync is not None:
+                sync()
+        problem = self.folder.writable()
+        if problem is not None:
+            found.notes.append(f"the failed folder cannot be written: {problem}")
+        return found
 
     async def close(self) -> None:
-        if self._lock_file is not None:
-            self._lock_file.close()  # closing the descriptor releases the lock
-            self._lock_file = None
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        await self._settle()
+        self.layout.unlock()
 
-    def _lock(self) -> None:
-        path = self.directory / "lock"
-        handle = path.open("a+", encoding="ascii")
-        try:
-            _lock_exclusive(handle)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise QueueLockedError(
-                f"the queue directory {self.directory} is in use by another mqd process "
-                f"(pid {holder}). Give each daemon its own queue.dir; several daemons may "
-                "share a spool."
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._lock_file = handle
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        self.schedule.subscribe(wake)
 
-    def _read_queue_key(self) -> str:
-        path = self.directory / "queue-id"
-        try:
-            key = path.read_text(encoding="ascii").strip()
-        except FileNotFoundError:
-            key = ""
-        if not key:
-            key = uuid.uuid4().hex[:16]
-            atomic_write(path, key.encode("ascii") + b"\n")
-        return key
+    # -- intake -----------------------------------------------------------------------------------
 
-    # -- paths ------------------------------------------------------------------------------------
-
-    def staging_path(self, source: str, entry_id: str) -> Path:
-        directory = self._source_dirs.get(source)
-        if directory is None:  # (a Path join costs microseconds: one per call, not two)
-            directory = self._source_dirs[source] = self.messages_dir / source
-        return directory / f"{entry_id}.eml"
-
-    def body_path(self, entry: QueueEntry) -> Path:
-        return self.staging_path(entry.source, entry.id)
-
-    def state_path(self, entry_id: str) -> Path:
-        return self.state_dir / f"{entry_id}.json"
-
-    def ensure_source_dir(self, source: str) -> Path:
-        directory = self.messages_dir / source
-        make_dirs(directory)
-        return directory
-
-    # -- writes -----------------------------------------------------------------------------------
-
-    async def add_many(self, items: list[tuple[QueueEntry, bytes | None]]) -> None:
-        if items:
-            await asyncio.to_thread(self.add_many_sync, items)
-
-    def add_many_sync(self, items: list[tuple[QueueEntry, bytes | None]]) -> None:
-        """``add_many`` for callers already in a worker thread.
-
-        A claimed body (``None``: already at its path and fsynced) needs only its directory
-        fsynced: recovery rebuilds its entry from it. A generated message (a bounce) gets its
-        state file, since what it was generated for is not in its body.
-        """
-        dirs: list[Path] = []
-        claimed: list[str] = []
-        for entry, body in items:
-            if body is not None:
-                path = self.body_path(entry)
-                self.ensure_source_dir(entry.source)
-                atomic_write(path, body, sync_dir=False)
-                atomic_write(self.state_path(entry.id), entry.to_json(), sync_dir=False)
-                dirs += [path.parent, self.state_dir]
-            else:
-                dirs.append(self.body_path(entry).parent)
-                claimed.append(entry.id)
-        fsync_dirs(list(dict.fromkeys(dirs)))  # one fsync per directory for the whole batch
-        self._unsaved.update(claimed)
-
-    def sync_claimed(self, bodies: list[Path]) -> None:
-        """Make claimed bodies (each already fsynced) durable where they are: one fsync per
-        directory holding them. Blocking; raises OSError."""
-        fsync_dirs(list(dict.fromkeys(body.parent for body in bodies)))
-
-    def add_claimed(self, entries: list[QueueEntry]) -> None:
-        """Accept entries whose claimed bodies (and their directories) the caller has already
-        fsynced: nothing more to write until they first change."""
-        self._unsaved.update(entry.id for entry in entries)
-
-    def has_state(self, entry_id: str) -> bool:
-        """Whether ``entry_id``'s state file exists (False for one accepted and never saved)."""
-        return entry_id not in self._unsaved and self.state_path(entry_id).exists()
-
-    def keep_body(self, entry_id: str, body: bytes) -> None:
-        """Remember the body just read at intake for its first ``load_body`` (small ones only)."""
-        if len(body) > KEEP_BODY_MAX:
-            return
-        self._forget(entry_id)
-        self._kept[entry_id] = body
-        self._kept_bytes += len(body)
-        while self._kept_bytes > KEEP_BODIES_BYTES:
-            self._forget(next(iter(self._kept)))
-
-    def drop_kept(self, entry_id: str) -> None:
-        """Forget the body kept for ``entry_id`` (it will not be delivered soon)."""
-        self._forget(entry_id)
-
-    def _forget(self, entry_id: str) -> bytes | None:
-        body = self._kept.pop(entry_id, None)
-        if body is not None:
-            self._kept_bytes -= len(body)
-        return body
-
-    async def load_body(self, entry: QueueEntry) -> bytes:
-        body = self._forget(entry.id)
-        if body is not None:
-            return body
-        return await self._loads.run((self.body_path(entry), entry.size))
-
-    async def save(self, entry: QueueEntry) -> None:
-        # Serialised now, on the event loop: the entry may change while the write waits.
-        self._unsaved.discard(entry.id)  # from here on a removal must look for a state file
-        await self._saves.run((self.state_path(entry.id), entry.to_json()))
-
-    def _save_many(self, states: list[tuple[Path, bytes]]) -> list[BaseException | None]:
-        """Each state written (temp, fsync, rename), then the directory fsynced once for all."""
-        results = _each(lambda state: atomic_write(*state, sync_dir=False), states)
-        if any(result is None for result in results):
+    async def accept(self, batch: Sequence[Incoming]) -> None:
+        taken: list[Incoming] = []
+        writes: list[Incoming] = []
+        error: BaseException | None = None
+        for item in batch:
+            entry_id = item.entry.id
+            if entry_id in self.schedule or entry_id in self.backlog:
+                continue  # accepted before (a claim recovered after a crash)
             try:
-                fsync_dirs([self.state_dir])
+                if item.file is not None and self.disk.adopt(item.file, item.entry):
+                    taken.append(item)
+                    continue
             except OSError as exc:
-                return [exc] * len(states)
-        return results
+                error = exc
+                break
+            writes.append(item)
+        adopted = [item.entry.source for item in taken]
+        if writes and error is None:
+            results = await self.disk.write_bodies([(i.entry, i.body) for i in writes])
+            for item, result in zip(writes, results, strict=True):
+                if result is None:
+                    taken.append(item)
+                elif error is None:
+                    error = result
+        for item in taken:
+            self._admit(item.entry, item.body)
+        if adopted:
+            await self._settle()  # one batch's directory fsyncs at a time
+            self._syncing = asyncio.ensure_future(self._sync(adopted))
+        if error is not None:
+            raise AcceptError(
+                f"cannot write the queue directory {self.directory}: {error}",
+                [item.entry.id for item in taken],
+            ) from error
 
-    async def remove(self, entry: QueueEntry) -> None:
-        self._forget(entry.id)
-        has_state = entry.id not in self._unsaved
-        self._unsaved.discard(entry.id)
-        await self._removals.run((entry, has_state))
-
-    def _remove(self, item: tuple[QueueEntry, bool]) -> None:
-        # Unlinking the body is the commit point; a leftover state file is cleaned at start-up.
-        entry, has_state = item
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{self.messages_dir}/{entry.source}/{entry.id}.eml")  # body_path, as str
-        if has_state:
-            with contextlib.suppress(FileNotFoundError):
-                self.state_path(entry.id).unlink()
-
-    async def fail(self, entry: QueueEntry, reason: dict[str, Any]) -> Path:
-        self._forget(entry.id)
-        self._unsaved.discard(entry.id)
-        return await asyncio.to_thread(self._fail, entry, reason)
-
-    def _fail(self, entry: QueueEntry, reason: dict[str, Any]) -> Path:
-        target = self._to_failed(entry.id, self.body_path(entry), reason)
-        with contextlib.suppress(FileNotFoundError):
-            self.state_path(entry.id).unlink()
-        return target
-
-    async def reject(self, entry_id: str, claimed: Path, reason: dict[str, Any]) -> Path:
-        return await asyncio.to_thread(self.reject_sync, entry_id, claimed, reason)
-
-    def reject_sync(self, entry_id: str, claimed: Path, reason: dict[str, Any]) -> Path:
-        """``reject`` for callers already in a worker thread."""
-        return self._to_failed(entry_id, claimed, reason)
-
-    def _to_failed(self, entry_id: str, body: Path, reason: dict[str, Any]) -> Path:
-        """Reason first, then the message: a crash in between leaves both findable."""
-        record = {"id": entry_id, "failed_at": time.time(), **reason}
-        text = json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n"
-        atomic_write(self.failed_dir / f"{entry_id}.json", text.encode("utf-8"), sync_dir=False)
-        target = self.failed_dir / f"{entry_id}.eml"
+    async def _sync(self, sources: list[str]) -> None:
         try:
-            os.replace(body, target)
-        except FileNotFoundError:
-            pass  # already moved before a crash
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-            # An odd file claimed in a spool on another filesystem: it cannot be moved here.
-            record["left_at"] = str(body)
-            text = json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n"
-            atomic_write(self.failed_dir / f"{entry_id}.json", text.encode("utf-8"), sync_dir=False)
-            target = body
-        fsync_dirs([self.failed_dir])
-        return target
+            await self.disk.sync_dirs(sources)
+        except OSError as exc:  # the renames stand; the next sync or the journal makes them last
+            log.error(
+                "cannot fsync the queue directory %s (%s): the messages just queued are "
+                "delivered all the same, but until then a crash may lose them",
+                self.layout.messages_dir,
+                exc,
+            )
 
-    # -- recovery ---------------------------------------------------------------------------------
+    async def _settle(self) -> None:
+        syncing, self._syncing = self._syncing, None
+        if syncing is not None:
+            # Shielded: a cancelled wait must not cancel it (its thread would run on).
+            await asyncio.shield(syncing)
 
-    def _recover(self) -> Recovery:
-        recovery = Recovery()
-        accepted: set[str] = set()
-        for path in sorted(self.state_dir.glob("*.json")):
-            entry_id = path.stem
+    def _admit(self, entry: QueueEntry, body: bytes | None) -> None:
+        """A message just accepted: scheduled, or, once ``active_limit`` never-attempted ones
+        are in memory (or older ones wait unread), listed in the backlog: its body is its
+        record. Memory then stays bounded while a flood comes in faster than it goes out."""
+        self.unsaved.add(entry.id)
+        if self.backlog or len(self.fresh) >= self.active_limit:
+            self.backlog.add(entry.source, [entry.id])
+            return
+        if body is not None:
+            self.kept.keep(entry.id, body)
+        self.fresh.add(entry.id)
+        self.schedule.add(entry)
+
+    async def refuse(self, batch: Sequence[Refused]) -> None:
+        items = [(r.entry_id, r.record, r.file, r.body) for r in batch]
+        for result in await self.disk.refuse(items):
+            if result is not None:
+                raise result
+
+    # -- the schedule -----------------------------------------------------------------------------
+
+    async def lease(self, limit: int) -> list[Lease]:
+        leases = self.schedule.due(limit)
+        if len(leases) < limit and self._reading is not None:
+            await self.settled()
+            leases += self.schedule.due(limit - len(leases))
+        room = self._room_ahead()
+        if len(leases) < limit and self.backlog and room > 0:
+            await self._read_unread(min(READ_BATCH, room))
+            leases += self.schedule.due(limit - len(leases))
+        return leases
+
+    async def settled(self) -> None:
+        while self._reading is not None:
+            await asyncio.shield(self._reading)  # bodies on their way from the backlog
+
+    def _room_ahead(self) -> int:
+        """How many more never-attempted entries may be read into memory now."""
+        return min(self.active_limit, READ_AHEAD) - len(self.fresh)
+
+    async def lease_ids(self, ids: Sequence[str]) -> list[Lease]:
+        await self._read_out_of_turn(ids)
+        return self.schedule.lease_ids(ids)
+
+    async def next_due(self) -> float | None:
+        if self.backlog and self._room_ahead() > 0:
+            return self.clock.time()
+        return self.schedule.next_due()
+
+    async def body(self, entry: QueueEntry) -> bytes:
+        kept = self.kept.take(entry.id)
+        if kept is not None:
+            return kept
+        return await self.disk.load(entry)
+
+    def where(self, entry: QueueEntry) -> str | None:
+        return self.layout.body_path(entry.source, entry.id)
+
+    async def dispatching(self, lease: Lease) -> None:
+        self.schedule.dispatching(lease)
+
+    async def checkpoint(self, lease: Lease, entry: QueueEntry) -> None:
+        self.schedule.check(lease)
+        self.unsaved.discard(entry.id)
+        await self.disk.save(entry)
+
+    async def save(self, lease: Lease, entry: QueueEntry, *, bounce: Bounce | None = None) -> None:
+        self.schedule.settle(lease, entry)
+        if bounce is not None:
+            await self._write_bounce(entry.id, bounce)
+        self.unsaved.discard(entry.id)  # from here on a removal must look for a state file
+        await self.disk.save(entry)
+        self._send_bounce(entry.id)
+        self.schedule.end(lease, entry, keep=True)
+        self.make_room(entry.id)
+
+    async def complete(self, lease: Lease, entry: QueueEntry) -> None:
+        self.schedule.check(lease)
+        self.kept.take(entry.id)
+        await self.disk.remove(entry, has_state=entry.id not in self.unsaved)
+        self.unsaved.discard(entry.id)
+        self.schedule.end(lease, entry, keep=False)
+        self.make_room(entry.id)
+
+    async def fail(
+        self,
+        lease: Lease,
+        entry: QueueEntry,
+        record: FailureRecord,
+        *,
+        bounce: Bounce | None = None,
+    ) -> None:
+        self.schedule.check(lease)
+        if bounce is not None:
+            await self._write_bounce(entry.id, bounce)
+        if entry.id in self._unsent:
+            # The entry notes its bounce durably before the bounce may go, and the bounce goes
+            # even when the failed folder cannot take the message now (it waits for it).
+            self.unsaved.discard(entry.id)
+            await self.disk.save(entry)
+            self._send_bounce(entry.id)
+        self.kept.take(entry.id)
+        await self.disk.fail(entry, record)
+        self.unsaved.discard(entry.id)
+        self.schedule.end(lease, entry, keep=False)
+        self.make_room(entry.id)
+
+    async def release(self, lease: Lease, *, not_before: float | None = None) -> None:
+        self.schedule.give_back(lease, not_before)
+
+    async def _write_bounce(self, entry_id: str, bounce: Bounce) -> None:
+        """The DSN durable with its state file; it is due once the bounced entry has noted it
+        durably (``_send_bounce``): until then a crash finds it by its id and recovery notes it,
+        so it is never made twice, and a DSN sent is never made again."""
+        [result] = await self.disk.write_bodies([(bounce.entry, bounce.body)], with_state=True)
+        if result is not None:
+            raise result
+        self.kept.keep(bounce.entry.id, bounce.body)
+        self._unsent[entry_id] = bounce.entry
+
+    def _send_bounce(self, entry_id: str) -> None:
+        dsn = self._unsent.pop(entry_id, None)
+        if dsn is not None:
+            self.schedule.add(dsn)
+
+    # -- reading the backlog ----------------------------------------------------------------------
+
+    def make_room(self, entry_id: str) -> None:
+        """``entry_id`` no longer counts against ``active_limit`` (attempted, held or removed):
+        read more of the backlog once a batch's worth of room is free."""
+        if entry_id not in self.fresh:
+            return
+        self.fresh.discard(entry_id)
+        ahead = min(self.active_limit, READ_AHEAD)
+        if self.backlog and self._room_ahead() >= min(READ_BATCH, ahead, len(self.backlog)):
+            self._room.set()
+
+    async def _read_ahead(self) -> None:
+        """Read more of the backlog each time deliveries have made room for it."""
+        while True:
+            await self._room.wait()
+            self._room.clear()
+            room = self._room_ahead()
             try:
-                entry = QueueEntry.from_json(path.read_bytes())
-            except (OSError, ValueError) as exc:
-                self._quarantine(path, f"unreadable state file: {exc}")
-                recovery.notes.append(f"{entry_id}: state file set aside in quarantine ({exc})")
+                while self.backlog and room > 0:
+                    room -= await self._read_unread(min(room, READ_BATCH))
+            except Exception:  # put back: first in line again
+                log.exception("cannot read queued messages; retrying in a while")
+                await self.clock.sleep(READ_RETRY)
+                self._room.set()
+
+    async def _read_unread(self, count: int) -> int:
+        """Read ``count`` backlog bodies, oldest first, into the schedule; returns how many."""
+        taken = self.backlog.take(count)
+        if not taken:
+            return 0
+        reading = self._reading = asyncio.get_running_loop().create_future()
+        try:
+            bodies = await asyncio.to_thread(self._read_bodies, taken)
+        except BaseException:
+            self.backlog.put_back(taken)
+            raise
+        else:
+            await self._take_in(bodies, fresh=True)
+        finally:
+            reading.set_result(None)
+            if self._reading is reading:
+                self._reading = None
+        return len(taken)
+
+    async def _take_in(
+        self, bodies: list[tuple[str, str, bytes | str]], *, fresh: bool
+    ) -> list[QueueEntry]:
+        """Rebuild the entries of bodies read from the backlog; refused ones go to failed/."""
+        entries: list[QueueEntry] = []
+        refused: list[tuple[str, FailureRecord, str | None, bytes | None]] = []
+        for source, entry_id, body in bodies:
+            if isinstance(body, str):
+                built: QueueEntry | FailureRecord = FailureRecord("recovery", body)
+            else:
+                built = self.rebuild(Unread(source, entry_id, body))
+            if isinstance(built, FailureRecord):
+                refused.append((entry_id, built, self.layout.body_path(source, entry_id), None))
+                log.error("%s: %s; moved to failed/", entry_id, built.reason)
                 continue
-            if not self.body_path(entry).exists():
-                path.unlink()
-                if (self.failed_dir / f"{entry_id}.eml").exists():
-                    recovery.notes.append(f"{entry_id}: finished moving to failed/")
-                else:
-                    recovery.notes.append(f"{entry_id}: was finished before the restart")
-                continue
-            accepted.add(entry_id)
-            recovery.entries.append(entry)
-        for stray in self.state_dir.glob(".*.tmp"):
-            stray.unlink()  # a state write interrupted before its rename: the old state stands
-        for source_dir in sorted(p for p in self.messages_dir.iterdir() if p.is_dir()):
-            # Sorted as names (ids sort by time): Path comparisons cost seconds for 100,000.
-            for name in sorted(os.listdir(source_dir)):
-                body = source_dir / name
-                if name.startswith("."):
-                    body.unlink()  # an interrupted write of a generated message
-                elif body.suffix == ".eml" and body.stem not in accepted:
-                    if source_dir.name == DSN_SOURCE:
-                        # Its entry was never written, so the bounced message has not recorded
-                        # it either and will generate it again.
-                        body.unlink()
-                    else:
-                        recovery.unaccepted.setdefault(source_dir.name, []).append(body)
-        return recovery
-
-    def _quarantine(self, state: Path, why: str) -> None:
-        make_dirs(self.quarantine_dir)
-        target = self.quarantine_dir / state.name
-        os.replace(state, target)
-        reason = target.with_suffix(".reason.txt")
-        atomic_write(reason, (why + "\n").encode("utf-8"))
-        log.error("state file %s is unreadable and was moved to %s: %s", state, target, why)
-
-
-def _lock_exclusive(handle: IO[str]) -> None:
-    """Take a non-blocking exclusive lock on ``handle`` or raise OSError."""
-    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-        import msvcrt
-
-        handle.seek(0)
-        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-    else:
-        import fcntl
-
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.unsaved.add(entry_id)
+            if fresh and not isinstance(body, str):
+                self.kept.keep(entry_id, body)
+            if fresh:
+                self.fresh.add(entry_id)
+            self.schedule.add(built)
+            entries.append(built)
+        if refused:
+            for result in await self.disk.refuse(refused):
+                if result is not None:
+                    log.error("cannot move a refused message to failed/: %s", result)
+        return entries

@@ -1,0 +1,120 @@
+"""The status document: one typed answer behind ``mqd status``, the API, the web view and the
+metrics. ``to_dict`` is its JSON form (``mqd status --json``, ``/api/v1/status``); the OpenAPI
+schema of that form is generated from these classes (``mqd.http.schema``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+__all__ = [
+    "FaultStatus",
+    "QuotaStatus",
+    "RelayStatus",
+    "Status",
+    "WorkerStatus",
+]
+
+#: The queue states, each queued message in exactly one.
+STATES = ("active", "waiting", "deferred", "held")
+
+
+@dataclass(frozen=True)
+class QuotaStatus:
+    """A relay's sending limits and its use of them (None: no such limit)."""
+
+    max_per_second: float | None
+    max_per_hour: int | None
+    sent_last_hour: int | None
+    max_per_day: int | None
+    sent_last_day: int | None
+    #: Times a message was held back by the quota since the daemon started.
+    holds: int
+
+
+@dataclass(frozen=True)
+class RelayStatus:
+    plugin: str
+    #: The relay's own one-line description (None when it was not built: a stopped daemon).
+    describe: str | None
+    #: "closed" (healthy), "open" (skipped until it recovers), "half-open" (trying one message);
+    #: "unknown" when no daemon runs.
+    health: str
+    failures_in_a_row: int
+    #: Whole-message failures since the daemon started.
+    errors: int
+    last_error: str | None
+    #: Queued messages routed through it.
+    queued: int
+    quota: QuotaStatus | None = None
+
+
+@dataclass(frozen=True)
+class FaultStatus:
+    """A resource that failed and what it paused (``mqd.faults``)."""
+
+    what: str
+    reason: str
+    retry_in: float
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One daemon process of ``queue.workers`` (``messages`` None: it did not answer)."""
+
+    worker: int
+    running: bool
+    pid: int | None
+    queue_dir: str | None
+    messages: int | None
+
+
+@dataclass(frozen=True)
+class Status:
+    running: bool
+    pid: int | None
+    version: str
+    uptime: float | None
+    config: str | None
+    queue_dir: str
+    #: The node's name (the file store's: its queue id).
+    node: str
+    messages: int
+    #: Messages by state: active, waiting, deferred, held.
+    by_state: dict[str, int]
+    #: Messages not read into memory yet (read as deliveries make room), counted as waiting.
+    not_read: int
+    bytes: int
+    oldest_age: float | None
+    failed: int
+    spools: list[str]
+    relays: dict[str, RelayStatus]
+    #: Resources that failed and what they paused, while they do.
+    faults: list[FaultStatus] = field(default_factory=list)
+    #: Messages that may have gone out twice: taken over from a node that died while sending.
+    redispatched: int = 0
+    workers: list[WorkerStatus] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for relay in data["relays"].values():
+            if relay["quota"] is None:  # a relay without limits has no quota object
+                del relay["quota"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Status:
+        """The document as ``to_dict`` wrote it (over the control socket)."""
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values["relays"] = {
+            name: RelayStatus(
+                **{
+                    **relay,
+                    "quota": QuotaStatus(**relay["quota"]) if relay.get("quota") else None,
+                }
+            )
+            for name, relay in data.get("relays", {}).items()
+        }
+        values["faults"] = [FaultStatus(**item) for item in data.get("faults", [])]
+        values["workers"] = [WorkerStatus(**item) for item in data.get("workers", [])]
+        return cls(**values)

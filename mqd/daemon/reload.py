@@ -1,0 +1,112 @@
+"""Reloading the config (SIGHUP, ``mqd reload``) without dropping in-flight deliveries.
+
+Everything is checked before anything changes: a config that does not load, a relay that cannot
+be built, or a different ``queue.dir`` is reported and the running config kept. Deliveries in
+flight finish on the relays they started with; those are closed after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import mqd.daemon.systemd as systemd
+from mqd.config.load import load_config
+from mqd.config.schema import Config
+from mqd.errors import ConfigError, MQDError
+from mqd.relays.base import Relay
+from mqd.relays.build import build_relays
+
+if TYPE_CHECKING:
+    from mqd.daemon.root import Daemon
+
+__all__ = ["Reloader"]
+
+log = logging.getLogger("mqd.daemon")
+
+
+class Reloader:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    async def reload(self) -> str:
+        """Re-read the config file and apply it. Returns a one-line summary; raises ConfigError
+        for a refused config."""
+        daemon = self.daemon
+        systemd.notify("RELOADING=1", f"MONOTONIC_USEC={int(daemon.clock.monotonic() * 1e6)}")
+        try:
+            return await self._reload()
+        finally:
+            queued = await daemon.store.queued()
+            systemd.notify("READY=1", f"STATUS=delivering; {queued} queued")
+
+    async def _reload(self) -> str:
+        daemon = self.daemon
+        current = daemon.config
+        path = current.source
+        if path is None:
+            raise ConfigError(
+                "mqd runs on its embedded defaults: there is no config file to reload; "
+                "write one with 'mqd init' and restart mqd with it"
+            )
+        try:
+            new = await asyncio.to_thread(load_config, path)
+            if new.queue.dir.absolute() != current.queue.dir.absolute():
+                raise ConfigError(
+                    f"queue.dir changed from {current.queue.dir} to {new.queue.dir}: a new "
+                    "queue directory needs a restart",
+                    path=path,
+                    key="queue.dir",
+                )
+            new = _as_worker(current, new)
+            relays = build_relays(new, daemon.host)  # the last check: nothing to undo after it
+        except MQDError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            raise
+        old_relays = dict(daemon.relays)
+        # The HTTP token is read per request; the rest of these tables is read at start-up.
+        http_was, http_is = (replace(c.http, token=None) for c in (current, new))
+        for table, changed in (
+            ("tracking", new.tracking != current.tracking),
+            ("http", http_is != http_was),
+            ("notify", new.notify != current.notify),
+        ):
+            if changed:
+                log.warning("[%s] changed: that takes effect at the next restart", table)
+        daemon.config = new
+        daemon.relays.clear()
+        daemon.relays.update(relays)
+        daemon.deliverer.reconfigure(new)
+        daemon.spools.open(new)
+        in_flight = daemon.scheduler.tasks()
+        daemon.spawn(_close_relays(old_relays.values(), in_flight), "close-old-relays")
+        daemon.scheduler.wake()
+        summary = f"reloaded {path}: {len(new.spools)} spool(s), relays {', '.join(new.relays)}"
+        log.warning("%s", summary)
+        return summary
+
+
+def _as_worker(current: Config, new: Config) -> Config:
+    """``new`` as this process's share of it; the number of workers stays until a restart."""
+    running = current.queue.workers
+    if new.queue.workers != running:
+        log.warning(
+            "queue.workers changed from %d to %d: that takes effect at the next restart",
+            running,
+            new.queue.workers,
+        )
+        new = replace(new, queue=replace(new.queue, workers=running))
+    return new.for_worker(current.queue.worker) if running > 1 else new
+
+
+async def _close_relays(relays: Iterable[Relay], in_flight: list[asyncio.Task[None]]) -> None:
+    if in_flight:
+        await asyncio.wait(in_flight)
+    for relay in relays:
+        try:
+            await relay.aclose()
+        except Exception:
+            log.exception("relay %s failed to close", relay.name)

@@ -1,0 +1,122 @@
+"""The delivery loop: lease what the store says is due, deliver it with bounded concurrency.
+
+The store owns the schedule; this loop only asks it for up to ``queue.concurrency`` leases at a
+time and sleeps until the next entry is due, the store says something changed, or a delivery
+ends. A graceful stop leases nothing more, gives deliveries in flight ``shutdown_timeout``
+seconds, then cancels them: a cancelled attempt is not counted, and its entry is given back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from mqd.clock import SYSTEM_CLOCK, Clock
+from mqd.delivery.deliverer import Deliverer
+from mqd.queue.store import Lease, QueueStore
+
+__all__ = ["MAX_SLEEP", "Scheduler"]
+
+log = logging.getLogger("mqd.daemon")
+
+#: The loop asks the store at least this often, so that a clock jump is noticed.
+MAX_SLEEP = 30.0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: QueueStore,
+        deliverer: Deliverer,
+        *,
+        concurrency: int,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.store = store
+        self.deliverer = deliverer
+        self.concurrency = concurrency
+        self.clock = clock
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        store.subscribe(self._wake.set)
+
+    @property
+    def in_flight(self) -> set[str]:
+        """Ids of the entries being delivered right now."""
+        return set(self._in_flight)
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The deliveries in flight (a reload closes the old relays once they end)."""
+        return list(self._in_flight.values())
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Lease nothing more; ``run`` returns."""
+        self._stopping.set()
+        self._wake.set()
+
+    def hurry(self) -> None:
+        """Cancel the deliveries in flight now (a second stop request)."""
+        for task in self._in_flight.values():
+            task.cancel()
+
+    async def run(self, *, once: asyncio.Event | None = None) -> None:
+        """Deliver until stopped; with ``once`` (set when intake has nothing more to take),
+        until nothing is due now and nothing is in flight."""
+        while not self._stopping.is_set():
+            self._wake.clear()
+            room = self.concurrency - len(self._in_flight)
+            if room > 0:
+                for lease in await self.store.lease(room):
+                    self._start(lease)
+                room = self.concurrency - len(self._in_flight)
+            now = self.clock.time()
+            due = await self.store.next_due()
+            if once is not None and once.is_set() and not self._in_flight:
+                if due is None or due > now:
+                    return
+                continue
+            timeout = MAX_SLEEP
+            if room > 0 and due is not None:
+                timeout = min(MAX_SLEEP, max(0.0, due - now))
+            await self.clock.wait(self._wake, timeout)
+
+    def _start(self, lease: Lease) -> None:
+        entry_id = lease.entry.id
+        task = asyncio.create_task(self._deliver(lease), name=f"mqd-deliver-{entry_id}")
+        self._in_flight[entry_id] = task
+
+    async def _deliver(self, lease: Lease) -> None:
+        entry = lease.entry
+        try:
+            await self.deliverer.attempt(lease)
+        except asyncio.CancelledError:
+            log.info("%s delivery cancelled by shutdown; it is retried after the restart", entry.id)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.release(lease))
+            raise
+        except Exception:
+            # The store failed (disk full, I/O error): the message stays where it was.
+            log.exception("%s could not be processed; keeping it and retrying later", entry.id)
+            delay = self.deliverer.backoff.delay(max(1, entry.attempts))
+            with contextlib.suppress(Exception):
+                await self.store.release(lease, not_before=self.clock.time() + delay)
+        finally:
+            self._in_flight.pop(entry.id, None)
+            self._wake.set()
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Give the deliveries in flight ``timeout`` seconds, then cancel those left."""
+        if not self._in_flight:
+            return
+        tasks = list(self._in_flight.values())
+        log.info("waiting up to %gs for %d delivery(ies) in flight", timeout, len(tasks))
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)

@@ -1,0 +1,80 @@
+"""The daemon's optional services: the event store (``[tracking]``), notifications to the
+application (``[notify]``), the HTTP server (``[http]``: webhooks, API, web view) and the
+Prometheus endpoint (``[metrics]``). Each is imported only when its table turns it on."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from mqd.events import Event
+from mqd.faults import Fault
+
+if TYPE_CHECKING:
+    from mqd.daemon.root import Daemon
+    from mqd.http.metrics import Metrics, MetricsServer
+    from mqd.http.server import HttpServer
+    from mqd.tracking.notify import Notifier
+    from mqd.tracking.tracker import Tracker
+
+__all__ = ["Servers"]
+
+log = logging.getLogger("mqd.daemon")
+
+
+class Servers:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        #: The event store's writer and reader (None when [tracking] is off).
+        self.tracker: Tracker | None = None
+        #: Status changes POSTed to the application (None unless [notify] url is set).
+        self.notifier: Notifier | None = None
+        #: Webhooks, the JSON API and the web view (None unless [http] is enabled).
+        self.http: HttpServer | None = None
+        #: The Prometheus counters (None unless [metrics] is enabled), and their endpoint.
+        self.metrics: Metrics | None = None
+        self.metrics_server: MetricsServer | None = None
+
+    @property
+    def faults(self) -> list[Fault]:
+        return []
+
+    def observe(self, event: Event) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(event)
+        if self.tracker is not None:
+            self.tracker.observe(event)
+
+    async def start(self) -> None:
+        config = self.daemon.config
+        if config.metrics.enabled:
+            # prometheus_client: only when asked for
+            from mqd.http.metrics import Metrics, MetricsServer
+
+            self.metrics = Metrics(self.daemon)
+            self.metrics_server = MetricsServer(self.daemon, self.metrics)
+            await self.metrics_server.start()
+        if config.tracking.enabled:
+            from mqd.tracking.tracker import Tracker
+
+            self.tracker = await Tracker.open(config)
+            if config.notify.url:
+                from mqd.tracking.notify import Notifier
+
+                self.notifier = Notifier(self.tracker, config.notify)
+                self.notifier.start()
+        if config.http.enabled:
+            from mqd.http.server import HttpServer
+
+            self.http = HttpServer(self.daemon)
+            await self.http.start()
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+        if self.notifier is not None:
+            await self.notifier.stop()
+        if self.tracker is not None:
+            await self.tracker.close()

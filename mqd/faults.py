@@ -1,0 +1,86 @@
+"""A resource that fails (a full disk, an unwritable folder, a database that is down): what needs
+it pauses, says so once, retries with backoff and resumes on its own when it works again.
+
+``Fault`` keeps that state for one resource: ``failed(why)`` logs an ERROR the first time (and
+when the reason changes, not at every retry) and sets when to try again, doubling the wait up to
+a ceiling; ``cleared()`` logs once that it works again. ``mqd status`` shows the active ones.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mqd.clock import SYSTEM_CLOCK, Clock
+
+__all__ = ["Fault"]
+
+
+class Fault:
+    def __init__(
+        self,
+        what: str,
+        log: logging.Logger,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        first: float = 1.0,
+        most: float = 60.0,
+    ) -> None:
+        #: What is paused, for the log and ``mqd status`` ("intake from the spools").
+        self.what = what
+        self.log = log
+        self.clock = clock
+        self.first = first
+        self.most = most
+        #: Why it is paused, while it is.
+        self.reason: str | None = None
+        self._delay = first
+        self._retry_at = 0.0
+        #: Failed tries since it was last working.
+        self.failures = 0
+
+    @property
+    def active(self) -> bool:
+        return self.reason is not None
+
+    def retry_in(self) -> float:
+        """Seconds until the next try (0: now)."""
+        if self.reason is None:
+            return 0.0
+        return max(0.0, self._retry_at - self.clock.monotonic())
+
+    def failed(self, why: str) -> None:
+        """Another failed try: log it once per reason, and wait longer before the next."""
+        self.failures += 1
+        if why != self.reason:
+            self.log.error(
+                "%s paused: %s; retrying by itself (first in %gs, then less often)",
+                self.what,
+                why,
+                self._delay if self.reason is None else self.first,
+            )
+            if self.reason is None:
+                self._delay = self.first
+        else:
+            self._delay = min(self._delay * 2, self.most)
+        self.reason = why
+        self._retry_at = self.clock.monotonic() + self._delay
+
+    def cleared(self) -> None:
+        """It worked: resume, and say so if it had been paused."""
+        if self.reason is not None:
+            self.log.warning(
+                "%s resumed after %d failed tr%s (%s)",
+                self.what,
+                self.failures,
+                "y" if self.failures == 1 else "ies",
+                self.reason,
+            )
+        self.reason = None
+        self.failures = 0
+        self._delay = self.first
+
+    def describe(self) -> str | None:
+        """``why; retrying in 12s`` while paused, else None (for ``mqd status``)."""
+        if self.reason is None:
+            return None
+        return f"{self.reason}; retrying in {self.retry_in():.0f}s"

@@ -1,0 +1,260 @@
+"""The web view's pages about one message (``/messages/{id}``: its timeline, its place in the
+queue or the failed folder) and about what went wrong (``/failed``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from mqd.admin.render import human_age
+from mqd.http.api import BadQuery, parse_limit
+from mqd.http.html import (
+    BAD,
+    badge,
+    detail_text,
+    e,
+    key_values,
+    message_link,
+    page,
+    sender_text,
+    table,
+    when,
+)
+from mqd.http.site import Site
+from mqd.queue.failed import FailedError, FailedMessage
+from mqd.queue.store import Listed, UnknownEntry
+
+__all__ = ["Details"]
+
+#: The most messages of the failed folder one page lists.
+FAILED_FOLDER_LIMIT = 200
+
+
+class Details:
+    def __init__(self, site: Site) -> None:
+        self.site = site
+
+    # -- /messages/{key} --------------------------------------------------------------------------
+
+    async def message(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        tracker = self.site.tracker
+        history = await tracker.message(key) if tracker is not None else None
+        queue_id = str(history["id"]) if history is not None else key
+        store = self.site.admin.store
+        try:
+            listed: Listed | None = await store.get(queue_id)
+        except UnknownEntry:
+            listed = None
+        failed = await self._failed_record(queue_id)
+        if history is None and listed is None and failed is None:
+            why = (
+                "It is not in the event store, the queue or the failed folder."
+                if tracker is not None
+                else "It is not in the queue or the failed folder (and tracking is off)."
+            )
+            return page(
+                "Unknown message",
+                f"<h1>No message {e(key)}</h1><p>{e(why)}</p>"
+                '<p><a href="/messages">Search the messages</a></p>',
+                here="/messages",
+                status=404,
+            )
+        parts = [f'<h1>Message <span class="mono">{e(queue_id)}</span></h1>']
+        if history is not None:
+            parts.append(
+                key_values(
+                    [
+                        ("Status", badge(history.get("status"))),
+                        ("From", sender_text(history.get("sender"))),
+                        (
+                            "Message-ID",
+                            f'<span class="mono">{e(history.get("message_id") or "none")}</span>',
+                        ),
+                        ("Accepted", e(when(history.get("created_at")))),
+                        ("Last change", e(when(history.get("updated_at")))),
+                    ]
+                )
+            )
+        if listed is not None:
+            entry, state = listed.entry, listed.state.value
+            now = time.time()
+            due = entry.next_attempt_at
+            parts.append("<h2>In the queue</h2>")
+            parts.append(
+                key_values(
+                    [
+                        ("State", e(state)),
+                        ("From", sender_text(entry.sender)),
+                        ("Attempts", e(entry.attempts)),
+                        (
+                            "Next attempt",
+                            e("now" if due <= now else f"in {human_age(due - now)}")
+                            if state not in ("held", "active")
+                            else e(state),
+                        ),
+                        ("Last reply", e(entry.last_reply or "")),
+                        ("Relays", e(", ".join(entry.relays))),
+                    ]
+                )
+            )
+        if failed is not None:
+            parts.append("<h2>In the failed folder</h2>")
+            parts.append(self._failed_facts(failed))
+        if history is not None:
+            parts.append("<h2>Recipients</h2>")
+            parts.append(
+                table(
+                    ("Address", "Status", "Since", "Relay", "Provider id", "Reply"),
+                    (
+                        [
+                            e(r.get("address")),
+                            badge(r.get("status")),
+                            e(when(r.get("updated_at"))),
+                            e(r.get("relay")),
+                            f'<span class="mono">{e(r.get("provider_id"))}</span>',
+                            e(r.get("reply")),
+                        ]
+                        for r in history.get("recipients") or ()
+                    ),
+                    empty="No recipient recorded.",
+                )
+            )
+            parts.append("<h2>Timeline</h2>")
+            parts.append(
+                table(
+                    ("Time", "Status", "Recipient", "Source", "Relay", "Reply", "Detail"),
+                    (
+                        [
+                            e(when(ev.get("at"))),
+                            badge(ev.get("status")),
+                            e(ev.get("recipient") or ""),
+                            e(ev.get("source")),
+                            e(ev.get("relay") or ""),
+                            e(ev.get("reply") or ""),
+                            detail_text(ev.get("detail")),
+                        ]
+                        for ev in history.get("events") or ()
+                    ),
+                    empty="No event recorded.",
+                )
+            )
+        elif tracker is None:
+            parts.append('<p class="note">Tracking is off: there is no timeline.</p>')
+        return page(f"Message {queue_id}", "".join(parts), here="/messages")
+
+    async def _failed_record(self, message_id: str) -> FailedMessage | None:
+        try:
+            found = await self.site.admin.store.failed.find([message_id])
+        except FailedError:
+            return None
+        return found[0] if found and found[0].id == message_id else None
+
+    @staticmethod
+    def _failed_facts(message: FailedMessage) -> str:
+        recipients = "".join(
+            f"<li>{e(r.address)} {e(r.status)}" + (f": {e(r.reply)}" if r.reply else "") + "</li>"
+            for r in message.recipients
+        )
+        return key_values(
+            [
+                ("Failed at", e(when(message.failed_at))),
+                ("Stage", e(message.stage)),
+                ("Reason", e(message.reason)),
+                ("Recipients", f'<ul class="plain">{recipients}</ul>'),
+                ("Retry", f'<span class="mono">mqd failed retry {e(message.id)}</span>'),
+            ]
+        )
+
+    # -- /failed ----------------------------------------------------------------------------------
+
+    async def failed(self, request: web.Request) -> web.Response:
+        try:
+            limit = parse_limit(request.query, 100)
+        except BadQuery as exc:
+            return page("Failed", f'<p class="note">{e(exc)}</p>', here="/failed", status=400)
+        tracker = self.site.tracker
+        folder = await self.site.admin.store.failed.messages()
+        reasons = {m.id: m.reason for m in folder}
+        parts = ["<h1>Failed messages</h1>"]
+        parts.append("<h2>Recorded failures</h2>")
+        if tracker is None:
+            parts.append(
+                '<p class="note">Tracking is off ([tracking] enabled = false): only the failed '
+                "folder is shown.</p>"
+            )
+        else:
+            found = await tracker.failures(limit=limit)
+            rows = [
+                [
+                    e(when(m.get("updated_at"))),
+                    message_link(str(m.get("id"))),
+                    badge(m.get("status")),
+                    sender_text(m.get("sender")),
+                    self._reasons(m.get("recipients") or (), reasons.get(str(m.get("id")))),
+                ]
+                for m in found
+            ]
+            parts.append(
+                table(
+                    ("Last change", "Queue id", "Status", "From", "Why"),
+                    rows,
+                    empty="Nothing has failed.",
+                )
+            )
+        newest = list(reversed(folder))[:FAILED_FOLDER_LIMIT]
+        parts.append(f"<h2>In the failed folder ({len(folder)})</h2>")
+        parts.append(
+            '<p class="muted"><span class=mono>mqd failed retry ID</span> sends one again, '
+            "<span class=mono>mqd failed delete ID</span> removes it.</p>"
+        )
+        rows = [
+            [
+                e(when(m.failed_at)),
+                message_link(m.id),
+                e(m.stage),
+                sender_text(m.sender) if m.sender is not None else "",
+                e(m.reason),
+                '<ul class="plain">'
+                + "".join(
+                    f"<li>{e(r.address)} {e(r.status)}"
+                    + (f": {e(r.reply)}" if r.reply else "")
+                    + "</li>"
+                    for r in m.recipients
+                )
+                + "</ul>",
+            ]
+            for m in newest
+        ]
+        parts.append(
+            table(
+                ("Failed at", "Id", "Stage", "From", "Reason", "Recipients"),
+                rows,
+                empty="The failed folder is empty.",
+            )
+        )
+        if len(folder) > len(newest):
+            parts.append(
+                f'<p class="muted">The newest {len(newest)} are shown: '
+                "<span class=mono>mqd failed list</span> lists them all.</p>"
+            )
+        return page("Failed", "".join(parts), here="/failed")
+
+    @staticmethod
+    def _reasons(recipients: Sequence[Mapping[str, Any]], folder_reason: str | None) -> str:
+        """The bad recipients with their replies; the failed folder's reason for a message
+        refused as a whole (it has no recipient status to show)."""
+        bad = {s.value for s in BAD}
+        items = "".join(
+            f"<li>{e(r.get('address'))} {badge(r.get('status'))}"
+            + (f" {e(r.get('reply'))}" if r.get("reply") else "")
+            + "</li>"
+            for r in recipients
+            if r.get("status") in bad
+        )
+        if folder_reason and not items:
+            items = f"<li>{e(folder_reason)}</li>"
+        return f'<ul class="plain">{items}</ul>'

@@ -1,0 +1,27 @@
+"""What the HTTP server sees of the daemon: its config, its relays (for their webhooks), the event
+store and the queue's administration. Nothing else of the daemon is reachable from here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
+
+from mqd.admin.service import QueueAdmin
+from mqd.config.schema import Config
+from mqd.relays.base import Relay
+
+if TYPE_CHECKING:
+    from mqd.tracking.tracker import Tracker
+
+__all__ = ["Site"]
+
+
+class Site(Protocol):
+    @property
+    def config(self) -> Config: ...
+    @property
+    def relays(self) -> Mapping[str, Relay]: ...
+    @property
+    def tracker(self) -> Tracker | None: ...
+    @property
+    def admin(self) -> QueueAdmin: ...
