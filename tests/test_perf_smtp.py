@@ -13,7 +13,8 @@ from smtpserver import SMTPPeer
 from mqd.config.options import Options
 from mqd.errors import PermanentRelayError
 from mqd.message.envelope import Envelope
-from mqd.relays.smtp.relay import _PLAIN_ADDRESS, SMTPRelay
+from mqd.relays.smtp.relay import SMTPRelay
+from mqd.relays.smtp.wire import PLAIN_ADDRESS
 
 atoms = st.text(alphabet="abcXYZ019!#$%&'*+-/=?^_`{|}~", min_size=1, max_size=5)
 dot_atoms = st.lists(atoms, min_size=1, max_size=3).map(".".join)
@@ -23,7 +24,7 @@ dot_atoms = st.lists(atoms, min_size=1, max_size=3).map(".".join)
 @given(dot_atoms, dot_atoms)
 def test_a_plain_address_is_what_aiosmtplib_would_send(local: str, domain: str) -> None:
     address = f"{local}@{domain}"
-    assert _PLAIN_ADDRESS.fullmatch(address)
+    assert PLAIN_ADDRESS.fullmatch(address)
     assert quote_address(address) == f"<{address}>"
 
 
@@ -32,7 +33,7 @@ def test_a_plain_address_is_what_aiosmtplib_would_send(local: str, domain: str) 
     ['"a b"@example.net', "a(comment)@example.net", "j\u00f6rg@example.de", "a..b@x.y", "a@b."],
 )
 def test_other_addresses_take_aiosmtplibs_path(address: str) -> None:
-    assert not _PLAIN_ADDRESS.fullmatch(address)
+    assert not PLAIN_ADDRESS.fullmatch(address)
 
 
 def relay(peer: SMTPPeer) -> SMTPRelay:
