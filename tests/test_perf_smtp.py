@@ -84,17 +84,21 @@ async def test_refusals_on_the_fast_path_are_per_recipient(smtp_server: SMTPPeer
 async def test_an_address_aiosmtplib_would_rewrite_is_refused(
     smtp_server: SMTPPeer, odd: str
 ) -> None:
-    """aiosmtplib's parser sends a"b@example.net as <a>: refused, never reinterpreted."""
+    """aiosmtplib's parser sends a"b@example.net as <a>: refused, never reinterpreted (as a
+    recipient it gets its own 553 5.1.3; as the sender the message fails, 553 5.1.7)."""
     sink = relay(smtp_server)
     message = b"Subject: x\r\n\r\nx\r\n"
     try:
-        with pytest.raises(PermanentRelayError, match="cannot be sent safely"):
-            await sink.deliver(Envelope("app@example.com", (odd,), message))
-        with pytest.raises(PermanentRelayError, match="cannot be sent safely"):
+        result = await sink.deliver(Envelope("app@example.com", (odd,), message))
+        with pytest.raises(PermanentRelayError, match="cannot be sent safely") as caught:
             await sink.deliver(Envelope(odd, ("bob@example.net",), message))
     finally:
         await sink.aclose()
-    assert smtp_server.messages == []
+    reply = result.replies[odd]
+    assert (reply.code, reply.enhanced) == (553, "5.1.3")
+    assert caught.value.reply is not None
+    assert (caught.value.reply.code, caught.value.reply.enhanced) == (553, "5.1.7")
+    assert smtp_server.messages == [] and smtp_server.connections == 0
 
 
 async def test_a_quoted_local_part_still_goes_through_aiosmtplib(smtp_server: SMTPPeer) -> None:

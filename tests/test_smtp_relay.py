@@ -389,9 +389,9 @@ def spy_transactions(relay: SMTPRelay, monkeypatch: pytest.MonkeyPatch) -> list[
     reused_flags: list[bool] = []
     original = relay._transaction
 
-    async def transaction(conn, env, reused):
+    async def transaction(conn, env, addresses, reused):
         reused_flags.append(reused)
-        return await original(conn, env, reused)
+        return await original(conn, env, addresses, reused)
 
     monkeypatch.setattr(relay, "_transaction", transaction)
     return reused_flags

@@ -142,7 +142,7 @@ class ConnectionPool:
                         exc,
                     )
                     continue
-                if isinstance(exc, aiosmtplib.SMTPException | OSError | ValueError):
+                if isinstance(exc, Exception):  # not a cancellation
                     raise translate(exc, s, self.name) from exc
                 raise
             client.timeout = s.command_timeout

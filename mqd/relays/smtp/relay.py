@@ -10,6 +10,10 @@ The parts: ``settings`` (the table), ``pool`` (connections, TLS, login), ``trans
 RCPT, DATA, stepwise or pipelined), ``wire`` (addresses as the commands carry them),
 ``translate`` (aiosmtplib's exceptions as relay errors, in one place). This module is the relay
 and the plugin that registers it.
+
+A recipient whose address cannot be written on the wire gets a permanent 553 5.1.3 of its own
+and the others are sent; with no recipient left, nothing connects. A sender that cannot be
+written fails the message (553 5.1.7).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from mqd.relays.smtp.pool import Connection, ConnectionPool
 from mqd.relays.smtp.settings import SMTPSettings, read_settings
 from mqd.relays.smtp.transaction import StaleConnection, run_transaction
 from mqd.relays.smtp.translate import translate
+from mqd.relays.smtp.wire import Addresses, screen
 
 __all__ = ["SMTPRelay", "mqd_register_relays"]
 
@@ -57,34 +62,38 @@ class SMTPRelay(Relay):
         return f"smtp {s.host}:{s.port} {s.security}{auth}"
 
     async def deliver(self, envelope: Envelope) -> DeliveryResult:
+        addresses = screen(envelope)  # PermanentRelayError for a sender it cannot write
+        if not addresses.recipients:  # none can be written: each has its 553, nothing is sent
+            return DeliveryResult(addresses.refused)
         # A plain loop, not a retry library: this runs once per message, and building a retry
         # object each time cost more than the rest of the method.
         for last_try in (False, True):
             try:
-                return await self._deliver_once(envelope)
+                return await self._deliver_once(envelope, addresses)
             except StaleConnection as exc:
                 if last_try:  # twice in a row: report the underlying failure
                     raise translate(exc.__cause__ or exc, self.settings, self.name) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _deliver_once(self, envelope: Envelope) -> DeliveryResult:
+    async def _deliver_once(self, envelope: Envelope, addresses: Addresses) -> DeliveryResult:
         conn, reused = await self._pool.acquire()
         reusable = False
         try:
-            result = await self._transaction(conn, envelope, reused)
+            result = await self._transaction(conn, envelope, addresses, reused)
             reusable = True
             return result
         finally:
             self._pool.release(conn, reusable)
 
     async def _transaction(
-        self, conn: Connection, envelope: Envelope, reused: bool
+        self, conn: Connection, envelope: Envelope, addresses: Addresses, reused: bool
     ) -> DeliveryResult:
         conn.messages += 1
         return await run_transaction(
             conn.client,
             conn.pipeline,
             envelope,
+            addresses,
             reused=reused,
             settings=self.settings,
             relay=self.name,

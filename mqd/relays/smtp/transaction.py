@@ -1,15 +1,18 @@
 """One SMTP transaction on a connected, logged-in client: MAIL, RCPT for each recipient, DATA.
 
 Command by command (``stepwise``), or, when the server offers PIPELINING, MAIL, every RCPT and
-DATA in one write (``pipelined``) with the same outcome. The result has a reply per recipient;
-a failure of the whole message is raised as a relay error (``translate``), and a reused
-connection found dead before anything was sent as ``StaleConnection``, for the caller to retry on
-a fresh one.
+DATA in one write (``pipelined``) with the same outcome. The addresses come written for the wire
+(``mqd.relays.smtp.wire.screen``): the recipients that could not be written are not sent to and
+get their own 553 in the result. The result has a reply per recipient; a failure of the whole
+message is raised as a relay error (``translate``, which makes anything unexpected transient),
+and a reused connection found dead before anything was sent as ``StaleConnection``, for the
+caller to retry on a fresh one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import aiosmtplib
 
@@ -20,7 +23,7 @@ from mqd.relays.base import DeliveryResult
 from mqd.relays.smtp.pipelining import PipeliningProtocol
 from mqd.relays.smtp.settings import SMTPSettings
 from mqd.relays.smtp.translate import translate
-from mqd.relays.smtp.wire import mail_words, rcpt_words
+from mqd.relays.smtp.wire import Addresses, mail_words
 
 __all__ = ["StaleConnection", "run_transaction"]
 
@@ -33,31 +36,42 @@ async def run_transaction(
     client: aiosmtplib.SMTP,
     pipeline: PipeliningProtocol | None,
     envelope: Envelope,
+    addresses: Addresses,
     *,
     reused: bool,
     settings: SMTPSettings,
     relay: str,
 ) -> DeliveryResult:
-    """Send ``envelope`` on ``client`` (``pipeline`` when the server pipelines). Raises
-    StaleConnection, or a RelayError for a failure of the whole message."""
+    """Send ``envelope`` to ``addresses.recipients`` (at least one) on ``client`` (``pipeline``
+    when the server pipelines); the result has a reply for each of ``envelope.recipients``.
+    Raises StaleConnection, or a RelayError for a failure of the whole message: a transient one
+    for any exception that is not the server's answer (mqd's own bug never bounces mail)."""
     try:
         if pipeline is not None:
-            return await _pipelined(client, pipeline, envelope, reused, settings)
-        return await _stepwise(client, envelope, reused, settings)
+            result = await _pipelined(client, pipeline, envelope, addresses, reused, settings)
+        else:
+            result = await _stepwise(client, envelope, addresses, reused, settings)
     except (StaleConnection, RelayError):
         raise
-    except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
+    except Exception as exc:
         raise translate(exc, settings, relay) from exc
+    if addresses.refused:
+        result = dataclasses.replace(result, replies={**result.replies, **addresses.refused})
+    return result
 
 
 async def _stepwise(
-    client: aiosmtplib.SMTP, envelope: Envelope, reused: bool, s: SMTPSettings
+    client: aiosmtplib.SMTP,
+    envelope: Envelope,
+    addresses: Addresses,
+    reused: bool,
+    s: SMTPSettings,
 ) -> DeliveryResult:
     """One command, one reply: for a server that does not offer PIPELINING."""
-    mail_options, encoding = _mail_options(client, envelope)
+    mail_options = _mail_options(client, envelope, addresses)
     replies: dict[str, Reply] = {}
     try:
-        await _mail(client, envelope.sender, mail_options, encoding, s)
+        await _mail(client, mail_words(addresses.sender, mail_options), envelope.sender, s)
     except aiosmtplib.SMTPServerDisconnected as exc:
         if reused:
             raise StaleConnection() from exc
@@ -65,12 +79,12 @@ async def _stepwise(
     except aiosmtplib.SMTPSenderRefused as exc:
         await _reset(client, s)
         return DeliveryResult.all(
-            envelope.recipients, Reply.parse(exc.code, exc.message), remote=s.host
+            addresses.recipients, Reply.parse(exc.code, exc.message), remote=s.host
         )
     accepted = []
-    for rcpt in envelope.recipients:
+    for rcpt, words in zip(addresses.recipients, addresses.rcpts, strict=True):
         try:
-            await _rcpt(client, rcpt, encoding, s)
+            await _rcpt(client, words, rcpt, s)
         except aiosmtplib.SMTPRecipientRefused as exc:
             replies[rcpt] = Reply.parse(exc.code, exc.message)
         else:
@@ -93,16 +107,16 @@ async def _pipelined(
     client: aiosmtplib.SMTP,
     pipeline: PipeliningProtocol,
     envelope: Envelope,
+    addresses: Addresses,
     reused: bool,
     s: SMTPSettings,
 ) -> DeliveryResult:
     """MAIL, every RCPT and DATA in one write, then the body: every reply is checked, as
     RFC 2920 asks, and the outcome is the same as command by command."""
-    mail_options, encoding = _mail_options(client, envelope)
-    recipients = envelope.recipients
+    recipients = addresses.recipients
     group = [
-        mail_words(envelope.sender, mail_options, encoding),
-        *(rcpt_words(rcpt, encoding) for rcpt in recipients),
+        mail_words(addresses.sender, _mail_options(client, envelope, addresses)),
+        *addresses.rcpts,
         (b"DATA",),
     ]
     try:
@@ -158,36 +172,32 @@ async def _end_data(
 
 
 async def _mail(
-    client: aiosmtplib.SMTP, sender: str, options: list[str], encoding: str, s: SMTPSettings
+    client: aiosmtplib.SMTP, words: tuple[bytes, ...], sender: str, s: SMTPSettings
 ) -> None:
-    response = await client.execute_command(
-        *mail_words(sender, options, encoding), timeout=s.command_timeout
-    )
+    response = await client.execute_command(*words, timeout=s.command_timeout)
     if response.code != 250:
         raise aiosmtplib.SMTPSenderRefused(response.code, response.message, sender)
 
 
-async def _rcpt(client: aiosmtplib.SMTP, recipient: str, encoding: str, s: SMTPSettings) -> None:
-    response = await client.execute_command(
-        *rcpt_words(recipient, encoding), timeout=s.command_timeout
-    )
+async def _rcpt(
+    client: aiosmtplib.SMTP, words: tuple[bytes, ...], recipient: str, s: SMTPSettings
+) -> None:
+    response = await client.execute_command(*words, timeout=s.command_timeout)
     if response.code not in (250, 251):
         raise aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)
 
 
-def _mail_options(client: aiosmtplib.SMTP, envelope: Envelope) -> tuple[list[str], str]:
-    """MAIL's parameters (SMTPUTF8, SIZE, BODY) and the addresses' encoding; a
-    PermanentRelayError when the server cannot take the message at all."""
+def _mail_options(client: aiosmtplib.SMTP, envelope: Envelope, addresses: Addresses) -> list[str]:
+    """MAIL's parameters (SMTPUTF8, SIZE, BODY); a PermanentRelayError when the server cannot
+    take the message at all."""
     options: list[str] = []
-    encoding = "ascii"
-    if envelope.needs_smtputf8:
+    if addresses.smtputf8:
         if not client.supports_extension("smtputf8"):
             raise PermanentRelayError(
                 "the server does not support SMTPUTF8, needed for a non-ASCII address",
                 reply=Reply(553, "the server does not support SMTPUTF8", "5.6.7"),
             )
         options.append("SMTPUTF8")
-        encoding = "utf-8"
     if client.supports_extension("size"):
         message = envelope.message  # as sent: every bare LF becomes CRLF
         size = len(message) + message.count(b"\n") - message.count(b"\r\n")
@@ -200,7 +210,7 @@ def _mail_options(client: aiosmtplib.SMTP, envelope: Envelope) -> tuple[list[str
         options.append(f"SIZE={size}")
     if client.supports_extension("8bitmime") and not envelope.message.isascii():
         options.append("BODY=8BITMIME")
-    return options, encoding
+    return options
 
 
 async def _reset(client: aiosmtplib.SMTP, s: SMTPSettings) -> None:

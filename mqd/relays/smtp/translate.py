@@ -4,20 +4,29 @@ aiosmtplib's exceptions, socket and TLS errors and OAuth2 token errors become a
 ``TransientRelayError`` or ``PermanentRelayError`` whose message says what went wrong and what to
 fix, and whose reply classifies as intended (``mqd.message.classify``). A ``RelayError`` passes
 through unchanged. Login failures are transient: the mail waits while the config is fixed.
+
+Nothing here is permanent: a permanent failure is the server's 5xx, or a relay error raised on
+purpose (an address that cannot be written, a message larger than the server takes). Any other
+exception (a ValueError or TypeError from a bug in mqd or aiosmtplib) says nothing about the
+message, so it is logged with its traceback and becomes a transient 451 4.3.0: the mail is kept
+and retried, never bounced.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 
 import aiosmtplib
 
-from mqd.errors import PermanentRelayError, RelayError, TransientRelayError
+from mqd.errors import RelayError, TransientRelayError
 from mqd.message.reply import Reply
 from mqd.relays.smtp.oauth2.source import TokenError
 from mqd.relays.smtp.settings import SMTPSettings
 
 __all__ = ["translate"]
+
+log = logging.getLogger("mqd.relay.smtp")
 
 
 def translate(exc: BaseException, s: SMTPSettings, relay: str) -> RelayError:
@@ -81,9 +90,13 @@ def translate(exc: BaseException, s: SMTPSettings, relay: str) -> RelayError:
             f'{where}: {exc}; mqd will not fall back to clear text (security = "{s.security}")',
             reply=Reply(451, "the server does not offer STARTTLS", "4.7.0"),
         )
-    if isinstance(exc, ValueError):
-        return PermanentRelayError(
-            f"an address cannot be sent safely: {exc}",
-            reply=Reply(553, "invalid address", "5.1.3"),
-        )
-    return TransientRelayError(f"{where}: {exc}", reply=Reply(451, str(exc), "4.3.0"))
+    if isinstance(exc, aiosmtplib.SMTPException):
+        return TransientRelayError(f"{where}: {exc}", reply=Reply(451, str(exc), "4.3.0"))
+    # Not the server's answer, not the network: a bug (mqd's or aiosmtplib's), never the mail's.
+    log.error("relay %s: unexpected error talking to %s (a bug?)", relay, where, exc_info=exc)
+    what = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return TransientRelayError(
+        f"relay {relay}: unexpected {what} while talking to {where} (a bug?); mail is kept and "
+        "retried",
+        reply=Reply(451, f"local error in the SMTP relay, {what} (a bug?)", "4.3.0"),
+    )
