@@ -49,6 +49,7 @@ class _Handler:
         return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        self.peer.commands.append(("MAIL", address))
         if self.peer.mail_reply:
             return self.peer.mail_reply
         envelope.mail_from = address
@@ -56,6 +57,7 @@ class _Handler:
         return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        self.peer.commands.append(("RCPT", address))
         local = address.split("@", 1)[0]
         if address in self.peer.rcpt_replies:
             reply = self.peer.rcpt_replies[address]
@@ -145,6 +147,8 @@ class SMTPPeer:
         self.auth_log: list[tuple[str, bool]] = []
         self.port = 0
         self.messages: list[Received] = []
+        #: Every MAIL and RCPT received, answered or refused: ("MAIL" or "RCPT", address).
+        self.commands: list[tuple[str, str]] = []
         self.connections = 0
         self.data_started = 0
         self.rcpt_replies: dict[str, str] = {}

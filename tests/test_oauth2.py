@@ -29,7 +29,9 @@ from mqd.config.options import Options
 from mqd.errors import ConfigError, PermanentRelayError, TransientRelayError
 from mqd.message.envelope import Envelope
 from mqd.plugins.host import PluginHost
-from mqd.relays.smtp.oauth2 import OAuth2Settings, TokenError, make_token_source
+from mqd.relays.smtp.oauth2.build import make_token_source
+from mqd.relays.smtp.oauth2.settings import OAuth2Settings
+from mqd.relays.smtp.oauth2.source import TokenError
 from mqd.relays.smtp.relay import SMTPRelay
 from mqd.testing import Harness
 

@@ -13,7 +13,8 @@ from smtpserver import SMTPPeer
 from mqd.config.options import Options
 from mqd.errors import PermanentRelayError
 from mqd.message.envelope import Envelope
-from mqd.relays.smtp.relay import _PLAIN_ADDRESS, SMTPRelay
+from mqd.relays.smtp.relay import SMTPRelay
+from mqd.relays.smtp.wire import PLAIN_ADDRESS
 
 atoms = st.text(alphabet="abcXYZ019!#$%&'*+-/=?^_`{|}~", min_size=1, max_size=5)
 dot_atoms = st.lists(atoms, min_size=1, max_size=3).map(".".join)
@@ -23,7 +24,7 @@ dot_atoms = st.lists(atoms, min_size=1, max_size=3).map(".".join)
 @given(dot_atoms, dot_atoms)
 def test_a_plain_address_is_what_aiosmtplib_would_send(local: str, domain: str) -> None:
     address = f"{local}@{domain}"
-    assert _PLAIN_ADDRESS.fullmatch(address)
+    assert PLAIN_ADDRESS.fullmatch(address)
     assert quote_address(address) == f"<{address}>"
 
 
@@ -32,7 +33,7 @@ def test_a_plain_address_is_what_aiosmtplib_would_send(local: str, domain: str) 
     ['"a b"@example.net', "a(comment)@example.net", "j\u00f6rg@example.de", "a..b@x.y", "a@b."],
 )
 def test_other_addresses_take_aiosmtplibs_path(address: str) -> None:
-    assert not _PLAIN_ADDRESS.fullmatch(address)
+    assert not PLAIN_ADDRESS.fullmatch(address)
 
 
 def relay(peer: SMTPPeer) -> SMTPRelay:
@@ -83,17 +84,21 @@ async def test_refusals_on_the_fast_path_are_per_recipient(smtp_server: SMTPPeer
 async def test_an_address_aiosmtplib_would_rewrite_is_refused(
     smtp_server: SMTPPeer, odd: str
 ) -> None:
-    """aiosmtplib's parser sends a"b@example.net as <a>: refused, never reinterpreted."""
+    """aiosmtplib's parser sends a"b@example.net as <a>: refused, never reinterpreted (as a
+    recipient it gets its own 553 5.1.3; as the sender the message fails, 553 5.1.7)."""
     sink = relay(smtp_server)
     message = b"Subject: x\r\n\r\nx\r\n"
     try:
-        with pytest.raises(PermanentRelayError, match="cannot be sent safely"):
-            await sink.deliver(Envelope("app@example.com", (odd,), message))
-        with pytest.raises(PermanentRelayError, match="cannot be sent safely"):
+        result = await sink.deliver(Envelope("app@example.com", (odd,), message))
+        with pytest.raises(PermanentRelayError, match="cannot be sent safely") as caught:
             await sink.deliver(Envelope(odd, ("bob@example.net",), message))
     finally:
         await sink.aclose()
-    assert smtp_server.messages == []
+    reply = result.replies[odd]
+    assert (reply.code, reply.enhanced) == (553, "5.1.3")
+    assert caught.value.reply is not None
+    assert (caught.value.reply.code, caught.value.reply.enhanced) == (553, "5.1.7")
+    assert smtp_server.messages == [] and smtp_server.connections == 0
 
 
 async def test_a_quoted_local_part_still_goes_through_aiosmtplib(smtp_server: SMTPPeer) -> None:

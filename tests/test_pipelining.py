@@ -314,7 +314,7 @@ async def test_a_server_that_stops_answering_is_a_timeout_and_the_connection_is_
     try:
         with pytest.raises(TransientRelayError) as caught:
             await asyncio.wait_for(client.deliver(envelope("a@example.net")), 10)
-        assert client._idle == []  # never pooled: its replies could no longer be paired
+        assert client._pool._idle == []  # never pooled: its replies could no longer be paired
     finally:
         await client.aclose()
         server.stop()
@@ -327,7 +327,7 @@ async def test_the_installed_aiosmtplib_has_what_pipelining_relies_on() -> None:
     # command at a time: this says so instead.
     protocol = SMTPProtocol(loop=asyncio.get_running_loop())
     missing = [name for name in RELIED_ON if not hasattr(protocol, name)]
-    assert not missing, f"aiosmtplib's protocol lacks {missing}: see mqd/relays/pipelining.py"
+    assert not missing, f"aiosmtplib's protocol lacks {missing}: see mqd/relays/smtp/pipelining.py"
 
 
 async def test_a_large_group_is_not_taken_for_an_endless_reply(sink_factory: Any) -> None:

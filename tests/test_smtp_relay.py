@@ -374,7 +374,7 @@ async def test_reused_connection_closed_by_the_client_is_replaced(smtp_server: S
     relay = plain(smtp_server)
     try:
         await relay.deliver(envelope("app@example.com", "one@example.net"))
-        [idle] = relay._idle
+        [idle] = relay._pool._idle
         idle.client.close()  # the connection died while idle
         result = await relay.deliver(envelope("app@example.com", "two@example.net"))
     finally:
@@ -389,9 +389,9 @@ def spy_transactions(relay: SMTPRelay, monkeypatch: pytest.MonkeyPatch) -> list[
     reused_flags: list[bool] = []
     original = relay._transaction
 
-    async def transaction(conn, env, reused):
+    async def transaction(conn, env, addresses, reused):
         reused_flags.append(reused)
-        return await original(conn, env, reused)
+        return await original(conn, env, addresses, reused)
 
     monkeypatch.setattr(relay, "_transaction", transaction)
     return reused_flags
@@ -408,7 +408,7 @@ async def test_reused_connection_dropped_by_the_server_is_replaced(
     reused = spy_transactions(relay, monkeypatch)
     try:
         await relay.deliver(envelope("app@example.com", "one@example.net"))
-        [idle] = relay._idle
+        [idle] = relay._pool._idle
         peer.drop_all()  # blocks this thread: the client's loop cannot see the EOF yet
         assert idle.client.is_connected  # the client still believes in it
         result = await relay.deliver(envelope("app@example.com", "two@example.net"))
@@ -428,7 +428,7 @@ async def test_reused_connection_seen_closed_is_not_used(
     reused = spy_transactions(relay, monkeypatch)
     try:
         await relay.deliver(envelope("app@example.com", "one@example.net"))
-        [idle] = relay._idle
+        [idle] = relay._pool._idle
         peer.drop_all()
         for _ in range(500):  # let the client's loop see the EOF (a safety-net bound)
             if not idle.client.is_connected:

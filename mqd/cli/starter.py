@@ -9,7 +9,7 @@ from typing import Any
 import tomli_w
 
 from mqd.config.paths import default_paths
-from mqd.relays.smtp.relay import DEFAULT_PORTS
+from mqd.relays.smtp.settings import DEFAULT_PORTS
 
 __all__ = ["StarterOptions", "render_starter"]
 
