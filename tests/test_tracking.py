@@ -28,7 +28,7 @@ from mqd.testing import Harness, make_message
 from mqd.tracking import notify as notify_module
 from mqd.tracking.notify import Notifier
 from mqd.tracking.queries import failures, history, message, recent, recipient
-from mqd.tracking.store import SQLiteStore
+from mqd.tracking.sqlite import SQLiteStore
 from mqd.tracking.tracker import Tracker
 from mqd.tracking.vocabulary import ProviderEvent, Status
 

@@ -22,7 +22,7 @@ from mqd.logs import LOG_FORMATS, setup_logging
 from mqd.version import __version__
 
 if TYPE_CHECKING:
-    from mqd.tracking.store import SQLiteStore
+    from mqd.tracking.sqlite import SQLiteStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -764,7 +764,7 @@ def failed_delete(state: State, ids: tuple[str, ...], yes: bool) -> None:
 
 def _tracking_store(config: Config) -> SQLiteStore:
     """The event store, read-only; a clear error when tracking is off or has no database yet."""
-    from mqd.tracking.store import SQLiteStore
+    from mqd.tracking.sqlite import SQLiteStore
 
     path = config.tracking_path
     if not config.tracking.enabled:

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from mqd.events import Event, EventKind
 from mqd.tracking.queries import failures, history, message, recent, recipient
-from mqd.tracking.store import Record, SQLiteStore
+from mqd.tracking.records import Record
+from mqd.tracking.sqlite import SQLiteStore
 from mqd.tracking.vocabulary import ProviderEvent, Status
 
 if TYPE_CHECKING:
