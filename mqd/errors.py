@@ -13,6 +13,7 @@
     │   ├── TransientRelayError   try again later (4xx, timeout, dropped connection)
     │   └── PermanentRelayError   will never work (5xx, bad address)
     ├── PluginError            a plugin failed to load or misbehaved
+    ├── TrackingError          the event store (history) cannot be read or written; names it
     └── TokenError             no OAuth2 access token could be had (``mqd.relays.smtp.oauth2``)
 
 Relays translate their library's exceptions (aiosmtplib, httpx, ...) into
@@ -36,6 +37,7 @@ __all__ = [
     "QueueLockedError",
     "RelayError",
     "SpoolError",
+    "TrackingError",
     "TransientRelayError",
     "WorkerError",
 ]
@@ -122,3 +124,15 @@ class PermanentRelayError(RelayError):
 
 class PluginError(MQDError):
     """A plugin failed to load, registered something invalid, or raised."""
+
+
+class TrackingError(MQDError):
+    """The event store cannot be used: damaged, unreadable, paused, or written by a newer mqd.
+
+    ``path`` is the store's file (None when it has none). ``str()`` says what to do. Delivery
+    never waits on it: only history (``mqd history``, the API, notifications) does.
+    """
+
+    def __init__(self, message: str, *, path: "Path | None" = None) -> None:
+        self.path = path
+        super().__init__(message)

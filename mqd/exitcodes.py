@@ -19,6 +19,8 @@ class ExitCode(IntEnum):
     SOFTWARE = 70
     #: A file or directory cannot be created (the spool or the queue is not writable).
     CANTCREAT = 73
+    #: A file could not be read or written: a damaged or unreadable event store (mqd history).
+    IOERR = 74
     #: Try again later: the queue directory is in use by another mqd, or the spool cannot be
     #: written for a reason that may pass (sendmail).
     TEMPFAIL = 75

@@ -28,7 +28,7 @@ from mqd.testing import Harness, make_message
 from mqd.tracking import notify as notify_module
 from mqd.tracking.notify import Notifier
 from mqd.tracking.queries import failures, history, message, recent, recipient
-from mqd.tracking.store import SQLiteStore
+from mqd.tracking.sqlite import SQLiteStore
 from mqd.tracking.tracker import Tracker
 from mqd.tracking.vocabulary import ProviderEvent, Status
 
@@ -298,9 +298,7 @@ async def test_retention_prunes_old_events_and_messages(tmp_path: Path) -> None:
         )
         dispatched(tracker, "0190000000aaaaaaaaaaaa")
         await tracker.flush()
-        gone = await tracker.call(
-            tracker.store.prune, time.time() - tracker.config.tracking.retention
-        )
+        gone = await tracker.prune()
         assert gone == 2
         assert await tracker.message(MID) is None
         assert await tracker.message("0190000000aaaaaaaaaaaa") is not None
@@ -600,6 +598,7 @@ async def test_notifications_survive_a_failing_store(
     from mqd.config.schema import NotifyConfig
 
     async with App() as app, tracker_for(tmp_path) as tracker:
+        assert tracker.store is not None
         real = tracker.store.events_after
         failures_left = [2]
 

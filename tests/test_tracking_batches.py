@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from mqd.tracking import store as store_module
-from mqd.tracking.store import Record, SQLiteStore
+from mqd.tracking import sqlite as store_module
+from mqd.tracking.batch import chunks as power_chunks
+from mqd.tracking.records import Record
+from mqd.tracking.sqlite import SQLiteStore
 from mqd.tracking.vocabulary import Status
 
 RECIPIENT_STATUSES = [
@@ -152,7 +154,7 @@ def test_statements_take_a_few_sizes_of_batch() -> None:
     up to the largest, so that a few sizes serve every batch."""
     sizes: set[int] = set()
     for n in range(300):
-        chunks = list(store_module._chunks(list(range(n)), 64))
+        chunks = list(power_chunks(list(range(n)), 64))
         assert [item for chunk in chunks for item in chunk] == list(range(n))
         sizes.update(len(chunk) for chunk in chunks)
     assert sizes == {1, 2, 4, 8, 16, 32, 64}

@@ -16,13 +16,22 @@ import tomli_w
 from mqd.config.load import load_config, locate_config
 from mqd.config.paths import default_paths
 from mqd.config.schema import CONFIG_ENV, Config
-from mqd.errors import ConfigError, MessageParseError, MQDError, QueueError, QueueLockedError
+from mqd.errors import (
+    ConfigError,
+    MessageParseError,
+    MQDError,
+    QueueError,
+    QueueLockedError,
+    TrackingError,
+)
 from mqd.exitcodes import ExitCode
 from mqd.logs import LOG_FORMATS, setup_logging
 from mqd.version import __version__
 
 if TYPE_CHECKING:
-    from mqd.tracking.store import SQLiteStore
+    from contextlib import AbstractContextManager
+
+    from mqd.tracking.sqlite import SQLiteStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,6 +40,7 @@ _ERROR_CODES: tuple[tuple[type[MQDError], ExitCode], ...] = (
     (QueueLockedError, ExitCode.TEMPFAIL),
     (QueueError, ExitCode.CANTCREAT),
     (MessageParseError, ExitCode.DATAERR),
+    (TrackingError, ExitCode.IOERR),
     (MQDError, ExitCode.FAILURE),
 )
 
@@ -774,20 +784,21 @@ def failed_delete(state: State, ids: tuple[str, ...], yes: bool) -> None:
 # -- tracking -------------------------------------------------------------------------------------
 
 
-def _tracking_store(config: Config) -> SQLiteStore:
-    """The event store, read-only; a clear error when tracking is off or has no database yet."""
-    from mqd.tracking.store import SQLiteStore
+def _tracking_store(config: Config) -> AbstractContextManager[SQLiteStore]:
+    """The event store, read-only, for a ``with`` block; a clear error when tracking is off or
+    has no database yet, and a TrackingError (exit 74) naming the file when it is damaged or
+    cannot be read, whether at opening or by a query."""
+    from mqd.tracking.sqlitefile import reading
 
     path = config.tracking_path
     if not config.tracking.enabled:
         raise ConfigError("tracking is off ([tracking] enabled = false): there is no history")
-    try:
-        return SQLiteStore(path, readonly=True)
-    except (FileNotFoundError, OSError) as exc:
+    if not path.exists():
         raise ConfigError(
-            f"no event store at {path} yet ({exc.__class__.__name__}): it is created when "
-            "'mqd run' starts with [tracking] enabled"
-        ) from None
+            f"no event store at {path} yet: it is created when 'mqd run' starts with "
+            "[tracking] enabled"
+        )
+    return reading(path)
 
 
 @cli.command()
@@ -807,11 +818,8 @@ def history(state: State, key: str, as_json: bool, limit: int) -> None:
     from mqd.tracking.queries import history as find
     from mqd.tracking.render import history_lines
 
-    store = _tracking_store(state.load())
-    try:
+    with _tracking_store(state.load()) as store:
         found = find(store, key, limit)
-    finally:
-        store.close()
     if as_json:
         _print_json(found)
     else:
@@ -842,12 +850,11 @@ def history(state: State, key: str, as_json: bool, limit: int) -> None:
 def events(state: State, follow: bool, last: int, as_json: bool, interval: float) -> None:
     """Print the newest events of every message (like tail), and with --follow the new ones
     as they are recorded (Ctrl-C stops)."""
+    import contextlib
     import json
     import time
 
     from mqd.tracking.render import event_line
-
-    store = _tracking_store(state.load())
 
     def show(batch: list[dict[str, Any]]) -> None:
         for event in batch:
@@ -856,7 +863,7 @@ def events(state: State, follow: bool, last: int, as_json: bool, interval: float
             else:
                 click.echo(event_line(event, with_message=True))
 
-    try:
+    with _tracking_store(state.load()) as store, contextlib.suppress(KeyboardInterrupt):
         seq = max(store.last_seq() - last, 0)
         while True:
             batch = store.events_after(seq, 500)
@@ -867,7 +874,3 @@ def events(state: State, follow: bool, last: int, as_json: bool, interval: float
             if not follow:
                 return
             time.sleep(interval)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        store.close()

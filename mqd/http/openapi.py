@@ -364,7 +364,7 @@ _SPEC: dict[str, Any] = {
             "Forbidden": _json(
                 _ref("Error"), "Neither on this machine nor carrying the token: says how to."
             ),
-            "TrackingOff": _json(_ref("Error"), "[tracking] is off: there is no history."),
+            "TrackingOff": _json(_ref("Error"), "[tracking] is off or paused: no history."),
         },
         "schemas": {
             "Status": {

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from html import escape
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from mqd.config.schema import HttpConfig
-from mqd.errors import ConfigError
+from mqd.errors import ConfigError, TrackingError
 from mqd.http import access
 from mqd.http.api import PREFIX, Api, BadQuery, error, json_error_for
 from mqd.http.html import SECURITY_HEADERS, forbidden_page, page
@@ -170,6 +171,12 @@ class HttpServer:
             if is_api and exc.status >= 400:
                 return json_error_for(exc)
             raise
+        except TrackingError as exc:  # history is paused: the tracker has said why in the log
+            if is_api:
+                return error(503, str(exc))
+            return page(
+                "History paused", f"<h1>History is paused</h1><p>{escape(str(exc))}</p>", status=503
+            )
         except Exception:
             log.exception("HTTP %s %s failed", request.method, path)
             if is_api:

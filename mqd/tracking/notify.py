@@ -20,6 +20,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from mqd.errors import TrackingError
 from mqd.version import __version__
 
 if TYPE_CHECKING:
@@ -76,6 +77,10 @@ class Notifier:
         self.url = config.url
         self._secret = config.secret.reveal().encode("utf-8")
         self._task: asyncio.Task[None] | None = None
+        #: The tracker's store generation followed last (None before the first).
+        self._generation: int | None = None
+        #: Whether it said it waits for a paused tracker (it says so once a pause).
+        self._waiting = False
         #: How many were sent and how many given up on (for logs and tests).
         self.sent = 0
         self.dropped = 0
@@ -102,32 +107,46 @@ class Notifier:
             while True:
                 try:
                     await self._follow(session)
+                    continue  # another event store: start over in it
+                except TrackingError as exc:
+                    # Tracking is paused (the tracker said so once): wait for it, quietly.
+                    if not self._waiting:
+                        log.warning("notifications wait: %s", exc)
+                    self._waiting = True
                 except Exception:
-                    # The store could not be read or written (a full disk, a lock): notifications
-                    # wait, delivery does not, and the cursor says where to resume.
+                    # The store could not be read or written (a lock, an I/O error):
+                    # notifications wait, delivery does not, and the cursor says where to resume.
                     log.exception("notifications paused: the event store failed; retrying")
-                    await asyncio.sleep(IDLE_POLL)
+                await asyncio.sleep(IDLE_POLL)
 
     async def _follow(self, session: aiohttp.ClientSession) -> None:
-        store = self.tracker.store
-        seq = await self.tracker.call(store.cursor, CURSOR)
+        """Notify every event after the cursor, then each new one, until the tracker opens
+        another store (a damaged one set aside): then return, to start over in it."""
+        tracker = self.tracker
+        generation = tracker.generation
+        seq = await tracker.cursor(CURSOR)
         if seq < 0:
-            # First run with [notify]: start from now, not with the whole history.
-            seq = await self.tracker.call(store.last_seq)
-            await self.tracker.call(store.set_cursor, CURSOR, seq)
-        while True:
-            self.tracker.changed.clear()
-            batch = await self.tracker.events_after(seq, 100)
+            # First run with [notify]: start from now, not with the whole history. In a new
+            # store that replaced a damaged one, every event is new: start from its first.
+            seq = 0 if self._generation is not None else await tracker.last_seq()
+            await tracker.set_cursor(CURSOR, seq, generation)
+        self._generation = generation
+        self._waiting = False
+        while tracker.generation == generation:
+            tracker.changed.clear()
+            batch = await tracker.events_after(seq, 100)
+            if tracker.generation != generation:
+                return  # read from the new store: positions differ
             for event in batch:
                 if not self.config.statuses or event["status"] in self.config.statuses:
                     await self._deliver(session, event)
-                    await self.tracker.call(store.set_cursor, CURSOR, event["seq"])
+                    await tracker.set_cursor(CURSOR, event["seq"], generation)
                 seq = event["seq"]
             if batch:
-                await self.tracker.call(store.set_cursor, CURSOR, seq)  # past skipped ones
+                await tracker.set_cursor(CURSOR, seq, generation)  # past skipped ones
             else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.tracker.changed.wait(), IDLE_POLL)
+                    await asyncio.wait_for(tracker.changed.wait(), IDLE_POLL)
 
     async def _deliver(self, session: aiohttp.ClientSession, event: dict[str, Any]) -> None:
         body = notification_body(event)

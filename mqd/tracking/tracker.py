@@ -2,14 +2,16 @@
 loop, takes providers' webhook events, and answers the queries of the API and the web view.
 
 Writing never holds up delivery: events are buffered and written by one worker thread every
-``FLUSH_DELAY``; a failing write is logged and the batch dropped (the queue, not this store,
-is what keeps the mail).
+``FLUSH_DELAY``. The store is kept usable by a ``StoreKeeper``: a damaged store is set aside
+and history starts afresh; a store that cannot be opened or written pauses tracking (events
+dropped and counted, retried with backoff). The queue, not this store, is what keeps the mail.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -17,8 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mqd.events import Event, EventKind
+from mqd.tracking.eventstore import EventStore, Summary, TimelineEvent
+from mqd.tracking.keeper import StoreKeeper
 from mqd.tracking.queries import failures, history, message, recent, recipient
-from mqd.tracking.store import Record, SQLiteStore
+from mqd.tracking.records import Record
+from mqd.tracking.sqlitefile import SQLiteHome
 from mqd.tracking.vocabulary import ProviderEvent, Status
 
 if TYPE_CHECKING:
@@ -97,9 +102,12 @@ def records_for(event: Event) -> list[Record]:
 
 
 class Tracker:
-    def __init__(self, config: Config, store: SQLiteStore, writer: ThreadPoolExecutor) -> None:
+    """The daemon's tracker; ``Tracker.open`` makes one. Its reads raise ``TrackingError``
+    while tracking is paused."""
+
+    def __init__(self, config: Config, keeper: StoreKeeper, writer: ThreadPoolExecutor) -> None:
         self.config = config
-        self.store = store
+        self.keeper = keeper
         self._writer = writer
         self._buffer: list[Record] = []
         self._dirty = asyncio.Event()
@@ -110,17 +118,32 @@ class Tracker:
         self.unmatched = 0
 
     @classmethod
-    async def open(cls, config: Config) -> Tracker:
+    async def open(cls, config: Config, *, clock: Callable[[], float] = time.monotonic) -> Tracker:
+        """A tracker for ``config.tracking_path``, its store opened. Never raises for the store:
+        a damaged one is set aside (a new one opened), one that cannot be opened pauses
+        tracking. ``clock`` (monotonic seconds) times the retries of a paused store."""
         writer = ThreadPoolExecutor(1, thread_name_prefix="mqd-tracking")
         path = config.tracking_path
-        store = await asyncio.get_running_loop().run_in_executor(writer, SQLiteStore, path)
-        tracker = cls(config, store, writer)
+        keeper = StoreKeeper(SQLiteHome(path), clock=clock)
+        await asyncio.get_running_loop().run_in_executor(writer, keeper.start)
+        tracker = cls(config, keeper, writer)
         tracker._tasks = [
             asyncio.create_task(tracker._flush_loop(), name="mqd-tracking-flush"),
             asyncio.create_task(tracker._prune_loop(), name="mqd-tracking-prune"),
         ]
-        log.info("tracking events in %s", path)
+        if keeper.paused is None:
+            log.info("tracking events in %s", path)
         return tracker
+
+    @property
+    def store(self) -> EventStore | None:
+        """The store in use (None while paused); it changes when a damaged one is set aside."""
+        return self.keeper.store
+
+    @property
+    def generation(self) -> int:
+        """Changes each time another store is opened (positions in the old one mean nothing)."""
+        return self.keeper.generation
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -137,26 +160,37 @@ class Tracker:
         if not batch:
             return
         try:
-            new = await self.call(self.store.record, batch)
+            new = await self.call(self._write, batch)
         except Exception:
             log.exception("tracking: could not record %d events; they are lost", len(batch))
             return
         if new:
             self.changed.set()
 
+    def _write(self, batch: list[Record]) -> list[Record]:
+        return self.keeper.write(lambda store: store.record(batch), events=len(batch), otherwise=[])
+
     async def ingest(self, source: str, events: Sequence[ProviderEvent]) -> int:
         """Record a provider's verified events; return how many were new (duplicates of an
-        event already recorded, by ``event_id``, are skipped)."""
+        event already recorded, by ``event_id``, are skipped; while tracking is paused, none
+        is recorded and 0 returned)."""
         await self.flush()  # so that an id dispatched a moment ago matches
-        new = await self.call(self._ingest, source, list(events))
+        batch = list(events)
+
+        def write() -> int:
+            return self.keeper.write(
+                lambda store: self._ingest(store, source, batch), events=len(batch), otherwise=0
+            )
+
+        new = await self.call(write)
         if new:
             self.changed.set()
         return new
 
-    def _ingest(self, source: str, events: list[ProviderEvent]) -> int:
+    def _ingest(self, store: EventStore, source: str, events: list[ProviderEvent]) -> int:
         records = []
         for event in events:
-            message_key = self.store.match(source, event)
+            message_key = store.match(source, event)
             if message_key is None and event.mqd_id:
                 # Ours (it carries our id) but unknown here: pruned, or sent before tracking.
                 message_key = event.mqd_id
@@ -183,7 +217,24 @@ class Tracker:
                     event_key=f"{source}:{event.event_id}",
                 )
             )
-        return len(self.store.record(records))
+        return len(store.record(records))
+
+    async def prune(self) -> int:
+        """Delete what is older than the retention; return how many events went."""
+        cutoff = time.time() - self.config.tracking.retention
+        return await self.call(
+            self.keeper.write, lambda store: store.prune(cutoff), events=0, otherwise=0
+        )
+
+    async def set_cursor(self, name: str, seq: int, generation: int | None = None) -> None:
+        """Set the cursor ``name``; with ``generation``, only in the store of that generation
+        (a position read in a store set aside since means nothing in the new one)."""
+
+        def write(store: EventStore) -> None:
+            if generation is None or generation == self.keeper.generation:
+                store.set_cursor(name, seq)
+
+        await self.call(self.keeper.write, write, events=0, otherwise=None)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -195,8 +246,7 @@ class Tracker:
     async def _prune_loop(self) -> None:
         while True:
             try:
-                cutoff = time.time() - self.config.tracking.retention
-                gone = await self.call(self.store.prune, cutoff)
+                gone = await self.prune()
                 if gone:
                     log.info("tracking: pruned %d events older than the retention", gone)
             except Exception:
@@ -210,31 +260,41 @@ class Tracker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.flush()
-        await self.call(self.store.close)
+        await self.call(self.keeper.close)
         self._writer.shutdown(wait=True)
 
     # -- reading (on the writer's thread: a read sees every write before it) -----------------
 
-    async def message(self, key: str) -> dict[str, Any] | None:
-        return await self.call(message, self.store, key)
+    async def message(self, key: str) -> Summary | None:
+        return await self._read(lambda store: message(store, key))
 
-    async def history(self, key: str, *, limit: int = 20) -> list[dict[str, Any]]:
-        return await self.call(history, self.store, key, limit)
+    async def history(self, key: str, *, limit: int = 20) -> list[Summary]:
+        return await self._read(lambda store: history(store, key, limit))
 
-    async def recipient(self, address: str, *, limit: int = 50) -> list[dict[str, Any]]:
-        return await self.call(recipient, self.store, address, limit)
+    async def recipient(self, address: str, *, limit: int = 50) -> list[Summary]:
+        return await self._read(lambda store: recipient(store, address, limit))
 
-    async def recent(self, *, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
-        return await self.call(recent, self.store, limit, status)
+    async def recent(self, *, limit: int = 50, status: str | None = None) -> list[Summary]:
+        return await self._read(lambda store: recent(store, limit, status))
 
-    async def failures(
-        self, *, since: float | None = None, limit: int = 50
-    ) -> list[dict[str, Any]]:
-        return await self.call(failures, self.store, since, limit)
+    async def failures(self, *, since: float | None = None, limit: int = 50) -> list[Summary]:
+        return await self._read(lambda store: failures(store, since, limit))
 
-    async def events_after(self, seq: int, limit: int = 100) -> list[dict[str, Any]]:
-        return await self.call(self.store.events_after, seq, limit)
+    async def events_after(self, seq: int, limit: int = 100) -> list[TimelineEvent]:
+        return await self._read(lambda store: store.events_after(seq, limit))
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the store's thread (after every write queued before it)."""
-        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+    async def last_seq(self) -> int:
+        return await self._read(lambda store: store.last_seq())
+
+    async def cursor(self, name: str) -> int:
+        return await self._read(lambda store: store.cursor(name))
+
+    async def _read(self, op: Callable[[EventStore], T]) -> T:
+        return await self.call(self.keeper.read, op)
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` on the store's thread (after every write queued before
+        it)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._writer, functools.partial(fn, *args, **kwargs)
+        )
