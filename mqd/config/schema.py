@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -87,6 +88,32 @@ def available_cores() -> int:
     except (AttributeError, OSError):  # not on Linux
         cores = os.cpu_count() or 1
     return max(1, min(cores, MAX_WORKERS))
+
+
+#: ``[http] max_connections`` at most by default, and the share of the open-files limit it takes.
+HTTP_CONNECTIONS = 256
+HTTP_SHARE_OF_FILES = 4
+
+
+def open_files_limit() -> int | None:
+    """This process's soft limit of open files (RLIMIT_NOFILE: ``ulimit -n``, systemd's
+    ``LimitNOFILE=``); None when there is none or it is not known (Windows)."""
+    if sys.platform == "win32":
+        return None
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def default_http_connections() -> int:
+    """``[http] max_connections = "auto"``: HTTP_CONNECTIONS, or a quarter of the open-files
+    limit when that is less, so that HTTP clients never take the descriptors the queue and the
+    relays need."""
+    files = open_files_limit()
+    if files is None:
+        return HTTP_CONNECTIONS
+    return max(1, min(HTTP_CONNECTIONS, files // HTTP_SHARE_OF_FILES))
 
 
 def worker_dir(queue_dir: Path, worker: int) -> Path:
@@ -213,6 +240,11 @@ class HttpConfig:
     token: Secret | None = field(default=None, repr=False)
     #: The largest request body taken (a webhook batch); larger ones get 413.
     max_body: int = 1024 * 1024
+    #: Connections served at once; one more is closed as soon as it is accepted, unread.
+    max_connections: int = field(default_factory=default_http_connections)
+    #: Seconds a connection may take to send a request's headers, counted from when it
+    #: connected or got its last answer (an idle keep-alive connection); then it is closed.
+    header_timeout: float = 10.0
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from mqd.config.schema import (
     SpoolConfig,
     TrackingConfig,
     available_cores,
+    default_http_connections,
 )
 from mqd.config.senders import validate_sender_pattern
 
@@ -261,9 +262,13 @@ def parse_http(opts: Options) -> HttpConfig:
         port=_port(opts, 8025),
         token=opts.secret("token"),
         max_body=opts.size("max_body", "1MB"),
+        max_connections=opts.count("max_connections", "auto", auto=default_http_connections),
+        header_timeout=opts.duration("header_timeout", "10s"),
     )
     if config.max_body < 1024:
         raise opts.error("max_body", 'is too small for a webhook batch: give at least "1KB"')
+    if config.header_timeout <= 0:
+        raise opts.error("header_timeout", 'must be more than 0s, e.g. "10s"')
     opts.finish()
     return config
 

@@ -10,6 +10,10 @@ A request is let in when it comes from this machine or carries the configured to
 - *token*: ``Authorization: Bearer <token>``, or the session cookie ``GET /login?token=...``
   sets, which holds an HMAC of the token (never the token itself).
 
+Tokens and cookies are compared in constant time, as bytes: a header value aiohttp could not
+decode as UTF-8 (its bytes kept as lone surrogates) is a wrong token like any other, never an
+error.
+
 Webhooks are not checked here: each proves itself with its provider's signature.
 """
 
@@ -39,13 +43,20 @@ FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 _SESSION_MESSAGE = b"mqd web view session v1"
 
 
+def _octets(text: str) -> bytes:
+    """``text`` as bytes, whatever it holds: UTF-8, with any lone surrogate (an undecodable byte
+    of a header, or of a token from the environment) encoded as is rather than raising."""
+    return text.encode("utf-8", "surrogatepass")
+
+
 def session_value(token: str) -> str:
     """The session cookie's value for ``token``."""
-    return hmac.new(token.encode("utf-8"), _SESSION_MESSAGE, hashlib.sha256).hexdigest()
+    return hmac.new(_octets(token), _SESSION_MESSAGE, hashlib.sha256).hexdigest()
 
 
 def token_matches(given: str, token: str) -> bool:
-    return hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8"))
+    """Whether ``given`` is ``token``, in constant time; never raises."""
+    return hmac.compare_digest(_octets(given), _octets(token))
 
 
 def _loopback_ip(text: str | None) -> bool:
@@ -87,9 +98,7 @@ def allowed(request: web.BaseRequest, token: str | None) -> bool:
     if scheme.lower() == "bearer" and given.strip():
         return token_matches(given.strip(), token)
     cookie = request.cookies.get(SESSION_COOKIE)
-    return cookie is not None and hmac.compare_digest(
-        cookie.encode("utf-8", "replace"), session_value(token).encode("ascii")
-    )
+    return cookie is not None and token_matches(cookie, session_value(token))
 
 
 def refusal(token_configured: bool) -> str:

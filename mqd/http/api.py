@@ -1,14 +1,16 @@
 """The read-only JSON API under ``/api/v1/``: the event store's answers and the queue overview.
 
 Every answer is JSON; every error is ``{"error": "..."}`` with its status (400 for a bad query
-value, 404 for an unknown message, 503 when ``[tracking]`` is off). docs/api.md describes each
-endpoint, ``openapi.json`` (``mqd.http.openapi``) describes them for machines.
+value or a control character in a path's key or address, 404 for an unknown message, 503 when
+``[tracking]`` is off). docs/api.md describes each endpoint, ``openapi.json``
+(``mqd.http.openapi``) describes them for machines.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -23,7 +25,16 @@ if TYPE_CHECKING:
     from mqd.http.site import Site
     from mqd.tracking.tracker import Tracker
 
-__all__ = ["MAX_LIMIT", "PREFIX", "Api", "BadQuery", "error", "parse_limit", "parse_since"]
+__all__ = [
+    "MAX_LIMIT",
+    "PREFIX",
+    "Api",
+    "BadQuery",
+    "error",
+    "parse_limit",
+    "parse_since",
+    "path_value",
+]
 
 PREFIX = "/api/v1"
 TRACKING_OFF = (
@@ -35,11 +46,24 @@ MAX_LIMIT = 500
 
 
 class BadQuery(ValueError):
-    """A query parameter's value is not usable: answered 400 with this message."""
+    """A query parameter's or a path's value is not usable: answered 400 with this message."""
 
 
 def error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+def path_value(request: web.Request, name: str, what: str) -> str:
+    """The path's ``{name}``, decoded; BadQuery when it holds a control character (a newline,
+    a tab, NUL, DEL ...), which no queue id, Message-ID or address has."""
+    value = request.match_info[name]
+    for position, char in enumerate(value):
+        if unicodedata.category(char) == "Cc":
+            raise BadQuery(
+                f"{name} must not hold control characters: found {char!r} at position "
+                f"{position} of {value!r}; give {what} (URL-encoded)"
+            )
+    return value
 
 
 def parse_limit(query: Mapping[str, str], default: int) -> int:
@@ -99,8 +123,9 @@ class Api:
             web.get(f"{PREFIX}/openapi.json", self.openapi),
             web.get(f"{PREFIX}/status", self.status),
             web.get(f"{PREFIX}/messages", self.messages),
-            web.get(f"{PREFIX}/messages/{{key:.+}}", self.message),
-            web.get(f"{PREFIX}/history/{{key:.+}}", self.history),
+            # (?s): a key with a newline reaches the handler, which answers 400, not 404.
+            web.get(f"{PREFIX}/messages/{{key:(?s:.+)}}", self.message),
+            web.get(f"{PREFIX}/history/{{key:(?s:.+)}}", self.history),
             web.get(f"{PREFIX}/recipients/{{address}}/messages", self.recipient),
             web.get(f"{PREFIX}/failures", self.failures),
         ]
@@ -127,7 +152,7 @@ class Api:
         return web.json_response({"messages": found})
 
     async def message(self, request: web.Request) -> web.Response:
-        key = request.match_info["key"]
+        key = path_value(request, "key", "a queue id or a Message-ID")
         found = await self._tracker().message(key)
         if found is None:
             return error(404, f"no message {key!r} in the event store")
@@ -135,12 +160,14 @@ class Api:
 
     async def history(self, request: web.Request) -> web.Response:
         limit = parse_limit(request.query, 20)
-        found = await self._tracker().history(request.match_info["key"], limit=limit)
+        key = path_value(request, "key", "a queue id, a Message-ID or an address")
+        found = await self._tracker().history(key, limit=limit)
         return web.json_response({"messages": found})
 
     async def recipient(self, request: web.Request) -> web.Response:
         limit = parse_limit(request.query, 50)
-        found = await self._tracker().recipient(request.match_info["address"], limit=limit)
+        address = path_value(request, "address", "an address")
+        found = await self._tracker().recipient(address, limit=limit)
         return web.json_response({"messages": found})
 
     async def failures(self, request: web.Request) -> web.Response:

@@ -41,6 +41,18 @@ _LIMIT: dict[str, Any] = {
     "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
 }
 
+
+def _path(name: str, description: str) -> dict[str, Any]:
+    """A path parameter: a control character in it is answered 400."""
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": f"{description}; a control character (newline, tab, NUL ...) is a 400.",
+        "schema": {"type": "string"},
+    }
+
+
 _RECIPIENT = {
     "type": "object",
     "description": "One recipient's current status: the highest-ranked it has reached.",
@@ -211,15 +223,7 @@ _SPEC: dict[str, Any] = {
             "get": {
                 "operationId": "message",
                 "summary": "One message's history: its recipients and every event.",
-                "parameters": [
-                    {
-                        "name": "key",
-                        "in": "path",
-                        "required": True,
-                        "description": "mqd's queue id, or the Message-ID (with or without <>).",
-                        "schema": {"type": "string"},
-                    }
-                ],
+                "parameters": [_path("key", "The queue id or the Message-ID (with or without <>)")],
                 "responses": {
                     "200": _json(_ref("MessageHistory"), "The message."),
                     "404": _json(_ref("Error"), "No such message in the event store."),
@@ -233,15 +237,11 @@ _SPEC: dict[str, Any] = {
                 "summary": "The histories of the messages a queue id, Message-ID or address names.",
                 "description": (
                     "An address matches messages from it and messages to it, so this is the "
-                    "history of everything mqd sent to (or for) one user."
+                    "history of everything mqd sent to (or for) one user. A key holding a control "
+                    "character (a newline, CR, tab, NUL, DEL) is answered 400, not looked up."
                 ),
                 "parameters": [
-                    {
-                        "name": "key",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    },
+                    _path("key", "A queue id, a Message-ID (with or without <>) or an address"),
                     {**_LIMIT, "schema": {**_LIMIT["schema"], "default": 20}},
                 ],
                 "responses": {
@@ -254,16 +254,7 @@ _SPEC: dict[str, Any] = {
             "get": {
                 "operationId": "recipientMessages",
                 "summary": "The messages sent to one address, with each recipient's status.",
-                "parameters": [
-                    {
-                        "name": "address",
-                        "in": "path",
-                        "required": True,
-                        "description": "An email address (case does not matter).",
-                        "schema": {"type": "string"},
-                    },
-                    _LIMIT,
-                ],
+                "parameters": [_path("address", "An email address (case does not matter)"), _LIMIT],
                 "responses": {
                     "200": _list_of("MessageSummary", "Messages to the address, newest first."),
                     **_TRACKING_ERRORS,
@@ -360,7 +351,7 @@ _SPEC: dict[str, Any] = {
             }
         },
         "responses": {
-            "BadRequest": _json(_ref("Error"), "A query parameter's value is not usable."),
+            "BadRequest": _json(_ref("Error"), "A query or path value is not usable."),
             "Forbidden": _json(
                 _ref("Error"), "Neither on this machine nor carrying the token: says how to."
             ),

@@ -3,7 +3,11 @@
 One application serves three things: provider webhooks at ``/webhooks/<relay name>`` (open to
 anyone: each webhook checks its provider's signature), and, behind ``mqd.http.access``, the JSON
 API at ``/api/v1/`` and the web view at ``/``. Request bodies are capped at ``[http] max_body``
-(413 beyond it). Query strings are never logged: ``/login?token=...`` carries a secret.
+(413 beyond it). At most ``[http] max_connections`` connections are served at once and one that
+sends no request's headers within ``[http] header_timeout`` (from connecting, or from its last
+answer) is closed (``mqd.http.listen.ConnectionGate``): HTTP clients never take the file
+descriptors the queue and the relays need. Query strings are never logged: ``/login?token=...``
+carries a secret.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from mqd.config.schema import HttpConfig
+from mqd.config.schema import HttpConfig, open_files_limit
 from mqd.errors import ConfigError, TrackingError
 from mqd.http import access
 from mqd.http.api import PREFIX, Api, BadQuery, error, json_error_for
 from mqd.http.html import SECURITY_HEADERS, forbidden_page, page
-from mqd.http.listen import listen_error
+from mqd.http.listen import ConnectionGate, GatedSite, listen_error
 from mqd.http.view import View
 from mqd.plugins.webhooks import Webhook, WebhookRejected, WebhookRequest
 
@@ -79,6 +83,13 @@ class HttpServer:
         self._runner: web.AppRunner | None = None
         #: Each relay's webhook, asked once per relay object (a reload builds new relays).
         self._webhooks: dict[str, tuple[Relay, Webhook | None]] = {}
+        #: Which connections are served (limits read once: changed by a restart, not a reload).
+        self.gate = ConnectionGate(
+            limit=self.config.max_connections,
+            header_timeout=self.config.header_timeout,
+            table="http",
+            log=log,
+        )
         self.app = self._make_app()
 
     @property
@@ -95,7 +106,7 @@ class HttpServer:
     def _make_app(self) -> web.Application:
         app = web.Application(
             client_max_size=self.config.max_body,
-            middlewares=[self._guard],
+            middlewares=[self.gate.middleware, self._guard],
         )
         app.router.add_route("*", WEBHOOK_PREFIX + "{relay}", self.webhook)
         app.router.add_routes(Api(self.site).routes())
@@ -112,16 +123,27 @@ class HttpServer:
             access_log_class=_AccessLog,
             access_log=logging.getLogger("mqd.http.access"),
             shutdown_timeout=SHUTDOWN_TIMEOUT,
+            # Between requests; the gate closes a connection that never sends one.
+            keepalive_timeout=self.gate.header_timeout,
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+            site = GatedSite(runner, config.host, config.port, self.gate)
             await site.start()
         except OSError as exc:
             await runner.cleanup()
             raise self._listen_error(config, exc) from exc
         self._runner = runner
         self.port = int(runner.addresses[0][1])
+        files = open_files_limit()
+        if files is not None and self.gate.limit > files // 2:
+            log.warning(
+                "[http] max_connections = %d is more than half of the %d files this process may "
+                "open (ulimit -n, systemd's LimitNOFILE=): HTTP clients could leave the queue "
+                "and the relays without; lower it, or raise the limit",
+                self.gate.limit,
+                files,
+            )
         log.info(
             "serving webhooks, the API and the web view at %s (API and view: %s)",
             self.url,
