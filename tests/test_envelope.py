@@ -200,6 +200,34 @@ CASES = [
         "header@example.com",
         ("header@example.net",),
     ),
+    # A blank before the colon: not an envelope line (RFC 5322 puts the colon right after the
+    # name), so it ends the envelope block and the envelope comes from the headers.
+    Case(
+        "x-sender-with-a-blank-before-the-colon-is-not-the-envelope",
+        crlf(
+            "X-Sender : evil@example.org",
+            "X-Receiver: evil@example.org",
+            "From: header@example.com",
+            "To: header@example.net",
+            "",
+            "",
+        ),
+        "header@example.com",
+        ("header@example.net",),
+    ),
+    Case(
+        "x-receiver-with-a-tab-before-the-colon-ends-the-envelope",
+        lf(
+            "X-Sender: env@example.com",
+            "X-Receiver\t: evil@example.org",
+            "From: header@example.com",
+            "To: header@example.net",
+            "",
+            "",
+        ),
+        "env@example.com",
+        ("header@example.net",),
+    ),
     Case(
         "x-receiver-after-a-header-is-ignored",
         lf(
@@ -479,6 +507,13 @@ def test_prepare_strips_envelope_and_bcc_anywhere_keeps_the_rest_in_order():
     assert b"hidden" not in out
     assert b"lower@" not in out
     assert b"late@" not in out
+
+
+def test_prepare_strips_an_x_sender_with_a_blank_before_the_colon():
+    # Not the envelope (see envelope_field), but still an X-Sender field: not relayed.
+    data = crlf("X-Sender : evil@example.org", "From: a@example.com", "To: b@example.net", "", "")
+    assert parse_message(data).sender == "a@example.com"
+    assert prepare_for_relay(data).startswith(b"From: a@example.com\r\nTo: b@example.net\r\n")
 
 
 def test_prepare_keeps_body_byte_for_byte():

@@ -19,6 +19,7 @@ __all__ = [
     "ENVELOPE_FIELDS",
     "address_problem",
     "envelope_address",
+    "envelope_field",
     "read_envelope",
     "split_header",
     "unfold",
@@ -51,11 +52,12 @@ def read_envelope(
     fields, _ = split_header(data)
     envelope_sender: str | None = None
     envelope_rcpts: list[str] = []
-    for name, raw in fields:
-        if name.lower() not in ENVELOPE_FIELDS:
+    for _name, raw in fields:
+        kind = envelope_field(raw)
+        if kind is None:
             break  # only leading X-Sender / X-Receiver lines are the envelope
         value = envelope_address(unfold(raw))
-        if name.lower() == b"x-sender":
+        if kind == b"x-sender":
             if envelope_sender is not None:
                 raise MessageParseError("more than one leading X-Sender line")
             envelope_sender = value
@@ -104,6 +106,23 @@ def read_envelope(
         where = "X-Receiver lines" if envelope_sender is not None else "To, Cc or Bcc headers"
         raise MessageParseError(f"no recipients: the message has no {where}")
     return sender, tuple(recipients), tuple(invalid), headers
+
+
+def envelope_field(line: bytes) -> bytes | None:
+    """``b"x-sender"`` or ``b"x-receiver"`` when ``line`` is an envelope line, else None.
+
+    An envelope line is the field name followed directly by its colon (``X-Sender:``, any
+    case), as RFC 5322 writes a field. ``X-Sender : x`` (a blank before the colon, obsolete
+    syntax) is not one: ``split_header`` still reads it as an ordinary header field, so it ends
+    the envelope lines (those before it, if any, are the envelope; else the headers give it),
+    and ``prepare_for_relay`` strips it before relaying like any X-Sender field. Every reader
+    of envelope lines (``read_envelope``, the failed folder's retry) decides by this function.
+    """
+    colon = line.find(b":")
+    if colon <= 0:
+        return None
+    name = line[:colon].lower()
+    return name if name in ENVELOPE_FIELDS else None
 
 
 def address_problem(address: str) -> str | None:
