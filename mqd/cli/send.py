@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -13,12 +14,45 @@ from mqd.exitcodes import ExitCode
 
 __all__ = ["send", "sendmail"]
 
+_V = TypeVar("_V", str, tuple[str, ...])
+
+
+def _one_line(ctx: click.Context, param: click.Parameter, value: _V) -> _V:
+    """``value`` (one string, or a tuple of them for a repeated option) unchanged; a usage
+    error (exit 64) naming the option when one holds CR, LF or NUL. These values become header
+    fields: a line break would end the field and start another (a Bcc, say), and the email
+    package refuses them with a traceback."""
+    for item in (value,) if isinstance(value, str) else value:
+        if any(c in item for c in "\r\n\x00"):
+            raise click.BadParameter(
+                f"{item!r} holds CR, LF or NUL, which would end the header line: "
+                "give it on one line",
+                ctx,
+                param,
+            )
+    return value
+
 
 @click.command()
-@click.option("--from", "sender", required=True, help="Sender address (From and envelope).")
-@click.option("--to", "to", multiple=True, required=True, help="Recipient; repeat for more.")
-@click.option("--cc", "cc", multiple=True, help="Copy recipient; repeat for more.")
-@click.option("--subject", default="", help="Subject line.")
+@click.option(
+    "--from",
+    "sender",
+    required=True,
+    callback=_one_line,
+    help="Sender address (From and envelope).",
+)
+@click.option(
+    "--to",
+    "to",
+    multiple=True,
+    required=True,
+    callback=_one_line,
+    help="Recipient; repeat for more.",
+)
+@click.option(
+    "--cc", "cc", multiple=True, callback=_one_line, help="Copy recipient; repeat for more."
+)
+@click.option("--subject", default="", callback=_one_line, help="Subject line.")
 @click.option(
     "--body",
     default=None,
