@@ -18,6 +18,7 @@ from mqd.message.envelope import (
     parse_message,
     prepare_for_relay,
 )
+from mqd.message.headers import header_addresses
 
 
 @dataclass(frozen=True)
@@ -741,3 +742,41 @@ def test_an_added_date_is_the_current_local_time() -> None:
     stamp = email.utils.parsedate_to_datetime(_date_now().decode()).timestamp()
     assert int(before) - 1 <= stamp <= time.time()
     assert email.utils.parsedate_to_datetime(_date_now().decode()).utcoffset() is not None
+
+
+def test_repeated_from_headers_are_all_recorded():
+    # So that the From check (mqd.intake.policy) sees every address a reader may be shown.
+    data = crlf(
+        "X-Sender: a@example.com",
+        "X-Receiver: b@example.net",
+        "From: a@example.com",
+        "From: Boss <boss@example.org>",
+        "",
+        "",
+    )
+    assert parse_message(data).headers["from"] == "a@example.com, Boss <boss@example.org>"
+    # and the sender taken from the headers needs a Sender header, as for one From of several
+    with pytest.raises(MessageParseError, match="several addresses"):
+        parse_message(crlf("From: a@example.com", "From: c@example.com", "To: b@example.net", ""))
+
+
+@pytest.mark.parametrize(
+    ("value", "lenient", "strict"),
+    [
+        ("Shop <a@example.com>, b@example.org", ["a@example.com", "b@example.org"], None),
+        ("a@example.com.", ["a@example.com."], ["a@example.com."]),  # a root dot: the same
+        ("J. Doe <a@example.com>", ["a@example.com"], None),  # obsolete, not invalid
+        ("<a@example.com> <b@example.org>", ["a@example.com"], "cannot be parsed"),
+        ('a@example.com"', ["a@example.com"], "cannot be parsed"),
+        ("Group:;", [], None),
+    ],
+)
+def test_header_addresses_strict(value, lenient, strict):
+    assert header_addresses(value, "from") == lenient
+    if isinstance(strict, str):
+        with pytest.raises(MessageParseError, match=strict):
+            header_addresses(value, "from", strict=True)
+    else:
+        assert header_addresses(value, "from", strict=True) == (
+            lenient if strict is None else strict
+        )
