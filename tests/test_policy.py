@@ -187,6 +187,7 @@ def check_from(config, from_: str | None, sender: str = "app@example.com") -> st
         "Authors: app@example.com, news@example.org;",
         '"evil@attacker.test" <app@example.com>',  # a display name is not an address
         "app@example.com (Example Shop)",
+        f'"{"x" * 250}" <app@example.com>',
     ],
 )
 def test_an_allowed_from_passes(tmp_path, from_):
@@ -201,6 +202,7 @@ def test_an_allowed_from_passes(tmp_path, from_):
         ("Example Shop <visitor@gmail.test>", "visitor@gmail.test"),
         ("app@example.com, visitor@gmail.test", "visitor@gmail.test"),  # every address counts
         ("app@sub.example.com", "app@sub.example.com"),
+        (f'"{"x" * 250}" <ceo@bank.test>', "ceo@bank.test"),  # long: read without the cache
     ],
 )
 def test_a_from_outside_the_spool_list_is_refused(tmp_path, from_, named):
