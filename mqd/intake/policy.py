@@ -1,7 +1,7 @@
 """Default plugin: the sender allow-list. mqd is never an open relay (DESIGN invariant 4).
 
-Two addresses are checked against the same lists: the envelope sender, and (unless the spool
-says ``check_from = false``) every address in the From header, which is what recipients see.
+The envelope sender is checked, and (unless the spool says ``check_from = false``) so is every
+address in the From header, which is what recipients see, against the same lists.
 The lists are the spool's ``allowed_senders`` when it has one, and that of every relay of the
 message's route that has one: an address must match each of them.
 """
