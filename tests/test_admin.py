@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from corehelpers import drop
 
-from mqd.admin.control import ControlError
 from mqd.admin.client import request
+from mqd.admin.control import ControlError
 from mqd.admin.service import AdminError
 from mqd.config.load import load_config
 from mqd.config.schema import Config

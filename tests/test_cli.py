@@ -17,6 +17,8 @@ from corehelpers import USERS, drop, make_message
 from lockholder import hold_queue_lock
 from smtpserver import SMTPPeer
 
+from mqd.__main__ import main
+
 MQD = Path(sys.executable).with_name("mqd")
 USER, PASSWORD = next(iter(USERS.items()))
 
@@ -366,6 +368,49 @@ def test_send_with_a_missing_attachment_fails(
     )
     assert proc.returncode != 0
     assert "nope.pdf" in proc.stderr
+    assert list(spool.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--from", "app@example.com\r\nBcc: victim@example.net"),
+        ("--to", "alice@example.net\nBcc: victim@example.net"),
+        ("--cc", "bob@example.net\r"),
+        ("--subject", "hello\nBcc: victim@example.net"),
+    ],
+)
+def test_send_refuses_a_line_break_as_a_usage_error(
+    option: str, value: str, spool: Path, env: dict[str, str]
+) -> None:
+    argv = {"--from": "app@example.com", "--to": "alice@example.net", option: value}
+    proc = mqd("send", *(x for pair in argv.items() for x in pair), "--spool", str(spool), env=env)
+    assert proc.returncode == 64, proc.stderr  # EX_USAGE, not 70 with a traceback
+    assert f"Invalid value for '{option}'" in proc.stderr
+    assert "CR, LF or NUL" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(spool.iterdir()) == []
+
+
+@pytest.mark.parametrize("option", ["--from", "--to", "--cc"])
+def test_send_refuses_a_nul_as_a_usage_error(
+    option: str, spool: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A real process cannot get a NUL in its arguments: the entry point, in this process.
+    argv = {"--from": "app@example.com", "--to": "alice@example.net", option: "a\x00@example.net"}
+    with pytest.raises(SystemExit) as exited:
+        main(
+            [
+                "send",
+                *(x for pair in argv.items() for x in pair),
+                "--body",
+                "x",
+                "--spool",
+                str(spool),
+            ]
+        )
+    assert exited.value.code == 64
+    assert f"Invalid value for '{option}'" in capsys.readouterr().err
     assert list(spool.iterdir()) == []
 
 

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from corehelpers import drop
 from smtpserver import SMTPPeer
 
-import mqd.cli.main
+import mqd.cli.shared
 from mqd.admin.render import human_age, human_size, summary
 from mqd.cli.main import cli
 
@@ -391,7 +391,7 @@ def test_delete_asks_on_a_terminal(
     drop(spool, to=("temp-a@example.net",))
     assert admin("run", "--once").returncode == 0
     [row] = admin.rows()
-    monkeypatch.setattr(mqd.cli.main, "_stdin_is_terminal", lambda: True)
+    monkeypatch.setattr(mqd.cli.shared, "stdin_is_terminal", lambda: True)
     runner = CliRunner()
     argv = ["--config", str(admin.config), "queue", "delete", row["id"]]
 

@@ -423,6 +423,18 @@ def test_allowed_senders_are_normalised(load):
     assert config.spools[0].allowed_senders == ("App@example.com", "*@example.org")
 
 
+def test_check_from_defaults_to_true_and_can_be_turned_off(load):
+    assert load(smtp_toml())[0].spools[0].check_from is True
+    off = load(smtp_toml(spool=f"{ALLOWED}\ncheck_from = false"))[0]
+    assert off.spools[0].check_from is False
+
+
+def test_check_from_must_be_true_or_false(load):
+    error = config_error(load, smtp_toml(spool=f'{ALLOWED}\ncheck_from = "no"'))
+    assert error.key == "spool[0].check_from"
+    assert "true or false" in error.message
+
+
 def test_network_relay_without_allowed_senders_is_refused(load):
     error = config_error(load, smtp_toml(spool=""))
     assert error.key == "spool[0].allowed_senders"
@@ -769,6 +781,7 @@ def test_effective_config_shows_defaults(load):
             "path": str(path.parent / "spool"),
             "relay": "main",
             "allowed_senders": ["app@example.com"],
+            "check_from": True,
         }
     ]
     assert effective["sendmail"] == {"spool": str(path.parent / "spool")}

@@ -27,9 +27,9 @@ from smtpserver import SMTPPeer
 
 from mqd.config.schema import Config, QueueConfig
 from mqd.errors import ConfigError
-from mqd.testing.harness import queued_entries
 from mqd.plugins.host import PluginHost
 from mqd.producer.inject import inject
+from mqd.testing.harness import queued_entries
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOWS = ROOT / "contrib" / "windows"

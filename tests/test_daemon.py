@@ -36,7 +36,7 @@ async def test_x_sender_envelope_wins_and_is_stripped(
     plain_config: Config, host: PluginHost, spool: Path, smtp_server
 ) -> None:
     message = make_message(
-        sender="display@elsewhere.test",
+        sender="display@example.org",  # allowed, as a From must be (check_from)
         to=("header@example.net",),
         envelope=("app@example.com", ("env1@example.net", "env2@example.net")),
     )

@@ -18,6 +18,7 @@ from mqd.message.envelope import (
     parse_message,
     prepare_for_relay,
 )
+from mqd.message.headers import header_addresses
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,34 @@ CASES = [
             "",
         ),
         "header@example.com",
+        ("header@example.net",),
+    ),
+    # A blank before the colon: not an envelope line (RFC 5322 puts the colon right after the
+    # name), so it ends the envelope block and the envelope comes from the headers.
+    Case(
+        "x-sender-with-a-blank-before-the-colon-is-not-the-envelope",
+        crlf(
+            "X-Sender : evil@example.org",
+            "X-Receiver: evil@example.org",
+            "From: header@example.com",
+            "To: header@example.net",
+            "",
+            "",
+        ),
+        "header@example.com",
+        ("header@example.net",),
+    ),
+    Case(
+        "x-receiver-with-a-tab-before-the-colon-ends-the-envelope",
+        lf(
+            "X-Sender: env@example.com",
+            "X-Receiver\t: evil@example.org",
+            "From: header@example.com",
+            "To: header@example.net",
+            "",
+            "",
+        ),
+        "env@example.com",
         ("header@example.net",),
     ),
     Case(
@@ -481,6 +510,13 @@ def test_prepare_strips_envelope_and_bcc_anywhere_keeps_the_rest_in_order():
     assert b"late@" not in out
 
 
+def test_prepare_strips_an_x_sender_with_a_blank_before_the_colon():
+    # Not the envelope (see envelope_field), but still an X-Sender field: not relayed.
+    data = crlf("X-Sender : evil@example.org", "From: a@example.com", "To: b@example.net", "", "")
+    assert parse_message(data).sender == "a@example.com"
+    assert prepare_for_relay(data).startswith(b"From: a@example.com\r\nTo: b@example.net\r\n")
+
+
 def test_prepare_keeps_body_byte_for_byte():
     body = (
         b"Bcc: body-bcc@example.org\r\n"
@@ -706,3 +742,41 @@ def test_an_added_date_is_the_current_local_time() -> None:
     stamp = email.utils.parsedate_to_datetime(_date_now().decode()).timestamp()
     assert int(before) - 1 <= stamp <= time.time()
     assert email.utils.parsedate_to_datetime(_date_now().decode()).utcoffset() is not None
+
+
+def test_repeated_from_headers_are_all_recorded():
+    # So that the From check (mqd.intake.policy) sees every address a reader may be shown.
+    data = crlf(
+        "X-Sender: a@example.com",
+        "X-Receiver: b@example.net",
+        "From: a@example.com",
+        "From: Boss <boss@example.org>",
+        "",
+        "",
+    )
+    assert parse_message(data).headers["from"] == "a@example.com, Boss <boss@example.org>"
+    # and the sender taken from the headers needs a Sender header, as for one From of several
+    with pytest.raises(MessageParseError, match="several addresses"):
+        parse_message(crlf("From: a@example.com", "From: c@example.com", "To: b@example.net", ""))
+
+
+@pytest.mark.parametrize(
+    ("value", "lenient", "strict"),
+    [
+        ("Shop <a@example.com>, b@example.org", ["a@example.com", "b@example.org"], None),
+        ("a@example.com.", ["a@example.com."], ["a@example.com."]),  # a root dot: the same
+        ("J. Doe <a@example.com>", ["a@example.com"], None),  # obsolete, not invalid
+        ("<a@example.com> <b@example.org>", ["a@example.com"], "cannot be parsed"),
+        ('a@example.com"', ["a@example.com"], "cannot be parsed"),
+        ("Group:;", [], None),
+    ],
+)
+def test_header_addresses_strict(value, lenient, strict):
+    assert header_addresses(value, "from") == lenient
+    if isinstance(strict, str):
+        with pytest.raises(MessageParseError, match=strict):
+            header_addresses(value, "from", strict=True)
+    else:
+        assert header_addresses(value, "from", strict=True) == (
+            lenient if strict is None else strict
+        )

@@ -21,6 +21,7 @@ from mqd.admin.failed import (
     strip_envelope_lines,
 )
 from mqd.config.schema import Config
+from mqd.message.envelope import parse_message
 from mqd.message.reply import Reply
 from mqd.plugins.host import PluginHost
 from mqd.queue.file.failed import FileFailedFolder
@@ -186,7 +187,16 @@ async def test_nothing_failed_yet_is_an_empty_list(tmp_path: Path) -> None:
             b"X-Sender: <a@b.c>\r\nX-Receiver: <d@e.f>\r\nFrom: a@b.c\r\n\r\nx",
             b"From: a@b.c\r\n\r\nx",
         ),
-        (b"x-sender:a@b.c\nX-RECEIVER : \n <d@e.f>\nTo: d@e.f\n\nx", b"To: d@e.f\n\nx"),
+        (b"x-sender:a@b.c\nX-RECEIVER: \n <d@e.f>\nTo: d@e.f\n\nx", b"To: d@e.f\n\nx"),
+        # A blank before the colon is not an envelope line (as for read_envelope): kept.
+        (
+            b"X-Sender : <a@b.c>\r\nFrom: a@b.c\r\n\r\nx",
+            b"X-Sender : <a@b.c>\r\nFrom: a@b.c\r\n\r\nx",
+        ),
+        (
+            b"X-Sender: <a@b.c>\nX-Receiver\t: <d@e.f>\nTo: d@e.f\n\nx",
+            b"X-Receiver\t: <d@e.f>\nTo: d@e.f\n\nx",
+        ),
         (
             b"From: a@b.c\r\nX-Sender: <a@b.c>\r\n\r\nx",
             b"From: a@b.c\r\nX-Sender: <a@b.c>\r\n\r\nx",
@@ -197,6 +207,17 @@ async def test_nothing_failed_yet_is_an_empty_list(tmp_path: Path) -> None:
 )
 def test_strip_envelope_lines(data: bytes, expected: bytes) -> None:
     assert strip_envelope_lines(data) == expected
+
+
+@pytest.mark.parametrize(
+    "first", [b"X-Sender : <evil@example.org>", b"x-receiver\t: <evil@example.org>"]
+)
+def test_both_readers_leave_a_blank_before_the_colon_to_the_headers(first: bytes) -> None:
+    # What read_envelope takes for the envelope is what a retry strips, and nothing else.
+    data = first + b"\r\nFrom: app@example.com\r\nTo: a@example.net\r\n\r\nbody\r\n"
+    parsed = parse_message(data)
+    assert (parsed.sender, parsed.recipients) == ("app@example.com", ("a@example.net",))
+    assert strip_envelope_lines(data) == data
 
 
 def test_reinjection_needs_a_failed_usable_recipient(tmp_path: Path) -> None:

@@ -22,11 +22,11 @@ from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.errors import TransientRelayError
 from mqd.events import Event, EventKind
-from mqd.testing.harness import queued_entries
 from mqd.message.reply import Reply
 from mqd.plugins.hookspecs import hookimpl
 from mqd.plugins.host import PluginHost
 from mqd.relays.memory import MemoryRelay
+from mqd.testing.harness import queued_entries
 
 
 class Recorder:

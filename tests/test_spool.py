@@ -223,9 +223,7 @@ def test_cross_filesystem_claim_leaves_a_symlink_for_read_claimed_to_refuse(
         read_claimed(claimed.path, 1 << 20)
 
 
-def test_waiting_lists_what_a_crash_left_in_both_claim_dirs(
-    make_spool, staging_root: Path
-) -> None:
+def test_waiting_lists_what_a_crash_left_in_both_claim_dirs(make_spool, staging_root: Path) -> None:
     s = make_spool()
     s.beside_dir.mkdir()
     (s.beside_dir / "0190abcdef012345.eml").write_bytes(b"left behind")

@@ -23,6 +23,7 @@ from pathlib import Path
 from mqd.config.schema import Config
 from mqd.daemon.stores import failed_folder
 from mqd.message.envelope import address_problem
+from mqd.message.headers import envelope_field
 from mqd.producer.inject import envelope_lines, inject
 from mqd.queue.failed import FailedError, FailedFolder, FailedMessage
 
@@ -37,8 +38,6 @@ __all__ = [
     "reinjection",
     "retry",
 ]
-
-_ENVELOPE_FIELDS = (b"x-sender", b"x-receiver")
 
 
 @dataclass
@@ -99,7 +98,8 @@ def reinjection(message: FailedMessage, data: bytes) -> tuple[bytes, list[str] |
 
 def strip_envelope_lines(data: bytes) -> bytes:
     """``data`` without its leading ``X-Sender`` / ``X-Receiver`` lines (and their folded
-    continuation lines); the rest is untouched."""
+    continuation lines), the lines ``read_envelope`` takes for the envelope; the rest is
+    untouched."""
     pos, in_envelope = 0, False
     while pos < len(data):
         end = data.find(b"\n", pos)
@@ -108,8 +108,7 @@ def strip_envelope_lines(data: bytes) -> bytes:
         if in_envelope and line[:1] in (b" ", b"\t"):
             pos = end
             continue
-        name = line.split(b":", 1)[0].rstrip(b" \t").lower() if b":" in line else b""
-        if name not in _ENVELOPE_FIELDS:
+        if envelope_field(line) is None:  # "X-Sender : x" too: see envelope_field
             break
         in_envelope = True
         pos = end

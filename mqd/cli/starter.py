@@ -101,7 +101,8 @@ def render_starter(options: StarterOptions) -> str:
             _kv(
                 "allowed_senders",
                 list(options.allowed_senders),
-                "Only these envelope senders are relayed: exact addresses or '*@domain'.",
+                "Only these senders are relayed: exact addresses or '*@domain', for the",
+                "envelope sender and every From address (check_from = false: the envelope only).",
                 "mqd is never an open relay; anything else goes to failed/ unsent.",
             ),
         ),

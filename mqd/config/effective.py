@@ -39,6 +39,7 @@ def effective_config(config: Config) -> dict[str, Any]:
                 "path": str(spool.path),
                 "relay": spool.relay if len(spool.relays) == 1 else list(spool.relays),
                 "allowed_senders": list(spool.allowed_senders),
+                "check_from": spool.check_from,
             }
             for spool in config.spools
         ],

@@ -128,6 +128,9 @@ class SpoolConfig:
     relays: tuple[str, ...]
     #: Patterns ("user@example.com" or "*@example.com"); empty means "the relay's list decides".
     allowed_senders: tuple[str, ...] = ()
+    #: Every address in the From header must match the allow-lists too, not only the envelope
+    #: sender: From is what recipients see (``check_from = false`` turns this off).
+    check_from: bool = True
 
     @property
     def relay(self) -> str:

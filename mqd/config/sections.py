@@ -192,6 +192,7 @@ def parse_spools(
             path=opts.filepath("path"),
             relays=chain,
             allowed_senders=_patterns(opts, "allowed_senders"),
+            check_from=opts.boolean("check_from", True),
         )
         opts.finish()
         if spool.key in seen:

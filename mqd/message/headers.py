@@ -1,8 +1,7 @@
 """Reading a message's header block and its addresses, without dataclasses or the email package.
 
 ``mqd.message.envelope`` builds its ``ParsedMessage`` on ``read_envelope``; ``mqd sendmail`` uses
-this
-module directly, because it runs once per message and importing ``dataclasses`` (and the
+this module directly, because it runs once per message and importing ``dataclasses`` (and the
 ``email`` package) would cost it more than a bare interpreter's start.
 
 Address headers in the plain forms nearly all mail uses (``a@b.c``, ``Name <a@b.c>``,
@@ -19,6 +18,8 @@ __all__ = [
     "ENVELOPE_FIELDS",
     "address_problem",
     "envelope_address",
+    "envelope_field",
+    "header_addresses",
     "read_envelope",
     "split_header",
     "unfold",
@@ -51,11 +52,12 @@ def read_envelope(
     fields, _ = split_header(data)
     envelope_sender: str | None = None
     envelope_rcpts: list[str] = []
-    for name, raw in fields:
-        if name.lower() not in ENVELOPE_FIELDS:
+    for _name, raw in fields:
+        kind = envelope_field(raw)
+        if kind is None:
             break  # only leading X-Sender / X-Receiver lines are the envelope
         value = envelope_address(unfold(raw))
-        if name.lower() == b"x-sender":
+        if kind == b"x-sender":
             if envelope_sender is not None:
                 raise MessageParseError("more than one leading X-Sender line")
             envelope_sender = value
@@ -86,7 +88,7 @@ def read_envelope(
         for name, raw in fields:  # every To, Cc and Bcc field, even repeated ones
             header = name.decode("ascii").lower()
             if header in ("to", "cc", "bcc"):
-                candidates.extend(_addresses(unfold(raw).strip(), header))
+                candidates.extend(header_addresses(unfold(raw).strip(), header))
     recipients: list[str] = []
     invalid: list[tuple[str, str]] = []
     seen: set[str] = set()
@@ -104,6 +106,23 @@ def read_envelope(
         where = "X-Receiver lines" if envelope_sender is not None else "To, Cc or Bcc headers"
         raise MessageParseError(f"no recipients: the message has no {where}")
     return sender, tuple(recipients), tuple(invalid), headers
+
+
+def envelope_field(line: bytes) -> bytes | None:
+    """``b"x-sender"`` or ``b"x-receiver"`` when ``line`` is an envelope line, else None.
+
+    An envelope line is the field name followed directly by its colon (``X-Sender:``, any
+    case), as RFC 5322 writes a field. ``X-Sender : x`` (a blank before the colon, obsolete
+    syntax) is not one: ``split_header`` still reads it as an ordinary header field, so it ends
+    the envelope lines (those before it, if any, are the envelope; else the headers give it),
+    and ``prepare_for_relay`` strips it before relaying like any X-Sender field. Every reader
+    of envelope lines (``read_envelope``, the failed folder's retry) decides by this function.
+    """
+    colon = line.find(b":")
+    if colon <= 0:
+        return None
+    name = line[:colon].lower()
+    return name if name in ENVELOPE_FIELDS else None
 
 
 def address_problem(address: str) -> str | None:
@@ -192,12 +211,18 @@ def unfold(raw: bytes) -> str:
 
 
 def _selected_headers(fields: list[tuple[bytes, bytes]], wanted: tuple[str, ...]) -> dict[str, str]:
-    """The first occurrence of each wanted header (lower-case name -> unfolded value)."""
+    """The first occurrence of each wanted header (lower-case name -> unfolded value), except
+    From: repeated From fields are joined (", "), so that every address a reader may be shown
+    is checked (a message has one From; a second one must not slip past the sender checks)."""
     found: dict[str, str] = {}
     for name, raw in fields:
         key = name.decode("ascii").lower()
-        if key in wanted and key not in found:
+        if key not in wanted:
+            continue
+        if key not in found:
             found[key] = unfold(raw).strip()
+        elif key == "from":
+            found[key] += ", " + unfold(raw).strip()
     return found
 
 
@@ -283,21 +308,36 @@ def _addr_spec_end(value: str, pos: int) -> int:
     return _dot_atom_end(value, local_end + 1)
 
 
-def _addresses(value: str, name: str) -> list[str]:
+def header_addresses(value: str, name: str, *, strict: bool = False) -> list[str]:
+    """The addresses in the value of an address header (``name``: "from", "to", ...), in order
+    ([] for an empty value or empty groups). Raises MessageParseError when the value cannot be
+    parsed; with ``strict``, also when a part is not a valid mailbox (``<a@x> <b@y>``, a stray
+    quote), of which the lenient reading keeps what it can read (a mail program may differ).
+    """
     plain = _plain_addresses(value)
     if plain is not None:
         return plain
-    return _parsed_addresses(value, name)
+    bare = value.strip()  # a root dot after a lone address: the same domain (_without_root_dot)
+    if strict and bare.endswith(".") and _plain_addresses(bare[:-1]) == [bare[:-1]]:
+        return [bare]
+    return _parsed_addresses(value, name, strict=strict)
 
 
-def _parsed_addresses(value: str, name: str) -> list[str]:
+def _parsed_addresses(value: str, name: str, *, strict: bool = False) -> list[str]:
     """The addresses in ``value`` by the standard library's RFC 5322 header parser."""
+    import email.errors
     import email.policy  # only for headers the plain reader refuses
 
     try:
         header = email.policy.default.header_factory(name, value)
     except Exception as exc:  # the parser raises assorted errors on hostile input
         raise MessageParseError(f"the {name.title()} header cannot be parsed: {exc}") from None
+    if strict:
+        invalid = [d for d in header.defects if isinstance(d, email.errors.InvalidHeaderDefect)]
+        if invalid:
+            raise MessageParseError(
+                f"the {name.title()} header cannot be parsed: {value!r} ({invalid[0]})"
+            )
     addresses = list(getattr(header, "addresses", ()))
     # The parser empties an address it cannot read; report what was written instead (from the
     # parse tree, a private attribute: without it the reason is still right, the text less so).
@@ -326,16 +366,19 @@ def envelope_address(value: str) -> str:
 
 def _header_sender(headers: dict[str, str]) -> str:
     if "sender" in headers:
-        senders = _addresses(headers["sender"], "sender")
+        senders = header_addresses(headers["sender"], "sender")
         if senders:
             return senders[0]
     if "from" not in headers:
         raise MessageParseError("no sender: the message has no From header and no X-Sender line")
-    senders = _addresses(headers["from"], "from")
+    senders = header_addresses(headers["from"], "from")
     if not senders:
         raise MessageParseError("no sender: the From header holds no address")
     if len(senders) > 1:
-        raise MessageParseError("From holds several addresses and there is no Sender header")
+        raise MessageParseError(
+            "From holds several addresses (in one From header or more) and there is no Sender "
+            "header"
+        )
     return senders[0]
 
 

@@ -1,0 +1,146 @@
+"""Submission from the command line: ``mqd send`` composes a message, ``mqd sendmail`` is the
+sendmail-compatible entry (the fast path in ``mqd.__main__`` skips click for it)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TypeVar
+
+import click
+
+from mqd.cli.shared import State, pass_state
+from mqd.exitcodes import ExitCode
+
+__all__ = ["send", "sendmail"]
+
+_V = TypeVar("_V", str, tuple[str, ...])
+
+
+def _one_line(ctx: click.Context, param: click.Parameter, value: _V) -> _V:
+    """``value`` (one string, or a tuple of them for a repeated option) unchanged; a usage
+    error (exit 64) naming the option when one holds CR, LF or NUL. These values become header
+    fields: a line break would end the field and start another (a Bcc, say), and the email
+    package refuses them with a traceback."""
+    for item in (value,) if isinstance(value, str) else value:
+        if any(c in item for c in "\r\n\x00"):
+            raise click.BadParameter(
+                f"{item!r} holds CR, LF or NUL, which would end the header line: "
+                "give it on one line",
+                ctx,
+                param,
+            )
+    return value
+
+
+@click.command()
+@click.option(
+    "--from",
+    "sender",
+    required=True,
+    callback=_one_line,
+    help="Sender address (From and envelope).",
+)
+@click.option(
+    "--to",
+    "to",
+    multiple=True,
+    required=True,
+    callback=_one_line,
+    help="Recipient; repeat for more.",
+)
+@click.option(
+    "--cc", "cc", multiple=True, callback=_one_line, help="Copy recipient; repeat for more."
+)
+@click.option("--subject", default="", callback=_one_line, help="Subject line.")
+@click.option(
+    "--body",
+    default=None,
+    help="Body text. Without it the body is read from standard input (if not a terminal).",
+)
+@click.option(
+    "--attach",
+    "attachments",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="File to attach; repeat for more.",
+)
+@click.option(
+    "--count",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Queue this many copies (each with its own Message-ID), for load tests.",
+)
+@click.option(
+    "--spool",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Spool directory to write into. Default: [sendmail] spool, else the first spool.",
+)
+@click.option(
+    "--no-progress",
+    is_flag=True,
+    help="With --count: no progress bar (one is drawn only when stderr is a terminal).",
+)
+@pass_state
+def send(
+    state: State,
+    sender: str,
+    to: tuple[str, ...],
+    cc: tuple[str, ...],
+    subject: str,
+    body: str | None,
+    attachments: tuple[Path, ...],
+    count: int,
+    spool: Path | None,
+    no_progress: bool,
+) -> None:
+    """Compose a message and drop it into a spool (the daemon delivers it)."""
+    from mqd.cli.progress import counted, maybe_bar
+    from mqd.message.compose import compose, with_new_message_id
+    from mqd.producer.inject import inject_many
+
+    if body is None:
+        body = "" if sys.stdin.isatty() else sys.stdin.read()
+    target = spool or state.load().inject_spool
+    message = compose(
+        sender=sender, to=to, cc=cc, subject=subject, body=body, attachments=attachments
+    )
+    domain = sender.rpartition("@")[2]
+    copies = (message if i == 0 else with_new_message_id(message, domain) for i in range(count))
+    try:
+        with maybe_bar(count if count > 1 else 0, "queueing", sys.stderr, not no_progress) as bar:
+            written = inject_many(target, counted(copies, bar))
+    except OSError as exc:
+        click.echo(f"mqd: error: cannot write into the spool {target}: {exc}", err=True)
+        sys.exit(ExitCode.CANTCREAT)
+    if count == 1:
+        click.echo(f"queued {written[0]}")
+    else:
+        click.echo(f"queued {len(written)} messages in {target}")
+
+
+@click.command(
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": ["--help"],
+    },
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@pass_state
+def sendmail(state: State, args: tuple[str, ...]) -> None:
+    """sendmail-compatible submission: message on stdin.
+
+    \b
+    Options: -t (recipients from the headers), -i / -oi (a lone "." does not end
+    the message), -f SENDER, -F "Full Name", recipients as arguments. Usable as
+    PHP's sendmail_path ("mqd sendmail -t -i") and from cron. A symlink named
+    'sendmail' pointing at mqd behaves the same.
+    """
+    import mqd.producer.sendmail as sendmail_module
+
+    argv = list(args)
+    if state.config_path is not None:
+        argv = ["-C", str(state.config_path), *argv]
+    sys.exit(sendmail_module.main(argv))
