@@ -702,6 +702,7 @@ async def test_the_pages_show_the_queue_messages_and_failures(served: Served) ->
 async def test_the_page_of_a_queued_message_not_read_yet_reads_it(served: Served) -> None:
     """A message listed in the backlog (a large queue at start-up) is read to be shown."""
     daemon = served.daemon
+    daemon.scheduler.concurrency = 0  # nothing is leased meanwhile: the page alone reads it
     key = daemon.config.spools[0].key
     entry_id = new_message_id()
     body_dir = daemon.store.layout.messages_dir / key

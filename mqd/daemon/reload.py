@@ -9,27 +9,52 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import mqd.daemon.systemd as systemd
+from mqd.clock import Clock
 from mqd.config.load import load_config
 from mqd.config.schema import Config
+from mqd.daemon.scheduler import Scheduler
+from mqd.delivery.deliverer import Deliverer
 from mqd.errors import ConfigError, MQDError
+from mqd.intake.spools import SpoolIntake
+from mqd.plugins.host import PluginHost
+from mqd.queue.store import QueueStore
 from mqd.relays.base import Relay
 from mqd.relays.build import build_relays
-
-if TYPE_CHECKING:
-    from mqd.daemon.root import Daemon
 
 __all__ = ["Reloader"]
 
 log = logging.getLogger("mqd.daemon")
 
 
+class Reloadable(Protocol):
+    """The parts of the daemon a reload replaces or tells."""
+
+    config: Config
+    relays: dict[str, Relay]
+
+    @property
+    def host(self) -> PluginHost: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def store(self) -> QueueStore: ...
+    @property
+    def deliverer(self) -> Deliverer: ...
+    @property
+    def spools(self) -> SpoolIntake: ...
+    @property
+    def scheduler(self) -> Scheduler: ...
+
+    def spawn(self, work: Coroutine[object, object, object], what: str) -> None: ...
+
+
 class Reloader:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Reloadable) -> None:
         self.daemon = daemon
 
     async def reload(self) -> str:

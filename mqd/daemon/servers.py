@@ -5,15 +5,21 @@ Prometheus endpoint (``[metrics]``). Each is imported only when its table turns 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from mqd.events import Event
 from mqd.faults import Fault
 
 if TYPE_CHECKING:
-    from mqd.daemon.root import Daemon
+    from collections.abc import Mapping
+
+    from mqd.admin.service import QueueAdmin
+    from mqd.config.schema import Config
+    from mqd.delivery.guards import Guards
+    from mqd.relays.base import Relay
     from mqd.http.metrics import Metrics, MetricsServer
     from mqd.http.server import HttpServer
+    from mqd.queue.store import QueueStore
     from mqd.tracking.notify import Notifier
     from mqd.tracking.tracker import Tracker
 
@@ -22,8 +28,28 @@ __all__ = ["Servers"]
 log = logging.getLogger("mqd.daemon")
 
 
+class Served(Protocol):
+    """What the servers see of the daemon: what the HTTP server (``mqd.http.site.Site``) and
+    the metrics read."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def relays(self) -> Mapping[str, Relay]: ...
+    @property
+    def tracker(self) -> Tracker | None: ...
+    @property
+    def admin(self) -> QueueAdmin: ...
+    @property
+    def store(self) -> QueueStore: ...
+    @property
+    def guards(self) -> Guards: ...
+    @property
+    def started_at(self) -> float: ...
+
+
 class Servers:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Served) -> None:
         self.daemon = daemon
         #: The event store's writer and reader (None when [tracking] is off).
         self.tracker: Tracker | None = None
