@@ -16,10 +16,10 @@ if TYPE_CHECKING:
     from mqd.admin.service import QueueAdmin
     from mqd.config.schema import Config
     from mqd.delivery.guards import Guards
-    from mqd.relays.base import Relay
     from mqd.http.metrics import Metrics, MetricsServer
     from mqd.http.server import HttpServer
     from mqd.queue.store import QueueStore
+    from mqd.relays.base import Relay
     from mqd.tracking.notify import Notifier
     from mqd.tracking.tracker import Tracker
 

@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from mqd.queue.file.layout import retired_queues
+
 if TYPE_CHECKING:
     from mqd.config.schema import Config, QueueConfig
 
@@ -205,30 +207,15 @@ def watch_parent(on_stop: Callable[[], None], on_hurry: Callable[[], None]) -> N
 
 
 def warn_of_retired_workers(queue: QueueConfig) -> None:
-    """Log a warning for each ``<queue.dir>/workers/<n>`` beyond ``queue.workers`` that still
-    holds messages: nothing delivers them until ``queue.workers`` is raised again."""
-    try:
-        names = os.listdir(queue.dir / "workers")
-    except OSError:
-        return
-    for name in sorted(names, key=lambda n: (len(n), n)):
-        if not name.isdigit() or int(name) <= queue.workers:
-            continue
-        messages = queue.dir / "workers" / name / "messages"
-        count = 0
-        with contextlib.suppress(OSError):
-            for source in os.scandir(messages):
-                if source.is_dir():
-                    count += sum(
-                        1 for body in os.scandir(source.path) if body.name.endswith(".eml")
-                    )
-        if count:
-            log.warning(
-                "%s holds %d message(s) of worker %s, which queue.workers = %d no longer starts: "
-                "set queue.workers to %s or more until they are delivered",
-                messages.parent,
-                count,
-                name,
-                queue.workers,
-                name,
-            )
+    """Log a warning for each worker beyond ``queue.workers`` whose queue still holds messages:
+    nothing delivers them until ``queue.workers`` is raised again."""
+    for worker, where, count in retired_queues(queue.dir, queue.workers):
+        log.warning(
+            "%s holds %d message(s) of worker %d, which queue.workers = %d no longer starts: "
+            "set queue.workers to %d or more until they are delivered",
+            where,
+            count,
+            worker,
+            queue.workers,
+            worker,
+        )

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
@@ -26,7 +27,7 @@ from mqd.errors import QueueError, QueueLockedError
 from mqd.fsutil import atomic_write, make_dirs
 from mqd.queue.entry import DSN_SOURCE
 
-__all__ = ["DSN_SOURCE", "Layout"]
+__all__ = ["DSN_SOURCE", "Layout", "retired_queues"]
 
 
 class Layout:
@@ -115,6 +116,30 @@ class Layout:
         os.replace(state, target)
         atomic_write(target.with_suffix(".reason.txt"), (why + "\n").encode("utf-8"))
         return target
+
+
+def retired_queues(queue_dir: Path, workers: int) -> list[tuple[int, Path, int]]:
+    """(worker, its queue directory, messages it holds) for each worker's queue beyond
+    ``workers`` that is not empty (``<queue dir>/workers/<n>``, see ``queue.workers``)."""
+    try:
+        names = os.listdir(queue_dir / "workers")
+    except OSError:
+        return []
+    found = []
+    for name in sorted(names, key=lambda n: (len(n), n)):
+        if not name.isdigit() or int(name) <= workers:
+            continue
+        directory = queue_dir / "workers" / name
+        count = 0
+        with contextlib.suppress(OSError):
+            for source in os.scandir(directory / "messages"):
+                if source.is_dir():
+                    count += sum(
+                        1 for body in os.scandir(source.path) if body.name.endswith(".eml")
+                    )
+        if count:
+            found.append((int(name), directory, count))
+    return found
 
 
 def _lock_exclusive(handle: IO[str]) -> None:
