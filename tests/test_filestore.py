@@ -1,86 +1,170 @@
-"""mqd.queue.file.store: layout, the lock, durable writes, and recovery after a crash."""
+"""mqd.queue.file: what only a directory of files promises, on real files: its layout, its lock,
+its node name, claimed files taken over by rename, when state files are written, the failed
+folder's files, and what recovery finds after a crash (the store abandoned without ``close``, as
+tests/queue_stores.py does).
+
+Left to the contract suite (tests/test_queue_contract.py runs it against this store too), and so
+dropped from here: that queued entries and their bodies survive a crash at all, beside others
+completed (test_after_a_crash_every_entry_is_back_and_leases_are_gone,
+test_complete_removes_the_entry), and that a second store is refused at all (here: what the
+refusal says). Every other check of the old file is kept, in the new API's terms: ``add_many``,
+``remove``, ``reject`` and ``Recovery.unaccepted`` became ``accept``, ``complete``, ``refuse``
+and bodies rebuilt through ``rebuild``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import json
 import os
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from lockholder import hold_queue_lock
+from queue_stores import body_for, new_entry, rebuild
 
+import mqd.queue.file.disk
+import mqd.queue.file.failed
+from mqd.clock import ManualClock
 from mqd.errors import QueueLockedError
-from mqd.queue.entry import QueueEntry, RcptStatus, RecipientState, new_message_id
-from mqd.queue.file.store import DSN_SOURCE, FileStore
+from mqd.queue.entry import DSN_SOURCE, QueueEntry, RcptStatus, RecipientState, id_time
+from mqd.queue.failed import FailedRecipient, FailureRecord
+from mqd.queue.file.rebuild import Unread
+from mqd.queue.file.store import FileStore
+from mqd.queue.store import AcceptError, Bounce, Incoming, Refused
 
-SOURCE = "0123456789ab"
+SOURCE = "spoolkey"  # new_entry's
 
 
-def make_entry(entry_id: str | None = None, source: str = SOURCE, **kwargs) -> QueueEntry:
-    now = time.time()
-    fields = {
-        "id": entry_id or new_message_id(),
-        "sender": "app@example.com",
-        "recipients": [RecipientState("alice@example.net"), RecipientState("bob@example.net")],
-        "relay": "main",
-        "source": source,
-        "created_at": now,
-        "next_attempt_at": now,
-        "size": 42,
-        "spool_name": "1.eml",
-        "message_id": "<m@example.com>",
-    }
-    fields.update(kwargs)
-    return QueueEntry(**fields)
+class Node:
+    """One queue directory and the store open on it; ``restart`` is a crash and a new start."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.clock = ManualClock()
+        #: Every body the stores asked to have rebuilt.
+        self.rebuilt: list[Unread] = []
+        self.store: FileStore | None = None
+
+    def make(self) -> FileStore:
+        def seen(unread: Unread) -> QueueEntry | FailureRecord:
+            self.rebuilt.append(unread)
+            return rebuild(unread)
+
+        return FileStore(self.directory, rebuild=seen, clock=self.clock)
+
+    async def open(self) -> list[str]:
+        self.store = self.make()
+        return await self.store.open()
+
+    async def restart(self) -> list[str]:
+        """The store dies without a word (its lock goes with the process); a new one opens."""
+        assert self.store is not None
+        if self.store._reader is not None:
+            self.store._reader.cancel()
+        self.store.layout.unlock()
+        return await self.open()
+
+    async def close(self) -> None:
+        if self.store is not None:
+            await self.store.close()
 
 
 @pytest.fixture
-async def store(queue_dir: Path) -> AsyncIterator[FileStore]:
-    s = FileStore(queue_dir)
-    await s.open()
-    yield s
-    await s.close()
+async def node(queue_dir: Path) -> AsyncIterator[Node]:
+    node = Node(queue_dir)
+    await node.open()
+    yield node
+    await node.close()
 
 
-async def reopen(old: FileStore):
-    """Close ``old`` (a crash would release the lock too) and open a new store on its dir."""
-    await old.close()
-    new = FileStore(old.directory)
-    return new, await new.open()
+@pytest.fixture
+def store(node: Node) -> FileStore:
+    assert node.store is not None
+    return node.store
+
+
+@pytest.fixture
+def clock(node: Node) -> ManualClock:
+    return node.clock
+
+
+@pytest.fixture
+def claims(tmp_path: Path) -> Path:
+    """Intake's claim area (on the queue's filesystem)."""
+    path = tmp_path / "claims"
+    path.mkdir()
+    return path
+
+
+def claimed(claims: Path, entry: QueueEntry, body: bytes | None = None) -> Incoming:
+    path = claims / f"{entry.id}.eml"
+    data = body_for(entry) if body is None else body
+    path.write_bytes(data)
+    return Incoming(entry, data, file=str(path))
+
+
+def state_file(store: FileStore, entry_id: str) -> Path:
+    return store.layout.state_path(entry_id)
+
+
+def body_file(store: FileStore, entry: QueueEntry) -> Path:
+    where = store.where(entry)
+    assert where is not None
+    return Path(where)
+
+
+@pytest.fixture
+def exdev(monkeypatch: pytest.MonkeyPatch, queue_dir: Path) -> None:
+    """Renames and replaces into the queue directory fail with EXDEV: the claim area is on
+    another filesystem (temp files renamed inside the queue directory still work)."""
+    inside = queue_dir.resolve()
+    real_rename, real_replace = os.rename, os.replace
+
+    def across(real):
+        def move(src, dst, *args, **kwargs):
+            if Path(os.path.abspath(dst)).resolve().is_relative_to(inside) and not Path(
+                os.path.abspath(src)
+            ).resolve().is_relative_to(inside):
+                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
+            return real(src, dst, *args, **kwargs)
+
+        return move
+
+    monkeypatch.setattr(mqd.queue.file.disk.os, "rename", across(real_rename))
+    monkeypatch.setattr(mqd.queue.file.failed.os, "replace", across(real_replace))
 
 
 # -- open and the lock ---------------------------------------------------------------------------
 
 
-async def test_open_creates_the_layout(queue_dir: Path) -> None:
+async def test_open_creates_the_layout_and_a_stable_node_name(queue_dir: Path) -> None:
     assert not queue_dir.exists()
-    s = FileStore(queue_dir)
-    recovery = await s.open()
-    try:
-        for name in ("messages", "state", "failed"):
-            assert (queue_dir / name).is_dir(), name
-        assert (queue_dir / "lock").read_text().strip() == str(os.getpid())
-        key = (queue_dir / "queue-id").read_text().strip()
-        assert key == s.queue_key
-        assert len(key) == 16 and all(c in "0123456789abcdef" for c in key)
-        assert recovery.entries == [] and recovery.unaccepted == {} and recovery.notes == []
-    finally:
-        await s.close()
-    # The queue key is stable across restarts.
-    again = FileStore(queue_dir)
-    await again.open()
-    try:
-        assert again.queue_key == key
-    finally:
-        await again.close()
+    node = Node(queue_dir)
+    assert await node.open() == []
+    assert node.store is not None
+    for name in ("messages", "state", "failed"):
+        assert (queue_dir / name).is_dir(), name
+    assert (queue_dir / "lock").read_text().strip() == str(os.getpid())
+    key = (queue_dir / "queue-id").read_text().strip()
+    assert node.store.node == key
+    assert len(key) == 16 and all(c in "0123456789abcdef" for c in key)
+    await node.close()
+    assert await node.open() == []  # after a clean stop
+    assert node.store.node == key
+    await node.restart()  # and after a crash
+    assert node.store.node == key
+    await node.close()
 
 
-async def test_a_second_store_on_the_same_dir_is_refused(store: FileStore) -> None:
-    other = FileStore(store.directory)
+async def test_a_second_store_is_refused_naming_the_directory_and_the_pid(
+    node: Node, store: FileStore
+) -> None:
     with pytest.raises(QueueLockedError) as info:
-        await other.open()
+        await node.make().open()
     message = str(info.value)
     assert str(store.directory) in message
     assert f"pid {os.getpid()}" in message
@@ -89,222 +173,392 @@ async def test_a_second_store_on_the_same_dir_is_refused(store: FileStore) -> No
 
 
 async def test_the_lock_is_released_on_close(queue_dir: Path) -> None:
-    first = FileStore(queue_dir)
-    await first.open()
-    await first.close()
-    second = FileStore(queue_dir)
+    node = Node(queue_dir)
+    await node.open()
+    await node.close()
+    second = node.make()
     await second.open()
     await second.close()
 
 
-async def test_the_lock_held_by_a_child_process_names_its_pid(queue_dir: Path) -> None:
+async def test_a_lock_held_by_a_child_process_names_its_pid(queue_dir: Path) -> None:
+    node = Node(queue_dir)
     with hold_queue_lock(queue_dir) as child:
-        s = FileStore(queue_dir)
         with pytest.raises(QueueLockedError) as info:
-            await s.open()
+            await node.make().open()
         message = str(info.value)
         assert str(queue_dir) in message
         assert f"pid {child.pid}" in message
     # Once the child is gone (killed, not closed cleanly) the lock is free again.
-    s = FileStore(queue_dir)
-    await s.open()
-    await s.close()
+    await node.open()
+    await node.close()
 
 
-# -- writes and the round trip -------------------------------------------------------------------
+# -- accepting -----------------------------------------------------------------------------------
 
 
-async def test_add_many_then_recovery_round_trip(store: FileStore) -> None:
-    entries = [make_entry(), make_entry(source="fedcba987654"), make_entry(source=DSN_SOURCE)]
-    entries[0].recipients[0].status = RcptStatus.DELIVERED
-    entries[0].recipients[0].reply = "250 2.0.0 OK"
-    entries[0].attempts = 1
-    bodies = [f"message {i}\r\n".encode() for i in range(3)]
-    await store.add_many(list(zip(entries, bodies, strict=True)))
-    for entry, body in zip(entries, bodies, strict=True):
-        assert store.body_path(entry).read_bytes() == body
-        assert store.state_path(entry.id).is_file()
-        assert await store.load_body(entry) == body
-
-    new, recovery = await reopen(store)
-    try:
-        assert sorted(recovery.entries, key=lambda e: e.id) == sorted(entries, key=lambda e: e.id)
-        assert recovery.unaccepted == {}
-        assert recovery.notes == []
-        for entry, body in zip(entries, bodies, strict=True):
-            assert await new.load_body(entry) == body
-    finally:
-        await new.close()
-
-
-async def test_add_many_with_a_body_already_in_staging_writes_no_state_file(
-    store: FileStore,
+async def test_accept_takes_a_claimed_file_over_by_rename(
+    store: FileStore, clock: ManualClock, claims: Path
 ) -> None:
-    """A claimed body is its own record until the entry first changes: no state file at intake;
-    recovery gives the body back to be taken in again."""
-    entry = make_entry()
-    store.ensure_source_dir(entry.source)
-    store.staging_path(entry.source, entry.id).write_bytes(b"claimed")
-    await store.add_many([(entry, None)])
-    assert not store.state_path(entry.id).exists() and not store.has_state(entry.id)
-    new, recovery = await reopen(store)
-    try:
-        assert recovery.entries == []
-        assert recovery.unaccepted == {entry.source: [store.body_path(entry)]}
-    finally:
-        await new.close()
+    entry = new_entry(clock)
+    incoming = claimed(claims, entry)
+    assert incoming.file is not None
+    inode = os.stat(incoming.file).st_ino
+    await store.accept([incoming])
+    assert not Path(incoming.file).exists()
+    assert os.stat(body_file(store, entry)).st_ino == inode  # the same file: no copy
+    assert body_file(store, entry) == store.directory / "messages" / SOURCE / f"{entry.id}.eml"
+    assert body_file(store, entry).read_bytes() == incoming.body
 
 
-async def test_an_entry_accepted_without_state_gets_one_when_saved(store: FileStore) -> None:
-    entry = make_entry()
-    store.ensure_source_dir(entry.source)
-    store.staging_path(entry.source, entry.id).write_bytes(b"claimed")
-    await store.add_many([(entry, None)])
+async def test_accept_writes_the_bytes_of_a_file_on_another_filesystem(
+    store: FileStore, clock: ManualClock, claims: Path, exdev: None
+) -> None:
+    entry = new_entry(clock)
+    incoming = claimed(claims, entry)
+    assert incoming.file is not None
+    await store.accept([incoming])
+    assert body_file(store, entry).read_bytes() == incoming.body
+    assert os.stat(body_file(store, entry)).st_ino != os.stat(incoming.file).st_ino
+    assert Path(incoming.file).exists()  # left for intake to remove
+    [lease] = await store.lease(10)
+    assert await store.body(lease.entry) == incoming.body
+
+
+async def test_a_write_failing_midway_names_the_entries_accepted(
+    store: FileStore, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, broken, third = (new_entry(clock) for _ in range(3))
+    real = mqd.queue.file.disk.atomic_write
+
+    def full(path: Path, *args: object, **kwargs: object) -> None:
+        if broken.id in str(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mqd.queue.file.disk, "atomic_write", full)
+    with pytest.raises(AcceptError) as info:
+        await store.accept([Incoming(e, body_for(e)) for e in (first, broken, third)])
+    assert info.value.accepted == [first.id, third.id]
+    assert str(store.directory) in str(info.value)
+    assert {item.entry.id for item in await store.entries()} == {first.id, third.id}
+    assert not body_file(store, broken).exists()
+
+
+async def test_a_rename_failing_midway_names_the_entries_accepted(
+    store: FileStore, clock: ManualClock, claims: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, broken, third = (new_entry(clock) for _ in range(3))
+    batch = [claimed(claims, e) for e in (first, broken, third)]
+    real = os.rename
+
+    def rename(src, dst, *args, **kwargs):
+        if broken.id in str(src):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(src))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(mqd.queue.file.disk.os, "rename", rename)
+    with pytest.raises(AcceptError) as info:
+        await store.accept(batch)
+    assert info.value.accepted == [first.id]
+    assert [item.entry.id for item in await store.entries()] == [first.id]
+    # The others stay with intake, in its claim area.
+    assert all(Path(str(item.file)).exists() for item in batch[1:])
+
+
+async def test_an_accepted_body_gets_a_state_file_at_its_first_save(
+    node: Node, store: FileStore, clock: ManualClock, claims: Path
+) -> None:
+    renamed, written = new_entry(clock), new_entry(clock)
+    await store.accept([claimed(claims, renamed), Incoming(written, body_for(written))])
+    assert list(store.layout.state_dir.iterdir()) == []  # the bodies are the whole record
+    leases = {lease.entry.id: lease for lease in await store.lease(10)}
+    entry = leases[renamed.id].entry
     entry.attempts = 1
-    await store.save(entry)
-    assert store.has_state(entry.id)
-    await store.remove(entry)
-    assert not store.body_path(entry).exists() and not store.state_path(entry.id).exists()
+    entry.next_attempt_at = clock.time() + 60
+    await store.save(leases[renamed.id], entry)
+    assert QueueEntry.from_json(state_file(store, renamed.id).read_bytes()) == entry
+    assert not state_file(store, written.id).exists()
+    await store.complete(leases[written.id], leases[written.id].entry)
+    clock.advance(60)
+    [again] = await store.lease(10)
+    await store.complete(again, again.entry)
+    for gone in (renamed, written):
+        assert not body_file(store, gone).exists() and not state_file(store, gone.id).exists()
+    await store.disk.remove(entry, has_state=True)  # a removal that finds nothing is harmless
+    assert await node.restart() == []  # nothing left behind to clean up
 
 
-async def test_save_persists_the_new_state(store: FileStore) -> None:
-    entry = make_entry()
-    await store.add_many([(entry, b"body")])
-    entry.attempts = 3
-    entry.recipients[1].status = RcptStatus.FAILED
-    entry.recipients[1].reply = "550 5.1.1 no such user"
-    await store.save(entry)
-    new, recovery = await reopen(store)
-    try:
-        [loaded] = recovery.entries
-        assert loaded.attempts == 3
-        assert loaded.recipients[1].status is RcptStatus.FAILED
-        assert loaded.recipients[1].reply == "550 5.1.1 no such user"
-    finally:
-        await new.close()
+async def test_a_saved_state_comes_back_whole_after_a_crash(
+    node: Node, store: FileStore, clock: ManualClock
+) -> None:
+    one, other = new_entry(clock), new_entry(clock)
+    other.source = "otherspool"
+    bodies = {one.id: b"message one\r\n", other.id: b"message two\r\n"}
+    await store.accept([Incoming(e, bodies[e.id]) for e in (one, other)])
+    saved = {}
+    for lease in await store.lease(10):
+        entry = lease.entry
+        entry.attempts = 3
+        entry.recipients[0].status = RcptStatus.DELIVERED
+        entry.recipients[0].reply = "250 2.0.0 OK"
+        entry.recipients[1].status = RcptStatus.FAILED
+        entry.recipients[1].reply = "550 5.1.1 no such user"
+        entry.extra = {"provider": {"id": "x-1"}}
+        entry.next_attempt_at = clock.time() + 600
+        await store.save(lease, entry)
+        saved[entry.id] = QueueEntry.from_json(entry.to_json())
+    assert await node.restart() == []
+    assert node.store is not None
+    back = {item.entry.id: item.entry for item in await node.store.entries()}
+    assert back == saved
+    for entry in back.values():
+        assert await node.store.body(entry) == bodies[entry.id]
+    assert node.rebuilt == []  # read from their state files
 
 
-async def test_remove_deletes_body_and_state(store: FileStore) -> None:
-    keep, gone = make_entry(), make_entry()
-    await store.add_many([(keep, b"keep"), (gone, b"gone")])
-    await store.remove(gone)
-    assert not store.body_path(gone).exists()
-    assert not store.state_path(gone.id).exists()
-    await store.remove(gone)  # idempotent
-    new, recovery = await reopen(store)
-    try:
-        assert recovery.entries == [keep]
-        assert recovery.notes == []
-    finally:
-        await new.close()
+# -- bounces -------------------------------------------------------------------------------------
 
 
-async def test_fail_writes_the_reason_and_moves_the_body(store: FileStore) -> None:
-    entry = make_entry()
-    await store.add_many([(entry, b"the message")])
-    reason = {"stage": "delivery", "reason": "<bob@example.net>: 550 5.1.1 no such user"}
-    target = await store.fail(entry, reason)
-    assert target == store.failed_dir / f"{entry.id}.eml"
-    assert target.read_bytes() == b"the message"
-    record = json.loads((store.failed_dir / f"{entry.id}.json").read_text(encoding="utf-8"))
-    assert record["id"] == entry.id
-    assert record["reason"] == reason["reason"]
-    assert record["stage"] == "delivery"
-    assert isinstance(record["failed_at"], float)
-    assert not store.body_path(entry).exists()
-    assert not store.state_path(entry.id).exists()
-    new, recovery = await reopen(store)
-    try:
-        assert recovery.entries == [] and recovery.unaccepted == {}
-        assert (new.failed_dir / f"{entry.id}.eml").exists()  # failed/ is left alone
-    finally:
-        await new.close()
+def failed_first_recipient(lease_entry: QueueEntry) -> tuple[QueueEntry, Bounce]:
+    """``lease_entry`` with its first recipient failed and bounced, and the bounce."""
+    entry = lease_entry
+    entry.recipients[0].status = RcptStatus.FAILED
+    entry.recipients[0].reply = "550 5.1.1 no such user"
+    entry.recipients[0].notified = True
+    entry.bounces = 1
+    dsn = QueueEntry(
+        id=f"{entry.id}b0",
+        sender="",
+        recipients=[RecipientState(entry.sender)],
+        relay="r1",
+        source=DSN_SOURCE,
+        created_at=entry.created_at,
+        next_attempt_at=entry.created_at,
+        is_report=True,
+    )
+    return entry, Bounce(dsn, b"Subject: undeliverable\r\n\r\nsorry\r\n")
 
 
-async def test_reject_moves_a_claimed_file_to_failed(store: FileStore) -> None:
-    store.ensure_source_dir(SOURCE)
-    claimed = store.staging_path(SOURCE, "rejected1")
-    claimed.write_bytes(b"spam")
-    target = await store.reject("rejected1", claimed, {"stage": "policy", "reason": "not allowed"})
-    assert target.read_bytes() == b"spam"
-    assert not claimed.exists()
-    record = json.loads((store.failed_dir / "rejected1.json").read_text())
-    assert record["reason"] == "not allowed"
+@pytest.mark.parametrize("outcome", ["save", "fail"])
+async def test_a_bounce_is_durable_before_its_entry_and_due_only_after(
+    store: FileStore, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, outcome: str
+) -> None:
+    await store.accept([Incoming(e := new_entry(clock), body_for(e))])
+    [lease] = await store.lease(10)
+    entry, bounce = failed_first_recipient(lease.entry)
+    entry.next_attempt_at = clock.time() + 600
+    dsn = bounce.entry
+    seen: list[tuple[str, bool, bytes, dict[str, str], float | None]] = []
+    real_save = store.disk.save
+
+    async def save(saving: QueueEntry) -> None:
+        # When the entry's state is written, the bounce is on disk with its state, not due.
+        dsn_state = state_file(store, dsn.id)
+        seen.append(
+            (
+                saving.id,
+                dsn_state.exists() and QueueEntry.from_json(dsn_state.read_bytes()) == dsn,
+                body_file(store, dsn).read_bytes(),
+                await store.find([dsn.id]),
+                await store.next_due(),
+            )
+        )
+        await real_save(saving)
+
+    monkeypatch.setattr(store.disk, "save", save)
+    if outcome == "save":
+        await store.save(lease, entry, bounce=bounce)
+    else:
+        await store.fail(lease, entry, FailureRecord("delivery", "550"), bounce=bounce)
+    assert seen == [(entry.id, True, bounce.body, {}, None)]
+    if outcome == "fail":
+        [failed] = await store.failed.find([entry.id])
+        assert failed.reason == "550"
+    [due] = await store.lease(10)
+    assert due.entry.id == dsn.id
+    assert await store.body(due.entry) == bounce.body
 
 
-# -- recovery ------------------------------------------------------------------------------------
+async def test_a_crash_after_the_bounce_is_written_notes_it_was_queued(
+    node: Node, store: FileStore, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.accept([Incoming(e := new_entry(clock), body_for(e))])
+    [lease] = await store.lease(10)
+    lease.entry.recipients[0].status = RcptStatus.FAILED
+    await store.checkpoint(lease, lease.entry)  # the failure is durable, not yet bounced
+    entry, bounce = failed_first_recipient(lease.entry)
+    writing = asyncio.Event()
+
+    async def never(saving: QueueEntry) -> None:  # the crash comes before the entry's write
+        writing.set()
+        await asyncio.get_running_loop().create_future()
+
+    monkeypatch.setattr(store.disk, "save", never)
+    saving = asyncio.ensure_future(store.save(lease, entry, bounce=bounce))
+    await asyncio.wait_for(writing.wait(), 10)
+    notes = await node.restart()
+    saving.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await saving
+    assert notes == [f"{entry.id}'s bounce was already queued"]
+    assert node.store is not None
+    back = {item.entry.id: item.entry for item in await node.store.entries()}
+    assert set(back) == {entry.id, bounce.entry.id}
+    assert back[entry.id].recipients[0].notified and back[entry.id].bounces == 1
+    leased = {lease.entry.id for lease in await node.store.lease(10)}
+    assert leased == {entry.id, bounce.entry.id}
 
 
-async def test_recovery_lists_a_body_without_state_as_unaccepted(store: FileStore) -> None:
-    accepted = make_entry()
-    await store.add_many([(accepted, b"accepted")])
-    store.ensure_source_dir(SOURCE)
-    orphan = store.staging_path(SOURCE, "0000orphan")
-    orphan.write_bytes(b"claimed, never accepted")
-    new, recovery = await reopen(store)
-    try:
-        assert recovery.entries == [accepted]
-        assert recovery.unaccepted == {SOURCE: [orphan]}
-        assert orphan.read_bytes() == b"claimed, never accepted"  # kept, to be taken in again
-    finally:
-        await new.close()
+# -- the failed folder ---------------------------------------------------------------------------
 
 
-async def test_recovery_cleans_up_a_state_whose_body_is_gone(store: FileStore) -> None:
-    entry = make_entry()
-    await store.add_many([(entry, b"body")])
-    store.body_path(entry).unlink()  # a crash after the commit point of remove()
-    new, recovery = await reopen(store)
-    try:
-        assert recovery.entries == []
-        assert not new.state_path(entry.id).exists()
-        assert len(recovery.notes) == 1
-        assert entry.id in recovery.notes[0]
-        assert "finished" in recovery.notes[0]
-    finally:
-        await new.close()
+async def test_fail_moves_the_body_with_its_record_and_drops_the_state(
+    node: Node, store: FileStore, clock: ManualClock, claims: Path
+) -> None:
+    entry = new_entry(clock)
+    await store.accept([claimed(claims, entry)])
+    inode = os.stat(body_file(store, entry)).st_ino
+    [lease] = await store.lease(10)
+    await store.checkpoint(lease, lease.entry)
+    assert state_file(store, entry.id).exists()
+    clock.advance(5)
+    reason = "<bob@example.net>: 550 5.1.1 no such user"
+    record = FailureRecord(
+        "delivery",
+        reason,
+        sender=entry.sender,
+        recipients=(FailedRecipient("bob@example.net", "failed", "550 5.1.1 no such user"),),
+        attempts=1,
+    )
+    await store.fail(lease, lease.entry, record)
+    failed_dir = store.directory / "failed"
+    moved = failed_dir / f"{entry.id}.eml"
+    assert os.stat(moved).st_ino == inode and moved.read_bytes() == body_for(entry)
+    written = json.loads((failed_dir / f"{entry.id}.json").read_text(encoding="utf-8"))
+    assert written["id"] == entry.id and written["stage"] == "delivery"
+    assert written["reason"] == reason and written["attempts"] == 1
+    assert written["recipients"][0]["reply"] == "550 5.1.1 no such user"
+    assert isinstance(written["failed_at"], float)
+    assert not body_file(store, entry).exists() and not state_file(store, entry.id).exists()
+    assert await node.restart() == []
+    assert node.store is not None
+    assert await node.store.entries() == [] and node.rebuilt == []
+    assert moved.read_bytes() == body_for(entry)  # failed/ is left alone
 
 
-async def test_recovery_notes_an_entry_half_moved_to_failed(store: FileStore) -> None:
-    entry = make_entry()
-    await store.add_many([(entry, b"body")])
-    os.replace(store.body_path(entry), store.failed_dir / f"{entry.id}.eml")  # crash mid-fail()
-    new, recovery = await reopen(store)
-    try:
-        assert recovery.entries == []
-        assert not new.state_path(entry.id).exists()
-        assert recovery.notes == [f"{entry.id}: finished moving to failed/"]
-    finally:
-        await new.close()
+POLICY = FailureRecord("policy", "sender evil@example.org is not allowed", sender="x")
 
 
-async def test_recovery_deletes_an_orphan_dsn_body(store: FileStore) -> None:
-    store.ensure_source_dir(DSN_SOURCE)
-    orphan = store.staging_path(DSN_SOURCE, "0000dsnb0")
+async def test_refuse_moves_a_claimed_file_in(store: FileStore, claims: Path) -> None:
+    file = claims / "r1.eml"
+    file.write_bytes(b"spam")
+    inode = file.stat().st_ino
+    await store.refuse([Refused("r1", POLICY, b"spam", str(file))])
+    kept = store.directory / "failed" / "r1.eml"
+    assert not file.exists() and kept.stat().st_ino == inode
+    record = json.loads((store.directory / "failed" / "r1.json").read_text())
+    assert record["id"] == "r1" and record["reason"] == POLICY.reason and "left_at" not in record
+
+
+async def test_refuse_writes_the_bytes_of_a_file_on_another_filesystem(
+    store: FileStore, claims: Path, exdev: None
+) -> None:
+    file = claims / "r2.eml"
+    file.write_bytes(b"spam")
+    await store.refuse([Refused("r2", POLICY, b"spam", str(file))])
+    assert (store.directory / "failed" / "r2.eml").read_bytes() == b"spam"
+    assert not file.exists()
+    [message] = await store.failed.find(["r2"])
+    assert await store.failed.read(message) == b"spam"
+
+
+async def test_refuse_records_where_an_odd_file_on_another_filesystem_was_left(
+    store: FileStore, claims: Path, exdev: None
+) -> None:
+    file = claims / "r3.eml"
+    os.mkfifo(file)  # claimed, never read: no bytes to write
+    await store.refuse([Refused("r3", POLICY, None, str(file))])
+    assert file.is_fifo()
+    assert not (store.directory / "failed" / "r3.eml").exists()
+    record = json.loads((store.directory / "failed" / "r3.json").read_text())
+    assert record["left_at"] == str(file) and record["reason"] == POLICY.reason
+    [message] = await store.failed.find(["r3"])
+    assert message.reason == POLICY.reason and message.location == str(file)
+
+
+# -- recovery after a crash ----------------------------------------------------------------------
+
+
+async def test_a_body_without_state_comes_back_through_rebuild_with_its_age(
+    node: Node, store: FileStore, clock: ManualClock, claims: Path
+) -> None:
+    entry = new_entry(clock)
+    incoming = claimed(claims, entry)
+    await store.accept([incoming])
+    notes = await node.restart()
+    assert notes == [
+        "1 message(s) accepted and never attempted: read from their bodies as deliveries make room"
+    ]
+    assert node.store is not None and node.rebuilt == []  # not read at start-up
+    counts = await node.store.counts()
+    assert counts.not_read == 1 and counts.unread_by_source == {SOURCE: 1}
+    assert counts.oldest == id_time(entry.id)  # its age, from its id
+    [lease] = await node.store.lease(10)
+    assert node.rebuilt == [Unread(SOURCE, entry.id, incoming.body)]
+    assert lease.entry.id == entry.id
+    assert [r.address for r in lease.entry.recipients] == [r.address for r in entry.recipients]
+    assert await node.store.body(lease.entry) == incoming.body
+
+
+@pytest.mark.parametrize("where", ["finished", "failed"])
+async def test_a_state_file_whose_body_is_gone_is_cleaned_up(
+    node: Node, store: FileStore, clock: ManualClock, where: str
+) -> None:
+    entry = new_entry(clock)
+    await store.accept([Incoming(entry, body_for(entry))])
+    [lease] = await store.lease(10)
+    await store.checkpoint(lease, lease.entry)
+    if where == "finished":  # a crash after the commit point of a removal
+        body_file(store, entry).unlink()
+    else:  # a crash in the middle of a fail
+        os.replace(body_file(store, entry), store.directory / "failed" / f"{entry.id}.eml")
+    notes = await node.restart()
+    assert node.store is not None
+    assert await node.store.entries() == []
+    assert not state_file(node.store, entry.id).exists()
+    if where == "finished":
+        assert notes == [f"{entry.id}: was finished before the restart"]
+    else:
+        assert notes == [f"{entry.id}: finished moving to failed/"]
+
+
+async def test_an_orphan_bounce_body_is_deleted(node: Node, store: FileStore) -> None:
+    orphan = store.directory / "messages" / DSN_SOURCE / "0000dsnb0.eml"
+    orphan.parent.mkdir()
     orphan.write_bytes(b"a bounce whose entry was never written")
-    new, recovery = await reopen(store)
-    try:
-        assert not orphan.exists()
-        assert recovery.unaccepted == {}
-        assert recovery.entries == []
-    finally:
-        await new.close()
+    assert await node.restart() == []
+    assert node.store is not None
+    assert not orphan.exists()
+    assert await node.store.entries() == [] and node.rebuilt == []
 
 
-async def test_recovery_deletes_interrupted_temp_files(store: FileStore) -> None:
-    entry = make_entry()
-    await store.add_many([(entry, b"body")])
-    stray_state = store.state_dir / f".{entry.id}.json.123.tmp"
+async def test_interrupted_temp_files_are_deleted(
+    node: Node, store: FileStore, clock: ManualClock
+) -> None:
+    entry = new_entry(clock)
+    await store.accept([Incoming(entry, body_for(entry))])
+    [lease] = await store.lease(10)
+    await store.checkpoint(lease, lease.entry)
+    stray_state = store.layout.state_dir / f".{entry.id}.json.123.tmp"
     stray_state.write_bytes(b"{half")
-    stray_body = store.messages_dir / SOURCE / ".x.eml.123.tmp"
+    stray_body = store.directory / "messages" / SOURCE / ".x.eml.123.tmp"
     stray_body.write_bytes(b"half")
-    new, recovery = await reopen(store)
-    try:
-        assert not stray_state.exists() and not stray_body.exists()
-        assert recovery.entries == [entry]
-        assert recovery.unaccepted == {}
-    finally:
-        await new.close()
+    assert await node.restart() == []
+    assert node.store is not None
+    assert not stray_state.exists() and not stray_body.exists()
+    assert [item.entry for item in await node.store.entries()] == [lease.entry]
+    assert node.rebuilt == []
 
 
 @pytest.mark.parametrize(
@@ -312,28 +566,28 @@ async def test_recovery_deletes_interrupted_temp_files(store: FileStore) -> None
     [b"", b"{not json", b"[1, 2]", b'{"version": 1, "id": "x"}', b'{"version": 99}'],
     ids=["zero-length", "corrupt", "not-an-object", "missing-fields", "future-version"],
 )
-async def test_recovery_quarantines_an_unreadable_state_file(
-    store: FileStore, content: bytes
+async def test_an_unreadable_state_file_is_quarantined(
+    node: Node, store: FileStore, clock: ManualClock, content: bytes
 ) -> None:
-    good = make_entry()
-    await store.add_many([(good, b"good")])
-    bad_id = "0000badstate"
-    store.ensure_source_dir(SOURCE)
-    body = store.staging_path(SOURCE, bad_id)
-    body.write_bytes(b"the body of the bad entry")
-    store.state_path(bad_id).write_bytes(content)
+    good, bad = new_entry(clock), new_entry(clock)
+    await store.accept([Incoming(e, body_for(e)) for e in (good, bad)])
+    for lease in await store.lease(10):
+        await store.checkpoint(lease, lease.entry)
+    state_file(store, bad.id).write_bytes(content)
 
-    new, recovery = await reopen(store)
-    try:
-        assert recovery.entries == [good]
-        assert not new.state_path(bad_id).exists()
-        quarantined = new.quarantine_dir / f"{bad_id}.json"
-        assert quarantined.read_bytes() == content
-        reason = (new.quarantine_dir / f"{bad_id}.reason.txt").read_text(encoding="utf-8")
-        assert "unreadable state file" in reason
-        assert any(bad_id in note and "quarantine" in note for note in recovery.notes)
-        # Its body is not lost: it is offered to intake again.
-        assert recovery.unaccepted == {SOURCE: [body]}
-        assert body.read_bytes() == b"the body of the bad entry"
-    finally:
-        await new.close()
+    notes = await node.restart()
+    assert node.store is not None
+    assert not state_file(node.store, bad.id).exists()
+    quarantine = store.directory / "quarantine"
+    assert (quarantine / f"{bad.id}.json").read_bytes() == content
+    reason = (quarantine / f"{bad.id}.reason.txt").read_text(encoding="utf-8")
+    assert "unreadable state file" in reason
+    assert any(bad.id in note and "quarantine" in note for note in notes)
+    # Its body is not lost: it comes back as a message never attempted.
+    assert body_file(node.store, bad).read_bytes() == body_for(bad)
+    listed = {item.entry.id for item in await node.store.entries()}
+    assert listed == {good.id, bad.id}
+    leased = await node.store.lease(10)
+    assert {lease.entry.id for lease in leased} == {good.id, bad.id}
+    assert bad.id in {unread.entry_id for unread in node.rebuilt}
+    assert good.id not in {unread.entry_id for unread in node.rebuilt}
