@@ -24,6 +24,7 @@ class Fault:
         clock: Clock = SYSTEM_CLOCK,
         first: float = 1.0,
         most: float = 60.0,
+        verb: str = "paused",
     ) -> None:
         #: What is paused, for the log and ``mqd status`` ("intake from the spools").
         self.what = what
@@ -31,6 +32,8 @@ class Fault:
         self.clock = clock
         self.first = first
         self.most = most
+        #: How the log says it: "intake paused: ..." or "delivery is failing: ...".
+        self.verb = verb
         #: Why it is paused, while it is.
         self.reason: str | None = None
         self._delay = first
@@ -53,8 +56,9 @@ class Fault:
         self.failures += 1
         if why != self.reason:
             self.log.error(
-                "%s paused: %s; retrying by itself (first in %gs, then less often)",
+                "%s %s: %s; retrying by itself (first in %gs, then less often)",
                 self.what,
+                self.verb,
                 why,
                 self._delay if self.reason is None else self.first,
             )

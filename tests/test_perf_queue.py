@@ -312,12 +312,6 @@ def test_the_store_works_across_event_loops(queue_dir: Path) -> None:
     assert not body_path(store, second).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FileStore keeps the claims' directory-fsync task of the old loop (_syncing): once "
-    "that loop cancelled it, close() and accept() on the next loop re-raise its CancelledError "
-    "(close() then never lets go of the lock)",
-)
 def test_a_loop_that_ends_while_claims_are_synced_leaves_the_store_usable(
     queue_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -149,7 +149,7 @@ async def test_a_state_write_failing_after_an_attempt_keeps_the_message_queued(
     with caplog.at_level(logging.ERROR):
         await run_once(plain_config, host)
     monkeypatch.undo()
-    assert "could not be processed; keeping it" in caplog.text
+    assert "messages could not be processed, keeping them" in caplog.text
     assert state.read_bytes() == before
     assert list((queue_dir / "messages").rglob("*.eml")), "the body is still there"
     smtp_server.temp_failures = False
@@ -179,7 +179,7 @@ async def test_moving_to_failed_that_fails_keeps_the_message_and_sends_its_bounc
     monkeypatch.setattr(mqd.queue.file.disk.Disk, "_fail", fail_fails)
     with caplog.at_level(logging.ERROR):
         await run_once(plain_config, host)
-    assert "could not be processed; keeping it" in caplog.text
+    assert "messages could not be processed, keeping them" in caplog.text
     assert list((queue_dir / "state").iterdir()), "the message is still queued"
     dsns = [m for m in smtp_server.messages if m.mail_from in ("", "<>")]
     assert len(dsns) == 1, "the bounce does not wait for the failed folder"

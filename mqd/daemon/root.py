@@ -127,7 +127,14 @@ class Daemon:
 
     @property
     def faults(self) -> Sequence[Fault]:
-        return [self.intake.fault, *self.servers.faults]
+        intake = self.intake
+        return [
+            intake.fault,
+            intake.claiming,
+            intake.refusing,
+            self.scheduler.fault,
+            *self.servers.faults,
+        ]
 
     @property
     def in_flight(self) -> set[str]:

@@ -14,6 +14,8 @@ import logging
 
 from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.delivery.deliverer import Deliverer
+from mqd.errors import QueueError
+from mqd.faults import Fault
 from mqd.queue.store import Lease, QueueStore
 
 __all__ = ["MAX_SLEEP", "Scheduler"]
@@ -40,6 +42,8 @@ class Scheduler:
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        #: Set while outcomes cannot be written (a full disk): said once, cleared by success.
+        self.fault = Fault("delivery", log, clock=clock, verb="is failing")
         store.subscribe(self._wake.set)
 
     @property
@@ -99,12 +103,18 @@ class Scheduler:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.store.release(lease))
             raise
-        except Exception:
-            # The store failed (disk full, I/O error): the message stays where it was.
-            log.exception("%s could not be processed; keeping it and retrying later", entry.id)
+        except Exception as exc:
+            # The store failed (disk full, I/O error): the message stays where it was, and is
+            # tried again on its backoff. Said once, not once per message.
+            if not isinstance(exc, OSError | QueueError):  # a bug: its traceback, loudly
+                log.exception("%s could not be processed; keeping it", entry.id)
+            self.fault.failed(f"messages could not be processed, keeping them ({exc})")
             delay = self.deliverer.backoff.delay(max(1, entry.attempts))
             with contextlib.suppress(Exception):
                 await self.store.release(lease, not_before=self.clock.time() + delay)
+        else:
+            if self.fault.active:
+                self.fault.cleared()
         finally:
             self._in_flight.pop(entry.id, None)
             self._wake.set()

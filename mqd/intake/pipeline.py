@@ -15,10 +15,11 @@ contract), so the body is durable already and the claim is a rename, which a cra
 before a crash may then be sent again after it: at-least-once, as after any crash between the
 relay's reply and the state update. One batch's fsyncs are in flight at a time.
 
-When the store cannot take a batch (a full disk, a store that is down) or the failed folder
-cannot take a refused file, the files wait in the claim area: intake pauses (``fault``), says so
-once, and takes them again, a batch at a time, before anything new (``take_waiting``). Nothing is
-put back into the spool and claimed again in a loop. Refused mail never gets a bounce: it was
+When the store cannot take a batch (a full disk, a store that is down), the files wait in the
+claim area: intake pauses (``fault``), says so once, and takes them again, a batch at a time,
+before anything new (``take_waiting``). When the failed folder cannot take a refused file, that
+file waits there too (``refusing``) while good mail goes on. Nothing is put back into the spool
+and claimed again in a loop. Refused mail never gets a bounce: it was
 never accepted, and a bounce would be backscatter.
 """
 
@@ -32,7 +33,7 @@ from collections.abc import Sequence
 
 from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import Config
-from mqd.errors import QueueError
+from mqd.errors import QueueError, SpoolError
 from mqd.events import Event, EventKind, EventSink
 from mqd.faults import Fault
 from mqd.intake.entries import make_entry
@@ -76,8 +77,13 @@ class Intake:
         self.host = host
         self.emit = emit
         self.clock = clock
-        #: Paused while the store or the failed folder cannot take what was claimed.
+        #: Paused while the store cannot take what was claimed.
         self.fault = Fault("intake from the spools", log, clock=clock)
+        #: Set while files cannot be claimed (a spool made read-only): said once, not per file.
+        self.claiming = Fault("claiming", log, clock=clock, verb="is failing")
+        #: Set while the failed folder cannot take refused files: they wait in the claim area
+        #: (never back into the spool to be claimed again at once), good mail goes on.
+        self.refusing = Fault("refusing messages", log, clock=clock)
         #: The last batch's fsyncs, while they run.
         self._syncing: asyncio.Future[None] | None = None
 
@@ -134,10 +140,13 @@ class Intake:
                     return reads, names[index:]
                 try:
                     claimed = spool.claim(name, new_id())
-                except Exception as exc:  # SpoolError: a file that cannot be renamed
-                    log.error("%s", exc)
-                    continue
+                except SpoolError as exc:  # the spool cannot be written: the rest would fail too
+                    why = getattr(exc.__cause__, "strerror", None) or str(exc)
+                    self.claiming.failed(f"cannot claim files from {spool.path}: {why}")
+                    return reads, []
                 if claimed is not None:
+                    if self.claiming.active:
+                        self.claiming.cleared()
                     # Across filesystems the store copies the bytes durably: no fsync here.
                     keep_open = not spool.claims_across
                     reads.append(read_claimed_file(claimed, max_size, keep_open=keep_open))
@@ -213,9 +222,10 @@ class Intake:
                     continue
             refused.append(read)
         queued, accepted_all = await self._accept(accepted)
-        refused_all = await self._refuse(refused) if refused else True
-        if accepted_all and refused_all and (accepted or refused):
+        if accepted and accepted_all:
             self.fault.cleared()
+        if refused and await self._refuse(refused):
+            self.refusing.cleared()
         for item in queued:
             if recovered:
                 # Its "queued" was told when it was first taken in (or it was claimed by an
@@ -264,7 +274,7 @@ class Intake:
         try:
             await self.store.refuse(items)
         except (QueueError, OSError) as exc:
-            self.fault.failed(f"the failed folder cannot take refused messages: {exc}")
+            self.refusing.failed(f"the failed folder cannot take refused messages: {exc}")
             return False
         for read in refused:
             claimed = read.claimed

@@ -115,12 +115,16 @@ class Spool:
                 self._cross_device = True
             else:
                 return Claimed(self.config, entry_id, target, name)
-        make_dirs(self.beside_dir)
         target = os.path.join(self.beside_dir, f"{entry_id}{SUFFIX}")
         try:
+            make_dirs(self.beside_dir)
             os.rename(source, target)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            if _in_use(exc):
+                return None
+            raise SpoolError(f"cannot claim {source}: {exc.strerror}") from exc
         return Claimed(self.config, entry_id, target, name)
 
     def waiting(self) -> list[Claimed]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 
 from mqd.clock import SYSTEM_CLOCK, Clock
@@ -64,6 +65,13 @@ class SpoolIntake:
         self.spools = [Spool(spool, self.node, claim_dir) for spool in config.spools]
         for spool in self.spools:
             spool.prepare()
+            if not os.access(spool.path, os.W_OK | os.X_OK):
+                log.warning(
+                    "the spool %s cannot be written by this user or is read-only: mqd cannot "
+                    "claim files from it (each claim is a rename out of it); fix its "
+                    "permissions or mount",
+                    spool.path,
+                )
         self._pending.clear()
         every = set(range(len(self.spools)))
         self._rescan, self._waiting = set(every), set(every)
@@ -113,52 +121,76 @@ class SpoolIntake:
         interval = self.config.queue.scan_interval
         last_full_scan = self.clock.monotonic()
         fault = self.intake.fault
+        # (a method, not the property: a type checker would take it for unchanged below)
         while not self._stopping.is_set():
-            if fault.active:
+            if self._paused():
                 # Paused: the claimed files wait in the claim area; try them again first.
                 self._idle()
                 if self.once:
                     return
                 self._wake.clear()
                 await self.clock.wait(self._stopping, fault.retry_in())
-                self._waiting.update(range(len(self.spools)))
                 if self._stopping.is_set():
                     return
+                # The retry: what waits in the claim areas first; when all of it went in (or
+                # nothing waited: an fsync that failed), the fault is over.
+                self._waiting.update(range(len(self.spools)))
+                if await self._take_waiting():
+                    fault.cleared()
+                continue
+            refusing = self.intake.refusing
+            if refusing.active and refusing.retry_in() <= 0:
+                # Refused files wait in the claim areas for the failed folder: try them again.
+                self._waiting.update(range(len(self.spools)))
             if self.clock.monotonic() - last_full_scan >= interval:
                 self._rescan.update(range(len(self.spools)))
             if len(self._rescan) == len(self.spools):
                 last_full_scan = self.clock.monotonic()
             await self._take_waiting()
-            if fault.active:
+            if self._paused():
                 continue
             await self._take_new()
-            if fault.active or self._pending or self._rescan:
+            if self._paused() or self._pending or self._rescan:
                 continue
             self._idle()
             if self.once:
                 return
             self._wake.clear()
             wait = max(0.0, last_full_scan + interval - self.clock.monotonic())
+            if refusing.active:
+                wait = min(wait, refusing.retry_in())
             await self.clock.wait(self._wake, wait)
+
+    def _paused(self) -> bool:
+        return self.intake.fault.active
 
     def _idle(self) -> None:
         self.idle.set()
         self.on_idle()
 
-    async def _take_waiting(self) -> None:
+    async def _take_waiting(self) -> bool:
+        """Take what waits in the claim areas of the spools marked for it; True when all of it
+        went in (a failure leaves the rest, and that spool marked, for the next try)."""
         waiting, self._waiting = self._waiting, set()
+        failures = self.intake.fault.failures
+        complete = True
         for index in sorted(waiting):
-            if self._stopping.is_set() or self.intake.fault.active:
+            if self._stopping.is_set() or not complete:
                 self._waiting.add(index)
                 continue
+            spool = self.spools[index]
             try:
-                taken = await self.intake.take_waiting(self.spools[index])
-            except Exception:
-                log.exception("cannot take the files claimed from %s", self.spools[index].path)
+                taken = await self.intake.take_waiting(spool)
+            except Exception as exc:
+                log.exception("cannot take the files claimed from %s", spool.path)
+                self.intake.fault.failed(f"cannot take the files claimed from {spool.path}: {exc}")
+            else:
+                if taken:
+                    log.info("took %d claimed message(s) of %s again", taken, spool.path)
+            if self.intake.fault.failures != failures:  # this try failed again
                 self._waiting.add(index)
-                continue
-            if taken:
-                log.info("took %d claimed message(s) of %s again", taken, self.spools[index].path)
+                complete = False
+        return complete
 
     async def _take_new(self) -> None:
         rescan, self._rescan = self._rescan, set()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mqd.queue.entry import QueueEntry
-from mqd.queue.file.io import read_body
+from mqd.queue.file.io import BodyCache, read_body
 from mqd.queue.file.rebuild import Rebuild, Unread
 from mqd.queue.schedule import ambiguous, unknown
 from mqd.queue.store import EntryState, Listed, QueueCounts
@@ -44,6 +44,7 @@ class FileAdmin:
     backlog: Backlog
     clock: Clock
     unsaved: set[str]
+    kept: BodyCache
 
     rebuild: Rebuild
 
@@ -219,6 +220,7 @@ class FileAdmin:
         self.schedule.check_deletable(entries)
         for entry in entries:
             self.make_room(entry.id)
+            self.kept.take(entry.id)
             self.schedule.delete(entry)
             await self.disk.remove(entry, has_state=entry.id not in self.unsaved)
             self.unsaved.discard(entry.id)

@@ -121,7 +121,11 @@ class FileStore(FileAdmin, QueueStore):
                 sync()
         problem = self.folder.writable()
         if problem is not None:
-            found.notes.append(f"the failed folder cannot be written: {problem}")
+            log.warning(
+                "the failed folder cannot be written (%s): refused and failed messages wait "
+                "where they are until it can",
+                problem,
+            )
         return found
 
     async def close(self) -> None:
@@ -186,9 +190,12 @@ class FileStore(FileAdmin, QueueStore):
 
     async def _settle(self) -> None:
         syncing, self._syncing = self._syncing, None
-        if syncing is not None:
-            # Shielded: a cancelled wait must not cancel it (its thread would run on).
-            await asyncio.shield(syncing)
+        if syncing is None or syncing.done():
+            return  # (done: also when a loop that ended cancelled it)
+        if syncing.get_loop() is not asyncio.get_running_loop():
+            return  # started on a loop that has ended: nothing of it runs any more
+        # Shielded: a cancelled wait must not cancel it (its thread would run on).
+        await asyncio.shield(syncing)
 
     def _admit(self, entry: QueueEntry, body: bytes | None) -> None:
         """A message just accepted: scheduled, or, once ``active_limit`` never-attempted ones
