@@ -287,3 +287,44 @@ async def test_reload_picks_up_a_new_spool(running, spool, tmp_path):
     drop(second, to=("via-second@example.net",))
     await wait_for(lambda: len(MemoryRelay.instances["main"].sent) == 1)
     assert MemoryRelay.instances["main"].sent[0].recipients == ("via-second@example.net",)
+
+
+async def test_a_stopped_queue_is_listed_shown_and_held_without_building_its_relays(
+    write_config, spool: Path, queue_dir: Path, host: PluginHost, tmp_path: Path
+) -> None:
+    """A relay whose password file is missing cannot be built: the daemon refuses to start,
+    but looking at (and holding) the stopped queue needs no relay."""
+    ok = load_config(write_config(CONFIG.format(queue=queue_dir, spool=spool, extra="")))
+    drop(spool)
+    MemoryRelay.instances.clear()
+    daemon = Daemon(ok, host=host, once=True)
+    relay_down = TransientRelayError("down", reply=Reply(451, "down", "4.4.1"))
+    MemoryRelay.instances["main"].raise_error = relay_down
+    await daemon.run()  # one message, deferred
+    broken = write_config(
+        f"""
+        [queue]
+        dir = "{queue_dir}"
+        bounce_sender = "mailer-daemon@mqd.test"
+        [[spool]]
+        path = "{spool}"
+        relay = "main"
+        allowed_senders = ["*@example.com"]
+        [relays.main]
+        plugin = "smtp"
+        host = "127.0.0.1"
+        username = "u"
+        password_file = "{tmp_path / "missing-password"}"
+        """
+    )
+    config = load_config(broken)
+    with pytest.raises(ConfigError, match="missing-password"):
+        Daemon(config, host=host)  # the daemon needs its relays
+    [row] = await request(config, "list")
+    assert row["state"] == "deferred"
+    shown = await request(config, "show", {"id": row["id"]})
+    assert "Subject: hello" in shown["headers"]
+    assert await request(config, "hold", {"ids": [row["id"]]}) == {"held": [row["id"]]}
+    status = await request(config, "status")
+    assert status["running"] is False and status["by_state"]["held"] == 1
+    assert status["relays"]["main"]["describe"] is None

@@ -137,6 +137,12 @@ def merge_status(answers: dict[int, dict[str, Any] | None]) -> dict[str, Any]:
     ages = [p["oldest_age"] for p in parts if p["oldest_age"] is not None]
     merged["oldest_age"] = max(ages) if ages else None
     merged["relays"] = {name: _merge_relay(name, parts) for name in first["relays"]}
+    merged["faults"] = [
+        {**fault, "what": f"worker {n}: {fault['what']}"}
+        for n, part in sorted(answers.items())
+        if part is not None
+        for fault in part.get("faults", [])
+    ]
     merged["workers"] = [
         {
             "worker": n,

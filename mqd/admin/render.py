@@ -210,6 +210,11 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
     workers: Sequence[Mapping[str, Any]] = status.get("workers") or []
     if workers:
         fields.insert(1, ("workers", "; ".join(_worker(w) for w in workers)))
+    faults: Sequence[Mapping[str, Any]] = status.get("faults") or []
+    for fault in faults:
+        fields.append(
+            ("paused", f"{fault['what']}: {fault['reason']} (retrying in {fault['retry_in']:.0f}s)")
+        )
     width = max(len(name) for name, _ in fields)
     lines = [f"{name.ljust(width)}  {value}" for name, value in fields]
     relays: Mapping[str, Mapping[str, Any]] = status.get("relays") or {}
@@ -253,9 +258,11 @@ def _quota(quota: Mapping[str, Any]) -> str:
 
 
 def status_problems(status: Mapping[str, Any], warn_age: float | None) -> list[str]:
-    """What ``mqd status --check`` reports: open circuits, a worker of queue.workers not
-    running while the first is, and a message older than ``warn_age`` seconds."""
-    problems = [
+    """What ``mqd status --check`` reports: a resource fault pausing something, open circuits,
+    a worker of queue.workers not running while the first is, and a message older than
+    ``warn_age`` seconds."""
+    problems = [f"{fault['what']}: {fault['reason']}" for fault in status.get("faults") or []]
+    problems += [
         f"relay {name}: circuit open"
         + (f" (last error: {relay['last_error']})" if relay.get("last_error") else "")
         for name, relay in (status.get("relays") or {}).items()
