@@ -18,7 +18,6 @@ from mqd.queue.failed import FailedError, FailedFolder, FailedMessage, FailureRe
 from mqd.queue.schedule import Schedule, ambiguous, unknown
 from mqd.queue.store import (
     Bounce,
-    EntryState,
     Incoming,
     Lease,
     Listed,
@@ -227,29 +226,7 @@ class MemoryStore(QueueStore):
         return len(self._schedule)
 
     async def counts(self) -> QueueCounts:
-        by_state = dict.fromkeys(EntryState, 0)
-        by_relay: dict[str, int] = {}
-        now = self.clock.time()
-        due = 0
-        size = 0
-        oldest: float | None = None
-        oldest_unheld: float | None = None
-        for entry in self._schedule:
-            state = self._schedule.state(entry)
-            by_state[state] += 1
-            if state is not EntryState.ACTIVE and not entry.held and entry.next_attempt_at <= now:
-                due += 1
-            size += entry.size
-            oldest = entry.created_at if oldest is None else min(oldest, entry.created_at)
-            if not entry.held:
-                oldest_unheld = (
-                    entry.created_at
-                    if oldest_unheld is None
-                    else min(oldest_unheld, entry.created_at)
-                )
-            for relay in entry.relays:
-                by_relay[relay] = by_relay.get(relay, 0) + 1
-        return QueueCounts(by_state, size, oldest, oldest_unheld, by_relay, due=due)
+        return self._schedule.counts()
 
     async def load_state(self, name: str) -> bytes | None:
         return self.disk.state.get(name)

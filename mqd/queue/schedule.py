@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.queue.entry import QueueEntry
-from mqd.queue.store import EntryBusy, EntryState, Lease, LeaseLost, UnknownEntry
+from mqd.queue.store import EntryBusy, EntryState, Lease, LeaseLost, QueueCounts, UnknownEntry
 
 __all__ = ["CLOCK_SLACK", "Schedule", "ambiguous", "unknown"]
 
@@ -254,6 +254,27 @@ class Schedule:
         if held is not None:
             held.revoked = True
         self.entries.pop(entry.id, None)
+
+    def counts(self) -> QueueCounts:
+        """The entries held here in numbers (a store adds what it keeps elsewhere)."""
+        by_state = dict.fromkeys(EntryState, 0)
+        by_relay: dict[str, int] = {}
+        now = self.clock.time()
+        due = size = 0
+        oldest: float | None = None
+        unheld: float | None = None
+        for entry in self.entries.values():
+            state = self.state(entry)
+            by_state[state] += 1
+            if state is not EntryState.ACTIVE and not entry.held and entry.next_attempt_at <= now:
+                due += 1
+            size += entry.size
+            oldest = entry.created_at if oldest is None else min(oldest, entry.created_at)
+            if not entry.held:
+                unheld = entry.created_at if unheld is None else min(unheld, entry.created_at)
+            for relay in entry.relays:
+                by_relay[relay] = by_relay.get(relay, 0) + 1
+        return QueueCounts(by_state, size, oldest, unheld, by_relay, due=due)
 
     # -- the clock --------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -234,43 +235,29 @@ class FileAdmin:
 
     async def counts(self) -> QueueCounts:
         await self.settled()
-        by_state = dict.fromkeys(EntryState, 0)
-        by_relay: dict[str, int] = {}
-        now = self.clock.time()
-        due = 0
-        size = 0
-        oldest: float | None = None
-        unheld: float | None = None
-        for entry in self.schedule:
-            state = self.schedule.state(entry)
-            by_state[state] += 1
-            if state is not EntryState.ACTIVE and not entry.held and entry.next_attempt_at <= now:
-                due += 1
-            size += entry.size
-            oldest = entry.created_at if oldest is None else min(oldest, entry.created_at)
-            if not entry.held:
-                unheld = entry.created_at if unheld is None else min(unheld, entry.created_at)
-            for relay in entry.relays:
-                by_relay[relay] = by_relay.get(relay, 0) + 1
+        counts = self.schedule.counts()
         unread = self.backlog.items()
+        if not unread:
+            return counts
+        by_state = dict(counts.by_state)
         by_state[EntryState.WAITING] += len(unread)
+        oldest, unheld = counts.oldest, counts.oldest_unheld
         created = self.backlog.oldest_created()
         if created is not None:
             oldest = created if oldest is None else min(oldest, created)
             unheld = created if unheld is None else min(unheld, created)
-            size += await asyncio.to_thread(self._sizes, unread)
         by_source: dict[str, int] = {}
         for source, _ in unread:
             by_source[source] = by_source.get(source, 0) + 1
-        return QueueCounts(
-            by_state,
-            size,
-            oldest,
-            unheld,
-            by_relay,
-            len(unread),
+        return replace(
+            counts,
+            by_state=by_state,
+            size=counts.size + await asyncio.to_thread(self._sizes, unread),
+            oldest=oldest,
+            oldest_unheld=unheld,
+            not_read=len(unread),
             unread_by_source=by_source,
-            due=due + len(unread),
+            due=counts.due + len(unread),
         )
 
     def _sizes(self, unread: list[tuple[str, str]]) -> int:
