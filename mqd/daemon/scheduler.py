@@ -40,6 +40,7 @@ class Scheduler:
         self.concurrency = concurrency
         self.clock = clock
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._leases: dict[str, Lease] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         #: Set while outcomes cannot be written (a full disk): said once, cleared by success.
@@ -71,6 +72,30 @@ class Scheduler:
     async def run(self, *, once: asyncio.Event | None = None) -> None:
         """Deliver until stopped; with ``once`` (set when intake has nothing more to take),
         until nothing is due now and nothing is in flight."""
+        renewing = None
+        if self.store.lease_renewal is not None:
+            renewing = asyncio.create_task(self._renew(self.store.lease_renewal), name="mqd-renew")
+        try:
+            await self._lease_and_start(once)
+        finally:
+            if renewing is not None:
+                renewing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewing
+
+    async def _renew(self, every: float) -> None:
+        """Renew the leases in flight (a store whose leases expire: another node takes the
+        entries of a node that stops renewing, that is, one that died)."""
+        while True:
+            await self.clock.sleep(every)
+            leases = list(self._leases.values())
+            if leases:
+                try:
+                    await self.store.renew(leases)
+                except Exception as exc:  # said once; the fenced writes will tell the rest
+                    self.fault.failed(f"cannot renew leases ({exc})")
+
+    async def _lease_and_start(self, once: asyncio.Event | None) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
             room = self.concurrency - len(self._in_flight)
@@ -93,6 +118,7 @@ class Scheduler:
         entry_id = lease.entry.id
         task = asyncio.create_task(self._deliver(lease), name=f"mqd-deliver-{entry_id}")
         self._in_flight[entry_id] = task
+        self._leases[entry_id] = lease
 
     async def _deliver(self, lease: Lease) -> None:
         entry = lease.entry
@@ -117,6 +143,7 @@ class Scheduler:
                 self.fault.cleared()
         finally:
             self._in_flight.pop(entry.id, None)
+            self._leases.pop(entry.id, None)
             self._wake.set()
 
     async def drain(self, timeout: float) -> None:  # noqa: ASYNC109

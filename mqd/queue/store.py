@@ -171,6 +171,9 @@ class QueueStore(abc.ABC):
     node: str
     #: Where messages the queue gave up on are kept, with their reasons.
     failed: FailedFolder
+    #: How often a holder must ``renew`` its leases (None: they never expire, as in a store
+    #: that lives in one process: its leases end with it).
+    lease_renewal: float | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -212,6 +215,12 @@ class QueueStore(abc.ABC):
     async def lease_ids(self, ids: Sequence[str]) -> list[Lease]:
         """Lease these entries whatever their schedule (an administrator acts on them). Raises
         UnknownEntry for an id not queued, EntryBusy for one leased by anyone."""
+
+    async def renew(self, leases: Sequence[Lease]) -> None:
+        """Keep ``leases`` from expiring while their entries are being delivered (every
+        ``lease_renewal`` seconds). A lease already lost is left out silently: its holder
+        learns it at its next fenced write."""
+        return None
 
     @abc.abstractmethod
     async def next_due(self) -> float | None:
