@@ -114,7 +114,7 @@ class Intake:
         for start in range(0, len(waiting), BATCH):
             batch = waiting[start : start + BATCH]
             reads = await asyncio.to_thread(_read_all, batch, max_size)
-            queued += await self._finish(reads, recovered=True)
+            queued += await self._finish(reads, told=True)
             if self.fault.active:
                 break
         return queued
@@ -187,14 +187,16 @@ class Intake:
 
     # -- to the store -----------------------------------------------------------------------------
 
-    async def _finish(self, reads: list[Read], recovered: bool = False) -> int:
+    async def _finish(self, reads: list[Read], told: bool = False) -> int:
+        """Check, then hand to the store; ``told``: their claims were told already (files
+        taken again from the claim area)."""
         now = self.clock.time()
         accepted: list[Incoming] = []
         refused: list[Read] = []
         for read in reads:
             claimed = read.claimed
             spool = claimed.spool
-            if not recovered:  # a recovered file's claim was told when it was claimed
+            if not told:
                 self.emit(
                     Event(
                         EventKind.CLAIMED,
@@ -226,11 +228,7 @@ class Intake:
             self.fault.cleared()
         if refused and await self._refuse(refused):
             self.refusing.cleared()
-        for item in queued:
-            if recovered:
-                # Its "queued" was told when it was first taken in (or it was claimed by an
-                # intake a crash interrupted: the daemon logs how many it took again).
-                continue
+        for item in queued:  # (taken again from the claim area too: it was never queued)
             entry = item.entry
             log.info(
                 "%s queued from=<%s> to=%s size=%d relay=%s file=%s",

@@ -36,14 +36,17 @@ def new_message_id() -> str:
 
 
 def message_id_maker(count: int) -> Callable[[], str]:
-    """A maker of up to ``count`` new queue ids, their random parts drawn at once: one system
+    """A maker of new queue ids whose random parts are drawn ``count`` at a time: one system
     call for an intake batch rather than one per file (in the intake thread, each system call
-    also waits for the event loop to hand back the GIL)."""
-    drawn = secrets.token_hex(5 * count)
-    randoms = (drawn[i : i + 10] for i in range(0, len(drawn), 10))
+    also waits for the event loop to hand back the GIL). It draws more when they run out."""
+    count = max(1, count)
+    randoms: list[str] = []
 
     def make() -> str:
-        return f"{int(time.time() * 1000):011x}{next(randoms)}"
+        if not randoms:
+            drawn = secrets.token_hex(5 * count)
+            randoms.extend(drawn[i : i + 10] for i in range(len(drawn) - 10, -1, -10))
+        return f"{int(time.time() * 1000):011x}{randoms.pop()}"
 
     return make
 
