@@ -307,6 +307,13 @@ def test_status_json_counts_and_health(daemon: Admin, spool: Path) -> None:
     assert "mqd: warning: the oldest message has waited" in warned.stderr
     assert daemon("status", "--warn-age", "1d").returncode == 0
 
+    # A dead daemon is what a monitor must hear first: CRITICAL, not a green "0".
+    daemon.stop()
+    dead = daemon("status", "--check")
+    assert dead.returncode == 2, dead.stdout + dead.stderr
+    assert "mqd: critical: no mqd daemon is running" in dead.stderr
+    assert "not running (read from the queue files)" in dead.stdout
+
 
 def test_reload_applies_a_good_config_and_refuses_a_bad_one(
     daemon: Admin, spool: Path, smtp_server: SMTPPeer

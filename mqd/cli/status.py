@@ -10,7 +10,10 @@ import click
 from mqd.cli.shared import State, admin_request, duration_option, pass_state, print_json
 from mqd.exitcodes import ExitCode
 
-__all__ = ["status"]
+__all__ = ["CHECK_CRITICAL", "status"]
+
+#: ``mqd status --check`` when no daemon runs: Nagios' and Icinga's CRITICAL (1 is WARNING).
+CHECK_CRITICAL = 2
 
 
 @click.command()
@@ -18,8 +21,9 @@ __all__ = ["status"]
 @click.option(
     "--check",
     is_flag=True,
-    help="Exit 1 when something needs attention (a relay's circuit is open; with --warn-age, "
-    "a message waiting too long), listing each problem on stderr.",
+    help="For monitoring: exit 2 when no daemon runs, 1 when something needs attention "
+    "(something paused by a fault, a relay's circuit open; with --warn-age, a message waiting "
+    "too long), listing each problem on stderr; 0 when all is well.",
 )
 @click.option(
     "--warn-age",
@@ -43,6 +47,10 @@ def status(state: State, as_json: bool, check: bool, warn_age: float | None) -> 
         for line in render_status(result):
             click.echo(line)
     if check or warn_age is not None:
+        if not result.get("running"):
+            # A dead daemon is the first thing a monitor must hear about (Nagios: CRITICAL).
+            click.echo("mqd: critical: no mqd daemon is running on this queue", err=True)
+            sys.exit(CHECK_CRITICAL)
         problems = status_problems(result, warn_age)
         for problem in problems:
             click.echo(f"mqd: warning: {problem}", err=True)
