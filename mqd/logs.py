@@ -2,17 +2,22 @@
 
 Delivery lines carry structured fields (``extra={"mqd": {...}}``) that the JSON format emits
 as keys, so a log pipeline can filter by id, sender, recipient, relay or outcome.
+
+When stderr is systemd's journal (``$JOURNAL_STREAM`` names it), text lines carry the syslog
+priority as a ``<N>`` prefix (sd-daemon(3)), so ``journalctl -p err`` finds the errors, and no
+timestamp (the journal stamps every line itself).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
 
-__all__ = ["JSONFormatter", "TextFormatter", "setup_logging"]
+__all__ = ["JSONFormatter", "JournalFormatter", "TextFormatter", "setup_logging", "to_journal"]
 
 LOG_FORMATS = ("text", "json")
 
@@ -60,6 +65,43 @@ class TextFormatter(logging.Formatter):
         return f"{self._stamp},{int(record.msecs):03d}"
 
 
+class JournalFormatter(logging.Formatter):
+    """``<6>mqd.delivery: ...``: the priority for the journal, every line of a record (a
+    traceback's too) prefixed, no timestamp."""
+
+    #: Python's levels as syslog priorities (sd-daemon(3)'s SD_ERR and friends).
+    PRIORITIES = (
+        (logging.CRITICAL, 2),
+        (logging.ERROR, 3),
+        (logging.WARNING, 4),
+        (logging.INFO, 6),
+    )
+
+    def __init__(self, worker: int = 1) -> None:
+        tag = f"[worker {worker}] " if worker != 1 else ""
+        super().__init__(f"{tag}%(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = next((p for level, p in self.PRIORITIES if record.levelno >= level), 7)
+        prefix = f"<{priority}>"
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
+
+
+def to_journal(stream: Any = None) -> bool:
+    """Whether ``stream`` (default: stderr) is systemd's journal: ``$JOURNAL_STREAM`` holds the
+    device and inode of the stream systemd connected, which an inherited redirection no longer
+    matches."""
+    wanted = os.environ.get("JOURNAL_STREAM", "")
+    device, _, inode = wanted.partition(":")
+    if not device or not inode:
+        return False
+    try:
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return f"{st.st_dev}:{st.st_ino}" == f"{device}:{inode}"
+
+
 def setup_logging(level: str = "info", fmt: str = "text", *, worker: int = 1) -> None:
     """Send mqd's logs to stderr at ``level`` in ``fmt`` ("text" or "json"), marked as
     ``worker``'s when not the first of queue.workers."""
@@ -70,7 +112,13 @@ def setup_logging(level: str = "info", fmt: str = "text", *, worker: int = 1) ->
     logging.logMultiprocessing = False
     logging._srcfile = None
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter(worker) if fmt == "json" else TextFormatter(worker))
+    if fmt == "json":
+        formatter: logging.Formatter = JSONFormatter(worker)
+    elif to_journal():
+        formatter = JournalFormatter(worker)
+    else:
+        formatter = TextFormatter(worker)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
