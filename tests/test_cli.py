@@ -51,6 +51,7 @@ def tls_config(
     password_file = tmp_path / "smtp-password"
     password_file.write_text(PASSWORD + "\n", encoding="utf-8")
     password_file.chmod(0o600)
+    password_file.chmod(0o600)
     return write_config(
         f"""
         [queue]
@@ -175,6 +176,7 @@ def test_init_writes_a_config_that_checks_once_the_password_exists(
     assert "password_file" in check.stderr
 
     password_file.write_text("the-init-password\n", encoding="utf-8")
+    password_file.chmod(0o600)
     password_file.chmod(0o600)
     check = mqd("--config", str(target), "config", "check", env=env)
     assert check.returncode == 0, check.stderr

@@ -590,6 +590,7 @@ def test_locate_missing_env_path_is_an_error(platform_default, tmp_path, monkeyp
 def test_password_file_relative_to_config_dir(load, tmp_path, monkeypatch):
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "pw").write_text(SECRET + "\n", encoding="utf-8")
+    (tmp_path / "secrets" / "pw").chmod(0o600)
     other = tmp_path / "elsewhere"
     other.mkdir()
     monkeypatch.chdir(other)  # relative to the config file, not to the working directory
@@ -603,14 +604,35 @@ def test_password_file_relative_to_config_dir(load, tmp_path, monkeypatch):
 def test_password_file_trailing_newline_stripped(load, tmp_path, content):
     secret_file = tmp_path / "pw"
     secret_file.write_bytes(content.encode())
+    secret_file.chmod(0o600)
     _, relays, _ = load(smtp_toml(relay=f'username = "u"\npassword_file = "{secret_file}"'))
     assert relays["main"].settings.password.reveal() == SECRET
 
 
 def test_password_file_keeps_inner_spaces(load, tmp_path):
     (tmp_path / "pw").write_text(" two words \n", encoding="utf-8")
+    (tmp_path / "pw").chmod(0o600)
     _, relays, _ = load(smtp_toml(relay='username = "u"\npassword_file = "pw"'))
     assert relays["main"].settings.password.reveal() == " two words "
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o602, 0o666])
+def test_a_secret_file_others_may_read_or_write_is_refused(load, tmp_path, mode):
+    """As an inline password in a readable config is: msmtp and ssh refuse the same way."""
+    (tmp_path / "pw").write_text("s3cret\n", encoding="utf-8")
+    (tmp_path / "pw").chmod(mode)
+    error = config_error(load, smtp_toml(relay='username = "u"\npassword_file = "pw"'))
+    assert error.key == "relays.main.password_file"
+    assert f"permissions {mode:04o}" in error.message and "too open" in error.message
+    assert f"chmod 600 {tmp_path / 'pw'}" in error.message
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o400])
+def test_a_secret_file_for_its_owner_or_group_is_taken(load, tmp_path, mode):
+    (tmp_path / "pw").write_text("s3cret\n", encoding="utf-8")
+    (tmp_path / "pw").chmod(mode)
+    _, relays, _ = load(smtp_toml(relay='username = "u"\npassword_file = "pw"'))
+    assert relays["main"].settings.password.reveal() == "s3cret"
 
 
 def test_password_file_missing(load, tmp_path):
@@ -728,6 +750,7 @@ def test_default_port_follows_security(load, security, port):
 
 def _secret_configs(tmp_path):
     (tmp_path / "pw").write_text(SECRET + "\n", encoding="utf-8")
+    (tmp_path / "pw").chmod(0o600)
     return {
         "file": 'username = "u"\npassword_file = "pw"',
         "env": 'username = "u"\npassword_env = "MQD_TEST_SMTP_PASSWORD"',

@@ -197,6 +197,7 @@ def secret_file(tmp_path: Path) -> Path:
     path = tmp_path / "client-secret"
     path.write_text(CLIENT_SECRET + "\n")
     path.chmod(0o600)
+    path.chmod(0o600)
     return path
 
 
@@ -205,6 +206,7 @@ def refresh_file(tmp_path: Path) -> Path:
     path = tmp_path / "tokens" / "refresh-token"
     path.parent.mkdir()
     path.write_text(FIRST_REFRESH_TOKEN + "\n")
+    path.chmod(0o600)
     path.chmod(0o600)
     return path
 
@@ -569,6 +571,7 @@ async def test_endpoint_error_names_the_oauth2_error_and_the_fix(
 ) -> None:
     wrong = tmp_path / "wrong-secret"
     wrong.write_text("not-the-secret")
+    wrong.chmod(0o600)
     endpoint.failure = (
         401,
         {

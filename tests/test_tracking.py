@@ -428,6 +428,7 @@ async def test_a_daemon_notifies_the_application_signed(
 ) -> None:
     secret = tmp_path / "notify-secret"
     secret.write_text("s3cret-for-hmac\n")
+    secret.chmod(0o600)
     async with App() as app:
         mqd_harness.configure(
             {"mem": {"plugin": "memory"}},
@@ -553,6 +554,7 @@ def test_the_starter_config_offers_tracking_and_http_ready_to_uncomment(tmp_path
         assert line in text
         text = text.replace(line, line[2:])
     (tmp_path / "smtp-password").write_text("x\n")
+    (tmp_path / "smtp-password").chmod(0o600)
     config = parse_config(tomllib.loads(text), tmp_path / "mqd.toml")
     assert config.http.enabled and config.tracking.retention == 30 * 86400
 

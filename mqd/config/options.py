@@ -200,8 +200,10 @@ class Options:
     def secret(self, name: str, *, required: bool = False) -> Secret | None:
         """A credential given as exactly one of ``<name>_file``, ``<name>_env`` or ``<name>``.
 
-        ``<name>_file`` is read once, trailing newline removed. An inline ``<name>`` is accepted
-        only when the config file is not readable by group or others (like ssh's key check).
+        ``<name>_file`` is read once, trailing newline removed, and refused when others may
+        read or write it (its group may read it: that is how a service's group shares it). An
+        inline ``<name>`` is accepted only when the config file is not readable by group or
+        others (like ssh's key check).
         """
         file_key, env_key = f"{name}_file", f"{name}_env"
         given = [k for k in (file_key, env_key, name) if k in self._table]
@@ -221,6 +223,7 @@ class Options:
                 raise self.error(
                     file_key, f"cannot read {secret_path}: {exc.strerror or exc}"
                 ) from None
+            self._check_secret_file(file_key, secret_path)
             self._effective[file_key] = str(secret_path)
         elif key == env_key:
             variable = self.string(env_key)
@@ -234,6 +237,19 @@ class Options:
         if not value:
             raise self.error(key, "the secret is empty")
         return Secret(value)
+
+    def _check_secret_file(self, key: str, path: Path) -> None:
+        """A secret file others may read (or write) is refused, as msmtp and ssh do."""
+        if os.name != "posix":
+            return
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o006:
+            raise self.error(
+                key,
+                f"permissions {mode:04o} for '{path}' are too open: a secret file must not be "
+                f"readable or writable by others. Run 'chmod 600 {path}' (or 640 to let the "
+                "daemon's group read it).",
+            )
 
     def _check_private_file(self, key: str) -> None:
         if self.file is None or os.name != "posix":

@@ -32,6 +32,7 @@ def fake() -> Iterator[FakeSendGrid]:
 def key_file(tmp_path: Path) -> Path:
     path = tmp_path / "sendgrid-api-key"
     path.write_text(API_KEY + "\n", encoding="utf-8")
+    path.chmod(0o600)
     return path
 
 
