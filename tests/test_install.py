@@ -27,9 +27,9 @@ def test_wheels_built_from_the_repository_install_and_run(tmp_path: Path) -> Non
     dist, venv = tmp_path / "dist", tmp_path / "venv"
     # As the guide says, with the test run's hatchling instead of one fetched per build.
     pip = [sys.executable, "-m", "pip"]
+    projects = [".", "./plugins/mqd-sendgrid", "./plugins/mqd-ses"]
     subprocess.run(
-        [*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist), "."]
-        + ["./plugins/mqd-sendgrid", "./plugins/mqd-ses"],
+        [*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist), *projects],
         cwd=ROOT,
         check=True,
         timeout=600,
