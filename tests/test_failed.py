@@ -239,3 +239,80 @@ def test_reinjection_needs_a_failed_usable_recipient(tmp_path: Path) -> None:
     assert (
         content == b"X-Sender: <app@example.com>\r\nX-Receiver: <b@example.net>\r\nFrom: x\r\n\r\n"
     )
+
+
+def write_failed(directory: Path, entry_id: str, failed_at: float, **record: object) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    data = {"id": entry_id, "failed_at": failed_at, "stage": "policy", "reason": "x", **record}
+    (directory / f"{entry_id}.json").write_text(json.dumps(data))
+    (directory / f"{entry_id}.eml").write_bytes(b"Subject: x\r\n\r\nx\r\n")
+
+
+async def test_a_daemon_removes_failed_messages_older_than_the_retention(
+    mqd_harness: Harness,
+) -> None:
+    import time
+
+    config = mqd_harness.configure({"mem": {"plugin": "memory"}}, queue={"failed_retention": "7d"})
+    now = time.time()
+    write_failed(config.failed_dir, "1a2000old", now - 8 * 86400)
+    write_failed(config.failed_dir, "1a2000new", now - 6 * 86400)
+    await run(mqd_harness)
+    assert [m.id for m in await list_failed(failed_dir(config))] == ["1a2000new"]
+    assert not (config.failed_dir / "1a2000old.eml").exists()
+
+
+async def test_a_retention_of_zero_keeps_them_for_good(mqd_harness: Harness) -> None:
+    import time
+
+    config = mqd_harness.configure({"mem": {"plugin": "memory"}}, queue={"failed_retention": "0"})
+    write_failed(config.failed_dir, "1a2000ancient", time.time() - 400 * 86400)
+    await run(mqd_harness)
+    assert [m.id for m in await list_failed(failed_dir(config))] == ["1a2000ancient"]
+
+
+def test_failed_list_limits_and_filters_and_delete_by_age_or_all(
+    mqd_harness: Harness, env: dict[str, str]
+) -> None:
+    import subprocess
+    import sys
+    import time
+
+    config = configure(mqd_harness)
+    now = time.time()
+    for n in range(8):
+        write_failed(
+            config.failed_dir,
+            f"1a20000{n}",
+            now - (10 - n) * 86400,
+            stage="delivery" if n % 2 else "policy",
+            sender="app@example.com" if n < 4 else "news@example.org",
+        )
+
+    def mqd(*argv: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "mqd", "--config", str(config.source), *argv]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+
+    listed = mqd("failed", "list", "--limit", "3")
+    assert listed.returncode == 0
+    assert "1a200007" in listed.stdout and "1a200004" not in listed.stdout
+    assert "(and 5 older: --limit 0 lists them all)" in listed.stdout
+    shown = json.loads(mqd("failed", "list", "--json", "--stage", "delivery").stdout)
+    assert [m["id"] for m in shown] == ["1a200001", "1a200003", "1a200005", "1a200007"]
+    shown = json.loads(mqd("failed", "list", "--json", "--sender", "*@example.org").stdout)
+    assert [m["id"] for m in shown] == ["1a200004", "1a200005", "1a200006", "1a200007"]
+
+    refused = mqd("failed", "delete", "--older-than", "5d")  # not a terminal: --yes needed
+    assert refused.returncode == 64
+    deleted = mqd("failed", "delete", "--older-than", "5d", "--yes")
+    assert deleted.stdout.strip() == "deleted 6 failed message(s)"
+    left = json.loads(mqd("failed", "list", "--json", "--limit", "0").stdout)
+    assert [m["id"] for m in left] == ["1a200006", "1a200007"]
+    assert mqd("failed", "delete", "--all", "--older-than", "1d").returncode == 64
+    deleted = mqd("failed", "delete", "--all", "--yes", "-v")
+    assert deleted.stdout.splitlines() == [
+        "deleted 1a200006",
+        "deleted 1a200007",
+        "deleted 2 failed message(s)",
+    ]
+    assert json.loads(mqd("failed", "list", "--json").stdout) == []

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mqd.config.schema import Config
+from mqd.config.senders import sender_allowed
 from mqd.daemon.stores import failed_folder
 from mqd.message.envelope import address_problem
 from mqd.message.headers import envelope_field
@@ -35,6 +36,7 @@ __all__ = [
     "failed_dir",
     "find",
     "list_failed",
+    "matching",
     "reinjection",
     "retry",
 ]
@@ -63,6 +65,21 @@ async def find(folder: FailedFolder, ids: Sequence[str]) -> list[FailedMessage]:
     """The messages named by ``ids`` (each a full id or the unique start of one), in order,
     without duplicates. Raises FailedError for an id that names none or several."""
     return await folder.find(ids)
+
+
+def matching(
+    messages: Sequence[FailedMessage], stage: str | None, sender: str | None
+) -> list[FailedMessage]:
+    """``messages`` that failed at ``stage`` and came from ``sender`` (an address or
+    ``*@domain``; None: any)."""
+    chosen = []
+    for message in messages:
+        if stage is not None and message.stage != stage:
+            continue
+        if sender is not None and not sender_allowed(message.sender or "", [sender]):
+            continue
+        chosen.append(message)
+    return chosen
 
 
 def reinjection(message: FailedMessage, data: bytes) -> tuple[bytes, list[str] | None]:

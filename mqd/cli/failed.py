@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from mqd.cli.shared import State, confirm, echo_each, pass_state, print_json
+from mqd.cli.shared import (
+    State,
+    confirm,
+    duration_option,
+    echo_each,
+    pass_state,
+    print_json,
+)
 
 __all__ = ["failed"]
 
@@ -20,26 +27,45 @@ def failed() -> None:
     """
 
 
+STAGES = ("intake", "policy", "recovery", "delivery", "unreadable")
+
+
 @failed.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of the records.")
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Show the newest N (0: all); a last line says how many more there are.",
+)
+@click.option("--stage", type=click.Choice(STAGES), help="Only the messages that failed there.")
+@click.option("--sender", help="Only those from this address (or '*@domain').")
 @pass_state
-def failed_list(state: State, as_json: bool) -> None:
+def failed_list(
+    state: State, as_json: bool, limit: int, stage: str | None, sender: str | None
+) -> None:
     """List the failed folder.
 
-    Id, when, stage and sender of each message, its failed recipients and why.
+    Id, when, stage and sender of each message, its failed recipients and why; the newest
+    --limit of them, oldest first.
     """
     import asyncio
     import time
 
-    from mqd.admin.failed import failed_dir, list_failed
+    from mqd.admin.failed import failed_dir, list_failed, matching
     from mqd.admin.render import render_failed
 
-    messages = asyncio.run(list_failed(failed_dir(state.load())))
+    messages = matching(asyncio.run(list_failed(failed_dir(state.load()))), stage, sender)
+    shown = messages[-limit:] if limit else messages
     if as_json:
-        print_json([m.to_dict() for m in messages])
+        print_json([m.to_dict() for m in shown])
         return
-    for line in render_failed(messages, time.time()):
+    for line in render_failed(shown, time.time()):
         click.echo(line)
+    if len(shown) < len(messages):
+        more = len(messages) - len(shown)
+        click.echo(f"(and {more} older: --limit 0 lists them all)")
 
 
 @failed.command("retry")
@@ -82,20 +108,52 @@ def failed_retry(state: State, ids: tuple[str, ...], all_: bool, spool: Path | N
 
 
 @failed.command("delete")
-@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.option("--all", "all_", is_flag=True, help="Every message in the failed folder.")
+@click.option(
+    "--older-than",
+    callback=duration_option,
+    metavar="DURATION",
+    help="Every message that failed longer ago than this (e.g. 7d).",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--verbose", "-v", is_flag=True, help="With --all or --older-than: each id.")
 @pass_state
-def failed_delete(state: State, ids: tuple[str, ...], yes: bool) -> None:
+def failed_delete(
+    state: State,
+    ids: tuple[str, ...],
+    all_: bool,
+    older_than: float | None,
+    yes: bool,
+    verbose: bool,
+) -> None:
     """Remove failed messages for good.
 
-    Both files go: the message and its reason record.
+    Both go: the message and its reason record. Name them by id, or give --all or
+    --older-than.
     """
     import asyncio
+    import time
 
     import mqd.admin.failed as failed_module
 
+    if bool(ids) + all_ + (older_than is not None) != 1:
+        raise click.UsageError("name failed ids, or give --all, or --older-than DURATION")
     config = state.load()
-    messages = asyncio.run(failed_module.failed_dir(config).find(ids))
-    confirm(f"Delete {', '.join(m.id for m in messages)} from the failed folder?", yes)
-    deleted = asyncio.run(failed_module.delete(config, messages))
-    echo_each("deleted", deleted, "nothing deleted")
+    folder = failed_module.failed_dir(config)
+    if ids:
+        messages = asyncio.run(folder.find(ids))
+        confirm(f"Delete {', '.join(m.id for m in messages)} from the failed folder?", yes)
+        deleted = asyncio.run(failed_module.delete(config, messages))
+        echo_each("deleted", deleted, "nothing deleted")
+        return
+    before = time.time() - (older_than or 0.0) if older_than is not None else float("inf")
+    count = sum(1 for m in asyncio.run(folder.messages()) if m.failed_at < before)
+    if not count:
+        click.echo("nothing deleted")
+        return
+    confirm(f"Delete {count} message(s) from the failed folder for good?", yes)
+    deleted = asyncio.run(folder.prune(before))
+    if verbose:
+        echo_each("deleted", deleted, "nothing deleted")
+    click.echo(f"deleted {len(deleted)} failed message(s)")

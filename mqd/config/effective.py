@@ -27,6 +27,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "watch": queue.watch,
             "shutdown_timeout": format_duration(queue.shutdown_timeout),
             "active_limit": queue.active_limit,
+            "failed_retention": format_duration(queue.failed_retention),
             "workers": queue.workers,
             "retry": {
                 "initial": format_duration(queue.retry.initial),

@@ -68,6 +68,7 @@ def parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         watch=opts.choice("watch", WATCH_MODES, "auto"),
         shutdown_timeout=opts.duration("shutdown_timeout", "30s"),
         active_limit=opts.integer("active_limit", 10_000, minimum=1),
+        failed_retention=opts.duration("failed_retention", "30d"),
         workers=opts.count("workers", 1, auto=available_cores),
     )
     if config.workers > MAX_WORKERS:
@@ -76,6 +77,8 @@ def parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         raise opts.error("shutdown_timeout", "must not be negative")
     if config.scan_interval <= 0:
         raise opts.error("scan_interval", "must be more than zero")
+    if config.failed_retention < 0:
+        raise opts.error("failed_retention", 'must not be negative ("0" keeps them for good)')
     opts.finish()
     return config
 

@@ -50,6 +50,8 @@ log = logging.getLogger("mqd.daemon")
 
 #: Quota counts are saved this often (when they changed) and at shutdown.
 QUOTA_SAVE_INTERVAL = 5.0
+#: The failed folder is pruned (``queue.failed_retention``) at start-up and this often.
+PRUNE_INTERVAL = 3600.0
 #: Worker 1 waits this much longer than ``queue.shutdown_timeout`` for the others to stop.
 WORKER_STOP_SLACK = 10.0
 
@@ -219,6 +221,7 @@ class Daemon:
                 )
             self.spools.node = self.store.node
             await self.guards.load(self.store)
+            await self._prune_failed()
             await self.servers.start()
             self._announce()
             if self.config.queue.worker == 1:
@@ -256,16 +259,17 @@ class Daemon:
         intake = asyncio.create_task(self.spools.run(), name="mqd-intake")
         watchdog = asyncio.create_task(self._watchdog_loop(), name="mqd-watchdog")
         quotas = asyncio.create_task(self._quota_loop(), name="mqd-quota")
+        pruning = asyncio.create_task(self._prune_loop(), name="mqd-prune-failed")
         try:
             await self.scheduler.run(once=self.spools.idle if self.once else None)
         finally:
             self._stopping.set()
             self.spools.stop()
-            for task in (watchdog, quotas):
+            for task in (watchdog, quotas, pruning):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await intake
-            for task in (watchdog, quotas):
+            for task in (watchdog, quotas, pruning):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self.scheduler.drain(self.shutdown_timeout)
@@ -306,6 +310,25 @@ class Daemon:
     async def _notify_ready(self) -> None:
         queued = await self.store.queued()
         systemd.notify("READY=1", f"STATUS=delivering; {queued} queued")
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await self.clock.sleep(PRUNE_INTERVAL)
+            await self._prune_failed()
+
+    async def _prune_failed(self) -> None:
+        """Remove failed messages older than ``queue.failed_retention`` (worker 1 only: the
+        workers share one folder)."""
+        retention = self.config.queue.failed_retention
+        if self.config.queue.worker != 1 or retention <= 0:
+            return
+        try:
+            removed = await self.store.failed.prune(self.clock.time() - retention)
+        except Exception as exc:  # a folder that cannot be read: the next time
+            log.warning("cannot prune the failed folder: %s", exc)
+            return
+        if removed:
+            log.info("removed %d failed message(s) older than queue.failed_retention", len(removed))
 
     async def _quota_loop(self) -> None:
         while True:

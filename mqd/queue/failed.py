@@ -193,6 +193,18 @@ class FailedFolder(abc.ABC):
     async def count(self) -> int:
         """How many messages are in the folder (0 when it cannot be read)."""
 
+    async def prune(self, before: float) -> list[str]:
+        """Remove the messages that failed before ``before`` (``queue.failed_retention``, or
+        ``mqd failed delete --older-than``); returns their ids."""
+        removed = []
+        async with self.changing():
+            for message in await self.messages():
+                if message.failed_at >= before:
+                    break  # oldest first: the rest are newer
+                await self.remove(message)
+                removed.append(message.id)
+        return removed
+
     @abc.abstractmethod
     def changing(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Hold this while re-reading and changing messages: one changer at a time, so that two
