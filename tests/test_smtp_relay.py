@@ -315,14 +315,20 @@ async def test_server_too_slow_at_data_is_transient(smtp_server: SMTPPeer) -> No
     assert info.value.reply is not None and info.value.reply.code // 100 == 4
 
 
-async def test_connection_refused_is_transient() -> None:
-    relay = plain(closed_port())
+async def test_connection_refused_is_transient_and_its_reply_names_host_and_cause() -> None:
+    """The reply is what `mqd queue list`, the web view and a bounce show: like Postfix's
+    "connect to host:25: Connection refused", not a bare "cannot connect"."""
+    port = closed_port()
+    relay = plain(port)
     try:
         with pytest.raises(TransientRelayError, match="connect") as info:
             await relay.deliver(envelope())
     finally:
         await relay.aclose()
-    assert info.value.reply is not None and info.value.reply.code // 100 == 4
+    assert info.value.reply is not None
+    assert str(info.value.reply) == (
+        f"451 4.4.1 cannot connect to 127.0.0.1:{port}: Connection refused"
+    )
 
 
 # -- the connection pool -------------------------------------------------------------------------

@@ -196,6 +196,9 @@ class FailedFolder(abc.ABC):
     async def prune(self, before: float) -> list[str]:
         """Remove the messages that failed before ``before`` (``queue.failed_retention``, or
         ``mqd failed delete --older-than``); returns their ids."""
+        messages = await self.messages()
+        if not messages or messages[0].failed_at >= before:
+            return []  # nothing to prune: no lock taken (nor its file made) for nothing
         removed = []
         async with self.changing():
             for message in await self.messages():

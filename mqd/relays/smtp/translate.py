@@ -15,6 +15,7 @@ and retried, never bounced.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 
 import aiosmtplib
@@ -69,19 +70,24 @@ def translate(exc: BaseException, s: SMTPSettings, relay: str) -> RelayError:
         )
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
         return TransientRelayError(
-            f"{where} did not answer in time ({exc})", reply=Reply(451, "timed out", "4.4.2")
+            f"{where} did not answer in time ({exc})",
+            reply=Reply(451, f"{where} did not answer in time", "4.4.2"),
         )
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
         return TransientRelayError(
-            f"{where} closed the connection ({exc})", reply=Reply(451, "connection lost", "4.4.2")
+            f"{where} closed the connection ({exc})",
+            reply=Reply(451, f"{where} closed the connection", "4.4.2"),
         )
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         # A refused greeting, EHLO or STARTTLS: the relay as a whole is unusable right now.
         reply = Reply.parse(exc.code, exc.message)
         return TransientRelayError(f"{where} answered {reply}", reply=reply)
     if isinstance(exc, aiosmtplib.SMTPConnectError | ConnectionError | OSError):
+        # The reply carries the cause as Postfix's does ("connect to host:25: Connection
+        # refused"): it is what `mqd queue list`, the web view and a bounce show.
         return TransientRelayError(
-            f"cannot connect to {where}: {exc}", reply=Reply(451, "cannot connect", "4.4.1")
+            f"cannot connect to {where}: {exc}",
+            reply=Reply(451, f"cannot connect to {where}: {_os_cause(exc)}", "4.4.1"),
         )
     if isinstance(exc, aiosmtplib.SMTPNotSupported) or (
         isinstance(exc, aiosmtplib.SMTPException) and "STARTTLS" in str(exc)
@@ -100,3 +106,18 @@ def translate(exc: BaseException, s: SMTPSettings, relay: str) -> RelayError:
         "retried",
         reply=Reply(451, f"local error in the SMTP relay, {what} (a bug?)", "4.3.0"),
     )
+
+
+def _os_cause(exc: BaseException) -> str:
+    """The operating system's words for why a connection failed: "Connection refused"."""
+    err: BaseException | None = exc
+    # aiosmtplib's SMTPConnectError is an OSError without an errno; the socket's error is its
+    # cause.
+    while err is not None and not (isinstance(err, OSError) and err.errno is not None):
+        err = err.__cause__ or err.__context__
+    if not isinstance(err, OSError):
+        return " ".join(str(exc).split())
+    if err.errno is not None and err.errno > 0:
+        # asyncio words a refusal "Connect call failed ('127.0.0.1', 25)"; the errno says it.
+        return os.strerror(err.errno)
+    return err.strerror or " ".join(str(err).split())
