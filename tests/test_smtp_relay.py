@@ -181,7 +181,12 @@ async def test_wrong_password_is_transient_and_mentions_the_login(
     assert not isinstance(info.value, PermanentRelayError)
     assert USER in str(info.value)
     assert "not-the-password" not in str(info.value)
-    assert info.value.reply is not None and info.value.reply.code == 535
+    # 4.7.8/5.7.8 semantics (credentials invalid), kept as the transient 454 4.7.8 with the
+    # server's 535 inside: the mail waits while the password is fixed.
+    reply = info.value.reply
+    assert reply is not None and (reply.code, reply.enhanced) == (454, "4.7.8")
+    assert f"refused the login for '{USER}' (535 " in reply.message
+    assert "credentials invalid" in str(info.value)
     assert smtp_tls_server.messages == []
 
 

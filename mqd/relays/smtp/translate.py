@@ -55,10 +55,15 @@ def translate(exc: BaseException, s: SMTPSettings, relay: str) -> RelayError:
         )
         return TransientRelayError(message, reply=Reply(454, message, "4.7.0"))
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        # The server's 535 5.7.8 would bounce the mail; a wrong password is the operator's to
+        # fix, so the mail waits under the transient twin, 454 4.7.8 (RFC 4954, RFC 3463 X.7.8
+        # "authentication credentials invalid"), with the server's own words inside.
+        said = f"{exc.code} {' '.join(exc.message.split())}"
         return TransientRelayError(
-            f"{where} refused the login for {s.username!r} ({exc.code} {exc.message}): check "
-            "username and the password file; mail is kept and retried",
-            reply=Reply.parse(exc.code, exc.message),
+            f"{where} refused the login for {s.username!r} ({said}): authentication "
+            "credentials invalid; check username and the password file; mail is kept and "
+            "retried",
+            reply=Reply(454, f"{where} refused the login for {s.username!r} ({said})", "4.7.8"),
         )
     if isinstance(exc, ssl.SSLCertVerificationError) or isinstance(
         exc.__cause__, ssl.SSLCertVerificationError
