@@ -279,3 +279,56 @@ def test_hook_uses_configured_bounce_sender(entry, host, tmp_path):
     assert [a.addr_spec for a in message["From"].addresses] == ["bounces@mqd.example"]
     assert message["Message-ID"].startswith(f"<{entry.id}b2@")
     assert message.get_content_type() == "multipart/report"
+
+
+def test_hook_names_the_configured_hostname(entry, host, tmp_path):
+    """queue.hostname is the Reporting-MTA, the host of the human part, the Message-ID's domain
+    and the default domain of bounce_sender: never a bare `vm`."""
+    config = parse_config(
+        {
+            "queue": {"dir": str(tmp_path / "q"), "hostname": "mail.example.org"},
+            "spool": [{"path": str(tmp_path / "s")}],
+            "relays": {"dev": {"plugin": "outbox", "path": str(tmp_path / "o")}},
+        },
+        None,
+    )
+    assert config.queue.bounce_sender == "mailer-daemon@mail.example.org"
+    failures = [r for r in entry.recipients if r.status is RcptStatus.FAILED]
+    data = host.build_bounce(entry, failures, ORIGINAL, config)
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    assert message["Message-ID"] == f"<{entry.id}b0@mail.example.org>"
+    _, (human, _, _) = parts(data)
+    assert "at host mail.example.org." in human.get_payload(decode=True).decode()
+    assert status_blocks(data)[0]["Reporting-MTA"] == "dns; mail.example.org"
+
+
+@pytest.mark.parametrize(
+    ("kernel", "canonical", "expected"),
+    [
+        ("web1.example.org", "unused", "web1.example.org"),  # already qualified
+        ("vm", "vm.example.org", "vm.example.org"),  # the resolver knows it
+        ("vm", "localhost", "vm"),  # /etc/hosts maps it to 127.0.0.1: keep the name
+        ("vm", "vm", "vm"),
+    ],
+)
+def test_the_default_hostname_is_the_qualified_name(monkeypatch, kernel, canonical, expected):
+    import socket
+
+    from mqd.config import hostname
+
+    monkeypatch.setattr(socket, "gethostname", lambda: kernel)
+    monkeypatch.setattr(
+        socket, "getaddrinfo", lambda *a, **k: [(socket.AF_INET, 0, 0, canonical, ("", 0))]
+    )
+    hostname.local_hostname.cache_clear()
+    try:
+        assert hostname.local_hostname() == expected
+    finally:
+        hostname.local_hostname.cache_clear()
+
+
+def test_a_hostname_with_spaces_is_refused(tmp_path):
+    from mqd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hostname"):
+        parse_config({"queue": {"dir": str(tmp_path / "q"), "hostname": "my host"}}, None)

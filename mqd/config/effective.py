@@ -21,6 +21,7 @@ def effective_config(config: Config) -> dict[str, Any]:
         "queue": {
             "dir": str(queue.dir),
             "concurrency": queue.concurrency,
+            "hostname": queue.hostname,
             "bounce_sender": queue.bounce_sender,
             "max_message_size": queue.max_message_size,
             "scan_interval": format_duration(queue.scan_interval),

@@ -52,6 +52,8 @@ class RetryPolicy:
 class QueueConfig:
     dir: Path
     bounce_sender: str
+    #: This machine's name in bounces (Reporting-MTA, Message-ID) and in Message-IDs mqd makes.
+    hostname: str = "localhost"
     concurrency: int = 20
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_message_size: int = 25 * 1024 * 1024

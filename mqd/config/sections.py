@@ -3,10 +3,10 @@ refused by name (``Options.finish``)."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 
+from mqd.config.hostname import local_hostname
 from mqd.config.options import Options
 from mqd.config.paths import DefaultPaths
 from mqd.config.schema import (
@@ -55,12 +55,18 @@ def parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         raise retry.error("initial", "must be more than zero")
     if policy.max < policy.initial:
         raise retry.error("max", "must not be less than queue.retry.initial")
-    bounce_sender = opts.string("bounce_sender", f"mailer-daemon@{socket.gethostname()}")
+    hostname = opts.string("hostname", None) or local_hostname()
+    if any(c.isspace() or c in "@<>[]" for c in hostname):
+        raise opts.error(
+            "hostname", f"expected a host name such as 'mail.example.com', got {hostname!r}"
+        )
+    bounce_sender = opts.string("bounce_sender", f"mailer-daemon@{hostname}")
     if "@" not in bounce_sender:
         raise opts.error("bounce_sender", f"expected an address, got {bounce_sender!r}")
     config = QueueConfig(
         dir=opts.filepath("dir", str(defaults.queue_dir)),
         bounce_sender=bounce_sender,
+        hostname=hostname,
         concurrency=opts.integer("concurrency", 20, minimum=1),
         retry=policy,
         max_message_size=opts.size("max_message_size", "25MiB"),

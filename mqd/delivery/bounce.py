@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import email.utils
 import secrets
-import socket
 from email.headerregistry import Address
 
+from mqd.config.hostname import local_hostname
 from mqd.config.schema import Config
 from mqd.plugins.hookspecs import hookimpl
 from mqd.queue.entry import QueueEntry, RecipientState
@@ -32,7 +32,7 @@ def build_bounce(
     dsn_id: str | None = None,
 ) -> bytes:
     """A complete RFC 3464 bounce for ``failures`` of ``entry``, addressed to ``entry.sender``."""
-    mta = reporting_mta or socket.gethostname()
+    mta = reporting_mta or local_hostname()
     boundary = f"=_mqd_{secrets.token_hex(12)}"
     now = email.utils.formatdate(localtime=True)
     arrival = email.utils.formatdate(entry.created_at, localtime=True)
@@ -152,5 +152,6 @@ def mqd_build_bounce(
         failures,
         original,
         bounce_sender=config.queue.bounce_sender,
+        reporting_mta=config.queue.hostname,
         dsn_id=f"{entry.id}b{entry.bounces}",
     )

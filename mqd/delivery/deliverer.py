@@ -11,7 +11,6 @@ all final leaves the queue: completed when every one was delivered, failed other
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Mapping
 
 from mqd.clock import SYSTEM_CLOCK, Clock
@@ -53,10 +52,11 @@ class Deliverer:
         self.clock = clock
         self.guards = guards or Guards(config, clock=clock)
         self.backoff = Backoff(config.queue.retry)
-        self.hostname = socket.gethostname()
+        self.hostname = config.queue.hostname
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
+        self.hostname = config.queue.hostname
         self.backoff = Backoff(config.queue.retry)
         self.guards.reconfigure(config)
 
