@@ -206,6 +206,12 @@ def test_list_show_hold_release_and_retry(
     assert daemon.ok("queue", "release", entry_id) == f"released {entry_id}\n"
     daemon.deferred(attempts=2)  # released means due now: tried again, deferred again
 
+    # In bulk one line gives the total; -v lists each.
+    assert daemon.ok("queue", "retry", "--all") == "retrying 1 message (-v lists them)\n"
+    daemon.deferred(attempts=3)
+    assert daemon.ok("queue", "retry", "--all", "-v") == f"retrying {entry_id}\n"
+    daemon.deferred(attempts=4)
+
     smtp_server.temp_failures = False
     assert daemon.ok("queue", "retry", entry_id) == f"retrying {entry_id}\n"
     [received] = smtp_server.wait_for(1)

@@ -316,3 +316,85 @@ def test_failed_list_limits_and_filters_and_delete_by_age_or_all(
         "deleted 2 failed message(s)",
     ]
     assert json.loads(mqd("failed", "list", "--json").stdout) == []
+
+
+def _refused_five_then_allowed(harness: Harness) -> Config:
+    """Five messages refused by policy in spool ``other``, whose allow-list is then fixed."""
+    configure(harness, other=["app@example.com"])
+    for n in range(5):
+        harness.drop(make_message(sender="news@example.com", subject=f"n{n}"), spool=1)
+    import asyncio
+
+    asyncio.run(run(harness))
+    assert len(harness.failed()) == 5
+    return configure(harness, other=["*@example.com"])
+
+
+def test_failed_retry_all_draws_a_bar_on_a_terminal_then_prints_one_total(
+    mqd_harness: Harness, env: dict[str, str]
+) -> None:
+    """300 failures retried printed 300 lines; now a bar on the terminal (stderr) and one line,
+    the per-message lines behind -v."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    config = _refused_five_then_allowed(mqd_harness)
+    command = [sys.executable, "-m", "mqd", "--config", str(config.source), "failed", "retry"]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [*command, "--all"], stdout=subprocess.PIPE, stderr=slave, env=env, text=True
+    )
+    os.close(slave)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(master)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert stdout == "retried 5 messages\n"
+    assert b"retrying" in drawn and b"5/5" in drawn and b"100%" in drawn
+    assert len(list((mqd_harness.root / "other").iterdir())) == 5
+    assert mqd_harness.failed() == []
+
+
+def test_failed_retry_all_off_a_terminal_prints_the_total_or_each_with_v(
+    mqd_harness: Harness, env: dict[str, str]
+) -> None:
+    import subprocess
+    import sys
+
+    config = _refused_five_then_allowed(mqd_harness)
+    ids = sorted(f["id"] for f in mqd_harness.failed())
+    command = [sys.executable, "-m", "mqd", "--config", str(config.source), "failed", "retry"]
+    first = subprocess.run(
+        [*command, "--all", "-v"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert sorted(line.split()[1].rstrip(":") for line in lines) == ids
+    assert all(line.startswith("retried ") for line in lines)
+    assert first.stderr == ""  # no bar off a terminal
+
+    again = subprocess.run([*command, "--all"], capture_output=True, text=True, env=env)
+    assert again.stdout == "no failed messages\n"
+
+
+async def test_retry_reports_each_message_dealt_with(mqd_harness: Harness) -> None:
+    config = configure(mqd_harness)
+    mqd_harness.drop(make_message(to=("bob@example.net",)))
+    await run(mqd_harness, failing=("bob@example.net", "app@example.com"))
+    messages = await list_failed(failed_dir(config))
+    ticks: list[int] = []
+    report = await retry(
+        config, messages, skip_unretryable=True, done=lambda: ticks.append(len(ticks))
+    )
+    assert len(report.retried) == 1 and len(report.skipped) == 1  # the bounce
+    assert len(ticks) == len(messages) == 2

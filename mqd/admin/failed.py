@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,36 +150,53 @@ async def retry(
     *,
     spool: Path | None = None,
     skip_unretryable: bool = False,
+    done: Callable[[], None] | None = None,
 ) -> RetryReport:
     """Re-inject ``messages`` into ``spool`` (default: ``default_spool``) and remove them from
     the failed folder. Raises FailedError for one that cannot be retried, unless
-    ``skip_unretryable`` (then it is reported in ``skipped`` and stays)."""
+    ``skip_unretryable`` (then it is reported in ``skipped`` and stays). ``done`` is called as
+    each message is dealt with (a progress bar)."""
     folder = failed_folder(config)
     report = RetryReport()
     async with folder.changing():
         for message in messages:
             try:
-                [current] = await folder.find([message.id])
-                data = await folder.read(current)
-                content, recipients = reinjection(current, data)
-            except FailedError as exc:
-                if not skip_unretryable:
-                    raise
-                report.skipped.append((message.id, str(exc)))
-                continue
-            target = spool or default_spool(config, current)
-            try:
-                written = await asyncio.to_thread(inject, target, content)
-            except OSError as exc:
-                done = ", ".join(old for old, _, _ in report.retried)
-                raise FailedError(
-                    f"cannot write {message.id} into the spool {target}: {exc.strerror or exc} "
-                    "(run this as the daemon's user, or give --spool)"
-                    + (f"; retried before that: {done}" if done else "")
-                ) from exc
-            await folder.remove(current)
-            report.retried.append((message.id, written, recipients))
+                await _retry_one(config, folder, message, spool, skip_unretryable, report)
+            finally:
+                if done is not None:
+                    done()
     return report
+
+
+async def _retry_one(
+    config: Config,
+    folder: FailedFolder,
+    message: FailedMessage,
+    spool: Path | None,
+    skip_unretryable: bool,
+    report: RetryReport,
+) -> None:
+    try:
+        [current] = await folder.find([message.id])
+        data = await folder.read(current)
+        content, recipients = reinjection(current, data)
+    except FailedError as exc:
+        if not skip_unretryable:
+            raise
+        report.skipped.append((message.id, str(exc)))
+        return
+    target = spool or default_spool(config, current)
+    try:
+        written = await asyncio.to_thread(inject, target, content)
+    except OSError as exc:
+        done = ", ".join(old for old, _, _ in report.retried)
+        raise FailedError(
+            f"cannot write {message.id} into the spool {target}: {exc.strerror or exc} "
+            "(run this as the daemon's user, or give --spool)"
+            + (f"; retried before that: {done}" if done else "")
+        ) from exc
+    await folder.remove(current)
+    report.retried.append((message.id, written, recipients))
 
 
 async def delete(config: Config, messages: Sequence[FailedMessage]) -> list[str]:

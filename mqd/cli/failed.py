@@ -13,6 +13,7 @@ from mqd.cli.shared import (
     duration_option,
     echo_each,
     pass_state,
+    plural,
     print_json,
 )
 
@@ -77,32 +78,60 @@ def failed_list(
     help="Spool to re-inject into. Default: the spool that refused it, else [sendmail] spool, "
     "else the first spool.",
 )
+@click.option("--verbose", "-v", is_flag=True, help="With --all: a line per message.")
+@click.option(
+    "--no-progress", is_flag=True, help="With --all: no progress bar, even on a terminal."
+)
 @pass_state
-def failed_retry(state: State, ids: tuple[str, ...], all_: bool, spool: Path | None) -> None:
+def failed_retry(
+    state: State,
+    ids: tuple[str, ...],
+    all_: bool,
+    spool: Path | None,
+    verbose: bool,
+    no_progress: bool,
+) -> None:
     """Send failed messages again.
 
     Each is re-injected into a spool (a new queue id, policy checked again), to the recipients
-    that failed only, and removed from the failed folder. Bounces are not retried.
+    that failed only, and removed from the failed folder. Bounces are not retried. With --all a
+    progress bar shows on a terminal and one line gives the totals (-v: a line per message).
     """
     import asyncio
+    import sys
 
     import mqd.admin.failed as failed_module
+    from mqd.cli.progress import maybe_bar
 
     if not (ids or all_):
         raise click.UsageError("name failed ids, or give --all")
     config = state.load()
     folder = failed_module.failed_dir(config)
+    each = verbose or not all_
 
     async def retry() -> failed_module.RetryReport:
         messages = await (folder.messages() if all_ else folder.find(ids))
-        return await failed_module.retry(config, messages, spool=spool, skip_unretryable=all_)
+        with maybe_bar(len(messages), "retrying", sys.stderr, all_ and not no_progress) as bar:
+            return await failed_module.retry(
+                config,
+                messages,
+                spool=spool,
+                skip_unretryable=all_,
+                done=bar.advance if bar is not None else None,
+            )
 
     report = asyncio.run(retry())
-    for old_id, written, recipients in report.retried:
-        to = f" to {', '.join(f'<{r}>' for r in recipients)}" if recipients else ""
-        click.echo(f"retried {old_id}{to}: {written}")
-    for old_id, why in report.skipped:
-        click.echo(f"mqd: skipped {old_id}: {why}", err=True)
+    if each:
+        for old_id, written, recipients in report.retried:
+            to = f" to {', '.join(f'<{r}>' for r in recipients)}" if recipients else ""
+            click.echo(f"retried {old_id}{to}: {written}")
+        for old_id, why in report.skipped:
+            click.echo(f"mqd: skipped {old_id}: {why}", err=True)
+    elif report.retried or report.skipped:
+        line = f"retried {plural(len(report.retried), 'message')}"
+        if report.skipped:
+            line += f", skipped {len(report.skipped)} (bounces and the like; -v says why)"
+        click.echo(line)
     if not report.retried and not report.skipped:
         click.echo("no failed messages")
 

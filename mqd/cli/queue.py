@@ -75,17 +75,25 @@ def queue_show(state: State, entry_id: str, as_json: bool) -> None:
 @click.argument("ids", nargs=-1, metavar="[ID]...")
 @click.option("--all", "all_", is_flag=True, help="Every message in the queue.")
 @click.option("--relay", help="Every message routed through this relay.")
+@click.option("--verbose", "-v", is_flag=True, help="With --all or --relay: each id.")
 @pass_state
-def queue_retry(state: State, ids: tuple[str, ...], all_: bool, relay: str | None) -> None:
+def queue_retry(
+    state: State, ids: tuple[str, ...], all_: bool, relay: str | None, verbose: bool
+) -> None:
     """Try messages again now.
 
     Instead of at their next attempt; held ones stay held. With --all or --relay, the relays'
-    circuit breakers are reset too.
+    circuit breakers are reset too, and one line gives the total (-v: a line per message).
     """
     if not (ids or all_ or relay):
         raise click.UsageError("name queue ids, or give --all or --relay NAME")
     result = admin_request(state.load(), "retry", ids=list(ids) or None, all=all_, relay=relay)
-    echo_each("retrying", result["retried"], "nothing to retry (held messages stay held)")
+    echo_each(
+        "retrying",
+        result["retried"],
+        "nothing to retry (held messages stay held)",
+        total=not (ids or verbose),
+    )
 
 
 @queue.command("flush")
@@ -109,13 +117,21 @@ def queue_hold(state: State, ids: tuple[str, ...]) -> None:
 @queue.command("release")
 @click.argument("ids", nargs=-1, metavar="[ID]...")
 @click.option("--all", "all_", is_flag=True, help="Every held message.")
+@click.option("--verbose", "-v", is_flag=True, help="With --all: each id.")
 @pass_state
-def queue_release(state: State, ids: tuple[str, ...], all_: bool) -> None:
-    """Let held messages go: they are tried now."""
+def queue_release(state: State, ids: tuple[str, ...], all_: bool, verbose: bool) -> None:
+    """Let held messages go: they are tried now.
+
+    With --all one line gives the total (-v: a line per message)."""
     if not (ids or all_):
         raise click.UsageError("name queue ids, or give --all")
     result = admin_request(state.load(), "release", ids=list(ids) or None, all=all_)
-    echo_each("released", result["released"], "nothing released (no held message matched)")
+    echo_each(
+        "released",
+        result["released"],
+        "nothing released (no held message matched)",
+        total=not (ids or verbose),
+    )
 
 
 @queue.command("delete")

@@ -100,9 +100,20 @@ def confirm(question: str, yes: bool) -> None:
         sys.exit(ExitCode.FAILURE)
 
 
-def echo_each(verb: str, ids: list[str], none: str) -> None:
-    """One line "<verb> <id>" for each id, or ``none`` when there is none."""
-    for entry_id in ids:
-        click.echo(f"{verb} {entry_id}")
+def echo_each(verb: str, ids: list[str], none: str, *, total: bool = False) -> None:
+    """One line "<verb> <id>" for each id, or ``none`` when there is none.
+
+    With ``total`` (a bulk command without ``-v``) one line "<verb> N messages" instead: 300
+    lines of ids tell nobody anything a count does not."""
     if not ids:
         click.echo(none)
+    elif total:
+        click.echo(f"{verb} {plural(len(ids), 'message')} (-v lists them)")
+    else:
+        for entry_id in ids:
+            click.echo(f"{verb} {entry_id}")
+
+
+def plural(count: int, noun: str) -> str:
+    """ "1 message", "2 messages"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
