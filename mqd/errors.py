@@ -22,12 +22,14 @@ Relays translate their library's exceptions (aiosmtplib, httpx, ...) into
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers know it)
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
     from mqd.message.reply import Reply
 
 __all__ = [
     "ConfigError",
+    "ConfigErrors",
     "MQDError",
     "MessageParseError",
     "PermanentRelayError",
@@ -40,6 +42,7 @@ __all__ = [
     "TrackingError",
     "TransientRelayError",
     "WorkerError",
+    "raise_gathered",
 ]
 
 
@@ -72,6 +75,27 @@ class ConfigError(MQDError):
             where.append(f"key '{self.key}'")
         prefix = ": ".join(where)
         return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class ConfigErrors(ConfigError):
+    """Several problems in one configuration, all reported at once (``mqd config check`` and
+    ``mqd run`` alike): ``str()`` gives one line per problem, each naming its file and key."""
+
+    def __init__(self, errors: "Sequence[ConfigError]") -> None:
+        self.errors = tuple(errors)
+        first = self.errors[0]
+        super().__init__(first.message, path=first.path, key=first.key)
+
+    def __str__(self) -> str:
+        return "\n".join(str(error) for error in self.errors)
+
+
+def raise_gathered(errors: "Sequence[ConfigError]") -> None:
+    """Raise the one error, or all of them as ConfigErrors; nothing when there is none."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
 
 
 class SpoolError(MQDError):

@@ -295,6 +295,97 @@ def test_config_check_unknown_key_exits_78(
     assert proc.stderr.count("\n") == 1  # one line, no traceback
 
 
+def test_config_check_reports_every_problem_not_just_the_first(
+    write_config: Callable[..., Path], tmp_path: Path, env: dict[str, str]
+) -> None:
+    """Seven mistakes in the core's tables, a plugin's keys and the directories: one run names
+    them all, a line each, and `mqd run` refuses with the same lines."""
+    (tmp_path / "afile").write_text("not a directory")
+    path = write_config(
+        f"""
+        [queue]
+        dir = "{tmp_path / "q"}"
+        concurency = 5
+        scan_interval = "soon"
+
+        [[spool]]
+        path = "{tmp_path / "s"}"
+        relay = "mian"
+        allowed_senders = ["app@example.com"]
+
+        [[spool]]
+        path = "{tmp_path / "afile" / "spool"}"
+        relay = "main"
+        allowed_senders = ["app@example.com"]
+
+        [relays.main]
+        plugin = "smtp"
+        host = "smtp.example.com"
+        port = "submission"
+        tls_verify = "yes"
+
+        [http]
+        port = 70000
+        """
+    )
+    proc = mqd("--config", str(path), "config", "check", env=env)
+    assert proc.returncode == 78, proc.stdout + proc.stderr
+    lines = proc.stderr.splitlines()
+    assert all(line.startswith(f"mqd: error: {path}: key '") for line in lines), lines
+    keys = [line.split("key '")[1].split("'")[0] for line in lines]
+    assert sorted(keys) == [
+        "http.port",
+        "queue.concurency",
+        "queue.scan_interval",
+        "relays.main.port",
+        "relays.main.tls_verify",
+        "spool[0].relay",
+        "spool[1].path",
+    ]
+    assert f"{tmp_path / 'afile'} is not a directory" in proc.stderr
+    run = mqd("--config", str(path), "run", "--once", env=env)
+    assert run.returncode == 78
+    assert [line for line in run.stderr.splitlines() if "mqd: error:" in line] == lines
+
+    fixed = path.read_text().replace("concurency = 5\n", "").replace('"soon"', '"5s"')
+    fixed = fixed.replace('"mian"', '"main"').replace("port = 70000", "port = 8025")
+    fixed = fixed.replace('port = "submission"', "port = 587").replace('"yes"', "true")
+    fixed = fixed.replace(str(tmp_path / "afile" / "spool"), str(tmp_path / "s2"))
+    path.write_text(fixed)
+    proc = mqd("--config", str(path), "config", "check", "--quiet", env=env)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert not (tmp_path / "q").exists() and not (tmp_path / "s2").exists()  # nothing created
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".mqd-check")] == []
+
+
+def test_config_check_refuses_what_run_refuses_a_spool_under_proc(
+    write_config: Callable[..., Path], tmp_path: Path, env: dict[str, str]
+) -> None:
+    """`config check` passed a spool under /proc that `mqd run` then refused: both refuse it
+    now, with the same words, and without creating anything."""
+    if not Path("/proc/self").is_dir():
+        pytest.skip("no /proc here")
+    path = write_config(
+        f"""
+        [queue]
+        dir = "{tmp_path / "q"}"
+        [[spool]]
+        path = "/proc/mqd-spool"
+        [relays.dev]
+        plugin = "outbox"
+        path = "{tmp_path / "outbox"}"
+        """
+    )
+    check = mqd("--config", str(path), "config", "check", env=env)
+    run = mqd("--config", str(path), "run", "--once", env=env)
+    assert check.returncode == run.returncode == 78
+    assert "key 'spool[0].path': cannot create /proc/mqd-spool" in check.stderr
+    assert [line for line in run.stderr.splitlines() if "mqd: error:" in line] == (
+        check.stderr.splitlines()
+    )
+    assert not (tmp_path / "q").exists()
+
+
 def test_config_check_missing_file_exits_78(tmp_path: Path, env: dict[str, str]) -> None:
     missing = tmp_path / "missing.toml"
     proc = mqd("--config", str(missing), "config", "check", env=env)

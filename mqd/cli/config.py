@@ -19,13 +19,17 @@ def config() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing when the config is valid.")
 @pass_state
 def config_check(state: State, quiet: bool) -> None:
-    """Validate the config and print the effective settings (secrets redacted)."""
-    from mqd.config.effective import effective_config
-    from mqd.plugins.host import PluginHost
-    from mqd.relays.build import build_relays
+    """Validate the config and print the effective settings (secrets redacted).
 
-    loaded = state.load()
-    relays = build_relays(loaded, PluginHost())
+    Runs the checks 'mqd run' runs before it starts (the config, the relays, the directories
+    mqd will create or write) and names every problem, one line each (exit 78).
+    """
+    from mqd.config.effective import effective_config
+    from mqd.daemon.preflight import check
+    from mqd.plugins.host import PluginHost
+
+    checked = check(state.locate(), PluginHost())
+    loaded, relays = checked.config, checked.relays
     if quiet:
         return
     source = str(loaded.source) if loaded.source else "embedded defaults (no config file found)"

@@ -58,7 +58,8 @@ class MQDGroup(click.Group):
             return super().invoke(ctx)
         except MQDError as exc:
             code = next(code for kind, code in _ERROR_CODES if isinstance(exc, kind))
-            click.echo(f"mqd: error: {exc}", err=True)
+            for line in str(exc).splitlines() or [""]:  # ConfigErrors: a line per problem
+                click.echo(f"mqd: error: {line}", err=True)
             ctx.exit(code)
 
 

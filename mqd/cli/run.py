@@ -35,8 +35,12 @@ def run(state: State, once: bool, no_progress: bool, worker: int) -> None:
     share the spools, and stops them when it stops.
     """
     import mqd.daemon.signals as daemon
+    from mqd.daemon.preflight import check
+    from mqd.plugins.host import PluginHost
 
-    config = state.load()
+    # The checks 'mqd config check' runs, every problem named at once (exit 78).
+    host = PluginHost()
+    config = check(state.locate(), host).config
     if worker > config.queue.workers:
         raise click.UsageError(
             f"--worker {worker}: the config has queue.workers = {config.queue.workers}"
@@ -48,18 +52,18 @@ def run(state: State, once: bool, no_progress: bool, worker: int) -> None:
 
             setup_logging(state.log_level, state.log_format, worker=worker)
     if not once:
-        daemon.run(config, cli_args=state.log_args)
+        daemon.run(config, host=host, cli_args=state.log_args)
         return
     import asyncio
 
     from mqd.cli.progress import DeliveryProgress, count_due_work, maybe_bar, wanted
-    from mqd.plugins.host import PluginHost
 
     # With several workers each process sees only its own deliveries: no bar.
     show = wanted(sys.stderr, not no_progress) and config.queue.workers == 1
     total = asyncio.run(count_due_work(config)) if show else 0  # reading the queue for a bar
     with maybe_bar(total, "delivering", sys.stderr, show) as bar:
-        host = PluginHost(extra=(DeliveryProgress(bar),)) if bar is not None else None
+        if bar is not None:
+            host = PluginHost(extra=(DeliveryProgress(bar),))
         daemon.run(config, once=True, host=host, cli_args=state.log_args)
 
 

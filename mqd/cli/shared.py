@@ -44,10 +44,15 @@ class State:
         """--log-level and --log-format as given, for the other workers of queue.workers."""
         return ("--log-level", self.log_level, "--log-format", self.log_format)
 
+    def locate(self) -> Path | None:
+        """The config file: --config, else $MQD_CONFIG, else the default path; None for the
+        embedded defaults."""
+        return locate_config(self.config_path)
+
     def load(self) -> Config:
         """The config from --config, else $MQD_CONFIG, else the default path or the embedded
         defaults; raises ConfigError (exit 78) when it does not load."""
-        return load_config(locate_config(self.config_path))
+        return load_config(self.locate())
 
 
 pass_state = click.make_pass_decorator(State)

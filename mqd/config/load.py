@@ -19,7 +19,7 @@ from typing import Any
 
 from mqd.config.options import Options
 from mqd.config.paths import SYSTEM_CONFIG, default_paths
-from mqd.config.schema import CONFIG_ENV, Config
+from mqd.config.schema import CONFIG_ENV, Config, RelayConfig, RouteConfig, SpoolConfig
 from mqd.config.sections import (
     parse_http,
     parse_metrics,
@@ -31,7 +31,7 @@ from mqd.config.sections import (
     parse_spools,
     parse_tracking,
 )
-from mqd.errors import ConfigError
+from mqd.errors import ConfigError, raise_gathered
 
 __all__ = ["load_config", "locate_config", "parse_config"]
 
@@ -67,10 +67,12 @@ def locate_config(explicit: Path | None = None) -> Path | None:
     return None
 
 
-def load_config(path: Path | None) -> Config:
-    """Read and validate ``path`` (None: embedded defaults)."""
+def load_config(path: Path | None, problems: list[ConfigError] | None = None) -> Config:
+    """Read and validate ``path`` (None: embedded defaults). With ``problems`` the problems are
+    added to it and a config with defaults in their place returned (``mqd.daemon.preflight``
+    goes on to check the relays and directories); without, they are raised."""
     if path is None:
-        return parse_config({}, None)
+        return parse_config({}, None, problems)
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
@@ -78,13 +80,20 @@ def load_config(path: Path | None) -> Config:
         raise ConfigError(f"not valid TOML: {exc}", path=path) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", path=path) from None
-    return parse_config(data, path)
+    return parse_config(data, path, problems)
 
 
-def parse_config(data: Mapping[str, Any], path: Path | None) -> Config:
-    """Validate the TOML document ``data`` that came from ``path``."""
+def parse_config(
+    data: Mapping[str, Any], path: Path | None, gathered: list[ConfigError] | None = None
+) -> Config:
+    """Validate the TOML document ``data`` that came from ``path``.
+
+    Every problem is reported, not just the first: each table is read on past a bad value
+    (its default stands in) and past a bad table (its defaults stand in), and the problems are
+    raised together at the end (``ConfigErrors``, one line each), or added to ``gathered``."""
     defaults = default_paths()
-    root = Options(data, section="", path=path)
+    problems: list[ConfigError] = []
+    root = Options(data, section="", path=path, problems=problems)
     for key in (
         "queue",
         "relays",
@@ -98,27 +107,56 @@ def parse_config(data: Mapping[str, Any], path: Path | None) -> Config:
     ):
         root.raw(key)
     root.finish()  # a misspelled top-level table is named before it is missed
-    queue = parse_queue(root.table("queue"), defaults)
-    relays = parse_relays(root, path, defaults, queue.workers)
-    spools = parse_spools(root, path, defaults, relays)
-    routes = parse_routes(root, path, relays)
-    sendmail_opts = root.table("sendmail")
-    sendmail = parse_sendmail(sendmail_opts)
+
+    def table(key: str) -> Options:
+        return root.attempt(lambda: root.table(key), lambda: Options({}, section=key, path=path))
+
+    def empty(key: str) -> Options:
+        return Options({}, section=key, path=path)
+
+    queue = root.attempt(
+        lambda: parse_queue(table("queue"), defaults), lambda: parse_queue(empty("queue"), defaults)
+    )
+    relays: Mapping[str, RelayConfig] = root.attempt(
+        lambda: parse_relays(root, path, defaults, queue.workers), dict
+    )
+    spools: tuple[SpoolConfig, ...] = root.attempt(
+        lambda: parse_spools(root, path, defaults, relays), tuple
+    )
+    routes: tuple[RouteConfig, ...] = root.attempt(lambda: parse_routes(root, path, relays), tuple)
+    sendmail_opts = table("sendmail")
+    sendmail = root.attempt(
+        lambda: parse_sendmail(sendmail_opts), lambda: parse_sendmail(empty("sendmail"))
+    )
     if sendmail.spool is not None and all(
         os.path.abspath(sendmail.spool) != os.path.abspath(s.path) for s in spools
     ):
-        raise sendmail_opts.error(
-            "spool", f"{sendmail.spool} is not one of the [[spool]] paths, so no daemon reads it"
+        root.report(
+            sendmail_opts.error(
+                "spool",
+                f"{sendmail.spool} is not one of the [[spool]] paths, so no daemon reads it",
+            )
         )
-    return Config(
+    config = Config(
         source=path,
         queue=queue,
         spools=spools,
         relays=relays,
         sendmail=sendmail,
         routes=routes,
-        metrics=parse_metrics(root.table("metrics")),
-        tracking=parse_tracking(root.table("tracking")),
-        http=parse_http(root.table("http")),
-        notify=parse_notify(root.table("notify")),
+        metrics=root.attempt(
+            lambda: parse_metrics(table("metrics")), lambda: parse_metrics(empty("metrics"))
+        ),
+        tracking=root.attempt(
+            lambda: parse_tracking(table("tracking")), lambda: parse_tracking(empty("tracking"))
+        ),
+        http=root.attempt(lambda: parse_http(table("http")), lambda: parse_http(empty("http"))),
+        notify=root.attempt(
+            lambda: parse_notify(table("notify")), lambda: parse_notify(empty("notify"))
+        ),
     )
+    if gathered is None:
+        raise_gathered(problems)
+    else:
+        gathered.extend(problems)
+    return config

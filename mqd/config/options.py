@@ -50,10 +50,20 @@ class Secret:
 class Options:
     """The keys of one table (``section`` is its dotted name, e.g. ``relays.main``)."""
 
-    def __init__(self, table: Mapping[str, Any], *, section: str, path: Path | None) -> None:
+    def __init__(
+        self,
+        table: Mapping[str, Any],
+        *,
+        section: str,
+        path: Path | None,
+        problems: list[ConfigError] | None = None,
+    ) -> None:
         self._table = dict(table)
         self.section = section
         self.file = path
+        #: Where problems are gathered so that all of them are reported at once (None: the first
+        #: raises). Sub-tables share their parent's.
+        self.problems = problems
         self._effective: dict[str, Any] = {}
         self._known: set[str] = set()
 
@@ -64,14 +74,32 @@ class Options:
         dotted = f"{self.section}.{key}" if self.section else key
         return ConfigError(message, path=self.file, key=dotted)
 
+    def report(self, error: ConfigError) -> None:
+        """A problem that need not stop the reading: gathered with the others, or raised when
+        problems are not gathered."""
+        if self.problems is None:
+            raise error
+        self.problems.append(error)
+
+    def attempt(self, parse: Callable[[], T], fallback: Callable[[], T]) -> T:
+        """``parse()``; when problems are gathered, a ConfigError it raises is gathered and
+        ``fallback()`` stands in, so that the problems after it are found too."""
+        if self.problems is None:
+            return parse()
+        try:
+            return parse()
+        except ConfigError as exc:
+            self.problems.append(exc)
+            return fallback()
+
     def finish(self) -> None:
-        """Raise ConfigError for the first key that no getter asked for."""
+        """Report each key that no getter asked for."""
         for key in self._table:
             if key not in self._known:
                 hint = difflib.get_close_matches(key, sorted(self._known), n=1)
                 suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
                 known = ", ".join(sorted(self._known)) or "none"
-                raise self.error(key, f"unknown key{suggestion} (known keys here: {known})")
+                self.report(self.error(key, f"unknown key{suggestion} (known keys here: {known})"))
 
     def keys(self) -> list[str]:
         """The keys present in this table (reading them is still up to the caller)."""
@@ -102,7 +130,11 @@ class Options:
         try:
             value = convert(raw)
         except (TypeError, ValueError) as exc:
-            raise self.error(key, str(exc)) from None
+            if default is _MISSING or default is None:
+                raise self.error(key, str(exc)) from None
+            # A bad value with a default: gathered, and the default read on in its place.
+            self.report(self.error(key, str(exc)))
+            value = convert(default)
         self._effective[key] = shown(value) if shown else value
         return value
 
@@ -192,7 +224,12 @@ class Options:
         raw = self._table.get(key, {})
         if not isinstance(raw, Mapping):
             raise self.error(key, f"expected a table, got {raw!r}")
-        sub = Options(raw, section=f"{self.section}.{key}" if self.section else key, path=self.file)
+        sub = Options(
+            raw,
+            section=f"{self.section}.{key}" if self.section else key,
+            path=self.file,
+            problems=self.problems,
+        )
         if key in self._table:  # shown nested, as read (``effective()`` copies it then)
             self._effective[key] = sub._effective
         return sub

@@ -135,6 +135,8 @@ class SpoolConfig:
     #: Every address in the From header must match the allow-lists too, not only the envelope
     #: sender: From is what recipients see (``check_from = false`` turns this off).
     check_from: bool = True
+    #: Its place among the [[spool]] tables: problems name it as ``spool[<index>]``.
+    index: int = field(default=0, compare=False)
 
     @property
     def relay(self) -> str:

@@ -3,6 +3,7 @@ refused by name (``Options.finish``)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -78,13 +79,15 @@ def parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         workers=opts.count("workers", 1, auto=available_cores),
     )
     if config.workers > MAX_WORKERS:
-        raise opts.error("workers", f"at most {MAX_WORKERS}")
+        opts.report(opts.error("workers", f"at most {MAX_WORKERS}"))
     if config.shutdown_timeout < 0:
-        raise opts.error("shutdown_timeout", "must not be negative")
+        opts.report(opts.error("shutdown_timeout", "must not be negative"))
     if config.scan_interval <= 0:
-        raise opts.error("scan_interval", "must be more than zero")
+        opts.report(opts.error("scan_interval", "must be more than zero"))
     if config.failed_retention < 0:
-        raise opts.error("failed_retention", 'must not be negative ("0" keeps them for good)')
+        opts.report(
+            opts.error("failed_retention", 'must not be negative ("0" keeps them for good)')
+        )
     opts.finish()
     return config
 
@@ -106,14 +109,23 @@ def parse_relays(
     relays: dict[str, RelayConfig] = {}
     for name in names:
         opts = relays_table.table(name)
-        relays[name] = RelayConfig(
-            name=name,
-            plugin=opts.string("plugin"),
-            allowed_senders=_patterns(opts, "allowed_senders"),
-            options=opts,
-            quota=_parse_quota(opts, workers),
-            circuit=_parse_circuit(opts),
-        )
+
+        def parse(name: str = name, opts: Options = opts) -> RelayConfig:
+            return RelayConfig(
+                name=name,
+                plugin=opts.string("plugin"),
+                allowed_senders=_patterns(opts, "allowed_senders"),
+                options=opts,
+                quota=_parse_quota(opts, workers),
+                circuit=_parse_circuit(opts),
+            )
+
+        # A relay with a problem still has its name, so spools and routes naming it are not
+        # reported as well.
+        def placeholder(name: str = name, opts: Options = opts) -> RelayConfig:
+            return RelayConfig(name, "", (), options=opts)
+
+        relays[name] = root.attempt(parse, placeholder)
     return relays
 
 
@@ -190,25 +202,35 @@ def parse_spools(
     for index, table in enumerate(raw):
         if not isinstance(table, Mapping):
             raise root.error(f"spool[{index}]", f"expected a table, got {table!r}")
-        opts = Options(table, section=f"spool[{index}]", path=path)
-        if opts.raw("relay") is None:
-            if len(relays) != 1:
-                raise opts.error("relay", f"is required: one of {', '.join(sorted(relays))}")
-            chain: tuple[str, ...] = (next(iter(relays)),)
-        else:
-            chain = _relay_chain(opts, "relay", relays)
-        spool = SpoolConfig(
-            path=opts.filepath("path"),
-            relays=chain,
-            allowed_senders=_patterns(opts, "allowed_senders"),
-            check_from=opts.boolean("check_from", True),
+        opts = Options(table, section=f"spool[{index}]", path=path, problems=root.problems)
+        spool: SpoolConfig | None = root.attempt(
+            functools.partial(_parse_spool, opts, relays, index), lambda: None
         )
-        opts.finish()
+        if spool is None:
+            continue
         if spool.key in seen:
-            raise opts.error("path", f"the same directory as spool[{seen[spool.key]}]")
+            root.report(opts.error("path", f"the same directory as spool[{seen[spool.key]}]"))
         seen[spool.key] = index
         spools.append(spool)
     return tuple(spools)
+
+
+def _parse_spool(opts: Options, relays: Mapping[str, RelayConfig], index: int) -> SpoolConfig:
+    if opts.raw("relay") is None:
+        if len(relays) != 1:
+            raise opts.error("relay", f"is required: one of {', '.join(sorted(relays))}")
+        chain: tuple[str, ...] = (next(iter(relays)),)
+    else:
+        chain = _relay_chain(opts, "relay", relays)
+    spool = SpoolConfig(
+        path=opts.filepath("path"),
+        relays=chain,
+        allowed_senders=_patterns(opts, "allowed_senders"),
+        check_from=opts.boolean("check_from", True),
+        index=index,
+    )
+    opts.finish()
+    return spool
 
 
 def parse_routes(
@@ -225,15 +247,24 @@ def parse_routes(
     for index, table in enumerate(raw):
         if not isinstance(table, Mapping):
             raise root.error(f"route[{index}]", f"expected a table, got {table!r}")
-        opts = Options(table, section=f"route[{index}]", path=path)
-        senders = _patterns(opts, "senders")
-        if not senders:
-            raise opts.error("senders", 'is required: e.g. senders = ["*@news.example.com"]')
-        if opts.raw("relay") is None:
-            raise opts.error("relay", f"is required: one of {', '.join(sorted(relays))}")
-        routes.append(RouteConfig(senders=senders, relays=_relay_chain(opts, "relay", relays)))
-        opts.finish()
+        opts = Options(table, section=f"route[{index}]", path=path, problems=root.problems)
+        route: RouteConfig | None = root.attempt(
+            functools.partial(_parse_route, opts, relays), lambda: None
+        )
+        if route is not None:
+            routes.append(route)
     return tuple(routes)
+
+
+def _parse_route(opts: Options, relays: Mapping[str, RelayConfig]) -> RouteConfig:
+    senders = _patterns(opts, "senders")
+    if not senders:
+        raise opts.error("senders", 'is required: e.g. senders = ["*@news.example.com"]')
+    if opts.raw("relay") is None:
+        raise opts.error("relay", f"is required: one of {', '.join(sorted(relays))}")
+    route = RouteConfig(senders=senders, relays=_relay_chain(opts, "relay", relays))
+    opts.finish()
+    return route
 
 
 def _port(opts: Options, default: int) -> int:
@@ -276,9 +307,9 @@ def parse_http(opts: Options) -> HttpConfig:
         header_timeout=opts.duration("header_timeout", "10s"),
     )
     if config.max_body < 1024:
-        raise opts.error("max_body", 'is too small for a webhook batch: give at least "1KB"')
+        opts.report(opts.error("max_body", 'is too small for a webhook batch: give at least "1KB"'))
     if config.header_timeout <= 0:
-        raise opts.error("header_timeout", 'must be more than 0s, e.g. "10s"')
+        opts.report(opts.error("header_timeout", 'must be more than 0s, e.g. "10s"'))
     opts.finish()
     return config
 

@@ -17,9 +17,10 @@ import mqd.daemon.systemd as systemd
 from mqd.clock import Clock
 from mqd.config.load import load_config
 from mqd.config.schema import Config
+from mqd.daemon.preflight import environment_problems
 from mqd.daemon.scheduler import Scheduler
 from mqd.delivery.deliverer import Deliverer
-from mqd.errors import ConfigError, MQDError
+from mqd.errors import ConfigError, MQDError, raise_gathered
 from mqd.intake.spools import SpoolIntake
 from mqd.plugins.host import PluginHost
 from mqd.queue.store import QueueStore
@@ -87,6 +88,8 @@ class Reloader:
                     key="queue.dir",
                 )
             new = _as_worker(current, new)
+            # The directories too, as 'mqd run' and 'mqd config check' check them.
+            raise_gathered(await asyncio.to_thread(environment_problems, new))
             relays = build_relays(new, daemon.host)  # the last check: nothing to undo after it
         except MQDError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
