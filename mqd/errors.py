@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigError",
     "ConfigErrors",
+    "DirectoryError",
     "MQDError",
     "MessageParseError",
     "PermanentRelayError",
@@ -75,6 +76,11 @@ class ConfigError(MQDError):
             where.append(f"key '{self.key}'")
         prefix = ": ".join(where)
         return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class DirectoryError(ConfigError):
+    """A directory the config names that mqd cannot create or write (exit 73, EX_CANTCREAT:
+    the config may be right and the filesystem wrong)."""
 
 
 class ConfigErrors(ConfigError):

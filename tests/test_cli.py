@@ -378,7 +378,7 @@ def test_config_check_refuses_what_run_refuses_a_spool_under_proc(
     )
     check = mqd("--config", str(path), "config", "check", env=env)
     run = mqd("--config", str(path), "run", "--once", env=env)
-    assert check.returncode == run.returncode == 78
+    assert check.returncode == run.returncode == 73  # EX_CANTCREAT: a directory, not a key
     assert "key 'spool[0].path': cannot create /proc/mqd-spool" in check.stderr
     assert [line for line in run.stderr.splitlines() if "mqd: error:" in line] == (
         check.stderr.splitlines()

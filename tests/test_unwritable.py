@@ -226,3 +226,30 @@ def test_a_read_only_queue_at_start_is_a_clear_error_not_a_bug(
     assert proc.returncode == 73, proc.stderr  # EX_CANTCREAT: the queue cannot be written
     assert str(queue) in proc.stderr and "Traceback" not in proc.stderr
     assert "internal error" not in proc.stderr
+    check = subprocess.run(
+        [sys.executable, "-m", "mqd", "--config", str(config.source), "config", "check", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert check.returncode == 73 and check.stderr == proc.stderr  # the same check, the same words
+
+
+def test_config_check_warns_of_a_read_only_spool_the_daemon_would_wait_for(
+    tmp_path: Path, mounts: Mounts, sink: SMTPPeer, env: dict[str, str]
+) -> None:
+    spool = mounts.tmpfs(tmp_path / "spool")
+    mounts.read_only(spool)
+    config = make_config(tmp_path, spool, tmp_path / "queue", sink.port)
+    check = subprocess.run(
+        [sys.executable, "-m", "mqd", "--config", str(config.source), "config", "check", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stderr  # mqd runs, and takes the files once it can
+    assert check.stderr.startswith(f"mqd: warning: {config.source}: key 'spool[0].path': ")
+    assert f"cannot write in {spool}: Read-only file system" in check.stderr
+    assert not (tmp_path / "queue").exists()

@@ -30,6 +30,8 @@ def config_check(state: State, quiet: bool) -> None:
 
     checked = check(state.locate(), PluginHost())
     loaded, relays = checked.config, checked.relays
+    for warning in checked.warnings:  # what the daemon would wait for, not refuse
+        click.echo(f"mqd: warning: {warning}", err=True)
     if quiet:
         return
     source = str(loaded.source) if loaded.source else "embedded defaults (no config file found)"

@@ -28,6 +28,8 @@ from mqd.config.paths import default_paths
 from mqd.config.schema import CONFIG_ENV
 from mqd.errors import (
     ConfigError,
+    ConfigErrors,
+    DirectoryError,
     MessageParseError,
     MQDError,
     QueueError,
@@ -41,6 +43,7 @@ from mqd.version import __version__
 __all__ = ["MQDGroup", "cli"]
 
 _ERROR_CODES: tuple[tuple[type[MQDError], ExitCode], ...] = (
+    (DirectoryError, ExitCode.CANTCREAT),
     (ConfigError, ExitCode.CONFIG),
     (QueueLockedError, ExitCode.TEMPFAIL),
     (QueueError, ExitCode.CANTCREAT),
@@ -57,10 +60,17 @@ class MQDGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MQDError as exc:
-            code = next(code for kind, code in _ERROR_CODES if isinstance(exc, kind))
+            code = _exit_code(exc)
             for line in str(exc).splitlines() or [""]:  # ConfigErrors: a line per problem
                 click.echo(f"mqd: error: {line}", err=True)
             ctx.exit(code)
+
+
+def _exit_code(exc: MQDError) -> ExitCode:
+    if isinstance(exc, ConfigErrors):  # several problems: their code when they share one
+        codes = {_exit_code(error) for error in exc.errors}
+        return codes.pop() if len(codes) == 1 else ExitCode.CONFIG
+    return next(code for kind, code in _ERROR_CODES if isinstance(exc, kind))
 
 
 @click.group(cls=MQDGroup, context_settings={"help_option_names": ["-h", "--help"]})

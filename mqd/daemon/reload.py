@@ -17,7 +17,7 @@ import mqd.daemon.systemd as systemd
 from mqd.clock import Clock
 from mqd.config.load import load_config
 from mqd.config.schema import Config
-from mqd.daemon.preflight import environment_problems
+from mqd.daemon.preflight import check_environment
 from mqd.daemon.scheduler import Scheduler
 from mqd.delivery.deliverer import Deliverer
 from mqd.errors import ConfigError, MQDError, raise_gathered
@@ -89,7 +89,7 @@ class Reloader:
                 )
             new = _as_worker(current, new)
             # The directories too, as 'mqd run' and 'mqd config check' check them.
-            raise_gathered(await asyncio.to_thread(environment_problems, new))
+            raise_gathered((await asyncio.to_thread(check_environment, new)).errors)
             relays = build_relays(new, daemon.host)  # the last check: nothing to undo after it
         except MQDError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
