@@ -1,15 +1,20 @@
 """The OpenAPI 3.1 description of the HTTP server, served at ``/api/v1/openapi.json``.
 
-Kept as Python data next to the handlers it describes; tests/test_http.py validates it with
-openapi-spec-validator, checks that every route of the server is in it, and validates real
-answers against its schemas.
+The paths, parameters and descriptions are Python data here, next to the handlers they
+describe; the answers' schemas (``components/schemas``) are generated from the types the
+handlers serialise (``mqd.http.schema``), so that they cannot drift apart. tests/test_http.py
+validates the document with openapi-spec-validator, checks that every route of the server is in
+it, and validates real answers against its schemas.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
+from mqd.admin.status import Status as QueueStatus
+from mqd.http.schema import Components
 from mqd.tracking.vocabulary import Status
 from mqd.version import __version__
 
@@ -103,72 +108,6 @@ _EVENT = {
         "detail": {
             "type": "object",
             "description": "More about the event (a bounce's type, a clicked URL, the spool).",
-        },
-    },
-}
-
-_QUEUE_STATUS = {
-    "type": "object",
-    "description": "The queue overview that 'mqd status --json' prints.",
-    "required": ["running", "version", "messages", "by_state", "failed", "relays"],
-    "properties": {
-        "running": {"type": "boolean"},
-        "pid": {"type": ["integer", "null"]},
-        "version": {"type": "string"},
-        "uptime": {"type": ["number", "null"], "description": "Seconds since the start."},
-        "config": _NULLABLE_STRING,
-        "queue_dir": {"type": "string"},
-        "messages": {"type": "integer", "description": "Messages in the queue."},
-        "by_state": {
-            "type": "object",
-            "properties": {
-                state: {"type": "integer"} for state in ("active", "waiting", "deferred", "held")
-            },
-            "additionalProperties": {"type": "integer"},
-        },
-        "bytes": {"type": "integer"},
-        "oldest_age": {
-            "type": ["number", "null"],
-            "description": "Seconds since the oldest queued message was accepted.",
-        },
-        "failed": {"type": "integer", "description": "Messages in the failed folder."},
-        "spools": {"type": "array", "items": {"type": "string"}},
-        "workers": {
-            "type": "array",
-            "description": "With queue.workers above 1: each worker process and its own queue "
-            "(the counts above are of all of them).",
-            "items": {
-                "type": "object",
-                "required": ["worker", "running", "queue_dir", "messages"],
-                "properties": {
-                    "worker": {"type": "integer"},
-                    "running": {"type": "boolean"},
-                    "pid": {"type": ["integer", "null"]},
-                    "queue_dir": _NULLABLE_STRING,
-                    "messages": {
-                        "type": ["integer", "null"],
-                        "description": "null: the worker holds its queue but does not answer "
-                        "yet (just started again).",
-                    },
-                },
-            },
-        },
-        "relays": {
-            "type": "object",
-            "additionalProperties": {
-                "type": "object",
-                "required": ["plugin", "health", "queued"],
-                "properties": {
-                    "plugin": {"type": "string"},
-                    "describe": _NULLABLE_STRING,
-                    "health": {"type": "string", "enum": ["closed", "open", "half-open"]},
-                    "failures_in_a_row": {"type": "integer"},
-                    "errors": {"type": "integer"},
-                    "last_error": _NULLABLE_STRING,
-                    "queued": {"type": "integer"},
-                    "quota": {"type": "object"},
-                },
-            },
         },
     },
 }
@@ -358,11 +297,6 @@ _SPEC: dict[str, Any] = {
             "TrackingOff": _json(_ref("Error"), "[tracking] is off or paused: no history."),
         },
         "schemas": {
-            "Status": {
-                "type": "string",
-                "description": "mqd's status vocabulary (docs/tracking.md).",
-                "enum": [status.value for status in Status],
-            },
             "Recipient": _RECIPIENT,
             "MessageSummary": _SUMMARY,
             "MessageHistory": {
@@ -382,7 +316,6 @@ _SPEC: dict[str, Any] = {
                 ]
             },
             "Event": _EVENT,
-            "QueueStatus": _QUEUE_STATUS,
             "Error": {
                 "type": "object",
                 "required": ["error"],
@@ -393,6 +326,16 @@ _SPEC: dict[str, Any] = {
 }
 
 
+@functools.cache
+def _document() -> dict[str, Any]:
+    components = Components({QueueStatus: "QueueStatus"})
+    for cls in (QueueStatus, Status):
+        components.ref(cls)
+    spec = copy.deepcopy(_SPEC)
+    spec["components"]["schemas"].update(components.schemas)
+    return spec
+
+
 def openapi() -> dict[str, Any]:
     """The document (a copy: callers may change theirs)."""
-    return copy.deepcopy(_SPEC)
+    return copy.deepcopy(_document())
