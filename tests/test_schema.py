@@ -9,6 +9,7 @@ import enum
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
@@ -17,8 +18,14 @@ from openapi_schema_validator import OAS31Validator
 from openapi_schema_validator import validate as validate_schema
 
 from mqd.admin.status import FaultStatus, QuotaStatus, RelayStatus, Status, WorkerStatus
+from mqd.http.bodies import Error, HistoryList, MessageList
 from mqd.http.openapi import openapi
 from mqd.http.schema import Components, field_docs
+from mqd.tracking.answers import MessageHistory, MessageSummary, RecipientStatus, TimelineEvent
+from mqd.tracking.queries import history, message
+from mqd.tracking.records import Record
+from mqd.tracking.sqlite import SQLiteStore
+from mqd.tracking.vocabulary import Status as Word
 
 
 class Colour(enum.StrEnum):
@@ -233,6 +240,13 @@ def _properties(schema: dict[str, Any], schemas: dict[str, Any]) -> set[str]:
         (QuotaStatus, "QuotaStatus"),
         (FaultStatus, "FaultStatus"),
         (WorkerStatus, "WorkerStatus"),
+        (MessageSummary, "MessageSummary"),
+        (MessageHistory, "MessageHistory"),
+        (RecipientStatus, "Recipient"),
+        (TimelineEvent, "Event"),
+        (Error, "Error"),
+        (MessageList, "MessageList"),
+        (HistoryList, "HistoryList"),
     ],
 )
 def test_every_field_of_every_answer_is_in_the_document(cls: type, name: str) -> None:
@@ -269,3 +283,78 @@ def test_a_status_document_validates_with_and_without_a_quota() -> None:
     document["relays"]["plain"]["health"] = 3
     with pytest.raises(ValidationError):
         _validate(document, "QueueStatus", schemas)
+
+
+def test_the_json_of_a_history_keeps_its_shape_and_matches_the_document(tmp_path: Path) -> None:
+    """The JSON of a message's history, from a real store: the keys in their order, the
+    values, and the document's schema for it."""
+    store = SQLiteStore(tmp_path / "tracking.sqlite3")
+    queue_id = "0190000000aaaaaaaaaaa"
+    store.record(
+        [
+            Record(queue_id, Word.ACCEPTED, 1000.5, detail={"file": "x.eml", "spool": "/s"}),
+            Record(
+                queue_id,
+                Word.QUEUED,
+                1000.75,
+                relay="main",
+                sender="app@example.com",
+                message_id="<m1@example.com>",
+                recipients=("Bob@Example.net",),
+                detail={"route": ["main"]},
+            ),
+            Record(queue_id, Word.BOUNCED, 1001.0, recipient="bob@example.net", reply="550 no"),
+        ]
+    )
+    found = message(store, "m1@example.com")
+    assert found is not None and history(store, queue_id) == [found]
+    document = json.loads(json.dumps(found.to_dict()))
+    store.close()
+    assert document == {
+        "id": queue_id,
+        "message_id": "<m1@example.com>",
+        "sender": "app@example.com",
+        "status": "bounced",
+        "created_at": 1000.5,
+        "updated_at": 1001.0,
+        "recipients": [
+            {
+                "address": "bob@example.net",
+                "status": "bounced",
+                "updated_at": 1001.0,
+                "relay": None,
+                "provider_id": None,
+                "reply": "550 no",
+            }
+        ],
+        "events": [
+            {
+                "seq": seq,
+                "message": queue_id,
+                "recipient": recipient,
+                "status": status,
+                "at": at,
+                "source": "mqd",
+                "relay": relay,
+                "provider_id": None,
+                "reply": reply,
+                "detail": detail,
+            }
+            for seq, recipient, status, at, relay, reply, detail in (
+                (1, None, "accepted", 1000.5, None, None, {"file": "x.eml", "spool": "/s"}),
+                (2, None, "queued", 1000.75, "main", None, {"route": ["main"]}),
+                (3, "bob@example.net", "bounced", 1001.0, None, "550 no", {}),
+            )
+        ],
+    }
+    assert list(document) == [f.name for f in dataclasses.fields(MessageHistory)]
+    assert list(document["events"][0]) == [f.name for f in dataclasses.fields(TimelineEvent)]
+    schemas = openapi()["components"]["schemas"]
+    _validate(document, "MessageHistory", schemas)
+    _validate({"messages": [document]}, "HistoryList", schemas)
+    with pytest.raises(ValidationError):
+        _validate(
+            {**document, "events": [{**document["events"][0], "seq": "1"}]},
+            "MessageHistory",
+            schemas,
+        )
