@@ -87,7 +87,7 @@ class MessageSummary:
     created_at: float
     #: When it last changed (seconds since the epoch, UTC).
     updated_at: float
-    #: By address.
+    #: Each recipient's status, by address.
     recipients: list[RecipientStatus]
 
     def to_dict(self) -> dict[str, Any]:
