@@ -39,6 +39,7 @@ from mqd.plugins.host import PluginHost
 from mqd.plugins.webhooks import Webhook, WebhookRejected, WebhookReply, WebhookRequest
 from mqd.queue.entry import new_message_id
 from mqd.relays.memory import MemoryRelay
+from mqd.tracking.answers import MessageHistory, MessageSummary
 from mqd.tracking.vocabulary import ProviderEvent, Status
 
 TOKEN = "token-for-the-tests-6b1f0c"
@@ -155,20 +156,20 @@ class Served:
         assert isinstance(relay, HookedRelay)
         return relay
 
-    async def recorded(self, key: str, status: str) -> dict[str, Any]:
+    async def recorded(self, key: str, status: str) -> MessageHistory:
         """The history of ``key`` once it shows ``status``."""
         tracker = self.daemon.tracker
         assert tracker is not None
         deadline = time.monotonic() + 15
         while True:
             found = await tracker.message(key)
-            if found is not None and found["status"] == status:
+            if found is not None and found.status == status:
                 return found
             if time.monotonic() > deadline:
                 pytest.fail(f"{key} never showed {status}: {found}")
             await asyncio.sleep(0.05)
 
-    async def send(self, status: str = "dispatched", **message: Any) -> dict[str, Any]:
+    async def send(self, status: str = "dispatched", **message: Any) -> MessageHistory:
         """Drop a message into the spool; return its history once it shows ``status``."""
         data = make_message(**message)
         found = re.search(rb"Message-ID: (<[^>]+>)", data)
@@ -421,7 +422,7 @@ async def test_a_genuine_webhook_is_recorded(served: Served) -> None:
         "status": "delivered",
         "event_id": "ev-1",
         "recipient": "alice@example.net",
-        "mqd_id": sent["id"],
+        "mqd_id": sent.id,
         "reply": "250 accepted by the recipient's server",
     }
     # Not token-protected, and a proxy in front changes nothing: the signature is the proof.
@@ -440,14 +441,14 @@ async def test_a_genuine_webhook_is_recorded(served: Served) -> None:
     assert json.loads(request.body) == [event]
     assert abs(request.received_at - time.time()) < 10
 
-    history = await served.recorded(sent["id"], "delivered")
-    provider = [e for e in history["events"] if e["source"] == "testprovider"]
-    assert [(e["status"], e["recipient"]) for e in provider] == [("delivered", "alice@example.net")]
-    assert history["recipients"][0]["status"] == "delivered"
+    history = await served.recorded(sent.id, "delivered")
+    provider = [e for e in history.events if e.source == "testprovider"]
+    assert [(e.status, e.recipient) for e in provider] == [("delivered", "alice@example.net")]
+    assert history.recipients[0].status == "delivered"
     # The provider sends the same event again: answered, recorded once.
     assert await post_events(served, [event]) == (200, "taken")
-    history = await served.recorded(sent["id"], "delivered")
-    assert len([e for e in history["events"] if e["source"] == "testprovider"]) == 1
+    history = await served.recorded(sent.id, "delivered")
+    assert len([e for e in history.events if e.source == "testprovider"]) == 1
     assert served.relay.webhook_calls == 1  # asked once, then cached
 
 
@@ -455,7 +456,7 @@ async def test_a_rejected_webhook_records_nothing(
     served: Served, caplog: pytest.LogCaptureFixture
 ) -> None:
     sent = await served.send(to=("alice@example.net",))
-    event = {"status": "bounced", "event_id": "ev-2", "mqd_id": sent["id"]}
+    event = {"status": "bounced", "event_id": "ev-2", "mqd_id": sent.id}
     with caplog.at_level(logging.WARNING, logger="mqd.http"):
         status, text = await post_events(served, [event], signature="forged")
     assert status == 403
@@ -463,8 +464,8 @@ async def test_a_rejected_webhook_records_nothing(
     [warning] = [r.getMessage() for r in caplog.records if r.name == "mqd.http"]
     assert "hooked" in warning and "127.0.0.1" in warning and "signature mismatch" in warning
     await asyncio.sleep(0.3)  # longer than the tracker's batching delay
-    history = await served.recorded(sent["id"], "dispatched")
-    assert {e["source"] for e in history["events"]} == {"mqd"}
+    history = await served.recorded(sent.id, "dispatched")
+    assert {e.source for e in history.events} == {"mqd"}
 
 
 async def test_webhook_routing_by_relay_and_method(served: Served) -> None:
@@ -502,7 +503,7 @@ async def test_a_failing_store_is_a_500_page_and_a_json_500(
     tracker = served.daemon.tracker
     assert tracker is not None
 
-    async def broken_recent(**kwargs: object) -> list[dict[str, Any]]:
+    async def broken_recent(**kwargs: object) -> list[MessageSummary]:
         raise OSError("database disk image is malformed")
 
     monkeypatch.setattr(tracker, "recent", broken_recent)
@@ -553,11 +554,12 @@ async def test_every_api_endpoint_answers_in_its_documented_shape(served: Served
     bad = await served.send("failed", to=("bob@example.net",), subject="for bob")
 
     # One message, by queue id and by Message-ID with and without its brackets.
-    for key in (good["id"], good["message_id"], good["message_id"].strip("<>")):
+    assert good.message_id is not None
+    for key in (good.id, good.message_id, good.message_id.strip("<>")):
         status, body, _ = await served.get(f"/api/v1/messages/{quote(key, safe='')}")
         assert status == 200, key
         conforms(body, "MessageHistory")
-        assert body["id"] == good["id"]
+        assert body["id"] == good.id
     statuses = [e["status"] for e in body["events"]]
     assert statuses[:3] == ["accepted", "queued", "dispatched"]
     assert body["recipients"][0]["address"] == "alice@example.net"
@@ -569,32 +571,32 @@ async def test_every_api_endpoint_answers_in_its_documented_shape(served: Served
     assert status == 200
     [conforms(m, "MessageSummary") for m in body["messages"]]
     ids = [m["id"] for m in body["messages"]]
-    assert good["id"] in ids and bad["id"] in ids
+    assert good.id in ids and bad.id in ids
     status, body, _ = await served.get("/api/v1/messages", params={"limit": "1"})
     assert len(body["messages"]) == 1
     status, body, _ = await served.get("/api/v1/messages", params={"status": "failed"})
-    assert [m["id"] for m in body["messages"]] == [bad["id"]]
+    assert [m["id"] for m in body["messages"]] == [bad.id]
 
     status, body, _ = await served.get("/api/v1/recipients/ALICE@example.net/messages")
     assert status == 200
-    assert [m["id"] for m in body["messages"]] == [good["id"]]
+    assert [m["id"] for m in body["messages"]] == [good.id]
     conforms(body["messages"][0], "MessageSummary")
 
     status, body, _ = await served.get("/api/v1/history/app@example.com")
     assert status == 200
     [conforms(m, "MessageHistory") for m in body["messages"]]
-    assert {good["id"], bad["id"]} <= {m["id"] for m in body["messages"]}
+    assert {good.id, bad.id} <= {m["id"] for m in body["messages"]}
 
     status, body, _ = await served.get("/api/v1/failures")
     assert status == 200
-    assert [m["id"] for m in body["messages"]] == [bad["id"]]
+    assert [m["id"] for m in body["messages"]] == [bad.id]
     conforms(body["messages"][0], "MessageSummary")
     bob = body["messages"][0]["recipients"][0]
     assert bob["status"] == "bounced" and "no such user" in bob["reply"]
     for since, expected in (
         (str(time.time() + 3600), []),
-        ("2000-01-01T00:00:00Z", [bad["id"]]),
-        ("2000-01-01 00:00", [bad["id"]]),
+        ("2000-01-01T00:00:00Z", [bad.id]),
+        ("2000-01-01 00:00", [bad.id]),
     ):
         status, body, _ = await served.get("/api/v1/failures", params={"since": since})
         assert status == 200 and [m["id"] for m in body["messages"]] == expected, since
@@ -673,13 +675,13 @@ async def test_the_pages_show_the_queue_messages_and_failures(served: Served) ->
 
     status, page, _ = await served.get("/messages")
     assert status == 200
-    assert f'href="/messages/{good["id"]}"' in page and f'href="/messages/{bad["id"]}"' in page
+    assert f'href="/messages/{good.id}"' in page and f'href="/messages/{bad.id}"' in page
     status, page, _ = await served.get("/messages", params={"q": "bob@example.net"})
-    assert bad["id"] in page and good["id"] not in page
+    assert bad.id in page and good.id not in page
     status, page, _ = await served.get("/messages", params={"status": "nonsense"})
     assert status == 400 and "status must be one of" in page
 
-    status, page, _ = await served.get(f"/messages/{good['id']}")
+    status, page, _ = await served.get(f"/messages/{good.id}")
     assert status == 200
     timeline = page.split("<h2>Timeline</h2>", 1)[1]
     assert timeline.index(">queued<") < timeline.index(">dispatched<")
@@ -688,12 +690,12 @@ async def test_the_pages_show_the_queue_messages_and_failures(served: Served) ->
     status, page, _ = await served.get("/failed")
     assert status == 200
     recorded, folder = page.split("In the failed folder", 1)
-    assert bad["id"] in recorded and "no such user" in recorded
-    assert bad["id"] in folder and "delivery" in folder
-    assert f"mqd failed retry {bad['id']}" not in folder  # the hint names no id here
+    assert bad.id in recorded and "no such user" in recorded
+    assert bad.id in folder and "delivery" in folder
+    assert f"mqd failed retry {bad.id}" not in folder  # the hint names no id here
 
-    status, page, _ = await served.get(f"/messages/{bad['id']}")
-    assert "In the failed folder" in page and f"mqd failed retry {bad['id']}" in page
+    status, page, _ = await served.get(f"/messages/{bad.id}")
+    assert "In the failed folder" in page and f"mqd failed retry {bad.id}" in page
 
     status, page, _ = await served.get("/messages/0123456789abcdef01234")
     assert status == 404 and "No message" in page
@@ -723,16 +725,16 @@ async def test_the_pages_escape_hostile_values(served: Served) -> None:
     event = {
         "status": "bounced",
         "event_id": "ev-hostile",
-        "mqd_id": sent["id"],
+        "mqd_id": sent.id,
         "recipient": '"<img src=x onerror=alert(1)>"@example.net',
         "reply": "550 <b onmouseover=alert(2)>gone</b>",
         "detail": {"url": "javascript:alert(3)//<svg onload=alert(4)>"},
     }
     assert await post_events(served, [event]) == (200, "taken")
-    await served.recorded(sent["id"], "bounced")
+    await served.recorded(sent.id, "bounced")
     raw = ("<script>", "<img src=x", "<b onmouseover", "<svg onload")
     pages = [
-        f"/messages/{sent['id']}",
+        f"/messages/{sent.id}",
         "/messages",
         "/failed",
         f"/messages?q={quote(HOSTILE)}",
@@ -742,7 +744,7 @@ async def test_the_pages_escape_hostile_values(served: Served) -> None:
         assert status == 200, path
         for needle in raw:
             assert needle not in page, (path, needle)
-    status, page, _ = await served.get(f"/messages/{sent['id']}")
+    status, page, _ = await served.get(f"/messages/{sent.id}")
     assert "&lt;b onmouseover=alert(2)&gt;gone&lt;/b&gt;" in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "&lt;svg onload=alert(4)&gt;" in page

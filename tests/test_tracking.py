@@ -26,6 +26,7 @@ from mqd.events import Event, EventKind
 from mqd.message.reply import Reply
 from mqd.testing import Harness, make_message
 from mqd.tracking import notify as notify_module
+from mqd.tracking.answers import FeedEvent, MessageHistory
 from mqd.tracking.notify import Notifier
 from mqd.tracking.queries import failures, history, message, recent, recipient
 from mqd.tracking.sqlite import SQLiteStore
@@ -35,8 +36,8 @@ from mqd.tracking.vocabulary import ProviderEvent, Status
 MID = "0190000000aabbccddeeff"
 
 
-def statuses(found: dict[str, Any]) -> list[tuple[str, str | None]]:
-    return [(e["status"], e["recipient"]) for e in found["events"]]
+def statuses(found: MessageHistory) -> list[tuple[str, str | None]]:
+    return [(e.status, e.recipient) for e in found.events]
 
 
 def store_of(config: Config) -> SQLiteStore:
@@ -65,24 +66,24 @@ async def test_a_delivered_message_has_its_whole_timeline(mqd_harness: Harness) 
         ("dispatched", "Alice@Example.net"),
         ("dispatched", "bob@example.net"),
     ]
-    assert by_address["sender"] == "app@example.com"
-    assert by_address["message_id"] == "<timeline-1@example.com>"
-    assert by_address["status"] == "dispatched"
-    assert {r["address"]: r["status"] for r in by_address["recipients"]} == {
+    assert by_address.sender == "app@example.com"
+    assert by_address.message_id == "<timeline-1@example.com>"
+    assert by_address.status == "dispatched"
+    assert {r.address: r.status for r in by_address.recipients} == {
         "alice@example.net": "dispatched",
         "bob@example.net": "dispatched",
     }
-    assert all(e["relay"] == "mem" for e in by_address["events"][2:])
+    assert all(e.relay == "mem" for e in by_address.events[2:])
     # The same message by its queue id, by its Message-ID with and without brackets, and by
     # its sender.
-    for key in (by_address["id"], "<timeline-1@example.com>", "timeline-1@example.com"):
+    for key in (by_address.id, "<timeline-1@example.com>", "timeline-1@example.com"):
         [same] = history(store, key)
-        assert same["id"] == by_address["id"]
+        assert same.id == by_address.id
         assert message(store, key) is not None
-    assert [m["id"] for m in history(store, "APP@example.com")] == [by_address["id"]]
+    assert [m.id for m in history(store, "APP@example.com")] == [by_address.id]
     assert history(store, "nobody@example.net") == []
     assert message(store, "<unknown@example.com>") is None
-    assert [m["id"] for m in recipient(store, "BOB@example.net")] == [by_address["id"]]
+    assert [m.id for m in recipient(store, "BOB@example.net")] == [by_address.id]
     assert failures(store) == []
     store.close()
 
@@ -97,11 +98,11 @@ async def test_deferred_then_bounced_is_recorded_with_the_replies(mqd_harness: H
     store = store_of(config)
     [found] = history(store, "later@example.net")
     assert ("deferred", "later@example.net") in statuses(found)
-    deferred = next(e for e in found["events"] if e["status"] == "deferred")
-    assert "try again later" in deferred["reply"]
-    assert deferred["detail"]["next_attempt_at"] > time.time()
-    assert found["status"] == "deferred", "a message shows its slowest recipient's progress"
-    assert [m["id"] for m in recent(store, status="deferred")] == [found["id"]]
+    deferred = next(e for e in found.events if e.status == "deferred")
+    assert "try again later" in deferred.reply
+    assert deferred.detail["next_attempt_at"] > time.time()
+    assert found.status == "deferred", "a message shows its slowest recipient's progress"
+    assert [m.id for m in recent(store, status="deferred")] == [found.id]
     store.close()
 
     # The next attempt is refused for good: bounced, with the reply, and listed as a failure.
@@ -113,17 +114,17 @@ async def test_deferred_then_bounced_is_recorded_with_the_replies(mqd_harness: H
     await daemon.run()
     store = store_of(config)
     [found] = history(store, "later@example.net")
-    bounced = [e for e in found["events"] if e["status"] == "bounced"]
-    assert len(bounced) == 1 and "no such user" in bounced[0]["reply"]
-    assert bounced[0]["detail"]["dsn_sent"] is True
-    later = next(r for r in found["recipients"] if r["address"] == "later@example.net")
-    assert later["status"] == "bounced" and "no such user" in later["reply"]
+    bounced = [e for e in found.events if e.status == "bounced"]
+    assert len(bounced) == 1 and "no such user" in bounced[0].reply
+    assert bounced[0].detail["dsn_sent"] is True
+    later = next(r for r in found.recipients if r.address == "later@example.net")
+    assert later.status == "bounced" and "no such user" in later.reply
     # It finished with a failure, so it went to failed/: that is what the message shows.
-    assert found["status"] == "failed" and found["events"][-1]["status"] == "failed"
-    assert [m["id"] for m in failures(store)] == [found["id"]]
+    assert found.status == "failed" and found.events[-1].status == "failed"
+    assert [m.id for m in failures(store)] == [found.id]
     # The bounce mqd sent to the sender is a message of its own, from the null sender.
     [dsn] = history(store, "app@example.com")[:1]
-    assert dsn["id"].startswith(found["id"] + "b") and dsn["sender"] == ""
+    assert dsn.id.startswith(found.id + "b") and dsn.sender == ""
     store.close()
 
 
@@ -133,11 +134,11 @@ async def test_a_rejected_file_is_recorded_with_its_reason(mqd_harness: Harness)
     await mqd_harness.run_once()
     store = store_of(config)
     [found] = history(store, "intruder@elsewhere.example")
-    assert found["status"] == "rejected"
-    rejected = found["events"][-1]
-    assert rejected["status"] == "rejected" and "intruder@elsewhere.example" in rejected["reply"]
-    assert rejected["detail"]["stage"] == "policy"
-    assert [m["id"] for m in failures(store)] == [found["id"]]
+    assert found.status == "rejected"
+    rejected = found.events[-1]
+    assert rejected.status == "rejected" and "intruder@elsewhere.example" in rejected.reply
+    assert rejected.detail["stage"] == "policy"
+    assert [m.id for m in failures(store)] == [found.id]
     store.close()
 
 
@@ -219,12 +220,12 @@ async def test_provider_events_match_by_our_id_then_by_theirs(tmp_path: Path) ->
         assert new == 2 and tracker.unmatched == 1
         found = await tracker.message(MID)
         assert found is not None
-        assert {r["address"]: r["status"] for r in found["recipients"]} == {
+        assert {r.address: r.status for r in found.recipients} == {
             "bob@example.net": "delivered",
             "carol@example.net": "delivered",
         }
-        assert found["status"] == "delivered"
-        sources = [(e["status"], e["source"]) for e in found["events"]]
+        assert found.status == "delivered"
+        sources = [(e.status, e.source) for e in found.events]
         assert sources[-2:] == [("delivered", "sendgrid"), ("delivered", "sendgrid")]
 
 
@@ -238,7 +239,7 @@ async def test_a_duplicate_event_is_recorded_once(tmp_path: Path) -> None:
         assert await tracker.ingest("ses", [event]) == 1
         found = await tracker.message(MID)
         assert found is not None
-        assert [e["status"] for e in found["events"]].count("opened") == 2
+        assert [e.status for e in found.events].count("opened") == 2
 
 
 async def test_a_late_event_never_moves_a_status_backwards(tmp_path: Path) -> None:
@@ -255,10 +256,10 @@ async def test_a_late_event_never_moves_a_status_backwards(tmp_path: Path) -> No
         )
         found = await tracker.message(MID)
         assert found is not None
-        bob = next(r for r in found["recipients"] if r["address"] == "bob@example.net")
-        assert bob["status"] == "clicked"
+        bob = next(r for r in found.recipients if r.address == "bob@example.net")
+        assert bob.status == "clicked"
         # The timeline is in the order things happened, not the order they were reported.
-        bob_events = [e["status"] for e in found["events"] if e["recipient"] == "bob@example.net"]
+        bob_events = [e.status for e in found.events if e.recipient == "bob@example.net"]
         assert bob_events == ["dispatched", "delivered", "clicked"]
         # A complaint outranks everything: it is what an administrator must see.
         await tracker.ingest(
@@ -266,8 +267,8 @@ async def test_a_late_event_never_moves_a_status_backwards(tmp_path: Path) -> No
             [provider(Status.COMPLAINED, "s", recipient="carol@example.net", mqd_id=MID)],
         )
         found = await tracker.message(MID)
-        assert found is not None and found["status"] == "complained"
-        assert [m["id"] for m in await tracker.failures()] == [MID]
+        assert found is not None and found.status == "complained"
+        assert [m.id for m in await tracker.failures()] == [MID]
 
 
 async def test_an_event_for_our_id_unknown_here_is_kept(tmp_path: Path) -> None:
@@ -280,7 +281,7 @@ async def test_an_event_for_our_id_unknown_here_is_kept(tmp_path: Path) -> None:
             == 1
         )
         found = await tracker.message(other)
-        assert found is not None and found["status"] == "bounced"
+        assert found is not None and found.status == "bounced"
 
 
 async def test_retention_prunes_old_events_and_messages(tmp_path: Path) -> None:
@@ -604,7 +605,7 @@ async def test_notifications_survive_a_failing_store(
         real = tracker.store.events_after
         failures_left = [2]
 
-        def flaky(seq: int, limit: int) -> list[dict[str, Any]]:
+        def flaky(seq: int, limit: int) -> list[FeedEvent]:
             if failures_left[0]:
                 failures_left[0] -= 1
                 raise OSError("disk I/O error")

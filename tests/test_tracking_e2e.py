@@ -27,6 +27,7 @@ from providerfixtures import API_KEY, REGION, FakeSendGrid, MotoSES
 
 from mqd.daemon.root import Daemon
 from mqd.testing import Harness, make_message
+from mqd.tracking.answers import MessageHistory
 
 aws, sendgrid, ses = providerfixtures.aws, providerfixtures.sendgrid, providerfixtures.ses
 
@@ -62,12 +63,12 @@ async def cert_server() -> AsyncIterator[tuple[Any, str]]:
     await runner.cleanup()
 
 
-async def wait_for_status(daemon: Daemon, address: str, status: str) -> dict[str, Any]:
+async def wait_for_status(daemon: Daemon, address: str, status: str) -> MessageHistory:
     assert daemon.tracker is not None
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         found = await daemon.tracker.history(address)
-        if found and found[0]["status"] == status:
+        if found and found[0].status == status:
             return found[0]
         await asyncio.sleep(0.05)
     pytest.fail(f"<{address}> never showed {status!r}")
@@ -142,9 +143,9 @@ async def test_tracking_end_to_end(
             )
         )
         sent = await wait_for_status(daemon, "bob@example.net", "dispatched")
-        mqd_id = sent["id"]
-        [bob] = sent["recipients"]
-        provider_id = bob["provider_id"]
+        mqd_id = sent.id
+        [bob] = sent.recipients
+        provider_id = bob.provider_id
         assert provider_id and len(sendgrid.sent) == 1
         assert sendgrid.sent[0]["custom_args"]["mqd_id"] == mqd_id
 
@@ -177,7 +178,9 @@ async def test_tracking_end_to_end(
             # The same delivery again (SendGrid retries): recorded once.
             async with http.post(hook, data=body, headers=signed_headers(sg_private, body)) as r:
                 assert r.status == 200
-            before = len((await daemon.tracker.message(mqd_id) or {})["events"])
+            counted = await daemon.tracker.message(mqd_id)
+            assert counted is not None
+            before = len(counted.events)
 
             # Forged: signed with another key, or the body changed after signing.
             other, _ = new_key_pair()
@@ -189,8 +192,8 @@ async def test_tracking_end_to_end(
                 async with http.post(hook, data=data, headers=headers) as r:
                     assert r.status == 403
             history = await daemon.tracker.message(mqd_id)
-            assert history is not None and len(history["events"]) == before
-            assert history["status"] == "opened"
+            assert history is not None and len(history.events) == before
+            assert history.status == "opened"
 
             # 3. The API shows every event.
             async with http.get(f"{base}/api/v1/messages/{mqd_id}") as r:
@@ -211,13 +214,13 @@ async def test_tracking_end_to_end(
                 make_message(sender="letters@news.example.com", to=["carol@example.net"])
             )
             sent = await wait_for_status(daemon, "carol@example.net", "dispatched")
-            [carol] = sent["recipients"]
-            assert carol["relay"] == "ses" and carol["provider_id"]
+            [carol] = sent.recipients
+            assert carol.relay == "ses" and carol.provider_id
             notification = sign_sns(
                 ses_bounce_notification(
                     recipient="carol@example.net",
-                    mqd_id=sent["id"],
-                    message_id=carol["provider_id"],
+                    mqd_id=sent.id,
+                    message_id=carol.provider_id,
                 ),
                 sns_key,
                 cert_url,
@@ -228,12 +231,12 @@ async def test_tracking_end_to_end(
                 headers=sns_headers(notification),
             ) as r:
                 assert r.status == 200, await r.text()
-            bounced = await daemon.tracker.message(sent["id"])
+            bounced = await daemon.tracker.message(sent.id)
             assert bounced is not None
-            assert bounced["recipients"][0]["status"] == "bounced"
-            assert "5.1.1" in (bounced["recipients"][0]["reply"] or "")
+            assert bounced.recipients[0].status == "bounced"
+            assert "5.1.1" in (bounced.recipients[0].reply or "")
             async with http.get(f"{base}/api/v1/failures") as r:
-                assert [m["id"] for m in (await r.json())["messages"]] == [sent["id"]]
+                assert [m["id"] for m in (await r.json())["messages"]] == [sent.id]
 
         # 5. mqd history, a separate process reading the store, shows it all.
         shown = history_cli(mqd_harness.config_path, "<e2e-sg@example.com>")

@@ -35,6 +35,7 @@ from mqd.exitcodes import ExitCode
 from mqd.relays.memory import MemoryRelay
 from mqd.testing import Harness, make_message
 from mqd.tracking import notify as notify_module
+from mqd.tracking.answers import MessageHistory
 from mqd.tracking.eventstore import Fault
 from mqd.tracking.keeper import FIRST_RETRY, StoreKeeper
 from mqd.tracking.notify import Notifier
@@ -231,7 +232,7 @@ async def test_a_garbled_store_at_start_is_set_aside_and_mail_flows(
     store = SQLiteStore(path, readonly=True)
     try:
         [found] = history(store, "second@example.net")
-        assert [e["status"] for e in found["events"]] == ["accepted", "queued", "dispatched"]
+        assert [e.status for e in found.events] == ["accepted", "queued", "dispatched"]
         assert history(store, "first@example.net") == []  # that history went with the old file
     finally:
         store.close()
@@ -275,12 +276,12 @@ async def running_daemon(harness: Harness) -> tuple[Daemon, asyncio.Task[None]]:
     return daemon, task
 
 
-async def recorded(daemon: Daemon, address: str, status: str = "dispatched") -> dict[str, Any]:
+async def recorded(daemon: Daemon, address: str, status: str = "dispatched") -> MessageHistory:
     assert daemon.tracker is not None
     deadline = time.monotonic() + 15
     while True:
         found = await daemon.tracker.history(address)
-        if found and found[0]["status"] == status:
+        if found and found[0].status == status:
             return found[0]
         assert time.monotonic() < deadline, f"<{address}> never showed {status}: {found}"
         await asyncio.sleep(0.02)
@@ -303,7 +304,7 @@ async def test_a_store_damaged_while_running_is_replaced_and_mail_flows(
         assert isinstance(relay, MemoryRelay)
         await wait_until(lambda: len(relay.sent) == 2, "the second delivery")
         found = await recorded(daemon, "after@example.net")
-        assert [e["status"] for e in found["events"]] == ["accepted", "queued", "dispatched"]
+        assert [e.status for e in found.events] == ["accepted", "queued", "dispatched"]
         assert await daemon.tracker.history("before@example.net") == []  # type: ignore[union-attr]
     finally:
         daemon.request_stop()
@@ -425,7 +426,7 @@ def test_a_write_that_fails_for_now_pauses_once_and_resumes(
     holder.close()
     now[0] += FIRST_RETRY
     assert record(3) != []
-    assert keeper.read(lambda s: [m["id"] for m in s.recent_messages(limit=10)]) == ["m3"]
+    assert keeper.read(lambda s: [m.id for m in s.recent_messages(limit=10)]) == ["m3"]
     keeper.close()
     [error] = tracking_errors(caplog)
     assert "tracking paused" in error.getMessage() and "database is locked" in error.getMessage()

@@ -99,8 +99,8 @@ async def recorded(daemon: Daemon, message: bytes, status: str) -> str:
     assert daemon.tracker is not None
     for _ in range(300):
         history = await daemon.tracker.message(found.group(1).decode())
-        if history is not None and history["status"] == status:
-            return str(history["id"])
+        if history is not None and history.status == status:
+            return str(history.id)
         await asyncio.sleep(0.05)
     pytest.fail(f"the message never showed {status!r} in the event store")
 

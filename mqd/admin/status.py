@@ -34,6 +34,9 @@ class QuotaStatus:
 
 @dataclass(frozen=True)
 class RelayStatus:
+    """One relay: its circuit's health, its failures and what is queued for it."""
+
+    #: The plugin that implements it ("smtp", "sendgrid" ...).
     plugin: str
     #: The relay's own one-line description (None when it was not built: a stopped daemon).
     describe: str | None
@@ -46,6 +49,7 @@ class RelayStatus:
     last_error: str | None
     #: Queued messages routed through it.
     queued: int
+    #: Its sending limits; absent when it has none.
     quota: QuotaStatus | None = None
 
 
@@ -53,8 +57,11 @@ class RelayStatus:
 class FaultStatus:
     """A resource that failed and what it paused (``mqd.faults``)."""
 
+    #: What is paused ("intake from the spools" ...).
     what: str
+    #: Why it is paused.
     reason: str
+    #: Seconds until the next try.
     retry_in: float
 
 
@@ -62,19 +69,27 @@ class FaultStatus:
 class WorkerStatus:
     """One daemon process of ``queue.workers`` (``messages`` None: it did not answer)."""
 
+    #: Its number, from 1.
     worker: int
     running: bool
     pid: int | None
     queue_dir: str | None
+    #: None: the worker holds its queue but does not answer yet (just started again).
     messages: int | None
 
 
 @dataclass(frozen=True)
 class Status:
+    """The queue overview that ``mqd status --json`` prints."""
+
+    #: Whether a daemon runs (false: the queue was read from disk).
     running: bool
     pid: int | None
+    #: mqd's version.
     version: str
+    #: Seconds since the daemon started.
     uptime: float | None
+    #: The config file.
     config: str | None
     queue_dir: str
     #: The node's name (the file store's: its queue id).
@@ -84,15 +99,22 @@ class Status:
     by_state: dict[str, int]
     #: Messages not read into memory yet (read as deliveries make room), counted as waiting.
     not_read: int
+    #: The size of the queued messages.
     bytes: int
+    #: Seconds since the oldest queued message was accepted.
     oldest_age: float | None
+    #: Messages in the failed folder.
     failed: int
+    #: The spool directories.
     spools: list[str]
+    #: Each relay by its name in the config.
     relays: dict[str, RelayStatus]
     #: Resources that failed and what they paused, while they do.
     faults: list[FaultStatus] = field(default_factory=list)
     #: Messages that may have gone out twice: taken over from a node that died while sending.
     redispatched: int = 0
+    #: With queue.workers above 1: each worker process and its own queue (the counts above
+    #: are of all of them).
     workers: list[WorkerStatus] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

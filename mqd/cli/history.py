@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,6 +18,7 @@ __all__ = ["events", "history"]
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
+    from mqd.tracking.answers import FeedEvent
     from mqd.tracking.sqlite import SQLiteStore
 
 
@@ -58,7 +59,7 @@ def history(state: State, key: str, as_json: bool, limit: int) -> None:
     with _tracking_store(state.load()) as store:
         found = find(store, key, limit)
     if as_json:
-        print_json(found)
+        print_json([item.to_dict() for item in found])
     else:
         for i, item in enumerate(found):
             if i:
@@ -93,10 +94,10 @@ def events(state: State, follow: bool, last: int, as_json: bool, interval: float
 
     from mqd.tracking.render import event_line
 
-    def show(batch: list[dict[str, Any]]) -> None:
+    def show(batch: list[FeedEvent]) -> None:
         for event in batch:
             if as_json:
-                click.echo(json.dumps(event, ensure_ascii=False, default=str))
+                click.echo(json.dumps(event.to_dict(), ensure_ascii=False, default=str))
             else:
                 click.echo(event_line(event, with_message=True))
 
@@ -106,7 +107,7 @@ def events(state: State, follow: bool, last: int, as_json: bool, interval: float
             batch = store.events_after(seq, 500)
             show(batch)
             if batch:
-                seq = batch[-1]["seq"]
+                seq = batch[-1].seq
                 continue
             if not follow:
                 return

@@ -5,6 +5,7 @@ daemon without it never loads aiohttp's server side.
 
 - ``server``: ``HttpServer``, the application, its access control and the webhook routing
 - ``access``: who may read the API and the web view (loopback, bearer token, login cookie)
-- ``api``: ``/api/v1/...``; ``openapi``: its OpenAPI 3.1 description
+- ``api``: ``/api/v1/...``; ``bodies``: its own answer bodies (errors, lists); ``openapi``: its
+  OpenAPI 3.1 description, with schemas generated from the answers' types by ``schema``
 - ``view``: the server-rendered HTML pages
 """

@@ -1,9 +1,11 @@
 """The read-only JSON API under ``/api/v1/``: the event store's answers and the queue overview.
 
-Every answer is JSON; every error is ``{"error": "..."}`` with its status (400 for a bad query
-value or a control character in a path's key or address, 404 for an unknown message, 503 when
-``[tracking]`` is off). docs/api.md describes each endpoint, ``openapi.json``
-(``mqd.http.openapi``) describes them for machines.
+Every answer is JSON: a typed value (``mqd.tracking.answers``, ``mqd.admin.status``,
+``mqd.http.bodies``) serialised with ``dataclasses.asdict``, whose schema in ``openapi.json``
+(``mqd.http.openapi``) is generated from the same class. Every error is ``{"error": "..."}``
+with its status (400 for a bad query value or a control character in a path's key or address,
+404 for an unknown message, 503 when ``[tracking]`` is off). docs/api.md describes each
+endpoint for people.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import json
 import math
 import unicodedata
 from collections.abc import Mapping
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from mqd.admin.fanout import daemon_status
+from mqd.http.bodies import Error, HistoryList, MessageList
 from mqd.http.openapi import openapi
 from mqd.tracking.vocabulary import Status
 
@@ -50,7 +54,7 @@ class BadQuery(ValueError):
 
 
 def error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    return web.json_response(asdict(Error(message)), status=status)
 
 
 def path_value(request: web.Request, name: str, what: str) -> str:
@@ -134,7 +138,7 @@ class Api:
         tracker = self.site.tracker
         if tracker is None:
             raise web.HTTPServiceUnavailable(
-                text=json.dumps({"error": TRACKING_OFF}),
+                text=json.dumps(asdict(Error(TRACKING_OFF))),
                 content_type="application/json",
             )
         return tracker
@@ -149,32 +153,32 @@ class Api:
         limit = parse_limit(request.query, 50)
         status = parse_status(request.query)
         found = await self._tracker().recent(limit=limit, status=status)
-        return web.json_response({"messages": found})
+        return web.json_response(asdict(MessageList(found)))
 
     async def message(self, request: web.Request) -> web.Response:
         key = path_value(request, "key", "a queue id or a Message-ID")
         found = await self._tracker().message(key)
         if found is None:
             return error(404, f"no message {key!r} in the event store")
-        return web.json_response(found)
+        return web.json_response(found.to_dict())
 
     async def history(self, request: web.Request) -> web.Response:
         limit = parse_limit(request.query, 20)
         key = path_value(request, "key", "a queue id, a Message-ID or an address")
         found = await self._tracker().history(key, limit=limit)
-        return web.json_response({"messages": found})
+        return web.json_response(asdict(HistoryList(found)))
 
     async def recipient(self, request: web.Request) -> web.Response:
         limit = parse_limit(request.query, 50)
         address = path_value(request, "address", "an address")
         found = await self._tracker().recipient(address, limit=limit)
-        return web.json_response({"messages": found})
+        return web.json_response(asdict(MessageList(found)))
 
     async def failures(self, request: web.Request) -> web.Response:
         limit = parse_limit(request.query, 50)
         since = parse_since(request.query)
         found = await self._tracker().failures(since=since, limit=limit)
-        return web.json_response({"messages": found})
+        return web.json_response(asdict(MessageList(found)))
 
 
 def json_error_for(exc: web.HTTPException) -> web.Response:

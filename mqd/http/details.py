@@ -4,8 +4,7 @@ queue or the failed folder) and about what went wrong (``/failed``)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from aiohttp import web
 
@@ -26,6 +25,7 @@ from mqd.http.html import (
 from mqd.http.site import Site
 from mqd.queue.failed import FailedError, FailedMessage
 from mqd.queue.store import Listed, UnknownEntry
+from mqd.tracking.answers import RecipientStatus
 
 __all__ = ["Details"]
 
@@ -43,7 +43,7 @@ class Details:
         key = request.match_info["key"]
         tracker = self.site.tracker
         history = await tracker.message(key) if tracker is not None else None
-        queue_id = str(history["id"]) if history is not None else key
+        queue_id = history.id if history is not None else key
         store = self.site.admin.store
         try:
             listed: Listed | None = await store.get(queue_id)
@@ -68,14 +68,14 @@ class Details:
             parts.append(
                 key_values(
                     [
-                        ("Status", badge(history.get("status"))),
-                        ("From", sender_text(history.get("sender"))),
+                        ("Status", badge(history.status)),
+                        ("From", sender_text(history.sender)),
                         (
                             "Message-ID",
-                            f'<span class="mono">{e(history.get("message_id") or "none")}</span>',
+                            f'<span class="mono">{e(history.message_id or "none")}</span>',
                         ),
-                        ("Accepted", e(when(history.get("created_at")))),
-                        ("Last change", e(when(history.get("updated_at")))),
+                        ("Accepted", e(when(history.created_at))),
+                        ("Last change", e(when(history.updated_at))),
                     ]
                 )
             )
@@ -111,14 +111,14 @@ class Details:
                     ("Address", "Status", "Since", "Relay", "Provider id", "Reply"),
                     (
                         [
-                            e(r.get("address")),
-                            badge(r.get("status")),
-                            e(when(r.get("updated_at"))),
-                            e(r.get("relay")),
-                            f'<span class="mono">{e(r.get("provider_id"))}</span>',
-                            e(r.get("reply")),
+                            e(r.address),
+                            badge(r.status),
+                            e(when(r.updated_at)),
+                            e(r.relay),
+                            f'<span class="mono">{e(r.provider_id)}</span>',
+                            e(r.reply),
                         ]
-                        for r in history.get("recipients") or ()
+                        for r in history.recipients
                     ),
                     empty="No recipient recorded.",
                 )
@@ -129,15 +129,15 @@ class Details:
                     ("Time", "Status", "Recipient", "Source", "Relay", "Reply", "Detail"),
                     (
                         [
-                            e(when(ev.get("at"))),
-                            badge(ev.get("status")),
-                            e(ev.get("recipient") or ""),
-                            e(ev.get("source")),
-                            e(ev.get("relay") or ""),
-                            e(ev.get("reply") or ""),
-                            detail_text(ev.get("detail")),
+                            e(when(ev.at)),
+                            badge(ev.status),
+                            e(ev.recipient or ""),
+                            e(ev.source),
+                            e(ev.relay or ""),
+                            e(ev.reply or ""),
+                            detail_text(ev.detail),
                         ]
-                        for ev in history.get("events") or ()
+                        for ev in history.events
                     ),
                     empty="No event recorded.",
                 )
@@ -190,11 +190,11 @@ class Details:
             found = await tracker.failures(limit=limit)
             rows = [
                 [
-                    e(when(m.get("updated_at"))),
-                    message_link(str(m.get("id"))),
-                    badge(m.get("status")),
-                    sender_text(m.get("sender")),
-                    self._reasons(m.get("recipients") or (), reasons.get(str(m.get("id")))),
+                    e(when(m.updated_at)),
+                    message_link(m.id),
+                    badge(m.status),
+                    sender_text(m.sender),
+                    self._reasons(m.recipients, reasons.get(m.id)),
                 ]
                 for m in found
             ]
@@ -244,16 +244,15 @@ class Details:
         return page("Failed", "".join(parts), here="/failed")
 
     @staticmethod
-    def _reasons(recipients: Sequence[Mapping[str, Any]], folder_reason: str | None) -> str:
+    def _reasons(recipients: Sequence[RecipientStatus], folder_reason: str | None) -> str:
         """The bad recipients with their replies; the failed folder's reason for a message
         refused as a whole (it has no recipient status to show)."""
-        bad = {s.value for s in BAD}
         items = "".join(
-            f"<li>{e(r.get('address'))} {badge(r.get('status'))}"
-            + (f" {e(r.get('reply'))}" if r.get("reply") else "")
+            f"<li>{e(r.address)} {badge(r.status)}"
+            + (f" {e(r.reply)}" if r.reply else "")
             + "</li>"
             for r in recipients
-            if r.get("status") in bad
+            if r.status in BAD
         )
         if folder_reason and not items:
             items = f"<li>{e(folder_reason)}</li>"

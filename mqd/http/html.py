@@ -14,12 +14,12 @@ import html
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
 
 from mqd.http import access
+from mqd.tracking.answers import RecipientStatus
 from mqd.tracking.vocabulary import Status
 
 __all__ = [
@@ -145,8 +145,8 @@ def key_values(pairs: Iterable[tuple[str, str]]) -> str:
     return f'<table class="kv">{rows}</table>'
 
 
-def recipients_cell(recipients: Sequence[Mapping[str, Any]]) -> str:
-    items = "".join(f"<li>{e(r.get('address'))} {badge(r.get('status'))}</li>" for r in recipients)
+def recipients_cell(recipients: Sequence[RecipientStatus]) -> str:
+    items = "".join(f"<li>{e(r.address)} {badge(r.status)}</li>" for r in recipients)
     return f'<ul class="plain">{items}</ul>'
 
 

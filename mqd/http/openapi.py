@@ -1,26 +1,36 @@
 """The OpenAPI 3.1 description of the HTTP server, served at ``/api/v1/openapi.json``.
 
-Kept as Python data next to the handlers it describes; tests/test_http.py validates it with
-openapi-spec-validator, checks that every route of the server is in it, and validates real
-answers against its schemas.
+The paths, parameters and descriptions are Python data here, next to the handlers they
+describe; the answers' schemas (``components/schemas``) are generated from the types the
+handlers serialise (``mqd.http.schema``), so that they cannot drift apart. tests/test_http.py
+validates the document with openapi-spec-validator, checks that every route of the server is in
+it, and validates real answers against its schemas.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+from collections.abc import Callable
 from typing import Any
 
+from mqd.admin.status import Status as QueueStatus
+from mqd.http.bodies import Error, HistoryList, MessageList
+from mqd.http.schema import Components
+from mqd.tracking.answers import MessageHistory, RecipientStatus, TimelineEvent
 from mqd.tracking.vocabulary import Status
 from mqd.version import __version__
 
 __all__ = ["openapi"]
 
-_NULLABLE_STRING = {"type": ["string", "null"]}
-_TIME = {"type": "number", "description": "Seconds since the epoch (UTC)."}
+#: Component names other than the class's own (kept as the document has always named them).
+_NAMES: dict[type, str] = {
+    QueueStatus: "QueueStatus",
+    RecipientStatus: "Recipient",
+    TimelineEvent: "Event",
+}
 
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+_Ref = Callable[[type], dict[str, Any]]
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -53,153 +63,9 @@ def _path(name: str, description: str) -> dict[str, Any]:
     }
 
 
-_RECIPIENT = {
-    "type": "object",
-    "description": "One recipient's current status: the highest-ranked it has reached.",
-    "required": ["address", "status", "updated_at", "relay", "provider_id", "reply"],
-    "properties": {
-        "address": {"type": "string"},
-        "status": _ref("Status"),
-        "updated_at": _TIME,
-        "relay": {**_NULLABLE_STRING, "description": "The relay that last handled it."},
-        "provider_id": {
-            **_NULLABLE_STRING,
-            "description": "The id the provider answered the send with.",
-        },
-        "reply": {**_NULLABLE_STRING, "description": "The last reply or reason."},
-    },
-}
-
-_SUMMARY = {
-    "type": "object",
-    "required": ["id", "message_id", "sender", "status", "created_at", "updated_at", "recipients"],
-    "properties": {
-        "id": {"type": "string", "description": "mqd's queue id."},
-        "message_id": {**_NULLABLE_STRING, "description": "The Message-ID header, with <>."},
-        "sender": {"type": "string", "description": "The envelope sender; empty for a bounce."},
-        "status": _ref("Status"),
-        "created_at": _TIME,
-        "updated_at": _TIME,
-        "recipients": {"type": "array", "items": _ref("Recipient")},
-    },
-}
-
-_EVENT = {
-    "type": "object",
-    "required": ["seq", "at", "status", "recipient", "source", "relay", "provider_id", "reply"],
-    "properties": {
-        "seq": {"type": "integer", "description": "The event's number in the store."},
-        "message": {"type": "string", "description": "mqd's queue id of the message."},
-        "at": _TIME,
-        "status": _ref("Status"),
-        "recipient": {**_NULLABLE_STRING, "description": "None for a message-level event."},
-        "source": {
-            "type": "string",
-            "description": 'Who reported it: "mqd", or a provider ("sendgrid", "ses" ...).',
-        },
-        "relay": _NULLABLE_STRING,
-        "provider_id": _NULLABLE_STRING,
-        "reply": _NULLABLE_STRING,
-        "detail": {
-            "type": "object",
-            "description": "More about the event (a bounce's type, a clicked URL, the spool).",
-        },
-    },
-}
-
-_QUEUE_STATUS = {
-    "type": "object",
-    "description": "The queue overview that 'mqd status --json' prints.",
-    "required": ["running", "version", "messages", "by_state", "failed", "relays"],
-    "properties": {
-        "running": {"type": "boolean"},
-        "pid": {"type": ["integer", "null"]},
-        "version": {"type": "string"},
-        "uptime": {"type": ["number", "null"], "description": "Seconds since the start."},
-        "config": _NULLABLE_STRING,
-        "queue_dir": {"type": "string"},
-        "messages": {"type": "integer", "description": "Messages in the queue."},
-        "by_state": {
-            "type": "object",
-            "properties": {
-                state: {"type": "integer"} for state in ("active", "waiting", "deferred", "held")
-            },
-            "additionalProperties": {"type": "integer"},
-        },
-        "bytes": {"type": "integer"},
-        "oldest_age": {
-            "type": ["number", "null"],
-            "description": "Seconds since the oldest queued message was accepted.",
-        },
-        "failed": {"type": "integer", "description": "Messages in the failed folder."},
-        "spools": {"type": "array", "items": {"type": "string"}},
-        "workers": {
-            "type": "array",
-            "description": "With queue.workers above 1: each worker process and its own queue "
-            "(the counts above are of all of them).",
-            "items": {
-                "type": "object",
-                "required": ["worker", "running", "queue_dir", "messages"],
-                "properties": {
-                    "worker": {"type": "integer"},
-                    "running": {"type": "boolean"},
-                    "pid": {"type": ["integer", "null"]},
-                    "queue_dir": _NULLABLE_STRING,
-                    "messages": {
-                        "type": ["integer", "null"],
-                        "description": "null: the worker holds its queue but does not answer "
-                        "yet (just started again).",
-                    },
-                },
-            },
-        },
-        "relays": {
-            "type": "object",
-            "additionalProperties": {
-                "type": "object",
-                "required": ["plugin", "health", "queued"],
-                "properties": {
-                    "plugin": {"type": "string"},
-                    "describe": _NULLABLE_STRING,
-                    "health": {"type": "string", "enum": ["closed", "open", "half-open"]},
-                    "failures_in_a_row": {"type": "integer"},
-                    "errors": {"type": "integer"},
-                    "last_error": _NULLABLE_STRING,
-                    "queued": {"type": "integer"},
-                    "quota": {"type": "object"},
-                },
-            },
-        },
-    },
-}
-
-
-def _list_of(schema: str, description: str) -> dict[str, Any]:
-    return _json(
-        {
-            "type": "object",
-            "required": ["messages"],
-            "properties": {"messages": {"type": "array", "items": _ref(schema)}},
-        },
-        description,
-    )
-
-
-_SPEC: dict[str, Any] = {
-    "openapi": "3.1.0",
-    "info": {
-        "title": "mqd",
-        "version": __version__,
-        "summary": "The mail queue daemon's read-only API: message histories and the queue.",
-        "description": (
-            "Answers clients on the daemon's own machine (loopback, no proxy headers) and any "
-            "client that sends the configured token as 'Authorization: Bearer <token>'. "
-            "Provider webhooks need no token: each proves itself with the provider's signature."
-        ),
-    },
-    "servers": [{"url": "/"}],
-    "security": [{}, {"bearer": []}],
-    "paths": {
+def _paths(ref: _Ref) -> dict[str, Any]:
+    """The paths; ``ref(cls)`` is the schema of an answer of type ``cls``."""
+    return {
         "/api/v1/messages": {
             "get": {
                 "operationId": "recentMessages",
@@ -210,11 +76,11 @@ _SPEC: dict[str, Any] = {
                         "name": "status",
                         "in": "query",
                         "required": False,
-                        "schema": _ref("Status"),
+                        "schema": ref(Status),
                     },
                 ],
                 "responses": {
-                    "200": _list_of("MessageSummary", "Messages, newest first."),
+                    "200": _json(ref(MessageList), "Messages, newest first."),
                     **_TRACKING_ERRORS,
                 },
             }
@@ -225,8 +91,8 @@ _SPEC: dict[str, Any] = {
                 "summary": "One message's history: its recipients and every event.",
                 "parameters": [_path("key", "The queue id or the Message-ID (with or without <>)")],
                 "responses": {
-                    "200": _json(_ref("MessageHistory"), "The message."),
-                    "404": _json(_ref("Error"), "No such message in the event store."),
+                    "200": _json(ref(MessageHistory), "The message."),
+                    "404": _json(ref(Error), "No such message in the event store."),
                     **_TRACKING_ERRORS,
                 },
             }
@@ -245,7 +111,7 @@ _SPEC: dict[str, Any] = {
                     {**_LIMIT, "schema": {**_LIMIT["schema"], "default": 20}},
                 ],
                 "responses": {
-                    "200": _list_of("MessageHistory", "Histories, newest first."),
+                    "200": _json(ref(HistoryList), "Histories, newest first."),
                     **_TRACKING_ERRORS,
                 },
             }
@@ -256,7 +122,7 @@ _SPEC: dict[str, Any] = {
                 "summary": "The messages sent to one address, with each recipient's status.",
                 "parameters": [_path("address", "An email address (case does not matter)"), _LIMIT],
                 "responses": {
-                    "200": _list_of("MessageSummary", "Messages to the address, newest first."),
+                    "200": _json(ref(MessageList), "Messages to the address, newest first."),
                     **_TRACKING_ERRORS,
                 },
             }
@@ -282,7 +148,7 @@ _SPEC: dict[str, Any] = {
                     _LIMIT,
                 ],
                 "responses": {
-                    "200": _list_of("MessageSummary", "Failed messages, newest first."),
+                    "200": _json(ref(MessageList), "Failed messages, newest first."),
                     **_TRACKING_ERRORS,
                 },
             }
@@ -292,7 +158,7 @@ _SPEC: dict[str, Any] = {
                 "operationId": "status",
                 "summary": "The queue: counts by state, oldest age, failed count, relay health.",
                 "responses": {
-                    "200": _json(_ref("QueueStatus"), "The queue overview."),
+                    "200": _json(ref(QueueStatus), "The queue overview."),
                     "403": {"$ref": "#/components/responses/Forbidden"},
                 },
             }
@@ -341,58 +207,52 @@ _SPEC: dict[str, Any] = {
                 },
             }
         },
-    },
-    "components": {
-        "securitySchemes": {
-            "bearer": {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "The token of [http] token (token_file, token_env) in mqd's config.",
-            }
-        },
-        "responses": {
-            "BadRequest": _json(_ref("Error"), "A query or path value is not usable."),
-            "Forbidden": _json(
-                _ref("Error"), "Neither on this machine nor carrying the token: says how to."
+    }
+
+
+@functools.cache
+def _document() -> dict[str, Any]:
+    components = Components(_NAMES)
+    ref = components.ref
+    paths = _paths(ref)
+    responses = {
+        "BadRequest": _json(ref(Error), "A query or path value is not usable."),
+        "Forbidden": _json(
+            ref(Error), "Neither on this machine nor carrying the token: says how to."
+        ),
+        "TrackingOff": _json(ref(Error), "[tracking] is off or paused: no history."),
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "mqd",
+            "version": __version__,
+            "summary": "The mail queue daemon's read-only API: message histories and the queue.",
+            "description": (
+                "Answers clients on the daemon's own machine (loopback, no proxy headers) and any "
+                "client that sends the configured token as 'Authorization: Bearer <token>'. "
+                "Provider webhooks need no token: each proves itself with the provider's signature."
             ),
-            "TrackingOff": _json(_ref("Error"), "[tracking] is off or paused: no history."),
         },
-        "schemas": {
-            "Status": {
-                "type": "string",
-                "description": "mqd's status vocabulary (docs/tracking.md).",
-                "enum": [status.value for status in Status],
+        "servers": [{"url": "/"}],
+        "security": [{}, {"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": (
+                        "The token of [http] token (token_file, token_env) in mqd's config."
+                    ),
+                }
             },
-            "Recipient": _RECIPIENT,
-            "MessageSummary": _SUMMARY,
-            "MessageHistory": {
-                "allOf": [
-                    _ref("MessageSummary"),
-                    {
-                        "type": "object",
-                        "required": ["events"],
-                        "properties": {
-                            "events": {
-                                "type": "array",
-                                "items": _ref("Event"),
-                                "description": "Every event, in the order they happened.",
-                            }
-                        },
-                    },
-                ]
-            },
-            "Event": _EVENT,
-            "QueueStatus": _QUEUE_STATUS,
-            "Error": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {"error": {"type": "string"}},
-            },
+            "responses": responses,
+            "schemas": components.schemas,
         },
-    },
-}
+    }
 
 
 def openapi() -> dict[str, Any]:
     """The document (a copy: callers may change theirs)."""
-    return copy.deepcopy(_SPEC)
+    return copy.deepcopy(_document())

@@ -7,8 +7,7 @@ browser in with the token. The HTML and its safety live in ``mqd.http.html``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -33,6 +32,7 @@ from mqd.http.html import (
     when,
 )
 from mqd.http.site import Site
+from mqd.tracking.answers import MessageSummary
 from mqd.tracking.vocabulary import Status
 
 __all__ = ["View"]
@@ -155,6 +155,7 @@ class View:
                 here="/messages",
                 status=400,
             )
+        found: Sequence[MessageSummary]
         if query:
             found = await tracker.history(query, limit=limit)
             heading = f"Messages for {e(query)}"
@@ -194,14 +195,14 @@ class View:
         )
 
     @staticmethod
-    def summary_table(found: Sequence[Mapping[str, Any]], *, empty: str) -> str:
+    def summary_table(found: Sequence[MessageSummary], *, empty: str) -> str:
         rows = [
             [
-                e(when(m.get("created_at"))),
-                message_link(str(m.get("id"))),
-                badge(m.get("status")),
-                sender_text(m.get("sender")),
-                recipients_cell(m.get("recipients") or ()),
+                e(when(m.created_at)),
+                message_link(m.id),
+                badge(m.status),
+                sender_text(m.sender),
+                recipients_cell(m.recipients),
             ]
             for m in found
         ]

@@ -3,13 +3,9 @@
 ``SQLiteStore`` (``mqd.tracking.sqlite``) implements it; a PostgreSQL store will implement the
 same. Only typed values cross it (records, keys, statuses, times), never SQL.
 
-Results are JSON-ready dicts, as the API and the web view show them:
-
-- a *summary* of a message: ``id``, ``message_id``, ``sender``, ``status``, ``created_at``,
-  ``updated_at`` and ``recipients`` (each ``address``, ``status``, ``updated_at``, ``relay``,
-  ``provider_id``, ``reply``);
-- an *event*: ``seq``, ``message``, ``recipient``, ``status``, ``at``, ``source``, ``relay``,
-  ``provider_id``, ``reply`` and ``detail`` (a dict).
+Results are typed (``mqd.tracking.answers``): ``MessageSummary`` for a message (its
+recipients' ``RecipientStatus`` included), ``TimelineEvent`` for an event, ``FeedEvent`` for an
+event with its message's Message-ID and sender.
 
 Every method may be called from a worker thread, one call at a time per store object. A store's
 own exceptions (``sqlite3.Error``, ...) pass through; ``StoreHome.fault`` says what they mean.
@@ -20,17 +16,12 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Sequence
-from typing import Any
 
+from mqd.tracking.answers import FeedEvent, MessageSummary, TimelineEvent
 from mqd.tracking.records import Record
 from mqd.tracking.vocabulary import ProviderEvent, Status
 
-__all__ = ["EventStore", "Fault", "Summary", "TimelineEvent"]
-
-#: A message's summary (see the module docstring).
-Summary = dict[str, Any]
-#: One recorded event (see the module docstring).
-TimelineEvent = dict[str, Any]
+__all__ = ["EventStore", "Fault"]
 
 
 class EventStore(abc.ABC):
@@ -70,18 +61,18 @@ class EventStore(abc.ABC):
         sender: str | None = None,
         recipient: str | None = None,
         limit: int,
-    ) -> list[Summary]:
+    ) -> list[MessageSummary]:
         """Summaries of the messages that match any of the criteria given, newest first: one
         of ``ids`` (mqd's queue ids), one of ``message_ids`` (``Message-ID`` with its angle
         brackets), from ``sender`` or to ``recipient`` (addresses, in any case). None given:
         none found."""
 
     @abc.abstractmethod
-    def recent_messages(self, *, status: Status | None = None, limit: int) -> list[Summary]:
+    def recent_messages(self, *, status: Status | None = None, limit: int) -> list[MessageSummary]:
         """Summaries of the newest messages, all or those showing ``status``, newest first."""
 
     @abc.abstractmethod
-    def failed_messages(self, *, since: float | None = None, limit: int) -> list[Summary]:
+    def failed_messages(self, *, since: float | None = None, limit: int) -> list[MessageSummary]:
         """Summaries of the messages that went wrong, newest first: those showing a status in
         ``records.BAD`` or with a recipient in one, updated at or after ``since`` if given."""
 
@@ -91,7 +82,7 @@ class EventStore(abc.ABC):
         a provider's, which whole seconds cannot order)."""
 
     @abc.abstractmethod
-    def events_after(self, seq: int, limit: int) -> list[TimelineEvent]:
+    def events_after(self, seq: int, limit: int) -> list[FeedEvent]:
         """At most ``limit`` events recorded after ``seq``, in ``seq`` order, each also with its
         message's ``message_id`` and ``sender``."""
 

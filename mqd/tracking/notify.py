@@ -18,9 +18,10 @@ import hmac
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mqd.errors import TrackingError
+from mqd.tracking.answers import FeedEvent
 from mqd.version import __version__
 
 if TYPE_CHECKING:
@@ -46,21 +47,21 @@ def sign(secret: bytes, timestamp: int, body: bytes) -> str:
     return "v1=" + digest.hexdigest()
 
 
-def notification_body(event: dict[str, Any]) -> bytes:
+def notification_body(event: FeedEvent) -> bytes:
     """The JSON an application receives for one event."""
     document = {
-        "seq": event["seq"],
-        "id": event["message"],
-        "message_id": event.get("message_id"),
-        "sender": event.get("sender"),
-        "recipient": event.get("recipient"),
-        "status": event["status"],
-        "at": event["at"],
-        "source": event["source"],
-        "relay": event.get("relay"),
-        "provider_id": event.get("provider_id"),
-        "reply": event.get("reply"),
-        "detail": event.get("detail") or {},
+        "seq": event.seq,
+        "id": event.message,
+        "message_id": event.message_id,
+        "sender": event.sender,
+        "recipient": event.recipient,
+        "status": event.status.value,
+        "at": event.at,
+        "source": event.source,
+        "relay": event.relay,
+        "provider_id": event.provider_id,
+        "reply": event.reply,
+        "detail": event.detail,
     }
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
@@ -138,17 +139,17 @@ class Notifier:
             if tracker.generation != generation:
                 return  # read from the new store: positions differ
             for event in batch:
-                if not self.config.statuses or event["status"] in self.config.statuses:
+                if not self.config.statuses or event.status in self.config.statuses:
                     await self._deliver(session, event)
-                    await tracker.set_cursor(CURSOR, event["seq"], generation)
-                seq = event["seq"]
+                    await tracker.set_cursor(CURSOR, event.seq, generation)
+                seq = event.seq
             if batch:
                 await tracker.set_cursor(CURSOR, seq, generation)  # past skipped ones
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(tracker.changed.wait(), IDLE_POLL)
 
-    async def _deliver(self, session: aiohttp.ClientSession, event: dict[str, Any]) -> None:
+    async def _deliver(self, session: aiohttp.ClientSession, event: FeedEvent) -> None:
         body = notification_body(event)
         started = time.monotonic()
         delay = FIRST_DELAY
@@ -158,9 +159,7 @@ class Notifier:
                 self.sent += 1
                 return
             except _Permanent as exc:
-                log.warning(
-                    "notification %s refused by %s: %s; dropped", event["seq"], self.url, exc
-                )
+                log.warning("notification %s refused by %s: %s; dropped", event.seq, self.url, exc)
                 self.dropped += 1
                 return
             except Exception as exc:
@@ -168,7 +167,7 @@ class Notifier:
                 if waited + delay > self.config.max_age:
                     log.error(
                         "notification %s to %s still failing after %.0fs (%s); dropped",
-                        event["seq"],
+                        event.seq,
                         self.url,
                         waited,
                         exc,
@@ -177,7 +176,7 @@ class Notifier:
                     return
                 log.warning(
                     "notification %s to %s failed (%s); retrying in %.0fs",
-                    event["seq"],
+                    event.seq,
                     self.url,
                     exc,
                     delay,

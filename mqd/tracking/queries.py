@@ -1,16 +1,17 @@
 """The questions asked of the event store, shared by ``mqd history``, the API and the web view.
 
-Each takes an ``EventStore`` and returns JSON-ready dicts: a message summary (``id``,
-``message_id``, ``sender``, ``status``, ``created_at``, ``updated_at``, ``recipients``), or a
-history (a summary plus its ``events`` in the order they happened). What a key means (a queue
-id, a Message-ID, an address) is decided here, once, for every store.
+Each takes an ``EventStore`` and returns ``MessageSummary`` values, or ``MessageHistory``
+values (a summary plus its ``events`` in the order they happened): ``mqd.tracking.answers``.
+What a key means (a queue id, a Message-ID, an address) is decided here, once, for every
+store.
 """
 
 from __future__ import annotations
 
 import re
 
-from mqd.tracking.eventstore import EventStore, Summary
+from mqd.tracking.answers import MessageHistory, MessageSummary
+from mqd.tracking.eventstore import EventStore
 from mqd.tracking.vocabulary import Status
 
 __all__ = ["failures", "history", "message", "recent", "recipient"]
@@ -18,13 +19,11 @@ __all__ = ["failures", "history", "message", "recent", "recipient"]
 _QUEUE_ID = re.compile(r"[0-9a-f]{21}(b\d+)?")
 
 
-def _with_events(store: EventStore, summaries: list[Summary]) -> list[Summary]:
-    for summary in summaries:
-        summary["events"] = store.events_of(summary["id"])
-    return summaries
+def _with_events(store: EventStore, summaries: list[MessageSummary]) -> list[MessageHistory]:
+    return [MessageHistory.of(summary, store.events_of(summary.id)) for summary in summaries]
 
 
-def history(store: EventStore, key: str, limit: int = 20) -> list[Summary]:
+def history(store: EventStore, key: str, limit: int = 20) -> list[MessageHistory]:
     """The histories of the messages ``key`` names, newest first: mqd's queue id, a Message-ID
     (with or without its angle brackets), or an address (the sender's or a recipient's)."""
     key = key.strip()
@@ -44,7 +43,7 @@ def history(store: EventStore, key: str, limit: int = 20) -> list[Summary]:
     return _with_events(store, found)
 
 
-def message(store: EventStore, key: str) -> Summary | None:
+def message(store: EventStore, key: str) -> MessageHistory | None:
     """One message's history by queue id or Message-ID; None if unknown."""
     key = key.strip()
     bracketed = key if key.startswith("<") else f"<{key}>"
@@ -52,17 +51,19 @@ def message(store: EventStore, key: str) -> Summary | None:
     return _with_events(store, found)[0] if found else None
 
 
-def recipient(store: EventStore, address: str, limit: int = 50) -> list[Summary]:
+def recipient(store: EventStore, address: str, limit: int = 50) -> list[MessageSummary]:
     """Messages to ``address``, newest first."""
     return store.find_messages(recipient=address, limit=limit)
 
 
-def recent(store: EventStore, limit: int = 50, status: str | None = None) -> list[Summary]:
+def recent(store: EventStore, limit: int = 50, status: str | None = None) -> list[MessageSummary]:
     """The newest messages, all or those showing ``status`` (ValueError if it is not one)."""
     return store.recent_messages(status=None if status is None else Status(status), limit=limit)
 
 
-def failures(store: EventStore, since: float | None = None, limit: int = 50) -> list[Summary]:
+def failures(
+    store: EventStore, since: float | None = None, limit: int = 50
+) -> list[MessageSummary]:
     """Messages that went wrong (a recipient bounced, dropped or complained; the message was
     rejected or failed), newest first, since ``since`` if given."""
     return store.failed_messages(since=since, limit=limit)

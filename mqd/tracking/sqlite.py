@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mqd.tracking.answers import FeedEvent, MessageSummary, RecipientStatus, TimelineEvent
 from mqd.tracking.batch import (
     EVENT_COLUMNS,
     EVENT_KEEP,
@@ -30,7 +31,7 @@ from mqd.tracking.batch import (
     event_row,
     fold,
 )
-from mqd.tracking.eventstore import EventStore, Summary, TimelineEvent
+from mqd.tracking.eventstore import EventStore
 from mqd.tracking.records import BAD, FINAL, Record, message_status
 from mqd.tracking.schema import META, VERSION_QUERY, upgrade
 from mqd.tracking.vocabulary import ProviderEvent, Status
@@ -246,7 +247,7 @@ class SQLiteStore(EventStore):
         sender: str | None = None,
         recipient: str | None = None,
         limit: int,
-    ) -> list[Summary]:
+    ) -> list[MessageSummary]:
         conditions: list[str] = []
         args: list[Any] = []
         if ids:
@@ -265,12 +266,12 @@ class SQLiteStore(EventStore):
             return []
         return self._summaries(" OR ".join(conditions), args, limit)
 
-    def recent_messages(self, *, status: Status | None = None, limit: int) -> list[Summary]:
+    def recent_messages(self, *, status: Status | None = None, limit: int) -> list[MessageSummary]:
         if status is None:
             return self._summaries("1 = 1", [], limit)
         return self._summaries("status = ?", [status.value], limit)
 
-    def failed_messages(self, *, since: float | None = None, limit: int) -> list[Summary]:
+    def failed_messages(self, *, since: float | None = None, limit: int) -> list[MessageSummary]:
         marks = _marks(len(_BAD))
         where = (  # placeholders only: the statuses are bound as values
             f"(status IN ({marks}) OR id IN "  # noqa: S608
@@ -282,7 +283,7 @@ class SQLiteStore(EventStore):
             args.append(since)
         return self._summaries(where, args, limit)
 
-    def _summaries(self, where: str, args: list[Any], limit: int) -> list[Summary]:
+    def _summaries(self, where: str, args: list[Any], limit: int) -> list[MessageSummary]:
         # ``where`` is one of this class's conditions; values are always bound.
         rows = self._db.execute(
             f"SELECT {_SUMMARY_COLUMNS} FROM messages WHERE {where} "  # noqa: S608
@@ -296,7 +297,27 @@ class SQLiteStore(EventStore):
                 "WHERE message = ? ORDER BY address",
                 (row["id"],),
             ).fetchall()
-            result.append({**dict(row), "recipients": [dict(r) for r in recipients]})
+            result.append(
+                MessageSummary(
+                    id=row["id"],
+                    message_id=row["message_id"],
+                    sender=row["sender"],
+                    status=Status(row["status"]),
+                    created_at=row["created_at"],
+                    updated_at=row["updated_at"],
+                    recipients=[
+                        RecipientStatus(
+                            address=r["address"],
+                            status=Status(r["status"]),
+                            updated_at=r["updated_at"],
+                            relay=r["relay"],
+                            provider_id=r["provider_id"],
+                            reply=r["reply"],
+                        )
+                        for r in recipients
+                    ],
+                )
+            )
         return result
 
     def events_of(self, message: str) -> list[TimelineEvent]:
@@ -305,7 +326,7 @@ class SQLiteStore(EventStore):
         ).fetchall()
         return sorted((_event(row) for row in rows), key=_timeline_order)
 
-    def events_after(self, seq: int, limit: int) -> list[TimelineEvent]:
+    def events_after(self, seq: int, limit: int) -> list[FeedEvent]:
         # With the message's Message-ID and sender: what an application correlates by.
         rows = self._db.execute(
             "SELECT events.*, messages.message_id AS message_id, messages.sender AS sender "
@@ -313,7 +334,14 @@ class SQLiteStore(EventStore):
             "WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, limit),
         ).fetchall()
-        return [_event(row) for row in rows]
+        return [
+            FeedEvent(
+                **_event_fields(row),
+                message_id=row["message_id"],
+                sender=row["sender"],
+            )
+            for row in rows
+        ]
 
     def last_seq(self) -> int:
         row = self._db.execute("SELECT MAX(seq) FROM events").fetchone()
@@ -330,11 +358,24 @@ class SQLiteStore(EventStore):
 def _timeline_order(event: TimelineEvent) -> tuple[int, bool, float, int]:
     """In the order things happened. Providers give whole seconds, so within one second mqd's
     own events (which caused the provider's) come first."""
-    at = float(event["at"])
-    return (int(at), event["source"] != "mqd", at, int(event["seq"]))
+    return (int(event.at), event.source != "mqd", event.at, event.seq)
 
 
 def _event(row: sqlite3.Row) -> TimelineEvent:
-    event = {key: row[key] for key in row.keys() if key != "event_key"}  # noqa: SIM118
-    event["detail"] = json.loads(event["detail"] or "{}")
-    return event
+    return TimelineEvent(**_event_fields(row))
+
+
+def _event_fields(row: sqlite3.Row) -> dict[str, Any]:
+    """A row of ``events`` as ``TimelineEvent``'s fields."""
+    return {
+        "seq": row["seq"],
+        "message": row["message"],
+        "recipient": row["recipient"],
+        "status": Status(row["status"]),
+        "at": row["at"],
+        "source": row["source"],
+        "relay": row["relay"],
+        "provider_id": row["provider_id"],
+        "reply": row["reply"],
+        "detail": json.loads(row["detail"] or "{}"),
+    }

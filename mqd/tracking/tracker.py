@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mqd.events import Event, EventKind
-from mqd.tracking.eventstore import EventStore, Summary, TimelineEvent
+from mqd.tracking.answers import FeedEvent, MessageHistory, MessageSummary
+from mqd.tracking.eventstore import EventStore
 from mqd.tracking.keeper import StoreKeeper
 from mqd.tracking.queries import failures, history, message, recent, recipient
 from mqd.tracking.records import Record
@@ -265,22 +266,24 @@ class Tracker:
 
     # -- reading (on the writer's thread: a read sees every write before it) -----------------
 
-    async def message(self, key: str) -> Summary | None:
+    async def message(self, key: str) -> MessageHistory | None:
         return await self._read(lambda store: message(store, key))
 
-    async def history(self, key: str, *, limit: int = 20) -> list[Summary]:
+    async def history(self, key: str, *, limit: int = 20) -> list[MessageHistory]:
         return await self._read(lambda store: history(store, key, limit))
 
-    async def recipient(self, address: str, *, limit: int = 50) -> list[Summary]:
+    async def recipient(self, address: str, *, limit: int = 50) -> list[MessageSummary]:
         return await self._read(lambda store: recipient(store, address, limit))
 
-    async def recent(self, *, limit: int = 50, status: str | None = None) -> list[Summary]:
+    async def recent(self, *, limit: int = 50, status: str | None = None) -> list[MessageSummary]:
         return await self._read(lambda store: recent(store, limit, status))
 
-    async def failures(self, *, since: float | None = None, limit: int = 50) -> list[Summary]:
+    async def failures(
+        self, *, since: float | None = None, limit: int = 50
+    ) -> list[MessageSummary]:
         return await self._read(lambda store: failures(store, since, limit))
 
-    async def events_after(self, seq: int, limit: int = 100) -> list[TimelineEvent]:
+    async def events_after(self, seq: int, limit: int = 100) -> list[FeedEvent]:
         return await self._read(lambda store: store.events_after(seq, limit))
 
     async def last_seq(self) -> int:

@@ -12,6 +12,8 @@ __all__ = ["RANK", "ProviderEvent", "Status"]
 
 
 class Status(StrEnum):
+    """mqd's status vocabulary (docs/tracking.md): a message's, a recipient's, an event's."""
+
     # mqd's own, in the order a message meets them
     ACCEPTED = "accepted"  # claimed from a spool
     REJECTED = "rejected"  # refused at intake (malformed, sender not allowed): in failed/
