@@ -1,5 +1,5 @@
-"""Events (mqd.events): one frozen class per kind, with the typed fields its emitter fills, and
-the time of the emitter's clock; a daemon run publishes each kind to plugins."""
+"""Events (mqd.events, exported by mqd): one frozen class per kind, with the typed fields its
+emitter fills and the time of the emitter's clock; a daemon run publishes each kind to plugins."""
 
 from __future__ import annotations
 
@@ -7,12 +7,7 @@ import dataclasses
 
 import pytest
 
-from mqd import hookimpl
-from mqd.admin.client import offline
-from mqd.clock import ManualClock
-from mqd.daemon.root import Daemon
-from mqd.events import (
-    EVENT_TYPES,
+from mqd import (
     Bounced,
     Claimed,
     Completed,
@@ -23,13 +18,19 @@ from mqd.events import (
     EventKind,
     Failed,
     MessageEvent,
+    PluginHost,
     Queued,
+    QueueEntry,
     RecipientEvent,
+    RecipientState,
     Rejected,
+    Reply,
+    hookimpl,
 )
-from mqd.message.reply import Reply
-from mqd.plugins.host import PluginHost
-from mqd.queue.entry import QueueEntry, RecipientState
+from mqd.admin.client import offline
+from mqd.clock import ManualClock
+from mqd.daemon.root import Daemon
+from mqd.events import EVENT_TYPES
 from mqd.relays.memory import MemoryRelay
 from mqd.testing import Harness, make_message
 

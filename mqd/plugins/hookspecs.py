@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from mqd.queue.entry import QueueEntry, RecipientState
     from mqd.relays.base import Relay
 
-__all__ = ["hookimpl", "hookspec"]
+__all__ = ["RegisterRelay", "hookimpl", "hookspec"]
 
 hookspec = pluggy.HookspecMarker("mqd")
 hookimpl = pluggy.HookimplMarker("mqd")
