@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
     from typing import Any
 
     from mqd.config.options import Options, Secret
+    from mqd.config.schema import Config, SpoolConfig
     from mqd.errors import (
         ConfigError,
         MessageParseError,
@@ -29,33 +30,71 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
         SpoolError,
         TransientRelayError,
     )
-    from mqd.message.envelope import Envelope
+    from mqd.events import (
+        Bounced,
+        Claimed,
+        Completed,
+        Deferred,
+        Deleted,
+        Delivered,
+        Event,
+        EventKind,
+        Failed,
+        MessageEvent,
+        Queued,
+        RecipientEvent,
+        Rejected,
+    )
+    from mqd.message.envelope import Envelope, ParsedMessage
     from mqd.message.reply import Outcome, Reply
-    from mqd.plugins.hookspecs import hookimpl
+    from mqd.plugins.hookspecs import RegisterRelay, hookimpl
+    from mqd.plugins.host import PluginHost
     from mqd.plugins.webhooks import Webhook, WebhookRejected, WebhookReply, WebhookRequest
+    from mqd.queue.entry import QueueEntry, RcptStatus, RecipientState
     from mqd.relays.base import DeliveryResult, Relay
     from mqd.tracking.vocabulary import ProviderEvent, Status
     from mqd.version import __version__
 
 #: Public name -> the module that defines it.
 _LAZY = {
+    "Bounced": "mqd.events",
+    "Claimed": "mqd.events",
+    "Completed": "mqd.events",
+    "Config": "mqd.config.schema",
     "ConfigError": "mqd.errors",
+    "Deferred": "mqd.events",
+    "Deleted": "mqd.events",
+    "Delivered": "mqd.events",
     "DeliveryResult": "mqd.relays.base",
     "Envelope": "mqd.message.envelope",
+    "Event": "mqd.events",
+    "EventKind": "mqd.events",
+    "Failed": "mqd.events",
     "MQDError": "mqd.errors",
+    "MessageEvent": "mqd.events",
     "MessageParseError": "mqd.errors",
     "Options": "mqd.config.options",
     "Outcome": "mqd.message.reply",
+    "ParsedMessage": "mqd.message.envelope",
     "PermanentRelayError": "mqd.errors",
     "PluginError": "mqd.errors",
+    "PluginHost": "mqd.plugins.host",
     "PolicyError": "mqd.errors",
     "ProviderEvent": "mqd.tracking.vocabulary",
+    "QueueEntry": "mqd.queue.entry",
     "QueueError": "mqd.errors",
     "QueueLockedError": "mqd.errors",
+    "Queued": "mqd.events",
+    "RcptStatus": "mqd.queue.entry",
+    "RecipientEvent": "mqd.events",
+    "RecipientState": "mqd.queue.entry",
+    "RegisterRelay": "mqd.plugins.hookspecs",
+    "Rejected": "mqd.events",
     "Relay": "mqd.relays.base",
     "RelayError": "mqd.errors",
     "Reply": "mqd.message.reply",
     "Secret": "mqd.config.options",
+    "SpoolConfig": "mqd.config.schema",
     "SpoolError": "mqd.errors",
     "Status": "mqd.tracking.vocabulary",
     "TransientRelayError": "mqd.errors",
@@ -63,28 +102,49 @@ _LAZY = {
     "WebhookRejected": "mqd.plugins.webhooks",
     "WebhookReply": "mqd.plugins.webhooks",
     "WebhookRequest": "mqd.plugins.webhooks",
-    "hookimpl": "mqd.plugins.hookspecs",
     "__version__": "mqd.version",
+    "hookimpl": "mqd.plugins.hookspecs",
 }
 
 __all__ = [
+    "Bounced",
+    "Claimed",
+    "Completed",
+    "Config",
     "ConfigError",
+    "Deferred",
+    "Deleted",
+    "Delivered",
     "DeliveryResult",
     "Envelope",
+    "Event",
+    "EventKind",
+    "Failed",
     "MQDError",
+    "MessageEvent",
     "MessageParseError",
     "Options",
     "Outcome",
+    "ParsedMessage",
     "PermanentRelayError",
     "PluginError",
+    "PluginHost",
     "PolicyError",
     "ProviderEvent",
+    "QueueEntry",
     "QueueError",
     "QueueLockedError",
+    "Queued",
+    "RcptStatus",
+    "RecipientEvent",
+    "RecipientState",
+    "RegisterRelay",
+    "Rejected",
     "Relay",
     "RelayError",
     "Reply",
     "Secret",
+    "SpoolConfig",
     "SpoolError",
     "Status",
     "TransientRelayError",

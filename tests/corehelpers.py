@@ -7,11 +7,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from dataclasses import fields
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
+from mqd.events import EVENT_TYPES, Event, EventKind
 from mqd.plugins.host import PluginHost
 from mqd.producer.inject import inject
 
@@ -47,6 +49,37 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+#: What ``make_event`` gives each field a test leaves out.
+EVENT_DEFAULTS: dict[str, object] = {
+    "file": "a.eml",
+    "spool": "/spool",
+    "stage": "intake",
+    "reason": "refused",
+    "sender": "app@example.com",
+    "recipients": ("bob@example.net",),
+    "relay": "mem",
+    "route": ("mem",),
+    "message_id_header": None,
+    "recipient": "bob@example.net",
+    "reply": "250 2.0.0 OK",
+    "provider_id": None,
+    "elapsed": 0.0,
+    "age": 0.0,
+    "next_attempt_at": 0.0,
+    "status_code": None,
+    "dsn_sent": False,
+}
+
+
+def make_event(kind: EventKind, message_id: str, *, time: float = 0.0, **given: object) -> Event:
+    """An event of ``kind`` (its class from ``EVENT_TYPES``) with the fields ``given`` and
+    ``EVENT_DEFAULTS`` for the rest; a field the class does not have is a TypeError."""
+    cls = EVENT_TYPES[kind]
+    names = {f.name for f in fields(cls)} - {"message_id", "time"}
+    values = {name: EVENT_DEFAULTS[name] for name in names} | given
+    return cls(message_id=message_id, time=time, **values)  # type: ignore[arg-type]
 
 
 #: The account of the STARTTLS + AUTH test server.

@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from corehelpers import drop, make_message
@@ -21,12 +22,14 @@ from mqd.config.load import load_config
 from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.errors import TransientRelayError
-from mqd.events import Event, EventKind
+from mqd.events import Bounced, Deferred, Delivered, Event
 from mqd.message.reply import Reply
 from mqd.plugins.hookspecs import hookimpl
 from mqd.plugins.host import PluginHost
 from mqd.relays.memory import MemoryRelay
 from mqd.testing.harness import queued_entries
+
+E = TypeVar("E", bound=Event)
 
 
 class Recorder:
@@ -39,14 +42,10 @@ class Recorder:
 
     def delivered_by(self) -> dict[str, str]:
         """recipient -> relay that delivered it."""
-        return {
-            e.data["recipient"]: e.data["relay"]
-            for e in self.events
-            if e.kind is EventKind.DELIVERED
-        }
+        return {e.recipient: e.relay for e in self.events if isinstance(e, Delivered)}
 
-    def kinds(self, kind: EventKind) -> list[Event]:
-        return [e for e in self.events if e.kind is kind]
+    def of(self, kind: type[E]) -> list[E]:
+        return [e for e in self.events if isinstance(e, kind)]
 
 
 @pytest.fixture
@@ -152,7 +151,7 @@ async def test_transient_recipients_move_to_the_next_relay_in_the_same_attempt(
         "app@example.com": "primary",  # carol's bounce, along the same route
     }
     # A permanent answer is final: carol is not offered to the backup, and she bounces.
-    assert [e.data["recipient"] for e in recorder.kinds(EventKind.BOUNCED)] == ["carol@example.net"]
+    assert [e.recipient for e in recorder.of(Bounced)] == ["carol@example.net"]
     assert MemoryRelay.instances["backup"].sent[0].recipients == ("bob@example.net",)
     failed = json.loads(next((queue_dir / "failed").glob("*.json")).read_text())
     by_address = {r["address"]: r for r in failed["recipients"]}
@@ -241,8 +240,8 @@ async def test_all_relays_down_defers_with_one_counted_attempt(
     [entry] = queued_entries(config)
     assert entry.attempts == 1
     assert entry.recipients[0].status.value == "pending"
-    assert [e.data["relay"] for e in recorder.kinds(EventKind.DEFERRED)] == ["backup"]
-    assert recorder.kinds(EventKind.BOUNCED) == []
+    assert [e.relay for e in recorder.of(Deferred)] == ["backup"]
+    assert recorder.of(Bounced) == []
 
 
 # -- quotas -----------------------------------------------------------------------------------
@@ -261,7 +260,7 @@ async def test_an_hourly_quota_holds_a_burst_without_counting_or_bouncing(
     held = queued_entries(config)
     assert len(held) == 3
     assert all(e.attempts == 0 and e.history == [] for e in held)
-    assert recorder.kinds(EventKind.BOUNCED) == [] and recorder.kinds(EventKind.DEFERRED) == []
+    assert recorder.of(Bounced) == [] and recorder.of(Deferred) == []
     assert not list((queue_dir / "failed").iterdir())
     assert any("reached its per-hour quota" in r.getMessage() for r in caplog.records)
     # The count survives a restart: the next daemon does not send the held three either.
@@ -300,7 +299,7 @@ async def test_a_per_second_quota_paces_a_burst(config_for, spool, events_host, 
         drop(spool, to=(f"user{n}@example.net",))
     await (await start(config, events_host)).run()
 
-    times = sorted(e.time for e in recorder.kinds(EventKind.DELIVERED))
+    times = sorted(e.time for e in recorder.of(Delivered))
     assert len(times) == count
     # A bucket of 4 then 4 per second: the n-th send (from 0) is no earlier than (n-3)/4 s after
     # the first. Lower bounds only: a slow machine cannot break them.

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from corehelpers import drop, make_message, run_once
+from corehelpers import drop, make_event, make_message, run_once
 from prometheus_client.parser import text_string_to_metric_families
 from smtpserver import SMTPPeer
 
@@ -364,12 +364,11 @@ async def test_observe_counts_and_never_raises(
         return metrics.registry.get_sample_value(name, labels)
 
     assert sample("mqd_messages_total", event="delivered") == 0
-    metrics.observe(
-        Event(EventKind.DELIVERED, "x1", {"relay": "sink", "elapsed": 0.3, "age": 42.0})
-    )
-    metrics.observe(Event(EventKind.DELIVERED, "x2", {"relay": "sink", "elapsed": "?"}))
-    metrics.observe(Event(EventKind.DEFERRED, "x3", {}))  # no relay: counted, not per relay
-    metrics.observe(Event(EventKind.CLAIMED, "x4", {"file": "a.eml"}))
+    metrics.observe(make_event(EventKind.DELIVERED, "x1", relay="sink", elapsed=0.3, age=42.0))
+    # A buggy emitter's event: it costs its duration, never the delivery.
+    metrics.observe(make_event(EventKind.DELIVERED, "x2", relay="sink", elapsed="?"))
+    metrics.observe(make_event(EventKind.DEFERRED, "x3", relay=None))  # counted, not per relay
+    metrics.observe(make_event(EventKind.CLAIMED, "x4"))
     assert sample("mqd_messages_total", event="delivered") == 2
     assert sample("mqd_messages_total", event="deferred") == 1
     assert sample("mqd_messages_total", event="claimed") is None

@@ -12,12 +12,19 @@ from pathlib import Path
 import pytest
 
 import mqd
-from mqd import DeliveryResult, Envelope, Relay, Reply, hookimpl
+from mqd import (
+    DeliveryResult,
+    Envelope,
+    Event,
+    EventKind,
+    PluginHost,
+    RegisterRelay,
+    Relay,
+    Reply,
+    hookimpl,
+)
 from mqd.config.load import load_config
 from mqd.errors import ConfigError, PluginError
-from mqd.events import Event, EventKind
-from mqd.plugins.hookspecs import RegisterRelay
-from mqd.plugins.host import PluginHost
 from mqd.relays.build import build_relays
 from mqd.relays.memory import MemoryRelay
 from mqd.testing import Harness, make_message

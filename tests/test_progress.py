@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from corehelpers import make_message
+from corehelpers import make_event, make_message
 
 from mqd.cli.main import cli
 from mqd.cli.progress import Bar, DeliveryProgress, count_due_work, counted, maybe_bar, wanted
-from mqd.events import Event, EventKind
+from mqd.events import EventKind
 from mqd.message.reply import Reply
 from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry, RecipientState
@@ -109,20 +109,20 @@ def test_a_log_line_first_clears_the_bar(terminal: FakeTerminal, log_on: logging
 def test_delivery_progress_counts_each_message_once() -> None:
     bar = Bar(3, "delivering", FakeTerminal())
     tracker = DeliveryProgress(bar)
-    for kind, message_id, data in [
+    for kind, message_id, given in [
         (EventKind.CLAIMED, "a", {}),
         (EventKind.QUEUED, "a", {}),
         (EventKind.DELIVERED, "a", {}),
         (EventKind.COMPLETED, "a", {}),
         (EventKind.DEFERRED, "b", {}),
-        (EventKind.DEFERRED, "b", {}),  # a second recipient of the same message
+        (EventKind.DEFERRED, "b", {"recipient": "carol@example.net"}),  # the same message
         (EventKind.BOUNCED, "c", {"dsn_sent": True}),
         (EventKind.BOUNCED, "c", {"dsn_sent": True}),  # one DSN for both recipients
         (EventKind.FAILED, "c", {}),
         (EventKind.BOUNCED, "d", {"dsn_sent": False}),  # from <>: no DSN
         (EventKind.REJECTED, "e", {}),
     ]:
-        tracker.mqd_track_event(Event(kind, message_id, data))
+        tracker.mqd_track_event(make_event(kind, message_id, **given))
     assert bar.position == 4  # a, b, c, e
     assert bar.length == 4  # 3 announced + the DSN of c
 

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
-from mqd.events import Event, EventKind
+from mqd.events import Claimed, Delivered, Queued
 from mqd.message.reply import Reply
 from mqd.testing import Harness, make_message
 from mqd.tracking import notify as notify_module
@@ -176,25 +176,30 @@ async def tracker_for(tmp_path: Path, **tracking: Any) -> AsyncIterator[Tracker]
 
 
 def dispatched(tracker: Tracker, mid: str = MID, provider_id: str = "PID-1") -> None:
-    tracker.observe(Event(EventKind.CLAIMED, mid, {"file": "a.eml", "spool": "/s"}))
+    now = time.time()
+    tracker.observe(Claimed(message_id=mid, time=now, file="a.eml", spool="/s"))
     tracker.observe(
-        Event(
-            EventKind.QUEUED,
-            mid,
-            {
-                "sender": "app@example.com",
-                "recipients": ["bob@example.net", "carol@example.net"],
-                "relay": "sg",
-                "message_id": "<p1@example.com>",
-            },
+        Queued(
+            message_id=mid,
+            time=now,
+            sender="app@example.com",
+            recipients=("bob@example.net", "carol@example.net"),
+            relay="sg",
+            route=("sg",),
+            message_id_header="<p1@example.com>",
         )
     )
     for rcpt in ("bob@example.net", "carol@example.net"):
         tracker.observe(
-            Event(
-                EventKind.DELIVERED,
-                mid,
-                {"recipient": rcpt, "relay": "sg", "provider_id": provider_id, "reply": "202"},
+            Delivered(
+                message_id=mid,
+                time=now,
+                recipient=rcpt,
+                reply="202",
+                relay="sg",
+                provider_id=provider_id,
+                elapsed=0.1,
+                age=0.1,
             )
         )
 
@@ -288,13 +293,16 @@ async def test_retention_prunes_old_events_and_messages(tmp_path: Path) -> None:
     async with tracker_for(tmp_path, retention="1h") as tracker:
         await asyncio.sleep(0.2)  # its own first pruning pass (at start-up) is done
         old = time.time() - 7200
-        tracker.observe(Event(EventKind.CLAIMED, MID, {}, time=old))
+        tracker.observe(Claimed(message_id=MID, time=old, file="a.eml", spool="/s"))
         tracker.observe(
-            Event(
-                EventKind.QUEUED,
-                MID,
-                {"sender": "a@example.com", "recipients": ["b@example.net"]},
+            Queued(
+                message_id=MID,
                 time=old,
+                sender="a@example.com",
+                recipients=("b@example.net",),
+                relay="mem",
+                route=("mem",),
+                message_id_header=None,
             )
         )
         dispatched(tracker, "0190000000aaaaaaaaaaaa")

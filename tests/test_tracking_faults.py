@@ -30,7 +30,7 @@ from test_tracking import App, dispatched, tracker_for
 from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.errors import TrackingError
-from mqd.events import Event, EventKind
+from mqd.events import Claimed
 from mqd.exitcodes import ExitCode
 from mqd.relays.memory import MemoryRelay
 from mqd.testing import Harness, make_message
@@ -493,7 +493,7 @@ async def test_a_paused_store_is_retried_with_backoff(
     try:
 
         async def claimed(mid: str) -> None:
-            tracker.observe(Event(EventKind.CLAIMED, mid, {}))
+            tracker.observe(Claimed(message_id=mid, time=time.time(), file="a.eml", spool="/s"))
             await tracker.flush()
 
         await claimed("0190000000000000000001")

@@ -22,7 +22,7 @@ from mqd.config.schema import Config
 from mqd.delivery.deliverer import Deliverer
 from mqd.delivery.guards import Guards
 from mqd.errors import MQDError
-from mqd.events import Event, EventKind
+from mqd.events import Deleted, Event
 from mqd.faults import Fault
 from mqd.queue.entry import RcptStatus
 from mqd.queue.store import EntryBusy, Listed, QueueStore, UnknownEntry
@@ -250,7 +250,7 @@ class QueueAdmin:
                 entry.sender,
                 len(entry.pending),
             )
-            self.node.emit(Event(EventKind.DELETED, entry.id, entry.summary()))
+            self.node.emit(Deleted.of(entry, self.clock.time()))
         return {"deleted": [entry.id for entry in deleted]}
 
     async def op_bounce(self, ids: list[str]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import click
 from mqd.admin.client import offline
 from mqd.config.schema import Config
 from mqd.errors import MQDError
-from mqd.events import Event, EventKind
+from mqd.events import Bounced, Event, EventKind
 from mqd.intake.spool import is_spool_name
 from mqd.plugins.hookspecs import hookimpl
 
@@ -166,7 +166,7 @@ class DeliveryProgress:
 
     @hookimpl
     def mqd_track_event(self, event: Event) -> None:
-        if event.kind is EventKind.BOUNCED and event.data.get("dsn_sent"):
+        if isinstance(event, Bounced) and event.dsn_sent:
             if event.message_id not in self._bounced:
                 self._bounced.add(event.message_id)
                 self.bar.grow(1)

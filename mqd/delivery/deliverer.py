@@ -17,7 +17,7 @@ from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import Config
 from mqd.delivery.guards import Guards
 from mqd.delivery.route import Walk, walk_route
-from mqd.events import Event, EventKind, EventSink
+from mqd.events import Bounced, Completed, Deferred, Delivered, EventSink, Failed
 from mqd.message.classify import classify_reply
 from mqd.message.reply import Outcome
 from mqd.plugins.host import PluginHost
@@ -139,15 +139,13 @@ class Deliverer:
         entry.next_attempt_at = now + max(self.backoff.delay(entry.attempts), walk.retry_after)
         for rcpt in deferred:
             self.emit(
-                Event(
-                    EventKind.DEFERRED,
-                    entry.id,
-                    {
-                        "recipient": rcpt.address,
-                        "reply": rcpt.reply,
-                        "next_attempt_at": entry.next_attempt_at,
-                        "relay": rcpt.relay,
-                    },
+                Deferred(
+                    message_id=entry.id,
+                    time=now,
+                    recipient=rcpt.address,
+                    reply=rcpt.reply,
+                    relay=rcpt.relay,
+                    next_attempt_at=entry.next_attempt_at,
                 )
             )
 
@@ -185,18 +183,17 @@ class Deliverer:
             },
         )
         if outcome is Outcome.DELIVERED:
+            now = self.clock.time()
             self.emit(
-                Event(
-                    EventKind.DELIVERED,
-                    entry.id,
-                    {
-                        "recipient": rcpt.address,
-                        "reply": rcpt.reply,
-                        "relay": rcpt.relay,
-                        "provider_id": provider_id,
-                        "elapsed": round(elapsed, 4),
-                        "age": round(self.clock.time() - entry.created_at, 3),
-                    },
+                Delivered(
+                    message_id=entry.id,
+                    time=now,
+                    recipient=rcpt.address,
+                    reply=rcpt.reply,
+                    relay=rcpt.relay,
+                    provider_id=provider_id,
+                    elapsed=round(elapsed, 4),
+                    age=round(now - entry.created_at, 3),
                 )
             )
 
@@ -216,10 +213,10 @@ class Deliverer:
         elif entry.has_failures:
             await self.store.fail(lease, entry, self._failure_record(entry), bounce=bounce)
             log.warning("%s failed: moved to the failed folder", entry.id)
-            self.emit(Event(EventKind.FAILED, entry.id, entry.summary()))
+            self.emit(Failed.of(entry, self.clock.time()))
         else:
             await self.store.complete(lease, entry)
-            self.emit(Event(EventKind.COMPLETED, entry.id, entry.summary()))
+            self.emit(Completed.of(entry, self.clock.time()))
 
     async def _bounce(
         self, entry: QueueEntry, failures: list[RecipientState], body: bytes | None
@@ -257,16 +254,14 @@ class Deliverer:
         for failure in failures:
             failure.notified = True
             self.emit(
-                Event(
-                    EventKind.BOUNCED,
-                    entry.id,
-                    {
-                        "recipient": failure.address,
-                        "reply": failure.reply,
-                        "status": failure.status_code,
-                        "dsn_sent": entry.may_bounce,
-                        "relay": failure.relay,
-                    },
+                Bounced(
+                    message_id=entry.id,
+                    time=self.clock.time(),
+                    recipient=failure.address,
+                    reply=failure.reply,
+                    relay=failure.relay,
+                    status_code=failure.status_code,
+                    dsn_sent=entry.may_bounce,
                 )
             )
         return bounce

@@ -38,7 +38,7 @@ from prometheus_client.metrics_core import (
 from mqd.config.schema import Config
 from mqd.delivery.circuit import CircuitState
 from mqd.delivery.guards import Guards
-from mqd.events import Event, EventKind
+from mqd.events import Delivered, Event, EventKind, RecipientEvent
 from mqd.http.listen import listen_error
 from mqd.queue.store import EntryState, QueueStore
 from mqd.version import __version__
@@ -143,18 +143,12 @@ class Metrics:
             return
         try:
             self.messages.labels(event.kind.value).inc()
-            if event.kind not in RECIPIENT_OUTCOMES:
-                return
-            relay = event.data.get("relay")
-            if not isinstance(relay, str):
-                return  # no relay was asked (refused at intake, or returned by the administrator)
-            self.relay_deliveries.labels(relay, event.kind.value).inc()
-            if event.kind is EventKind.DELIVERED:
-                elapsed, age = event.data.get("elapsed"), event.data.get("age")
-                if isinstance(elapsed, int | float):
-                    self.duration.labels(relay).observe(max(0.0, elapsed))
-                if isinstance(age, int | float):
-                    self.age.observe(max(0.0, age))
+            if not isinstance(event, RecipientEvent) or event.relay is None:
+                return  # a message's event, or no relay was asked (an administrator's bounce)
+            self.relay_deliveries.labels(event.relay, event.kind.value).inc()
+            if isinstance(event, Delivered):
+                self.duration.labels(event.relay).observe(max(0.0, event.elapsed))
+                self.age.observe(max(0.0, event.age))
         except Exception:  # a bug here must cost a count, never a delivery
             log.exception("metrics: cannot count event %s", event.kind.value)
 

@@ -34,7 +34,8 @@ from collections.abc import Sequence
 from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import Config
 from mqd.errors import QueueError, SpoolError
-from mqd.events import Event, EventKind, EventSink
+from mqd.events import Claimed as ClaimedEvent  # not the claimed file: intake.spool.Claimed
+from mqd.events import EventSink, Queued, Rejected
 from mqd.faults import Fault
 from mqd.intake.entries import make_entry
 from mqd.intake.reading import Read, fsync_and_close, read_claimed_file
@@ -198,10 +199,11 @@ class Intake:
             spool = claimed.spool
             if not told:
                 self.emit(
-                    Event(
-                        EventKind.CLAIMED,
-                        claimed.entry_id,
-                        {"file": claimed.original_name, "spool": str(spool.path)},
+                    ClaimedEvent(
+                        message_id=claimed.entry_id,
+                        time=now,
+                        file=claimed.original_name,
+                        spool=str(spool.path),
                     )
                 )
             if read.parsed is not None and read.error is None:
@@ -226,8 +228,8 @@ class Intake:
         queued, accepted_all = await self._accept(accepted)
         if accepted and accepted_all:
             self.fault.cleared()
-        if refused and await self._refuse(refused):
-            self.refusing.cleared()
+        # Told before anything else is awaited: once the store has them, delivery may start
+        # (and tell its events) as soon as this coroutine lets the loop run.
         for item in queued:  # (taken again from the claim area too: it was never queued)
             entry = item.entry
             log.info(
@@ -239,7 +241,9 @@ class Intake:
                 ",".join(entry.relays),
                 entry.spool_name,
             )
-            self.emit(Event(EventKind.QUEUED, entry.id, entry.summary()))
+            self.emit(Queued.of(entry, self.clock.time()))
+        if refused and await self._refuse(refused):
+            self.refusing.cleared()
         return len(queued)
 
     async def _accept(self, accepted: list[Incoming]) -> tuple[list[Incoming], bool]:
@@ -283,7 +287,19 @@ class Intake:
                 claimed.spool.path,
                 read.error,
             )
-            self.emit(Event(EventKind.REJECTED, claimed.entry_id, self._record(read).to_dict()))
+            record = self._record(read)
+            self.emit(
+                Rejected(
+                    message_id=claimed.entry_id,
+                    time=self.clock.time(),
+                    stage=record.stage,
+                    reason=record.reason,
+                    spool=str(claimed.spool.path),
+                    file=claimed.original_name,
+                    sender=record.sender,
+                    recipients=tuple(r.address for r in record.recipients),
+                )
+            )
         return True
 
     @staticmethod

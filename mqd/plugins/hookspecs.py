@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from mqd.queue.entry import QueueEntry, RecipientState
     from mqd.relays.base import Relay
 
-__all__ = ["hookimpl", "hookspec"]
+__all__ = ["RegisterRelay", "hookimpl", "hookspec"]
 
 hookspec = pluggy.HookspecMarker("mqd")
 hookimpl = pluggy.HookimplMarker("mqd")
@@ -68,7 +68,13 @@ def mqd_build_bounce(
 
 @hookspec
 def mqd_track_event(event: Event) -> None:
-    """Observe an event (claimed, rejected, queued, delivered, deferred, bounced, failed).
+    """Observe an event: every state change of a message, in order.
 
-    Called on the daemon's event loop: return quickly and do not block.
+    ``event`` is one of the frozen classes of ``mqd.events`` (exported by ``mqd``): ``Claimed``,
+    ``Rejected``, ``Queued``, then per recipient ``Delivered``, ``Deferred`` or ``Bounced``, and
+    ``Completed``, ``Failed`` or ``Deleted``. Each has ``kind``, ``message_id`` (mqd's queue id)
+    and ``time``, and its kind's typed fields; tell them apart with ``isinstance`` or ``kind``.
+
+    Every implementation is called; one that raises is logged and skipped. Called on the
+    daemon's event loop: return quickly and do not block.
     """

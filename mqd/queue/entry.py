@@ -182,17 +182,6 @@ class QueueEntry:
             raise ValueError("no id or no recipients")
         return entry
 
-    def summary(self) -> dict[str, Any]:
-        """Log fields describing this entry."""
-        return {
-            "id": self.id,
-            "sender": self.sender or "<>",
-            "recipients": [r.address for r in self.recipients],
-            "relay": self.relay,
-            "route": self.relays,
-            "message_id": self.message_id,
-        }
-
 
 #: Fields whose values repeat across a queue's entries (ids, addresses and Message-IDs do not).
 _REPEATING = frozenset(

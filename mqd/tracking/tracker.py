@@ -18,7 +18,17 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from mqd.events import Event, EventKind
+from mqd.events import (
+    Bounced,
+    Claimed,
+    Deferred,
+    Delivered,
+    Event,
+    EventKind,
+    Queued,
+    RecipientEvent,
+    Rejected,
+)
 from mqd.tracking.answers import FeedEvent, MessageHistory, MessageSummary
 from mqd.tracking.eventstore import EventStore
 from mqd.tracking.keeper import StoreKeeper
@@ -53,53 +63,49 @@ _STATUS_OF: dict[EventKind, Status] = {
 
 
 def records_for(event: Event) -> list[Record]:
-    """The store records for one of the daemon's events (none for COMPLETED: the recipients'
-    own statuses already say it)."""
+    """The store records for one of the daemon's events (none for ``Completed``: the
+    recipients' own statuses already say it)."""
     status = _STATUS_OF.get(event.kind)
     if status is None:
         return []
-    data = event.data
     common: dict[str, Any] = {"message": event.message_id, "status": status, "at": event.time}
-    if event.kind is EventKind.CLAIMED:
-        return [Record(**common, detail={"file": data.get("file"), "spool": data.get("spool")})]
-    if event.kind is EventKind.REJECTED:
-        return [
-            Record(
-                **common,
-                reply=str(data.get("reason") or ""),
-                sender=data.get("sender"),
-                detail={"stage": data.get("stage"), "file": data.get("file")},
-            )
-        ]
-    if event.kind is EventKind.QUEUED:
-        sender = str(data.get("sender") or "")
-        return [
-            Record(
-                **common,
-                relay=data.get("relay"),
-                sender="" if sender == "<>" else sender,
-                message_id=data.get("message_id") or None,
-                recipients=tuple(data.get("recipients") or ()),
-                detail={"route": data.get("route")},
-            )
-        ]
-    if event.kind in (EventKind.FAILED, EventKind.DELETED):
-        return [Record(**common, detail={"path": data["path"]} if "path" in data else {})]
-    detail: dict[str, Any] = {}
-    if event.kind is EventKind.DEFERRED and data.get("next_attempt_at"):
-        detail["next_attempt_at"] = data["next_attempt_at"]
-    if event.kind is EventKind.BOUNCED:
-        detail = {"status": data.get("status"), "dsn_sent": data.get("dsn_sent")}
-    return [
-        Record(
-            **common,
-            recipient=data.get("recipient"),
-            relay=data.get("relay"),
-            provider_id=data.get("provider_id"),
-            reply=data.get("reply"),
-            detail=detail,
-        )
-    ]
+    match event:
+        case Claimed():
+            return [Record(**common, detail={"file": event.file, "spool": event.spool})]
+        case Rejected():
+            detail = {"stage": event.stage, "file": event.file}
+            return [Record(**common, reply=event.reason, sender=event.sender, detail=detail)]
+        case Queued():
+            return [
+                Record(
+                    **common,
+                    relay=event.relay,
+                    sender=event.sender,
+                    message_id=event.message_id_header,
+                    recipients=event.recipients,
+                    detail={"route": list(event.route)},
+                )
+            ]
+        case RecipientEvent():
+            return [
+                Record(
+                    **common,
+                    recipient=event.recipient,
+                    relay=event.relay,
+                    provider_id=event.provider_id if isinstance(event, Delivered) else None,
+                    reply=event.reply,
+                    detail=_recipient_detail(event),
+                )
+            ]
+    return [Record(**common)]  # Failed, Deleted: the message's final status
+
+
+def _recipient_detail(event: RecipientEvent) -> dict[str, Any]:
+    if isinstance(event, Deferred):
+        return {"next_attempt_at": event.next_attempt_at}
+    if isinstance(event, Bounced):
+        return {"status": event.status_code, "dsn_sent": event.dsn_sent}
+    return {}
 
 
 class Tracker:

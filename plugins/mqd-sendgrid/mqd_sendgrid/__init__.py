@@ -11,8 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from mqd import hookimpl
-from mqd.plugins.hookspecs import RegisterRelay
+from mqd import RegisterRelay, hookimpl
 
 if TYPE_CHECKING:
     from .convert import Conversion, to_sendgrid

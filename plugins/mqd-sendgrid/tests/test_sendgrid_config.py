@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import MakeRelay
-from mqd import ConfigError, Options
-from mqd.plugins.host import PluginHost
+from mqd import ConfigError, Options, PluginHost
 from mqd.testing import make_envelope, relay_from_table
 from sendgrid_fake import API_KEY, FakeSendGrid
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mqd import hookimpl
-from mqd.plugins.hookspecs import RegisterRelay
+from mqd import RegisterRelay, hookimpl
 
 if TYPE_CHECKING:
     from .relay import SESRelay

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mqd import ConfigError, Options
-from mqd.plugins.host import PluginHost
+from mqd import ConfigError, Options, PluginHost
 from ses_support import MakeRelay
 
 from mqd_ses import SESRelay
