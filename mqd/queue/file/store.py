@@ -87,6 +87,8 @@ class FileStore(FileAdmin, QueueStore):
         self._unsent: dict[str, QueueEntry] = {}
         #: Backlog bodies being read (lease waits for them rather than miss them).
         self._reading: asyncio.Future[None] | None = None
+        #: Backlog entries being read: counted against ``active_limit`` (two readers may race).
+        self._in_transit = 0
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -113,19 +115,14 @@ class FileStore(FileAdmin, QueueStore):
         self.node = self.layout.queue_key()
         self.schedule.node = self.node
         found = recover(self.layout, str(self.folder.directory))
-        if found.unread:
-            # Bodies accepted before a crash may not be on disk yet: one sync for all of them
-            # rather than an fsync each (100,000 of them cost ~25 s of fsyncs).
-            sync = getattr(os, "sync", None)
-            if sync is not None:
-                sync()
+        # Bodies accepted before a crash may not be on disk yet: one sync for all of them rather
+        # than an fsync each (100,000 of them cost ~25 s of fsyncs). (No os.sync on Windows.)
+        if found.unread and hasattr(os, "sync"):
+            os.sync()
         problem = self.folder.writable()
         if problem is not None:
-            log.warning(
-                "the failed folder cannot be written (%s): refused and failed messages wait "
-                "where they are until it can",
-                problem,
-            )
+            message = "the failed folder cannot be written (%s): refused and failed messages wait"
+            log.warning(message + " where they are until it can", problem)
         return found
 
     async def close(self) -> None:
@@ -235,7 +232,7 @@ class FileStore(FileAdmin, QueueStore):
 
     def _room_ahead(self) -> int:
         """How many more never-attempted entries may be read into memory now."""
-        return min(self.active_limit, READ_AHEAD) - len(self.fresh)
+        return min(self.active_limit, READ_AHEAD) - len(self.fresh) - self._in_transit
 
     async def lease_ids(self, ids: Sequence[str]) -> list[Lease]:
         await self._read_out_of_turn(ids)
@@ -354,8 +351,12 @@ class FileStore(FileAdmin, QueueStore):
         if not taken:
             return 0
         reading = self._reading = asyncio.get_running_loop().create_future()
+        self._in_transit += len(taken)
         try:
-            bodies = await asyncio.to_thread(self._read_bodies, taken)
+            try:  # (_take_in counts them as fresh before its first await: never both)
+                bodies = await asyncio.to_thread(self._read_bodies, taken)
+            finally:
+                self._in_transit -= len(taken)
         except BaseException:
             self.backlog.put_back(taken)
             raise
