@@ -53,6 +53,7 @@ async def test_one_queue_three_providers_routes_failover_and_quota(
 ) -> None:
     key = tmp_path / "sendgrid-key"
     key.write_text(API_KEY + "\n")
+    key.chmod(0o600)  # a secret file must not be readable by others
     second_spool = mqd_harness.root / "spool-marketing"
     mqd_harness.configure(
         relays(smtp_server, sendgrid, ses, key),

@@ -97,6 +97,7 @@ async def test_tracking_end_to_end(
     sg_private, sg_public = new_key_pair()
     api_key = tmp_path / "sendgrid-key"
     api_key.write_text(API_KEY + "\n")
+    api_key.chmod(0o600)  # a secret file must not be readable by others
     mqd_harness.configure(
         {
             "sendgrid": {
