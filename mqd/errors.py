@@ -38,6 +38,7 @@ __all__ = [
     "PolicyError",
     "QueueError",
     "QueueLockedError",
+    "QueueUnavailableError",
     "RelayError",
     "SpoolError",
     "TrackingError",
@@ -126,6 +127,10 @@ class QueueError(MQDError):
 
 class QueueLockedError(QueueError):
     """Another mqd process holds the lock on this queue directory."""
+
+
+class QueueUnavailableError(QueueError):
+    """The queue's database cannot be reached now (it may come back: try again later)."""
 
 
 class RelayError(MQDError):

@@ -6,7 +6,7 @@ on the same durable state.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,8 +28,10 @@ from mqd.queue.store import (
 
 
 @pytest.fixture(params=sorted(KITS))
-def kit(request: pytest.FixtureRequest, tmp_path: Path) -> StoreKit:
-    return KITS[request.param](tmp_path, ManualClock())
+def kit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreKit]:
+    kit = KITS[request.param](tmp_path, ManualClock())
+    yield kit
+    kit.close()
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from mqd.errors import (
     MQDError,
     QueueError,
     QueueLockedError,
+    QueueUnavailableError,
     TrackingError,
 )
 from mqd.exitcodes import ExitCode
@@ -46,6 +47,7 @@ _ERROR_CODES: tuple[tuple[type[MQDError], ExitCode], ...] = (
     (DirectoryError, ExitCode.CANTCREAT),
     (ConfigError, ExitCode.CONFIG),
     (QueueLockedError, ExitCode.TEMPFAIL),
+    (QueueUnavailableError, ExitCode.TEMPFAIL),
     (QueueError, ExitCode.CANTCREAT),
     (MessageParseError, ExitCode.DATAERR),
     (TrackingError, ExitCode.IOERR),
