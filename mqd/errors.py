@@ -38,6 +38,7 @@ __all__ = [
     "PolicyError",
     "QueueError",
     "QueueLockedError",
+    "QueueSchemaError",
     "QueueUnavailableError",
     "RelayError",
     "SpoolError",
@@ -131,6 +132,10 @@ class QueueLockedError(QueueError):
 
 class QueueUnavailableError(QueueError):
     """The queue's database cannot be reached now (it may come back: try again later)."""
+
+
+class QueueSchemaError(QueueError):
+    """The queue database's schema is missing, older or newer than this mqd knows."""
 
 
 class RelayError(MQDError):

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from mqd.cli.config import config, plugins
+from mqd.cli.db import db
 from mqd.cli.failed import failed
 from mqd.cli.history import events, history
 from mqd.cli.init import init
@@ -34,6 +35,7 @@ from mqd.errors import (
     MQDError,
     QueueError,
     QueueLockedError,
+    QueueSchemaError,
     QueueUnavailableError,
     TrackingError,
 )
@@ -48,6 +50,7 @@ _ERROR_CODES: tuple[tuple[type[MQDError], ExitCode], ...] = (
     (ConfigError, ExitCode.CONFIG),
     (QueueLockedError, ExitCode.TEMPFAIL),
     (QueueUnavailableError, ExitCode.TEMPFAIL),
+    (QueueSchemaError, ExitCode.CONFIG),
     (QueueError, ExitCode.CANTCREAT),
     (MessageParseError, ExitCode.DATAERR),
     (TrackingError, ExitCode.IOERR),
@@ -126,5 +129,6 @@ for _command in (
     failed,
     history,
     events,
+    db,
 ):
     cli.add_command(_command)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from psycopg.errors import UndefinedTable
 
-from mqd.errors import QueueError
+from mqd.errors import QueueSchemaError
 from mqd.queue.postgresql.connect import Conn
 
 __all__ = [
@@ -40,8 +40,8 @@ __all__ = [
 ]
 
 
-class SchemaError(QueueError):
-    """The database's mqd schema is missing, older or newer than this mqd knows."""
+#: The database's mqd schema is missing, older or newer than this mqd knows.
+SchemaError = QueueSchemaError
 
 
 #: One migration per version, applied in order (never edited once released: add one).
