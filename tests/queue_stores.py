@@ -85,6 +85,11 @@ class StoreKit(abc.ABC):
     def abandon(self, store: QueueStore) -> None:
         """What a crash does to ``store``: gone, without a word (its lock is let go)."""
 
+    def other(self) -> QueueStore | None:
+        """Another node on the same durable state, for a store shared by nodes (None: a store
+        one process holds, whose leases end with it)."""
+        return None
+
     def close(self) -> None:  # noqa: B027 (most kits have nothing to remove)
         """Remove this kit's durable state (a database's schema), when the test ends."""
 
@@ -132,6 +137,9 @@ class PostgresKit(StoreKit):
     def abandon(self, store: QueueStore) -> None:
         assert isinstance(store, PostgresStore)
         store.abandon()
+
+    def other(self) -> QueueStore:
+        return self.make(node="node-2")
 
     def close(self) -> None:
         self.schema.drop()

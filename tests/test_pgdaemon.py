@@ -3,6 +3,7 @@ the queue's config keys, ``mqd db``, and ``mqd run`` when the database is out of
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -71,6 +72,24 @@ async def test_a_daemon_on_postgresql_delivers_the_spool_and_bounces(
     assert b"perm-bob@example.net" in bounce.data
     assert list(spool.glob("*.eml")) == []
     assert await looked_at(schema) == (0, 1)  # delivered and gone; the failure in the folder
+
+
+async def test_the_failed_folder_commands_work_on_the_database(
+    pg_config: Config, host: PluginHost, spool: Path, smtp_server, tmp_path: Path, env
+) -> None:
+    drop(spool, make_message(to=("perm-bob@example.net",)))
+    await run_once(pg_config, host)
+    smtp_server.wait_for(1)  # the bounce
+    config = str(tmp_path / "mqd.toml")  # what sink_config wrote
+    listed = mqd("-c", config, "failed", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    [failed] = json.loads(listed.stdout)
+    assert failed["stage"] == "delivery" and failed["message_path"].startswith("postgresql:")
+    retried = mqd("-c", config, "failed", "retry", failed["id"], env=env)
+    assert retried.returncode == 0, retried.stderr
+    [again] = spool.glob("*.eml")  # back in the spool, for the failed recipient only
+    assert b"X-Receiver: <perm-bob@example.net>" in again.read_bytes()
+    assert json.loads(mqd("-c", config, "failed", "list", "--json", env=env).stdout) == []
 
 
 async def test_a_transient_failure_stays_queued_in_the_database(
