@@ -216,3 +216,18 @@ def test_mqd_run_names_an_unreachable_database_and_exits_75(
     assert result.returncode == ExitCode.TEMPFAIL, result.stderr
     assert "cannot reach the queue database postgresql://mqd@127.0.0.1:1/mqd" in result.stderr
     assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+def test_a_reload_keeps_the_queue_it_runs_on(sink_config: Callable[..., Config]) -> None:
+    from mqd.daemon.reload import _check_same_store
+
+    on = sink_config(queue='store = "postgresql"\ndsn = "postgresql://db/mqd"\nnode = "n1"')
+    _check_same_store(on, sink_config(queue=on_lines("n1") + "\nconcurrency = 5"))
+    for other in (on_lines("n2"), 'store = "file"'):
+        with pytest.raises(ConfigError, match="needs a restart") as caught:
+            _check_same_store(on, sink_config(queue=other))
+        assert caught.value.key == "queue.store"
+
+
+def on_lines(node: str) -> str:
+    return f'store = "postgresql"\ndsn = "postgresql://db/mqd"\nnode = "{node}"'
