@@ -134,6 +134,7 @@ def test_the_password_file_follows_the_secret_rules(
         ('store = "postgresql"\ndsn = "db.example.com"', "queue.dsn", "connection string"),
         ('store = "postgresql"\ndsn = "postgresql://db/mqd"\nnode = "a b"', "queue.node", "web-1"),
         ('dsn = "postgresql://db/mqd"', "queue.dsn", 'store = "postgresql" only'),
+        ('store = "postgresql"\ndsn = "postgresql://db"\nworkers = 2', "queue.workers", "nodes"),
     ],
 )
 def test_bad_store_keys_name_the_key(

@@ -82,6 +82,14 @@ def parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         store=store,
         database=database,
     )
+    if config.store == "postgresql" and config.workers > 1:
+        opts.report(
+            opts.error(
+                "workers",
+                'is 1 with store = "postgresql" for now: run more nodes (each its own '
+                "queue.node) to use more cores",
+            )
+        )
     if config.workers > MAX_WORKERS:
         opts.report(opts.error("workers", f"at most {MAX_WORKERS}"))
     if config.shutdown_timeout < 0:

@@ -5,8 +5,9 @@ as intake made it; with a plugin host it checks the policy again (a daemon), wit
 reads (a command looking at a stopped queue).
 
 The PostgreSQL store (``queue.store = "postgresql"``) is imported only when a config names it:
-psycopg is an optional dependency (``mqd[postgresql]``). With ``queue.workers`` above 1 each
-worker is a node of its own in the shared queue (``<node>.w<n>`` for workers 2..N).
+psycopg is an optional dependency (``mqd[postgresql]``). The config keeps ``queue.workers`` at 1
+with it for now (administration asks every worker, and each would answer for the whole shared
+queue); ``node_name`` already names workers 2..N ``<node>.w<n>`` for when that is lifted.
 """
 
 from __future__ import annotations
