@@ -24,7 +24,7 @@ from mqd.queue.postgresql.connect import Database, redacted
 from mqd.queue.postgresql.failed import PgFailedFolder
 from mqd.queue.postgresql.schema import SCHEMA_VERSION, SchemaError, script, upgrade
 from mqd.queue.postgresql.store import LEASE_TIME, PostgresStore
-from mqd.queue.store import Bounce, EntryState, Incoming, LeaseLost, QueueStore
+from mqd.queue.store import Bounce, EntryState, Incoming, LeaseLost, QueueStore, Refused
 
 
 @pytest.fixture
@@ -203,6 +203,11 @@ async def test_fail_moves_the_message_to_a_failed_folder_every_node_sees(nodes, 
     async with folder.changing():
         await folder.remove(message)
     assert await b.failed.messages() == []
+    await a.refuse([Refused("old", FailureRecord("policy", "no"), b"x")])
+    clock.advance(60)
+    await a.refuse([Refused("new", FailureRecord("policy", "no"), b"x")])
+    assert await folder.prune(clock.time() - 30) == ["old"]
+    assert [m.id for m in await folder.messages()] == ["new"]
 
 
 # -- the schema and the database ------------------------------------------------------------------

@@ -113,6 +113,14 @@ class PgFailedFolder(FailedFolder):
             return 0
         return int(row[0]) if row else 0
 
+    async def prune(self, before: float) -> list[str]:
+        """One statement for the whole fleet's folder."""
+        async with self._conn() as conn:
+            cursor = await conn.execute(
+                "DELETE FROM mqd_failed WHERE failed_at < %s RETURNING id", (before,)
+            )
+            return sorted(row[0] for row in await cursor.fetchall())
+
     @contextlib.asynccontextmanager
     async def changing(self) -> AsyncIterator[None]:
         """One changer at a time across the fleet: a session advisory lock held meanwhile."""

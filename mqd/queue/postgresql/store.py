@@ -28,7 +28,7 @@ from mqd.queue.entry import QueueEntry
 from mqd.queue.failed import FailureRecord
 from mqd.queue.postgresql import admin
 from mqd.queue.postgresql import statements as q
-from mqd.queue.postgresql.connect import Conn, Database, connect, translated, unavailable
+from mqd.queue.postgresql.connect import Conn, Database, translated, unavailable
 from mqd.queue.postgresql.failed import PgFailedFolder, insert_failed
 from mqd.queue.postgresql.outcomes import leases_from, remember_delivered, write_outcome
 from mqd.queue.postgresql.rows import delivered_json, insert_entries
@@ -90,21 +90,26 @@ class PostgresStore(QueueStore):
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def open(self) -> list[str]:
-        notes: list[str] = []
-        probe = await connect(self.database)
+        # Connected, this node's name is ours, the schema is the one this mqd knows.
+        self.channel = await self.session.open(self._check_schema)
         try:
-            async with translated(self.database, "reading the schema version"):
-                (await schema_status(probe)).require()
-        finally:
-            await probe.close()
-        self.channel = await self.session.open()
+            return await self._recover()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _check_schema(self, conn: Conn) -> None:
+        async with translated(self.database, "reading the schema version"):
+            (await schema_status(conn)).require()
+
+    async def _recover(self) -> list[str]:
         pool = self.database.pool(max_size=self.pool_size)
         try:
             await pool.open(wait=True, timeout=30.0)
         except Exception as exc:
-            await self.session.close()
             raise unavailable(self.database, exc) from exc
         self._pool = pool
+        notes: list[str] = []
         async with self._tx("recovering this node's leases") as conn:
             cursor = await conn.execute(q.RECOVER, (self.node,))
             given_back = await cursor.fetchall()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import psycopg
 from psycopg import sql
@@ -82,8 +82,9 @@ class NodeSession:
         self.channel = ""
         self._reader: asyncio.Task[None] | None = None
 
-    async def open(self) -> str:
-        """Connect, take the node's lock, listen; returns the channel NOTIFY goes to."""
+    async def open(self, check: Callable[[Conn], Awaitable[None]] | None = None) -> str:
+        """Connect, take the node's lock, ``check`` the database, listen; returns the channel
+        NOTIFY goes to. (Once it listens, the connection is the listener's alone.)"""
         conn = await connect(self.database, autocommit=True)
         try:
             for attempt in range(LOCK_TRIES):
@@ -98,6 +99,8 @@ class NodeSession:
                     f"another mqd runs as node {self.node!r} on {self.database.shown}: each "
                     "node needs a name of its own (queue.node)"
                 )
+            if check is not None:
+                await check(conn)
             cursor = await conn.execute("SELECT current_schema()")
             schema = await cursor.fetchone()
             self.channel = f"mqd_queue_{schema[0] if schema else 'public'}"
