@@ -12,9 +12,14 @@ from mqd.queue.failed import FailureRecord
 from mqd.queue.postgresql import statements as q
 from mqd.queue.postgresql.connect import Conn
 from mqd.queue.postgresql.rows import delivered_json, entry_from, insert_entries, merge_delivered
-from mqd.queue.store import Bounce, Lease
+from mqd.queue.store import Bounce, Lease, LeaseLost
 
-__all__ = ["leases_from", "remember_delivered", "write_outcome"]
+__all__ = ["MAY_HAVE_GONE", "leases_from", "lost", "remember_delivered", "write_outcome"]
+
+MAY_HAVE_GONE = (
+    "taken over from a node that stopped while sending it: it may have gone out already, "
+    "and goes out again (at least once)"
+)
 
 
 def leases_from(rows: Sequence[tuple[Any, ...]], node: str) -> tuple[list[Lease], list[str]]:
@@ -64,3 +69,10 @@ async def remember_delivered(conn: Conn, entry: QueueEntry) -> None:
     now never sends to them again."""
     for address, recipient in delivered_json(entry):
         await conn.execute(q.REMEMBER, {"id": entry.id, "address": address, "r": recipient})
+
+
+def lost(lease: Lease) -> LeaseLost:
+    return LeaseLost(
+        f"{lease.entry.id}: its lease was revoked or taken by another node (deleted meanwhile, "
+        "or this node did not renew it in time)"
+    )

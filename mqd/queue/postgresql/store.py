@@ -30,7 +30,13 @@ from mqd.queue.postgresql import admin
 from mqd.queue.postgresql import statements as q
 from mqd.queue.postgresql.connect import Conn, Database, translated, unavailable
 from mqd.queue.postgresql.failed import PgFailedFolder, insert_failed
-from mqd.queue.postgresql.outcomes import leases_from, remember_delivered, write_outcome
+from mqd.queue.postgresql.outcomes import (
+    MAY_HAVE_GONE,
+    leases_from,
+    lost,
+    remember_delivered,
+    write_outcome,
+)
 from mqd.queue.postgresql.rows import delivered_json, insert_entries
 from mqd.queue.postgresql.schema import schema_status
 from mqd.queue.postgresql.wake import NodeSession, Waker
@@ -39,7 +45,6 @@ from mqd.queue.store import (
     Bounce,
     Incoming,
     Lease,
-    LeaseLost,
     Listed,
     QueueCounts,
     QueueStore,
@@ -55,10 +60,6 @@ LEASE_TIME = 60.0
 #: Accepted ids are remembered this long (a crash between intake's commit and the removal of
 #: its claimed files is caught up with much sooner).
 ACCEPTED_RETENTION = 7 * 86400.0
-_MAY_HAVE_GONE = (
-    "taken over from a node that stopped while sending it: it may have gone out already, "
-    "and goes out again (at least once)"
-)
 
 
 class PostgresStore(QueueStore):
@@ -122,7 +123,7 @@ class PostgresStore(QueueStore):
         for entry_id, was_dispatching in given_back:
             if was_dispatching:
                 self.redispatched += 1
-                log.warning("%s: %s", entry_id, _MAY_HAVE_GONE)
+                log.warning("%s: %s", entry_id, MAY_HAVE_GONE)
         self._poller = asyncio.create_task(self.waker.poll(), name="mqd-queue-poll")
         return notes
 
@@ -208,7 +209,7 @@ class PostgresStore(QueueStore):
         leases, taken_over = leases_from(rows, self.node)
         for entry_id in taken_over:
             self.redispatched += 1
-            log.warning("%s: %s", entry_id, _MAY_HAVE_GONE)
+            log.warning("%s: %s", entry_id, MAY_HAVE_GONE)
         return leases
 
     async def lease_ids(self, ids: Sequence[str]) -> list[Lease]:
@@ -259,7 +260,7 @@ class PostgresStore(QueueStore):
                 q.DISPATCHING, self._fence(lease, expires=now + self.lease_time)
             )
             if await cursor.fetchone() is None:
-                raise _lost(lease)
+                raise lost(lease)
 
     def _state(self, entry: QueueEntry, **extra: object) -> dict[str, object]:
         state = entry.to_json().decode()
@@ -269,7 +270,7 @@ class PostgresStore(QueueStore):
         async with self._tx("saving an entry") as conn:
             cursor = await conn.execute(q.CHECKPOINT, {**self._fence(lease), **self._state(entry)})
             if await cursor.fetchone() is None:
-                raise _lost(lease)
+                raise lost(lease)
 
     async def save(self, lease: Lease, entry: QueueEntry, *, bounce: Bounce | None = None) -> None:
         now = self.clock.time()
@@ -324,7 +325,7 @@ class PostgresStore(QueueStore):
             if delivered_json(entry):
                 async with self._tx("keeping delivered recipients") as conn:
                     await remember_delivered(conn, entry)
-            raise _lost(lease)
+            raise lost(lease)
         self.waker.wake()
 
     async def release(self, lease: Lease, *, not_before: float | None = None) -> None:
@@ -394,10 +395,3 @@ class PostgresStore(QueueStore):
     async def save_state(self, name: str, data: bytes) -> None:
         async with self._tx("saving the node's state") as conn:
             await conn.execute(q.SAVE_STATE, (self.node, name, data))
-
-
-def _lost(lease: Lease) -> LeaseLost:
-    return LeaseLost(
-        f"{lease.entry.id}: its lease was revoked or taken by another node (deleted meanwhile, "
-        "or this node did not renew it in time)"
-    )
