@@ -232,3 +232,43 @@ def test_a_reload_keeps_the_queue_it_runs_on(sink_config: Callable[..., Config])
 
 def on_lines(node: str) -> str:
     return f'store = "postgresql"\ndsn = "postgresql://db/mqd"\nnode = "{node}"'
+
+
+async def test_two_daemons_on_one_queue_deliver_each_message_once(
+    write_config, tmp_path: Path, schema: PgSchema, smtp_server, host: PluginHost
+) -> None:
+    import asyncio
+
+    from mqd.config.load import load_config
+    from mqd.daemon.root import Daemon
+
+    configs = []
+    for node in ("node-a", "node-b"):
+        (tmp_path / node / "spool").mkdir(parents=True)
+        text = f"""
+            [queue]
+            dir = "{tmp_path / node / "queue"}"
+            store = "postgresql"
+            dsn = "{schema.dsn}"
+            node = "{node}"
+            concurrency = 4
+            [[spool]]
+            path = "{tmp_path / node / "spool"}"
+            relay = "sink"
+            allowed_senders = ["app@example.com"]
+            [relays.sink]
+            plugin = "smtp"
+            host = "127.0.0.1"
+            port = {smtp_server.port}
+            security = "none"
+            """
+        configs.append(load_config(write_config(text, name=f"{node}.toml")))
+    for config in configs:
+        for n in range(15):
+            drop(config.spools[0].path, make_message(to=(f"r{n}@example.net",)))
+    daemons = [Daemon(config, host=host, once=True, shutdown_timeout=5) for config in configs]
+    await asyncio.gather(*(daemon.run() for daemon in daemons))
+    received = smtp_server.wait_for(30)
+    ids = [m.data.split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in received]
+    assert len(set(ids)) == 30 and len(received) == 30  # every message, each once
+    assert await looked_at(schema) == (0, 0)
