@@ -17,7 +17,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 __all__ = ["DEFAULT_TIMEOUT", "MAX_INTERVAL", "wait_until", "wait_until_sync"]
 
@@ -41,11 +41,27 @@ def _intervals() -> Callable[[], float]:
     return step
 
 
+@overload
 async def wait_until(
-    condition: Callable[[], T | Awaitable[T]],
+    condition: Callable[[], Awaitable[T]],
+    what: str,
+    timeout: float = ...,  # noqa: ASYNC109 - a safety net, not an asyncio timeout
+) -> T: ...
+
+
+@overload
+async def wait_until(
+    condition: Callable[[], T],
+    what: str,
+    timeout: float = ...,  # noqa: ASYNC109 - a safety net, not an asyncio timeout
+) -> T: ...
+
+
+async def wait_until(
+    condition: Callable[[], Any],
     what: str,
     timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - a safety net, not an asyncio timeout
-) -> T:
+) -> Any:
     """Poll ``condition`` (a function, or one returning an awaitable) until its value is true,
     and return that value. Raises AssertionError naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
