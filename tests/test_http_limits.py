@@ -28,7 +28,7 @@ from smtpserver import SMTPPeer
 from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError
 from mqd.plugins.host import PluginHost
-from mqd.testing import wait_until_sync
+from mqd.testing import wait_until, wait_until_sync
 from mqd.testing.harness import Harness
 
 TOKEN = "tökén-for-the-tests-5e1d"  # not ASCII: it must still match, as bytes
@@ -164,16 +164,16 @@ async def test_a_connection_beyond_max_connections_is_closed_unread(
             answer = await asyncio.wait_for(reader.read(), 10)
             assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
             writer.close()
+
             # Its place is free again: a new client is served (once the server saw it go).
-            deadline = time.monotonic() + 10
-            while True:
+            async def served_again() -> int | None:
                 try:
                     status, _ = await exchange(port, get(b"/api/v1/status"))
-                    break
                 except ConnectionError:
-                    assert time.monotonic() < deadline, "no place freed for a new connection"
-                    await asyncio.sleep(0.05)
-            assert status == 200
+                    return None
+                return status
+
+            assert await wait_until(served_again, "a place freed for a new connection", 10) == 200
             assert not await closed_by_server(first[0], 0.1)  # idle, within header_timeout
             first[1].close()
             assert daemon.http is not None and daemon.http.gate.refused >= 1

@@ -241,6 +241,11 @@ def start_workers(daemons: list[DaemonProcess], config: Path, workers: int) -> D
     return run
 
 
+def first_stop_taken(log: Path) -> bool:
+    """Worker 1 took a stop request: it passed it on to worker 2, who says so."""
+    return "[worker 2] mqd.daemon: stopping: worker 1 stops" in log.read_text()
+
+
 def sockets_up(config: Path, workers: int) -> Callable[[], bool]:
     queue = load_config(config).queue
     return lambda: all((d / "control.sock").exists() for d in queue.worker_dirs[:workers])
@@ -421,10 +426,12 @@ def test_only_worker_1_talks_to_systemd(
     try:
         assert notify.receive().get("READY") == "1"
         wait_until_sync(sockets_up(config, 3), "three control sockets")
-        time.sleep(0.5)  # a worker that had the socket would have said READY=1 by now
         proc.send_signal(signal.SIGTERM)
         notify.wait_for("STOPPING")
         assert proc.wait(40) == 0
+        # Every worker went through its start (a worker says READY=1, when it does, right after
+        # opening its control socket) and has exited with worker 1: what they sent is queued on
+        # the socket now, so nothing more can come.
         with pytest.raises(AssertionError, match="no notification"):
             notify.receive(timeout=0.5)
         assert [m for m in notify.received if m.get("READY") == "1"] == [notify.received[0]]
@@ -518,7 +525,8 @@ def test_a_second_sigterm_to_worker_1_hurries_every_worker(
     wait_until_sync(lambda: smtp_server.data_started >= 4, "deliveries in flight")
     started = time.monotonic()
     run.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    # Once worker 1 took the first (two signals at once may arrive as one), the second.
+    wait_until_sync(lambda: first_stop_taken(run.log), "worker 1 to start stopping", 10)
     run.proc.send_signal(signal.SIGTERM)
     assert run.proc.wait(15) == 0
     assert time.monotonic() - started < 15
