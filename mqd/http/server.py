@@ -25,6 +25,7 @@ from mqd.config.schema import HttpConfig, open_files_limit
 from mqd.errors import ConfigError, TrackingError
 from mqd.http import access
 from mqd.http.api import PREFIX, Api, BadQuery, error, json_error_for
+from mqd.http.charts import Charts
 from mqd.http.html import SECURITY_HEADERS, forbidden_page, page
 from mqd.http.listen import ConnectionGate, GatedSite, listen_error
 from mqd.http.view import View
@@ -111,6 +112,7 @@ class HttpServer:
         app.router.add_route("*", WEBHOOK_PREFIX + "{relay}", self.webhook)
         app.router.add_routes(Api(self.site).routes())
         app.router.add_routes(View(self.site).routes())
+        app.router.add_routes(Charts(self.site).routes())
         app.on_response_prepare.append(_add_headers)
         return app
 
