@@ -166,7 +166,7 @@ def test_hostile_names_are_escaped_in_the_svg() -> None:
     activity.relay_totals[hostile] = {"delivered": 1}
     activity.senders['"><svg onload=alert(1)>'] = [1, 0, 0]
     activity.sender_totals['"><svg onload=alert(1)>'] = {"delivered": 1}
-    text = render(activity, name="hour", called="the last hour", per="per minute", now=T0)
+    text = render(activity, name="hour", called="Last hour", per="per minute", now=T0)
     assert "<script>" not in text and "<svg onload" not in text
     for svg in re.findall(r"<svg .*?</svg>", text, re.S):
         parse(svg)

@@ -191,9 +191,10 @@ class Actions:
         return page("Confirm", body, here="/queue")
 
     def _done(self, action: str, ids: list[str], changed: list[str]) -> web.Response:
-        button, past, _ = ACTIONS[action]
+        button, past, what = ACTIONS[action]
         items = "".join(f"<li>{message_link(i)}</li>" for i in changed)
         body = f"<h1>{e(past.capitalize())}: {len(changed)} message(s)</h1>"
+        body += f'<p class="muted">{e(past.capitalize())}: {e(what)}.</p>' if changed else ""
         body += f'<ul class="plain done">{items}</ul>' if changed else ""
         if len(changed) < len(ids):
             body += (

@@ -28,8 +28,8 @@ __all__ = ["CHARTS_CSP", "Charts", "human_seconds"]
 
 #: name: (span, bucket, what the window is called, what a bucket is called)
 WINDOWS = {
-    "hour": (3600.0, 60.0, "the last hour", "per minute"),
-    "day": (86400.0, 900.0, "the last day", "per 15 minutes"),
+    "hour": (3600.0, 60.0, "Last hour", "per minute"),
+    "day": (86400.0, 900.0, "Last day", "per 15 minutes"),
 }
 OUTCOME_COLOURS = {"delivered": "#2e9d52", "deferred": "#e0a800", "failed": "#d6453d"}
 PALETTE = ("#3b6fd8", "#8e5bd6", "#1aa3a3", "#e07b24", "#c2417a", "#6b8e23")
@@ -169,13 +169,14 @@ def _totals_table(what: str, totals: dict[str, dict[str, int]], name_of: dict[st
 
 def render(activity: Activity, *, name: str, called: str, per: str, now: float) -> str:
     """The charts of ``activity`` as HTML: a heading, an SVG and a line of totals each."""
+    called = called.lower()
     window = activity.window
     labels, tips = _labels(window)
     outcomes = [Series(o, OUTCOME_COLOURS[o], activity.outcomes[o]) for o in OUTCOMES]
     totals = ", ".join(f"{s.name} {s.total:g}" for s in outcomes)
     parts = [
         f'<p class="muted" id="charts-at" data-window="{e(name)}">As of '
-        f"{e(time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now)))}, {e(called)} "
+        f"{e(time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now)))}: {e(called)}, "
         f"{e(per)}.</p>",
         f"<h2>Messages {e(per)} by outcome</h2>",
         bars(

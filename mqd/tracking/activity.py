@@ -30,6 +30,9 @@ OUTCOME_STATUSES = {
 }
 #: Upper bounds (seconds) of the latency histogram's bins; one more bin holds the rest.
 LATENCY_BOUNDS: tuple[float, ...] = (
+    0.05,
+    0.1,
+    0.25,
     0.5,
     1,
     2,
