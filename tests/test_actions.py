@@ -374,3 +374,36 @@ async def test_without_an_operator_token_nobody_can_act(
     finally:
         daemon.request_stop()
         await asyncio.wait_for(task, 10)
+
+
+async def test_a_new_operator_token_at_reload_signs_operators_out(
+    browser: Browser, caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon = browser.daemon
+    await browser.sign_in()
+    assert "Signed in as operator" in (await browser.get("/queue"))[1]
+    source = daemon.config.source
+    assert source is not None
+    text = source.read_text().replace(OPERATOR, "a-new-operator-token-after-reload")
+    source.write_text(text)
+    await daemon.reload()
+    assert "[http] changed" not in caplog.text  # applied now, not at the next restart
+    status, page = await browser.get("/queue")
+    assert status == 200 and "Sign in as operator" in page  # the old session is gone
+    assert (await browser.sign_in()).status == 403
+    assert (await browser.sign_in("a-new-operator-token-after-reload")).status == 303
+
+
+async def test_the_queue_page_escapes_what_the_message_and_the_server_say(
+    browser: Browser,
+) -> None:
+    hostile = '<script>alert("q")</script>'
+    MemoryRelay.instances["main"].replies[LATER] = Reply(451, hostile, "4.3.0")
+    entry = await deferred(browser.daemon)
+    await browser.sign_in()
+    for path in ("/queue", "/queue?state=deferred"):
+        status, page = await browser.get(path)
+        assert status == 200 and entry in page
+        assert "<script>alert" not in page and "&lt;script&gt;alert(&quot;q&quot;)" in page
+    status, page = await act(browser, "hold", [entry])  # the confirmation shows it too
+    assert status == 200 and "<script>alert" not in page
