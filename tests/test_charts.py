@@ -8,6 +8,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -15,12 +16,12 @@ from corehelpers import drop, make_message
 
 from mqd.config.load import load_config
 from mqd.daemon.root import Daemon
-from mqd.http.charts import CHARTS_CSP, REFRESH, SCRIPT_HASH, render
+from mqd.http.charts import CHARTS_CSP, REFRESH, SCRIPT_HASH, Charts, render
 from mqd.http.svg import Series, bars, nice_top
 from mqd.message.reply import Reply
 from mqd.plugins.host import PluginHost
 from mqd.relays.memory import MemoryRelay
-from mqd.tracking.activity import LATENCY_BOUNDS, Activity, Window, quantile
+from mqd.tracking.activity import LATENCY_BOUNDS, Activity, Window, joined, quantile
 from mqd.tracking.records import Record
 from mqd.tracking.sqlite import SQLiteStore
 from mqd.tracking.vocabulary import Status
@@ -119,6 +120,56 @@ def test_activity_keeps_the_delivery_latency_per_bucket(store: SQLiteStore) -> N
     assert p50[1] is None and p50[3] is None
     assert p50[0] is not None and 2 <= p50[0] <= 5
     assert p50[2] is not None and 60 <= p50[2] <= 120
+
+
+def test_adjacent_windows_join_into_the_whole(store: SQLiteStore) -> None:
+    whole = store.activity(Window(T0, 60, 5))
+    for cut in (1, 2, 4):
+        parts = (
+            store.activity(Window(T0, 60, cut)),
+            store.activity(Window(T0 + 60 * cut, 60, 5 - cut)),
+        )
+        assert joined(*parts) == whole, cut
+    with pytest.raises(ValueError, match="not adjacent"):
+        joined(store.activity(Window(T0, 60, 1)), store.activity(Window(T0 + 120, 60, 1)))
+
+
+class CountingTracker:
+    """What Charts asks of a tracker, over ``store``, noting each window read."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+        self.keeper = self
+        self.generation = 0
+        self.read_windows: list[Window] = []
+
+    def read(self, op: Callable[[SQLiteStore], Any]) -> Any:
+        return op(self)  # type: ignore[arg-type]
+
+    def activity(self, window: Window) -> Activity:
+        self.read_windows.append(window)
+        return self.store.activity(window)
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(*args)
+
+
+async def test_the_charts_read_older_buckets_once_per_step(store: SQLiteStore) -> None:
+    tracker = CountingTracker(store)
+    charts = Charts(None)  # type: ignore[arg-type]
+    window = Window(T0, 60, 5)
+    for _ in range(3):
+        assert await charts.activity(tracker, window) == store.activity(window)  # type: ignore[arg-type]
+    older, newest = Window(T0, 60, 3), Window(T0 + 180, 60, 2)
+    assert tracker.read_windows == [older, newest, newest, newest]
+    tracker.read_windows.clear()
+    moved = Window(T0 + 60, 60, 5)  # a minute on: the older buckets are read again
+    assert await charts.activity(tracker, moved) == store.activity(moved)  # type: ignore[arg-type]
+    assert tracker.read_windows == [Window(T0 + 60, 60, 3), Window(T0 + 240, 60, 2)]
+    tracker.read_windows.clear()
+    tracker.generation += 1  # another store (the damaged one set aside): read afresh
+    await charts.activity(tracker, moved)  # type: ignore[arg-type]
+    assert len(tracker.read_windows) == 2
 
 
 def test_quantiles_interpolate_within_a_bin() -> None:

@@ -16,13 +16,17 @@ import base64
 import hashlib
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from mqd.http.html import CSP, e, page, table
 from mqd.http.site import Site
 from mqd.http.svg import Series, bars, lines
-from mqd.tracking.activity import LATENCY_BOUNDS, OUTCOMES, Activity, Window
+from mqd.tracking.activity import LATENCY_BOUNDS, OUTCOMES, Activity, Window, joined
+
+if TYPE_CHECKING:
+    from mqd.tracking.tracker import Tracker
 
 __all__ = ["CHARTS_CSP", "Charts", "human_seconds"]
 
@@ -37,6 +41,10 @@ OTHERS_COLOUR = "#9aa1ad"
 #: The most relays or senders drawn as their own series; the rest are summed as "others".
 MOST = 6
 DEFAULT_EVERY = 15
+#: The newest buckets read again at every refresh: the current one, and the one before it for
+#: events written a moment after it closed (the tracker writes every 0.1 s) or reported late by
+#: a provider. Older buckets are read once per step of the window.
+FRESH = 2
 REFRESH = """(function () {
   var box = document.getElementById("charts");
   var every = 1000 * Number(box.getAttribute("data-every"));
@@ -73,6 +81,8 @@ def human_seconds(seconds: float) -> str:
 class Charts:
     def __init__(self, site: Site) -> None:
         self.site = site
+        #: By bucket size: the activity of a window's older buckets, and what it was read for.
+        self._older: dict[float, tuple[tuple[Window, int], Activity]] = {}
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/charts", self.page), web.get("/charts/live", self.live)]
@@ -121,11 +131,27 @@ class Charts:
             )
         span, step, called, per = WINDOWS[name]
         now = self.site.admin.clock.time()
-        window = Window.last(now, span=span, step=step)
-        activity: Activity = await tracker.call(
-            tracker.keeper.read, lambda store: store.activity(window)
-        )
+        activity = await self.activity(tracker, Window.last(now, span=span, step=step))
         return render(activity, name=name, called=called, per=per, now=now)
+
+    async def activity(self, tracker: Tracker, window: Window) -> Activity:
+        """The activity of ``window``: its older buckets read once (until the window moves on
+        by a bucket, or the event store is replaced), the newest ``FRESH`` at every call."""
+
+        async def read(part: Window) -> Activity:
+            return await tracker.call(tracker.keeper.read, lambda store: store.activity(part))
+
+        fresh = min(FRESH, window.count)
+        older = Window(window.start, window.step, window.count - fresh)
+        newest = Window(older.end, window.step, fresh)
+        if older.count == 0:
+            return await read(newest)
+        key = (older, tracker.generation)
+        cached = self._older.get(window.step)
+        if cached is None or cached[0] != key:
+            cached = (key, await read(older))
+            self._older[window.step] = cached
+        return joined(cached[1], await read(newest))
 
 
 def _labels(window: Window) -> tuple[list[str], list[str]]:

@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["LATENCY_BOUNDS", "OUTCOMES", "Activity", "Window", "quantile"]
+__all__ = ["LATENCY_BOUNDS", "OUTCOMES", "Activity", "Window", "joined", "quantile"]
 
 OUTCOMES = ("delivered", "deferred", "failed")
 #: The statuses of each outcome (the event store's vocabulary).
@@ -106,6 +106,40 @@ class Activity:
     def latency_quantiles(self, q: float) -> list[float | None]:
         """The estimated ``q`` quantile of each bucket's latency (None: nothing dispatched)."""
         return [quantile(bins, q) for bins in self.latency]
+
+
+def joined(first: Activity, second: Activity) -> Activity:
+    """``first``'s buckets, then ``second``'s: the activity of both windows, which must be
+    adjacent (``second`` starting where ``first`` ends) and of the same step."""
+    a, b = first.window, second.window
+    if a.step != b.step or a.end != b.start:
+        raise ValueError(f"windows {a} and {b} are not adjacent")
+
+    def series(one: dict[str, list[int]], two: dict[str, list[int]]) -> dict[str, list[int]]:
+        return {
+            key: one.get(key, [0] * a.count) + two.get(key, [0] * b.count)
+            for key in dict.fromkeys([*one, *two])
+        }
+
+    def totals(
+        one: dict[str, dict[str, int]], two: dict[str, dict[str, int]]
+    ) -> dict[str, dict[str, int]]:
+        both: dict[str, dict[str, int]] = {k: dict(v) for k, v in one.items()}
+        for key, counts in two.items():
+            mine = both.setdefault(key, {})
+            for outcome, n in counts.items():
+                mine[outcome] = mine.get(outcome, 0) + n
+        return both
+
+    return Activity(
+        window=Window(a.start, a.step, a.count + b.count),
+        outcomes=series(first.outcomes, second.outcomes),
+        relays=series(first.relays, second.relays),
+        relay_totals=totals(first.relay_totals, second.relay_totals),
+        senders=series(first.senders, second.senders),
+        sender_totals=totals(first.sender_totals, second.sender_totals),
+        latency=first.latency + second.latency,
+    )
 
 
 def quantile(bins: Sequence[int], q: float) -> float | None:
