@@ -311,3 +311,26 @@ async def test_the_charts_page_draws_the_traffic_of_the_last_hour(daemon: Daemon
             assert "per 15 minutes" in await response.text()
         async with session.get("/charts", params={"window": "week"}) as response:
             assert response.status == 400
+
+
+def test_a_long_legend_wraps_and_makes_the_chart_taller() -> None:
+    names = [f"sender-with-a-long-name-{i}@example.com" for i in range(7)]
+    svg = parse(
+        bars(
+            "wide",
+            title="Wide",
+            desc="Many series",
+            labels=["a", "b"],
+            tips=["a", "b"],
+            series=[Series(name, "#123456", [1, 1]) for name in names],
+        )
+    )
+    width, height = map(float, svg.get("viewBox", "").split()[2:])
+    assert width == 760 and height > 240
+    legend = next(g for g in svg.iter(f"{SVG}g") if g.get("class") == "legend")
+    xs = [float(t.get("x", 0)) for t in legend.iter(f"{SVG}text")]
+    assert (
+        len(xs) == 7
+        and max(xs) < width
+        and len(set(t.get("y") for t in legend.iter(f"{SVG}text"))) > 1
+    )

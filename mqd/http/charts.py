@@ -40,6 +40,8 @@ PALETTE = ("#3b6fd8", "#8e5bd6", "#1aa3a3", "#e07b24", "#c2417a", "#6b8e23")
 OTHERS_COLOUR = "#9aa1ad"
 #: The most relays or senders drawn as their own series; the rest are summed as "others".
 MOST = 6
+#: The most rows of a table of totals.
+ROWS = 20
 DEFAULT_EVERY = 15
 #: The newest buckets read again at every refresh: the current one, and the one before it for
 #: events written a moment after it closed (the tracker writes every 0.1 s) or reported late by
@@ -171,7 +173,7 @@ def _top(
     per_key: dict[str, list[int]], totals: dict[str, dict[str, int]], name_of: dict[str, str]
 ) -> list[Series]:
     """The busiest ``MOST`` keys as series, the rest summed as "others"."""
-    ranked = sorted(per_key, key=lambda k: (-sum(totals.get(k, {}).values()), k))
+    ranked = sorted(per_key, key=lambda k: (-sum(per_key[k]), k))  # as drawn: by delivered
     chosen, rest = ranked[:MOST], ranked[MOST:]
     series = [
         Series(name_of.get(k, k), PALETTE[i % len(PALETTE)], per_key[k])
@@ -184,13 +186,17 @@ def _top(
 
 
 def _totals_table(what: str, totals: dict[str, dict[str, int]], name_of: dict[str, str]) -> str:
+    """Each key's messages by outcome, the busiest first (the first ``ROWS``)."""
     ranked = sorted(totals, key=lambda k: (-sum(totals[k].values()), k))
     rows = [
         [e(name_of.get(k, k))]
         + [f'<span class="num">{totals[k].get(o, 0)}</span>' for o in OUTCOMES]
-        for k in ranked
+        for k in ranked[:ROWS]
     ]
-    return table((what, *OUTCOMES), rows, empty=f"No {what.lower()} handled mail in this window.")
+    text = table((what, *OUTCOMES), rows, empty=f"No {what.lower()} handled mail in this window.")
+    if len(ranked) > ROWS:
+        text += f'<p class="muted">and {len(ranked) - ROWS} more.</p>'
+    return text
 
 
 def render(activity: Activity, *, name: str, called: str, per: str, now: float) -> str:

@@ -21,6 +21,7 @@ __all__ = ["Series", "bars", "lines", "nice_top"]
 
 WIDTH = 760
 HEIGHT = 240
+LEGEND_ROW = 16
 LEFT, RIGHT, TOP, BOTTOM = 56, 12, 14, 58
 FONT = 'font-family="system-ui,sans-serif" font-size="11"'
 AXIS = "#69707d"
@@ -75,14 +76,16 @@ class _Frame:
         return TOP + self.height * (1 - min(value, self.top) / self.top)
 
 
-def _open(ident: str, kind: str, title: str, desc: str, series: Sequence[Series]) -> list[str]:
+def _open(
+    ident: str, kind: str, title: str, desc: str, series: Sequence[Series], height: float
+) -> list[str]:
     names = " ".join(s.name.replace(" ", "_") for s in series)
     return [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height:g}" '
         f'width="100%" role="img" aria-labelledby="{ident}-t {ident}-d" class="chart" '
         f'data-chart="{x(ident)}" data-kind="{kind}" data-series="{x(names)}" {FONT}>',
         f'<title id="{ident}-t">{x(title)}</title><desc id="{ident}-d">{x(desc)}</desc>',
-        f'<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>',
+        f'<rect x="0" y="0" width="{WIDTH}" height="{height:g}" fill="#ffffff"/>',
     ]
 
 
@@ -117,19 +120,24 @@ def _x_axis(frame: _Frame, labels: Sequence[str], *, centred: bool) -> list[str]
     return parts
 
 
-def _legend(series: Sequence[Series], total: Callable[[Series], str]) -> list[str]:
+def _legend(series: Sequence[Series], total: Callable[[Series], str]) -> tuple[list[str], int]:
+    """The legend under the axis, in as many rows as it takes; and how many more rows than one
+    (each makes the chart ``LEGEND_ROW`` taller)."""
     parts = ['<g class="legend">']
-    at = float(LEFT)
-    y = HEIGHT - 14
+    at, row = float(LEFT), 0
     for s in series:
         text = f"{s.name} ({total(s)})"
+        width = 30 + 6.2 * len(text)
+        if at > LEFT and at + width > WIDTH - RIGHT:
+            at, row = float(LEFT), row + 1
+        y = HEIGHT - 14 + row * LEGEND_ROW
         parts.append(
             f'<rect x="{at:.1f}" y="{y - 9}" width="10" height="10" fill="{x(s.colour)}"/>'
             f'<text x="{at + 14:.1f}" y="{y}" fill="#1d2330">{x(text)}</text>'
         )
-        at += 30 + 6.2 * len(text)
+        at += width
     parts.append("</g>")
-    return parts
+    return parts, row
 
 
 def _empty_note(frame: _Frame, note: str) -> str:
@@ -155,7 +163,8 @@ def bars(
     stacks = [sum(s.values[i] or 0 for s in series) for i in range(count)]
     top, step = nice_top(max(stacks, default=0))
     frame = _Frame(count, top)
-    parts = _open(ident, "bars", title, desc, series)
+    legend, more = _legend(series, lambda s: f"{s.total:g}")
+    parts = _open(ident, "bars", title, desc, series, HEIGHT + more * LEGEND_ROW)
     parts += _y_axis(frame, step, _number)
     width = frame.width / frame.count
     gap = min(2.0, width * 0.15)
@@ -176,7 +185,7 @@ def bars(
     parts += _x_axis(frame, labels, centred=True)
     if not any(stacks):
         parts.append(_empty_note(frame, empty))
-    parts += _legend(series, lambda s: f"{s.total:g}")
+    parts += legend
     parts.append("</svg>")
     return "".join(parts)
 
@@ -197,7 +206,13 @@ def lines(
     peak = max((v for s in series for v in s.values if v is not None), default=0.0)
     top, step = nice_top(peak)
     frame = _Frame(count, top)
-    parts = _open(ident, "lines", title, desc, series)
+
+    def legend_value(s: Series) -> str:
+        present = [v for v in s.values if v is not None]
+        return f"max {unit(max(present))}" if present else "none"
+
+    legend, more = _legend(series, legend_value)
+    parts = _open(ident, "lines", title, desc, series, HEIGHT + more * LEGEND_ROW)
     parts += _y_axis(frame, step, unit)
     for s in series:
         present = [v for v in s.values if v is not None]
@@ -226,11 +241,6 @@ def lines(
     parts += _x_axis(frame, labels, centred=True)
     if peak <= 0:
         parts.append(_empty_note(frame, empty))
-
-    def legend_value(s: Series) -> str:
-        present = [v for v in s.values if v is not None]
-        return f"max {unit(max(present))}" if present else "none"
-
-    parts += _legend(series, legend_value)
+    parts += legend
     parts.append("</svg>")
     return "".join(parts)
