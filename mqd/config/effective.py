@@ -29,6 +29,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "shutdown_timeout": format_duration(queue.shutdown_timeout),
             "active_limit": queue.active_limit,
             "failed_retention": format_duration(queue.failed_retention),
+            "send_later_horizon": format_duration(queue.send_later_horizon),
             "workers": queue.workers,
             "retry": {
                 "initial": format_duration(queue.retry.initial),

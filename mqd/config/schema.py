@@ -67,6 +67,8 @@ class QueueConfig:
     #: taken in while the limit is reached) are listed by id and read as deliveries make room
     #: (see ``mqd.queue.file.backlog``).
     active_limit: int = 10_000
+    #: ``X-Mqd-Send-At`` may name a time at most this far ahead (further is refused).
+    send_later_horizon: float = 30 * 86400.0
     #: Messages in the failed folder older than this are removed (0: kept for good).
     failed_retention: float = 30 * 86400.0
     #: Daemon processes sharing the claim (``mqd run`` starts the others, see

@@ -77,6 +77,7 @@ def parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         shutdown_timeout=opts.duration("shutdown_timeout", "30s"),
         active_limit=opts.integer("active_limit", 10_000, minimum=1),
         failed_retention=opts.duration("failed_retention", "30d"),
+        send_later_horizon=opts.duration("send_later_horizon", "30d"),
         workers=opts.count("workers", 1, auto=available_cores),
     )
     if config.workers > MAX_WORKERS:
@@ -85,6 +86,8 @@ def parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         opts.report(opts.error("shutdown_timeout", "must not be negative"))
     if config.scan_interval <= 0:
         opts.report(opts.error("scan_interval", "must be more than zero"))
+    if config.send_later_horizon <= 0:
+        opts.report(opts.error("send_later_horizon", "must be more than zero"))
     if config.failed_retention < 0:
         opts.report(
             opts.error("failed_retention", 'must not be negative ("0" keeps them for good)')

@@ -124,7 +124,9 @@ class Deliverer:
             self._log_attempt(entry, rcpt, outcome, elapsed, answer.provider_id)
         if not deferred:
             return
-        given_up = self.backoff.give_up_reason(entry.attempts, entry.created_at, now)
+        # A message sent later lives from its scheduled time, not from its acceptance.
+        born = max(entry.created_at, entry.send_at or 0.0)
+        given_up = self.backoff.give_up_reason(entry.attempts, born, now)
         if given_up is not None:
             for rcpt in deferred:
                 rcpt.status = RcptStatus.FAILED

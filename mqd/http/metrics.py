@@ -59,7 +59,7 @@ MESSAGE_EVENTS = (
 #: recipient and attempt, and per relay by ``mqd_relay_deliveries_total``.
 RECIPIENT_OUTCOMES = (EventKind.DELIVERED, EventKind.DEFERRED, EventKind.BOUNCED)
 #: The states of ``mqd_queue_messages``: each queued message is in exactly one.
-QUEUE_STATES = ("active", "deferred", "held", "waiting")
+QUEUE_STATES = ("active", "deferred", "held", "scheduled", "waiting")
 #: Seconds a relay takes for one message: an API call to an SMTP session on a slow server.
 DURATION_BUCKETS = (
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
