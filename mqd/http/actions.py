@@ -34,11 +34,16 @@ SHOWN = 500
 #: action: (button, past tense, what it does)
 ACTIONS = {
     "hold": ("Hold", "held", "kept in the queue and not delivered until released"),
-    "release": ("Release", "released", "held no more: delivered when due"),
+    "release": (
+        "Release",
+        "released",
+        "held no more: delivered when due (a scheduled one at its time)",
+    ),
     "retry": (
         "Retry now",
         "retried",
-        "due now, a deferred one without waiting for its next attempt (held ones stay held)",
+        "due now: a deferred one without waiting for its next attempt, a scheduled one before "
+        "its time (held ones stay held)",
     ),
     "delete": (
         "Delete",
