@@ -251,6 +251,9 @@ class HttpConfig:
     #: Without a token, the API and the web view answer loopback clients only. Webhooks are
     #: never token-protected: they prove themselves with the provider's signature.
     token: Secret | None = field(default=None, repr=False)
+    #: Signs an operator in to the web view's actions (hold, release, retry, delete, bounce);
+    #: without it the view only shows. Never the same as ``token``.
+    operator_token: Secret | None = field(default=None, repr=False)
     #: The largest request body taken (a webhook batch); larger ones get 413.
     max_body: int = 1024 * 1024
     #: Connections served at once; one more is closed as soon as it is accepted, unread.

@@ -306,10 +306,23 @@ def parse_http(opts: Options) -> HttpConfig:
         host=opts.string("host", "127.0.0.1"),
         port=_port(opts, 8025),
         token=opts.secret("token"),
+        operator_token=opts.secret("operator_token"),
         max_body=opts.size("max_body", "1MB"),
         max_connections=opts.count("max_connections", "auto", auto=default_http_connections),
         header_timeout=opts.duration("header_timeout", "10s"),
     )
+    if (
+        config.operator_token is not None
+        and config.token is not None
+        and config.operator_token.reveal() == config.token.reveal()
+    ):
+        opts.report(
+            opts.error(
+                "operator_token",
+                "must not be the same as token: whoever may read could act; make another "
+                "(openssl rand -hex 32)",
+            )
+        )
     if config.max_body < 1024:
         opts.report(opts.error("max_body", 'is too small for a webhook batch: give at least "1KB"'))
     if config.header_timeout <= 0:
