@@ -161,6 +161,7 @@ class QuotaConfig:
     max_per_second: float | None = None
     max_per_hour: int | None = None
     max_per_day: int | None = None
+    max_per_minute: int | None = None
 
     def divided(self, workers: int) -> QuotaConfig:
         """Each worker's share, so that all of them together keep to the limits."""
@@ -168,6 +169,9 @@ class QuotaConfig:
             return self
         return QuotaConfig(
             max_per_second=None if self.max_per_second is None else self.max_per_second / workers,
+            max_per_minute=None
+            if self.max_per_minute is None
+            else max(1, self.max_per_minute // workers),
             max_per_hour=None
             if self.max_per_hour is None
             else max(1, self.max_per_hour // workers),
@@ -176,9 +180,20 @@ class QuotaConfig:
 
     @property
     def limited(self) -> bool:
-        return any(
-            v is not None for v in (self.max_per_second, self.max_per_hour, self.max_per_day)
-        )
+        limits = (self.max_per_second, self.max_per_minute, self.max_per_hour, self.max_per_day)
+        return any(v is not None for v in limits)
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    name: str
+    #: Sender patterns (an address or ``*@domain``) whose mail is this account's.
+    senders: tuple[str, ...]
+    #: Its limits, counted in messages (``max_per_second`` unused).
+    limits: QuotaConfig
+    #: "wait": over a limit, mail waits in the queue (never an attempt, never failed);
+    #: "refuse": it is refused at hand-over with the reason.
+    over_limit: str = "wait"
 
 
 @dataclass(frozen=True)
@@ -289,6 +304,8 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    #: ``[[account]]``: senders grouped under a name with sending limits (``mqd.config.accounts``).
+    accounts: tuple[AccountConfig, ...] = ()
 
     def for_worker(self, worker: int) -> Config:
         """The config of worker ``worker`` of ``queue.workers``: its own queue directory, its own

@@ -116,6 +116,8 @@ class QueueEntry:
     #: Send later: the time ``X-Mqd-Send-At`` named (its first attempt, and where its lifetime
     #: starts); None for a message that goes as soon as it can.
     send_at: float | None = None
+    #: The ``[[account]]`` its sender belongs to (its limits apply), None for none.
+    account: str | None = None
     #: One record per relay used, newest last (at most ``HISTORY_LIMIT``): when, which relay,
     #: for which recipients, and what came back.
     history: list[dict[str, Any]] = field(default_factory=list)
