@@ -24,6 +24,7 @@ from mqd.cli.run import reload, run
 from mqd.cli.send import send, sendmail
 from mqd.cli.shared import State
 from mqd.cli.status import status
+from mqd.cli.suppress import suppress
 from mqd.config.paths import default_paths
 from mqd.config.schema import CONFIG_ENV
 from mqd.errors import (
@@ -124,5 +125,6 @@ for _command in (
     failed,
     history,
     events,
+    suppress,
 ):
     cli.add_command(_command)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mqd.config.accounts import parse_accounts
+from mqd.config.accounts import parse_accounts, parse_suppression
 from mqd.config.options import Options
 from mqd.config.paths import SYSTEM_CONFIG, default_paths
 from mqd.config.schema import CONFIG_ENV, Config, RelayConfig, RouteConfig, SpoolConfig
@@ -106,6 +106,7 @@ def parse_config(
         "http",
         "notify",
         "account",
+        "suppression",
     ):
         root.raw(key)
     root.finish()  # a misspelled top-level table is named before it is missed
@@ -157,6 +158,10 @@ def parse_config(
             lambda: parse_notify(table("notify")), lambda: parse_notify(empty("notify"))
         ),
         accounts=root.attempt(lambda: parse_accounts(root, path), tuple),
+        suppression=root.attempt(
+            lambda: parse_suppression(table("suppression")),
+            lambda: parse_suppression(empty("suppression")),
+        ),
     )
     if gathered is None:
         raise_gathered(problems)

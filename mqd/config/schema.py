@@ -197,6 +197,22 @@ class AccountConfig:
 
 
 @dataclass(frozen=True)
+class SuppressionConfig:
+    """``[suppression]``: recipients not mailed again after a permanent bounce or a complaint."""
+
+    enabled: bool = True
+    #: How long a bounced address stays suppressed (0: for good).
+    bounce_for: float = 30 * 86400.0
+    #: How long a complaining address stays suppressed (0: for good, the default).
+    complaint_for: float = 0.0
+
+    def until(self, kind: str, now: float) -> float | None:
+        """When a suppression of ``kind`` made ``now`` ends (None: for good)."""
+        period = self.complaint_for if kind == "complaint" else self.bounce_for
+        return now + period if period > 0 else None
+
+
+@dataclass(frozen=True)
 class CircuitConfig:
     """After ``failures`` whole-message failures in a row the relay is skipped for ``cooldown``
     seconds (doubling while it keeps failing, up to ``max_cooldown``), then tried once."""
@@ -306,6 +322,7 @@ class Config:
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     #: ``[[account]]``: senders grouped under a name with sending limits (``mqd.config.accounts``).
     accounts: tuple[AccountConfig, ...] = ()
+    suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
 
     def for_worker(self, worker: int) -> Config:
         """The config of worker ``worker`` of ``queue.workers``: its own queue directory, its own
