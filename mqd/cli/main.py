@@ -42,7 +42,7 @@ from mqd.version import __version__
 
 __all__ = ["MQDGroup", "cli"]
 
-_ERROR_CODES: tuple[tuple[type[MQDError], ExitCode], ...] = (
+_ERROR_CODES: tuple[tuple[type[MQDError], int], ...] = (
     (DirectoryError, ExitCode.CANTCREAT),
     (ConfigError, ExitCode.CONFIG),
     (QueueLockedError, ExitCode.TEMPFAIL),
@@ -66,7 +66,7 @@ class MQDGroup(click.Group):
             ctx.exit(code)
 
 
-def _exit_code(exc: MQDError) -> ExitCode:
+def _exit_code(exc: MQDError) -> int:
     if isinstance(exc, ConfigErrors):  # several problems: their code when they share one
         codes = {_exit_code(error) for error in exc.errors}
         return codes.pop() if len(codes) == 1 else ExitCode.CONFIG

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mqd.config.options import Options, Secret
+from mqd.config.paths import CONFIG_ENV
 
 __all__ = [
     "CONFIG_ENV",
@@ -31,7 +32,6 @@ __all__ = [
     "TrackingConfig",
 ]
 
-CONFIG_ENV = "MQD_CONFIG"
 #: Name of the relay used by the embedded defaults.
 DEFAULT_RELAY = "outbox"
 WATCH_MODES = ("auto", "inotify", "watchfiles", "poll")

@@ -12,43 +12,34 @@ envelope stated in leading X-Sender / X-Receiver lines. Supported options::
 Without ``-f`` the sender comes from the Sender or From header. Addresses without a domain
 (cron writes "root") get ``[sendmail] qualify_domain`` appended, or are refused.
 
-It runs once per message, so it loads as little as it can (tests/test_imports.py holds it to
-that): no click, asyncio, email.policy or pluggy, and not ``mqd.config.load``, whose dataclasses
-alone cost more than a bare interpreter's start; not even ``__future__`` (its import costs ~0.2
-ms): the modules of this path quote the annotations that name type-checking-only imports. It
-reads the three keys it needs from the TOML file itself (``[sendmail] spool`` and
-``qualify_domain``, the first ``[[spool]] path``); the daemon and ``mqd config check`` validate
-the rest. When anything about those keys is not as expected, the full config loader runs, so
-that its error (naming the key and the fix) is the one shown.
+It runs once per message, so it loads as little as it can (tests/test_imports.py holds the
+launcher to that): no click, asyncio, email.policy or pluggy, no TOML reader and not
+``mqd.config.load``, whose dataclasses alone cost more than a bare interpreter's start; not even
+``__future__`` (its import costs ~0.2 ms): the modules of this path quote the annotations that
+name type-checking-only imports. What it needs from the config (``Settings``: the spool, the
+qualify domain) is written into the launcher by ``mqd install-sendmail``
+(``mqd.producer.launcher``), from the config the full loader checked then, and given to ``main``
+as ``baked``. Without it (``mqd sendmail``, ``mqd-sendmail``, an older launcher), with another
+``-C``, or when the config file has changed since the launcher was written, the full loader
+reads the config: slower, never stale.
 """
 
 import os
 import sys
 
 from mqd.errors import ConfigError, MessageParseError, MQDError
+from mqd.exitcodes import ExitCode
 from mqd.message.headers import address_problem, envelope_address, read_envelope
 from mqd.producer.inject import envelope_lines, write_to_spool
-from mqd.producer.tomlsubset import read_subset
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers know it)
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from typing import Any, BinaryIO
 
-__all__ = ["SendmailArgs", "main", "parse_args"]
+    from mqd.config.schema import Config
 
-
-class ExitCode:
-    """``mqd.exitcodes.ExitCode``'s values as plain ints: that one is an IntEnum, and importing
-    ``enum`` costs this path a few ms (tests/test_perf_sendmail.py keeps the two equal)."""
-
-    OK = 0
-    FAILURE = 1
-    USAGE = 64
-    DATAERR = 65
-    CANTCREAT = 73
-    TEMPFAIL = 75
-    CONFIG = 78
+__all__ = ["SendmailArgs", "Settings", "main", "parse_args", "settings"]
 
 
 USAGE = "usage: mqd sendmail [-t] [-i] [-f sender] [-F fullname] [recipient ...] < message"
@@ -220,8 +211,10 @@ def _header_end(raw: bytes) -> int:
     return min(ends) if ends else len(raw)
 
 
-def main(argv: "Sequence[str]") -> int:
-    """Run ``sendmail`` with ``argv`` (without the program name); returns the exit code."""
+def main(argv: "Sequence[str]", baked: "Mapping[str, Any] | None" = None) -> int:
+    """Run ``sendmail`` with ``argv`` (without the program name); returns the exit code.
+
+    ``baked``: what ``mqd install-sendmail`` wrote into the launcher (``Settings.to_data``)."""
     if "--help" in argv:
         print(HELP)
         return ExitCode.OK
@@ -231,9 +224,9 @@ def main(argv: "Sequence[str]") -> int:
         print(f"mqd sendmail: {exc}\n{USAGE}", file=sys.stderr)
         return ExitCode.USAGE
     try:
-        spool, qualify_domain = settings(args.config)
-        data = build(args, read_message(sys.stdin.buffer, args.ignore_dots), qualify_domain)
-        write_to_spool(spool, [data])
+        found = settings(args.config, baked)
+        data = build(args, read_message(sys.stdin.buffer, args.ignore_dots), found.qualify_domain)
+        write_to_spool(found.spool, [data])
     except ConfigError as exc:
         print(f"mqd sendmail: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
@@ -252,106 +245,89 @@ def main(argv: "Sequence[str]") -> int:
     return ExitCode.OK
 
 
-# -- the config, read lightly ---------------------------------------------------------------
+# -- the config: written into the launcher, or read in full -------------------------------------
 
-_CONFIG_ENV = "MQD_CONFIG"  # mqd.config.schema.CONFIG_ENV
-_SYSTEM_CONFIG = "/etc/mqd/mqd.toml"  # mqd.config.paths.SYSTEM_CONFIG
-
-
-class _FullConfigNeeded(Exception):
-    """The light reader met something it does not check itself: let mqd.config.load say what."""
+#: The shape of ``Settings.to_data``: a launcher written for another is read as having none.
+FORMAT = 1
 
 
-def settings(config: str | None) -> tuple[str, str | None]:
-    """The spool to write into and ``[sendmail] qualify_domain``, for the config named by
-    ``-C`` (None: ``$MQD_CONFIG``, then the platform's default, as
-    ``mqd.config.load.locate_config``).
+class Settings:
+    """What the sendmail path needs from the config, as plain values (a plain class: a dataclass
+    costs the import of ``dataclasses``)."""
 
-    Raises ConfigError as ``mqd.config.load.load_config`` would for these keys; tests/
-    test_perf_sendmail.py holds both readers to the same answers.
-    """
-    try:
-        return _light_settings(config)
-    except _FullConfigNeeded:
-        from pathlib import Path
+    __slots__ = ("config", "qualify_domain", "spool")
 
-        from mqd.config.load import load_config, locate_config
+    def __init__(self, *, config: str | None, spool: str, qualify_domain: str | None) -> None:
+        #: The config file these came from (absolute); None for the embedded defaults.
+        self.config = config
+        self.spool = spool
+        self.qualify_domain = qualify_domain
 
-        loaded = load_config(locate_config(Path(config) if config is not None else None))
-        return os.fspath(loaded.inject_spool), loaded.sendmail.qualify_domain
+    @classmethod
+    def from_config(cls, config: "Config") -> "Settings":
+        source = None if config.source is None else os.path.abspath(config.source)
+        return cls(
+            config=source,
+            spool=os.path.abspath(config.inject_spool),
+            qualify_domain=config.sendmail.qualify_domain,
+        )
 
-
-def _light_settings(config: str | None) -> tuple[str, str | None]:
-    path = _locate(config)
-    if path is None:  # embedded defaults: rare outside development, so no shortcut
-        raise _FullConfigNeeded
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-        data = read_subset(raw.decode("utf-8"))
-        if data is None:  # beyond the subset the light reader knows: the real parser
-            import tomllib
-
-            data = tomllib.loads(raw.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):  # TOMLDecodeError is a ValueError
-        raise _FullConfigNeeded from None
-    base = os.path.dirname(path)
-    sendmail = _table(data.get("sendmail", {}))
-    if not set(sendmail) <= {"spool", "qualify_domain"}:
-        raise _FullConfigNeeded  # a misspelt key: the full loader names it
-    domain = sendmail.get("qualify_domain")
-    if domain is not None and (not isinstance(domain, str) or not domain or "@" in domain):
-        raise _FullConfigNeeded
-    spools = data.get("spool")
-    if isinstance(spools, dict):
-        spools = [spools]
-    if not isinstance(spools, list) or not spools:
-        raise _FullConfigNeeded
-    paths = [_path(_table(spool).get("path"), base) for spool in spools]
-    if "spool" in sendmail:
-        chosen = _path(sendmail["spool"], base)
-        if os.path.abspath(chosen) not in map(os.path.abspath, paths):
-            raise _FullConfigNeeded
-        return chosen, domain
-    return paths[0], domain
+    def to_data(self) -> "dict[str, Any]":
+        """These as a literal the launcher holds (str, int, None, lists and dicts of them), with
+        the config file's size and modification time, by which ``settings`` knows it changed."""
+        stamp = None
+        if self.config is not None:
+            stat = os.stat(self.config)
+            stamp = [stat.st_mtime_ns, stat.st_size]
+        return {
+            "format": FORMAT,
+            "config": self.config,
+            "stamp": stamp,
+            "spool": self.spool,
+            "qualify_domain": self.qualify_domain,
+        }
 
 
-def _locate(config: str | None) -> str | None:
-    if config is not None:
-        return config if os.path.isfile(config) else _raise_full()
-    from_env = os.environ.get(_CONFIG_ENV)
-    if from_env:
-        return from_env if os.path.isfile(from_env) else _raise_full()
-    default = _default_config()
-    if os.path.isfile(default):
-        return default
-    if default != _SYSTEM_CONFIG and os.name == "posix" and os.path.isfile(_SYSTEM_CONFIG):
-        return _SYSTEM_CONFIG
-    return None
+def settings(config: str | None, baked: "Mapping[str, Any] | None" = None) -> Settings:
+    """The settings for the config named by ``-C`` (None: the launcher's, else ``$MQD_CONFIG``,
+    then the platform's default, as ``mqd.config.paths.locate_config``): ``baked`` when they are
+    for that config and it has not changed since, else read by the full loader (raising its
+    ConfigError)."""
+    if baked is not None:
+        found = _baked(config, baked)
+        if found is not None:
+            return found
+        if config is None and baked.get("format") == FORMAT:
+            config = baked["config"]  # the launcher's config, changed since: read it in full
+    from pathlib import Path
+
+    from mqd.config.load import load_config
+    from mqd.config.paths import locate_config
+
+    explicit = None if config is None else Path(config)
+    return Settings.from_config(load_config(locate_config(explicit)))
 
 
-def _default_config() -> str:
-    """``mqd.config.paths.default_paths().config_file``, without importing dataclasses for it."""
-    if sys.platform != "darwin" and hasattr(os, "geteuid") and os.geteuid() == 0:
-        return _SYSTEM_CONFIG
-    import platformdirs
-
-    return os.path.join(platformdirs.user_config_dir("mqd", appauthor=False), "mqd.toml")
-
-
-def _table(value: "Any") -> "dict[str, Any]":
-    if not isinstance(value, dict):
-        raise _FullConfigNeeded
-    return value
-
-
-def _path(value: "Any", base: str) -> str:
-    """As ``Options.filepath``: ``~`` expanded, relative to the config file's directory."""
-    if not isinstance(value, str):
-        raise _FullConfigNeeded
-    value = os.path.expanduser(value)
-    return value if os.path.isabs(value) else os.path.join(base, value)
-
-
-def _raise_full() -> str:
-    raise _FullConfigNeeded
+def _baked(config: str | None, baked: "Mapping[str, Any]") -> Settings | None:
+    """``baked`` as Settings; None when they are for another config or another format, or the
+    config file has changed since they were written (said on stderr: the launcher is stale)."""
+    if baked.get("format") != FORMAT:
+        return None
+    source = baked["config"]
+    if config is not None and (source is None or os.path.abspath(config) != source):
+        return None  # -C names another config than the launcher's
+    if source is not None:
+        try:
+            stat = os.stat(source)
+        except OSError:
+            return None  # the full loader says what is wrong with it
+        if [stat.st_mtime_ns, stat.st_size] != baked["stamp"]:
+            launcher = baked.get("launcher") or "the launcher"
+            print(
+                f"mqd sendmail: {source} has changed since {launcher} was written: reading it "
+                f"in full (slower); write the launcher again with 'mqd --config {source} "
+                f"install-sendmail --force {launcher}'",
+                file=sys.stderr,
+            )
+            return None
+    return Settings(config=source, spool=baked["spool"], qualify_domain=baked["qualify_domain"])
