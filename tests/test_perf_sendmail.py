@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import mqd.producer.sendmail as sendmail
+import mqd.producer.settings as sendmail
 from mqd.config.load import load_config
 from mqd.errors import ConfigError
 from mqd.producer.launcher import write_launcher

@@ -197,7 +197,27 @@ def test_cron_mail_is_qualified() -> None:
     parsed = parse_message(out)
     assert parsed.sender == "root@example.com"
     assert parsed.recipients == ("root@example.com",)
-    assert out.endswith(raw)
+    # Its From qualified too, as Postfix does: the daemon reads From strictly (check_from).
+    assert out.endswith(raw.replace(b"From: root (", b"From: root@example.com ("))
+    assert parsed.headers["from"] == "root@example.com (Cron Daemon)"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (b"From: root\n", b"From: root@example.com\n"),
+        (b"from: Cron Daemon <root>\r\n", b"from: Cron Daemon <root@example.com>\r\n"),
+        (b"From: root (Cron Daemon)\n", b"From: root@example.com (Cron Daemon)\n"),
+        (b"From: app@example.org\n", b"From: app@example.org\n"),
+        (b"From: a, b\n", b"From: a, b\n"),  # not one local name: left to the policy
+        (b"From: root (open\n", b"From: root (open\n"),
+    ],
+)
+def test_an_unqualified_from_is_qualified(header: bytes, expected: bytes) -> None:
+    from mqd.producer.sendmail import _qualify_from
+
+    rest = b"To: bob@example.net\n\nbody From: root\n"
+    assert _qualify_from(header + rest, "example.com") == expected + rest
 
 
 @pytest.mark.parametrize(

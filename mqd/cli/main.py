@@ -32,6 +32,7 @@ from mqd.errors import (
     DirectoryError,
     MessageParseError,
     MQDError,
+    PolicyError,
     QueueError,
     QueueLockedError,
     TrackingError,
@@ -48,6 +49,7 @@ _ERROR_CODES: tuple[tuple[type[MQDError], int], ...] = (
     (QueueLockedError, ExitCode.TEMPFAIL),
     (QueueError, ExitCode.CANTCREAT),
     (MessageParseError, ExitCode.DATAERR),
+    (PolicyError, ExitCode.NOPERM),
     (TrackingError, ExitCode.IOERR),
     (MQDError, ExitCode.FAILURE),
 )

@@ -315,6 +315,11 @@ class Config:
         """The spool that ``mqd send`` and ``mqd sendmail`` write into."""
         return self.sendmail.spool or self.spools[0].path
 
+    def spool_at(self, path: str | os.PathLike[str]) -> SpoolConfig | None:
+        """The ``[[spool]]`` whose directory ``path`` is (as absolute paths), or None."""
+        wanted = os.path.abspath(path)
+        return next((s for s in self.spools if os.path.abspath(s.path) == wanted), None)
+
     @property
     def is_embedded_default(self) -> bool:
         return self.source is None

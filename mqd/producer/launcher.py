@@ -8,9 +8,9 @@ to ``sys.path``; pip cannot write a script that starts with ``python -S`` (it dr
 ``#!python``), so this writes one, with those directories as they are when it runs.
 
 It also holds what the sendmail path needs from the config (``mqd.producer.sendmail.Settings``:
-the spool, the qualify domain), resolved by the full loader when it is written, so that the path
-reads no TOML. When that config file changes, the launcher reads it in full again (and says so
-on stderr) until it is written again.
+the spool, the qualify domain, the spool's sender policy), resolved by the full loader when it is
+written, so that the path reads no TOML. When that config file changes, the launcher reads it in
+full again (and says so on stderr) until it is written again.
 
 Should mqd move after that (a new venv elsewhere), the launcher falls back to ``site.py`` and
 works as ``mqd-sendmail`` does, only slower, until it is written again.
@@ -76,8 +76,9 @@ def render_launcher(python: str, paths: list[str], baked: dict[str, Any] | None 
 # third of a bare start. The import path site.py gave this installation is set below instead;
 # after moving or reinstalling mqd elsewhere, run "mqd install-sendmail --force" again (until
 # then this falls back to site.py, and works, only slower).
-# SETTINGS: what mqd sendmail needs from {source}, as the full loader read it; when that file
-# changes this reads it in full (slower) until written again. A -C naming another config wins.
+# SETTINGS: what mqd sendmail needs from {source} (the spool, qualify_domain, the spool's
+# sender policy), as the full loader read it; when that file changes this reads it in full
+# (slower, saying so) until written again. A -C naming another config wins.
 import sys
 
 sys.path.extend({paths!r})
@@ -96,7 +97,7 @@ sys.exit(main(sys.argv[1:], SETTINGS))
 def write_launcher(target: Path, config: Config, *, force: bool = False) -> None:
     """Write the launcher for ``config`` to ``target`` (mode 0755) atomically; refuse to replace
     an existing file (often a real sendmail) unless ``force``."""
-    from mqd.producer.sendmail import Settings
+    from mqd.producer.settings import Settings
 
     if os.name != "posix":
         raise LauncherError(

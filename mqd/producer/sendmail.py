@@ -16,30 +16,33 @@ It runs once per message, so it loads as little as it can (tests/test_imports.py
 launcher to that): no click, asyncio, email.policy or pluggy, no TOML reader and not
 ``mqd.config.load``, whose dataclasses alone cost more than a bare interpreter's start; not even
 ``__future__`` (its import costs ~0.2 ms): the modules of this path quote the annotations that
-name type-checking-only imports. What it needs from the config (``Settings``: the spool, the
-qualify domain) is written into the launcher by ``mqd install-sendmail``
-(``mqd.producer.launcher``), from the config the full loader checked then, and given to ``main``
-as ``baked``. Without it (``mqd sendmail``, ``mqd-sendmail``, an older launcher), with another
-``-C``, or when the config file has changed since the launcher was written, the full loader
-reads the config: slower, never stale.
+name type-checking-only imports. What it needs from the config (the spool, the qualify domain,
+the sender policy) is written into the launcher by ``mqd install-sendmail``, or read in full
+(``mqd.producer.settings``). It checks the sender policy before it writes, as the daemon would.
 """
 
-import os
 import sys
 
-from mqd.errors import ConfigError, MessageParseError, MQDError
+from mqd.errors import ConfigError, MessageParseError, MQDError, PolicyError
 from mqd.exitcodes import ExitCode
-from mqd.message.headers import address_problem, envelope_address, read_envelope
+from mqd.message.headers import (
+    address_problem,
+    envelope_address,
+    read_envelope,
+    split_header,
+    unfold,
+)
 from mqd.producer.inject import envelope_lines, write_to_spool
+from mqd.producer.settings import settings
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers know it)
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Any, BinaryIO
 
-    from mqd.config.schema import Config
+    from mqd.config.senders import SenderRules
 
-__all__ = ["SendmailArgs", "Settings", "main", "parse_args", "settings"]
+__all__ = ["SendmailArgs", "main", "parse_args"]
 
 
 USAGE = "usage: mqd sendmail [-t] [-i] [-f sender] [-F fullname] [recipient ...] < message"
@@ -54,8 +57,8 @@ Drop the message on standard input into mqd's spool (the daemon delivers it).
   -C FILE     config file (like mqd --config)
   -o*, -O*, -B*, -bm, -od*, -v, -N*, -R*, -L*, -X*   accepted and ignored
 
-Exit codes: 0 queued, 64 bad option, 65 unusable message, 78 config error,
-73 or 75 the spool cannot be written."""
+Exit codes: 0 queued, 64 bad option, 65 unusable message, 77 sender not allowed,
+78 config error, 73 or 75 the spool cannot be written."""
 _IGNORED_PREFIXES = ("-o", "-O", "-B", "-od", "-N", "-R", "-L", "-X", "-v", "-m", "-e")
 _IGNORED_WITH_VALUE = ("-N", "-R", "-L", "-X", "-B", "-O")
 
@@ -157,22 +160,21 @@ def read_message(stream: "BinaryIO", ignore_dots: bool) -> bytes:
     return b"".join(lines)
 
 
-def build(args: SendmailArgs, raw: bytes, qualify_domain: str | None) -> bytes:
+def build(
+    args: SendmailArgs, raw: bytes, qualify_domain: str | None, rules: "SenderRules | None" = None
+) -> bytes:
     """The spool file for ``raw``: envelope lines, a From header if missing, then the message.
 
-    Raises MessageParseError for a message without recipients or a usable sender.
+    Raises MessageParseError for a message without recipients or a usable sender, and
+    PolicyError when ``rules`` (the spool's sender policy) refuse its sender or From.
     """
     if not raw.strip():
         raise MessageParseError("the message on standard input is empty")
     header_end = _header_end(raw)
-    found_sender = ""
-    found_rcpts: tuple[str, ...] = ()
-    invalid: tuple[tuple[str, str], ...] = ()
-    if args.from_headers or args.sender is None:
-        # The sender is validated after qualification ("root" from cron becomes root@domain).
-        found_sender, found_rcpts, invalid, _ = read_envelope(
-            raw, require_sender=False, require_recipients=False
-        )
+    # The sender is validated after qualification ("root" from cron becomes root@domain).
+    found_sender, found_rcpts, invalid, headers = read_envelope(
+        raw, require_sender=False, require_recipients=False
+    )
     recipients = list(args.recipients)
     if args.from_headers:
         recipients += list(found_rcpts) + [a for a, _ in invalid]
@@ -183,8 +185,17 @@ def build(args: SendmailArgs, raw: bytes, qualify_domain: str | None) -> bytes:
     recipients = list(dict.fromkeys(_qualify(r, qualify_domain, "recipient") for r in recipients))
     if not recipients:
         raise MessageParseError("no recipients: give them as arguments or use -t")
+    has_from = b"\nfrom:" in b"\n" + raw[:header_end].lower()
+    if has_from and qualify_domain:  # cron's "From: root (Cron Daemon)", as Postfix does
+        raw = _qualify_from(raw, qualify_domain)
+        headers = read_envelope(raw, require_sender=False, require_recipients=False)[3]
+    if rules is not None:
+        # As the daemon would, now, while the caller waits: the From added below is the sender.
+        refusal = rules.refusal(sender, headers.get("from", sender) if has_from else sender)
+        if refusal:
+            raise PolicyError(f"{refusal}; nothing was queued")
     extra = b""
-    if b"\nfrom:" not in b"\n" + raw[:header_end].lower():
+    if not has_from:
         from email.utils import formataddr  # only for a message without From
 
         extra = f"From: {formataddr((args.full_name or '', sender))}\r\n".encode()
@@ -206,6 +217,41 @@ def _qualify(address: str, domain: str | None, role: str) -> str:
     return address
 
 
+def _qualify_from(raw: bytes, domain: str) -> bytes:
+    """``raw`` with its From header's address qualified with ``domain`` when that header is one
+    local name alone (``root``, ``root (Cron Daemon)``, ``Cron Daemon <root>``: what cron
+    writes), as Postfix appends ``@$myorigin``; else ``raw`` unchanged. The daemon reads From
+    strictly, so an unqualified one would be refused (``check_from``)."""
+    fields, _ = split_header(raw)
+    froms = [i for i, (name, _) in enumerate(fields) if name.lower() == b"from"]
+    if len(froms) != 1:
+        return raw
+    index = froms[0]
+    line = fields[index][1]
+    value = unfold(line).strip()
+    lt, gt = value.rfind("<"), value.rfind(">")
+    if 0 <= lt < gt and not value[gt + 1 :].strip():  # Name <root>
+        local = value[lt + 1 : gt].strip()
+        qualified = f"{value[: lt + 1]}{local}@{domain}{value[gt:]}"
+    else:  # root, or root (comment)
+        local, paren, comment = value.partition("(")
+        local = local.strip()
+        qualified = f"{local}@{domain}" + (f" ({comment}" if paren else "")
+        if paren and not comment.rstrip().endswith(")"):
+            return raw
+    if not local or local.startswith(".") or local.endswith(".") or local.strip(_ATEXT):
+        return raw  # an address already, or not a plain local name: left to the policy
+    start = sum(len(field) for _, field in fields[:index])
+    ending = b"\r\n" if line.endswith(b"\r\n") else b"\n"
+    name = line[: line.index(b":")]
+    new_line = name + b": " + qualified.encode("utf-8") + ending
+    return raw[:start] + new_line + raw[start + len(line) :]
+
+
+#: The characters of an unquoted local part (RFC 5322 atext, and the dot).
+_ATEXT = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~."
+
+
 def _header_end(raw: bytes) -> int:
     ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
     return min(ends) if ends else len(raw)
@@ -225,7 +271,12 @@ def main(argv: "Sequence[str]", baked: "Mapping[str, Any] | None" = None) -> int
         return ExitCode.USAGE
     try:
         found = settings(args.config, baked)
-        data = build(args, read_message(sys.stdin.buffer, args.ignore_dots), found.qualify_domain)
+        raw = read_message(sys.stdin.buffer, args.ignore_dots)
+        try:
+            data = build(args, raw, found.qualify_domain, found.rules)
+        except PolicyError as exc:
+            print(f"mqd sendmail: {exc} (from {found.source})", file=sys.stderr)
+            return ExitCode.NOPERM
         write_to_spool(found.spool, [data])
     except ConfigError as exc:
         print(f"mqd sendmail: {exc}", file=sys.stderr)
@@ -243,91 +294,3 @@ def main(argv: "Sequence[str]", baked: "Mapping[str, Any] | None" = None) -> int
         print(f"mqd sendmail: {exc}", file=sys.stderr)
         return ExitCode.FAILURE
     return ExitCode.OK
-
-
-# -- the config: written into the launcher, or read in full -------------------------------------
-
-#: The shape of ``Settings.to_data``: a launcher written for another is read as having none.
-FORMAT = 1
-
-
-class Settings:
-    """What the sendmail path needs from the config, as plain values (a plain class: a dataclass
-    costs the import of ``dataclasses``)."""
-
-    __slots__ = ("config", "qualify_domain", "spool")
-
-    def __init__(self, *, config: str | None, spool: str, qualify_domain: str | None) -> None:
-        #: The config file these came from (absolute); None for the embedded defaults.
-        self.config = config
-        self.spool = spool
-        self.qualify_domain = qualify_domain
-
-    @classmethod
-    def from_config(cls, config: "Config") -> "Settings":
-        source = None if config.source is None else os.path.abspath(config.source)
-        return cls(
-            config=source,
-            spool=os.path.abspath(config.inject_spool),
-            qualify_domain=config.sendmail.qualify_domain,
-        )
-
-    def to_data(self) -> "dict[str, Any]":
-        """These as a literal the launcher holds (str, int, None, lists and dicts of them), with
-        the config file's size and modification time, by which ``settings`` knows it changed."""
-        stamp = None
-        if self.config is not None:
-            stat = os.stat(self.config)
-            stamp = [stat.st_mtime_ns, stat.st_size]
-        return {
-            "format": FORMAT,
-            "config": self.config,
-            "stamp": stamp,
-            "spool": self.spool,
-            "qualify_domain": self.qualify_domain,
-        }
-
-
-def settings(config: str | None, baked: "Mapping[str, Any] | None" = None) -> Settings:
-    """The settings for the config named by ``-C`` (None: the launcher's, else ``$MQD_CONFIG``,
-    then the platform's default, as ``mqd.config.paths.locate_config``): ``baked`` when they are
-    for that config and it has not changed since, else read by the full loader (raising its
-    ConfigError)."""
-    if baked is not None:
-        found = _baked(config, baked)
-        if found is not None:
-            return found
-        if config is None and baked.get("format") == FORMAT:
-            config = baked["config"]  # the launcher's config, changed since: read it in full
-    from pathlib import Path
-
-    from mqd.config.load import load_config
-    from mqd.config.paths import locate_config
-
-    explicit = None if config is None else Path(config)
-    return Settings.from_config(load_config(locate_config(explicit)))
-
-
-def _baked(config: str | None, baked: "Mapping[str, Any]") -> Settings | None:
-    """``baked`` as Settings; None when they are for another config or another format, or the
-    config file has changed since they were written (said on stderr: the launcher is stale)."""
-    if baked.get("format") != FORMAT:
-        return None
-    source = baked["config"]
-    if config is not None and (source is None or os.path.abspath(config) != source):
-        return None  # -C names another config than the launcher's
-    if source is not None:
-        try:
-            stat = os.stat(source)
-        except OSError:
-            return None  # the full loader says what is wrong with it
-        if [stat.st_mtime_ns, stat.st_size] != baked["stamp"]:
-            launcher = baked.get("launcher") or "the launcher"
-            print(
-                f"mqd sendmail: {source} has changed since {launcher} was written: reading it "
-                f"in full (slower); write the launcher again with 'mqd --config {source} "
-                f"install-sendmail --force {launcher}'",
-                file=sys.stderr,
-            )
-            return None
-    return Settings(config=source, spool=baked["spool"], qualify_domain=baked["qualify_domain"])
