@@ -204,3 +204,58 @@ def test_the_launcher_checks_the_rule_written_into_it(
     proc = run([str(launcher), "-t", "-i"], env, MESSAGE)
     assert proc.returncode == 0 and proc.stderr == ""
     assert len(list(spool.glob("*.eml"))) == 3
+
+
+# -- sendmail without -f and without From (issue 25 #5) --------------------------------------------
+
+MAILX = b"To: bob@example.net\nSubject: disk full\n\n/var is at 97%\n"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a login name from the password database")
+@pytest.mark.parametrize("through", ["mqd sendmail", "launcher"])
+def test_mail_without_any_sender_is_from_the_login_name_at_the_host(
+    write_config: Callable[..., Path],
+    spool: Path,
+    queue_dir: Path,
+    tmp_path: Path,
+    env: dict[str, str],
+    through: str,
+) -> None:
+    """What mail and mailx run: ``sendmail -i bob@example.net``, a message without From. No
+    qualify_domain: the host name (queue.hostname), as Postfix's myorigin defaults to it."""
+    import pwd
+
+    login = pwd.getpwuid(os.geteuid()).pw_name
+    config = write_config(
+        f"""
+        [queue]
+        dir = "{queue_dir}"
+        hostname = "box.example.org"
+        [[spool]]
+        path = "{spool}"
+        relay = "main"
+        allowed_senders = ["*@box.example.org"]
+        """
+        + RELAYS.split("[relays.bulk]")[0]
+    )
+    if through == "launcher":
+        write_launcher(tmp_path / "sendmail", load_config(config))
+        command = [str(tmp_path / "sendmail")]
+    else:
+        command = [str(MQD), "--config", str(config), "sendmail"]
+    environment = {**env, "LOGNAME": "mallory", "USER": "mallory"}  # not what is used
+    proc = run([*command, "-i", "bob@example.net"], environment, MAILX)
+    assert proc.returncode == 0, proc.stderr
+    [written] = spool.glob("*.eml")
+    message = parse_message(written.read_bytes())
+    assert message.sender == f"{login}@box.example.org"
+    assert message.headers["from"] == f"{login}@box.example.org"  # added, as Postfix does
+    assert message.recipients == ("bob@example.net",)
+    # Still subject to the allow-list.
+    config.write_text(config.read_text().replace("*@box.example.org", "app@box.example.org"))
+    if through == "launcher":
+        write_launcher(tmp_path / "sendmail", load_config(config), force=True)
+    proc = run([*command, "-i", "bob@example.net"], environment, MAILX)
+    assert proc.returncode == ExitCode.NOPERM, proc.stderr
+    assert f"sender {login}@box.example.org is not allowed" in proc.stderr
+    assert len(list(spool.glob("*.eml"))) == 1

@@ -9,8 +9,11 @@ envelope stated in leading X-Sender / X-Receiver lines. Supported options::
     -F NAME       full name for the From header when the message has none
     -o*, -B*, -bm, -od*, -v, -N*, -R*, -L*, -X*   accepted and ignored (sendmail compatibility)
 
-Without ``-f`` the sender comes from the Sender or From header. Addresses without a domain
-(cron writes "root") get ``[sendmail] qualify_domain`` appended, or are refused.
+Without ``-f`` the sender comes from the Sender or From header; without those, it is the
+effective user's login name at ``[sendmail] qualify_domain`` (default ``queue.hostname``), as
+Postfix's sendmail does. Addresses without a domain (cron writes "root") get
+``[sendmail] qualify_domain`` appended, or are refused. Every sender is checked against the
+spool's allow-lists before anything is written.
 
 It runs once per message, so it loads as little as it can (tests/test_imports.py holds the
 launcher to that): no click, asyncio, email.policy or pluggy, no TOML reader and not
@@ -52,7 +55,8 @@ Drop the message on standard input into mqd's spool (the daemon delivers it).
 
   -t          recipients from To, Cc and Bcc, plus any given as arguments
   -i, -oi     a line with a single "." does not end the message
-  -f SENDER   envelope sender (also -fSENDER, -r SENDER); default: Sender or From header
+  -f SENDER   envelope sender (also -fSENDER, -r SENDER); default: Sender or From
+              header, else your login name at qualify_domain (or the host name)
   -F NAME     full name for the From header added when the message has none
   -C FILE     config file (like mqd --config)
   -o*, -O*, -B*, -bm, -od*, -v, -N*, -R*, -L*, -X*   accepted and ignored
@@ -161,9 +165,17 @@ def read_message(stream: "BinaryIO", ignore_dots: bool) -> bytes:
 
 
 def build(
-    args: SendmailArgs, raw: bytes, qualify_domain: str | None, rules: "SenderRules | None" = None
+    args: SendmailArgs,
+    raw: bytes,
+    qualify_domain: str | None,
+    rules: "SenderRules | None" = None,
+    origin: str | None = None,
 ) -> bytes:
     """The spool file for ``raw``: envelope lines, a From header if missing, then the message.
+
+    Without ``-f`` and without a sender in the headers (mail, mailx and many scripts), the
+    sender is the effective user's login name at ``origin`` (default ``qualify_domain``), as
+    Postfix's, exim's and nullmailer's sendmail do.
 
     Raises MessageParseError for a message without recipients or a usable sender, and
     PolicyError when ``rules`` (the spool's sender policy) refuse its sender or From.
@@ -179,6 +191,8 @@ def build(
     if args.from_headers:
         recipients += list(found_rcpts) + [a for a, _ in invalid]
     sender = args.sender if args.sender is not None else found_sender
+    if not sender and args.sender is None:
+        sender = _login_sender(origin or qualify_domain)
     if not sender:
         raise MessageParseError("no sender: give one with -f or put a From header in the message")
     sender = _qualify(sender, qualify_domain, "sender")
@@ -195,10 +209,13 @@ def build(
         if refusal:
             raise PolicyError(f"{refusal}; nothing was queued")
     extra = b""
-    if not has_from:
-        from email.utils import formataddr  # only for a message without From
+    if not has_from:  # as Postfix: From is the envelope sender (with -F's name)
+        value = sender
+        if args.full_name:
+            from email.utils import formataddr  # only for a name to quote (it costs ~10 ms)
 
-        extra = f"From: {formataddr((args.full_name or '', sender))}\r\n".encode()
+            value = formataddr((args.full_name, sender))
+        extra = f"From: {value}\r\n".encode()
     return envelope_lines(sender, recipients) + extra + raw
 
 
@@ -215,6 +232,35 @@ def _qualify(address: str, domain: str | None, role: str) -> str:
     if problem:
         raise MessageParseError(f"the {role} {address!r} is not usable: {problem}")
     return address
+
+
+def _login_sender(domain: str | None) -> str:
+    """The effective user's login name at ``domain``: the user whose rights write the spool.
+    Not ``os.getlogin()`` (the terminal's login: none under cron, PHP-FPM or systemd, and the
+    one who logged in rather than the one ``su``/``sudo`` runs as) nor ``$LOGNAME``/``$USER``
+    (whatever the caller's environment says, unset for daemons, kept by some ``sudo``)."""
+    import os
+
+    try:
+        import pwd  # built in, cheap; only for mail without any sender
+
+        uid = os.geteuid()
+        name = pwd.getpwuid(uid).pw_name
+    except ImportError:  # Windows: no password database, no effective user
+        raise MessageParseError(
+            "no sender: give one with -f or put a From header in the message"
+        ) from None
+    except KeyError:
+        raise MessageParseError(
+            f"no sender: give one with -f or put a From header in the message (the user id "
+            f"{uid} has no name in the password database to send as)"
+        ) from None
+    if not domain:
+        raise MessageParseError(
+            f"no sender: give one with -f or put a From header in the message, or set "
+            f"[sendmail] qualify_domain in the config to send as {name}@<qualify_domain>"
+        )
+    return f"{name}@{domain}"
 
 
 def _qualify_from(raw: bytes, domain: str) -> bytes:
@@ -273,7 +319,7 @@ def main(argv: "Sequence[str]", baked: "Mapping[str, Any] | None" = None) -> int
         found = settings(args.config, baked)
         raw = read_message(sys.stdin.buffer, args.ignore_dots)
         try:
-            data = build(args, raw, found.qualify_domain, found.rules)
+            data = build(args, raw, found.qualify_domain, found.rules, found.origin)
         except PolicyError as exc:
             print(f"mqd sendmail: {exc} (from {found.source})", file=sys.stderr)
             return ExitCode.NOPERM

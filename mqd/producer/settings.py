@@ -24,14 +24,14 @@ if TYPE_CHECKING:
 __all__ = ["FORMAT", "Settings", "settings"]
 
 #: The shape of ``Settings.to_data``: a launcher written for another is read as having none.
-FORMAT = 2
+FORMAT = 3
 
 
 class Settings:
     """What the sendmail path needs from the config, as plain values (a plain class: a dataclass
     costs the import of ``dataclasses``)."""
 
-    __slots__ = ("config", "launcher", "qualify_domain", "rules", "spool")
+    __slots__ = ("config", "launcher", "origin", "qualify_domain", "rules", "spool")
 
     def __init__(
         self,
@@ -40,6 +40,7 @@ class Settings:
         spool: str,
         qualify_domain: str | None,
         rules: SenderRules,
+        origin: str | None = None,
         launcher: str | None = None,
     ) -> None:
         #: The config file these came from (absolute); None for the embedded defaults.
@@ -48,6 +49,9 @@ class Settings:
         self.qualify_domain = qualify_domain
         #: The spool's sender policy: checked before anything is written.
         self.rules = rules
+        #: The domain of a sender made from the login name (mail without -f or From):
+        #: qualify_domain, else queue.hostname (as Postfix's myorigin defaults to myhostname).
+        self.origin = origin or qualify_domain
         #: The launcher these were written into; None when read from the config.
         self.launcher = launcher
 
@@ -62,6 +66,7 @@ class Settings:
             spool=os.path.abspath(spool.path),
             qualify_domain=config.sendmail.qualify_domain,
             rules=SenderRules.from_config(config, spool),
+            origin=config.sendmail.qualify_domain or config.queue.hostname,
         )
 
     @property
@@ -85,6 +90,7 @@ class Settings:
             "stamp": stamp,
             "spool": self.spool,
             "qualify_domain": self.qualify_domain,
+            "origin": self.origin,
             "rules": self.rules.to_data(),
         }
 
@@ -136,5 +142,6 @@ def _baked(config: str | None, baked: "Mapping[str, Any]") -> Settings | None:
         spool=baked["spool"],
         qualify_domain=baked["qualify_domain"],
         rules=SenderRules.from_data(baked["rules"]),
+        origin=baked["origin"],
         launcher=baked.get("launcher"),
     )
