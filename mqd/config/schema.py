@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mqd.config.options import Options, Secret
+from mqd.config.paths import CONFIG_ENV
 
 __all__ = [
     "CONFIG_ENV",
@@ -31,7 +32,6 @@ __all__ = [
     "TrackingConfig",
 ]
 
-CONFIG_ENV = "MQD_CONFIG"
 #: Name of the relay used by the embedded defaults.
 DEFAULT_RELAY = "outbox"
 WATCH_MODES = ("auto", "inotify", "watchfiles", "poll")
@@ -355,6 +355,11 @@ class Config:
     def inject_spool(self) -> Path:
         """The spool that ``mqd send`` and ``mqd sendmail`` write into."""
         return self.sendmail.spool or self.spools[0].path
+
+    def spool_at(self, path: str | os.PathLike[str]) -> SpoolConfig | None:
+        """The ``[[spool]]`` whose directory ``path`` is (as absolute paths), or None."""
+        wanted = os.path.abspath(path)
+        return next((s for s in self.spools if os.path.abspath(s.path) == wanted), None)
 
     @property
     def is_embedded_default(self) -> bool:
