@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from click.testing import CliRunner, Result
 
@@ -188,3 +189,54 @@ async def test_a_provider_reported_complaint_suppresses_for_good(
         [row] = await admin.op_suppress_list()
     assert row["address"] == "fran@example.net" and row["account"] == "shop"
     assert row["kind"] == "complaint" and row["until"] is None
+
+
+HTTP_CONFIG = (
+    CONFIG
+    + """
+[http]
+enabled = true
+port = 0
+token = "read-token-for-the-suppression-tests"
+operator_token = "operator-token-for-the-suppression-tests"
+"""
+)
+OPERATOR = {"Authorization": "Bearer operator-token-for-the-suppression-tests"}
+READER = {"Authorization": "Bearer read-token-for-the-suppression-tests"}
+
+
+async def test_the_api_lists_to_readers_and_changes_only_with_the_operator_token(
+    write_config: Callable[[str], Path], spool: Path, queue_dir: Path
+) -> None:
+    config = load_config(write_config(HTTP_CONFIG.format(queue=queue_dir, spool=spool)))
+    daemon = Daemon(config, host=PluginHost(entry_points=False), shutdown_timeout=5)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 10)
+        assert daemon.http is not None
+        async with aiohttp.ClientSession(base_url=daemon.http.url) as http:
+            add = {"addresses": ["hal@example.net"], "account": "shop", "reason": "asked"}
+            async with http.post("/api/v1/suppressions", json=add, headers=READER) as r:
+                assert r.status == 403, "the read token cannot change what mqd sends"
+                assert "operator_token" in (await r.json())["error"]
+            async with http.post("/api/v1/suppressions", json=add, headers=OPERATOR) as r:
+                assert r.status == 200 and (await r.json())["added"] == ["hal@example.net"]
+            async with http.post(
+                "/api/v1/suppressions", json={"addresses": "x"}, headers=OPERATOR
+            ) as r:
+                assert r.status == 400
+            async with http.get("/api/v1/suppressions", headers=READER) as r:
+                [item] = (await r.json())["suppressions"]
+            assert item["address"] == "hal@example.net" and item["reason"] == "asked"
+            async with http.get("/suppressions", headers=READER) as r:
+                page = await r.text()
+            assert "hal@example.net" in page and "asked" in page
+            async with http.delete("/api/v1/suppressions/hal@example.net", headers=READER) as r:
+                assert r.status == 403
+            async with http.delete("/api/v1/suppressions/hal@example.net", headers=OPERATOR) as r:
+                assert r.status == 200 and (await r.json())["removed"] == 1
+            async with http.delete("/api/v1/suppressions/hal@example.net", headers=OPERATOR) as r:
+                assert r.status == 404
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 10)

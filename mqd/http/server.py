@@ -30,6 +30,7 @@ from mqd.http.api import PREFIX, Api, BadQuery, error, json_error_for
 from mqd.http.charts import Charts
 from mqd.http.html import SECURITY_HEADERS, forbidden_page, page
 from mqd.http.listen import ConnectionGate, GatedSite, listen_error
+from mqd.http.suppressions import SuppressionRoutes
 from mqd.http.view import View
 from mqd.plugins.webhooks import Webhook, WebhookRejected, WebhookRequest
 from mqd.tracking.vocabulary import ProviderEvent
@@ -119,6 +120,7 @@ class HttpServer:
         app.router.add_routes(View(self.site).routes())
         app.router.add_routes(Charts(self.site).routes())
         app.router.add_routes(self.actions.routes())
+        app.router.add_routes(SuppressionRoutes(self.site).routes())
         app.on_response_prepare.append(_add_headers)
         return app
 
