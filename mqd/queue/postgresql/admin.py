@@ -121,7 +121,9 @@ async def unhold(conn: Conn, ids: Sequence[str] | None, now: float) -> list[str]
     if ids is not None:
         await _existing(conn, ids)
     cursor = await conn.execute(
-        "UPDATE mqd_entry SET held = false, next_attempt_at = %(now)s, "
+        "UPDATE mqd_entry SET held = false, next_attempt_at = CASE "
+        "    WHEN attempts = 0 AND send_at IS NOT NULL THEN greatest(send_at, %(now)s) "
+        "    ELSE %(now)s END, "
         "state = jsonb_set(state, '{held}', 'false') "
         "WHERE held AND (%(all)s OR id = ANY(%(ids)s)) RETURNING id, created_at",
         {"now": now, "all": ids is None, "ids": list(ids or ())},
@@ -133,16 +135,36 @@ async def retry(conn: Conn, ids: Sequence[str] | None, relay: str | None, now: f
     """Make entries due now; a leased one when its holder saves it. Held ones stay held."""
     if ids is not None:
         await _existing(conn, ids)
-    cursor = await conn.execute(
-        "UPDATE mqd_entry SET "
-        "retry_asked = (owner IS NOT NULL AND lease_expires >= %(now)s), "
-        "next_attempt_at = CASE WHEN owner IS NOT NULL AND lease_expires >= %(now)s "
-        "    THEN next_attempt_at ELSE least(next_attempt_at, %(now)s) END "
-        "WHERE NOT held AND (%(all)s OR id = ANY(%(ids)s)) "
-        "AND (%(relay)s::text IS NULL OR %(relay)s = ANY(relays)) RETURNING id, created_at",
-        {"now": now, "all": ids is None, "ids": list(ids or ()), "relay": relay},
-    )
+    wanted = list(ids) if ids is not None else None
+    cursor = await conn.execute(_RETRY, {"now": now, "ids": wanted, "relay": relay})
     return _ordered(await cursor.fetchall(), ids)
+
+
+#: A leased entry is retried when its holder saves it (``retry_asked``). Everything (no ids) is
+#: everything that waits to be tried again, but not a message for later: that keeps its time
+#: unless it is named (then it goes now, and its lifetime counts from now).
+_RETRY = """
+WITH chosen AS (
+    SELECT id, owner IS NOT NULL AND lease_expires >= %(now)s AS leased,
+        send_at IS NOT NULL AND send_at > %(now)s AS later
+    FROM mqd_entry
+    WHERE NOT held
+    AND (%(relay)s::text IS NULL OR %(relay)s = ANY(relays))
+    AND CASE WHEN %(ids)s::text[] IS NULL
+        THEN NOT (attempts = 0 AND send_at IS NOT NULL AND send_at > %(now)s)
+        ELSE id = ANY(%(ids)s::text[]) END
+)
+UPDATE mqd_entry e
+SET retry_asked = chosen.leased,
+    next_attempt_at = CASE WHEN chosen.leased THEN e.next_attempt_at
+        ELSE least(e.next_attempt_at, %(now)s) END,
+    send_at = CASE WHEN chosen.later AND NOT chosen.leased THEN %(now)s ELSE e.send_at END,
+    state = CASE WHEN chosen.later AND NOT chosen.leased
+        THEN jsonb_set(e.state, '{send_at}', to_jsonb(%(now)s::float8)) ELSE e.state END
+FROM chosen
+WHERE e.id = chosen.id
+RETURNING e.id, e.created_at
+"""
 
 
 def _ordered(rows: Sequence[tuple[str, float]], ids: Sequence[str] | None) -> list[str]:
@@ -182,13 +204,16 @@ SELECT
     count(*) FILTER (WHERE leased),
     count(*) FILTER (WHERE NOT leased AND held),
     count(*) FILTER (WHERE NOT leased AND NOT held AND attempts > 0),
-    count(*) FILTER (WHERE NOT leased AND NOT held AND attempts = 0),
+    count(*) FILTER (WHERE NOT leased AND NOT held AND attempts = 0 AND NOT later),
+    count(*) FILTER (WHERE NOT leased AND NOT held AND attempts = 0 AND later),
     coalesce(sum(size), 0),
     min(created_at),
-    min(created_at) FILTER (WHERE NOT held),
+    min(created_at) FILTER (WHERE NOT held AND (leased OR attempts > 0 OR NOT later)),
     count(*) FILTER (WHERE NOT leased AND NOT held AND next_attempt_at <= %(now)s)
 FROM (
-    SELECT *, (owner IS NOT NULL AND lease_expires >= %(now)s) AS leased FROM mqd_entry
+    SELECT *, (owner IS NOT NULL AND lease_expires >= %(now)s) AS leased,
+        (send_at IS NOT NULL AND send_at > %(now)s) AS later
+    FROM mqd_entry
 ) e
 """
 _BY_RELAY = "SELECT r, count(*) FROM mqd_entry, unnest(relays) AS r GROUP BY r"
@@ -201,12 +226,13 @@ async def counts(conn: Conn, now: float) -> QueueCounts:
         relays = await conn.execute(_BY_RELAY)
     row = await totals.fetchone()
     assert row is not None  # an aggregate always has a row
-    active, held, deferred, waiting, size, oldest, unheld, due = row
+    active, held, deferred, waiting, later, size, oldest, unheld, due = row
     by_state = {
         EntryState.ACTIVE: int(active),
         EntryState.HELD: int(held),
         EntryState.DEFERRED: int(deferred),
         EntryState.WAITING: int(waiting),
+        EntryState.SCHEDULED: int(later),
     }
     return QueueCounts(
         by_state,

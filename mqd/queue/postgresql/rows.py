@@ -49,8 +49,11 @@ bodies AS (
     SELECT b.id, b.body FROM batch b JOIN fresh USING (id)
     ON CONFLICT (id) DO NOTHING
 )
-INSERT INTO mqd_entry (id, created_at, next_attempt_at, held, attempts, size, relays, state)
-SELECT b.id, b.created_at, b.next_attempt_at, b.held, b.attempts, b.size,
+INSERT INTO mqd_entry (
+    id, created_at, next_attempt_at, send_at, held, attempts, size, relays, state
+)
+SELECT b.id, b.created_at, b.next_attempt_at, (b.state ->> 'send_at')::float8, b.held,
+    b.attempts, b.size,
     ARRAY(SELECT jsonb_array_elements_text(CASE WHEN jsonb_array_length(b.state -> 'route') > 0
         THEN b.state -> 'route' ELSE jsonb_build_array(b.state -> 'relay') END)),
     b.state
@@ -135,4 +138,6 @@ def listed_from(row: tuple[Any, ...], now: float) -> Listed:
         return Listed(entry, EntryState.ACTIVE, owner)
     if held:
         return Listed(entry, EntryState.HELD)
-    return Listed(entry, EntryState.DEFERRED if entry.attempts else EntryState.WAITING)
+    if entry.attempts:
+        return Listed(entry, EntryState.DEFERRED)
+    return Listed(entry, EntryState.SCHEDULED if entry.scheduled(now) else EntryState.WAITING)

@@ -56,6 +56,7 @@ CREATE TABLE mqd_entry (
     id text PRIMARY KEY,
     created_at double precision NOT NULL,
     next_attempt_at double precision NOT NULL,
+    send_at double precision,
     held boolean NOT NULL DEFAULT false,
     attempts integer NOT NULL DEFAULT 0,
     size bigint NOT NULL DEFAULT 0,
