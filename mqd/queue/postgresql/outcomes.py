@@ -3,12 +3,10 @@ fenced on the token, with its bounce and its failed-folder copy, in one transact
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from mqd.queue.entry import QueueEntry
-from mqd.queue.failed import FailureRecord
 from mqd.queue.postgresql import statements as q
 from mqd.queue.postgresql.connect import Conn
 from mqd.queue.postgresql.rows import delivered_json, entry_from, insert_entries, merge_delivered
@@ -41,23 +39,16 @@ async def write_outcome(
     conn: Conn,
     statement: str,
     params: dict[str, object],
-    entry: QueueEntry,
     now: float,
     *,
     bounce: Bounce | None,
-    failed: FailureRecord | None,
     channel: str,
 ) -> bool:
-    """Run the fenced ``statement`` (``q.SAVE`` or ``q.REMOVE``) and what goes with it; False,
-    having written nothing, when the lease is lost."""
+    """Run the fenced ``statement`` (``q.SAVE``, ``q.COMPLETE`` or ``q.FAIL``: one statement
+    each) and queue the bounce with it; False, having written nothing, when the lease is lost."""
     cursor = await conn.execute(statement, params)
     if await cursor.fetchone() is None:
         return False
-    if failed is not None:
-        record = json.dumps(failed.to_dict())
-        await conn.execute(q.TO_FAILED, {"id": entry.id, "now": now, "record": record})
-    if statement is q.REMOVE:  # complete / fail: the entry left, its body goes too
-        await conn.execute(q.REMOVE_BODY, {"id": entry.id})
     if bounce is not None:
         await insert_entries(conn, [(bounce.entry, bounce.body)], now)
         await conn.execute(q.NOTIFY, (channel,))

@@ -64,17 +64,29 @@ DISPATCHING = """
 UPDATE mqd_entry SET dispatching = true, lease_expires = greatest(lease_expires, %(expires)s)
 WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s RETURNING id
 """
-#: ``complete`` and ``fail``: the entry leaves (its body after it, in the same transaction).
-REMOVE = """
-DELETE FROM mqd_entry WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s RETURNING id
+#: ``complete``: the entry leaves, its body with it, in one statement.
+COMPLETE = """
+WITH gone AS (
+    DELETE FROM mqd_entry WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s
+    RETURNING id
+),
+body AS (DELETE FROM mqd_body b USING gone WHERE b.id = gone.id)
+SELECT id FROM gone
 """
-REMOVE_BODY = "DELETE FROM mqd_body WHERE id = %(id)s"
-#: ``fail``: the message into the failed folder with its record.
-TO_FAILED = """
-INSERT INTO mqd_failed (id, failed_at, record, body)
-SELECT %(id)s, %(now)s, %(record)s::jsonb, (SELECT body FROM mqd_body WHERE id = %(id)s)
-ON CONFLICT (id) DO UPDATE
-SET failed_at = excluded.failed_at, record = excluded.record, body = excluded.body
+#: ``fail``: the entry leaves, its body goes into the failed folder with its record.
+FAIL = """
+WITH gone AS (
+    DELETE FROM mqd_entry WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s
+    RETURNING id
+),
+body AS (DELETE FROM mqd_body b USING gone WHERE b.id = gone.id RETURNING b.body),
+kept AS (
+    INSERT INTO mqd_failed (id, failed_at, record, body)
+    SELECT gone.id, %(now)s, %(record)s::jsonb, (SELECT body FROM body) FROM gone
+    ON CONFLICT (id) DO UPDATE
+    SET failed_at = excluded.failed_at, record = excluded.record, body = excluded.body
+)
+SELECT id FROM gone
 """
 #: The recipients a holder delivered after it lost its lease (kept while the entry is queued).
 REMEMBER = """

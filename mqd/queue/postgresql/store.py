@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -278,7 +279,7 @@ class PostgresStore(QueueStore):
         await self._fenced(lease, entry, q.SAVE, params, bounce)
 
     async def complete(self, lease: Lease, entry: QueueEntry) -> None:
-        await self._fenced(lease, entry, q.REMOVE, self._fence(lease))
+        await self._fenced(lease, entry, q.COMPLETE, self._fence(lease))
 
     async def fail(
         self,
@@ -288,14 +289,8 @@ class PostgresStore(QueueStore):
         *,
         bounce: Bounce | None = None,
     ) -> None:
-        await self._fenced(
-            lease,
-            entry,
-            q.REMOVE,
-            self._fence(lease),
-            bounce,
-            failed=record,
-        )
+        params = self._fence(lease, now=self.clock.time(), record=json.dumps(record.to_dict()))
+        await self._fenced(lease, entry, q.FAIL, params, bounce)
 
     async def _fenced(
         self,
@@ -304,22 +299,13 @@ class PostgresStore(QueueStore):
         statement: str,
         params: dict[str, object],
         bounce: Bounce | None = None,
-        *,
-        failed: FailureRecord | None = None,
     ) -> None:
         """Write the outcome fenced on ``lease``, with its bounce, in one transaction. A lost
         lease writes nothing but the delivered recipients, and raises LeaseLost."""
         now = self.clock.time()
         async with self._tx("saving an entry") as conn:
             kept = await write_outcome(
-                conn,
-                statement,
-                params,
-                entry,
-                now,
-                bounce=bounce,
-                failed=failed,
-                channel=self.channel,
+                conn, statement, params, now, bounce=bounce, channel=self.channel
             )
         if not kept:
             if delivered_json(entry):
