@@ -13,6 +13,7 @@ import psycopg
 from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.queue.failed import FailedError, FailedFolder, FailedMessage, FailureRecord
 from mqd.queue.postgresql.connect import Conn, Database, connect
+from mqd.queue.store import Refused
 
 __all__ = ["PgFailedFolder", "insert_failed"]
 
@@ -22,15 +23,15 @@ _LOCK = "SELECT pg_advisory_lock(hashtextextended('mqd-failed:' || current_schem
 _UNLOCK = "SELECT pg_advisory_unlock(hashtextextended('mqd-failed:' || current_schema(), 0))"
 
 
-async def insert_failed(
-    conn: Conn, entry_id: str, now: float, record: FailureRecord, body: bytes | None
-) -> None:
-    await conn.execute(
-        "INSERT INTO mqd_failed (id, failed_at, record, body) VALUES (%s, %s, %s::jsonb, %s) "
-        "ON CONFLICT (id) DO UPDATE SET failed_at = excluded.failed_at, "
-        "record = excluded.record, body = excluded.body",
-        (entry_id, now, json.dumps(record.to_dict()), body),
-    )
+async def insert_failed(conn: Conn, now: float, items: Sequence[Refused]) -> None:
+    """Put refused files into the folder: one pipeline (``executemany``) for the batch."""
+    async with conn.cursor() as cursor:
+        await cursor.executemany(
+            "INSERT INTO mqd_failed (id, failed_at, record, body) VALUES (%s, %s, %s::jsonb, %s) "
+            "ON CONFLICT (id) DO UPDATE SET failed_at = excluded.failed_at, "
+            "record = excluded.record, body = excluded.body",
+            [(i.entry_id, now, json.dumps(i.record.to_dict()), i.body) for i in items],
+        )
 
 
 class PgFailedFolder(FailedFolder):

@@ -58,8 +58,9 @@ async def write_outcome(
 async def remember_delivered(conn: Conn, entry: QueueEntry) -> None:
     """Keep the recipients a holder delivered after it lost its lease: whoever holds the entry
     now never sends to them again."""
-    for address, recipient in delivered_json(entry):
-        await conn.execute(q.REMEMBER, {"id": entry.id, "address": address, "r": recipient})
+    rows = [{"id": entry.id, "address": a, "r": r} for a, r in delivered_json(entry)]
+    async with conn.cursor() as cursor:
+        await cursor.executemany(q.REMEMBER, rows)  # one pipeline
 
 
 def lost(lease: Lease) -> LeaseLost:

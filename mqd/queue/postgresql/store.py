@@ -190,8 +190,7 @@ class PostgresStore(QueueStore):
             return
         now = self.clock.time()
         async with self._tx("writing to the failed folder") as conn:
-            for item in batch:
-                await insert_failed(conn, item.entry_id, now, item.record, item.body)
+            await insert_failed(conn, now, batch)
 
     # -- the schedule -----------------------------------------------------------------------------
 
