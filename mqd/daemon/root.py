@@ -31,7 +31,7 @@ from mqd.daemon.stores import open_store
 from mqd.daemon.workers import WorkerPool, warn_of_retired_workers, watch_parent
 from mqd.delivery.deliverer import Deliverer
 from mqd.delivery.guards import Guards
-from mqd.events import Event
+from mqd.events import Event, EventKind
 from mqd.faults import Fault
 from mqd.intake.pipeline import Intake
 from mqd.intake.spools import SpoolIntake
@@ -54,6 +54,10 @@ QUOTA_SAVE_INTERVAL = 5.0
 PRUNE_INTERVAL = 3600.0
 #: Worker 1 waits this much longer than ``queue.shutdown_timeout`` for the others to stop.
 WORKER_STOP_SLACK = 10.0
+
+
+#: Events of a message leaving the queue: room for a paused intake.
+_LEFT_THE_QUEUE = frozenset({EventKind.COMPLETED, EventKind.FAILED, EventKind.DELETED})
 
 
 class Daemon:
@@ -114,6 +118,8 @@ class Daemon:
     def emit(self, event: Event) -> None:
         self.servers.observe(event)
         self.host.track_event(event)
+        if event.kind in _LEFT_THE_QUEUE:
+            self.spools.made_room()
 
     @property
     def tracker(self) -> Tracker | None:
