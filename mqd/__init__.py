@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
         TransientRelayError,
     )
     from mqd.events import (
+        Attempted,
         Bounced,
         Claimed,
         Completed,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
         Queued,
         RecipientEvent,
         Rejected,
+        RelayCall,
     )
     from mqd.message.envelope import Envelope, ParsedMessage
     from mqd.message.reply import Outcome, Reply
@@ -57,6 +59,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
 
 #: Public name -> the module that defines it.
 _LAZY = {
+    "Attempted": "mqd.events",
     "Bounced": "mqd.events",
     "Claimed": "mqd.events",
     "Completed": "mqd.events",
@@ -91,6 +94,7 @@ _LAZY = {
     "RegisterRelay": "mqd.plugins.hookspecs",
     "Rejected": "mqd.events",
     "Relay": "mqd.relays.base",
+    "RelayCall": "mqd.events",
     "RelayError": "mqd.errors",
     "Reply": "mqd.message.reply",
     "Secret": "mqd.config.options",
@@ -107,6 +111,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "Attempted",
     "Bounced",
     "Claimed",
     "Completed",
@@ -141,6 +146,7 @@ __all__ = [
     "RegisterRelay",
     "Rejected",
     "Relay",
+    "RelayCall",
     "RelayError",
     "Reply",
     "Secret",
