@@ -56,6 +56,7 @@ class Servers:
         self.daemon = daemon
         #: Spans from the events (None unless [tracing] is enabled, or given: tests).
         self.tracing = tracing
+        self._own_tracing = False
         #: The event store's writer and reader (None when [tracking] is off).
         self.tracker: Tracker | None = None
         #: Status changes POSTed to the application (None unless [notify] url is set).
@@ -116,14 +117,15 @@ class Servers:
             from mqd.tracing.spans import Tracing
 
             self.tracing = Tracing.from_status(status)
+            self._own_tracing = True
         except Exception as exc:  # traces are an aid: the mail goes without them
             log.error("tracing: cannot set up the exporters, so no traces: %r", exc)
             return
         log.info("tracing %s", status.why)
 
     async def stop(self) -> None:
-        if self.tracing is not None:
-            tracing, self.tracing = self.tracing, None
+        if self.tracing is not None and self._own_tracing:  # one given is its giver's to stop
+            tracing, self.tracing, self._own_tracing = self.tracing, None, False
             await asyncio.to_thread(tracing.shutdown)
         if self.http is not None:
             await self.http.stop()
