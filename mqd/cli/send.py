@@ -33,6 +33,19 @@ def _one_line(ctx: click.Context, param: click.Parameter, value: _V) -> _V:
     return value
 
 
+def _traceparent(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A valid W3C ``traceparent``, or a usage error (exit 64) naming the option."""
+    from mqd.message.tracecontext import parse
+
+    if not value:
+        return None
+    if parse(value) is None:
+        raise click.BadParameter(
+            f"{value!r} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)", ctx, param
+        )
+    return value.strip()
+
+
 @click.command()
 @click.option(
     "--from",
@@ -78,6 +91,14 @@ def _one_line(ctx: click.Context, param: click.Parameter, value: _V) -> _V:
     help="Spool directory to write into. Default: [sendmail] spool, else the first spool.",
 )
 @click.option(
+    "--traceparent",
+    envvar="TRACEPARENT",
+    default=None,
+    callback=_traceparent,
+    help="A W3C traceparent (default: $TRACEPARENT): the message's trace continues it "
+    "(docs/tracing.md).",
+)
+@click.option(
     "--no-progress",
     is_flag=True,
     help="With --count: no progress bar (one is drawn only when stderr is a terminal).",
@@ -93,6 +114,7 @@ def send(
     attachments: tuple[Path, ...],
     count: int,
     spool: Path | None,
+    traceparent: str | None,
     no_progress: bool,
 ) -> None:
     """Compose a message and drop it into a spool (the daemon delivers it)."""
@@ -104,7 +126,13 @@ def send(
         body = "" if sys.stdin.isatty() else sys.stdin.read()
     target = spool or state.load().inject_spool
     message = compose(
-        sender=sender, to=to, cc=cc, subject=subject, body=body, attachments=attachments
+        sender=sender,
+        to=to,
+        cc=cc,
+        subject=subject,
+        body=body,
+        attachments=attachments,
+        traceparent=traceparent,
     )
     domain = sender.rpartition("@")[2]
     copies = (message if i == 0 else with_new_message_id(message, domain) for i in range(count))

@@ -99,6 +99,7 @@ class Reloader:
         http_was, http_is = (replace(c.http, token=None) for c in (current, new))
         for table, changed in (
             ("tracking", new.tracking != current.tracking),
+            ("tracing", new.tracing != current.tracing),
             ("http", http_is != http_was),
             ("notify", new.notify != current.notify),
         ):
