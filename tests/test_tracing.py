@@ -5,14 +5,19 @@ trace (intake, queued, one span per relay call, the bounce) that later attempts 
 
 from __future__ import annotations
 
+import base64
+import http.server
 import json
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from corehelpers import drop, make_message
+from google.protobuf.json_format import MessageToDict
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -311,3 +316,84 @@ def test_off_no_opentelemetry_module_is_imported(
     )
     assert json.loads(done.stdout.splitlines()[-1]) == []
     assert not list((tmp_path / "spool").glob("*.eml"))  # it ran: the message was taken
+
+
+class Collector:
+    """An OTLP/HTTP collector on 127.0.0.1: keeps each ExportTraceServiceRequest POSTed to
+    ``/v1/traces``."""
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+        collector = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path == "/v1/traces":
+                    collector.requests.append(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def spans(self) -> list[tuple[str, str, dict[str, object]]]:
+        """(service.name, span name, the span's fields) of every span received."""
+        found = []
+        for body in self.requests:
+            request = ExportTraceServiceRequest.FromString(body)
+            for resource_spans in request.resource_spans:
+                service = next(
+                    a.value.string_value
+                    for a in resource_spans.resource.attributes
+                    if a.key == "service.name"
+                )
+                for scope in resource_spans.scope_spans:
+                    for span in scope.spans:
+                        found.append((service, span.name, MessageToDict(span)))
+        return found
+
+
+def test_a_daemon_exports_by_otlp_as_the_otel_variables_say(
+    write_config: Callable[[str], Path], tmp_path: Path, env: dict[str, str]
+) -> None:
+    collector = Collector()
+    try:
+        path = outbox_config(write_config, tmp_path, "enabled = true")
+        (tmp_path / "spool").mkdir()
+        traceparent = f"00-{APP_TRACE}-{APP_SPAN}-01"
+        mqd = [sys.executable, "-m", "mqd", "--config", str(path)]
+        send = [*mqd, "send", "--from", "app@example.com", "--to", "bob@example.net"]
+        subprocess.run([*send, "--body", "hi"], env={**env, "TRACEPARENT": traceparent}, check=True)
+        bad = subprocess.run([*send, "--traceparent", "00-nope-01"], env=env, capture_output=True)
+        assert bad.returncode == 64 and b"not a W3C traceparent" in bad.stderr
+        env = {
+            **env,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
+            "OTEL_SERVICE_NAME": "mail-eu",
+        }
+        subprocess.run([*mqd, "run", "--once"], env=env, check=True, timeout=60)
+    finally:
+        collector.server.shutdown()
+    spans = collector.spans()
+    assert sorted(name for _, name, _ in spans) == [
+        "mqd intake",
+        "mqd message",
+        "mqd queued",
+        "mqd relay outbox",
+    ]
+    assert {service for service, _, _ in spans} == {"mail-eu"}
+    # OTLP/JSON spells ids in base64: compare the bytes.
+    trace_ids = {base64.b64decode(str(fields["traceId"])).hex() for _, _, fields in spans}
+    assert trace_ids == {APP_TRACE}
+    [message] = [fields for _, name, fields in spans if name == "mqd message"]
+    assert base64.b64decode(str(message["parentSpanId"])).hex() == APP_SPAN
+    # The header went on to the relay (the outbox's file) untouched.
+    [written] = (tmp_path / "outbox").rglob("*.eml")
+    assert f"traceparent: {traceparent}".encode() in written.read_bytes()
