@@ -19,10 +19,12 @@ def compose(
     subject: str = "",
     body: str = "",
     attachments: Sequence[Path] = (),
+    send_at: str | None = None,
     traceparent: str | None = None,
 ) -> bytes:
-    """A complete RFC 5322 message (Date and Message-ID included), CRLF line endings; with a
-    W3C ``traceparent`` header when one is given (mqd's spans continue that trace)."""
+    """A complete RFC 5322 message (Date and Message-ID included), CRLF line endings;
+    ``send_at`` becomes its ``X-Mqd-Send-At`` header (send later), ``traceparent`` its W3C
+    ``traceparent`` header (mqd's spans continue that trace)."""
     msg = EmailMessage()
     msg["From"] = sender
     if to:
@@ -32,6 +34,8 @@ def compose(
     msg["Subject"] = subject
     msg["Date"] = formatdate(localtime=True)
     msg["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
+    if send_at is not None:
+        msg["X-Mqd-Send-At"] = send_at
     if traceparent:
         msg["traceparent"] = traceparent
     msg.set_content(body if body.endswith("\n") else body + "\n")
