@@ -159,7 +159,8 @@ class Tracing:
                 trace_ = message_trace(event.message_id, event.traceparent)
                 self._queued_at[event.message_id] = event.time
                 start = event.accepted_at if event.accepted_at is not None else event.time
-                self._child(trace_, "mqd intake", start, event.time, self._message_attrs(event))
+                parent = self._parent(trace_)
+                self._child(parent, "mqd intake", start, event.time, self._message_attrs(event))
             case Attempted():
                 self._attempted(event)
             case Bounced():
@@ -174,11 +175,12 @@ class Tracing:
             "mqd.queue_id": event.message_id,
             "mqd.attempt": event.attempt,
         }
-        self._child(trace_, "mqd queued", since or event.waiting_since, event.started, attrs)
+        parent = self._parent(trace_)
+        self._child(parent, "mqd queued", since or event.waiting_since, event.started, attrs)
         for call in event.calls:
-            self._relay_call(trace_, event, call)
+            self._relay_call(parent, event, call)
 
-    def _relay_call(self, trace_: MessageTrace, event: Attempted, call: RelayCall) -> None:
+    def _relay_call(self, parent: Context, event: Attempted, call: RelayCall) -> None:
         attrs: dict[str, AttributeValue] = {
             "mqd.queue_id": event.message_id,
             "mqd.attempt": event.attempt,
@@ -202,7 +204,7 @@ class Tracing:
             attrs["mqd.provider_id"] = call.provider_id
         status = None if call.outcome == "delivered" else Status(StatusCode.ERROR, call.reply)
         self._child(
-            trace_,
+            parent,
             f"mqd relay {call.relay}",
             call.started,
             call.ended,
@@ -228,7 +230,8 @@ class Tracing:
             self._bounced[event.message_id] = event.dsn_id
             attrs["mqd.dsn_id"] = event.dsn_id
             span_id = span_id_for(event.message_id, "bounce", event.dsn_id)
-        self._child(trace_, "mqd bounce", event.time, event.time, attrs, span_id=span_id)
+        parent = self._parent(trace_)
+        self._child(parent, "mqd bounce", event.time, event.time, attrs, span_id=span_id)
 
     def _end(self, event: MessageEvent) -> None:
         """The message's own span, the parent of the others: it ends with the message."""
@@ -293,7 +296,7 @@ class Tracing:
 
     def _child(
         self,
-        trace_: MessageTrace,
+        parent: Context,
         name: str,
         start: float,
         end: float,
@@ -307,7 +310,7 @@ class Tracing:
         try:
             span = self.tracer.start_span(
                 name,
-                context=self._parent(trace_),
+                context=parent,
                 kind=kind,
                 attributes=attrs,
                 start_time=_ns(start),
