@@ -397,3 +397,21 @@ def test_a_daemon_exports_by_otlp_as_the_otel_variables_say(
     # The header went on to the relay (the outbox's file) untouched.
     [written] = (tmp_path / "outbox").rglob("*.eml")
     assert f"traceparent: {traceparent}".encode() in written.read_bytes()
+
+
+def test_mqd_sendmail_keeps_the_traceparent_header(
+    write_config: Callable[[str], Path], tmp_path: Path, env: dict[str, str]
+) -> None:
+    """The header is how a sendmail-speaking application (PHP's mail()) hands its trace over."""
+    path = outbox_config(write_config, tmp_path, "enabled = false")
+    (tmp_path / "spool").mkdir()
+    traceparent = f"00-{APP_TRACE}-{APP_SPAN}-01"
+    message = make_message(extra_headers=(f"traceparent: {traceparent}",))
+    subprocess.run(
+        [sys.executable, "-m", "mqd", "--config", str(path), "sendmail", "-t", "-i"],
+        input=message,
+        env=env,
+        check=True,
+    )
+    [written] = (tmp_path / "spool").glob("*.eml")
+    assert f"traceparent: {traceparent}".encode() in written.read_bytes()
