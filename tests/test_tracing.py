@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pytest
 from corehelpers import drop, make_message
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -415,3 +416,15 @@ def test_mqd_sendmail_keeps_the_traceparent_header(
     )
     [written] = (tmp_path / "spool").glob("*.eml")
     assert f"traceparent: {traceparent}".encode() in written.read_bytes()
+
+
+def test_without_the_sdk_tracing_stays_off_with_a_warning(
+    write_config: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mqd.tracing.status as status_module
+
+    monkeypatch.setattr(status_module, "_installed", lambda module: False)
+    status = tracing_status(tracing_config(write_config, tmp_path, True), {})
+    assert not status.on
+    assert "pip install 'mqd[otel]'" in status.problems[0]
+    assert status.why.startswith("off: [tracing] enabled = true, but the OpenTelemetry SDK")
