@@ -35,7 +35,7 @@ def config_check(state: State, quiet: bool) -> None:
         click.echo(f"mqd: warning: {warning}", err=True)
     tracing = tracing_status(loaded)
     for problem in tracing.problems:  # traces are an aid: the daemon delivers without them
-        click.echo(f"mqd: warning: tracing: {problem}", err=True)
+        click.echo(f"mqd: warning: tracing is off: {problem}", err=True)
     if quiet:
         return
     source = str(loaded.source) if loaded.source else "embedded defaults (no config file found)"

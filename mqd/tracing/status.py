@@ -68,7 +68,7 @@ def tracing_status(config: Config, environ: Mapping[str, str] | None = None) -> 
     if not _installed("opentelemetry.sdk"):
         problems.append(
             "[tracing] enabled = true, but the OpenTelemetry SDK is not installed: "
-            "pip install 'mqd[otel]'; the daemon runs without traces meanwhile"
+            "pip install 'mqd[otel]'"
         )
     names = [
         name.strip().lower()
@@ -79,7 +79,7 @@ def tracing_status(config: Config, environ: Mapping[str, str] | None = None) -> 
     if unknown:
         problems.append(
             f"OTEL_TRACES_EXPORTER names {', '.join(unknown)}, which mqd does not build "
-            f"(it builds {', '.join(EXPORTERS)}); tracing is off"
+            f"(it builds {', '.join(EXPORTERS)})"
         )
     exporters = tuple(name for name in names if name != "none")
     protocol = (
@@ -89,14 +89,11 @@ def tracing_status(config: Config, environ: Mapping[str, str] | None = None) -> 
     ).strip()
     if "otlp" in exporters and not problems:
         if protocol not in PROTOCOLS:
-            problems.append(
-                f"the OTLP protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}; "
-                "tracing is off"
-            )
+            problems.append(f"the OTLP protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
         elif not _installed(_MODULES[protocol]):
             problems.append(
                 f"OTLP over {protocol} needs {PROTOCOLS[protocol]}: pip install it "
-                "(mqd[otel] brings http/protobuf); tracing is off"
+                "(mqd[otel] brings http/protobuf)"
             )
     if problems:
         return TracingStatus(False, "off: " + "; ".join(problems), problems=tuple(problems))
