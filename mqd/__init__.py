@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
         RecipientEvent,
         Rejected,
         RelayCall,
+        Suppressed,
     )
     from mqd.message.envelope import Envelope, ParsedMessage
     from mqd.message.reply import Outcome, Reply
@@ -90,6 +91,7 @@ _LAZY = {
     "Queued": "mqd.events",
     "RcptStatus": "mqd.queue.entry",
     "RecipientEvent": "mqd.events",
+    "Suppressed": "mqd.events",
     "RecipientState": "mqd.queue.entry",
     "RegisterRelay": "mqd.plugins.hookspecs",
     "Rejected": "mqd.events",
@@ -153,6 +155,7 @@ __all__ = [
     "SpoolConfig",
     "SpoolError",
     "Status",
+    "Suppressed",
     "TransientRelayError",
     "Webhook",
     "WebhookRejected",

@@ -26,6 +26,7 @@ from mqd import (
     RecipientState,
     Rejected,
     Reply,
+    Suppressed,
     hookimpl,
 )
 from mqd.admin.client import offline
@@ -64,6 +65,7 @@ def test_each_kind_has_one_class_that_names_it() -> None:
         Delivered,
         Deferred,
         Bounced,
+        Suppressed,
     }
 
 
