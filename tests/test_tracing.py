@@ -27,9 +27,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 from mqd.config.load import load_config
 from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
+from mqd.message.reply import Reply
 from mqd.message.tracecontext import message_trace, span_id_for
 from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry
+from mqd.relays.memory import MemoryRelay
+from mqd.testing import Harness
 from mqd.testing.harness import queued_entries_async
 from mqd.tracing.spans import Tracing
 from mqd.tracing.status import tracing_status
@@ -221,6 +224,41 @@ async def test_a_bounce_is_a_span_and_the_dsn_continues_the_trace_from_it(
         if s.attributes["mqd.queue_id"] == dsn.attributes["mqd.queue_id"]  # type: ignore[index]
     )
     assert ids(dsn_call)[0] == trace_id and ids(dsn_call)[2] == ids(dsn)[1]
+
+
+async def test_a_failover_attempt_has_a_span_for_each_relay_it_called(
+    mqd_harness: Harness,
+) -> None:
+    config = mqd_harness.configure(
+        {"primary": {"plugin": "memory"}, "backup": {"plugin": "memory"}},
+        spools=[
+            {
+                "path": mqd_harness.spool_dir,
+                "relay": ["primary", "backup"],
+                "allowed_senders": ["*@example.com"],
+            }
+        ],
+    )
+    tracing, exporter = memory_tracing()
+    host = PluginHost(entry_points=False)
+    daemon = Daemon(config, host=host, once=True, shutdown_timeout=5, tracing=tracing)
+    primary = daemon.relays["primary"]
+    assert isinstance(primary, MemoryRelay)
+    primary.replies["bob@example.net"] = Reply(452, "mailbox full", "4.2.2")
+    mqd_harness.drop(make_message(to=("alice@example.net", "bob@example.net")))
+    await daemon.run()
+
+    spans = exporter.get_finished_spans()
+    first, second = named(spans, "mqd relay primary"), named(spans, "mqd relay backup")
+    assert len(first) == len(second) == 1
+    assert first[0].attributes["mqd.outcome"] == "mixed"  # type: ignore[index]
+    assert first[0].attributes["mqd.recipients"] == 2  # type: ignore[index]
+    assert second[0].attributes["mqd.recipients"] == 1  # type: ignore[index]
+    assert second[0].attributes["mqd.attempt"] == 1  # type: ignore[index]
+    assert times(first[0])[1] <= times(second[0])[0]
+    message = one(spans, "mqd message")
+    assert message.attributes["mqd.route"] == ("primary", "backup")  # type: ignore[index]
+    assert {ids(s)[2] for s in (*first, *second)} == {ids(message)[1]}
 
 
 # -- on or off ------------------------------------------------------------------------------------
