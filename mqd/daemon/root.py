@@ -42,6 +42,7 @@ from mqd.relays.build import build_relays
 if TYPE_CHECKING:
     from mqd.http.metrics import MetricsServer
     from mqd.http.server import HttpServer
+    from mqd.tracing.spans import Tracing
     from mqd.tracking.tracker import Tracker
 
 __all__ = ["Daemon"]
@@ -70,7 +71,10 @@ class Daemon:
         shutdown_timeout: float | None = None,
         cli_args: Sequence[str] = (),
         clock: Clock = SYSTEM_CLOCK,
+        tracing: Tracing | None = None,
     ) -> None:
+        """``tracing``: spans to make whatever ``[tracing]`` says (tests give one exporting to
+        memory); None builds them from ``[tracing]`` and the ``OTEL_*`` variables."""
         self.config = config
         self.host = host or PluginHost()
         self.once = once
@@ -102,7 +106,7 @@ class Daemon:
             clock=clock,
         )
         self.admin = QueueAdmin(self, clock=clock)
-        self.servers = Servers(self)
+        self.servers = Servers(self, tracing=tracing)
         self.reloader = Reloader(self)
         #: Workers 2..N, in worker 1 (None with one worker, and in the others).
         self.workers: WorkerPool | None = None
