@@ -109,6 +109,8 @@ class Rejected(Event):
     sender: str | None
     #: Its recipients (none when it could not be parsed).
     recipients: tuple[str, ...]
+    #: Its Subject, decoded; None when it could not be parsed or has none.
+    subject: str | None = None
 
 
 class _Recipient(Protocol):
@@ -146,6 +148,8 @@ class MessageEvent(Event):
     route: tuple[str, ...]
     #: Its ``Message-ID`` header; None when it has none.
     message_id_header: str | None
+    #: Its Subject, decoded (RFC 2047); None when it has none.
+    subject: str | None = None
 
     @classmethod
     def of(cls, entry: _Entry, time: float) -> Self:
@@ -158,6 +162,7 @@ class MessageEvent(Event):
             relay=entry.relay,
             route=tuple(entry.relays),
             message_id_header=entry.message_id or None,
+            subject=getattr(entry, "subject", "") or None,
         )
 
 

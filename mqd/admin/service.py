@@ -72,6 +72,7 @@ def queue_row(item: Listed, now: float) -> dict[str, Any]:
         "state": item.state.value,
         "node": item.node,
         "sender": entry.sender,
+        "subject": entry.subject,
         "recipients": [
             {"address": r.address, "status": r.status.value, "reply": r.reply}
             for r in entry.recipients

@@ -19,6 +19,7 @@ from mqd.delivery.guards import Guards
 from mqd.delivery.route import Walk, walk_route
 from mqd.events import Bounced, Completed, Deferred, Delivered, EventSink, Failed
 from mqd.message.classify import classify_reply
+from mqd.message.content import subject_of
 from mqd.message.reply import Outcome
 from mqd.plugins.host import PluginHost
 from mqd.queue.backoff import Backoff
@@ -238,6 +239,7 @@ class Deliverer:
                 size=len(message),
                 is_report=True,
                 spool_name=f"bounce of {entry.id}",
+                subject=subject_of(message),
             )
             bounce = Bounce(dsn, message)
             entry.bounces += 1
@@ -279,6 +281,7 @@ class Deliverer:
             relay=entry.relay,
             attempts=entry.attempts,
             created_at=entry.created_at,
+            subject=entry.subject or None,
             recipients=tuple(
                 FailedRecipient(r.address, r.status.value, r.reply, r.status_code)
                 for r in entry.recipients

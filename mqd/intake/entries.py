@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from mqd.config.schema import Config, SpoolConfig
 from mqd.errors import SpoolError
+from mqd.message.content import decoded_header
 from mqd.message.envelope import ParsedMessage, is_delivery_report, parse_message
 from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry, RcptStatus, RecipientState, id_time
@@ -51,6 +52,7 @@ def make_entry(
         is_report=is_delivery_report(parsed.headers),
         spool_name=spool_name,
         message_id=parsed.headers.get("message-id", ""),
+        subject=decoded_header(parsed.headers.get("subject")),
     )
 
 

@@ -41,6 +41,7 @@ from mqd.intake.entries import make_entry
 from mqd.intake.reading import Read, fsync_and_close, read_claimed_file
 from mqd.intake.routing import route_for
 from mqd.intake.spool import Claimed, Spool
+from mqd.message.content import decoded_header
 from mqd.plugins.host import PluginHost
 from mqd.queue.entry import message_id_maker
 from mqd.queue.failed import FailedRecipient, FailureRecord
@@ -298,6 +299,7 @@ class Intake:
                     file=claimed.original_name,
                     sender=record.sender,
                     recipients=tuple(r.address for r in record.recipients),
+                    subject=record.subject,
                 )
             )
         return True
@@ -314,6 +316,9 @@ class Intake:
             recipients=tuple(FailedRecipient(a, "refused") for a in parsed.recipients)
             if parsed is not None
             else (),
+            subject=decoded_header(parsed.headers.get("subject")) or None
+            if parsed is not None
+            else None,
         )
 
 

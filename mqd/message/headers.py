@@ -64,7 +64,7 @@ def read_envelope(
         else:
             envelope_rcpts.append(value)
     headers = _selected_headers(
-        fields, ("from", "sender", "to", "cc", "bcc", "message-id", "content-type")
+        fields, ("from", "sender", "to", "cc", "bcc", "message-id", "content-type", "subject")
     )
 
     if envelope_sender is not None:
