@@ -256,7 +256,7 @@ def test_every_field_of_every_answer_is_in_the_document(cls: type, name: str) ->
 
 def test_a_status_document_validates_with_and_without_a_quota() -> None:
     quota = QuotaStatus(1.5, 100, 3, None, None, 0)
-    relay = RelayStatus("smtp", "smtp.example.com:587", "closed", 0, 0, None, 2)
+    relay = RelayStatus("smtp", "smtp.example.com:587", "healthy", 0, 0, None, 2)
     status = Status(
         running=True,
         pid=42,

@@ -13,6 +13,7 @@ import logging
 from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import Config
 from mqd.delivery.circuit import Circuit, CircuitState
+from mqd.delivery.health import RelayHealth
 from mqd.delivery.quota import Quota, dump_quotas, load_quotas
 from mqd.queue.store import QueueStore
 
@@ -31,7 +32,15 @@ class Guards:
         self.clock = clock
         self.circuits: dict[str, Circuit] = {}
         self.quotas: dict[str, Quota] = {}
+        #: Each relay's recent attempts (kept across reloads, by name).
+        self.health: dict[str, RelayHealth] = {}
         self.reconfigure(config)
+
+    def health_of(self, name: str) -> RelayHealth:
+        health = self.health.get(name)
+        if health is None:
+            health = self.health[name] = RelayHealth()
+        return health
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded config. A relay whose breaker and quota settings did not change keeps
