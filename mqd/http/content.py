@@ -28,7 +28,7 @@ from mqd.queue.failed import FailedError
 from mqd.queue.store import UnknownEntry
 from mqd.relays.outbox import OutboxRelay
 
-__all__ = ["FRAME_CSP", "Contents", "Found", "page_headers"]
+__all__ = ["FRAME_CSP", "STYLE", "Contents", "Found", "page_headers"]
 
 #: What the message page adds to the view's stylesheet (allowed by its own hash).
 CSS = """
@@ -36,8 +36,10 @@ iframe.mail{width:100%;height:32em;border:1px solid #dde1e7;background:#fff}
 pre.mail{white-space:pre-wrap;word-break:break-word;background:#fff;border:1px solid #dde1e7;
 padding:.6em .8em;max-height:40em;overflow:auto;margin:0 0 1em}
 details.headers summary{cursor:pointer;margin:.3em 0}
+p.subject{font-size:1.15em;font-weight:600;margin:-.3em 0 .8em}
 """
 STYLE_HASH = "sha256-" + base64.b64encode(hashlib.sha256(CSS.encode("utf-8")).digest()).decode()
+STYLE = f"<style>{CSS}</style>"
 #: The message page: the view's policy, this stylesheet, and frames of this site only.
 PAGE_CSP = CSP.replace("style-src ", f"style-src '{STYLE_HASH}' ", 1) + "; frame-src 'self'"
 #: The HTML part in its frame: nothing loads (no script, nothing remote), sandboxed.
@@ -167,7 +169,7 @@ def render(queue_id: str, found: Found, content: Content) -> str:
     base = f"/messages/{quote(queue_id, safe='')}"
     where = e(found.where) + (f' <span class="mono">{e(found.path)}</span>' if found.path else "")
     parts = [
-        f"<style>{CSS}</style><h2>Content</h2>",
+        "<h2>Content</h2>",
         f'<p class="muted">Read from {where}.</p>',
     ]
     if content.problem is not None:

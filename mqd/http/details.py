@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from mqd.http.api import BadQuery, parse_limit
-from mqd.http.content import Contents, page_headers
+from mqd.http.content import STYLE, Contents, page_headers
 from mqd.http.html import BAD, badge, e, key_values, message_link, page, table
 from mqd.http.present import (
     detail_html,
@@ -66,6 +66,7 @@ class Details:
             or (failed.subject if failed is not None else None)
         )
         parts = [
+            STYLE,
             f'<h1>Message <span class="mono">{e(queue_id)}</span></h1>',
             f'<p class="subject">{subject_html(subject)}</p>',
         ]
@@ -74,7 +75,6 @@ class Details:
                 key_values(
                     [
                         ("Status", badge(history.status)),
-                        ("Subject", subject_html(history.subject or subject)),
                         ("From", sender_html(history.sender, history.not_a_message)),
                         (
                             "Message-ID",
