@@ -169,18 +169,15 @@ relay = "dead"
     await asyncio.wait_for(task, 10)
 
     samples = parse(text)
-    expected_events = {
-        "queued": 4,
-        "rejected": 0,
-        "delivered": 2,
-        "deferred": 2,
-        "bounced": 1,
-        "failed": 1,
-        "completed": 2,
-        "deleted": 0,
-    }
+    expected_events = {"queued": 4, "rejected": 0, "failed": 1, "completed": 2, "deleted": 0}
     for event, count in expected_events.items():
         assert value(samples, "mqd_messages_total", event=event) == count, event
+    expected_outcomes = {"delivered": 2, "deferred": 2, "bounced": 1}
+    for outcome, count in expected_outcomes.items():
+        assert value(samples, "mqd_recipients_total", outcome=outcome) == count, outcome
+    # One unit per metric: recipients are never counted as messages.
+    for outcome in expected_outcomes:
+        assert ("mqd_messages_total", frozenset({("event", outcome)})) not in samples, outcome
     deliveries = {
         ("sink", "delivered"): 2,
         ("sink", "deferred"): 1,
@@ -363,14 +360,17 @@ async def test_observe_counts_and_never_raises(
     def sample(name: str, **labels: str) -> float | None:
         return metrics.registry.get_sample_value(name, labels)
 
-    assert sample("mqd_messages_total", event="delivered") == 0
+    assert sample("mqd_recipients_total", outcome="delivered") == 0
     metrics.observe(make_event(EventKind.DELIVERED, "x1", relay="sink", elapsed=0.3, age=42.0))
     # A buggy emitter's event: it costs its duration, never the delivery.
     metrics.observe(make_event(EventKind.DELIVERED, "x2", relay="sink", elapsed="?"))
     metrics.observe(make_event(EventKind.DEFERRED, "x3", relay=None))  # counted, not per relay
     metrics.observe(make_event(EventKind.CLAIMED, "x4"))
-    assert sample("mqd_messages_total", event="delivered") == 2
-    assert sample("mqd_messages_total", event="deferred") == 1
+    metrics.observe(make_event(EventKind.COMPLETED, "x1"))
+    assert sample("mqd_recipients_total", outcome="delivered") == 2
+    assert sample("mqd_recipients_total", outcome="deferred") == 1
+    assert sample("mqd_messages_total", event="completed") == 1
+    assert sample("mqd_messages_total", event="delivered") is None
     assert sample("mqd_messages_total", event="claimed") is None
     assert sample("mqd_relay_deliveries_total", relay="sink", outcome="delivered") == 2
     assert sample("mqd_relay_deliveries_total", relay="sink", outcome="deferred") == 0

@@ -21,7 +21,7 @@ from mqd.config.load import load_config
 from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.daemon.scheduler import MAX_SLEEP
-from mqd.errors import TransientRelayError
+from mqd.errors import ConfigError, TransientRelayError
 from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry
 from mqd.relays.memory import MemoryRelay
@@ -191,3 +191,55 @@ async def test_lifetime_expiry_gives_exactly_one_dsn_across_restarts(
     assert remaining[0].id == f"{entry.id}b0"
     assert (queue_dir / "failed" / f"{entry.id}.json").exists()
     assert "4.4.7" in (queue_dir / "failed" / f"{entry.id}.json").read_text()
+
+
+async def test_max_attempts_gives_up_by_count_before_the_lifetime(
+    write_config: Callable[[str], Path], host, spool, queue_dir
+):
+    """retry.max_attempts = 3: the third temporary failure, well within the 1-day lifetime,
+    fails the recipient with 4.4.7 and one bounce, as an expired lifetime does."""
+    config = load_config(
+        write_config(
+            f"""
+            [queue]
+            dir = "{queue_dir}"
+            bounce_sender = "mailer-daemon@mqd.test"
+            retry = {{ initial = "10m", max = "1h", lifetime = "1d", max_attempts = 3 }}
+
+            [[spool]]
+            path = "{spool}"
+            allowed_senders = ["*@example.com"]
+
+            [relays.main]
+            plugin = "memory"
+            """
+        )
+    )
+    assert config.queue.retry.max_attempts == 3
+    entry = await deferred_once(config, host, spool)
+    for attempt in (2, 3):
+        [entry] = [e for e in states(queue_dir).values() if e.id == entry.id]
+        assert entry.attempts == attempt - 1
+        clock = ManualClock(entry.next_attempt_at + 1)  # due again, hours within the lifetime
+        daemon = Daemon(config, host=host, once=True, clock=clock)
+        MemoryRelay.instances["main"].raise_error = TransientRelayError("still down")
+        await daemon.run()
+    failed = queue_dir / "failed" / f"{entry.id}.json"
+    assert failed.exists(), "given up after the third attempt"
+    reason = failed.read_text()
+    assert "4.4.7" in reason and "3 attempts (retry.max_attempts)" in reason
+    # The bounce (from <>) is the one entry left, waiting for the dead relay.
+    assert [e.sender for e in states(queue_dir).values()] == [""]
+
+
+def test_max_attempts_must_be_a_positive_count(write_config: Callable[[str], Path], queue_dir):
+    path = write_config(
+        f"""
+        [queue]
+        dir = "{queue_dir}"
+        bounce_sender = "mailer-daemon@mqd.test"
+        retry = {{ max_attempts = 0 }}
+        """
+    )
+    with pytest.raises(ConfigError, match=r"max_attempts.*at least 1"):
+        load_config(path)

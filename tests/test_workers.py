@@ -489,7 +489,7 @@ def test_each_worker_serves_its_own_metrics_and_they_add_up(
     def delivered(url: str) -> float:
         with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()
-        found = re.search(r'^mqd_messages_total\{event="delivered"\} (\S+)$', text, re.M)
+        found = re.search(r'^mqd_recipients_total\{outcome="delivered"\} (\S+)$', text, re.M)
         assert found, text[:500]
         return float(found.group(1))
 

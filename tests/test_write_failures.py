@@ -13,6 +13,7 @@ import asyncio
 import errno
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -105,10 +106,14 @@ async def test_a_body_fsync_failing_at_intake_is_reported_and_the_batch_delivere
     paths = [drop(spool) for _ in range(count)]
     real_fsync, bodies = os.fsync, []
 
+    lock = threading.Lock()
+
     def fsync(fd: int) -> None:
         if os.readlink(f"/proc/self/fd/{fd}").endswith(".eml"):
-            bodies.append(fd)
-            if len(bodies) == count - 1:  # near the end: in a large batch, another thread's
+            with lock:  # threads append at once: the one that makes count - 1 is the one to fail
+                bodies.append(fd)
+                failing = len(bodies) == count - 1
+            if failing:  # near the end: in a large batch, another thread's
                 raise OSError(code, os.strerror(code))
         real_fsync(fd)
 

@@ -34,6 +34,11 @@ def effective_config(config: Config) -> dict[str, Any]:
                 "initial": format_duration(queue.retry.initial),
                 "max": format_duration(queue.retry.max),
                 "lifetime": format_duration(queue.retry.lifetime),
+                **(
+                    {"max_attempts": queue.retry.max_attempts}
+                    if queue.retry.max_attempts is not None
+                    else {}
+                ),
             },
         },
         "spool": [

@@ -41,11 +41,13 @@ MAX_WORKERS = 64
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff from ``initial`` up to ``max`` seconds; give up after ``lifetime``."""
+    """Exponential backoff from ``initial`` up to ``max`` seconds; give up after ``lifetime``
+    or after ``max_attempts`` attempts (None: no count), whichever comes first."""
 
     initial: float = 300.0
     max: float = 3600.0
     lifetime: float = 5 * 86400.0
+    max_attempts: int | None = None
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ def parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         initial=retry.duration("initial", "5m"),
         max=retry.duration("max", "1h"),
         lifetime=retry.duration("lifetime", "5d"),
+        max_attempts=retry.integer("max_attempts", None, minimum=1),
     )
     retry.finish()
     if policy.initial <= 0:
