@@ -419,3 +419,44 @@ async def test_a_spool_file_that_is_not_a_message_is_labelled_so(served: Served)
         assert "not a message</span>" in page and "NUL bytes" in page, path
     status, one, _ = await served.get(f"/api/v1/messages/{rejected.id}")
     assert one["not_a_message"] == rejected.not_a_message
+
+
+def test_the_command_line_lists_show_the_subject_too() -> None:
+    from mqd.admin.render import render_queue
+    from mqd.tracking.answers import MessageHistory
+    from mqd.tracking.render import history_lines
+    from mqd.tracking.vocabulary import Status
+
+    row = {
+        "id": "q1",
+        "state": "deferred",
+        "sender": "app@example.com",
+        "subject": SUBJECT,
+        "recipients": [{"address": "a@example.net", "status": "pending", "reply": "451 busy"}],
+        "size": 10,
+        "attempts": 1,
+        "next_attempt_at": 2e9,
+        "age": 5.0,
+    }
+    lines = render_queue([row], 1.9e9)
+    assert lines[1].startswith("q1") and lines[2] == f"    subject: {SUBJECT}"
+
+    def history(**changes: Any) -> MessageHistory:
+        values: dict[str, Any] = {
+            "id": "q1",
+            "message_id": None,
+            "sender": "",
+            "subject": None,
+            "not_a_message": None,
+            "status": Status.REJECTED,
+            "created_at": 1.0,
+            "updated_at": 1.0,
+            "recipients": [],
+            "events": [],
+        }
+        return MessageHistory(**{**values, **changes})
+
+    assert "  from: <>" in history_lines(history())
+    shown = history_lines(history(not_a_message="the file is empty", subject=None))
+    assert "  not a message: the file is empty" in shown and "  from: <>" not in shown
+    assert "  subject: Hi" in history_lines(history(subject="Hi", sender="a@example.com"))

@@ -115,6 +115,8 @@ def render_queue(rows: Sequence[Mapping[str, Any]], now: float, *, filtered: str
     lines = [line(header)]
     for row, cells in zip(rows, table, strict=True):
         lines.append(line(cells))
+        if row.get("subject"):
+            lines.append(f"    subject: {row['subject']}")
         lines += [f"    {_recipient_line(r)}" for r in row["recipients"]]
     lines.append("")
     lines.append(summary(rows))
@@ -128,6 +130,7 @@ def render_show(row: Mapping[str, Any], now: float) -> list[str]:
         ("id", row["id"]),
         ("state", row["state"]),
         ("sender", _address(row["sender"])),
+        ("subject", str(row.get("subject") or "(none)")),
         ("created", f"{_clock(row['created_at'])} ({human_age(row['age'])} ago)"),
         ("size", human_size(int(row["size"] or 0))),
         ("attempts", str(row["attempts"])),
@@ -325,6 +328,10 @@ def render_failed(messages: Sequence[FailedMessage], now: float) -> list[str]:
     lines = [line(header)]
     for message, cells in zip(messages, table, strict=True):
         lines.append(line(cells))
+        if message.subject:
+            lines.append(f"    subject: {message.subject}")
+        elif message.stage in ("intake", "recovery") and message.sender is None:
+            lines.append("    not a message (it could not be read as one)")
         recipients = message.recipients
         if message.stage == "delivery":
             for r in recipients:
