@@ -70,6 +70,7 @@ EVENT_DEFAULTS: dict[str, object] = {
     "next_attempt_at": 0.0,
     "status_code": None,
     "dsn_sent": False,
+    "subject": None,
 }
 
 
