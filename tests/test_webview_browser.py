@@ -412,8 +412,10 @@ async def test_the_mail_catcher_message_page_lists_and_relay_health(
             await frame.wait_for_selector("h1")
             path = await shot("1-caught-message")
             # A full-page capture leaves the sandboxed (out-of-process) frame blank: the frame
-            # gets its own screenshot.
+            # gets its own screenshot, and one of the window scrolled to it.
             await frame_element.screenshot(path=str(ARTIFACTS / f"{request.node.name}-1-frame.png"))
+            await frame_element.scroll_into_view_if_needed()
+            await page.screenshot(path=str(ARTIFACTS / f"{request.node.name}-1-frame-in-page.png"))
             text = await page.inner_text("main")
             assert "Grüße: your order #42 <shipped>" in text, f"see {path}"
             assert "It ships tomorrow." in text and "invoice-42.pdf" in text, f"see {path}"
