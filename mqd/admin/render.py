@@ -142,8 +142,6 @@ def render_show(row: Mapping[str, Any], now: float) -> list[str]:
         upcoming += f" ({_clock(row['next_attempt_at'])})"
     fields.append(("next attempt", upcoming))
     fields.append(("relays", ", ".join(row.get("relays") or [])))
-    if row.get("last_reply"):
-        fields.append(("last reply", str(row["last_reply"])))
     if entry.get("message_id"):
         fields.append(("message-id", str(entry["message_id"])))
     if entry.get("spool_name"):
