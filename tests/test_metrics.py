@@ -28,6 +28,7 @@ from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry, RecipientState
 from mqd.queue.memory import MemoryStore
 from mqd.queue.store import Incoming
+from mqd.testing import wait_until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -106,15 +107,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
 
 
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Wait for the daemon to get somewhere (the deadline only stops a hung test)."""
-    deadline = time.monotonic() + 30
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting: {what}")
-        await asyncio.sleep(0.05)
-
-
 def refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
@@ -156,7 +148,7 @@ relay = "dead"
     drop(spool, make_message("ops@example.org", to=("dave@example.net",)))  # relay down
     # Delivered: alice and the DSN. Left: two deferred messages, attempted once each.
     await asyncio.to_thread(smtp_server.wait_for, 2)
-    await until(
+    await wait_until(
         lambda: (
             len(daemon.store.schedule) == 2
             and not daemon.in_flight
@@ -233,8 +225,8 @@ async def test_quota_waits_and_waiting_messages(
     drop(spool, make_message(to=("alice@example.net",)))
     drop(spool, make_message(to=("bob@example.net",)))
     await asyncio.to_thread(smtp_server.wait_for, 1)
-    await until(lambda: daemon.guards.quotas["sink"].holds == 1, "the quota to hold one")
-    await until(
+    await wait_until(lambda: daemon.guards.quotas["sink"].holds == 1, "the quota to hold one")
+    await wait_until(
         lambda: len(daemon.store.schedule) == 1 and not daemon.in_flight, "one message left"
     )
     samples = parse(await asyncio.to_thread(scrape_text, daemon.metrics.port))

@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from mqd.admin.status import FaultStatus, QuotaStatus, RelayStatus, Status
+from mqd.admin.status import AccountStatus, FaultStatus, QuotaStatus, RelayStatus, Status
 from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import Config
 from mqd.delivery.deliverer import Deliverer
@@ -181,6 +181,16 @@ class QueueAdmin:
                 if fault.active
             ],
             redispatched=counts.redispatched,
+            accounts={
+                use.name: AccountStatus(
+                    over_limit=use.over_limit,
+                    limits={window: limit for window, _, limit in use.windows},
+                    sent={window: sent for window, sent, _ in use.windows},
+                    held=use.held,
+                    refused=use.refused,
+                )
+                for use in node.guards.accounts.use()
+            },
         )
 
     def _relay_status(self, name: str, plugin: str, queued: int) -> RelayStatus:

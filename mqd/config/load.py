@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mqd.config.accounts import parse_accounts
 from mqd.config.options import Options
 from mqd.config.paths import SYSTEM_CONFIG, default_paths
 from mqd.config.schema import CONFIG_ENV, Config, RelayConfig, RouteConfig, SpoolConfig
@@ -104,6 +105,7 @@ def parse_config(
         "tracking",
         "http",
         "notify",
+        "account",
     ):
         root.raw(key)
     root.finish()  # a misspelled top-level table is named before it is missed
@@ -154,6 +156,7 @@ def parse_config(
         notify=root.attempt(
             lambda: parse_notify(table("notify")), lambda: parse_notify(empty("notify"))
         ),
+        accounts=root.attempt(lambda: parse_accounts(root, path), tuple),
     )
     if gathered is None:
         raise_gathered(problems)

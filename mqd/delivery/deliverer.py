@@ -74,6 +74,17 @@ class Deliverer:
         pending = entry.pending
         body = None
         if pending:
+            account = entry.account
+            over = self.guards.accounts.admit(account) if account else None
+            if over is not None:  # its account's limit: paced, as a relay's quota paces
+                await self.store.release(lease, not_before=self.clock.time() + over[0])
+                log.info(
+                    "%s held: %s; next look in %.0fs (not counted as an attempt)",
+                    entry.id,
+                    over[1],
+                    over[0],
+                )
+                return
             started = self.clock.monotonic()
             try:
                 walk = await walk_route(
@@ -87,10 +98,15 @@ class Deliverer:
                     clock=self.clock,
                 )
             except LeaseLost:
+                self._uncount(account)
                 log.info("%s was deleted before it was sent: not sent", entry.id)
                 return
+            except BaseException:  # cancelled (a stop) before any relay answered: not sent
+                self._uncount(account)
+                raise
             body = walk.body
             if not walk.tried:
+                self._uncount(account)
                 await self.store.release(lease, not_before=self.clock.time() + walk.wait)
                 log.info(
                     "%s held: %s; next look in %.0fs (not counted as an attempt)",
@@ -101,6 +117,11 @@ class Deliverer:
                 return
             self._record(entry, pending, walk, self.clock.monotonic() - started)
         await self.finish(lease, entry, body)
+
+    def _uncount(self, account: str | None) -> None:
+        """The account's count taken for a delivery that did not go out after all."""
+        if account:
+            self.guards.accounts.give_back(account)
 
     def _record(
         self, entry: QueueEntry, pending: list[RecipientState], walk: Walk, elapsed: float
@@ -125,7 +146,9 @@ class Deliverer:
             self._log_attempt(entry, rcpt, outcome, elapsed, answer.provider_id)
         if not deferred:
             return
-        given_up = self.backoff.give_up_reason(entry.attempts, entry.created_at, now)
+        # A message sent later lives from its scheduled time, not from its acceptance.
+        born = max(entry.created_at, entry.send_at or 0.0)
+        given_up = self.backoff.give_up_reason(entry.attempts, born, now)
         if given_up is not None:
             for rcpt in deferred:
                 rcpt.status = RcptStatus.FAILED

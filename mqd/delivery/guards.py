@@ -12,6 +12,7 @@ import logging
 
 from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import Config
+from mqd.delivery.accounts import ACCOUNT_STATE, AccountLimits
 from mqd.delivery.circuit import Circuit, CircuitState
 from mqd.delivery.health import RelayHealth
 from mqd.delivery.quota import Quota, dump_quotas, load_quotas
@@ -34,6 +35,8 @@ class Guards:
         self.quotas: dict[str, Quota] = {}
         #: Each relay's recent attempts (kept across reloads, by name).
         self.health: dict[str, RelayHealth] = {}
+        #: The ``[[account]]`` limits (intake asks them too, for accounts that refuse).
+        self.accounts = AccountLimits(config, clock=clock)
         self.reconfigure(config)
 
     def health_of(self, name: str) -> RelayHealth:
@@ -63,6 +66,7 @@ class Guards:
             if quota is not None and quotas[name] is not quota:
                 quotas[name].load(quota.to_json())
         self.circuits, self.quotas = circuits, quotas
+        self.accounts.reconfigure(config)
 
     async def admit(self, name: str) -> tuple[float, str] | None:
         """None when ``name`` may take a message now (counted against its quota); otherwise
@@ -96,9 +100,21 @@ class Guards:
             return
         if raw is not None:
             load_quotas(self.quotas, raw)
+        try:
+            raw = await store.load_state(ACCOUNT_STATE)
+        except OSError as exc:
+            log.warning("cannot read the saved account counts: %s", exc)
+            return
+        if raw is not None:
+            self.accounts.load(raw)
 
     async def save(self, store: QueueStore) -> None:
         """Save the counts when they changed since the last save."""
+        if self.accounts.dirty:
+            try:
+                await store.save_state(ACCOUNT_STATE, self.accounts.dump())
+            except OSError as exc:
+                log.warning("cannot save the account counts: %s", exc)
         if not any(quota.dirty for quota in self.quotas.values()):
             return
         for quota in self.quotas.values():

@@ -64,7 +64,9 @@ def read_envelope(
         else:
             envelope_rcpts.append(value)
     headers = _selected_headers(
-        fields, ("from", "sender", "to", "cc", "bcc", "message-id", "content-type", "subject")
+        fields,
+        ("from", "sender", "to", "cc", "bcc", "message-id", "content-type", "x-mqd-send-at")  # noqa: RUF005
+        + ("subject",),  # (one tuple would be too long a line) for the queue entry
     )
 
     if envelope_sender is not None:
