@@ -261,6 +261,7 @@ retry = {{ initial = "1h", max = "2h" }}
 [http]
 enabled = true
 port = 0
+token = "{token}"
 
 [[spool]]
 path = "{spool}"
@@ -291,7 +292,7 @@ async def catcher(
     spool2 = tmp_path / "spool2"
     spool2.mkdir()
     text = CATCHER_CONFIG.format(
-        queue=queue_dir, spool=spool, spool2=spool2, outbox=tmp_path / "outbox"
+        queue=queue_dir, spool=spool, spool2=spool2, outbox=tmp_path / "outbox", token=TOKEN
     )
     daemon = Daemon(
         load_config(write_config(text)), host=PluginHost(entry_points=False), shutdown_timeout=5
@@ -472,5 +473,19 @@ async def test_the_mail_catcher_message_page_lists_and_relay_health(
                 line for line in console if "Content Security Policy" in line and "style" in line
             ]
             assert not page_violations, f"{page_violations}"
+
+            # Through a proxy, signed in with the token: the frame comes with the cookie too.
+            context = await browser.new_context(
+                extra_http_headers={"X-Forwarded-For": "203.0.113.7"}
+            )
+            remote_page = await context.new_page()
+            await remote_page.goto(f"{base}login?token={TOKEN}")
+            await remote_page.goto(f"{base}messages/{caught}")
+            framed = await remote_page.wait_for_selector("iframe.mail")
+            assert framed is not None
+            inner = await framed.content_frame()
+            assert inner is not None
+            await inner.wait_for_selector("h1")
+            assert await inner.inner_text("h1") == "Your order"
         finally:
             await browser.close()
