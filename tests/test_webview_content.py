@@ -370,7 +370,17 @@ async def test_each_recipient_shows_its_own_last_reply_and_times_are_human(
     assert "greylisted" not in alice and "451 4.7.1 greylisted" in bob
     assert re.search(r"<time datetime=[^>]+>(just now|\d+ s ago)</time>", listing)
 
-    # The relay delivered to alice, deferred bob: it delivers, but its last attempt failed.
+    # The queue page: the subject, each recipient's own reply, when the next attempt is.
+    status, body, _ = await served.get("/queue")
+    queue_page = body.decode()
+    assert status == 200 and "Grüße &lt;b&gt;&amp; co&lt;/b&gt;" in queue_page
+    alice = queue_page.split("alice@example.net", 1)[1].split("</li>", 1)[0]
+    bob = queue_page.split("bob@example.net", 1)[1].split("</li>", 1)[0]
+    assert "greylisted" not in alice and "451 4.7.1 greylisted" in bob
+    assert "<th>Last reply</th>" not in queue_page
+    assert re.search(r"<time datetime=[^>]+>in (59 min|1 h)", queue_page)
+
+    # One attempt, which delivered to alice (bob was deferred): the relay delivers, healthy.
     status, document, _ = await served.get("/api/v1/status")
     main = document["relays"]["main"]
     assert main["health"] == "healthy" and main["recent_attempts"] == 1
