@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import struct
+import zlib
 from collections.abc import AsyncIterator, Callable
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -306,6 +308,23 @@ async def catcher(
         await asyncio.wait_for(task, 10)
 
 
+def _png(width: int, height: int) -> bytes:
+    """A red PNG of ``width`` x ``height`` pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(b"\x00" + b"\xc0\x10\x10" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
 def catcher_message(to: str, subject: str) -> bytes:
     """A message with text and HTML (a script, a remote image) and a file attached."""
     message = EmailMessage()
@@ -320,9 +339,11 @@ def catcher_message(to: str, subject: str) -> bytes:
         "<h1 style='color:#a00000'>Your order</h1>"
         "<script>document.body.innerHTML = 'SCRIPT RAN'</script>"
         "<img src='https://tracker.example.net/pixel.gif' alt='remote pixel'>"
-        "<p>Thanks, <b>Alice</b>!</p></body></html>",
+        "<p>Thanks, <b>Alice</b>! <img src='cid:logo@shop' alt='logo'></p></body></html>",
         subtype="html",
     )
+    html_part = message.get_payload()[1]  # type: ignore[index]
+    html_part.add_related(_png(24, 24), maintype="image", subtype="png", cid="<logo@shop>")
     message.add_attachment(
         b"%PDF-1.4 fake", maintype="application", subtype="pdf", filename="invoice-42.pdf"
     )
@@ -431,6 +452,8 @@ async def test_the_mail_catcher_message_page_lists_and_relay_health(
             color = await frame.eval_on_selector("h1", "el => getComputedStyle(el).color")
             assert color == "rgb(160, 0, 0)", f"the mail's inline style: {color}; {path}"
             assert "SCRIPT RAN" not in await frame.inner_text("body"), f"see {path}"
+            logo = await frame.eval_on_selector("img[alt=logo]", "el => el.naturalWidth")
+            assert logo == 24, f"the message's own image (cid:) did not show: {logo}; {path}"
             assert not remote, f"the page loaded something remote: {remote}; {path}"
             assert blocked and all(b.lower().endswith("csp") for b in blocked), f"{blocked}"
             height = await page.eval_on_selector("iframe.mail", "el => getComputedStyle(el).height")

@@ -30,7 +30,7 @@ from mqd.daemon.root import Daemon
 from mqd.delivery.health import Attempt, verdict
 from mqd.http.openapi import openapi
 from mqd.http.present import detail_html, moment, relative, sender_html
-from mqd.message.content import decoded_header, read_content, subject_of
+from mqd.message.content import decoded_header, inline_images, read_content, subject_of
 from mqd.message.reply import Reply
 from mqd.plugins.host import PluginHost
 from mqd.producer.inject import inject
@@ -92,6 +92,29 @@ def test_the_content_of_a_message_is_its_headers_text_html_and_attachments() -> 
     [pdf] = content.attachments
     assert pdf.filename == "invoice 42.pdf" and pdf.content_type == "application/pdf"
     assert pdf.size == len(b"%PDF-1.4 fake")
+
+
+def test_the_messages_own_images_are_put_in_as_data_urls() -> None:
+    message = EmailMessage()
+    message["From"] = "app@example.com"
+    message["To"] = "alice@example.net"
+    message["Subject"] = "logo"
+    message.set_content("see the logo")
+    message.add_alternative(
+        '<p><img src="cid:logo@x"> <img src="cid:missing@x"> '
+        '<img src="https://remote.example.net/a.png"></p>',
+        subtype="html",
+    )
+    html_part = message.get_payload()[1]  # type: ignore[index]
+    html_part.add_related(b"\x89PNG fake", maintype="image", subtype="png", cid="<logo@x>")
+    data = message.as_bytes()
+    content = read_content(data)
+    assert content.html is not None
+    [logo] = content.attachments
+    assert logo.content_id == "logo@x" and logo.content_type == "image/png"
+    html = inline_images(content.html, data, content)
+    assert 'src="data:image/png;base64,iVBORyBmYWtl"' in html
+    assert 'src="cid:missing@x"' in html and "https://remote.example.net/a.png" in html
 
 
 @pytest.mark.parametrize(
@@ -325,6 +348,12 @@ async def test_the_outbox_is_a_mail_catcher_with_subject_headers_text_html_and_f
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert (await served.get(f"/messages/{caught.id}/parts/99"))[0] == 404
     assert (await served.get("/messages/..%2Fetc/html"))[0] == 404
+
+    # The whole message, as a download.
+    status, body, response = await served.get(f"/messages/{caught.id}/raw")
+    assert status == 200 and body.startswith(b"X-Sender: <app@example.com>")
+    assert response.headers["Content-Disposition"] == f'attachment; filename="{caught.id}.eml"'
+    assert response.headers["Content-Type"] == "application/octet-stream"
 
     # The API: the subject in the typed answers (and so in the document).
     status, listed, _ = await served.get("/api/v1/messages")

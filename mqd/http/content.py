@@ -4,8 +4,10 @@ outbox relay has written it, in the outbox folder (which makes the view a local 
 
 ``/messages/{id}/html`` serves the HTML part alone, for the frame, under a policy that loads
 nothing (no script, no remote image, stylesheet or font: only ``data:`` images and inline
-styles) and sandboxes it. ``/messages/{id}/parts/{n}`` serves an attachment as a download
-(``Content-Disposition: attachment``, ``application/octet-stream``, never sniffed).
+styles) and sandboxes it; the message's own images (``cid:`` references) are put in as
+``data:`` URLs. ``/messages/{id}/parts/{n}`` serves an attachment, ``/messages/{id}/raw`` the
+whole message, as a download (``Content-Disposition: attachment``,
+``application/octet-stream``, never sniffed).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from aiohttp import web
 from mqd.admin.render import human_size
 from mqd.http.html import CSP, e, table
 from mqd.http.site import Site
-from mqd.message.content import Content, attachment_bytes, read_content
+from mqd.message.content import Content, attachment_bytes, inline_images, read_content
 from mqd.queue.failed import FailedError
 from mqd.queue.store import UnknownEntry
 from mqd.relays.outbox import OutboxRelay
@@ -75,6 +77,7 @@ class Contents:
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/messages/{key}/html", self.html),
+            web.get("/messages/{key}/raw", self.raw),
             web.get("/messages/{key}/parts/{index:[0-9]{1,4}}", self.part),
         ]
 
@@ -129,12 +132,24 @@ class Contents:
         return found, await asyncio.to_thread(read_content, found.data)
 
     async def html(self, request: web.Request) -> web.Response:
-        _, content = await self._content(request)
+        found, content = await self._content(request)
         if content.html is None:
             raise web.HTTPNotFound(text="the message has no HTML part")
-        response = web.Response(text=content.html, content_type="text/html", charset="utf-8")
+        html = await asyncio.to_thread(inline_images, content.html, found.data, content)
+        response = web.Response(text=html, content_type="text/html", charset="utf-8")
         response.headers["Content-Security-Policy"] = FRAME_CSP
         response.headers["X-Frame-Options"] = "SAMEORIGIN"
+        return response
+
+    async def raw(self, request: web.Request) -> web.Response:
+        """The whole message as kept, as a download (``<queue id>.eml``)."""
+        key = request.match_info["key"]
+        found = await self.find(key)
+        if found is None:
+            raise web.HTTPNotFound(text="no such message is kept")
+        response = web.Response(body=found.data, content_type="application/octet-stream")
+        response.headers["Content-Disposition"] = f'attachment; filename="{_ascii_name(key)}.eml"'
+        response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
         return response
 
     async def part(self, request: web.Request) -> web.Response:
@@ -170,7 +185,8 @@ def render(queue_id: str, found: Found, content: Content) -> str:
     where = e(found.where) + (f' <span class="mono">{e(found.path)}</span>' if found.path else "")
     parts = [
         "<h2>Content</h2>",
-        f'<p class="muted">Read from {where}.</p>',
+        f'<p class="muted">Read from {where}. <a href="{e(base)}/raw" download>Download it'
+        " (.eml)</a></p>",
     ]
     if content.problem is not None:
         parts.append(
@@ -188,7 +204,7 @@ def render(queue_id: str, found: Found, content: Content) -> str:
             "<h3>HTML</h3>"
             f'<iframe class="mail" sandbox src="{e(base)}/html" title="The HTML part"></iframe>'
             '<p class="muted">Shown in a sandbox: no script runs, nothing is loaded from '
-            "elsewhere (remote images stay blank).</p>"
+            "elsewhere (remote images stay blank; the message's own images show).</p>"
         )
     if content.text is not None:
         label = "Text" if content.problem is None else "The file"

@@ -8,9 +8,12 @@ escapes it: that is the caller's business (``mqd.http``).
 
 from __future__ import annotations
 
+import base64
 import email.header
 import email.message
 import email.policy
+import re
+import urllib.parse
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 
@@ -22,6 +25,7 @@ __all__ = [
     "Content",
     "attachment_bytes",
     "decoded_header",
+    "inline_images",
     "read_content",
     "subject_of",
 ]
@@ -176,3 +180,38 @@ def attachment_bytes(data: bytes, index: int) -> bytes | None:
     if not 0 <= index < len(leaves):
         return None
     return _payload(leaves[index])
+
+
+#: The most bytes of inline images put into one HTML part as ``data:`` URLs.
+INLINE_LIMIT = 8 * 1024 * 1024
+_CID = re.compile(r"cid:([^\s\"'()<>]+)", re.IGNORECASE)
+
+
+def inline_images(html: str, data: bytes, content: Content) -> str:
+    """``html`` with each ``cid:`` reference to one of the message's images replaced by a
+    ``data:`` URL of that image (up to ``INLINE_LIMIT`` bytes in all), so that it shows without
+    anything being fetched; other references stay as they are (and load nothing)."""
+    images = {
+        a.content_id: a
+        for a in content.attachments
+        if a.content_id and a.content_type.startswith("image/")
+    }
+    if not images or "cid:" not in html.lower():
+        return html
+    leaves = _leaves(_parse(data))
+    budget = [INLINE_LIMIT]
+    urls: dict[str, str] = {}
+
+    def url(found: re.Match[str]) -> str:
+        key = urllib.parse.unquote(found.group(1))
+        if key in urls:
+            return urls[key]
+        image = images.get(key)
+        if image is None or image.size > budget[0]:
+            return found.group(0)
+        budget[0] -= image.size
+        payload = base64.b64encode(_payload(leaves[image.index])).decode("ascii")
+        urls[key] = f"data:{image.content_type};base64,{payload}"
+        return urls[key]
+
+    return _CID.sub(url, html)
