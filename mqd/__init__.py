@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
         Queued,
         RecipientEvent,
         Rejected,
+        Suppressed,
     )
     from mqd.message.envelope import Envelope, ParsedMessage
     from mqd.message.reply import Outcome, Reply
@@ -87,6 +88,7 @@ _LAZY = {
     "Queued": "mqd.events",
     "RcptStatus": "mqd.queue.entry",
     "RecipientEvent": "mqd.events",
+    "Suppressed": "mqd.events",
     "RecipientState": "mqd.queue.entry",
     "RegisterRelay": "mqd.plugins.hookspecs",
     "Rejected": "mqd.events",
@@ -147,6 +149,7 @@ __all__ = [
     "SpoolConfig",
     "SpoolError",
     "Status",
+    "Suppressed",
     "TransientRelayError",
     "Webhook",
     "WebhookRejected",

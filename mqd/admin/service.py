@@ -17,12 +17,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from mqd.admin.status import AccountStatus, FaultStatus, QuotaStatus, RelayStatus, Status
+from mqd.admin.suppress import SuppressionOps
 from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import Config
 from mqd.delivery.deliverer import Deliverer
 from mqd.delivery.guards import Guards
 from mqd.delivery.health import circuit_word, verdict
-from mqd.errors import MQDError
+from mqd.errors import AdminError
 from mqd.events import Deleted, Event
 from mqd.faults import Fault
 from mqd.queue.entry import RcptStatus
@@ -38,10 +39,6 @@ log = logging.getLogger("mqd.admin")
 ADMIN_BOUNCE = "554 5.7.0 returned to the sender by the mail administrator"
 #: How many header bytes ``show`` returns.
 HEADER_LIMIT = 16 * 1024
-
-
-class AdminError(MQDError):
-    """An administrative request cannot be carried out (unknown id, message in flight, ...)."""
 
 
 class Node(Protocol):
@@ -88,7 +85,9 @@ def queue_row(item: Listed, now: float) -> dict[str, Any]:
     }
 
 
-class QueueAdmin:
+class QueueAdmin(SuppressionOps):
+    node: Node
+
     def __init__(self, node: Node, *, online: bool = True, clock: Clock = SYSTEM_CLOCK) -> None:
         self.node = node
         #: False for a stopped queue opened by the command itself.

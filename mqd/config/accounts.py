@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from mqd.config.options import Options
-from mqd.config.schema import AccountConfig, QuotaConfig
+from mqd.config.schema import AccountConfig, QuotaConfig, SuppressionConfig
 from mqd.config.senders import sender_allowed, validate_sender_pattern
 
-__all__ = ["OVER_LIMIT", "AccountConfig", "account_for", "parse_accounts"]
+__all__ = ["OVER_LIMIT", "AccountConfig", "account_for", "parse_accounts", "parse_suppression"]
 
 #: What happens to a message over its account's limit.
 OVER_LIMIT = ("wait", "refuse")
@@ -76,3 +76,16 @@ def _parse_account(opts: Options, earlier: list[AccountConfig]) -> AccountConfig
     )
     opts.finish()
     return account
+
+
+def parse_suppression(opts: Options) -> SuppressionConfig:
+    config = SuppressionConfig(
+        enabled=opts.boolean("enabled", True),
+        bounce_for=opts.duration("bounce_for", "30d"),
+        complaint_for=opts.duration("complaint_for", "0"),
+    )
+    for key in ("bounce_for", "complaint_for"):
+        if getattr(config, key) < 0:
+            opts.report(opts.error(key, 'must not be negative ("0" is for good)'))
+    opts.finish()
+    return config

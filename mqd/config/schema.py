@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mqd.config.options import Options, Secret
+from mqd.config.paths import CONFIG_ENV
 
 __all__ = [
     "CONFIG_ENV",
@@ -31,7 +32,6 @@ __all__ = [
     "TrackingConfig",
 ]
 
-CONFIG_ENV = "MQD_CONFIG"
 #: Name of the relay used by the embedded defaults.
 DEFAULT_RELAY = "outbox"
 WATCH_MODES = ("auto", "inotify", "watchfiles", "poll")
@@ -197,6 +197,22 @@ class AccountConfig:
 
 
 @dataclass(frozen=True)
+class SuppressionConfig:
+    """``[suppression]``: recipients not mailed again after a permanent bounce or a complaint."""
+
+    enabled: bool = True
+    #: How long a bounced address stays suppressed (0: for good).
+    bounce_for: float = 30 * 86400.0
+    #: How long a complaining address stays suppressed (0: for good, the default).
+    complaint_for: float = 0.0
+
+    def until(self, kind: str, now: float) -> float | None:
+        """When a suppression of ``kind`` made ``now`` ends (None: for good)."""
+        period = self.complaint_for if kind == "complaint" else self.bounce_for
+        return now + period if period > 0 else None
+
+
+@dataclass(frozen=True)
 class CircuitConfig:
     """After ``failures`` whole-message failures in a row the relay is skipped for ``cooldown``
     seconds (doubling while it keeps failing, up to ``max_cooldown``), then tried once."""
@@ -306,6 +322,7 @@ class Config:
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     #: ``[[account]]``: senders grouped under a name with sending limits (``mqd.config.accounts``).
     accounts: tuple[AccountConfig, ...] = ()
+    suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
 
     def for_worker(self, worker: int) -> Config:
         """The config of worker ``worker`` of ``queue.workers``: its own queue directory, its own
@@ -338,6 +355,11 @@ class Config:
     def inject_spool(self) -> Path:
         """The spool that ``mqd send`` and ``mqd sendmail`` write into."""
         return self.sendmail.spool or self.spools[0].path
+
+    def spool_at(self, path: str | os.PathLike[str]) -> SpoolConfig | None:
+        """The ``[[spool]]`` whose directory ``path`` is (as absolute paths), or None."""
+        wanted = os.path.abspath(path)
+        return next((s for s in self.spools if os.path.abspath(s.path) == wanted), None)
 
     @property
     def is_embedded_default(self) -> bool:

@@ -16,6 +16,7 @@ from mqd.delivery.accounts import ACCOUNT_STATE, AccountLimits
 from mqd.delivery.circuit import Circuit, CircuitState
 from mqd.delivery.health import RelayHealth
 from mqd.delivery.quota import Quota, dump_quotas, load_quotas
+from mqd.delivery.suppression import SUPPRESSION_STATE, Suppressions
 from mqd.queue.store import QueueStore
 
 __all__ = ["PACE", "QUOTA_STATE", "Guards"]
@@ -37,6 +38,8 @@ class Guards:
         self.health: dict[str, RelayHealth] = {}
         #: The ``[[account]]`` limits (intake asks them too, for accounts that refuse).
         self.accounts = AccountLimits(config, clock=clock)
+        #: Recipients not mailed again (``mqd.delivery.suppression``).
+        self.suppressions = Suppressions()
         self.reconfigure(config)
 
     def health_of(self, name: str) -> RelayHealth:
@@ -107,9 +110,22 @@ class Guards:
             return
         if raw is not None:
             self.accounts.load(raw)
+        try:
+            raw = await store.load_state(SUPPRESSION_STATE)
+        except OSError as exc:
+            log.warning("cannot read the suppression list: %s", exc)
+            return
+        if raw is not None:
+            self.suppressions.load(raw)
 
     async def save(self, store: QueueStore) -> None:
-        """Save the counts when they changed since the last save."""
+        """Save the counts (and the suppression list) when they changed since the last save."""
+        if self.suppressions.dirty:
+            try:
+                await store.save_state(SUPPRESSION_STATE, self.suppressions.dump())
+            except OSError as exc:
+                self.suppressions.dirty = True
+                log.warning("cannot save the suppression list: %s", exc)
         if self.accounts.dirty:
             try:
                 await store.save_state(ACCOUNT_STATE, self.accounts.dump())

@@ -58,7 +58,12 @@ MESSAGE_EVENTS = (
 )
 #: Recipient outcomes, counted by ``mqd_recipients_total`` (the label ``outcome``): one per
 #: recipient and attempt, and per relay by ``mqd_relay_deliveries_total``.
-RECIPIENT_OUTCOMES = (EventKind.DELIVERED, EventKind.DEFERRED, EventKind.BOUNCED)
+RECIPIENT_OUTCOMES = (
+    EventKind.DELIVERED,
+    EventKind.DEFERRED,
+    EventKind.BOUNCED,
+    EventKind.SUPPRESSED,
+)
 #: The states of ``mqd_queue_messages``: each queued message is in exactly one.
 QUEUE_STATES = ("active", "deferred", "held", "scheduled", "waiting")
 #: Seconds a relay takes for one message: an API call to an SMTP session on a slow server.

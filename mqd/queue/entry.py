@@ -64,6 +64,8 @@ class RcptStatus(StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
+    #: On the suppression list: not sent, no bounce (final, like delivered and failed).
+    SUPPRESSED = "suppressed"
 
 
 @dataclass(slots=True)  # slots: 100,000 queued entries are held in memory
