@@ -349,6 +349,14 @@ async def test_the_outbox_is_a_mail_catcher_with_subject_headers_text_html_and_f
     assert (await served.get(f"/messages/{caught.id}/parts/99"))[0] == 404
     assert (await served.get("/messages/..%2Fetc/html"))[0] == 404
 
+    # With no history (pruned, or tracking off) the outbox file still makes the page.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Daemon, "tracker", property(lambda self: None))
+        status, body, _ = await served.get(f"/messages/{caught.id}")
+    assert status == 200 and "It ships tomorrow." in body.decode()
+    assert "Tracking is off: there is no timeline." in body.decode()
+    assert (await served.get("/messages/0190000000aaaaaaaaaaa"))[0] == 404
+
     # The whole message, as a download.
     status, body, response = await served.get(f"/messages/{caught.id}/raw")
     assert status == 200 and body.startswith(b"X-Sender: <app@example.com>")

@@ -112,9 +112,8 @@ class Contents:
                     return Found(data_or_none, f"the outbox folder of relay {name}", str(path))
         return None
 
-    async def section(self, queue_id: str) -> str:
-        """The message page's part about the content ("" when the bytes are nowhere)."""
-        found = await self.find(queue_id)
+    async def section(self, queue_id: str, found: Found | None) -> str:
+        """The message page's part about the content (``found``: its bytes, from ``find``)."""
         if found is None:
             return (
                 "<h2>Content</h2><p class=muted>The message itself is no longer kept: it is not "

@@ -46,11 +46,13 @@ class Details:
         except UnknownEntry:
             listed = None
         failed = await self._failed_record(queue_id)
-        if history is None and listed is None and failed is None:
+        kept = await self.contents.find(queue_id)
+        if history is None and listed is None and failed is None and kept is None:
             why = (
-                "It is not in the event store, the queue or the failed folder."
+                "It is not in the event store, the queue, the failed folder or an outbox folder."
                 if tracker is not None
-                else "It is not in the queue or the failed folder (and tracking is off)."
+                else "It is not in the queue, the failed folder or an outbox folder (and "
+                "tracking is off)."
             )
             return page(
                 "Unknown message",
@@ -130,7 +132,7 @@ class Details:
             )
         elif tracker is None:
             parts.append('<p class="note">Tracking is off: there is no timeline.</p>')
-        parts.append(await self.contents.section(queue_id))
+        parts.append(await self.contents.section(queue_id, kept))
         return page_headers(page(f"Message {queue_id}", "".join(parts), here="/messages"))
 
     @staticmethod
