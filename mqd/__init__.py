@@ -15,6 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ resolves these
     from typing import Any
 
+    from mqd.clock import ManualClock
     from mqd.config.options import Options, Secret
     from mqd.config.schema import Config, SpoolConfig
     from mqd.errors import (
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
         TransientRelayError,
     )
     from mqd.events import (
+        Attempted,
         Bounced,
         Claimed,
         Completed,
@@ -44,6 +46,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
         Queued,
         RecipientEvent,
         Rejected,
+        RelayCall,
         Suppressed,
     )
     from mqd.message.envelope import Envelope, ParsedMessage
@@ -58,7 +61,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
 
 #: Public name -> the module that defines it.
 _LAZY = {
+    "Attempted": "mqd.events",
     "Bounced": "mqd.events",
+    "ManualClock": "mqd.clock",
     "Claimed": "mqd.events",
     "Completed": "mqd.events",
     "Config": "mqd.config.schema",
@@ -93,6 +98,7 @@ _LAZY = {
     "RegisterRelay": "mqd.plugins.hookspecs",
     "Rejected": "mqd.events",
     "Relay": "mqd.relays.base",
+    "RelayCall": "mqd.events",
     "RelayError": "mqd.errors",
     "Reply": "mqd.message.reply",
     "Secret": "mqd.config.options",
@@ -109,6 +115,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "Attempted",
     "Bounced",
     "Claimed",
     "Completed",
@@ -123,6 +130,7 @@ __all__ = [
     "EventKind",
     "Failed",
     "MQDError",
+    "ManualClock",
     "MessageEvent",
     "MessageParseError",
     "Options",
@@ -143,6 +151,7 @@ __all__ = [
     "RegisterRelay",
     "Rejected",
     "Relay",
+    "RelayCall",
     "RelayError",
     "Reply",
     "Secret",
