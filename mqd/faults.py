@@ -40,6 +40,7 @@ class Fault:
         self._retry_at = 0.0
         #: Failed tries since it was last working.
         self.failures = 0
+        self._kind: str | None = None
 
     @property
     def active(self) -> bool:
@@ -51,12 +52,16 @@ class Fault:
             return 0.0
         return max(0.0, self._retry_at - self.clock.monotonic())
 
-    def failed(self, why: str, *, progress: bool = False) -> None:
+    def failed(self, why: str, *, progress: bool = False, kind: str | None = None) -> None:
         """Another failed try: log it once per reason, and wait longer before the next
         (``progress``: it partly worked, as a queue with room for half a batch: the next try
-        comes soon again rather than ever later)."""
+        comes soon again rather than ever later). ``kind`` names the trouble when its wording
+        changes from try to try (a database that is down: refused, then timed out): logged once
+        per kind then."""
         self.failures += 1
-        if why != self.reason:
+        key = kind or why
+        logged, self._kind = self._kind, key
+        if key != logged:
             self.log.error(
                 "%s %s: %s; retrying by itself (first in %gs, then less often)",
                 self.what,
@@ -84,6 +89,7 @@ class Fault:
                 self.reason,
             )
         self.reason = None
+        self._kind = None
         self.failures = 0
         self._delay = self.first
 

@@ -94,6 +94,7 @@ def render_queue(rows: Sequence[Mapping[str, Any]], now: float, *, filtered: str
     and a summary line. ``filtered`` describes a filter in effect (for the empty case)."""
     if not rows:
         return [f"no message in the queue {filtered}" if filtered else "mail queue is empty"]
+    nodes = any(row.get("node") for row in rows)  # a shared queue: who holds each entry
     table = [
         (
             row["id"],
@@ -102,11 +103,13 @@ def render_queue(rows: Sequence[Mapping[str, Any]], now: float, *, filtered: str
             row["state"],
             str(row["attempts"]),
             next_attempt(row, now),
+            *((row.get("node") or "-",) if nodes else ()),
             _address(row["sender"]),
         )
         for row in rows
     ]
-    header = ("ID", "AGE", "SIZE", "STATE", "TRIES", "NEXT", "SENDER")
+    node = ("NODE",) if nodes else ()
+    header = ("ID", "AGE", "SIZE", "STATE", "TRIES", "NEXT", *node, "SENDER")
     widths = [max(len(cells[i]) for cells in (header, *table)) for i in range(len(header) - 1)]
 
     def line(cells: Sequence[str]) -> str:
@@ -198,6 +201,13 @@ def _health(relay: Mapping[str, Any]) -> str:
     return health
 
 
+def _queue_field(status: Mapping[str, Any]) -> tuple[str, str]:
+    """Where the queue is: its directory, or a PostgreSQL queue's database and this node."""
+    if status.get("database"):
+        return ("queue", f"PostgreSQL {status['database']}, node {status.get('node')}")
+    return ("queue", str(status.get("queue_dir")))
+
+
 def render_status(status: Mapping[str, Any]) -> list[str]:
     """``mqd status``: the daemon, the queue by state, the oldest message, failed, each relay."""
     if status.get("running"):
@@ -206,7 +216,8 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
             f"(mqd {status.get('version')})"
         )
     else:
-        daemon = "not running (read from the queue files)"
+        where = "database" if status.get("database") else "files"
+        daemon = f"not running (read from the queue {where})"
     counts: Mapping[str, int] = status.get("by_state") or {}
     total = int(status.get("messages") or 0)
     if total:
@@ -222,11 +233,16 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
     fields = [
         ("daemon", daemon),
         ("config", status.get("config") or "embedded defaults"),
-        ("queue", str(status.get("queue_dir"))),
+        _queue_field(status),
         ("messages", queued),
         ("oldest", human_age(float(oldest)) if oldest is not None else "-"),
         ("failed", f"{failed}" + (" ('mqd failed list' shows them)" if failed else "")),
     ]
+    redispatched = int(status.get("redispatched") or 0)
+    if redispatched:
+        fields.append(
+            ("redispatched", f"{redispatched} (taken over while being sent: may have gone twice)")
+        )
     workers: Sequence[Mapping[str, Any]] = status.get("workers") or []
     if workers:
         fields.insert(1, ("workers", "; ".join(_worker(w) for w in workers)))

@@ -10,6 +10,7 @@ repeated a moment later).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -23,11 +24,11 @@ from mqd.config.schema import Config
 from mqd.delivery.deliverer import Deliverer
 from mqd.delivery.guards import Guards
 from mqd.delivery.health import circuit_word, verdict
-from mqd.errors import AdminError
+from mqd.errors import AdminError, QueueUnavailableError
 from mqd.events import Deleted, Event
 from mqd.faults import Fault
 from mqd.queue.entry import RcptStatus
-from mqd.queue.store import EntryBusy, Listed, QueueStore, UnknownEntry
+from mqd.queue.store import EntryBusy, Listed, QueueCounts, QueueStore, UnknownEntry
 from mqd.relays.base import Relay
 from mqd.version import __version__
 
@@ -39,6 +40,9 @@ log = logging.getLogger("mqd.admin")
 ADMIN_BOUNCE = "554 5.7.0 returned to the sender by the mail administrator"
 #: How many header bytes ``show`` returns.
 HEADER_LIMIT = 16 * 1024
+#: Seconds ``mqd status`` waits for the queue's counts (a database out of reach: it answers
+#: without them).
+STATUS_WAIT = 5.0
 
 
 class Node(Protocol):
@@ -141,10 +145,21 @@ class QueueAdmin(SuppressionOps):
     async def op_status(self) -> dict[str, Any]:
         return (await self.status()).to_dict()
 
+    async def _counts(self) -> tuple[QueueCounts, int]:
+        """The queue's counts and the failed folder's; none (and the fault, shown with the
+        others) while a queue database is out of reach, rather than no status at all."""
+        try:
+            async with asyncio.timeout(STATUS_WAIT):
+                return await self.store.counts(), await self.store.failed.count()
+        except (QueueUnavailableError, TimeoutError):
+            if not self.online:
+                raise
+            return QueueCounts(by_state={}, size=0, oldest=None, oldest_unheld=None), 0
+
     async def status(self) -> Status:
         node = self.node
         config = node.config
-        counts = await self.store.counts()
+        counts, failed = await self._counts()
         now = self.clock.time()
         # Not read yet, so routed by their spool: exact unless [[route]] tables route by sender.
         by_relay = dict(counts.by_relay)
@@ -171,7 +186,7 @@ class QueueAdmin(SuppressionOps):
             not_read=counts.not_read,
             bytes=counts.size,
             oldest_age=round(now - counts.oldest, 1) if counts.oldest is not None else None,
-            failed=await self.store.failed.count(),
+            failed=failed,
             spools=[str(s.path) for s in config.spools],
             relays=relays,
             faults=[
@@ -180,6 +195,7 @@ class QueueAdmin(SuppressionOps):
                 if fault.active
             ],
             redispatched=counts.redispatched,
+            database=config.queue.database.dsn if config.queue.database is not None else None,
             accounts={
                 use.name: AccountStatus(
                     over_limit=use.over_limit,

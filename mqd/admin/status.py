@@ -146,6 +146,8 @@ class Status:
     faults: list[FaultStatus] = field(default_factory=list)
     #: Messages that may have gone out twice: taken over from a node that died while sending.
     redispatched: int = 0
+    #: A PostgreSQL queue: its DSN (never with its password); None for a queue in files.
+    database: str | None = None
     #: With queue.workers above 1: each worker process and its own queue (the counts above
     #: are of all of them).
     workers: list[WorkerStatus] = field(default_factory=list)

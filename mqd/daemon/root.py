@@ -147,6 +147,7 @@ class Daemon:
             intake.claiming,
             intake.refusing,
             self.scheduler.fault,
+            self.scheduler.database,
             *self.servers.faults,
         ]
 

@@ -14,7 +14,7 @@ import logging
 
 from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.delivery.deliverer import Deliverer
-from mqd.errors import QueueError
+from mqd.errors import QueueError, QueueUnavailableError
 from mqd.faults import Fault
 from mqd.queue.store import Lease, QueueStore
 
@@ -41,6 +41,8 @@ class Scheduler:
         self.clock = clock
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._leases: dict[str, Lease] = {}
+        #: Leases whose outcome (or release) could not be written: the database was down.
+        self._stranded: list[Lease] = []
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         #: How many passes (lease what is due, then look when the next is) have begun, and
@@ -50,6 +52,9 @@ class Scheduler:
         self.asleep = False
         #: Set while outcomes cannot be written (a full disk): said once, cleared by success.
         self.fault = Fault("delivery", log, clock=clock, verb="is failing")
+        #: Set while the queue's database cannot be reached (a PostgreSQL queue): leasing
+        #: pauses, retried with backoff, said once in the log and shown by ``mqd status``.
+        self.database = Fault("the queue database", log, clock=clock, most=15.0, verb="is down")
         store.subscribe(self._wake.set)
 
     @property
@@ -98,7 +103,14 @@ class Scheduler:
                 try:
                     await self.store.renew(leases)
                 except Exception as exc:  # said once; the fenced writes will tell the rest
-                    self.fault.failed(f"cannot renew leases ({exc})")
+                    self._failed(exc, f"cannot renew leases ({exc})")
+
+    def _failed(self, exc: BaseException, why: str) -> None:
+        """A store call failed: the database fault when it is out of reach, else delivery's."""
+        if isinstance(exc, QueueUnavailableError):
+            self.database.failed(str(exc), kind="unreachable")
+        else:
+            self.fault.failed(why)
 
     async def _lease_and_start(self, once: asyncio.Event | None) -> None:
         while not self._stopping.is_set():
@@ -109,11 +121,20 @@ class Scheduler:
             # delivery's outcome (a bounce); those wake the next pass, which looks again.
             settled = once is not None and once.is_set() and not self._in_flight
             room = self.concurrency - len(self._in_flight)
-            if room > 0:
-                for lease in await self.store.lease(room):
-                    self._start(lease)
-                room = self.concurrency - len(self._in_flight)
-            due = await self.store.next_due()
+            try:
+                if room > 0:
+                    for lease in await self.store.lease(room):
+                        self._start(lease)
+                    room = self.concurrency - len(self._in_flight)
+                due = await self.store.next_due()
+            except QueueUnavailableError as exc:  # the database is down: wait, then again
+                self.database.failed(str(exc), kind="unreachable")
+                await self.clock.wait(self._stopping, self.database.retry_in())
+                continue
+            if self.database.active:
+                self.database.cleared()
+            if self._stranded:
+                await self._give_back()
             # Now after the store answered: an entry accepted while it was asked (a store that
             # answers over the network) is not taken for one due in the future.
             now = self.clock.time()
@@ -129,6 +150,17 @@ class Scheduler:
                 await self.clock.wait(self._wake, timeout)
             finally:
                 self.asleep = False
+
+    async def _give_back(self) -> None:
+        """The leases whose outcome could not be written while the database was down: due
+        again now rather than when they expire."""
+        stranded = [lease for lease in self._stranded if lease.entry.id not in self._in_flight]
+        try:
+            await self.store.give_back(stranded)
+        except QueueError as exc:
+            self._failed(exc, f"cannot give entries back ({exc})")
+        else:
+            self._stranded = [lease for lease in self._stranded if lease not in stranded]
 
     def _start(self, lease: Lease) -> None:
         entry_id = lease.entry.id
@@ -150,10 +182,14 @@ class Scheduler:
             # tried again on its backoff. Said once, not once per message.
             if not isinstance(exc, OSError | QueueError):  # a bug: its traceback, loudly
                 log.exception("%s could not be processed; keeping it", entry.id)
-            self.fault.failed(f"messages could not be processed, keeping them ({exc})")
+            self._failed(exc, f"messages could not be processed, keeping them ({exc})")
             delay = self.deliverer.backoff.delay(max(1, entry.attempts))
-            with contextlib.suppress(Exception):
+            try:
                 await self.store.release(lease, not_before=self.clock.time() + delay)
+            except QueueUnavailableError:  # given back when the database is there again
+                self._stranded.append(lease)
+            except Exception:  # noqa: S110 - the fault is said; the lease expires
+                pass
         else:
             if self.fault.active:
                 self.fault.cleared()

@@ -250,6 +250,8 @@ class _Snapshot:
     oldest: float
     relays: dict[str, _RelayState]
     accounts: list[AccountUse] = field(default_factory=list)
+    #: Entries taken over while marked dispatching (a shared queue's at-least-once window).
+    redispatched: int = 0
 
 
 class _Gauges:
@@ -279,7 +281,9 @@ class _Gauges:
                 if relay.limits:
                     relay.sent = (quota.sent_within(3600.0), quota.sent_within(86400.0))
             relays[name] = relay
-        return _Snapshot(states, oldest, relays, node.guards.accounts.use())
+        return _Snapshot(
+            states, oldest, relays, node.guards.accounts.use(), redispatched=counts.redispatched
+        )
 
     def collect(self) -> Iterable[Metric]:
         if self.snapshot is None:  # registered before any scrape: nothing to describe yet
@@ -307,6 +311,12 @@ class _Gauges:
             "mqd_oldest_message_age_seconds",
             "Age of the oldest message in the queue that is not held; 0 when there is none.",
             snapshot.oldest,
+        )
+        yield CounterMetricFamily(
+            "mqd_redispatched",
+            "Messages this node took over while they were marked as being sent by a node that "
+            "stopped (a PostgreSQL queue): each may have gone out twice.",
+            snapshot.redispatched,
         )
         errors = CounterMetricFamily(
             "mqd_relay_errors",

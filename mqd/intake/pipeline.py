@@ -35,7 +35,7 @@ from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.accounts import account_for
 from mqd.config.schema import Config
 from mqd.delivery.accounts import AccountLimits
-from mqd.errors import MessageParseError, QueueError, SpoolError
+from mqd.errors import MessageParseError, QueueError, QueueUnavailableError, SpoolError
 from mqd.events import Claimed as ClaimedEvent  # not the claimed file: intake.spool.Claimed
 from mqd.events import EventSink, Queued, Rejected
 from mqd.faults import Fault
@@ -273,9 +273,11 @@ class Intake:
             await self.store.accept(accepted)
         except AcceptError as exc:
             taken = [item for item in accepted if item.entry.id in set(exc.accepted)]
-            self.fault.failed(f"the queue cannot take messages: {exc}", progress=bool(taken))
+            self.fault.failed(
+                f"the queue cannot take messages: {exc}", progress=bool(taken), kind=_kind(exc)
+            )
         except (QueueError, OSError) as exc:
-            self.fault.failed(f"the queue cannot take messages: {exc}")
+            self.fault.failed(f"the queue cannot take messages: {exc}", kind=_kind(exc))
             return [], False
         else:
             taken = accepted
@@ -341,3 +343,12 @@ class Intake:
 
 def _read_all(batch: list[Claimed], max_size: int) -> list[Read]:
     return [read_claimed_file(claimed, max_size, keep_open=False) for claimed in batch]
+
+
+def _kind(exc: BaseException) -> str | None:
+    """ "unreachable" for a queue database out of reach (its wording changes from try to try:
+    said once), else None (each reason said)."""
+    for cause in (exc, exc.__cause__):
+        if isinstance(cause, QueueUnavailableError):
+            return "unreachable"
+    return None

@@ -272,6 +272,13 @@ class QueueStore(abc.ABC):
         """Give ``lease`` back without a change (no attempt counted); due again at
         ``not_before`` when given, else as it was. A revoked lease is released silently."""
 
+    async def give_back(self, leases: Sequence[Lease]) -> None:
+        """Give back leases whose delivery's outcome could not be written (the store was out
+        of reach): due again now; one marked dispatching may have gone out, and is counted
+        so (a store with such marks says so)."""
+        for lease in leases:
+            await self.release(lease)
+
     # -- administration ---------------------------------------------------------------------------
 
     @abc.abstractmethod

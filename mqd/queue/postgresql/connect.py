@@ -4,6 +4,7 @@ where psycopg's errors become mqd's (a DSN is only ever shown with its password 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,6 +29,13 @@ __all__ = [
 Conn = psycopg.AsyncConnection[TupleRow]
 #: Seconds to wait for the server when connecting.
 CONNECT_TIMEOUT = 10
+#: Seconds a statement waits for a pooled connection (while the server is down: then the
+#: caller's fault says so, once, and retries with backoff).
+POOL_WAIT = 10.0
+
+# The pool logs every failed reconnection as a WARNING (many a second while the server is
+# down); mqd says it once itself (the scheduler's and intake's faults).
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 def redacted(dsn: str) -> str:
@@ -73,7 +81,7 @@ class Database:
             max_size=max(1, max_size),
             open=False,
             name="mqd-queue",
-            timeout=30.0,
+            timeout=POOL_WAIT,
         )
 
 

@@ -40,6 +40,21 @@ FROM mine
 WHERE e.id = mine.id
 RETURNING e.id, mine.dispatching
 """
+#: ``give_back``: this node's leases whose outcome it could not write, due again at once (one
+#: marked dispatching may have gone out: counted as a redispatch, as a takeover would).
+GIVE_BACK = """
+WITH mine AS (
+    SELECT e.id, e.dispatching FROM mqd_entry e
+    JOIN unnest(%s::text[], %s::int8[]) AS l(id, token) ON e.id = l.id AND e.token = l.token
+    WHERE e.owner = %s FOR UPDATE OF e
+)
+UPDATE mqd_entry e
+SET owner = NULL, lease_expires = NULL, dispatching = false,
+    redispatches = e.redispatches + mine.dispatching::int
+FROM mine
+WHERE e.id = mine.id
+RETURNING e.id, mine.dispatching
+"""
 SAVE = """
 UPDATE mqd_entry
 SET state = %(state)s::jsonb, attempts = %(attempts)s, size = %(size)s,

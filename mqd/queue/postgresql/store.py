@@ -319,6 +319,18 @@ class PostgresStore(QueueStore):
             await conn.execute(q.RELEASE, params)
         self.waker.wake()
 
+    async def give_back(self, leases: Sequence[Lease]) -> None:
+        if not leases:
+            return
+        ids, tokens = [lease.entry.id for lease in leases], [lease.token for lease in leases]
+        async with self._tx("giving entries back") as conn:
+            rows = await (await conn.execute(q.GIVE_BACK, (ids, tokens, self.node))).fetchall()
+        for entry_id, was_dispatching in rows:
+            if was_dispatching:
+                self.redispatched += 1
+                log.warning("%s: %s", entry_id, MAY_HAVE_GONE)
+        self.waker.wake()
+
     # -- administration ---------------------------------------------------------------------------
 
     async def entries(self) -> list[Listed]:
