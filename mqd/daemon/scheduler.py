@@ -184,9 +184,12 @@ class Scheduler:
                 log.exception("%s could not be processed; keeping it", entry.id)
             self._failed(exc, f"messages could not be processed, keeping them ({exc})")
             delay = self.deliverer.backoff.delay(max(1, entry.attempts))
+            if isinstance(exc, QueueUnavailableError):  # given back when it is there again
+                self._stranded.append(lease)
+                return
             try:
                 await self.store.release(lease, not_before=self.clock.time() + delay)
-            except QueueUnavailableError:  # given back when the database is there again
+            except QueueUnavailableError:
                 self._stranded.append(lease)
             except Exception:  # noqa: S110 - the fault is said; the lease expires
                 pass

@@ -18,6 +18,11 @@ MAY_HAVE_GONE = (
     "taken over from a node that stopped while sending it: it may have gone out already, "
     "and goes out again (at least once)"
 )
+#: The same for an entry its own node gives back when it could not write the outcome.
+UNSURE = (
+    "its outcome could not be written after it was handed to a relay: it may have gone out "
+    "already, and goes out again (at least once)"
+)
 
 
 def leases_from(rows: Sequence[tuple[Any, ...]], node: str) -> tuple[list[Lease], list[str]]:

@@ -67,12 +67,21 @@ CHECKPOINT = """
 UPDATE mqd_entry SET state = %(state)s::jsonb, attempts = %(attempts)s, size = %(size)s
 WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s RETURNING id
 """
+#: A release after the dispatching mark (the outcome could not be written) may have gone out:
+#: counted as a redispatch.
 RELEASE = """
-UPDATE mqd_entry
+WITH mine AS (
+    SELECT id, dispatching FROM mqd_entry
+    WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s FOR UPDATE
+)
+UPDATE mqd_entry e
 SET next_attempt_at = CASE WHEN retry_asked THEN least(next_attempt_at, %(now)s)
         ELSE coalesce(%(due)s, next_attempt_at) END,
-    retry_asked = false, owner = NULL, lease_expires = NULL, dispatching = false
-WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s
+    retry_asked = false, owner = NULL, lease_expires = NULL, dispatching = false,
+    redispatches = e.redispatches + mine.dispatching::int
+FROM mine
+WHERE e.id = mine.id
+RETURNING mine.dispatching
 """
 
 DISPATCHING = """

@@ -33,6 +33,7 @@ from mqd.queue.postgresql.connect import Conn, Database, translated, unavailable
 from mqd.queue.postgresql.failed import PgFailedFolder, insert_failed
 from mqd.queue.postgresql.outcomes import (
     MAY_HAVE_GONE,
+    UNSURE,
     leases_from,
     lost,
     remember_delivered,
@@ -316,7 +317,10 @@ class PostgresStore(QueueStore):
     async def release(self, lease: Lease, *, not_before: float | None = None) -> None:
         params = self._fence(lease, now=self.clock.time(), due=not_before)
         async with self._tx("giving an entry back") as conn:
-            await conn.execute(q.RELEASE, params)
+            row = await (await conn.execute(q.RELEASE, params)).fetchone()
+        if row is not None and row[0]:
+            self.redispatched += 1
+            log.warning("%s: %s", lease.entry.id, UNSURE)
         self.waker.wake()
 
     async def give_back(self, leases: Sequence[Lease]) -> None:
@@ -328,7 +332,7 @@ class PostgresStore(QueueStore):
         for entry_id, was_dispatching in rows:
             if was_dispatching:
                 self.redispatched += 1
-                log.warning("%s: %s", entry_id, MAY_HAVE_GONE)
+                log.warning("%s: %s", entry_id, UNSURE)
         self.waker.wake()
 
     # -- administration ---------------------------------------------------------------------------
