@@ -27,9 +27,9 @@ from urllib.parse import quote
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import CLK, Daemon, Sink, drop  # noqa: E402
+from bench import CLK, Daemon, Sink, drop
 
-from mqd.queue.postgresql.schema import script  # noqa: E402
+from mqd.queue.postgresql.schema import script
 
 BASE = os.environ.get("MQD_BENCH_PG_DSN", "postgresql://root@127.0.0.1:5432/test")
 
