@@ -315,6 +315,7 @@ def test_postgresql_restarted_mid_drain_loses_nothing(
         log = node.log.read_text()
         assert log.count("the queue database is down") == 1, log[-3000:]
         assert "the queue database resumed after" in log
+        assert "the queue database's session is back" in log  # its lock and LISTEN again
         assert "psycopg.pool" not in log
     ids = received_ids(smtp_server)
     assert len(ids) == count + 20, "a message was lost"

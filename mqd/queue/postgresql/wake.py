@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import psycopg
 from psycopg import sql
 
-from mqd.errors import QueueLockedError
+from mqd.errors import QueueError, QueueLockedError
 from mqd.queue.postgresql.connect import Conn, Database, connect
 
 __all__ = ["POLL_MAX", "POLL_MIN", "NodeSession", "Waker"]
@@ -31,6 +31,9 @@ POLL_MIN = 0.2
 POLL_MAX = 5.0
 POLL_MAX_LISTENING = 15.0
 
+#: The session is opened again after it dropped this long after, backing off to the most.
+SESSION_FIRST = 1.0
+SESSION_MOST = 15.0
 #: Tries at the node's lock, this many seconds apart.
 LOCK_TRIES = 3
 LOCK_PAUSE = 0.3
@@ -85,6 +88,11 @@ class NodeSession:
     async def open(self, check: Callable[[Conn], Awaitable[None]] | None = None) -> str:
         """Connect, take the node's lock, ``check`` the database, listen; returns the channel
         NOTIFY goes to. (Once it listens, the connection is the listener's alone.)"""
+        self.conn = await self._establish(check)
+        self._reader = asyncio.create_task(self._read(), name="mqd-queue-listen")
+        return self.channel
+
+    async def _establish(self, check: Callable[[Conn], Awaitable[None]] | None = None) -> Conn:
         conn = await connect(self.database, autocommit=True)
         try:
             for attempt in range(LOCK_TRIES):
@@ -108,21 +116,43 @@ class NodeSession:
         except BaseException:
             await conn.close()
             raise
-        self.conn = conn
         self.waker.listening = True
-        self._reader = asyncio.create_task(self._read(conn), name="mqd-queue-listen")
-        return self.channel
+        return conn
 
-    async def _read(self, conn: Conn) -> None:
-        try:
-            async for _ in conn.notifies():
-                self.waker.notified()
-        except psycopg.Error as exc:
-            # The session is gone (the server restarted, a proxy cut it): polling goes on; the
-            # node's lock went with it, which the fenced writes make harmless.
-            log.warning("the queue database's notifications stopped (%s): polling", exc)
-        finally:
-            self.waker.listening = False
+    async def _read(self) -> None:
+        """Wake on each notification; when the session drops (the server restarted, a proxy
+        cut it), poll, and open it again with backoff: its lock and LISTEN come back."""
+        while True:
+            conn = self.conn
+            assert conn is not None
+            try:
+                async for _ in conn.notifies():
+                    self.waker.notified()
+            except psycopg.Error as exc:
+                # Polling goes on; the node's lock went with the session (the fenced writes
+                # make that harmless meanwhile) and comes back with it.
+                log.warning("the queue database's notifications stopped (%s): polling", exc)
+            finally:
+                self.waker.listening = False
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+            self.conn = await self._again()
+            log.warning("the queue database's session is back: notifications and the node's lock")
+            self.waker.notified()  # what was queued meanwhile
+
+    async def _again(self) -> Conn:
+        delay, said = SESSION_FIRST, False
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                return await self._establish()
+            except QueueLockedError as exc:
+                if not said:
+                    log.error("the queue database's session cannot be opened again: %s", exc)
+                    said = True
+            except (QueueError, psycopg.Error):
+                pass  # the database is still away: the scheduler's fault says so
+            delay = min(delay * 2, SESSION_MOST)
 
     async def close(self) -> None:
         if self._reader is not None:
