@@ -15,6 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ resolves these
     from typing import Any
 
+    from mqd.clock import ManualClock
     from mqd.config.options import Options, Secret
     from mqd.config.schema import Config, SpoolConfig
     from mqd.errors import (
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
         Queued,
         RecipientEvent,
         Rejected,
+        Suppressed,
     )
     from mqd.message.envelope import Envelope, ParsedMessage
     from mqd.message.reply import Outcome, Reply
@@ -58,6 +60,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
 #: Public name -> the module that defines it.
 _LAZY = {
     "Bounced": "mqd.events",
+    "ManualClock": "mqd.clock",
     "Claimed": "mqd.events",
     "Completed": "mqd.events",
     "Config": "mqd.config.schema",
@@ -87,6 +90,7 @@ _LAZY = {
     "Queued": "mqd.events",
     "RcptStatus": "mqd.queue.entry",
     "RecipientEvent": "mqd.events",
+    "Suppressed": "mqd.events",
     "RecipientState": "mqd.queue.entry",
     "RegisterRelay": "mqd.plugins.hookspecs",
     "Rejected": "mqd.events",
@@ -121,6 +125,7 @@ __all__ = [
     "EventKind",
     "Failed",
     "MQDError",
+    "ManualClock",
     "MessageEvent",
     "MessageParseError",
     "Options",
@@ -147,6 +152,7 @@ __all__ = [
     "SpoolConfig",
     "SpoolError",
     "Status",
+    "Suppressed",
     "TransientRelayError",
     "Webhook",
     "WebhookRejected",

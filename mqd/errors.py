@@ -166,3 +166,7 @@ class TrackingError(MQDError):
     def __init__(self, message: str, *, path: "Path | None" = None) -> None:
         self.path = path
         super().__init__(message)
+
+
+class AdminError(MQDError):
+    """An administrative request cannot be carried out (unknown id, message in flight, ...)."""

@@ -284,7 +284,13 @@ def test_status_json_counts_and_health(daemon: Admin, spool: Path) -> None:
     assert status["running"] is True
     assert status["pid"] == daemon.proc.pid  # type: ignore[union-attr]
     assert status["messages"] == 2
-    assert status["by_state"] == {"active": 0, "waiting": 0, "deferred": 1, "held": 1}
+    assert status["by_state"] == {
+        "active": 0,
+        "waiting": 0,
+        "scheduled": 0,
+        "deferred": 1,
+        "held": 1,
+    }
     assert status["oldest_age"] >= 0
     assert status["failed"] == 0
     assert status["relays"]["sink"]["health"] == "closed"

@@ -79,6 +79,21 @@ class WorkerStatus:
 
 
 @dataclass(frozen=True)
+class AccountStatus:
+    """One ``[[account]]``'s use against its limits."""
+
+    #: "wait" (over a limit its mail waits) or "refuse" (refused at hand-over).
+    over_limit: str
+    #: Each limited window ("minute", "hour", "day") and its limit.
+    limits: dict[str, int]
+    #: Messages counted in each of those windows.
+    sent: dict[str, int]
+    #: Deliveries held back over a limit (wait), and messages refused (refuse).
+    held: int = 0
+    refused: int = 0
+
+
+@dataclass(frozen=True)
 class Status:
     """The queue overview that ``mqd status --json`` prints."""
 
@@ -116,6 +131,8 @@ class Status:
     #: With queue.workers above 1: each worker process and its own queue (the counts above
     #: are of all of them).
     workers: list[WorkerStatus] = field(default_factory=list)
+    #: Each ``[[account]]`` by its name: its use against its limits.
+    accounts: dict[str, AccountStatus] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -139,4 +156,7 @@ class Status:
         }
         values["faults"] = [FaultStatus(**item) for item in data.get("faults", [])]
         values["workers"] = [WorkerStatus(**item) for item in data.get("workers", [])]
+        values["accounts"] = {
+            name: AccountStatus(**item) for name, item in data.get("accounts", {}).items()
+        }
         return cls(**values)

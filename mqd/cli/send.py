@@ -4,13 +4,18 @@ sendmail-compatible entry (the fast path in ``mqd.__main__`` skips click for it)
 from __future__ import annotations
 
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 import click
 
 from mqd.cli.shared import State, pass_state
+from mqd.config.units import parse_duration
+from mqd.errors import MessageParseError
 from mqd.exitcodes import ExitCode
+from mqd.message.sendat import parse_send_at
 
 __all__ = ["send", "sendmail"]
 
@@ -31,6 +36,31 @@ def _one_line(ctx: click.Context, param: click.Parameter, value: _V) -> _V:
                 param,
             )
     return value
+
+
+def _resolve_at(value: str, now: float, horizon: float) -> str:
+    """``mqd send --at``: ``+DURATION`` (``+90m``, ``+2d``) or a date, as the header to write
+    (ISO 8601 with this machine's offset). A date without an offset is this machine's local
+    time: the command runs here. ValueError, with the reason, for anything else."""
+    text = value.strip()
+    if text.startswith("+"):
+        when = now + parse_duration(text[1:])
+    else:
+        try:
+            when = parse_send_at(text)
+        except MessageParseError as exc:
+            try:
+                local = datetime.fromisoformat(text)
+            except ValueError:
+                raise ValueError(str(exc).replace("X-Mqd-Send-At: ", "")) from None
+            if local.tzinfo is not None:
+                raise ValueError(str(exc)) from None
+            when = local.astimezone().timestamp()  # naive: this machine's local time
+    if when > now + horizon:
+        raise ValueError(
+            f"{text!r} is more than {horizon / 86400:g} days ahead (queue.send_later_horizon)"
+        )
+    return datetime.fromtimestamp(when).astimezone().isoformat(timespec="seconds")
 
 
 @click.command()
@@ -75,7 +105,17 @@ def _one_line(ctx: click.Context, param: click.Parameter, value: _V) -> _V:
 @click.option(
     "--spool",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Spool directory to write into. Default: [sendmail] spool, else the first spool.",
+    help="Spool directory to write into, one of the config's [[spool]] paths. "
+    "Default: [sendmail] spool, else the first spool.",
+)
+@click.option(
+    "--at",
+    "send_at",
+    default=None,
+    metavar="TIME",
+    help="Send later: '+90m', '+2d', or a date ('2026-12-24T09:00', this machine's time "
+    "unless it has an offset; or an RFC 5322 date). Written as X-Mqd-Send-At; the message "
+    "waits in the queue as 'scheduled' until then.",
 )
 @click.option(
     "--no-progress",
@@ -93,19 +133,57 @@ def send(
     attachments: tuple[Path, ...],
     count: int,
     spool: Path | None,
+    send_at: str | None,
     no_progress: bool,
 ) -> None:
-    """Compose a message and drop it into a spool (the daemon delivers it)."""
+    """Compose a message and drop it into a spool (the daemon delivers it).
+
+    The sender is checked against the spool's allow-lists first, as the daemon would check
+    it: a refused sender is an error (exit 77) and nothing is written."""
     from mqd.cli.progress import counted, maybe_bar
+    from mqd.config.senders import SenderRules
+    from mqd.errors import PolicyError
     from mqd.message.compose import compose, with_new_message_id
+    from mqd.message.headers import envelope_address, read_envelope
     from mqd.producer.inject import inject_many
 
+    config = state.load()
+    spool_config = config.spool_at(spool or config.inject_spool)
+    if spool_config is None:  # no daemon reads it: refused, and nothing is created
+        configured = ", ".join(str(s.path) for s in config.spools)
+        source = config.source or "the embedded defaults"
+        click.echo(
+            f"mqd: error: {spool} is not a configured spool, so no daemon would read it; "
+            f"the spools of {source}: {configured}",
+            err=True,
+        )
+        sys.exit(ExitCode.USAGE)
+    target = spool_config.path
     if body is None:
         body = "" if sys.stdin.isatty() else sys.stdin.read()
-    target = spool or state.load().inject_spool
+    header = None
+    if send_at is not None:
+        try:
+            header = _resolve_at(send_at, time.time(), config.queue.send_later_horizon)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--at'") from None
     message = compose(
-        sender=sender, to=to, cc=cc, subject=subject, body=body, attachments=attachments
+        sender=sender,
+        to=to,
+        cc=cc,
+        subject=subject,
+        body=body,
+        attachments=attachments,
+        send_at=header,
     )
+    # The envelope sender the daemon will read (From, as it has no X-Sender line), and From.
+    envelope, _, _, headers = read_envelope(message, require_recipients=False)
+    refusal = SenderRules.from_config(config, spool_config).refusal(
+        envelope or envelope_address(sender), headers.get("from")
+    )
+    if refusal:
+        source = config.source or "the embedded defaults"
+        raise PolicyError(f"{refusal}; nothing was queued (from config {source})")
     domain = sender.rpartition("@")[2]
     copies = (message if i == 0 else with_new_message_id(message, domain) for i in range(count))
     try:
@@ -114,6 +192,8 @@ def send(
     except OSError as exc:
         click.echo(f"mqd: error: cannot write into the spool {target}: {exc}", err=True)
         sys.exit(ExitCode.CANTCREAT)
+    if header is not None:
+        click.echo(f"to be sent at {header}")
     if count == 1:
         click.echo(f"queued {written[0]}")
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mqd.config.schema import Config
+from mqd.config.schema import AccountConfig, Config
 from mqd.config.units import format_duration
 
 __all__ = ["effective_config"]
@@ -29,6 +29,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "shutdown_timeout": format_duration(queue.shutdown_timeout),
             "active_limit": queue.active_limit,
             "failed_retention": format_duration(queue.failed_retention),
+            "send_later_horizon": format_duration(queue.send_later_horizon),
             "workers": queue.workers,
             "retry": {
                 "initial": format_duration(queue.retry.initial),
@@ -60,6 +61,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             if config.routes
             else {}
         ),
+        **({"account": [_account(a) for a in config.accounts]} if config.accounts else {}),
         "sendmail": {
             "spool": str(config.inject_spool),
             **(
@@ -74,4 +76,19 @@ def effective_config(config: Config) -> dict[str, Any]:
             "host": config.metrics.host,
             "port": config.metrics.port,
         },
+    }
+
+
+def _account(account: AccountConfig) -> dict[str, Any]:
+    limits = account.limits
+    windows = {
+        "max_per_minute": limits.max_per_minute,
+        "max_per_hour": limits.max_per_hour,
+        "max_per_day": limits.max_per_day,
+    }
+    return {
+        "name": account.name,
+        "senders": list(account.senders),
+        **{key: value for key, value in windows.items() if value is not None},
+        "over_limit": account.over_limit,
     }

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mqd.config.options import Options, Secret
+from mqd.config.paths import CONFIG_ENV
 
 __all__ = [
     "CONFIG_ENV",
@@ -31,7 +32,6 @@ __all__ = [
     "TrackingConfig",
 ]
 
-CONFIG_ENV = "MQD_CONFIG"
 #: Name of the relay used by the embedded defaults.
 DEFAULT_RELAY = "outbox"
 WATCH_MODES = ("auto", "inotify", "watchfiles", "poll")
@@ -67,6 +67,8 @@ class QueueConfig:
     #: taken in while the limit is reached) are listed by id and read as deliveries make room
     #: (see ``mqd.queue.file.backlog``).
     active_limit: int = 10_000
+    #: ``X-Mqd-Send-At`` may name a time at most this far ahead (further is refused).
+    send_later_horizon: float = 30 * 86400.0
     #: Messages in the failed folder older than this are removed (0: kept for good).
     failed_retention: float = 30 * 86400.0
     #: Daemon processes sharing the claim (``mqd run`` starts the others, see
@@ -159,6 +161,7 @@ class QuotaConfig:
     max_per_second: float | None = None
     max_per_hour: int | None = None
     max_per_day: int | None = None
+    max_per_minute: int | None = None
 
     def divided(self, workers: int) -> QuotaConfig:
         """Each worker's share, so that all of them together keep to the limits."""
@@ -166,6 +169,9 @@ class QuotaConfig:
             return self
         return QuotaConfig(
             max_per_second=None if self.max_per_second is None else self.max_per_second / workers,
+            max_per_minute=None
+            if self.max_per_minute is None
+            else max(1, self.max_per_minute // workers),
             max_per_hour=None
             if self.max_per_hour is None
             else max(1, self.max_per_hour // workers),
@@ -174,9 +180,36 @@ class QuotaConfig:
 
     @property
     def limited(self) -> bool:
-        return any(
-            v is not None for v in (self.max_per_second, self.max_per_hour, self.max_per_day)
-        )
+        limits = (self.max_per_second, self.max_per_minute, self.max_per_hour, self.max_per_day)
+        return any(v is not None for v in limits)
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    name: str
+    #: Sender patterns (an address or ``*@domain``) whose mail is this account's.
+    senders: tuple[str, ...]
+    #: Its limits, counted in messages (``max_per_second`` unused).
+    limits: QuotaConfig
+    #: "wait": over a limit, mail waits in the queue (never an attempt, never failed);
+    #: "refuse": it is refused at hand-over with the reason.
+    over_limit: str = "wait"
+
+
+@dataclass(frozen=True)
+class SuppressionConfig:
+    """``[suppression]``: recipients not mailed again after a permanent bounce or a complaint."""
+
+    enabled: bool = True
+    #: How long a bounced address stays suppressed (0: for good).
+    bounce_for: float = 30 * 86400.0
+    #: How long a complaining address stays suppressed (0: for good, the default).
+    complaint_for: float = 0.0
+
+    def until(self, kind: str, now: float) -> float | None:
+        """When a suppression of ``kind`` made ``now`` ends (None: for good)."""
+        period = self.complaint_for if kind == "complaint" else self.bounce_for
+        return now + period if period > 0 else None
 
 
 @dataclass(frozen=True)
@@ -249,6 +282,9 @@ class HttpConfig:
     #: Without a token, the API and the web view answer loopback clients only. Webhooks are
     #: never token-protected: they prove themselves with the provider's signature.
     token: Secret | None = field(default=None, repr=False)
+    #: Signs an operator in to the web view's actions (hold, release, retry, delete, bounce);
+    #: without it the view only shows. Never the same as ``token``.
+    operator_token: Secret | None = field(default=None, repr=False)
     #: The largest request body taken (a webhook batch); larger ones get 413.
     max_body: int = 1024 * 1024
     #: Connections served at once; one more is closed as soon as it is accepted, unread.
@@ -284,6 +320,9 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    #: ``[[account]]``: senders grouped under a name with sending limits (``mqd.config.accounts``).
+    accounts: tuple[AccountConfig, ...] = ()
+    suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
 
     def for_worker(self, worker: int) -> Config:
         """The config of worker ``worker`` of ``queue.workers``: its own queue directory, its own
@@ -316,6 +355,11 @@ class Config:
     def inject_spool(self) -> Path:
         """The spool that ``mqd send`` and ``mqd sendmail`` write into."""
         return self.sendmail.spool or self.spools[0].path
+
+    def spool_at(self, path: str | os.PathLike[str]) -> SpoolConfig | None:
+        """The ``[[spool]]`` whose directory ``path`` is (as absolute paths), or None."""
+        wanted = os.path.abspath(path)
+        return next((s for s in self.spools if os.path.abspath(s.path) == wanted), None)
 
     @property
     def is_embedded_default(self) -> bool:

@@ -36,6 +36,7 @@ from prometheus_client.metrics_core import (
 )
 
 from mqd.config.schema import Config
+from mqd.delivery.accounts import AccountUse
 from mqd.delivery.circuit import CircuitState
 from mqd.delivery.guards import Guards
 from mqd.events import Delivered, Event, EventKind, RecipientEvent
@@ -57,9 +58,14 @@ MESSAGE_EVENTS = (
 )
 #: Recipient outcomes, counted by ``mqd_recipients_total`` (the label ``outcome``): one per
 #: recipient and attempt, and per relay by ``mqd_relay_deliveries_total``.
-RECIPIENT_OUTCOMES = (EventKind.DELIVERED, EventKind.DEFERRED, EventKind.BOUNCED)
+RECIPIENT_OUTCOMES = (
+    EventKind.DELIVERED,
+    EventKind.DEFERRED,
+    EventKind.BOUNCED,
+    EventKind.SUPPRESSED,
+)
 #: The states of ``mqd_queue_messages``: each queued message is in exactly one.
-QUEUE_STATES = ("active", "deferred", "held", "waiting")
+QUEUE_STATES = ("active", "deferred", "held", "scheduled", "waiting")
 #: Seconds a relay takes for one message: an API call to an SMTP session on a slow server.
 DURATION_BUCKETS = (
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -243,6 +249,7 @@ class _Snapshot:
     states: dict[str, int]
     oldest: float
     relays: dict[str, _RelayState]
+    accounts: list[AccountUse] = field(default_factory=list)
 
 
 class _Gauges:
@@ -272,7 +279,7 @@ class _Gauges:
                 if relay.limits:
                     relay.sent = (quota.sent_within(3600.0), quota.sent_within(86400.0))
             relays[name] = relay
-        return _Snapshot(states, oldest, relays)
+        return _Snapshot(states, oldest, relays, node.guards.accounts.use())
 
     def collect(self) -> Iterable[Metric]:
         if self.snapshot is None:  # registered before any scrape: nothing to describe yet
@@ -344,3 +351,31 @@ class _Gauges:
                 hour.add_metric([name], relay.sent[0])
                 day.add_metric([name], relay.sent[1])
         yield from (errors, circuit, waits, limits, hour, day)
+        yield from _account_families(snapshot.accounts)
+
+
+def _account_families(accounts: list[AccountUse]) -> Iterator[Metric]:
+    """Each ``[[account]]``'s use against its limits."""
+    sent = GaugeMetricFamily(
+        "mqd_account_sent",
+        "Messages counted against the account's limit in the window (minute, hour, day).",
+        labels=["account", "window"],
+    )
+    limit = GaugeMetricFamily(
+        "mqd_account_limit",
+        "The account's max_per_minute, max_per_hour or max_per_day, by window.",
+        labels=["account", "window"],
+    )
+    held = CounterMetricFamily(
+        "mqd_account_over_limit",
+        "Messages held back (over_limit = wait) or refused (over_limit = refuse) because the "
+        "account reached a limit.",
+        labels=["account", "action"],
+    )
+    for use in accounts:
+        for window, count, most in use.windows:
+            sent.add_metric([use.name, window], count)
+            limit.add_metric([use.name, window], most)
+        held.add_metric([use.name, "held"], use.held)
+        held.add_metric([use.name, "refused"], use.refused)
+    yield from (sent, limit, held)

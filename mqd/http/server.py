@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from html import escape
 from typing import TYPE_CHECKING
 
@@ -24,11 +24,16 @@ from aiohttp.abc import AbstractAccessLogger
 from mqd.config.schema import HttpConfig, open_files_limit
 from mqd.errors import ConfigError, TrackingError
 from mqd.http import access
+from mqd.http.actions import OPEN_PATHS as OPERATOR_PATHS
+from mqd.http.actions import Actions
 from mqd.http.api import PREFIX, Api, BadQuery, error, json_error_for
+from mqd.http.charts import Charts
 from mqd.http.html import SECURITY_HEADERS, forbidden_page, page
 from mqd.http.listen import ConnectionGate, GatedSite, listen_error
+from mqd.http.suppressions import SuppressionRoutes
 from mqd.http.view import View
 from mqd.plugins.webhooks import Webhook, WebhookRejected, WebhookRequest
+from mqd.tracking.vocabulary import ProviderEvent
 
 if TYPE_CHECKING:
     from mqd.http.site import Site
@@ -42,7 +47,7 @@ log = logging.getLogger("mqd.http")
 SHUTDOWN_TIMEOUT = 5.0
 WEBHOOK_PREFIX = "/webhooks/"
 #: Paths everybody may open: the webhooks (signed) and the sign-in page itself.
-_OPEN_PATHS = ("/login", "/logout")
+_OPEN_PATHS = ("/login", "/logout", *OPERATOR_PATHS)
 
 #: What a browser on this machine opens for a wildcard listening address.
 _BROWSABLE = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
@@ -90,6 +95,8 @@ class HttpServer:
             table="http",
             log=log,
         )
+        #: The operator's actions on the queue, and who is signed in to them.
+        self.actions = Actions(site)
         self.app = self._make_app()
 
     @property
@@ -111,6 +118,9 @@ class HttpServer:
         app.router.add_route("*", WEBHOOK_PREFIX + "{relay}", self.webhook)
         app.router.add_routes(Api(self.site).routes())
         app.router.add_routes(View(self.site).routes())
+        app.router.add_routes(Charts(self.site).routes())
+        app.router.add_routes(self.actions.routes())
+        app.router.add_routes(SuppressionRoutes(self.site).routes())
         app.on_response_prepare.append(_add_headers)
         return app
 
@@ -178,7 +188,9 @@ class HttpServer:
             return await handler(request)
         is_api = path == PREFIX or path.startswith(PREFIX + "/")
         token = self.config.token.reveal() if self.config.token is not None else None
-        if path not in _OPEN_PATHS and not access.allowed(request, token):
+        if path not in _OPEN_PATHS and not (
+            access.allowed(request, token) or self.actions.signed_in(request)
+        ):
             log.debug("refused %s %s from %s", request.method, path, request.remote)
             if is_api:
                 return error(403, "forbidden: " + access.refusal(token is not None))
@@ -270,7 +282,25 @@ class HttpServer:
                 log.exception("webhook %s: cannot record %d event(s)", name, len(reply.events))
                 return web.Response(status=500, text="error")
             log.debug("webhook %s: %d event(s), %d new", name, len(reply.events), new)
+            await self._suppress_reported(name, reply.events)
         return web.Response(status=reply.status, text=reply.body)
+
+    async def _suppress_reported(self, name: str, events: Sequence[ProviderEvent]) -> None:
+        """Bounces and complaints a provider reports join the suppression list (never fails
+        the webhook: the events are recorded already)."""
+        tracker = self.site.tracker
+
+        async def sender_of(queue_id: str) -> str | None:
+            history = await tracker.message(queue_id) if tracker is not None else None
+            return history.sender if history is not None else None
+
+        try:
+            added = await self.site.admin.note_reported(events, sender_of)
+        except Exception:
+            log.exception("webhook %s: cannot update the suppression list", name)
+            return
+        if added:
+            log.info("webhook %s: %d address(es) added to the suppression list", name, added)
 
 
 def _lower_headers(request: web.Request) -> dict[str, str]:

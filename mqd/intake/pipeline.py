@@ -32,8 +32,10 @@ import os
 from collections.abc import Sequence
 
 from mqd.clock import SYSTEM_CLOCK, Clock
+from mqd.config.accounts import account_for
 from mqd.config.schema import Config
-from mqd.errors import QueueError, SpoolError
+from mqd.delivery.accounts import AccountLimits
+from mqd.errors import MessageParseError, QueueError, SpoolError
 from mqd.events import Claimed as ClaimedEvent  # not the claimed file: intake.spool.Claimed
 from mqd.events import EventSink, Queued, Rejected
 from mqd.faults import Fault
@@ -41,6 +43,7 @@ from mqd.intake.entries import make_entry
 from mqd.intake.reading import Read, fsync_and_close, read_claimed_file
 from mqd.intake.routing import route_for
 from mqd.intake.spool import Claimed, Spool
+from mqd.message.sendat import send_at_of
 from mqd.plugins.host import PluginHost
 from mqd.queue.entry import message_id_maker
 from mqd.queue.failed import FailedRecipient, FailureRecord
@@ -71,10 +74,13 @@ class Intake:
         host: PluginHost,
         emit: EventSink,
         *,
+        accounts: AccountLimits | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
         self.store = store
+        #: Counts the mail of accounts that refuse over their limits at hand-over.
+        self.accounts = accounts
         self.host = host
         self.emit = emit
         self.clock = clock
@@ -209,21 +215,32 @@ class Intake:
             if read.parsed is not None and read.error is None:
                 route = route_for(self.config, spool, read.parsed.sender)
                 refusal = self.host.check_policy(read.parsed, spool, route[0], self.config)
+                account = account_for(self.config.accounts, read.parsed.sender)
+                if not refusal and account is not None and self.accounts is not None:
+                    refusal = self.accounts.check_in(account.name)
+                horizon = self.config.queue.send_later_horizon
                 if refusal:
                     read.error, read.stage = refusal, "policy"
                 else:
-                    entry = make_entry(
-                        claimed.entry_id,
-                        spool,
-                        claimed.original_name,
-                        read.size,
-                        read.parsed,
-                        route,
-                        now,
-                        now,
-                    )
-                    accepted.append(Incoming(entry, read.data or b"", claimed.path))
-                    continue
+                    try:
+                        send_at = send_at_of(read.parsed.headers, now, horizon)
+                    except MessageParseError as exc:  # an X-Mqd-Send-At it cannot keep
+                        read.error, read.stage = str(exc), "intake"
+                    else:
+                        entry = make_entry(
+                            claimed.entry_id,
+                            spool,
+                            claimed.original_name,
+                            read.size,
+                            read.parsed,
+                            route,
+                            now,
+                            now,
+                            send_at,
+                            account.name if account is not None else None,
+                        )
+                        accepted.append(Incoming(entry, read.data or b"", claimed.path))
+                        continue
             refused.append(read)
         queued, accepted_all = await self._accept(accepted)
         if accepted and accepted_all:

@@ -64,6 +64,8 @@ class RcptStatus(StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
+    #: On the suppression list: not sent, no bounce (final, like delivered and failed).
+    SUPPRESSED = "suppressed"
 
 
 @dataclass(slots=True)  # slots: 100,000 queued entries are held in memory
@@ -113,6 +115,11 @@ class QueueEntry:
     held: bool = False
     #: The failover chain chosen at intake (by route or spool); empty means just ``relay``.
     route: list[str] = field(default_factory=list)
+    #: Send later: the time ``X-Mqd-Send-At`` named (its first attempt, and where its lifetime
+    #: starts); None for a message that goes as soon as it can.
+    send_at: float | None = None
+    #: The ``[[account]]`` its sender belongs to (its limits apply), None for none.
+    account: str | None = None
     #: One record per relay used, newest last (at most ``HISTORY_LIMIT``): when, which relay,
     #: for which recipients, and what came back.
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -133,6 +140,10 @@ class QueueEntry:
     @property
     def unnotified_failures(self) -> list[RecipientState]:
         return [r for r in self.recipients if r.status is RcptStatus.FAILED and not r.notified]
+
+    def scheduled(self, now: float) -> bool:
+        """Never attempted and to go later than ``now`` (send later)."""
+        return not self.attempts and self.send_at is not None and self.send_at > now
 
     @property
     def is_done(self) -> bool:
