@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
         TransientRelayError,
     )
     from mqd.events import (
+        Attempted,
         Bounced,
         Claimed,
         Completed,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
         Queued,
         RecipientEvent,
         Rejected,
+        RelayCall,
         Suppressed,
     )
     from mqd.message.envelope import Envelope, ParsedMessage
@@ -59,6 +61,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
 
 #: Public name -> the module that defines it.
 _LAZY = {
+    "Attempted": "mqd.events",
     "Bounced": "mqd.events",
     "ManualClock": "mqd.clock",
     "Claimed": "mqd.events",
@@ -95,6 +98,7 @@ _LAZY = {
     "RegisterRelay": "mqd.plugins.hookspecs",
     "Rejected": "mqd.events",
     "Relay": "mqd.relays.base",
+    "RelayCall": "mqd.events",
     "RelayError": "mqd.errors",
     "Reply": "mqd.message.reply",
     "Secret": "mqd.config.options",
@@ -111,6 +115,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "Attempted",
     "Bounced",
     "Claimed",
     "Completed",
@@ -146,6 +151,7 @@ __all__ = [
     "RegisterRelay",
     "Rejected",
     "Relay",
+    "RelayCall",
     "RelayError",
     "Reply",
     "Secret",

@@ -76,6 +76,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "host": config.metrics.host,
             "port": config.metrics.port,
         },
+        "tracing": {"enabled": config.tracing.enabled},
     }
 
 

@@ -30,6 +30,7 @@ from mqd.config.sections import (
     parse_routes,
     parse_sendmail,
     parse_spools,
+    parse_tracing,
     parse_tracking,
 )
 from mqd.errors import ConfigError, raise_gathered
@@ -73,6 +74,7 @@ def parse_config(
         "sendmail",
         "metrics",
         "tracking",
+        "tracing",
         "http",
         "notify",
         "account",
@@ -122,6 +124,9 @@ def parse_config(
         ),
         tracking=root.attempt(
             lambda: parse_tracking(table("tracking")), lambda: parse_tracking(empty("tracking"))
+        ),
+        tracing=root.attempt(
+            lambda: parse_tracing(table("tracing")), lambda: parse_tracing(empty("tracing"))
         ),
         http=root.attempt(lambda: parse_http(table("http")), lambda: parse_http(empty("http"))),
         notify=root.attempt(

@@ -29,6 +29,7 @@ __all__ = [
     "RouteConfig",
     "SendmailConfig",
     "SpoolConfig",
+    "TracingConfig",
     "TrackingConfig",
 ]
 
@@ -262,6 +263,14 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry traces (``mqd[otel]``): off unless enabled; the standard ``OTEL_*``
+    variables configure the rest (docs/tracing.md)."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """The event store: every message's timeline. On by default, in the queue directory."""
 
@@ -318,6 +327,7 @@ class Config:
     routes: tuple[RouteConfig, ...] = ()
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     #: ``[[account]]``: senders grouped under a name with sending limits (``mqd.config.accounts``).
