@@ -198,7 +198,7 @@ def test_an_event_store_of_schema_1_gains_the_subject(tmp_path: Path) -> None:
         [old] = store.recent_messages(limit=5)
         assert old.id == "old" and old.subject is None and old.not_a_message is None
         version = store._db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
-        assert version[0] == str(SCHEMA_VERSION) == "2"
+        assert version[0] == str(SCHEMA_VERSION) == "3"
     finally:
         store.close()
 
@@ -498,6 +498,7 @@ def test_the_command_line_lists_show_the_subject_too() -> None:
             "sender": "",
             "subject": None,
             "not_a_message": None,
+            "account": None,
             "status": Status.REJECTED,
             "created_at": 1.0,
             "updated_at": 1.0,
