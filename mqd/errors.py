@@ -38,6 +38,8 @@ __all__ = [
     "PolicyError",
     "QueueError",
     "QueueLockedError",
+    "QueueSchemaError",
+    "QueueUnavailableError",
     "RelayError",
     "SpoolError",
     "TrackingError",
@@ -126,6 +128,14 @@ class QueueError(MQDError):
 
 class QueueLockedError(QueueError):
     """Another mqd process holds the lock on this queue directory."""
+
+
+class QueueUnavailableError(QueueError):
+    """The queue's database cannot be reached now (it may come back: try again later)."""
+
+
+class QueueSchemaError(QueueError):
+    """The queue database's schema is missing, older or newer than this mqd knows."""
 
 
 class RelayError(MQDError):

@@ -1,4 +1,5 @@
-"""The queue stores the contract suite (tests/test_queue_contract.py) runs against.
+"""The queue stores the contract suite (tests/test_queue_contract.py) runs against: memory,
+file and PostgreSQL.
 
 A ``StoreKit`` makes a store on fresh durable state, and the same store "after a crash": a new
 store on the same durable state while the old one is abandoned without ``close`` (its leases and
@@ -10,6 +11,8 @@ from __future__ import annotations
 import abc
 from pathlib import Path
 
+from pgfixtures import PgSchema
+
 from mqd.clock import ManualClock
 from mqd.message.envelope import parse_message
 from mqd.queue.entry import QueueEntry, RecipientState, new_message_id
@@ -17,6 +20,8 @@ from mqd.queue.failed import FailureRecord
 from mqd.queue.file.rebuild import Unread
 from mqd.queue.file.store import FileStore
 from mqd.queue.memory import MemoryDisk, MemoryStore
+from mqd.queue.postgresql.connect import Database
+from mqd.queue.postgresql.store import PostgresStore
 from mqd.queue.store import QueueStore
 
 __all__ = ["KITS", "StoreKit", "body_for", "new_entry"]
@@ -80,6 +85,14 @@ class StoreKit(abc.ABC):
     def abandon(self, store: QueueStore) -> None:
         """What a crash does to ``store``: gone, without a word (its lock is let go)."""
 
+    def other(self) -> QueueStore | None:
+        """Another node on the same durable state, for a store shared by nodes (None: a store
+        one process holds, whose leases end with it)."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 (most kits have nothing to remove)
+        """Remove this kit's durable state (a database's schema), when the test ends."""
+
 
 class MemoryKit(StoreKit):
     name = "memory"
@@ -108,4 +121,32 @@ class FileKit(StoreKit):
         store.layout.unlock()
 
 
-KITS: dict[str, type[StoreKit]] = {"memory": MemoryKit, "file": FileKit}
+class PostgresKit(StoreKit):
+    """A schema of its own on the test server (tests/pgfixtures.py); every store made here is
+    the same node, as a daemon restarted on one machine is."""
+
+    name = "postgresql"
+
+    def __init__(self, root: Path, clock: ManualClock) -> None:
+        super().__init__(root, clock)
+        self.schema = PgSchema()
+
+    def make(self, node: str = "node-1") -> PostgresStore:
+        return PostgresStore(Database(self.schema.dsn), node=node, clock=self.clock, pool_size=4)
+
+    def abandon(self, store: QueueStore) -> None:
+        assert isinstance(store, PostgresStore)
+        store.abandon()
+
+    def other(self) -> QueueStore:
+        return self.make(node="node-2")
+
+    def close(self) -> None:
+        self.schema.drop()
+
+
+KITS: dict[str, type[StoreKit]] = {
+    "memory": MemoryKit,
+    "file": FileKit,
+    "postgresql": PostgresKit,
+}

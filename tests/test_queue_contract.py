@@ -1,12 +1,13 @@
 """The queue store contract (mqd.queue.store), run against every store in tests/queue_stores.py.
 
 Time comes from a ManualClock; a crash is a store abandoned without close and a new one opened
-on the same durable state.
+on the same durable state. A store shared by nodes (its kit's ``other()``) is also held to lease
+expiry: a lease not renewed is taken by another node, and its old holder is fenced out.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,10 @@ from mqd.queue.store import (
 
 
 @pytest.fixture(params=sorted(KITS))
-def kit(request: pytest.FixtureRequest, tmp_path: Path) -> StoreKit:
-    return KITS[request.param](tmp_path, ManualClock())
+def kit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreKit]:
+    kit = KITS[request.param](tmp_path, ManualClock())
+    yield kit
+    kit.close()
 
 
 @pytest.fixture
@@ -334,6 +337,31 @@ async def test_after_a_crash_every_entry_is_back_and_leases_are_gone(kit, clock)
         assert await again.load_state("quota") == b"1"
     finally:
         await again.close()
+
+
+async def test_a_lease_not_renewed_expires_and_another_node_takes_the_entry(kit, store, clock):
+    other = kit.other()
+    if other is None or store.lease_renewal is None:
+        pytest.skip(f"the {kit.name} store is one process's: its leases end with it, never expire")
+    await other.open()
+    try:
+        entry = await accepted(store, clock)
+        [lease] = await store.lease(10)
+        await store.dispatching(lease)
+        for _ in range(4):  # renewed in time: kept
+            clock.advance(store.lease_renewal)
+            await store.renew([lease])
+            assert await other.lease(10) == []
+        clock.advance(store.lease_renewal * 10)  # its node died: it expires
+        [taken] = await other.lease(10)
+        assert taken.entry.id == entry.id and taken.node == other.node
+        assert (await other.counts()).redispatched == 1  # it may have gone out
+        with pytest.raises(LeaseLost):
+            await store.save(lease, lease.entry)
+        await other.complete(taken, taken.entry)
+        assert await store.entries() == []
+    finally:
+        await other.close()
 
 
 async def test_an_entry_for_later_waits_keeps_its_time_across_a_crash_and_a_flush(kit, clock):

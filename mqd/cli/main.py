@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from mqd.cli.config import config, plugins
+from mqd.cli.db import db
 from mqd.cli.failed import failed
 from mqd.cli.history import events, history
 from mqd.cli.init import init
@@ -36,6 +37,8 @@ from mqd.errors import (
     PolicyError,
     QueueError,
     QueueLockedError,
+    QueueSchemaError,
+    QueueUnavailableError,
     TrackingError,
 )
 from mqd.exitcodes import ExitCode
@@ -48,6 +51,8 @@ _ERROR_CODES: tuple[tuple[type[MQDError], int], ...] = (
     (DirectoryError, ExitCode.CANTCREAT),
     (ConfigError, ExitCode.CONFIG),
     (QueueLockedError, ExitCode.TEMPFAIL),
+    (QueueUnavailableError, ExitCode.TEMPFAIL),
+    (QueueSchemaError, ExitCode.CONFIG),
     (QueueError, ExitCode.CANTCREAT),
     (MessageParseError, ExitCode.DATAERR),
     (PolicyError, ExitCode.NOPERM),
@@ -128,5 +133,6 @@ for _command in (
     history,
     events,
     suppress,
+    db,
 ):
     cli.add_command(_command)

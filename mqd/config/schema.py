@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_RELAY",
     "CircuitConfig",
     "Config",
+    "DatabaseConfig",
     "HttpConfig",
     "MetricsConfig",
     "NotifyConfig",
@@ -51,6 +52,22 @@ class RetryPolicy:
     max_attempts: int | None = None
 
 
+#: ``queue.store``: where the queue is kept.
+STORES = ("file", "postgresql")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """``queue.store = "postgresql"``: the database the queue is in, and this node's name."""
+
+    #: The libpq connection string (a URL or key=value pairs), never with its password.
+    dsn: str
+    #: From ``password_file`` / ``password_env`` (or an inline ``password``), if given.
+    password: Secret | None = None
+    #: This node's name in the shared queue (who holds a lease): unique per node.
+    node: str = "localhost"
+
+
 @dataclass(frozen=True)
 class QueueConfig:
     dir: Path
@@ -77,6 +94,9 @@ class QueueConfig:
     workers: int = 1
     #: Which of them this process is (1: the one ``mqd run`` started; not a config key).
     worker: int = 1
+    #: ``file`` (the queue directory) or ``postgresql`` (``database``: shared by many nodes).
+    store: str = "file"
+    database: DatabaseConfig | None = None
 
     @property
     def own_dir(self) -> Path:

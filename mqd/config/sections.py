@@ -31,6 +31,7 @@ from mqd.config.schema import (
     default_http_connections,
 )
 from mqd.config.senders import validate_sender_pattern
+from mqd.config.store import check_workers, parse_store
 
 __all__ = [
     "parse_http",
@@ -64,6 +65,7 @@ def parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         raise opts.error(
             "hostname", f"expected a host name such as 'mail.example.com', got {hostname!r}"
         )
+    store, database = opts.attempt(lambda: parse_store(opts), lambda: ("file", None))
     bounce_sender = opts.string("bounce_sender", f"mailer-daemon@{hostname}")
     if "@" not in bounce_sender:
         raise opts.error("bounce_sender", f"expected an address, got {bounce_sender!r}")
@@ -81,7 +83,10 @@ def parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         failed_retention=opts.duration("failed_retention", "30d"),
         send_later_horizon=opts.duration("send_later_horizon", "30d"),
         workers=opts.count("workers", 1, auto=available_cores),
+        store=store,
+        database=database,
     )
+    check_workers(opts, config.store, config.workers)
     if config.workers > MAX_WORKERS:
         opts.report(opts.error("workers", f"at most {MAX_WORKERS}"))
     if config.shutdown_timeout < 0:

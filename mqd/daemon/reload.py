@@ -87,6 +87,7 @@ class Reloader:
                     path=path,
                     key="queue.dir",
                 )
+            _check_same_store(current, new)
             new = _as_worker(current, new)
             # The directories too, as 'mqd run' and 'mqd config check' check them.
             raise_gathered((await asyncio.to_thread(check_environment, new)).errors)
@@ -118,6 +119,21 @@ class Reloader:
         summary = f"reloaded {path}: {len(new.spools)} spool(s), relays {', '.join(new.relays)}"
         log.warning("%s", summary)
         return summary
+
+
+def _check_same_store(current: Config, new: Config) -> None:
+    """A reload keeps the queue it runs on: another store, database or node name needs a
+    restart (ConfigError); a new database password is used from the next restart."""
+    was, now = current.queue.database, new.queue.database
+    where = [(c.queue.store, d and (d.dsn, d.node)) for c, d in ((current, was), (new, now))]
+    if where[0] != where[1]:
+        raise ConfigError(
+            "queue.store, queue.dsn or queue.node changed: another queue needs a restart",
+            path=new.source,
+            key="queue.store",
+        )
+    if was is not None and now is not None and was.password != now.password:
+        log.warning("the queue database's password changed: it is used from the next restart")
 
 
 def _as_worker(current: Config, new: Config) -> Config:

@@ -228,7 +228,7 @@ class Daemon:
                     "recovered %d queued message(s) from %s (%d not yet attempted: read from "
                     "their bodies as deliveries make room)",
                     counts.total,
-                    self.config.queue.own_dir,
+                    self._where(),
                     counts.not_read,
                 )
             self.spools.node = self.store.node
@@ -300,10 +300,18 @@ class Daemon:
             return
         self._control = control
 
+    def _where(self) -> str:
+        """The queue, for the log: its directory, or its database (whose DSN never holds the
+        password: the config refuses one) and this node's name in it."""
+        database = self.config.queue.database
+        if self.config.queue.store == "postgresql" and database is not None:
+            return f"{database.dsn} (PostgreSQL, node {self.store.node})"
+        return str(self.config.queue.own_dir)
+
     def _announce(self) -> None:
         log.info(
             "mqd starting: queue %s, %d spool(s), concurrency %d%s",
-            self.config.queue.own_dir,
+            self._where(),
             len(self.config.spools),
             self.config.queue.concurrency,
             " (--once: deliver what is due, then exit)" if self.once else "",

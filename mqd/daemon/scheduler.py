@@ -104,14 +104,20 @@ class Scheduler:
         while not self._stopping.is_set():
             self._wake.clear()
             self.passes += 1
+            # Intake done and nothing in flight before the store is asked, not while: a store
+            # that answers over the network may answer from before intake's last batch or a
+            # delivery's outcome (a bounce); those wake the next pass, which looks again.
+            settled = once is not None and once.is_set() and not self._in_flight
             room = self.concurrency - len(self._in_flight)
             if room > 0:
                 for lease in await self.store.lease(room):
                     self._start(lease)
                 room = self.concurrency - len(self._in_flight)
-            now = self.clock.time()
             due = await self.store.next_due()
-            if once is not None and once.is_set() and not self._in_flight:
+            # Now after the store answered: an entry accepted while it was asked (a store that
+            # answers over the network) is not taken for one due in the future.
+            now = self.clock.time()
+            if settled and not self._in_flight:
                 if due is None or due > now:
                     return
                 continue

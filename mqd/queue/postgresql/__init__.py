@@ -1,0 +1,1 @@
+"""The PostgreSQL queue store: one queue shared by many nodes (see ``store``)."""

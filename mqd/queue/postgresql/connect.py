@@ -1,0 +1,104 @@
+"""Reaching the database: the DSN and its password, one connection, the pool, and the one seam
+where psycopg's errors become mqd's (a DSN is only ever shown with its password hidden)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+from mqd.errors import QueueError, QueueUnavailableError
+
+__all__ = [
+    "Conn",
+    "Database",
+    "connect",
+    "redacted",
+    "translated",
+]
+
+#: A connection whose rows are tuples.
+Conn = psycopg.AsyncConnection[TupleRow]
+#: Seconds to wait for the server when connecting.
+CONNECT_TIMEOUT = 10
+
+
+def redacted(dsn: str) -> str:
+    """``dsn`` with any password in it replaced by ``****`` (URL or key=value form)."""
+    url = re.sub(r"^(postgres(?:ql)?://[^:/@]*):[^@]*@", r"\1:****@", dsn)
+    if url != dsn or "://" in dsn:
+        return re.sub(r"([?&]password=)[^&]*", r"\1****", url)
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "(an unreadable DSN)"
+    if "password" in params:
+        params["password"] = "****"  # noqa: S105 (a mask, not a password)
+    return make_conninfo(**{k: str(v) for k, v in params.items()})
+
+
+@dataclass(frozen=True)
+class Database:
+    """Where the queue is: the DSN, and the password given apart from it (a secret file)."""
+
+    dsn: str
+    password: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Database({redacted(self.dsn)!r})"
+
+    @property
+    def shown(self) -> str:
+        return redacted(self.dsn)
+
+    def kwargs(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT}
+        if self.password is not None:
+            params["password"] = self.password
+        return params
+
+    def pool(self, *, max_size: int) -> AsyncConnectionPool[Conn]:
+        """A pool of connections (not opened yet: ``await pool.open(wait=True)``)."""
+        return AsyncConnectionPool(
+            self.dsn,
+            kwargs=self.kwargs(),
+            min_size=1,
+            max_size=max(1, max_size),
+            open=False,
+            name="mqd-queue",
+            timeout=30.0,
+        )
+
+
+async def connect(database: Database, *, autocommit: bool = False) -> Conn:
+    """One connection of its own; QueueUnavailableError naming the DSN when it cannot be had."""
+    try:
+        return await psycopg.AsyncConnection.connect(
+            database.dsn, autocommit=autocommit, **database.kwargs()
+        )
+    except psycopg.Error as exc:
+        raise unavailable(database, exc) from exc
+
+
+def unavailable(database: Database, exc: BaseException) -> QueueUnavailableError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return QueueUnavailableError(f"cannot reach the queue database {database.shown}: {reason}")
+
+
+@contextlib.asynccontextmanager
+async def translated(database: Database, what: str) -> AsyncIterator[None]:
+    """psycopg's errors as mqd's: QueueUnavailableError when the connection is the trouble,
+    QueueError otherwise (chained, so the cause shows in a debug log)."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise unavailable(database, exc) from exc
+    except psycopg.Error as exc:
+        raise QueueError(f"{what}: {exc}") from exc

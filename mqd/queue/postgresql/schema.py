@@ -1,0 +1,194 @@
+"""The PostgreSQL store's schema: its migrations, applying them, and knowing where a database is.
+
+``mqd db upgrade`` applies what is missing under a transaction-level advisory lock (two nodes
+upgrading at once take turns; the second finds nothing to do); ``mqd db check`` and every node's
+start compare the database's version with ``SCHEMA_VERSION``: a node refuses a schema it does
+not know, older (run the upgrade) or newer (run the newer mqd).
+
+The tables (all in the connection's ``search_path`` schema):
+
+* ``mqd_entry``: the hot table, one small row per queued entry (its state as JSON, the columns
+  the schedule needs, the lease: owner node, expiry, fencing token, the dispatching mark).
+  Entries leave it when they finish, so autovacuum is set to keep up with the churn.
+* ``mqd_body``: the message bytes, apart (bodies are large and written once).
+* ``mqd_delivered``: recipients delivered by a holder that had lost its lease meanwhile: the
+  next holder never sends to them again.
+* ``mqd_accepted``: every id accepted lately, so that accepting one again after a crash (between
+  the commit and the removal of the claimed files) sends nothing twice, even when it was
+  delivered and removed meanwhile.
+* ``mqd_failed``: the failed folder; ``mqd_state``: each node's small blobs; ``mqd_meta``: the
+  schema version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg.errors import UndefinedTable
+
+from mqd.errors import QueueSchemaError
+from mqd.queue.postgresql.connect import Conn
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SchemaError",
+    "SchemaStatus",
+    "schema_status",
+    "script",
+    "upgrade",
+]
+
+
+#: The database's mqd schema is missing, older or newer than this mqd knows.
+SchemaError = QueueSchemaError
+
+
+#: One migration per version, applied in order (never edited once released: add one).
+MIGRATIONS: tuple[str, ...] = (
+    """
+CREATE TABLE mqd_meta (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
+CREATE SEQUENCE mqd_token;
+CREATE TABLE mqd_entry (
+    id text PRIMARY KEY,
+    created_at double precision NOT NULL,
+    next_attempt_at double precision NOT NULL,
+    send_at double precision,
+    held boolean NOT NULL DEFAULT false,
+    attempts integer NOT NULL DEFAULT 0,
+    size bigint NOT NULL DEFAULT 0,
+    relays text[] NOT NULL,
+    state jsonb NOT NULL,
+    owner text,
+    token bigint NOT NULL DEFAULT 0,
+    lease_expires double precision,
+    dispatching boolean NOT NULL DEFAULT false,
+    retry_asked boolean NOT NULL DEFAULT false,
+    redispatches integer NOT NULL DEFAULT 0
+) WITH (
+    fillfactor = 80,
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 200,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
+);
+CREATE INDEX mqd_entry_due ON mqd_entry (next_attempt_at) WHERE NOT held;
+CREATE INDEX mqd_entry_owner ON mqd_entry (owner) WHERE owner IS NOT NULL;
+CREATE TABLE mqd_body (
+    id text PRIMARY KEY,
+    body bytea NOT NULL
+);
+CREATE TABLE mqd_delivered (
+    entry_id text NOT NULL REFERENCES mqd_entry (id) ON DELETE CASCADE,
+    address text NOT NULL,
+    recipient jsonb NOT NULL,
+    PRIMARY KEY (entry_id, address)
+);
+CREATE TABLE mqd_accepted (
+    id text PRIMARY KEY,
+    accepted_at double precision NOT NULL
+);
+CREATE INDEX mqd_accepted_at ON mqd_accepted (accepted_at);
+CREATE TABLE mqd_failed (
+    id text PRIMARY KEY,
+    failed_at double precision NOT NULL,
+    record jsonb NOT NULL,
+    body bytea
+);
+CREATE INDEX mqd_failed_at ON mqd_failed (failed_at);
+CREATE TABLE mqd_state (
+    node text NOT NULL,
+    name text NOT NULL,
+    data bytea NOT NULL,
+    PRIMARY KEY (node, name)
+);
+""",
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_SET_VERSION = (
+    "INSERT INTO mqd_meta (key, value) VALUES ('schema_version', '{v}') "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value;"
+)
+#: The advisory lock ``upgrade`` holds (per schema: tests keep a schema each).
+_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('mqd-schema:' || current_schema(), 0))"
+
+
+def script(since: int = 0) -> str:
+    """The SQL that brings a database at version ``since`` to ``SCHEMA_VERSION`` (what
+    ``mqd db upgrade --sql`` prints), as one transaction."""
+    parts = ["BEGIN;", _LOCK + ";"]
+    for number, migration in enumerate(MIGRATIONS[since:], start=since + 1):
+        parts.append(f"-- mqd schema version {number}")
+        parts.append(migration.strip())
+        parts.append(_SET_VERSION.format(v=number))
+    parts.append("COMMIT;")
+    return "\n".join(parts) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaStatus:
+    """Where a database is: ``version`` 0 when it has no mqd schema."""
+
+    version: int
+
+    @property
+    def current(self) -> bool:
+        return self.version == SCHEMA_VERSION
+
+    def problem(self) -> str | None:
+        """What is wrong with it, for a person (None: nothing)."""
+        if self.version == 0:
+            return "the database has no mqd schema yet: run 'mqd db upgrade'"
+        if self.version < SCHEMA_VERSION:
+            return (
+                f"the database's mqd schema is version {self.version}, this mqd needs "
+                f"{SCHEMA_VERSION}: run 'mqd db upgrade'"
+            )
+        if self.version > SCHEMA_VERSION:
+            return (
+                f"the database's mqd schema is version {self.version}, newer than this mqd "
+                f"knows ({SCHEMA_VERSION}): run the mqd that upgraded it"
+            )
+        return None
+
+    def require(self) -> None:
+        """Raise SchemaError unless the schema is the one this mqd knows."""
+        problem = self.problem()
+        if problem is not None:
+            raise SchemaError(problem)
+
+
+async def schema_status(conn: Conn) -> SchemaStatus:
+    """The schema version of the database ``conn`` is on (its own transaction)."""
+    try:
+        async with conn.transaction():
+            cursor = await conn.execute("SELECT value FROM mqd_meta WHERE key = 'schema_version'")
+            row = await cursor.fetchone()
+    except UndefinedTable:
+        return SchemaStatus(0)
+    return SchemaStatus(int(str(row[0])) if row is not None else 0)
+
+
+async def upgrade(conn: Conn) -> tuple[int, int]:
+    """Apply the missing migrations in one transaction under the schema lock; returns the
+    versions (before, after). SchemaError when the database is newer than this mqd."""
+    async with conn.transaction():
+        await conn.execute(_LOCK)
+        exists = await conn.execute("SELECT to_regclass('mqd_meta') IS NOT NULL")
+        row = await exists.fetchone()
+        before = 0
+        if row is not None and row[0]:
+            found = await conn.execute("SELECT value FROM mqd_meta WHERE key = 'schema_version'")
+            version = await found.fetchone()
+            before = int(str(version[0])) if version is not None else 0
+        if before > SCHEMA_VERSION:
+            SchemaStatus(before).require()
+        for number, migration in enumerate(MIGRATIONS[before:], start=before + 1):
+            await conn.execute(migration.encode())
+            await conn.execute(_SET_VERSION.format(v=number).encode())
+    return before, SCHEMA_VERSION

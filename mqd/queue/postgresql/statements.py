@@ -1,0 +1,116 @@
+"""The statements of the PostgreSQL store, in one place to read them together.
+
+Every write of a lease holder is fenced: ``WHERE id = ... AND token = ... AND owner = ...``; a
+holder whose lease was revoked or taken over matches no row.
+"""
+
+from __future__ import annotations
+
+LEASE = """
+WITH due AS (
+    SELECT id, owner IS NOT NULL AND dispatching AS taken_over
+    FROM mqd_entry
+    WHERE NOT held AND next_attempt_at <= %(now)s AND (owner IS NULL OR lease_expires < %(now)s)
+    ORDER BY next_attempt_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE mqd_entry e
+SET owner = %(node)s, token = nextval('mqd_token'), lease_expires = %(expires)s,
+    dispatching = false, redispatches = e.redispatches + due.taken_over::int
+FROM due
+WHERE e.id = due.id
+RETURNING e.id, e.state::text, e.held, e.next_attempt_at, e.token, due.taken_over,
+    (SELECT json_agg(d.recipient)::text FROM mqd_delivered d WHERE d.entry_id = e.id)
+"""
+LEASE_IDS = """
+UPDATE mqd_entry e
+SET owner = %(node)s, token = nextval('mqd_token'), lease_expires = %(expires)s,
+    dispatching = false
+WHERE e.id = ANY(%(ids)s)
+RETURNING e.id, e.state::text, e.held, e.next_attempt_at, e.token, false,
+    (SELECT json_agg(d.recipient)::text FROM mqd_delivered d WHERE d.entry_id = e.id)
+"""
+RECOVER = """
+WITH mine AS (SELECT id, dispatching FROM mqd_entry WHERE owner = %s FOR UPDATE)
+UPDATE mqd_entry e
+SET owner = NULL, lease_expires = NULL, dispatching = false,
+    redispatches = e.redispatches + mine.dispatching::int
+FROM mine
+WHERE e.id = mine.id
+RETURNING e.id, mine.dispatching
+"""
+SAVE = """
+UPDATE mqd_entry
+SET state = %(state)s::jsonb, attempts = %(attempts)s, size = %(size)s,
+    next_attempt_at = CASE WHEN retry_asked THEN least(%(due)s, %(now)s) ELSE %(due)s END,
+    retry_asked = false, owner = NULL, lease_expires = NULL, dispatching = false
+WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s
+RETURNING id
+"""
+CHECKPOINT = """
+UPDATE mqd_entry SET state = %(state)s::jsonb, attempts = %(attempts)s, size = %(size)s
+WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s RETURNING id
+"""
+RELEASE = """
+UPDATE mqd_entry
+SET next_attempt_at = CASE WHEN retry_asked THEN least(next_attempt_at, %(now)s)
+        ELSE coalesce(%(due)s, next_attempt_at) END,
+    retry_asked = false, owner = NULL, lease_expires = NULL, dispatching = false
+WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s
+"""
+
+DISPATCHING = """
+UPDATE mqd_entry SET dispatching = true, lease_expires = greatest(lease_expires, %(expires)s)
+WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s RETURNING id
+"""
+#: ``complete``: the entry leaves, its body with it, in one statement.
+COMPLETE = """
+WITH gone AS (
+    DELETE FROM mqd_entry WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s
+    RETURNING id
+),
+body AS (DELETE FROM mqd_body b USING gone WHERE b.id = gone.id)
+SELECT id FROM gone
+"""
+#: ``fail``: the entry leaves, its body goes into the failed folder with its record.
+FAIL = """
+WITH gone AS (
+    DELETE FROM mqd_entry WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s
+    RETURNING id
+),
+body AS (DELETE FROM mqd_body b USING gone WHERE b.id = gone.id RETURNING b.body),
+kept AS (
+    INSERT INTO mqd_failed (id, failed_at, record, body)
+    SELECT gone.id, %(now)s, %(record)s::jsonb, (SELECT body FROM body) FROM gone
+    ON CONFLICT (id) DO UPDATE
+    SET failed_at = excluded.failed_at, record = excluded.record, body = excluded.body
+)
+SELECT id FROM gone
+"""
+#: The recipients a holder delivered after it lost its lease (kept while the entry is queued).
+REMEMBER = """
+INSERT INTO mqd_delivered (entry_id, address, recipient)
+SELECT %(id)s, %(address)s, %(r)s::jsonb
+WHERE EXISTS (SELECT 1 FROM mqd_entry WHERE id = %(id)s)
+ON CONFLICT DO NOTHING
+"""
+RENEW = """
+UPDATE mqd_entry SET lease_expires = %s
+FROM unnest(%s::text[], %s::int8[]) AS l(id, token)
+WHERE mqd_entry.id = l.id AND mqd_entry.token = l.token AND owner = %s
+"""
+#: Other nodes' leases count from their expiry: a dead node's entries are due then.
+NEXT_DUE = """
+SELECT min(CASE WHEN owner IS NULL THEN next_attempt_at
+    ELSE greatest(next_attempt_at, lease_expires) END)
+FROM mqd_entry
+WHERE NOT held AND (owner IS NULL OR owner <> %s)
+"""
+NOTIFY = "SELECT pg_notify(%s, '')"
+LOAD_STATE = "SELECT data FROM mqd_state WHERE node = %s AND name = %s"
+SAVE_STATE = """
+INSERT INTO mqd_state (node, name, data) VALUES (%s, %s, %s)
+ON CONFLICT (node, name) DO UPDATE SET data = excluded.data
+"""
+PRUNE_ACCEPTED = "DELETE FROM mqd_accepted WHERE accepted_at < %s"
