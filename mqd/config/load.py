@@ -19,7 +19,15 @@ from typing import Any
 
 from mqd.config.options import Options
 from mqd.config.paths import SYSTEM_CONFIG, default_paths
-from mqd.config.schema import CONFIG_ENV, Config, RelayConfig, RouteConfig, SpoolConfig
+from mqd.config.schema import (
+    CONFIG_ENV,
+    SOURCE_KINDS,
+    Config,
+    RelayConfig,
+    RouteConfig,
+    SourceConfig,
+    SpoolConfig,
+)
 from mqd.config.sections import (
     parse_http,
     parse_metrics,
@@ -31,6 +39,7 @@ from mqd.config.sections import (
     parse_spools,
     parse_tracking,
 )
+from mqd.config.sources import parse_sources
 from mqd.errors import ConfigError, raise_gathered
 
 __all__ = ["load_config", "locate_config", "parse_config"]
@@ -104,6 +113,7 @@ def parse_config(
         "tracking",
         "http",
         "notify",
+        *SOURCE_KINDS,
     ):
         root.raw(key)
     root.finish()  # a misspelled top-level table is named before it is missed
@@ -124,6 +134,9 @@ def parse_config(
         lambda: parse_spools(root, path, defaults, relays), tuple
     )
     routes: tuple[RouteConfig, ...] = root.attempt(lambda: parse_routes(root, path, relays), tuple)
+    sources: tuple[SourceConfig, ...] = root.attempt(
+        lambda: parse_sources(root, path, relays), tuple
+    )
     sendmail_opts = table("sendmail")
     sendmail = root.attempt(
         lambda: parse_sendmail(sendmail_opts), lambda: parse_sendmail(empty("sendmail"))
@@ -154,6 +167,7 @@ def parse_config(
         notify=root.attempt(
             lambda: parse_notify(table("notify")), lambda: parse_notify(empty("notify"))
         ),
+        sources=sources,
     )
     if gathered is None:
         raise_gathered(problems)

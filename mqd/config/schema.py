@@ -27,6 +27,7 @@ __all__ = [
     "RetryPolicy",
     "RouteConfig",
     "SendmailConfig",
+    "SourceConfig",
     "SpoolConfig",
     "TrackingConfig",
 ]
@@ -148,6 +149,35 @@ class SpoolConfig:
         """A short stable name for this spool, used for its directory inside the queue."""
         resolved = os.path.abspath(self.path)
         return hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+#: The top-level tables that configure intake sources other than the spools, each an array
+#: of tables (``[[smtpd]]``); the kind names the source class a plugin registered
+#: (``mqd_register_sources``).
+SOURCE_KINDS = ("smtpd",)
+
+
+@dataclass(frozen=True)
+class SourceConfig(SpoolConfig):
+    """An intake source that is not a spool (``[[smtpd]]``): a spool's shape (its relay or
+    failover list, ``allowed_senders``, ``check_from``), so that the sender policy and the
+    routes treat it as they treat a spool; ``path`` is only its name in messages
+    (``smtpd[0]``). Its own keys (``listen`` ...) stay in ``options``, read by its class."""
+
+    #: The table it came from, and the source class registered under that name.
+    kind: str = ""
+    #: The keys of its own, read (and checked) by the source class.
+    options: Options | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        """``smtpd[0]``: the table, in problems, status and events."""
+        return f"{self.kind}[{self.index}]"
+
+    @functools.cached_property
+    def key(self) -> str:
+        """``smtpd.0``: its directory inside the queue (a spool's key is a hash of its path)."""
+        return f"{self.kind}.{self.index}"
 
 
 @dataclass(frozen=True)
@@ -282,13 +312,15 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    #: The other intake sources (``[[smtpd]]``), in the file's order.
+    sources: tuple[SourceConfig, ...] = ()
 
     def for_worker(self, worker: int) -> Config:
         """The config of worker ``worker`` of ``queue.workers``: its own queue directory, its own
-        [metrics] endpoint (on the next port: ``port + worker - 1``), and [http] and [notify]
-        only in the first. Every worker shares the spools, the failed folder and the event
-        store, and keeps to its share of each relay's quota (``QuotaConfig.divided``, applied
-        where the quotas are counted)."""
+        [metrics] endpoint (on the next port: ``port + worker - 1``), and [http], [notify] and
+        the sources that listen ([[smtpd]]) only in the first. Every worker shares the spools,
+        the failed folder and the event store, and keeps to its share of each relay's quota
+        (``QuotaConfig.divided``, applied where the quotas are counted)."""
         queue = replace(self.queue, worker=worker)
         if worker == 1:
             return replace(self, queue=queue)
@@ -298,6 +330,7 @@ class Config:
             queue=queue,
             metrics=replace(self.metrics, port=port),
             http=replace(self.http, enabled=False),
+            sources=(),
             notify=replace(self.notify, url=None),
         )
 

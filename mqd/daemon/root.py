@@ -33,7 +33,9 @@ from mqd.delivery.deliverer import Deliverer
 from mqd.delivery.guards import Guards
 from mqd.events import Event
 from mqd.faults import Fault
+from mqd.intake.handover import Handover
 from mqd.intake.pipeline import Intake
+from mqd.intake.sources import Sources, build_sources
 from mqd.intake.spools import SpoolIntake
 from mqd.plugins.host import PluginHost
 from mqd.relays.base import Relay
@@ -81,6 +83,9 @@ class Daemon:
         self.store = open_store(config, host=self.host, clock=clock)
         self.guards = Guards(config, clock=clock)
         self.intake = Intake(config, self.store, self.host, self.emit, clock=clock)
+        #: The sources other than the spools ([[smtpd]]): started once the queue is open.
+        self.handover = Handover(config, self.store, self.host, self.emit, clock=clock)
+        self.sources = Sources(build_sources(config, self.host, self.handover))
         self.deliverer = Deliverer(
             config, self.store, self.relays, self.host, self.emit, guards=self.guards, clock=clock
         )
@@ -234,6 +239,7 @@ class Daemon:
             self.spools.open(self.config)
             if not self.once:
                 self.spools.watch()
+                await self.sources.start()
                 await self._start_control()
             await self._notify_ready()
             self.ready.set()
@@ -242,6 +248,7 @@ class Daemon:
             systemd.notify("STOPPING=1")
             if self.workers is not None:
                 await self.workers.wait(self.shutdown_timeout + WORKER_STOP_SLACK)
+            await self.sources.stop()
             if self._control is not None:
                 await self._control.close()
             await self.servers.stop()
@@ -265,6 +272,7 @@ class Daemon:
         finally:
             self._stopping.set()
             self.spools.stop()
+            await self.sources.stop()  # no new mail; each hand-over under way is answered
             for task in (watchdog, quotas, pruning):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -298,6 +306,8 @@ class Daemon:
         )
         for spool in self.config.spools:
             log.info("spool %s -> relay %s", spool.path, spool.relay)
+        for source in self.config.sources:
+            log.info("%s -> relay %s", source.name, source.relay)
         for relay in self.relays.values():
             log.info("relay %s: %s", relay.name, relay.describe())
         if self.config.is_embedded_default:

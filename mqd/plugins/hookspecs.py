@@ -15,6 +15,7 @@ import pluggy
 if TYPE_CHECKING:
     from mqd.config.schema import Config, SpoolConfig
     from mqd.events import Event
+    from mqd.intake.source import RegisterSource
     from mqd.message.envelope import ParsedMessage
     from mqd.queue.entry import QueueEntry, RecipientState
     from mqd.relays.base import Relay
@@ -39,6 +40,17 @@ def mqd_register_relays(register: RegisterRelay) -> None:
     The name is what a config's ``plugin = "..."`` selects. Every implementation is called;
     registering a taken name is an error reported against the plugin loaded later (the core
     is loaded first, so its names cannot be taken over).
+    """
+
+
+@hookspec
+def mqd_register_sources(register: RegisterSource) -> None:
+    """Register intake source classes (``mqd.intake.source.Source``) by the name of the config
+    table that configures them: ``register("smtpd", "mqd.intake.smtpd.source:SMTPSource")``.
+    As with relays, a ``"module:Class"`` path is imported only when a config has such a table.
+
+    Every implementation is called; registering a taken name is an error reported against the
+    plugin loaded later (the core's ``smtpd`` cannot be taken over).
     """
 
 

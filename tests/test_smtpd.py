@@ -1,0 +1,334 @@
+"""SMTP submission ([[smtpd]]): a real listener on 127.0.0.1 port 0 in a daemon in this process,
+aiosmtplib as the application, the in-test SMTP sink as the relay's peer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import pytest
+from corehelpers import make_message
+from smtpserver import SMTPPeer
+
+from mqd.config.load import load_config
+from mqd.config.schema import Config
+from mqd.daemon.root import Daemon
+from mqd.events import Event, Queued
+from mqd.plugins.host import PluginHost
+
+pytestmark = pytest.mark.asyncio
+
+MESSAGE = make_message(sender="app@example.com", to=("alice@example.net",), subject="hello")
+
+
+@pytest.fixture
+def smtpd_config(
+    write_config: Callable[[str], Path], spool: Path, queue_dir: Path, smtp_server: SMTPPeer
+) -> Callable[..., Config]:
+    """``make(smtpd=...)``: a config relaying to ``smtp_server`` with one [[smtpd]] table (its
+    extra lines given) listening on 127.0.0.1, port 0, allowing ``*@example.com``."""
+
+    def make(smtpd: str = "", listen: str = '["127.0.0.1:0"]') -> Config:
+        text = "\n".join(
+            [
+                "[queue]",
+                f'dir = "{queue_dir}"',
+                'retry = { initial = "1s", max = "2s", lifetime = "1h" }',
+                "[[spool]]",
+                f'path = "{spool}"',
+                'allowed_senders = ["*@example.com"]',
+                "[relays.sink]",
+                'plugin = "smtp"',
+                'host = "127.0.0.1"',
+                f"port = {smtp_server.port}",
+                'security = "none"',
+                "[[smtpd]]",
+                f"listen = {listen}",
+                'relay = "sink"',
+                'allowed_senders = ["*@example.com"]',
+                textwrap.dedent(smtpd),
+            ]
+        )
+        return load_config(write_config(text))
+
+    return make
+
+
+class Running:
+    def __init__(self, daemon: Daemon, events: list[Event]) -> None:
+        self.daemon = daemon
+        self.events = events
+
+    @property
+    def port(self) -> int:
+        [address] = self.daemon.sources.sources[0].status().listening
+        return int(address.rsplit(":", 1)[1])
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config, host: PluginHost) -> AsyncIterator[Running]:
+    daemon = Daemon(config, host=host, shutdown_timeout=5)
+    events: list[Event] = []
+    emit = daemon.emit
+
+    def record(event: Event) -> None:
+        events.append(event)
+        emit(event)
+
+    daemon.emit = record  # type: ignore[method-assign]
+    daemon.handover.emit = record
+    task = asyncio.create_task(daemon.run())
+    await asyncio.wait_for(daemon.ready.wait(), 10)
+    try:
+        yield Running(daemon, events)
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 15)
+
+
+def client(port: int, **kwargs: Any) -> aiosmtplib.SMTP:
+    return aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=10, **kwargs)
+
+
+async def test_loopback_submission_is_relayed_with_its_smtp_envelope(
+    smtpd_config: Callable[..., Config], host: PluginHost, smtp_server: SMTPPeer
+) -> None:
+    async with running(smtpd_config(), host) as mqd:
+        async with client(mqd.port) as smtp:
+            await smtp.ehlo()
+            extensions = set(smtp.esmtp_extensions)
+            assert {"pipelining", "8bitmime", "smtputf8", "size"} <= extensions
+            assert "auth" not in extensions  # loopback: a null client's localhost:25
+            # The envelope, not the headers: bob is a Bcc the application keeps to itself.
+            errors, reply = await smtp.sendmail(
+                "app@example.com", ["alice@example.net", "bob@example.net"], MESSAGE
+            )
+        assert errors == {} and reply.startswith("2.0.0 OK queued as ")
+        queue_id = reply.rsplit(" ", 1)[1]
+        [received] = await asyncio.to_thread(smtp_server.wait_for, 1)
+        assert received.mail_from == "app@example.com"
+        assert received.rcpt_tos == ["alice@example.net", "bob@example.net"]
+        assert b"X-Sender" not in received.data and b"X-Receiver" not in received.data
+        assert b"Subject: hello" in received.data
+        [queued] = [e for e in mqd.events if isinstance(e, Queued)]
+        assert queued.message_id == queue_id
+        assert queued.source == "smtpd[0]" and queued.login is None
+        assert (queued.peer or "").startswith("127.0.0.1:")
+        status = mqd.daemon.sources.status()[0]
+        assert (status.accepted, status.refused) == (1, 0)
+
+
+async def test_250_only_once_the_message_is_durable(
+    smtpd_config: Callable[..., Config], host: PluginHost, queue_dir: Path
+) -> None:
+    async with running(smtpd_config(), host) as mqd:
+        store = mqd.daemon.store
+        accept = store.accept
+        entered, release = asyncio.Event(), asyncio.Event()
+        batches: list[int] = []
+
+        async def held_accept(batch: Any) -> None:
+            batches.append(len(batch))
+            entered.set()
+            await release.wait()
+            await accept(batch)
+
+        store.accept = held_accept  # type: ignore[method-assign]
+        async with client(mqd.port) as smtp:
+            sending = asyncio.create_task(
+                smtp.sendmail("app@example.com", ["alice@example.net"], MESSAGE)
+            )
+            await asyncio.wait_for(entered.wait(), 10)
+            await asyncio.sleep(0.05)  # (a chance for a wrong early answer to arrive)
+            assert not sending.done()  # no answer while the store has not taken it
+            release.set()
+            _, reply = await asyncio.wait_for(sending, 10)
+        queue_id = reply.rsplit(" ", 1)[1]
+        bodies = list((queue_dir / "messages").glob(f"*/{queue_id}.eml"))
+        assert len(bodies) == 1 and bodies[0].parent.name == "smtpd.0"
+        assert bodies[0].read_bytes().startswith(b"X-Sender: <app@example.com>\r\n")
+
+
+async def test_concurrent_submissions_share_a_batch(
+    smtpd_config: Callable[..., Config], host: PluginHost, smtp_server: SMTPPeer
+) -> None:
+    async with running(smtpd_config(), host) as mqd:
+        store = mqd.daemon.store
+        accept = store.accept
+        batches: list[int] = []
+        gate = asyncio.Event()
+
+        async def counting_accept(batch: Any) -> None:
+            batches.append(len(batch))
+            await gate.wait()
+            await accept(batch)
+
+        store.accept = counting_accept  # type: ignore[method-assign]
+
+        async def send(n: int) -> None:
+            async with client(mqd.port) as smtp:
+                await smtp.sendmail("app@example.com", [f"r{n}@example.net"], MESSAGE)
+
+        sends = [asyncio.create_task(send(n)) for n in range(8)]
+        while sum(batches) < 1:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # the other seven arrive while the first batch is written
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*sends), 20)
+        assert sum(batches) == 8 and len(batches) < 8
+        await asyncio.to_thread(smtp_server.wait_for, 8)
+
+
+async def test_a_sender_not_allowed_gets_550_5_7_1_at_mail_from(
+    smtpd_config: Callable[..., Config], host: PluginHost, smtp_server: SMTPPeer
+) -> None:
+    async with running(smtpd_config(), host) as mqd:
+        async with client(mqd.port) as smtp:
+            with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
+                await smtp.sendmail("mallory@evil.test", ["alice@example.net"], MESSAGE)
+            assert refused.value.code == 550
+            assert refused.value.message.startswith("5.7.1 ")
+            assert "mallory@evil.test" in refused.value.message
+            # The From header is checked with the message: what recipients see.
+            forged = make_message(sender="ceo@evil.test", to=("alice@example.net",))
+            with pytest.raises(aiosmtplib.SMTPDataError) as data_refused:
+                await smtp.sendmail("app@example.com", ["alice@example.net"], forged)
+            assert data_refused.value.code == 550
+            assert data_refused.value.message.startswith("5.7.1 ")
+        status = mqd.daemon.sources.status()[0]
+        assert (status.accepted, status.refused) == (0, 2)
+    assert smtp_server.messages == []
+
+
+async def test_too_large_too_many_recipients_and_long_lines_get_precise_answers(
+    smtpd_config: Callable[..., Config], host: PluginHost
+) -> None:
+    config = smtpd_config('max_message_size = "2KiB"\nmax_recipients = 2')
+    async with running(config, host) as mqd, client(mqd.port) as smtp:
+        await smtp.ehlo()
+        assert smtp.esmtp_extensions["size"] == "2048"
+        big = make_message(body="x" * 70 + "\r\n" * 40 + "y" * 70 * 40)
+        with pytest.raises(aiosmtplib.SMTPResponseException) as too_big:
+            await smtp.sendmail("app@example.com", ["alice@example.net"], big)
+        assert too_big.value.code == 552 and too_big.value.message.startswith("5.3.4 ")
+        await smtp.rset()
+        await smtp.mail("app@example.com")
+        await smtp.rcpt("a@example.net")
+        await smtp.rcpt("b@example.net")
+        with pytest.raises(aiosmtplib.SMTPRecipientRefused) as too_many:
+            await smtp.rcpt("c@example.net")
+        assert too_many.value.code == 452 and too_many.value.message.startswith("4.5.3 ")
+        await smtp.rset()
+        long_line = make_message(body="z" * 1200)
+        with pytest.raises(aiosmtplib.SMTPDataError) as too_long:
+            await smtp.sendmail("app@example.com", ["alice@example.net"], long_line)
+        assert too_long.value.code == 500 and too_long.value.message.startswith("5.5.2 ")
+
+
+#: Known SMTP smuggling sequences: an end of data other than CRLF.CRLF, then a second message.
+SMUGGLING = [b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\r", b"\r\n\x00.\r\n"]
+
+
+@pytest.mark.parametrize("fake_end", SMUGGLING, ids=repr)
+async def test_smuggling_sequences_cannot_split_a_message(
+    smtpd_config: Callable[..., Config], host: PluginHost, smtp_server: SMTPPeer, fake_end: bytes
+) -> None:
+    async with running(smtpd_config(), host) as mqd:
+        reader, writer = await asyncio.open_connection("127.0.0.1", mqd.port)
+
+        async def reply() -> bytes:
+            lines = [await asyncio.wait_for(reader.readline(), 10)]
+            while lines[-1][3:4] == b"-":
+                lines.append(await asyncio.wait_for(reader.readline(), 10))
+            return lines[-1]
+
+        assert (await reply()).startswith(b"220")
+        envelope = (b"EHLO app.test", b"MAIL FROM:<app@example.com>", b"RCPT TO:<a@example.net>")
+        for command in envelope:
+            writer.write(command + b"\r\n")
+            assert (await reply()).startswith(b"250"), command
+        clean = re.sub(rb"(?<!\r)\n", b"\r\n", MESSAGE)
+        writer.write(b"DATA\r\n")
+        assert (await reply()).startswith(b"354")
+        writer.write(clean + b".\r\n")  # the control: the same message, ended as it must be
+        assert (await reply()).startswith(b"250 2.0.0")
+        for command in (b"MAIL FROM:<app@example.com>", b"RCPT TO:<a@example.net>"):
+            writer.write(command + b"\r\n")
+            assert (await reply()).startswith(b"250"), command
+        writer.write(b"DATA\r\n")
+        assert (await reply()).startswith(b"354")
+        smuggled = (
+            b"MAIL FROM:<ceo@example.com>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\n"
+            b"From: ceo@example.com\r\nTo: victim@example.net\r\nSubject: smuggled\r\n\r\npay\r\n"
+        )
+        writer.write(clean.rstrip(b"\r\n") + fake_end + smuggled + b".\r\n")
+        answer = await reply()
+        writer.write(b"QUIT\r\n")
+        await reply()
+        writer.close()
+        await writer.wait_closed()
+        assert answer.startswith(b"554 5.6.0"), answer
+        assert mqd.daemon.sources.status()[0].accepted == 1
+    [received] = await asyncio.to_thread(smtp_server.wait_for, 1)
+    assert b"smuggled" not in received.data
+    assert received.rcpt_tos == ["a@example.net"]
+
+
+async def test_one_connection_more_than_max_connections_gets_421(
+    smtpd_config: Callable[..., Config], host: PluginHost
+) -> None:
+    async with running(smtpd_config("max_connections = 1"), host) as mqd:
+        async with client(mqd.port) as first:
+            second = client(mqd.port)
+            with pytest.raises(aiosmtplib.SMTPConnectResponseError) as turned_away:
+                await second.connect()
+            assert turned_away.value.code == 421
+            assert mqd.daemon.sources.status()[0].connections == 1
+            await first.noop()
+        async with client(mqd.port) as again:  # its place is free again
+            await again.noop()
+
+
+async def test_an_idle_client_is_disconnected(
+    smtpd_config: Callable[..., Config], host: PluginHost
+) -> None:
+    async with running(smtpd_config('idle_timeout = "0.3s"'), host) as mqd:
+        reader, writer = await asyncio.open_connection("127.0.0.1", mqd.port)
+        assert (await reader.readline()).startswith(b"220")
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
+        writer.close()
+
+
+async def test_stop_answers_the_hand_over_under_way_then_closes(
+    smtpd_config: Callable[..., Config], host: PluginHost
+) -> None:
+    config = smtpd_config()
+    daemon = Daemon(config, host=host, shutdown_timeout=5)
+    task = asyncio.create_task(daemon.run())
+    await asyncio.wait_for(daemon.ready.wait(), 10)
+    [address] = daemon.sources.sources[0].status().listening
+    port = int(address.rsplit(":", 1)[1])
+    accept = daemon.store.accept
+    entered = asyncio.Event()
+
+    async def slow_accept(batch: Any) -> None:
+        entered.set()
+        await asyncio.sleep(0.3)
+        await accept(batch)
+
+    daemon.store.accept = slow_accept  # type: ignore[method-assign]
+    async with client(port) as smtp:
+        sending = asyncio.create_task(smtp.sendmail("app@example.com", ["a@example.net"], MESSAGE))
+        await asyncio.wait_for(entered.wait(), 10)
+        daemon.request_stop()
+        _, reply = await asyncio.wait_for(sending, 10)
+        assert reply.startswith("2.0.0 OK queued as "), reply
+    await asyncio.wait_for(task, 15)
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)
