@@ -4,8 +4,11 @@ aiosmtplib as the application, the in-test SMTP sink as the relay's peer."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import re
+import ssl
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -13,16 +16,17 @@ from typing import Any
 
 import aiosmtplib
 import pytest
+import trustme
 from corehelpers import make_message
 from smtpserver import SMTPPeer
 
 from mqd.config.load import load_config
 from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
+from mqd.errors import ConfigError
 from mqd.events import Event, Queued
+from mqd.intake.smtpd.users import hash_password, read_users, verify_password
 from mqd.plugins.host import PluginHost
-
-pytestmark = pytest.mark.asyncio
 
 MESSAGE = make_message(sender="app@example.com", to=("alice@example.net",), subject="hello")
 
@@ -332,3 +336,131 @@ async def test_stop_answers_the_hand_over_under_way_then_closes(
     await asyncio.wait_for(task, 15)
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+# -- AUTH and TLS on an address other than loopback --------------------------------------------
+
+
+@pytest.fixture
+def tls_files(ca: trustme.CA, tmp_path: Path) -> tuple[Path, Path]:
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    return cert_file, key_file
+
+
+@pytest.fixture
+def users_file(tmp_path: Path) -> Path:
+    path = tmp_path / "smtpd-users"
+    path.write_text(
+        "# logins\n"
+        f"shop:{hash_password('shop-secret')}\n"
+        f"billing:{hash_password('billing-secret')}:billing@example.com\n"
+    )
+    return path
+
+
+def client_tls(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+def test_an_address_other_than_loopback_needs_logins_and_tls(
+    smtpd_config: Callable[..., Config], host: PluginHost, users_file: Path
+) -> None:
+    with pytest.raises(ConfigError, match=r"users_file.*is required"):
+        Daemon(smtpd_config(listen='["0.0.0.0:0"]'), host=host)
+    with pytest.raises(ConfigError, match='"starttls" or "implicit" is required'):
+        Daemon(smtpd_config(f'users_file = "{users_file}"', listen='["0.0.0.0:0"]'), host=host)
+
+
+async def test_starttls_then_auth_then_the_logins_own_senders(
+    smtpd_config: Callable[..., Config],
+    host: PluginHost,
+    smtp_server: SMTPPeer,
+    tls_files: tuple[Path, Path],
+    users_file: Path,
+    ca: trustme.CA,
+) -> None:
+    cert, key = tls_files
+    settings = f'tls = "starttls"\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+    settings += f'users_file = "{users_file}"'
+    async with running(smtpd_config(settings, listen='["0.0.0.0:0"]'), host) as mqd:
+        async with client(mqd.port, tls_context=client_tls(ca)) as smtp:
+            await smtp.ehlo()
+            assert "starttls" in smtp.esmtp_extensions and "auth" not in smtp.esmtp_extensions
+            with pytest.raises(aiosmtplib.SMTPSenderRefused) as plaintext:
+                await smtp.mail("app@example.com")  # nothing before STARTTLS
+            assert plaintext.value.code == 530
+            await smtp.starttls()
+            await smtp.ehlo()
+            assert {"plain", "login"} <= set(smtp.server_auth_methods)
+            with pytest.raises(aiosmtplib.SMTPSenderRefused) as anonymous:
+                await smtp.mail("app@example.com")
+            assert anonymous.value.code == 530 and anonymous.value.message.startswith("5.7.0")
+            with pytest.raises(aiosmtplib.SMTPAuthenticationError):
+                await smtp.login("shop", "wrong")
+            await smtp.login("billing", "billing-secret")
+            # *@example.com is the table's list; billing's own list narrows it.
+            with pytest.raises(aiosmtplib.SMTPSenderRefused) as narrowed:
+                await smtp.sendmail("shop@example.com", ["alice@example.net"], MESSAGE)
+            assert narrowed.value.code == 550 and "login billing" in narrowed.value.message
+            billing = make_message(sender="billing@example.com", subject="invoice")
+            await smtp.sendmail("billing@example.com", ["alice@example.net"], billing)
+        [received] = await asyncio.to_thread(smtp_server.wait_for, 1)
+        assert received.mail_from == "billing@example.com"
+        [queued] = [e for e in mqd.events if isinstance(e, Queued)]
+        assert (queued.source, queued.login) == ("smtpd[0]", "billing")
+
+
+async def test_implicit_tls_offers_auth_from_the_start(
+    smtpd_config: Callable[..., Config],
+    host: PluginHost,
+    smtp_server: SMTPPeer,
+    tls_files: tuple[Path, Path],
+    users_file: Path,
+    ca: trustme.CA,
+) -> None:
+    cert, key = tls_files
+    settings = f'tls = "implicit"\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+    settings += f'users_file = "{users_file}"'
+    async with running(smtpd_config(settings, listen='["0.0.0.0:0"]'), host) as mqd:
+        smtp = aiosmtplib.SMTP(
+            hostname="127.0.0.1", port=mqd.port, use_tls=True, tls_context=client_tls(ca)
+        )
+        async with smtp:
+            await smtp.ehlo()
+            assert "plain" in smtp.server_auth_methods
+            await smtp.login("shop", "shop-secret")
+            await smtp.sendmail("shop@example.com", ["alice@example.net"], MESSAGE)
+        [received] = await asyncio.to_thread(smtp_server.wait_for, 1)
+        assert received.mail_from == "shop@example.com"
+
+
+def test_password_hashes_and_the_users_file(tmp_path: Path) -> None:
+    hashed = hash_password("correct horse")
+    assert hashed.startswith("$scrypt$n=16384,r=8,p=1$")
+    assert verify_password("correct horse", hashed)
+    assert not verify_password("wrong horse", hashed)
+    assert not verify_password("correct horse", "$md5$x$y$z")
+    salt = b"0123456789abcdef"
+    key = hashlib.pbkdf2_hmac("sha256", b"pw", salt, 1000, 32)
+    b64 = lambda data: base64.b64encode(data).decode().rstrip("=")  # noqa: E731
+    pbkdf2 = f"$pbkdf2-sha256$1000${b64(salt)}${b64(key)}"
+    assert verify_password("pw", pbkdf2) and not verify_password("pw2", pbkdf2)
+    path = tmp_path / "users"
+    path.write_text(f"a:{hashed}\n\n# comment\nb:{pbkdf2}:*@example.com, x@example.org\n")
+    users = read_users(path)
+    assert users["b"].allowed_senders == ("*@example.com", "x@example.org")
+    assert users["a"].allowed_senders == ()
+    for bad, problem in (
+        ("nohash\n", "line 1: expected name:hash"),
+        ("a:$scrypt$n=1$x$y\n", "line 1 (a): the hash cannot be read"),
+        (f"a:{hashed}\na:{hashed}\n", "line 2: the login 'a' is given twice"),
+        (f"a:{hashed}:not an address\n", "line 1 (a)"),
+    ):
+        path.write_text(bad)
+        with pytest.raises(ValueError, match=re.escape(problem)):
+            read_users(path)

@@ -23,6 +23,7 @@ from mqd.cli.queue import queue
 from mqd.cli.run import reload, run
 from mqd.cli.send import send, sendmail
 from mqd.cli.shared import State
+from mqd.cli.smtpd import smtpd
 from mqd.cli.status import status
 from mqd.config.paths import default_paths
 from mqd.config.schema import CONFIG_ENV
@@ -124,5 +125,6 @@ for _command in (
     failed,
     history,
     events,
+    smtpd,
 ):
     cli.add_command(_command)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import warnings
 
 from mqd.config.schema import Config, SourceConfig
 from mqd.intake.smtpd.session import IDENT, Connection, authenticator
@@ -22,7 +23,28 @@ from mqd.intake.source import HandOver, Source, SourceStatus
 __all__ = ["SMTPListener", "SMTPSource"]
 
 log = logging.getLogger("mqd.smtpd")
+#: aiosmtpd's logger: every command at INFO (mqd logs what matters itself, once per message).
+AIOSMTPD_LOG = "mail.log"
 
+
+class _ImplicitTLSNotice(logging.Filter):
+    """Drops aiosmtpd's warning about AUTH without ``auth_require_tls``, given for every
+    connection of an implicit TLS listener (encrypted from the first byte: its issue #281)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("auth_required == True but auth_require_tls")
+
+
+def _quiet_aiosmtpd() -> None:
+    logger = logging.getLogger(AIOSMTPD_LOG)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
+    if not any(isinstance(f, _ImplicitTLSNotice) for f in logger.filters):
+        logger.addFilter(_ImplicitTLSNotice())
+
+
+#: AUTH commands a connection may give.
+AUTH_ATTEMPTS = 5
 #: How long ``stop`` waits for the hand-overs under way to be answered.
 STOP_TIMEOUT = 10.0
 
@@ -68,6 +90,14 @@ class SMTPListener:
         settings = self.settings
         loopback = self.address.loopback
         implicit = settings.tls == "implicit"
+        with warnings.catch_warnings():
+            # The same notice as a warning (see _ImplicitTLSNotice).
+            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+            return self._make_connection(settings, loopback, implicit)
+
+    def _make_connection(
+        self, settings: SMTPSettings, loopback: bool, implicit: bool
+    ) -> Connection:
         return Connection(
             self,
             data_size_limit=settings.max_message_size,
@@ -83,6 +113,9 @@ class SMTPListener:
             # Without logins AUTH is not offered at all.
             auth_require_tls=not ((implicit or loopback) and settings.users),
             authenticator=authenticator(self) if settings.users else None,
+            # Five AUTH attempts a connection (then 421 and closed): no password guessing at
+            # the pace of one connection's commands. Other commands are not limited.
+            command_call_limit={"AUTH": AUTH_ATTEMPTS, "*": 2**62},
             loop=asyncio.get_running_loop(),
         )
 
@@ -131,6 +164,7 @@ class SMTPSource(Source):
     def __init__(self, config: SourceConfig, app: Config, handover: HandOver) -> None:
         super().__init__(config, app, handover)
         self.settings = SMTPSettings.read(config, app)
+        _quiet_aiosmtpd()
         self.listeners = [SMTPListener(self, address) for address in self.settings.listen]
 
     @property
