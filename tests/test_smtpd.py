@@ -8,6 +8,7 @@ import base64
 import contextlib
 import hashlib
 import re
+import socket
 import ssl
 import textwrap
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +21,8 @@ import trustme
 from corehelpers import make_message
 from smtpserver import SMTPPeer
 
+from mqd.admin.render import render_status
+from mqd.admin.status import SourceStatus, Status
 from mqd.config.load import load_config
 from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
@@ -38,9 +41,10 @@ def smtpd_config(
     """``make(smtpd=...)``: a config relaying to ``smtp_server`` with one [[smtpd]] table (its
     extra lines given) listening on 127.0.0.1, port 0, allowing ``*@example.com``."""
 
-    def make(smtpd: str = "", listen: str = '["127.0.0.1:0"]') -> Config:
+    def make(smtpd: str = "", listen: str = '["127.0.0.1:0"]', extra: str = "") -> Config:
         text = "\n".join(
             [
+                textwrap.dedent(extra),
                 "[queue]",
                 f'dir = "{queue_dir}"',
                 'retry = { initial = "1s", max = "2s", lifetime = "1h" }',
@@ -336,6 +340,82 @@ async def test_stop_answers_the_hand_over_under_way_then_closes(
     await asyncio.wait_for(task, 15)
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_status_and_metrics_show_each_source(
+    smtpd_config: Callable[..., Config], host: PluginHost
+) -> None:
+    config = smtpd_config(extra="[metrics]\nenabled = true\nport = 0\n")
+    async with running(config, host) as mqd:
+        async with client(mqd.port) as smtp:
+            await smtp.sendmail("app@example.com", ["alice@example.net"], MESSAGE)
+            with pytest.raises(aiosmtplib.SMTPSenderRefused):
+                await smtp.sendmail("mallory@evil.test", ["alice@example.net"], MESSAGE)
+            status = await mqd.daemon.admin.status()
+            [source] = status.sources
+            assert source == SourceStatus(
+                name="smtpd[0]",
+                kind="smtpd",
+                listening=[f"127.0.0.1:{mqd.port}"],
+                connections=1,
+                accepted=1,
+                refused=1,
+            )
+            # The JSON form (mqd status --json, /api/v1/status) and back, and the text.
+            assert Status.from_dict(status.to_dict()) == status
+            text = "\n".join(render_status(status.to_dict()))
+            assert f"smtpd[0]: 127.0.0.1:{mqd.port}; 1 connected, 1 accepted, 1 refused" in text
+            assert mqd.daemon.metrics is not None
+            scrape = (await mqd.daemon.servers.metrics.render()).decode()  # type: ignore[union-attr]
+        assert 'mqd_source_messages_total{outcome="accepted",source="smtpd[0]"} 1.0' in scrape
+        assert 'mqd_source_messages_total{outcome="refused",source="smtpd[0]"} 1.0' in scrape
+        assert 'mqd_source_connections{source="smtpd[0]"} 1.0' in scrape
+
+
+async def test_reload_keeps_the_listener_and_applies_the_new_table(
+    smtpd_config: Callable[..., Config], host: PluginHost
+) -> None:
+    with socket.socket() as probe:  # a free port, named in the file so that it stays the same
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = smtpd_config(listen=f'["127.0.0.1:{port}"]')
+    async with running(config, host) as mqd:
+        async with client(port) as smtp:
+            await smtp.sendmail("app@example.com", ["a@example.net", "b@example.net"], MESSAGE)
+            assert config.source is not None
+            config.source.write_text(config.source.read_text() + "max_recipients = 1\n")
+            summary = await mqd.daemon.reload()
+            assert "sources smtpd[0]" in summary
+            # The connection open across the reload goes on, under the new table.
+            await smtp.mail("app@example.com")
+            await smtp.rcpt("a@example.net")
+            with pytest.raises(aiosmtplib.SMTPRecipientRefused) as too_many:
+                await smtp.rcpt("b@example.net")
+            assert too_many.value.code == 452
+        assert mqd.port == port
+        assert mqd.daemon.sources.status()[0].accepted == 1  # counted on
+
+
+async def test_a_body_without_state_is_rebuilt_with_its_smtp_envelope(
+    smtpd_config: Callable[..., Config], host: PluginHost, smtp_server: SMTPPeer
+) -> None:
+    """Accepted, then the daemon stopped before any attempt (the relay paused): the next daemon
+    rebuilds the entry from the body, with the envelope given over SMTP, not the headers."""
+    config = smtpd_config()
+    async with running(config, host) as mqd:
+
+        async def no_lease(*args: object, **kwargs: object) -> list[object]:
+            await asyncio.sleep(0.01)
+            return []
+
+        mqd.daemon.store.lease = no_lease  # type: ignore[method-assign]  # (never delivers)
+        async with client(mqd.port) as smtp:
+            await smtp.sendmail("app@example.com", ["hidden@example.net"], MESSAGE)
+    assert smtp_server.messages == []
+    async with running(config, host):
+        [received] = await asyncio.to_thread(smtp_server.wait_for, 1)
+    assert received.mail_from == "app@example.com"
+    assert received.rcpt_tos == ["hidden@example.net"]  # not the To header's alice
 
 
 # -- AUTH and TLS on an address other than loopback --------------------------------------------

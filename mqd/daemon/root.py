@@ -35,6 +35,7 @@ from mqd.events import Event
 from mqd.faults import Fault
 from mqd.intake.handover import Handover
 from mqd.intake.pipeline import Intake
+from mqd.intake.source import SourceStatus
 from mqd.intake.sources import Sources, build_sources
 from mqd.intake.spools import SpoolIntake
 from mqd.plugins.host import PluginHost
@@ -142,6 +143,10 @@ class Daemon:
             self.scheduler.fault,
             *self.servers.faults,
         ]
+
+    def source_status(self) -> list[SourceStatus]:
+        """The running sources other than the spools ([[smtpd]]): addresses and counts."""
+        return self.sources.status()
 
     @property
     def in_flight(self) -> set[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,6 +40,7 @@ from mqd.delivery.circuit import CircuitState
 from mqd.delivery.guards import Guards
 from mqd.events import Delivered, Event, EventKind, RecipientEvent
 from mqd.http.listen import listen_error
+from mqd.intake.source import SourceStatus
 from mqd.queue.store import EntryState, QueueStore
 from mqd.version import __version__
 
@@ -84,6 +85,7 @@ class MetricsNode(Protocol):
     def guards(self) -> Guards: ...
     @property
     def started_at(self) -> float: ...
+    def source_status(self) -> Sequence[SourceStatus]: ...
 
 
 class Metrics:
@@ -233,6 +235,7 @@ class _Snapshot:
     states: dict[str, int]
     oldest: float
     relays: dict[str, _RelayState]
+    sources: Sequence[SourceStatus] = ()
 
 
 class _Gauges:
@@ -262,7 +265,7 @@ class _Gauges:
                 if relay.limits:
                     relay.sent = (quota.sent_within(3600.0), quota.sent_within(86400.0))
             relays[name] = relay
-        return _Snapshot(states, oldest, relays)
+        return _Snapshot(states, oldest, relays, node.source_status())
 
     def collect(self) -> Iterable[Metric]:
         if self.snapshot is None:  # registered before any scrape: nothing to describe yet
@@ -334,3 +337,24 @@ class _Gauges:
                 hour.add_metric([name], relay.sent[0])
                 day.add_metric([name], relay.sent[1])
         yield from (errors, circuit, waits, limits, hour, day)
+        yield from _source_families(snapshot.sources)
+
+
+def _source_families(sources: Sequence[SourceStatus]) -> Iterator[Metric]:
+    messages = CounterMetricFamily(
+        "mqd_source_messages",
+        "Messages an intake source other than the spools ([[smtpd]]) took in since mqd started, "
+        "by outcome: accepted (durable in the queue, then acknowledged) or refused (sender not "
+        "allowed, malformed, too large, or the queue unable to take it).",
+        labels=["source", "outcome"],
+    )
+    connections = GaugeMetricFamily(
+        "mqd_source_connections",
+        "Producers connected to an intake source ([[smtpd]]) now.",
+        labels=["source"],
+    )
+    for source in sources:
+        messages.add_metric([source.name, "accepted"], source.accepted)
+        messages.add_metric([source.name, "refused"], source.refused)
+        connections.add_metric([source.name], source.connections)
+    yield from (messages, connections)

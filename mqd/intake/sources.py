@@ -101,4 +101,5 @@ class Sources:
                 log.error("the source %s cannot start: %s", source.config.name, exc)
 
     def status(self) -> list[SourceStatus]:
-        return [source.status() for source in self.sources]
+        """Each running source's (none before ``start`` and after ``stop``)."""
+        return [source.status() for source in self.sources] if self.started else []
