@@ -11,6 +11,7 @@ from dataclasses import fields
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
+from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.events import EVENT_TYPES, Event, EventKind
@@ -125,9 +126,10 @@ def drop(spool: Path, message: bytes | None = None, **kwargs: object) -> Path:
     return inject(spool, message if message is not None else make_message(**kwargs))  # type: ignore[arg-type]
 
 
-async def run_once(config: Config, host: PluginHost) -> Daemon:
-    """Run a daemon with ``--once`` semantics and return it (for its state)."""
-    daemon = Daemon(config, host=host, once=True, shutdown_timeout=5)
+async def run_once(config: Config, host: PluginHost, *, clock: Clock = SYSTEM_CLOCK) -> Daemon:
+    """Run a daemon with ``--once`` semantics (at the time ``clock`` says: a ``ManualClock``
+    set past a retry makes it due) and return it (for its state)."""
+    daemon = Daemon(config, host=host, once=True, shutdown_timeout=5, clock=clock)
     await daemon.run()
     return daemon
 

@@ -155,7 +155,7 @@ class FaultSMTP(_Threaded):
         if self.delay:
             await asyncio.sleep(self.delay)
         if reply == STALL:
-            await asyncio.sleep(3600)
+            await asyncio.sleep(3600)  # sleep-ok: a fake peer that stalls (never answers)
             return False
         if reply == DROP:
             writer.transport.abort()

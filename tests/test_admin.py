@@ -25,6 +25,7 @@ from mqd.message.reply import Reply
 from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry
 from mqd.relays.memory import MemoryRelay
+from mqd.testing import wait_until
 
 CONFIG = """
 [queue]
@@ -50,14 +51,6 @@ def make_config(write_config, spool: Path, queue_dir: Path) -> Callable[..., Con
         return load_config(write_config(CONFIG.format(queue=queue_dir, spool=spool, extra=extra)))
 
     return make
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 class Running:
@@ -88,9 +81,20 @@ async def running(make_config, host: PluginHost) -> AsyncIterator[Running]:
     await asyncio.wait_for(task, 10)
 
 
+async def a_scheduler_pass(daemon: Daemon) -> None:
+    """Wake the scheduler and wait until a pass that began after now has leased what was due
+    (anything it leased is then in flight or delivered)."""
+    scheduler = daemon.scheduler
+    begun = scheduler.passes
+    scheduler.wake()
+    await wait_until(
+        lambda: scheduler.passes > begun and scheduler.asleep, "a scheduler pass after now"
+    )
+
+
 async def one_deferred(running: Running, spool: Path, **message: Any) -> QueueEntry:
     drop(spool, **message)
-    await wait_for(lambda: len(running.deferred()) == 1)
+    await wait_until(lambda: len(running.deferred()) == 1, "len(running.deferred()) == 1")
     return running.deferred()[0]
 
 
@@ -117,13 +121,17 @@ async def test_hold_keeps_a_message_from_being_tried_until_released(running, spo
     await request(config, "hold", {"ids": [entry.id]})
     running.relay.raise_error = None
     await request(config, "retry", {"all": True})  # a held message stays held
-    await asyncio.sleep(0.3)
+    await a_scheduler_pass(running.daemon)
     assert running.relay.sent == [] and entry.held
+    assert entry.id not in running.daemon.in_flight
     saved = QueueEntry.from_json(running.daemon.store.layout.state_path(entry.id).read_bytes())
     assert saved.held, "the hold must survive a restart"
     await request(config, "release", {"ids": [entry.id]})
-    await wait_for(lambda: len(running.relay.sent) == 1)
-    await wait_for(lambda: entry.id not in running.daemon.store.schedule)
+    await wait_until(lambda: len(running.relay.sent) == 1, "len(running.relay.sent) == 1")
+    await wait_until(
+        lambda: entry.id not in running.daemon.store.schedule,
+        "entry.id not in running.daemon.store.schedule",
+    )
 
 
 async def test_retry_and_flush_make_deferred_mail_due_now(running, spool):
@@ -131,7 +139,10 @@ async def test_retry_and_flush_make_deferred_mail_due_now(running, spool):
     assert entry.next_attempt_at > time.time() + 3000
     running.relay.raise_error = None
     await request(running.daemon.config, "flush")
-    await wait_for(lambda: entry.id not in running.daemon.store.schedule)
+    await wait_until(
+        lambda: entry.id not in running.daemon.store.schedule,
+        "entry.id not in running.daemon.store.schedule",
+    )
     assert len(running.relay.sent) == 1
 
 
@@ -143,11 +154,14 @@ async def test_sigusr1_flush_closes_open_circuits_too(make_config, spool, host):
     await asyncio.wait_for(daemon.ready.wait(), 10)
     try:
         drop(spool)
-        await wait_for(lambda: any(e.attempts for e in daemon.store.schedule))
+        await wait_until(
+            lambda: any(e.attempts for e in daemon.store.schedule),
+            "any(e.attempts for e in daemon.store.schedule)",
+        )
         assert daemon.guards.circuits["main"].state.value == "open"
         relay.raise_error = None
         daemon.flush()
-        await wait_for(lambda: not len(daemon.store.schedule))
+        await wait_until(lambda: not len(daemon.store.schedule), "not len(daemon.store.schedule)")
         assert daemon.guards.circuits["main"].state.value == "closed"
     finally:
         daemon.request_stop()
@@ -179,7 +193,7 @@ async def test_an_unknown_id_and_an_ambiguous_prefix_are_refused(running, spool)
     with pytest.raises(ControlError, match="no message 'nope'"):
         await request(config, "hold", {"ids": ["nope"]})
     drop(spool, to=("second@example.net",))
-    await wait_for(lambda: len(running.deferred()) == 2)
+    await wait_until(lambda: len(running.deferred()) == 2, "len(running.deferred()) == 2")
     with pytest.raises(ControlError, match="start of 2 queue ids"):
         await request(config, "show", {"id": ""} | {"id": "1"})
 
@@ -196,12 +210,14 @@ async def test_a_message_in_flight_cannot_be_deleted(running, spool):
     relay.raise_error = None
     relay.deliver = slow  # type: ignore[method-assign]
     drop(spool)
-    await wait_for(lambda: bool(running.daemon.in_flight))
+    await wait_until(lambda: bool(running.daemon.in_flight), "bool(running.daemon.in_flight)")
     [busy] = running.daemon.in_flight
     with pytest.raises(ControlError, match="being delivered right now"):
         await request(running.daemon.config, "delete", {"ids": [busy]})
     gate.set()
-    await wait_for(lambda: not len(running.daemon.store.schedule))
+    await wait_until(
+        lambda: not len(running.daemon.store.schedule), "not len(running.daemon.store.schedule)"
+    )
 
 
 # -- offline: no daemon running ------------------------------------------------------------
@@ -251,7 +267,7 @@ async def test_reload_applies_a_new_relay_config_and_keeps_in_flight_work(
     new_relay = MemoryRelay.instances["main"]
     assert new_relay is not old_relay and daemon.relays["main"] is new_relay
     await request(daemon.config, "retry", {"ids": [entry.id]})
-    await wait_for(lambda: not len(daemon.store.schedule))
+    await wait_until(lambda: not len(daemon.store.schedule), "not len(daemon.store.schedule)")
     assert len(new_relay.sent) == 1
 
 
@@ -270,7 +286,7 @@ async def test_a_broken_config_is_refused_and_the_old_one_kept(running, spool, c
     # Still running on the old config: mail keeps flowing.
     running.relay.raise_error = None
     drop(spool)
-    await wait_for(lambda: len(running.relay.sent) == 1)
+    await wait_until(lambda: len(running.relay.sent) == 1, "len(running.relay.sent) == 1")
 
 
 async def test_reload_picks_up_a_new_spool(running, spool, tmp_path):
@@ -285,7 +301,10 @@ async def test_reload_picks_up_a_new_spool(running, spool, tmp_path):
     )
     await daemon.reload()
     drop(second, to=("via-second@example.net",))
-    await wait_for(lambda: len(MemoryRelay.instances["main"].sent) == 1)
+    await wait_until(
+        lambda: len(MemoryRelay.instances["main"].sent) == 1,
+        "one delivery",
+    )
     assert MemoryRelay.instances["main"].sent[0].recipients == ("via-second@example.net",)
 
 

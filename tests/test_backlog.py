@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,8 @@ from mqd.delivery.circuit import CircuitState
 from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry, new_message_id
 from mqd.queue.file.backlog import Backlog
+from mqd.queue.file.store import FileStore
+from mqd.testing import wait_until
 
 
 def queue_bodies(config: Config, count: int) -> list[str]:
@@ -131,11 +132,18 @@ async def test_relay_down_keeps_the_backlog_unread_and_commands_still_see_it(
     task = asyncio.create_task(daemon.run())
     try:
         await asyncio.wait_for(daemon.ready.wait(), 10)
-        deadline = time.monotonic() + 20
-        while daemon.guards.circuits["sink"].state is not CircuitState.OPEN or daemon.in_flight:
-            assert time.monotonic() < deadline, "the circuit did not open"
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)
+        store = daemon.store
+        assert isinstance(store, FileStore)
+        await wait_until(
+            lambda: (
+                daemon.guards.circuits["sink"].state is CircuitState.OPEN
+                and not daemon.in_flight
+                and len(store.fresh) == store.active_limit  # read up to the limit, held
+            ),
+            "the circuit open and the messages read up to the limit held back",
+            20,
+        )
+        await store.settled()
         unread = len(daemon.store.backlog)
         assert unread >= 20  # 2 attempts opened the circuit, 4 read and held: the rest unread
         assert len(daemon.store.schedule) + unread == 30

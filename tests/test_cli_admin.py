@@ -14,8 +14,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from smtpserver import SMTPPeer
 import mqd.cli.shared
 from mqd.admin.render import human_age, human_size, summary
 from mqd.cli.main import cli
+from mqd.testing import wait_until_sync
 
 pytestmark = pytest.mark.slow
 
@@ -52,18 +52,6 @@ port = {port}
 security = "none"
 command_timeout = "{command_timeout}"
 """
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    """Poll ``condition`` until it returns something true; AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Admin:
@@ -121,7 +109,7 @@ class Admin:
                 env=self.env,
             )
         # Not by polling 'mqd status': while no daemon holds the queue, that takes the lock itself.
-        wait_until(
+        wait_until_sync(
             lambda: any((self.queue_dir / n).exists() for n in ("control.sock", "control.json")),
             "the control socket",
         )
@@ -150,7 +138,7 @@ class Admin:
             ]
             return rows if len(rows) == count else None
 
-        result: list[dict[str, Any]] = wait_until(check, f"{count} deferred message(s)")
+        result: list[dict[str, Any]] = wait_until_sync(check, f"{count} deferred message(s)")
         return result
 
 
@@ -216,7 +204,7 @@ def test_list_show_hold_release_and_retry(
     assert daemon.ok("queue", "retry", entry_id) == f"retrying {entry_id}\n"
     [received] = smtp_server.wait_for(1)
     assert received.rcpt_tos == ["temp-a@example.net"]
-    wait_until(lambda: daemon.rows() == [], "an empty queue")
+    wait_until_sync(lambda: daemon.rows() == [], "an empty queue")
     assert daemon.ok("queue", "list") == "mail queue is empty\n"
 
 
@@ -250,7 +238,7 @@ def test_delete_asks_for_yes_off_a_terminal_and_sends_no_bounce(
     # A later message goes through alone: no bounce was queued for the deleted one.
     drop(spool, to=("carol@example.net",))
     smtp_server.wait_for(1)
-    wait_until(lambda: daemon.rows() == [], "an empty queue")
+    wait_until_sync(lambda: daemon.rows() == [], "an empty queue")
     assert [m.mail_from for m in smtp_server.messages] == ["app@example.com"]
 
 
@@ -283,7 +271,7 @@ def test_bounce_then_failed_retry_sends_to_the_failed_recipient_only(
     assert b"Subject: half way" in again.data
     assert b"X-Receiver" not in again.data
     assert daemon.ok("failed", "list") == "no failed messages\n"
-    wait_until(lambda: daemon.rows() == [], "an empty queue")
+    wait_until_sync(lambda: daemon.rows() == [], "an empty queue")
 
 
 def test_status_json_counts_and_health(daemon: Admin, spool: Path) -> None:
@@ -296,7 +284,13 @@ def test_status_json_counts_and_health(daemon: Admin, spool: Path) -> None:
     assert status["running"] is True
     assert status["pid"] == daemon.proc.pid  # type: ignore[union-attr]
     assert status["messages"] == 2
-    assert status["by_state"] == {"active": 0, "waiting": 0, "deferred": 1, "held": 1}
+    assert status["by_state"] == {
+        "active": 0,
+        "waiting": 0,
+        "scheduled": 0,
+        "deferred": 1,
+        "held": 1,
+    }
     assert status["oldest_age"] >= 0
     assert status["failed"] == 0
     assert status["relays"]["sink"]["health"] == "closed"
@@ -353,7 +347,7 @@ def test_flush_retries_deferred_messages(daemon: Admin, spool: Path, smtp_server
     smtp_server.temp_failures = False
     assert daemon.ok("queue", "flush") == "flushed: 1 message due now\n"
     assert smtp_server.wait_for(1)[0].rcpt_tos == ["temp-a@example.net"]
-    wait_until(lambda: daemon.rows() == [], "an empty queue")
+    wait_until_sync(lambda: daemon.rows() == [], "an empty queue")
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no SIGUSR1 on Windows")
@@ -365,7 +359,7 @@ def test_sigusr1_retries_deferred_messages(
     smtp_server.temp_failures = False
     os.kill(daemon.proc.pid, signal.SIGUSR1)  # type: ignore[union-attr]
     assert smtp_server.wait_for(1)[0].rcpt_tos == ["temp-b@example.net"]
-    wait_until(lambda: daemon.rows() == [], "an empty queue")
+    wait_until_sync(lambda: daemon.rows() == [], "an empty queue")
     assert daemon.running()
 
 

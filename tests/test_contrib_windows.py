@@ -14,7 +14,6 @@ import logging
 import re
 import sys
 import threading
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from mqd.config.schema import Config, QueueConfig
 from mqd.errors import ConfigError
 from mqd.plugins.host import PluginHost
 from mqd.producer.inject import inject
+from mqd.testing import wait_until_sync
 from mqd.testing.harness import queued_entries
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,14 +83,6 @@ def runners() -> Iterator[list[RunnerThread]]:
             runner.thread.join(30)
 
 
-def wait_until(condition: Any, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def config_path(config: Config) -> Path:
     assert config.source is not None
     return config.source
@@ -107,7 +99,7 @@ def test_stop_from_another_thread_lets_the_delivery_in_flight_finish(
     runners.append(runner)
     assert runner.ready.wait(30), "never became ready"
     inject(spool, make_message(subject="in flight"))
-    wait_until(lambda: smtp_server.data_started >= 1, "the delivery to start")
+    wait_until_sync(lambda: smtp_server.data_started >= 1, "the delivery to start")
     assert runner.runner.daemon.in_flight  # really in flight when the stop comes
 
     runner.runner.request_stop()  # what SvcStop does, from the SCM's thread
@@ -127,7 +119,7 @@ def test_a_second_stop_cancels_the_delivery_and_keeps_the_message(
     runners.append(runner)
     assert runner.ready.wait(30)
     inject(spool, make_message())
-    wait_until(lambda: smtp_server.data_started >= 1, "the delivery to start")
+    wait_until_sync(lambda: smtp_server.data_started >= 1, "the delivery to start")
     runner.runner.request_stop()
     runner.runner.request_stop()  # Windows shutting down: no time left
     runner.join()

@@ -212,7 +212,9 @@ async def test_watch_picks_up_a_new_file_without_a_rescan(
         daemon = Daemon(config, host=host, shutdown_timeout=5)
         task = asyncio.create_task(daemon.run())
         await asyncio.wait_for(daemon.ready.wait(), 10)
-        await asyncio.sleep(0.2)  # the start-up scan is over; only the watch can see the file
+        # The start-up scan is over (its watcher started before it): only the watch can see
+        # the file now.
+        await asyncio.wait_for(daemon.spools.idle.wait(), 10)
         count = len(smtp_server.messages)
         drop(spool, make_message(to=("alice@example.net",), subject=watch))
         await asyncio.to_thread(smtp_server.wait_for, count + 1, 10)

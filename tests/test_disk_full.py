@@ -13,7 +13,6 @@ import contextlib
 import errno
 import os
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.plugins.host import PluginHost
 from mqd.producer.inject import inject
+from mqd.testing import wait_until
 
 #: About 10 kB per message: a 1 MB queue holds a few dozen.
 FILLER = "x" * 76 + "\n"
@@ -119,13 +119,6 @@ def delivered_ids(server: SMTPPeer) -> list[int]:
     return ids
 
 
-async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 def leftovers(spool: Path, queue: Path) -> list[str]:
     found = [p.name for p in spool.glob("*.eml")]
     found += [str(p) for p in spool.glob(".mqd-claim-*/*.eml")]
@@ -173,16 +166,16 @@ async def test_a_full_disk_loses_nothing_and_resumes_when_space_comes_back(
         assert len(written) > 20
         if queue_size and spool_size != "shared":
             # The queue fills up: intake pauses and says so (once), the rest waits.
-            await wait_until(lambda: daemon.intake.fault.active, "intake to pause")
+            await wait_until(lambda: daemon.intake.fault.active, "intake to pause", 60)
             status = await daemon.admin.status()
             assert any("intake" in fault.what for fault in status.faults)
         if spool_size == "shared":
             # Claims are renames (they need no room), but the deferrals cannot be written:
             # delivery says so, once, and keeps the messages.
-            await wait_until(lambda: daemon.scheduler.fault.active, "delivery to report it")
+            await wait_until(lambda: daemon.scheduler.fault.active, "delivery to report it", 60)
         server.mail_reply = None  # the upstream is back: deliveries free space
         await wait_until(lambda: len(server.messages) >= len(written), "every delivery", 120)
-        await wait_until(lambda: not leftovers(spool, queue), "nothing left behind")
+        await wait_until(lambda: not leftovers(spool, queue), "nothing left behind", 60)
         daemon.request_stop()
         await asyncio.wait_for(task, 20)
     finally:
@@ -211,7 +204,7 @@ async def test_a_restart_while_the_queue_is_full_starts_and_delivers_everything(
         task = asyncio.create_task(daemon.run())
         await asyncio.wait_for(daemon.ready.wait(), 20)
         written = drop_all(spool, 150)
-        await wait_until(lambda: daemon.intake.fault.active, "intake to pause")
+        await wait_until(lambda: daemon.intake.fault.active, "intake to pause", 60)
         daemon.request_stop()
         await asyncio.wait_for(task, 20)
         waiting = list(spool.glob(".mqd-claim-*/*.eml")) + list(spool.glob("*.eml"))
@@ -222,7 +215,7 @@ async def test_a_restart_while_the_queue_is_full_starts_and_delivers_everything(
         await asyncio.wait_for(again.ready.wait(), 20)  # starts although the queue is full
         server.mail_reply = None
         await wait_until(lambda: len(server.messages) >= len(written), "every delivery", 120)
-        await wait_until(lambda: not leftovers(spool, queue), "nothing left behind")
+        await wait_until(lambda: not leftovers(spool, queue), "nothing left behind", 60)
         again.request_stop()
         await asyncio.wait_for(task, 20)
     finally:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from smtpserver import SMTPPeer
 from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError
 from mqd.plugins.host import PluginHost
+from mqd.testing import wait_until, wait_until_sync
 from mqd.testing.harness import Harness
 
 TOKEN = "tökén-for-the-tests-5e1d"  # not ASCII: it must still match, as bytes
@@ -163,16 +164,16 @@ async def test_a_connection_beyond_max_connections_is_closed_unread(
             answer = await asyncio.wait_for(reader.read(), 10)
             assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
             writer.close()
+
             # Its place is free again: a new client is served (once the server saw it go).
-            deadline = time.monotonic() + 10
-            while True:
+            async def served_again() -> int | None:
                 try:
                     status, _ = await exchange(port, get(b"/api/v1/status"))
-                    break
                 except ConnectionError:
-                    assert time.monotonic() < deadline, "no place freed for a new connection"
-                    await asyncio.sleep(0.05)
-            assert status == 200
+                    return None
+                return status
+
+            assert await wait_until(served_again, "a place freed for a new connection", 10) == 200
             assert not await closed_by_server(first[0], 0.1)  # idle, within header_timeout
             first[1].close()
             assert daemon.http is not None and daemon.http.gate.refused >= 1
@@ -284,14 +285,6 @@ def files_for_the_flood() -> Iterator[None]:
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def wait_for(what: str, check: Callable[[], Any], within: float = 30) -> Any:
-    deadline = time.monotonic() + within
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return found
-
-
 def open_count(sockets: list[socket.socket]) -> int:
     """How many of ``sockets`` the server has not closed."""
     left = 0
@@ -348,11 +341,11 @@ def test_idle_connections_do_not_starve_the_daemon_of_files(
         )
     sockets: list[socket.socket] = []
     try:
-        found = wait_for(
-            "the HTTP port", lambda: re.search(r"http://127\.0\.0\.1:(\d+)/", log.read_text())
+        found = wait_until_sync(
+            lambda: re.search(r"http://127\.0\.0\.1:(\d+)/", log.read_text()), "the HTTP port"
         )
         port = int(found.group(1))
-        wait_for("the daemon to start", lambda: "mqd starting" in log.read_text())
+        wait_until_sync(lambda: "mqd starting" in log.read_text(), "the daemon to start")
         for _ in range(IDLE):
             sockets.append(socket.create_connection(("127.0.0.1", port), timeout=10))
         if sys.platform == "linux":
@@ -361,10 +354,10 @@ def test_idle_connections_do_not_starve_the_daemon_of_files(
             held = len(os.listdir(f"/proc/{proc.pid}/fd"))
             assert held < NOFILE // 4 + 128 + 100, f"the daemon holds {held} files"
         harness.drop(make_message(to=("flood@example.net",)))
-        wait_for("the delivery", lambda: smtp_server.messages)
+        wait_until_sync(lambda: smtp_server.messages, "the delivery")
         assert smtp_server.messages[0].rcpt_tos == ["flood@example.net"]
-        wait_for("a fresh request to be answered", lambda: answers(port))
-        wait_for("every idle connection to be closed", lambda: open_count(sockets) == 0)
+        wait_until_sync(lambda: answers(port), "a fresh request to be answered")
+        wait_until_sync(lambda: open_count(sockets) == 0, "every idle connection to be closed")
     finally:
         for sock in sockets:
             sock.close()

@@ -29,6 +29,7 @@ from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry, RecipientState
 from mqd.queue.memory import MemoryStore
 from mqd.queue.store import Incoming
+from mqd.testing import wait_until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -107,15 +108,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
 
 
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Wait for the daemon to get somewhere (the deadline only stops a hung test)."""
-    deadline = time.monotonic() + 30
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting: {what}")
-        await asyncio.sleep(0.05)
-
-
 def refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
@@ -157,7 +149,7 @@ relay = "dead"
     drop(spool, make_message("ops@example.org", to=("dave@example.net",)))  # relay down
     # Delivered: alice and the DSN. Left: two deferred messages, attempted once each.
     await asyncio.to_thread(smtp_server.wait_for, 2)
-    await until(
+    await wait_until(
         lambda: (
             len(daemon.store.schedule) == 2
             and not daemon.in_flight
@@ -170,18 +162,15 @@ relay = "dead"
     await asyncio.wait_for(task, 10)
 
     samples = parse(text)
-    expected_events = {
-        "queued": 4,
-        "rejected": 0,
-        "delivered": 2,
-        "deferred": 2,
-        "bounced": 1,
-        "failed": 1,
-        "completed": 2,
-        "deleted": 0,
-    }
+    expected_events = {"queued": 4, "rejected": 0, "failed": 1, "completed": 2, "deleted": 0}
     for event, count in expected_events.items():
         assert value(samples, "mqd_messages_total", event=event) == count, event
+    expected_outcomes = {"delivered": 2, "deferred": 2, "bounced": 1}
+    for outcome, count in expected_outcomes.items():
+        assert value(samples, "mqd_recipients_total", outcome=outcome) == count, outcome
+    # One unit per metric: recipients are never counted as messages.
+    for outcome in expected_outcomes:
+        assert ("mqd_messages_total", frozenset({("event", outcome)})) not in samples, outcome
     deliveries = {
         ("sink", "delivered"): 2,
         ("sink", "deferred"): 1,
@@ -237,8 +226,8 @@ async def test_quota_waits_and_waiting_messages(
     drop(spool, make_message(to=("alice@example.net",)))
     drop(spool, make_message(to=("bob@example.net",)))
     await asyncio.to_thread(smtp_server.wait_for, 1)
-    await until(lambda: daemon.guards.quotas["sink"].holds == 1, "the quota to hold one")
-    await until(
+    await wait_until(lambda: daemon.guards.quotas["sink"].holds == 1, "the quota to hold one")
+    await wait_until(
         lambda: len(daemon.store.schedule) == 1 and not daemon.in_flight, "one message left"
     )
     samples = parse(await asyncio.to_thread(scrape_text, daemon.metrics.port))
@@ -367,14 +356,17 @@ async def test_observe_counts_and_never_raises(
     def sample(name: str, **labels: str) -> float | None:
         return metrics.registry.get_sample_value(name, labels)
 
-    assert sample("mqd_messages_total", event="delivered") == 0
+    assert sample("mqd_recipients_total", outcome="delivered") == 0
     metrics.observe(make_event(EventKind.DELIVERED, "x1", relay="sink", elapsed=0.3, age=42.0))
     # A buggy emitter's event: it costs its duration, never the delivery.
     metrics.observe(make_event(EventKind.DELIVERED, "x2", relay="sink", elapsed="?"))
     metrics.observe(make_event(EventKind.DEFERRED, "x3", relay=None))  # counted, not per relay
     metrics.observe(make_event(EventKind.CLAIMED, "x4"))
-    assert sample("mqd_messages_total", event="delivered") == 2
-    assert sample("mqd_messages_total", event="deferred") == 1
+    metrics.observe(make_event(EventKind.COMPLETED, "x1"))
+    assert sample("mqd_recipients_total", outcome="delivered") == 2
+    assert sample("mqd_recipients_total", outcome="deferred") == 1
+    assert sample("mqd_messages_total", event="completed") == 1
+    assert sample("mqd_messages_total", event="delivered") is None
     assert sample("mqd_messages_total", event="claimed") is None
     assert sample("mqd_relay_deliveries_total", relay="sink", outcome="delivered") == 2
     assert sample("mqd_relay_deliveries_total", relay="sink", outcome="deferred") == 0

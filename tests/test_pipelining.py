@@ -139,12 +139,12 @@ class PipelineSink(_Threaded):
             for reply in replies:
                 writer.write(reply.encode() + b"\r\n")
                 await writer.drain()
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # sleep-ok: a fake peer sends its replies apart
         else:
             for i in range(len(blob)):
                 writer.write(blob[i : i + 1])
                 await writer.drain()
-                await asyncio.sleep(0.001)
+                await asyncio.sleep(0.001)  # sleep-ok: a fake peer sends byte by byte
         await writer.drain()
         if replies[0].startswith("421"):
             writer.close()

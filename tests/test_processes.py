@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from corehelpers import DaemonProcess, make_message
 from smtpserver import SMTPPeer
 
 from mqd.producer.inject import inject_many
+from mqd.testing import wait_until_sync
 
 pytestmark = pytest.mark.slow
 
@@ -65,15 +65,18 @@ def received_ids(server: SMTPPeer) -> Counter[str]:
 
 
 def wait_until_empty(queue_dirs: list[Path], spool: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        busy = list(spool.glob("*.eml"))
+    def busy() -> list[Path]:
+        found = list(spool.glob("*.eml"))
         for queue in queue_dirs:
-            busy += list(queue.glob("state/*.json")) + list(queue.glob("messages/*/*.eml"))
-        if not busy:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"queues not empty after {timeout}s: {len(busy)} left")
+            found += list(queue.glob("state/*.json")) + list(queue.glob("messages/*/*.eml"))
+        return found
+
+    wait_until_sync(lambda: not busy(), "empty queues and spool", timeout)
+
+
+def running(queue_dirs: list[Path]) -> bool:
+    """Each daemon has opened its control socket: it is watching the spool."""
+    return all((queue / "control.sock").exists() for queue in queue_dirs)
 
 
 def test_two_daemons_sharing_a_spool_deliver_each_message_once(
@@ -84,8 +87,8 @@ def test_two_daemons_sharing_a_spool_deliver_each_message_once(
         config = write_daemon_config(tmp_path / f"{name}.toml", queue, spool, smtp_server.port)
         daemons.append(DaemonProcess(config, tmp_path / f"{name}.log").start())
     inject_many(spool, messages(N // 2, "early"))  # some land while both start up
-    time.sleep(0.5)
-    inject_many(spool, messages(N - N // 2, "late"))
+    wait_until_sync(lambda: running(queues), "both daemons running")
+    inject_many(spool, messages(N - N // 2, "late"))  # the rest while both run
     smtp_server.wait_for(N, timeout=120)
     wait_until_empty(queues, spool)
     for daemon in daemons:
@@ -105,9 +108,7 @@ def test_second_daemon_on_a_queue_dir_in_use_refuses(
     config = write_daemon_config(tmp_path / "a.toml", tmp_path / "queue", spool, smtp_server.port)
     first = DaemonProcess(config, tmp_path / "first.log").start()
     daemons.append(first)
-    deadline = time.monotonic() + 20
-    while "mqd starting" not in first.log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until_sync(lambda: "mqd starting" in first.log.read_text(), "the first daemon", 20)
     second = subprocess.run(
         [sys.executable, "-m", "mqd", "--config", str(config), "run"],
         capture_output=True,

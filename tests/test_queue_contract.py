@@ -336,6 +336,36 @@ async def test_after_a_crash_every_entry_is_back_and_leases_are_gone(kit, clock)
         await again.close()
 
 
+async def test_an_entry_for_later_waits_keeps_its_time_across_a_crash_and_a_flush(kit, clock):
+    """Send later: accepted with ``send_at`` ahead, it is listed as scheduled, not leased
+    before its time (after a crash neither), a retry of everything leaves it, and it is due at
+    its time."""
+    store = kit.make()
+    await store.open()
+    entry = new_entry(clock)
+    entry.send_at = entry.next_attempt_at = clock.time() + 7200
+    await store.accept([Incoming(entry, body_for(entry))])
+    assert (await store.get(entry.id)).state is EntryState.SCHEDULED
+    assert await store.lease(10) == []
+    await store.retry(None)
+    assert await store.lease(10) == [], "a flush does not send a message for later"
+    kit.abandon(store)
+
+    again = kit.make()
+    await again.open()
+    try:
+        listed = await again.get(entry.id)
+        assert listed.state is EntryState.SCHEDULED
+        assert listed.entry.send_at == entry.send_at
+        assert await again.lease(10) == []
+        assert await again.next_due() == entry.send_at
+        clock.advance(7200)
+        [lease] = await again.lease(10)
+        assert lease.entry.id == entry.id
+    finally:
+        await again.close()
+
+
 async def test_a_second_store_on_the_same_state_is_refused_while_one_holds_it(kit, store):
     from mqd.errors import QueueLockedError
 

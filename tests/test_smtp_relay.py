@@ -18,6 +18,7 @@ from mqd.config.options import Options
 from mqd.errors import ConfigError, PermanentRelayError, TransientRelayError
 from mqd.message.envelope import Envelope
 from mqd.relays.smtp.relay import SMTPRelay
+from mqd.testing import wait_until
 
 USER, PASSWORD = next(iter(USERS.items()))
 
@@ -441,11 +442,7 @@ async def test_reused_connection_seen_closed_is_not_used(
         await relay.deliver(envelope("app@example.com", "one@example.net"))
         [idle] = relay._pool._idle
         peer.drop_all()
-        for _ in range(500):  # let the client's loop see the EOF (a safety-net bound)
-            if not idle.client.is_connected:
-                break
-            await asyncio.sleep(0.01)
-        assert not idle.client.is_connected
+        await wait_until(lambda: not idle.client.is_connected, "the client to see the EOF", 5)
         result = await relay.deliver(envelope("app@example.com", "two@example.net"))
     finally:
         await relay.aclose()

@@ -23,6 +23,8 @@ from mqd.testing import (
     make_envelope,
     make_message,
     relay_from_table,
+    wait_until,
+    wait_until_sync,
 )
 
 
@@ -296,3 +298,30 @@ def test_the_pytest_plugin_is_registered_and_light() -> None:
         "tomli_w",
     }
     assert heavy.isdisjoint(modules)
+
+
+# -- waiting on a condition -----------------------------------------------------------------------
+
+
+async def test_wait_until_returns_the_first_true_value_of_a_function_or_a_coroutine() -> None:
+    looks: list[int] = []
+
+    def third_look() -> str | None:
+        looks.append(1)
+        return "found" if len(looks) >= 3 else None
+
+    assert await wait_until(third_look, "the third look") == "found"
+    assert len(looks) == 3
+
+    async def ready() -> int:
+        return 7
+
+    assert await wait_until(ready, "a coroutine's answer") == 7
+    assert wait_until_sync(lambda: [1], "a list") == [1]
+
+
+async def test_wait_until_names_what_it_waited_for_when_it_gives_up() -> None:
+    with pytest.raises(AssertionError, match=r"timed out after 0\.01s waiting for the moon"):
+        await wait_until(lambda: False, "the moon", timeout=0.01)
+    with pytest.raises(AssertionError, match="waiting for the sun"):
+        wait_until_sync(lambda: 0, "the sun", timeout=0.01)

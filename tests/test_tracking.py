@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from mqd.clock import ManualClock
 from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.events import Claimed, Delivered, Queued
 from mqd.message.reply import Reply
-from mqd.testing import Harness, make_message
+from mqd.testing import Harness, make_message, wait_until
 from mqd.tracking import notify as notify_module
 from mqd.tracking.answers import FeedEvent, MessageHistory
 from mqd.tracking.notify import Notifier
@@ -106,11 +107,11 @@ async def test_deferred_then_bounced_is_recorded_with_the_replies(mqd_harness: H
     store.close()
 
     # The next attempt is refused for good: bounced, with the reply, and listed as a failure.
-    daemon = mqd_harness.make_daemon()
+    # The test retry policy waits 1 s: this run's clock is past it.
+    daemon = mqd_harness.make_daemon(clock=ManualClock(time.time() + 2))
     daemon.relays["mem"].replies["later@example.net"] = Reply(  # type: ignore[attr-defined]
         550, "5.1.1 no such user"
     )
-    await asyncio.sleep(1.1)  # the test retry policy waits 1 s
     await daemon.run()
     store = store_of(config)
     [found] = history(store, "later@example.net")
@@ -291,7 +292,7 @@ async def test_an_event_for_our_id_unknown_here_is_kept(tmp_path: Path) -> None:
 
 async def test_retention_prunes_old_events_and_messages(tmp_path: Path) -> None:
     async with tracker_for(tmp_path, retention="1h") as tracker:
-        await asyncio.sleep(0.2)  # its own first pruning pass (at start-up) is done
+        await wait_until(lambda: tracker.prunes, "its own first pruning pass (at start-up)")
         old = time.time() - 7200
         tracker.observe(Claimed(message_id=MID, time=old, file="a.eml", spool="/s"))
         tracker.observe(
@@ -353,19 +354,21 @@ async def test_mqd_history_and_events(mqd_harness: Harness, env: dict[str, str])
     lines = mqd(path, "events", "-n", "2", "--json", env=env).stdout.splitlines()
     assert [json.loads(line)["status"] for line in lines] == ["queued", "dispatched"]
 
-    # --follow prints what is recorded after it started.
+    # --follow prints the newest (-n 1), then what is recorded after it started.
     follow = subprocess.Popen(
-        [sys.executable, "-m", "mqd", "--config", str(path), "events", "-f", "-n", "0"],
+        [sys.executable, "-m", "mqd", "--config", str(path), "events", "-f", "-n", "1"],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
     )
     try:
-        await asyncio.sleep(1.0)
+        assert follow.stdout is not None
+        readline = follow.stdout.readline
+        first = await asyncio.wait_for(asyncio.to_thread(readline), 30)
+        assert first.split()[3] == "dispatched" and "reader@example.net" in first  # following
         mqd_harness.drop(make_message(to=["later@example.net"]))
         await mqd_harness.run_once()
-        assert follow.stdout is not None
-        got = [follow.stdout.readline() for _ in range(3)]
+        got = [await asyncio.wait_for(asyncio.to_thread(readline), 30) for _ in range(3)]
         assert [line.split()[3] for line in got] == ["accepted", "queued", "dispatched"]
         assert "later@example.net" in got[2]
     finally:
@@ -425,11 +428,22 @@ def verify(secret: bytes, headers: dict[str, str], body: bytes) -> bool:
     return hmac.compare_digest(headers["X-Mqd-Signature"], "v1=" + expected)
 
 
-async def wait_for(condition: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
+async def notifier_started(tracker: Tracker) -> None:
+    """Wait until a notifier has set its cursor (on its first run: at the newest event)."""
+
+    async def started() -> bool:
+        return await tracker.cursor(notify_module.CURSOR) >= 0
+
+    await wait_until(started, "the notifier to set its cursor")
+
+
+async def notifier_caught_up(tracker: Tracker) -> None:
+    """Wait until a notifier's cursor is at the newest event: it has nothing left to send."""
+
+    async def caught_up() -> bool:
+        return await tracker.cursor(notify_module.CURSOR) == await tracker.last_seq()
+
+    await wait_until(caught_up, "the notifier to reach the newest event")
 
 
 async def test_a_daemon_notifies_the_application_signed(
@@ -451,7 +465,7 @@ async def test_a_daemon_notifies_the_application_signed(
         daemon = Daemon(mqd_harness.config, host=mqd_harness.host)  # type: ignore[arg-type]
         task = asyncio.create_task(daemon.run())
         try:
-            await wait_for(lambda: len(app.received) >= 3)
+            await wait_until(lambda: len(app.received) >= 3, "three notifications")
         finally:
             daemon.request_stop()
             await task
@@ -477,18 +491,18 @@ async def test_notifications_retry_then_resume_after_a_restart(
         config = NotifyConfig(url=app.url, secret=Secret("k"), statuses=("dispatched",))
         notifier = Notifier(tracker, config)
         notifier.start()
-        await asyncio.sleep(0.2)  # it starts its cursor at the newest event: none yet
+        await notifier_started(tracker)  # its cursor starts at the newest event: none yet
         app.answers = [500, 503]  # the application is failing: retried with backoff
         dispatched(tracker)
         await tracker.flush()
-        await wait_for(lambda: len(app.received) == 2)
+        await wait_until(lambda: len(app.received) == 2, "the first two, after two retries")
         assert [d["recipient"] for d in app.documents()] == ["bob@example.net", "carol@example.net"]
         assert notifier.sent == 2 and notifier.dropped == 0
         # A 4xx is the application refusing: dropped, not retried, and the next goes on.
         app.answers = [400]
         dispatched(tracker, "0190000000bbbbbbbbbbbb")
         await tracker.flush()
-        await wait_for(lambda: len(app.received) == 3)
+        await wait_until(lambda: len(app.received) == 3, "the refused one")
         assert notifier.dropped == 1
         await notifier.stop()
 
@@ -497,8 +511,8 @@ async def test_notifications_retry_then_resume_after_a_restart(
         await tracker.flush()
         again = Notifier(tracker, config)
         again.start()
-        await wait_for(lambda: len(app.received) == 5)
-        await asyncio.sleep(0.3)
+        await wait_until(lambda: len(app.received) == 5, "the two after the restart")
+        await notifier_caught_up(tracker)  # nothing more to send: a sixth would be a duplicate
         await again.stop()
     ids = [d["id"] for d in app.documents()]
     assert ids == [
@@ -622,10 +636,10 @@ async def test_notifications_survive_a_failing_store(
         monkeypatch.setattr(tracker.store, "events_after", flaky)
         notifier = Notifier(tracker, NotifyConfig(url=app.url, secret=Secret("k")))
         notifier.start()
-        await asyncio.sleep(0.2)  # its cursor starts at the newest event: none yet
+        await notifier_started(tracker)  # its cursor starts at the newest event: none yet
         dispatched(tracker)
         await tracker.flush()
-        await wait_for(lambda: len(app.received) == 4)
+        await wait_until(lambda: len(app.received) == 4, "the four notifications")
         await notifier.stop()
     assert failures_left == [0]
     assert [d["status"] for d in app.documents()][:2] == ["accepted", "queued"]

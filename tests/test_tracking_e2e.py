@@ -26,7 +26,7 @@ from aiohttp import web
 from providerfixtures import API_KEY, REGION, FakeSendGrid, MotoSES
 
 from mqd.daemon.root import Daemon
-from mqd.testing import Harness, make_message
+from mqd.testing import Harness, make_message, wait_until
 from mqd.tracking.answers import MessageHistory
 
 aws, sendgrid, ses = providerfixtures.aws, providerfixtures.sendgrid, providerfixtures.ses
@@ -64,14 +64,16 @@ async def cert_server() -> AsyncIterator[tuple[Any, str]]:
 
 
 async def wait_for_status(daemon: Daemon, address: str, status: str) -> MessageHistory:
-    assert daemon.tracker is not None
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        found = await daemon.tracker.history(address)
-        if found and found[0].status == status:
-            return found[0]
-        await asyncio.sleep(0.05)
-    pytest.fail(f"<{address}> never showed {status!r}")
+    tracker = daemon.tracker
+    assert tracker is not None
+
+    async def shown() -> MessageHistory | None:
+        found = await tracker.history(address)
+        return found[0] if found and found[0].status == status else None
+
+    history = await wait_until(shown, f"<{address}> to show {status!r}", 20)
+    assert history is not None
+    return history
 
 
 def history_cli(config_path: Path, key: str) -> str:

@@ -21,11 +21,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from test_tracking import App, dispatched, tracker_for
+from test_tracking import App, dispatched, notifier_started, tracker_for
 
 from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
@@ -33,7 +32,7 @@ from mqd.errors import TrackingError
 from mqd.events import Claimed
 from mqd.exitcodes import ExitCode
 from mqd.relays.memory import MemoryRelay
-from mqd.testing import Harness, make_message
+from mqd.testing import Harness, make_message, wait_until, wait_until_sync
 from mqd.tracking import notify as notify_module
 from mqd.tracking.answers import MessageHistory
 from mqd.tracking.eventstore import Fault
@@ -63,11 +62,12 @@ def truncate(path: Path, pages: int = 3) -> None:
 def checkpoint(path: Path) -> None:
     """Copy the WAL into the database file, as SQLite does by itself now and then, so that the
     file on disk is what the next transaction reads."""
-    deadline = time.monotonic() + 10
     with sqlite3.connect(path) as db:
-        while db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] != 0:
-            assert time.monotonic() < deadline, "the daemon never let go of the database"
-            time.sleep(0.02)
+        wait_until_sync(
+            lambda: db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0,
+            "the daemon to let go of the database",
+            10,
+        )
     db.close()
 
 
@@ -90,13 +90,6 @@ def tracking_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]
         for r in caplog.records
         if r.name.startswith("mqd.tracking") and r.levelno >= logging.ERROR
     ]
-
-
-async def wait_until(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 CRASHING_WRITER = """
@@ -277,14 +270,16 @@ async def running_daemon(harness: Harness) -> tuple[Daemon, asyncio.Task[None]]:
 
 
 async def recorded(daemon: Daemon, address: str, status: str = "dispatched") -> MessageHistory:
-    assert daemon.tracker is not None
-    deadline = time.monotonic() + 15
-    while True:
-        found = await daemon.tracker.history(address)
-        if found and found[0].status == status:
-            return found[0]
-        assert time.monotonic() < deadline, f"<{address}> never showed {status}: {found}"
-        await asyncio.sleep(0.02)
+    tracker = daemon.tracker
+    assert tracker is not None
+
+    async def shown() -> MessageHistory | None:
+        found = await tracker.history(address)
+        return found[0] if found and found[0].status == status else None
+
+    history = await wait_until(shown, f"<{address}> to show {status}", 15)
+    assert history is not None
+    return history
 
 
 async def test_a_store_damaged_while_running_is_replaced_and_mail_flows(
@@ -346,10 +341,7 @@ async def test_notifications_follow_into_the_new_store(
     async with App() as app, tracker_for(tmp_path) as tracker:
         notifier = Notifier(tracker, NotifyConfig(url=app.url, secret=Secret("k")))
         notifier.start()
-        deadline = time.monotonic() + 15
-        while await tracker.cursor(notify_module.CURSOR) < 0:  # it starts from "now"
-            assert time.monotonic() < deadline, "the notifier never started"
-            await asyncio.sleep(0.02)
+        await notifier_started(tracker)  # it starts from "now"
         dispatched(tracker)
         await tracker.flush()
         await wait_until(lambda: len(app.received) == 4, "the first notifications")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ssl
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from mqd.message.envelope import Envelope
 from mqd.plugins.host import PluginHost
 from mqd.relays.base import DeliveryResult
 from mqd.relays.smtp.relay import SMTPRelay
+from mqd.testing import wait_until
 
 MESSAGE = b"From: app@example.com\r\nTo: a@example.net\r\nSubject: t\r\n\r\n" + b"line\r\n" * 200
 ENVELOPE = Envelope("app@example.com", ("a@example.net", "b@example.net"), MESSAGE, "faulttest")
@@ -222,11 +222,11 @@ async def test_one_stalled_server_does_not_hold_up_another_relay(
     try:
         for n in range(3):
             drop(slow_spool, to=(f"slow{n}@example.net",))
-        deadline = time.monotonic() + 10
-        while len(daemon.in_flight) < 3 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        stuck = daemon.in_flight
-        assert len(stuck) == 3
+        stuck = await wait_until(
+            lambda: daemon.in_flight if len(daemon.in_flight) == 3 else None,
+            "three deliveries stuck on the stalled relay",
+            10,
+        )
         for n in range(3):
             drop(fast_spool, to=(f"fast{n}@example.net",))
         await asyncio.to_thread(smtp_server.wait_for, 3, 10)

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.plugins.host import PluginHost
 from mqd.producer.inject import inject
+from mqd.testing import wait_until
 
 
 class Mounts:
@@ -95,13 +95,6 @@ circuit_cooldown = "1s"
     )
     path.chmod(0o600)
     return load_config(path)
-
-
-async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from mqd.daemon.root import Daemon
 from mqd.message.reply import Reply
 from mqd.plugins.host import PluginHost
 from mqd.relays.memory import MemoryRelay
+from mqd.testing import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -96,13 +97,17 @@ async def recorded(daemon: Daemon, message: bytes, status: str) -> str:
     found = re.search(rb"Message-ID: (<[^>]+>)", message)
     assert found is not None
     drop(daemon.config.spools[0].path, message)
-    assert daemon.tracker is not None
-    for _ in range(300):
-        history = await daemon.tracker.message(found.group(1).decode())
-        if history is not None and history.status == status:
-            return str(history.id)
-        await asyncio.sleep(0.05)
-    pytest.fail(f"the message never showed {status!r} in the event store")
+    tracker = daemon.tracker
+    assert tracker is not None
+    key = found.group(1).decode()
+
+    async def shown() -> str | None:
+        history = await tracker.message(key)
+        return str(history.id) if history is not None and history.status == status else None
+
+    queue_id = await wait_until(shown, f"the message to show {status!r} in the event store", 15)
+    assert queue_id is not None
+    return queue_id
 
 
 async def test_from_the_overview_to_a_message_timeline(

@@ -22,6 +22,7 @@ from mqd.config.load import load_config
 from mqd.config.schema import QuotaConfig
 from mqd.errors import ConfigError
 from mqd.producer.inject import inject_many
+from mqd.testing import wait_until_sync
 
 CONFIG = """
 [queue]
@@ -236,18 +237,13 @@ def start_workers(daemons: list[DaemonProcess], config: Path, workers: int) -> D
     """``mqd run`` (worker 1) in the background, once all ``workers`` answer on their sockets."""
     run = DaemonProcess(config, config.parent / "mqd.log").start()
     daemons.append(run)
-    wait_for(sockets_up(config, workers), what=f"{workers} control sockets")
+    wait_until_sync(sockets_up(config, workers), f"{workers} control sockets")
     return run
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what}")
+def first_stop_taken(log: Path) -> bool:
+    """Worker 1 took a stop request: it passed it on to worker 2, who says so."""
+    return "[worker 2] mqd.daemon: stopping: worker 1 stops" in log.read_text()
 
 
 def sockets_up(config: Path, workers: int) -> Callable[[], bool]:
@@ -357,7 +353,7 @@ def test_the_queue_of_every_worker_is_administered_as_one(
 
     # A worker that dies is started again; --check says so while it is down.
     os.kill(pids[1], signal.SIGKILL)
-    restarted = wait_for(
+    restarted = wait_until_sync(
         lambda: next(
             (
                 w["pid"]
@@ -366,12 +362,12 @@ def test_the_queue_of_every_worker_is_administered_as_one(
             ),
             None,
         ),
-        timeout=30,
-        what="worker 2 started again",
+        "worker 2 started again",
+        30,
     )
     assert "worker 2 exited (code -9)" in run.log.read_text()
     assert run.stop() == 0
-    wait_for(lambda: not alive(restarted), timeout=10, what="worker 2 stopped with worker 1")
+    wait_until_sync(lambda: not alive(restarted), "worker 2 stopped with worker 1", 10)
 
 
 @pytestmark_slow
@@ -384,7 +380,7 @@ def test_workers_stop_when_worker_1_is_killed(
     pids = [w["pid"] for w in mqd_json(config, "status")["workers"]]
     assert run.stop(signal.SIGKILL) == -signal.SIGKILL
     for pid in pids[1:]:
-        wait_for(lambda pid=pid: not alive(pid), timeout=20, what=f"worker pid {pid} gone")
+        wait_until_sync(lambda pid=pid: not alive(pid), f"worker pid {pid} gone", 20)
     # Nothing is left holding a queue: a new run starts at once.
     again = start_workers(daemons, config, 3)
     assert again.stop() == 0
@@ -429,11 +425,13 @@ def test_only_worker_1_talks_to_systemd(
         )
     try:
         assert notify.receive().get("READY") == "1"
-        wait_for(sockets_up(config, 3), what="three control sockets")
-        time.sleep(0.5)  # a worker that had the socket would have said READY=1 by now
+        wait_until_sync(sockets_up(config, 3), "three control sockets")
         proc.send_signal(signal.SIGTERM)
         notify.wait_for("STOPPING")
         assert proc.wait(40) == 0
+        # Every worker went through its start (a worker says READY=1, when it does, right after
+        # opening its control socket) and has exited with worker 1: what they sent is queued on
+        # the socket now, so nothing more can come.
         with pytest.raises(AssertionError, match="no notification"):
             notify.receive(timeout=0.5)
         assert [m for m in notify.received if m.get("READY") == "1"] == [notify.received[0]]
@@ -456,13 +454,13 @@ def test_each_worker_serves_its_own_metrics_and_they_add_up(
         config.read_text() + '\n[metrics]\nenabled = true\nhost = "127.0.0.1"\nport = 0\n'
     )
     run = start_workers(daemons, config, 2)
-    urls = wait_for(
+    urls = wait_until_sync(
         lambda: (
             (found := re.findall(r"serving Prometheus metrics at (\S+)", run.log.read_text()))
             and len(found) == 2
             and found
         ),
-        what="two metrics endpoints",
+        "two metrics endpoints",
     )
     assert len(set(urls)) == 2
     count = 60
@@ -472,11 +470,11 @@ def test_each_worker_serves_its_own_metrics_and_they_add_up(
     def delivered(url: str) -> float:
         with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()
-        found = re.search(r'^mqd_messages_total\{event="delivered"\} (\S+)$', text, re.M)
+        found = re.search(r'^mqd_recipients_total\{outcome="delivered"\} (\S+)$', text, re.M)
         assert found, text[:500]
         return float(found.group(1))
 
-    wait_for(lambda: sum(delivered(url) for url in urls) == count, what="the counts add up")
+    wait_until_sync(lambda: sum(delivered(url) for url in urls) == count, "the counts add up")
     assert run.stop() == 0
 
 
@@ -491,12 +489,12 @@ def test_sigterm_to_every_worker_at_once_is_one_graceful_stop(
     run = start_workers(daemons, config, 2)
     pids = [w["pid"] for w in mqd_json(config, "status")["workers"]]
     inject_many(spool, [make_message(subject=f"slow {i}") for i in range(40)])
-    wait_for(lambda: smtp_server.data_started >= 4, what="deliveries in flight")
+    wait_until_sync(lambda: smtp_server.data_started >= 4, "deliveries in flight")
     for pid in pids:
         os.kill(pid, signal.SIGTERM)
     assert run.proc.wait(40) == 0
     for pid in pids[1:]:
-        wait_for(lambda pid=pid: not alive(pid), timeout=20, what="worker 2 gone")
+        wait_until_sync(lambda pid=pid: not alive(pid), "worker 2 gone", 20)
     log = run.log.read_text()
     assert "cancelling in-flight deliveries" not in log
     assert "outcome=delivered" in log
@@ -524,10 +522,11 @@ def test_a_second_sigterm_to_worker_1_hurries_every_worker(
     config = write(tmp_path, spool, smtp_server.port, workers=2)
     run = start_workers(daemons, config, 2)
     inject_many(spool, [make_message(subject=f"slow {i}") for i in range(40)])
-    wait_for(lambda: smtp_server.data_started >= 4, what="deliveries in flight")
+    wait_until_sync(lambda: smtp_server.data_started >= 4, "deliveries in flight")
     started = time.monotonic()
     run.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    # Once worker 1 took the first (two signals at once may arrive as one), the second.
+    wait_until_sync(lambda: first_stop_taken(run.log), "worker 1 to start stopping", 10)
     run.proc.send_signal(signal.SIGTERM)
     assert run.proc.wait(15) == 0
     assert time.monotonic() - started < 15

@@ -9,10 +9,11 @@ daemon, the SMTP sink.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from smtpserver import SMTPPeer
 import mqd.fsutil
 import mqd.intake.pipeline
 import mqd.queue.file.disk
+from mqd.clock import ManualClock
 from mqd.config.schema import Config
 from mqd.plugins.host import PluginHost
 
@@ -105,10 +107,14 @@ async def test_a_body_fsync_failing_at_intake_is_reported_and_the_batch_delivere
     paths = [drop(spool) for _ in range(count)]
     real_fsync, bodies = os.fsync, []
 
+    lock = threading.Lock()
+
     def fsync(fd: int) -> None:
         if os.readlink(f"/proc/self/fd/{fd}").endswith(".eml"):
-            bodies.append(fd)
-            if len(bodies) == count - 1:  # near the end: in a large batch, another thread's
+            with lock:  # threads append at once: the one that makes count - 1 is the one to fail
+                bodies.append(fd)
+                failing = len(bodies) == count - 1
+            if failing:  # near the end: in a large batch, another thread's
                 raise OSError(code, os.strerror(code))
         real_fsync(fd)
 
@@ -142,18 +148,18 @@ async def test_a_state_write_failing_after_an_attempt_keeps_the_message_queued(
     await run_once(plain_config, host)  # queued and deferred once (retry in 1 s)
     [state] = (queue_dir / "state").iterdir()
     before = state.read_bytes()
-    await asyncio.sleep(1.3)
+    later = ManualClock(time.time() + 2)  # the next runs: the retry is due
     monkeypatch.setattr(
         mqd.queue.file.disk, "atomic_write", failing(mqd.fsutil.atomic_write, errno.EIO, "/state/")
     )
     with caplog.at_level(logging.ERROR):
-        await run_once(plain_config, host)
+        await run_once(plain_config, host, clock=later)
     monkeypatch.undo()
     assert "messages could not be processed, keeping them" in caplog.text
     assert state.read_bytes() == before
     assert list((queue_dir / "messages").rglob("*.eml")), "the body is still there"
     smtp_server.temp_failures = False
-    await run_once(plain_config, host)
+    await run_once(plain_config, host, clock=later)
     assert [m.rcpt_tos for m in smtp_server.messages] == [["temp-bob@example.net"]]
     assert not list((queue_dir / "state").iterdir())
 

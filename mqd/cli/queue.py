@@ -25,7 +25,7 @@ def queue() -> None:
 @click.option(
     "--state",
     "wanted_state",
-    type=click.Choice(["active", "waiting", "deferred", "held"]),
+    type=click.Choice(["active", "waiting", "scheduled", "deferred", "held"]),
     help="Only messages in this state.",
 )
 @pass_state

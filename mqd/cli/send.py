@@ -4,13 +4,18 @@ sendmail-compatible entry (the fast path in ``mqd.__main__`` skips click for it)
 from __future__ import annotations
 
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 import click
 
 from mqd.cli.shared import State, pass_state
+from mqd.config.units import parse_duration
+from mqd.errors import MessageParseError
 from mqd.exitcodes import ExitCode
+from mqd.message.sendat import parse_send_at
 
 __all__ = ["send", "sendmail"]
 
@@ -31,6 +36,31 @@ def _one_line(ctx: click.Context, param: click.Parameter, value: _V) -> _V:
                 param,
             )
     return value
+
+
+def _resolve_at(value: str, now: float, horizon: float) -> str:
+    """``mqd send --at``: ``+DURATION`` (``+90m``, ``+2d``) or a date, as the header to write
+    (ISO 8601 with this machine's offset). A date without an offset is this machine's local
+    time: the command runs here. ValueError, with the reason, for anything else."""
+    text = value.strip()
+    if text.startswith("+"):
+        when = now + parse_duration(text[1:])
+    else:
+        try:
+            when = parse_send_at(text)
+        except MessageParseError as exc:
+            try:
+                local = datetime.fromisoformat(text)
+            except ValueError:
+                raise ValueError(str(exc).replace("X-Mqd-Send-At: ", "")) from None
+            if local.tzinfo is not None:
+                raise ValueError(str(exc)) from None
+            when = local.astimezone().timestamp()  # naive: this machine's local time
+    if when > now + horizon:
+        raise ValueError(
+            f"{text!r} is more than {horizon / 86400:g} days ahead (queue.send_later_horizon)"
+        )
+    return datetime.fromtimestamp(when).astimezone().isoformat(timespec="seconds")
 
 
 @click.command()
@@ -78,6 +108,15 @@ def _one_line(ctx: click.Context, param: click.Parameter, value: _V) -> _V:
     help="Spool directory to write into. Default: [sendmail] spool, else the first spool.",
 )
 @click.option(
+    "--at",
+    "send_at",
+    default=None,
+    metavar="TIME",
+    help="Send later: '+90m', '+2d', or a date ('2026-12-24T09:00', this machine's time "
+    "unless it has an offset; or an RFC 5322 date). Written as X-Mqd-Send-At; the message "
+    "waits in the queue as 'scheduled' until then.",
+)
+@click.option(
     "--no-progress",
     is_flag=True,
     help="With --count: no progress bar (one is drawn only when stderr is a terminal).",
@@ -93,6 +132,7 @@ def send(
     attachments: tuple[Path, ...],
     count: int,
     spool: Path | None,
+    send_at: str | None,
     no_progress: bool,
 ) -> None:
     """Compose a message and drop it into a spool (the daemon delivers it)."""
@@ -103,8 +143,20 @@ def send(
     if body is None:
         body = "" if sys.stdin.isatty() else sys.stdin.read()
     target = spool or state.load().inject_spool
+    header = None
+    if send_at is not None:
+        try:
+            header = _resolve_at(send_at, time.time(), state.load().queue.send_later_horizon)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--at'") from None
     message = compose(
-        sender=sender, to=to, cc=cc, subject=subject, body=body, attachments=attachments
+        sender=sender,
+        to=to,
+        cc=cc,
+        subject=subject,
+        body=body,
+        attachments=attachments,
+        send_at=header,
     )
     domain = sender.rpartition("@")[2]
     copies = (message if i == 0 else with_new_message_id(message, domain) for i in range(count))
@@ -114,6 +166,8 @@ def send(
     except OSError as exc:
         click.echo(f"mqd: error: cannot write into the spool {target}: {exc}", err=True)
         sys.exit(ExitCode.CANTCREAT)
+    if header is not None:
+        click.echo(f"to be sent at {header}")
     if count == 1:
         click.echo(f"queued {written[0]}")
     else:

@@ -29,11 +29,17 @@ def effective_config(config: Config) -> dict[str, Any]:
             "shutdown_timeout": format_duration(queue.shutdown_timeout),
             "active_limit": queue.active_limit,
             "failed_retention": format_duration(queue.failed_retention),
+            "send_later_horizon": format_duration(queue.send_later_horizon),
             "workers": queue.workers,
             "retry": {
                 "initial": format_duration(queue.retry.initial),
                 "max": format_duration(queue.retry.max),
                 "lifetime": format_duration(queue.retry.lifetime),
+                **(
+                    {"max_attempts": queue.retry.max_attempts}
+                    if queue.retry.max_attempts is not None
+                    else {}
+                ),
             },
         },
         "spool": [

@@ -42,11 +42,13 @@ MAX_WORKERS = 64
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff from ``initial`` up to ``max`` seconds; give up after ``lifetime``."""
+    """Exponential backoff from ``initial`` up to ``max`` seconds; give up after ``lifetime``
+    or after ``max_attempts`` attempts (None: no count), whichever comes first."""
 
     initial: float = 300.0
     max: float = 3600.0
     lifetime: float = 5 * 86400.0
+    max_attempts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class QueueConfig:
     #: taken in while the limit is reached) are listed by id and read as deliveries make room
     #: (see ``mqd.queue.file.backlog``).
     active_limit: int = 10_000
+    #: ``X-Mqd-Send-At`` may name a time at most this far ahead (further is refused).
+    send_later_horizon: float = 30 * 86400.0
     #: Messages in the failed folder older than this are removed (0: kept for good).
     failed_retention: float = 30 * 86400.0
     #: Daemon processes sharing the claim (``mqd run`` starts the others, see
@@ -277,6 +281,9 @@ class HttpConfig:
     #: Without a token, the API and the web view answer loopback clients only. Webhooks are
     #: never token-protected: they prove themselves with the provider's signature.
     token: Secret | None = field(default=None, repr=False)
+    #: Signs an operator in to the web view's actions (hold, release, retry, delete, bounce);
+    #: without it the view only shows. Never the same as ``token``.
+    operator_token: Secret | None = field(default=None, repr=False)
     #: The largest request body taken (a webhook batch); larger ones get 413.
     max_body: int = 1024 * 1024
     #: Connections served at once; one more is closed as soon as it is accepted, unread.

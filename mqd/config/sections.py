@@ -50,6 +50,7 @@ def parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         initial=retry.duration("initial", "5m"),
         max=retry.duration("max", "1h"),
         lifetime=retry.duration("lifetime", "5d"),
+        max_attempts=retry.integer("max_attempts", None, minimum=1),
     )
     retry.finish()
     if policy.initial <= 0:
@@ -76,6 +77,7 @@ def parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         shutdown_timeout=opts.duration("shutdown_timeout", "30s"),
         active_limit=opts.integer("active_limit", 10_000, minimum=1),
         failed_retention=opts.duration("failed_retention", "30d"),
+        send_later_horizon=opts.duration("send_later_horizon", "30d"),
         workers=opts.count("workers", 1, auto=available_cores),
     )
     if config.workers > MAX_WORKERS:
@@ -84,6 +86,8 @@ def parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         opts.report(opts.error("shutdown_timeout", "must not be negative"))
     if config.scan_interval <= 0:
         opts.report(opts.error("scan_interval", "must be more than zero"))
+    if config.send_later_horizon <= 0:
+        opts.report(opts.error("send_later_horizon", "must be more than zero"))
     if config.failed_retention < 0:
         opts.report(
             opts.error("failed_retention", 'must not be negative ("0" keeps them for good)')
@@ -302,10 +306,23 @@ def parse_http(opts: Options) -> HttpConfig:
         host=opts.string("host", "127.0.0.1"),
         port=_port(opts, 8025),
         token=opts.secret("token"),
+        operator_token=opts.secret("operator_token"),
         max_body=opts.size("max_body", "1MB"),
         max_connections=opts.count("max_connections", "auto", auto=default_http_connections),
         header_timeout=opts.duration("header_timeout", "10s"),
     )
+    if (
+        config.operator_token is not None
+        and config.token is not None
+        and config.operator_token.reveal() == config.token.reveal()
+    ):
+        opts.report(
+            opts.error(
+                "operator_token",
+                "must not be the same as token: whoever may read could act; make another "
+                "(openssl rand -hex 32)",
+            )
+        )
     if config.max_body < 1024:
         opts.report(opts.error("max_body", 'is too small for a webhook batch: give at least "1KB"'))
     if config.header_timeout <= 0:

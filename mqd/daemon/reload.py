@@ -103,8 +103,10 @@ class Reloader:
             log.error("reload refused, keeping the running configuration: %s", exc)
             raise
         old_relays = dict(daemon.relays)
-        # The HTTP token is read per request; the rest of these tables is read at start-up.
-        http_was, http_is = (replace(c.http, token=None) for c in (current, new))
+        # The HTTP tokens are read per request; the rest of these tables is read at start-up.
+        http_was, http_is = (
+            replace(c.http, token=None, operator_token=None) for c in (current, new)
+        )
         for table, changed in (
             ("tracking", new.tracking != current.tracking),
             ("http", http_is != http_was),

@@ -43,6 +43,11 @@ class Scheduler:
         self._leases: dict[str, Lease] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        #: How many passes (lease what is due, then look when the next is) have begun, and
+        #: whether the loop is asleep after one: a pass begun after a change and then asleep
+        #: has seen the change (what a test waits for before it asserts that nothing happened).
+        self.passes = 0
+        self.asleep = False
         #: Set while outcomes cannot be written (a full disk): said once, cleared by success.
         self.fault = Fault("delivery", log, clock=clock, verb="is failing")
         store.subscribe(self._wake.set)
@@ -98,6 +103,7 @@ class Scheduler:
     async def _lease_and_start(self, once: asyncio.Event | None) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
+            self.passes += 1
             room = self.concurrency - len(self._in_flight)
             if room > 0:
                 for lease in await self.store.lease(room):
@@ -112,7 +118,11 @@ class Scheduler:
             timeout = MAX_SLEEP
             if room > 0 and due is not None:
                 timeout = min(MAX_SLEEP, max(0.0, due - now))
-            await self.clock.wait(self._wake, timeout)
+            self.asleep = True
+            try:
+                await self.clock.wait(self._wake, timeout)
+            finally:
+                self.asleep = False
 
     def _start(self, lease: Lease) -> None:
         entry_id = lease.entry.id

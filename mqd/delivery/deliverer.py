@@ -124,14 +124,13 @@ class Deliverer:
             self._log_attempt(entry, rcpt, outcome, elapsed, answer.provider_id)
         if not deferred:
             return
-        if self.backoff.expired(entry.created_at, now):
-            lifetime = self.config.queue.retry.lifetime
+        # A message sent later lives from its scheduled time, not from its acceptance.
+        born = max(entry.created_at, entry.send_at or 0.0)
+        given_up = self.backoff.give_up_reason(entry.attempts, born, now)
+        if given_up is not None:
             for rcpt in deferred:
                 rcpt.status = RcptStatus.FAILED
-                rcpt.reply = (
-                    f"retries exhausted after {entry.attempts} attempts over {lifetime / 3600:g}h; "
-                    f"last reply: {rcpt.reply}"
-                )
+                rcpt.reply = f"{given_up}; last reply: {rcpt.reply}"
                 rcpt.status_code = "4.4.7"
                 log.warning("%s to=<%s> expired: %s", entry.id, rcpt.address, rcpt.reply)
             return

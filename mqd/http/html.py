@@ -165,7 +165,13 @@ def detail_text(detail: object) -> str:
     return e(", ".join(parts))
 
 
-_NAV = (("/", "Overview"), ("/messages", "Messages"), ("/failed", "Failed"))
+_NAV = (
+    ("/", "Overview"),
+    ("/messages", "Messages"),
+    ("/failed", "Failed"),
+    ("/charts", "Charts"),  # mqd.http.charts
+    ("/queue", "Queued"),  # mqd.http.actions
+)
 
 
 def page(title: str, body: str, *, here: str = "", status: int = 200) -> web.Response:

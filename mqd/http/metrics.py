@@ -48,21 +48,19 @@ __all__ = ["AGE_BUCKETS", "DURATION_BUCKETS", "QUEUE_STATES", "Metrics", "Metric
 
 log = logging.getLogger("mqd.metrics")
 
-#: Events counted by ``mqd_messages_total`` (the label ``event``).
-COUNTED_EVENTS = (
+#: Message events, counted by ``mqd_messages_total`` (the label ``event``): one per message.
+MESSAGE_EVENTS = (
     EventKind.QUEUED,
     EventKind.REJECTED,
-    EventKind.DELIVERED,
-    EventKind.DEFERRED,
-    EventKind.BOUNCED,
     EventKind.FAILED,
     EventKind.COMPLETED,
     EventKind.DELETED,
 )
-#: Per-recipient events, also counted per relay by ``mqd_relay_deliveries_total``.
+#: Recipient outcomes, counted by ``mqd_recipients_total`` (the label ``outcome``): one per
+#: recipient and attempt, and per relay by ``mqd_relay_deliveries_total``.
 RECIPIENT_OUTCOMES = (EventKind.DELIVERED, EventKind.DEFERRED, EventKind.BOUNCED)
 #: The states of ``mqd_queue_messages``: each queued message is in exactly one.
-QUEUE_STATES = ("active", "deferred", "held", "waiting")
+QUEUE_STATES = ("active", "deferred", "held", "scheduled", "waiting")
 #: Seconds a relay takes for one message: an API call to an SMTP session on a slow server.
 DURATION_BUCKETS = (
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -94,12 +92,19 @@ class Metrics:
     def __init__(self, node: MetricsNode) -> None:
         self.node = node
         self.registry = CollectorRegistry()
+        # Messages and recipients are counted apart: one metric must not add up two units.
         self.messages = Counter(
             "mqd_messages",
             "Messages by event: queued, rejected (refused at intake), failed (moved to failed/), "
-            "completed (left the queue delivered) and deleted count messages; delivered, "
-            "deferred and bounced count recipients.",
+            "completed (left the queue delivered) and deleted.",
             ["event"],
+            registry=self.registry,
+        )
+        self.recipients = Counter(
+            "mqd_recipients",
+            "Recipients by outcome of an attempt: delivered, deferred (retried later) and "
+            "bounced (a permanent failure, or retries exhausted).",
+            ["outcome"],
             registry=self.registry,
         )
         self.relay_deliveries = Counter(
@@ -125,8 +130,10 @@ class Metrics:
             registry=self.registry,
         )
         # Every series exists from the start, at 0: rate() and absent() need no first event.
-        for kind in COUNTED_EVENTS:
+        for kind in MESSAGE_EVENTS:
             self.messages.labels(kind.value)
+        for kind in RECIPIENT_OUTCOMES:
+            self.recipients.labels(kind.value)
         for relay in node.config.relays:
             self.duration.labels(relay)
             for outcome in RECIPIENT_OUTCOMES:
@@ -141,10 +148,13 @@ class Metrics:
 
         Never raises: a metrics problem must not disturb a delivery.
         """
-        if event.kind not in COUNTED_EVENTS:
-            return
         try:
-            self.messages.labels(event.kind.value).inc()
+            if event.kind in MESSAGE_EVENTS:
+                self.messages.labels(event.kind.value).inc()
+                return
+            if event.kind not in RECIPIENT_OUTCOMES:
+                return
+            self.recipients.labels(event.kind.value).inc()
             if not isinstance(event, RecipientEvent) or event.relay is None:
                 return  # a message's event, or no relay was asked (an administrator's bounce)
             self.relay_deliveries.labels(event.relay, event.kind.value).inc()

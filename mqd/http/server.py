@@ -24,7 +24,10 @@ from aiohttp.abc import AbstractAccessLogger
 from mqd.config.schema import HttpConfig, open_files_limit
 from mqd.errors import ConfigError, TrackingError
 from mqd.http import access
+from mqd.http.actions import OPEN_PATHS as OPERATOR_PATHS
+from mqd.http.actions import Actions
 from mqd.http.api import PREFIX, Api, BadQuery, error, json_error_for
+from mqd.http.charts import Charts
 from mqd.http.html import SECURITY_HEADERS, forbidden_page, page
 from mqd.http.listen import ConnectionGate, GatedSite, listen_error
 from mqd.http.view import View
@@ -42,7 +45,7 @@ log = logging.getLogger("mqd.http")
 SHUTDOWN_TIMEOUT = 5.0
 WEBHOOK_PREFIX = "/webhooks/"
 #: Paths everybody may open: the webhooks (signed) and the sign-in page itself.
-_OPEN_PATHS = ("/login", "/logout")
+_OPEN_PATHS = ("/login", "/logout", *OPERATOR_PATHS)
 
 #: What a browser on this machine opens for a wildcard listening address.
 _BROWSABLE = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
@@ -90,6 +93,8 @@ class HttpServer:
             table="http",
             log=log,
         )
+        #: The operator's actions on the queue, and who is signed in to them.
+        self.actions = Actions(site)
         self.app = self._make_app()
 
     @property
@@ -111,6 +116,8 @@ class HttpServer:
         app.router.add_route("*", WEBHOOK_PREFIX + "{relay}", self.webhook)
         app.router.add_routes(Api(self.site).routes())
         app.router.add_routes(View(self.site).routes())
+        app.router.add_routes(Charts(self.site).routes())
+        app.router.add_routes(self.actions.routes())
         app.on_response_prepare.append(_add_headers)
         return app
 
@@ -178,7 +185,9 @@ class HttpServer:
             return await handler(request)
         is_api = path == PREFIX or path.startswith(PREFIX + "/")
         token = self.config.token.reveal() if self.config.token is not None else None
-        if path not in _OPEN_PATHS and not access.allowed(request, token):
+        if path not in _OPEN_PATHS and not (
+            access.allowed(request, token) or self.actions.signed_in(request)
+        ):
             log.debug("refused %s %s from %s", request.method, path, request.remote)
             if is_api:
                 return error(403, "forbidden: " + access.refusal(token is not None))

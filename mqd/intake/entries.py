@@ -9,6 +9,7 @@ from collections.abc import Callable
 from mqd.config.schema import Config, SpoolConfig
 from mqd.errors import SpoolError
 from mqd.message.envelope import ParsedMessage, is_delivery_report, parse_message
+from mqd.message.sendat import send_at_of
 from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry, RcptStatus, RecipientState, id_time
 from mqd.queue.failed import FailedRecipient, FailureRecord
@@ -26,8 +27,10 @@ def make_entry(
     route: tuple[str, ...],
     created: float,
     now: float,
+    send_at: float | None = None,
 ) -> QueueEntry:
-    """The new queue entry of a parsed message taken from ``spool``."""
+    """The new queue entry of a parsed message taken from ``spool`` (first attempted at
+    ``send_at`` when it is to go later, see ``mqd.message.sendat``)."""
     recipients = [RecipientState(address) for address in parsed.recipients]
     recipients += [
         RecipientState(
@@ -46,7 +49,8 @@ def make_entry(
         route=list(route) if len(route) > 1 else [],
         source=spool.key,
         created_at=created,
-        next_attempt_at=now,
+        next_attempt_at=send_at or now,
+        send_at=send_at,
         size=size,
         is_report=is_delivery_report(parsed.headers),
         spool_name=spool_name,
@@ -99,6 +103,10 @@ def rebuilder(
                 )
         current = now()
         created = min(id_time(unread.entry_id) or current, current)
+        try:
+            send_at = send_at_of(parsed.headers, current, config.queue.send_later_horizon)
+        except SpoolError as exc:
+            return FailureRecord("intake", str(exc), spool=str(spool.path))
         return make_entry(
             unread.entry_id,
             spool,
@@ -108,6 +116,7 @@ def rebuilder(
             route,
             created,
             current,
+            send_at,
         )
 
     return rebuild

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import Config
-from mqd.errors import QueueError, SpoolError
+from mqd.errors import MessageParseError, QueueError, SpoolError
 from mqd.events import Claimed as ClaimedEvent  # not the claimed file: intake.spool.Claimed
 from mqd.events import EventSink, Queued, Rejected
 from mqd.faults import Fault
@@ -41,6 +41,7 @@ from mqd.intake.entries import make_entry
 from mqd.intake.reading import Read, fsync_and_close, read_claimed_file
 from mqd.intake.routing import route_for
 from mqd.intake.spool import Claimed, Spool
+from mqd.message.sendat import send_at_of
 from mqd.plugins.host import PluginHost
 from mqd.queue.entry import message_id_maker
 from mqd.queue.failed import FailedRecipient, FailureRecord
@@ -209,21 +210,28 @@ class Intake:
             if read.parsed is not None and read.error is None:
                 route = route_for(self.config, spool, read.parsed.sender)
                 refusal = self.host.check_policy(read.parsed, spool, route[0], self.config)
+                horizon = self.config.queue.send_later_horizon
                 if refusal:
                     read.error, read.stage = refusal, "policy"
                 else:
-                    entry = make_entry(
-                        claimed.entry_id,
-                        spool,
-                        claimed.original_name,
-                        read.size,
-                        read.parsed,
-                        route,
-                        now,
-                        now,
-                    )
-                    accepted.append(Incoming(entry, read.data or b"", claimed.path))
-                    continue
+                    try:
+                        send_at = send_at_of(read.parsed.headers, now, horizon)
+                    except MessageParseError as exc:  # an X-Mqd-Send-At it cannot keep
+                        read.error, read.stage = str(exc), "intake"
+                    else:
+                        entry = make_entry(
+                            claimed.entry_id,
+                            spool,
+                            claimed.original_name,
+                            read.size,
+                            read.parsed,
+                            route,
+                            now,
+                            now,
+                            send_at,
+                        )
+                        accepted.append(Incoming(entry, read.data or b"", claimed.path))
+                        continue
             refused.append(read)
         queued, accepted_all = await self._accept(accepted)
         if accepted and accepted_all:

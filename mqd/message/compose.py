@@ -19,8 +19,10 @@ def compose(
     subject: str = "",
     body: str = "",
     attachments: Sequence[Path] = (),
+    send_at: str | None = None,
 ) -> bytes:
-    """A complete RFC 5322 message (Date and Message-ID included), CRLF line endings."""
+    """A complete RFC 5322 message (Date and Message-ID included), CRLF line endings;
+    ``send_at`` becomes its ``X-Mqd-Send-At`` header (send later)."""
     msg = EmailMessage()
     msg["From"] = sender
     if to:
@@ -30,6 +32,8 @@ def compose(
     msg["Subject"] = subject
     msg["Date"] = formatdate(localtime=True)
     msg["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
+    if send_at is not None:
+        msg["X-Mqd-Send-At"] = send_at
     msg.set_content(body if body.endswith("\n") else body + "\n")
     for path in attachments:
         ctype, encoding = mimetypes.guess_type(path.name)

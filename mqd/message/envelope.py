@@ -33,7 +33,8 @@ __all__ = [
     "prepare_for_relay",
 ]
 
-_STRIPPED = ENVELOPE_FIELDS | {b"bcc"}
+#: Never relayed: the envelope lines, Bcc, and mqd's own scheduling header (send later).
+_STRIPPED = ENVELOPE_FIELDS | {b"bcc", b"x-mqd-send-at"}
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def parse_message(
 
 
 def prepare_for_relay(data: bytes, *, message_id: str | None = None) -> bytes:
-    """The message as it goes to a relay: Bcc, X-Sender and X-Receiver removed.
+    """The message as it goes to a relay: Bcc, X-Sender, X-Receiver and X-Mqd-Send-At removed.
 
     When the message has no Message-ID and ``message_id`` is given, that one is added (a stable
     id, so a retried message keeps it); a missing Date is added too. The body is untouched.

@@ -64,7 +64,8 @@ def read_envelope(
         else:
             envelope_rcpts.append(value)
     headers = _selected_headers(
-        fields, ("from", "sender", "to", "cc", "bcc", "message-id", "content-type")
+        fields,
+        ("from", "sender", "to", "cc", "bcc", "message-id", "content-type", "x-mqd-send-at"),
     )
 
     if envelope_sender is not None:

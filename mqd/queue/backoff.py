@@ -35,3 +35,20 @@ class Backoff:
     def expired(self, created_at: float, now: float) -> bool:
         """True when a message created at ``created_at`` has outlived the queue lifetime."""
         return now - created_at >= self.policy.lifetime
+
+    def exhausted(self, attempts: int) -> bool:
+        """True when ``attempts`` attempts use up the retry budget by count (``max_attempts``)."""
+        limit = self.policy.max_attempts
+        return limit is not None and attempts >= limit
+
+    def give_up_reason(self, attempts: int, created_at: float, now: float) -> str | None:
+        """Why a message whose last attempt deferred is given up on now, or None to retry.
+
+        Whichever limit comes first wins: the lifetime or the count (python-slimta's "too many
+        4xx"); both end the same way, a 4.4.7 failure and a bounce."""
+        if self.expired(created_at, now):
+            hours = self.policy.lifetime / 3600
+            return f"retries exhausted after {attempts} attempts over {hours:g}h"
+        if self.exhausted(attempts):
+            return f"retries exhausted after {attempts} attempts (retry.max_attempts)"
+        return None

@@ -113,6 +113,9 @@ class QueueEntry:
     held: bool = False
     #: The failover chain chosen at intake (by route or spool); empty means just ``relay``.
     route: list[str] = field(default_factory=list)
+    #: Send later: the time ``X-Mqd-Send-At`` named (its first attempt, and where its lifetime
+    #: starts); None for a message that goes as soon as it can.
+    send_at: float | None = None
     #: One record per relay used, newest last (at most ``HISTORY_LIMIT``): when, which relay,
     #: for which recipients, and what came back.
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -133,6 +136,10 @@ class QueueEntry:
     @property
     def unnotified_failures(self) -> list[RecipientState]:
         return [r for r in self.recipients if r.status is RcptStatus.FAILED and not r.notified]
+
+    def scheduled(self, now: float) -> bool:
+        """Never attempted and to go later than ``now`` (send later)."""
+        return not self.attempts and self.send_at is not None and self.send_at > now
 
     @property
     def is_done(self) -> bool:

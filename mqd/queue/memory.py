@@ -204,7 +204,12 @@ class MemoryStore(QueueStore):
         if ids is not None:
             chosen = self._entries(ids)
         else:
-            chosen = [e for e in self._schedule if relay is None or relay in e.relays]
+            now = self.clock.time()  # a message for later keeps its time unless it is named
+            chosen = [
+                e
+                for e in self._schedule
+                if (relay is None or relay in e.relays) and not e.scheduled(now)
+            ]
         done = []
         for entry in chosen:
             if entry.held:

@@ -97,7 +97,11 @@ class Schedule:
             return EntryState.ACTIVE
         if entry.held:
             return EntryState.HELD
-        return EntryState.DEFERRED if entry.attempts else EntryState.WAITING
+        if entry.attempts:
+            return EntryState.DEFERRED
+        if entry.scheduled(self.clock.time()):
+            return EntryState.SCHEDULED
+        return EntryState.WAITING
 
     def holder(self, entry_id: str) -> str | None:
         return self.node if entry_id in self._leases else None
@@ -226,8 +230,11 @@ class Schedule:
         return True
 
     def unhold(self, entry: QueueEntry) -> None:
+        """Released: due now, or at its send-later time if that is still ahead."""
         entry.held = False
-        entry.next_attempt_at = self.clock.time()
+        now = self.clock.time()
+        later = entry.send_at if entry.send_at is not None and not entry.attempts else None
+        entry.next_attempt_at = max(now, later) if later is not None else now
         self.add(entry)
 
     def retry(self, entry: QueueEntry) -> bool:
@@ -236,7 +243,9 @@ class Schedule:
         if held is not None:
             held.retry = True
             return False
-        entry.next_attempt_at = self.clock.time()
+        now = entry.next_attempt_at = self.clock.time()
+        if entry.send_at is not None and entry.send_at > now:
+            entry.send_at = now  # brought forward: its lifetime counts from now
         self.add(entry)
         return True
 
@@ -270,7 +279,7 @@ class Schedule:
                 due += 1
             size += entry.size
             oldest = entry.created_at if oldest is None else min(oldest, entry.created_at)
-            if not entry.held:
+            if not entry.held and state is not EntryState.SCHEDULED:  # (its wait is planned)
                 unheld = entry.created_at if unheld is None else min(unheld, entry.created_at)
             for relay in entry.relays:
                 by_relay[relay] = by_relay.get(relay, 0) + 1

@@ -81,6 +81,7 @@ class EntryState(StrEnum):
     WAITING = "waiting"  # never attempted
     DEFERRED = "deferred"  # attempted, waiting for its next attempt
     HELD = "held"  # held by the administrator
+    SCHEDULED = "scheduled"  # never attempted, to go later (X-Mqd-Send-At)
 
 
 @dataclass(frozen=True, slots=True)

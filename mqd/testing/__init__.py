@@ -1,5 +1,6 @@
 """Test helpers for mqd and for relay plugins: messages, envelopes, relays built from a config
-table, and a harness that runs the daemon once in a temporary directory.
+table, a harness that runs the daemon once in a temporary directory, and waiting on a condition
+(``wait_until``, ``wait_until_sync``) rather than on a fixed delay.
 
 The pytest fixtures ``mqd_harness`` (a ``Harness`` under ``tmp_path``) and ``mqd_plugin_host``
 (a ``PluginHost`` with the installed plugins) come with mqd: its pytest plugin
@@ -20,8 +21,17 @@ if TYPE_CHECKING:
     from mqd.testing.harness import Harness
     from mqd.testing.messages import make_envelope, make_message
     from mqd.testing.relays import relay_from_table
+    from mqd.testing.waiting import wait_until, wait_until_sync
 
-__all__ = ["Harness", "MemoryRelay", "make_envelope", "make_message", "relay_from_table"]
+__all__ = [
+    "Harness",
+    "MemoryRelay",
+    "make_envelope",
+    "make_message",
+    "relay_from_table",
+    "wait_until",
+    "wait_until_sync",
+]
 
 _WHERE = {
     "Harness": ".harness",
@@ -29,6 +39,8 @@ _WHERE = {
     "make_envelope": ".messages",
     "make_message": ".messages",
     "relay_from_table": ".relays",
+    "wait_until": ".waiting",
+    "wait_until_sync": ".waiting",
 }
 
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar, overload
 import tomli_w
 
 from mqd.admin.client import offline
+from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.load import load_config
 from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
@@ -124,16 +125,20 @@ class Harness:
 
     # -- running ----------------------------------------------------------------------------------
 
-    def make_daemon(self, *, host: PluginHost | None = None) -> Daemon:
+    def make_daemon(self, *, host: PluginHost | None = None, clock: Clock = SYSTEM_CLOCK) -> Daemon:
         """A ``--once`` daemon on the current config, not started: set up its relays (e.g.
-        ``daemon.relays["mem"].replies[...]``), then ``await daemon.run()``."""
-        return Daemon(self._require_config(), host=host or self.host, once=True)
+        ``daemon.relays["mem"].replies[...]``), then ``await daemon.run()``. ``clock``: the
+        time it runs at (a ``ManualClock`` set past a retry makes that retry due)."""
+        return Daemon(self._require_config(), host=host or self.host, once=True, clock=clock)
 
-    async def run_once(self, *, host: PluginHost | None = None) -> Daemon:
+    async def run_once(
+        self, *, host: PluginHost | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> Daemon:
         """Run the daemon with ``once=True``: take the spools, deliver what is due now (bounces
-        included), stop. Returns the finished daemon (also kept as ``last_daemon``)."""
+        included), stop. Returns the finished daemon (also kept as ``last_daemon``). ``clock``
+        as for ``make_daemon``."""
         self.last_daemon = await async_run(
-            self._require_config(), once=True, host=host or self.host
+            self._require_config(), once=True, host=host or self.host, clock=clock
         )
         return self.last_daemon
 

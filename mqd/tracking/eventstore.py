@@ -17,6 +17,7 @@ import abc
 import enum
 from collections.abc import Sequence
 
+from mqd.tracking.activity import Activity, Window
 from mqd.tracking.answers import FeedEvent, MessageSummary, TimelineEvent
 from mqd.tracking.records import Record
 from mqd.tracking.vocabulary import ProviderEvent, Status
@@ -93,6 +94,11 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     def cursor(self, name: str) -> int:
         """The cursor ``name``; -1 if it was never set."""
+
+    @abc.abstractmethod
+    def activity(self, window: Window) -> Activity:
+        """Messages per bucket of ``window`` by outcome, per relay and per sender, and the
+        delivery latency (``mqd.tracking.activity``)."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mqd.tracking.activity import Activity, Window
 from mqd.tracking.answers import FeedEvent, MessageSummary, RecipientStatus, TimelineEvent
 from mqd.tracking.batch import (
     EVENT_COLUMNS,
@@ -34,6 +35,7 @@ from mqd.tracking.batch import (
 from mqd.tracking.eventstore import EventStore
 from mqd.tracking.records import BAD, FINAL, Record, message_status
 from mqd.tracking.schema import META, VERSION_QUERY, upgrade
+from mqd.tracking.sqliteactivity import read_activity
 from mqd.tracking.vocabulary import ProviderEvent, Status
 
 __all__ = ["ROWS_PER_STATEMENT", "SQLiteStore"]
@@ -350,6 +352,9 @@ class SQLiteStore(EventStore):
     def cursor(self, name: str) -> int:
         row = self._db.execute("SELECT seq FROM cursors WHERE name = ?", (name,)).fetchone()
         return int(row[0]) if row else -1
+
+    def activity(self, window: Window) -> Activity:
+        return read_activity(self._db, window)
 
     def close(self) -> None:
         self._db.close()

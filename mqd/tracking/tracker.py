@@ -131,6 +131,8 @@ class Tracker:
         self._tasks: list[asyncio.Task[None]] = []
         #: Provider events that matched no message (counted for the logs and tests).
         self.unmatched = 0
+        #: Pruning passes done, the first at start-up (a test waits for one before it records).
+        self.prunes = 0
 
     @classmethod
     async def open(cls, config: Config, *, clock: Callable[[], float] = time.monotonic) -> Tracker:
@@ -266,6 +268,7 @@ class Tracker:
                     log.info("tracking: pruned %d events older than the retention", gone)
             except Exception:
                 log.exception("tracking: pruning failed")
+            self.prunes += 1
             await asyncio.sleep(PRUNE_EVERY)
 
     async def close(self) -> None:

@@ -172,12 +172,18 @@ class FileAdmin:
             for entry in await self._named(ids):
                 if entry.held:
                     continue
-                if self.schedule.retry(entry) and entry.attempts:
-                    await self._persist(entry)
+                if self.schedule.retry(entry) and entry.id not in self.unsaved:
+                    await self._persist(entry)  # (it has a state file to say so)
                 done.append(entry.id)
             return done
         now = self.clock.time()
-        chosen = [e for e in self.schedule if relay is None or relay in e.relays]
+        # Everything that waits to be tried again, but not a message for later: that keeps its
+        # time unless it is named (a flush must not send tomorrow's newsletter now).
+        chosen = [
+            e
+            for e in self.schedule
+            if (relay is None or relay in e.relays) and not e.scheduled(now)
+        ]
         done = [e.id for e in chosen if not e.held]
         for entry in chosen:
             if not entry.held:
@@ -210,7 +216,7 @@ class FileAdmin:
                     continue
                 if relay is not None and relay not in entry.relays:
                     continue
-                if not entry.held and entry.next_attempt_at > at:
+                if not entry.held and entry.next_attempt_at > at and not entry.scheduled(at):
                     entry.next_attempt_at = float(at)
                     self.schedule.add(entry)
         with contextlib.suppress(FileNotFoundError):

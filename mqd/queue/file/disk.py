@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,8 @@ from mqd.queue.file.layout import Layout
 
 __all__ = ["REMOVAL_GATHER", "Disk"]
 
+log = logging.getLogger("mqd.queue")
+
 #: Removals wait this long for others to share their worker-thread hop. Nothing waits for a
 #: removal but its own delivery task (the message is at the relay already), and each hop costs
 #: the event loop a wake-up of a thread and the GIL's hand-overs: a drain of 10,000 messages
@@ -37,6 +40,7 @@ class Disk:
         self.layout = layout
         self.failed = failed
         self._made: set[str] = set()
+        self._syncing: asyncio.Future[None] | None = None
         self._loads: Grouped[tuple[Path, int], bytes] = Grouped(
             lambda items: each(read_body, items)
         )
@@ -98,10 +102,33 @@ class Disk:
                 return [exc] * len(items)
         return results
 
-    async def sync_dirs(self, sources: Sequence[str]) -> None:
-        """Fsync the body directories of ``sources`` (after renames into them)."""
+    async def sync_in_background(self, sources: Sequence[str]) -> None:
+        """Fsync the body directories of ``sources`` (after renames into them) in the
+        background, once the previous batch's fsyncs are done (one batch at a time)."""
+        await self.settle()
+        self._syncing = asyncio.ensure_future(self._sync_dirs(sources))
+
+    async def _sync_dirs(self, sources: Sequence[str]) -> None:
         dirs = [self.layout.source_dir(source) for source in dict.fromkeys(sources)]
-        await asyncio.to_thread(fsync_dirs, dirs)
+        try:
+            await asyncio.to_thread(fsync_dirs, dirs)
+        except OSError as exc:  # the renames stand; the next sync or the journal makes them last
+            log.error(
+                "cannot fsync the queue directory %s (%s): the messages just queued are "
+                "delivered all the same, but until then a crash may lose them",
+                self.layout.messages_dir,
+                exc,
+            )
+
+    async def settle(self) -> None:
+        """Wait for the background fsyncs under way, if any."""
+        syncing, self._syncing = self._syncing, None
+        if syncing is None or syncing.done():
+            return  # (done: also when a loop that ended cancelled it)
+        if syncing.get_loop() is not asyncio.get_running_loop():
+            return  # started on a loop that has ended: nothing of it runs any more
+        # Shielded: a cancelled wait must not cancel it (its thread would run on).
+        await asyncio.shield(syncing)
 
     async def load(self, entry: QueueEntry) -> bytes:
         path = Path(self.layout.body_path(entry.source, entry.id))

@@ -82,7 +82,6 @@ class FileStore(FileAdmin, QueueStore):
         self.kept = BodyCache()
         self._room = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
-        self._syncing: asyncio.Future[None] | None = None
         #: Bounces written, waiting for their bounced entry to note them (by its id).
         self._unsent: dict[str, QueueEntry] = {}
         #: Backlog bodies being read (lease waits for them rather than miss them).
@@ -131,7 +130,7 @@ class FileStore(FileAdmin, QueueStore):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
             self._reader = None
-        await self._settle()
+        await self.disk.settle()
         self.layout.unlock()
 
     def subscribe(self, wake: Callable[[], None]) -> None:
@@ -142,11 +141,15 @@ class FileStore(FileAdmin, QueueStore):
     async def accept(self, batch: Sequence[Incoming]) -> None:
         taken: list[Incoming] = []
         writes: list[Incoming] = []
+        later: list[Incoming] = []
         error: BaseException | None = None
         for item in batch:
             entry_id = item.entry.id
             if entry_id in self.schedule or entry_id in self.backlog:
                 continue  # accepted before (a claim recovered after a crash)
+            if item.entry.send_at is not None:
+                later.append(item)  # its plan is not in its body: it gets a state file
+                continue
             try:
                 if item.file is not None and self.disk.adopt(item.file, item.entry):
                     taken.append(item)
@@ -156,43 +159,28 @@ class FileStore(FileAdmin, QueueStore):
                 break
             writes.append(item)
         adopted = [item.entry.source for item in taken]
-        if writes and error is None:
-            results = await self.disk.write_bodies([(i.entry, i.body) for i in writes])
-            for item, result in zip(writes, results, strict=True):
+        for group, with_state in ((writes, False), (later, True)):
+            if not group or error is not None:
+                continue
+            items = [(i.entry, i.body) for i in group]
+            results = await self.disk.write_bodies(items, with_state=with_state)
+            for item, result in zip(group, results, strict=True):
                 if result is None:
                     taken.append(item)
                 elif error is None:
                     error = result
         for item in taken:
-            self._admit(item.entry, item.body)
+            if item.entry.send_at is None:
+                self._admit(item.entry, item.body)
+            else:  # planned like a deferred entry: neither fresh nor its body kept in memory
+                self.schedule.add(item.entry)
         if adopted:
-            await self._settle()  # one batch's directory fsyncs at a time
-            self._syncing = asyncio.ensure_future(self._sync(adopted))
+            await self.disk.sync_in_background(adopted)
         if error is not None:
             raise AcceptError(
                 f"cannot write the queue directory {self.directory}: {error}",
                 [item.entry.id for item in taken],
             ) from error
-
-    async def _sync(self, sources: list[str]) -> None:
-        try:
-            await self.disk.sync_dirs(sources)
-        except OSError as exc:  # the renames stand; the next sync or the journal makes them last
-            log.error(
-                "cannot fsync the queue directory %s (%s): the messages just queued are "
-                "delivered all the same, but until then a crash may lose them",
-                self.layout.messages_dir,
-                exc,
-            )
-
-    async def _settle(self) -> None:
-        syncing, self._syncing = self._syncing, None
-        if syncing is None or syncing.done():
-            return  # (done: also when a loop that ended cancelled it)
-        if syncing.get_loop() is not asyncio.get_running_loop():
-            return  # started on a loop that has ended: nothing of it runs any more
-        # Shielded: a cancelled wait must not cancel it (its thread would run on).
-        await asyncio.shield(syncing)
 
     def _admit(self, entry: QueueEntry, body: bytes | None) -> None:
         """A message just accepted: scheduled, or, once ``active_limit`` never-attempted ones

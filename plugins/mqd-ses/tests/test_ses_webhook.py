@@ -847,7 +847,7 @@ async def test_a_certificate_server_that_does_not_answer_times_out(
     make_relay: MakeRelay, sns: LocalServer
 ) -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(10)
+        await asyncio.sleep(10)  # sleep-ok: a fake certificate server that never answers
         writer.close()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
