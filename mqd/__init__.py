@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
     from typing import Any
 
     from mqd.config.options import Options, Secret
-    from mqd.config.schema import Config, SpoolConfig
+    from mqd.config.schema import Config, SourceConfig, SpoolConfig
     from mqd.errors import (
         ConfigError,
         MessageParseError,
@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
         QueueLockedError,
         RelayError,
         SpoolError,
+        SubmissionError,
         TransientRelayError,
     )
     from mqd.events import (
@@ -44,6 +45,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
         Queued,
         RecipientEvent,
         Rejected,
+    )
+    from mqd.intake.source import (
+        HandOver,
+        Login,
+        RegisterSource,
+        Source,
+        SourceStatus,
+        Submission,
     )
     from mqd.message.envelope import Envelope, ParsedMessage
     from mqd.message.reply import Outcome, Reply
@@ -70,6 +79,8 @@ _LAZY = {
     "Event": "mqd.events",
     "EventKind": "mqd.events",
     "Failed": "mqd.events",
+    "HandOver": "mqd.intake.source",
+    "Login": "mqd.intake.source",
     "MQDError": "mqd.errors",
     "MessageEvent": "mqd.events",
     "MessageParseError": "mqd.errors",
@@ -89,14 +100,20 @@ _LAZY = {
     "RecipientEvent": "mqd.events",
     "RecipientState": "mqd.queue.entry",
     "RegisterRelay": "mqd.plugins.hookspecs",
+    "RegisterSource": "mqd.intake.source",
     "Rejected": "mqd.events",
     "Relay": "mqd.relays.base",
     "RelayError": "mqd.errors",
     "Reply": "mqd.message.reply",
     "Secret": "mqd.config.options",
+    "Source": "mqd.intake.source",
+    "SourceConfig": "mqd.config.schema",
+    "SourceStatus": "mqd.intake.source",
     "SpoolConfig": "mqd.config.schema",
     "SpoolError": "mqd.errors",
     "Status": "mqd.tracking.vocabulary",
+    "Submission": "mqd.intake.source",
+    "SubmissionError": "mqd.errors",
     "TransientRelayError": "mqd.errors",
     "Webhook": "mqd.plugins.webhooks",
     "WebhookRejected": "mqd.plugins.webhooks",
@@ -120,6 +137,8 @@ __all__ = [
     "Event",
     "EventKind",
     "Failed",
+    "HandOver",
+    "Login",
     "MQDError",
     "MessageEvent",
     "MessageParseError",
@@ -139,14 +158,20 @@ __all__ = [
     "RecipientEvent",
     "RecipientState",
     "RegisterRelay",
+    "RegisterSource",
     "Rejected",
     "Relay",
     "RelayError",
     "Reply",
     "Secret",
+    "Source",
+    "SourceConfig",
+    "SourceStatus",
     "SpoolConfig",
     "SpoolError",
     "Status",
+    "Submission",
+    "SubmissionError",
     "TransientRelayError",
     "Webhook",
     "WebhookRejected",
