@@ -25,6 +25,7 @@ from mqd.admin.render import render_status
 from mqd.admin.status import SourceStatus, Status
 from mqd.config.load import load_config
 from mqd.config.schema import Config
+from mqd.daemon.preflight import check
 from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError
 from mqd.events import Event, Queued
@@ -454,6 +455,19 @@ def test_an_address_other_than_loopback_needs_logins_and_tls(
         Daemon(smtpd_config(listen='["0.0.0.0:0"]'), host=host)
     with pytest.raises(ConfigError, match='"starttls" or "implicit" is required'):
         Daemon(smtpd_config(f'users_file = "{users_file}"', listen='["0.0.0.0:0"]'), host=host)
+
+
+def test_a_misspelt_key_is_named_by_the_daemon_and_config_check(
+    smtpd_config: Callable[..., Config], host: PluginHost
+) -> None:
+    config = smtpd_config("max_recipient = 5")
+    with pytest.raises(
+        ConfigError, match=r"smtpd\[0\]\.max_recipient.*did you mean 'max_recipients'"
+    ):
+        Daemon(config, host=host)
+    assert config.source is not None
+    with pytest.raises(ConfigError, match=r"smtpd\[0\]\.max_recipient"):
+        check(config.source, host)
 
 
 async def test_starttls_then_auth_then_the_logins_own_senders(

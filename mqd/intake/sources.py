@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 
-from mqd.config.schema import Config
-from mqd.errors import ConfigError, PluginError, raise_gathered
-from mqd.intake.source import HandOver, RegisterSource, Source, SourceStatus
+from mqd.config.schema import Config, SourceConfig
+from mqd.errors import ConfigError, ConfigErrors, PluginError, raise_gathered
+from mqd.intake.source import HandOver, Login, RegisterSource, Source, SourceStatus, Submission
 from mqd.plugins.hookspecs import hookimpl
 from mqd.plugins.host import PluginHost
 
-__all__ = ["Sources", "build_sources", "mqd_register_sources"]
+__all__ = ["Sources", "build_sources", "check_sources", "mqd_register_sources"]
 
 log = logging.getLogger("mqd.intake")
 
@@ -28,6 +28,11 @@ def build_sources(config: Config, host: PluginHost, handover: HandOver) -> list[
     problems: list[ConfigError] = []
     sources: list[Source] = []
     for source in config.sources:
+        # The table's own keys are read now, after the config was loaded: their problems
+        # (unknown keys included) are gathered here, not into the finished load's list.
+        gathered: list[ConfigError] = []
+        if source.options is not None:
+            source.options.problems = gathered
         try:
             source_class = host.source_class(source.kind)
             if source_class is None:
@@ -41,8 +46,31 @@ def build_sources(config: Config, host: PluginHost, handover: HandOver) -> list[
             problems.append(ConfigError(str(exc), path=config.source, key=source.name))
         except ConfigError as exc:
             problems.append(exc)
+        problems += [error for error in gathered if error not in problems]
     raise_gathered(problems)
     return sources
+
+
+class _Checking:
+    """The hand-over of sources built only to check their tables (``check_sources``)."""
+
+    def check_sender(self, source: SourceConfig, sender: str, login: Login | None) -> str | None:
+        raise RuntimeError("a source built to check its config hands nothing over")
+
+    async def submit(self, source: SourceConfig, submission: Submission) -> str:
+        raise RuntimeError("a source built to check its config hands nothing over")
+
+
+def check_sources(config: Config, host: PluginHost) -> list[ConfigError]:
+    """The problems of ``config``'s source tables (``mqd config check``, ``mqd run``'s
+    preflight): each built, never started."""
+    try:
+        build_sources(config, host, _Checking())
+    except ConfigErrors as exc:
+        return list(exc.errors)
+    except ConfigError as exc:
+        return [exc]
+    return []
 
 
 class Sources:
