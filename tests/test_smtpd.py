@@ -29,7 +29,8 @@ from mqd.daemon.preflight import check
 from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError
 from mqd.events import Event, Queued
-from mqd.intake.smtpd.users import hash_password, read_users, verify_password
+from mqd.intake.smtpd import users
+from mqd.intake.smtpd.users import Verifier, hash_password, read_users, verify_password
 from mqd.plugins.host import PluginHost
 
 MESSAGE = make_message(sender="app@example.com", to=("alice@example.net",), subject="hello")
@@ -131,6 +132,65 @@ async def test_loopback_submission_is_relayed_with_its_smtp_envelope(
         assert (queued.peer or "").startswith("127.0.0.1:")
         status = mqd.daemon.sources.status()[0]
         assert (status.accepted, status.refused) == (1, 0)
+
+
+async def test_smtputf8_addresses_and_8bit_content_arrive_as_sent(
+    smtpd_config: Callable[..., Config], host: PluginHost, smtp_server: SMTPPeer
+) -> None:
+    config = smtpd_config()
+    async with running(config, host) as mqd, client(mqd.port) as smtp:
+        message = make_message(to=("jürgen@example.net",), body="Grüße, 日本語\n")
+        await smtp.sendmail(
+            "app@example.com", ["jürgen@example.net"], message, mail_options=["SMTPUTF8"]
+        )
+    [received] = await asyncio.to_thread(smtp_server.wait_for, 1)
+    assert received.rcpt_tos == ["jürgen@example.net"]
+    assert "Grüße, 日本語".encode() in received.data
+
+
+async def test_pipelined_commands_are_answered_in_order(
+    smtpd_config: Callable[..., Config], host: PluginHost, smtp_server: SMTPPeer
+) -> None:
+    async with running(smtpd_config(), host) as mqd:
+        reader, writer = await asyncio.open_connection("127.0.0.1", mqd.port)
+        await reader.readline()
+        writer.write(b"EHLO app.test\r\n")
+        while not (await reader.readline()).startswith(b"250 "):
+            pass
+        # One write: MAIL, two RCPTs (one refused) and DATA, as a PIPELINING client sends them.
+        writer.write(
+            b"MAIL FROM:<app@example.com>\r\nRCPT TO:<a@example.net>\r\n"
+            b"RCPT TO:<bad address@example.net>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n"
+        )
+        replies = [await asyncio.wait_for(reader.readline(), 10) for _ in range(5)]
+        assert [r[:3] for r in replies] == [b"250", b"250", b"553", b"250", b"354"]
+        writer.write(re.sub(rb"(?<!\r)\n", b"\r\n", MESSAGE) + b".\r\nQUIT\r\n")
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"250 2.0.0")
+        writer.close()
+    [received] = await asyncio.to_thread(smtp_server.wait_for, 1)
+    assert received.rcpt_tos == ["a@example.net", "b@example.net"]
+
+
+async def test_a_queue_that_cannot_take_the_message_gets_451_and_nothing_is_lost(
+    smtpd_config: Callable[..., Config], host: PluginHost, smtp_server: SMTPPeer
+) -> None:
+    async with running(smtpd_config(), host) as mqd:
+        store = mqd.daemon.store
+        accept = store.accept
+
+        async def full_disk(batch: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+        store.accept = full_disk  # type: ignore[method-assign]
+        async with client(mqd.port) as smtp:
+            with pytest.raises(aiosmtplib.SMTPDataError) as deferred:
+                await smtp.sendmail("app@example.com", ["alice@example.net"], MESSAGE)
+            assert deferred.value.code == 451 and deferred.value.message.startswith("4.3.0 ")
+            assert "No space left on device" in deferred.value.message
+            store.accept = accept  # type: ignore[method-assign]
+            await smtp.sendmail("app@example.com", ["alice@example.net"], MESSAGE)  # the retry
+        await asyncio.to_thread(smtp_server.wait_for, 1)
+        assert mqd.daemon.sources.status()[0].refused == 1
 
 
 async def test_250_only_once_the_message_is_durable(
@@ -531,6 +591,22 @@ async def test_implicit_tls_offers_auth_from_the_start(
             await smtp.sendmail("shop@example.com", ["alice@example.net"], MESSAGE)
         [received] = await asyncio.to_thread(smtp_server.wait_for, 1)
         assert received.mail_from == "shop@example.com"
+
+
+def test_a_login_that_matched_is_not_hashed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    hashed = hash_password("pw")
+    verifier = Verifier()
+    calls: list[str] = []
+    real = users.verify_password
+
+    def counting(password: str, stored: str) -> bool:
+        calls.append(password)
+        return real(password, stored)
+
+    monkeypatch.setattr(users, "verify_password", counting)
+    assert verifier.verify("pw", hashed) and verifier.verify("pw", hashed)
+    assert not verifier.verify("wrong", hashed) and not verifier.verify("wrong", hashed)
+    assert calls == ["pw", "wrong", "wrong"]  # a wrong password costs its full check each time
 
 
 def test_password_hashes_and_the_users_file(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from mqd.config.schema import SourceConfig
 from mqd.errors import SubmissionError
 from mqd.intake.smtpd.settings import Listen, SMTPSettings
-from mqd.intake.smtpd.users import verify_password
+from mqd.intake.smtpd.users import Verifier
 from mqd.intake.source import HandOver, Login, Submission
 from mqd.message.envelope import address_problem
 from mqd.version import __version__
@@ -38,6 +38,8 @@ class Listener(Protocol):
     settings: SMTPSettings
     config: SourceConfig
     handover: HandOver
+    #: Checks the passwords of logins (one per source: it remembers those that matched).
+    verifier: Verifier
     #: DATA hand-overs under way, and set after each one ends.
     handing_over: int
     handed_over: asyncio.Event
@@ -202,7 +204,7 @@ def authenticator(listener: Listener) -> Any:
             name = auth_data.login.decode("utf-8", "replace")
             user = listener.settings.users.get(name)
             password = auth_data.password.decode("utf-8", "replace")
-            if user is not None and verify_password(password, user.hash):
+            if user is not None and listener.verifier.verify(password, user.hash):
                 log.info("smtpd %s: %s logged in from %s", listener.address, name, _peer(session))
                 return AuthResult(success=True, auth_data=user.login)
             log.warning(

@@ -18,6 +18,7 @@ import warnings
 from mqd.config.schema import Config, SourceConfig
 from mqd.intake.smtpd.session import IDENT, Connection, authenticator
 from mqd.intake.smtpd.settings import Listen, SMTPSettings
+from mqd.intake.smtpd.users import Verifier
 from mqd.intake.source import HandOver, Source, SourceStatus
 
 __all__ = ["SMTPListener", "SMTPSource"]
@@ -58,6 +59,7 @@ class SMTPListener:
         self.settings = source.settings
         self.config = source.config
         self.handover = source.handover
+        self.verifier = source.verifier
         self.server: asyncio.Server | None = None
         self.connections: set[Connection] = set()
         #: DATA hand-overs under way, and set after each one ends (``stop`` waits on them).
@@ -70,6 +72,7 @@ class SMTPListener:
         self.settings = source.settings
         self.config = source.config
         self.handover = source.handover
+        self.verifier = source.verifier
 
     def admit(self, connection: Connection) -> bool:
         if self.source.connections >= self.settings.max_connections:
@@ -164,6 +167,7 @@ class SMTPSource(Source):
     def __init__(self, config: SourceConfig, app: Config, handover: HandOver) -> None:
         super().__init__(config, app, handover)
         self.settings = SMTPSettings.read(config, app)
+        self.verifier = Verifier()
         _quiet_aiosmtpd()
         self.listeners = [SMTPListener(self, address) for address in self.settings.listen]
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from mqd.config.senders import validate_sender_pattern
 from mqd.intake.source import Login
 
-__all__ = ["User", "hash_password", "read_users", "verify_password"]
+__all__ = ["User", "Verifier", "hash_password", "read_users", "verify_password"]
 
 #: scrypt's cost: 16 MiB of memory and some 50 ms a check (OWASP's minimum is n=2**17 with
 #: r=8 for interactive logins; an SMTP client logs in once a connection, on the event loop).
@@ -70,6 +70,30 @@ def verify_password(password: str, hashed: str) -> bool:
     except (ValueError, binascii.Error):
         return False
     return hmac.compare_digest(key, expected)
+
+
+class Verifier:
+    """``verify_password`` that remembers the logins that succeeded: an application that opens
+    a connection per message (Django's ``send_mail``) logs in each time, and a scrypt check
+    costs the event loop some 50-100 ms. What it keeps is a keyed hash of each password that
+    matched (the key is random, made per process), never the password; a wrong password is
+    always checked in full."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._key = os.urandom(32)
+        self._size = size
+        self._good: dict[tuple[str, bytes], None] = {}
+
+    def verify(self, password: str, hashed: str) -> bool:
+        token = (hashed, hmac.digest(self._key, password.encode("utf-8"), "sha256"))
+        if token in self._good:
+            return True
+        if not verify_password(password, hashed):
+            return False
+        if len(self._good) >= self._size:
+            del self._good[next(iter(self._good))]
+        self._good[token] = None
+        return True
 
 
 def _parse(hashed: str) -> tuple[str, dict[str, int], bytes, bytes]:
