@@ -147,6 +147,9 @@ class Handover:
                 taken, error = set(exc.accepted), exc
             except (QueueError, OSError) as exc:
                 taken, error = set(), exc
+            except Exception as exc:  # a store's bug: its producers are answered all the same
+                log.exception("the queue store failed to accept a batch")
+                taken, error = set(), exc
             else:
                 taken, error = {w.item.entry.id for w in batch}, None
             # Told before anything else is awaited: delivery may start as soon as this yields.
