@@ -58,7 +58,9 @@ def mqd_register_sources(register: RegisterSource) -> None:
 def mqd_check_policy(
     message: ParsedMessage, spool: SpoolConfig, relay_name: str, config: Config
 ) -> str | None:
-    """Decide whether a message taken from ``spool`` may be relayed.
+    """Decide whether a message taken from ``spool`` may be relayed. For a message a source
+    hands over (``[[smtpd]]``), ``spool`` is that source's ``SourceConfig`` (a ``SpoolConfig``),
+    and the hook is asked first with the envelope sender alone (no recipients, no headers).
 
     Return a reason to refuse it, or None to have no objection. The first refusal wins (the
     rest are not asked), so a plugin can add restrictions but never lift the core's allow-list.
