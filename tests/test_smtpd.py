@@ -547,7 +547,7 @@ async def test_starttls_then_auth_then_the_logins_own_senders(
             assert "starttls" in smtp.esmtp_extensions and "auth" not in smtp.esmtp_extensions
             with pytest.raises(aiosmtplib.SMTPSenderRefused) as plaintext:
                 await smtp.mail("app@example.com")  # nothing before STARTTLS
-            assert plaintext.value.code == 530
+            assert plaintext.value.code == 530 and plaintext.value.message.startswith("5.7.0")
             await smtp.starttls()
             await smtp.ehlo()
             assert {"plain", "login"} <= set(smtp.server_auth_methods)
@@ -567,6 +567,22 @@ async def test_starttls_then_auth_then_the_logins_own_senders(
         assert received.mail_from == "billing@example.com"
         [queued] = [e for e in mqd.events if isinstance(e, Queued)]
         assert (queued.source, queued.login) == ("smtpd[0]", "billing")
+
+
+async def test_on_loopback_a_login_is_optional_and_brings_its_own_senders(
+    smtpd_config: Callable[..., Config], host: PluginHost, users_file: Path
+) -> None:
+    async with running(smtpd_config(f'users_file = "{users_file}"'), host) as mqd:
+        async with client(mqd.port) as anonymous:  # no login needed on loopback
+            await anonymous.sendmail("shop@example.com", ["alice@example.net"], MESSAGE)
+        async with client(mqd.port) as smtp:
+            await smtp.ehlo()
+            assert "plain" in smtp.server_auth_methods  # no network crossed: no TLS needed
+            await smtp.login("billing", "billing-secret")
+            with pytest.raises(aiosmtplib.SMTPSenderRefused):
+                await smtp.mail("shop@example.com")
+        [queued] = [e for e in mqd.events if isinstance(e, Queued)]  # the anonymous one
+        assert queued.login is None
 
 
 async def test_implicit_tls_offers_auth_from_the_start(

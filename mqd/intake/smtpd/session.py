@@ -102,6 +102,8 @@ class Connection(SMTP):
         if text.startswith("552 Error"):  # SIZE too big at MAIL, or too much data
             self.listener.refused()
             text = f"552 5.3.4 Message too big: at most {limit} bytes are taken"
+        elif text.startswith("530 Must issue a STARTTLS"):
+            text = "530 5.7.0 Must issue a STARTTLS command first"
         elif text.startswith("500 Line too long"):
             self.listener.refused()
             text = (
@@ -128,7 +130,7 @@ class Handler:
         session.host_name = hostname
         # aiosmtpd reads each command in turn after the last: it takes pipelined commands.
         responses.insert(-1, "250-PIPELINING")
-        responses.insert(-1, "250-ENHANCEDSTATUSCODES")
+        # Not ENHANCEDSTATUSCODES: mqd's own answers carry one, some of aiosmtpd's do not.
         return responses
 
     async def handle_MAIL(
