@@ -18,11 +18,13 @@ from typing import Any
 import aiosmtplib
 import pytest
 import trustme
+from click.testing import CliRunner
 from corehelpers import make_message
 from smtpserver import SMTPPeer
 
 from mqd.admin.render import render_status
 from mqd.admin.status import SourceStatus, Status
+from mqd.cli.main import cli
 from mqd.config.load import load_config
 from mqd.config.schema import Config
 from mqd.daemon.preflight import check
@@ -347,6 +349,27 @@ async def test_smuggling_sequences_cannot_split_a_message(
     [received] = await asyncio.to_thread(smtp_server.wait_for, 1)
     assert b"smuggled" not in received.data
     assert received.rcpt_tos == ["a@example.net"]
+
+
+async def test_an_address_in_use_is_a_config_error_naming_listen(
+    smtpd_config: Callable[..., Config], host: PluginHost
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        daemon = Daemon(smtpd_config(listen=f'["127.0.0.1:{port}"]'), host=host)
+        with pytest.raises(ConfigError, match="the port is in use") as refused:
+            await asyncio.wait_for(daemon.run(), 15)
+    assert refused.value.key == "smtpd[0].listen"
+
+
+def test_mqd_smtpd_passwd_prints_a_users_file_line() -> None:
+    result = CliRunner().invoke(cli, ["smtpd", "passwd", "billing"], input="s3cret\n")
+    assert result.exit_code == 0, result.output
+    name, hashed = result.output.strip().split(":", 1)
+    assert name == "billing" and verify_password("s3cret", hashed)
+    assert CliRunner().invoke(cli, ["smtpd", "passwd", "a:b"], input="x\n").exit_code == 2
 
 
 async def test_one_connection_more_than_max_connections_gets_421(

@@ -96,7 +96,8 @@ class Source(abc.ABC):
 
     @abc.abstractmethod
     async def start(self) -> None:
-        """Start receiving (bind the listeners). Raises OSError when it cannot."""
+        """Start receiving (bind the listeners). Raises ConfigError naming the key when it
+        cannot (an address in use)."""
 
     @abc.abstractmethod
     async def stop(self) -> None:

@@ -82,7 +82,8 @@ class Sources:
         self.started = False
 
     async def start(self) -> None:
-        """Start each source; OSError (an address in use) when one cannot, the others stopped."""
+        """Start each source; ConfigError (an address in use) when one cannot, the others
+        stopped."""
         started: list[Source] = []
         try:
             for source in self.sources:
@@ -125,7 +126,7 @@ class Sources:
         for source in to_start:
             try:
                 await source.start()
-            except OSError as exc:
+            except (ConfigError, OSError) as exc:
                 log.error("the source %s cannot start: %s", source.config.name, exc)
 
     def status(self) -> list[SourceStatus]:

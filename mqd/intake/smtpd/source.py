@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 import warnings
 
 from mqd.config.schema import Config, SourceConfig
+from mqd.errors import ConfigError
 from mqd.intake.smtpd.session import IDENT, Connection, authenticator
 from mqd.intake.smtpd.settings import Listen, SMTPSettings
 from mqd.intake.smtpd.users import Verifier
@@ -123,11 +126,19 @@ class SMTPListener:
         )
 
     async def start(self) -> None:
+        """Listen; ConfigError naming the ``listen`` key when the address cannot be had."""
         loop = asyncio.get_running_loop()
         ssl = self.settings.tls_context if self.settings.tls == "implicit" else None
-        self.server = await loop.create_server(
-            self._connection, self.address.host, self.address.port, ssl=ssl
-        )
+        try:
+            self.server = await loop.create_server(
+                self._connection, self.address.host, self.address.port, ssl=ssl
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {self.address}: {_why(exc, self.address.port)}",
+                path=self.source.app.source,
+                key=f"{self.config.name}.listen",
+            ) from exc
 
     @property
     def bound(self) -> list[str]:
@@ -161,6 +172,19 @@ class SMTPListener:
             self.server = None
 
 
+def _why(exc: OSError, port: int) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "the port is in use (another mail server, such as Postfix, listening there?)"
+    if exc.errno == errno.EACCES and port < 1024:
+        return (
+            "permission denied: a port below 1024 needs root or CAP_NET_BIND_SERVICE "
+            "(AmbientCapabilities= in the systemd unit), or listen on e.g. 2525"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+        return f"not an address of this machine ({exc.strerror or exc})"
+    return exc.strerror or str(exc)
+
+
 class SMTPSource(Source):
     """An ``[[smtpd]]`` table: one listener per ``listen`` address."""
 
@@ -179,7 +203,7 @@ class SMTPSource(Source):
         try:
             for listener in self.listeners:
                 await listener.start()
-        except OSError:
+        except ConfigError:
             await self.stop()
             raise
         for listener in self.listeners:
