@@ -189,10 +189,13 @@ async def test_a_queue_that_cannot_take_the_message_gets_451_and_nothing_is_lost
                 await smtp.sendmail("app@example.com", ["alice@example.net"], MESSAGE)
             assert deferred.value.code == 451 and deferred.value.message.startswith("4.3.0 ")
             assert "No space left on device" in deferred.value.message
+            [fault] = (await mqd.daemon.admin.status()).faults  # said once, shown by mqd status
+            assert fault.what == "queueing from the sources"
             store.accept = accept  # type: ignore[method-assign]
             await smtp.sendmail("app@example.com", ["alice@example.net"], MESSAGE)  # the retry
         await asyncio.to_thread(smtp_server.wait_for, 1)
         assert mqd.daemon.sources.status()[0].refused == 1
+        assert (await mqd.daemon.admin.status()).faults == []  # cleared by the retry
 
 
 async def test_250_only_once_the_message_is_durable(

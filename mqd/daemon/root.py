@@ -140,6 +140,7 @@ class Daemon:
             intake.fault,
             intake.claiming,
             intake.refusing,
+            self.handover.fault,
             self.scheduler.fault,
             *self.servers.faults,
         ]

@@ -25,6 +25,7 @@ from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import Config, SourceConfig
 from mqd.errors import MessageParseError, QueueError, SubmissionError
 from mqd.events import EventSink, Queued
+from mqd.faults import Fault
 from mqd.intake.entries import make_entry
 from mqd.intake.routing import route_for
 from mqd.intake.source import Login, Submission
@@ -72,6 +73,9 @@ class Handover:
         self._waiting: list[_Waiting] = []
         self._writer: asyncio.Task[None] | None = None
         self._new_id = message_id_maker(64)
+        #: Set while the store cannot take hand-overs (each is answered "try again later"):
+        #: said once, shown by ``mqd status``.
+        self.fault = Fault("queueing from the sources", log, clock=clock, verb="is failing")
 
     # -- the policy -----------------------------------------------------------------------------
 
@@ -152,13 +156,16 @@ class Handover:
                 taken, error = set(), exc
             else:
                 taken, error = {w.item.entry.id for w in batch}, None
+            if error is None:
+                self.fault.cleared()
+            else:
+                self.fault.failed(f"the queue cannot take messages: {error}")
             # Told before anything else is awaited: delivery may start as soon as this yields.
             for waiting in batch:
                 if waiting.item.entry.id in taken:
                     self._queued(waiting)
                     waiting.done.set_result(None)
                 else:
-                    log.error("the queue cannot take a message from %s: %s", waiting.source, error)
                     waiting.done.set_exception(
                         SubmissionError(
                             f"the queue cannot take messages now: {error}",
