@@ -34,6 +34,7 @@ from mqd.events import Event, Queued
 from mqd.intake.smtpd import users
 from mqd.intake.smtpd.users import Verifier, hash_password, read_users, verify_password
 from mqd.plugins.host import PluginHost
+from mqd.tracking.tracker import records_for
 
 MESSAGE = make_message(sender="app@example.com", to=("alice@example.net",), subject="hello")
 
@@ -132,6 +133,8 @@ async def test_loopback_submission_is_relayed_with_its_smtp_envelope(
         assert queued.message_id == queue_id
         assert queued.source == "smtpd[0]" and queued.login is None
         assert (queued.peer or "").startswith("127.0.0.1:")
+        [record] = records_for(queued)  # the timeline's queued event names its source
+        assert record.detail["source"] == "smtpd[0]" and "login" not in record.detail
         status = mqd.daemon.sources.status()[0]
         assert (status.accepted, status.refused) == (1, 0)
 
@@ -593,6 +596,8 @@ async def test_starttls_then_auth_then_the_logins_own_senders(
         assert received.mail_from == "billing@example.com"
         [queued] = [e for e in mqd.events if isinstance(e, Queued)]
         assert (queued.source, queued.login) == ("smtpd[0]", "billing")
+        [record] = records_for(queued)
+        assert (record.detail["source"], record.detail["login"]) == ("smtpd[0]", "billing")
 
 
 async def test_on_loopback_a_login_is_optional_and_brings_its_own_senders(
