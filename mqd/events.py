@@ -193,9 +193,17 @@ class MessageEvent(Event):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Queued(MessageEvent):
-    """The message is durable in the queue (once per message, after its ``Claimed``)."""
+    """The message is durable in the queue (once per message: after its ``Claimed`` when it came
+    from a spool; a source that hands messages over in memory names itself in ``source``)."""
 
     kind: ClassVar[EventKind] = EventKind.QUEUED
+    #: The source that handed it over (``"smtpd[0]"``); None for a spool (its ``Claimed`` names
+    #: it).
+    source: str | None = None
+    #: The login the producer authenticated as (SMTP AUTH); None without one.
+    login: str | None = None
+    #: Who handed it over, as the source knows it (an SMTP client's ``"127.0.0.1:51234"``).
+    peer: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -253,6 +253,15 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
         quota = relay.get("quota")
         if quota:
             lines.append(f"      quota: {_quota(quota)}")
+    sources: Sequence[Mapping[str, Any]] = status.get("sources") or []
+    if sources:
+        lines.append("sources")
+    for source in sources:
+        listening = ", ".join(source.get("listening") or []) or "not listening"
+        lines.append(
+            f"  {source['name']}: {listening}; {source.get('connections', 0)} connected, "
+            f"{source.get('accepted', 0)} accepted, {source.get('refused', 0)} refused"
+        )
     accounts: Mapping[str, Mapping[str, Any]] = status.get("accounts") or {}
     if accounts:
         lines.append("accounts")

@@ -29,6 +29,7 @@ __all__ = [
     "RetryPolicy",
     "RouteConfig",
     "SendmailConfig",
+    "SourceConfig",
     "SpoolConfig",
     "TracingConfig",
     "TrackingConfig",
@@ -173,6 +174,26 @@ class SpoolConfig:
         """A short stable name for this spool, used for its directory inside the queue."""
         resolved = os.path.abspath(self.path)
         return hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class SourceConfig(SpoolConfig):
+    """An intake source that is not a spool (``[[smtpd]]``, ``[[source]]``), shaped like one so
+    that the sender policy and routes take it as one (``path``: its name, ``smtpd[0]``); its own
+    keys stay in ``options``, read by the class registered as its ``kind``."""
+
+    kind: str = ""
+    options: Options | None = field(default=None, compare=False, repr=False)
+    #: The table it came from (``kind``'s own, or ``source``).
+    table: str = ""
+
+    @property
+    def name(self) -> str:  # ``smtpd[0]``: in problems, status and events
+        return f"{self.table or self.kind}[{self.index}]"
+
+    @functools.cached_property
+    def key(self) -> str:  # ``smtpd.0``: its directory in the queue (a spool's: a hash of its path)
+        return f"{self.table or self.kind}.{self.index}"
 
 
 @dataclass(frozen=True)
@@ -350,16 +371,17 @@ class Config:
     tracing: TracingConfig = field(default_factory=TracingConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    sources: tuple[SourceConfig, ...] = ()  # [[smtpd]], [[source]]: the other intake sources
     #: ``[[account]]``: senders grouped under a name with sending limits (``mqd.config.accounts``).
     accounts: tuple[AccountConfig, ...] = ()
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
 
     def for_worker(self, worker: int) -> Config:
         """The config of worker ``worker`` of ``queue.workers``: its own queue directory, its own
-        [metrics] endpoint (on the next port: ``port + worker - 1``), and [http] and [notify]
-        only in the first. Every worker shares the spools, the failed folder and the event
-        store, and keeps to its share of each relay's quota (``QuotaConfig.divided``, applied
-        where the quotas are counted)."""
+        [metrics] endpoint (on the next port: ``port + worker - 1``), and [http], [notify] and
+        the sources that listen ([[smtpd]]) only in the first. Every worker shares the spools,
+        the failed folder and the event store, and keeps to its share of each relay's quota
+        (``QuotaConfig.divided``, applied where the quotas are counted)."""
         queue = replace(self.queue, worker=worker)
         if worker == 1:
             return replace(self, queue=queue)
@@ -369,6 +391,7 @@ class Config:
             queue=queue,
             metrics=replace(self.metrics, port=port),
             http=replace(self.http, enabled=False),
+            sources=(),
             notify=replace(self.notify, url=None),
         )
 
