@@ -163,7 +163,8 @@ def test_every_config_key_is_documented(config_tables: dict[str, set[str]]) -> N
         expected[f'`plugin = "{name.removeprefix(RELAY_PREFIX)}"`'] = keys - common
     for name, keys in config_tables.items():
         if name and not name.startswith(RELAY_PREFIX):
-            heading = f"`[[{name}]]`" if name in ("spool", "route", "smtpd", "submit") else f"`[{name}]`"
+            arrays = ("spool", "route", "smtpd", "submit")
+            heading = f"`[[{name}]]`" if name in arrays else f"`[{name}]`"
             subtables = {k for k in keys if f"{name}.{k}" in config_tables}
             expected[heading] = keys - subtables
 

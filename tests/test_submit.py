@@ -17,12 +17,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from openapi_schema_validator import OAS31Validator
+from openapi_schema_validator import validate as validate_schema
 
 from mqd.admin.render import render_status
 from mqd.config.load import load_config
 from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError, ConfigErrors
+from mqd.http.openapi import openapi
 from mqd.intake.sources import check_sources
 from mqd.plugins.host import PluginHost
 from mqd.queue.store import EntryState
@@ -461,3 +464,52 @@ def test_submit_needs_the_http_server(
     config = load_config(write_config(text))
     with pytest.raises((ConfigError, ConfigErrors), match=r"\[http\] enabled = true"):
         Daemon(config, host=PluginHost(entry_points=False))
+
+
+def conforms(instance: Any, schema: str) -> None:
+    spec = openapi()
+    root = {"$ref": f"#/components/schemas/{schema}", "components": spec["components"]}
+    validate_schema(instance, root, cls=OAS31Validator)
+
+
+async def test_the_openapi_document_describes_the_request_and_the_answers(
+    config: Config, host: PluginHost
+) -> None:
+    operation = openapi()["paths"]["/api/v1/messages"]["post"]
+    assert operation["security"] == [{"submit": []}]
+    assert {"202", "400", "401", "403", "413", "422"} <= set(operation["responses"])
+    conforms(JSON_MESSAGE, "JsonMessage")
+    schema = openapi()["components"]["schemas"]["JsonMessage"]
+    assert schema["required"] == ["from"] and "from_" not in schema["properties"]
+    async with running(config, host) as mqd:
+        async with mqd.http.get("/api/v1/openapi.json") as r:
+            assert (await r.json())["paths"]["/api/v1/messages"]["post"] == operation
+        status, _, answer = await mqd.post(JSON_MESSAGE)
+        assert status == 202
+        conforms(answer, "Submitted")
+        status, _, problem = await mqd.post({**JSON_MESSAGE, "from": "evil@example.net"})
+        assert status == 403
+        conforms(problem, "Problem")
+
+
+async def test_a_reload_keeps_the_keys_of_a_token_and_applies_a_new_token(
+    make_config: Callable[..., Config], host: PluginHost
+) -> None:
+    config = make_config()
+    assert config.source is not None
+    key = {"Idempotency-Key": "k-1"}
+    async with running(config, host) as mqd:
+        status, _, first = await mqd.post(JSON_MESSAGE, headers=key)
+        assert status == 202
+        await mqd.daemon.reload()
+        status, headers, again = await mqd.post(JSON_MESSAGE, headers=key)
+        assert status == 202 and again == first and headers["Idempotent-Replayed"] == "true"
+        assert mqd.daemon.source_status()[0].accepted == 1
+        text = config.source.read_text().replace(SUBMIT_TOKEN, "a-new-submit-token-0123456789")
+        config.source.write_text(text)
+        await mqd.daemon.reload()
+        status, _, _ = await mqd.post(JSON_MESSAGE)
+        assert status == 401
+        new = {"Authorization": "Bearer a-new-submit-token-0123456789"}
+        status, _, answer = await mqd.post(JSON_MESSAGE, headers={**new, **key})
+        assert status == 202 and answer["id"] != first["id"], "keys are per token"

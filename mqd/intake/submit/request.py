@@ -242,6 +242,8 @@ def compose_json(message: JsonMessage, hostname: str) -> tuple[str, tuple[str, .
             raise unusable(f"headers: {name} is not set through headers: use the JSON's fields")
         msg[name] = _no_newline(value, f"headers.{name}")
     if message.send_at is not None:
+        if "x-mqd-send-at" in headers:
+            raise unusable("give send_at or an X-Mqd-Send-At header, not both")
         msg["X-Mqd-Send-At"] = _no_newline(message.send_at, "send_at")
     _set_body(msg, message)
     for index, attachment in enumerate(message.attachments):
