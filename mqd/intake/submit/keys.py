@@ -2,10 +2,11 @@
 
 A key's record (the queue id and the Message-ID its first request was answered with, and a
 fingerprint of that request) is kept in the queue store's small state, under
-``submit-keys.<scope>`` (``scope``: a hash of the token, never the token), so it survives a
-restart. Records made together are saved together: while one save is written, the next ones
-gather (one blob rewrite, one fsync, for a burst of requests). Expired records are dropped on
-each save.
+``submit-keys.<scope>.<0-f>`` (``scope``: a hash of the token, never the token; the last
+part: a hash of the key, sixteen blobs so that a save rewrites a sixteenth of the records), so it
+survives a restart. Records made together are saved together: while one save of a blob is
+written, the next ones gather (one rewrite, one fsync, for a burst of requests). Expired
+records are dropped on each save; at most ``MAX_KEYS`` are kept a token.
 
 Requests with the same key take turns (``hold``): the second waits for the first's answer and
 then gets it, so two concurrent requests never both queue. The record is written once the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -25,12 +27,18 @@ from dataclasses import astuple, dataclass
 from mqd.clock import Clock
 from mqd.intake.source import HandOver
 
-__all__ = ["MAX_KEY_LENGTH", "IdempotencyKeys", "Record"]
+__all__ = ["MAX_KEYS", "MAX_KEY_LENGTH", "SHARDS", "IdempotencyKeys", "Record"]
 
 log = logging.getLogger("mqd.intake")
 
 #: The longest key taken (characters); a UUID is 36.
 MAX_KEY_LENGTH = 255
+#: The records of a token are kept in this many blobs (by a hash of the key), so that a save
+#: rewrites a sixteenth of them.
+SHARDS = 16
+#: The most keys remembered a token (about 100 bytes each); beyond it the oldest are forgotten
+#: early, and the log says so.
+MAX_KEYS = 200_000
 
 
 @dataclass(frozen=True)
@@ -45,34 +53,45 @@ class Record:
     message_id: str
 
 
+class _Shard:
+    """The records of one blob, and its saving: records made together are saved together."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.records: dict[str, Record] = {}
+        self.version = 0
+        self.durable = 0
+        self.writing: asyncio.Future[None] | None = None
+
+
 class IdempotencyKeys:
     def __init__(self, handover: HandOver, scope: str, keep_for: float, clock: Clock) -> None:
         self.handover = handover
-        self.name = f"submit-keys.{scope}"
         self.keep_for = keep_for
         self.clock = clock
-        self._records: dict[str, Record] = {}
+        self._shards = [_Shard(f"submit-keys.{scope}.{n:x}") for n in range(SHARDS)]
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-        self._version = 0
-        self._durable = 0
-        self._writing: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
-        return len(self._records)
+        return sum(len(shard.records) for shard in self._shards)
+
+    def _shard(self, key: str) -> _Shard:
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+        return self._shards[digest[0] % SHARDS]
 
     async def load(self) -> None:
         """Read the records kept (those not expired); a damaged blob is said and ignored."""
-        raw = await self.handover.load_state(self.name)
-        if raw is None:
-            return
+        blobs = await asyncio.gather(*(self.handover.load_state(s.name) for s in self._shards))
         now = self.clock.time()
-        try:
-            data = json.loads(raw)
-            records = {key: Record(*values) for key, values in data.items()}
-        except (ValueError, TypeError, AttributeError) as exc:
-            log.warning("the submit API's idempotency keys (%s) cannot be read: %s", self.name, exc)
-            return
-        self._records = {k: r for k, r in records.items() if r.expires > now}
+        for shard, raw in zip(self._shards, blobs, strict=True):
+            if raw is None:
+                continue
+            try:
+                records = {key: Record(*values) for key, values in json.loads(raw).items()}
+            except (ValueError, TypeError, AttributeError) as exc:
+                log.warning("the idempotency keys %s cannot be read: %s", shard.name, exc)
+                continue
+            shard.records = {k: r for k, r in records.items() if r.expires > now}
 
     @contextlib.asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[None]:
@@ -90,29 +109,37 @@ class IdempotencyKeys:
                 self._locks[key] = (lock, users - 1)
 
     def get(self, key: str) -> Record | None:
-        record = self._records.get(key)
+        record = self._shard(key).records.get(key)
         if record is None or record.expires <= self.clock.time():
             return None
         return record
 
     async def put(self, key: str, fingerprint: str, queue_id: str, message_id: str) -> None:
         """Remember the answer; returns once it is durable (raises what the store raised)."""
+        shard = self._shard(key)
         expires = self.clock.time() + self.keep_for
-        self._records[key] = Record(expires, fingerprint, queue_id, message_id)
-        self._version += 1
-        version = self._version
-        while self._durable < version:
-            if self._writing is None or self._writing.done():
-                self._writing = asyncio.ensure_future(self._write())
-            await asyncio.shield(self._writing)
+        shard.records[key] = Record(expires, fingerprint, queue_id, message_id)
+        shard.version += 1
+        version = shard.version
+        while shard.durable < version:
+            if shard.writing is None or shard.writing.done():
+                shard.writing = asyncio.ensure_future(self._write(shard))
+            await asyncio.shield(shard.writing)
 
-    async def _write(self) -> None:
+    async def _write(self, shard: _Shard) -> None:
         await asyncio.sleep(0)  # the records of this turn of the loop join this save
-        version = self._version
+        version = shard.version
         now = self.clock.time()
-        self._records = {k: r for k, r in self._records.items() if r.expires > now}
-        data = json.dumps(
-            {k: astuple(r) for k, r in self._records.items()}, separators=(",", ":")
-        ).encode()
-        await self.handover.save_state(self.name, data)
-        self._durable = max(self._durable, version)
+        records = {k: r for k, r in shard.records.items() if r.expires > now}
+        if len(records) > MAX_KEYS // SHARDS:  # the oldest go first
+            kept = sorted(records.items(), key=lambda item: item[1].expires)
+            records = dict(kept[len(kept) - MAX_KEYS // SHARDS :])
+            log.warning(
+                "the submit API remembers at most %d idempotency keys a token: the oldest are "
+                "forgotten before idempotency_for",
+                MAX_KEYS,
+            )
+        shard.records = records
+        data = json.dumps({k: astuple(r) for k, r in records.items()}, separators=(",", ":"))
+        await self.handover.save_state(shard.name, data.encode())
+        shard.durable = max(shard.durable, version)
