@@ -84,7 +84,7 @@ class SubmitSource(Source):
         await self.keys.load()
         self.running = True
         log.info(
-            "submit %s at %s -> relay %s (%d idempotency key(s) remembered)",
+            "%s: %s -> relay %s (%d idempotency key(s) remembered)",
             self.config.name,
             ENDPOINT,
             self.config.relay,
