@@ -157,7 +157,8 @@ def _describe(annotation: Any) -> str:
     if annotation is str:
         return "a string"
     if origin is list:
-        return f"a list of {_describe(typing.get_args(annotation)[0]).removeprefix('a ')}s"
+        item = _describe(typing.get_args(annotation)[0])
+        return f"a list of {item.removeprefix('a ').removeprefix('an ')}s"
     return "an object"
 
 
