@@ -10,10 +10,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mqd.config.options import Options
-from mqd.config.schema import SOURCE_KINDS, RelayConfig, SourceConfig
+from mqd.config.schema import RelayConfig, SourceConfig
 from mqd.config.sections import relay_chain, sender_patterns
 
-__all__ = ["GENERIC", "parse_sources"]
+__all__ = ["GENERIC", "SOURCE_KINDS", "parse_sources"]
+
+#: The built-in sources' own tables (``[[smtpd]]``, ``[[submit]]``), each named after its kind.
+SOURCE_KINDS = ("smtpd", "submit")
 
 #: The table of a plugin's source: ``[[source]]`` with ``kind = "<the registered name>"``.
 GENERIC = "source"
