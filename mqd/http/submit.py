@@ -96,7 +96,7 @@ class SubmitRoutes:
                     "mqd is starting, stopping, or runs with --once: try again shortly",
                     {"Retry-After": "5"},
                 )
-            log.info("submit: refused a request without a submit token from %s", request.remote)
+            log.debug("submit: refused a request without a submit token from %s", request.remote)
             return self._unauthorized(given)
         max_body = self.site.config.http.max_body
         if request.content_length is not None and request.content_length > max_body:
