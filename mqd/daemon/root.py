@@ -35,7 +35,7 @@ from mqd.events import Event, EventKind
 from mqd.faults import Fault
 from mqd.intake.handover import Handover
 from mqd.intake.pipeline import Intake
-from mqd.intake.source import SourceStatus
+from mqd.intake.source import Source, SourceStatus
 from mqd.intake.sources import Sources, build_sources
 from mqd.intake.spools import SpoolIntake
 from mqd.plugins.host import PluginHost
@@ -162,6 +162,10 @@ class Daemon:
     def source_status(self) -> list[SourceStatus]:
         """The running sources other than the spools ([[smtpd]]): addresses and counts."""
         return self.sources.status()
+
+    def intake_sources(self) -> list[Source]:
+        """The running sources other than the spools (the HTTP server serves [[submit]]'s)."""
+        return self.sources.sources if self.sources.started else []
 
     @property
     def in_flight(self) -> set[str]:

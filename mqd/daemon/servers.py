@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from mqd.delivery.guards import Guards
     from mqd.http.metrics import Metrics, MetricsServer
     from mqd.http.server import HttpServer
-    from mqd.intake.source import SourceStatus
+    from mqd.intake.source import Source, SourceStatus
     from mqd.queue.store import QueueStore
     from mqd.relays.base import Relay
     from mqd.tracing.spans import Tracing
@@ -51,6 +51,7 @@ class Served(Protocol):
     @property
     def started_at(self) -> float: ...
     def source_status(self) -> Sequence[SourceStatus]: ...
+    def intake_sources(self) -> Sequence[Source]: ...
 
 
 class Servers:

@@ -107,6 +107,14 @@ class Handover:
         )
         return self.host.check_policy(message, as_login, route[0], self.config)
 
+    # -- a source's small state -----------------------------------------------------------------
+
+    async def load_state(self, name: str) -> bytes | None:
+        return await self.store.load_state(name)
+
+    async def save_state(self, name: str, data: bytes) -> None:
+        await self.store.save_state(name, data)
+
     # -- the hand-over --------------------------------------------------------------------------
 
     async def submit(self, source: SourceConfig, submission: Submission) -> str:

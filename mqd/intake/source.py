@@ -67,6 +67,16 @@ class HandOver(Protocol):
         cannot take it now)."""
         ...
 
+    async def load_state(self, name: str) -> bytes | None:
+        """A small blob the source saved with ``save_state`` under ``name``, or None: kept by
+        the queue store with its other small state (the HTTP submit API's idempotency keys)."""
+        ...
+
+    async def save_state(self, name: str, data: bytes) -> None:
+        """Keep ``data`` under ``name``, durably (the last write wins); ``name`` starts with
+        the source's kind (``submit-keys.<...>``)."""
+        ...
+
 
 @dataclass(frozen=True)
 class SourceStatus:

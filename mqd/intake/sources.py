@@ -20,6 +20,8 @@ log = logging.getLogger("mqd.intake")
 def mqd_register_sources(register: RegisterSource) -> None:
     # By path: aiosmtpd is imported only by a daemon whose config has an [[smtpd]] table.
     register("smtpd", "mqd.intake.smtpd.source:SMTPSource")
+    # Served by the [http] server (mqd.http.submit), which asks the daemon for these sources.
+    register("submit", "mqd.intake.submit.source:SubmitSource")
 
 
 def build_sources(config: Config, host: PluginHost, handover: HandOver) -> list[Source]:
@@ -59,6 +61,12 @@ class _Checking:
 
     async def submit(self, source: SourceConfig, submission: Submission) -> str:
         raise RuntimeError("a source built to check its config hands nothing over")
+
+    async def load_state(self, name: str) -> bytes | None:
+        raise RuntimeError("a source built to check its config keeps no state")
+
+    async def save_state(self, name: str, data: bytes) -> None:
+        raise RuntimeError("a source built to check its config keeps no state")
 
 
 def check_sources(config: Config, host: PluginHost) -> list[ConfigError]:
