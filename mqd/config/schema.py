@@ -158,7 +158,7 @@ class SpoolConfig:
 #: The top-level tables that configure intake sources other than the spools, each an array
 #: of tables (``[[smtpd]]``); the kind names the source class a plugin registered
 #: (``mqd_register_sources``).
-SOURCE_KINDS = ("smtpd",)
+SOURCE_KINDS = ("smtpd", "mailbox")
 
 
 @dataclass(frozen=True)

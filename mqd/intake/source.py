@@ -64,6 +64,21 @@ class HandOver(Protocol):
         cannot take it now)."""
         ...
 
+    def rejected(
+        self,
+        source: SourceConfig,
+        *,
+        stage: str,
+        reason: str,
+        name: str,
+        sender: str | None,
+        recipients: tuple[str, ...],
+    ) -> str:
+        """Record a message ``source`` refused on its own and keeps no copy of (a broker's
+        delivery it dead-lettered: ``name`` is its id there): the ``rejected`` event of the
+        timeline. Returns the queue id the event was given."""
+        ...
+
 
 @dataclass(frozen=True)
 class SourceStatus:
@@ -73,7 +88,8 @@ class SourceStatus:
     #: ``smtpd[0]``.
     name: str
     kind: str
-    #: Where it listens (``"127.0.0.1:25"``); empty for a source that does not listen.
+    #: Where it listens (``"127.0.0.1:25"``) or consumes from (``"amqp://host:5672/ queue
+    #: mail"``).
     listening: tuple[str, ...]
     #: Producers connected right now.
     connections: int
@@ -81,6 +97,10 @@ class SourceStatus:
     #: it started.
     accepted: int
     refused: int
+    #: A source that consumes from a broker ([[mailbox]]): whether it is connected now, and
+    #: why not (None for a source that listens).
+    connected: bool | None = None
+    last_error: str | None = None
 
 
 class Source(abc.ABC):

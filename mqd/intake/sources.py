@@ -20,6 +20,8 @@ log = logging.getLogger("mqd.intake")
 def mqd_register_sources(register: RegisterSource) -> None:
     # By path: aiosmtpd is imported only by a daemon whose config has an [[smtpd]] table.
     register("smtpd", "mqd.intake.smtpd.source:SMTPSource")
+    # aio-pika likewise, only with a [[mailbox]] table.
+    register("mailbox", "mqd.intake.mailbox.source:MailboxSource")
 
 
 def build_sources(config: Config, host: PluginHost, handover: HandOver) -> list[Source]:
@@ -58,6 +60,18 @@ class _Checking:
         raise RuntimeError("a source built to check its config hands nothing over")
 
     async def submit(self, source: SourceConfig, submission: Submission) -> str:
+        raise RuntimeError("a source built to check its config hands nothing over")
+
+    def rejected(
+        self,
+        source: SourceConfig,
+        *,
+        stage: str,
+        reason: str,
+        name: str,
+        sender: str | None,
+        recipients: tuple[str, ...],
+    ) -> str:
         raise RuntimeError("a source built to check its config hands nothing over")
 
 

@@ -1,0 +1,412 @@
+"""The RabbitMQ mailbox ([[mailbox]]) against the real broker on 127.0.0.1:5672 (guest/guest):
+each test declares its own quorum queue with a dead-letter exchange and queue (uuid names) and
+deletes them; the daemon runs in this process and relays to the memory relay.
+
+Under CI=true these never skip (.ci/run starts RabbitMQ); otherwise they skip, saying why,
+when the broker cannot be reached."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import textwrap
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+from corehelpers import make_message
+
+from mqd.admin.render import render_status
+from mqd.admin.status import Status
+from mqd.config.load import load_config
+from mqd.config.schema import Config
+from mqd.daemon.root import Daemon
+from mqd.errors import ConfigError
+from mqd.events import Event, Queued, Rejected
+from mqd.intake.mailbox.source import MailboxSource
+from mqd.plugins.host import PluginHost
+from mqd.relays.memory import MemoryRelay
+
+URL = "amqp://guest:guest@127.0.0.1:5672/"
+MESSAGE = make_message(sender="app@news.example.com", to=("alice@example.net",))
+
+
+class Broker:
+    """A queue of its own (quorum, dead-lettering to ``dlq``) on the test's channel."""
+
+    def __init__(self, channel: aio_pika.abc.AbstractChannel, name: str) -> None:
+        self.channel = channel
+        self.name = name
+        self.dlx = f"{name}.dlx"
+        self.dlq = f"{name}.dlq"
+
+    async def publish(
+        self, body: bytes, *, message_id: str | None = None, headers: dict[str, Any] | None = None
+    ) -> None:
+        message = aio_pika.Message(
+            body,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id or uuid.uuid4().hex,
+            headers=headers or {},
+        )
+        await self.channel.default_exchange.publish(message, routing_key=self.name)
+
+    async def count(self, queue: str | None = None) -> int:
+        """The messages ready in ``queue`` (passive declare; unacked ones are not counted)."""
+        declared = await self.channel.declare_queue(queue or self.name, passive=True)
+        count = declared.declaration_result.message_count
+        assert count is not None
+        return count
+
+    async def dead(self) -> list[aio_pika.abc.AbstractIncomingMessage]:
+        queue = await self.channel.get_queue(self.dlq)
+        found = []
+        while (message := await queue.get(fail=False)) is not None:
+            await message.ack()
+            found.append(message)
+        return found
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[Broker]:
+    try:
+        connection = await aio_pika.connect(URL, timeout=5)
+    except (OSError, aio_pika.exceptions.AMQPError) as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"RabbitMQ is not reachable on 127.0.0.1:5672 ({exc})")
+    name = f"mqd-test-{uuid.uuid4().hex}"
+    async with connection:
+        channel = await connection.channel()
+        broker = Broker(channel, name)
+        dlx = await channel.declare_exchange(broker.dlx, aio_pika.ExchangeType.FANOUT)
+        dlq = await channel.declare_queue(broker.dlq)
+        await dlq.bind(dlx)
+        await channel.declare_queue(
+            name,
+            durable=True,
+            arguments={"x-queue-type": "quorum", "x-dead-letter-exchange": broker.dlx},
+        )
+        try:
+            yield broker
+        finally:
+            await channel.queue_delete(name)
+            await channel.queue_delete(broker.dlq)
+            await channel.exchange_delete(broker.dlx)
+
+
+@pytest.fixture
+def mailbox_config(
+    write_config: Callable[[str], Path],
+    spool: Path,
+    queue_dir: Path,
+    broker: Broker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[..., Config]:
+    monkeypatch.setenv("MQD_TEST_AMQP_PASSWORD", "guest")
+
+    def make(extra: str = "") -> Config:
+        text = f"""
+            [queue]
+            dir = "{queue_dir}"
+            [[spool]]
+            path = "{spool}"
+            allowed_senders = ["*@example.com"]
+            [relays.mem]
+            plugin = "memory"
+            [[mailbox]]
+            url = "amqp://guest@127.0.0.1:5672/"
+            password_env = "MQD_TEST_AMQP_PASSWORD"
+            queue = "{broker.name}"
+            relay = "mem"
+            allowed_senders = ["*@news.example.com"]
+            prefetch = 4
+            reconnect_max = "1s"
+        """
+        return load_config(write_config(textwrap.dedent(text) + textwrap.dedent(extra)))
+
+    return make
+
+
+class Running:
+    def __init__(self, daemon: Daemon, events: list[Event]) -> None:
+        self.daemon = daemon
+        self.events = events
+
+    @property
+    def mailbox(self) -> MailboxSource:
+        source = self.daemon.sources.sources[0]
+        assert isinstance(source, MailboxSource)
+        return source
+
+    @property
+    def sent(self) -> list[Any]:
+        return MemoryRelay.instances["mem"].sent
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config, host: PluginHost) -> AsyncIterator[Running]:
+    daemon = Daemon(config, host=host, shutdown_timeout=5)
+    events: list[Event] = []
+    emit = daemon.emit
+
+    def record(event: Event) -> None:
+        events.append(event)
+        emit(event)
+
+    daemon.emit = record  # type: ignore[method-assign]
+    daemon.handover.emit = record
+    task = asyncio.create_task(daemon.run())
+    await asyncio.wait_for(daemon.ready.wait(), 10)
+    try:
+        yield Running(daemon, events)
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 15)
+
+
+async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 15) -> None:
+    """Wait for ``condition`` (polled), failing after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        assert loop.time() < deadline, "timed out waiting for the condition"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_published_message_is_relayed_and_acked(
+    mailbox_config: Callable[..., Config], host: PluginHost, broker: Broker
+) -> None:
+    async with running(mailbox_config(), host) as mqd:
+        await until(lambda: mqd.mailbox.connected)
+        await broker.publish(MESSAGE)
+        # The envelope from the AMQP headers: bob is a Bcc the application keeps to itself.
+        await broker.publish(
+            MESSAGE,
+            headers={
+                "x-mqd-from": "app@news.example.com",
+                "x-mqd-to": ["alice@example.net", "bob@example.net"],
+            },
+        )
+        await broker.publish(MESSAGE, headers={"x-mqd-to": "carol@example.net, dave@example.net"})
+        await until(lambda: len(mqd.sent) == 3)
+        envelopes = sorted((e.sender, tuple(e.recipients)) for e in mqd.sent)
+        assert envelopes == [
+            ("app@news.example.com", ("alice@example.net",)),
+            ("app@news.example.com", ("alice@example.net", "bob@example.net")),
+            ("app@news.example.com", ("carol@example.net", "dave@example.net")),
+        ]
+        await until(lambda: mqd.mailbox.accepted == 3)
+        assert await broker.count() == 0
+        queued = [e for e in mqd.events if isinstance(e, Queued)]
+        assert {e.source for e in queued} == {"mailbox[0]"}
+
+
+async def test_acked_only_once_durable(
+    mailbox_config: Callable[..., Config], host: PluginHost, broker: Broker
+) -> None:
+    async with running(mailbox_config(), host) as mqd:
+        store = mqd.daemon.store
+        accept = store.accept
+        attempts: list[int] = []
+
+        async def full_disk(batch: Any) -> None:
+            attempts.append(len(batch))
+            raise OSError(28, "No space left on device")
+
+        store.accept = full_disk  # type: ignore[method-assign]
+        await until(lambda: mqd.mailbox.connected)
+        await broker.publish(MESSAGE)
+        await until(lambda: len(attempts) >= 1)
+        # Nacked back to the queue, and the consumer pauses: it stays there, not acked.
+        await until(lambda: _ready(broker, 1))
+        first = len(attempts)
+        assert mqd.sent == [] and mqd.mailbox.accepted == 0
+        assert (await mqd.daemon.admin.status()).faults  # the store's fault is shown
+        store.accept = accept  # type: ignore[method-assign]
+        await until(lambda: len(mqd.sent) == 1)
+        assert first <= 2  # paused between tries, not a hot loop
+        await until(lambda: _ready(broker, 0))
+        assert mqd.mailbox.accepted == 1
+
+
+async def _ready(broker: Broker, count: int) -> bool:
+    return await broker.count() == count
+
+
+async def test_the_same_message_id_twice_is_queued_once(
+    mailbox_config: Callable[..., Config], host: PluginHost, broker: Broker, queue_dir: Path
+) -> None:
+    config = mailbox_config()
+    async with running(config, host) as mqd:
+        await until(lambda: mqd.mailbox.connected)
+        await broker.publish(MESSAGE, message_id="order-17")
+        await until(lambda: mqd.mailbox.accepted == 1)
+        await broker.publish(MESSAGE, message_id="order-17")
+        await broker.publish(MESSAGE, message_id="order-18")
+        await until(lambda: mqd.mailbox.accepted == 2)
+        await until(lambda: _ready(broker, 0))
+        await until(lambda: len(mqd.sent) == 2)
+    # Remembered on disk: a daemon started again acks a redelivery and queues nothing.
+    async with running(config, host) as mqd:
+        await until(lambda: mqd.mailbox.connected)
+        await broker.publish(MESSAGE, message_id="order-17")
+        await until(lambda: _ready(broker, 0))
+        assert mqd.mailbox.accepted == 0 and mqd.mailbox.refused == 0
+        assert not [e for e in mqd.events if isinstance(e, Queued)]
+
+
+async def test_malformed_and_refused_messages_are_dead_lettered(
+    mailbox_config: Callable[..., Config], host: PluginHost, broker: Broker
+) -> None:
+    async with running(mailbox_config(), host) as mqd:
+        await until(lambda: mqd.mailbox.connected)
+        await broker.publish(b"\x00\x01 not a message", message_id="garbage")
+        evil = make_message(sender="mallory@evil.test", to=("alice@example.net",))
+        await broker.publish(evil, message_id="evil")
+        await broker.publish(MESSAGE, message_id="bad-to", headers={"x-mqd-to": 7})
+        await until(lambda: mqd.mailbox.refused == 3)
+        await until(lambda: _dead_count(broker, 3))
+        assert mqd.sent == [] and mqd.mailbox.accepted == 0
+        assert await mqd.daemon.store.queued() == 0
+        rejected = {e.file: e for e in mqd.events if isinstance(e, Rejected)}
+        assert set(rejected) == {"garbage", "evil", "bad-to"}
+        assert rejected["evil"].stage == "policy" and rejected["evil"].spool == "mailbox[0]"
+        assert rejected["evil"].sender == "mallory@evil.test"
+        assert rejected["garbage"].stage == "intake"
+        assert "x-mqd-to" in rejected["bad-to"].reason
+        dead = await broker.dead()
+        assert sorted(m.message_id or "" for m in dead) == ["bad-to", "evil", "garbage"]
+
+
+async def _dead_count(broker: Broker, count: int) -> bool:
+    return await broker.count(broker.dlq) == count
+
+
+def _close_connection(marker: str) -> None:
+    """Close, from the broker's side, the connection whose name holds ``marker``."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    pids = [line.split("\t", 1)[0] for line in listed.splitlines() if marker in line]
+    assert pids, f"no connection named {marker} in {listed}"
+    for pid in pids:
+        subprocess.run(
+            ["rabbitmqctl", "-q", "close_connection", pid, "test: closed by the broker"],
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )
+
+
+async def test_a_dropped_connection_is_reconnected(
+    mailbox_config: Callable[..., Config], host: PluginHost, broker: Broker
+) -> None:
+    async with running(mailbox_config(), host) as mqd:
+        await until(lambda: mqd.mailbox.connected)
+        await broker.publish(MESSAGE)
+        await until(lambda: len(mqd.sent) == 1)
+        await asyncio.to_thread(_close_connection, broker.name)
+        await until(lambda: mqd.mailbox.broker.failures >= 1)
+        await until(lambda: mqd.mailbox.connected, timeout=30)
+        assert mqd.mailbox.last_error is None
+        await broker.publish(MESSAGE)
+        await until(lambda: len(mqd.sent) == 2)
+        assert mqd.mailbox.accepted == 2
+
+
+async def test_status_shows_the_mailbox(
+    mailbox_config: Callable[..., Config], host: PluginHost, broker: Broker
+) -> None:
+    async with running(mailbox_config(), host) as mqd:
+        await until(lambda: mqd.mailbox.connected)
+        await broker.publish(MESSAGE)
+        await broker.publish(make_message(sender="mallory@evil.test"))
+        await until(lambda: mqd.mailbox.accepted == 1 and mqd.mailbox.refused == 1)
+        status = await mqd.daemon.admin.status()
+        [source] = status.sources
+        assert source.name == "mailbox[0]" and source.kind == "mailbox"
+        assert source.connected is True and source.last_error is None
+        assert source.listening == [f"amqp://127.0.0.1:5672/ queue {broker.name}"]
+        assert (source.accepted, source.refused) == (1, 1)
+        assert Status.from_dict(status.to_dict()) == status
+        text = "\n".join(render_status(status.to_dict()))
+        assert f"mailbox[0]: amqp://127.0.0.1:5672/ queue {broker.name}; connected, " in text
+        assert "1 accepted, 1 refused" in text
+
+
+async def test_an_unreachable_broker_is_shown_and_retried(
+    write_config: Callable[[str], Path], queue_dir: Path, spool: Path, host: PluginHost
+) -> None:
+    with socket_closed_port() as port:
+        config = load_config(
+            write_config(
+                f"""
+                [queue]
+                dir = "{queue_dir}"
+                [[spool]]
+                path = "{spool}"
+                allowed_senders = ["*@example.com"]
+                [relays.mem]
+                plugin = "memory"
+                [[mailbox]]
+                url = "amqp://guest@127.0.0.1:{port}/"
+                queue = "mail"
+                reconnect_max = "1s"
+                """
+            )
+        )
+        async with running(config, host) as mqd:
+            await until(lambda: mqd.mailbox.broker.failures >= 2)
+            [source] = (await mqd.daemon.admin.status()).sources
+            assert source.connected is False and source.last_error
+            text = "\n".join(render_status((await mqd.daemon.admin.status()).to_dict()))
+            assert "NOT CONNECTED" in text and "last error:" in text
+
+
+@contextlib.contextmanager
+def socket_closed_port() -> Any:
+    """A port on 127.0.0.1 nothing listens on (bound, then closed)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    yield port
+
+
+def test_a_password_in_the_url_is_refused(
+    write_config: Callable[[str], Path], queue_dir: Path, spool: Path
+) -> None:
+    path = write_config(
+        f"""
+        [queue]
+        dir = "{queue_dir}"
+        [[spool]]
+        path = "{spool}"
+        [relays.mem]
+        plugin = "memory"
+        [[mailbox]]
+        url = "amqp://guest:guest@127.0.0.1/"
+        queue = "mail"
+        """
+    )
+    config = load_config(path)
+    with pytest.raises(ConfigError) as refused:
+        MailboxSource(config.sources[0], config, None)  # type: ignore[arg-type]
+    assert refused.value.key is not None and "url" in str(refused.value)
+    assert "password_file" in str(refused.value) and "guest:guest" not in str(refused.value)
