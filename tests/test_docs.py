@@ -115,6 +115,7 @@ def config_tables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, 
     data["smtpd"] = [
         {"listen": ["127.0.0.1:0"], "relay": plugins[0], "allowed_senders": ["*@example.com"]}
     ]
+    data["mailbox"] = [{"url": "amqp://guest@127.0.0.1/", "queue": "mail", "relay": plugins[0]}]
     config = parse_config(data, tmp_path / "mqd.toml")
     build_relays(config, host)
     build_sources(config, host, handover=None)  # type: ignore[arg-type]  # (read, never run)
@@ -158,7 +159,8 @@ def test_every_config_key_is_documented(config_tables: dict[str, set[str]]) -> N
         expected[f'`plugin = "{name.removeprefix(RELAY_PREFIX)}"`'] = keys - common
     for name, keys in config_tables.items():
         if name and not name.startswith(RELAY_PREFIX):
-            heading = f"`[[{name}]]`" if name in ("spool", "route", "smtpd") else f"`[{name}]`"
+            arrays = ("spool", "route", "smtpd", "mailbox")
+            heading = f"`[[{name}]]`" if name in arrays else f"`[{name}]`"
             subtables = {k for k in keys if f"{name}.{k}" in config_tables}
             expected[heading] = keys - subtables
 
