@@ -319,7 +319,11 @@ def sendmail_cost(work: Path, rounds: int) -> dict[str, Any]:
     spool, config = setup(work / "sendmail", 9)
     launcher = work / "sendmail" / "sendmail"
     launcher.unlink(missing_ok=True)
-    subprocess.run([MQD, "install-sendmail", str(launcher)], check=True, capture_output=True)
+    # The launcher holds what it needs from this config (written in by install-sendmail).
+    subprocess.run(
+        [MQD, "--config", str(config), "install-sendmail", str(launcher)],
+        check=True, capture_output=True,
+    )  # fmt: skip
     # Every command gets the message on stdin from a file (a bare start ignores it) and its
     # output to /dev/null: a pipe fed by this process would be timed with it, and only for some.
     message_file = work / "sendmail" / "message.eml"
@@ -330,7 +334,7 @@ def sendmail_cost(work: Path, rounds: int) -> dict[str, Any]:
         "mqd_sendmail": [MQD, "--config", str(config), "sendmail", "-t", "-i"],
         # without pip's wrapper, which imports re
         "script": [str(Path(MQD).with_name("mqd-sendmail")), "-C", str(config), "-t", "-i"],
-        "launcher": [str(launcher), "-C", str(config), "-t", "-i"],
+        "launcher": [str(launcher), "-t", "-i"],
     }
     walls: dict[str, list[float]] = {name: [] for name in commands}
     cpus: dict[str, list[float]] = {name: [] for name in commands}

@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
         Queued,
         RecipientEvent,
         Rejected,
+        Suppressed,
     )
     from mqd.intake.source import (
         HandOver,
@@ -98,6 +99,7 @@ _LAZY = {
     "Queued": "mqd.events",
     "RcptStatus": "mqd.queue.entry",
     "RecipientEvent": "mqd.events",
+    "Suppressed": "mqd.events",
     "RecipientState": "mqd.queue.entry",
     "RegisterRelay": "mqd.plugins.hookspecs",
     "RegisterSource": "mqd.intake.source",
@@ -172,6 +174,7 @@ __all__ = [
     "Status",
     "Submission",
     "SubmissionError",
+    "Suppressed",
     "TransientRelayError",
     "Webhook",
     "WebhookRejected",

@@ -120,9 +120,10 @@ class PolicyError(MQDError):
 
 class SubmissionError(MQDError):
     """A message a source handed over (``mqd.intake.handover``) was not queued: ``stage`` says
-    where ("policy": the sender is not allowed; "intake": the message cannot be read; "queue":
-    the store cannot take it now) and ``permanent`` whether the producer must give up (an SMTP
-    source answers 5xx) or may try again (4xx)."""
+    where ("policy": the sender is not allowed; "limit": its account is over its limits, for
+    now; "intake": the message cannot be read; "queue": the store cannot take it now) and
+    ``permanent`` whether the producer must give up (an SMTP source answers 5xx) or may try
+    again (4xx)."""
 
     def __init__(self, reason: str, *, stage: str, permanent: bool) -> None:
         super().__init__(reason)
@@ -181,3 +182,7 @@ class TrackingError(MQDError):
     def __init__(self, message: str, *, path: "Path | None" = None) -> None:
         self.path = path
         super().__init__(message)
+
+
+class AdminError(MQDError):
+    """An administrative request cannot be carried out (unknown id, message in flight, ...)."""

@@ -17,7 +17,8 @@ their kind in the class constant ``kind``. A consumer tells them apart by class
     └── RecipientEvent          about one recipient, after a relay's answer
         ├── Delivered           accepted by the relay
         ├── Deferred            failed transiently: retried later
-        └── Bounced             failed permanently: a DSN queued (when one may be sent)
+        ├── Bounced             failed permanently: a DSN queued (when one may be sent)
+        └── Suppressed          not sent: on the suppression list (no DSN)
 
 The fields are what the emitters know at that moment; this module imports nothing of mqd, so
 that every part may publish and observe events.
@@ -46,6 +47,7 @@ __all__ = [
     "Queued",
     "RecipientEvent",
     "Rejected",
+    "Suppressed",
 ]
 
 
@@ -59,6 +61,7 @@ class EventKind(StrEnum):
     FAILED = "failed"  # the message finished with failures and was moved to failed/
     COMPLETED = "completed"  # every recipient delivered; the entry left the queue
     DELETED = "deleted"  # removed by the administrator (mqd queue delete): not delivered
+    SUPPRESSED = "suppressed"  # a recipient on the suppression list: not sent, no bounce
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -246,10 +249,33 @@ class Bounced(RecipientEvent):
     dsn_sent: bool
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Suppressed(RecipientEvent):
+    """The recipient is on the suppression list: it was not sent to, and no DSN goes for it.
+    ``reply`` says why it was suppressed (the original bounce or complaint)."""
+
+    kind: ClassVar[EventKind] = EventKind.SUPPRESSED
+    #: "bounce", "complaint" or "manual".
+    suppression: str
+    #: When it was suppressed (Unix time).
+    since: float
+
+
 #: The class of each kind of event.
 EVENT_TYPES: dict[EventKind, type[Event]] = {
     cls.kind: cls
-    for cls in (Claimed, Rejected, Queued, Delivered, Deferred, Bounced, Failed, Completed, Deleted)
+    for cls in (
+        Claimed,
+        Rejected,
+        Queued,
+        Delivered,
+        Deferred,
+        Bounced,
+        Suppressed,
+        Failed,
+        Completed,
+        Deleted,
+    )
 }
 
 #: What the daemon calls to publish an event (the plugin manager's isolated hook call).

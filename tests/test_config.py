@@ -511,8 +511,8 @@ def platform_default(tmp_path, monkeypatch):
         spool_dir=tmp_path / "s",
         outbox_dir=tmp_path / "o",
     )
-    monkeypatch.setattr("mqd.config.load.default_paths", lambda: paths)
-    monkeypatch.setattr("mqd.config.load.SYSTEM_CONFIG", tmp_path / "etc" / "mqd.toml")
+    monkeypatch.setattr("mqd.config.paths.default_paths", lambda: paths)
+    monkeypatch.setattr("mqd.config.paths.SYSTEM_CONFIG", tmp_path / "etc" / "mqd.toml")
     monkeypatch.delenv(CONFIG_ENV, raising=False)
     return path
 

@@ -237,11 +237,9 @@ def test_every_option_is_documented(path: tuple[str, ...], command: click.Comman
 def test_every_exit_code_is_documented() -> None:
     rows = table_rows(read("cli.md"))
     missing = [
-        f"{code.name} ({code.value})"
-        for code in ExitCode
-        if not any(
-            f"`{code.name}`" in row and re.search(rf"\|\s*{code.value}\s*\|", row) for row in rows
-        )
+        f"{name} ({value})"
+        for name, value in ExitCode.items()
+        if not any(f"`{name}`" in row and re.search(rf"\|\s*{value}\s*\|", row) for row in rows)
     ]
     assert not missing, f"exit codes missing from the table in docs/cli.md: {missing}"
 

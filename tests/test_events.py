@@ -25,6 +25,7 @@ from mqd import (
     RecipientState,
     Rejected,
     Reply,
+    Suppressed,
     hookimpl,
 )
 from mqd.admin.client import offline
@@ -63,6 +64,7 @@ def test_each_kind_has_one_class_that_names_it() -> None:
         Delivered,
         Deferred,
         Bounced,
+        Suppressed,
     }
 
 

@@ -59,23 +59,47 @@ def config(producer_config: Path) -> Path:
     return producer_config
 
 
-@pytest.mark.parametrize(
-    "args",
-    [["sendmail", "-t", "-i"], ["sendmail", "-i", "-f", "app@example.com", "bob@example.net"]],
-)
-def test_the_sendmail_path_loads_nothing_heavy(
-    config: Path, spool: Path, env: dict[str, str], args: list[str]
+@pytest.fixture
+def launcher(config: Path, tmp_path: Path) -> Path:
+    """The launcher ``mqd install-sendmail`` writes for ``config``: the sendmail fast path."""
+    from mqd.config.load import load_config
+    from mqd.producer.launcher import write_launcher
+
+    path = tmp_path / "sendmail"
+    write_launcher(path, load_config(config))
+    return path
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a launcher is a #! script")
+@pytest.mark.parametrize("args", [["-t", "-i"], ["-i", "-f", "app@example.com", "bob@example.net"]])
+def test_the_launcher_loads_only_mqds_own_light_modules(
+    launcher: Path, spool: Path, env: dict[str, str], args: list[str]
 ) -> None:
-    modules = imported_by(["--config", str(config), *args], MESSAGE, env)
-    assert sorted(modules.intersection(HEAVY)) == []
+    """The launcher loads nothing beyond a bare start (``os``; without site.py) but the sendmail
+    path's own light modules: no re, typing, enum, tomllib, contextlib or collections, none of
+    HEAVY (the config reader included: what it needs is written into the launcher), and not even
+    __future__ ("from __future__ import annotations" is a real import, ~0.2 ms here, so the
+    sendmail path's modules quote the annotations that name type-checking-only imports)."""
+    modules = imports([str(launcher), *args], MESSAGE, env)
+    extra = modules - imports([sys.executable, "-c", "pass"], b"", env)
+    assert "mqd.producer.sendmail" in extra
+    assert "mqd.__main__" not in extra
+    assert sorted(m for m in extra if not m.startswith("mqd")) == []
+    assert sorted(extra.intersection(HEAVY)) == []
     assert len(list(spool.glob("*.eml"))) == 1
 
 
-def test_the_sendmail_path_through_mqd_config_loads_nothing_heavy(
+#: What ``mqd sendmail`` without a launcher still never loads: it reads the config in full (the
+#: sendmail path's slow path), but skips the CLI and the daemon's world.
+DAEMON = ("aiohttp", "aiosmtplib", "asyncio", "click", "email.policy", "pluggy", "ssl")
+
+
+def test_mqd_sendmail_without_a_launcher_skips_the_cli_and_the_daemon(
     config: Path, spool: Path, env: dict[str, str]
 ) -> None:
-    modules = imported_by(["sendmail", "-t", "-i"], MESSAGE, {**env, "MQD_CONFIG": str(config)})
-    assert sorted(modules.intersection(HEAVY)) == []
+    modules = imported_by(["--config", str(config), "sendmail", "-t", "-i"], MESSAGE, env)
+    assert sorted(modules.intersection(DAEMON)) == []
+    assert "mqd.daemon.root" not in modules and "mqd.plugins.host" not in modules
     assert len(list(spool.glob("*.eml"))) == 1
 
 
@@ -131,23 +155,6 @@ def test_the_installed_plugins_load_without_their_relays() -> None:
     )
     loaded = set(eval(proc.stdout))  # a printed list of module names
     assert loaded.isdisjoint({"aiohttp", "botocore", "cryptography", "httpx"})
-
-
-def test_mqd_sendmail_command_loads_only_mqds_own_light_modules(
-    config: Path, spool: Path, env: dict[str, str]
-) -> None:
-    """``mqd-sendmail`` (installed beside ``mqd``, without pip's wrapper, which imports re)
-    loads nothing beyond a bare interpreter's start but the sendmail path's own modules: no re,
-    typing, enum, tomllib, contextlib or collections."""
-    script = Path(sys.executable).with_name("mqd-sendmail")
-    modules = imports([str(script), "-C", str(config), "-t", "-i"], MESSAGE, env)
-    extra = modules - imports([sys.executable, "-c", "pass"], b"", env)
-    assert "mqd.producer.sendmail" in extra
-    assert "mqd.__main__" not in extra  # the script goes straight to mqd.producer.sendmail
-    # Not even __future__: "from __future__ import annotations" is a real import (~0.2 ms here),
-    # so the sendmail path's modules quote the annotations that name type-checking-only imports.
-    assert sorted(m for m in extra if not m.startswith("mqd")) == []
-    assert len(list(spool.glob("*.eml"))) == 1
 
 
 def test_the_daemon_loads_prometheus_client_only_with_metrics(

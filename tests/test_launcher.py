@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from corehelpers import imports
 
 from mqd.cli.main import cli
+from mqd.config.load import load_config
 from mqd.exitcodes import ExitCode
 from mqd.producer.launcher import LauncherError, render_launcher, site_paths, write_launcher
 
@@ -37,7 +38,7 @@ def test_the_launcher_drops_the_message_into_the_spool_without_site(
     tmp_path: Path, config: Path, spool: Path, env: dict[str, str]
 ) -> None:
     launcher = tmp_path / "sendmail"
-    write_launcher(launcher)
+    write_launcher(launcher, load_config(config))
     assert launcher.read_text().startswith(f"#!{sys.executable} -S\n")
     assert os.stat(launcher).st_mode & 0o777 == 0o755
     modules = imports([str(launcher), "-C", str(config), "-t", "-i"], MESSAGE, env)
@@ -50,7 +51,7 @@ def test_the_launcher_drops_the_message_into_the_spool_without_site(
 
 def test_it_exits_as_mqd_sendmail_does(tmp_path: Path, config: Path, env: dict[str, str]) -> None:
     launcher = tmp_path / "sendmail"
-    write_launcher(launcher)
+    write_launcher(launcher, load_config(config))
     bad = run(launcher, ["-C", str(config), "-bp"], env)
     assert bad.returncode == ExitCode.USAGE
     assert b"only -bm" in bad.stderr
@@ -58,7 +59,7 @@ def test_it_exits_as_mqd_sendmail_does(tmp_path: Path, config: Path, env: dict[s
     assert no_recipient.returncode == ExitCode.DATAERR
 
 
-def test_a_config_given_when_writing_is_the_default_and_a_later_c_wins(
+def test_the_config_it_was_written_for_is_the_default_and_a_later_c_wins(
     tmp_path: Path,
     config: Path,
     spool: Path,
@@ -66,14 +67,40 @@ def test_a_config_given_when_writing_is_the_default_and_a_later_c_wins(
     env: dict[str, str],
 ) -> None:
     other_spool = tmp_path / "other-spool"
-    other = write_config(f'[[spool]]\npath = "{other_spool}"\n', name="other.toml")
+    other = write_config(
+        config.read_text().replace(str(spool), str(other_spool)), name="other.toml"
+    )
     launcher = tmp_path / "sendmail"
-    write_launcher(launcher, config=config)
-    assert run(launcher, ["-t"], env).returncode == 0
+    write_launcher(launcher, load_config(config))
+    # $MQD_CONFIG names another config: the launcher keeps to the one it was written for.
+    assert run(launcher, ["-t"], {**env, "MQD_CONFIG": str(other)}).returncode == 0
     assert len(list(spool.glob("*.eml"))) == 1
     assert run(launcher, ["-C", str(other), "-t"], env).returncode == 0
     assert len(list(other_spool.glob("*.eml"))) == 1
     assert len(list(spool.glob("*.eml"))) == 1
+
+
+def test_install_sendmail_writes_the_resolved_spool_in(
+    tmp_path: Path, config: Path, spool: Path
+) -> None:
+    target = tmp_path / "sendmail"
+    result = CliRunner().invoke(cli, ["--config", str(config), "install-sendmail", str(target)])
+    assert result.exit_code == 0, result.output
+    assert f"with the spool {spool} from {config}" in result.output
+    text = target.read_text()
+    assert f"'spool': '{spool}'" in text
+    assert f"'config': '{config}'" in text
+
+
+def test_install_sendmail_refuses_a_config_with_problems(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
+    bad = write_config('[[spool]]\npath = "s"\n[sendmail]\nqualify_domian = "x.org"\n')
+    target = tmp_path / "sendmail"
+    result = CliRunner().invoke(cli, ["--config", str(bad), "install-sendmail", str(target)])
+    assert result.exit_code == ExitCode.CONFIG
+    assert "qualify_domian" in result.output
+    assert not target.exists()
 
 
 def test_when_mqd_has_moved_it_falls_back_to_site(
@@ -114,9 +141,10 @@ def test_a_symlink_is_replaced_not_followed(tmp_path: Path) -> None:
     real.write_text("#!/bin/sh\n")
     link = tmp_path / "sendmail"
     link.symlink_to(real)
+    defaults = load_config(None)
     with pytest.raises(LauncherError, match=r"exists \(a symlink to .*mqd-sendmail\)"):
-        write_launcher(link)
-    write_launcher(link, force=True)
+        write_launcher(link, defaults)
+    write_launcher(link, defaults, force=True)
     assert not link.is_symlink()
     assert real.read_text() == "#!/bin/sh\n"
     assert list(tmp_path.glob(".*tmp")) == []
@@ -128,7 +156,7 @@ def test_a_symlink_is_replaced_not_followed(tmp_path: Path) -> None:
 )
 def test_a_target_that_cannot_be_written_is_named(tmp_path: Path, target: str, error: str) -> None:
     with pytest.raises(LauncherError, match=error):
-        write_launcher(tmp_path / target)
+        write_launcher(tmp_path / target, load_config(None))
 
 
 @pytest.mark.parametrize("python", ["/opt/my python/bin/python3", "python3"])

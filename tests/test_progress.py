@@ -217,9 +217,11 @@ def test_mqd_run_once_draws_the_bar_on_a_terminal(
 def test_mqd_send_count_draws_the_bar_on_a_terminal(
     mqd_harness: Harness, stderr_terminal: Callable[[], FakeTerminal]
 ) -> None:
+    mqd_harness.configure({"mem": {"plugin": "memory"}})  # mqd send takes configured spools
     terminal = stderr_terminal()
     argv = ["send", "--from", "app@example.com", "--to", "a@example.net", "--body", "x"]
     spool = ["--spool", str(mqd_harness.spool_dir)]
-    cli.main([*argv, *spool, "--count", "3"], standalone_mode=False)
+    config = ["--config", str(mqd_harness.config_path)]
+    cli.main([*config, *argv, *spool, "--count", "3"], standalone_mode=False)
     assert len(list(mqd_harness.spool_dir.glob("*.eml"))) == 3
     assert "queueing" in terminal.getvalue() and "3/3" in terminal.getvalue()

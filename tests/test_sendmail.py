@@ -4,6 +4,7 @@ command."""
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mqd.errors import MessageParseError
+from mqd.config.senders import SenderRules
+from mqd.errors import MessageParseError, PolicyError
 from mqd.message.envelope import parse_message
 from mqd.producer.sendmail import SendmailArgs, UsageError, build, parse_args, read_message
 
@@ -197,7 +199,27 @@ def test_cron_mail_is_qualified() -> None:
     parsed = parse_message(out)
     assert parsed.sender == "root@example.com"
     assert parsed.recipients == ("root@example.com",)
-    assert out.endswith(raw)
+    # Its From qualified too, as Postfix does: the daemon reads From strictly (check_from).
+    assert out.endswith(raw.replace(b"From: root (", b"From: root@example.com ("))
+    assert parsed.headers["from"] == "root@example.com (Cron Daemon)"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (b"From: root\n", b"From: root@example.com\n"),
+        (b"from: Cron Daemon <root>\r\n", b"from: Cron Daemon <root@example.com>\r\n"),
+        (b"From: root (Cron Daemon)\n", b"From: root@example.com (Cron Daemon)\n"),
+        (b"From: app@example.org\n", b"From: app@example.org\n"),
+        (b"From: a, b\n", b"From: a, b\n"),  # not one local name: left to the policy
+        (b"From: root (open\n", b"From: root (open\n"),
+    ],
+)
+def test_an_unqualified_from_is_qualified(header: bytes, expected: bytes) -> None:
+    from mqd.producer.sendmail import _qualify_from
+
+    rest = b"To: bob@example.net\n\nbody From: root\n"
+    assert _qualify_from(header + rest, "example.com") == expected + rest
 
 
 @pytest.mark.parametrize(
@@ -220,6 +242,51 @@ def test_no_recipients_is_refused() -> None:
 def test_no_sender_is_refused() -> None:
     with pytest.raises(MessageParseError, match="sender"):
         build(parse_args(["bob@example.net"]), b"Subject: x\n\nbody\n", None)
+
+
+@pytest.fixture
+def login() -> str:
+    """The effective user's name in the password database (POSIX only)."""
+    pwd = pytest.importorskip("pwd")
+    return str(pwd.getpwuid(os.geteuid()).pw_name)
+
+
+def test_without_f_or_from_the_sender_is_the_login_name(login: str) -> None:
+    """What mail and mailx send: recipients as arguments, a message with no From."""
+    out = build(parse_args(["-i", "bob@example.net"]), b"Subject: x\n\nbody\n", "example.com")
+    assert out.startswith(f"X-Sender: <{login}@example.com>\r\n".encode())
+    # ... and a From header from it, as Postfix adds one from the envelope sender.
+    assert f"\r\nFrom: {login}@example.com\r\nSubject: x\n".encode() in out
+    assert parse_message(out).sender == f"{login}@example.com"
+    named = build(parse_args(["-F", "Ops Team", "bob@example.net"]), b"Subject: x\n\nb\n", "e.org")
+    assert f"From: Ops Team <{login}@e.org>\r\n".encode() in named
+
+
+def test_the_login_name_is_the_effective_users_not_the_environments(
+    monkeypatch: pytest.MonkeyPatch, login: str
+) -> None:
+    monkeypatch.setenv("LOGNAME", "mallory")
+    monkeypatch.setenv("USER", "mallory")
+    out = build(parse_args(["bob@example.net"]), b"Subject: x\n\nbody\n", "example.com")
+    assert out.startswith(f"X-Sender: <{login}@example.com>".encode())
+
+
+def test_the_login_name_takes_the_origin_without_qualify_domain(login: str) -> None:
+    raw = b"Subject: x\n\nbody\n"
+    out = build(parse_args(["bob@example.net"]), raw, None, origin="host.example.org")
+    assert out.startswith(f"X-Sender: <{login}@host.example.org>".encode())
+    with pytest.raises(MessageParseError, match="qualify_domain"):
+        build(parse_args(["bob@example.net"]), raw, None)  # no domain at all
+    with pytest.raises(MessageParseError, match="no sender"):  # -f "" is not "no -f"
+        build(parse_args(["-f", "", "bob@example.net"]), raw, "example.com")
+
+
+def test_the_login_sender_is_subject_to_the_allow_list(login: str) -> None:
+    rules = SenderRules(path="/var/spool/mqd", allowed_senders=["app@example.com"])
+    with pytest.raises(PolicyError, match=f"sender {login}@example.com is not allowed"):
+        build(parse_args(["bob@example.net"]), b"Subject: x\n\nbody\n", "example.com", rules)
+    allowed = SenderRules(path="/var/spool/mqd", allowed_senders=["*@example.com"])
+    build(parse_args(["bob@example.net"]), b"Subject: x\n\nbody\n", "example.com", allowed)
 
 
 def test_empty_message_is_refused() -> None:

@@ -32,8 +32,11 @@ from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError
 from mqd.events import Event, Queued
 from mqd.intake.smtpd import users
+from mqd.intake.smtpd.session import Connection
 from mqd.intake.smtpd.users import Verifier, hash_password, read_users, verify_password
 from mqd.plugins.host import PluginHost
+from mqd.testing import wait_until
+from mqd.tracking.tracker import records_for
 
 MESSAGE = make_message(sender="app@example.com", to=("alice@example.net",), subject="hello")
 
@@ -132,6 +135,8 @@ async def test_loopback_submission_is_relayed_with_its_smtp_envelope(
         assert queued.message_id == queue_id
         assert queued.source == "smtpd[0]" and queued.login is None
         assert (queued.peer or "").startswith("127.0.0.1:")
+        [record] = records_for(queued)  # the timeline's queued event names its source
+        assert record.detail["source"] == "smtpd[0]" and "login" not in record.detail
         status = mqd.daemon.sources.status()[0]
         assert (status.accepted, status.refused) == (1, 0)
 
@@ -199,19 +204,30 @@ async def test_a_queue_that_cannot_take_the_message_gets_451_and_nothing_is_lost
 
 
 async def test_250_only_once_the_message_is_durable(
-    smtpd_config: Callable[..., Config], host: PluginHost, queue_dir: Path
+    smtpd_config: Callable[..., Config],
+    host: PluginHost,
+    queue_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    order: list[str] = []
+    push = Connection.push
+
+    async def recording_push(self: Connection, status: Any) -> None:
+        if str(status).startswith("250 2.0.0"):
+            order.append("250")
+        await push(self, status)
+
+    monkeypatch.setattr(Connection, "push", recording_push)
     async with running(smtpd_config(), host) as mqd:
         store = mqd.daemon.store
         accept = store.accept
         entered, release = asyncio.Event(), asyncio.Event()
-        batches: list[int] = []
 
         async def held_accept(batch: Any) -> None:
-            batches.append(len(batch))
             entered.set()
             await release.wait()
             await accept(batch)
+            order.append("durable")
 
         store.accept = held_accept  # type: ignore[method-assign]
         async with client(mqd.port) as smtp:
@@ -219,10 +235,10 @@ async def test_250_only_once_the_message_is_durable(
                 smtp.sendmail("app@example.com", ["alice@example.net"], MESSAGE)
             )
             await asyncio.wait_for(entered.wait(), 10)
-            await asyncio.sleep(0.05)  # (a chance for a wrong early answer to arrive)
-            assert not sending.done()  # no answer while the store has not taken it
+            assert order == []  # the store has it in hand: no answer yet
             release.set()
             _, reply = await asyncio.wait_for(sending, 10)
+        assert order == ["durable", "250"]
         queue_id = reply.rsplit(" ", 1)[1]
         bodies = list((queue_dir / "messages").glob(f"*/{queue_id}.eml"))
         assert len(bodies) == 1 and bodies[0].parent.name == "smtpd.0"
@@ -250,9 +266,9 @@ async def test_concurrent_submissions_share_a_batch(
                 await smtp.sendmail("app@example.com", [f"r{n}@example.net"], MESSAGE)
 
         sends = [asyncio.create_task(send(n)) for n in range(8)]
-        while sum(batches) < 1:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)  # the other seven arrive while the first batch is written
+        [listener] = mqd.daemon.sources.sources[0].listeners  # type: ignore[attr-defined]
+        # The first batch is held by the store; the other seven arrive meanwhile.
+        await wait_until(lambda: listener.handing_over == 8, "eight hand-overs under way")
         gate.set()
         await asyncio.wait_for(asyncio.gather(*sends), 20)
         assert sum(batches) == 8 and len(batches) < 8
@@ -410,18 +426,23 @@ async def test_stop_answers_the_hand_over_under_way_then_closes(
     [address] = daemon.sources.sources[0].status().listening
     port = int(address.rsplit(":", 1)[1])
     accept = daemon.store.accept
-    entered = asyncio.Event()
+    entered, release = asyncio.Event(), asyncio.Event()
 
-    async def slow_accept(batch: Any) -> None:
+    async def held_accept(batch: Any) -> None:
         entered.set()
-        await asyncio.sleep(0.3)
+        await release.wait()
         await accept(batch)
 
-    daemon.store.accept = slow_accept  # type: ignore[method-assign]
+    daemon.store.accept = held_accept  # type: ignore[method-assign]
+    [listener] = daemon.sources.sources[0].listeners  # type: ignore[attr-defined]
     async with client(port) as smtp:
         sending = asyncio.create_task(smtp.sendmail("app@example.com", ["a@example.net"], MESSAGE))
         await asyncio.wait_for(entered.wait(), 10)
         daemon.request_stop()
+        await wait_until(
+            lambda: listener.server is None or not listener.server.is_serving(), "closed"
+        )
+        release.set()  # the store takes it only now: the stop waited for it
         _, reply = await asyncio.wait_for(sending, 10)
         assert reply.startswith("2.0.0 OK queued as "), reply
     await asyncio.wait_for(task, 15)
@@ -593,6 +614,8 @@ async def test_starttls_then_auth_then_the_logins_own_senders(
         assert received.mail_from == "billing@example.com"
         [queued] = [e for e in mqd.events if isinstance(e, Queued)]
         assert (queued.source, queued.login) == ("smtpd[0]", "billing")
+        [record] = records_for(queued)
+        assert (record.detail["source"], record.detail["login"]) == ("smtpd[0]", "billing")
 
 
 async def test_on_loopback_a_login_is_optional_and_brings_its_own_senders(

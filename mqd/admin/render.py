@@ -246,7 +246,25 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
         lines.append(f"  {source['name']}: {listening}; {state}, {tally}")
         if source.get("last_error"):
             lines.append(f"      last error: {source['last_error']}")
+    accounts: Mapping[str, Mapping[str, Any]] = status.get("accounts") or {}
+    if accounts:
+        lines.append("accounts")
+    for name, account in accounts.items():
+        lines.append(f"  {name}: {_account(account)}")
     return lines
+
+
+def _account(account: Mapping[str, Any]) -> str:
+    """``40/100 a minute, 900/2000 an hour; 3 held back`` for one [[account]]."""
+    limits: Mapping[str, int] = account.get("limits") or {}
+    sent: Mapping[str, int] = account.get("sent") or {}
+    parts = [f"{sent.get(window, 0)}/{limit} a {window}" for window, limit in limits.items()]
+    text = ", ".join(parts) or "no limits"
+    if account.get("over_limit") == "refuse":
+        text += f"; {account.get('refused', 0)} refused over a limit"
+    else:
+        text += f"; {account.get('held', 0)} held back over a limit"
+    return text
 
 
 def _worker(worker: Mapping[str, Any]) -> str:

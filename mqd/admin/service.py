@@ -16,12 +16,20 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from mqd.admin.status import FaultStatus, QuotaStatus, RelayStatus, SourceStatus, Status
+from mqd.admin.status import (
+    AccountStatus,
+    FaultStatus,
+    QuotaStatus,
+    RelayStatus,
+    SourceStatus,
+    Status,
+)
+from mqd.admin.suppress import SuppressionOps
 from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import Config
 from mqd.delivery.deliverer import Deliverer
 from mqd.delivery.guards import Guards
-from mqd.errors import MQDError
+from mqd.errors import AdminError
 from mqd.events import Deleted, Event
 from mqd.faults import Fault
 from mqd.intake.source import SourceStatus as SourceCounts
@@ -38,10 +46,6 @@ log = logging.getLogger("mqd.admin")
 ADMIN_BOUNCE = "554 5.7.0 returned to the sender by the mail administrator"
 #: How many header bytes ``show`` returns.
 HEADER_LIMIT = 16 * 1024
-
-
-class AdminError(MQDError):
-    """An administrative request cannot be carried out (unknown id, message in flight, ...)."""
 
 
 class Node(Protocol):
@@ -90,7 +94,9 @@ def queue_row(item: Listed, now: float) -> dict[str, Any]:
     }
 
 
-class QueueAdmin:
+class QueueAdmin(SuppressionOps):
+    node: Node
+
     def __init__(self, node: Node, *, online: bool = True, clock: Clock = SYSTEM_CLOCK) -> None:
         self.node = node
         #: False for a stopped queue opened by the command itself.
@@ -196,6 +202,16 @@ class QueueAdmin:
                 )
                 for source in node.source_status()
             ],
+            accounts={
+                use.name: AccountStatus(
+                    over_limit=use.over_limit,
+                    limits={window: limit for window, _, limit in use.windows},
+                    sent={window: sent for window, sent, _ in use.windows},
+                    held=use.held,
+                    refused=use.refused,
+                )
+                for use in node.guards.accounts.use()
+            },
         )
 
     def _relay_status(self, name: str, plugin: str, queued: int) -> RelayStatus:

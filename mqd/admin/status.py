@@ -104,6 +104,21 @@ class WorkerStatus:
 
 
 @dataclass(frozen=True)
+class AccountStatus:
+    """One ``[[account]]``'s use against its limits."""
+
+    #: "wait" (over a limit its mail waits) or "refuse" (refused at hand-over).
+    over_limit: str
+    #: Each limited window ("minute", "hour", "day") and its limit.
+    limits: dict[str, int]
+    #: Messages counted in each of those windows.
+    sent: dict[str, int]
+    #: Deliveries held back over a limit (wait), and messages refused (refuse).
+    held: int = 0
+    refused: int = 0
+
+
+@dataclass(frozen=True)
 class Status:
     """The queue overview that ``mqd status --json`` prints."""
 
@@ -143,6 +158,8 @@ class Status:
     workers: list[WorkerStatus] = field(default_factory=list)
     #: The intake sources other than the spools ([[smtpd]]), empty without a running daemon.
     sources: list[SourceStatus] = field(default_factory=list)
+    #: Each ``[[account]]`` by its name: its use against its limits.
+    accounts: dict[str, AccountStatus] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -167,4 +184,7 @@ class Status:
         values["faults"] = [FaultStatus(**item) for item in data.get("faults", [])]
         values["workers"] = [WorkerStatus(**item) for item in data.get("workers", [])]
         values["sources"] = [SourceStatus(**item) for item in data.get("sources", [])]
+        values["accounts"] = {
+            name: AccountStatus(**item) for name, item in data.get("accounts", {}).items()
+        }
         return cls(**values)

@@ -22,9 +22,11 @@ def install_sendmail(state: State, path: Path, force: bool) -> None:
 
     The launcher is 'mqd sendmail' started without Python's site.py (python -S),
     with the import path site.py gives this installation written into it: about
-    a third of an interpreter's start less for every message. With --config, the
-    launcher reads that config unless given -C. Write it again after moving or
-    reinstalling mqd (until then it falls back to site.py). For example:
+    a third of an interpreter's start less for every message. It also holds what
+    sendmail needs from the config (--config, else $MQD_CONFIG, else the default),
+    checked now, so it reads no config file; when that file changes it reads it
+    in full (slower, said on stderr) until written again. Write it again after
+    moving or reinstalling mqd too (until then it falls back to site.py). E.g.:
 
     \b
       mqd --config /etc/mqd/mqd.toml install-sendmail /usr/sbin/sendmail
@@ -32,10 +34,14 @@ def install_sendmail(state: State, path: Path, force: bool) -> None:
     """
     from mqd.producer.launcher import LauncherError, write_launcher
 
+    config = state.load()  # a config with problems: exit 78, naming them
     try:
-        write_launcher(path, force=force, config=state.config_path)
+        write_launcher(path, config, force=force)
     except LauncherError as exc:
         click.echo(f"mqd: error: {exc}", err=True)
         sys.exit(ExitCode.CANTCREAT)
-    config = f", reading {state.config_path}" if state.config_path is not None else ""
-    click.echo(f"wrote {path}: mqd sendmail started without site.py{config}")
+    source = config.source if config.source is not None else "the embedded defaults"
+    click.echo(
+        f"wrote {path}: mqd sendmail started without site.py, with the spool "
+        f"{config.inject_spool} from {source}"
+    )

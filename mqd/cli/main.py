@@ -25,6 +25,7 @@ from mqd.cli.send import send, sendmail
 from mqd.cli.shared import State
 from mqd.cli.smtpd import smtpd
 from mqd.cli.status import status
+from mqd.cli.suppress import suppress
 from mqd.config.paths import default_paths
 from mqd.config.schema import CONFIG_ENV
 from mqd.errors import (
@@ -33,6 +34,7 @@ from mqd.errors import (
     DirectoryError,
     MessageParseError,
     MQDError,
+    PolicyError,
     QueueError,
     QueueLockedError,
     TrackingError,
@@ -43,12 +45,13 @@ from mqd.version import __version__
 
 __all__ = ["MQDGroup", "cli"]
 
-_ERROR_CODES: tuple[tuple[type[MQDError], ExitCode], ...] = (
+_ERROR_CODES: tuple[tuple[type[MQDError], int], ...] = (
     (DirectoryError, ExitCode.CANTCREAT),
     (ConfigError, ExitCode.CONFIG),
     (QueueLockedError, ExitCode.TEMPFAIL),
     (QueueError, ExitCode.CANTCREAT),
     (MessageParseError, ExitCode.DATAERR),
+    (PolicyError, ExitCode.NOPERM),
     (TrackingError, ExitCode.IOERR),
     (MQDError, ExitCode.FAILURE),
 )
@@ -67,7 +70,7 @@ class MQDGroup(click.Group):
             ctx.exit(code)
 
 
-def _exit_code(exc: MQDError) -> ExitCode:
+def _exit_code(exc: MQDError) -> int:
     if isinstance(exc, ConfigErrors):  # several problems: their code when they share one
         codes = {_exit_code(error) for error in exc.errors}
         return codes.pop() if len(codes) == 1 else ExitCode.CONFIG
@@ -126,5 +129,6 @@ for _command in (
     history,
     events,
     smtpd,
+    suppress,
 ):
     cli.add_command(_command)

@@ -105,7 +105,8 @@ def _resolve_at(value: str, now: float, horizon: float) -> str:
 @click.option(
     "--spool",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Spool directory to write into. Default: [sendmail] spool, else the first spool.",
+    help="Spool directory to write into, one of the config's [[spool]] paths. "
+    "Default: [sendmail] spool, else the first spool.",
 )
 @click.option(
     "--at",
@@ -135,18 +136,35 @@ def send(
     send_at: str | None,
     no_progress: bool,
 ) -> None:
-    """Compose a message and drop it into a spool (the daemon delivers it)."""
+    """Compose a message and drop it into a spool (the daemon delivers it).
+
+    The sender is checked against the spool's allow-lists first, as the daemon would check
+    it: a refused sender is an error (exit 77) and nothing is written."""
     from mqd.cli.progress import counted, maybe_bar
+    from mqd.config.senders import SenderRules
+    from mqd.errors import PolicyError
     from mqd.message.compose import compose, with_new_message_id
+    from mqd.message.headers import envelope_address, read_envelope
     from mqd.producer.inject import inject_many
 
+    config = state.load()
+    spool_config = config.spool_at(spool or config.inject_spool)
+    if spool_config is None:  # no daemon reads it: refused, and nothing is created
+        configured = ", ".join(str(s.path) for s in config.spools)
+        source = config.source or "the embedded defaults"
+        click.echo(
+            f"mqd: error: {spool} is not a configured spool, so no daemon would read it; "
+            f"the spools of {source}: {configured}",
+            err=True,
+        )
+        sys.exit(ExitCode.USAGE)
+    target = spool_config.path
     if body is None:
         body = "" if sys.stdin.isatty() else sys.stdin.read()
-    target = spool or state.load().inject_spool
     header = None
     if send_at is not None:
         try:
-            header = _resolve_at(send_at, time.time(), state.load().queue.send_later_horizon)
+            header = _resolve_at(send_at, time.time(), config.queue.send_later_horizon)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="'--at'") from None
     message = compose(
@@ -158,6 +176,14 @@ def send(
         attachments=attachments,
         send_at=header,
     )
+    # The envelope sender the daemon will read (From, as it has no X-Sender line), and From.
+    envelope, _, _, headers = read_envelope(message, require_recipients=False)
+    refusal = SenderRules.from_config(config, spool_config).refusal(
+        envelope or envelope_address(sender), headers.get("from")
+    )
+    if refusal:
+        source = config.source or "the embedded defaults"
+        raise PolicyError(f"{refusal}; nothing was queued (from config {source})")
     domain = sender.rpartition("@")[2]
     copies = (message if i == 0 else with_new_message_id(message, domain) for i in range(count))
     try:

@@ -119,6 +119,6 @@ def echo_each(verb: str, ids: list[str], none: str, *, total: bool = False) -> N
             click.echo(f"{verb} {entry_id}")
 
 
-def plural(count: int, noun: str) -> str:
-    """ "1 message", "2 messages"."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """ "1 message", "2 messages" (``nouns``: a plural not made with an s, "addresses")."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"

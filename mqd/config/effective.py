@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mqd.config.schema import Config
+from mqd.config.schema import AccountConfig, Config
 from mqd.config.units import format_duration
 
 __all__ = ["effective_config"]
@@ -62,6 +62,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             if config.routes
             else {}
         ),
+        **({"account": [_account(a) for a in config.accounts]} if config.accounts else {}),
         "sendmail": {
             "spool": str(config.inject_spool),
             **(
@@ -88,3 +89,18 @@ def _sources(config: Config) -> dict[str, Any]:
         relay = source.relay if len(source.relays) == 1 else list(source.relays)
         tables.setdefault(source.kind, []).append({"relay": relay, **read})
     return tables
+
+
+def _account(account: AccountConfig) -> dict[str, Any]:
+    limits = account.limits
+    windows = {
+        "max_per_minute": limits.max_per_minute,
+        "max_per_hour": limits.max_per_hour,
+        "max_per_day": limits.max_per_day,
+    }
+    return {
+        "name": account.name,
+        "senders": list(account.senders),
+        **{key: value for key, value in windows.items() if value is not None},
+        "over_limit": account.over_limit,
+    }

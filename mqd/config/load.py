@@ -17,10 +17,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mqd.config.accounts import parse_accounts, parse_suppression
 from mqd.config.options import Options
-from mqd.config.paths import SYSTEM_CONFIG, default_paths
+from mqd.config.paths import default_paths, locate_config
 from mqd.config.schema import (
-    CONFIG_ENV,
     SOURCE_KINDS,
     Config,
     RelayConfig,
@@ -42,38 +42,8 @@ from mqd.config.sections import (
 from mqd.config.sources import parse_sources
 from mqd.errors import ConfigError, raise_gathered
 
+#: locate_config lives in mqd.config.paths (cheap to import); named here as well.
 __all__ = ["load_config", "locate_config", "parse_config"]
-
-
-def locate_config(explicit: Path | None = None) -> Path | None:
-    """The config file to use, or None for embedded defaults.
-
-    An explicit path (option or environment) must exist; the platform default is optional.
-    """
-    if explicit is not None:
-        if not explicit.is_file():
-            raise ConfigError(
-                "config file not found (given with --config); create it with 'mqd init'",
-                path=explicit,
-            )
-        return explicit
-    from_env = os.environ.get(CONFIG_ENV)
-    if from_env:
-        path = Path(from_env)
-        if not path.is_file():
-            raise ConfigError(
-                f"config file not found (named by ${CONFIG_ENV}); create it with 'mqd init'",
-                path=path,
-            )
-        return path
-    default = default_paths().config_file
-    if default.is_file():
-        return default
-    # A producer that is not root ('mqd sendmail' from a web server or a user's crontab) uses
-    # the system-wide config when it has none of its own, so it finds the daemon's spool.
-    if default != SYSTEM_CONFIG and SYSTEM_CONFIG.is_file() and os.name == "posix":
-        return SYSTEM_CONFIG
-    return None
 
 
 def load_config(path: Path | None, problems: list[ConfigError] | None = None) -> Config:
@@ -114,6 +84,8 @@ def parse_config(
         "http",
         "notify",
         *SOURCE_KINDS,
+        "account",
+        "suppression",
     ):
         root.raw(key)
     root.finish()  # a misspelled top-level table is named before it is missed
@@ -168,6 +140,11 @@ def parse_config(
             lambda: parse_notify(table("notify")), lambda: parse_notify(empty("notify"))
         ),
         sources=sources,
+        accounts=root.attempt(lambda: parse_accounts(root, path), tuple),
+        suppression=root.attempt(
+            lambda: parse_suppression(table("suppression")),
+            lambda: parse_suppression(empty("suppression")),
+        ),
     )
     if gathered is None:
         raise_gathered(problems)

@@ -16,12 +16,24 @@ from pathlib import Path
 
 import platformdirs
 
-__all__ = ["APP_NAME", "SYSTEM_CONFIG", "DefaultPaths", "default_paths", "is_system_service"]
+from mqd.errors import ConfigError
+
+__all__ = [
+    "APP_NAME",
+    "CONFIG_ENV",
+    "SYSTEM_CONFIG",
+    "DefaultPaths",
+    "default_paths",
+    "is_system_service",
+    "locate_config",
+]
 
 APP_NAME = "mqd"
 CONFIG_FILE_NAME = "mqd.toml"
 #: The system-wide config: root's default, and everyone's fallback when they have none.
 SYSTEM_CONFIG = Path("/etc/mqd") / CONFIG_FILE_NAME
+#: The environment variable naming the config file.
+CONFIG_ENV = "MQD_CONFIG"
 
 
 @dataclass(frozen=True)
@@ -54,3 +66,34 @@ def default_paths() -> DefaultPaths:
         spool_dir=state / "spool",
         outbox_dir=state / "outbox",
     )
+
+
+def locate_config(explicit: Path | None = None) -> Path | None:
+    """The config file to use, or None for embedded defaults.
+
+    An explicit path (option or environment) must exist; the platform default is optional.
+    """
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(
+                "config file not found (given with --config); create it with 'mqd init'",
+                path=explicit,
+            )
+        return explicit
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        path = Path(from_env)
+        if not path.is_file():
+            raise ConfigError(
+                f"config file not found (named by ${CONFIG_ENV}); create it with 'mqd init'",
+                path=path,
+            )
+        return path
+    default = default_paths().config_file
+    if default.is_file():
+        return default
+    # A producer that is not root ('mqd sendmail' from a web server or a user's crontab) uses
+    # the system-wide config when it has none of its own, so it finds the daemon's spool.
+    if default != SYSTEM_CONFIG and SYSTEM_CONFIG.is_file() and os.name == "posix":
+        return SYSTEM_CONFIG
+    return None

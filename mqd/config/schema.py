@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mqd.config.options import Options, Secret
+from mqd.config.paths import CONFIG_ENV
 
 __all__ = [
     "CONFIG_ENV",
@@ -32,7 +33,6 @@ __all__ = [
     "TrackingConfig",
 ]
 
-CONFIG_ENV = "MQD_CONFIG"
 #: Name of the relay used by the embedded defaults.
 DEFAULT_RELAY = "outbox"
 WATCH_MODES = ("auto", "inotify", "watchfiles", "poll")
@@ -191,6 +191,7 @@ class QuotaConfig:
     max_per_second: float | None = None
     max_per_hour: int | None = None
     max_per_day: int | None = None
+    max_per_minute: int | None = None
 
     def divided(self, workers: int) -> QuotaConfig:
         """Each worker's share, so that all of them together keep to the limits."""
@@ -198,6 +199,9 @@ class QuotaConfig:
             return self
         return QuotaConfig(
             max_per_second=None if self.max_per_second is None else self.max_per_second / workers,
+            max_per_minute=None
+            if self.max_per_minute is None
+            else max(1, self.max_per_minute // workers),
             max_per_hour=None
             if self.max_per_hour is None
             else max(1, self.max_per_hour // workers),
@@ -206,9 +210,36 @@ class QuotaConfig:
 
     @property
     def limited(self) -> bool:
-        return any(
-            v is not None for v in (self.max_per_second, self.max_per_hour, self.max_per_day)
-        )
+        limits = (self.max_per_second, self.max_per_minute, self.max_per_hour, self.max_per_day)
+        return any(v is not None for v in limits)
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    name: str
+    #: Sender patterns (an address or ``*@domain``) whose mail is this account's.
+    senders: tuple[str, ...]
+    #: Its limits, counted in messages (``max_per_second`` unused).
+    limits: QuotaConfig
+    #: "wait": over a limit, mail waits in the queue (never an attempt, never failed);
+    #: "refuse": it is refused at hand-over with the reason.
+    over_limit: str = "wait"
+
+
+@dataclass(frozen=True)
+class SuppressionConfig:
+    """``[suppression]``: recipients not mailed again after a permanent bounce or a complaint."""
+
+    enabled: bool = True
+    #: How long a bounced address stays suppressed (0: for good).
+    bounce_for: float = 30 * 86400.0
+    #: How long a complaining address stays suppressed (0: for good, the default).
+    complaint_for: float = 0.0
+
+    def until(self, kind: str, now: float) -> float | None:
+        """When a suppression of ``kind`` made ``now`` ends (None: for good)."""
+        period = self.complaint_for if kind == "complaint" else self.bounce_for
+        return now + period if period > 0 else None
 
 
 @dataclass(frozen=True)
@@ -321,6 +352,9 @@ class Config:
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     #: The other intake sources (``[[smtpd]]``), in the file's order.
     sources: tuple[SourceConfig, ...] = ()
+    #: ``[[account]]``: senders grouped under a name with sending limits (``mqd.config.accounts``).
+    accounts: tuple[AccountConfig, ...] = ()
+    suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
 
     def for_worker(self, worker: int) -> Config:
         """The config of worker ``worker`` of ``queue.workers``: its own queue directory, its own
@@ -354,6 +388,11 @@ class Config:
     def inject_spool(self) -> Path:
         """The spool that ``mqd send`` and ``mqd sendmail`` write into."""
         return self.sendmail.spool or self.spools[0].path
+
+    def spool_at(self, path: str | os.PathLike[str]) -> SpoolConfig | None:
+        """The ``[[spool]]`` whose directory ``path`` is (as absolute paths), or None."""
+        wanted = os.path.abspath(path)
+        return next((s for s in self.spools if os.path.abspath(s.path) == wanted), None)
 
     @property
     def is_embedded_default(self) -> bool:

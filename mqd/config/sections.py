@@ -148,10 +148,12 @@ def _parse_quota(opts: Options, workers: int) -> QuotaConfig:
 
     quota = QuotaConfig(
         max_per_second=opts.number("max_per_second", None),
+        max_per_minute=opts.integer("max_per_minute", None),
         max_per_hour=opts.integer("max_per_hour", None),
         max_per_day=opts.integer("max_per_day", None),
     )
     positive("max_per_second", quota.max_per_second)
+    positive("max_per_minute", quota.max_per_minute)
     positive("max_per_hour", quota.max_per_hour)
     positive("max_per_day", quota.max_per_day)
     return quota

@@ -83,9 +83,13 @@ class Daemon:
         self.relays: dict[str, Relay] = build_relays(config, self.host)
         self.store = open_store(config, host=self.host, clock=clock)
         self.guards = Guards(config, clock=clock)
-        self.intake = Intake(config, self.store, self.host, self.emit, clock=clock)
+        self.intake = Intake(
+            config, self.store, self.host, self.emit, accounts=self.guards.accounts, clock=clock
+        )
         #: The sources other than the spools ([[smtpd]]): started once the queue is open.
-        self.handover = Handover(config, self.store, self.host, self.emit, clock=clock)
+        self.handover = Handover(
+            config, self.store, self.host, self.emit, accounts=self.guards.accounts, clock=clock
+        )
         self.sources = Sources(build_sources(config, self.host, self.handover))
         self.deliverer = Deliverer(
             config, self.store, self.relays, self.host, self.emit, guards=self.guards, clock=clock

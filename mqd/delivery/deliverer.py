@@ -17,7 +17,8 @@ from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import Config
 from mqd.delivery.guards import Guards
 from mqd.delivery.route import Walk, walk_route
-from mqd.events import Bounced, Completed, Deferred, Delivered, EventSink, Failed
+from mqd.delivery.suppression import Suppression
+from mqd.events import Bounced, Completed, Deferred, Delivered, EventSink, Failed, Suppressed
 from mqd.message.classify import classify_reply
 from mqd.message.reply import Outcome
 from mqd.plugins.host import PluginHost
@@ -72,7 +73,23 @@ class Deliverer:
         entry = lease.entry
         pending = entry.pending
         body = None
+        if pending and self.config.suppression.enabled:
+            pending = self._suppress(entry, pending)
+            if not pending:  # every one left is suppressed: nothing to send
+                await self.finish(lease, entry)
+                return
         if pending:
+            account = entry.account
+            over = self.guards.accounts.admit(account) if account else None
+            if over is not None:  # its account's limit: paced, as a relay's quota paces
+                await self.store.release(lease, not_before=self.clock.time() + over[0])
+                log.info(
+                    "%s held: %s; next look in %.0fs (not counted as an attempt)",
+                    entry.id,
+                    over[1],
+                    over[0],
+                )
+                return
             started = self.clock.monotonic()
             try:
                 walk = await walk_route(
@@ -86,10 +103,15 @@ class Deliverer:
                     clock=self.clock,
                 )
             except LeaseLost:
+                self._uncount(account)
                 log.info("%s was deleted before it was sent: not sent", entry.id)
                 return
+            except BaseException:  # cancelled (a stop) before any relay answered: not sent
+                self._uncount(account)
+                raise
             body = walk.body
             if not walk.tried:
+                self._uncount(account)
                 await self.store.release(lease, not_before=self.clock.time() + walk.wait)
                 log.info(
                     "%s held: %s; next look in %.0fs (not counted as an attempt)",
@@ -100,6 +122,54 @@ class Deliverer:
                 return
             self._record(entry, pending, walk, self.clock.monotonic() - started)
         await self.finish(lease, entry, body)
+
+    def _suppress(self, entry: QueueEntry, pending: list[RecipientState]) -> list[RecipientState]:
+        """Mark the recipients on the suppression list as suppressed (no send, no DSN); return
+        the others."""
+        now = self.clock.time()
+        left = []
+        for rcpt in pending:
+            item = self.guards.suppressions.check(entry.account, rcpt.address, now)
+            if item is None:
+                left.append(rcpt)
+                continue
+            rcpt.status, rcpt.notified = RcptStatus.SUPPRESSED, True
+            rcpt.reply = f"suppressed ({item.kind}): {item.reason}"
+            log.info("%s to=<%s> suppressed: %s", entry.id, rcpt.address, rcpt.reply)
+            self.emit(
+                Suppressed(
+                    message_id=entry.id,
+                    time=now,
+                    recipient=rcpt.address,
+                    reply=rcpt.reply,
+                    relay=None,
+                    suppression=item.kind,
+                    since=item.since,
+                )
+            )
+        return left
+
+    def _note_bounce(self, entry: QueueEntry, rcpt: RecipientState, now: float) -> None:
+        """A permanent failure for the address itself (5.1.x: no such mailbox, bad domain)
+        suppresses it for the message's account; other 5xx (policy, content) do not."""
+        code = rcpt.status_code or ""
+        if not self.config.suppression.enabled or not code.startswith("5.1."):
+            return
+        self.guards.suppressions.add(
+            Suppression(
+                address=rcpt.address,
+                account=entry.account or "",
+                kind="bounce",
+                reason=rcpt.reply or code,
+                since=now,
+                until=self.config.suppression.until("bounce", now),
+            )
+        )
+
+    def _uncount(self, account: str | None) -> None:
+        """The account's count taken for a delivery that did not go out after all."""
+        if account:
+            self.guards.accounts.give_back(account)
 
     def _record(
         self, entry: QueueEntry, pending: list[RecipientState], walk: Walk, elapsed: float
@@ -118,6 +188,7 @@ class Deliverer:
                 rcpt.status = RcptStatus.DELIVERED
             elif outcome is Outcome.PERMANENT:
                 rcpt.status = RcptStatus.FAILED
+                self._note_bounce(entry, rcpt, now)
             else:
                 deferred.append(rcpt)
             entry.last_reply = str(reply)

@@ -12,8 +12,10 @@ import logging
 
 from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import Config
+from mqd.delivery.accounts import ACCOUNT_STATE, AccountLimits
 from mqd.delivery.circuit import Circuit, CircuitState
 from mqd.delivery.quota import Quota, dump_quotas, load_quotas
+from mqd.delivery.suppression import SUPPRESSION_STATE, Suppressions
 from mqd.queue.store import QueueStore
 
 __all__ = ["PACE", "QUOTA_STATE", "Guards"]
@@ -31,6 +33,10 @@ class Guards:
         self.clock = clock
         self.circuits: dict[str, Circuit] = {}
         self.quotas: dict[str, Quota] = {}
+        #: The ``[[account]]`` limits (intake asks them too, for accounts that refuse).
+        self.accounts = AccountLimits(config, clock=clock)
+        #: Recipients not mailed again (``mqd.delivery.suppression``).
+        self.suppressions = Suppressions()
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -54,6 +60,7 @@ class Guards:
             if quota is not None and quotas[name] is not quota:
                 quotas[name].load(quota.to_json())
         self.circuits, self.quotas = circuits, quotas
+        self.accounts.reconfigure(config)
 
     async def admit(self, name: str) -> tuple[float, str] | None:
         """None when ``name`` may take a message now (counted against its quota); otherwise
@@ -87,9 +94,34 @@ class Guards:
             return
         if raw is not None:
             load_quotas(self.quotas, raw)
+        try:
+            raw = await store.load_state(ACCOUNT_STATE)
+        except OSError as exc:
+            log.warning("cannot read the saved account counts: %s", exc)
+            return
+        if raw is not None:
+            self.accounts.load(raw)
+        try:
+            raw = await store.load_state(SUPPRESSION_STATE)
+        except OSError as exc:
+            log.warning("cannot read the suppression list: %s", exc)
+            return
+        if raw is not None:
+            self.suppressions.load(raw)
 
     async def save(self, store: QueueStore) -> None:
-        """Save the counts when they changed since the last save."""
+        """Save the counts (and the suppression list) when they changed since the last save."""
+        if self.suppressions.dirty:
+            try:
+                await store.save_state(SUPPRESSION_STATE, self.suppressions.dump())
+            except OSError as exc:
+                self.suppressions.dirty = True
+                log.warning("cannot save the suppression list: %s", exc)
+        if self.accounts.dirty:
+            try:
+                await store.save_state(ACCOUNT_STATE, self.accounts.dump())
+            except OSError as exc:
+                log.warning("cannot save the account counts: %s", exc)
         if not any(quota.dirty for quota in self.quotas.values()):
             return
         for quota in self.quotas.values():

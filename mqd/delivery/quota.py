@@ -1,10 +1,12 @@
-"""Sending quotas per relay: messages per second, and rolling per-hour / per-day limits.
+"""Sending quotas per relay (and per account): messages per second, and rolling per-minute,
+per-hour and per-day limits.
 
 Providers suspend accounts that exceed their limits, so mqd holds mail back before it gets
 there. A message held by a quota is not an attempt: it is not counted, never bounces for it, and
 a failover route sends it through its next relay meanwhile.
 
-The per-second rate is a token bucket (bursts up to one second's worth). The hour and day
+The per-second rate is a token bucket (bursts up to one second's worth). The minute window keeps
+the times of its last sends (at most the limit of them), so it is exact. The hour and day
 windows count sends in one-minute buckets by wall-clock time, which the daemon saves in the
 queue directory (``quota.json``) every few seconds and at shutdown, so a restart does not reset
 them: a crash forgets at most the last few seconds of sends.
@@ -16,6 +18,7 @@ import json
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +29,7 @@ __all__ = ["Hold", "Quota"]
 
 log = logging.getLogger("mqd.quota")
 
+_MINUTE = 60.0
 _HOUR = 3600.0
 _DAY = 86400.0
 
@@ -35,7 +39,7 @@ class Hold:
     """Why a relay cannot take a message now, and for how long."""
 
     seconds: float
-    #: "per-second", "per-hour" or "per-day".
+    #: "per-second", "per-minute", "per-hour" or "per-day".
     limit: str
 
 
@@ -58,6 +62,8 @@ class Quota:
         self._refilled = monotonic()
         #: Sends per wall-clock minute (minute number -> count), for the hour and day windows.
         self._minutes: dict[int, int] = {}
+        #: The times of the last sends, for the minute window (at most its limit of them).
+        self._recent: deque[float] = deque(maxlen=config.max_per_minute or 1)
         self.dirty = False
         #: How many times a message was held back (for metrics and ``mqd status``).
         self.holds = 0
@@ -70,15 +76,35 @@ class Quota:
             return hold
         if self._capacity:
             self._tokens -= 1.0
+        if self.config.max_per_minute:
+            self._recent.append(self._clock())
+            self.dirty = True
         if self.config.max_per_hour or self.config.max_per_day:
             minute = int(self._clock() // 60)
             self._minutes[minute] = self._minutes.get(minute, 0) + 1
             self.dirty = True
         return None
 
+    def refund(self) -> None:
+        """Undo the last ``take`` (what it counted did not go out after all)."""
+        if self._capacity:
+            self._tokens = min(self._capacity, self._tokens + 1.0)
+        if self.config.max_per_minute and self._recent:
+            self._recent.pop()
+        if self.config.max_per_hour or self.config.max_per_day:
+            minute = max(self._minutes, default=None)
+            if minute is not None:
+                self._minutes[minute] -= 1
+                if not self._minutes[minute]:
+                    del self._minutes[minute]
+        self.dirty = True
+
     def sent_within(self, seconds: float) -> int:
-        """Messages counted in the last ``seconds`` (whole minutes, rounded outwards)."""
+        """Messages counted in the last ``seconds`` (whole minutes, rounded outwards; the last
+        minute exactly, with a per-minute limit)."""
         start = self._clock() - seconds
+        if seconds <= _MINUTE and self.config.max_per_minute:
+            return sum(1 for sent in self._recent if sent > start)
         return sum(n for m, n in self._minutes.items() if (m + 1) * 60 > start)
 
     def _check_rate(self) -> Hold | None:
@@ -93,6 +119,12 @@ class Quota:
         return Hold((1.0 - self._tokens) / rate, "per-second")
 
     def _check_windows(self) -> Hold | None:
+        limit = self.config.max_per_minute
+        if limit:
+            now = self._clock()
+            recent = self._recent
+            if len(recent) >= limit and recent[0] > now - _MINUTE:
+                return Hold(max(0.01, recent[0] + _MINUTE - now), "per-minute")
         self._forget()
         for limit, window, name in (
             (self.config.max_per_hour, _HOUR, "per-hour"),
@@ -129,7 +161,10 @@ class Quota:
 
     def to_json(self) -> dict[str, Any]:
         self._forget()
-        return {"minutes": {str(m): n for m, n in sorted(self._minutes.items())}}
+        data: dict[str, Any] = {"minutes": {str(m): n for m, n in sorted(self._minutes.items())}}
+        if self.config.max_per_minute:
+            data["recent"] = list(self._recent)
+        return data
 
     def load(self, data: Mapping[str, Any]) -> None:
         """Restore counts saved by ``to_json``; anything malformed is ignored with a warning."""
@@ -140,6 +175,12 @@ class Quota:
             return
         self._minutes = {m: n for m, n in minutes.items() if n > 0}
         self._forget()
+        recent = data.get("recent")
+        if isinstance(recent, list):
+            cutoff = self._clock() - _MINUTE
+            self._recent.extend(
+                float(t) for t in recent if isinstance(t, int | float) and t > cutoff
+            )
 
 
 def dump_quotas(quotas: Mapping[str, Quota]) -> bytes:
@@ -147,7 +188,7 @@ def dump_quotas(quotas: Mapping[str, Quota]) -> bytes:
     data = {
         name: q.to_json()
         for name, q in quotas.items()
-        if q.config.max_per_hour or q.config.max_per_day
+        if q.config.max_per_minute or q.config.max_per_hour or q.config.max_per_day
     }
     return json.dumps({"version": 1, "relays": data}, sort_keys=True).encode()
 

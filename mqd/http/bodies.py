@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from mqd.tracking.answers import MessageHistory, MessageSummary
 
-__all__ = ["Error", "HistoryList", "MessageList"]
+__all__ = ["Error", "HistoryList", "MessageList", "SuppressionItem", "SuppressionList"]
 
 
 @dataclass(frozen=True)
@@ -33,3 +33,27 @@ class HistoryList:
     """Messages with their events, newest first."""
 
     messages: list[MessageHistory]
+
+
+@dataclass(frozen=True)
+class SuppressionItem:
+    """An address mqd does not send to, for one account."""
+
+    address: str
+    #: The [[account]] it applies to ("": mail no account claims).
+    account: str
+    #: "bounce" (a 5.1.x reply or a provider's bounce report), "complaint" or "manual".
+    kind: str
+    #: Why: the original reply or report, or the operator's note.
+    reason: str
+    #: When it was suppressed (Unix time).
+    since: float
+    #: When it ends (Unix time); null: for good.
+    until: float | None
+
+
+@dataclass(frozen=True)
+class SuppressionList:
+    """The suppression list, newest first."""
+
+    suppressions: list[SuppressionItem]

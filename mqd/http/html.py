@@ -171,6 +171,7 @@ _NAV = (
     ("/failed", "Failed"),
     ("/charts", "Charts"),  # mqd.http.charts
     ("/queue", "Queued"),  # mqd.http.actions
+    ("/suppressions", "Suppressed"),  # mqd.http.suppressions
 )
 
 

@@ -36,10 +36,12 @@ from prometheus_client.metrics_core import (
 )
 
 from mqd.config.schema import Config
+from mqd.delivery.accounts import AccountUse
 from mqd.delivery.circuit import CircuitState
 from mqd.delivery.guards import Guards
 from mqd.events import Delivered, Event, EventKind, RecipientEvent
 from mqd.http.listen import listen_error
+from mqd.http.sourcemetrics import source_families
 from mqd.intake.source import SourceStatus
 from mqd.queue.store import EntryState, QueueStore
 from mqd.version import __version__
@@ -58,7 +60,12 @@ MESSAGE_EVENTS = (
 )
 #: Recipient outcomes, counted by ``mqd_recipients_total`` (the label ``outcome``): one per
 #: recipient and attempt, and per relay by ``mqd_relay_deliveries_total``.
-RECIPIENT_OUTCOMES = (EventKind.DELIVERED, EventKind.DEFERRED, EventKind.BOUNCED)
+RECIPIENT_OUTCOMES = (
+    EventKind.DELIVERED,
+    EventKind.DEFERRED,
+    EventKind.BOUNCED,
+    EventKind.SUPPRESSED,
+)
 #: The states of ``mqd_queue_messages``: each queued message is in exactly one.
 QUEUE_STATES = ("active", "deferred", "held", "scheduled", "waiting")
 #: Seconds a relay takes for one message: an API call to an SMTP session on a slow server.
@@ -246,6 +253,7 @@ class _Snapshot:
     oldest: float
     relays: dict[str, _RelayState]
     sources: Sequence[SourceStatus] = ()
+    accounts: list[AccountUse] = field(default_factory=list)
 
 
 class _Gauges:
@@ -275,7 +283,7 @@ class _Gauges:
                 if relay.limits:
                     relay.sent = (quota.sent_within(3600.0), quota.sent_within(86400.0))
             relays[name] = relay
-        return _Snapshot(states, oldest, relays, node.source_status())
+        return _Snapshot(states, oldest, relays, node.source_status(), node.guards.accounts.use())
 
     def collect(self) -> Iterable[Metric]:
         if self.snapshot is None:  # registered before any scrape: nothing to describe yet
@@ -347,24 +355,32 @@ class _Gauges:
                 hour.add_metric([name], relay.sent[0])
                 day.add_metric([name], relay.sent[1])
         yield from (errors, circuit, waits, limits, hour, day)
-        yield from _source_families(snapshot.sources)
+        yield from source_families(snapshot.sources)
+        yield from _account_families(snapshot.accounts)
 
 
-def _source_families(sources: Sequence[SourceStatus]) -> Iterator[Metric]:
-    messages = CounterMetricFamily(
-        "mqd_source_messages",
-        "Messages an intake source other than the spools ([[smtpd]]) took in since mqd started, "
-        "by outcome: accepted (durable in the queue, then acknowledged) or refused (sender not "
-        "allowed, malformed, too large, or the queue unable to take it).",
-        labels=["source", "outcome"],
+def _account_families(accounts: list[AccountUse]) -> Iterator[Metric]:
+    """Each ``[[account]]``'s use against its limits."""
+    sent = GaugeMetricFamily(
+        "mqd_account_sent",
+        "Messages counted against the account's limit in the window (minute, hour, day).",
+        labels=["account", "window"],
     )
-    connections = GaugeMetricFamily(
-        "mqd_source_connections",
-        "Producers connected to an intake source ([[smtpd]]) now.",
-        labels=["source"],
+    limit = GaugeMetricFamily(
+        "mqd_account_limit",
+        "The account's max_per_minute, max_per_hour or max_per_day, by window.",
+        labels=["account", "window"],
     )
-    for source in sources:
-        messages.add_metric([source.name, "accepted"], source.accepted)
-        messages.add_metric([source.name, "refused"], source.refused)
-        connections.add_metric([source.name], source.connections)
-    yield from (messages, connections)
+    held = CounterMetricFamily(
+        "mqd_account_over_limit",
+        "Messages held back (over_limit = wait) or refused (over_limit = refuse) because the "
+        "account reached a limit.",
+        labels=["account", "action"],
+    )
+    for use in accounts:
+        for window, count, most in use.windows:
+            sent.add_metric([use.name, window], count)
+            limit.add_metric([use.name, window], most)
+        held.add_metric([use.name, "held"], use.held)
+        held.add_metric([use.name, "refused"], use.refused)
+    yield from (sent, limit, held)

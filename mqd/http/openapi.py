@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mqd.admin.status import Status as QueueStatus
-from mqd.http.bodies import Error, HistoryList, MessageList
+from mqd.http.bodies import Error, HistoryList, MessageList, SuppressionList
 from mqd.http.schema import Components
 from mqd.tracking.answers import MessageHistory, RecipientStatus, TimelineEvent
 from mqd.tracking.vocabulary import Status
@@ -153,6 +153,85 @@ def _paths(ref: _Ref) -> dict[str, Any]:
                 },
             }
         },
+        "/api/v1/suppressions": {
+            "get": {
+                "operationId": "suppressions",
+                "summary": "The suppression list: recipients mqd does not send to again.",
+                "parameters": [
+                    {
+                        "name": "account",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only this [[account]]'s list ('' for no account).",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _json(ref(SuppressionList), "Suppressed addresses, newest first."),
+                    "403": {"$ref": "#/components/responses/Forbidden"},
+                },
+            },
+            "post": {
+                "operationId": "suppress",
+                "summary": "Suppress addresses (needs the operator token).",
+                "security": [{"operator": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["addresses"],
+                                "properties": {
+                                    "addresses": {"type": "array", "items": {"type": "string"}},
+                                    "account": {"type": "string", "default": ""},
+                                    "reason": {"type": "string"},
+                                    "for_seconds": {
+                                        "type": ["number", "null"],
+                                        "description": "How long; null or absent: for good.",
+                                    },
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"added": {"type": "array", "items": {"type": "string"}}},
+                        },
+                        "The addresses added (one already suppressed as long is not).",
+                    ),
+                    **_ERRORS,
+                },
+            },
+        },
+        "/api/v1/suppressions/{address}": {
+            "delete": {
+                "operationId": "unsuppress",
+                "summary": "Take an address off the list (needs the operator token).",
+                "security": [{"operator": []}],
+                "parameters": [
+                    _path("address", "The address"),
+                    {
+                        "name": "account",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only from this account's list (default: every one).",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        {"type": "object", "properties": {"removed": {"type": "integer"}}},
+                        "How many suppressions went.",
+                    ),
+                    "404": _json(ref(Error), "The address is not on the list."),
+                    **_ERRORS,
+                },
+            }
+        },
         "/api/v1/status": {
             "get": {
                 "operationId": "status",
@@ -245,7 +324,15 @@ def _document() -> dict[str, Any]:
                     "description": (
                         "The token of [http] token (token_file, token_env) in mqd's config."
                     ),
-                }
+                },
+                "operator": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": (
+                        "The token of [http] operator_token in mqd's config: for what changes "
+                        "what mqd sends (the suppression list)."
+                    ),
+                },
             },
             "responses": responses,
             "schemas": components.schemas,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from html import escape
 from typing import TYPE_CHECKING
 
@@ -30,8 +30,10 @@ from mqd.http.api import PREFIX, Api, BadQuery, error, json_error_for
 from mqd.http.charts import Charts
 from mqd.http.html import SECURITY_HEADERS, forbidden_page, page
 from mqd.http.listen import ConnectionGate, GatedSite, listen_error
+from mqd.http.suppressions import SuppressionRoutes
 from mqd.http.view import View
 from mqd.plugins.webhooks import Webhook, WebhookRejected, WebhookRequest
+from mqd.tracking.vocabulary import ProviderEvent
 
 if TYPE_CHECKING:
     from mqd.http.site import Site
@@ -118,6 +120,7 @@ class HttpServer:
         app.router.add_routes(View(self.site).routes())
         app.router.add_routes(Charts(self.site).routes())
         app.router.add_routes(self.actions.routes())
+        app.router.add_routes(SuppressionRoutes(self.site).routes())
         app.on_response_prepare.append(_add_headers)
         return app
 
@@ -279,7 +282,25 @@ class HttpServer:
                 log.exception("webhook %s: cannot record %d event(s)", name, len(reply.events))
                 return web.Response(status=500, text="error")
             log.debug("webhook %s: %d event(s), %d new", name, len(reply.events), new)
+            await self._suppress_reported(name, reply.events)
         return web.Response(status=reply.status, text=reply.body)
+
+    async def _suppress_reported(self, name: str, events: Sequence[ProviderEvent]) -> None:
+        """Bounces and complaints a provider reports join the suppression list (never fails
+        the webhook: the events are recorded already)."""
+        tracker = self.site.tracker
+
+        async def sender_of(queue_id: str) -> str | None:
+            history = await tracker.message(queue_id) if tracker is not None else None
+            return history.sender if history is not None else None
+
+        try:
+            added = await self.site.admin.note_reported(events, sender_of)
+        except Exception:
+            log.exception("webhook %s: cannot update the suppression list", name)
+            return
+        if added:
+            log.info("webhook %s: %d address(es) added to the suppression list", name, added)
 
 
 def _lower_headers(request: web.Request) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from mqd.config.accounts import account_for
 from mqd.config.schema import Config, SpoolConfig
 from mqd.errors import SpoolError
 from mqd.message.envelope import ParsedMessage, is_delivery_report, parse_message
@@ -28,6 +29,7 @@ def make_entry(
     created: float,
     now: float,
     send_at: float | None = None,
+    account: str | None = None,
 ) -> QueueEntry:
     """The new queue entry of a parsed message taken from ``spool`` (first attempted at
     ``send_at`` when it is to go later, see ``mqd.message.sendat``)."""
@@ -51,6 +53,7 @@ def make_entry(
         created_at=created,
         next_attempt_at=send_at or now,
         send_at=send_at,
+        account=account,
         size=size,
         is_report=is_delivery_report(parsed.headers),
         spool_name=spool_name,
@@ -117,6 +120,7 @@ def rebuilder(
             created,
             current,
             send_at,
+            account.name if (account := account_for(config.accounts, parsed.sender)) else None,
         )
 
     return rebuild

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mqd.clock import SYSTEM_CLOCK, Clock
+from mqd.config.accounts import account_for
 from mqd.config.schema import Config, SourceConfig
+from mqd.delivery.accounts import AccountLimits
 from mqd.errors import MessageParseError, QueueError, SubmissionError
 from mqd.events import EventSink, Queued, Rejected
 from mqd.faults import Fault
@@ -31,6 +33,7 @@ from mqd.intake.routing import route_for
 from mqd.intake.source import Login, Submission
 from mqd.message.envelope import ParsedMessage, address_problem, parse_message
 from mqd.message.headers import envelope_field, split_header
+from mqd.message.sendat import send_at_of
 from mqd.plugins.host import PluginHost
 from mqd.producer.inject import envelope_lines
 from mqd.queue.entry import message_id_maker
@@ -63,9 +66,12 @@ class Handover:
         host: PluginHost,
         emit: EventSink,
         *,
+        accounts: AccountLimits | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
+        #: Counts the mail of accounts that refuse over their limits at hand-over.
+        self.accounts = accounts
         self.store = store
         self.host = host
         self.emit = emit
@@ -122,9 +128,31 @@ class Handover:
         refusal = self._policy(parsed, source, submission.login)
         if refusal:
             raise SubmissionError(refusal, stage="policy", permanent=True)
+        # The rest as the spools' intake does it (mqd.intake.pipeline): the sender's account
+        # (one that refuses over its limits says "later"), X-Mqd-Send-At, the entry.
+        account = account_for(self.config.accounts, parsed.sender)
+        if account is not None and self.accounts is not None:
+            refusal = self.accounts.check_in(account.name)
+            if refusal:
+                raise SubmissionError(refusal, stage="limit", permanent=False)
+        try:
+            send_at = send_at_of(parsed.headers, now, self.config.queue.send_later_horizon)
+        except MessageParseError as exc:
+            raise SubmissionError(str(exc), stage="intake", permanent=True) from None
         route = route_for(self.config, source, parsed.sender)
         entry_id = self._new_id()
-        entry = make_entry(entry_id, source, f"{entry_id}.eml", len(body), parsed, route, now, now)
+        entry = make_entry(
+            entry_id,
+            source,
+            f"{entry_id}.eml",
+            len(body),
+            parsed,
+            route,
+            now,
+            now,
+            send_at,
+            account.name if account is not None else None,
+        )
         waiting = _Waiting(
             Incoming(entry, body),
             asyncio.get_running_loop().create_future(),

@@ -32,7 +32,9 @@ import os
 from collections.abc import Sequence
 
 from mqd.clock import SYSTEM_CLOCK, Clock
+from mqd.config.accounts import account_for
 from mqd.config.schema import Config
+from mqd.delivery.accounts import AccountLimits
 from mqd.errors import MessageParseError, QueueError, SpoolError
 from mqd.events import Claimed as ClaimedEvent  # not the claimed file: intake.spool.Claimed
 from mqd.events import EventSink, Queued, Rejected
@@ -72,10 +74,13 @@ class Intake:
         host: PluginHost,
         emit: EventSink,
         *,
+        accounts: AccountLimits | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
         self.store = store
+        #: Counts the mail of accounts that refuse over their limits at hand-over.
+        self.accounts = accounts
         self.host = host
         self.emit = emit
         self.clock = clock
@@ -210,6 +215,9 @@ class Intake:
             if read.parsed is not None and read.error is None:
                 route = route_for(self.config, spool, read.parsed.sender)
                 refusal = self.host.check_policy(read.parsed, spool, route[0], self.config)
+                account = account_for(self.config.accounts, read.parsed.sender)
+                if not refusal and account is not None and self.accounts is not None:
+                    refusal = self.accounts.check_in(account.name)
                 horizon = self.config.queue.send_later_horizon
                 if refusal:
                     read.error, read.stage = refusal, "policy"
@@ -229,6 +237,7 @@ class Intake:
                             now,
                             now,
                             send_at,
+                            account.name if account is not None else None,
                         )
                         accepted.append(Incoming(entry, read.data or b"", claimed.path))
                         continue

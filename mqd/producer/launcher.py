@@ -7,6 +7,11 @@ along the whole import path. The sendmail path needs none of that, only the dire
 to ``sys.path``; pip cannot write a script that starts with ``python -S`` (it drops what follows
 ``#!python``), so this writes one, with those directories as they are when it runs.
 
+It also holds what the sendmail path needs from the config (``mqd.producer.sendmail.Settings``:
+the spool, the qualify domain, the spool's sender policy), resolved by the full loader when it is
+written, so that the path reads no TOML. When that config file changes, the launcher reads it in
+full again (and says so on stderr) until it is written again.
+
 Should mqd move after that (a new venv elsewhere), the launcher falls back to ``site.py`` and
 works as ``mqd-sendmail`` does, only slower, until it is written again.
 """
@@ -18,10 +23,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mqd.errors import MQDError
 from mqd.fsutil import atomic_write
 from mqd.version import __version__
+
+if TYPE_CHECKING:
+    from mqd.config.schema import Config
 
 __all__ = ["LauncherError", "render_launcher", "site_paths", "write_launcher"]
 
@@ -51,25 +60,29 @@ def site_paths() -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def render_launcher(python: str, paths: list[str], config: str | None = None) -> str:
+def render_launcher(python: str, paths: list[str], baked: dict[str, Any] | None = None) -> str:
     """The launcher's text: ``python -S``, ``paths`` after the standard library's, then
-    ``mqd.producer.sendmail`` (with ``-C config`` first when given, so that a later ``-C`` wins)."""
+    ``mqd.producer.sendmail``'s ``main`` with ``baked`` (``Settings.to_data``, a literal)."""
     if not os.path.isabs(python) or any(c.isspace() for c in python):
         # A #! line takes one path without spaces, and one argument (here -S).
         raise LauncherError(
             f"cannot write a launcher for the interpreter {python!r}: a #! line needs an "
             "absolute path without spaces; use mqd-sendmail (installed beside mqd) instead"
         )
-    preset = f"{['-C', config]!r} + " if config is not None else ""
+    source = (baked or {}).get("config") or "the embedded defaults"
     return f"""#!{python} -S
 # mqd sendmail (mqd {__version__}), written by "mqd install-sendmail": the same command as
 # mqd-sendmail, started without site.py, whose .pth files and sitecustomize lookups cost about a
 # third of a bare start. The import path site.py gave this installation is set below instead;
 # after moving or reinstalling mqd elsewhere, run "mqd install-sendmail --force" again (until
 # then this falls back to site.py, and works, only slower).
+# SETTINGS: what mqd sendmail needs from {source} (the spool, qualify_domain, the spool's
+# sender policy), as the full loader read it; when that file changes this reads it in full
+# (slower, saying so) until written again. A -C naming another config wins.
 import sys
 
 sys.path.extend({paths!r})
+SETTINGS = {baked!r}
 try:
     from mqd.producer.sendmail import main
 except ImportError:  # mqd has moved since: look for it as python3 would
@@ -77,13 +90,15 @@ except ImportError:  # mqd has moved since: look for it as python3 would
 
     site.main()
     from mqd.producer.sendmail import main
-sys.exit(main({preset}sys.argv[1:]))
+sys.exit(main(sys.argv[1:], SETTINGS))
 """
 
 
-def write_launcher(target: Path, *, force: bool = False, config: Path | None = None) -> None:
-    """Write the launcher to ``target`` (mode 0755) atomically; refuse to replace an existing
-    file (often a real sendmail) unless ``force``."""
+def write_launcher(target: Path, config: Config, *, force: bool = False) -> None:
+    """Write the launcher for ``config`` to ``target`` (mode 0755) atomically; refuse to replace
+    an existing file (often a real sendmail) unless ``force``."""
+    from mqd.producer.settings import Settings
+
     if os.name != "posix":
         raise LauncherError(
             "a launcher needs a #! line, which Windows does not run; use mqd-sendmail instead"
@@ -97,9 +112,9 @@ def write_launcher(target: Path, *, force: bool = False, config: Path | None = N
         )
     if not target.parent.is_dir():
         raise LauncherError(f"cannot write {target}: the directory {target.parent} does not exist")
-    text = render_launcher(
-        sys.executable, site_paths(), os.path.abspath(config) if config is not None else None
-    )
+    baked = Settings.from_config(config).to_data()
+    baked["launcher"] = os.path.abspath(target)  # named when the config has changed since
+    text = render_launcher(sys.executable, site_paths(), baked)
     try:
         # Temporary file, fsync, rename (a symlink at target is replaced, not followed).
         atomic_write(target, text.encode("utf-8"), mode=0o755)

@@ -9,46 +9,43 @@ envelope stated in leading X-Sender / X-Receiver lines. Supported options::
     -F NAME       full name for the From header when the message has none
     -o*, -B*, -bm, -od*, -v, -N*, -R*, -L*, -X*   accepted and ignored (sendmail compatibility)
 
-Without ``-f`` the sender comes from the Sender or From header. Addresses without a domain
-(cron writes "root") get ``[sendmail] qualify_domain`` appended, or are refused.
+Without ``-f`` the sender comes from the Sender or From header; without those, it is the
+effective user's login name at ``[sendmail] qualify_domain`` (default ``queue.hostname``), as
+Postfix's sendmail does. Addresses without a domain (cron writes "root") get
+``[sendmail] qualify_domain`` appended, or are refused. Every sender is checked against the
+spool's allow-lists before anything is written.
 
-It runs once per message, so it loads as little as it can (tests/test_imports.py holds it to
-that): no click, asyncio, email.policy or pluggy, and not ``mqd.config.load``, whose dataclasses
-alone cost more than a bare interpreter's start; not even ``__future__`` (its import costs ~0.2
-ms): the modules of this path quote the annotations that name type-checking-only imports. It
-reads the three keys it needs from the TOML file itself (``[sendmail] spool`` and
-``qualify_domain``, the first ``[[spool]] path``); the daemon and ``mqd config check`` validate
-the rest. When anything about those keys is not as expected, the full config loader runs, so
-that its error (naming the key and the fix) is the one shown.
+It runs once per message, so it loads as little as it can (tests/test_imports.py holds the
+launcher to that): no click, asyncio, email.policy or pluggy, no TOML reader and not
+``mqd.config.load``, whose dataclasses alone cost more than a bare interpreter's start; not even
+``__future__`` (its import costs ~0.2 ms): the modules of this path quote the annotations that
+name type-checking-only imports. What it needs from the config (the spool, the qualify domain,
+the sender policy) is written into the launcher by ``mqd install-sendmail``, or read in full
+(``mqd.producer.settings``). It checks the sender policy before it writes, as the daemon would.
 """
 
-import os
 import sys
 
-from mqd.errors import ConfigError, MessageParseError, MQDError
-from mqd.message.headers import address_problem, envelope_address, read_envelope
+from mqd.errors import ConfigError, MessageParseError, MQDError, PolicyError
+from mqd.exitcodes import ExitCode
+from mqd.message.headers import (
+    address_problem,
+    envelope_address,
+    read_envelope,
+    split_header,
+    unfold,
+)
 from mqd.producer.inject import envelope_lines, write_to_spool
-from mqd.producer.tomlsubset import read_subset
+from mqd.producer.settings import settings
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers know it)
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from typing import Any, BinaryIO
 
+    from mqd.config.senders import SenderRules
+
 __all__ = ["SendmailArgs", "main", "parse_args"]
-
-
-class ExitCode:
-    """``mqd.exitcodes.ExitCode``'s values as plain ints: that one is an IntEnum, and importing
-    ``enum`` costs this path a few ms (tests/test_perf_sendmail.py keeps the two equal)."""
-
-    OK = 0
-    FAILURE = 1
-    USAGE = 64
-    DATAERR = 65
-    CANTCREAT = 73
-    TEMPFAIL = 75
-    CONFIG = 78
 
 
 USAGE = "usage: mqd sendmail [-t] [-i] [-f sender] [-F fullname] [recipient ...] < message"
@@ -58,13 +55,14 @@ Drop the message on standard input into mqd's spool (the daemon delivers it).
 
   -t          recipients from To, Cc and Bcc, plus any given as arguments
   -i, -oi     a line with a single "." does not end the message
-  -f SENDER   envelope sender (also -fSENDER, -r SENDER); default: Sender or From header
+  -f SENDER   envelope sender (also -fSENDER, -r SENDER); default: Sender or From
+              header, else your login name at qualify_domain (or the host name)
   -F NAME     full name for the From header added when the message has none
   -C FILE     config file (like mqd --config)
   -o*, -O*, -B*, -bm, -od*, -v, -N*, -R*, -L*, -X*   accepted and ignored
 
-Exit codes: 0 queued, 64 bad option, 65 unusable message, 78 config error,
-73 or 75 the spool cannot be written."""
+Exit codes: 0 queued, 64 bad option, 65 unusable message, 77 sender not allowed,
+78 config error, 73 or 75 the spool cannot be written."""
 _IGNORED_PREFIXES = ("-o", "-O", "-B", "-od", "-N", "-R", "-L", "-X", "-v", "-m", "-e")
 _IGNORED_WITH_VALUE = ("-N", "-R", "-L", "-X", "-B", "-O")
 
@@ -166,37 +164,58 @@ def read_message(stream: "BinaryIO", ignore_dots: bool) -> bytes:
     return b"".join(lines)
 
 
-def build(args: SendmailArgs, raw: bytes, qualify_domain: str | None) -> bytes:
+def build(
+    args: SendmailArgs,
+    raw: bytes,
+    qualify_domain: str | None,
+    rules: "SenderRules | None" = None,
+    origin: str | None = None,
+) -> bytes:
     """The spool file for ``raw``: envelope lines, a From header if missing, then the message.
 
-    Raises MessageParseError for a message without recipients or a usable sender.
+    Without ``-f`` and without a sender in the headers (mail, mailx and many scripts), the
+    sender is the effective user's login name at ``origin`` (default ``qualify_domain``), as
+    Postfix's, exim's and nullmailer's sendmail do.
+
+    Raises MessageParseError for a message without recipients or a usable sender, and
+    PolicyError when ``rules`` (the spool's sender policy) refuse its sender or From.
     """
     if not raw.strip():
         raise MessageParseError("the message on standard input is empty")
     header_end = _header_end(raw)
-    found_sender = ""
-    found_rcpts: tuple[str, ...] = ()
-    invalid: tuple[tuple[str, str], ...] = ()
-    if args.from_headers or args.sender is None:
-        # The sender is validated after qualification ("root" from cron becomes root@domain).
-        found_sender, found_rcpts, invalid, _ = read_envelope(
-            raw, require_sender=False, require_recipients=False
-        )
+    # The sender is validated after qualification ("root" from cron becomes root@domain).
+    found_sender, found_rcpts, invalid, headers = read_envelope(
+        raw, require_sender=False, require_recipients=False
+    )
     recipients = list(args.recipients)
     if args.from_headers:
         recipients += list(found_rcpts) + [a for a, _ in invalid]
     sender = args.sender if args.sender is not None else found_sender
+    if not sender and args.sender is None:
+        sender = _login_sender(origin or qualify_domain)
     if not sender:
         raise MessageParseError("no sender: give one with -f or put a From header in the message")
     sender = _qualify(sender, qualify_domain, "sender")
     recipients = list(dict.fromkeys(_qualify(r, qualify_domain, "recipient") for r in recipients))
     if not recipients:
         raise MessageParseError("no recipients: give them as arguments or use -t")
+    has_from = b"\nfrom:" in b"\n" + raw[:header_end].lower()
+    if has_from and qualify_domain:  # cron's "From: root (Cron Daemon)", as Postfix does
+        raw = _qualify_from(raw, qualify_domain)
+        headers = read_envelope(raw, require_sender=False, require_recipients=False)[3]
+    if rules is not None:
+        # As the daemon would, now, while the caller waits: the From added below is the sender.
+        refusal = rules.refusal(sender, headers.get("from", sender) if has_from else sender)
+        if refusal:
+            raise PolicyError(f"{refusal}; nothing was queued")
     extra = b""
-    if b"\nfrom:" not in b"\n" + raw[:header_end].lower():
-        from email.utils import formataddr  # only for a message without From
+    if not has_from:  # as Postfix: From is the envelope sender (with -F's name)
+        value = sender
+        if args.full_name:
+            from email.utils import formataddr  # only for a name to quote (it costs ~10 ms)
 
-        extra = f"From: {formataddr((args.full_name or '', sender))}\r\n".encode()
+            value = formataddr((args.full_name, sender))
+        extra = f"From: {value}\r\n".encode()
     return envelope_lines(sender, recipients) + extra + raw
 
 
@@ -215,13 +234,79 @@ def _qualify(address: str, domain: str | None, role: str) -> str:
     return address
 
 
+def _login_sender(domain: str | None) -> str:
+    """The effective user's login name at ``domain``: the user whose rights write the spool.
+    Not ``os.getlogin()`` (the terminal's login: none under cron, PHP-FPM or systemd, and the
+    one who logged in rather than the one ``su``/``sudo`` runs as) nor ``$LOGNAME``/``$USER``
+    (whatever the caller's environment says, unset for daemons, kept by some ``sudo``)."""
+    import os
+
+    try:
+        import pwd  # built in, cheap; only for mail without any sender
+
+        uid = os.geteuid()
+        name = pwd.getpwuid(uid).pw_name
+    except ImportError:  # Windows: no password database, no effective user
+        raise MessageParseError(
+            "no sender: give one with -f or put a From header in the message"
+        ) from None
+    except KeyError:
+        raise MessageParseError(
+            f"no sender: give one with -f or put a From header in the message (the user id "
+            f"{uid} has no name in the password database to send as)"
+        ) from None
+    if not domain:
+        raise MessageParseError(
+            f"no sender: give one with -f or put a From header in the message, or set "
+            f"[sendmail] qualify_domain in the config to send as {name}@<qualify_domain>"
+        )
+    return f"{name}@{domain}"
+
+
+def _qualify_from(raw: bytes, domain: str) -> bytes:
+    """``raw`` with its From header's address qualified with ``domain`` when that header is one
+    local name alone (``root``, ``root (Cron Daemon)``, ``Cron Daemon <root>``: what cron
+    writes), as Postfix appends ``@$myorigin``; else ``raw`` unchanged. The daemon reads From
+    strictly, so an unqualified one would be refused (``check_from``)."""
+    fields, _ = split_header(raw)
+    froms = [i for i, (name, _) in enumerate(fields) if name.lower() == b"from"]
+    if len(froms) != 1:
+        return raw
+    index = froms[0]
+    line = fields[index][1]
+    value = unfold(line).strip()
+    lt, gt = value.rfind("<"), value.rfind(">")
+    if 0 <= lt < gt and not value[gt + 1 :].strip():  # Name <root>
+        local = value[lt + 1 : gt].strip()
+        qualified = f"{value[: lt + 1]}{local}@{domain}{value[gt:]}"
+    else:  # root, or root (comment)
+        local, paren, comment = value.partition("(")
+        local = local.strip()
+        qualified = f"{local}@{domain}" + (f" ({comment}" if paren else "")
+        if paren and not comment.rstrip().endswith(")"):
+            return raw
+    if not local or local.startswith(".") or local.endswith(".") or local.strip(_ATEXT):
+        return raw  # an address already, or not a plain local name: left to the policy
+    start = sum(len(field) for _, field in fields[:index])
+    ending = b"\r\n" if line.endswith(b"\r\n") else b"\n"
+    name = line[: line.index(b":")]
+    new_line = name + b": " + qualified.encode("utf-8") + ending
+    return raw[:start] + new_line + raw[start + len(line) :]
+
+
+#: The characters of an unquoted local part (RFC 5322 atext, and the dot).
+_ATEXT = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~."
+
+
 def _header_end(raw: bytes) -> int:
     ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
     return min(ends) if ends else len(raw)
 
 
-def main(argv: "Sequence[str]") -> int:
-    """Run ``sendmail`` with ``argv`` (without the program name); returns the exit code."""
+def main(argv: "Sequence[str]", baked: "Mapping[str, Any] | None" = None) -> int:
+    """Run ``sendmail`` with ``argv`` (without the program name); returns the exit code.
+
+    ``baked``: what ``mqd install-sendmail`` wrote into the launcher (``Settings.to_data``)."""
     if "--help" in argv:
         print(HELP)
         return ExitCode.OK
@@ -231,9 +316,14 @@ def main(argv: "Sequence[str]") -> int:
         print(f"mqd sendmail: {exc}\n{USAGE}", file=sys.stderr)
         return ExitCode.USAGE
     try:
-        spool, qualify_domain = settings(args.config)
-        data = build(args, read_message(sys.stdin.buffer, args.ignore_dots), qualify_domain)
-        write_to_spool(spool, [data])
+        found = settings(args.config, baked)
+        raw = read_message(sys.stdin.buffer, args.ignore_dots)
+        try:
+            data = build(args, raw, found.qualify_domain, found.rules, found.origin)
+        except PolicyError as exc:
+            print(f"mqd sendmail: {exc} (from {found.source})", file=sys.stderr)
+            return ExitCode.NOPERM
+        write_to_spool(found.spool, [data])
     except ConfigError as exc:
         print(f"mqd sendmail: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
@@ -250,108 +340,3 @@ def main(argv: "Sequence[str]") -> int:
         print(f"mqd sendmail: {exc}", file=sys.stderr)
         return ExitCode.FAILURE
     return ExitCode.OK
-
-
-# -- the config, read lightly ---------------------------------------------------------------
-
-_CONFIG_ENV = "MQD_CONFIG"  # mqd.config.schema.CONFIG_ENV
-_SYSTEM_CONFIG = "/etc/mqd/mqd.toml"  # mqd.config.paths.SYSTEM_CONFIG
-
-
-class _FullConfigNeeded(Exception):
-    """The light reader met something it does not check itself: let mqd.config.load say what."""
-
-
-def settings(config: str | None) -> tuple[str, str | None]:
-    """The spool to write into and ``[sendmail] qualify_domain``, for the config named by
-    ``-C`` (None: ``$MQD_CONFIG``, then the platform's default, as
-    ``mqd.config.load.locate_config``).
-
-    Raises ConfigError as ``mqd.config.load.load_config`` would for these keys; tests/
-    test_perf_sendmail.py holds both readers to the same answers.
-    """
-    try:
-        return _light_settings(config)
-    except _FullConfigNeeded:
-        from pathlib import Path
-
-        from mqd.config.load import load_config, locate_config
-
-        loaded = load_config(locate_config(Path(config) if config is not None else None))
-        return os.fspath(loaded.inject_spool), loaded.sendmail.qualify_domain
-
-
-def _light_settings(config: str | None) -> tuple[str, str | None]:
-    path = _locate(config)
-    if path is None:  # embedded defaults: rare outside development, so no shortcut
-        raise _FullConfigNeeded
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-        data = read_subset(raw.decode("utf-8"))
-        if data is None:  # beyond the subset the light reader knows: the real parser
-            import tomllib
-
-            data = tomllib.loads(raw.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):  # TOMLDecodeError is a ValueError
-        raise _FullConfigNeeded from None
-    base = os.path.dirname(path)
-    sendmail = _table(data.get("sendmail", {}))
-    if not set(sendmail) <= {"spool", "qualify_domain"}:
-        raise _FullConfigNeeded  # a misspelt key: the full loader names it
-    domain = sendmail.get("qualify_domain")
-    if domain is not None and (not isinstance(domain, str) or not domain or "@" in domain):
-        raise _FullConfigNeeded
-    spools = data.get("spool")
-    if isinstance(spools, dict):
-        spools = [spools]
-    if not isinstance(spools, list) or not spools:
-        raise _FullConfigNeeded
-    paths = [_path(_table(spool).get("path"), base) for spool in spools]
-    if "spool" in sendmail:
-        chosen = _path(sendmail["spool"], base)
-        if os.path.abspath(chosen) not in map(os.path.abspath, paths):
-            raise _FullConfigNeeded
-        return chosen, domain
-    return paths[0], domain
-
-
-def _locate(config: str | None) -> str | None:
-    if config is not None:
-        return config if os.path.isfile(config) else _raise_full()
-    from_env = os.environ.get(_CONFIG_ENV)
-    if from_env:
-        return from_env if os.path.isfile(from_env) else _raise_full()
-    default = _default_config()
-    if os.path.isfile(default):
-        return default
-    if default != _SYSTEM_CONFIG and os.name == "posix" and os.path.isfile(_SYSTEM_CONFIG):
-        return _SYSTEM_CONFIG
-    return None
-
-
-def _default_config() -> str:
-    """``mqd.config.paths.default_paths().config_file``, without importing dataclasses for it."""
-    if sys.platform != "darwin" and hasattr(os, "geteuid") and os.geteuid() == 0:
-        return _SYSTEM_CONFIG
-    import platformdirs
-
-    return os.path.join(platformdirs.user_config_dir("mqd", appauthor=False), "mqd.toml")
-
-
-def _table(value: "Any") -> "dict[str, Any]":
-    if not isinstance(value, dict):
-        raise _FullConfigNeeded
-    return value
-
-
-def _path(value: "Any", base: str) -> str:
-    """As ``Options.filepath``: ``~`` expanded, relative to the config file's directory."""
-    if not isinstance(value, str):
-        raise _FullConfigNeeded
-    value = os.path.expanduser(value)
-    return value if os.path.isabs(value) else os.path.join(base, value)
-
-
-def _raise_full() -> str:
-    raise _FullConfigNeeded

@@ -64,6 +64,8 @@ class RcptStatus(StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
+    #: On the suppression list: not sent, no bounce (final, like delivered and failed).
+    SUPPRESSED = "suppressed"
 
 
 @dataclass(slots=True)  # slots: 100,000 queued entries are held in memory
@@ -116,6 +118,8 @@ class QueueEntry:
     #: Send later: the time ``X-Mqd-Send-At`` named (its first attempt, and where its lifetime
     #: starts); None for a message that goes as soon as it can.
     send_at: float | None = None
+    #: The ``[[account]]`` its sender belongs to (its limits apply), None for none.
+    account: str | None = None
     #: One record per relay used, newest last (at most ``HISTORY_LIMIT``): when, which relay,
     #: for which recipients, and what came back.
     history: list[dict[str, Any]] = field(default_factory=list)

@@ -59,6 +59,7 @@ _STATUS_OF: dict[EventKind, Status] = {
     EventKind.BOUNCED: Status.BOUNCED,
     EventKind.FAILED: Status.FAILED,
     EventKind.DELETED: Status.DELETED,
+    EventKind.SUPPRESSED: Status.SUPPRESSED,
 }
 
 

@@ -25,6 +25,7 @@ class Status(StrEnum):
     DROPPED = "dropped"  # the provider refused to send it (suppression list, invalid address)
     FAILED = "failed"  # the message finished with failures: moved to failed/
     DELETED = "deleted"  # removed by the administrator (mqd queue delete)
+    SUPPRESSED = "suppressed"  # on the suppression list: not sent, no bounce
     # what providers report after delivery
     OPENED = "opened"
     CLICKED = "clicked"
@@ -48,6 +49,7 @@ RANK: Mapping[Status, int] = {
     Status.REJECTED: 8,
     Status.FAILED: 8,
     Status.DELETED: 8,
+    Status.SUPPRESSED: 8,
     Status.COMPLAINED: 9,
 }
 

@@ -184,6 +184,8 @@ class Handler:
         except SubmissionError as exc:
             listener.refused()
             log.info("smtpd %s: message refused (%s): %s", listener.address, exc.stage, exc)
+            if exc.stage == "limit":  # an account over its limits: later
+                return f"451 4.7.0 {_one_line(exc.reason)}"
             if not exc.permanent:
                 return f"451 4.3.0 {_one_line(exc.reason)}"
             if exc.stage == "policy":
