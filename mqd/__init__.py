@@ -15,6 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ resolves these
     from typing import Any
 
+    from mqd.clock import ManualClock
     from mqd.config.options import Options, Secret
     from mqd.config.schema import Config, SourceConfig, SpoolConfig
     from mqd.errors import (
@@ -68,6 +69,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
 #: Public name -> the module that defines it.
 _LAZY = {
     "Bounced": "mqd.events",
+    "ManualClock": "mqd.clock",
     "Claimed": "mqd.events",
     "Completed": "mqd.events",
     "Config": "mqd.config.schema",
@@ -142,6 +144,7 @@ __all__ = [
     "HandOver",
     "Login",
     "MQDError",
+    "ManualClock",
     "MessageEvent",
     "MessageParseError",
     "Options",
