@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import subprocess
 import textwrap
@@ -240,6 +241,49 @@ async def test_acked_only_once_durable(
         assert mqd.mailbox.accepted == 1
 
 
+def _unacked(queue: str) -> int:
+    """The deliveries of ``queue`` that a consumer holds, not acked (rabbitmqctl)."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    counts = dict(line.split("\t") for line in listed.splitlines() if "\t" in line)
+    return int(counts[queue])
+
+
+async def _unacked_is(queue: str, count: int) -> bool:
+    return await asyncio.to_thread(_unacked, queue) == count
+
+
+async def test_a_delivery_is_held_unacked_while_the_store_writes_it(
+    mailbox_config: Callable[..., Config], host: PluginHost, broker: Broker
+) -> None:
+    async with running(mailbox_config(), host) as mqd:
+        store = mqd.daemon.store
+        accept = store.accept
+        entered, release = asyncio.Event(), asyncio.Event()
+
+        async def held_accept(batch: Any) -> None:
+            entered.set()
+            await release.wait()
+            await accept(batch)
+
+        store.accept = held_accept  # type: ignore[method-assign]
+        await until(lambda: mqd.mailbox.connected)
+        await broker.publish(MESSAGE)
+        await asyncio.wait_for(entered.wait(), 10)
+        # The broker's counts are statistics, refreshed every few seconds: polled.
+        await until(lambda: _unacked_is(broker.name, 1), timeout=30)
+        assert mqd.mailbox.accepted == 0 and not release.is_set()
+        release.set()
+        await until(lambda: mqd.mailbox.accepted == 1)
+        await until(lambda: _unacked_is(broker.name, 0), timeout=30)
+        assert await broker.count() == 0 and len(mqd.sent) <= 1
+
+
 async def _ready(broker: Broker, count: int) -> bool:
     return await broker.count() == count
 
@@ -289,6 +333,27 @@ async def test_malformed_and_refused_messages_are_dead_lettered(
         assert sorted(m.message_id or "" for m in dead) == ["bad-to", "evil", "garbage"]
 
 
+async def test_an_account_over_its_limit_with_refuse_is_dead_lettered(
+    mailbox_config: Callable[..., Config], host: PluginHost, broker: Broker
+) -> None:
+    extra = """
+        [[account]]
+        name = "trial"
+        senders = ["*@news.example.com"]
+        max_per_minute = 1
+        over_limit = "refuse"
+    """
+    async with running(mailbox_config(extra), host) as mqd:
+        await until(lambda: mqd.mailbox.connected)
+        await broker.publish(MESSAGE, message_id="first")
+        await until(lambda: mqd.mailbox.accepted == 1)
+        await broker.publish(MESSAGE, message_id="second")
+        await until(lambda: _dead_count(broker, 1))
+        [rejected] = [e for e in mqd.events if isinstance(e, Rejected)]
+        assert rejected.stage == "limit" and rejected.file == "second"
+        assert mqd.mailbox.refused == 1 and await broker.count() == 0
+
+
 async def _dead_count(broker: Broker, count: int) -> bool:
     return await broker.count(broker.dlq) == count
 
@@ -314,8 +379,12 @@ def _close_connection(marker: str) -> None:
 
 
 async def test_a_dropped_connection_is_reconnected(
-    mailbox_config: Callable[..., Config], host: PluginHost, broker: Broker
+    mailbox_config: Callable[..., Config],
+    host: PluginHost,
+    broker: Broker,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="mqd.mailbox")
     async with running(mailbox_config(), host) as mqd:
         await until(lambda: mqd.mailbox.connected)
         await broker.publish(MESSAGE)
@@ -327,6 +396,12 @@ async def test_a_dropped_connection_is_reconnected(
         await broker.publish(MESSAGE)
         await until(lambda: len(mqd.sent) == 2)
         assert mqd.mailbox.accepted == 2
+    # Said once that it is down, and once that it is back.
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "mqd.mailbox"]
+    down = [m for level, m in said if level == logging.ERROR]
+    back = [m for level, m in said if "resumed" in m]
+    assert len(down) == 1 and "cannot consume" in down[0] and "closed by the broker" in down[0]
+    assert len(back) == 1
 
 
 async def test_status_shows_the_mailbox(
@@ -350,7 +425,11 @@ async def test_status_shows_the_mailbox(
 
 
 async def test_an_unreachable_broker_is_shown_and_retried(
-    write_config: Callable[[str], Path], queue_dir: Path, spool: Path, host: PluginHost
+    write_config: Callable[[str], Path],
+    queue_dir: Path,
+    spool: Path,
+    host: PluginHost,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     with socket_closed_port() as port:
         config = load_config(
@@ -376,6 +455,51 @@ async def test_an_unreachable_broker_is_shown_and_retried(
             assert source.connected is False and source.last_error
             text = "\n".join(render_status((await mqd.daemon.admin.status()).to_dict()))
             assert "NOT CONNECTED" in text and "last error:" in text
+        errors = [
+            r for r in caplog.records if r.name == "mqd.mailbox" and r.levelno >= logging.ERROR
+        ]
+        assert len(errors) == 1  # said once, not at every retry
+
+
+async def test_a_queue_that_does_not_exist_yet_is_waited_for(
+    write_config: Callable[[str], Path],
+    queue_dir: Path,
+    spool: Path,
+    host: PluginHost,
+    broker: Broker,
+) -> None:
+    name = f"{broker.name}.later"
+    config = load_config(
+        write_config(
+            f"""
+            [queue]
+            dir = "{queue_dir}"
+            [[spool]]
+            path = "{spool}"
+            allowed_senders = ["*@example.com"]
+            [relays.mem]
+            plugin = "memory"
+            [[mailbox]]
+            url = "amqp://guest@127.0.0.1/"
+            password_file = "{write_config("guest", name="amqp-password")}"
+            queue = "{name}"
+            allowed_senders = ["*@news.example.com"]
+            reconnect_max = "1s"
+            """
+        )
+    )
+    async with running(config, host) as mqd:
+        await until(lambda: mqd.mailbox.broker.failures >= 1)
+        assert "NOT_FOUND" in (mqd.mailbox.last_error or "")
+        await broker.channel.declare_queue(name, durable=True)
+        try:
+            await until(lambda: mqd.mailbox.connected)
+            await broker.channel.default_exchange.publish(
+                aio_pika.Message(MESSAGE, message_id="late"), routing_key=name
+            )
+            await until(lambda: len(mqd.sent) == 1)
+        finally:
+            await broker.channel.queue_delete(name)
 
 
 @contextlib.contextmanager

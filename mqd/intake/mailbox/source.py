@@ -40,6 +40,14 @@ STOP_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 15.0
 
 
+def _quiet_amqp() -> None:
+    """aiormq logs a lost connection as an ERROR with its traceback, at each loss: the mailbox
+    says it once itself (``Fault``), and when it is back."""
+    logger = logging.getLogger("aiormq.connection")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.CRITICAL)
+
+
 class MailboxSource(Source):
     """A ``[[mailbox]]`` table: one AMQP connection, channel and consumer."""
 
@@ -50,6 +58,7 @@ class MailboxSource(Source):
                 "needs aio-pika: pip install 'mqd[mailbox]'", path=app.source, key=config.name
             )
         self.settings = MailboxSettings.read(config, app)
+        _quiet_amqp()
         seen = app.queue.own_dir / "mailbox" / f"{self.settings.key}.ids"
         self.seen = SeenIds(seen, self.settings.dedup_window)
         self.connected = False
@@ -77,7 +86,7 @@ class MailboxSource(Source):
         self._stopping, self._paused, self._idle = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._idle.set()
         self._task = asyncio.create_task(self._run(), name=f"mqd-{self.config.name}")
-        log.info("%s consuming %s", self.config.name, self.settings.where)
+        log.info("%s connecting to %s", self.config.name, self.settings.where)
 
     async def stop(self) -> None:
         if self._task is None or self._stopping is None:
@@ -154,7 +163,9 @@ class MailboxSource(Source):
             queue = await channel.get_queue(settings.queue, ensure=True)
             tag = await queue.consume(self._on_message, no_ack=False)
             self.connected, self.last_error = True, None
-            self.broker.cleared()
+            if not self.broker.active:
+                log.info("%s connected: consuming %s", self.config.name, settings.where)
+            self.broker.cleared()  # "resumed" after a failure
             while True:
                 stop = asyncio.create_task(self._stopping.wait())
                 pause = asyncio.create_task(self._paused.wait())
@@ -245,7 +256,9 @@ class MailboxSource(Source):
             await self._reject(message, mid, "intake", str(exc), submission)
             return
         except SubmissionError as exc:
-            if exc.permanent:
+            # An account over its limits with over_limit = "refuse" is refused as a spool
+            # refuses it: held, it would fill the prefetch window and stall the other senders.
+            if exc.permanent or exc.stage == "limit":
                 await self._reject(message, mid, exc.stage, exc.reason, submission)
                 return
             await message.nack(requeue=True)
