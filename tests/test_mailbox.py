@@ -407,7 +407,8 @@ async def test_a_dropped_connection_is_reconnected(
 async def test_status_shows_the_mailbox(
     mailbox_config: Callable[..., Config], host: PluginHost, broker: Broker
 ) -> None:
-    async with running(mailbox_config(), host) as mqd:
+    config = mailbox_config("[metrics]\nenabled = true\nport = 0\n")
+    async with running(config, host) as mqd:
         await until(lambda: mqd.mailbox.connected)
         await broker.publish(MESSAGE)
         await broker.publish(make_message(sender="mallory@evil.test"))
@@ -422,6 +423,10 @@ async def test_status_shows_the_mailbox(
         text = "\n".join(render_status(status.to_dict()))
         assert f"mailbox[0]: amqp://127.0.0.1:5672/ queue {broker.name}; connected, " in text
         assert "1 accepted, 1 refused" in text
+        assert mqd.daemon.metrics is not None
+        scrape = (await mqd.daemon.servers.metrics.render()).decode()  # type: ignore[union-attr]
+        assert 'mqd_source_connections{source="mailbox[0]"} 1.0' in scrape
+        assert 'mqd_source_messages_total{outcome="accepted",source="mailbox[0]"} 1.0' in scrape
 
 
 async def test_an_unreachable_broker_is_shown_and_retried(

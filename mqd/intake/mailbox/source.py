@@ -92,9 +92,14 @@ class MailboxSource(Source):
         if self._task is None or self._stopping is None:
             return
         self._stopping.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        if not self.connected:
+            self._task.cancel()  # connecting, or waiting to: nothing to answer
+        try:
+            await asyncio.wait_for(self._task, STOP_TIMEOUT + CONNECT_TIMEOUT)
+        except (asyncio.CancelledError, TimeoutError):
+            pass
+        finally:
+            self._task = None
 
     def status(self) -> SourceStatus:
         return SourceStatus(
