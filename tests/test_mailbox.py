@@ -14,7 +14,7 @@ import os
 import subprocess
 import textwrap
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from mqd.events import Event, Queued, Rejected
 from mqd.intake.mailbox.source import MailboxSource
 from mqd.plugins.host import PluginHost
 from mqd.relays.memory import MemoryRelay
+from mqd.testing.waiting import wait_until
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 MESSAGE = make_message(sender="app@news.example.com", to=("alice@example.net",))
@@ -171,18 +172,9 @@ async def running(config: Config, host: PluginHost) -> AsyncIterator[Running]:
         await asyncio.wait_for(task, 15)
 
 
-async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 15) -> None:
-    """Wait for ``condition`` (polled), failing after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        assert loop.time() < deadline, "timed out waiting for the condition"
-        await asyncio.sleep(0.05)
+async def until(condition: Callable[[], Any], timeout: float = 15) -> None:
+    """Wait for ``condition`` (polled; a function or one returning an awaitable)."""
+    await wait_until(condition, "the mailbox to get there", timeout)
 
 
 async def test_a_published_message_is_relayed_and_acked(
