@@ -27,8 +27,11 @@ from mqd.admin.status import Status
 from mqd.config.load import load_config
 from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
-from mqd.errors import ConfigError
+from mqd.errors import ConfigError, MessageParseError
 from mqd.events import Event, Queued, Rejected
+from mqd.intake.mailbox import seen as seen_module
+from mqd.intake.mailbox.envelope import submission_of
+from mqd.intake.mailbox.seen import SeenIds
 from mqd.intake.mailbox.source import MailboxSource
 from mqd.plugins.host import PluginHost
 from mqd.relays.memory import MemoryRelay
@@ -531,3 +534,43 @@ def test_a_password_in_the_url_is_refused(
         MailboxSource(config.sources[0], config, None)  # type: ignore[arg-type]
     assert refused.value.key is not None and "url" in str(refused.value)
     assert "password_file" in str(refused.value) and "guest:guest" not in str(refused.value)
+
+
+def test_the_envelope_from_amqp_headers_or_the_message() -> None:
+    given = submission_of(
+        MESSAGE,
+        {"X-Mqd-From": b"<app@news.example.com>", "x-mqd-to": [b"a@x.test", "<b@x.test>"]},
+        None,
+    )
+    assert (given.sender, given.recipients) == ("app@news.example.com", ("a@x.test", "b@x.test"))
+    split = submission_of(MESSAGE, {"x-mqd-to": " a@x.test,b@x.test , "}, "app")
+    assert (split.sender, split.recipients, split.peer) == (
+        "app@news.example.com",  # the From header's
+        ("a@x.test", "b@x.test"),
+        "app",
+    )
+    read = submission_of(MESSAGE, {}, None)
+    assert (read.sender, read.recipients) == ("app@news.example.com", ("alice@example.net",))
+    for headers in ({"x-mqd-to": ""}, {"x-mqd-to": 7}, {"x-mqd-from": "a@x.test\r\nBcc: b"}):
+        with pytest.raises(MessageParseError):
+            submission_of(MESSAGE, headers, None)
+
+
+async def test_remembered_ids_expire_and_the_file_is_compacted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(seen_module, "COMPACT_FLOOR", 4)
+    seen = SeenIds(tmp_path / "mailbox" / "q.ids", window=3600)
+    await seen.load()
+    await asyncio.gather(*(seen.remember(f"id {n}/é") for n in range(3)))
+    assert "id 1/é" in seen and "id 9" not in seen
+    again = SeenIds(seen.path, window=3600)
+    await again.load()
+    assert {"id 0/é", "id 1/é", "id 2/é"} <= set(again._ids)
+    # Expired ids are dropped when the file grows past twice what is live.
+    again._ids = {mid: 1.0 for mid in again._ids}
+    again._next_prune = 0.0
+    await again.remember("fresh")
+    await again.remember("fresher")
+    lines = again.path.read_text().splitlines()
+    assert len(lines) == 2 and "id 0/é" not in again and "fresh" in again

@@ -25,6 +25,8 @@ log = logging.getLogger("mqd.mailbox")
 
 #: Below this many lines the file is never rewritten.
 COMPACT_FLOOR = 1000
+#: How often (seconds) the expired ids are dropped from memory.
+PRUNE_EVERY = 600.0
 
 
 class SeenIds:
@@ -33,6 +35,7 @@ class SeenIds:
         self.window = window
         self._ids: dict[str, float] = {}
         self._lines = 0
+        self._next_prune = 0.0
         self._lock = asyncio.Lock()
         self._pending: list[tuple[str, asyncio.Future[None]]] = []
 
@@ -94,6 +97,10 @@ class SeenIds:
         for mid in message_ids:
             self._ids[mid] = until
         self._lines += len(message_ids)
+        now = time.time()
+        if now >= self._next_prune:  # the expired ones go from memory now and then
+            self._next_prune = now + PRUNE_EVERY
+            self._ids = {mid: until for mid, until in self._ids.items() if until > now}
         if self._lines > max(COMPACT_FLOOR, 2 * len(self._ids)):
             with contextlib.suppress(OSError):  # the appended lines stand
                 self._compact()

@@ -100,6 +100,7 @@ class MailboxSource(Source):
             pass
         finally:
             self._task = None
+        await self._drain()  # hand-overs of a connection lost meanwhile end before the queue
 
     def status(self) -> SourceStatus:
         return SourceStatus(
@@ -204,8 +205,14 @@ class MailboxSource(Source):
         assert self._stopping is not None and self._paused is not None
         delay = self._pause_for
         self._pause_for = min(delay * 2, self.settings.reconnect_max)
-        log.warning(
-            "%s: the queue cannot take messages; consuming again in %gs", self.config.name, delay
+        # The store's fault is said once by the hand-over ("queueing from the sources"):
+        # the first pause since a message was queued is said here, the next ones only at DEBUG.
+        log.log(
+            logging.WARNING if delay == 1.0 else logging.DEBUG,
+            "%s: the queue cannot take messages; its deliveries went back to the broker; "
+            "consuming again in %gs (then less often)",
+            self.config.name,
+            delay,
         )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), delay)
