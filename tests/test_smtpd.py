@@ -131,6 +131,11 @@ async def test_loopback_submission_is_relayed_with_its_smtp_envelope(
         assert received.rcpt_tos == ["alice@example.net", "bob@example.net"]
         assert b"X-Sender" not in received.data and b"X-Receiver" not in received.data
         assert b"Subject: hello" in received.data
+        # This hop's trace field, in front of the message's own (RFC 5321 section 4.4).
+        assert re.match(
+            rb"Received: from \S+ \(\[127\.0\.0\.1\]\)\r\n\tby \S+ \(mqd\) with ESMTP;",
+            received.data,
+        )
         [queued] = [e for e in mqd.events if isinstance(e, Queued)]
         assert queued.message_id == queue_id
         assert queued.source == "smtpd[0]" and queued.login is None
@@ -612,6 +617,7 @@ async def test_starttls_then_auth_then_the_logins_own_senders(
             await smtp.sendmail("billing@example.com", ["alice@example.net"], billing)
         [received] = await asyncio.to_thread(smtp_server.wait_for, 1)
         assert received.mail_from == "billing@example.com"
+        assert b"(mqd) with ESMTPSA;" in received.data
         [queued] = [e for e in mqd.events if isinstance(e, Queued)]
         assert (queued.source, queued.login) == ("smtpd[0]", "billing")
         [record] = records_for(queued)
@@ -656,6 +662,7 @@ async def test_implicit_tls_offers_auth_from_the_start(
             await smtp.sendmail("shop@example.com", ["alice@example.net"], MESSAGE)
         [received] = await asyncio.to_thread(smtp_server.wait_for, 1)
         assert received.mail_from == "shop@example.com"
+        assert b"(mqd) with ESMTPSA;" in received.data  # implicit TLS counts as TLS
 
 
 def test_a_login_that_matched_is_not_hashed_again(monkeypatch: pytest.MonkeyPatch) -> None:

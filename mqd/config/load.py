@@ -39,7 +39,7 @@ from mqd.config.sections import (
     parse_spools,
     parse_tracking,
 )
-from mqd.config.sources import parse_sources
+from mqd.config.sources import GENERIC, parse_sources
 from mqd.errors import ConfigError, raise_gathered
 
 #: locate_config lives in mqd.config.paths (cheap to import); named here as well.
@@ -84,6 +84,7 @@ def parse_config(
         "http",
         "notify",
         *SOURCE_KINDS,
+        GENERIC,
         "account",
         "suppression",
     ):

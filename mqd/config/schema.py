@@ -155,33 +155,33 @@ class SpoolConfig:
         return hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
-#: The top-level tables that configure intake sources other than the spools, each an array
-#: of tables (``[[smtpd]]``); the kind names the source class a plugin registered
-#: (``mqd_register_sources``).
+#: The built-in sources' tables (``[[smtpd]]``, ``[[mailbox]]``); a plugin's is ``[[source]]``
+#: with its ``kind``.
 SOURCE_KINDS = ("smtpd", "mailbox")
 
 
 @dataclass(frozen=True)
 class SourceConfig(SpoolConfig):
-    """An intake source that is not a spool (``[[smtpd]]``): a spool's shape (its relay or
-    failover list, ``allowed_senders``, ``check_from``), so that the sender policy and the
-    routes treat it as they treat a spool; ``path`` is only its name in messages
-    (``smtpd[0]``). Its own keys (``listen`` ...) stay in ``options``, read by its class."""
+    """An intake source that is not a spool (``[[smtpd]]``, ``[[source]]``): a spool's shape
+    (relay or failover list, ``allowed_senders``, ``check_from``) so that the sender policy and
+    routes treat it as a spool; ``path`` is only its name in messages (``smtpd[0]``). Its own
+    keys stay in ``options``, read by the class registered as its ``kind``."""
 
-    #: The table it came from, and the source class registered under that name.
     kind: str = ""
     #: The keys of its own, read (and checked) by the source class.
     options: Options | None = field(default=None, compare=False, repr=False)
+    #: The table it came from (``kind``'s own, or ``source``).
+    table: str = ""
 
     @property
     def name(self) -> str:
         """``smtpd[0]``: the table, in problems, status and events."""
-        return f"{self.kind}[{self.index}]"
+        return f"{self.table or self.kind}[{self.index}]"
 
     @functools.cached_property
     def key(self) -> str:
         """``smtpd.0``: its directory inside the queue (a spool's key is a hash of its path)."""
-        return f"{self.kind}.{self.index}"
+        return f"{self.table or self.kind}.{self.index}"
 
 
 @dataclass(frozen=True)

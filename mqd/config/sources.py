@@ -1,6 +1,7 @@
-"""The tables of the intake sources other than the spools (``[[smtpd]]``): the keys every source
-shares, shaped like a ``[[spool]]`` (``relay``, ``allowed_senders``, ``check_from``), read here;
-a source's own keys are left in ``SourceConfig.options`` for its class to read and check."""
+"""The tables of the intake sources other than the spools (``[[smtpd]]``, and ``[[source]]`` with
+a ``kind`` for a plugin's): the keys every source shares, shaped like a ``[[spool]]`` (``relay``,
+``allowed_senders``, ``check_from``), read here; a source's own keys are left in
+``SourceConfig.options`` for its class to read and check."""
 
 from __future__ import annotations
 
@@ -12,30 +13,34 @@ from mqd.config.options import Options
 from mqd.config.schema import SOURCE_KINDS, RelayConfig, SourceConfig
 from mqd.config.sections import relay_chain, sender_patterns
 
-__all__ = ["parse_sources"]
+__all__ = ["GENERIC", "parse_sources"]
+
+#: The table of a plugin's source: ``[[source]]`` with ``kind = "<the registered name>"``.
+GENERIC = "source"
 
 
 def parse_sources(
     root: Options, path: Path | None, relays: Mapping[str, RelayConfig]
 ) -> tuple[SourceConfig, ...]:
-    """Every ``[[<kind>]]`` table of ``SOURCE_KINDS``, in that order."""
+    """Every ``[[<kind>]]`` table of ``SOURCE_KINDS``, in that order, then every
+    ``[[source]]`` table (a plugin's source: its ``kind`` names the registered class)."""
     sources: list[SourceConfig] = []
-    for kind in SOURCE_KINDS:
-        raw = root.raw(kind)
+    for table in (*SOURCE_KINDS, GENERIC):
+        raw = root.raw(table)
         if raw is None:
             continue
         if isinstance(raw, Mapping):
             raw = [raw]
         if not isinstance(raw, list):
-            root.report(root.error(kind, f"expected one or more [[{kind}]] tables"))
+            root.report(root.error(table, f"expected one or more [[{table}]] tables"))
             continue
-        for index, table in enumerate(raw):
-            if not isinstance(table, Mapping):
-                root.report(root.error(f"{kind}[{index}]", f"expected a table, got {table!r}"))
+        for index, data in enumerate(raw):
+            if not isinstance(data, Mapping):
+                root.report(root.error(f"{table}[{index}]", f"expected a table, got {data!r}"))
                 continue
-            opts = Options(table, section=f"{kind}[{index}]", path=path, problems=root.problems)
+            opts = Options(data, section=f"{table}[{index}]", path=path, problems=root.problems)
             source: SourceConfig | None = root.attempt(
-                functools.partial(parse_source, opts, kind, index, relays), lambda: None
+                functools.partial(parse_source, opts, table, index, relays), lambda: None
             )
             if source is not None:
                 sources.append(source)
@@ -43,9 +48,16 @@ def parse_sources(
 
 
 def parse_source(
-    opts: Options, kind: str, index: int, relays: Mapping[str, RelayConfig]
+    opts: Options, table: str, index: int, relays: Mapping[str, RelayConfig]
 ) -> SourceConfig:
     """The shared keys of one source table; the others stay in ``options`` (not finished)."""
+    kind = table
+    if table == GENERIC:
+        kind = opts.string("kind", "")
+        if not kind or kind == GENERIC:
+            raise opts.error("kind", 'is required: the source type a plugin registered, e.g. "sqs"')
+        if kind in SOURCE_KINDS:
+            raise opts.error("kind", f"{kind!r} is configured in its own [[{kind}]] tables")
     if opts.raw("relay") is None:
         if len(relays) != 1:
             raise opts.error("relay", f"is required: one of {', '.join(sorted(relays))}")
@@ -53,11 +65,12 @@ def parse_source(
     else:
         chain = relay_chain(opts, "relay", relays)
     return SourceConfig(
-        path=Path(f"{kind}[{index}]"),
+        path=Path(f"{table}[{index}]"),
         relays=chain,
         allowed_senders=sender_patterns(opts, "allowed_senders"),
         check_from=opts.boolean("check_from", True),
         index=index,
         kind=kind,
         options=opts,
+        table=table,
     )

@@ -111,7 +111,7 @@ class Handover:
 
     async def submit(self, source: SourceConfig, submission: Submission) -> str:
         now = self.clock.time()
-        body = envelope_lines(submission.sender, submission.recipients)
+        body = envelope_lines(submission.sender, submission.recipients) + submission.trace
         body += _without_envelope_lines(submission.data)
         max_size = self.config.queue.max_message_size
         if len(submission.data) > max_size:

@@ -47,6 +47,9 @@ class Submission:
     login: Login | None = None
     #: Who handed it over, for the log and the timeline (``"127.0.0.1:51234"``).
     peer: str | None = None
+    #: Trace header fields to put in front of the message, CRLF-terminated (SMTP's
+    #: ``Received:``, RFC 5321 section 4.4).
+    trace: bytes = b""
 
 
 class HandOver(Protocol):

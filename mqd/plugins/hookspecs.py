@@ -45,8 +45,10 @@ def mqd_register_relays(register: RegisterRelay) -> None:
 
 @hookspec
 def mqd_register_sources(register: RegisterSource) -> None:
-    """Register intake source classes (``mqd.intake.source.Source``) by the name of the config
-    table that configures them: ``register("smtpd", "mqd.intake.smtpd.source:SMTPSource")``.
+    """Register intake source classes (``mqd.intake.source.Source``) by kind: a config's
+    ``[[source]]`` table with ``kind = "sqs"`` is built by the class registered as ``"sqs"``
+    (the core's ``smtpd`` has its own ``[[smtpd]]`` tables):
+    ``register("smtpd", "mqd.intake.smtpd.source:SMTPSource")``.
     As with relays, a ``"module:Class"`` path is imported only when a config has such a table.
 
     Every implementation is called; registering a taken name is an error reported against the

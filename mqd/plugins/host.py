@@ -71,6 +71,8 @@ class PluginInfo:
     hooks: tuple[str, ...] = ()
     #: The relay names it registered (``plugin = "..."`` in a config).
     relays: tuple[str, ...] = ()
+    #: The intake source kinds it registered (``[[smtpd]]`` ...).
+    sources: tuple[str, ...] = ()
     #: Hook calls of this plugin that raised while mqd asked it (it stays loaded).
     problems: tuple[str, ...] = ()
 
@@ -271,10 +273,12 @@ class PluginHost:
     def describe(self) -> list[PluginInfo]:
         """Every plugin in load order, disabled ones included, with the relays it registered."""
         self.relays.names()
+        self.sources.names()
         return [
             dataclasses.replace(
                 info,
                 relays=tuple(self.relays.by_plugin.get(info.name, ())),
+                sources=tuple(self.sources.by_plugin.get(info.name, ())),
                 problems=tuple(self._problems.get(info.name, ())),
             )
             for info in self.infos

@@ -8,6 +8,7 @@ refusals) are translated at one seam, ``Connection.push``.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import re
 from typing import Any, Protocol
@@ -177,6 +178,7 @@ class Handler:
             data=data,
             login=login,
             peer=_peer(session),
+            trace=_received(server, session, listener.settings.hostname, login),
         )
         listener.handing_over += 1
         try:
@@ -217,6 +219,26 @@ def authenticator(listener: Listener) -> Any:
         return AuthResult(success=False, handled=False)
 
     return check
+
+
+def _received(server: SMTP, session: Session, hostname: str, login: Login | None) -> bytes:
+    """The ``Received:`` field this hop adds (RFC 5321 section 4.4; RFC 3848's ESMTPSA ...)."""
+    peer: Any = session.peer
+    address = peer[0] if isinstance(peer, tuple) and peer else "unknown"
+    helo = _one_line(session.host_name or "unknown").replace("(", "").replace(")", "")
+    protocol = "ESMTP" if session.extended_smtp else "SMTP"
+    transport = server.transport
+    if session.ssl is not None or (  # STARTTLS, or implicit TLS
+        transport is not None and transport.get_extra_info("ssl_object") is not None
+    ):
+        protocol += "S"
+    if login is not None:
+        protocol += "A"
+    date = email.utils.formatdate(localtime=True)
+    return (
+        f"Received: from {helo} ([{address}])\r\n\tby {hostname} (mqd) with {protocol};"
+        f"\r\n\t{date}\r\n"
+    ).encode("utf-8", "replace")
 
 
 def _login(session: Session) -> Login | None:
