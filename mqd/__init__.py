@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
         TransientRelayError,
     )
     from mqd.events import (
+        Attempted,
         Bounced,
         Claimed,
         Completed,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
         Queued,
         RecipientEvent,
         Rejected,
+        RelayCall,
         Suppressed,
     )
     from mqd.intake.source import (
@@ -68,6 +70,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
 
 #: Public name -> the module that defines it.
 _LAZY = {
+    "Attempted": "mqd.events",
     "Bounced": "mqd.events",
     "ManualClock": "mqd.clock",
     "Claimed": "mqd.events",
@@ -107,6 +110,7 @@ _LAZY = {
     "RegisterSource": "mqd.intake.source",
     "Rejected": "mqd.events",
     "Relay": "mqd.relays.base",
+    "RelayCall": "mqd.events",
     "RelayError": "mqd.errors",
     "Reply": "mqd.message.reply",
     "Secret": "mqd.config.options",
@@ -128,6 +132,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "Attempted",
     "Bounced",
     "Claimed",
     "Completed",
@@ -166,6 +171,7 @@ __all__ = [
     "RegisterSource",
     "Rejected",
     "Relay",
+    "RelayCall",
     "RelayError",
     "Reply",
     "Secret",

@@ -9,6 +9,7 @@ their kind in the class constant ``kind``. A consumer tells them apart by class
     Event
     ├── Claimed                 taken from a spool
     ├── Rejected                refused at intake: in the failed folder, no bounce
+    ├── Attempted               a delivery attempt ended: each relay called, when, and its answer
     ├── MessageEvent            about the whole message, as its queue entry describes it
     │   ├── Queued              durable in the queue
     │   ├── Failed              finished with failures: moved to the failed folder
@@ -33,6 +34,7 @@ from typing import Any, ClassVar, Protocol, Self
 
 __all__ = [
     "EVENT_TYPES",
+    "Attempted",
     "Bounced",
     "Claimed",
     "Completed",
@@ -47,6 +49,7 @@ __all__ = [
     "Queued",
     "RecipientEvent",
     "Rejected",
+    "RelayCall",
     "Suppressed",
 ]
 
@@ -55,6 +58,7 @@ class EventKind(StrEnum):
     CLAIMED = "claimed"  # taken from a spool
     REJECTED = "rejected"  # refused at intake (bad input or policy): in failed/, no bounce
     QUEUED = "queued"  # accepted: durable in the queue
+    ATTEMPTED = "attempted"  # a delivery attempt ended (before its recipients' events)
     DELIVERED = "delivered"  # a recipient was accepted by the relay
     DEFERRED = "deferred"  # a recipient failed transiently; retried later
     BOUNCED = "bounced"  # a recipient failed permanently; a DSN was queued (if allowed)
@@ -136,6 +140,12 @@ class _Entry(Protocol):
     def relays(self) -> Sequence[str]: ...
     @property
     def message_id(self) -> str: ...
+    @property
+    def created_at(self) -> float: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def traceparent(self) -> str: ...
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -151,6 +161,12 @@ class MessageEvent(Event):
     route: tuple[str, ...]
     #: Its ``Message-ID`` header; None when it has none.
     message_id_header: str | None
+    #: When intake took it (Unix time: the claim from the spool); None when not known.
+    accepted_at: float | None = None
+    #: Delivery attempts made so far.
+    attempts: int = 0
+    #: The W3C ``traceparent`` it was handed over with; None when none.
+    traceparent: str | None = None
 
     @classmethod
     def of(cls, entry: _Entry, time: float) -> Self:
@@ -163,6 +179,9 @@ class MessageEvent(Event):
             relay=entry.relay,
             route=tuple(entry.relays),
             message_id_header=entry.message_id or None,
+            accepted_at=entry.created_at,
+            attempts=entry.attempts,
+            traceparent=entry.traceparent or None,
         )
 
 
@@ -201,6 +220,49 @@ class Deleted(MessageEvent):
     are not delivered and get no bounce."""
 
     kind: ClassVar[EventKind] = EventKind.DELETED
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RelayCall:
+    """One relay's part of an attempt (``Attempted.calls``): a failover route calls several."""
+
+    #: The relay's name in the config.
+    relay: str
+    #: The host that answered (``"smtp.example.net:587"``); None when none did (the connection
+    #: failed) or the relay does not say.
+    remote: str | None
+    #: When the call started and ended (Unix time).
+    started: float
+    ended: float
+    #: The recipients handed to it, and its reply for the first of them.
+    recipients: tuple[str, ...]
+    reply: str
+    #: How its reply classifies: ``"delivered"``, ``"transient"``, ``"permanent"``, or
+    #: ``"mixed"`` when the recipients' replies differ.
+    outcome: str
+    #: The provider's id for the message, when it gave one.
+    provider_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Attempted(Event):
+    """A delivery attempt ended (``time``): the relays of the route it called, in order, each
+    with its times and answer. Published before the recipients' ``Delivered``, ``Deferred`` or
+    ``Bounced`` of the same attempt. An attempt that called no relay (all held back by a circuit
+    or a quota) is not one: it is not counted and has no event."""
+
+    kind: ClassVar[EventKind] = EventKind.ATTEMPTED
+    #: Which attempt this was (1 for the first).
+    attempt: int
+    #: When it started (Unix time).
+    started: float
+    #: Since when the message had been waiting for it: its acceptance, or the end of the
+    #: previous attempt.
+    waiting_since: float
+    #: The relays called, in route order.
+    calls: tuple[RelayCall, ...]
+    #: The W3C ``traceparent`` the message was handed over with; None when none.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -249,6 +311,10 @@ class Bounced(RecipientEvent):
     status_code: str | None
     #: Whether a DSN went to the sender (not for the null sender or a delivery report).
     dsn_sent: bool
+    #: The queue id of that DSN; None when none was sent.
+    dsn_id: str | None = None
+    #: The W3C ``traceparent`` the message was handed over with; None when none.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -270,6 +336,7 @@ EVENT_TYPES: dict[EventKind, type[Event]] = {
         Claimed,
         Rejected,
         Queued,
+        Attempted,
         Delivered,
         Deferred,
         Bounced,

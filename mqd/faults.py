@@ -51,8 +51,10 @@ class Fault:
             return 0.0
         return max(0.0, self._retry_at - self.clock.monotonic())
 
-    def failed(self, why: str) -> None:
-        """Another failed try: log it once per reason, and wait longer before the next."""
+    def failed(self, why: str, *, progress: bool = False) -> None:
+        """Another failed try: log it once per reason, and wait longer before the next
+        (``progress``: it partly worked, as a queue with room for half a batch: the next try
+        comes soon again rather than ever later)."""
         self.failures += 1
         if why != self.reason:
             self.log.error(
@@ -64,6 +66,8 @@ class Fault:
             )
             if self.reason is None:
                 self._delay = self.first
+        elif progress:
+            self._delay = self.first
         else:
             self._delay = min(self._delay * 2, self.most)
         self.reason = why

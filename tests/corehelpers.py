@@ -71,6 +71,14 @@ EVENT_DEFAULTS: dict[str, object] = {
     "next_attempt_at": 0.0,
     "status_code": None,
     "dsn_sent": False,
+    "dsn_id": None,
+    "accepted_at": None,
+    "attempts": 0,
+    "traceparent": None,
+    "attempt": 1,
+    "started": 0.0,
+    "waiting_since": 0.0,
+    "calls": (),
 }
 
 

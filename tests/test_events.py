@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 from mqd import (
+    Attempted,
     Bounced,
     Claimed,
     Completed,
@@ -87,6 +88,8 @@ def test_events_are_frozen_and_their_payload_is_their_own_fields() -> None:
         "relay": "mem",
         "status_code": "5.1.1",
         "dsn_sent": True,
+        "dsn_id": None,
+        "traceparent": None,
     }
     with pytest.raises(TypeError):
         Claimed("m1", NOW, "a.eml", "/spool")  # type: ignore[misc]  # keywords only
@@ -112,6 +115,9 @@ def test_a_message_event_describes_its_queue_entry() -> None:
         relay="main",
         route=("main", "backup"),
         message_id_header=None,  # it has none
+        accepted_at=NOW,
+        attempts=0,
+        traceparent=None,
     )
     entry.message_id, entry.route = "<1@example.com>", []
     assert Failed.of(entry, NOW).message_id_header == "<1@example.com>"
@@ -143,28 +149,39 @@ async def test_a_daemon_publishes_each_kind_with_its_fields_at_its_clocks_time(
     assert {e.spool for e in claimed.values()} == {str(ok.parent)}
 
     ok_events = recorder.about(claimed["ok.eml"].message_id)
-    assert [type(e) for e in ok_events] == [Claimed, Queued, Delivered, Completed]
-    _, queued, delivered, completed = ok_events
+    assert [type(e) for e in ok_events] == [Claimed, Queued, Attempted, Delivered, Completed]
+    _, queued, attempted, delivered, completed = ok_events
+    assert isinstance(attempted, Attempted) and attempted.attempt == 1
+    assert attempted.started == attempted.waiting_since == NOW
+    [call] = attempted.calls
+    assert (call.relay, call.recipients, call.outcome) == (
+        "mem",
+        ("alice@example.net",),
+        "delivered",
+    )
+    assert call.reply.startswith("250") and call.started == call.ended == NOW
     assert isinstance(queued, Queued) and isinstance(delivered, Delivered)
     assert queued.sender == "app@example.com" and queued.recipients == ("alice@example.net",)
     assert queued.relay == "mem" and queued.route == ("mem",)
     assert (queued.message_id_header or "").startswith("<")
     assert (delivered.recipient, delivered.relay) == ("alice@example.net", "mem")
     assert (delivered.reply or "").startswith("250") and delivered.age == 0.0
-    # The same entry, described again (a source's hand-over names itself in Queued only).
+    # The same entry, described again (one attempt later; a source's hand-over names itself in
+    # Queued only).
     own = {"source": None, "login": None, "peer": None}
-    assert {**completed.payload(), **own} == queued.payload()
+    assert {**completed.payload(), **own} == {**queued.payload(), "attempts": 1}
 
     gone = recorder.about(claimed["gone.eml"].message_id)
-    assert [type(e) for e in gone] == [Claimed, Queued, Bounced, Failed]
-    bounced = gone[2]
+    assert [type(e) for e in gone] == [Claimed, Queued, Attempted, Bounced, Failed]
+    bounced = gone[3]
     assert isinstance(bounced, Bounced)
     assert bounced.recipient == "gone@example.net" and bounced.status_code == "5.1.1"
     assert bounced.dsn_sent and bounced.relay == "mem" and "no such user" in (bounced.reply or "")
+    assert bounced.dsn_id == f"{bounced.message_id}b0"
 
     slow = recorder.about(claimed["slow.eml"].message_id)
-    assert [type(e) for e in slow] == [Claimed, Queued, Deferred]
-    deferred = slow[2]
+    assert [type(e) for e in slow] == [Claimed, Queued, Attempted, Deferred]
+    deferred = slow[3]
     assert isinstance(deferred, Deferred)
     assert deferred.recipient == "slow@example.net" and deferred.next_attempt_at > NOW
 

@@ -35,6 +35,10 @@ HEAVY = (
     "mqd.config.options",
     "mqd.config.paths",
     "mqd.plugins.host",
+    # Tracing: the sendmail path leaves a traceparent header as it is (docs/tracing.md).
+    "mqd.message.tracecontext",
+    "mqd.tracing.status",
+    "opentelemetry",
     "platformdirs",
     "pluggy",
     "secrets",
@@ -166,3 +170,19 @@ def test_the_daemon_loads_prometheus_client_only_with_metrics(
         "mqd.daemon.root" in once and "mqd.delivery.deliverer" in once
     )  # the report is read right
     assert "prometheus_client" not in once and "mqd.http.metrics" not in once
+
+
+def test_the_daemon_loads_opentelemetry_only_with_tracing(
+    config: Path, env: dict[str, str]
+) -> None:
+    """Tracing off (the default) costs no import, whatever OTEL_* variables are set: they
+    configure tracing, [tracing] enabled turns it on (docs/tracing.md)."""
+    env = {
+        **env,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+        "OTEL_TRACES_EXPORTER": "otlp",
+    }
+    once = imports([str(MQD), "--config", str(config), "run", "--once"], b"", env)
+    assert "mqd.delivery.deliverer" in once  # the report is read right
+    assert not {m for m in once if m.split(".")[0] == "opentelemetry"}
+    assert "mqd.tracing.spans" not in once and "mqd.tracing.status" not in once

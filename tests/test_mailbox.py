@@ -230,10 +230,9 @@ async def test_acked_only_once_durable(
         assert mqd.sent == [] and mqd.mailbox.accepted == 0
         assert (await mqd.daemon.admin.status()).faults  # the store's fault is shown
         store.accept = accept  # type: ignore[method-assign]
-        await until(lambda: len(mqd.sent) == 1)
+        await until(lambda: len(mqd.sent) == 1 and mqd.mailbox.accepted == 1)
         assert first <= 2  # paused between tries, not a hot loop
-        await until(lambda: _ready(broker, 0))
-        assert mqd.mailbox.accepted == 1
+        assert await broker.count() == 0
 
 
 def _unacked(queue: str) -> int:
@@ -293,14 +292,15 @@ async def test_the_same_message_id_twice_is_queued_once(
         await until(lambda: mqd.mailbox.accepted == 1)
         await broker.publish(MESSAGE, message_id="order-17")
         await broker.publish(MESSAGE, message_id="order-18")
-        await until(lambda: mqd.mailbox.accepted == 2)
-        await until(lambda: _ready(broker, 0))
+        await until(lambda: mqd.mailbox.accepted == 2 and mqd.mailbox.duplicates == 1)
         await until(lambda: len(mqd.sent) == 2)
+        assert await broker.count() == 0
     # Remembered on disk: a daemon started again acks a redelivery and queues nothing.
     async with running(config, host) as mqd:
         await until(lambda: mqd.mailbox.connected)
         await broker.publish(MESSAGE, message_id="order-17")
-        await until(lambda: _ready(broker, 0))
+        await until(lambda: mqd.mailbox.duplicates == 1)
+        assert await broker.count() == 0
         assert mqd.mailbox.accepted == 0 and mqd.mailbox.refused == 0
         assert not [e for e in mqd.events if isinstance(e, Queued)]
 
@@ -389,8 +389,7 @@ async def test_a_dropped_connection_is_reconnected(
         await until(lambda: mqd.mailbox.connected, timeout=30)
         assert mqd.mailbox.last_error is None
         await broker.publish(MESSAGE)
-        await until(lambda: len(mqd.sent) == 2)
-        assert mqd.mailbox.accepted == 2
+        await until(lambda: len(mqd.sent) == 2 and mqd.mailbox.accepted == 2)
     # Said once that it is down, and once that it is back.
     said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "mqd.mailbox"]
     down = [m for level, m in said if level == logging.ERROR]

@@ -65,6 +65,7 @@ async def test_events_reach_plugins_even_when_another_plugin_raises(harness: Har
     assert kinds == [
         EventKind.CLAIMED,
         EventKind.QUEUED,
+        EventKind.ATTEMPTED,
         EventKind.DELIVERED,
         EventKind.COMPLETED,
     ]

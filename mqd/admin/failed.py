@@ -15,14 +15,18 @@ no null sender, and sending it from an address would let it bounce in turn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mqd.admin.fanout import request
+from mqd.config.accounts import account_for
 from mqd.config.schema import Config
 from mqd.config.senders import sender_allowed
 from mqd.daemon.stores import failed_folder
+from mqd.errors import MQDError
 from mqd.message.envelope import address_problem
 from mqd.message.headers import envelope_field
 from mqd.producer.inject import envelope_lines, inject
@@ -158,6 +162,7 @@ async def retry(
     each message is dealt with (a progress bar)."""
     folder = failed_folder(config)
     report = RetryReport()
+    await _lift_suppressions(config, messages)
     async with folder.changing():
         for message in messages:
             try:
@@ -166,6 +171,25 @@ async def retry(
                 if done is not None:
                     done()
     return report
+
+
+async def _lift_suppressions(config: Config, messages: Sequence[FailedMessage]) -> None:
+    """A retry is the operator asking to send to the failed recipients again: their
+    suppressions (a 5.1.x bounce put them on the list) are lifted first, in one request per
+    account, before the daemon can take the message again."""
+    if not config.suppression.enabled:
+        return
+    by_account: dict[str | None, set[str]] = {}
+    for message in messages:
+        account = account_for(config.accounts, message.sender or "")
+        failed = {r.address for r in message.recipients if r.status == "failed"}
+        if failed:
+            by_account.setdefault(account.name if account else "", set()).update(failed)
+    for name, addresses in by_account.items():
+        with contextlib.suppress(MQDError, OSError):  # (no queue yet: nothing is suppressed)
+            await request(
+                config, "suppress_remove", {"addresses": sorted(addresses), "account": name}
+            )
 
 
 async def _retry_one(

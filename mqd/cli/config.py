@@ -27,15 +27,20 @@ def config_check(state: State, quiet: bool) -> None:
     from mqd.config.effective import effective_config
     from mqd.daemon.preflight import check
     from mqd.plugins.host import PluginHost
+    from mqd.tracing.status import tracing_status
 
     checked = check(state.locate(), PluginHost())
     loaded, relays = checked.config, checked.relays
     for warning in checked.warnings:  # what the daemon would wait for, not refuse
         click.echo(f"mqd: warning: {warning}", err=True)
+    tracing = tracing_status(loaded)
+    for problem in tracing.problems:  # traces are an aid: the daemon delivers without them
+        click.echo(f"mqd: warning: tracing is off: {problem}", err=True)
     if quiet:
         return
     source = str(loaded.source) if loaded.source else "embedded defaults (no config file found)"
     click.echo(f"# config: {source}")
+    click.echo(f"# tracing: {tracing.why}")
     click.echo("# valid. Effective settings, defaults included, secrets redacted:\n")
     click.echo(tomli_w.dumps(effective_config(loaded)))
     for relay in relays.values():

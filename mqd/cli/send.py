@@ -38,6 +38,19 @@ def _one_line(ctx: click.Context, param: click.Parameter, value: _V) -> _V:
     return value
 
 
+def _traceparent(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A valid W3C ``traceparent``, or a usage error (exit 64) naming the option."""
+    from mqd.message.tracecontext import parse
+
+    if not value:
+        return None
+    if parse(value) is None:
+        raise click.BadParameter(
+            f"{value!r} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)", ctx, param
+        )
+    return value.strip()
+
+
 def _resolve_at(value: str, now: float, horizon: float) -> str:
     """``mqd send --at``: ``+DURATION`` (``+90m``, ``+2d``) or a date, as the header to write
     (ISO 8601 with this machine's offset). A date without an offset is this machine's local
@@ -118,6 +131,14 @@ def _resolve_at(value: str, now: float, horizon: float) -> str:
     "waits in the queue as 'scheduled' until then.",
 )
 @click.option(
+    "--traceparent",
+    envvar="TRACEPARENT",
+    default=None,
+    callback=_traceparent,
+    help="A W3C traceparent (default: $TRACEPARENT): the message's trace continues it "
+    "(docs/tracing.md).",
+)
+@click.option(
     "--no-progress",
     is_flag=True,
     help="With --count: no progress bar (one is drawn only when stderr is a terminal).",
@@ -134,6 +155,7 @@ def send(
     count: int,
     spool: Path | None,
     send_at: str | None,
+    traceparent: str | None,
     no_progress: bool,
 ) -> None:
     """Compose a message and drop it into a spool (the daemon delivers it).
@@ -175,6 +197,7 @@ def send(
         body=body,
         attachments=attachments,
         send_at=header,
+        traceparent=traceparent,
     )
     # The envelope sender the daemon will read (From, as it has no X-Sender line), and From.
     envelope, _, _, headers = read_envelope(message, require_recipients=False)

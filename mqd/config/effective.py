@@ -78,6 +78,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "host": config.metrics.host,
             "port": config.metrics.port,
         },
+        "tracing": {"enabled": config.tracing.enabled},
     }
 
 

@@ -21,7 +21,6 @@ from mqd.config.accounts import parse_accounts, parse_suppression
 from mqd.config.options import Options
 from mqd.config.paths import default_paths, locate_config
 from mqd.config.schema import (
-    SOURCE_KINDS,
     Config,
     RelayConfig,
     RouteConfig,
@@ -37,9 +36,10 @@ from mqd.config.sections import (
     parse_routes,
     parse_sendmail,
     parse_spools,
+    parse_tracing,
     parse_tracking,
 )
-from mqd.config.sources import GENERIC, parse_sources
+from mqd.config.sources import GENERIC, SOURCE_KINDS, parse_sources
 from mqd.errors import ConfigError, raise_gathered
 
 #: locate_config lives in mqd.config.paths (cheap to import); named here as well.
@@ -81,6 +81,7 @@ def parse_config(
         "sendmail",
         "metrics",
         "tracking",
+        "tracing",
         "http",
         "notify",
         *SOURCE_KINDS,
@@ -135,6 +136,9 @@ def parse_config(
         ),
         tracking=root.attempt(
             lambda: parse_tracking(table("tracking")), lambda: parse_tracking(empty("tracking"))
+        ),
+        tracing=root.attempt(
+            lambda: parse_tracing(table("tracing")), lambda: parse_tracing(empty("tracing"))
         ),
         http=root.attempt(lambda: parse_http(table("http")), lambda: parse_http(empty("http"))),
         notify=root.attempt(

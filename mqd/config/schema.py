@@ -30,6 +30,7 @@ __all__ = [
     "SendmailConfig",
     "SourceConfig",
     "SpoolConfig",
+    "TracingConfig",
     "TrackingConfig",
 ]
 
@@ -155,32 +156,23 @@ class SpoolConfig:
         return hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
-#: The built-in sources' tables (``[[smtpd]]``, ``[[mailbox]]``); a plugin's is ``[[source]]``
-#: with its ``kind``.
-SOURCE_KINDS = ("smtpd", "mailbox")
-
-
 @dataclass(frozen=True)
 class SourceConfig(SpoolConfig):
-    """An intake source that is not a spool (``[[smtpd]]``, ``[[source]]``): a spool's shape
-    (relay or failover list, ``allowed_senders``, ``check_from``) so that the sender policy and
-    routes treat it as a spool; ``path`` is only its name in messages (``smtpd[0]``). Its own
+    """An intake source that is not a spool (``[[smtpd]]``, ``[[source]]``), shaped like one so
+    that the sender policy and routes take it as one (``path``: its name, ``smtpd[0]``); its own
     keys stay in ``options``, read by the class registered as its ``kind``."""
 
     kind: str = ""
-    #: The keys of its own, read (and checked) by the source class.
     options: Options | None = field(default=None, compare=False, repr=False)
     #: The table it came from (``kind``'s own, or ``source``).
     table: str = ""
 
     @property
-    def name(self) -> str:
-        """``smtpd[0]``: the table, in problems, status and events."""
+    def name(self) -> str:  # ``smtpd[0]``: in problems, status and events
         return f"{self.table or self.kind}[{self.index}]"
 
     @functools.cached_property
-    def key(self) -> str:
-        """``smtpd.0``: its directory inside the queue (a spool's key is a hash of its path)."""
+    def key(self) -> str:  # ``smtpd.0``: its directory in the queue (a spool's: a hash of its path)
         return f"{self.table or self.kind}.{self.index}"
 
 
@@ -292,6 +284,14 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry traces (``mqd[otel]``): off unless enabled; the standard ``OTEL_*``
+    variables configure the rest (docs/tracing.md)."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """The event store: every message's timeline. On by default, in the queue directory."""
 
@@ -348,10 +348,10 @@ class Config:
     routes: tuple[RouteConfig, ...] = ()
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
-    #: The other intake sources (``[[smtpd]]``), in the file's order.
-    sources: tuple[SourceConfig, ...] = ()
+    sources: tuple[SourceConfig, ...] = ()  # [[smtpd]], [[source]]: the other intake sources
     #: ``[[account]]``: senders grouped under a name with sending limits (``mqd.config.accounts``).
     accounts: tuple[AccountConfig, ...] = ()
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)

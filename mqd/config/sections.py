@@ -25,6 +25,7 @@ from mqd.config.schema import (
     RouteConfig,
     SendmailConfig,
     SpoolConfig,
+    TracingConfig,
     TrackingConfig,
     available_cores,
     default_http_connections,
@@ -40,6 +41,7 @@ __all__ = [
     "parse_routes",
     "parse_sendmail",
     "parse_spools",
+    "parse_tracing",
     "parse_tracking",
 ]
 
@@ -286,6 +288,12 @@ def parse_metrics(opts: Options) -> MetricsConfig:
         host=opts.string("host", "127.0.0.1"),
         port=_port(opts, 9325),
     )
+    opts.finish()
+    return config
+
+
+def parse_tracing(opts: Options) -> TracingConfig:
+    config = TracingConfig(enabled=opts.boolean("enabled", False))
     opts.finish()
     return config
 

@@ -10,10 +10,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mqd.config.options import Options
-from mqd.config.schema import SOURCE_KINDS, RelayConfig, SourceConfig
+from mqd.config.schema import RelayConfig, SourceConfig
 from mqd.config.sections import relay_chain, sender_patterns
 
-__all__ = ["GENERIC", "parse_sources"]
+__all__ = ["GENERIC", "SOURCE_KINDS", "parse_sources"]
+
+#: The built-in sources' own tables (``[[smtpd]]``, ``[[mailbox]]``), each named after the kind
+#: it configures.
+SOURCE_KINDS = ("smtpd", "mailbox")
 
 #: The table of a plugin's source: ``[[source]]`` with ``kind = "<the registered name>"``.
 GENERIC = "source"

@@ -109,6 +109,7 @@ class Reloader:
         )
         for table, changed in (
             ("tracking", new.tracking != current.tracking),
+            ("tracing", new.tracing != current.tracing),
             ("http", http_is != http_was),
             ("notify", new.notify != current.notify),
         ):

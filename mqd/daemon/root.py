@@ -31,7 +31,7 @@ from mqd.daemon.stores import open_store
 from mqd.daemon.workers import WorkerPool, warn_of_retired_workers, watch_parent
 from mqd.delivery.deliverer import Deliverer
 from mqd.delivery.guards import Guards
-from mqd.events import Event
+from mqd.events import Event, EventKind
 from mqd.faults import Fault
 from mqd.intake.handover import Handover
 from mqd.intake.pipeline import Intake
@@ -45,6 +45,7 @@ from mqd.relays.build import build_relays
 if TYPE_CHECKING:
     from mqd.http.metrics import MetricsServer
     from mqd.http.server import HttpServer
+    from mqd.tracing.spans import Tracing
     from mqd.tracking.tracker import Tracker
 
 __all__ = ["Daemon"]
@@ -59,6 +60,10 @@ PRUNE_INTERVAL = 3600.0
 WORKER_STOP_SLACK = 10.0
 
 
+#: Events of a message leaving the queue: room for a paused intake.
+_LEFT_THE_QUEUE = frozenset({EventKind.COMPLETED, EventKind.FAILED, EventKind.DELETED})
+
+
 class Daemon:
     def __init__(
         self,
@@ -69,7 +74,10 @@ class Daemon:
         shutdown_timeout: float | None = None,
         cli_args: Sequence[str] = (),
         clock: Clock = SYSTEM_CLOCK,
+        tracing: Tracing | None = None,
     ) -> None:
+        """``tracing``: spans to make whatever ``[tracing]`` says (tests give one exporting to
+        memory); None builds them from ``[tracing]`` and the ``OTEL_*`` variables."""
         self.config = config
         self.host = host or PluginHost()
         self.once = once
@@ -106,7 +114,7 @@ class Daemon:
             clock=clock,
         )
         self.admin = QueueAdmin(self, clock=clock)
-        self.servers = Servers(self)
+        self.servers = Servers(self, tracing=tracing)
         self.reloader = Reloader(self)
         #: Workers 2..N, in worker 1 (None with one worker, and in the others).
         self.workers: WorkerPool | None = None
@@ -122,6 +130,8 @@ class Daemon:
     def emit(self, event: Event) -> None:
         self.servers.observe(event)
         self.host.track_event(event)
+        if event.kind in _LEFT_THE_QUEUE:
+            self.spools.made_room()
 
     @property
     def tracker(self) -> Tracker | None:

@@ -1,9 +1,11 @@
 """The daemon's optional services: the event store (``[tracking]``), notifications to the
-application (``[notify]``), the HTTP server (``[http]``: webhooks, API, web view) and the
-Prometheus endpoint (``[metrics]``). Each is imported only when its table turns it on."""
+application (``[notify]``), the HTTP server (``[http]``: webhooks, API, web view), the
+Prometheus endpoint (``[metrics]``) and OpenTelemetry traces (``[tracing]``). Each is imported
+only when its table turns it on."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from mqd.intake.source import SourceStatus
     from mqd.queue.store import QueueStore
     from mqd.relays.base import Relay
+    from mqd.tracing.spans import Tracing
     from mqd.tracking.notify import Notifier
     from mqd.tracking.tracker import Tracker
 
@@ -51,8 +54,11 @@ class Served(Protocol):
 
 
 class Servers:
-    def __init__(self, daemon: Served) -> None:
+    def __init__(self, daemon: Served, *, tracing: Tracing | None = None) -> None:
         self.daemon = daemon
+        #: Spans from the events (None unless [tracing] is enabled, or given: tests).
+        self.tracing = tracing
+        self._own_tracing = False
         #: The event store's writer and reader (None when [tracking] is off).
         self.tracker: Tracker | None = None
         #: Status changes POSTed to the application (None unless [notify] url is set).
@@ -72,9 +78,13 @@ class Servers:
             self.metrics.observe(event)
         if self.tracker is not None:
             self.tracker.observe(event)
+        if self.tracing is not None:
+            self.tracing.observe(event)
 
     async def start(self) -> None:
         config = self.daemon.config
+        if config.tracing.enabled and self.tracing is None:
+            self._start_tracing(config)
         if config.metrics.enabled:
             # prometheus_client: only when asked for
             from mqd.http.metrics import Metrics, MetricsServer
@@ -97,7 +107,28 @@ class Servers:
             self.http = HttpServer(self.daemon)
             await self.http.start()
 
+    def _start_tracing(self, config: Config) -> None:
+        from mqd.tracing.status import tracing_status
+
+        status = tracing_status(config)
+        if not status.on:
+            log.warning("tracing: %s", status.why)
+            return
+        try:
+            # OpenTelemetry: only when asked for
+            from mqd.tracing.spans import Tracing
+
+            self.tracing = Tracing.from_status(status)
+            self._own_tracing = True
+        except Exception as exc:  # traces are an aid: the mail goes without them
+            log.error("tracing: cannot set up the exporters, so no traces: %r", exc)
+            return
+        log.info("tracing %s", status.why)
+
     async def stop(self) -> None:
+        if self.tracing is not None and self._own_tracing:  # one given is its giver's to stop
+            tracing, self.tracing, self._own_tracing = self.tracing, None, False
+            await asyncio.to_thread(tracing.shutdown)
         if self.http is not None:
             await self.http.stop()
         if self.metrics_server is not None:

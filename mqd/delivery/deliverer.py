@@ -18,9 +18,19 @@ from mqd.config.schema import Config
 from mqd.delivery.guards import Guards
 from mqd.delivery.route import Walk, walk_route
 from mqd.delivery.suppression import Suppression
-from mqd.events import Bounced, Completed, Deferred, Delivered, EventSink, Failed, Suppressed
+from mqd.events import (
+    Attempted,
+    Bounced,
+    Completed,
+    Deferred,
+    Delivered,
+    EventSink,
+    Failed,
+    Suppressed,
+)
 from mqd.message.classify import classify_reply
 from mqd.message.reply import Outcome
+from mqd.message.tracecontext import child_traceparent
 from mqd.plugins.host import PluginHost
 from mqd.queue.backoff import Backoff
 from mqd.queue.entry import DSN_SOURCE, QueueEntry, RcptStatus, RecipientState
@@ -91,6 +101,7 @@ class Deliverer:
                 )
                 return
             started = self.clock.monotonic()
+            started_at = self.clock.time()
             try:
                 walk = await walk_route(
                     entry,
@@ -120,7 +131,7 @@ class Deliverer:
                     walk.wait,
                 )
                 return
-            self._record(entry, pending, walk, self.clock.monotonic() - started)
+            self._record(entry, pending, walk, self.clock.monotonic() - started, started_at)
         await self.finish(lease, entry, body)
 
     def _suppress(self, entry: QueueEntry, pending: list[RecipientState]) -> list[RecipientState]:
@@ -172,11 +183,28 @@ class Deliverer:
             self.guards.accounts.give_back(account)
 
     def _record(
-        self, entry: QueueEntry, pending: list[RecipientState], walk: Walk, elapsed: float
+        self,
+        entry: QueueEntry,
+        pending: list[RecipientState],
+        walk: Walk,
+        elapsed: float,
+        started_at: float,
     ) -> None:
         now = self.clock.time()
+        waiting_since = entry.last_attempt_at or entry.created_at
         entry.attempts += 1
         entry.last_attempt_at = now
+        self.emit(
+            Attempted(
+                message_id=entry.id,
+                time=now,
+                attempt=entry.attempts,
+                started=started_at,
+                waiting_since=waiting_since,
+                calls=tuple(walk.calls),
+                traceparent=entry.traceparent or None,
+            )
+        )
         deferred: list[RecipientState] = []
         for rcpt in pending:
             answer = walk.answers[rcpt.address]
@@ -293,12 +321,14 @@ class Deliverer:
     ) -> Bounce | None:
         """The DSN for ``failures`` (None when none may be sent); marks them notified."""
         bounce = None
+        dsn_id = None
         if entry.may_bounce:
             original = body if body is not None else await self.store.body(entry)
             message = self.host.build_bounce(entry, failures, original, self.config)
             now = self.clock.time()
+            dsn_id = f"{entry.id}b{entry.bounces}"
             dsn = QueueEntry(
-                id=f"{entry.id}b{entry.bounces}",
+                id=dsn_id,
                 sender="",
                 recipients=[RecipientState(entry.sender)],
                 relay=entry.relay,
@@ -308,6 +338,8 @@ class Deliverer:
                 size=len(message),
                 is_report=True,
                 spool_name=f"bounce of {entry.id}",
+                # The DSN continues the message's trace, from the bounce (docs/tracing.md).
+                traceparent=child_traceparent(entry.id, entry.traceparent, "bounce", dsn_id),
             )
             bounce = Bounce(dsn, message)
             entry.bounces += 1
@@ -332,6 +364,8 @@ class Deliverer:
                     relay=failure.relay,
                     status_code=failure.status_code,
                     dsn_sent=entry.may_bounce,
+                    dsn_id=dsn_id,
+                    traceparent=entry.traceparent or None,
                 )
             )
         return bounce

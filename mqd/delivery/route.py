@@ -18,6 +18,7 @@ from typing import Any
 from mqd.clock import Clock
 from mqd.delivery.guards import Guards
 from mqd.errors import RelayError
+from mqd.events import RelayCall
 from mqd.message.classify import classify_reply, reply_for_error
 from mqd.message.envelope import Envelope, prepare_for_relay
 from mqd.message.reply import Outcome, Reply
@@ -50,6 +51,8 @@ class Walk:
     #: The longest pause a relay asked for (Retry-After): the next attempt is no sooner.
     retry_after: float = 0.0
     body: bytes | None = None
+    #: Each relay called, in order, with its times and answer (``Attempted.calls``).
+    calls: list[RelayCall] = field(default_factory=list)
 
     def answer(
         self,
@@ -105,12 +108,27 @@ async def walk_route(
             guards.circuits[name].release()
             raise
         walk.tried = True
+        started = clock.time()
         replies, remote, provider_id = await _deliver_via(
             relay, entry, remaining, walk.body, walk, guards, hostname
         )
+        ended = clock.time()
         for address in remaining:
             walk.answer((address,), replies[address], remote, name, provider_id)
-        entry.record(_history(name, remaining, replies, remote, provider_id, clock.time()))
+        record = _history(name, remaining, replies, remote, provider_id, ended)
+        entry.record(record)
+        walk.calls.append(
+            RelayCall(
+                relay=name,
+                remote=remote,
+                started=started,
+                ended=ended,
+                recipients=remaining,
+                reply=record["reply"],
+                outcome=record["outcome"],
+                provider_id=provider_id,
+            )
+        )
         remaining = tuple(a for a in remaining if classify_reply(replies[a]) is Outcome.TRANSIENT)
         if not remaining:
             break

@@ -58,6 +58,7 @@ def make_entry(
         is_report=is_delivery_report(parsed.headers),
         spool_name=spool_name,
         message_id=parsed.headers.get("message-id", ""),
+        traceparent=parsed.headers.get("traceparent", ""),
     )
 
 

@@ -272,7 +272,7 @@ class Intake:
             await self.store.accept(accepted)
         except AcceptError as exc:
             taken = [item for item in accepted if item.entry.id in set(exc.accepted)]
-            self.fault.failed(f"the queue cannot take messages: {exc}")
+            self.fault.failed(f"the queue cannot take messages: {exc}", progress=bool(taken))
         except (QueueError, OSError) as exc:
             self.fault.failed(f"the queue cannot take messages: {exc}")
             return [], False

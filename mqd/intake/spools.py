@@ -48,6 +48,8 @@ class SpoolIntake:
         self.idle = asyncio.Event()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        #: Ends a pause early: stopping, or the queue made room (a message left it).
+        self._resume = asyncio.Event()
         self._pending: dict[int, set[str]] = {}
         self._rescan: set[int] = set()
         self._waiting: set[int] = set()
@@ -107,6 +109,13 @@ class SpoolIntake:
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
+        self._resume.set()
+
+    def made_room(self) -> None:
+        """A message left the queue: a pause for a full queue tries again now rather than at
+        its backoff's next try (which a long outage stretched to a minute)."""
+        if self.intake.fault.active:
+            self._resume.set()
 
     async def aclose(self) -> None:
         await self.intake.settle()  # the last batch's fsyncs
@@ -129,7 +138,8 @@ class SpoolIntake:
                 if self.once:
                     return
                 self._wake.clear()
-                await self.clock.wait(self._stopping, fault.retry_in())
+                self._resume.clear()
+                await self.clock.wait(self._resume, fault.retry_in())
                 if self._stopping.is_set():
                     return
                 # The retry: what waits in the claim areas first; when all of it went in (or

@@ -20,9 +20,11 @@ def compose(
     body: str = "",
     attachments: Sequence[Path] = (),
     send_at: str | None = None,
+    traceparent: str | None = None,
 ) -> bytes:
     """A complete RFC 5322 message (Date and Message-ID included), CRLF line endings;
-    ``send_at`` becomes its ``X-Mqd-Send-At`` header (send later)."""
+    ``send_at`` becomes its ``X-Mqd-Send-At`` header (send later), ``traceparent`` its W3C
+    ``traceparent`` header (mqd's spans continue that trace)."""
     msg = EmailMessage()
     msg["From"] = sender
     if to:
@@ -34,6 +36,8 @@ def compose(
     msg["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
     if send_at is not None:
         msg["X-Mqd-Send-At"] = send_at
+    if traceparent:
+        msg["traceparent"] = traceparent
     msg.set_content(body if body.endswith("\n") else body + "\n")
     for path in attachments:
         ctype, encoding = mimetypes.guess_type(path.name)

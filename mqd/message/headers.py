@@ -26,6 +26,11 @@ __all__ = [
 ]
 
 ENVELOPE_FIELDS = frozenset({b"x-sender", b"x-receiver"})
+#: The headers ``read_envelope`` gives; ``traceparent``: the application's trace (docs/tracing.md).
+_LOOKED_AT = (
+    "from", "sender", "to", "cc", "bcc", "message-id", "content-type", "x-mqd-send-at",
+    "traceparent",
+)  # fmt: skip
 _MAX_ADDRESS = 254
 #: The bytes of a header field name (RFC 5322: printable ASCII except the colon).
 _NAME_BYTES = bytes(b for b in range(33, 127) if b != 58)
@@ -63,10 +68,7 @@ def read_envelope(
             envelope_sender = value
         else:
             envelope_rcpts.append(value)
-    headers = _selected_headers(
-        fields,
-        ("from", "sender", "to", "cc", "bcc", "message-id", "content-type", "x-mqd-send-at"),
-    )
+    headers = _selected_headers(fields, _LOOKED_AT)
 
     if envelope_sender is not None:
         sender = envelope_sender

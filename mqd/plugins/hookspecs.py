@@ -87,8 +87,9 @@ def mqd_track_event(event: Event) -> None:
     """Observe an event: every state change of a message, in order.
 
     ``event`` is one of the frozen classes of ``mqd.events`` (exported by ``mqd``): ``Claimed``,
-    ``Rejected``, ``Queued``, then per recipient ``Delivered``, ``Deferred`` or ``Bounced``, and
-    ``Completed``, ``Failed`` or ``Deleted``. Each has ``kind``, ``message_id`` (mqd's queue id)
+    ``Rejected``, ``Queued``, then for each attempt ``Attempted`` (the relays it called) and per
+    recipient ``Delivered``, ``Deferred`` or ``Bounced``, and ``Completed``, ``Failed`` or
+    ``Deleted``. Each has ``kind``, ``message_id`` (mqd's queue id)
     and ``time``, and its kind's typed fields; tell them apart with ``isinstance`` or ``kind``.
 
     Every implementation is called; one that raises is logged and skipped. Called on the

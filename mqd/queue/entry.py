@@ -109,6 +109,9 @@ class QueueEntry:
     #: The file name it had in the spool, and its Message-ID header, for logs.
     spool_name: str = ""
     message_id: str = ""
+    #: Its W3C ``traceparent`` header as handed over ("" when none): the application's trace,
+    #: which the message's spans continue (``mqd.message.tracecontext``, docs/tracing.md).
+    traceparent: str = ""
     #: Data plugins keep with the message (e.g. a provider's message id); persisted as JSON.
     extra: dict[str, Any] = field(default_factory=dict)
     #: Held by the administrator (``mqd queue hold``): never attempted until released.

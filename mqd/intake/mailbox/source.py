@@ -70,6 +70,8 @@ class MailboxSource(Source):
             most=self.settings.reconnect_max,
             verb="cannot consume",
         )
+        #: Redeliveries of a message_id queued before, acked without queueing.
+        self.duplicates = 0
         self._task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Event | None = None
         self._paused: asyncio.Event | None = None
@@ -250,6 +252,7 @@ class MailboxSource(Source):
             if mid in self.seen:
                 log.info("%s: message_id %s was queued before: acked", self.config.name, mid)
                 await message.ack()
+                self.duplicates += 1
                 return
             self._handing[mid] = asyncio.get_running_loop().create_future()
         try:
