@@ -118,6 +118,8 @@ class Rejected(Event):
     sender: str | None
     #: Its recipients (none when it could not be parsed).
     recipients: tuple[str, ...]
+    #: Its Subject, decoded; None when it could not be parsed or has none.
+    subject: str | None = None
 
 
 class _Recipient(Protocol):
@@ -167,6 +169,8 @@ class MessageEvent(Event):
     attempts: int = 0
     #: The W3C ``traceparent`` it was handed over with; None when none.
     traceparent: str | None = None
+    #: Its Subject, decoded (RFC 2047); None when it has none.
+    subject: str | None = None
 
     @classmethod
     def of(cls, entry: _Entry, time: float) -> Self:
@@ -182,6 +186,7 @@ class MessageEvent(Event):
             accepted_at=entry.created_at,
             attempts=entry.attempts,
             traceparent=entry.traceparent or None,
+            subject=getattr(entry, "subject", "") or None,
         )
 
 

@@ -79,6 +79,7 @@ EVENT_DEFAULTS: dict[str, object] = {
     "started": 0.0,
     "waiting_since": 0.0,
     "calls": (),
+    "subject": None,
 }
 
 

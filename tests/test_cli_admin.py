@@ -293,19 +293,23 @@ def test_status_json_counts_and_health(daemon: Admin, spool: Path) -> None:
     }
     assert status["oldest_age"] >= 0
     assert status["failed"] == 0
-    assert status["relays"]["sink"]["health"] == "closed"
-    assert status["relays"]["sink"]["queued"] == 2
+    # Its circuit is closed (the server answered), but it delivered nothing: failing.
+    sink = status["relays"]["sink"]
+    assert sink["health"] == "failing" and sink["circuit"] == "closed"
+    assert sink["recent_attempts"] == 2 and sink["recent_failures"] == 2
+    assert sink["last_error"].startswith("4") and sink["last_success_at"] is None
+    assert sink["queued"] == 2
 
     text = daemon.ok("status")
     assert f"running, pid {daemon.proc.pid}" in text  # type: ignore[union-attr]
     assert "2 (" in text and "1 deferred, 1 held" in text
-    assert "sink (smtp): healthy" in text
+    assert "sink (smtp): FAILING (2 of 2 attempt(s) in the last hour delivered nothing)" in text
 
-    assert daemon("status", "--check").returncode == 0
+    checked = daemon("status", "--check")
+    assert checked.returncode == 1 and "relay sink: FAILING" in checked.stderr
     warned = daemon("status", "--warn-age", "0s")
     assert warned.returncode == 1
     assert "mqd: warning: the oldest message has waited" in warned.stderr
-    assert daemon("status", "--warn-age", "1d").returncode == 0
 
     # A dead daemon is what a monitor must hear first: CRITICAL, not a green "0".
     daemon.stop()

@@ -256,7 +256,7 @@ def test_every_field_of_every_answer_is_in_the_document(cls: type, name: str) ->
 
 def test_a_status_document_validates_with_and_without_a_quota() -> None:
     quota = QuotaStatus(1.5, 100, 3, None, None, 0)
-    relay = RelayStatus("smtp", "smtp.example.com:587", "closed", 0, 0, None, 2)
+    relay = RelayStatus("smtp", "smtp.example.com:587", "healthy", 0, 0, None, 2)
     status = Status(
         running=True,
         pid=42,
@@ -301,6 +301,7 @@ def test_the_json_of_a_history_keeps_its_shape_and_matches_the_document(tmp_path
                 sender="app@example.com",
                 message_id="<m1@example.com>",
                 recipients=("Bob@Example.net",),
+                subject="Grüße",
                 detail={"route": ["main"]},
             ),
             Record(queue_id, Word.BOUNCED, 1001.0, recipient="bob@example.net", reply="550 no"),
@@ -314,6 +315,8 @@ def test_the_json_of_a_history_keeps_its_shape_and_matches_the_document(tmp_path
         "id": queue_id,
         "message_id": "<m1@example.com>",
         "sender": "app@example.com",
+        "subject": "Grüße",
+        "not_a_message": None,
         "status": "bounced",
         "created_at": 1000.5,
         "updated_at": 1001.0,

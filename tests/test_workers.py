@@ -158,7 +158,12 @@ def status(worker: int, messages: int, **changes: Any) -> dict[str, Any]:
     relay = {
         "plugin": "smtp",
         "describe": "smtp 127.0.0.1:1 none",
-        "health": "closed",
+        "health": "healthy",
+        "circuit": "closed",
+        "recent_attempts": 2,
+        "recent_failures": 0,
+        "last_success_at": 1000.0 + worker,
+        "last_failure_at": None,
         "failures_in_a_row": 0,
         "errors": 0,
         "last_error": None,
@@ -195,7 +200,16 @@ def test_merged_status_sums_the_queues_and_keeps_the_worst_health() -> None:
     merged = merge_status(
         {
             1: status(1, 3),
-            2: status(2, 5, health="open", failures_in_a_row=6, errors=6, last_error="421 busy"),
+            2: status(
+                2,
+                5,
+                health="failing",
+                circuit="open",
+                failures_in_a_row=6,
+                errors=6,
+                last_error="421 busy",
+                recent_failures=2,
+            ),
             3: status(3, 0),
         }
     )
@@ -204,7 +218,10 @@ def test_merged_status_sums_the_queues_and_keeps_the_worst_health() -> None:
     assert merged["oldest_age"] == 20.0  # worker 2's; worker 3 has none
     assert merged["failed"] == 4  # one folder for all, counted once
     relay = merged["relays"]["sink"]
-    assert relay["health"] == "open" and relay["last_error"] == "421 busy"
+    assert relay["health"] == "failing" and relay["circuit"] == "open"
+    assert relay["last_error"] == "421 busy"
+    assert relay["recent_attempts"] == 6 and relay["recent_failures"] == 2
+    assert relay["last_success_at"] == 1003.0 and relay["last_failure_at"] is None
     assert relay["queued"] == 8 and relay["errors"] == 6 and relay["failures_in_a_row"] == 6
     assert relay["quota"]["max_per_hour"] == 100  # as configured: each keeps to its share
     assert relay["quota"]["sent_last_hour"] == 60 and relay["quota"]["holds"] == 6

@@ -25,8 +25,9 @@ __all__ = ["daemon_status", "merge_status", "request"]
 
 #: Operations on named messages: each id goes to the worker that holds it.
 BY_ID = ("show", "retry", "hold", "release", "delete", "bounce")
-#: Worst first: a relay open in one worker is reported open.
-_HEALTH_ORDER = (CircuitState.OPEN.value, CircuitState.HALF_OPEN.value, CircuitState.CLOSED.value)
+#: Worst first: a relay failing in one worker is reported failing, a circuit open in one open.
+_HEALTH_ORDER = ("failing", "degraded", "healthy", "idle", "unknown")
+_CIRCUIT_ORDER = (CircuitState.OPEN.value, CircuitState.HALF_OPEN.value, CircuitState.CLOSED.value)
 
 
 async def request(config: Config, op: str, args: dict[str, Any] | None = None) -> Any:
@@ -164,10 +165,14 @@ def _merge_relay(name: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
     relay["queued"] = sum(r["queued"] for r in each)
     relay["errors"] = sum(r["errors"] for r in each)
     relay["failures_in_a_row"] = max(r["failures_in_a_row"] for r in each)
-    healths = [r["health"] for r in each]
-    relay["health"] = min(
-        healths, key=lambda h: _HEALTH_ORDER.index(h) if h in _HEALTH_ORDER else 0
-    )
+    relay["health"] = _worst([r["health"] for r in each], _HEALTH_ORDER)
+    if any("circuit" in r for r in each):
+        relay["circuit"] = _worst([r.get("circuit", "closed") for r in each], _CIRCUIT_ORDER)
+    for key in ("recent_attempts", "recent_failures"):
+        relay[key] = sum(int(r.get(key) or 0) for r in each)
+    for key in ("last_success_at", "last_failure_at"):
+        times = [r[key] for r in each if r.get(key) is not None]
+        relay[key] = max(times) if times else None
     relay["last_error"] = next((r["last_error"] for r in each if r["last_error"]), None)
     quotas = [r["quota"] for r in each if r.get("quota")]
     if quotas:
@@ -177,3 +182,8 @@ def _merge_relay(name: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
             quota[key] = sum(values) if values else None
         relay["quota"] = quota
     return relay
+
+
+def _worst(values: list[str], order: tuple[str, ...]) -> str:
+    """The first of ``values`` in ``order`` (a value ``order`` does not know counts worst)."""
+    return min(values, key=lambda v: order.index(v) if v in order else -1)

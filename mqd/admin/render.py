@@ -115,6 +115,8 @@ def render_queue(rows: Sequence[Mapping[str, Any]], now: float, *, filtered: str
     lines = [line(header)]
     for row, cells in zip(rows, table, strict=True):
         lines.append(line(cells))
+        if row.get("subject"):
+            lines.append(f"    subject: {row['subject']}")
         lines += [f"    {_recipient_line(r)}" for r in row["recipients"]]
     lines.append("")
     lines.append(summary(rows))
@@ -128,6 +130,7 @@ def render_show(row: Mapping[str, Any], now: float) -> list[str]:
         ("id", row["id"]),
         ("state", row["state"]),
         ("sender", _address(row["sender"])),
+        ("subject", str(row.get("subject") or "(none)")),
         ("created", f"{_clock(row['created_at'])} ({human_age(row['age'])} ago)"),
         ("size", human_size(int(row["size"] or 0))),
         ("attempts", str(row["attempts"])),
@@ -139,8 +142,6 @@ def render_show(row: Mapping[str, Any], now: float) -> list[str]:
         upcoming += f" ({_clock(row['next_attempt_at'])})"
     fields.append(("next attempt", upcoming))
     fields.append(("relays", ", ".join(row.get("relays") or [])))
-    if row.get("last_reply"):
-        fields.append(("last reply", str(row["last_reply"])))
     if entry.get("message_id"):
         fields.append(("message-id", str(entry["message_id"])))
     if entry.get("spool_name"):
@@ -171,11 +172,30 @@ def render_show(row: Mapping[str, Any], now: float) -> list[str]:
     return lines
 
 
-_HEALTH = {
-    "closed": "healthy",
-    "open": "UNHEALTHY (circuit open: not used until it recovers)",
-    "half-open": "recovering (circuit half-open: trying one message)",
+_CIRCUIT = {
+    "open": "circuit open: not used until it recovers",
+    "half-open": "circuit half-open: trying one message",
 }
+
+
+def _health(relay: Mapping[str, Any]) -> str:
+    """``healthy``, ``FAILING (3 of 3 attempts in the last hour delivered nothing)`` ..."""
+    health = str(relay.get("health"))
+    attempts, failures = (
+        int(relay.get("recent_attempts") or 0),
+        int(relay.get("recent_failures") or 0),
+    )
+    circuit = _CIRCUIT.get(str(relay.get("circuit")))
+    if circuit:
+        return f"{health.upper()} ({circuit})"
+    if health == "idle":
+        return "idle (no message in the last hour)"
+    if health in ("failing", "degraded"):
+        return (
+            f"{health.upper()} ({failures} of {attempts} attempt(s) in the last hour "
+            "delivered nothing)"
+        )
+    return health
 
 
 def render_status(status: Mapping[str, Any]) -> list[str]:
@@ -221,7 +241,7 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
     if relays:
         lines.append("relays")
     for name, relay in relays.items():
-        health = _HEALTH.get(str(relay.get("health")), str(relay.get("health")))
+        health = _health(relay)
         if not status.get("running"):
             health = "health unknown (only a running daemon knows it)"
         lines.append(
@@ -289,15 +309,16 @@ def _quota(quota: Mapping[str, Any]) -> str:
 
 
 def status_problems(status: Mapping[str, Any], warn_age: float | None) -> list[str]:
-    """What ``mqd status --check`` reports: a resource fault pausing something, open circuits,
-    a worker of queue.workers not running while the first is, and a message older than
-    ``warn_age`` seconds."""
+    """What ``mqd status --check`` reports: a resource fault pausing something, a failing
+    relay (its circuit open, or nothing delivered in its recent attempts), a worker of
+    queue.workers not running while the first is, and a message older than ``warn_age``
+    seconds."""
     problems = [f"{fault['what']}: {fault['reason']}" for fault in status.get("faults") or []]
     problems += [
-        f"relay {name}: circuit open"
+        f"relay {name}: {_health(relay)}"
         + (f" (last error: {relay['last_error']})" if relay.get("last_error") else "")
         for name, relay in (status.get("relays") or {}).items()
-        if relay.get("health") == "open"
+        if relay.get("health") in ("failing", "open")
     ]
     if status.get("running"):
         problems += [
@@ -336,6 +357,10 @@ def render_failed(messages: Sequence[FailedMessage], now: float) -> list[str]:
     lines = [line(header)]
     for message, cells in zip(messages, table, strict=True):
         lines.append(line(cells))
+        if message.subject:
+            lines.append(f"    subject: {message.subject}")
+        elif message.stage in ("intake", "recovery") and message.sender is None:
+            lines.append("    not a message (it could not be read as one)")
         recipients = message.recipients
         if message.stage == "delivery":
             for r in recipients:

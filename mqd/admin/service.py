@@ -29,6 +29,7 @@ from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import Config
 from mqd.delivery.deliverer import Deliverer
 from mqd.delivery.guards import Guards
+from mqd.delivery.health import circuit_word, verdict
 from mqd.errors import AdminError
 from mqd.events import Deleted, Event
 from mqd.faults import Fault
@@ -80,6 +81,7 @@ def queue_row(item: Listed, now: float) -> dict[str, Any]:
         "state": item.state.value,
         "node": item.node,
         "sender": entry.sender,
+        "subject": entry.subject,
         "recipients": [
             {"address": r.address, "status": r.status.value, "reply": r.reply}
             for r in entry.recipients
@@ -229,15 +231,27 @@ class QueueAdmin(SuppressionOps):
                 sent_last_day=quota.sent_within(86400) if limits.max_per_day else None,
                 holds=quota.holds,
             )
+        now = self.clock.time()
+        health = self.node.guards.health.get(name)
+        recent = health.recent(now) if health is not None and self.online else []
+        state = circuit_word(
+            (circuit.state.value if circuit else "closed") if self.online else None
+        )
         return RelayStatus(
             plugin=plugin,
             describe=relay.describe() if relay is not None else None,
-            health=(circuit.state.value if circuit else "closed") if self.online else "unknown",
+            health=verdict(state, recent),
             failures_in_a_row=circuit.failures if circuit else 0,
             errors=circuit.total_failures if circuit else 0,
-            last_error=(circuit.reason or None) if circuit else None,
+            last_error=((circuit.reason or None) if circuit else None)
+            or (health.last_error(now) if health is not None else None),
             queued=queued,
             quota=quota_status,
+            circuit=state,
+            recent_attempts=len(recent),
+            recent_failures=sum(1 for a in recent if a.result != "delivered"),
+            last_success_at=health.last_success_at if health is not None else None,
+            last_failure_at=health.last_failure_at if health is not None else None,
         )
 
     # -- changing ---------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from mqd.delivery.health import CircuitWord, Health
+
 __all__ = [
     "FaultStatus",
     "QuotaStatus",
@@ -35,23 +37,39 @@ class QuotaStatus:
 
 @dataclass(frozen=True)
 class RelayStatus:
-    """One relay: its circuit's health, its failures and what is queued for it."""
+    """One relay: its health (from its circuit and its recent attempts), its failures and what
+    is queued for it. ``mqd status``, the API and the web view all show ``health`` as it is
+    here (``mqd.delivery.health`` says how it is decided)."""
 
     #: The plugin that implements it ("smtp", "sendgrid" ...).
     plugin: str
     #: The relay's own one-line description (None when it was not built: a stopped daemon).
     describe: str | None
-    #: "closed" (healthy), "open" (skipped until it recovers), "half-open" (trying one message);
-    #: "unknown" when no daemon runs.
-    health: str
+    #: "healthy" (it delivers), "degraded" (it delivers, but its last attempt or half of its
+    #: recent ones failed), "failing" (its circuit is open, or none of its recent attempts
+    #: delivered), "idle" (no attempt in the last hour); "unknown" when no daemon runs.
+    health: Health
     failures_in_a_row: int
     #: Whole-message failures since the daemon started.
     errors: int
+    #: The newest error: why the circuit opened, else the reply of the newest recent attempt
+    #: that delivered nothing.
     last_error: str | None
     #: Queued messages routed through it.
     queued: int
     #: Its sending limits; absent when it has none.
     quota: QuotaStatus | None = None
+    #: Its circuit breaker: "closed" (used), "open" (skipped until it recovers), "half-open"
+    #: (trying one message); "unknown" when no daemon runs.
+    circuit: CircuitWord = "closed"
+    #: Messages sent through it in the last hour (the last 20 at most), and how many of them
+    #: it delivered to no recipient.
+    recent_attempts: int = 0
+    recent_failures: int = 0
+    #: When it last delivered, and last failed to (seconds since the epoch); None: not since
+    #: the daemon started.
+    last_success_at: float | None = None
+    last_failure_at: float | None = None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from mqd.events import (
     Suppressed,
 )
 from mqd.message.classify import classify_reply
+from mqd.message.content import subject_of
 from mqd.message.reply import Outcome
 from mqd.message.tracecontext import child_traceparent
 from mqd.plugins.host import PluginHost
@@ -340,6 +341,7 @@ class Deliverer:
                 spool_name=f"bounce of {entry.id}",
                 # The DSN continues the message's trace, from the bounce (docs/tracing.md).
                 traceparent=child_traceparent(entry.id, entry.traceparent, "bounce", dsn_id),
+                subject=subject_of(message),
             )
             bounce = Bounce(dsn, message)
             entry.bounces += 1
@@ -383,6 +385,7 @@ class Deliverer:
             relay=entry.relay,
             attempts=entry.attempts,
             created_at=entry.created_at,
+            subject=entry.subject or None,
             recipients=tuple(
                 FailedRecipient(r.address, r.status.value, r.reply, r.status_code)
                 for r in entry.recipients

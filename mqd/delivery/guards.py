@@ -14,6 +14,7 @@ from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import Config
 from mqd.delivery.accounts import ACCOUNT_STATE, AccountLimits
 from mqd.delivery.circuit import Circuit, CircuitState
+from mqd.delivery.health import RelayHealth
 from mqd.delivery.quota import Quota, dump_quotas, load_quotas
 from mqd.delivery.suppression import SUPPRESSION_STATE, Suppressions
 from mqd.queue.store import QueueStore
@@ -33,11 +34,19 @@ class Guards:
         self.clock = clock
         self.circuits: dict[str, Circuit] = {}
         self.quotas: dict[str, Quota] = {}
+        #: Each relay's recent attempts (kept across reloads, by name).
+        self.health: dict[str, RelayHealth] = {}
         #: The ``[[account]]`` limits (intake asks them too, for accounts that refuse).
         self.accounts = AccountLimits(config, clock=clock)
         #: Recipients not mailed again (``mqd.delivery.suppression``).
         self.suppressions = Suppressions()
         self.reconfigure(config)
+
+    def health_of(self, name: str) -> RelayHealth:
+        health = self.health.get(name)
+        if health is None:
+            health = self.health[name] = RelayHealth()
+        return health
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded config. A relay whose breaker and quota settings did not change keeps

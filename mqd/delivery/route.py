@@ -17,6 +17,7 @@ from typing import Any
 
 from mqd.clock import Clock
 from mqd.delivery.guards import Guards
+from mqd.delivery.health import Result
 from mqd.errors import RelayError
 from mqd.events import RelayCall
 from mqd.message.classify import classify_reply, reply_for_error
@@ -129,6 +130,7 @@ async def walk_route(
                 provider_id=provider_id,
             )
         )
+        _note_health(guards, name, [replies[a] for a in remaining], ended)
         remaining = tuple(a for a in remaining if classify_reply(replies[a]) is Outcome.TRANSIENT)
         if not remaining:
             break
@@ -183,6 +185,16 @@ async def _deliver_via(
     missing = Reply(451, "the relay gave no answer for this recipient", "4.3.0")
     replies = {a: result.replies.get(a, missing) for a in addresses}
     return replies, result.remote, result.provider_id
+
+
+def _note_health(guards: Guards, name: str, replies: list[Reply], at: float) -> None:
+    """The attempt, for the relay's health: delivered when it accepted a recipient."""
+    outcomes = [classify_reply(reply) for reply in replies]
+    if Outcome.DELIVERED in outcomes:
+        guards.health_of(name).record(at, "delivered")
+        return
+    result: Result = "refused" if all(o is Outcome.PERMANENT for o in outcomes) else "failed"
+    guards.health_of(name).record(at, result, str(replies[0]) if replies else None)
 
 
 def _history(

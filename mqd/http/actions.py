@@ -12,6 +12,7 @@ the browser is: being on this machine is enough to look, not to act.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
@@ -19,8 +20,9 @@ from aiohttp import web
 from mqd.admin import fanout
 from mqd.admin.service import AdminError
 from mqd.http.access import token_matches
-from mqd.http.html import badge, e, message_link, page, sender_text, table, when
+from mqd.http.html import badge, e, message_link, page, table
 from mqd.http.operator import OperatorSession, Sessions
+from mqd.http.present import moment, sender_html, subject_html
 from mqd.http.site import Site
 
 __all__ = ["ACTIONS", "OPEN_PATHS", "Actions"]
@@ -267,9 +269,14 @@ def _problem(status: int, text: str) -> web.Response:
 
 def _queue_table(rows: list[dict[str, Any]], *, choose: bool) -> str:
     cells = []
+    now = time.time()
     for row in rows:
+        # Each recipient with its own last reply (the message's last_reply may be another's).
         recipients = "".join(
-            f"<li>{e(r['address'])} {badge(r['status'])}</li>" for r in row["recipients"]
+            f"<li>{e(r['address'])} {badge(r['status'])}"
+            + (f' <span class="muted">{e(r["reply"])}</span>' if r.get("reply") else "")
+            + "</li>"
+            for r in row["recipients"]
         )
         first = (
             [
@@ -284,13 +291,24 @@ def _queue_table(rows: list[dict[str, Any]], *, choose: bool) -> str:
                 *first,
                 message_link(row["id"]),
                 badge(row["state"]),
-                e(when(row["created_at"])),
-                sender_text(row["sender"]),
+                moment(row["created_at"], now),
+                subject_html(row.get("subject")),
+                sender_html(row["sender"]),
                 f'<ul class="plain">{recipients}</ul>',
                 f'<span class="num">{e(row["attempts"])}</span>',
-                e(when(row["next_attempt_at"])),
-                e(row["last_reply"] or ""),
+                e(row["state"])
+                if row["state"] in ("held", "active")
+                else moment(row["next_attempt_at"], now),
             ]
         )
-    heads = ("Queued", "State", "Accepted", "From", "Recipients", "Attempts", "Next", "Last reply")
+    heads = (
+        "Queued",
+        "State",
+        "Accepted",
+        "Subject",
+        "From",
+        "Recipients and last replies",
+        "Attempts",
+        "Next",
+    )
     return table((("",) if choose else ()) + heads, cells, empty="The queue is empty.")

@@ -8,19 +8,14 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from mqd.admin.render import human_age
 from mqd.http.api import BadQuery, parse_limit
-from mqd.http.html import (
-    BAD,
-    badge,
-    detail_text,
-    e,
-    key_values,
-    message_link,
-    page,
-    sender_text,
-    table,
-    when,
+from mqd.http.content import STYLE, Contents, page_headers
+from mqd.http.html import BAD, badge, e, key_values, message_link, page, table
+from mqd.http.present import (
+    detail_html,
+    moment,
+    sender_html,
+    subject_html,
 )
 from mqd.http.site import Site
 from mqd.queue.failed import FailedError, FailedMessage
@@ -36,6 +31,7 @@ FAILED_FOLDER_LIMIT = 200
 class Details:
     def __init__(self, site: Site) -> None:
         self.site = site
+        self.contents = Contents(site)
 
     # -- /messages/{key} --------------------------------------------------------------------------
 
@@ -50,11 +46,13 @@ class Details:
         except UnknownEntry:
             listed = None
         failed = await self._failed_record(queue_id)
-        if history is None and listed is None and failed is None:
+        kept = await self.contents.find(queue_id)
+        if history is None and listed is None and failed is None and kept is None:
             why = (
-                "It is not in the event store, the queue or the failed folder."
+                "It is not in the event store, the queue, the failed folder or an outbox folder."
                 if tracker is not None
-                else "It is not in the queue or the failed folder (and tracking is off)."
+                else "It is not in the queue, the failed folder or an outbox folder (and "
+                "tracking is off)."
             )
             return page(
                 "Unknown message",
@@ -63,44 +61,34 @@ class Details:
                 here="/messages",
                 status=404,
             )
-        parts = [f'<h1>Message <span class="mono">{e(queue_id)}</span></h1>']
+        now = time.time()
+        subject = (
+            (history.subject if history is not None else None)
+            or (listed.entry.subject if listed is not None else None)
+            or (failed.subject if failed is not None else None)
+        )
+        parts = [
+            STYLE,
+            f'<h1>Message <span class="mono">{e(queue_id)}</span></h1>',
+            f'<p class="subject">{subject_html(subject)}</p>',
+        ]
         if history is not None:
             parts.append(
                 key_values(
                     [
                         ("Status", badge(history.status)),
-                        ("From", sender_text(history.sender)),
+                        ("From", sender_html(history.sender, history.not_a_message)),
                         (
                             "Message-ID",
                             f'<span class="mono">{e(history.message_id or "none")}</span>',
                         ),
-                        ("Accepted", e(when(history.created_at))),
-                        ("Last change", e(when(history.updated_at))),
+                        ("Accepted", moment(history.created_at, now)),
+                        ("Last change", moment(history.updated_at, now)),
                     ]
                 )
             )
         if listed is not None:
-            entry, state = listed.entry, listed.state.value
-            now = time.time()
-            due = entry.next_attempt_at
-            parts.append("<h2>In the queue</h2>")
-            parts.append(
-                key_values(
-                    [
-                        ("State", e(state)),
-                        ("From", sender_text(entry.sender)),
-                        ("Attempts", e(entry.attempts)),
-                        (
-                            "Next attempt",
-                            e("now" if due <= now else f"in {human_age(due - now)}")
-                            if state not in ("held", "active")
-                            else e(state),
-                        ),
-                        ("Last reply", e(entry.last_reply or "")),
-                        ("Relays", e(", ".join(entry.relays))),
-                    ]
-                )
-            )
+            parts.append(self._queue_facts(listed, now))
         if failed is not None:
             parts.append("<h2>In the failed folder</h2>")
             parts.append(self._failed_facts(failed))
@@ -113,7 +101,7 @@ class Details:
                         [
                             e(r.address),
                             badge(r.status),
-                            e(when(r.updated_at)),
+                            moment(r.updated_at, now),
                             e(r.relay),
                             f'<span class="mono">{e(r.provider_id)}</span>',
                             e(r.reply),
@@ -129,13 +117,13 @@ class Details:
                     ("Time", "Status", "Recipient", "Source", "Relay", "Reply", "Detail"),
                     (
                         [
-                            e(when(ev.at)),
+                            moment(ev.at, now),
                             badge(ev.status),
                             e(ev.recipient or ""),
                             e(ev.source),
                             e(ev.relay or ""),
                             e(ev.reply or ""),
-                            detail_text(ev.detail),
+                            detail_html(ev.detail, now),
                         ]
                         for ev in history.events
                     ),
@@ -144,7 +132,36 @@ class Details:
             )
         elif tracker is None:
             parts.append('<p class="note">Tracking is off: there is no timeline.</p>')
-        return page(f"Message {queue_id}", "".join(parts), here="/messages")
+        parts.append(await self.contents.section(queue_id, kept))
+        return page_headers(page(f"Message {queue_id}", "".join(parts), here="/messages"))
+
+    @staticmethod
+    def _queue_facts(listed: Listed, now: float) -> str:
+        """Where the message stands in the queue, and each recipient's own last reply."""
+        entry, state = listed.entry, listed.state.value
+        due = entry.next_attempt_at
+        if state in ("held", "active"):
+            next_attempt = e(state)
+        else:
+            next_attempt = "now" if due <= now else moment(due, now)
+        facts = key_values(
+            [
+                ("State", e(state)),
+                ("From", sender_html(entry.sender)),
+                ("Attempts", e(entry.attempts)),
+                ("Last attempt", moment(entry.last_attempt_at, now) or "none yet"),
+                ("Next attempt", next_attempt),
+                ("Relays", e(", ".join(entry.relays))),
+            ]
+        )
+        rows = [
+            [e(r.address), badge(r.status.value), e(r.relay or ""), e(r.reply or "")]
+            for r in entry.recipients
+        ]
+        recipients = table(
+            ("Recipient", "Status", "Relay", "Last reply"), rows, empty="No recipient."
+        )
+        return f"<h2>In the queue</h2>{facts}<h3>Its recipients</h3>{recipients}"
 
     async def _failed_record(self, message_id: str) -> FailedMessage | None:
         try:
@@ -161,7 +178,7 @@ class Details:
         )
         return key_values(
             [
-                ("Failed at", e(when(message.failed_at))),
+                ("Failed at", moment(message.failed_at)),
                 ("Stage", e(message.stage)),
                 ("Reason", e(message.reason)),
                 ("Recipients", f'<ul class="plain">{recipients}</ul>'),
@@ -177,6 +194,7 @@ class Details:
         except BadQuery as exc:
             return page("Failed", f'<p class="note">{e(exc)}</p>', here="/failed", status=400)
         tracker = self.site.tracker
+        now = time.time()
         folder = await self.site.admin.store.failed.messages()
         reasons = {m.id: m.reason for m in folder}
         parts = ["<h1>Failed messages</h1>"]
@@ -190,17 +208,18 @@ class Details:
             found = await tracker.failures(limit=limit)
             rows = [
                 [
-                    e(when(m.updated_at)),
+                    moment(m.updated_at, now),
                     message_link(m.id),
                     badge(m.status),
-                    sender_text(m.sender),
+                    subject_html(m.subject),
+                    sender_html(m.sender, m.not_a_message),
                     self._reasons(m.recipients, reasons.get(m.id)),
                 ]
                 for m in found
             ]
             parts.append(
                 table(
-                    ("Last change", "Queue id", "Status", "From", "Why"),
+                    ("Last change", "Queue id", "Status", "Subject", "From", "Why"),
                     rows,
                     empty="Nothing has failed.",
                 )
@@ -213,10 +232,11 @@ class Details:
         )
         rows = [
             [
-                e(when(m.failed_at)),
+                moment(m.failed_at, now),
                 message_link(m.id),
                 e(m.stage),
-                sender_text(m.sender) if m.sender is not None else "",
+                subject_html(m.subject),
+                sender_html(m.sender, m.reason if _not_a_message(m) else None),
                 e(m.reason),
                 '<ul class="plain">'
                 + "".join(
@@ -231,7 +251,7 @@ class Details:
         ]
         parts.append(
             table(
-                ("Failed at", "Id", "Stage", "From", "Reason", "Recipients"),
+                ("Failed at", "Id", "Stage", "Subject", "From", "Reason", "Recipients"),
                 rows,
                 empty="The failed folder is empty.",
             )
@@ -257,3 +277,8 @@ class Details:
         if folder_reason and not items:
             items = f"<li>{e(folder_reason)}</li>"
         return f'<ul class="plain">{items}</ul>'
+
+
+def _not_a_message(message: FailedMessage) -> bool:
+    """Refused at intake before a sender was read: a file that is not a message."""
+    return message.stage in ("intake", "recovery") and message.sender is None

@@ -7,6 +7,7 @@ browser in with the token. The HTML and its safety live in ``mqd.http.html``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from urllib.parse import urlencode
 
@@ -26,11 +27,9 @@ from mqd.http.html import (
     login_form,
     message_link,
     page,
-    recipients_cell,
-    sender_text,
     table,
-    when,
 )
+from mqd.http.present import moment, recipients_html, relay_health, sender_html, subject_html
 from mqd.http.site import Site
 from mqd.tracking.answers import MessageSummary
 from mqd.tracking.vocabulary import Status
@@ -48,6 +47,7 @@ class View:
             web.get("/", self.overview),
             web.get("/messages", self.messages),
             web.get("/messages/{key}", details.message),
+            *details.contents.routes(),
             web.get("/failed", details.failed),
             web.get("/login", self.login),
             web.post("/login", self.login),
@@ -93,6 +93,7 @@ class View:
             ("Queue directory", f'<span class="mono">{e(status["queue_dir"])}</span>'),
         ]
         rows = []
+        now = time.time()
         for name, relay in status["relays"].items():
             quota = relay.get("quota") or {}
             quota_text = ", ".join(
@@ -103,16 +104,19 @@ class View:
                 )
                 if quota.get(limit)
             )
-            health = relay["health"]
             rows.append(
                 [
                     e(name),
                     e(relay["plugin"]),
-                    f'<span class="st st-{"good" if health == "closed" else "bad"}">'
-                    f"{e('healthy' if health == 'closed' else health)}</span>",
+                    relay_health(relay),
                     f'<span class="num">{e(relay["queued"])}</span>',
-                    e(relay.get("errors", 0)),
-                    e(relay.get("failures_in_a_row", 0)),
+                    e(
+                        f"{relay.get('recent_failures', 0)} of {relay.get('recent_attempts', 0)}"
+                        " failed"
+                        if relay.get("recent_attempts")
+                        else "none"
+                    ),
+                    moment(relay.get("last_success_at"), now) or "—",
                     e(relay.get("last_error") or ""),
                     e(quota_text),
                 ]
@@ -127,8 +131,8 @@ class View:
                     "Plugin",
                     "Health",
                     "Queued",
-                    "Errors",
-                    "In a row",
+                    "Last hour",
+                    "Last delivered",
                     "Last error",
                     "Quota",
                 ),
@@ -196,17 +200,23 @@ class View:
 
     @staticmethod
     def summary_table(found: Sequence[MessageSummary], *, empty: str) -> str:
+        now = time.time()
         rows = [
             [
-                e(when(m.created_at)),
+                moment(m.created_at, now),
                 message_link(m.id),
                 badge(m.status),
-                sender_text(m.sender),
-                recipients_cell(m.recipients),
+                subject_html(m.subject),
+                sender_html(m.sender, m.not_a_message),
+                recipients_html(m.recipients),
             ]
             for m in found
         ]
-        return table(("Accepted", "Queue id", "Status", "From", "Recipients"), rows, empty=empty)
+        return table(
+            ("Accepted", "Queue id", "Status", "Subject", "From", "Recipients and last replies"),
+            rows,
+            empty=empty,
+        )
 
     # -- /login -----------------------------------------------------------------------------------
 

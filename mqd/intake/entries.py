@@ -9,6 +9,7 @@ from collections.abc import Callable
 from mqd.config.accounts import account_for
 from mqd.config.schema import Config, SpoolConfig
 from mqd.errors import SpoolError
+from mqd.message.content import decoded_header
 from mqd.message.envelope import ParsedMessage, is_delivery_report, parse_message
 from mqd.message.sendat import send_at_of
 from mqd.plugins.host import PluginHost
@@ -59,6 +60,7 @@ def make_entry(
         spool_name=spool_name,
         message_id=parsed.headers.get("message-id", ""),
         traceparent=parsed.headers.get("traceparent", ""),
+        subject=decoded_header(parsed.headers.get("subject")),
     )
 
 

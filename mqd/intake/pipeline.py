@@ -43,6 +43,7 @@ from mqd.intake.entries import make_entry
 from mqd.intake.reading import Read, fsync_and_close, read_claimed_file
 from mqd.intake.routing import route_for
 from mqd.intake.spool import Claimed, Spool
+from mqd.message.content import decoded_header
 from mqd.message.sendat import send_at_of
 from mqd.plugins.host import PluginHost
 from mqd.queue.entry import message_id_maker
@@ -315,6 +316,7 @@ class Intake:
                     file=claimed.original_name,
                     sender=record.sender,
                     recipients=tuple(r.address for r in record.recipients),
+                    subject=record.subject,
                 )
             )
         return True
@@ -331,6 +333,9 @@ class Intake:
             recipients=tuple(FailedRecipient(a, "refused") for a in parsed.recipients)
             if parsed is not None
             else (),
+            subject=decoded_header(parsed.headers.get("subject")) or None
+            if parsed is not None
+            else None,
         )
 
 

@@ -29,7 +29,7 @@ ENVELOPE_FIELDS = frozenset({b"x-sender", b"x-receiver"})
 #: The headers ``read_envelope`` gives; ``traceparent``: the application's trace (docs/tracing.md).
 _LOOKED_AT = (
     "from", "sender", "to", "cc", "bcc", "message-id", "content-type", "x-mqd-send-at",
-    "traceparent",
+    "traceparent", "subject",
 )  # fmt: skip
 _MAX_ADDRESS = 254
 #: The bytes of a header field name (RFC 5322: printable ASCII except the colon).

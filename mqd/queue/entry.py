@@ -112,6 +112,8 @@ class QueueEntry:
     #: Its W3C ``traceparent`` header as handed over ("" when none): the application's trace,
     #: which the message's spans continue (``mqd.message.tracecontext``, docs/tracing.md).
     traceparent: str = ""
+    #: Its Subject, decoded (RFC 2047) into one line of text; "" when it has none.
+    subject: str = ""
     #: Data plugins keep with the message (e.g. a provider's message id); persisted as JSON.
     extra: dict[str, Any] = field(default_factory=dict)
     #: Held by the administrator (``mqd queue hold``): never attempted until released.

@@ -39,7 +39,17 @@ class FailedRecipient:
 
 
 #: The keys of the record as written (and read back) by the file store.
-_KNOWN = ("stage", "reason", "spool", "file", "sender", "relay", "attempts", "created_at")
+_KNOWN = (
+    "stage",
+    "reason",
+    "spool",
+    "file",
+    "sender",
+    "relay",
+    "attempts",
+    "created_at",
+    "subject",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +67,8 @@ class FailureRecord:
     relay: str | None = None
     attempts: int | None = None
     created_at: float | None = None
+    #: The message's Subject, decoded; None when it was not read or has none.
+    subject: str | None = None
     #: Fields this version does not know (written by a newer one), kept as they were.
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -67,7 +79,7 @@ class FailureRecord:
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"stage": self.stage, "reason": self.reason}
-        for key in ("spool", "file", "sender", "relay", "attempts", "created_at"):
+        for key in ("spool", "file", "sender", "relay", "attempts", "created_at", "subject"):
             value = getattr(self, key)
             if value is not None:
                 data[key] = value
@@ -113,6 +125,7 @@ class FailureRecord:
             relay=_text(data.get("relay")),
             attempts=attempts if isinstance(attempts, int) else None,
             created_at=float(created) if isinstance(created, int | float) else None,
+            subject=_text(data.get("subject")),
             extra={
                 k: v
                 for k, v in data.items()
@@ -151,6 +164,10 @@ class FailedMessage:
     @property
     def recipients(self) -> tuple[FailedRecipient, ...]:
         return self.record.recipients
+
+    @property
+    def subject(self) -> str | None:
+        return self.record.subject
 
     @property
     def is_bounce(self) -> bool:

@@ -78,8 +78,14 @@ class MessageSummary:
     id: str
     #: The Message-ID header, with <>.
     message_id: str | None
-    #: The envelope sender; empty for a bounce.
+    #: The envelope sender; empty for a bounce (and for a file that is not a message:
+    #: ``not_a_message`` says so).
     sender: str
+    #: Its Subject, decoded (RFC 2047); null when it has none or was never read.
+    subject: str | None
+    #: Why the file handed to mqd is not a message it could read (empty, binary, no header
+    #: block ...): set only for such a file, which intake rejected.
+    not_a_message: str | None
     #: A final status (failed, rejected, deleted) when it has one, else a recipient's bad one
     #: (bounced, dropped, complained), else its slowest recipient's.
     status: Status

@@ -52,7 +52,16 @@ EVENT_COLUMNS = (
 )
 #: A provider's event seen before (by its key) is not recorded again.
 EVENT_KEEP = "ON CONFLICT (event_key) DO NOTHING"
-MESSAGE_COLUMNS = ("id", "message_id", "sender", "status", "created_at", "updated_at")
+MESSAGE_COLUMNS = (
+    "id",
+    "message_id",
+    "sender",
+    "status",
+    "created_at",
+    "updated_at",
+    "subject",
+    "not_a_message",
+)
 QUEUED_COLUMNS = ("message", "address", "status", "rank", "updated_at")
 RECIPIENT_COLUMNS = (*QUEUED_COLUMNS, "relay", "provider_id", "reply")
 STATUS_COLUMNS = ("id", "status", "created_at", "updated_at")
@@ -60,6 +69,8 @@ STATUS_COLUMNS = ("id", "status", "created_at", "updated_at")
 # A message's row: what its first event says, then its sender and Message-ID once known.
 MESSAGE_UNTOLD = (
     "ON CONFLICT (id) DO UPDATE SET message_id = COALESCE(excluded.message_id, messages.message_id)"
+    ", subject = COALESCE(excluded.subject, messages.subject)"
+    ", not_a_message = COALESCE(excluded.not_a_message, messages.not_a_message)"
 )
 MESSAGE_TOLD = MESSAGE_UNTOLD + ", sender = excluded.sender"
 STATUS_UPDATE = (
@@ -123,13 +134,26 @@ class MessageRow:
     message_id: str | None
     sender: str | None
     last_at: float
+    subject: str | None = None
+    not_a_message: str | None = None
 
     @classmethod
     def of(cls, r: Record) -> MessageRow:
-        return cls(r.message, r.status.value, r.at, r.message_id or None, r.sender, r.at)
+        return cls(
+            r.message,
+            r.status.value,
+            r.at,
+            r.message_id or None,
+            r.sender,
+            r.at,
+            r.subject or None,
+            r.not_a_message,
+        )
 
     def then(self, r: Record) -> MessageRow:
         self.message_id = r.message_id or self.message_id
+        self.subject = r.subject or self.subject
+        self.not_a_message = r.not_a_message or self.not_a_message
         self.sender = self.sender if r.sender is None else r.sender
         self.last_at = max(self.last_at, r.at)
         return self
@@ -143,6 +167,8 @@ class MessageRow:
             self.status,
             self.created_at,
             self.created_at,
+            self.subject,
+            self.not_a_message,
         )
 
 

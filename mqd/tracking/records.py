@@ -40,6 +40,9 @@ class Record:
     sender: str | None = None
     message_id: str | None = None
     recipients: tuple[str, ...] = ()
+    subject: str | None = None
+    #: Why the file is not a message (intake could not parse it): a rejection's reason.
+    not_a_message: str | None = None
 
 
 def message_status(recipients: Iterable[Status], final: Status | None) -> Status:

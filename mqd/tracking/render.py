@@ -42,7 +42,12 @@ def history_lines(history: MessageHistory) -> list[str]:
     lines = [f"{history.id}  {history.status.value}"]
     if history.message_id:
         lines.append(f"  message-id: {history.message_id}")
-    lines.append(f"  from: <{history.sender}>")
+    if history.subject:
+        lines.append(f"  subject: {history.subject}")
+    if history.not_a_message:
+        lines.append(f"  not a message: {history.not_a_message}")
+    else:
+        lines.append(f"  from: <{history.sender}>")
     for rcpt in history.recipients:
         lines.append(f"  to: <{rcpt.address}>  {rcpt.status.value}")
     lines.append("")

@@ -13,7 +13,7 @@ from mqd.errors import TrackingError
 
 __all__ = ["META", "MIGRATIONS", "SCHEMA_VERSION", "TABLES", "VERSION_QUERY", "upgrade"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Created first, whatever the version: where the version is kept.
 META = """CREATE TABLE IF NOT EXISTS meta (
@@ -34,7 +34,9 @@ TABLES = (
         sender TEXT NOT NULL DEFAULT '',
         status TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL,
-        updated_at DOUBLE PRECISION NOT NULL
+        updated_at DOUBLE PRECISION NOT NULL,
+        subject TEXT,
+        not_a_message TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS messages_message_id ON messages (message_id)",
     "CREATE INDEX IF NOT EXISTS messages_sender ON messages (sender)",
@@ -76,7 +78,13 @@ TABLES = (
 
 #: The statements that take a store from version ``n`` to ``n + 1``, by ``n``. A change to
 #: ``TABLES`` raises ``SCHEMA_VERSION`` and adds its step here, so that old stores follow.
-MIGRATIONS: dict[int, tuple[str, ...]] = {}
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 2: a message's Subject, and why a rejected file is not a message.
+    1: (
+        "ALTER TABLE messages ADD COLUMN subject TEXT",
+        "ALTER TABLE messages ADD COLUMN not_a_message TEXT",
+    ),
+}
 
 
 def upgrade(found: str | None, *, path: Path | None = None) -> list[str]:

@@ -52,7 +52,7 @@ _INSERT_EVENT = (
     f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "  # noqa: S608
     f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))}) {EVENT_KEEP}"
 )
-_SUMMARY_COLUMNS = "id, message_id, sender, status, created_at, updated_at"
+_SUMMARY_COLUMNS = "id, message_id, sender, status, created_at, updated_at, subject, not_a_message"
 _BAD = sorted(s.value for s in BAD)
 _FINAL = sorted(s.value for s in FINAL)
 
@@ -304,6 +304,8 @@ class SQLiteStore(EventStore):
                     id=row["id"],
                     message_id=row["message_id"],
                     sender=row["sender"],
+                    subject=row["subject"],
+                    not_a_message=row["not_a_message"],
                     status=Status(row["status"]),
                     created_at=row["created_at"],
                     updated_at=row["updated_at"],

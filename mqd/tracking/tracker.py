@@ -75,7 +75,16 @@ def records_for(event: Event) -> list[Record]:
             return [Record(**common, detail={"file": event.file, "spool": event.spool})]
         case Rejected():
             detail = {"stage": event.stage, "file": event.file}
-            return [Record(**common, reply=event.reason, sender=event.sender, detail=detail)]
+            return [
+                Record(
+                    **common,
+                    reply=event.reason,
+                    sender=event.sender,
+                    detail=detail,
+                    subject=event.subject,
+                    not_a_message=event.reason if event.sender is None else None,
+                )
+            ]
         case Queued():
             return [
                 Record(
@@ -84,6 +93,7 @@ def records_for(event: Event) -> list[Record]:
                     sender=event.sender,
                     message_id=event.message_id_header,
                     recipients=event.recipients,
+                    subject=event.subject,
                     detail=_queued_detail(event),
                 )
             ]
