@@ -398,6 +398,29 @@ async def test_a_dropped_connection_is_reconnected(
     assert len(back) == 1
 
 
+async def test_a_reload_restarts_the_consumer_with_the_ids_it_remembered(
+    mailbox_config: Callable[..., Config], host: PluginHost, broker: Broker
+) -> None:
+    config = mailbox_config()
+    async with running(config, host) as mqd:
+        await until(lambda: mqd.mailbox.connected)
+        await broker.publish(MESSAGE, message_id="before")
+        await until(lambda: mqd.mailbox.accepted == 1)
+        old = mqd.mailbox
+        assert config.source is not None
+        config.source.write_text(config.source.read_text() + "heartbeat = 20\n")
+        summary = await mqd.daemon.reload()
+        assert "mailbox[0]" in summary
+        assert mqd.mailbox is not old and old._task is None  # stopped, its deliveries answered
+        await until(lambda: mqd.mailbox.connected)
+        assert mqd.mailbox.settings.heartbeat == 20
+        await broker.publish(MESSAGE, message_id="before")
+        await broker.publish(MESSAGE, message_id="after")
+        await until(lambda: mqd.mailbox.accepted == 1 and mqd.mailbox.duplicates == 1)
+        assert len([e for e in mqd.events if isinstance(e, Queued)]) == 2
+        await until(lambda: len(mqd.sent) == 1)  # the reloaded relay's: "after"
+
+
 async def test_status_shows_the_mailbox(
     mailbox_config: Callable[..., Config], host: PluginHost, broker: Broker
 ) -> None:
