@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import subprocess
@@ -596,3 +597,35 @@ async def test_remembered_ids_expire_and_the_file_is_compacted(
     await again.remember("fresher")
     lines = again.path.read_text().splitlines()
     assert len(lines) == 2 and "id 0/é" not in again and "fresh" in again
+
+
+def test_without_aio_pika_the_table_is_refused_saying_why(
+    write_config: Callable[[str], Path],
+    queue_dir: Path,
+    spool: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = load_config(
+        write_config(
+            f"""
+            [queue]
+            dir = "{queue_dir}"
+            [[spool]]
+            path = "{spool}"
+            [relays.mem]
+            plugin = "memory"
+            [[mailbox]]
+            url = "amqp://guest@127.0.0.1/"
+            queue = "mail"
+            """
+        )
+    )
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "aio_pika" else find_spec(name, *a),
+    )
+    with pytest.raises(ConfigError) as refused:
+        MailboxSource(config.sources[0], config, None)  # type: ignore[arg-type]
+    assert refused.value.key == "mailbox[0]" and "aio-pika" in str(refused.value)

@@ -55,7 +55,10 @@ class MailboxSource(Source):
         super().__init__(config, app, handover)
         if importlib.util.find_spec("aio_pika") is None:
             raise ConfigError(
-                "needs aio-pika: pip install 'mqd[mailbox]'", path=app.source, key=config.name
+                "needs aio-pika (mqd's 'mailbox' extra): pip install aio-pika into mqd's "
+                "environment",
+                path=app.source,
+                key=config.name,
             )
         self.settings = MailboxSettings.read(config, app)
         _quiet_amqp()
