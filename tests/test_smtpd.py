@@ -32,7 +32,7 @@ from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError
 from mqd.events import Event, Queued
 from mqd.intake.smtpd import users
-from mqd.intake.smtpd.session import Connection
+from mqd.intake.smtpd.session import Connection, bare_line_ending
 from mqd.intake.smtpd.users import Verifier, hash_password, read_users, verify_password
 from mqd.plugins.host import PluginHost
 from mqd.testing import wait_until
@@ -330,11 +330,16 @@ async def test_too_large_too_many_recipients_and_long_lines_get_precise_answers(
 SMUGGLING = [b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\r", b"\r\n\x00.\r\n"]
 
 
+@pytest.mark.parametrize("mode", ["normalize", "refuse"])
 @pytest.mark.parametrize("fake_end", SMUGGLING, ids=repr)
 async def test_smuggling_sequences_cannot_split_a_message(
-    smtpd_config: Callable[..., Config], host: PluginHost, smtp_server: SMTPPeer, fake_end: bytes
+    smtpd_config: Callable[..., Config],
+    host: PluginHost,
+    smtp_server: SMTPPeer,
+    fake_end: bytes,
+    mode: str,
 ) -> None:
-    async with running(smtpd_config(), host) as mqd:
+    async with running(smtpd_config(f'bare_line_endings = "{mode}"'), host) as mqd:
         reader, writer = await asyncio.open_connection("127.0.0.1", mqd.port)
 
         async def reply() -> bytes:
@@ -368,11 +373,26 @@ async def test_smuggling_sequences_cannot_split_a_message(
         await reply()
         writer.close()
         await writer.wait_closed()
-        assert answer.startswith(b"554 5.6.0"), answer
-        assert mqd.daemon.sources.status()[0].accepted == 1
-    [received] = await asyncio.to_thread(smtp_server.wait_for, 1)
-    assert b"smuggled" not in received.data
-    assert received.rcpt_tos == ["a@example.net"]
+        if mode == "refuse" or b"\x00" in fake_end:
+            assert answer.startswith(b"554 5.6.0"), answer
+            expected = 1
+        else:  # one message, its line endings made CRLF, the fake end a line of its own
+            assert answer.startswith(b"250 2.0.0"), answer
+            expected = 2
+        assert mqd.daemon.sources.status()[0].accepted == expected
+
+        async def delivered() -> bool:
+            return (await mqd.daemon.store.counts()).total == 0
+
+        await wait_until(delivered, "the queue empty: every relay session ended")
+    received = await asyncio.to_thread(smtp_server.wait_for, expected)
+    assert len(received) == expected
+    assert all(message.rcpt_tos == ["a@example.net"] for message in received)
+    assert ("MAIL", "ceo@example.com") not in smtp_server.commands  # the relay did not split it
+    if expected == 2:
+        assert b"\r\n..\r\n" not in received[1].data  # (the sink took the relay's stuffing off)
+        assert b"MAIL FROM:<ceo@example.com>\r\n" in received[1].data  # text, not a command
+        assert not bare_line_ending(received[1].data)
 
 
 async def test_an_address_in_use_is_a_config_error_naming_listen(

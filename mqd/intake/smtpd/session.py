@@ -23,7 +23,7 @@ from mqd.intake.source import HandOver, Login, Submission
 from mqd.message.envelope import address_problem
 from mqd.version import __version__
 
-__all__ = ["Connection", "Handler", "Listener", "bare_line_ending"]
+__all__ = ["Connection", "Handler", "Listener", "bare_line_ending", "with_crlf"]
 
 log = logging.getLogger("mqd.smtpd")
 
@@ -57,6 +57,12 @@ class Listener(Protocol):
 def bare_line_ending(data: bytes) -> bool:
     """Whether ``data`` holds a CR or LF that is not part of a CRLF."""
     return _BARE.search(data) is not None
+
+
+def with_crlf(data: bytes) -> bytes:
+    """``data`` with each bare CR or LF made a CRLF: ``\n.\n`` becomes a line holding a dot,
+    which the relay dot-stuffs like any other, never the end of the data."""
+    return _BARE.sub(b"\r\n", data)
 
 
 class Connection(SMTP):
@@ -167,10 +173,13 @@ class Handler:
         listener = self.listener
         data = envelope.original_content or b""
         if bare_line_ending(data):
-            listener.refused()
-            return (
-                "554 5.6.0 Message refused: it holds a bare CR or LF; every line must end with CRLF"
-            )
+            if listener.settings.bare_line_endings == "refuse":
+                listener.refused()
+                return (
+                    "554 5.6.0 Message refused: it holds a bare CR or LF; every line must end "
+                    "with CRLF"
+                )
+            data = with_crlf(data)
         login = _login(session)
         submission = Submission(
             sender=envelope.mail_from or "",

@@ -16,6 +16,8 @@ from mqd.intake.smtpd.users import User, read_users
 __all__ = ["Listen", "SMTPSettings"]
 
 TLS_MODES = ("none", "starttls", "implicit")
+#: What a message with a bare CR or LF gets: its line endings made CRLF, or 554 5.6.0.
+BARE_LINE_ENDINGS = ("normalize", "refuse")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ class SMTPSettings:
     max_line_length: int = 998
     max_connections: int = 100
     idle_timeout: float = 300.0
+    #: "normalize": a bare CR or LF becomes CRLF; "refuse": 554 5.6.0. Either way SMTP
+    #: smuggling (``\n.\n`` ...) cannot split a message on its way through mqd.
+    bare_line_endings: str = "normalize"
     #: "none", "starttls" (offered; required before AUTH on a non-loopback address) or
     #: "implicit" (TLS from the first byte: port 465).
     tls: str = "none"
@@ -77,6 +82,7 @@ class SMTPSettings:
             max_line_length=opts.integer("max_line_length", 998, minimum=78),
             max_connections=opts.integer("max_connections", 100, minimum=1),
             idle_timeout=opts.duration("idle_timeout", "5m"),
+            bare_line_endings=opts.choice("bare_line_endings", BARE_LINE_ENDINGS, "normalize"),
             tls=tls,
             tls_context=_tls_context(opts, tls, cert, key),
             users=_users(opts, users_file),

@@ -5,7 +5,8 @@ client) takes mail without AUTH; any other address requires AUTH (the ``users_fi
 over STARTTLS or implicit TLS. The sender is checked at MAIL FROM (550 5.7.1), the message at
 the end of DATA (its From header too); 250 is answered only once the message is durable in the
 queue, 451 when the queue cannot take it now. PIPELINING, 8BITMIME, SMTPUTF8 and SIZE are
-offered; a message with a bare CR or LF is refused (no SMTP smuggling through mqd).
+offered; a bare CR or LF is made a CRLF, or the message refused (``bare_line_endings``): no
+SMTP smuggling through mqd.
 """
 
 from __future__ import annotations
