@@ -268,7 +268,7 @@ class MailboxSource(Source):
     async def _hand_over(self, message: AbstractIncomingMessage, mid: str | None) -> None:
         submission: Submission | None = None
         try:
-            submission = submission_of(message.body, message.headers, message.app_id)
+            submission = submission_of(message.body, message.headers or {}, message.app_id)
             queue_id = await self.handover.submit(self.config, submission)
         except MessageParseError as exc:
             await self._reject(message, mid, "intake", str(exc), submission)
