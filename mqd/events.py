@@ -102,14 +102,16 @@ class Claimed(Event):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Rejected(Event):
-    """Intake refused the message: it is in the failed folder, and no bounce was sent."""
+    """Intake refused the message: it is in the failed folder, and no bounce was sent (or, from
+    a broker's mailbox, it was rejected to the queue's dead-letter exchange)."""
 
     kind: ClassVar[EventKind] = EventKind.REJECTED
     #: Where it was refused: ``"intake"`` (unreadable, malformed) or ``"policy"``.
     stage: str
     #: Why, for a person.
     reason: str
-    #: The spool's directory, and the message's file name there.
+    #: The spool's directory, and the message's file name there; for a mailbox, the source
+    #: (``"mailbox[0]"``) and the delivery's AMQP message_id.
     spool: str
     file: str
     #: The envelope sender (``""`` for the null sender); None when it could not be parsed.

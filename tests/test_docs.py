@@ -120,6 +120,7 @@ def config_tables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, 
     data["submit"] = [
         {"token_env": "MQD_TEST_SUBMIT_TOKEN", "relay": plugins[0], "idempotency_for": "24h"}
     ]
+    data["mailbox"] = [{"url": "amqp://guest@127.0.0.1/", "queue": "mail", "relay": plugins[0]}]
     config = parse_config(data, tmp_path / "mqd.toml")
     build_relays(config, host)
     build_sources(config, host, handover=None)  # type: ignore[arg-type]  # (read, never run)
@@ -163,7 +164,7 @@ def test_every_config_key_is_documented(config_tables: dict[str, set[str]]) -> N
         expected[f'`plugin = "{name.removeprefix(RELAY_PREFIX)}"`'] = keys - common
     for name, keys in config_tables.items():
         if name and not name.startswith(RELAY_PREFIX):
-            arrays = ("spool", "route", "smtpd", "submit")
+            arrays = ("spool", "route", "smtpd", "submit", "mailbox")
             heading = f"`[[{name}]]`" if name in arrays else f"`[{name}]`"
             subtables = {k for k in keys if f"{name}.{k}" in config_tables}
             expected[heading] = keys - subtables

@@ -538,7 +538,7 @@ async def test_a_body_without_state_is_rebuilt_with_its_smtp_envelope(
     async with running(config, host) as mqd:
 
         async def no_lease(*args: object, **kwargs: object) -> list[object]:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # sleep-ok: a store with nothing due, as a poll would find
             return []
 
         mqd.daemon.store.lease = no_lease  # type: ignore[method-assign]  # (never delivers)

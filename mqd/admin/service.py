@@ -199,6 +199,8 @@ class QueueAdmin(SuppressionOps):
                     connections=source.connections,
                     accepted=source.accepted,
                     refused=source.refused,
+                    connected=source.connected,
+                    last_error=source.last_error,
                 )
                 for source in node.source_status()
             ],

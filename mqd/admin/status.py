@@ -92,7 +92,8 @@ class SourceStatus:
     name: str
     #: Its kind: ``smtpd``.
     kind: str
-    #: The addresses it listens on (``127.0.0.1:25``).
+    #: The addresses it listens on (``127.0.0.1:25``), or the broker and queue it consumes
+    #: (``amqp://127.0.0.1:5672/ queue mail``).
     listening: list[str]
     #: Producers connected now.
     connections: int
@@ -101,6 +102,10 @@ class SourceStatus:
     #: Messages refused since the daemon started (sender not allowed, malformed, too large,
     #: the queue unable to take them).
     refused: int
+    #: A source that consumes from a broker ([[mailbox]]): connected to it now, and why not;
+    #: None for a source that listens.
+    connected: bool | None = None
+    last_error: str | None = None
 
 
 @dataclass(frozen=True)

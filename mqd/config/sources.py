@@ -15,8 +15,9 @@ from mqd.config.sections import relay_chain, sender_patterns
 
 __all__ = ["GENERIC", "SOURCE_KINDS", "parse_sources"]
 
-#: The built-in sources' own tables (``[[smtpd]]``, ``[[submit]]``), each named after its kind.
-SOURCE_KINDS = ("smtpd", "submit")
+#: The built-in sources' own tables (``[[smtpd]]``, ``[[submit]]``, ``[[mailbox]]``), each
+#: named after the kind it configures.
+SOURCE_KINDS = ("smtpd", "submit", "mailbox")
 
 #: The table of a plugin's source: ``[[source]]`` with ``kind = "<the registered name>"``.
 GENERIC = "source"

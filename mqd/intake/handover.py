@@ -26,7 +26,7 @@ from mqd.config.accounts import account_for
 from mqd.config.schema import Config, SourceConfig
 from mqd.delivery.accounts import AccountLimits
 from mqd.errors import MessageParseError, QueueError, SubmissionError
-from mqd.events import EventSink, Queued
+from mqd.events import EventSink, Queued, Rejected
 from mqd.faults import Fault
 from mqd.intake.entries import make_entry
 from mqd.intake.routing import route_for
@@ -173,6 +173,31 @@ class Handover:
             self._writer = asyncio.create_task(self._write(), name="mqd-handover")
         # Shielded: a producer that goes away meanwhile does not take the batch down with it.
         await asyncio.shield(waiting.done)
+        return entry_id
+
+    def rejected(
+        self,
+        source: SourceConfig,
+        *,
+        stage: str,
+        reason: str,
+        name: str,
+        sender: str | None,
+        recipients: tuple[str, ...],
+    ) -> str:
+        entry_id = self._new_id()
+        self.emit(
+            Rejected(
+                message_id=entry_id,
+                time=self.clock.time(),
+                stage=stage,
+                reason=reason,
+                spool=source.name,
+                file=name,
+                sender=sender,
+                recipients=recipients,
+            )
+        )
         return entry_id
 
     async def _write(self) -> None:

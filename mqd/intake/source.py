@@ -77,6 +77,21 @@ class HandOver(Protocol):
         the source's kind (``submit-keys.<...>``)."""
         ...
 
+    def rejected(
+        self,
+        source: SourceConfig,
+        *,
+        stage: str,
+        reason: str,
+        name: str,
+        sender: str | None,
+        recipients: tuple[str, ...],
+    ) -> str:
+        """Record a message ``source`` refused on its own and keeps no copy of (a broker's
+        delivery it dead-lettered: ``name`` is its id there): the ``rejected`` event of the
+        timeline. Returns the queue id the event was given."""
+        ...
+
 
 @dataclass(frozen=True)
 class SourceStatus:
@@ -86,7 +101,8 @@ class SourceStatus:
     #: ``smtpd[0]``.
     name: str
     kind: str
-    #: Where it listens (``"127.0.0.1:25"``); empty for a source that does not listen.
+    #: Where it listens (``"127.0.0.1:25"``) or consumes from (``"amqp://host:5672/ queue
+    #: mail"``).
     listening: tuple[str, ...]
     #: Producers connected right now.
     connections: int
@@ -94,6 +110,10 @@ class SourceStatus:
     #: it started.
     accepted: int
     refused: int
+    #: A source that consumes from a broker ([[mailbox]]): whether it is connected now, and
+    #: why not (None for a source that listens).
+    connected: bool | None = None
+    last_error: str | None = None
 
 
 class Source(abc.ABC):

@@ -22,6 +22,8 @@ def mqd_register_sources(register: RegisterSource) -> None:
     register("smtpd", "mqd.intake.smtpd.source:SMTPSource")
     # Served by the [http] server (mqd.http.submit), which asks the daemon for these sources.
     register("submit", "mqd.intake.submit.source:SubmitSource")
+    # aio-pika likewise, only with a [[mailbox]] table.
+    register("mailbox", "mqd.intake.mailbox.source:MailboxSource")
 
 
 def build_sources(config: Config, host: PluginHost, handover: HandOver) -> list[Source]:
@@ -67,6 +69,18 @@ class _Checking:
 
     async def save_state(self, name: str, data: bytes) -> None:
         raise RuntimeError("a source built to check its config keeps no state")
+
+    def rejected(
+        self,
+        source: SourceConfig,
+        *,
+        stage: str,
+        reason: str,
+        name: str,
+        sender: str | None,
+        recipients: tuple[str, ...],
+    ) -> str:
+        raise RuntimeError("a source built to check its config hands nothing over")
 
 
 def check_sources(config: Config, host: PluginHost) -> list[ConfigError]:
