@@ -33,8 +33,8 @@ _IN_WINDOW = f"e.at >= :start AND e.at < :end AND e.status IN ({_STATUSES})"
 # never leaves, counts by outcome alone).
 _BY_SENDER = (
     f"SELECT {_BUCKET} AS b, m.sender, {_OUTCOME} AS outcome, "  # noqa: S608
-    "COUNT(DISTINCT e.message) FROM events e LEFT JOIN messages m ON m.id = e.message "
-    f"WHERE {_IN_WINDOW} GROUP BY b, m.sender, outcome"
+    "COUNT(DISTINCT e.message), m.account FROM events e LEFT JOIN messages m ON m.id = e.message "
+    f"WHERE {_IN_WINDOW} GROUP BY b, m.sender, m.account, outcome"
 )
 _BY_RELAY = (
     f"SELECT {_BUCKET} AS b, e.relay, {_OUTCOME} AS outcome, "  # noqa: S608
@@ -66,12 +66,14 @@ def read_activity(db: sqlite3.Connection, window: Window) -> Activity:
     def rows(sql: str) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in db.execute(sql, params) if 0 <= int(row[0]) < count]
 
-    by_sender = rows(_BY_SENDER)
-    for b, _, outcome, n in by_sender:
+    by_sender = rows(_BY_SENDER)  # (a message has one sender and one account)
+    for b, _, outcome, n, _account in by_sender:
         activity.outcomes[outcome][int(b)] += int(n)
+    by_account = [(b, account, outcome, n) for b, _, outcome, n, account in by_sender if account]
     for series, totals, found in (
         (activity.relays, activity.relay_totals, rows(_BY_RELAY)),
-        (activity.senders, activity.sender_totals, by_sender),
+        (activity.senders, activity.sender_totals, [row[:4] for row in by_sender]),
+        (activity.accounts, activity.account_totals, by_account),
     ):
         for b, key, outcome, n in found:
             if key is None:
