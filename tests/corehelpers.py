@@ -81,6 +81,9 @@ EVENT_DEFAULTS: dict[str, object] = {
     "calls": (),
     "subject": None,
     "account": None,
+    "source": None,
+    "login": None,
+    "peer": None,
 }
 
 
