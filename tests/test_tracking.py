@@ -441,7 +441,7 @@ async def notifier_caught_up(tracker: Tracker) -> None:
     """Wait until a notifier's cursor is at the newest event: it has nothing left to send."""
 
     async def caught_up() -> bool:
-        return await tracker.cursor(notify_module.CURSOR) == await tracker.last_seq()
+        return await tracker.cursor(notify_module.CURSOR) == await tracker.last_position()
 
     await wait_until(caught_up, "the notifier to reach the newest event")
 

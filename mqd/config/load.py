@@ -123,7 +123,8 @@ def parse_config(
             lambda: parse_metrics(table("metrics")), lambda: parse_metrics(empty("metrics"))
         ),
         tracking=root.attempt(
-            lambda: parse_tracking(table("tracking")), lambda: parse_tracking(empty("tracking"))
+            lambda: parse_tracking(table("tracking"), queue.store),
+            lambda: parse_tracking(empty("tracking")),
         ),
         tracing=root.attempt(
             lambda: parse_tracing(table("tracing")), lambda: parse_tracing(empty("tracing"))

@@ -297,6 +297,8 @@ class TrackingConfig:
     enabled: bool = True
     #: The SQLite database; None means ``<queue dir>/tracking.sqlite3``.
     path: Path | None = None
+    #: ``auto`` (PostgreSQL when the queue is, else SQLite), ``sqlite`` or ``postgresql``.
+    store: str = "auto"
     #: Events (and messages whose newest event is) older than this are pruned.
     retention: float = 30 * 86400.0
 
@@ -376,6 +378,14 @@ class Config:
     def failed_dir(self) -> Path:
         """The failed folder, one for every worker."""
         return self.queue.dir / "failed"
+
+    @property
+    def tracking_database(self) -> DatabaseConfig | None:
+        """The queue's database when the event store is in it (``[tracking] store``), else
+        None (the SQLite file ``tracking_path``)."""
+        if self.tracking.store == "sqlite" or self.queue.store != "postgresql":
+            return None
+        return self.queue.database
 
     @property
     def tracking_path(self) -> Path:

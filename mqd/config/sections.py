@@ -310,12 +310,19 @@ def parse_tracing(opts: Options) -> TracingConfig:
     return config
 
 
-def parse_tracking(opts: Options) -> TrackingConfig:
+def parse_tracking(opts: Options, queue_store: str = "file") -> TrackingConfig:
     config = TrackingConfig(
         enabled=opts.boolean("enabled", True),
         path=opts.filepath("path", None),
         retention=opts.duration("retention", "30d"),
+        store=opts.choice("store", ("auto", "sqlite", "postgresql"), "auto"),
     )
+    if config.store == "postgresql" and queue_store != "postgresql":
+        raise opts.error(
+            "store",
+            'is "postgresql", which needs the queue there too (queue.store = "postgresql"); '
+            'say "auto" or "sqlite"',
+        )
     if config.retention <= 0:
         raise opts.error("retention", 'must be more than 0, e.g. "30d"')
     opts.finish()

@@ -9,7 +9,7 @@ prints; the OpenAPI schemas of that form are generated from these classes
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from mqd.tracking.vocabulary import Status
@@ -68,6 +68,13 @@ class FeedEvent(TimelineEvent):
     message_id: str | None
     #: The message's envelope sender.
     sender: str | None
+    #: Where it is in the feed (``EventStore.events_after``): opaque, ordered.
+    position: int = field(default=0, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        found = asdict(self)
+        del found["position"]
+        return found
 
 
 @dataclass(frozen=True)

@@ -189,12 +189,12 @@ class SQLiteStore(EventStore):
             max(1, min(ROWS_PER_STATEMENT, self._max_parameters // width)).bit_length() - 1
         )
 
-    def set_cursor(self, name: str, seq: int) -> None:
+    def set_cursor(self, name: str, position: int) -> None:
         with self._db:
             self._db.execute(
                 "INSERT INTO cursors (name, seq) VALUES (?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
-                (name, seq),
+                (name, position),
             )
 
     def prune(self, before: float) -> int:
@@ -330,26 +330,33 @@ class SQLiteStore(EventStore):
         ).fetchall()
         return sorted((_event(row) for row in rows), key=_timeline_order)
 
-    def events_after(self, seq: int, limit: int) -> list[FeedEvent]:
-        # With the message's Message-ID and sender: what an application correlates by.
+    def events_after(self, position: int, limit: int) -> list[FeedEvent]:
+        # One writer at a time: seq order is commit order, and the position is the seq. With
+        # the message's Message-ID and sender: what an application correlates by.
         rows = self._db.execute(
             "SELECT events.*, messages.message_id AS message_id, messages.sender AS sender "
             "FROM events LEFT JOIN messages ON messages.id = events.message "
             "WHERE seq > ? ORDER BY seq LIMIT ?",
-            (seq, limit),
+            (position, limit),
         ).fetchall()
         return [
             FeedEvent(
                 **_event_fields(row),
                 message_id=row["message_id"],
                 sender=row["sender"],
+                position=row["seq"],
             )
             for row in rows
         ]
 
-    def last_seq(self) -> int:
-        row = self._db.execute("SELECT MAX(seq) FROM events").fetchone()
-        return int(row[0] or 0)
+    def last_position(self, back: int = 0) -> int:
+        row = self._db.execute(
+            "SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?", (back,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def lead(self, name: str) -> bool:
+        return True  # one daemon's workers: the first one runs the notifier
 
     def cursor(self, name: str) -> int:
         row = self._db.execute("SELECT seq FROM cursors WHERE name = ?", (name,)).fetchone()
