@@ -27,12 +27,13 @@ def _tracking_store(config: Config) -> AbstractContextManager[EventStore]:
     has no database yet, and a TrackingError (exit 74) naming the file (or the database) when
     it is damaged or cannot be read, whether at opening or by a query. With the event store in
     the queue's PostgreSQL database, any node reads every node's history."""
+    from mqd.config.tracking import tracking_database
     from mqd.tracking.sqlitefile import reading
 
     path = config.tracking_path
     if not config.tracking.enabled:
         raise ConfigError("tracking is off ([tracking] enabled = false): there is no history")
-    database = config.tracking_database
+    database = tracking_database(config)
     if database is not None:
         from mqd.queue.postgresql.connect import Database
         from mqd.tracking import pghome

@@ -31,8 +31,8 @@ from mqd.config.sections import (
     parse_sendmail,
     parse_spools,
     parse_tracing,
-    parse_tracking,
 )
+from mqd.config.tracking import parse_tracking
 from mqd.errors import ConfigError, raise_gathered
 
 #: locate_config lives in mqd.config.paths (cheap to import); named here as well.

@@ -380,14 +380,6 @@ class Config:
         return self.queue.dir / "failed"
 
     @property
-    def tracking_database(self) -> DatabaseConfig | None:
-        """The queue's database when the event store is in it (``[tracking] store``), else
-        None (the SQLite file ``tracking_path``)."""
-        if self.tracking.store == "sqlite" or self.queue.store != "postgresql":
-            return None
-        return self.queue.database
-
-    @property
     def tracking_path(self) -> Path:
         return self.tracking.path or self.queue.dir / "tracking.sqlite3"
 

@@ -26,7 +26,6 @@ from mqd.config.schema import (
     SendmailConfig,
     SpoolConfig,
     TracingConfig,
-    TrackingConfig,
     available_cores,
     default_http_connections,
 )
@@ -43,7 +42,6 @@ __all__ = [
     "parse_sendmail",
     "parse_spools",
     "parse_tracing",
-    "parse_tracking",
 ]
 
 
@@ -306,25 +304,6 @@ def parse_metrics(opts: Options) -> MetricsConfig:
 
 def parse_tracing(opts: Options) -> TracingConfig:
     config = TracingConfig(enabled=opts.boolean("enabled", False))
-    opts.finish()
-    return config
-
-
-def parse_tracking(opts: Options, queue_store: str = "file") -> TrackingConfig:
-    config = TrackingConfig(
-        enabled=opts.boolean("enabled", True),
-        path=opts.filepath("path", None),
-        retention=opts.duration("retention", "30d"),
-        store=opts.choice("store", ("auto", "sqlite", "postgresql"), "auto"),
-    )
-    if config.store == "postgresql" and queue_store != "postgresql":
-        raise opts.error(
-            "store",
-            'is "postgresql", which needs the queue there too (queue.store = "postgresql"); '
-            'say "auto" or "sqlite"',
-        )
-    if config.retention <= 0:
-        raise opts.error("retention", 'must be more than 0, e.g. "30d"')
     opts.finish()
     return config
 

@@ -6,19 +6,12 @@ Its tables (``mqd_track_*``) come with the queue's schema (``mqd db upgrade``, v
 know. It runs the same upserts as the SQLite store (``mqd.tracking.batch``), a batch in one
 transaction, and is as synchronous: the tracker calls it from its writer thread.
 
-The feed. ``seq`` comes from a sequence, and two nodes' transactions can commit in the other
-order than they took their numbers: a reader that remembered the last ``seq`` it saw would skip
-the event committed late with a lower one. Each event therefore records its transaction's id
-(``txid``, ``xid8``), and ``events_after`` reads in (``txid``, ``seq``) order only the events
-below ``pg_snapshot_xmin(pg_current_snapshot())``, the oldest transaction still running: every
-transaction below it has committed or rolled back, and every one to come gets a larger id, so
-nothing can ever appear behind a position once read. A position is the pair in one int
-(``txid << 64 | seq``). See docs/scale-out.md.
+The feed (``events_after``, the cursors) is ``mqd.tracking.pgfeed``'s: it is read in an order
+that events committed out of ``seq`` order between nodes cannot break.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -28,6 +21,7 @@ from psycopg.rows import dict_row
 
 from mqd.queue.postgresql.connect import Database
 from mqd.queue.postgresql.schema import SchemaStatus
+from mqd.tracking import pgfeed as feed
 from mqd.tracking.activity import Activity, Window
 from mqd.tracking.answers import FeedEvent, MessageSummary, RecipientStatus, TimelineEvent
 from mqd.tracking.batch import (
@@ -51,7 +45,7 @@ from mqd.tracking.records import BAD, FINAL, Record, message_status
 from mqd.tracking.sqliteactivity import collect, statements
 from mqd.tracking.vocabulary import ProviderEvent, Status
 
-__all__ = ["PostgresEventStore", "position", "split"]
+__all__ = ["PostgresEventStore", "schema_version"]
 
 ROWS_PER_STATEMENT = 64
 #: A batch that met another node's in a deadlock (PostgreSQL aborted it) is tried again.
@@ -62,31 +56,15 @@ _MESSAGES = "mqd_track_message"
 _RECIPIENTS = "mqd_track_recipient"
 # The upserts of mqd.tracking.batch name the tables as SQLite's store does: aliases here.
 _ALIAS = {_EVENTS: "events", _MESSAGES: "messages", _RECIPIENTS: "recipients"}
-_EVENT_FIELDS = "e.seq, e.message, e.recipient, e.status, e.at, e.source, e.relay, "
-_EVENT_FIELDS += "e.provider_id, e.reply, e.detail"
 _SUMMARY_COLUMNS = "id, message_id, sender, status, created_at, updated_at, subject, not_a_message"
 _BAD = sorted(s.value for s in BAD)
 _FINAL = sorted(s.value for s in FINAL)
-#: Below it, every transaction has ended: what is there now is there for good.
-_HORIZON = "pg_snapshot_xmin(pg_current_snapshot())"
 _ACTIVITY = statements(
     events=_EVENTS,
     messages=_MESSAGES,
     mark=lambda name: f"%({name})s",
     bucket="FLOOR(({at} - {start}) / {step})::bigint",
 )
-_LOW = (1 << 64) - 1
-
-
-def position(txid: int, seq: int) -> int:
-    """The feed position of the event ``seq`` written by the transaction ``txid``."""
-    return (txid << 64) | seq
-
-
-def split(at: int) -> tuple[int, int]:
-    """A position's (txid, seq)."""
-    at = max(at, 0)
-    return at >> 64, at & _LOW
 
 
 class PostgresEventStore(EventStore):
@@ -184,12 +162,7 @@ class PostgresEventStore(EventStore):
             )
 
     def set_cursor(self, name: str, position: int) -> None:
-        txid, seq = split(position)
-        self._conn.execute(
-            "INSERT INTO mqd_track_cursor (name, txid, seq) VALUES (%s, %s::text::xid8, %s) "
-            "ON CONFLICT (name) DO UPDATE SET txid = excluded.txid, seq = excluded.seq",
-            (name, str(txid), seq),
-        )
+        feed.set_cursor(self._conn, name, position)
 
     def prune(self, before: float) -> int:
         with self._conn.transaction():
@@ -326,45 +299,22 @@ class PostgresEventStore(EventStore):
     def events_of(self, message: str) -> list[TimelineEvent]:
         with self._conn.cursor(row_factory=dict_row) as cursor:
             rows = cursor.execute(
-                f"SELECT {_EVENT_FIELDS} FROM {_EVENTS} e WHERE message = %s "  # noqa: S608
+                f"SELECT {feed.EVENT_FIELDS} FROM {_EVENTS} e WHERE message = %s "  # noqa: S608
                 "ORDER BY at, seq".encode(),
                 (message,),
             ).fetchall()
-        events = [TimelineEvent(**_event_fields(row)) for row in rows]
+        events = [TimelineEvent(**feed.event_fields(row)) for row in rows]
         # Providers give whole seconds: within one, mqd's own events (their causes) come first.
         return sorted(events, key=lambda e: (int(e.at), e.source != "mqd", e.at, e.seq))
 
     def events_after(self, position: int, limit: int) -> list[FeedEvent]:
-        txid, seq = split(position)
-        with self._conn.cursor(row_factory=dict_row) as cursor:
-            rows = cursor.execute(
-                f"SELECT {_EVENT_FIELDS}, e.txid::text AS txid, m.message_id, m.sender "  # noqa: S608
-                f"FROM {_EVENTS} e LEFT JOIN {_MESSAGES} m ON m.id = e.message "
-                f"WHERE (e.txid, e.seq) > (%s::text::xid8, %s) AND e.txid < {_HORIZON} "
-                "ORDER BY e.txid, e.seq LIMIT %s".encode(),
-                (str(txid), seq, limit),
-            ).fetchall()
-        return [
-            FeedEvent(
-                **_event_fields(row),
-                message_id=row["message_id"],
-                sender=row["sender"],
-                position=position_of_row(row),
-            )
-            for row in rows
-        ]
+        return feed.events_after(self._conn, position, limit)
 
     def last_position(self, back: int = 0) -> int:
-        row = self._one(
-            f"SELECT txid::text, seq FROM {_EVENTS} WHERE txid < {_HORIZON} "  # noqa: S608
-            "ORDER BY txid DESC, seq DESC LIMIT 1 OFFSET %s",
-            (back,),
-        )
-        return position(int(row[0]), int(row[1])) if row else 0
+        return feed.last_position(self._conn, back)
 
     def cursor(self, name: str) -> int:
-        row = self._one("SELECT txid::text, seq FROM mqd_track_cursor WHERE name = %s", (name,))
-        return position(int(row[0]), int(row[1])) if row else -1
+        return feed.cursor(self._conn, name)
 
     def lead(self, name: str) -> bool:
         # A session lock: held while this connection lives, so that a node that dies or loses
@@ -399,10 +349,6 @@ def schema_version(conn: psycopg.Connection[Any]) -> SchemaStatus:
     return SchemaStatus(int(str(row[0])) if row is not None else 0)
 
 
-def position_of_row(row: dict[str, Any]) -> int:
-    return position(int(row["txid"]), int(row["seq"]))
-
-
 def _by_key(rows: dict[tuple[str, str], tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return [rows[key] for key in sorted(rows)]
 
@@ -414,18 +360,3 @@ def _insert_sql(table: str, columns: Sequence[str], conflict: str, n: int) -> by
         f"INSERT INTO {table} AS {_ALIAS[table]} ({', '.join(columns)}) VALUES "  # noqa: S608
         f"{', '.join([marks] * n)} {conflict}"
     ).encode()
-
-
-def _event_fields(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "seq": row["seq"],
-        "message": row["message"],
-        "recipient": row["recipient"],
-        "status": Status(row["status"]),
-        "at": row["at"],
-        "source": row["source"],
-        "relay": row["relay"],
-        "provider_id": row["provider_id"],
-        "reply": row["reply"],
-        "detail": json.loads(row["detail"] or "{}"),
-    }

@@ -113,7 +113,9 @@ def records_for(event: Event) -> list[Record]:
 
 def home_of(config: Config) -> StoreHome:
     """Where ``config``'s event store is: the queue's PostgreSQL database, or a SQLite file."""
-    database = config.tracking_database
+    from mqd.config.tracking import tracking_database
+
+    database = tracking_database(config)
     if database is not None:
         from mqd.queue.postgresql.connect import Database
         from mqd.tracking.pghome import PostgresHome
@@ -154,7 +156,7 @@ class Tracker:
     @classmethod
     async def open(cls, config: Config, *, clock: Callable[[], float] = time.monotonic) -> Tracker:
         """A tracker for ``config.tracking_path`` (or the queue's database, see
-        ``Config.tracking_database``), its store opened. Never raises for the store: a damaged
+        ``mqd.config.tracking``), its store opened. Never raises for the store: a damaged
         one is set aside (a new one opened), one that cannot be opened pauses tracking.
         ``clock`` (monotonic seconds) times the retries of a paused store."""
         writer = ThreadPoolExecutor(1, thread_name_prefix="mqd-tracking")
