@@ -15,20 +15,17 @@ keeps the pair in ``mqd_track_cursor``. See docs/scale-out.md.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
-from mqd.tracking.answers import FeedEvent
-from mqd.tracking.vocabulary import Status
+from mqd.tracking.answers import FeedEvent, event_fields
 
 __all__ = [
     "EVENT_FIELDS",
     "cursor",
-    "event_fields",
     "events_after",
     "last_position",
     "position",
@@ -101,22 +98,6 @@ def set_cursor(conn: psycopg.Connection[Any], name: str, at: int) -> None:
         "ON CONFLICT (name) DO UPDATE SET txid = excluded.txid, seq = excluded.seq",
         (name, str(txid), seq),
     )
-
-
-def event_fields(row: dict[str, Any]) -> dict[str, Any]:
-    """A row of ``EVENT_FIELDS`` as ``TimelineEvent``'s fields."""
-    return {
-        "seq": row["seq"],
-        "message": row["message"],
-        "recipient": row["recipient"],
-        "status": Status(row["status"]),
-        "at": row["at"],
-        "source": row["source"],
-        "relay": row["relay"],
-        "provider_id": row["provider_id"],
-        "reply": row["reply"],
-        "detail": json.loads(row["detail"] or "{}"),
-    }
 
 
 def _one(conn: psycopg.Connection[Any], query: str, args: Sequence[Any]) -> tuple[Any, ...] | None:

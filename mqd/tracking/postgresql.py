@@ -23,7 +23,14 @@ from mqd.queue.postgresql.connect import Database
 from mqd.queue.postgresql.schema import SchemaStatus
 from mqd.tracking import pgfeed as feed
 from mqd.tracking.activity import Activity, Window
-from mqd.tracking.answers import FeedEvent, MessageSummary, RecipientStatus, TimelineEvent
+from mqd.tracking.answers import (
+    FeedEvent,
+    MessageSummary,
+    RecipientStatus,
+    TimelineEvent,
+    event_fields,
+    timeline_order,
+)
 from mqd.tracking.batch import (
     EVENT_COLUMNS,
     EVENT_KEEP,
@@ -56,7 +63,9 @@ _MESSAGES = "mqd_track_message"
 _RECIPIENTS = "mqd_track_recipient"
 # The upserts of mqd.tracking.batch name the tables as SQLite's store does: aliases here.
 _ALIAS = {_EVENTS: "events", _MESSAGES: "messages", _RECIPIENTS: "recipients"}
-_SUMMARY_COLUMNS = "id, message_id, sender, status, created_at, updated_at, subject, not_a_message"
+_SUMMARY_COLUMNS = (
+    "id, message_id, sender, status, created_at, updated_at, subject, not_a_message, account"
+)
 _BAD = sorted(s.value for s in BAD)
 _FINAL = sorted(s.value for s in FINAL)
 _ACTIVITY = statements(
@@ -241,10 +250,17 @@ class PostgresEventStore(EventStore):
             return []
         return self._summaries(" OR ".join(conditions), args, limit)
 
-    def recent_messages(self, *, status: Status | None = None, limit: int) -> list[MessageSummary]:
-        if status is None:
-            return self._summaries("true", [], limit)
-        return self._summaries("status = %s", [status.value], limit)
+    def recent_messages(
+        self, *, status: Status | None = None, account: str | None = None, limit: int
+    ) -> list[MessageSummary]:
+        where, args = ["true"], []
+        if status is not None:
+            where.append("status = %s")
+            args.append(status.value)
+        if account is not None:
+            where.append("account = %s")
+            args.append(account)
+        return self._summaries(" AND ".join(where), args, limit)
 
     def failed_messages(self, *, since: float | None = None, limit: int) -> list[MessageSummary]:
         where = (
@@ -288,6 +304,7 @@ class PostgresEventStore(EventStore):
                 sender=row["sender"],
                 subject=row["subject"],
                 not_a_message=row["not_a_message"],
+                account=row["account"],
                 status=Status(row["status"]),
                 created_at=row["created_at"],
                 updated_at=row["updated_at"],
@@ -303,9 +320,7 @@ class PostgresEventStore(EventStore):
                 "ORDER BY at, seq".encode(),
                 (message,),
             ).fetchall()
-        events = [TimelineEvent(**feed.event_fields(row)) for row in rows]
-        # Providers give whole seconds: within one, mqd's own events (their causes) come first.
-        return sorted(events, key=lambda e: (int(e.at), e.source != "mqd", e.at, e.seq))
+        return sorted((TimelineEvent(**event_fields(row)) for row in rows), key=timeline_order)
 
     def events_after(self, position: int, limit: int) -> list[FeedEvent]:
         return feed.events_after(self._conn, position, limit)

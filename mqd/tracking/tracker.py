@@ -94,7 +94,8 @@ def records_for(event: Event) -> list[Record]:
                     message_id=event.message_id_header,
                     recipients=event.recipients,
                     subject=event.subject,
-                    detail={"route": list(event.route)},
+                    account=event.account,
+                    detail=_queued_detail(event),
                 )
             ]
         case RecipientEvent():
@@ -125,6 +126,14 @@ def home_of(config: Config) -> StoreHome:
     from mqd.tracking.sqlitefile import SQLiteHome
 
     return SQLiteHome(config.tracking_path)
+
+
+def _queued_detail(event: Queued) -> dict[str, Any]:
+    detail: dict[str, Any] = {"route": list(event.route)}
+    for name in ("source", "login", "peer"):
+        if getattr(event, name) is not None:
+            detail[name] = getattr(event, name)
+    return detail
 
 
 def _recipient_detail(event: RecipientEvent) -> dict[str, Any]:
@@ -312,8 +321,10 @@ class Tracker:
     async def recipient(self, address: str, *, limit: int = 50) -> list[MessageSummary]:
         return await self._read(lambda store: recipient(store, address, limit))
 
-    async def recent(self, *, limit: int = 50, status: str | None = None) -> list[MessageSummary]:
-        return await self._read(lambda store: recent(store, limit, status))
+    async def recent(
+        self, *, limit: int = 50, status: str | None = None, account: str | None = None
+    ) -> list[MessageSummary]:
+        return await self._read(lambda store: recent(store, limit, status, account))
 
     async def failures(
         self, *, since: float | None = None, limit: int = 50

@@ -120,8 +120,10 @@ CREATE TABLE mqd_track_message (
     created_at double precision NOT NULL,
     updated_at double precision NOT NULL,
     subject text,
-    not_a_message text
+    not_a_message text,
+    account text
 );
+CREATE INDEX mqd_track_message_account ON mqd_track_message (account, created_at);
 CREATE INDEX mqd_track_message_message_id ON mqd_track_message (message_id);
 CREATE INDEX mqd_track_message_sender ON mqd_track_message (lower(sender));
 CREATE INDEX mqd_track_message_created ON mqd_track_message (created_at DESC, id DESC);
