@@ -433,3 +433,28 @@ def test_a_batch_writes_what_the_sqlite_store_writes(
     assert found["messages"] == expected["messages"]
     assert found["recipients"] == expected["recipients"]
     assert [row[1:] for row in found["events"]] == [row[1:] for row in expected["events"]]
+
+
+def test_a_lost_connection_is_replaced(schema: PgSchema) -> None:
+    """The server ends the store's session (a restart, a failover): the next calls work on a
+    new one, and the cursor's lead, which went with the old session, is taken anew."""
+    store = PostgresEventStore.connect(Database(schema.dsn))
+    rival = PostgresEventStore.connect(Database(schema.dsn))
+
+    def cut() -> None:
+        with psycopg.connect(schema.dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (store._conn.info.backend_pid,))
+
+    try:
+        assert store.lead("notify")
+        store.record([record(1)])
+        cut()
+        assert numbers(read(store, 0, 1)) == [1]  # a read: tried again on a new session
+        cut()
+        assert store.record([record(2)])  # a batch that never reached the server: the same
+        assert numbers(read(store, 0, 2)) == [1, 2]
+        assert rival.lead("notify")  # the lock went with the first session
+        assert not store.lead("notify")
+    finally:
+        store.close()
+        rival.close()

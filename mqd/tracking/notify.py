@@ -157,6 +157,8 @@ class Notifier:
         self._waiting = False
         changed_at = -PENDING_FOR
         while tracker.generation == generation:
+            if not await tracker.lead(CURSOR):
+                return  # its session was lost: another node may send them now
             tracker.changed.clear()
             batch = await tracker.events_after(position, 100)
             if tracker.generation != generation:

@@ -12,8 +12,9 @@ that events committed out of ``seq`` order between nodes cannot break.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
 from psycopg.errors import DeadlockDetected, SerializationFailure, UndefinedTable
@@ -22,11 +23,11 @@ from psycopg.rows import dict_row
 from mqd.queue.postgresql.connect import Database
 from mqd.queue.postgresql.schema import SchemaStatus
 from mqd.tracking import pgfeed as feed
+from mqd.tracking import pgread as read
 from mqd.tracking.activity import Activity, Window
 from mqd.tracking.answers import (
     FeedEvent,
     MessageSummary,
-    RecipientStatus,
     TimelineEvent,
     event_fields,
     timeline_order,
@@ -54,6 +55,9 @@ from mqd.tracking.vocabulary import ProviderEvent, Status
 
 __all__ = ["PostgresEventStore", "schema_version"]
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 ROWS_PER_STATEMENT = 64
 #: A batch that met another node's in a deadlock (PostgreSQL aborted it) is tried again.
 TRIES = 3
@@ -63,9 +67,6 @@ _MESSAGES = "mqd_track_message"
 _RECIPIENTS = "mqd_track_recipient"
 # The upserts of mqd.tracking.batch name the tables as SQLite's store does: aliases here.
 _ALIAS = {_EVENTS: "events", _MESSAGES: "messages", _RECIPIENTS: "recipients"}
-_SUMMARY_COLUMNS = (
-    "id, message_id, sender, status, created_at, updated_at, subject, not_a_message, account"
-)
 _BAD = sorted(s.value for s in BAD)
 _FINAL = sorted(s.value for s in FINAL)
 _ACTIVITY = statements(
@@ -76,35 +77,72 @@ _ACTIVITY = statements(
 )
 
 
-class PostgresEventStore(EventStore):
-    """The store on ``conn`` (autocommit: each batch takes a transaction of its own)."""
+def _healing(
+    method: Callable[Concatenate[PostgresEventStore, P], T],
+) -> Callable[Concatenate[PostgresEventStore, P], T]:
+    """``method`` once more on a new connection when the store's was lost (the server restarted,
+    a failover, an idle connection cut): before the call, or during it when nothing can have
+    been committed (a batch's commit that failed is not tried again: it may have gone
+    through)."""
 
-    def __init__(self, conn: psycopg.Connection[Any], *, where: str = "") -> None:
+    def run(self: PostgresEventStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        self._heal()
+        try:
+            return method(self, *args, **kwargs)
+        except psycopg.OperationalError:
+            committing, self._committing = self._committing, False
+            if committing or self._reopen is None or not self._conn.broken:
+                raise
+            self._heal()
+            return method(self, *args, **kwargs)
+
+    return run
+
+
+class PostgresEventStore(EventStore):
+    """The store on ``conn`` (autocommit: each batch takes a transaction of its own); with
+    ``reopen``, a lost connection is replaced by ``reopen()`` (see ``_healing``)."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        *,
+        where: str = "",
+        reopen: Callable[[], psycopg.Connection[Any]] | None = None,
+    ) -> None:
         self._conn = conn
         self.where = where
+        self._reopen = reopen
         self._leading: set[str] = set()
+        self._committing = False
 
     @classmethod
     def connect(cls, database: Database, *, readonly: bool = False) -> PostgresEventStore:
         """A store on a connection of its own. Raises psycopg's errors when the database cannot
         be reached, and ``QueueSchemaError`` when its schema is not this mqd's."""
-        conn = psycopg.connect(database.dsn, autocommit=True, **database.kwargs())
-        try:
-            if readonly:
-                conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-            schema_version(conn).require()
-        except BaseException:
-            conn.close()
-            raise
-        return cls(conn, where=database.shown)
+        return cls(
+            _connect(database, readonly),
+            where=database.shown,
+            reopen=functools.partial(_connect, database, readonly),
+        )
+
+    def _heal(self) -> None:
+        if self._reopen is not None and (self._conn.broken or self._conn.closed):
+            self._conn.close()
+            self._leading.clear()  # the session's locks went with it
+            self._conn = self._reopen()
 
     # -- writing ----------------------------------------------------------------------------------
 
+    @_healing
     def record(self, records: Sequence[Record]) -> list[Record]:
         for attempt in range(1, TRIES + 1):
             try:
                 with self._conn.transaction():
-                    return self._record(records)
+                    new = self._record(records)
+                    self._committing = True
+                self._committing = False
+                return new
             except (DeadlockDetected, SerializationFailure):
                 if attempt == TRIES:
                     raise
@@ -170,9 +208,11 @@ class PostgresEventStore(EventStore):
                 [value for row in chunk for value in row],
             )
 
+    @_healing
     def set_cursor(self, name: str, position: int) -> None:
         feed.set_cursor(self._conn, name, position)
 
+    @_healing
     def prune(self, before: float) -> int:
         with self._conn.transaction():
             gone = self._conn.execute(
@@ -192,37 +232,16 @@ class PostgresEventStore(EventStore):
 
     # -- matching ---------------------------------------------------------------------------------
 
-    def match(self, source: str, event: ProviderEvent) -> str | None:
-        if event.mqd_id:
-            row = self._one(f"SELECT id FROM {_MESSAGES} WHERE id = %s", (event.mqd_id,))  # noqa: S608
-            if row:
-                return str(row[0])
-        if event.provider_id:
-            args: tuple[str, ...] = (event.provider_id,)
-            query = f"SELECT message FROM {_RECIPIENTS} WHERE provider_id = %s"  # noqa: S608
-            if event.recipient:
-                query += " ORDER BY CASE WHEN address = %s THEN 0 ELSE 1 END"
-                args += (event.recipient.lower(),)
-            row = self._one(query + " LIMIT 1", args)
-            if row:
-                return str(row[0])
-            # A message sent in several calls (SES: 50 recipients a call) has its ids joined.
-            pid = event.provider_id.replace("%", "").replace("_", "")
-            if pid == event.provider_id:
-                row = self._one(
-                    f"SELECT message FROM {_RECIPIENTS} WHERE provider_id LIKE %s "  # noqa: S608
-                    "OR provider_id LIKE %s OR provider_id LIKE %s LIMIT 1",
-                    (f"{pid},%", f"%,{pid}", f"%,{pid},%"),
-                )
-                if row:
-                    return str(row[0])
-        return None
-
     def _one(self, query: str, args: Sequence[Any]) -> tuple[Any, ...] | None:
         return self._conn.execute(query.encode(), args).fetchone()
 
     # -- reading ----------------------------------------------------------------------------------
 
+    @_healing
+    def match(self, source: str, event: ProviderEvent) -> str | None:
+        return read.match(self._conn, event)
+
+    @_healing
     def find_messages(
         self,
         *,
@@ -248,8 +267,9 @@ class PostgresEventStore(EventStore):
             args.append(recipient.lower())
         if not conditions:
             return []
-        return self._summaries(" OR ".join(conditions), args, limit)
+        return read.summaries(self._conn, " OR ".join(conditions), args, limit)
 
+    @_healing
     def recent_messages(
         self, *, status: Status | None = None, account: str | None = None, limit: int
     ) -> list[MessageSummary]:
@@ -260,8 +280,9 @@ class PostgresEventStore(EventStore):
         if account is not None:
             where.append("account = %s")
             args.append(account)
-        return self._summaries(" AND ".join(where), args, limit)
+        return read.summaries(self._conn, " AND ".join(where), args, limit)
 
+    @_healing
     def failed_messages(self, *, since: float | None = None, limit: int) -> list[MessageSummary]:
         where = (
             f"(status = ANY(%s) OR id IN (SELECT message FROM {_RECIPIENTS} "  # noqa: S608
@@ -271,48 +292,9 @@ class PostgresEventStore(EventStore):
         if since is not None:
             where += " AND updated_at >= %s"
             args.append(since)
-        return self._summaries(where, args, limit)
+        return read.summaries(self._conn, where, args, limit)
 
-    def _summaries(self, where: str, args: list[Any], limit: int) -> list[MessageSummary]:
-        # ``where`` is one of this class's conditions; values are always bound.
-        with self._conn.cursor(row_factory=dict_row) as cursor:
-            rows = cursor.execute(
-                f"SELECT {_SUMMARY_COLUMNS} FROM {_MESSAGES} WHERE {where} "  # noqa: S608
-                "ORDER BY created_at DESC, id DESC LIMIT %s".encode(),
-                (*args, limit),
-            ).fetchall()
-            found: dict[str, list[RecipientStatus]] = {row["id"]: [] for row in rows}
-            for r in cursor.execute(
-                "SELECT message, address, status, updated_at, relay, provider_id, reply "  # noqa: S608
-                f"FROM {_RECIPIENTS} WHERE message = ANY(%s) ORDER BY message, address",
-                (list(found),),
-            ):
-                found[r["message"]].append(
-                    RecipientStatus(
-                        address=r["address"],
-                        status=Status(r["status"]),
-                        updated_at=r["updated_at"],
-                        relay=r["relay"],
-                        provider_id=r["provider_id"],
-                        reply=r["reply"],
-                    )
-                )
-        return [
-            MessageSummary(
-                id=row["id"],
-                message_id=row["message_id"],
-                sender=row["sender"],
-                subject=row["subject"],
-                not_a_message=row["not_a_message"],
-                account=row["account"],
-                status=Status(row["status"]),
-                created_at=row["created_at"],
-                updated_at=row["updated_at"],
-                recipients=found[row["id"]],
-            )
-            for row in rows
-        ]
-
+    @_healing
     def events_of(self, message: str) -> list[TimelineEvent]:
         with self._conn.cursor(row_factory=dict_row) as cursor:
             rows = cursor.execute(
@@ -322,15 +304,19 @@ class PostgresEventStore(EventStore):
             ).fetchall()
         return sorted((TimelineEvent(**event_fields(row)) for row in rows), key=timeline_order)
 
+    @_healing
     def events_after(self, position: int, limit: int) -> list[FeedEvent]:
         return feed.events_after(self._conn, position, limit)
 
+    @_healing
     def last_position(self, back: int = 0) -> int:
         return feed.last_position(self._conn, back)
 
+    @_healing
     def cursor(self, name: str) -> int:
         return feed.cursor(self._conn, name)
 
+    @_healing
     def lead(self, name: str) -> bool:
         # A session lock: held while this connection lives, so that a node that dies or loses
         # the database hands the cursor on (its notifications resume from the cursor).
@@ -344,6 +330,7 @@ class PostgresEventStore(EventStore):
                 self._leading.add(name)
         return name in self._leading
 
+    @_healing
     def activity(self, window: Window) -> Activity:
         params = {"start": window.start, "end": window.end, "step": window.step}
         return collect(
@@ -352,6 +339,18 @@ class PostgresEventStore(EventStore):
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _connect(database: Database, readonly: bool) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(database.dsn, autocommit=True, **database.kwargs())
+    try:
+        if readonly:
+            conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        schema_version(conn).require()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def schema_version(conn: psycopg.Connection[Any]) -> SchemaStatus:
