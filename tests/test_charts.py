@@ -21,6 +21,7 @@ from mqd.http.svg import Series, bars, nice_top
 from mqd.message.reply import Reply
 from mqd.plugins.host import PluginHost
 from mqd.relays.memory import MemoryRelay
+from mqd.testing import wait_until
 from mqd.tracking.activity import LATENCY_BOUNDS, Activity, Window, joined, quantile
 from mqd.tracking.records import Record
 from mqd.tracking.sqlite import SQLiteStore
@@ -43,6 +44,7 @@ def traffic() -> list[Record]:
             relay="main",
             sender="app@example.com",
             recipients=("x@example.net", "y@example.net"),
+            account="shop",
         ),
         Record("a", S.DISPATCHED, T0 + 7, recipient="x@example.net", relay="main"),
         Record("a", S.DISPATCHED, T0 + 7, recipient="y@example.net", relay="main"),
@@ -109,6 +111,9 @@ def test_activity_counts_messages_by_bucket_outcome_relay_and_sender(store: SQLi
     assert activity.senders["news@example.com"] == [0, 0, 1, 0, 0]
     assert activity.sender_totals["bad@example.org"] == {"failed": 1}
     assert activity.sender_totals["app@example.com"] == {"delivered": 1, "failed": 1}
+    # Only a's queued event named its [[account]]: b and d have none, so no series.
+    assert activity.accounts == {"shop": [1, 0, 0, 0, 0]}
+    assert activity.account_totals == {"shop": {"delivered": 1}}
 
 
 def test_activity_keeps_the_delivery_latency_per_bucket(store: SQLiteStore) -> None:
@@ -268,14 +273,6 @@ async def daemon(
         await asyncio.wait_for(task, 10)
 
 
-async def until(condition: Callable[[], object], what: str) -> None:
-    for _ in range(300):
-        if await condition():  # type: ignore[misc]
-            return
-        await asyncio.sleep(0.05)
-    pytest.fail(f"never: {what}")
-
-
 async def test_the_charts_page_draws_the_traffic_of_the_last_hour(daemon: Daemon) -> None:
     MemoryRelay.instances["main"].replies["later@example.net"] = Reply(451, "try later", "4.3.0")
     spool = daemon.config.spools[0].path
@@ -296,7 +293,7 @@ async def test_the_charts_page_draws_the_traffic_of_the_last_hour(daemon: Daemon
                 'data-series="deferred" data-total="1"' in text
             )
 
-        await until(counted, "3 delivered and 1 deferred on /charts/live")
+        await wait_until(counted, "3 delivered and 1 deferred on /charts/live")
         async with session.get("/charts") as response:
             assert response.status == 200
             assert response.headers["Content-Security-Policy"] == CHARTS_CSP

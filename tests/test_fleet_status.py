@@ -92,6 +92,9 @@ class Node:
     guards: Guards
     started_at: float
 
+    def source_status(self) -> list[object]:
+        return []
+
 
 async def test_metrics_export_the_redispatched_count(
     sink_config: Callable[..., Config],

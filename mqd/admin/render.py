@@ -238,11 +238,11 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
         ("oldest", human_age(float(oldest)) if oldest is not None else "-"),
         ("failed", f"{failed}" + (" ('mqd failed list' shows them)" if failed else "")),
     ]
-    redispatched = int(status.get("redispatched") or 0)
-    if redispatched:
-        fields.append(
-            ("redispatched", f"{redispatched} (taken over while being sent: may have gone twice)")
-        )
+    if redispatched := int(status.get("redispatched") or 0):
+        fields.append(("redispatched", f"{redispatched} (may have gone out twice)"))
+    suppressed = int(status.get("suppressed") or 0)
+    if suppressed:
+        fields.append(("suppressed", f"{suppressed} address(es) ('mqd suppress list' shows them)"))
     workers: Sequence[Mapping[str, Any]] = status.get("workers") or []
     if workers:
         fields.insert(1, ("workers", "; ".join(_worker(w) for w in workers)))
@@ -269,6 +269,19 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
         quota = relay.get("quota")
         if quota:
             lines.append(f"      quota: {_quota(quota)}")
+    sources: Sequence[Mapping[str, Any]] = status.get("sources") or []
+    if sources:
+        lines.append("sources")
+    for source in sources:
+        listening = ", ".join(source.get("listening") or []) or "not listening"
+        tally = f"{source.get('accepted', 0)} accepted, {source.get('refused', 0)} refused"
+        if source.get("connected") is None:
+            state = f"{source.get('connections', 0)} connected"
+        else:
+            state = "connected" if source["connected"] else "NOT CONNECTED"
+        lines.append(f"  {source['name']}: {listening}; {state}, {tally}")
+        if source.get("last_error"):
+            lines.append(f"      last error: {source['last_error']}")
     accounts: Mapping[str, Mapping[str, Any]] = status.get("accounts") or {}
     if accounts:
         lines.append("accounts")

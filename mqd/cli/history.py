@@ -19,18 +19,27 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from mqd.tracking.answers import FeedEvent
-    from mqd.tracking.sqlite import SQLiteStore
+    from mqd.tracking.eventstore import EventStore
 
 
-def _tracking_store(config: Config) -> AbstractContextManager[SQLiteStore]:
+def _tracking_store(config: Config) -> AbstractContextManager[EventStore]:
     """The event store, read-only, for a ``with`` block; a clear error when tracking is off or
-    has no database yet, and a TrackingError (exit 74) naming the file when it is damaged or
-    cannot be read, whether at opening or by a query."""
+    has no database yet, and a TrackingError (exit 74) naming the file (or the database) when
+    it is damaged or cannot be read, whether at opening or by a query. With the event store in
+    the queue's PostgreSQL database, any node reads every node's history."""
+    from mqd.config.tracking import tracking_database
     from mqd.tracking.sqlitefile import reading
 
     path = config.tracking_path
     if not config.tracking.enabled:
         raise ConfigError("tracking is off ([tracking] enabled = false): there is no history")
+    database = tracking_database(config)
+    if database is not None:
+        from mqd.queue.postgresql.connect import Database
+        from mqd.tracking import pghome
+
+        password = database.password.reveal() if database.password else None
+        return pghome.reading(Database(database.dsn, password))
     if not path.exists():
         raise ConfigError(
             f"no event store at {path} yet: it is created when 'mqd run' starts with "
@@ -40,24 +49,37 @@ def _tracking_store(config: Config) -> AbstractContextManager[SQLiteStore]:
 
 
 @click.command()
-@click.argument("key", metavar="ID|MESSAGE-ID|ADDRESS")
+@click.argument("key", metavar="ID|MESSAGE-ID|ADDRESS", required=False)
+@click.option(
+    "--account",
+    default=None,
+    metavar="NAME",
+    help="The newest messages of this [[account]] (the history per user); KEY narrows them.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of histories.")
 @click.option(
     "--limit", default=20, show_default=True, type=click.IntRange(1), help="At most this many."
 )
 @pass_state
-def history(state: State, key: str, as_json: bool, limit: int) -> None:
+def history(state: State, key: str | None, account: str | None, as_json: bool, limit: int) -> None:
     """Show a message's timeline: accepted, queued, dispatched, delivered, opened ...
 
     KEY is mqd's queue id, a Message-ID (with or without <>), or an address: every message
-    from or to it is shown, newest first. Reads the event store directly, so it works whether
-    or not the daemon runs. Exit code 1 when nothing matches.
+    from or to it is shown, newest first. With --account, the account's newest messages (of
+    those KEY names, if given). Reads the event store directly, so it works whether or not the
+    daemon runs. Exit code 1 when nothing matches.
     """
     from mqd.tracking.queries import history as find
+    from mqd.tracking.queries import of_account
     from mqd.tracking.render import history_lines
 
+    if key is None and account is None:
+        raise click.UsageError("give a KEY (a queue id, Message-ID or address) or --account")
     with _tracking_store(state.load()) as store:
-        found = find(store, key, limit)
+        if account is None:
+            found = find(store, str(key), limit)
+        else:
+            found = of_account(store, account, key, limit)
     if as_json:
         print_json([item.to_dict() for item in found])
     else:
@@ -67,7 +89,12 @@ def history(state: State, key: str, as_json: bool, limit: int) -> None:
             for line in history_lines(item):
                 click.echo(line)
     if not found:
-        click.echo(f"mqd: no message matches {key!r}", err=True)
+        wanted = (
+            repr(key)
+            if account is None
+            else f"account {account!r}" + (f" and {key!r}" if key else "")
+        )
+        click.echo(f"mqd: no message matches {wanted}", err=True)
         sys.exit(ExitCode.FAILURE)
 
 
@@ -102,12 +129,12 @@ def events(state: State, follow: bool, last: int, as_json: bool, interval: float
                 click.echo(event_line(event, with_message=True))
 
     with _tracking_store(state.load()) as store, contextlib.suppress(KeyboardInterrupt):
-        seq = max(store.last_seq() - last, 0)
+        position = store.last_position(last)
         while True:
-            batch = store.events_after(seq, 500)
+            batch = store.events_after(position, 500)
             show(batch)
             if batch:
-                seq = batch[-1].seq
+                position = batch[-1].position
                 continue
             if not follow:
                 return

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,6 +41,8 @@ from mqd.delivery.circuit import CircuitState
 from mqd.delivery.guards import Guards
 from mqd.events import Delivered, Event, EventKind, RecipientEvent
 from mqd.http.listen import listen_error
+from mqd.http.sourcemetrics import source_families
+from mqd.intake.source import SourceStatus
 from mqd.queue.store import EntryState, QueueStore
 from mqd.version import __version__
 
@@ -88,6 +90,7 @@ class MetricsNode(Protocol):
     def guards(self) -> Guards: ...
     @property
     def started_at(self) -> float: ...
+    def source_status(self) -> Sequence[SourceStatus]: ...
 
 
 class Metrics:
@@ -249,6 +252,7 @@ class _Snapshot:
     states: dict[str, int]
     oldest: float
     relays: dict[str, _RelayState]
+    sources: Sequence[SourceStatus] = ()
     accounts: list[AccountUse] = field(default_factory=list)
     #: Entries taken over while marked dispatching (a shared queue's at-least-once window).
     redispatched: int = 0
@@ -282,7 +286,12 @@ class _Gauges:
                     relay.sent = (quota.sent_within(3600.0), quota.sent_within(86400.0))
             relays[name] = relay
         return _Snapshot(
-            states, oldest, relays, node.guards.accounts.use(), redispatched=counts.redispatched
+            states,
+            oldest,
+            relays,
+            node.source_status(),
+            node.guards.accounts.use(),
+            redispatched=counts.redispatched,
         )
 
     def collect(self) -> Iterable[Metric]:
@@ -314,8 +323,7 @@ class _Gauges:
         )
         yield CounterMetricFamily(
             "mqd_redispatched",
-            "Messages this node took over while they were marked as being sent by a node that "
-            "stopped (a PostgreSQL queue): each may have gone out twice.",
+            "Messages taken over while marked as being sent: each may have gone out twice.",
             snapshot.redispatched,
         )
         errors = CounterMetricFamily(
@@ -361,6 +369,7 @@ class _Gauges:
                 hour.add_metric([name], relay.sent[0])
                 day.add_metric([name], relay.sent[1])
         yield from (errors, circuit, waits, limits, hour, day)
+        yield from source_families(snapshot.sources)
         yield from _account_families(snapshot.accounts)
 
 
