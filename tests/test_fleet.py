@@ -107,7 +107,7 @@ def messages(count: int, tag: str) -> list[bytes]:
     ]
 
 
-def test_id(data: bytes) -> str:
+def header_id(data: bytes) -> str:
     for line in data.split(b"\r\n"):
         if line.startswith(b"X-Test-Id: "):
             return line[11:].decode()
@@ -115,7 +115,7 @@ def test_id(data: bytes) -> str:
 
 
 def received_ids(server: SMTPPeer) -> Counter[str]:
-    return Counter(test_id(message.data) for message in list(server.messages))
+    return Counter(header_id(message.data) for message in list(server.messages))
 
 
 def query(schema: PgSchema, sql: str, *params: object) -> list[tuple[object, ...]]:
@@ -185,7 +185,7 @@ def test_a_node_killed_mid_drain_loses_nothing_and_repeats_only_what_it_was_send
         "WHERE e.owner = %s AND e.dispatching",
         "node-1",
     )
-    may_repeat = {test_id(bytes(row[0])) for row in marked}  # type: ignore[call-overload]
+    may_repeat = {header_id(bytes(row[0])) for row in marked}  # type: ignore[call-overload]
     assert len(smtp_server.messages) < N, "the fleet finished before node-1 was killed"
     victim.process = DaemonProcess(victim.config, victim.log)
     victim.start(daemons)  # under its name: its leases come back at once

@@ -3,6 +3,7 @@ where psycopg's errors become mqd's (a DSN is only ever shown with its password 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -83,6 +84,19 @@ class Database:
             name="mqd-queue",
             timeout=POOL_WAIT,
         )
+
+
+async def fresh_pool(
+    database: Database, max_size: int, stale: AsyncConnectionPool[Conn], keep: list[Any]
+) -> AsyncConnectionPool[Conn]:
+    """A new pool in place of ``stale``, which had no connection to give for ``POOL_WAIT``:
+    after the server was away, a pool's reconnection attempts back off (to half a minute and
+    more), so a server back meanwhile would go unused that long. ``stale`` closes in the
+    background (its connections in use when they are returned); ``keep`` holds that task."""
+    pool = database.pool(max_size=max_size)
+    await pool.open(wait=False)
+    keep.append(asyncio.get_running_loop().create_task(stale.close(timeout=0)))
+    return pool
 
 
 async def connect(database: Database, *, autocommit: bool = False) -> Conn:

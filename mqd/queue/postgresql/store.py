@@ -1,15 +1,13 @@
-"""The PostgreSQL queue store: one queue shared by many nodes (``mqd.queue.store`` is the
-contract; ``schema`` has the tables, ``statements`` the SQL, ``admin`` the administrator's acts).
+"""The PostgreSQL store: one queue shared by many nodes (``mqd.queue.store`` is the contract;
+``schema`` has the tables, ``statements`` the SQL, ``admin`` the administrator's acts).
 
-Intake's batch is one statement in one transaction, idempotent on the ids. ``lease`` takes due
-entries in one statement (``FOR UPDATE SKIP LOCKED``) and sets the owner node, the expiry and a
-new fencing token; holders renew in batches; a dead node's leases expire and others take the
-entries. Every write of a holder is fenced on its token: a holder that lost its lease gets
-LeaseLost and changes nothing, but the recipients it delivered are kept (``mqd_delivered``) so
-that the next holder never sends to them again. ``dispatching`` is a durable mark: an entry
-taken over with it may have gone out; that is counted (``QueueCounts.redispatched``) and logged.
-A node's own leases from before a crash are given back when it opens again (its name is its
-own: the node's advisory lock keeps out a second process of the same name).
+Intake's batch is one transaction, idempotent on the ids. ``lease`` takes due entries in one
+statement (``FOR UPDATE SKIP LOCKED``) with the owner node, an expiry and a new fencing token;
+holders renew in batches; a dead node's leases expire and others take them. Every write of a
+holder is fenced on its token: a lost lease writes nothing but its delivered recipients
+(``mqd_delivered``: never sent to again). ``dispatching`` is a durable mark: an entry taken over
+(or given back) with it may have gone out: counted (``redispatched``) and logged. A node's own
+leases are given back when it opens again (its advisory lock keeps its name its own).
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.errors import QueueError
@@ -29,7 +27,7 @@ from mqd.queue.entry import QueueEntry
 from mqd.queue.failed import FailureRecord
 from mqd.queue.postgresql import admin
 from mqd.queue.postgresql import statements as q
-from mqd.queue.postgresql.connect import Conn, Database, translated, unavailable
+from mqd.queue.postgresql.connect import Conn, Database, fresh_pool, translated, unavailable
 from mqd.queue.postgresql.failed import PgFailedFolder, insert_failed
 from mqd.queue.postgresql.outcomes import (
     MAY_HAVE_GONE,
@@ -159,13 +157,17 @@ class PostgresStore(QueueStore):
     async def _connection(self) -> AsyncIterator[Conn]:
         if self._pool is None:
             raise QueueError("the queue store is not open")
-        async with self._pool.connection() as conn:
-            yield conn
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except PoolTimeout:  # a server back after an outage is used at once, not in a minute
+            stale, keep = self._pool, self._abandoned
+            self._pool = await fresh_pool(self.database, self.pool_size, stale, keep)
+            raise
 
     @contextlib.asynccontextmanager
     async def _tx(self, what: str) -> AsyncIterator[Conn]:
-        """A connection in a transaction (committed when the block ends, rolled back when it
-        raises); psycopg's errors become mqd's."""
+        """A connection in a transaction (committed at the end, else rolled back), mqd's errors."""
         async with translated(self.database, what), self._connection() as conn:
             yield conn
 
