@@ -128,6 +128,7 @@ class Scheduler:
                     room = self.concurrency - len(self._in_flight)
                 due = await self.store.next_due()
             except QueueUnavailableError as exc:  # the database is down: wait, then again
+                log.debug("leasing failed: %r (cause %r)", exc, exc.__cause__)
                 self.database.failed(str(exc), kind="unreachable")
                 await self.clock.wait(self._stopping, self.database.retry_in())
                 continue

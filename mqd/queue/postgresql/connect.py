@@ -34,6 +34,9 @@ CONNECT_TIMEOUT = 10
 #: caller's fault says so, once, and retries with backoff).
 POOL_WAIT = 10.0
 
+#: Seconds the pool keeps trying to replace a connection before it gives that up.
+RECONNECT_WITHIN = 4.0
+
 # The pool logs every failed reconnection as a WARNING (many a second while the server is
 # down); mqd says it once itself (the scheduler's and intake's faults).
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
@@ -83,6 +86,10 @@ class Database:
             open=False,
             name="mqd-queue",
             timeout=POOL_WAIT,
+            # A connection it cannot make is given up after this (and made again when a
+            # statement wants one), rather than tried ever less often (1, 2, 4 ... 64 s apart)
+            # while the server is away: once it is back, the next statement connects.
+            reconnect_timeout=RECONNECT_WITHIN,
         )
 
 

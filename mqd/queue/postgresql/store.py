@@ -1,13 +1,9 @@
-"""The PostgreSQL store: one queue shared by many nodes (``mqd.queue.store`` is the contract;
-``schema`` has the tables, ``statements`` the SQL, ``admin`` the administrator's acts).
+"""The PostgreSQL store: one queue shared by many nodes (``mqd.queue.store`` is the contract).
 
-Intake's batch is one transaction, idempotent on the ids. ``lease`` takes due entries in one
-statement (``FOR UPDATE SKIP LOCKED``) with the owner node, an expiry and a new fencing token;
-holders renew in batches; a dead node's leases expire and others take them. Every write of a
-holder is fenced on its token: a lost lease writes nothing but its delivered recipients
-(``mqd_delivered``: never sent to again). ``dispatching`` is a durable mark: an entry taken over
-(or given back) with it may have gone out: counted (``redispatched``) and logged. A node's own
-leases are given back when it opens again (its advisory lock keeps its name its own).
+Leases (``FOR UPDATE SKIP LOCKED``) carry an owner, an expiry and a fencing token that every
+write of the holder names; a lost lease writes only its delivered recipients. An entry taken
+over (or given back) marked ``dispatching`` may have gone out: counted and logged. See
+docs/scale-out.md; ``schema`` has the tables, ``statements`` the SQL, ``admin`` the rest.
 """
 
 from __future__ import annotations
@@ -19,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from mqd.clock import SYSTEM_CLOCK, Clock
@@ -163,6 +160,9 @@ class PostgresStore(QueueStore):
         except PoolTimeout:  # a server back after an outage is used at once, not in a minute
             stale, keep = self._pool, self._abandoned
             self._pool = await fresh_pool(self.database, self.pool_size, stale, keep)
+            raise
+        except psycopg.OperationalError:  # the server went away: its idle connections with it
+            self._abandoned.append(asyncio.get_running_loop().create_task(self._pool.check()))
             raise
 
     @contextlib.asynccontextmanager
