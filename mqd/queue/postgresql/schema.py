@@ -18,6 +18,9 @@ The tables (all in the connection's ``search_path`` schema):
   delivered and removed meanwhile.
 * ``mqd_failed``: the failed folder; ``mqd_state``: each node's small blobs; ``mqd_meta``: the
   schema version.
+* ``mqd_quota_count`` (sends per key and minute, for hour and day limits), ``mqd_quota_recent``
+  (per key and second, for minute limits), ``mqd_node`` (each node's heartbeat) and
+  ``mqd_suppression`` (the fleet's suppression list): ``mqd.queue.postgresql.fleet``.
 """
 
 from __future__ import annotations
@@ -105,6 +108,35 @@ CREATE TABLE mqd_state (
     data bytea NOT NULL,
     PRIMARY KEY (node, name)
 );
+""",
+    """
+CREATE TABLE mqd_quota_count (
+    key text NOT NULL,
+    minute bigint NOT NULL,
+    n integer NOT NULL,
+    PRIMARY KEY (key, minute)
+);
+CREATE TABLE mqd_quota_recent (
+    key text NOT NULL,
+    second bigint NOT NULL,
+    n integer NOT NULL,
+    PRIMARY KEY (key, second)
+);
+CREATE TABLE mqd_node (
+    node text PRIMARY KEY,
+    seen_at double precision NOT NULL
+);
+CREATE TABLE mqd_suppression (
+    account text NOT NULL,
+    address text NOT NULL,
+    kind text NOT NULL,
+    reason text NOT NULL,
+    since double precision NOT NULL,
+    until double precision,
+    written xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    PRIMARY KEY (account, address)
+);
+CREATE INDEX mqd_suppression_written ON mqd_suppression (written);
 """,
 )
 

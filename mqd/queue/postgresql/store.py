@@ -31,6 +31,7 @@ from mqd.queue.postgresql import admin
 from mqd.queue.postgresql import statements as q
 from mqd.queue.postgresql.connect import Conn, Database, translated, unavailable
 from mqd.queue.postgresql.failed import PgFailedFolder, insert_failed
+from mqd.queue.postgresql.fleet import PgFleet
 from mqd.queue.postgresql.outcomes import (
     MAY_HAVE_GONE,
     leases_from,
@@ -88,6 +89,7 @@ class PostgresStore(QueueStore):
         self._abandoned: list[asyncio.Task[None]] = []
         #: Entries taken over with the dispatching mark set since this store opened.
         self.redispatched = 0
+        self._fleet = PgFleet(node, self._tx)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -368,6 +370,9 @@ class PostgresStore(QueueStore):
         async with self._tx("counting the queue") as conn:
             row = await (await conn.execute("SELECT count(*) FROM mqd_entry")).fetchone()
         return int(row[0]) if row else 0
+
+    def fleet(self) -> PgFleet:
+        return self._fleet
 
     # -- a node's small state ---------------------------------------------------------------------
 
