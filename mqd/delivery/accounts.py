@@ -45,6 +45,9 @@ class AccountLimits:
         self.configs: dict[str, AccountConfig] = {}
         self.quotas: dict[str, Quota] = {}
         self.refused: dict[str, int] = {}
+        #: The fleet's sends per window (name -> "per-hour" -> n), as the guards last saw them
+        #: (only when the counts are the fleet's).
+        self.seen: dict[str, dict[str, int]] = {}
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -104,8 +107,13 @@ class AccountLimits:
         used = []
         for name, quota in self.quotas.items():
             limits = self.configs[name].limits
+            seen = self.seen.get(name)
             windows = tuple(
-                (window, quota.sent_within(seconds), limit)
+                (
+                    window,
+                    quota.sent_within(seconds) if seen is None else seen.get(f"per-{window}", 0),
+                    limit,
+                )
                 for window, seconds, limit in (
                     ("minute", 60.0, limits.max_per_minute),
                     ("hour", 3600.0, limits.max_per_hour),

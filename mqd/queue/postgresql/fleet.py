@@ -30,13 +30,18 @@ NODE_TIMEOUT = 30.0
 ENDED_RETENTION = 86400.0
 
 _LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('mqd-quota:' || %s, 0))"
+#: A window's sends and its oldest bucket (two columns).
 _MINUTE_SUM = (
-    "(SELECT coalesce(sum(n), 0), min(minute) FROM mqd_quota_count "
-    "WHERE key = %s AND minute >= %s AND n > 0)"
+    "(SELECT coalesce(sum(n), 0) FROM mqd_quota_count "
+    "WHERE key = %(key)s AND minute >= %(m{i})s), "
+    "(SELECT min(minute) FROM mqd_quota_count "
+    "WHERE key = %(key)s AND minute >= %(m{i})s AND n > 0)"
 )
 _SECOND_SUM = (
-    "(SELECT coalesce(sum(n), 0), min(second) FROM mqd_quota_recent "
-    "WHERE key = %s AND second > %s AND n > 0)"
+    "(SELECT coalesce(sum(n), 0) FROM mqd_quota_recent "
+    "WHERE key = %(key)s AND second > %(m{i})s), "
+    "(SELECT min(second) FROM mqd_quota_recent "
+    "WHERE key = %(key)s AND second > %(m{i})s AND n > 0)"
 )
 _COUNT_MINUTE = (
     "INSERT INTO mqd_quota_count (key, minute, n) VALUES (%s, %s, %s) "
@@ -106,20 +111,20 @@ class PgFleet(FleetState):
             if returned:
                 await conn.execute(_UNCOUNT, _returns(returned))
             await conn.execute(_LOCK, (key,))
-            sums, params = [], []
-            for window in windows:
+            sums, params = [], {"key": key}
+            for i, window in enumerate(windows):
                 if window.seconds <= 60:
-                    sums.append(_SECOND_SUM)
-                    params += [key, math.floor(now - window.seconds)]
+                    sums.append(_SECOND_SUM.format(i=i))
+                    params[f"m{i}"] = math.floor(now - window.seconds)
                 else:
-                    sums.append(_MINUTE_SUM)
-                    params += [key, math.floor((now - window.seconds) / 60)]
+                    sums.append(_MINUTE_SUM.format(i=i))
+                    params[f"m{i}"] = math.floor((now - window.seconds) / 60)
             found: tuple[Any, ...] = ()
             if sums:
-                cursor = await conn.execute("SELECT " + ", ".join(sums), params)
+                cursor = await conn.execute(("SELECT " + ", ".join(sums)).encode(), params)
                 found = await cursor.fetchone() or ()
-            used = [int(str(row[0])) if isinstance(row, tuple) else 0 for row in found]
-            oldest = [row[1] if isinstance(row, tuple) else None for row in found]
+            used = [int(str(n)) for n in found[0::2]]
+            oldest = list(found[1::2])
             grant = want
             full, wait = "", 0.0
             for window, count, first in zip(windows, used, oldest, strict=True):
@@ -189,7 +194,9 @@ class PgFleet(FleetState):
             cursor = await conn.execute(_CHANGED, (str(version),))
             rows = await cursor.fetchall()
         items = [
-            SuppressionRow(str(a), str(b), str(c), str(d), float(e), None if f is None else float(f))
+            SuppressionRow(
+                str(a), str(b), str(c), str(d), float(e), None if f is None else float(f)
+            )
             for a, b, c, d, e, f in rows
         ]
         return items, int(str(horizon[0])) if horizon else version
@@ -212,4 +219,3 @@ def _wait(window: Window, first: Any, now: float) -> float:
     else:
         ends = (float(first) + 1) * 60 + window.seconds
     return max(1.0, math.ceil(ends - now))
-
