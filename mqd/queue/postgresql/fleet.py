@@ -111,7 +111,8 @@ class PgFleet(FleetState):
             if returned:
                 await conn.execute(_UNCOUNT, _returns(returned))
             await conn.execute(_LOCK, (key,))
-            sums, params = [], {"key": key}
+            sums: list[str] = []
+            params: dict[str, object] = {"key": key}
             for i, window in enumerate(windows):
                 if window.seconds <= 60:
                     sums.append(_SECOND_SUM.format(i=i))
