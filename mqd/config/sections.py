@@ -31,7 +31,7 @@ from mqd.config.schema import (
     default_http_connections,
 )
 from mqd.config.senders import validate_sender_pattern
-from mqd.config.store import parse_store
+from mqd.config.store import check_workers, parse_store
 
 __all__ = [
     "parse_http",
@@ -86,14 +86,7 @@ def parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         store=store,
         database=database,
     )
-    if config.store == "postgresql" and config.workers > 1:
-        opts.report(
-            opts.error(
-                "workers",
-                'is 1 with store = "postgresql" for now: run more nodes (each its own '
-                "queue.node) to use more cores",
-            )
-        )
+    check_workers(opts, config.store, config.workers)
     if config.workers > MAX_WORKERS:
         opts.report(opts.error("workers", f"at most {MAX_WORKERS}"))
     if config.shutdown_timeout < 0:

@@ -104,9 +104,10 @@ class Scheduler:
         while not self._stopping.is_set():
             self._wake.clear()
             self.passes += 1
-            # Intake done before the store is asked, not while: a store that answers over the
-            # network may answer from before intake's last batch (on_idle wakes the next turn).
-            settled = once is not None and once.is_set()
+            # Intake done and nothing in flight before the store is asked, not while: a store
+            # that answers over the network may answer from before intake's last batch or a
+            # delivery's outcome (a bounce); those wake the next pass, which looks again.
+            settled = once is not None and once.is_set() and not self._in_flight
             room = self.concurrency - len(self._in_flight)
             if room > 0:
                 for lease in await self.store.lease(room):
