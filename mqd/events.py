@@ -169,6 +169,8 @@ class MessageEvent(Event):
     traceparent: str | None = None
     #: Its Subject, decoded (RFC 2047); None when it has none.
     subject: str | None = None
+    #: The ``[[account]]`` its sender belongs to; None for none.
+    account: str | None = None
 
     @classmethod
     def of(cls, entry: _Entry, time: float) -> Self:
@@ -185,6 +187,7 @@ class MessageEvent(Event):
             attempts=entry.attempts,
             traceparent=entry.traceparent or None,
             subject=getattr(entry, "subject", "") or None,
+            account=getattr(entry, "account", None),
         )
 
 

@@ -37,7 +37,7 @@ POINTS: dict[str, tuple[type, str, str, Callable[[tuple[Any, ...]], bool]]] = {
     # The file was renamed out of the spool into the claim area; not in the queue yet.
     "claim": (Spool, "claim", "after", lambda args: True),
     # A batch is in the queue (renamed in, its directory fsynced; no state file yet): accepted.
-    "accepted": (Disk, "sync_dirs", "after", lambda args: True),
+    "accepted": (Disk, "_sync_dirs", "after", lambda args: True),
     # The server said 250; mqd has not recorded it.
     "relay-accepted": (SMTPRelay, "deliver", "after", lambda args: True),
     # Delivered and recorded as done, about to unlink.

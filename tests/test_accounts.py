@@ -6,13 +6,17 @@ Each ``--once`` run is a restart; the daemon's ManualClock stands at the time th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from mqd.cli.main import cli
 from mqd.clock import ManualClock
 from mqd.config.accounts import account_for
 from mqd.config.load import load_config
@@ -162,3 +166,25 @@ def test_the_minute_window_is_exact_and_a_refund_gives_the_count_back() -> None:
     assert quota.sent_within(60) == 2
     now[0] += 30.5
     assert quota.take() is None, "the first send left the window"
+
+
+async def test_the_history_per_user_filters_by_account(
+    make_config: Callable[..., Config], host: PluginHost, spool: Path, write_config: Any
+) -> None:
+    config = make_config()
+    drop(spool, "orders@shop.example", 2)
+    drop(spool, "app@example.com", 1)
+    await run_at(config, host, time.time())
+    assert config.source is not None
+    base = ["--config", str(config.source), "history"]
+    runner = CliRunner()
+    shown = await asyncio.to_thread(runner.invoke, cli, [*base, "--account", "shop", "--json"])
+    assert shown.exit_code == 0, shown.output
+    found = json.loads(shown.output)
+    assert len(found) == 2
+    assert {m["sender"] for m in found} == {"orders@shop.example"}
+    assert {m["account"] for m in found} == {"shop"}
+    none = await asyncio.to_thread(runner.invoke, cli, [*base, "--account", "nobody"])
+    assert none.exit_code == 1 and "account 'nobody'" in none.output
+    bare = await asyncio.to_thread(runner.invoke, cli, base)
+    assert bare.exit_code == 2 and "--account" in bare.output

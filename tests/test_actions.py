@@ -25,6 +25,7 @@ from mqd.message.reply import Reply
 from mqd.plugins.host import PluginHost
 from mqd.queue.store import UnknownEntry
 from mqd.relays.memory import MemoryRelay
+from mqd.testing import wait_until
 
 TOKEN = "read-token-for-the-action-tests-1f"
 OPERATOR = "operator-token-for-the-action-tests-9c"
@@ -122,15 +123,6 @@ async def state_of(daemon: Daemon, entry_id: str) -> str | None:
         return None
 
 
-async def until(check: Callable[[], Any], what: str) -> Any:
-    for _ in range(300):
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    pytest.fail(f"never: {what}")
-
-
 async def deferred(daemon: Daemon, sender: str = "app@example.com") -> str:
     """Drop a message the relay defers; its queue id once it waits for its retry in an hour."""
     data = make_message(sender, to=(LATER,))
@@ -144,7 +136,7 @@ async def deferred(daemon: Daemon, sender: str = "app@example.com") -> str:
                 return str(row["id"])
         return None
 
-    return str(await until(found, "the message deferred in the queue"))
+    return str(await wait_until(found, "the message deferred in the queue"))
 
 
 async def act(browser: Browser, action: str, ids: list[str], **extra: str) -> tuple[int, str]:
@@ -243,13 +235,13 @@ async def test_hold_release_and_retry_take_effect(browser: Browser) -> None:
     status, page = await act(browser, "release", [entry], confirm="yes")
     assert status == 200 and "Released: 1 message(s)" in page
     assert await state_of(daemon, entry) != "held"  # released: tried at once, deferred again
-    await until(lambda: _deferred_again(daemon, entry), "the released message deferred again")
+    await wait_until(lambda: _deferred_again(daemon, entry), "the released message deferred again")
 
     # Retry: due now instead of in an hour; the relay takes it this time.
     MemoryRelay.instances["main"].replies.pop(LATER)
     status, page = await act(browser, "retry", [entry], confirm="yes")
     assert status == 200 and "Retried: 1 message(s)" in page
-    assert await until(lambda: _gone(daemon, entry), "the retried message delivered")
+    assert await wait_until(lambda: _gone(daemon, entry), "the retried message delivered")
     assert any(LATER in env.recipients for env in MemoryRelay.instances["main"].sent)
 
     status, page = await act(browser, "hold", ["0123456789abcdef01234"], confirm="yes")
@@ -275,7 +267,7 @@ async def test_delete_and_bounce_take_effect(browser: Browser) -> None:
     assert status == 200 and "Deleted: 1 message(s)" in page
     assert await state_of(daemon, doomed) is None
     assert daemon.tracker is not None
-    history = await until(
+    history = await wait_until(
         lambda: _status_is(daemon, doomed, "deleted"), "the deletion in the event store"
     )
     assert history
@@ -284,7 +276,9 @@ async def test_delete_and_bounce_take_effect(browser: Browser) -> None:
     assert status == 200 and "Bounced: 1 message(s)" in page
     assert await state_of(daemon, returned) is None
     assert await daemon.store.failed.find([returned])  # in the failed folder
-    await until(lambda: _bounce_sent_to(daemon, "returned@example.com"), "the bounce to the sender")
+    await wait_until(
+        lambda: _bounce_sent_to(daemon, "returned@example.com"), "the bounce to the sender"
+    )
 
 
 async def _status_is(daemon: Daemon, entry: str, status: str) -> bool:

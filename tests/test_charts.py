@@ -21,6 +21,7 @@ from mqd.http.svg import Series, bars, nice_top
 from mqd.message.reply import Reply
 from mqd.plugins.host import PluginHost
 from mqd.relays.memory import MemoryRelay
+from mqd.testing import wait_until
 from mqd.tracking.activity import LATENCY_BOUNDS, Activity, Window, joined, quantile
 from mqd.tracking.records import Record
 from mqd.tracking.sqlite import SQLiteStore
@@ -268,14 +269,6 @@ async def daemon(
         await asyncio.wait_for(task, 10)
 
 
-async def until(condition: Callable[[], object], what: str) -> None:
-    for _ in range(300):
-        if await condition():  # type: ignore[misc]
-            return
-        await asyncio.sleep(0.05)
-    pytest.fail(f"never: {what}")
-
-
 async def test_the_charts_page_draws_the_traffic_of_the_last_hour(daemon: Daemon) -> None:
     MemoryRelay.instances["main"].replies["later@example.net"] = Reply(451, "try later", "4.3.0")
     spool = daemon.config.spools[0].path
@@ -296,7 +289,7 @@ async def test_the_charts_page_draws_the_traffic_of_the_last_hour(daemon: Daemon
                 'data-series="deferred" data-total="1"' in text
             )
 
-        await until(counted, "3 delivered and 1 deferred on /charts/live")
+        await wait_until(counted, "3 delivered and 1 deferred on /charts/live")
         async with session.get("/charts") as response:
             assert response.status == 200
             assert response.headers["Content-Security-Policy"] == CHARTS_CSP

@@ -326,7 +326,7 @@ def test_a_loop_that_ends_while_claims_are_synced_leaves_the_store_usable(
 
     async def one() -> None:
         await store.open()
-        monkeypatch.setattr(store.disk, "sync_dirs", under_way)
+        monkeypatch.setattr(store.disk, "_sync_dirs", under_way)
         await store.accept([Incoming(entry, body_for(entry), file=str(claim))])
 
     async def two() -> None:

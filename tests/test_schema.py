@@ -317,6 +317,7 @@ def test_the_json_of_a_history_keeps_its_shape_and_matches_the_document(tmp_path
         "sender": "app@example.com",
         "subject": "Grüße",
         "not_a_message": None,
+        "account": None,
         "status": "bounced",
         "created_at": 1000.5,
         "updated_at": 1001.0,

@@ -146,7 +146,7 @@ def test_the_last_final_event_is_what_a_message_shows(tmp_path: Path) -> None:
             Record("m", Status.DELETED, 4.0),
         ]
     )
-    assert tables(store)["messages"] == [("m", None, "a@x", "deleted", 1.0, 4.0, None, None)]
+    assert tables(store)["messages"] == [("m", None, "a@x", "deleted", 1.0, 4.0, None, None, None)]
 
 
 def test_statements_take_a_few_sizes_of_batch() -> None:

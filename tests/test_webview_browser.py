@@ -33,6 +33,7 @@ from mqd.plugins.host import PluginHost
 from mqd.producer.inject import inject
 from mqd.relays.memory import MemoryRelay
 from mqd.testing import wait_until
+from mqd.tracking.answers import MessageHistory
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -368,28 +369,31 @@ async def test_the_mail_catcher_message_page_lists_and_relay_health(
     found = re.search(rb"Message-ID: (<[^>]+>)", deferred_message)
     assert found is not None
     drop(catcher.config.spools[1].path, deferred_message)
-    assert catcher.tracker is not None
-    for _ in range(300):
-        history = await catcher.tracker.message(found.group(1).decode())
-        if history is not None and history.status == "deferred":
-            break
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail("the message to bob was never deferred")
+    tracker = catcher.tracker
+    assert tracker is not None
+    key = found.group(1).decode()
+
+    async def deferred_history() -> MessageHistory | None:
+        history = await tracker.message(key)
+        return history if history is not None and history.status == "deferred" else None
+
+    history = await wait_until(deferred_history, "the message to bob to be deferred", 15)
+    assert history is not None
     deferred = history.id
     inject(catcher.config.spools[1].path, b"\x00\x01 not a message at all\n")
-    for _ in range(300):
-        if any(m.status == "rejected" for m in await catcher.tracker.recent(limit=5)):
-            break
-        await asyncio.sleep(0.05)
+
+    async def rejected() -> bool:
+        return any(m.status == "rejected" for m in await tracker.recent(limit=5))
+
+    await wait_until(rejected, "the file that is not a message to be rejected", 15)
     flaky.replies["carol@example.net"] = Reply(451, "mailbox busy", "4.2.1")
     flaky.replies["dave@example.net"] = Reply(451, "mailbox busy", "4.2.1")
     drop(catcher.config.spools[1].path, make_message(to=("dave@example.net",)))
-    for _ in range(300):
-        status = await catcher.admin.status()
-        if status.relays["flaky"].health == "degraded":
-            break
-        await asyncio.sleep(0.05)
+
+    async def degraded() -> bool:
+        return (await catcher.admin.status()).relays["flaky"].health == "degraded"
+
+    await wait_until(degraded, "the flaky relay to show as degraded", 15)
 
     assert catcher.http is not None
     base = catcher.http.url

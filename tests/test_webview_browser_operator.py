@@ -22,6 +22,7 @@ from mqd.daemon.root import Daemon
 from mqd.message.reply import Reply
 from mqd.plugins.host import PluginHost
 from mqd.relays.memory import MemoryRelay
+from mqd.testing import wait_until
 
 TOKEN = "browser-read-token-77a0"
 OPERATOR = "browser-operator-token-3e5d"
@@ -71,21 +72,20 @@ async def daemon(
 
 async def delivered(daemon: Daemon, count: int) -> None:
     """Wait until the relay has taken ``count`` messages in all."""
-    for _ in range(300):
-        if len(MemoryRelay.instances["main"].sent) >= count:
-            return
-        await asyncio.sleep(0.05)
-    pytest.fail(f"the relay never took {count} messages")
+    relay = MemoryRelay.instances["main"]
+    await wait_until(lambda: len(relay.sent) >= count, f"the relay to take {count} messages")
 
 
 async def deferred_entry(daemon: Daemon) -> str:
     drop(daemon.config.spools[0].path, make_message(to=(LATER,)))
-    for _ in range(300):
+
+    async def first_deferred() -> str | None:
         rows = await daemon.admin.op_list(state="deferred")
-        if rows:
-            return str(rows[0]["id"])
-        await asyncio.sleep(0.05)
-    pytest.fail("the message was never deferred")
+        return str(rows[0]["id"]) if rows else None
+
+    entry_id = await wait_until(first_deferred, "the message to be deferred")
+    assert entry_id is not None
+    return entry_id
 
 
 async def test_the_charts_render_and_refresh_themselves(

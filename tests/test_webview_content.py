@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Callable
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -35,7 +34,8 @@ from mqd.message.reply import Reply
 from mqd.plugins.host import PluginHost
 from mqd.producer.inject import inject
 from mqd.relays.memory import MemoryRelay
-from mqd.tracking.answers import MessageHistory
+from mqd.testing import wait_until
+from mqd.tracking.answers import MessageHistory, MessageSummary
 from mqd.tracking.schema import SCHEMA_VERSION
 from mqd.tracking.sqlite import SQLiteStore
 
@@ -198,7 +198,7 @@ def test_an_event_store_of_schema_1_gains_the_subject(tmp_path: Path) -> None:
         [old] = store.recent_messages(limit=5)
         assert old.id == "old" and old.subject is None and old.not_a_message is None
         version = store._db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
-        assert version[0] == str(SCHEMA_VERSION) == "2"
+        assert version[0] == str(SCHEMA_VERSION) == "3"
     finally:
         store.close()
 
@@ -253,14 +253,14 @@ class Served:
     async def recorded(self, key: str, status: str) -> MessageHistory:
         tracker = self.daemon.tracker
         assert tracker is not None
-        deadline = time.monotonic() + 15
-        while True:
+
+        async def shown() -> MessageHistory | None:
             found = await tracker.message(key)
-            if found is not None and found.status == status:
-                return found
-            if time.monotonic() > deadline:
-                pytest.fail(f"{key} never showed {status}: {found}")
-            await asyncio.sleep(0.05)
+            return found if found is not None and found.status == status else None
+
+        found = await wait_until(shown, f"{key} to show {status}", 15)
+        assert found is not None
+        return found
 
     async def send(self, spool: Path, data: bytes, status: str) -> MessageHistory:
         found = re.search(rb"Message-ID: (<[^>]+>)", data)
@@ -451,10 +451,13 @@ async def test_a_spool_file_that_is_not_a_message_is_labelled_so(served: Served)
     written = inject(served.memory_spool, b"\x00\x01\x02 binary junk\n")
     tracker = served.daemon.tracker
     assert tracker is not None
-    deadline = time.monotonic() + 15
-    while not (found := await tracker.recent(limit=5)) or found[0].status != "rejected":
-        assert time.monotonic() < deadline, f"{written} never rejected"
-        await asyncio.sleep(0.05)
+
+    async def rejected_first() -> list[MessageSummary] | None:
+        found = await tracker.recent(limit=5)
+        return found if found and found[0].status == "rejected" else None
+
+    found = await wait_until(rejected_first, f"{written} to be rejected", 15)
+    assert found is not None
     [rejected] = found
     assert rejected.not_a_message is not None and "NUL" in rejected.not_a_message
 
@@ -495,6 +498,7 @@ def test_the_command_line_lists_show_the_subject_too() -> None:
             "sender": "",
             "subject": None,
             "not_a_message": None,
+            "account": None,
             "status": Status.REJECTED,
             "created_at": 1.0,
             "updated_at": 1.0,

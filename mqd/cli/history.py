@@ -40,24 +40,37 @@ def _tracking_store(config: Config) -> AbstractContextManager[SQLiteStore]:
 
 
 @click.command()
-@click.argument("key", metavar="ID|MESSAGE-ID|ADDRESS")
+@click.argument("key", metavar="ID|MESSAGE-ID|ADDRESS", required=False)
+@click.option(
+    "--account",
+    default=None,
+    metavar="NAME",
+    help="The newest messages of this [[account]] (the history per user); KEY narrows them.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of histories.")
 @click.option(
     "--limit", default=20, show_default=True, type=click.IntRange(1), help="At most this many."
 )
 @pass_state
-def history(state: State, key: str, as_json: bool, limit: int) -> None:
+def history(state: State, key: str | None, account: str | None, as_json: bool, limit: int) -> None:
     """Show a message's timeline: accepted, queued, dispatched, delivered, opened ...
 
     KEY is mqd's queue id, a Message-ID (with or without <>), or an address: every message
-    from or to it is shown, newest first. Reads the event store directly, so it works whether
-    or not the daemon runs. Exit code 1 when nothing matches.
+    from or to it is shown, newest first. With --account, the account's newest messages (of
+    those KEY names, if given). Reads the event store directly, so it works whether or not the
+    daemon runs. Exit code 1 when nothing matches.
     """
     from mqd.tracking.queries import history as find
+    from mqd.tracking.queries import of_account
     from mqd.tracking.render import history_lines
 
+    if key is None and account is None:
+        raise click.UsageError("give a KEY (a queue id, Message-ID or address) or --account")
     with _tracking_store(state.load()) as store:
-        found = find(store, key, limit)
+        if account is None:
+            found = find(store, str(key), limit)
+        else:
+            found = of_account(store, account, key, limit)
     if as_json:
         print_json([item.to_dict() for item in found])
     else:
@@ -67,7 +80,12 @@ def history(state: State, key: str, as_json: bool, limit: int) -> None:
             for line in history_lines(item):
                 click.echo(line)
     if not found:
-        click.echo(f"mqd: no message matches {key!r}", err=True)
+        wanted = (
+            repr(key)
+            if account is None
+            else f"account {account!r}" + (f" and {key!r}" if key else "")
+        )
+        click.echo(f"mqd: no message matches {wanted}", err=True)
         sys.exit(ExitCode.FAILURE)
 
 

@@ -152,7 +152,8 @@ class Api:
     async def messages(self, request: web.Request) -> web.Response:
         limit = parse_limit(request.query, 50)
         status = parse_status(request.query)
-        found = await self._tracker().recent(limit=limit, status=status)
+        account = request.query.get("account") or None
+        found = await self._tracker().recent(limit=limit, status=status, account=account)
         return web.json_response(asdict(MessageList(found)))
 
     async def message(self, request: web.Request) -> web.Response:

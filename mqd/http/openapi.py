@@ -73,6 +73,16 @@ def _paths(ref: _Ref) -> dict[str, Any]:
                 "parameters": [
                     _LIMIT,
                     {
+                        "name": "account",
+                        "in": "query",
+                        "required": False,
+                        "description": (
+                            "Only the messages of this [[account]]: the history per user of a "
+                            "sending platform."
+                        ),
+                        "schema": {"type": "string"},
+                    },
+                    {
                         "name": "status",
                         "in": "query",
                         "required": False,

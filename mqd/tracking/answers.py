@@ -86,6 +86,8 @@ class MessageSummary:
     #: Why the file handed to mqd is not a message it could read (empty, binary, no header
     #: block ...): set only for such a file, which intake rejected.
     not_a_message: str | None
+    #: The ``[[account]]`` its sender belongs to; null for none.
+    account: str | None
     #: A final status (failed, rejected, deleted) when it has one, else a recipient's bad one
     #: (bounced, dropped, complained), else its slowest recipient's.
     status: Status

@@ -61,6 +61,7 @@ MESSAGE_COLUMNS = (
     "updated_at",
     "subject",
     "not_a_message",
+    "account",
 )
 QUEUED_COLUMNS = ("message", "address", "status", "rank", "updated_at")
 RECIPIENT_COLUMNS = (*QUEUED_COLUMNS, "relay", "provider_id", "reply")
@@ -71,6 +72,7 @@ MESSAGE_UNTOLD = (
     "ON CONFLICT (id) DO UPDATE SET message_id = COALESCE(excluded.message_id, messages.message_id)"
     ", subject = COALESCE(excluded.subject, messages.subject)"
     ", not_a_message = COALESCE(excluded.not_a_message, messages.not_a_message)"
+    ", account = COALESCE(excluded.account, messages.account)"
 )
 MESSAGE_TOLD = MESSAGE_UNTOLD + ", sender = excluded.sender"
 STATUS_UPDATE = (
@@ -136,6 +138,7 @@ class MessageRow:
     last_at: float
     subject: str | None = None
     not_a_message: str | None = None
+    account: str | None = None
 
     @classmethod
     def of(cls, r: Record) -> MessageRow:
@@ -148,12 +151,14 @@ class MessageRow:
             r.at,
             r.subject or None,
             r.not_a_message,
+            r.account,
         )
 
     def then(self, r: Record) -> MessageRow:
         self.message_id = r.message_id or self.message_id
         self.subject = r.subject or self.subject
         self.not_a_message = r.not_a_message or self.not_a_message
+        self.account = r.account or self.account
         self.sender = self.sender if r.sender is None else r.sender
         self.last_at = max(self.last_at, r.at)
         return self
@@ -169,6 +174,7 @@ class MessageRow:
             self.created_at,
             self.subject,
             self.not_a_message,
+            self.account,
         )
 
 

@@ -69,7 +69,9 @@ class EventStore(abc.ABC):
         none found."""
 
     @abc.abstractmethod
-    def recent_messages(self, *, status: Status | None = None, limit: int) -> list[MessageSummary]:
+    def recent_messages(
+        self, *, status: Status | None = None, account: str | None = None, limit: int
+    ) -> list[MessageSummary]:
         """Summaries of the newest messages, all or those showing ``status``, newest first."""
 
     @abc.abstractmethod

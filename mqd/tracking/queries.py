@@ -14,7 +14,7 @@ from mqd.tracking.answers import MessageHistory, MessageSummary
 from mqd.tracking.eventstore import EventStore
 from mqd.tracking.vocabulary import Status
 
-__all__ = ["failures", "history", "message", "recent", "recipient"]
+__all__ = ["failures", "history", "message", "of_account", "recent", "recipient"]
 
 _QUEUE_ID = re.compile(r"[0-9a-f]{21}(b\d+)?")
 
@@ -56,9 +56,13 @@ def recipient(store: EventStore, address: str, limit: int = 50) -> list[MessageS
     return store.find_messages(recipient=address, limit=limit)
 
 
-def recent(store: EventStore, limit: int = 50, status: str | None = None) -> list[MessageSummary]:
-    """The newest messages, all or those showing ``status`` (ValueError if it is not one)."""
-    return store.recent_messages(status=None if status is None else Status(status), limit=limit)
+def recent(
+    store: EventStore, limit: int = 50, status: str | None = None, account: str | None = None
+) -> list[MessageSummary]:
+    """The newest messages, all or those showing ``status`` (ValueError if it is not one), of
+    ``account`` only if given (the history per user of a sending platform)."""
+    wanted = None if status is None else Status(status)
+    return store.recent_messages(status=wanted, account=account, limit=limit)
 
 
 def failures(
@@ -67,3 +71,15 @@ def failures(
     """Messages that went wrong (a recipient bounced, dropped or complained; the message was
     rejected or failed), newest first, since ``since`` if given."""
     return store.failed_messages(since=since, limit=limit)
+
+
+def of_account(
+    store: EventStore, account: str, key: str | None = None, limit: int = 20
+) -> list[MessageHistory]:
+    """The newest messages of ``account`` with their events: the history per user of a sending
+    platform; of those ``key`` names (as ``history`` takes it) when given."""
+    if key is not None:
+        return [h for h in history(store, key, limit) if h.account == account]
+    summaries = store.recent_messages(account=account, limit=limit)
+    found = [message(store, summary.id) for summary in summaries]
+    return [h for h in found if h is not None]

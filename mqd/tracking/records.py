@@ -43,6 +43,8 @@ class Record:
     subject: str | None = None
     #: Why the file is not a message (intake could not parse it): a rejection's reason.
     not_a_message: str | None = None
+    #: The [[account]] its sender belongs to.
+    account: str | None = None
 
 
 def message_status(recipients: Iterable[Status], final: Status | None) -> Status:

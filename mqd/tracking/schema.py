@@ -13,7 +13,7 @@ from mqd.errors import TrackingError
 
 __all__ = ["META", "MIGRATIONS", "SCHEMA_VERSION", "TABLES", "VERSION_QUERY", "upgrade"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Created first, whatever the version: where the version is kept.
 META = """CREATE TABLE IF NOT EXISTS meta (
@@ -36,9 +36,11 @@ TABLES = (
         created_at DOUBLE PRECISION NOT NULL,
         updated_at DOUBLE PRECISION NOT NULL,
         subject TEXT,
-        not_a_message TEXT
+        not_a_message TEXT,
+        account TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS messages_message_id ON messages (message_id)",
+    "CREATE INDEX IF NOT EXISTS messages_account ON messages (account, created_at)",
     "CREATE INDEX IF NOT EXISTS messages_sender ON messages (sender)",
     "CREATE INDEX IF NOT EXISTS messages_updated_at ON messages (updated_at)",
     """CREATE TABLE IF NOT EXISTS recipients (
@@ -83,6 +85,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         "ALTER TABLE messages ADD COLUMN subject TEXT",
         "ALTER TABLE messages ADD COLUMN not_a_message TEXT",
+    ),
+    # 3: the [[account]] a message's sender belongs to (the history per user of a platform).
+    2: (
+        "ALTER TABLE messages ADD COLUMN account TEXT",
+        "CREATE INDEX IF NOT EXISTS messages_account ON messages (account, created_at)",
     ),
 }
 

@@ -52,7 +52,9 @@ _INSERT_EVENT = (
     f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "  # noqa: S608
     f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))}) {EVENT_KEEP}"
 )
-_SUMMARY_COLUMNS = "id, message_id, sender, status, created_at, updated_at, subject, not_a_message"
+_SUMMARY_COLUMNS = (
+    "id, message_id, sender, status, created_at, updated_at, subject, not_a_message, account"
+)
 _BAD = sorted(s.value for s in BAD)
 _FINAL = sorted(s.value for s in FINAL)
 
@@ -268,10 +270,17 @@ class SQLiteStore(EventStore):
             return []
         return self._summaries(" OR ".join(conditions), args, limit)
 
-    def recent_messages(self, *, status: Status | None = None, limit: int) -> list[MessageSummary]:
-        if status is None:
-            return self._summaries("1 = 1", [], limit)
-        return self._summaries("status = ?", [status.value], limit)
+    def recent_messages(
+        self, *, status: Status | None = None, account: str | None = None, limit: int
+    ) -> list[MessageSummary]:
+        where, args = ["1 = 1"], []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status.value)
+        if account is not None:
+            where.append("account = ?")
+            args.append(account)
+        return self._summaries(" AND ".join(where), args, limit)
 
     def failed_messages(self, *, since: float | None = None, limit: int) -> list[MessageSummary]:
         marks = _marks(len(_BAD))
@@ -306,6 +315,7 @@ class SQLiteStore(EventStore):
                     sender=row["sender"],
                     subject=row["subject"],
                     not_a_message=row["not_a_message"],
+                    account=row["account"],
                     status=Status(row["status"]),
                     created_at=row["created_at"],
                     updated_at=row["updated_at"],

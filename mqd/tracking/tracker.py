@@ -94,6 +94,7 @@ def records_for(event: Event) -> list[Record]:
                     message_id=event.message_id_header,
                     recipients=event.recipients,
                     subject=event.subject,
+                    account=event.account,
                     detail={"route": list(event.route)},
                 )
             ]
@@ -295,8 +296,10 @@ class Tracker:
     async def recipient(self, address: str, *, limit: int = 50) -> list[MessageSummary]:
         return await self._read(lambda store: recipient(store, address, limit))
 
-    async def recent(self, *, limit: int = 50, status: str | None = None) -> list[MessageSummary]:
-        return await self._read(lambda store: recent(store, limit, status))
+    async def recent(
+        self, *, limit: int = 50, status: str | None = None, account: str | None = None
+    ) -> list[MessageSummary]:
+        return await self._read(lambda store: recent(store, limit, status, account))
 
     async def failures(
         self, *, since: float | None = None, limit: int = 50
