@@ -19,6 +19,7 @@ ahead, and a round trip per message would cost more than the send.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import asdict
 
@@ -80,10 +81,19 @@ class SharedQuota:
         self.used: dict[str, int] = {}
         #: Reservations made (database transactions), for the tests and the benchmark.
         self.reservations = 0
+        self._lock = asyncio.Lock()
 
     async def take(self) -> Hold | None:
         now = self.clock.time()
         if self.left and now < self.expires:
+            self.left -= 1
+            return None
+        async with self._lock:  # deliveries at once wait for one reservation, not one each
+            return await self._reserve()
+
+    async def _reserve(self) -> Hold | None:
+        now = self.clock.time()
+        if self.left and now < self.expires:  # another delivery's reservation, meanwhile
             self.left -= 1
             return None
         self._retire(now)
