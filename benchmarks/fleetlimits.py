@@ -126,7 +126,8 @@ async def main(messages: int, nodes: int, batch: int, config: Config) -> None:
         assert sum(counts) == messages, counts
         reservations = sum(s.reservations for g in guards for s in g.shared.values())
         print(
-            f"{messages} messages, {nodes} node(s), leases of {batch}: {messages / drained:,.0f}/s; "
+            f"{messages} messages, {nodes} node(s), leases of {batch}: "
+            f"{messages / drained:,.0f}/s; "
             f"{transactions / messages:.2f} PostgreSQL transactions per message in all "
             f"(reservations: {reservations / messages:.3f} per message)"
         )
