@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from pgfixtures import PgSchema
 
+from mqd.admin.service import QueueAdmin
 from mqd.clock import ManualClock
 from mqd.config.load import load_config
 from mqd.config.schema import Config
@@ -257,3 +258,41 @@ async def test_a_longer_suppression_is_kept_over_a_shorter_one(stores, clock, ma
     await b.save(stores[1])
     item = b.suppressions.check(None, "p@example.com", now + 120)
     assert item is not None and item.kind == "complaint" and item.until is None
+
+
+class _Node:
+    def __init__(self, config: Config, store: PostgresStore, guards: Guards) -> None:
+        self.config, self.store, self.guards = config, store, guards
+
+
+async def test_mqd_suppress_ops_go_to_the_fleets_list(stores, clock, make_config):
+    config = make_config()
+    a, b = [await node(config, store, clock) for store in stores]
+    admin_a = QueueAdmin(_Node(config, stores[0], a), clock=clock)  # type: ignore[arg-type]
+    admin_b = QueueAdmin(_Node(config, stores[1], b), clock=clock)  # type: ignore[arg-type]
+    added = await admin_a.op_suppress_add(["who@example.com"], account="shop", reason="asked")
+    assert added == {"added": ["who@example.com"]}
+    listed = await admin_b.op_suppress_list()  # on the other node at once
+    assert [(i["address"], i["account"], i["reason"]) for i in listed] == [
+        ("who@example.com", "shop", "asked")
+    ]
+    await admin_b.op_suppress_remove(["who@example.com"])
+    assert await admin_a.op_suppress_list() == []
+    csv = "address,account\nx@example.com,shop\ny@example.com,\n"
+    assert (await admin_b.op_suppress_import(csv))["imported"] == 2
+    assert len(await admin_a.op_suppress_list()) == 2
+    assert len(await admin_a.op_suppress_list("shop")) == 1
+
+
+async def test_status_shows_the_fleets_counts(stores, clock, make_config):
+    config = make_config(relay="max_per_hour = 10", account="max_per_hour = 10")
+    a, b = [await node(config, store, clock) for store in stores]
+    assert await admitted(a, "main", 3) == 3
+    assert await admitted(b, "main", 2) == 2
+    assert b.sent("main", 3600) == 5  # as b's last reservation saw them
+    for _ in range(4):
+        await a.admit_account("shop")
+    await b.admit_account("shop")
+    [use] = b.accounts.use()
+    assert use.windows == (("hour", 5, 10),)
+    assert await admitted(a, "main", 10) == 5 and a.holds("main") == 5

@@ -163,6 +163,20 @@ class Guards:
         if shared is not None:
             shared.refund()
 
+    def sent(self, name: str, seconds: float) -> int:
+        """Relay ``name``'s sends in the last hour or day (``seconds``): the fleet's as its last
+        reservation saw them, or this node's own count."""
+        shared = self.shared.get(f"relay:{name}")
+        if shared is not None:
+            return shared.used.get("per-hour" if seconds <= 3600 else "per-day", 0)
+        quota = self.quotas.get(name)
+        return quota.sent_within(seconds) if quota is not None else 0
+
+    def holds(self, name: str) -> int:
+        """How often relay ``name``'s quota held a message back (on this node)."""
+        quota, shared = self.quotas.get(name), self.shared.get(f"relay:{name}")
+        return (quota.holds if quota else 0) + (shared.holds if shared else 0)
+
     def reset(self, names: list[str] | None = None) -> None:
         """Close the circuits of ``names`` (None: every relay): ``mqd queue flush``."""
         for name in names if names is not None else list(self.circuits):

@@ -271,13 +271,15 @@ class _Gauges:
             relay = _RelayState(
                 errors=circuit.total_failures,
                 circuit_open=circuit.state is not CircuitState.CLOSED,
-                quota_waits=quota.holds if quota is not None else 0,
+                quota_waits=node.guards.holds(name),
             )
             if quota is not None:
-                windows = {"hour": quota.config.max_per_hour, "day": quota.config.max_per_day}
+                # The fleet's limits when the counts are the fleet's, else this worker's share.
+                own = quota.config if node.guards.fleet is None else node.config.relays[name].quota
+                windows = {"hour": own.max_per_hour, "day": own.max_per_day}
                 relay.limits = {window: limit for window, limit in windows.items() if limit}
                 if relay.limits:
-                    relay.sent = (quota.sent_within(3600.0), quota.sent_within(86400.0))
+                    relay.sent = (node.guards.sent(name, 3600.0), node.guards.sent(name, 86400.0))
             relays[name] = relay
         return _Snapshot(states, oldest, relays, node.guards.accounts.use())
 
