@@ -6,6 +6,7 @@ ManualClock; each test has a schema of its own (tests/pgfixtures.py).
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from mqd.delivery.fleet import BLOCK_TTL, MAX_BLOCK
 from mqd.delivery.guards import Guards
 from mqd.delivery.suppression import Suppression
 from mqd.queue.postgresql.connect import Database
+from mqd.queue.postgresql.schema import MIGRATIONS, script
 from mqd.queue.postgresql.store import PostgresStore
 from mqd.queue.shared import Returned, Window
 
@@ -296,3 +298,48 @@ async def test_status_shows_the_fleets_counts(stores, clock, make_config):
     [use] = b.accounts.use()
     assert use.windows == (("hour", 5, 10),)
     assert await admitted(a, "main", 10) == 5 and a.holds("main") == 5
+
+
+def test_the_upgrade_makes_the_nodes_saved_counts_and_lists_the_fleets():
+    schema = PgSchema(upgraded=False)
+    try:
+        with psycopg.connect(schema.dsn, autocommit=True) as conn:
+            conn.execute(MIGRATIONS[0].encode())
+            conn.execute(b"INSERT INTO mqd_meta VALUES ('schema_version', '1')")
+            quota = b'{"version": 1, "relays": {"main": {"minutes": {"100": 2, "101": 1}}}}'
+            quota_b = b'{"version": 1, "relays": {"main": {"minutes": {"100": 3}}}}'
+            accounts = (
+                b'{"version": 1, "accounts": {"shop": {"minutes": {}, "recent": [7.5, 7.9]}}}'
+            )
+            items = [
+                {
+                    "address": "a@x.org",
+                    "account": "",
+                    "kind": "bounce",
+                    "reason": "r",
+                    "since": 1.0,
+                    "until": 50.0,
+                },
+            ]
+            longer = [{**items[0], "kind": "complaint", "until": None}]
+            rows = [
+                ("node-a", "quota", quota),
+                ("node-b", "quota", quota_b),
+                ("node-a", "accounts", accounts),
+                ("node-a", "suppressions", json.dumps({"items": items}).encode()),
+                ("node-b", "suppressions", json.dumps({"items": longer}).encode()),
+                ("node-c", "suppressions", b"not json"),  # left out, with a notice
+            ]
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO mqd_state VALUES (%s, %s, %s)", rows)
+            conn.execute(script(1).encode())
+            counts = conn.execute(
+                "SELECT key, minute, n FROM mqd_quota_count ORDER BY 1, 2"
+            ).fetchall()
+            assert counts == [("relay:main", 100, 5), ("relay:main", 101, 1)]
+            recent = conn.execute("SELECT key, second, n FROM mqd_quota_recent").fetchall()
+            assert recent == [("account:shop", 7, 2)]
+            listed = conn.execute("SELECT address, kind, until FROM mqd_suppression").fetchall()
+            assert listed == [("a@x.org", "complaint", None)]
+    finally:
+        schema.drop()

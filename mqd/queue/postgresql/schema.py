@@ -137,6 +137,45 @@ CREATE TABLE mqd_suppression (
     PRIMARY KEY (account, address)
 );
 CREATE INDEX mqd_suppression_written ON mqd_suppression (written);
+DO $$
+DECLARE
+    r record;
+    prefix text;
+BEGIN
+    -- The nodes' own counts and lists (small state) become the fleet's, summed and merged;
+    -- a blob that cannot be read is left out with a notice.
+    FOR r IN SELECT name, convert_from(data, 'UTF8') AS data FROM mqd_state
+        WHERE name IN ('quota', 'accounts', 'suppressions') LOOP
+        BEGIN
+            IF r.name = 'suppressions' THEN
+                INSERT INTO mqd_suppression AS s (account, address, kind, reason, since, until)
+                SELECT i ->> 'account', lower(i ->> 'address'), i ->> 'kind', i ->> 'reason',
+                    (i ->> 'since')::float8, (i ->> 'until')::float8
+                FROM jsonb_array_elements(r.data::jsonb -> 'items') i
+                ON CONFLICT (account, address) DO UPDATE SET kind = excluded.kind,
+                    reason = excluded.reason, since = excluded.since, until = excluded.until
+                WHERE s.until IS NOT NULL AND (excluded.until IS NULL OR excluded.until > s.until);
+            ELSE
+                prefix := CASE r.name WHEN 'quota' THEN 'relay:' ELSE 'account:' END;
+                INSERT INTO mqd_quota_count (key, minute, n)
+                SELECT prefix || k.key, m.key::bigint, m.value::int
+                FROM jsonb_each(r.data::jsonb -> CASE r.name WHEN 'quota' THEN 'relays'
+                    ELSE 'accounts' END) k, jsonb_each_text(k.value -> 'minutes') m
+                ON CONFLICT (key, minute) DO UPDATE SET n = mqd_quota_count.n + excluded.n;
+                INSERT INTO mqd_quota_recent (key, second, n)
+                SELECT prefix || k.key, floor(t::float8)::bigint, count(*)
+                FROM jsonb_each(r.data::jsonb -> CASE r.name WHEN 'quota' THEN 'relays'
+                    ELSE 'accounts' END) k,
+                    jsonb_array_elements_text(coalesce(k.value -> 'recent', '[]')) t
+                GROUP BY 1, 2
+                ON CONFLICT (key, second) DO UPDATE SET n = mqd_quota_recent.n + excluded.n;
+            END IF;
+        EXCEPTION WHEN others THEN
+            RAISE NOTICE 'mqd: a node''s saved % were not carried over: %', r.name, SQLERRM;
+        END;
+    END LOOP;
+END
+$$;
 """,
 )
 
