@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
 
     from mqd.clock import ManualClock
     from mqd.config.options import Options, Secret
-    from mqd.config.schema import Config, SpoolConfig
+    from mqd.config.schema import Config, SourceConfig, SpoolConfig
     from mqd.errors import (
         ConfigError,
         MessageParseError,
@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
         QueueLockedError,
         RelayError,
         SpoolError,
+        SubmissionError,
         TransientRelayError,
     )
     from mqd.events import (
@@ -48,6 +49,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
         Rejected,
         RelayCall,
         Suppressed,
+    )
+    from mqd.intake.source import (
+        HandOver,
+        Login,
+        RegisterSource,
+        Source,
+        SourceStatus,
+        Submission,
     )
     from mqd.message.envelope import Envelope, ParsedMessage
     from mqd.message.reply import Outcome, Reply
@@ -76,6 +85,8 @@ _LAZY = {
     "Event": "mqd.events",
     "EventKind": "mqd.events",
     "Failed": "mqd.events",
+    "HandOver": "mqd.intake.source",
+    "Login": "mqd.intake.source",
     "MQDError": "mqd.errors",
     "MessageEvent": "mqd.events",
     "MessageParseError": "mqd.errors",
@@ -96,15 +107,21 @@ _LAZY = {
     "Suppressed": "mqd.events",
     "RecipientState": "mqd.queue.entry",
     "RegisterRelay": "mqd.plugins.hookspecs",
+    "RegisterSource": "mqd.intake.source",
     "Rejected": "mqd.events",
     "Relay": "mqd.relays.base",
     "RelayCall": "mqd.events",
     "RelayError": "mqd.errors",
     "Reply": "mqd.message.reply",
     "Secret": "mqd.config.options",
+    "Source": "mqd.intake.source",
+    "SourceConfig": "mqd.config.schema",
+    "SourceStatus": "mqd.intake.source",
     "SpoolConfig": "mqd.config.schema",
     "SpoolError": "mqd.errors",
     "Status": "mqd.tracking.vocabulary",
+    "Submission": "mqd.intake.source",
+    "SubmissionError": "mqd.errors",
     "TransientRelayError": "mqd.errors",
     "Webhook": "mqd.plugins.webhooks",
     "WebhookRejected": "mqd.plugins.webhooks",
@@ -129,6 +146,8 @@ __all__ = [
     "Event",
     "EventKind",
     "Failed",
+    "HandOver",
+    "Login",
     "MQDError",
     "ManualClock",
     "MessageEvent",
@@ -149,15 +168,21 @@ __all__ = [
     "RecipientEvent",
     "RecipientState",
     "RegisterRelay",
+    "RegisterSource",
     "Rejected",
     "Relay",
     "RelayCall",
     "RelayError",
     "Reply",
     "Secret",
+    "Source",
+    "SourceConfig",
+    "SourceStatus",
     "SpoolConfig",
     "SpoolError",
     "Status",
+    "Submission",
+    "SubmissionError",
     "Suppressed",
     "TransientRelayError",
     "Webhook",

@@ -7,6 +7,7 @@
     ├── SpoolError             a spool file cannot be taken in
     │   └── MessageParseError  its content is not a message mqd can relay
     ├── PolicyError            the message is not allowed (sender not on the allow-list)
+    ├── SubmissionError        a source's message was not queued; ``.stage``, ``.permanent``
     ├── QueueError             the queue directory is unusable
     │   └── QueueLockedError   another mqd process holds the queue directory
     ├── RelayError             a relay could not deliver; carries ``.reply``
@@ -42,6 +43,7 @@ __all__ = [
     "QueueUnavailableError",
     "RelayError",
     "SpoolError",
+    "SubmissionError",
     "TrackingError",
     "TransientRelayError",
     "WorkerError",
@@ -116,6 +118,20 @@ class MessageParseError(SpoolError):
 
 class PolicyError(MQDError):
     """The message is refused by policy (its sender is not allowed)."""
+
+
+class SubmissionError(MQDError):
+    """A message a source handed over (``mqd.intake.handover``) was not queued: ``stage`` says
+    where ("policy": the sender is not allowed; "limit": its account is over its limits, for
+    now; "intake": the message cannot be read; "queue": the store cannot take it now) and
+    ``permanent`` whether the producer must give up (an SMTP source answers 5xx) or may try
+    again (4xx)."""
+
+    def __init__(self, reason: str, *, stage: str, permanent: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.stage = stage
+        self.permanent = permanent
 
 
 class WorkerError(MQDError):

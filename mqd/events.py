@@ -102,14 +102,16 @@ class Claimed(Event):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Rejected(Event):
-    """Intake refused the message: it is in the failed folder, and no bounce was sent."""
+    """Intake refused the message: it is in the failed folder, and no bounce was sent (or, from
+    a broker's mailbox, it was rejected to the queue's dead-letter exchange)."""
 
     kind: ClassVar[EventKind] = EventKind.REJECTED
     #: Where it was refused: ``"intake"`` (unreadable, malformed) or ``"policy"``.
     stage: str
     #: Why, for a person.
     reason: str
-    #: The spool's directory, and the message's file name there.
+    #: The spool's directory, and the message's file name there; for a mailbox, the source
+    #: (``"mailbox[0]"``) and the delivery's AMQP message_id.
     spool: str
     file: str
     #: The envelope sender (``""`` for the null sender); None when it could not be parsed.
@@ -193,9 +195,17 @@ class MessageEvent(Event):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Queued(MessageEvent):
-    """The message is durable in the queue (once per message, after its ``Claimed``)."""
+    """The message is durable in the queue (once per message: after its ``Claimed`` when it came
+    from a spool; a source that hands messages over in memory names itself in ``source``)."""
 
     kind: ClassVar[EventKind] = EventKind.QUEUED
+    #: The source that handed it over (``"smtpd[0]"``); None for a spool (its ``Claimed`` names
+    #: it).
+    source: str | None = None
+    #: The login the producer authenticated as (SMTP AUTH); None without one.
+    login: str | None = None
+    #: Who handed it over, as the source knows it (an SMTP client's ``"127.0.0.1:51234"``).
+    peer: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -22,6 +22,7 @@ from mqd.cli.main import cli
 from mqd.config.load import parse_config
 from mqd.config.options import Options
 from mqd.exitcodes import ExitCode
+from mqd.intake.sources import build_sources
 from mqd.plugins.host import PluginHost
 from mqd.relays.build import build_relays
 
@@ -111,7 +112,18 @@ def config_tables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, 
             for name in plugins
         },
     }
-    build_relays(parse_config(data, tmp_path / "mqd.toml"), host)
+    data["smtpd"] = [
+        {"listen": ["127.0.0.1:0"], "relay": plugins[0], "allowed_senders": ["*@example.com"]}
+    ]
+    monkeypatch.setenv("MQD_TEST_SUBMIT_TOKEN", "a-submit-token")
+    data["http"] = {"enabled": True}
+    data["submit"] = [
+        {"token_env": "MQD_TEST_SUBMIT_TOKEN", "relay": plugins[0], "idempotency_for": "24h"}
+    ]
+    data["mailbox"] = [{"url": "amqp://guest@127.0.0.1/", "queue": "mail", "relay": plugins[0]}]
+    config = parse_config(data, tmp_path / "mqd.toml")
+    build_relays(config, host)
+    build_sources(config, host, handover=None)  # type: ignore[arg-type]  # (read, never run)
 
     tables: dict[str, set[str]] = {}
     for options in created:
@@ -152,7 +164,8 @@ def test_every_config_key_is_documented(config_tables: dict[str, set[str]]) -> N
         expected[f'`plugin = "{name.removeprefix(RELAY_PREFIX)}"`'] = keys - common
     for name, keys in config_tables.items():
         if name and not name.startswith(RELAY_PREFIX):
-            heading = f"`[[{name}]]`" if name in ("spool", "route") else f"`[{name}]`"
+            arrays = ("spool", "route", "smtpd", "submit", "mailbox")
+            heading = f"`[[{name}]]`" if name in arrays else f"`[{name}]`"
             subtables = {k for k in keys if f"{name}.{k}" in config_tables}
             expected[heading] = keys - subtables
 

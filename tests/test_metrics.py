@@ -23,6 +23,7 @@ from mqd.delivery.guards import Guards
 from mqd.errors import ConfigError
 from mqd.events import Event, EventKind
 from mqd.http.metrics import Metrics, MetricsServer
+from mqd.intake.source import SourceStatus
 from mqd.plugins.hookspecs import hookimpl
 from mqd.plugins.host import PluginHost
 from mqd.queue.entry import QueueEntry, RecipientState
@@ -304,6 +305,9 @@ class Node:
     store: MemoryStore
     guards: Guards
     started_at: float
+
+    def source_status(self) -> list[SourceStatus]:
+        return []
 
 
 async def test_queue_states_and_the_oldest_message(metrics_config: Callable[..., Config]) -> None:

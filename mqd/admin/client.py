@@ -19,6 +19,7 @@ from mqd.delivery.guards import Guards
 from mqd.errors import QueueLockedError
 from mqd.events import Event
 from mqd.faults import Fault
+from mqd.intake.source import SourceStatus
 from mqd.plugins.host import PluginHost
 from mqd.queue.store import QueueStore
 from mqd.relays.base import Relay
@@ -45,6 +46,9 @@ class _StoppedNode:
 
     async def reload(self) -> str:
         raise AdminError("no daemon is running: there is nothing to reload")
+
+    def source_status(self) -> Sequence[SourceStatus]:
+        return ()  # a stopped queue takes nothing in
 
 
 @contextlib.asynccontextmanager

@@ -253,6 +253,19 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
         quota = relay.get("quota")
         if quota:
             lines.append(f"      quota: {_quota(quota)}")
+    sources: Sequence[Mapping[str, Any]] = status.get("sources") or []
+    if sources:
+        lines.append("sources")
+    for source in sources:
+        listening = ", ".join(source.get("listening") or []) or "not listening"
+        tally = f"{source.get('accepted', 0)} accepted, {source.get('refused', 0)} refused"
+        if source.get("connected") is None:
+            state = f"{source.get('connections', 0)} connected"
+        else:
+            state = "connected" if source["connected"] else "NOT CONNECTED"
+        lines.append(f"  {source['name']}: {listening}; {state}, {tally}")
+        if source.get("last_error"):
+            lines.append(f"      last error: {source['last_error']}")
     accounts: Mapping[str, Mapping[str, Any]] = status.get("accounts") or {}
     if accounts:
         lines.append("accounts")

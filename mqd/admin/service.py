@@ -16,7 +16,14 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from mqd.admin.status import AccountStatus, FaultStatus, QuotaStatus, RelayStatus, Status
+from mqd.admin.status import (
+    AccountStatus,
+    FaultStatus,
+    QuotaStatus,
+    RelayStatus,
+    SourceStatus,
+    Status,
+)
 from mqd.admin.suppress import SuppressionOps
 from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import Config
@@ -26,6 +33,7 @@ from mqd.delivery.health import circuit_word, verdict
 from mqd.errors import AdminError
 from mqd.events import Deleted, Event
 from mqd.faults import Fault
+from mqd.intake.source import SourceStatus as SourceCounts
 from mqd.queue.entry import RcptStatus
 from mqd.queue.store import EntryBusy, Listed, QueueStore, UnknownEntry
 from mqd.relays.base import Relay
@@ -60,6 +68,9 @@ class Node(Protocol):
     def faults(self) -> Sequence[Fault]: ...
     def emit(self, event: Event) -> None: ...
     async def reload(self) -> str: ...
+    def source_status(self) -> Sequence[SourceCounts]:
+        """The running intake sources other than the spools (none for a stopped queue)."""
+        ...
 
 
 def queue_row(item: Listed, now: float) -> dict[str, Any]:
@@ -149,7 +160,7 @@ class QueueAdmin(SuppressionOps):
         # Not read yet, so routed by their spool: exact unless [[route]] tables route by sender.
         by_relay = dict(counts.by_relay)
         if counts.unread_by_source and not config.routes:
-            spools = {spool.key: spool for spool in config.spools}
+            spools = {spool.key: spool for spool in (*config.spools, *config.sources)}
             for source, count in counts.unread_by_source.items():
                 spool = spools.get(source)
                 for name in spool.relays if spool is not None else ():
@@ -180,6 +191,19 @@ class QueueAdmin(SuppressionOps):
                 if fault.active
             ],
             redispatched=counts.redispatched,
+            sources=[
+                SourceStatus(
+                    name=source.name,
+                    kind=source.kind,
+                    listening=list(source.listening),
+                    connections=source.connections,
+                    accepted=source.accepted,
+                    refused=source.refused,
+                    connected=source.connected,
+                    last_error=source.last_error,
+                )
+                for source in node.source_status()
+            ],
             accounts={
                 use.name: AccountStatus(
                     over_limit=use.over_limit,

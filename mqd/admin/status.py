@@ -13,6 +13,7 @@ __all__ = [
     "FaultStatus",
     "QuotaStatus",
     "RelayStatus",
+    "SourceStatus",
     "Status",
     "WorkerStatus",
 ]
@@ -84,6 +85,30 @@ class FaultStatus:
 
 
 @dataclass(frozen=True)
+class SourceStatus:
+    """An intake source other than the spools (``[[smtpd]]``), while the daemon runs."""
+
+    #: Its table: ``smtpd[0]``.
+    name: str
+    #: Its kind: ``smtpd``.
+    kind: str
+    #: The addresses it listens on (``127.0.0.1:25``), or the broker and queue it consumes
+    #: (``amqp://127.0.0.1:5672/ queue mail``).
+    listening: list[str]
+    #: Producers connected now.
+    connections: int
+    #: Messages queued since the daemon started.
+    accepted: int
+    #: Messages refused since the daemon started (sender not allowed, malformed, too large,
+    #: the queue unable to take them).
+    refused: int
+    #: A source that consumes from a broker ([[mailbox]]): connected to it now, and why not;
+    #: None for a source that listens.
+    connected: bool | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
 class WorkerStatus:
     """One daemon process of ``queue.workers`` (``messages`` None: it did not answer)."""
 
@@ -149,6 +174,8 @@ class Status:
     #: With queue.workers above 1: each worker process and its own queue (the counts above
     #: are of all of them).
     workers: list[WorkerStatus] = field(default_factory=list)
+    #: The intake sources other than the spools ([[smtpd]]), empty without a running daemon.
+    sources: list[SourceStatus] = field(default_factory=list)
     #: Each ``[[account]]`` by its name: its use against its limits.
     accounts: dict[str, AccountStatus] = field(default_factory=dict)
 
@@ -174,6 +201,7 @@ class Status:
         }
         values["faults"] = [FaultStatus(**item) for item in data.get("faults", [])]
         values["workers"] = [WorkerStatus(**item) for item in data.get("workers", [])]
+        values["sources"] = [SourceStatus(**item) for item in data.get("sources", [])]
         values["accounts"] = {
             name: AccountStatus(**item) for name, item in data.get("accounts", {}).items()
         }

@@ -65,7 +65,11 @@ def plugins(as_json: bool) -> None:
     infos = host.describe()
     types = sorted(host.relay_names())
     if as_json:
-        document = {"plugins": [dataclasses.asdict(info) for info in infos], "relay_types": types}
+        document = {
+            "plugins": [dataclasses.asdict(info) for info in infos],
+            "relay_types": types,
+            "source_types": sorted(host.sources.names()),
+        }
         click.echo(json.dumps(document, indent=2))
         return
     for info in infos:
@@ -77,6 +81,9 @@ def plugins(as_json: bool) -> None:
             click.echo(f"    hooks: {', '.join(info.hooks)}")
         if info.relays:
             click.echo(f"    relays: {', '.join(info.relays)}")
+        if info.sources:
+            click.echo(f"    sources: {', '.join(info.sources)}")
         for problem in info.problems:
             click.echo(f"    PROBLEM: {problem}")
+    click.echo("source types: " + ", ".join(sorted(host.sources.names())))
     click.echo("relay types: " + ", ".join(types))

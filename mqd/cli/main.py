@@ -24,6 +24,7 @@ from mqd.cli.queue import queue
 from mqd.cli.run import reload, run
 from mqd.cli.send import send, sendmail
 from mqd.cli.shared import State
+from mqd.cli.smtpd import smtpd
 from mqd.cli.status import status
 from mqd.cli.suppress import suppress
 from mqd.config.paths import default_paths
@@ -132,6 +133,7 @@ for _command in (
     failed,
     history,
     events,
+    smtpd,
     suppress,
     db,
 ):

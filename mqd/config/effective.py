@@ -14,7 +14,8 @@ __all__ = ["effective_config"]
 def effective_config(config: Config) -> dict[str, Any]:
     """The configuration as mqd uses it, defaults filled in and secrets redacted.
 
-    Call after ``build_relays`` so that each relay's options have been read.
+    Call after ``build_relays`` (and ``check_sources``) so that each relay's (and each
+    source's) options have been read.
     """
     queue = config.queue
     return {
@@ -70,6 +71,7 @@ def effective_config(config: Config) -> dict[str, Any]:
                 else {}
             ),
         },
+        **_sources(config),
         "relays": {name: relay.options.effective() for name, relay in config.relays.items()},
         "metrics": {
             "enabled": config.metrics.enabled,
@@ -78,6 +80,16 @@ def effective_config(config: Config) -> dict[str, Any]:
         },
         "tracing": {"enabled": config.tracing.enabled},
     }
+
+
+def _sources(config: Config) -> dict[str, Any]:
+    """``[[smtpd]]`` ... tables as read (after the sources were built: they read their keys)."""
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for source in config.sources:
+        read = source.options.effective() if source.options is not None else {}
+        relay = source.relay if len(source.relays) == 1 else list(source.relays)
+        tables.setdefault(source.kind, []).append({"relay": relay, **read})
+    return tables
 
 
 def _account(account: AccountConfig) -> dict[str, Any]:

@@ -20,7 +20,13 @@ from typing import Any
 from mqd.config.accounts import parse_accounts, parse_suppression
 from mqd.config.options import Options
 from mqd.config.paths import default_paths, locate_config
-from mqd.config.schema import Config, RelayConfig, RouteConfig, SpoolConfig
+from mqd.config.schema import (
+    Config,
+    RelayConfig,
+    RouteConfig,
+    SourceConfig,
+    SpoolConfig,
+)
 from mqd.config.sections import (
     parse_http,
     parse_metrics,
@@ -33,6 +39,7 @@ from mqd.config.sections import (
     parse_tracing,
     parse_tracking,
 )
+from mqd.config.sources import GENERIC, SOURCE_KINDS, parse_sources
 from mqd.errors import ConfigError, raise_gathered
 
 #: locate_config lives in mqd.config.paths (cheap to import); named here as well.
@@ -77,6 +84,8 @@ def parse_config(
         "tracing",
         "http",
         "notify",
+        *SOURCE_KINDS,
+        GENERIC,
         "account",
         "suppression",
     ):
@@ -99,6 +108,9 @@ def parse_config(
         lambda: parse_spools(root, path, defaults, relays), tuple
     )
     routes: tuple[RouteConfig, ...] = root.attempt(lambda: parse_routes(root, path, relays), tuple)
+    sources: tuple[SourceConfig, ...] = root.attempt(
+        lambda: parse_sources(root, path, relays), tuple
+    )
     sendmail_opts = table("sendmail")
     sendmail = root.attempt(
         lambda: parse_sendmail(sendmail_opts), lambda: parse_sendmail(empty("sendmail"))
@@ -132,6 +144,7 @@ def parse_config(
         notify=root.attempt(
             lambda: parse_notify(table("notify")), lambda: parse_notify(empty("notify"))
         ),
+        sources=sources,
         accounts=root.attempt(lambda: parse_accounts(root, path), tuple),
         suppression=root.attempt(
             lambda: parse_suppression(table("suppression")),

@@ -11,12 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from mqd.config.limits import AccountConfig, QuotaConfig, SuppressionConfig
 from mqd.config.options import Options, Secret
 from mqd.config.paths import CONFIG_ENV
 
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_RELAY",
+    "AccountConfig",
     "CircuitConfig",
     "Config",
     "DatabaseConfig",
@@ -29,7 +31,9 @@ __all__ = [
     "RetryPolicy",
     "RouteConfig",
     "SendmailConfig",
+    "SourceConfig",
     "SpoolConfig",
+    "SuppressionConfig",
     "TracingConfig",
     "TrackingConfig",
 ]
@@ -176,61 +180,23 @@ class SpoolConfig:
 
 
 @dataclass(frozen=True)
-class QuotaConfig:
-    """A provider's sending limits; None means no limit. Counted in messages."""
+class SourceConfig(SpoolConfig):
+    """An intake source that is not a spool (``[[smtpd]]``, ``[[source]]``), shaped like one so
+    that the sender policy and routes take it as one (``path``: its name, ``smtpd[0]``); its own
+    keys stay in ``options``, read by the class registered as its ``kind``."""
 
-    max_per_second: float | None = None
-    max_per_hour: int | None = None
-    max_per_day: int | None = None
-    max_per_minute: int | None = None
-
-    def divided(self, workers: int) -> QuotaConfig:
-        """Each worker's share, so that all of them together keep to the limits."""
-        if workers == 1:
-            return self
-        return QuotaConfig(
-            max_per_second=None if self.max_per_second is None else self.max_per_second / workers,
-            max_per_minute=None
-            if self.max_per_minute is None
-            else max(1, self.max_per_minute // workers),
-            max_per_hour=None
-            if self.max_per_hour is None
-            else max(1, self.max_per_hour // workers),
-            max_per_day=None if self.max_per_day is None else max(1, self.max_per_day // workers),
-        )
+    kind: str = ""
+    options: Options | None = field(default=None, compare=False, repr=False)
+    #: The table it came from (``kind``'s own, or ``source``).
+    table: str = ""
 
     @property
-    def limited(self) -> bool:
-        limits = (self.max_per_second, self.max_per_minute, self.max_per_hour, self.max_per_day)
-        return any(v is not None for v in limits)
+    def name(self) -> str:  # ``smtpd[0]``: in problems, status and events
+        return f"{self.table or self.kind}[{self.index}]"
 
-
-@dataclass(frozen=True)
-class AccountConfig:
-    name: str
-    #: Sender patterns (an address or ``*@domain``) whose mail is this account's.
-    senders: tuple[str, ...]
-    #: Its limits, counted in messages (``max_per_second`` unused).
-    limits: QuotaConfig
-    #: "wait": over a limit, mail waits in the queue (never an attempt, never failed);
-    #: "refuse": it is refused at hand-over with the reason.
-    over_limit: str = "wait"
-
-
-@dataclass(frozen=True)
-class SuppressionConfig:
-    """``[suppression]``: recipients not mailed again after a permanent bounce or a complaint."""
-
-    enabled: bool = True
-    #: How long a bounced address stays suppressed (0: for good).
-    bounce_for: float = 30 * 86400.0
-    #: How long a complaining address stays suppressed (0: for good, the default).
-    complaint_for: float = 0.0
-
-    def until(self, kind: str, now: float) -> float | None:
-        """When a suppression of ``kind`` made ``now`` ends (None: for good)."""
-        period = self.complaint_for if kind == "complaint" else self.bounce_for
-        return now + period if period > 0 else None
+    @functools.cached_property
+    def key(self) -> str:  # ``smtpd.0``: its directory in the queue (a spool's: a hash of its path)
+        return f"{self.table or self.kind}.{self.index}"
 
 
 @dataclass(frozen=True)
@@ -350,16 +316,17 @@ class Config:
     tracing: TracingConfig = field(default_factory=TracingConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    sources: tuple[SourceConfig, ...] = ()  # [[smtpd]], [[source]]: the other intake sources
     #: ``[[account]]``: senders grouped under a name with sending limits (``mqd.config.accounts``).
     accounts: tuple[AccountConfig, ...] = ()
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
 
     def for_worker(self, worker: int) -> Config:
         """The config of worker ``worker`` of ``queue.workers``: its own queue directory, its own
-        [metrics] endpoint (on the next port: ``port + worker - 1``), and [http] and [notify]
-        only in the first. Every worker shares the spools, the failed folder and the event
-        store, and keeps to its share of each relay's quota (``QuotaConfig.divided``, applied
-        where the quotas are counted)."""
+        [metrics] endpoint (on the next port: ``port + worker - 1``), and [http], [notify] and
+        the sources that listen ([[smtpd]]) only in the first. Every worker shares the spools,
+        the failed folder and the event store, and keeps to its share of each relay's quota
+        (``QuotaConfig.divided``, applied where the quotas are counted)."""
         queue = replace(self.queue, worker=worker)
         if worker == 1:
             return replace(self, queue=queue)
@@ -369,6 +336,7 @@ class Config:
             queue=queue,
             metrics=replace(self.metrics, port=port),
             http=replace(self.http, enabled=False),
+            sources=(),
             notify=replace(self.notify, url=None),
         )
 

@@ -125,7 +125,7 @@ def parse_relays(
             return RelayConfig(
                 name=name,
                 plugin=opts.string("plugin"),
-                allowed_senders=_patterns(opts, "allowed_senders"),
+                allowed_senders=sender_patterns(opts, "allowed_senders"),
                 options=opts,
                 quota=_parse_quota(opts, workers),
                 circuit=_parse_circuit(opts),
@@ -181,7 +181,7 @@ def _parse_circuit(opts: Options) -> CircuitConfig:
     )
 
 
-def _relay_chain(opts: Options, key: str, relays: Mapping[str, RelayConfig]) -> tuple[str, ...]:
+def relay_chain(opts: Options, key: str, relays: Mapping[str, RelayConfig]) -> tuple[str, ...]:
     """A relay name or a failover list of them, each configured, none twice."""
     raw = opts.raw(key)
     names: list[str] = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
@@ -234,11 +234,11 @@ def _parse_spool(opts: Options, relays: Mapping[str, RelayConfig], index: int) -
             raise opts.error("relay", f"is required: one of {', '.join(sorted(relays))}")
         chain: tuple[str, ...] = (next(iter(relays)),)
     else:
-        chain = _relay_chain(opts, "relay", relays)
+        chain = relay_chain(opts, "relay", relays)
     spool = SpoolConfig(
         path=opts.filepath("path"),
         relays=chain,
-        allowed_senders=_patterns(opts, "allowed_senders"),
+        allowed_senders=sender_patterns(opts, "allowed_senders"),
         check_from=opts.boolean("check_from", True),
         index=index,
     )
@@ -270,12 +270,12 @@ def parse_routes(
 
 
 def _parse_route(opts: Options, relays: Mapping[str, RelayConfig]) -> RouteConfig:
-    senders = _patterns(opts, "senders")
+    senders = sender_patterns(opts, "senders")
     if not senders:
         raise opts.error("senders", 'is required: e.g. senders = ["*@news.example.com"]')
     if opts.raw("relay") is None:
         raise opts.error("relay", f"is required: one of {', '.join(sorted(relays))}")
-    route = RouteConfig(senders=senders, relays=_relay_chain(opts, "relay", relays))
+    route = RouteConfig(senders=senders, relays=relay_chain(opts, "relay", relays))
     opts.finish()
     return route
 
@@ -390,7 +390,7 @@ def parse_sendmail(opts: Options) -> SendmailConfig:
     return config
 
 
-def _patterns(opts: Options, key: str) -> tuple[str, ...]:
+def sender_patterns(opts: Options, key: str) -> tuple[str, ...]:
     patterns: tuple[str, ...] = opts.string_list(key, [])
     try:
         return tuple(validate_sender_pattern(p) for p in patterns)

@@ -2,10 +2,11 @@
 checks, every problem at once.
 
 The config file (every table, past its first problem), the relays (their plugins read their own
-keys), and the directories the daemon will create or write. A directory is checked by creating
-and removing a probe in it, or in the nearest parent that exists, because permission bits do not
-tell: root may write anywhere by them, yet cannot create a directory under /proc or on a
-read-only mount. Checking leaves nothing behind.
+keys), the intake sources ([[smtpd]]: their classes read their own keys, the logins and the
+certificates), and the directories the daemon will create or write. A directory is checked by
+creating and removing a probe in it, or in the nearest parent that exists, because permission
+bits do not tell: root may write anywhere by them, yet cannot create a directory under /proc or
+on a read-only mount. Checking leaves nothing behind.
 
 What stops the start: a queue directory that cannot be created or written, and a spool that
 cannot be created. What only warns: a spool that exists but cannot be written (the daemon waits
@@ -23,6 +24,7 @@ from pathlib import Path
 from mqd.config.load import load_config
 from mqd.config.schema import Config
 from mqd.errors import ConfigError, DirectoryError, raise_gathered
+from mqd.intake.sources import check_sources
 from mqd.plugins.host import PluginHost
 from mqd.relays.base import Relay
 from mqd.relays.build import build_relays
@@ -53,6 +55,7 @@ def check(path: Path | None, host: PluginHost) -> Checked:
     problems: list[ConfigError] = []
     config = load_config(path, problems)
     relays = build_relays(config, host, problems)
+    problems += check_sources(config, host)
     environment = check_environment(config, skip=problems)
     raise_gathered(problems + environment.errors)
     return Checked(config, relays, environment.warnings)

@@ -21,6 +21,8 @@ from mqd.daemon.preflight import check_environment
 from mqd.daemon.scheduler import Scheduler
 from mqd.delivery.deliverer import Deliverer
 from mqd.errors import ConfigError, MQDError, raise_gathered
+from mqd.intake.handover import Handover
+from mqd.intake.sources import Sources, build_sources
 from mqd.intake.spools import SpoolIntake
 from mqd.plugins.host import PluginHost
 from mqd.queue.store import QueueStore
@@ -50,6 +52,10 @@ class Reloadable(Protocol):
     def spools(self) -> SpoolIntake: ...
     @property
     def scheduler(self) -> Scheduler: ...
+    @property
+    def handover(self) -> Handover: ...
+    @property
+    def sources(self) -> Sources: ...
 
     def spawn(self, work: Coroutine[object, object, object], what: str) -> None: ...
 
@@ -91,7 +97,9 @@ class Reloader:
             new = _as_worker(current, new)
             # The directories too, as 'mqd run' and 'mqd config check' check them.
             raise_gathered((await asyncio.to_thread(check_environment, new)).errors)
-            relays = build_relays(new, daemon.host)  # the last check: nothing to undo after it
+            relays = build_relays(new, daemon.host)
+            # The last check (nothing to undo after it): a source reads its own keys.
+            sources = build_sources(new, daemon.host, daemon.handover)
         except MQDError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             raise
@@ -113,10 +121,14 @@ class Reloader:
         daemon.relays.update(relays)
         daemon.deliverer.reconfigure(new)
         daemon.spools.open(new)
+        daemon.handover.config = new
+        await daemon.sources.replace(sources)
         in_flight = daemon.scheduler.tasks()
         daemon.spawn(_close_relays(old_relays.values(), in_flight), "close-old-relays")
         daemon.scheduler.wake()
         summary = f"reloaded {path}: {len(new.spools)} spool(s), relays {', '.join(new.relays)}"
+        if new.sources:
+            summary += f", sources {', '.join(source.name for source in new.sources)}"
         log.warning("%s", summary)
         return summary
 

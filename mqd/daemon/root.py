@@ -33,7 +33,10 @@ from mqd.delivery.deliverer import Deliverer
 from mqd.delivery.guards import Guards
 from mqd.events import Event, EventKind
 from mqd.faults import Fault
+from mqd.intake.handover import Handover
 from mqd.intake.pipeline import Intake
+from mqd.intake.source import Source, SourceStatus
+from mqd.intake.sources import Sources, build_sources
 from mqd.intake.spools import SpoolIntake
 from mqd.plugins.host import PluginHost
 from mqd.relays.base import Relay
@@ -91,6 +94,11 @@ class Daemon:
         self.intake = Intake(
             config, self.store, self.host, self.emit, accounts=self.guards.accounts, clock=clock
         )
+        #: The sources other than the spools ([[smtpd]]): started once the queue is open.
+        self.handover = Handover(
+            config, self.store, self.host, self.emit, accounts=self.guards.accounts, clock=clock
+        )
+        self.sources = Sources(build_sources(config, self.host, self.handover))
         self.deliverer = Deliverer(
             config, self.store, self.relays, self.host, self.emit, guards=self.guards, clock=clock
         )
@@ -146,9 +154,18 @@ class Daemon:
             intake.fault,
             intake.claiming,
             intake.refusing,
+            self.handover.fault,
             self.scheduler.fault,
             *self.servers.faults,
         ]
+
+    def source_status(self) -> list[SourceStatus]:
+        """The running sources other than the spools ([[smtpd]]): addresses and counts."""
+        return self.sources.status()
+
+    def intake_sources(self) -> list[Source]:
+        """The running sources other than the spools (the HTTP server serves [[submit]]'s)."""
+        return self.sources.sources if self.sources.started else []
 
     @property
     def in_flight(self) -> set[str]:
@@ -246,6 +263,7 @@ class Daemon:
             self.spools.open(self.config)
             if not self.once:
                 self.spools.watch()
+                await self.sources.start()
                 await self._start_control()
             await self._notify_ready()
             self.ready.set()
@@ -254,6 +272,7 @@ class Daemon:
             systemd.notify("STOPPING=1")
             if self.workers is not None:
                 await self.workers.wait(self.shutdown_timeout + WORKER_STOP_SLACK)
+            await self.sources.stop()
             if self._control is not None:
                 await self._control.close()
             await self.servers.stop()
@@ -277,6 +296,7 @@ class Daemon:
         finally:
             self._stopping.set()
             self.spools.stop()
+            await self.sources.stop()  # no new mail; each hand-over under way is answered
             for task in (watchdog, quotas, pruning):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -318,6 +338,8 @@ class Daemon:
         )
         for spool in self.config.spools:
             log.info("spool %s -> relay %s", spool.path, spool.relay)
+        for source in self.config.sources:
+            log.info("%s -> relay %s", source.name, source.relay)
         for relay in self.relays.values():
             log.info("relay %s: %s", relay.name, relay.describe())
         if self.config.is_embedded_default:

@@ -13,13 +13,14 @@ from mqd.events import Event
 from mqd.faults import Fault
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from mqd.admin.service import QueueAdmin
     from mqd.config.schema import Config
     from mqd.delivery.guards import Guards
     from mqd.http.metrics import Metrics, MetricsServer
     from mqd.http.server import HttpServer
+    from mqd.intake.source import Source, SourceStatus
     from mqd.queue.store import QueueStore
     from mqd.relays.base import Relay
     from mqd.tracing.spans import Tracing
@@ -49,6 +50,8 @@ class Served(Protocol):
     def guards(self) -> Guards: ...
     @property
     def started_at(self) -> float: ...
+    def source_status(self) -> Sequence[SourceStatus]: ...
+    def intake_sources(self) -> Sequence[Source]: ...
 
 
 class Servers:

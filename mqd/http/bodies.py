@@ -10,7 +10,15 @@ from dataclasses import dataclass
 
 from mqd.tracking.answers import MessageHistory, MessageSummary
 
-__all__ = ["Error", "HistoryList", "MessageList", "SuppressionItem", "SuppressionList"]
+__all__ = [
+    "Error",
+    "HistoryList",
+    "MessageList",
+    "Problem",
+    "Submitted",
+    "SuppressionItem",
+    "SuppressionList",
+]
 
 
 @dataclass(frozen=True)
@@ -57,3 +65,26 @@ class SuppressionList:
     """The suppression list, newest first."""
 
     suppressions: list[SuppressionItem]
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A message taken by ``POST /api/v1/messages``: durable in the queue."""
+
+    #: mqd's queue id (what its logs, ``mqd queue`` and ``/api/v1/messages/{key}`` name).
+    id: str
+    #: The message's ``Message-ID`` header (one was added when it had none).
+    message_id: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An error of ``POST /api/v1/messages`` (RFC 9457, ``application/problem+json``)."""
+
+    #: ``urn:mqd:problem:<slug>``: what kind of problem (docs/api.md lists them).
+    type: str
+    title: str
+    #: The HTTP status, again.
+    status: int
+    #: What is wrong with this request and what to do.
+    detail: str

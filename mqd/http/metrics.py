@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,6 +41,8 @@ from mqd.delivery.circuit import CircuitState
 from mqd.delivery.guards import Guards
 from mqd.events import Delivered, Event, EventKind, RecipientEvent
 from mqd.http.listen import listen_error
+from mqd.http.sourcemetrics import source_families
+from mqd.intake.source import SourceStatus
 from mqd.queue.store import EntryState, QueueStore
 from mqd.version import __version__
 
@@ -88,6 +90,7 @@ class MetricsNode(Protocol):
     def guards(self) -> Guards: ...
     @property
     def started_at(self) -> float: ...
+    def source_status(self) -> Sequence[SourceStatus]: ...
 
 
 class Metrics:
@@ -249,6 +252,7 @@ class _Snapshot:
     states: dict[str, int]
     oldest: float
     relays: dict[str, _RelayState]
+    sources: Sequence[SourceStatus] = ()
     accounts: list[AccountUse] = field(default_factory=list)
 
 
@@ -281,7 +285,7 @@ class _Gauges:
                 if relay.limits:
                     relay.sent = (node.guards.sent(name, 3600.0), node.guards.sent(name, 86400.0))
             relays[name] = relay
-        return _Snapshot(states, oldest, relays, node.guards.accounts.use())
+        return _Snapshot(states, oldest, relays, node.source_status(), node.guards.accounts.use())
 
     def collect(self) -> Iterable[Metric]:
         if self.snapshot is None:  # registered before any scrape: nothing to describe yet
@@ -353,6 +357,7 @@ class _Gauges:
                 hour.add_metric([name], relay.sent[0])
                 day.add_metric([name], relay.sent[1])
         yield from (errors, circuit, waits, limits, hour, day)
+        yield from source_families(snapshot.sources)
         yield from _account_families(snapshot.accounts)
 
 

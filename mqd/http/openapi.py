@@ -17,6 +17,7 @@ from typing import Any
 from mqd.admin.status import Status as QueueStatus
 from mqd.http.bodies import Error, HistoryList, MessageList, SuppressionList
 from mqd.http.schema import Components
+from mqd.http.submitdoc import SUBMIT_SCHEME, submit_operation
 from mqd.tracking.answers import MessageHistory, RecipientStatus, TimelineEvent
 from mqd.tracking.vocabulary import Status
 from mqd.version import __version__
@@ -304,6 +305,7 @@ def _document() -> dict[str, Any]:
     components = Components(_NAMES)
     ref = components.ref
     paths = _paths(ref)
+    paths["/api/v1/messages"]["post"] = submit_operation(ref)
     responses = {
         "BadRequest": _json(ref(Error), "A query or path value is not usable."),
         "Forbidden": _json(
@@ -328,6 +330,7 @@ def _document() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "securitySchemes": {
+                "submit": SUBMIT_SCHEME,
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",

@@ -16,7 +16,8 @@ the document's ``components/schemas``:
 
 A dataclass is an object with a property per field, in field order; a field without a default
 is required. Its docstring is the schema's description, a field's ``#:`` comments above it are
-the property's. A dataclass that extends another is ``allOf`` the other and its own fields.
+the property's; a field named for a Python keyword (``from_``) is the property without its
+underscore (``from``). A dataclass that extends another is ``allOf`` the other and its own fields.
 An annotation of any other kind raises ``TypeError`` naming the class and the field: a field
 the generator cannot describe stops the document from being built, never goes undescribed.
 """
@@ -27,6 +28,7 @@ import dataclasses
 import enum
 import functools
 import inspect
+import keyword
 import re
 import types
 import typing
@@ -122,9 +124,10 @@ class Components:
             prop = self.schema(hints[f.name], f"{_qualname(cls)}.{f.name}")
             if f.name in docs:
                 prop = {**prop, "description": docs[f.name]}
-            properties[f.name] = prop
+            name = _property_name(f.name)
+            properties[name] = prop
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                required.append(f.name)
+                required.append(name)
         own: dict[str, Any] = {"type": "object"}
         if required:
             own["required"] = required
@@ -132,6 +135,12 @@ class Components:
         if base is None:
             return {**_described(cls), **own}
         return {**_described(cls), "allOf": [self.ref(base), own]}
+
+
+def _property_name(name: str) -> str:
+    """A field's JSON name: a Python keyword's field (``from_``) without its underscore."""
+    bare = name[:-1]
+    return bare if name.endswith("_") and keyword.iskeyword(bare) else name
 
 
 def _dataclass_base(cls: type) -> type | None:

@@ -30,6 +30,7 @@ from mqd.http.api import PREFIX, Api, BadQuery, error, json_error_for
 from mqd.http.charts import Charts
 from mqd.http.html import SECURITY_HEADERS, forbidden_page, page
 from mqd.http.listen import ConnectionGate, GatedSite, listen_error
+from mqd.http.submit import SUBMIT_PATH, SubmitRoutes
 from mqd.http.suppressions import SuppressionRoutes
 from mqd.http.view import View
 from mqd.plugins.webhooks import Webhook, WebhookRejected, WebhookRequest
@@ -121,6 +122,7 @@ class HttpServer:
         app.router.add_routes(Charts(self.site).routes())
         app.router.add_routes(self.actions.routes())
         app.router.add_routes(SuppressionRoutes(self.site).routes())
+        app.router.add_routes(SubmitRoutes(self.site).routes())
         app.on_response_prepare.append(_add_headers)
         return app
 
@@ -184,8 +186,8 @@ class HttpServer:
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
-        if path.startswith(WEBHOOK_PREFIX):
-            return await handler(request)
+        if path.startswith(WEBHOOK_PREFIX) or (path == SUBMIT_PATH and request.method == "POST"):
+            return await handler(request)  # signed, or a submit token (mqd.http.submit)
         is_api = path == PREFIX or path.startswith(PREFIX + "/")
         token = self.config.token.reveal() if self.config.token is not None else None
         if path not in _OPEN_PATHS and not (

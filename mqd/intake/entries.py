@@ -74,15 +74,16 @@ def rebuilder(
     from its id, so that its lifetime does not restart), or why it goes to failed/ instead.
     With a ``host`` the policy is checked again (the daemon); without one (looking at a stopped
     queue) it is not: the daemon does that when it next starts."""
-    spools = {spool.key: spool for spool in config.spools}
+    # A source's bodies state their envelope (mqd.intake.handover): rebuilt as a spool's are.
+    spools = {spool.key: spool for spool in (*config.spools, *config.sources)}
 
     def rebuild(unread: Unread) -> QueueEntry | FailureRecord:
         spool = spools.get(unread.source)
         if spool is None:
             return FailureRecord(
                 "recovery",
-                "claimed from a spool that is no longer configured; re-inject it into a "
-                "configured spool to send it",
+                "claimed from a spool (or taken in by a source) that is no longer configured; "
+                "re-inject it into a configured spool to send it",
             )
         if len(unread.body) > config.queue.max_message_size:
             return FailureRecord(

@@ -15,6 +15,7 @@ import pluggy
 if TYPE_CHECKING:
     from mqd.config.schema import Config, SpoolConfig
     from mqd.events import Event
+    from mqd.intake.source import RegisterSource
     from mqd.message.envelope import ParsedMessage
     from mqd.queue.entry import QueueEntry, RecipientState
     from mqd.relays.base import Relay
@@ -43,10 +44,25 @@ def mqd_register_relays(register: RegisterRelay) -> None:
 
 
 @hookspec
+def mqd_register_sources(register: RegisterSource) -> None:
+    """Register intake source classes (``mqd.intake.source.Source``) by kind: a config's
+    ``[[source]]`` table with ``kind = "sqs"`` is built by the class registered as ``"sqs"``
+    (the core's ``smtpd`` has its own ``[[smtpd]]`` tables):
+    ``register("smtpd", "mqd.intake.smtpd.source:SMTPSource")``.
+    As with relays, a ``"module:Class"`` path is imported only when a config has such a table.
+
+    Every implementation is called; registering a taken name is an error reported against the
+    plugin loaded later (the core's ``smtpd`` cannot be taken over).
+    """
+
+
+@hookspec
 def mqd_check_policy(
     message: ParsedMessage, spool: SpoolConfig, relay_name: str, config: Config
 ) -> str | None:
-    """Decide whether a message taken from ``spool`` may be relayed.
+    """Decide whether a message taken from ``spool`` may be relayed. For a message a source
+    hands over (``[[smtpd]]``), ``spool`` is that source's ``SourceConfig`` (a ``SpoolConfig``),
+    and the hook is asked first with the envelope sender alone (no recipients, no headers).
 
     Return a reason to refuse it, or None to have no objection. The first refusal wins (the
     rest are not asked), so a plugin can add restrictions but never lift the core's allow-list.

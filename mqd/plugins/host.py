@@ -17,7 +17,7 @@ import difflib
 import importlib
 import importlib.metadata
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,8 @@ import pluggy
 
 import mqd.plugins.hookspecs as hookspecs
 from mqd.errors import PluginError
+from mqd.intake.source import Source
+from mqd.plugins.registry import Registry
 from mqd.relays.base import Relay
 from mqd.version import __version__
 
@@ -45,6 +47,7 @@ DEFAULT_PLUGINS = (
     "mqd.relays.outbox",
     "mqd.relays.memory",
     "mqd.intake.policy",
+    "mqd.intake.sources",
     "mqd.delivery.bounce",
 )
 
@@ -68,6 +71,8 @@ class PluginInfo:
     hooks: tuple[str, ...] = ()
     #: The relay names it registered (``plugin = "..."`` in a config).
     relays: tuple[str, ...] = ()
+    #: The intake source kinds it registered (``[[smtpd]]`` ...).
+    sources: tuple[str, ...] = ()
     #: Hook calls of this plugin that raised while mqd asked it (it stays loaded).
     problems: tuple[str, ...] = ()
 
@@ -82,10 +87,15 @@ class PluginHost:
         self.pm = pluggy.PluginManager("mqd")
         self.pm.add_hookspecs(hookspecs)
         self.infos: list[PluginInfo] = []
-        self._registered: dict[str, type[Relay] | str] | None = None
-        self._plugin_of_relay: dict[str, str] = {}
-        self._relays_by_plugin: dict[str, list[str]] = {}
         self._problems: dict[str, list[str]] = {}
+        #: Relay classes by the name a config's ``plugin = "..."`` selects.
+        self.relays: Registry[Relay] = Registry(
+            self.pm.hook.mqd_register_relays, Relay, "relay", self._register_call, self._problems
+        )
+        #: Intake source classes by the name of their config table (``smtpd``).
+        self.sources: Registry[Source] = Registry(
+            self.pm.hook.mqd_register_sources, Source, "source", self._register_call, self._problems
+        )
         for module_name in DEFAULT_PLUGINS:
             module = importlib.import_module(module_name)
             self.infos.append(self._register(module, module_name, __version__, CORE))
@@ -184,6 +194,10 @@ class PluginHost:
         for impl in reversed(caller.get_hookimpls()):
             yield impl.plugin_name, impl
 
+    @classmethod
+    def _register_call(cls, impl: pluggy.HookImpl, register: Callable[[str, Any], None]) -> None:
+        cls._call(impl, register=register)
+
     @staticmethod
     def _call(impl: pluggy.HookImpl, **kwargs: Any) -> Any:
         """Call one implementation with the arguments it declares (a subset is allowed)."""
@@ -192,77 +206,22 @@ class PluginHost:
     def relay_names(self) -> list[str]:
         """The relay names plugins registered (``plugin = "smtp"``), without importing any
         relay registered lazily by module path."""
-        return list(self._registrations())
+        return self.relays.names()
 
     def relay_class(self, name: str) -> type[Relay] | None:
         """The relay class registered as ``name`` (imported now if it was registered by path),
         or None. PluginError when a path does not name a Relay subclass."""
-        registered = self._registrations().get(name)
-        if registered is None or isinstance(registered, type):
-            return registered
-        plugin = self._plugin_of_relay[name]
-        module_name, _, attribute = registered.partition(":")
-        try:
-            relay_class = getattr(importlib.import_module(module_name), attribute)
-        except Exception as exc:
-            raise PluginError(
-                f"{plugin} registered the relay {name!r} as {registered!r}, which does not "
-                f"load: {exc!r}"
-            ) from exc
-        if not (isinstance(relay_class, type) and issubclass(relay_class, Relay)):
-            raise PluginError(f"{plugin} registered {registered!r}, not a Relay subclass")
-        self._registrations()[name] = relay_class
-        return relay_class
+        return self.relays.get(name)
 
     def relay_classes(self) -> dict[str, type[Relay]]:
         """Every relay class plugins registered, by name, all imported (``relay_class`` imports
         only the one a config uses)."""
-        classes: dict[str, type[Relay]] = {}
-        for name in self.relay_names():
-            try:
-                relay_class = self.relay_class(name)
-            except PluginError as exc:
-                log.error("%s", exc)
-                continue
-            if relay_class is not None:
-                classes[name] = relay_class
-        return classes
+        return self.relays.all()
 
-    def _registrations(self) -> dict[str, type[Relay] | str]:
-        if self._registered is not None:
-            return self._registered
-        registered: dict[str, type[Relay] | str] = {}
-        # In registration order (core, installed, extra): a name is kept by the plugin that was
-        # there first, and the error names the newcomer that tried to take it.
-        for impl in self.pm.hook.mqd_register_relays.get_hookimpls():
-            plugin_name = impl.plugin_name
-
-            def register(
-                name: str, relay_class: type[Relay] | str, _plugin: str = plugin_name
-            ) -> None:
-                lazy = isinstance(relay_class, str) and ":" in relay_class
-                if not lazy and not (
-                    isinstance(relay_class, type) and issubclass(relay_class, Relay)
-                ):
-                    raise PluginError(
-                        f"{_plugin} registered {relay_class!r}, not a Relay subclass "
-                        "(nor a 'module:Class' path to one)"
-                    )
-                if name in registered:
-                    raise PluginError(f"{_plugin} registered the relay name {name!r} again")
-                registered[name] = relay_class
-                self._plugin_of_relay[name] = _plugin
-                self._relays_by_plugin.setdefault(_plugin, []).append(name)
-
-            try:
-                self._call(impl, register=register)
-            except Exception as exc:
-                log.error("plugin %s failed in mqd_register_relays: %r", plugin_name, exc)
-                self._problems.setdefault(plugin_name, []).append(
-                    f"mqd_register_relays raised {exc!r}"
-                )
-        self._registered = registered
-        return registered
+    def source_class(self, kind: str) -> type[Source] | None:
+        """The intake source class registered for the config table ``kind`` (``"smtpd"``),
+        imported now if it was registered by path, or None."""
+        return self.sources.get(kind)
 
     def check_policy(
         self, message: ParsedMessage, spool: SpoolConfig, relay_name: str, config: Config
@@ -313,11 +272,13 @@ class PluginHost:
 
     def describe(self) -> list[PluginInfo]:
         """Every plugin in load order, disabled ones included, with the relays it registered."""
-        self._registrations()
+        self.relays.names()
+        self.sources.names()
         return [
             dataclasses.replace(
                 info,
-                relays=tuple(self._relays_by_plugin.get(info.name, ())),
+                relays=tuple(self.relays.by_plugin.get(info.name, ())),
+                sources=tuple(self.sources.by_plugin.get(info.name, ())),
                 problems=tuple(self._problems.get(info.name, ())),
             )
             for info in self.infos

@@ -3,7 +3,7 @@ whether a relay sends over the network and therefore needs allowed senders)."""
 
 from __future__ import annotations
 
-from mqd.config.schema import Config
+from mqd.config.schema import Config, SourceConfig
 from mqd.errors import ConfigError, PluginError, raise_gathered
 from mqd.plugins.host import PluginHost
 from mqd.relays.base import Relay
@@ -84,13 +84,14 @@ def _check_not_open(config: Config, relays: dict[str, Relay], problems: list[Con
             key=key,
         )
 
-    for index, spool in enumerate(config.spools):
+    for spool in (*config.spools, *config.sources):
         for name in spool.relays:
             listed = spool.allowed_senders or config.relays[name].allowed_senders
             if relays[name].network and not listed:
-                problems.append(refuse(name, f"spool[{index}].allowed_senders"))
-    # A route can take mail from any spool, so a spool without a list must not reach it.
-    every_spool_listed = all(spool.allowed_senders for spool in config.spools)
+                where = spool.name if isinstance(spool, SourceConfig) else f"spool[{spool.index}]"
+                problems.append(refuse(name, f"{where}.allowed_senders"))
+    # A route can take mail from any spool or source, so one without a list must not reach it.
+    every_spool_listed = all(s.allowed_senders for s in (*config.spools, *config.sources))
     for index, route in enumerate(config.routes):
         for name in route.relays:
             if relays[name].network and not (

@@ -95,7 +95,7 @@ def records_for(event: Event) -> list[Record]:
                     recipients=event.recipients,
                     subject=event.subject,
                     account=event.account,
-                    detail={"route": list(event.route)},
+                    detail=_queued_detail(event),
                 )
             ]
         case RecipientEvent():
@@ -110,6 +110,14 @@ def records_for(event: Event) -> list[Record]:
                 )
             ]
     return [Record(**common)]  # Failed, Deleted: the message's final status
+
+
+def _queued_detail(event: Queued) -> dict[str, Any]:
+    detail: dict[str, Any] = {"route": list(event.route)}
+    for name in ("source", "login", "peer"):
+        if getattr(event, name) is not None:
+            detail[name] = getattr(event, name)
+    return detail
 
 
 def _recipient_detail(event: RecipientEvent) -> dict[str, Any]:

@@ -33,6 +33,11 @@ log = logging.getLogger("mqd.queue")
 #: the event loop a wake-up of a thread and the GIL's hand-overs: a drain of 10,000 messages
 #: made 1,111 hops with none (9 to a hop) and 722 with this, at 7-8% less CPU per message.
 REMOVAL_GATHER = 0.005
+#: Bodies written by ``write_bodies`` (intake's in-memory hand-overs, bounces) are spread over up
+#: to this many worker threads...
+WRITE_THREADS = 4
+#: ...each writing at least this many (a thread more costs a hop of its own).
+WRITE_CHUNK = 4
 
 
 class Disk:
@@ -76,12 +81,43 @@ class Disk:
     ) -> list[BaseException | None]:
         """Write bodies durably (temp file, fsync, rename, then one fsync per directory), with
         their state files when ``with_state`` (a generated bounce: what it was generated for is
-        not in its body). One result per item: None, or why it failed."""
-        return await asyncio.to_thread(self._write_bodies, list(items), with_state)
+        not in its body). One result per item: None, or why it failed. A batch of several is
+        written by a few worker threads at once (the disk takes several flushes at a time:
+        sixteen 2 kB bodies, 96 ms one after the other, about half that in four threads), then
+        its directories are fsynced once."""
+        items = list(items)
+        size = max(WRITE_CHUNK, -(-len(items) // WRITE_THREADS))
+        if len(items) <= size:  # one thread, one hop: the bodies, then their directories
+            return await asyncio.to_thread(self._write_and_sync, items, with_state)
+        chunks = [items[at : at + size] for at in range(0, len(items), size)]
+        parts = await asyncio.gather(
+            *(asyncio.to_thread(self._write_bodies, chunk, with_state) for chunk in chunks)
+        )
+        results = [result for part, _ in parts for result in part]
+        dirs = [directory for _, part in parts for directory in part]
+        if dirs:
+            try:
+                await asyncio.to_thread(fsync_dirs, dirs)
+            except OSError as exc:
+                return [exc] * len(items)
+        return results
+
+    def _write_and_sync(
+        self, items: list[tuple[QueueEntry, bytes]], with_state: bool
+    ) -> list[BaseException | None]:
+        results, dirs = self._write_bodies(items, with_state)
+        if dirs:
+            try:
+                fsync_dirs(dirs)
+            except OSError as exc:
+                return [exc] * len(items)
+        return results
 
     def _write_bodies(
         self, items: list[tuple[QueueEntry, bytes]], with_state: bool
-    ) -> list[BaseException | None]:
+    ) -> tuple[list[BaseException | None], list[str | Path]]:
+        """Write ``items`` (each fsynced, not their directories): the results, and the
+        directories to fsync."""
         dirs: list[str | Path] = []
         results: list[BaseException | None] = []
         for entry, body in items:
@@ -95,12 +131,7 @@ class Disk:
                 results.append(None)
             except OSError as exc:
                 results.append(exc)
-        if dirs:
-            try:
-                fsync_dirs(dirs)
-            except OSError as exc:
-                return [exc] * len(items)
-        return results
+        return results, dirs
 
     async def sync_in_background(self, sources: Sequence[str]) -> None:
         """Fsync the body directories of ``sources`` (after renames into them) in the
