@@ -123,7 +123,12 @@ class Guards:
             hold = quota.take()
             if hold is None:
                 self._active = self.fleet is not None
-                hold = await self._take_shared(f"relay:{name}")
+                try:
+                    hold = await self._take_shared(f"relay:{name}")
+                except BaseException:  # the database out of reach: nothing taken
+                    quota.refund()
+                    circuit.release()
+                    raise
                 if hold is None:
                     return None
                 quota.refund()
