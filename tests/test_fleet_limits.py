@@ -343,3 +343,16 @@ def test_the_upgrade_makes_the_nodes_saved_counts_and_lists_the_fleets():
             assert listed == [("a@x.org", "complaint", None)]
     finally:
         schema.drop()
+
+
+async def test_an_account_that_refuses_is_counted_for_the_fleet_at_hand_over(
+    stores, clock, make_config
+):
+    config = make_config(account='max_per_hour = 3\nover_limit = "refuse"')
+    a, b = [await node(config, store, clock) for store in stores]
+    refusals = [await a.accounts.check_in("shop"), await b.accounts.check_in("shop")]
+    refusals += [await b.accounts.check_in("shop"), await a.accounts.check_in("shop")]
+    assert refusals[:3] == [None, None, None]
+    assert refusals[3] is not None and "per-hour" in refusals[3] and "refuse" in refusals[3]
+    assert await a.admit_account("shop") is None  # counted at hand-over, not again
+    assert b.accounts.use()[0].windows == (("hour", 3, 3),)

@@ -98,8 +98,7 @@ class Guards:
         """The fleet's windows of every relay and waiting account (kept when unchanged)."""
         wanted = {f"relay:{name}": relay.quota for name, relay in config.relays.items()}
         for account in config.accounts:
-            if account.over_limit == "wait":
-                wanted[f"account:{account.name}"] = account.limits
+            wanted[f"account:{account.name}"] = account.limits
         shared = {}
         for key, limits in wanted.items():
             windows = windows_of(limits)
@@ -150,7 +149,7 @@ class Guards:
         to wait, why): ``AccountLimits.admit``, for the fleet when the store is shared."""
         if self.fleet is None:
             return self.accounts.admit(name)
-        shared = self.shared.get(f"account:{name}")
+        shared = self._waiting(name)
         if shared is None:
             return None
         hold = await self._take_shared(shared.key)
@@ -159,14 +158,31 @@ class Guards:
             return None
         return hold.seconds, f"account {name} reached its {hold.limit} limit"
 
+    async def _check_in(self, name: str) -> Hold | None:
+        """An account that refuses over its limits: one message handed over, for the fleet."""
+        shared = self.shared.get(f"account:{name}")
+        if shared is None:
+            return None
+        hold = await shared.take()
+        self.accounts.seen[name] = shared.used
+        return hold
+
     def give_back_account(self, name: str) -> None:
         """A delivery admitted by ``admit_account`` did not go out after all."""
         if self.fleet is None:
             self.accounts.give_back(name)
             return
-        shared = self.shared.get(f"account:{name}")
+        shared = self._waiting(name)
         if shared is not None:
             shared.refund()
+
+    def _waiting(self, name: str) -> SharedQuota | None:
+        """The fleet's counts of account ``name`` when it waits over its limits (one that
+        refuses was counted at hand-over)."""
+        account = self.accounts.configs.get(name)
+        if account is None or account.over_limit != "wait":
+            return None
+        return self.shared.get(f"account:{name}")
 
     def sent(self, name: str, seconds: float) -> int:
         """Relay ``name``'s sends in the last hour or day (``seconds``): the fleet's as its last
@@ -219,6 +235,7 @@ class Guards:
     async def _join(self, fleet: FleetState) -> None:
         """Count with the fleet from now on, and take its suppression list."""
         self.fleet = fleet
+        self.accounts.shared = self._check_in
         self.suppressions = Suppressions()
         self.suppressions.shared = True
         self.reconfigure(self.config)
