@@ -80,6 +80,10 @@ EVENT_DEFAULTS: dict[str, object] = {
     "waiting_since": 0.0,
     "calls": (),
     "subject": None,
+    "account": None,
+    "source": None,
+    "login": None,
+    "peer": None,
 }
 
 

@@ -188,3 +188,29 @@ async def test_the_history_per_user_filters_by_account(
     assert none.exit_code == 1 and "account 'nobody'" in none.output
     bare = await asyncio.to_thread(runner.invoke, cli, base)
     assert bare.exit_code == 2 and "--account" in bare.output
+
+
+def test_mqd_status_draws_each_account_and_the_suppression_list() -> None:
+    from mqd.admin.render import render_status
+
+    lines = render_status(
+        {
+            "running": False,
+            "messages": 0,
+            "by_state": {},
+            "failed": 0,
+            "queue_dir": "/q",
+            "suppressed": 3,
+            "accounts": {
+                "shop": {
+                    "over_limit": "wait",
+                    "limits": {"minute": 2, "day": 100},
+                    "sent": {"minute": 2, "day": 40},
+                    "held": 5,
+                    "refused": 0,
+                }
+            },
+        }
+    )
+    assert "  shop: 2/2 a minute, 40/100 a day; 5 held back over a limit" in lines
+    assert any(line.startswith("suppressed") and "3 address(es)" in line for line in lines)

@@ -44,6 +44,7 @@ def traffic() -> list[Record]:
             relay="main",
             sender="app@example.com",
             recipients=("x@example.net", "y@example.net"),
+            account="shop",
         ),
         Record("a", S.DISPATCHED, T0 + 7, recipient="x@example.net", relay="main"),
         Record("a", S.DISPATCHED, T0 + 7, recipient="y@example.net", relay="main"),
@@ -110,6 +111,9 @@ def test_activity_counts_messages_by_bucket_outcome_relay_and_sender(store: SQLi
     assert activity.senders["news@example.com"] == [0, 0, 1, 0, 0]
     assert activity.sender_totals["bad@example.org"] == {"failed": 1}
     assert activity.sender_totals["app@example.com"] == {"delivered": 1, "failed": 1}
+    # Only a's queued event named its [[account]]: b and d have none, so no series.
+    assert activity.accounts == {"shop": [1, 0, 0, 0, 0]}
+    assert activity.account_totals == {"shop": {"delivered": 1}}
 
 
 def test_activity_keeps_the_delivery_latency_per_bucket(store: SQLiteStore) -> None:

@@ -231,6 +231,11 @@ async def test_the_api_lists_to_readers_and_changes_only_with_the_operator_token
             async with http.get("/suppressions", headers=READER) as r:
                 page = await r.text()
             assert "hal@example.net" in page and "asked" in page
+            async with http.get("/", headers=READER) as r:
+                overview = await r.text()
+            assert '<a href="/suppressions">1</a>' in overview
+            assert "<h2>Accounts</h2>" in overview and "waits (0 held back)" in overview
+            assert (await daemon.admin.status()).suppressed == 1
             async with http.delete("/api/v1/suppressions/hal@example.net", headers=READER) as r:
                 assert r.status == 403
             async with http.delete("/api/v1/suppressions/hal@example.net", headers=OPERATOR) as r:

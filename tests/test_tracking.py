@@ -1,6 +1,7 @@
 """The event store: a real daemon's events in SQLite, provider events matched and de-duplicated,
 statuses that never go backwards, retention, ``mqd history`` / ``mqd events``, and signed
-notifications POSTed to a real HTTP server."""
+notifications POSTed to a real HTTP server. The tracker's own tests run on both stores
+(``store_dsn``: SQLite, and PostgreSQL in a schema of its own)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from pgfixtures import PgSchema
 
 from mqd.clock import ManualClock
 from mqd.config.schema import Config
@@ -156,13 +158,32 @@ async def test_tracking_off_writes_no_database(mqd_harness: Harness) -> None:
 # -- provider events ------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_dsn(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None for the SQLite store; for the PostgreSQL one, the DSN of a schema of its own."""
+    if request.param == "sqlite":
+        yield None
+        return
+    schema = PgSchema()
+    try:
+        yield schema.dsn
+    finally:
+        schema.drop()
+
+
 @asynccontextmanager
-async def tracker_for(tmp_path: Path, **tracking: Any) -> AsyncIterator[Tracker]:
+async def tracker_for(
+    tmp_path: Path, dsn: str | None = None, **tracking: Any
+) -> AsyncIterator[Tracker]:
+    """A tracker on SQLite, or with ``dsn`` on the queue's PostgreSQL database."""
     from mqd.config.load import parse_config
 
+    queue: dict[str, Any] = {"dir": str(tmp_path / "queue")}
+    if dsn is not None:
+        queue |= {"store": "postgresql", "dsn": dsn, "node": "node-1"}
     config = parse_config(
         {
-            "queue": {"dir": str(tmp_path / "queue")},
+            "queue": queue,
             "relays": {"mem": {"plugin": "memory"}},
             "spool": [{"path": str(tmp_path / "spool"), "relay": "mem"}],
             "tracking": tracking,
@@ -209,8 +230,10 @@ def provider(status: Status, event_id: str, **kwargs: Any) -> ProviderEvent:
     return ProviderEvent(status, kwargs.pop("at", time.time()), event_id, **kwargs)
 
 
-async def test_provider_events_match_by_our_id_then_by_theirs(tmp_path: Path) -> None:
-    async with tracker_for(tmp_path) as tracker:
+async def test_provider_events_match_by_our_id_then_by_theirs(
+    tmp_path: Path, store_dsn: str | None
+) -> None:
+    async with tracker_for(tmp_path, store_dsn) as tracker:
         dispatched(tracker)
         # No flush first: ingest writes what is buffered before matching.
         new = await tracker.ingest(
@@ -235,8 +258,8 @@ async def test_provider_events_match_by_our_id_then_by_theirs(tmp_path: Path) ->
         assert sources[-2:] == [("delivered", "sendgrid"), ("delivered", "sendgrid")]
 
 
-async def test_a_duplicate_event_is_recorded_once(tmp_path: Path) -> None:
-    async with tracker_for(tmp_path) as tracker:
+async def test_a_duplicate_event_is_recorded_once(tmp_path: Path, store_dsn: str | None) -> None:
+    async with tracker_for(tmp_path, store_dsn) as tracker:
         dispatched(tracker)
         event = provider(Status.OPENED, "sg-evt-1", recipient="bob@example.net", mqd_id=MID)
         assert await tracker.ingest("sendgrid", [event]) == 1
@@ -248,8 +271,10 @@ async def test_a_duplicate_event_is_recorded_once(tmp_path: Path) -> None:
         assert [e.status for e in found.events].count("opened") == 2
 
 
-async def test_a_late_event_never_moves_a_status_backwards(tmp_path: Path) -> None:
-    async with tracker_for(tmp_path) as tracker:
+async def test_a_late_event_never_moves_a_status_backwards(
+    tmp_path: Path, store_dsn: str | None
+) -> None:
+    async with tracker_for(tmp_path, store_dsn) as tracker:
         dispatched(tracker)
         now = time.time()
         await tracker.ingest(
@@ -277,8 +302,10 @@ async def test_a_late_event_never_moves_a_status_backwards(tmp_path: Path) -> No
         assert [m.id for m in await tracker.failures()] == [MID]
 
 
-async def test_an_event_for_our_id_unknown_here_is_kept(tmp_path: Path) -> None:
-    async with tracker_for(tmp_path) as tracker:
+async def test_an_event_for_our_id_unknown_here_is_kept(
+    tmp_path: Path, store_dsn: str | None
+) -> None:
+    async with tracker_for(tmp_path, store_dsn) as tracker:
         other = "0190000000ffffffffffff"
         assert (
             await tracker.ingest(
@@ -290,8 +317,10 @@ async def test_an_event_for_our_id_unknown_here_is_kept(tmp_path: Path) -> None:
         assert found is not None and found.status == "bounced"
 
 
-async def test_retention_prunes_old_events_and_messages(tmp_path: Path) -> None:
-    async with tracker_for(tmp_path, retention="1h") as tracker:
+async def test_retention_prunes_old_events_and_messages(
+    tmp_path: Path, store_dsn: str | None
+) -> None:
+    async with tracker_for(tmp_path, store_dsn, retention="1h") as tracker:
         await wait_until(lambda: tracker.prunes, "its own first pruning pass (at start-up)")
         old = time.time() - 7200
         tracker.observe(Claimed(message_id=MID, time=old, file="a.eml", spool="/s"))
@@ -441,7 +470,7 @@ async def notifier_caught_up(tracker: Tracker) -> None:
     """Wait until a notifier's cursor is at the newest event: it has nothing left to send."""
 
     async def caught_up() -> bool:
-        return await tracker.cursor(notify_module.CURSOR) == await tracker.last_seq()
+        return await tracker.cursor(notify_module.CURSOR) == await tracker.last_position()
 
     await wait_until(caught_up, "the notifier to reach the newest event")
 
@@ -551,9 +580,11 @@ def test_notify_config_errors() -> None:
     assert os.environ.get("HOME")
 
 
-async def test_an_id_among_several_joined_ones_matches(tmp_path: Path) -> None:
+async def test_an_id_among_several_joined_ones_matches(
+    tmp_path: Path, store_dsn: str | None
+) -> None:
     """SES sends more than 50 recipients in several calls: the relay joins their ids."""
-    async with tracker_for(tmp_path) as tracker:
+    async with tracker_for(tmp_path, store_dsn) as tracker:
         dispatched(tracker, provider_id="ses-a,ses-b,ses-c")
         for n, pid in enumerate(("ses-a", "ses-b", "ses-c")):
             event = provider(
@@ -616,22 +647,22 @@ async def test_a_reload_says_which_tracking_tables_wait_for_a_restart(
 
 
 async def test_notifications_survive_a_failing_store(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_dsn: str | None
 ) -> None:
     monkeypatch.setattr(notify_module, "IDLE_POLL", 0.05)
     from mqd.config.options import Secret
     from mqd.config.schema import NotifyConfig
 
-    async with App() as app, tracker_for(tmp_path) as tracker:
+    async with App() as app, tracker_for(tmp_path, store_dsn) as tracker:
         assert tracker.store is not None
         real = tracker.store.events_after
         failures_left = [2]
 
-        def flaky(seq: int, limit: int) -> list[FeedEvent]:
+        def flaky(position: int, limit: int) -> list[FeedEvent]:
             if failures_left[0]:
                 failures_left[0] -= 1
                 raise OSError("disk I/O error")
-            return real(seq, limit)
+            return real(position, limit)
 
         monkeypatch.setattr(tracker.store, "events_after", flaky)
         notifier = Notifier(tracker, NotifyConfig(url=app.url, secret=Secret("k")))

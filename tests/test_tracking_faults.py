@@ -169,7 +169,7 @@ def _newer_schema(tmp_path: Path) -> None:
 def _closed(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "t.sqlite3")
     store.close()
-    store.last_seq()
+    store.last_position()
 
 
 @pytest.mark.parametrize(
@@ -392,7 +392,7 @@ def test_a_worker_never_sets_aside_the_store_another_has_just_made(tmp_path: Pat
     [aside] = tmp_path.glob("tracking.sqlite3.corrupt-*[0-9]Z")
     # Worker two still had it open: SQLite left its -wal and -shm, and they went with it.
     assert Path(f"{aside}-wal").exists() and Path(f"{aside}-shm").exists()
-    assert one.read(lambda s: s.last_seq()) == 2  # both wrote to the new store
+    assert one.read(lambda s: s.last_position()) == 2  # both wrote to the new store
     one.close()
     two.close()
 

@@ -227,6 +227,9 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
         ("oldest", human_age(float(oldest)) if oldest is not None else "-"),
         ("failed", f"{failed}" + (" ('mqd failed list' shows them)" if failed else "")),
     ]
+    suppressed = int(status.get("suppressed") or 0)
+    if suppressed:
+        fields.append(("suppressed", f"{suppressed} address(es) ('mqd suppress list' shows them)"))
     workers: Sequence[Mapping[str, Any]] = status.get("workers") or []
     if workers:
         fields.insert(1, ("workers", "; ".join(_worker(w) for w in workers)))

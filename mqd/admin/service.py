@@ -214,6 +214,7 @@ class QueueAdmin(SuppressionOps):
                 )
                 for use in node.guards.accounts.use()
             },
+            suppressed=len(node.guards.suppressions.items(now)),
         )
 
     def _relay_status(self, name: str, plugin: str, queued: int) -> RelayStatus:

@@ -178,6 +178,8 @@ class Status:
     sources: list[SourceStatus] = field(default_factory=list)
     #: Each ``[[account]]`` by its name: its use against its limits.
     accounts: dict[str, AccountStatus] = field(default_factory=dict)
+    #: Addresses on the suppression list now (``mqd suppress list``).
+    suppressed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

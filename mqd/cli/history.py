@@ -19,18 +19,27 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from mqd.tracking.answers import FeedEvent
-    from mqd.tracking.sqlite import SQLiteStore
+    from mqd.tracking.eventstore import EventStore
 
 
-def _tracking_store(config: Config) -> AbstractContextManager[SQLiteStore]:
+def _tracking_store(config: Config) -> AbstractContextManager[EventStore]:
     """The event store, read-only, for a ``with`` block; a clear error when tracking is off or
-    has no database yet, and a TrackingError (exit 74) naming the file when it is damaged or
-    cannot be read, whether at opening or by a query."""
+    has no database yet, and a TrackingError (exit 74) naming the file (or the database) when
+    it is damaged or cannot be read, whether at opening or by a query. With the event store in
+    the queue's PostgreSQL database, any node reads every node's history."""
+    from mqd.config.tracking import tracking_database
     from mqd.tracking.sqlitefile import reading
 
     path = config.tracking_path
     if not config.tracking.enabled:
         raise ConfigError("tracking is off ([tracking] enabled = false): there is no history")
+    database = tracking_database(config)
+    if database is not None:
+        from mqd.queue.postgresql.connect import Database
+        from mqd.tracking import pghome
+
+        password = database.password.reveal() if database.password else None
+        return pghome.reading(Database(database.dsn, password))
     if not path.exists():
         raise ConfigError(
             f"no event store at {path} yet: it is created when 'mqd run' starts with "
@@ -120,12 +129,12 @@ def events(state: State, follow: bool, last: int, as_json: bool, interval: float
                 click.echo(event_line(event, with_message=True))
 
     with _tracking_store(state.load()) as store, contextlib.suppress(KeyboardInterrupt):
-        seq = max(store.last_seq() - last, 0)
+        position = store.last_position(last)
         while True:
-            batch = store.events_after(seq, 500)
+            batch = store.events_after(position, 500)
             show(batch)
             if batch:
-                seq = batch[-1].seq
+                position = batch[-1].position
                 continue
             if not follow:
                 return

@@ -37,9 +37,9 @@ from mqd.config.sections import (
     parse_sendmail,
     parse_spools,
     parse_tracing,
-    parse_tracking,
 )
 from mqd.config.sources import GENERIC, SOURCE_KINDS, parse_sources
+from mqd.config.tracking import parse_tracking
 from mqd.errors import ConfigError, raise_gathered
 
 #: locate_config lives in mqd.config.paths (cheap to import); named here as well.
@@ -135,7 +135,8 @@ def parse_config(
             lambda: parse_metrics(table("metrics")), lambda: parse_metrics(empty("metrics"))
         ),
         tracking=root.attempt(
-            lambda: parse_tracking(table("tracking")), lambda: parse_tracking(empty("tracking"))
+            lambda: parse_tracking(table("tracking"), queue.store),
+            lambda: parse_tracking(empty("tracking")),
         ),
         tracing=root.attempt(
             lambda: parse_tracing(table("tracing")), lambda: parse_tracing(empty("tracing"))

@@ -263,6 +263,8 @@ class TrackingConfig:
     enabled: bool = True
     #: The SQLite database; None means ``<queue dir>/tracking.sqlite3``.
     path: Path | None = None
+    #: ``auto`` (PostgreSQL when the queue is, else SQLite), ``sqlite`` or ``postgresql``.
+    store: str = "auto"
     #: Events (and messages whose newest event is) older than this are pruned.
     retention: float = 30 * 86400.0
 

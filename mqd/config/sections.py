@@ -26,7 +26,6 @@ from mqd.config.schema import (
     SendmailConfig,
     SpoolConfig,
     TracingConfig,
-    TrackingConfig,
     available_cores,
     default_http_connections,
 )
@@ -43,7 +42,6 @@ __all__ = [
     "parse_sendmail",
     "parse_spools",
     "parse_tracing",
-    "parse_tracking",
 ]
 
 
@@ -299,18 +297,6 @@ def parse_metrics(opts: Options) -> MetricsConfig:
 
 def parse_tracing(opts: Options) -> TracingConfig:
     config = TracingConfig(enabled=opts.boolean("enabled", False))
-    opts.finish()
-    return config
-
-
-def parse_tracking(opts: Options) -> TrackingConfig:
-    config = TrackingConfig(
-        enabled=opts.boolean("enabled", True),
-        path=opts.filepath("path", None),
-        retention=opts.duration("retention", "30d"),
-    )
-    if config.retention <= 0:
-        raise opts.error("retention", 'must be more than 0, e.g. "30d"')
     opts.finish()
     return config
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from mqd.config.load import load_config
 from mqd.config.schema import Config
+from mqd.config.tracking import tracking_database
 from mqd.errors import ConfigError, DirectoryError, raise_gathered
 from mqd.intake.sources import check_sources
 from mqd.plugins.host import PluginHost
@@ -81,7 +82,11 @@ def check_environment(config: Config, skip: Sequence[ConfigError] = ()) -> Envir
     for spool in config.spools:
         if f"spool[{spool.index}]" not in spoiled:
             look(f"spool[{spool.index}].path", spool.path, must_write=False)
-    if config.tracking.enabled and not spoiled & {"queue", "tracking"}:
+    if (
+        config.tracking.enabled
+        and not spoiled & {"queue", "tracking"}
+        and tracking_database(config) is None  # in the queue's database, not a file
+    ):
         key = "tracking.path" if config.tracking.path else "queue.dir"
         if config.tracking_path.parent != config.queue.dir:
             problem = directory_problem(config.tracking_path.parent)

@@ -249,6 +249,20 @@ def render(activity: Activity, *, name: str, called: str, per: str, now: float) 
         ),
         _totals_table("Sender", activity.sender_totals, senders),
     ]
+    if activity.accounts:  # only where [[account]] tables group the senders
+        parts += [
+            f"<h2>Delivered {e(per)}, per account</h2>",
+            bars(
+                "accounts",
+                title=f"Messages delivered {per} per account, {called}",
+                desc=f"Stacked bars, the {MOST} busiest accounts and the others.",
+                labels=labels,
+                tips=tips,
+                series=_top(activity.accounts, activity.account_totals, {}),
+                empty="No account's mail was delivered in this window",
+            ),
+            _totals_table("Account", activity.account_totals, {}),
+        ]
     parts += _latency(activity, labels, tips, called)
     return "".join(parts)
 

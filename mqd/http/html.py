@@ -86,7 +86,7 @@ BAD = {
     Status.DELETED,
 }
 WAIT = {Status.DEFERRED, Status.UNSUBSCRIBED}
-STATES = ("active", "waiting", "deferred", "held")
+STATES = ("active", "waiting", "scheduled", "deferred", "held")
 
 
 # -- rendering helpers ----------------------------------------------------------------------------

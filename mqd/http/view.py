@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -86,6 +87,10 @@ class View:
                 f'<a href="/failed">{failed}</a>'
                 + (" <span class='st st-bad'>needs a look</span>" if failed else ""),
             ),
+            (
+                "Suppressed",
+                f'<a href="/suppressions">{int(status.get("suppressed") or 0)}</a> address(es)',
+            ),
             ("History", "on" if self.site.tracker is not None else "off ([tracking])"),
             ("Version", e(status["version"])),
             ("Up for", e(human_age(status["uptime"] or 0))),
@@ -140,6 +145,13 @@ class View:
                 empty="No relay configured.",
             )
         )
+        accounts = status.get("accounts") or {}
+        if accounts:
+            body += "<h2>Accounts</h2>" + table(
+                ("Account", "Use against its limits", "Over a limit"),
+                [[e(name), e(_account_use(use)), e(_over(use))] for name, use in accounts.items()],
+                empty="",
+            )
         return page("Queue", body, here="/")
 
     # -- /messages --------------------------------------------------------------------------------
@@ -266,3 +278,15 @@ def _https(request: web.Request) -> bool:
     ``X-Forwarded-Proto`` is believed for this, since it can only make the cookie stricter)."""
     forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
     return request.secure or forwarded == "https"
+
+
+def _account_use(use: dict[str, Any]) -> str:
+    """``40/100 a minute, 900/20000 a day`` for one [[account]]."""
+    limits, sent = use.get("limits") or {}, use.get("sent") or {}
+    return ", ".join(f"{sent.get(w, 0)}/{limit} a {w}" for w, limit in limits.items()) or "-"
+
+
+def _over(use: dict[str, Any]) -> str:
+    if use.get("over_limit") == "refuse":
+        return f"refuses ({use.get('refused', 0)} refused)"
+    return f"waits ({use.get('held', 0)} held back)"

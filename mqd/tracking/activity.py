@@ -88,6 +88,10 @@ class Activity:
     senders: dict[str, list[int]] = field(default_factory=dict)
     #: Each sender's messages in the whole window, by outcome.
     sender_totals: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Messages delivered per bucket for each ``[[account]]`` (mail no account claims: none).
+    accounts: dict[str, list[int]] = field(default_factory=dict)
+    #: Each account's messages in the whole window, by outcome.
+    account_totals: dict[str, dict[str, int]] = field(default_factory=dict)
     #: Per bucket, recipients dispatched in each latency bin (``len(LATENCY_BOUNDS) + 1``).
     latency: list[list[int]] = field(default_factory=list)
 
@@ -138,6 +142,8 @@ def joined(first: Activity, second: Activity) -> Activity:
         relay_totals=totals(first.relay_totals, second.relay_totals),
         senders=series(first.senders, second.senders),
         sender_totals=totals(first.sender_totals, second.sender_totals),
+        accounts=series(first.accounts, second.accounts),
+        account_totals=totals(first.account_totals, second.account_totals),
         latency=first.latency + second.latency,
     )
 

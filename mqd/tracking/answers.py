@@ -9,12 +9,21 @@ prints; the OpenAPI schemas of that form are generated from these classes
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import json
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from mqd.tracking.vocabulary import Status
 
-__all__ = ["FeedEvent", "MessageHistory", "MessageSummary", "RecipientStatus", "TimelineEvent"]
+__all__ = [
+    "FeedEvent",
+    "MessageHistory",
+    "MessageSummary",
+    "RecipientStatus",
+    "TimelineEvent",
+    "event_fields",
+    "timeline_order",
+]
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,13 @@ class FeedEvent(TimelineEvent):
     message_id: str | None
     #: The message's envelope sender.
     sender: str | None
+    #: Where it is in the feed (``EventStore.events_after``): opaque, ordered.
+    position: int = field(default=0, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        found = asdict(self)
+        del found["position"]
+        return found
 
 
 @dataclass(frozen=True)
@@ -113,3 +129,26 @@ class MessageHistory(MessageSummary):
     def of(cls, summary: MessageSummary, events: list[TimelineEvent]) -> MessageHistory:
         """``summary`` with its ``events``."""
         return cls(**{f.name: getattr(summary, f.name) for f in fields(summary)}, events=events)
+
+
+def timeline_order(event: TimelineEvent) -> tuple[int, bool, float, int]:
+    """In the order things happened. Providers give whole seconds, so within one second mqd's
+    own events (which caused the provider's) come first."""
+    return (int(event.at), event.source != "mqd", event.at, event.seq)
+
+
+def event_fields(row: Any) -> dict[str, Any]:
+    """A row of a store's events (by column name: ``sqlite3.Row``, a dict) as
+    ``TimelineEvent``'s fields."""
+    return {
+        "seq": row["seq"],
+        "message": row["message"],
+        "recipient": row["recipient"],
+        "status": Status(row["status"]),
+        "at": row["at"],
+        "source": row["source"],
+        "relay": row["relay"],
+        "provider_id": row["provider_id"],
+        "reply": row["reply"],
+        "detail": json.loads(row["detail"] or "{}"),
+    }

@@ -1,7 +1,15 @@
 """The event store interface: what the tracker, the queries and ``mqd history`` need of a store.
 
-``SQLiteStore`` (``mqd.tracking.sqlite``) implements it; a PostgreSQL store will implement the
-same. Only typed values cross it (records, keys, statuses, times), never SQL.
+``SQLiteStore`` (``mqd.tracking.sqlite``) and ``PostgresEventStore`` (``mqd.tracking.postgresql``,
+shared by every node of a fleet) implement it. Only typed values cross it (records, keys,
+statuses, times, positions), never SQL.
+
+Readers of the feed (``mqd events -f``, the notifier) go by *position*: an int, opaque, that
+orders the events as ``events_after`` returns them (each ``FeedEvent.position``). In SQLite it is
+the ``seq``. In PostgreSQL, where a sequence's numbers can commit out of order between nodes,
+it is the writing transaction's id and the ``seq`` together, and ``events_after`` returns only
+events that nothing still running can precede: a position once passed is never preceded by an
+event committed later. A cursor is a reader's position, kept in the store.
 
 Results are typed (``mqd.tracking.answers``): ``MessageSummary`` for a message (its
 recipients' ``RecipientStatus`` included), ``TimelineEvent`` for an event, ``FeedEvent`` for an
@@ -36,8 +44,8 @@ class EventStore(abc.ABC):
         of an event recorded before, by ``event_key``)."""
 
     @abc.abstractmethod
-    def set_cursor(self, name: str, seq: int) -> None:
-        """Remember ``seq`` as the cursor ``name`` (a reader's position in the events)."""
+    def set_cursor(self, name: str, position: int) -> None:
+        """Remember ``position`` as the cursor ``name`` (a reader's position in the events)."""
 
     @abc.abstractmethod
     def prune(self, before: float) -> int:
@@ -85,17 +93,25 @@ class EventStore(abc.ABC):
         a provider's, which whole seconds cannot order)."""
 
     @abc.abstractmethod
-    def events_after(self, seq: int, limit: int) -> list[FeedEvent]:
-        """At most ``limit`` events recorded after ``seq``, in ``seq`` order, each also with its
-        message's ``message_id`` and ``sender``."""
+    def events_after(self, position: int, limit: int) -> list[FeedEvent]:
+        """At most ``limit`` events after ``position`` (0: from the first), in position order,
+        each also with its message's ``message_id`` and ``sender``: only those no event
+        committed later can come before."""
 
     @abc.abstractmethod
-    def last_seq(self) -> int:
-        """The ``seq`` of the newest event; 0 when there is none."""
+    def last_position(self, back: int = 0) -> int:
+        """The position after which ``events_after`` finds the newest ``back`` events (0: the
+        newest event's, now); 0 when there are no more events than that."""
 
     @abc.abstractmethod
     def cursor(self, name: str) -> int:
-        """The cursor ``name``; -1 if it was never set."""
+        """The cursor ``name`` (a position); -1 if it was never set."""
+
+    @abc.abstractmethod
+    def lead(self, name: str) -> bool:
+        """Whether this store object is, or has now become, the one reader of the cursor
+        ``name`` among every node sharing the store (the notifier: one node sends each
+        notification). It stays so until the store is closed or its connection is lost."""
 
     @abc.abstractmethod
     def activity(self, window: Window) -> Activity:

@@ -5,6 +5,11 @@ It reads the event store after a cursor kept in the store itself, so a restart r
 it stopped (at least once: the application de-duplicates by ``seq``). It runs as its own task:
 a slow or failing application delays notifications, never delivery.
 
+Nodes sharing a PostgreSQL event store share the cursor too: one of them at a time sends
+(``EventStore.lead``), the others stand by and take over, from the cursor, when it stops or
+loses the database. The cursor is a feed position (``EventStore.events_after``), so events that
+other nodes commit out of ``seq`` order are neither skipped nor sent twice.
+
 The signature: ``X-Mqd-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>." + body)>`` with
 ``X-Mqd-Timestamp: <unix seconds>``; the application recomputes it and refuses old timestamps.
 """
@@ -38,8 +43,13 @@ CURSOR = "notify"
 #: Backoff between tries of one notification: 1 s doubling to 5 minutes.
 FIRST_DELAY = 1.0
 MAX_DELAY = 300.0
-#: When nothing was recorded, look again after this long anyway.
+#: When nothing was recorded, look again after this long anyway (other nodes' events, a
+#: standby node's try to take over).
 IDLE_POLL = 5.0
+#: Soon after this node recorded something that could not be read yet (another transaction,
+#: still running, holds the feed back), look again after this long.
+PENDING_POLL = 0.2
+PENDING_FOR = 2.0
 
 
 def sign(secret: bytes, timestamp: int, body: bytes) -> str:
@@ -82,6 +92,8 @@ class Notifier:
         self._generation: int | None = None
         #: Whether it said it waits for a paused tracker (it says so once a pause).
         self._waiting = False
+        #: Whether it said another node sends the notifications (once a stand-by).
+        self._standby = False
         #: How many were sent and how many given up on (for logs and tests).
         self.sent = 0
         self.dropped = 0
@@ -122,32 +134,49 @@ class Notifier:
 
     async def _follow(self, session: aiohttp.ClientSession) -> None:
         """Notify every event after the cursor, then each new one, until the tracker opens
-        another store (a damaged one set aside): then return, to start over in it."""
+        another store (a damaged one set aside): then return, to start over in it. Another
+        node sending them: wait a while, and return to try again."""
         tracker = self.tracker
         generation = tracker.generation
-        seq = await tracker.cursor(CURSOR)
-        if seq < 0:
+        if not await tracker.lead(CURSOR):
+            if not self._standby:
+                log.info("another node sends the notifications: this one takes over if it stops")
+            self._standby = True
+            await asyncio.sleep(IDLE_POLL)
+            return
+        if self._standby:
+            log.info("this node sends the notifications now (from where the other stopped)")
+        self._standby = False
+        position = await tracker.cursor(CURSOR)
+        if position < 0:
             # First run with [notify]: start from now, not with the whole history. In a new
             # store that replaced a damaged one, every event is new: start from its first.
-            seq = 0 if self._generation is not None else await tracker.last_seq()
-            await tracker.set_cursor(CURSOR, seq, generation)
+            position = 0 if self._generation is not None else await tracker.last_position()
+            await tracker.set_cursor(CURSOR, position, generation)
         self._generation = generation
         self._waiting = False
+        changed_at = -PENDING_FOR
         while tracker.generation == generation:
+            if not await tracker.lead(CURSOR):
+                return  # its session was lost: another node may send them now
             tracker.changed.clear()
-            batch = await tracker.events_after(seq, 100)
+            batch = await tracker.events_after(position, 100)
             if tracker.generation != generation:
                 return  # read from the new store: positions differ
             for event in batch:
                 if not self.config.statuses or event.status in self.config.statuses:
                     await self._deliver(session, event)
-                    await tracker.set_cursor(CURSOR, event.seq, generation)
-                seq = event.seq
+                    await tracker.set_cursor(CURSOR, event.position, generation)
+                position = event.position
             if batch:
-                await tracker.set_cursor(CURSOR, seq, generation)  # past skipped ones
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(tracker.changed.wait(), IDLE_POLL)
+                await tracker.set_cursor(CURSOR, position, generation)  # past skipped ones
+                continue
+            recent = time.monotonic() - changed_at < PENDING_FOR
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    tracker.changed.wait(), PENDING_POLL if recent else IDLE_POLL
+                )
+                changed_at = time.monotonic()
 
     async def _deliver(self, session: aiohttp.ClientSession, event: FeedEvent) -> None:
         body = notification_body(event)

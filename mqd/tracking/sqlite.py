@@ -8,14 +8,20 @@ file is damaged is ``mqd.tracking.sqlitefile``'s business, not this module's.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from mqd.tracking.activity import Activity, Window
-from mqd.tracking.answers import FeedEvent, MessageSummary, RecipientStatus, TimelineEvent
+from mqd.tracking.answers import (
+    FeedEvent,
+    MessageSummary,
+    RecipientStatus,
+    TimelineEvent,
+    event_fields,
+    timeline_order,
+)
 from mqd.tracking.batch import (
     EVENT_COLUMNS,
     EVENT_KEEP,
@@ -191,12 +197,12 @@ class SQLiteStore(EventStore):
             max(1, min(ROWS_PER_STATEMENT, self._max_parameters // width)).bit_length() - 1
         )
 
-    def set_cursor(self, name: str, seq: int) -> None:
+    def set_cursor(self, name: str, position: int) -> None:
         with self._db:
             self._db.execute(
                 "INSERT INTO cursors (name, seq) VALUES (?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
-                (name, seq),
+                (name, position),
             )
 
     def prune(self, before: float) -> int:
@@ -338,28 +344,35 @@ class SQLiteStore(EventStore):
         rows = self._db.execute(
             "SELECT * FROM events WHERE message = ? ORDER BY at, seq", (message,)
         ).fetchall()
-        return sorted((_event(row) for row in rows), key=_timeline_order)
+        return sorted((TimelineEvent(**event_fields(row)) for row in rows), key=timeline_order)
 
-    def events_after(self, seq: int, limit: int) -> list[FeedEvent]:
-        # With the message's Message-ID and sender: what an application correlates by.
+    def events_after(self, position: int, limit: int) -> list[FeedEvent]:
+        # One writer at a time: seq order is commit order, and the position is the seq. With
+        # the message's Message-ID and sender: what an application correlates by.
         rows = self._db.execute(
             "SELECT events.*, messages.message_id AS message_id, messages.sender AS sender "
             "FROM events LEFT JOIN messages ON messages.id = events.message "
             "WHERE seq > ? ORDER BY seq LIMIT ?",
-            (seq, limit),
+            (position, limit),
         ).fetchall()
         return [
             FeedEvent(
-                **_event_fields(row),
+                **event_fields(row),
                 message_id=row["message_id"],
                 sender=row["sender"],
+                position=row["seq"],
             )
             for row in rows
         ]
 
-    def last_seq(self) -> int:
-        row = self._db.execute("SELECT MAX(seq) FROM events").fetchone()
-        return int(row[0] or 0)
+    def last_position(self, back: int = 0) -> int:
+        row = self._db.execute(
+            "SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?", (back,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def lead(self, name: str) -> bool:
+        return True  # one daemon's workers: the first one runs the notifier
 
     def cursor(self, name: str) -> int:
         row = self._db.execute("SELECT seq FROM cursors WHERE name = ?", (name,)).fetchone()
@@ -370,29 +383,3 @@ class SQLiteStore(EventStore):
 
     def close(self) -> None:
         self._db.close()
-
-
-def _timeline_order(event: TimelineEvent) -> tuple[int, bool, float, int]:
-    """In the order things happened. Providers give whole seconds, so within one second mqd's
-    own events (which caused the provider's) come first."""
-    return (int(event.at), event.source != "mqd", event.at, event.seq)
-
-
-def _event(row: sqlite3.Row) -> TimelineEvent:
-    return TimelineEvent(**_event_fields(row))
-
-
-def _event_fields(row: sqlite3.Row) -> dict[str, Any]:
-    """A row of ``events`` as ``TimelineEvent``'s fields."""
-    return {
-        "seq": row["seq"],
-        "message": row["message"],
-        "recipient": row["recipient"],
-        "status": Status(row["status"]),
-        "at": row["at"],
-        "source": row["source"],
-        "relay": row["relay"],
-        "provider_id": row["provider_id"],
-        "reply": row["reply"],
-        "detail": json.loads(row["detail"] or "{}"),
-    }

@@ -34,13 +34,13 @@ from mqd.tracking.eventstore import EventStore
 from mqd.tracking.keeper import StoreKeeper
 from mqd.tracking.queries import failures, history, message, recent, recipient
 from mqd.tracking.records import Record
-from mqd.tracking.sqlitefile import SQLiteHome
 from mqd.tracking.vocabulary import ProviderEvent, Status
 
 if TYPE_CHECKING:
     from mqd.config.schema import Config
+    from mqd.tracking.keeper import StoreHome
 
-__all__ = ["Tracker", "records_for"]
+__all__ = ["Tracker", "home_of", "records_for"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,22 @@ def records_for(event: Event) -> list[Record]:
     return [Record(**common)]  # Failed, Deleted: the message's final status
 
 
+def home_of(config: Config) -> StoreHome:
+    """Where ``config``'s event store is: the queue's PostgreSQL database, or a SQLite file."""
+    from mqd.config.tracking import tracking_database
+
+    database = tracking_database(config)
+    if database is not None:
+        from mqd.queue.postgresql.connect import Database
+        from mqd.tracking.pghome import PostgresHome
+
+        password = database.password.reveal() if database.password else None
+        return PostgresHome(Database(database.dsn, password))
+    from mqd.tracking.sqlitefile import SQLiteHome
+
+    return SQLiteHome(config.tracking_path)
+
+
 def _queued_detail(event: Queued) -> dict[str, Any]:
     detail: dict[str, Any] = {"route": list(event.route)}
     for name in ("source", "login", "peer"):
@@ -148,12 +164,13 @@ class Tracker:
 
     @classmethod
     async def open(cls, config: Config, *, clock: Callable[[], float] = time.monotonic) -> Tracker:
-        """A tracker for ``config.tracking_path``, its store opened. Never raises for the store:
-        a damaged one is set aside (a new one opened), one that cannot be opened pauses
-        tracking. ``clock`` (monotonic seconds) times the retries of a paused store."""
+        """A tracker for ``config.tracking_path`` (or the queue's database, see
+        ``mqd.config.tracking``), its store opened. Never raises for the store: a damaged
+        one is set aside (a new one opened), one that cannot be opened pauses tracking.
+        ``clock`` (monotonic seconds) times the retries of a paused store."""
         writer = ThreadPoolExecutor(1, thread_name_prefix="mqd-tracking")
-        path = config.tracking_path
-        keeper = StoreKeeper(SQLiteHome(path), clock=clock)
+        keeper = StoreKeeper(home_of(config), clock=clock)
+        path = keeper.home.where
         await asyncio.get_running_loop().run_in_executor(writer, keeper.start)
         tracker = cls(config, keeper, writer)
         tracker._tasks = [
@@ -255,13 +272,13 @@ class Tracker:
             self.keeper.write, lambda store: store.prune(cutoff), events=0, otherwise=0
         )
 
-    async def set_cursor(self, name: str, seq: int, generation: int | None = None) -> None:
+    async def set_cursor(self, name: str, position: int, generation: int | None = None) -> None:
         """Set the cursor ``name``; with ``generation``, only in the store of that generation
         (a position read in a store set aside since means nothing in the new one)."""
 
         def write(store: EventStore) -> None:
             if generation is None or generation == self.keeper.generation:
-                store.set_cursor(name, seq)
+                store.set_cursor(name, position)
 
         await self.call(self.keeper.write, write, events=0, otherwise=None)
 
@@ -314,11 +331,15 @@ class Tracker:
     ) -> list[MessageSummary]:
         return await self._read(lambda store: failures(store, since, limit))
 
-    async def events_after(self, seq: int, limit: int = 100) -> list[FeedEvent]:
-        return await self._read(lambda store: store.events_after(seq, limit))
+    async def events_after(self, position: int, limit: int = 100) -> list[FeedEvent]:
+        return await self._read(lambda store: store.events_after(position, limit))
 
-    async def last_seq(self) -> int:
-        return await self._read(lambda store: store.last_seq())
+    async def last_position(self) -> int:
+        return await self._read(lambda store: store.last_position())
+
+    async def lead(self, name: str) -> bool:
+        """Whether this node is (now) the one reader of the cursor ``name``."""
+        return await self._read(lambda store: store.lead(name))
 
     async def cursor(self, name: str) -> int:
         return await self._read(lambda store: store.cursor(name))

@@ -18,6 +18,8 @@ The tables (all in the connection's ``search_path`` schema):
   delivered and removed meanwhile.
 * ``mqd_failed``: the failed folder; ``mqd_state``: each node's small blobs; ``mqd_meta``: the
   schema version.
+* ``mqd_track_message``, ``mqd_track_recipient``, ``mqd_track_event``, ``mqd_track_cursor``:
+  the event store (``mqd.tracking.postgresql``), when tracking is on.
 * ``mqd_quota_count`` (sends per key and minute, for hour and day limits), ``mqd_quota_recent``
   (per key and second, for minute limits), ``mqd_node`` (each node's heartbeat) and
   ``mqd_suppression`` (the fleet's suppression list): ``mqd.queue.postgresql.fleet``.
@@ -109,6 +111,64 @@ CREATE TABLE mqd_state (
     PRIMARY KEY (node, name)
 );
 """,
+    # 2: the event store (mqd.tracking.postgresql): every node's history in one place. txid is
+    # the writing transaction's id: readers of the feed go by (txid, seq) below the oldest
+    # transaction still running, so that an event committed late is never skipped.
+    """
+CREATE TABLE mqd_track_message (
+    id text PRIMARY KEY,
+    message_id text,
+    sender text NOT NULL DEFAULT '',
+    status text NOT NULL,
+    created_at double precision NOT NULL,
+    updated_at double precision NOT NULL,
+    subject text,
+    not_a_message text,
+    account text
+);
+CREATE INDEX mqd_track_message_account ON mqd_track_message (account, created_at);
+CREATE INDEX mqd_track_message_message_id ON mqd_track_message (message_id);
+CREATE INDEX mqd_track_message_sender ON mqd_track_message (lower(sender));
+CREATE INDEX mqd_track_message_created ON mqd_track_message (created_at DESC, id DESC);
+CREATE INDEX mqd_track_message_updated ON mqd_track_message (updated_at);
+CREATE TABLE mqd_track_recipient (
+    message text NOT NULL,
+    address text NOT NULL,
+    status text NOT NULL,
+    rank integer NOT NULL,
+    updated_at double precision NOT NULL,
+    relay text,
+    provider_id text,
+    reply text,
+    PRIMARY KEY (message, address)
+);
+CREATE INDEX mqd_track_recipient_address ON mqd_track_recipient (address);
+CREATE INDEX mqd_track_recipient_provider_id ON mqd_track_recipient (provider_id);
+CREATE TABLE mqd_track_event (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    message text NOT NULL,
+    recipient text,
+    status text NOT NULL,
+    at double precision NOT NULL,
+    source text NOT NULL,
+    relay text,
+    provider_id text,
+    reply text,
+    detail text NOT NULL DEFAULT '{}',
+    event_key text UNIQUE
+);
+CREATE INDEX mqd_track_event_message ON mqd_track_event (message, seq);
+CREATE INDEX mqd_track_event_at ON mqd_track_event (at);
+CREATE INDEX mqd_track_event_feed ON mqd_track_event (txid, seq);
+CREATE TABLE mqd_track_cursor (
+    name text PRIMARY KEY,
+    txid xid8 NOT NULL,
+    seq bigint NOT NULL
+);
+""",
+    # 3: what the fleet shares (mqd.queue.postgresql.fleet): send counts, heartbeats, the
+    # suppression list; the nodes' small state carried over.
     """
 CREATE TABLE mqd_quota_count (
     key text NOT NULL,
