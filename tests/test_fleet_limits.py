@@ -113,6 +113,13 @@ async def test_reservations_never_exceed_the_limit_between_two_nodes(stores, clo
     # Giving back 3 lets 3 more go, on either node.
     await a.give_back([Returned("relay:main", now, 3)])
     assert (await b.reserve("relay:main", hour, 8, now, now)).n == 3
+    minute = (Window(60.0, 5, "per-minute"),)  # counted per second: given back the same way
+    assert (await a.reserve("account:shop", minute, 4, now, now)).n == 4
+    assert (await b.reserve("account:shop", minute, 4, now, now)).n == 1
+    await b.give_back([Returned("account:shop", now, 2)])
+    assert (await a.reserve("account:shop", minute, 4, now, now)).n == 2
+    later = await a.reserve("account:shop", minute, 4, now + 10, now + 10)
+    assert later.n == 0 and later.full == "per-minute" and later.wait == 50
 
 
 async def test_two_nodes_asking_8_each_admit_10_in_all_per_hour(stores, clock, make_config):
