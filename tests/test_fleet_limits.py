@@ -6,6 +6,7 @@ ManualClock; each test has a schema of its own (tests/pgfixtures.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -363,3 +364,14 @@ async def test_an_account_that_refuses_is_counted_for_the_fleet_at_hand_over(
     assert refusals[3] is not None and "per-hour" in refusals[3] and "refuse" in refusals[3]
     assert await a.admit_account("shop") is None  # counted at hand-over, not again
     assert b.accounts.use()[0].windows == (("hour", 3, 3),)
+
+
+async def test_deliveries_at_once_share_one_reservation(stores, clock, make_config):
+    config = make_config(relay="max_per_hour = 100000")
+    a = await node(config, stores[0], clock)
+    for _ in range(6):  # blocks grow while used up in time: 1, 2, 4, ... 32
+        results = await asyncio.gather(*(a.admit("main") for _ in range(32)))
+        assert all(result is None for result in results)
+    shared = a.shared["relay:main"]
+    assert shared.size == MAX_BLOCK
+    assert shared.reservations <= 32  # not one per delivery (6 x 32 = 192)
