@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from corehelpers import drop, make_message, run_once
 from pgfixtures import PgSchema, require_postgresql
@@ -272,3 +273,30 @@ async def test_two_daemons_on_one_queue_deliver_each_message_once(
     ids = [m.data.split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in received]
     assert len(set(ids)) == 30 and len(received) == 30  # every message, each once
     assert await looked_at(schema) == (0, 0)
+
+
+async def test_a_daemon_on_postgresql_counts_for_the_fleet_and_suppresses_for_it(
+    sink_config: Callable[..., Config], host: PluginHost, spool: Path, smtp_server, schema
+) -> None:
+    config = sink_config(
+        queue=f"""
+        store = "postgresql"
+        dsn = "{schema.dsn}"
+        node = "test-node"
+        bounce_sender = "mailer-daemon@mqd.test"
+        """,
+        relay="max_per_hour = 100",
+    )
+    drop(spool, make_message(to=("alice@example.net",)))
+    drop(spool, make_message(to=("perm-bob@example.net",)))
+    await run_once(config, host)
+    smtp_server.wait_for(2)  # alice's and the bounce (perm-bob is refused at RCPT)
+    with psycopg.connect(schema.dsn) as conn:
+        [(sent,)] = conn.execute(
+            "SELECT sum(n) FROM mqd_quota_count WHERE key = 'relay:sink'"
+        ).fetchall()
+        suppressed = conn.execute("SELECT address, kind FROM mqd_suppression").fetchall()
+        nodes = conn.execute("SELECT node FROM mqd_node").fetchall()
+    assert sent == 3  # the relay's three sends, the unused reservation given back at the stop
+    assert suppressed == [("perm-bob@example.net", "bounce")]  # the fleet's list, at the stop
+    assert nodes == []  # a stopped node is no longer counted for the per-second rates

@@ -234,8 +234,9 @@ class QueueAdmin(SuppressionOps):
         )
 
     def _relay_status(self, name: str, plugin: str, queued: int) -> RelayStatus:
-        circuit = self.node.guards.circuits.get(name)
-        quota = self.node.guards.quotas.get(name)
+        guards = self.node.guards
+        circuit = guards.circuits.get(name)
+        quota = guards.quotas.get(name)
         relay = self.node.relays.get(name)
         quota_status = None
         limits = self.node.config.relays[name].quota
@@ -243,10 +244,10 @@ class QueueAdmin(SuppressionOps):
             quota_status = QuotaStatus(
                 max_per_second=limits.max_per_second,
                 max_per_hour=limits.max_per_hour,
-                sent_last_hour=quota.sent_within(3600) if limits.max_per_hour else None,
+                sent_last_hour=guards.sent(name, 3600) if limits.max_per_hour else None,
                 max_per_day=limits.max_per_day,
-                sent_last_day=quota.sent_within(86400) if limits.max_per_day else None,
-                holds=quota.holds,
+                sent_last_day=guards.sent(name, 86400) if limits.max_per_day else None,
+                holds=guards.holds(name),
             )
         now = self.clock.time()
         health = self.node.guards.health.get(name)

@@ -39,6 +39,7 @@ class SuppressionOps:
         return self.node.store
 
     async def op_suppress_list(self, account: str | None = None) -> list[dict[str, Any]]:
+        await self._save()  # with a fleet's list: its latest changes too
         items = self.node.guards.suppressions.items(self.clock.time(), account)
         return [asdict(item) for item in items]
 

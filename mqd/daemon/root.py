@@ -277,7 +277,7 @@ class Daemon:
             if self._control is not None:
                 await self._control.close()
             await self.servers.stop()
-            await self.guards.save(self.store)
+            await self.guards.stop(self.store)
             await self.spools.aclose()
             for relay in self.relays.values():
                 try:

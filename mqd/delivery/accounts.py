@@ -4,19 +4,19 @@ An account over a limit either holds its mail back (``over_limit = "wait"``: the
 released uncounted and tried again when the window has room, as a relay's quota does) or has
 intake refuse it at hand-over (``"refuse"``: counted when accepted, with the reason in failed/
 or given to the caller). The counts survive restarts in the store's small state, as the relays'
-quota counts do.
+quota counts do; on a store shared by a fleet they are the fleet's (``mqd.delivery.fleet``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import AccountConfig, Config
-from mqd.delivery.quota import Quota
+from mqd.delivery.quota import Hold, Quota
 
 __all__ = ["ACCOUNT_STATE", "AccountLimits", "AccountUse"]
 
@@ -45,6 +45,12 @@ class AccountLimits:
         self.configs: dict[str, AccountConfig] = {}
         self.quotas: dict[str, Quota] = {}
         self.refused: dict[str, int] = {}
+        #: The fleet's sends per window (name -> "per-hour" -> n), as the guards last saw them
+        #: (only when the counts are the fleet's).
+        self.seen: dict[str, dict[str, int]] = {}
+        #: Set by the guards when the counts are a fleet's: takes one of an account's sends
+        #: there (None: the counts are this node's).
+        self.shared: Callable[[str], Awaitable[Hold | None]] | None = None
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -84,16 +90,21 @@ class AccountLimits:
         if quota is not None and self.configs[name].over_limit == "wait":
             quota.refund()
 
-    def check_in(self, name: str) -> str | None:
+    async def check_in(self, name: str) -> str | None:
         """A message of account ``name`` handed over: None when it is taken (counted, for an
         account that refuses over its limits), or why it is refused."""
         quota = self.quotas.get(name)
         if quota is None or self.configs[name].over_limit != "refuse":
             return None
-        hold = quota.take()
-        if hold is None:
-            return None
-        quota.holds -= 1  # a refusal, not a hold
+        if self.shared is not None:  # counted for the fleet
+            hold = await self.shared(name)
+            if hold is None:
+                return None
+        else:
+            hold = quota.take()
+            if hold is None:
+                return None
+            quota.holds -= 1  # a refusal, not a hold
         self.refused[name] = self.refused.get(name, 0) + 1
         return (
             f'account {name} reached its {hold.limit} limit (over_limit = "refuse"): '
@@ -104,8 +115,13 @@ class AccountLimits:
         used = []
         for name, quota in self.quotas.items():
             limits = self.configs[name].limits
+            seen = self.seen.get(name)
             windows = tuple(
-                (window, quota.sent_within(seconds), limit)
+                (
+                    window,
+                    quota.sent_within(seconds) if seen is None else seen.get(f"per-{window}", 0),
+                    limit,
+                )
                 for window, seconds, limit in (
                     ("minute", 60.0, limits.max_per_minute),
                     ("hour", 3600.0, limits.max_per_hour),

@@ -91,7 +91,7 @@ class Deliverer:
                 return
         if pending:
             account = entry.account
-            over = self.guards.accounts.admit(account) if account else None
+            over = await self.guards.admit_account(account) if account else None
             if over is not None:  # its account's limit: paced, as a relay's quota paces
                 await self.store.release(lease, not_before=self.clock.time() + over[0])
                 log.info(
@@ -181,7 +181,7 @@ class Deliverer:
     def _uncount(self, account: str | None) -> None:
         """The account's count taken for a delivery that did not go out after all."""
         if account:
-            self.guards.accounts.give_back(account)
+            self.guards.give_back_account(account)
 
     def _record(
         self,

@@ -8,7 +8,9 @@ sent to that recipient: the recipient ends as ``suppressed`` with the original r
 sender gets no bounce for it (no bounce storm from a list that keeps mailing a dead address).
 
 The list lives in memory and in the store's small state (``suppressions``), saved when it
-changes: it survives restarts and, on PostgreSQL, is one list for the fleet.
+changes: it survives restarts. On a store shared by a fleet (PostgreSQL) it is one list for the
+fleet instead, in the database (``mqd.delivery.fleet``): the memory is then a cache that the
+guards bring up to date every few seconds, and ``shared`` keeps the changes to write.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class Suppressions:
     def __init__(self) -> None:
         self._items: dict[tuple[str, str], Suppression] = {}
         self.dirty = False
+        #: Kept for the fleet's list: the changes made here and not written there yet.
+        self.shared = False
+        self._added: list[Suppression] = []
+        self._removed: list[tuple[str, str | None]] = []
 
     def __len__(self) -> int:
         return len(self._items)
@@ -76,6 +82,8 @@ class Suppressions:
             return False
         self._items[key] = Suppression(**{**asdict(item), "address": key[1]})
         self.dirty = True
+        if self.shared:
+            self._added.append(self._items[key])
         return True
 
     def remove(self, address: str, account: str | None) -> list[Suppression]:
@@ -88,7 +96,28 @@ class Suppressions:
         ]
         removed = [self._items.pop(key) for key in gone]
         self.dirty = self.dirty or bool(removed)
+        if self.shared:  # the fleet's list may have it though this node's cache does not yet
+            self._removed.append((wanted, account))
         return removed
+
+    def take_changes(self) -> tuple[list[Suppression], list[tuple[str, str | None]]]:
+        """The additions and removals (address, account) made since the last call."""
+        added, removed = self._added, self._removed
+        self._added, self._removed = [], []
+        return added, removed
+
+    def keep_changes(self, added: list[Suppression], removed: list[tuple[str, str | None]]) -> None:
+        """Changes ``take_changes`` gave that could not be written: again next time."""
+        self._added[:0], self._removed[:0] = added, removed
+
+    def merge(self, items: Iterable[Suppression], now: float) -> None:
+        """Take the fleet's rows into the cache: an ended one leaves it."""
+        for item in items:
+            key = _key(item.account, item.address)
+            if item.until is not None and item.until <= now:
+                self._items.pop(key, None)
+            else:
+                self._items[key] = item
 
     def items(self, now: float, account: str | None = None) -> list[Suppression]:
         """Every suppression in force, newest first (of ``account`` only, if given)."""

@@ -277,22 +277,18 @@ class _Gauges:
             relay = _RelayState(
                 errors=circuit.total_failures,
                 circuit_open=circuit.state is not CircuitState.CLOSED,
-                quota_waits=quota.holds if quota is not None else 0,
+                quota_waits=node.guards.holds(name),
             )
             if quota is not None:
-                windows = {"hour": quota.config.max_per_hour, "day": quota.config.max_per_day}
+                # The fleet's limits when the counts are the fleet's, else this worker's share.
+                own = quota.config if node.guards.fleet is None else node.config.relays[name].quota
+                windows = {"hour": own.max_per_hour, "day": own.max_per_day}
                 relay.limits = {window: limit for window, limit in windows.items() if limit}
                 if relay.limits:
-                    relay.sent = (quota.sent_within(3600.0), quota.sent_within(86400.0))
+                    relay.sent = (node.guards.sent(name, 3600.0), node.guards.sent(name, 86400.0))
             relays[name] = relay
-        return _Snapshot(
-            states,
-            oldest,
-            relays,
-            node.source_status(),
-            node.guards.accounts.use(),
-            redispatched=counts.redispatched,
-        )
+        sources, accounts = node.source_status(), node.guards.accounts.use()
+        return _Snapshot(states, oldest, relays, sources, accounts, counts.redispatched)
 
     def collect(self) -> Iterable[Metric]:
         if self.snapshot is None:  # registered before any scrape: nothing to describe yet

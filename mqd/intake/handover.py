@@ -140,7 +140,7 @@ class Handover:
         # (one that refuses over its limits says "later"), X-Mqd-Send-At, the entry.
         account = account_for(self.config.accounts, parsed.sender)
         if account is not None and self.accounts is not None:
-            refusal = self.accounts.check_in(account.name)
+            refusal = await self.accounts.check_in(account.name)
             if refusal:
                 raise SubmissionError(refusal, stage="limit", permanent=False)
         try:

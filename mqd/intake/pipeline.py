@@ -218,7 +218,7 @@ class Intake:
                 refusal = self.host.check_policy(read.parsed, spool, route[0], self.config)
                 account = account_for(self.config.accounts, read.parsed.sender)
                 if not refusal and account is not None and self.accounts is not None:
-                    refusal = self.accounts.check_in(account.name)
+                    refusal = await self.accounts.check_in(account.name)
                 horizon = self.config.queue.send_later_horizon
                 if refusal:
                     read.error, read.stage = refusal, "policy"

@@ -37,6 +37,7 @@ from enum import StrEnum
 from mqd.errors import QueueError
 from mqd.queue.entry import QueueEntry
 from mqd.queue.failed import FailedFolder, FailureRecord
+from mqd.queue.shared import FleetState
 
 __all__ = [
     "AcceptError",
@@ -319,6 +320,13 @@ class QueueStore(abc.ABC):
     @abc.abstractmethod
     async def queued(self) -> int:
         """How many entries are queued (cheap: for a status line)."""
+
+    # -- what the fleet shares --------------------------------------------------------------------
+
+    def fleet(self) -> FleetState | None:
+        """The counts and the suppression list shared by every node of this queue (an open
+        store's); None for a store of one node: the guards keep them in the small state."""
+        return None
 
     # -- a node's small state ---------------------------------------------------------------------
 

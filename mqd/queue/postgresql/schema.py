@@ -20,6 +20,9 @@ The tables (all in the connection's ``search_path`` schema):
   schema version.
 * ``mqd_track_message``, ``mqd_track_recipient``, ``mqd_track_event``, ``mqd_track_cursor``:
   the event store (``mqd.tracking.postgresql``), when tracking is on.
+* ``mqd_quota_count`` (sends per key and minute, for hour and day limits), ``mqd_quota_recent``
+  (per key and second, for minute limits), ``mqd_node`` (each node's heartbeat) and
+  ``mqd_suppression`` (the fleet's suppression list): ``mqd.queue.postgresql.fleet``.
 """
 
 from __future__ import annotations
@@ -163,6 +166,76 @@ CREATE TABLE mqd_track_cursor (
     txid xid8 NOT NULL,
     seq bigint NOT NULL
 );
+""",
+    # 3: what the fleet shares (mqd.queue.postgresql.fleet): send counts, heartbeats, the
+    # suppression list; the nodes' small state carried over.
+    """
+CREATE TABLE mqd_quota_count (
+    key text NOT NULL,
+    minute bigint NOT NULL,
+    n integer NOT NULL,
+    PRIMARY KEY (key, minute)
+);
+CREATE TABLE mqd_quota_recent (
+    key text NOT NULL,
+    second bigint NOT NULL,
+    n integer NOT NULL,
+    PRIMARY KEY (key, second)
+);
+CREATE TABLE mqd_node (
+    node text PRIMARY KEY,
+    seen_at double precision NOT NULL
+);
+CREATE TABLE mqd_suppression (
+    account text NOT NULL,
+    address text NOT NULL,
+    kind text NOT NULL,
+    reason text NOT NULL,
+    since double precision NOT NULL,
+    until double precision,
+    written xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    PRIMARY KEY (account, address)
+);
+CREATE INDEX mqd_suppression_written ON mqd_suppression (written);
+DO $$
+DECLARE
+    r record;
+    prefix text;
+BEGIN
+    -- The nodes' own counts and lists (small state) become the fleet's, summed and merged;
+    -- a blob that cannot be read is left out with a notice.
+    FOR r IN SELECT name, convert_from(data, 'UTF8') AS data FROM mqd_state
+        WHERE name IN ('quota', 'accounts', 'suppressions') LOOP
+        BEGIN
+            IF r.name = 'suppressions' THEN
+                INSERT INTO mqd_suppression AS s (account, address, kind, reason, since, until)
+                SELECT i ->> 'account', lower(i ->> 'address'), i ->> 'kind', i ->> 'reason',
+                    (i ->> 'since')::float8, (i ->> 'until')::float8
+                FROM jsonb_array_elements(r.data::jsonb -> 'items') i
+                ON CONFLICT (account, address) DO UPDATE SET kind = excluded.kind,
+                    reason = excluded.reason, since = excluded.since, until = excluded.until
+                WHERE s.until IS NOT NULL AND (excluded.until IS NULL OR excluded.until > s.until);
+            ELSE
+                prefix := CASE r.name WHEN 'quota' THEN 'relay:' ELSE 'account:' END;
+                INSERT INTO mqd_quota_count (key, minute, n)
+                SELECT prefix || k.key, m.key::bigint, m.value::int
+                FROM jsonb_each(r.data::jsonb -> CASE r.name WHEN 'quota' THEN 'relays'
+                    ELSE 'accounts' END) k, jsonb_each_text(k.value -> 'minutes') m
+                ON CONFLICT (key, minute) DO UPDATE SET n = mqd_quota_count.n + excluded.n;
+                INSERT INTO mqd_quota_recent (key, second, n)
+                SELECT prefix || k.key, floor(t::float8)::bigint, count(*)
+                FROM jsonb_each(r.data::jsonb -> CASE r.name WHEN 'quota' THEN 'relays'
+                    ELSE 'accounts' END) k,
+                    jsonb_array_elements_text(coalesce(k.value -> 'recent', '[]')) t
+                GROUP BY 1, 2
+                ON CONFLICT (key, second) DO UPDATE SET n = mqd_quota_recent.n + excluded.n;
+            END IF;
+        EXCEPTION WHEN others THEN
+            RAISE NOTICE 'mqd: a node''s saved % were not carried over: %', r.name, SQLERRM;
+        END;
+    END LOOP;
+END
+$$;
 """,
 )
 

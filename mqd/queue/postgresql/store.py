@@ -1,10 +1,6 @@
-"""The PostgreSQL store: one queue shared by many nodes (``mqd.queue.store`` is the contract).
-
-Leases (``FOR UPDATE SKIP LOCKED``) carry an owner, an expiry and a fencing token that every
-write of the holder names; a lost lease writes only its delivered recipients. An entry taken
-over (or given back) marked ``dispatching`` may have gone out: counted and logged. See
-docs/scale-out.md; ``schema`` has the tables, ``statements`` the SQL, ``admin`` the rest.
-"""
+"""The PostgreSQL store: one queue shared by many nodes, leases fenced by tokens, a mark before
+each send (taken over or given back with it: counted, logged). See docs/scale-out.md; ``schema``
+has the tables, ``statements`` the SQL, ``admin`` the administrator's acts."""
 
 from __future__ import annotations
 
@@ -26,6 +22,7 @@ from mqd.queue.postgresql import admin
 from mqd.queue.postgresql import statements as q
 from mqd.queue.postgresql.connect import Conn, Database, fresh_pool, translated, unavailable
 from mqd.queue.postgresql.failed import PgFailedFolder, insert_failed
+from mqd.queue.postgresql.fleet import PgFleet
 from mqd.queue.postgresql.outcomes import (
     MAY_HAVE_GONE,
     UNSURE,
@@ -84,6 +81,7 @@ class PostgresStore(QueueStore):
         self._abandoned: list[asyncio.Task[None]] = []
         #: Entries taken over with the dispatching mark set since this store opened.
         self.redispatched = 0
+        self._fleet = PgFleet(node, self._tx)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -326,8 +324,6 @@ class PostgresStore(QueueStore):
         self.waker.wake()
 
     async def give_back(self, leases: Sequence[Lease]) -> None:
-        if not leases:
-            return
         ids, tokens = [lease.entry.id for lease in leases], [lease.token for lease in leases]
         async with self._tx("giving entries back") as conn:
             rows = await (await conn.execute(q.GIVE_BACK, (ids, tokens, self.node))).fetchall()
@@ -386,6 +382,9 @@ class PostgresStore(QueueStore):
         async with self._tx("counting the queue") as conn:
             row = await (await conn.execute("SELECT count(*) FROM mqd_entry")).fetchone()
         return int(row[0]) if row else 0
+
+    def fleet(self) -> PgFleet:
+        return self._fleet
 
     # -- a node's small state ---------------------------------------------------------------------
 
