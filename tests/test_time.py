@@ -223,6 +223,9 @@ async def test_max_attempts_gives_up_by_count_before_the_lifetime(
         )
     )
     assert config.queue.retry.max_attempts == 3
+    from mqd.admin.service import _retries
+
+    assert _retries(config) == "10m doubling to 1h, for 1d or 3 attempts"  # mqd status says so
     entry = await deferred_once(config, host, spool)
     for attempt in (2, 3):
         [entry] = [e for e in states(queue_dir).values() if e.id == entry.id]

@@ -240,6 +240,8 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
     ]
     if redispatched := int(status.get("redispatched") or 0):
         fields.append(("redispatched", f"{redispatched} (may have gone out twice)"))
+    if status.get("retries"):
+        fields.append(("retries", str(status["retries"])))
     suppressed = int(status.get("suppressed") or 0)
     if suppressed:
         fields.append(("suppressed", f"{suppressed} address(es) ('mqd suppress list' shows them)"))

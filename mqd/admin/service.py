@@ -28,6 +28,7 @@ from mqd.admin.status import (
 from mqd.admin.suppress import SuppressionOps
 from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import Config
+from mqd.config.units import format_duration
 from mqd.delivery.deliverer import Deliverer
 from mqd.delivery.guards import Guards
 from mqd.delivery.health import circuit_word, verdict
@@ -231,6 +232,7 @@ class QueueAdmin(SuppressionOps):
                 for use in node.guards.accounts.use()
             },
             suppressed=len(node.guards.suppressions.items(now)),
+            retries=_retries(config),
         )
 
     def _relay_status(self, name: str, plugin: str, queued: int) -> RelayStatus:
@@ -372,3 +374,15 @@ def unknown_id(id: str) -> AdminError:
 
 def ambiguous_id(id: str, count: int) -> AdminError:
     return AdminError(f"{id!r} is the start of {count} queue ids: give more of it")
+
+
+def _retries(config: Config) -> str:
+    """The retry policy as ``mqd status`` says it."""
+    policy = config.queue.retry
+    text = (
+        f"{format_duration(policy.initial)} doubling to {format_duration(policy.max)}, "
+        f"for {format_duration(policy.lifetime)}"
+    )
+    if policy.max_attempts is not None:
+        text += f" or {policy.max_attempts} attempts"
+    return text

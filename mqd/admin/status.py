@@ -182,6 +182,8 @@ class Status:
     accounts: dict[str, AccountStatus] = field(default_factory=dict)
     #: Addresses on the suppression list now (``mqd suppress list``).
     suppressed: int = 0
+    #: The retry policy in words ("5m doubling to 1h, for 5d or 10 attempts").
+    retries: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
