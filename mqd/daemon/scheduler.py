@@ -20,6 +20,9 @@ from mqd.queue.store import Lease, QueueStore
 
 __all__ = ["MAX_SLEEP", "Scheduler"]
 
+#: Seconds after a hurry's cancellations before those a delivery lost are made again.
+HURRY_AGAIN = 0.2
+
 log = logging.getLogger("mqd.daemon")
 
 #: The loop asks the store at least this often, so that a clock jump is noticed.
@@ -75,9 +78,25 @@ class Scheduler:
         self._wake.set()
 
     def hurry(self) -> None:
-        """Cancel the deliveries in flight now (a second stop request)."""
-        for task in self._in_flight.values():
+        """Cancel the deliveries in flight now (a second stop request), and again a moment
+        later those still running: on Python 3.11 a cancellation that lands as an inner
+        ``wait_for`` completes is lost (aiosmtplib's connect and commands use one), and such a
+        delivery would run on for as long as the server takes."""
+        running = [task for task in self._in_flight.values() if not task.done()]
+        for task in running:
             task.cancel()
+        if running:
+            asyncio.get_running_loop().call_later(HURRY_AGAIN, self._hurry_again, running)
+
+    def _hurry_again(self, tasks: list[asyncio.Task[None]]) -> None:
+        still = [task for task in tasks if not task.done()]
+        for task in still:
+            log.debug(
+                "%s still running after its cancellation: cancelling it again", task.get_name()
+            )
+            task.cancel()
+        if still:
+            asyncio.get_running_loop().call_later(HURRY_AGAIN, self._hurry_again, still)
 
     async def run(self, *, once: asyncio.Event | None = None) -> None:
         """Deliver until stopped; with ``once`` (set when intake has nothing more to take),
