@@ -60,7 +60,10 @@ class AccountLimits:
             share = account.limits.divided(config.queue.workers)
             old = self.quotas.get(account.name)
             quota = Quota(
-                f"account {account.name}", share, clock=self.clock.time, monotonic=self.monotonic
+                f"account {account.name}",
+                share,
+                clock=self.clock.time,
+                monotonic=self.clock.monotonic,
             )
             if old is not None:
                 quota.load(old.to_json())
@@ -68,10 +71,6 @@ class AccountLimits:
             quotas[account.name] = quota
         self.configs = {account.name: account for account in config.accounts}
         self.quotas = quotas
-
-    @property
-    def monotonic(self) -> Callable[[], float]:
-        return self.clock.monotonic
 
     def admit(self, name: str) -> tuple[float, str] | None:
         """A delivery of account ``name``'s mail: None when it may go (counted), or (seconds to
