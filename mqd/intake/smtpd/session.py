@@ -30,6 +30,13 @@ log = logging.getLogger("mqd.smtpd")
 #: A CR not followed by LF, or an LF not preceded by CR: a line ending other than CRLF, the
 #: material of SMTP smuggling (``\n.\n``, ``\r\n.\r``, ``\n.\r\n`` ...).
 _BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+#: A MAIL FROM or RCPT TO argument of the everyday form, ``<local@domain.example> PARAMS``:
+#: a dot-atom local part and domain, no comments, quotes or escapes. Its address is the text
+#: between the brackets, as aiosmtpd's own (slower, general) parsing finds it.
+_PLAIN_PATH = re.compile(
+    r"[ \t]*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*([^()\"\\]*)"
+)
 
 
 class Listener(Protocol):
@@ -56,7 +63,9 @@ class Listener(Protocol):
 
 def bare_line_ending(data: bytes) -> bool:
     """Whether ``data`` holds a CR or LF that is not part of a CRLF."""
-    return _BARE.search(data) is not None
+    # Three counts in C rather than a regular expression's look-arounds at every byte.
+    pairs = data.count(b"\r\n")
+    return data.count(b"\n") != pairs or data.count(b"\r") != pairs
 
 
 def with_crlf(data: bytes) -> bytes:
@@ -78,6 +87,23 @@ class Connection(SMTP):
         self.listener = listener
         self._counted = False
         self._turned_away = False
+
+    def __dir__(self) -> list[str]:
+        # aiosmtpd's __init__ finds its commands and AUTH mechanisms by ``dir(self)`` and
+        # ``inspect.getmembers(self)``, getattr on every attribute, for each connection: a
+        # fifth of the CPU of a one-message connection. It looks only for these names.
+        return _commands(type(self))
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd parses each path with the email package's header parser (and defines a
+        # class at each call): the everyday form is read here, anything else there.
+        plain = _PLAIN_PATH.fullmatch(arg)
+        if plain is None:
+            return super()._getaddr(arg)
+        address = plain.group(1)
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, plain.group(2)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._counted:  # (called again for the TLS transport after STARTTLS)
@@ -118,6 +144,17 @@ class Connection(SMTP):
                 "octets a line (RFC 5321)"
             )
         await super().push(text)
+
+
+_COMMANDS: dict[type, list[str]] = {}
+
+
+def _commands(cls: type) -> list[str]:
+    """The names of ``cls``'s SMTP commands and AUTH mechanisms (``smtp_*``, ``auth_*``)."""
+    names = _COMMANDS.get(cls)
+    if names is None:
+        names = _COMMANDS[cls] = [n for n in dir(cls) if n.startswith(("smtp_", "auth_"))]
+    return names
 
 
 class Handler:

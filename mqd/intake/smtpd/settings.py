@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import ssl
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ class Listen:
     host: str
     port: int
 
-    @property
+    @functools.cached_property  # (asked at each connection)
     def loopback(self) -> bool:
         """Only this machine can connect: no AUTH needed (a null client's ``localhost:25``)."""
         if self.host == "localhost":

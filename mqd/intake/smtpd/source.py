@@ -97,6 +97,8 @@ class SMTPListener:
         settings = self.settings
         loopback = self.address.loopback
         implicit = settings.tls == "implicit"
+        if not implicit:  # (catching warnings at each connection costs: only where one comes)
+            return self._make_connection(settings, loopback, implicit)
         with warnings.catch_warnings():
             # The same notice as a warning (see _ImplicitTLSNotice).
             warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
