@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from mqd.intake.smtpd.session import Connection, _commands, bare_line_ending
+from mqd.intake.smtpd.session import Connection, Handler, _commands, bare_line_ending
 
 PATHS = [
     "<a@b.c> SIZE=1",
@@ -49,10 +49,13 @@ async def test_paths_read_as_aiosmtpd_reads_them(arg: str, limit: int) -> None:
     assert _Bare(limit)._getaddr(arg) == SMTP._getaddr(reference, arg)
 
 
-def test_a_connection_lists_every_command_and_auth_mechanism() -> None:
-    expected = [n for n in dir(SMTP) if n.startswith(("smtp_", "auth_"))]
+def test_a_connection_and_its_handler_list_what_aiosmtpd_looks_for() -> None:
+    expected = [n for n in dir(SMTP) if n.startswith(("smtp_", "auth_", "handle_"))]
     assert _commands(Connection) == expected
     assert "smtp_DATA" in expected and "auth_PLAIN" in expected
+    hooks = [n for n in dir(Handler) if n.startswith("handle_")]
+    assert _commands(Handler) == hooks
+    assert {"handle_MAIL", "handle_RCPT", "handle_DATA", "handle_EHLO"} <= set(hooks)
 
 
 @pytest.mark.parametrize(

@@ -150,10 +150,12 @@ _COMMANDS: dict[type, list[str]] = {}
 
 
 def _commands(cls: type) -> list[str]:
-    """The names of ``cls``'s SMTP commands and AUTH mechanisms (``smtp_*``, ``auth_*``)."""
+    """The names aiosmtpd looks for in ``cls``: SMTP commands, AUTH mechanisms, handler
+    hooks (``smtp_*``, ``auth_*``, ``handle_*``)."""
     names = _COMMANDS.get(cls)
     if names is None:
-        names = _COMMANDS[cls] = [n for n in dir(cls) if n.startswith(("smtp_", "auth_"))]
+        names = [n for n in dir(cls) if n.startswith(("smtp_", "auth_", "handle_"))]
+        _COMMANDS[cls] = names
     return names
 
 
@@ -162,6 +164,10 @@ class Handler:
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
+
+    def __dir__(self) -> list[str]:
+        # As Connection's: aiosmtpd looks for its hooks by reflection at each connection.
+        return _commands(type(self))
 
     async def handle_EHLO(
         self,
