@@ -8,9 +8,12 @@ without a state file is rebuilt after a restart with the envelope it was accepte
 (``mqd.intake.entries.rebuilder`` knows the sources' keys); the lines are stripped before
 relaying like any spool file's.
 
-Hand-overs that arrive together are grouped: while the store writes one batch (each body
+Hand-overs that arrive together are grouped: while the store writes a batch (each body
 written and fsynced, then one fsync of its directory), the next ones gather, and go to the
-store as the next batch. Each ``submit`` returns, or raises, with its own message's outcome.
+store as the next batch. A batch waits for the disk far more than for the CPU, so up to
+``WRITERS`` batches are written at once: the ones that arrive while one is written start
+another, not a wait for the first. Each ``submit`` returns, or raises, with its own message's
+outcome.
 """
 
 from __future__ import annotations
@@ -39,12 +42,15 @@ from mqd.producer.inject import envelope_lines
 from mqd.queue.entry import message_id_maker
 from mqd.queue.store import AcceptError, Incoming, QueueStore
 
-__all__ = ["BATCH", "Handover"]
+__all__ = ["BATCH", "WRITERS", "Handover"]
 
 log = logging.getLogger("mqd.intake")
 
-#: At most this many hand-overs go to the store as one batch.
+#: At most this many hand-overs go to the store as one batch...
 BATCH = 256
+#: ...and at most this many batches are being written at once (stores take concurrent
+#: ``accept`` calls: the spools' intake makes its own beside these).
+WRITERS = 2
 
 
 @dataclass
@@ -77,7 +83,9 @@ class Handover:
         self.emit = emit
         self.clock = clock
         self._waiting: list[_Waiting] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.Task[None]] = set()
+        #: A writer has started and not taken its first batch yet: what comes now joins it.
+        self._gathering = False
         self._new_id = message_id_maker(64)
         #: Set while the store cannot take hand-overs (each is answered "try again later"):
         #: said once, shown by ``mqd status``.
@@ -169,8 +177,11 @@ class Handover:
             submission.peer,
         )
         self._waiting.append(waiting)
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write(), name="mqd-handover")
+        if not self._gathering and len(self._writers) < WRITERS:
+            self._gathering = True
+            writer = asyncio.create_task(self._write(), name="mqd-handover")
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
         # Shielded: a producer that goes away meanwhile does not take the batch down with it.
         await asyncio.shield(waiting.done)
         return entry_id
@@ -202,7 +213,10 @@ class Handover:
 
     async def _write(self) -> None:
         """Hand what waits to the store, a batch at a time, until nothing waits."""
-        await asyncio.sleep(0)  # the hand-overs of this turn of the loop join the first batch
+        try:
+            await asyncio.sleep(0)  # the hand-overs of this turn of the loop join the first batch
+        finally:
+            self._gathering = False
         while self._waiting:
             batch, self._waiting = self._waiting[:BATCH], self._waiting[BATCH:]
             error: Exception | None

@@ -131,6 +131,7 @@ class FileStore(FileAdmin, QueueStore):
                 await self._reader
             self._reader = None
         await self.disk.settle()
+        self.disk.close()
         self.layout.unlock()
 
     def subscribe(self, wake: Callable[[], None]) -> None:

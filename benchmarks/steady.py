@@ -1,0 +1,109 @@
+"""What the intake benchmarks (smtpd.py, submit.py, mailbox.py) share: a real ``mqd run`` with
+its CPU read from /proc (bench.py's ``Daemon``), client processes of their own (a client in
+the benchmark's process would compete with mqd for the GIL, and be measured with it), and the
+steady-state figures: messages per second and mqd's CPU per message between the moments 10%
+and 90% of the messages were answered, so that neither start-up nor the last stragglers count.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.sharedctypes
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import Daemon
+
+__all__ = ["Daemon", "Steady", "free_port", "run_clients", "wait_listening"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_listening(port: int, daemon: Daemon, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if daemon.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"mqd does not listen on {port}: see its log") from None
+            time.sleep(0.05)
+
+
+@dataclass
+class Steady:
+    messages: int
+    seconds: float
+    rate: float
+    cpu_ms: float
+    load: float
+
+    def line(self) -> str:
+        return (
+            f"{self.rate:7.0f} msg/s steady, mqd {self.cpu_ms:5.2f} ms CPU/msg "
+            f"({self.messages} messages; 10%-90% in {self.seconds:.2f} s; load {self.load:.1f})"
+        )
+
+
+def measure(total: int, answered: Callable[[], int], daemon: Daemon, timeout: float) -> Steady:
+    """Sample ``answered()`` and mqd's CPU until ``total`` are answered; the 10%-90% figures."""
+    low, high = max(1, total // 10), max(2, total * 9 // 10)
+    marks: dict[int, tuple[float, float]] = {}
+    deadline = time.monotonic() + timeout
+    while high not in marks:
+        count = answered()
+        for mark in (low, high):
+            if count >= mark and mark not in marks:
+                marks[mark] = (time.perf_counter(), daemon.cpu())
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out: {count} of {total} answered")
+        time.sleep(0.01)
+    (t0, cpu0), (t1, cpu1) = marks[low], marks[high]
+    count = high - low
+    cpu_ms = 1000 * (cpu1 - cpu0) / count
+    return Steady(total, t1 - t0, count / (t1 - t0), cpu_ms, os.getloadavg()[0])
+
+
+def run_clients(
+    client: Callable[[int, multiprocessing.sharedctypes.Synchronized[int]], None],
+    clients: int,
+    messages: int,
+    daemon: Daemon,
+    timeout: float = 600.0,
+) -> Steady:
+    """``clients`` processes each running ``client(share, counter)`` (adding 1 to the counter
+    per message answered), measured with ``measure``."""
+    counter: multiprocessing.sharedctypes.Synchronized[int] = multiprocessing.Value("q", 0)
+    share = messages // clients
+    processes = [
+        multiprocessing.Process(target=client, args=(share, counter), daemon=True)
+        for _ in range(clients)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        steady = measure(share * clients, lambda: counter.value, daemon, timeout)
+        for process in processes:
+            process.join(timeout)
+            if process.exitcode != 0:
+                raise SystemExit(f"a client failed (exit {process.exitcode})")
+        return steady
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+
+
+def config_file(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path

@@ -1,0 +1,97 @@
+"""The hand-over's batches: what arrives together goes to the store as one batch; what arrives
+while a batch is written starts another (up to ``WRITERS`` at once), then waits for the first
+writer free; each producer is answered only once its own batch is durable."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from corehelpers import make_message
+
+from mqd.config.load import load_config
+from mqd.events import Event, Queued
+from mqd.intake.handover import WRITERS, Handover
+from mqd.intake.source import Submission
+from mqd.plugins.host import PluginHost
+from mqd.queue.memory import MemoryStore
+from mqd.queue.store import Incoming
+from mqd.testing import wait_until
+
+
+class HeldStore(MemoryStore):
+    """A memory store whose ``accept`` waits until the test lets each batch through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+        self.gates: list[asyncio.Event] = []
+        self.durable: set[str] = set()
+
+    async def accept(self, batch: Sequence[Incoming]) -> None:
+        gate = asyncio.Event()
+        self.batches.append([item.entry.recipients[0].address for item in batch])
+        self.gates.append(gate)
+        await gate.wait()
+        await super().accept(batch)
+        self.durable.update(item.entry.id for item in batch)
+
+
+async def test_batches_written_at_once_and_each_answer_after_its_own(
+    write_config: Callable[[str], Path], spool: Path, queue_dir: Path
+) -> None:
+    assert WRITERS == 2
+    config = load_config(
+        write_config(
+            textwrap.dedent(
+                f"""
+                [queue]
+                dir = "{queue_dir}"
+                [[spool]]
+                path = "{spool}"
+                allowed_senders = ["*@example.com"]
+                [relays.mem]
+                plugin = "memory"
+                [[smtpd]]
+                listen = ["127.0.0.1:0"]
+                allowed_senders = ["*@example.com"]
+                """
+            )
+        )
+    )
+    [source] = config.sources
+    store = HeldStore()
+    events: list[Event] = []
+    handover = Handover(config, store, PluginHost(entry_points=False), events.append)
+
+    async def submit(to: str) -> str:
+        data = make_message(sender="app@example.com", to=(to,))
+        queue_id = await handover.submit(source, Submission("app@example.com", (to,), data))
+        assert queue_id in store.durable  # never answered before its batch is durable
+        return queue_id
+
+    first = [asyncio.create_task(submit("a@example.net"))]
+    await wait_until(lambda: len(store.batches) == 1, "the first batch at the store")
+    # Arriving together while the first is written: a second batch, at once.
+    second = [asyncio.create_task(submit(f"b{n}@example.net")) for n in range(3)]
+    await wait_until(lambda: len(store.batches) == 2, "a second batch beside the first")
+    # Both writers busy: these wait, and go together to the first writer free.
+    third = [asyncio.create_task(submit(f"c{n}@example.net")) for n in range(2)]
+    await asyncio.sleep(0)  # one turn of the loop: nothing may start (asserted below)
+    assert len(store.batches) == 2 and not any(t.done() for t in first + second + third)
+    store.gates[1].set()
+    await asyncio.wait_for(asyncio.gather(*second), 10)
+    assert not first[0].done()  # still in its own batch
+    await wait_until(lambda: len(store.batches) == 3, "the waiting ones as one batch")
+    store.gates[0].set()
+    store.gates[2].set()
+    ids = await asyncio.wait_for(asyncio.gather(*first, *third), 10)
+    assert store.batches == [
+        ["a@example.net"],
+        ["b0@example.net", "b1@example.net", "b2@example.net"],
+        ["c0@example.net", "c1@example.net"],
+    ]
+    assert len(set(ids)) == 3
+    assert len([e for e in events if isinstance(e, Queued)]) == 6
