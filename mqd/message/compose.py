@@ -8,6 +8,8 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
+from mqd.message.mimepolicy import COMPOSING, SENDING
+
 __all__ = ["compose", "with_new_message_id"]
 
 
@@ -25,7 +27,7 @@ def compose(
     """A complete RFC 5322 message (Date and Message-ID included), CRLF line endings;
     ``send_at`` becomes its ``X-Mqd-Send-At`` header (send later), ``traceparent`` its W3C
     ``traceparent`` header (mqd's spans continue that trace)."""
-    msg = EmailMessage()
+    msg = EmailMessage(policy=COMPOSING)
     msg["From"] = sender
     if to:
         msg["To"] = ", ".join(to)
@@ -47,7 +49,7 @@ def compose(
         msg.add_attachment(
             path.read_bytes(), maintype=maintype, subtype=subtype, filename=path.name
         )
-    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+    return msg.as_bytes(policy=SENDING)
 
 
 def with_new_message_id(message: bytes, domain: str) -> bytes:

@@ -23,6 +23,7 @@ from typing import Any
 from mqd.errors import MessageParseError
 from mqd.message.envelope import parse_message
 from mqd.message.headers import address_problem, header_addresses, split_header
+from mqd.message.mimepolicy import COMPOSING, SENDING
 
 __all__ = [
     "JsonAttachment",
@@ -162,9 +163,21 @@ def _describe(annotation: Any) -> str:
     return "an object"
 
 
+#: Each JSON type's fields by their JSON name, and their types: read once (resolving the
+#: annotations costs more than checking a request against them).
+_SHAPES: dict[Any, tuple[dict[str, dataclasses.Field[Any]], dict[str, Any]]] = {}
+
+
+def _shape(cls: Any) -> tuple[dict[str, dataclasses.Field[Any]], dict[str, Any]]:
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        fields = {_json_name(f.name): f for f in dataclasses.fields(cls)}
+        shape = _SHAPES[cls] = (fields, typing.get_type_hints(cls))
+    return shape
+
+
 def _object(cls: Any, data: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {_json_name(f.name): f for f in dataclasses.fields(cls)}
+    fields, hints = _shape(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise bad_request(
@@ -224,7 +237,7 @@ def compose_json(message: JsonMessage, hostname: str) -> tuple[str, tuple[str, .
         raise unusable("give at least one recipient: to, cc or bcc")
     if message.text is None and message.html is None:
         raise unusable("give the body: text, html or both")
-    msg = EmailMessage()
+    msg = EmailMessage(policy=COMPOSING)
     msg["From"] = message.from_
     if to:
         msg["To"] = ", ".join(to)
@@ -250,7 +263,7 @@ def compose_json(message: JsonMessage, hostname: str) -> tuple[str, tuple[str, .
     for index, attachment in enumerate(message.attachments):
         _attach(msg, attachment, index)
     try:
-        data = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+        data = msg.as_bytes(policy=SENDING)
     except (ValueError, TypeError, UnicodeError) as exc:
         raise unusable(f"the message cannot be composed: {exc}") from None
     return senders[0], tuple(recipients), data
