@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """The RabbitMQ mailbox's intake rate: N messages published (persistent, publisher confirms) to
-a quorum queue of its own, then a real ``mqd run`` with a ``[[mailbox]]`` on it started: the
-time until every delivery is acked, each only once durable in mqd's queue (fsync stays on).
+a quorum queue of its own, then a real ``mqd run`` with a ``[[mailbox]]`` on it started: each
+delivery acked only once durable in mqd's queue (fsync stays on). Printed: the steady rate
+(between 10% and 90% of the messages taken off the queue, polled from the broker) with mqd's
+CPU per message over the same span (from /proc), and, start-up included, the time until all
+are acked.
 
-    .venv/bin/python benchmarks/mailbox.py --messages 2000 --prefetch 32 256
+    .venv/bin/python benchmarks/mailbox.py --messages 5000 --prefetch 32 256
 
 Needs the RabbitMQ on 127.0.0.1:5672 (guest/guest) that .ci/run starts. The relay is the
 in-memory one (nothing leaves the machine): what is measured is consuming, the hand-over (sender
@@ -24,6 +27,7 @@ import uuid
 from pathlib import Path
 
 import aio_pika
+from steady import ENV, Daemon, Marks, config_file
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 MESSAGE = (
@@ -56,17 +60,24 @@ async def publish(queue: str, count: int) -> float:
         return count / (time.perf_counter() - start)
 
 
-async def drained(queue: str, since: float) -> float:
-    """Seconds after ``since`` until the queue has no message ready (all delivered to mqd; at
-    most ``prefetch`` of them not acked yet)."""
+async def progress(
+    queue: str, total: int, marks: Marks, daemon: Daemon, within: float = 600.0
+) -> None:
+    """Poll the queue's ready count until 90% of ``total`` have left it for mqd: taken and
+    acked, but for at most a prefetch window (about as many at 10% as at 90%, so the span
+    between is right)."""
     connection = await aio_pika.connect(URL)
     async with connection:
         channel = await connection.channel()
+        deadline = time.monotonic() + within
         while True:
             declared = await channel.declare_queue(queue, passive=True)
-            if declared.declaration_result.message_count == 0:
-                return time.perf_counter() - since
-            await asyncio.sleep(0.05)
+            ready = declared.declaration_result.message_count or 0
+            if marks.see(total - ready):
+                return
+            if time.monotonic() > deadline or daemon.process.poll() is not None:
+                raise SystemExit(f"mqd stopped or timed out: {ready} of {total} still ready")
+            await asyncio.sleep(0.02)
 
 
 async def delete(queue: str) -> None:
@@ -90,48 +101,46 @@ def accepted(config: Path) -> int:
     return int(sources[0]["accepted"]) if sources else 0
 
 
-def measure(messages: int, prefetch: int) -> None:
+def measure(messages: int, prefetch: int, profile: Path | None) -> None:
     queue = f"mqd-bench-{uuid.uuid4().hex}"
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp, "mqd.toml")
-        config.write_text(
+        config = config_file(
+            Path(tmp, "mqd.toml"),
             f'[queue]\ndir = "{tmp}/queue"\n[relays.mem]\nplugin = "memory"\n'
             f'[[spool]]\npath = "{tmp}/spool"\n'
             f'[[mailbox]]\nurl = "amqp://guest@127.0.0.1:5672/"\npassword_env = "BENCH_PW"\n'
-            f'queue = "{queue}"\nallowed_senders = ["*@example.com"]\nprefetch = {prefetch}\n'
+            f'queue = "{queue}"\nallowed_senders = ["*@example.com"]\nprefetch = {prefetch}\n',
         )
-        config.chmod(0o600)
         rate = asyncio.run(publish(queue, messages))
+        ENV["BENCH_PW"] = "guest"  # (bench.py's environment for mqd)
         start = time.perf_counter()
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "mqd", "--config", str(config), "--log-level", "warning", "run"],
-            env={"BENCH_PW": "guest", "PATH": "/usr/bin:/bin"},
-        )
+        daemon = Daemon(config, Path(tmp, "mqd.log"), profile)
         try:
-            empty = asyncio.run(drained(queue, start))
+            marks = Marks(messages, daemon)
+            asyncio.run(progress(queue, messages, marks, daemon))
             while accepted(config) < messages:  # the last window's acks
-                if time.perf_counter() - start > 300:
+                if time.perf_counter() - start > 600 or daemon.process.poll() is not None:
                     raise SystemExit("timed out")
                 time.sleep(0.1)
             took = time.perf_counter() - start
             print(
-                f"prefetch {prefetch:4d}: {messages} published at {rate:5.0f}/s (confirmed); "
-                f"after mqd started: none ready at {empty:4.1f}s, all acked durable by "
-                f"{took:4.1f}s: {messages / took:4.0f} messages/s (start-up included)"
+                f"prefetch {prefetch:4d}: {marks.steady().line()}; all {messages} acked "
+                f"{took:4.1f} s after mqd started ({messages / took:4.0f} msg/s with start-up); "
+                f"published beforehand at {rate:5.0f}/s"
             )
         finally:
-            daemon.terminate()
-            daemon.wait(30)
+            daemon.stop()
             asyncio.run(delete(queue))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--prefetch", type=int, nargs="+", default=[32, 256])
+    parser.add_argument("--profile", type=Path, help="py-spy's raw profile of mqd (stacks.py)")
     args = parser.parse_args()
     for prefetch in args.prefetch:
-        measure(args.messages, prefetch)
+        measure(args.messages, prefetch, args.profile)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import Daemon
+from bench import ENV, Daemon
 
-__all__ = ["Daemon", "Steady", "free_port", "run_clients", "wait_listening"]
+__all__ = ["ENV", "Daemon", "Marks", "Steady", "free_port", "run_clients", "wait_listening"]
 
 
 def free_port() -> int:
@@ -54,23 +54,37 @@ class Steady:
         )
 
 
+class Marks:
+    """The time and mqd's CPU when 10% and when 90% of ``total`` messages were answered."""
+
+    def __init__(self, total: int, daemon: Daemon) -> None:
+        self.total, self.daemon = total, daemon
+        self.low, self.high = max(1, total // 10), max(2, total * 9 // 10)
+        self.marks: dict[int, tuple[float, float]] = {}
+
+    def see(self, count: int) -> bool:
+        """Note that ``count`` are answered now; True once 90% are."""
+        for mark in (self.low, self.high):
+            if count >= mark and mark not in self.marks:
+                self.marks[mark] = (time.perf_counter(), self.daemon.cpu())
+        return self.high in self.marks
+
+    def steady(self) -> Steady:
+        (t0, cpu0), (t1, cpu1) = self.marks[self.low], self.marks[self.high]
+        count = self.high - self.low
+        cpu_ms = 1000 * (cpu1 - cpu0) / count
+        return Steady(self.total, t1 - t0, count / (t1 - t0), cpu_ms, os.getloadavg()[0])
+
+
 def measure(total: int, answered: Callable[[], int], daemon: Daemon, timeout: float) -> Steady:
-    """Sample ``answered()`` and mqd's CPU until ``total`` are answered; the 10%-90% figures."""
-    low, high = max(1, total // 10), max(2, total * 9 // 10)
-    marks: dict[int, tuple[float, float]] = {}
+    """Sample ``answered()`` and mqd's CPU until 90% of ``total`` are answered."""
+    marks = Marks(total, daemon)
     deadline = time.monotonic() + timeout
-    while high not in marks:
-        count = answered()
-        for mark in (low, high):
-            if count >= mark and mark not in marks:
-                marks[mark] = (time.perf_counter(), daemon.cpu())
+    while not marks.see(count := answered()):
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out: {count} of {total} answered")
         time.sleep(0.01)
-    (t0, cpu0), (t1, cpu1) = marks[low], marks[high]
-    count = high - low
-    cpu_ms = 1000 * (cpu1 - cpu0) / count
-    return Steady(total, t1 - t0, count / (t1 - t0), cpu_ms, os.getloadavg()[0])
+    return marks.steady()
 
 
 def run_clients(

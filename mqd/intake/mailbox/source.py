@@ -3,7 +3,8 @@ their messages to, handing each over to mqd's queue.
 
 Manual acks, ``prefetch`` deliveries ahead. A delivery is acked only once its message is
 durable in the queue (``HandOver.submit`` returned) and its AMQP message_id remembered (a
-redelivery of that id is acked and queues nothing). A malformed message or one the policy
+redelivery of that id is acked and queues nothing); the acks go out in delivery order, a run
+of them in one ``multiple`` ack (``mqd.intake.mailbox.acks``). A malformed message or one the policy
 refuses is rejected without requeue (to the queue's dead-letter exchange, when it has one),
 logged and recorded as a ``rejected`` event; when the store cannot take it now it is nacked
 back to the queue and the consumer pauses (from 1s, doubling to ``reconnect_max``) so nothing
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from mqd.config.schema import Config, SourceConfig
 from mqd.errors import ConfigError, MessageParseError, SubmissionError
 from mqd.faults import Fault
+from mqd.intake.mailbox.acks import Acks
 from mqd.intake.mailbox.envelope import submission_of
 from mqd.intake.mailbox.seen import SeenIds
 from mqd.intake.mailbox.settings import MailboxSettings
@@ -83,6 +85,8 @@ class MailboxSource(Source):
         self._idle: asyncio.Event | None = None
         #: message_ids being handed over now (a second delivery of one waits for the first).
         self._handing: dict[str, asyncio.Future[None]] = {}
+        #: The acks of the current channel's deliveries.
+        self._acks = Acks()
 
     # -- the Source contract --------------------------------------------------------------------
 
@@ -171,6 +175,7 @@ class MailboxSource(Source):
             channel = await connection.channel(publisher_confirms=False)
             channel.close_callbacks.add(closed)
             await channel.set_qos(prefetch_count=settings.prefetch)
+            self._acks = Acks()  # the channel's delivery tags start again from 1
             queue = await channel.get_queue(settings.queue, ensure=True)
             tag = await queue.consume(self._on_message, no_ack=False)
             self.connected, self.last_error = True, None
@@ -232,8 +237,9 @@ class MailboxSource(Source):
         assert self._idle is not None
         self._busy += 1
         self._idle.clear()
+        acks = self._acks  # (a delivery of a channel since lost keeps that channel's)
         try:
-            await self._handle(message)
+            await self._handle(message, acks)
         except Exception as exc:  # the ack/nack could not be sent: the broker redelivers
             log.info(
                 "%s: delivery %s not answered (%s); the broker delivers it again",
@@ -241,12 +247,22 @@ class MailboxSource(Source):
                 message.message_id or message.delivery_tag,
                 _reason(exc),
             )
+            await self._give_back(message, acks)
         finally:
             self._busy -= 1
             if not self._busy:
                 self._idle.set()
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
+    async def _give_back(self, message: AbstractIncomingMessage, acks: Acks) -> None:
+        """Nack a delivery left unanswered by a failure (so the ones after it are not held
+        back); when even that fails the channel is gone, and the broker has them all again."""
+        if acks.answered(message):
+            return
+        with contextlib.suppress(Exception):
+            await message.nack(requeue=True)
+            await acks.answered_alone(message)
+
+    async def _handle(self, message: AbstractIncomingMessage, acks: Acks) -> None:
         mid = message.message_id
         if mid:
             while mid in self._handing:  # the same id delivered twice at once
@@ -254,32 +270,35 @@ class MailboxSource(Source):
                     await asyncio.shield(self._handing[mid])
             if mid in self.seen:
                 log.info("%s: message_id %s was queued before: acked", self.config.name, mid)
-                await message.ack()
+                await acks.durable(message)
                 self.duplicates += 1
                 return
             self._handing[mid] = asyncio.get_running_loop().create_future()
         try:
-            await self._hand_over(message, mid)
+            await self._hand_over(message, mid, acks)
         finally:
             if mid:
                 done = self._handing.pop(mid)
                 done.set_result(None)
 
-    async def _hand_over(self, message: AbstractIncomingMessage, mid: str | None) -> None:
+    async def _hand_over(
+        self, message: AbstractIncomingMessage, mid: str | None, acks: Acks
+    ) -> None:
         submission: Submission | None = None
         try:
             submission = submission_of(message.body, message.headers or {}, message.app_id)
             queue_id = await self.handover.submit(self.config, submission)
         except MessageParseError as exc:
-            await self._reject(message, mid, "intake", str(exc), submission)
+            await self._reject(message, mid, "intake", str(exc), submission, acks)
             return
         except SubmissionError as exc:
             # An account over its limits with over_limit = "refuse" is refused as a spool
             # refuses it: held, it would fill the prefetch window and stall the other senders.
             if exc.permanent or exc.stage == "limit":
-                await self._reject(message, mid, exc.stage, exc.reason, submission)
+                await self._reject(message, mid, exc.stage, exc.reason, submission, acks)
                 return
             await message.nack(requeue=True)
+            await acks.answered_alone(message)
             assert self._paused is not None
             self._paused.set()
             return
@@ -296,7 +315,7 @@ class MailboxSource(Source):
                     queue_id,
                     exc.strerror or exc,
                 )
-        await message.ack()
+        await acks.durable(message)  # acked with the deliveries around it
         self.accepted += 1
         log.debug("%s: message_id %s acked as %s", self.config.name, mid, queue_id)
 
@@ -307,9 +326,11 @@ class MailboxSource(Source):
         stage: str,
         reason: str,
         submission: Submission | None,
+        acks: Acks,
     ) -> None:
         name = mid or f"delivery-{message.delivery_tag}"
         await message.reject(requeue=False)
+        await acks.answered_alone(message)
         self.refused += 1
         queue_id = self.handover.rejected(
             self.config,
