@@ -21,6 +21,7 @@ from email.utils import formatdate, make_msgid
 from typing import Any
 
 from mqd.errors import MessageParseError
+from mqd.intake.submit.plain import plain_message
 from mqd.message.envelope import parse_message
 from mqd.message.headers import address_problem, header_addresses, split_header
 from mqd.message.mimepolicy import COMPOSING, SENDING
@@ -237,18 +238,25 @@ def compose_json(message: JsonMessage, hostname: str) -> tuple[str, tuple[str, .
         raise unusable("give at least one recipient: to, cc or bcc")
     if message.text is None and message.html is None:
         raise unusable("give the body: text, html or both")
+    subject = _no_newline(message.subject, "subject")
+    date = formatdate(localtime=True)
+    domain = senders[0].rpartition("@")[2] or hostname
+    headers = {k.lower(): (k, v) for k, v in message.headers.items()}
+    message_id = None if "message-id" in headers else make_msgid(domain=domain)
+    if message_id and message.text is not None and _text_only(message):
+        plain = plain_message(message.from_, to, cc, subject, message.text, date, message_id)
+        if plain is not None:  # the everyday message: as the email package writes it
+            return senders[0], tuple(recipients), plain
     msg = EmailMessage(policy=COMPOSING)
     msg["From"] = message.from_
     if to:
         msg["To"] = ", ".join(to)
     if cc:
         msg["Cc"] = ", ".join(cc)
-    msg["Subject"] = _no_newline(message.subject, "subject")
-    msg["Date"] = formatdate(localtime=True)
-    domain = senders[0].rpartition("@")[2] or hostname
-    headers = {k.lower(): (k, v) for k, v in message.headers.items()}
-    if "message-id" not in headers:
-        msg["Message-ID"] = make_msgid(domain=domain)
+    msg["Subject"] = subject
+    msg["Date"] = date
+    if message_id:
+        msg["Message-ID"] = message_id
     for name, value in headers.values():
         if not name or not set(name) <= _NAME_CHARS:
             raise unusable(f"headers: {name!r} is not a header field name")
@@ -267,6 +275,16 @@ def compose_json(message: JsonMessage, hostname: str) -> tuple[str, tuple[str, .
     except (ValueError, TypeError, UnicodeError) as exc:
         raise unusable(f"the message cannot be composed: {exc}") from None
     return senders[0], tuple(recipients), data
+
+
+def _text_only(message: JsonMessage) -> bool:
+    """Text and the fields, nothing more (no HTML, attachments, headers or send_at)."""
+    return (
+        message.html is None
+        and not message.attachments
+        and not message.headers
+        and message.send_at is None
+    )
 
 
 def _listed(value: str | list[str]) -> list[str]:
