@@ -637,6 +637,11 @@ def test_prepare_rejects_what_parse_rejects():
         (" a@example.com", "spaces"),
         ("a@example.com\t", "spaces"),
         ("a@exa\x01mple.com", "control"),
+        ("a\x7f@example.com", "control"),  # DEL
+        ("jürgen\x85@example.com", "control"),  # a C1 control (NEL)
+        ("jürgen\x9b@example.com", "control"),  # a C1 control (CSI)
+        ("\u202emoc.live@example.com", "control"),  # a bidi override: reads as another
+        ("app\u200b@example.com", "control"),  # a zero-width space: looks like app@
         ("<a@example.com>", "angle brackets"),
         ("a@example.com>", "angle brackets"),
         ("example.com", "local-part@domain"),
