@@ -143,6 +143,8 @@ def address_problem(address: str) -> str | None:
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
         return "it is not of the form local-part@domain"
+    if "@" in local and not (len(local) > 1 and local[0] == local[-1] == '"'):
+        return "it holds an @ outside a quoted local part"  # a@evil@example.com: whose?
     if len(address) > _MAX_ADDRESS:
         return f"it is longer than {_MAX_ADDRESS} characters"
     return None
