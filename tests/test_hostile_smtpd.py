@@ -211,6 +211,13 @@ HEADER_SPOOFS = [
     ("<app@example.com>", make_message(sender="<app@example.com> <ceo@evil.test>"), "550 5.7.1"),
     ("<app@example.com>", make_message(sender="=?utf-8?q?a?= <ceo@evil.test>"), "550 5.7.1"),
     ("<app@example.com>", make_message(sender="\u017fales@shop.example"), "550 5.7.1"),
+    # Sender: what mail programs show as "on behalf of"
+    ("<app@example.com>", make_message(extra_headers=("Sender: ceo@evil.test",)), "550 5.7.1"),
+    (
+        "<app@example.com>",
+        make_message(extra_headers=("Sender: app@example.com", "Sender: ceo@evil.test")),
+        "550 5.7.1",
+    ),
 ]
 
 
