@@ -135,6 +135,7 @@ async def test_header_injection_in_json_is_422(
         ({"headers": {"Bcc": "victim@evil.test"}}, 422, "unusable-message"),
         ({"headers": {"From ": "ceo@evil.test"}}, 422, "unusable-message"),
         ({"headers": {"X-A: b\r\nFrom": "ceo@evil.test"}}, 422, "unusable-message"),
+        ({"headers": {"Sender": "ceo@evil.test"}}, 403, "sender-refused"),  # "on behalf of"
         ({"from": '"app@example.com" <ceo@evil.test>'}, 403, "sender-refused"),
         ({"from": "ceo@evil.test (app@example.com)"}, 403, "sender-refused"),
         ({"from": "app@example.com, ceo@evil.test"}, 422, "unusable-message"),
