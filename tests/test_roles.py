@@ -145,3 +145,14 @@ def test_a_delivery_node_with_intake_tables_is_refused(
     assert both.queue.role == "both" and both.queue.delivers
     with pytest.raises(ConfigError, match="role"):
         node_config(write_config, tmp_path, 25, queue + 'role = "sender"', spool=True)
+
+
+def test_a_reload_keeps_the_role(write_config: Callable[..., Path], tmp_path: Path) -> None:
+    from mqd.daemon.reload import _check_same_store
+
+    queue = 'store = "postgresql"\ndsn = "postgresql://mqd@db/mqd"\nnode = "in-1"\n'
+    intake = node_config(write_config, tmp_path, 25, queue + 'role = "intake"', spool=True)
+    _check_same_store(intake, intake)
+    with pytest.raises(ConfigError, match="role changes at a restart") as caught:
+        _check_same_store(intake, node_config(write_config, tmp_path, 25, queue, spool=True))
+    assert caught.value.key == "queue.role"
