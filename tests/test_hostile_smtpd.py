@@ -132,6 +132,8 @@ ADDRESS_TRICKS = [
     ("<app\x00@example.com>", "550 5.7.1"),
     ("<app\x01@example.com>", "550 5.7.1"),
     ("<app\x7f@example.com>", "550 5.7.1"),  # DEL, a control character
+    ("<app\udcff@example.com>", "550 5.7.1"),  # a byte that is not UTF-8 (0xFF)
+    ("<app@example.com\u200b> SMTPUTF8", "550 5.7.1"),  # a zero-width space
     ("<>", "550 5.7.1"),  # the null sender: bounces are mqd's own, never a producer's
 ]
 
@@ -146,7 +148,9 @@ async def test_address_tricks_are_refused_at_mail_from(
 ) -> None:
     async with running(make_config(), host) as mqd:
         wire = await Wire.open(mqd.port)
-        got = await wire.send(sender.encode(), make_message(sender="app@example.com"))
+        got = await wire.send(
+            sender.encode("utf-8", "surrogateescape"), make_message(sender="app@example.com")
+        )
         assert got.startswith(answer), got
         await wire.close()
         await canary(mqd)
