@@ -30,7 +30,12 @@ from steady import Daemon, config_file, free_port, run_clients, wait_listening
 
 TOKEN = "benchmark-submit-token-0123456789abcdef"
 MESSAGE = json.dumps(
-    {"from": "app@example.com", "to": ["alice@example.net"], "subject": "bench", "text": "x" * 1500}
+    {
+        "from": "app@example.com",
+        "to": ["alice@example.net"],
+        "subject": "bench",
+        "text": ("x" * 74 + "\n") * 20,  # 1.5 kB in lines of 75, as mail is written
+    }
 ).encode()
 
 
