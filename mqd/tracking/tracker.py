@@ -4,7 +4,8 @@ loop, takes providers' webhook events, and answers the queries of the API and th
 Writing never holds up delivery: events are buffered and written by one worker thread every
 ``FLUSH_DELAY``. The store is kept usable by a ``StoreKeeper``: a damaged store is set aside
 and history starts afresh; a store that cannot be opened or written pauses tracking (events
-dropped and counted, retried with backoff). The queue, not this store, is what keeps the mail.
+kept, bounded, and written in order when it is back; retried with backoff). The queue, not
+this store, is what keeps the mail.
 """
 
 from __future__ import annotations
@@ -201,9 +202,10 @@ class Tracker:
             self._dirty.set()
 
     async def flush(self) -> None:
-        """Write what is buffered (the batch is taken now, so writes keep their order)."""
+        """Write what is buffered (the batch is taken now, so writes keep their order), behind
+        what was kept while the store could not be written."""
         batch, self._buffer = self._buffer, []
-        if not batch:
+        if not batch and not self.keeper.backlog:
             return
         try:
             new = await self.call(self._write, batch)
@@ -214,7 +216,7 @@ class Tracker:
             self.changed.set()
 
     def _write(self, batch: list[Record]) -> list[Record]:
-        return self.keeper.write(lambda store: store.record(batch), events=len(batch), otherwise=[])
+        return self.keeper.record(batch)
 
     async def ingest(self, source: str, events: Sequence[ProviderEvent]) -> int:
         """Record a provider's verified events; return how many were new (duplicates of an
@@ -284,7 +286,19 @@ class Tracker:
 
     async def _flush_loop(self) -> None:
         while True:
-            await self._dirty.wait()
+            # Events kept while the store could not be written: look again when it is due. (A
+            # timer, not wait_for, which on Python 3.11 can swallow the cancellation of close.)
+            waiting = self.keeper.retry_in()
+            timer = None
+            if waiting is not None:
+                timer = asyncio.get_running_loop().call_later(
+                    max(waiting, FLUSH_DELAY), self._dirty.set
+                )
+            try:
+                await self._dirty.wait()
+            finally:
+                if timer is not None:
+                    timer.cancel()
             await asyncio.sleep(FLUSH_DELAY)
             self._dirty.clear()
             await self.flush()
