@@ -129,6 +129,10 @@ def home_of(config: Config) -> StoreHome:
     return SQLiteHome(config.tracking_path)
 
 
+def _nothing() -> None:
+    """A call on the writer thread that returns once every call queued before it has."""
+
+
 def _queued_detail(event: Queued) -> dict[str, Any]:
     detail: dict[str, Any] = {"route": list(event.route)}
     for name in ("source", "login", "peer"):
@@ -162,6 +166,7 @@ class Tracker:
         self.unmatched = 0
         #: Pruning passes done, the first at start-up (a test waits for one before it records).
         self.prunes = 0
+        self._closed = False
 
     @classmethod
     async def open(cls, config: Config, *, clock: Callable[[], float] = time.monotonic) -> Tracker:
@@ -206,6 +211,10 @@ class Tracker:
         what was kept while the store could not be written."""
         batch, self._buffer = self._buffer, []
         if not batch and not self.keeper.backlog:
+            # The flush loop may have taken the batch a moment ago: once this returns, what was
+            # observed before is written (the writer thread runs one call at a time, in order).
+            if not self._closed:
+                await self.call(_nothing)
             return
         try:
             new = await self.call(self._write, batch)
@@ -322,6 +331,7 @@ class Tracker:
                 await task
         await self.flush()
         await self.call(self.keeper.close)
+        self._closed = True
         self._writer.shutdown(wait=True)
 
     # -- reading (on the writer's thread: a read sees every write before it) -----------------
