@@ -134,20 +134,19 @@ def address_problem(address: str) -> str | None:
         return "it is empty"
     if any(c in address for c in "\r\n\x00"):
         return "it contains CR, LF or NUL"
-    ascii = address.isascii()
-    if (
-        "<" in address
-        or ">" in address
-        or (min(address) <= " " if ascii else any(c.isspace() or ord(c) < 32 for c in address))
-    ):  # (in ASCII, the spaces and control characters are those up to " ")
+    if not address.isascii() and any("\udc80" <= c <= "\udcff" for c in address):
+        return "it is not valid UTF-8"
+    # Not printable: C0 and C1 controls, DEL, spaces other than " ", and invisible format
+    # characters (bidi overrides, zero widths) that make an address look like another.
+    if "<" in address or ">" in address or " " in address or not address.isprintable():
         return "it contains spaces, control characters or angle brackets"
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
         return "it is not of the form local-part@domain"
+    if "@" in local and not (len(local) > 1 and local[0] == local[-1] == '"'):
+        return "it holds an @ outside a quoted local part"  # a@evil@example.com: whose?
     if len(address) > _MAX_ADDRESS:
         return f"it is longer than {_MAX_ADDRESS} characters"
-    if not ascii and any("\udc80" <= c <= "\udcff" for c in address):
-        return "it is not valid UTF-8"
     return None
 
 
@@ -215,8 +214,8 @@ def unfold(raw: bytes) -> str:
 
 def _selected_headers(fields: list[tuple[bytes, bytes]], wanted: tuple[str, ...]) -> dict[str, str]:
     """The first occurrence of each wanted header (lower-case name -> unfolded value), except
-    From: repeated From fields are joined (", "), so that every address a reader may be shown
-    is checked (a message has one From; a second one must not slip past the sender checks)."""
+    From and Sender: repeated fields are joined (", "), so that every address a reader may be
+    shown is checked (a message has one of each; a second must not slip past the checks)."""
     found: dict[str, str] = {}
     for name, raw in fields:
         key = name.decode("ascii").lower()
@@ -224,7 +223,7 @@ def _selected_headers(fields: list[tuple[bytes, bytes]], wanted: tuple[str, ...]
             continue
         if key not in found:
             found[key] = unfold(raw).strip()
-        elif key == "from":
+        elif key in ("from", "sender"):
             found[key] += ", " + unfold(raw).strip()
     return found
 
