@@ -175,3 +175,27 @@ def test_a_delivery_node_says_its_role_and_sends_nothing_in(
     )  # fmt: skip
     assert sending.returncode != 0
     assert "queue.role" in sending.stderr and "send through an intake node" in sending.stderr
+
+
+async def test_once_an_intake_node_queues_and_a_delivery_node_drains(
+    write_config: Callable[..., Path],
+    tmp_path: Path,
+    schema: PgSchema,
+    smtp_server,
+    host: PluginHost,
+) -> None:
+    """``mqd run --once`` on each: the intake node exits once its spool is queued, the delivery
+    node once nothing is due."""
+    port = smtp_server.port
+    intake = node_config(
+        write_config, tmp_path, port, pg_queue(schema, "in-1", "intake"), spool=True
+    )
+    delivery = node_config(
+        write_config, tmp_path, port, pg_queue(schema, "out-1", "delivery"), spool=False
+    )
+    for n in range(3):
+        drop(tmp_path / "spool", make_message(to=(f"r{n}@example.net",)))
+    await Daemon(intake, host=host, once=True, shutdown_timeout=5).run()
+    assert queued(schema) == 3 and leased_ever(schema) == 0 and smtp_server.messages == []
+    await Daemon(delivery, host=host, once=True, shutdown_timeout=5).run()
+    assert queued(schema) == 0 and len(smtp_server.wait_for(3)) == 3
