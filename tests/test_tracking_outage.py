@@ -59,12 +59,13 @@ def proxy() -> Iterator[TcpProxy]:
         made.close()
 
 
-def config_for(tmp_path: Path, dsn: str) -> Config:
+def config_for(tmp_path: Path, dsn: str, **tracking: object) -> Config:
     return parse_config(
         {
             "queue": {"dir": str(tmp_path / "q"), "store": "postgresql", "dsn": dsn, "node": "n1"},
             "relays": {"mem": {"plugin": "memory"}},
             "spool": [{"path": str(tmp_path / "spool"), "relay": "mem"}],
+            "tracking": tracking,
         },
         None,
     )
@@ -178,8 +179,8 @@ async def test_past_the_bound_events_are_dropped_and_counted(
     tmp_path: Path, schema: PgSchema, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     now = [0.0]
-    tracker = await Tracker.open(config_for(tmp_path, proxy.dsn(schema.dsn)), clock=lambda: now[0])
-    tracker.keeper.backlog = Backlog(max_events=7)
+    config = config_for(tmp_path, proxy.dsn(schema.dsn), keep_while_paused=7)
+    tracker = await Tracker.open(config, clock=lambda: now[0])
     try:
         proxy.cut()
         for n in range(1, 5):
@@ -267,3 +268,15 @@ def test_a_batch_in_doubt_is_written_once(schema: PgSchema, commits: bool) -> No
         assert [e.detail["n"] for e in events] == [1, 2, 3, 4]  # once each, in order
     finally:
         keeper.close()
+
+
+def test_keep_while_paused_0_keeps_nothing(tmp_path: Path) -> None:
+    from mqd.errors import ConfigError
+
+    config = config_for(tmp_path, "postgresql://mqd@db/mqd", keep_while_paused=0)
+    assert config.tracking.keep_while_paused == 0
+    backlog = Backlog(max_events=config.tracking.keep_while_paused)
+    backlog.add([record(1), record(2)])
+    assert len(backlog) == 0 and backlog.dropped == 2 and backlog.bytes == 0
+    with pytest.raises(ConfigError, match="keep_while_paused"):
+        config_for(tmp_path, "postgresql://mqd@db/mqd", keep_while_paused=-1)

@@ -2,10 +2,11 @@
 
 A store that goes away for a while (PostgreSQL restarting, a disk full until someone makes room)
 must not cost the timeline of the messages sent meanwhile: their events wait here and are
-written, oldest first, when the store is back. The wait is bounded (``MAX_EVENTS`` events,
-``MAX_BYTES`` of their estimated size): past it, new events are dropped and counted, and the
-first drop of a pause is said once. Keeping the oldest and dropping the newest leaves what is
-kept a contiguous prefix of the stream, written in the order it happened.
+written, oldest first, when the store is back. The wait is bounded (``[tracking]
+keep_while_paused`` events, and ``BYTES_PER_EVENT`` of their estimated size for each): past
+it, new events are dropped and counted, and the first drop of a pause is said once. Keeping the
+oldest and dropping the newest leaves what is kept a contiguous prefix of the stream, written
+in the order it happened.
 
 A batch whose commit failed where it may have gone through (the connection lost during
 ``COMMIT``) stays at the head ``in doubt`` with the store's token for it: the keeper asks the
@@ -22,16 +23,18 @@ from collections.abc import Iterable
 
 from mqd.tracking.records import Record
 
-__all__ = ["MAX_BYTES", "MAX_EVENTS", "Backlog", "weight"]
+__all__ = ["BYTES_PER_EVENT", "MAX_BYTES", "MAX_EVENTS", "Backlog", "weight"]
 
 # The tracker's logger: operators key on its name.
 log = logging.getLogger("mqd.tracking.tracker")
 
-#: Events kept while the store cannot be written, at most (a PostgreSQL restart of a minute at
-#: 1,500 events a second fits).
+#: Events kept while the store cannot be written, at most, by default (``[tracking]
+#: keep_while_paused``: a PostgreSQL restart of a minute at 1,500 events a second fits).
 MAX_EVENTS = 100_000
-#: ... and their estimated size, at most (``weight``).
-MAX_BYTES = 64 * 1024 * 1024
+#: ... and their estimated size (``weight``), at most this much an event on average: 64 MiB for
+#: the default, so that large events (long replies, big details) take no more than planned.
+BYTES_PER_EVENT = 672
+MAX_BYTES = MAX_EVENTS * BYTES_PER_EVENT
 #: What a record costs in memory besides its strings (the object, its fields, the deque's slot).
 _OVERHEAD = 400
 
@@ -48,11 +51,12 @@ def weight(record: Record) -> int:
 
 
 class Backlog:
-    """Records waiting for the store, oldest first, at most ``max_events`` and ``max_bytes``."""
+    """Records waiting for the store, oldest first, at most ``max_events`` and ``max_bytes``
+    (default: ``BYTES_PER_EVENT`` for each of ``max_events``; 0 events: none is kept)."""
 
-    def __init__(self, *, max_events: int = MAX_EVENTS, max_bytes: int = MAX_BYTES) -> None:
+    def __init__(self, *, max_events: int = MAX_EVENTS, max_bytes: int | None = None) -> None:
         self.max_events = max_events
-        self.max_bytes = max_bytes
+        self.max_bytes = max_bytes if max_bytes is not None else max_events * BYTES_PER_EVENT
         self._records: deque[tuple[Record, int]] = deque()
         self.bytes = 0
         #: The store's token for the head batch whose commit may have gone through, and how
@@ -73,7 +77,7 @@ class Backlog:
         for record in records:
             size = weight(record)
             if len(self._records) >= self.max_events or self.bytes + size > self.max_bytes:
-                if not self.dropped:
+                if not self.dropped and self.max_events:  # (0: the pause said it drops)
                     log.warning(
                         "tracking: %d events (%.1f MiB) are kept until the event store can be "
                         "written, the most it keeps (%d events, %.0f MiB): further events are "

@@ -343,10 +343,12 @@ class StoreKeeper:
         bug = exc is not None and self.home.fault(exc) is Fault.OTHER
         if self._paused is None and not self._resuming:
             log.error(
-                "tracking paused: %s; delivery goes on, events are kept (up to %d) and written "
-                "when the store works again; next try in %.0fs",
+                "tracking paused: %s; delivery goes on, %s until the store works again; next "
+                "try in %.0fs",
                 why,
-                self.backlog.max_events,
+                f"events are kept (up to {self.backlog.max_events}) and written"
+                if self.backlog.max_events
+                else "events are dropped (and counted)",
                 self._delay,
                 exc_info=exc if bug else None,
             )

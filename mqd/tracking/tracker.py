@@ -31,6 +31,7 @@ from mqd.events import (
     Rejected,
 )
 from mqd.tracking.answers import FeedEvent, MessageHistory, MessageSummary
+from mqd.tracking.backlog import Backlog
 from mqd.tracking.eventstore import EventStore
 from mqd.tracking.keeper import StoreKeeper
 from mqd.tracking.queries import failures, history, message, recent, recipient
@@ -175,7 +176,8 @@ class Tracker:
         one is set aside (a new one opened), one that cannot be opened pauses tracking.
         ``clock`` (monotonic seconds) times the retries of a paused store."""
         writer = ThreadPoolExecutor(1, thread_name_prefix="mqd-tracking")
-        keeper = StoreKeeper(home_of(config), clock=clock)
+        backlog = Backlog(max_events=config.tracking.keep_while_paused)
+        keeper = StoreKeeper(home_of(config), clock=clock, backlog=backlog)
         path = keeper.home.where
         await asyncio.get_running_loop().run_in_executor(writer, keeper.start)
         tracker = cls(config, keeper, writer)
