@@ -280,3 +280,66 @@ def test_keep_while_paused_0_keeps_nothing(tmp_path: Path) -> None:
     assert len(backlog) == 0 and backlog.dropped == 2 and backlog.bytes == 0
     with pytest.raises(ConfigError, match="keep_while_paused"):
         config_for(tmp_path, "postgresql://mqd@db/mqd", keep_while_paused=-1)
+
+
+#: At commit, a batch holding the message ``slow`` waits for an advisory lock the test holds: the
+#: test cuts the connection while the server is in the middle of that COMMIT.
+SLOW_COMMIT = """
+CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.message = 'slow' THEN PERFORM pg_advisory_xact_lock(%(key)s); END IF;
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON mqd_track_event
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();
+"""
+
+
+def test_a_connection_lost_during_commit_leaves_the_batch_written_once(
+    schema: PgSchema, proxy: TcpProxy
+) -> None:
+    """The real thing: the server commits after the client lost the connection; the keeper
+    asks, finds it committed, and does not write the batch again."""
+    import secrets
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = secrets.randbelow(2**31)
+    with psycopg.connect(schema.dsn, autocommit=True) as admin:
+        admin.execute(SLOW_COMMIT.replace("%(key)s", str(key)).encode())
+    now = [0.0]
+    keeper = StoreKeeper(PostgresHome(Database(proxy.dsn(schema.dsn))), clock=lambda: now[0])
+    keeper.start()
+    holder = psycopg.connect(schema.dsn, autocommit=True)
+    try:
+        holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+        slow = Record("slow", Status.ACCEPTED, 1_000_000.0, detail={"n": 1})
+        with ThreadPoolExecutor(1) as pool:
+            writing = pool.submit(keeper.record, [slow])
+
+            def committing() -> bool:
+                row = holder.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                    "AND objid = %s",
+                    (key,),
+                ).fetchone()
+                return bool(row and row[0])
+
+            wait_until_sync(committing, "the batch's COMMIT to wait for the lock")
+            proxy.cut()
+            assert writing.result(30) == []
+        assert keeper.paused is not None and keeper.backlog.doubt is not None
+        holder.execute("SELECT pg_advisory_unlock(%s)", (key,))  # the server commits it now
+        proxy.restore()
+        now[0] += 1.0
+
+        def written() -> bool:
+            keeper.record([])  # asks; "in progress" while the commit finishes: asked again
+            return not keeper.backlog
+
+        wait_until_sync(written, "the batch in doubt to be settled")
+        keeper.record([record(2)])
+        events = feed(schema.dsn, 0, 2)
+        assert [(e.message, e.detail["n"]) for e in events] == [("slow", 1), (mid(2), 2)]
+    finally:
+        holder.close()
+        keeper.close()
