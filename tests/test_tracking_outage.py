@@ -31,6 +31,7 @@ from mqd.tracking.answers import FeedEvent
 from mqd.tracking.backlog import Backlog
 from mqd.tracking.eventstore import CommitInDoubt
 from mqd.tracking.keeper import StoreKeeper
+from mqd.tracking.pause import TrackingPause
 from mqd.tracking.pghome import PostgresHome
 from mqd.tracking.postgresql import PostgresEventStore
 from mqd.tracking.records import Record
@@ -149,6 +150,9 @@ async def test_events_emitted_while_the_database_is_away_are_written_once_in_ord
         keeper = tracker.keeper
         assert keeper.paused is not None and len(keeper.backlog) == 12 and keeper.dropped == 0
         assert keeper.retry_in() == pytest.approx(1.0)  # a database: 1 s first
+        shown = TrackingPause(keeper)  # what mqd status lists among its faults
+        assert shown.active and shown.retry_in() == pytest.approx(1.0)
+        assert shown.reason is not None and "(12 event(s) kept to write when" in shown.reason
         now[0] += 1.0
         refused = proxy.refused
         await tracker.flush()  # tried again, refused again: twice as long
@@ -161,6 +165,7 @@ async def test_events_emitted_while_the_database_is_away_are_written_once_in_ord
         now[0] += 2.0
         await tracker.flush()
         assert not keeper.backlog and keeper.paused is None and keeper.late == 15
+        assert not shown.active and shown.reason is None
         # Every event once, in the order emitted; a reader after its position finds the late
         # ones, whatever their seq.
         assert timeline(feed(schema.dsn, 0, 18)) == expected(range(1, 7))
