@@ -1,0 +1,167 @@
+"""The file store's hand-over keys (``mqd.queue.keys``): a journal in the queue directory,
+``handover-keys``, and its index in memory, rebuilt from it at start.
+
+A keyed batch is accepted in three steps, one batch at a time:
+
+1. a ``+ <expires> <id> <scope> <key> <note>`` line for each new key, appended and fsynced;
+2. the entries written (``FileStore``'s accept: their bodies durable);
+3. a ``= <id> ...`` line confirming those queued, appended and fsynced; then ``accept`` returns.
+
+So a key is on disk before its entry is, and an entry never leaves the queue (delivery starts
+after step 3) before its key is confirmed. At start a confirmed record counts; one that is not
+(a crash between 1 and 3) counts when its entry is queued (its body made it), and is dropped
+when it is not (the entry was never durable: its producer, never answered, sends it again).
+
+Expired records are dropped when the journal is read and when it is rewritten (once it has
+grown to twice what is live; a ``.`` line there confirms every record above it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+from mqd.clock import Clock
+from mqd.fsutil import atomic_write, fsync_dirs
+from mqd.queue.keys import Handed, HandoverKey, KeyIndex, split_batch
+from mqd.queue.store import AcceptError, Incoming
+
+__all__ = ["KeyJournal"]
+
+log = logging.getLogger("mqd.queue")
+
+#: Below this many lines the journal is never rewritten.
+COMPACT_FLOOR = 1000
+
+
+def _q(text: str) -> str:
+    return quote(text, safe="") or "%"  # (quote never gives a lone "%": it is the empty text)
+
+
+def _uq(text: str) -> str:
+    return "" if text == "%" else unquote(text)
+
+
+class KeyJournal:
+    def __init__(self, path: Path, clock: Clock) -> None:
+        self.path = path
+        self.clock = clock
+        self.index = KeyIndex()
+        self._lines = 0
+        self._lock = asyncio.Lock()
+
+    # -- start ----------------------------------------------------------------------------------
+
+    def load(self, queued: Callable[[str], bool]) -> list[str]:
+        """Read the journal (blocking); ``queued(id)``: whether an entry is in the queue.
+        Returns notes for the operator."""
+        self.index = KeyIndex()
+        self._lines = 0
+        try:
+            text = self.path.read_text(encoding="ascii", errors="replace")
+        except FileNotFoundError:
+            return []
+        now = self.clock.time()
+        pending: dict[str, HandoverKey] = {}
+        confirmed: list[tuple[HandoverKey, str]] = []
+        for line in text.splitlines():
+            kind, _, rest = line.partition(" ")
+            self._lines += 1
+            if kind == "+":
+                parts = rest.split(" ")
+                if len(parts) != 5:
+                    continue  # a line torn by a crash mid-write
+                expires, entry_id, scope, name, note = parts
+                with contextlib.suppress(ValueError):
+                    key = HandoverKey(_uq(scope), _uq(name), float(expires), _uq(note))
+                    pending[entry_id] = key
+            elif kind == "=":
+                for confirmed_id in rest.split():
+                    if confirmed_id in pending:
+                        confirmed.append((pending.pop(confirmed_id), confirmed_id))
+            elif kind == ".":
+                confirmed.extend((key, pending_id) for pending_id, key in pending.items())
+                pending.clear()
+        kept = [(key, entry_id) for entry_id, key in pending.items() if queued(entry_id)]
+        for known, entry_id in confirmed + kept:
+            if known.expires > now:
+                self.index.put(known, entry_id)
+        dropped = len(pending) - len(kept)
+        if dropped:
+            return [f"{dropped} hand-over key(s) of messages not queued before a crash forgotten"]
+        return []
+
+    # -- a batch --------------------------------------------------------------------------------
+
+    async def accept(
+        self,
+        batch: Sequence[Incoming],
+        queue: Callable[[Sequence[Incoming]], Awaitable[None]],
+    ) -> dict[str, Handed]:
+        """Accept ``batch`` through ``queue`` (the store's accept), its keys recorded around it."""
+        async with self._lock:
+            now = self.clock.time()
+            if self.index.prune(now):
+                await asyncio.to_thread(self._compact_if_grown)
+            fresh, repeats = split_batch(((i, i.entry.id, i.key) for i in batch), self.index, now)
+            keyed = [(i.key, i.entry.id) for i in fresh if i.key is not None]
+            if keyed:
+                lines = "".join(
+                    f"+ {k.expires:.3f} {entry_id} {_q(k.scope)} {_q(k.key)} {_q(k.note)}\n"
+                    for k, entry_id in keyed
+                )
+                try:
+                    await asyncio.to_thread(self._append, lines)
+                except OSError as exc:
+                    problem = f"cannot write the hand-over keys {self.path}: {exc}"
+                    raise AcceptError(problem) from exc
+            try:
+                await queue(fresh)
+            except AcceptError as exc:
+                done = set(exc.accepted)
+                await self._confirm([(k, i) for k, i in keyed if i in done])
+                raise
+            await self._confirm(keyed)
+            return repeats
+
+    async def _confirm(self, keyed: list[tuple[HandoverKey, str]]) -> None:
+        if not keyed:
+            return
+        line = "= " + " ".join(entry_id for _, entry_id in keyed) + "\n"
+        try:
+            await asyncio.to_thread(self._append, line)
+        except OSError as exc:  # queued: their records count at start while they are queued
+            log.warning("cannot confirm hand-over keys in %s: %s", self.path, exc)
+        for key, entry_id in keyed:
+            self.index.put(key, entry_id)
+
+    def _append(self, text: str) -> None:
+        new = self._lines == 0
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, text.encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if new:
+            fsync_dirs([self.path.parent])
+        self._lines += text.count("\n")
+
+    def _compact_if_grown(self) -> None:
+        if self._lines <= max(COMPACT_FLOOR, 2 * len(self.index)):
+            return
+        text = "".join(
+            f"+ {r.expires:.3f} {r.id} {_q(scope)} {_q(key)} {_q(r.note)}\n"
+            for (scope, key), r in self.index
+        )
+        try:
+            atomic_write(self.path, (text + ".\n").encode("ascii"))
+        except OSError as exc:  # the journal stands as it was
+            log.warning("cannot rewrite the hand-over keys %s: %s", self.path, exc)
+            return
+        self._lines = len(self.index) + 1
