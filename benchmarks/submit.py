@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """HTTP submission's intake rate: N JSON messages over ``POST /api/v1/messages`` into a real
 ``mqd run``, each answered 202 only once durable (fsync stays on), with C clients at once, with
-and without an ``Idempotency-Key`` (whose record is saved, durably, before the answer).
+and without an ``Idempotency-Key`` (kept by the queue store with the message, in the same durable
+write: the file store's key journal).
 
     .venv/bin/python benchmarks/submit.py --messages 1000 --clients 1 16
 
@@ -103,9 +104,9 @@ def main() -> None:
                     rate = asyncio.run(run(port, args.messages, clients, keyed))
                     what = "with keys   " if keyed else "without keys"
                     print(f"{what} {clients:3d} client(s): {rate:7.0f} messages/s answered 202")
-            state = sorted(Path(tmp, "queue").glob("submit-keys.*"))
-            size = sum(path.stat().st_size for path in state)
-            print(f"idempotency keys: {len(state)} blobs, {size} bytes in all")
+            journal = Path(tmp, "queue", "handover-keys")
+            size = journal.stat().st_size if journal.exists() else 0
+            print(f"idempotency keys: a journal of {size} bytes")
         finally:
             daemon.terminate()
             daemon.wait(30)
