@@ -29,13 +29,14 @@ from queue_stores import body_for, new_entry, rebuild
 import mqd.queue.file.disk
 import mqd.queue.file.failed
 import mqd.queue.file.keys
+import mqd.queue.keys
 from mqd.clock import ManualClock
 from mqd.errors import QueueLockedError
 from mqd.queue.entry import DSN_SOURCE, QueueEntry, RcptStatus, RecipientState, id_time
 from mqd.queue.failed import FailedRecipient, FailureRecord
 from mqd.queue.file.rebuild import Unread
 from mqd.queue.file.store import FileStore
-from mqd.queue.keys import PRUNE_EVERY
+from mqd.queue.keys import PRUNE_EVERY, KeyIndex
 from mqd.queue.store import AcceptError, Bounce, Handed, HandoverKey, Incoming, Refused
 
 SOURCE = "spoolkey"  # new_entry's
@@ -635,3 +636,39 @@ async def test_the_key_journal_is_rewritten_without_expired_keys(node, store, cl
     await node.restart()
     assert node.store is not None
     assert len(node.store.keys.index) == 1
+
+
+async def test_an_older_mqds_key_files_are_carried_over_then_removed(node, store, clock):
+    """The submit API's blobs and the mailboxes' id files of the mqd before hand-over keys."""
+    directory = store.directory
+    record = [clock.time() + 600, "fp", "first-id", "<m@x>"]
+    (directory / "submit-keys.abc.3.json").write_text(json.dumps({"k 1": record}))
+    (directory / "mailbox").mkdir()
+    expires = clock.time() + 600
+    (directory / "mailbox" / "q1.ids").write_text(f"{expires:.0f} order%2F17\n1 gone\n")
+    notes = await node.restart()
+    assert any("2 hand-over key(s) of an older mqd" in note for note in notes)
+    assert not list(directory.glob("submit-keys.*")) and not list(directory.glob("mailbox/*"))
+    for _ in range(2):  # the same after another start, from the journal alone
+        assert node.store is not None
+        submit = keyed(clock, "k 1")
+        submit = Incoming(submit.entry, submit.body, key=HandoverKey("submit.abc", "k 1", 1e12))
+        mailbox = keyed(clock, "order/17")
+        mailbox = Incoming(
+            mailbox.entry, mailbox.body, key=HandoverKey("mailbox.q1", "order/17", 1e12)
+        )
+        repeats = await node.store.accept([submit, mailbox])
+        assert repeats[submit.entry.id] == Handed("first-id", "fp <m@x>", replayed=True)
+        assert repeats[mailbox.entry.id].replayed
+        await node.restart()
+
+
+def test_a_key_index_keeps_at_most_max_keys_a_scope_the_oldest_forgotten(monkeypatch):
+    monkeypatch.setattr(mqd.queue.keys, "MAX_KEYS", 3)
+    index = KeyIndex()
+    for n in range(5):
+        index.put(HandoverKey("busy", f"k{n}", 100.0 + n), f"id{n}")
+    index.put(HandoverKey("quiet", "k0", 100.0), "idq")
+    assert index.prune(0.0)
+    assert sorted(key for (scope, key), _ in index if scope == "busy") == ["k2", "k3", "k4"]
+    assert index.get(HandoverKey("quiet", "k0", 0), 0.0) is not None

@@ -10,6 +10,8 @@ keep their keys in a ``KeyIndex``; the PostgreSQL store in a table of its own.
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -18,8 +20,13 @@ __all__ = ["Handed", "HandoverKey", "KeyIndex", "KeyRecord", "split_batch"]
 
 T = TypeVar("T")
 
+log = logging.getLogger("mqd.queue")
+
 #: How often (seconds of the store's clock) a ``KeyIndex`` drops its expired keys.
 PRUNE_EVERY = 600.0
+#: The most keys a ``KeyIndex`` keeps a scope (about 200 bytes each in memory): beyond it the
+#: oldest are forgotten before they expire, and the log says so.
+MAX_KEYS = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +87,26 @@ class KeyIndex:
             self.records.pop((key.scope, key.key), None)
 
     def prune(self, now: float) -> bool:
-        """Drop the expired keys, at most every ``PRUNE_EVERY``; True when it did."""
+        """Drop the expired keys, and the oldest of a scope beyond ``MAX_KEYS``, at most every
+        ``PRUNE_EVERY``; True when it did."""
         if now < self._next_prune:
             return False
         self._next_prune = now + PRUNE_EVERY
         self.records = {k: r for k, r in self.records.items() if r.expires > now}
+        for scope, count in Counter(scope for scope, _ in self.records).items():
+            if count <= MAX_KEYS:
+                continue
+            log.warning(
+                "%d hand-over keys of %s: the oldest %d are forgotten before they expire "
+                "(at most %d are kept a source)",
+                count,
+                scope,
+                count - MAX_KEYS,
+                MAX_KEYS,
+            )
+            mine = sorted((r.expires, k) for k, r in self.records.items() if k[0] == scope)
+            for _, key in mine[: count - MAX_KEYS]:
+                del self.records[key]
         return True
 
 

@@ -14,12 +14,17 @@ when it is not (the entry was never durable: its producer, never answered, sends
 
 Expired records are dropped when the journal is read and when it is rewritten (once it has
 grown to twice what is live; a ``.`` line there confirms every record above it).
+
+The keys an older mqd kept apart are carried over at start, then removed: the submit API's
+(``submit-keys.<scope>.<n>.json``: ``{key: [expires, fingerprint, id, message_id]}``) and the
+mailboxes' (``mailbox/<key>.ids``: ``<expires> <message_id>`` lines, without queue ids).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +42,8 @@ log = logging.getLogger("mqd.queue")
 
 #: Below this many lines the journal is never rewritten.
 COMPACT_FLOOR = 1000
+#: The queue id a key carried over from an older mailbox file answers with (it kept none).
+UNKNOWN_ID = "(queued before the upgrade)"
 
 
 def _q(text: str) -> str:
@@ -45,6 +52,10 @@ def _q(text: str) -> str:
 
 def _uq(text: str) -> str:
     return "" if text == "%" else unquote(text)
+
+
+def _record(key: HandoverKey, entry_id: str) -> str:
+    return f"+ {key.expires:.3f} {_q(entry_id)} {_q(key.scope)} {_q(key.key)} {_q(key.note)}\n"
 
 
 class KeyJournal:
@@ -79,7 +90,7 @@ class KeyJournal:
                 expires, entry_id, scope, name, note = parts
                 with contextlib.suppress(ValueError):
                     key = HandoverKey(_uq(scope), _uq(name), float(expires), _uq(note))
-                    pending[entry_id] = key
+                    pending[_uq(entry_id)] = key
             elif kind == "=":
                 for confirmed_id in rest.split():
                     if confirmed_id in pending:
@@ -96,6 +107,38 @@ class KeyJournal:
             return [f"{dropped} hand-over key(s) of messages not queued before a crash forgotten"]
         return []
 
+    def carry_over(self) -> list[str]:
+        """Take in the key files of an older mqd, then remove them (blocking)."""
+        directory = self.path.parent
+        found: list[tuple[HandoverKey, str]] = []
+        files = sorted(directory.glob("submit-keys.*.json"))
+        for path in files:
+            scope = path.name.split(".")[1]
+            with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+                for key, (expires, fingerprint, entry_id, message_id) in json.loads(
+                    path.read_bytes()
+                ).items():
+                    note = f"{fingerprint} {message_id}"
+                    found.append((HandoverKey(f"submit.{scope}", key, expires, note), entry_id))
+        mailbox = sorted(directory.glob("mailbox/*.ids"))
+        for path in mailbox:
+            with contextlib.suppress(OSError):
+                for line in path.read_text(encoding="ascii", errors="replace").splitlines():
+                    expires, _, quoted = line.partition(" ")
+                    with contextlib.suppress(ValueError):
+                        key = HandoverKey(f"mailbox.{path.stem}", unquote(quoted), float(expires))
+                        found.append((key, UNKNOWN_ID))
+        if not files and not mailbox:
+            return []
+        now = self.clock.time()
+        live = [(key, entry_id) for key, entry_id in found if key.expires > now]
+        self._append("".join(_record(key, entry_id) for key, entry_id in live) + ".\n")
+        for key, entry_id in live:
+            self.index.put(key, entry_id)
+        for path in files + mailbox:
+            path.unlink()
+        return [f"{len(live)} hand-over key(s) of an older mqd carried over into {self.path}"]
+
     # -- a batch --------------------------------------------------------------------------------
 
     async def accept(
@@ -111,10 +154,7 @@ class KeyJournal:
             fresh, repeats = split_batch(((i, i.entry.id, i.key) for i in batch), self.index, now)
             keyed = [(i.key, i.entry.id) for i in fresh if i.key is not None]
             if keyed:
-                lines = "".join(
-                    f"+ {k.expires:.3f} {entry_id} {_q(k.scope)} {_q(k.key)} {_q(k.note)}\n"
-                    for k, entry_id in keyed
-                )
+                lines = "".join(_record(key, entry_id) for key, entry_id in keyed)
                 try:
                     await asyncio.to_thread(self._append, lines)
                 except OSError as exc:
@@ -156,7 +196,7 @@ class KeyJournal:
         if self._lines <= max(COMPACT_FLOOR, 2 * len(self.index)):
             return
         text = "".join(
-            f"+ {r.expires:.3f} {r.id} {_q(scope)} {_q(key)} {_q(r.note)}\n"
+            _record(HandoverKey(scope, key, r.expires, r.note), r.id)
             for (scope, key), r in self.index
         )
         try:

@@ -118,7 +118,7 @@ class FileStore(FileAdmin, QueueStore):
         self.schedule.node = self.node
         found = recover(self.layout, str(self.folder.directory))
         queued = {entry.id for entry in found.entries} | {i for _, i in found.unread}
-        found.notes += self.keys.load(queued.__contains__)
+        found.notes += self.keys.load(queued.__contains__) + self.keys.carry_over()
         # Bodies accepted before a crash may not be on disk yet: one sync for all of them rather
         # than an fsync each (100,000 of them cost ~25 s of fsyncs). (No os.sync on Windows.)
         if found.unread and hasattr(os, "sync"):

@@ -7,7 +7,8 @@ entry's (an accept repeated after a crash): a claim racing another node's for th
 for that transaction (the primary key's lock) and then finds its row, committed or not there.
 Keys are claimed in one order (sorted) so that two batches never wait on each other in a cycle.
 Expired rows are ignored at once and deleted by the next keyed accept of a node after
-``PRUNE_EVERY``, a bounded number at a time.
+``PRUNE_EVERY``, a bounded number at a time, skipping rows another accept holds (so the prune
+never waits on, nor deadlocks with, a claim).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ JOIN unnest(%(scopes)s::text[], %(keys)s::text[]) AS k(scope, key) USING (scope,
 _PRUNE = """
 DELETE FROM mqd_handover WHERE ctid IN (
     SELECT ctid FROM mqd_handover WHERE expires <= %(now)s LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
 )
 """
 
