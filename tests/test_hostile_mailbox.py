@@ -187,11 +187,6 @@ async def test_envelope_lines_in_the_body_never_change_the_envelope(
     assert b"evil.test" not in received.data
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a redelivered message_id is acked without comparing the message (the hokeys "
-    "branch moves message_ids into the store's hand-over keys, whose note can carry it)",
-)
 async def test_a_message_id_reused_for_another_message_is_dead_lettered(
     mqd: Running, broker: Broker, smtp_server: SMTPPeer
 ) -> None:

@@ -4,7 +4,9 @@ their messages to, handing each over to mqd's queue.
 Manual acks, ``prefetch`` deliveries ahead. A delivery is acked only once its message is
 durable in the queue with its AMQP message_id (``HandOver.submit_once``: the queue store keeps
 the id with the entry, for every node of the queue): a redelivery of that id, to any node, is
-acked and queues nothing. A malformed message or one the policy
+acked and queues nothing; the same message_id with another message is not a redelivery, and is
+dead-lettered saying so (acking it would lose that message). A malformed message or one the
+policy
 refuses is rejected without requeue (to the queue's dead-letter exchange, when it has one),
 logged and recorded as a ``rejected`` event; when the store cannot take it now it is nacked
 back to the queue and the consumer pauses (from 1s, doubling to ``reconnect_max``) so nothing
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib.util
 import logging
 from typing import TYPE_CHECKING, Any
@@ -244,17 +247,28 @@ class MailboxSource(Source):
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         mid = message.message_id
         submission: Submission | None = None
+        fingerprint = ""
         try:
             submission = submission_of(message.body, message.headers or {}, message.app_id)
             if mid:
+                fingerprint = _fingerprint(submission)
                 handed = await self.handover.submit_once(
                     self.config,
                     submission,
                     mid,
                     scope=f"mailbox.{self.settings.key}",
                     keep_for=self.settings.dedup_window,
+                    note=fingerprint,
                 )
                 queue_id, repeat = handed.id, handed.replayed
+                # (a key carried over from an older mqd has no note: taken as a redelivery)
+                if repeat and handed.note and handed.note != fingerprint:
+                    reason = (
+                        f"the message_id {mid!r} was used for another message (queued as "
+                        f"{queue_id}): give each message its own message_id"
+                    )
+                    await self._reject(message, mid, "intake", reason, submission)
+                    return
             else:
                 queue_id, repeat = await self.handover.submit(self.config, submission), False
         except MessageParseError as exc:
@@ -308,6 +322,15 @@ class MailboxSource(Source):
             self.config.name,
             reason,
         )
+
+
+def _fingerprint(submission: Submission) -> str:
+    """A hash of the delivery's envelope and message: a redelivery has the same."""
+    digest = hashlib.sha256()
+    for part in (submission.sender, *submission.recipients):
+        digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    digest.update(submission.data)
+    return digest.hexdigest()[:32]
 
 
 def _reason(exc: BaseException | None) -> str:
