@@ -641,6 +641,13 @@ async def test_the_key_journal_is_rewritten_without_expired_keys(node, store, cl
 async def test_an_older_mqds_key_files_are_carried_over_then_removed(node, store, clock):
     """The submit API's blobs and the mailboxes' id files of the mqd before hand-over keys."""
     directory = store.directory
+    lost = keyed(clock, "lost")
+
+    async def crash(batch: Sequence[Incoming]) -> None:
+        raise RuntimeError("the process dies before the entry is written")
+
+    with pytest.raises(RuntimeError):
+        await store.keys.accept([lost], crash)
     record = [clock.time() + 600, "fp", "first-id", "<m@x>"]
     (directory / "submit-keys.abc.3.json").write_text(json.dumps({"k 1": record}))
     (directory / "mailbox").mkdir()
@@ -661,6 +668,9 @@ async def test_an_older_mqds_key_files_are_carried_over_then_removed(node, store
         assert repeats[submit.entry.id] == Handed("first-id", "fp <m@x>", replayed=True)
         assert repeats[mailbox.entry.id].replayed
         await node.restart()
+    assert node.store is not None
+    retried = keyed(clock, "lost")
+    assert await node.store.accept([retried]) == {}, "the crashed record stays unconfirmed"
 
 
 def test_a_key_index_keeps_at_most_max_keys_a_scope_the_oldest_forgotten(monkeypatch):

@@ -58,6 +58,12 @@ def _record(key: HandoverKey, entry_id: str) -> str:
     return f"+ {key.expires:.3f} {_q(entry_id)} {_q(key.scope)} {_q(key.key)} {_q(key.note)}\n"
 
 
+def _confirming(keyed: Sequence[tuple[HandoverKey, str]]) -> str:
+    """The line confirming these records (by entry id: a ``.`` would confirm records of a crash
+    left above it too)."""
+    return "= " + " ".join(_q(entry_id) for _, entry_id in keyed) + "\n"
+
+
 class KeyJournal:
     def __init__(self, path: Path, clock: Clock) -> None:
         self.path = path
@@ -92,7 +98,7 @@ class KeyJournal:
                     key = HandoverKey(_uq(scope), _uq(name), float(expires), _uq(note))
                     pending[_uq(entry_id)] = key
             elif kind == "=":
-                for confirmed_id in rest.split():
+                for confirmed_id in map(_uq, rest.split()):
                     if confirmed_id in pending:
                         confirmed.append((pending.pop(confirmed_id), confirmed_id))
             elif kind == ".":
@@ -132,7 +138,7 @@ class KeyJournal:
             return []
         now = self.clock.time()
         live = [(key, entry_id) for key, entry_id in found if key.expires > now]
-        self._append("".join(_record(key, entry_id) for key, entry_id in live) + ".\n")
+        self._append("".join(_record(key, entry_id) for key, entry_id in live) + _confirming(live))
         for key, entry_id in live:
             self.index.put(key, entry_id)
         for path in files + mailbox:
@@ -172,7 +178,7 @@ class KeyJournal:
     async def _confirm(self, keyed: list[tuple[HandoverKey, str]]) -> None:
         if not keyed:
             return
-        line = "= " + " ".join(entry_id for _, entry_id in keyed) + "\n"
+        line = _confirming(keyed)
         try:
             await asyncio.to_thread(self._append, line)
         except OSError as exc:  # queued: their records count at start while they are queued
