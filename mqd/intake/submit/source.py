@@ -187,7 +187,6 @@ class SubmitSource(Source):
                 f"the Idempotency-Key {key!r} was used for another request (queued as "
                 f"{handed.id}); give each message its own key",
             )
-        log.info("%s: a repeated request (Idempotency-Key) answered again", handed.id)
         return Accepted(handed.id, first_message_id, replayed=True)
 
 
