@@ -199,6 +199,11 @@ async def test_a_message_id_reused_for_another_message_is_dead_lettered(
     other = make_message(sender=SENDER, to=("bob@example.net",), subject="another")
     await broker.publish(other, message_id="order-17")
     await wait_until(lambda: mqd.source.status().refused == 1, "the reused id refused", 15)
+
+    async def dead_lettered() -> bool:
+        return await broker.count(broker.dlq) == 1
+
+    await wait_until(dead_lettered, "the reused id dead-lettered", 15)
     [dead] = await broker.dead()
     assert dead.body == other
     assert "order-17" in mqd.rejected[0].reason
