@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
 """HTTP submission's intake rate: N JSON messages over ``POST /api/v1/messages`` into a real
 ``mqd run``, each answered 202 only once durable (fsync stays on), by C client processes at
-once, with and without an ``Idempotency-Key`` (whose record is saved, durably, before the
-answer).
+once, with and without an ``Idempotency-Key`` (kept by the queue store with the message, in the
+same durable write: the file store's key journal).
 
     .venv/bin/python benchmarks/submit.py --messages 4000 --clients 1 16
+    .venv/bin/python benchmarks/submit.py --postgresql   # the queue (and its keys) in PostgreSQL
+
+``--postgresql`` queues into a schema of its own on ``MQD_BENCH_PG_DSN`` (default: the local
+test server), made and dropped by the run.
 
 Each client is a process of its own speaking HTTP/1.1 over one kept-alive socket, its request
 built once (the key aside): the client costs little, and never mqd's CPU. The relay is the
 in-memory one (nothing leaves the machine): what is measured is HTTP, composing the message,
-the sender policy, the durable accept (and the key's save). Printed: the steady rate (between
-10% and 90% answered) and mqd's CPU per message over the same span, from /proc.
+the sender policy, the durable accept (with the key, when there is one). Printed: the steady
+rate (between 10% and 90% answered) and mqd's CPU per message over the same span, from /proc.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ import itertools
 import json
 import multiprocessing.sharedctypes
 import os
+import secrets
 import socket
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
+from urllib.parse import quote
 
+import psycopg
 from steady import Daemon, config_file, free_port, run_clients, wait_listening
 
 TOKEN = "benchmark-submit-token-0123456789abcdef"
@@ -37,10 +44,13 @@ MESSAGE = json.dumps(
         "text": ("x" * 74 + "\n") * 20,  # 1.5 kB in lines of 75, as mail is written
     }
 ).encode()
+BASE = os.environ.get("MQD_BENCH_PG_DSN", "postgresql://root@127.0.0.1:5432/test")
+#: Keys differ from run to run (a database keeps them across runs).
+_RUN = secrets.token_hex(4)
 
 
 def request(keyed: bool, number: int) -> bytes:
-    key = f"Idempotency-Key: bench-{os.getpid()}-{number}\r\n" if keyed else ""
+    key = f"Idempotency-Key: bench-{_RUN}-{os.getpid()}-{number}\r\n" if keyed else ""
     return (
         f"POST /api/v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(MESSAGE)}\r\n{key}\r\n"
@@ -103,15 +113,36 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=4000)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--keys", choices=["without", "with", "both"], default="both")
+    parser.add_argument("--postgresql", action="store_true")
     parser.add_argument("--profile", type=Path, help="py-spy's raw profile of mqd (stacks.py)")
     parser.add_argument("--log", type=Path, help="mqd's log (default: dropped with its queue)")
     args = parser.parse_args()
+    schema = f"mqd_bench_{secrets.token_hex(4)}"
+    store = ""
+    if args.postgresql:
+        from mqd.queue.postgresql.schema import script
+
+        dsn = f"{BASE}{'&' if '?' in BASE else '?'}options={quote(f'-csearch_path={schema}')}"
+        with psycopg.connect(BASE, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"'.encode())
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(script().encode())
+        store = f'store = "postgresql"\ndsn = "{dsn}"\nnode = "bench"\n'
+    try:
+        run_daemon(args, store)
+    finally:
+        if args.postgresql:
+            with psycopg.connect(BASE, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA "{schema}" CASCADE'.encode())
+
+
+def run_daemon(args: argparse.Namespace, store: str) -> None:
     keyed = {"without": [False], "with": [True], "both": [False, True]}[args.keys]
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         config = config_file(
             Path(tmp, "mqd.toml"),
-            f'[queue]\ndir = "{tmp}/queue"\n[relays.mem]\nplugin = "memory"\n'
+            f'[queue]\ndir = "{tmp}/queue"\n{store}[relays.mem]\nplugin = "memory"\n'
             f'[[spool]]\npath = "{tmp}/spool"\n'
             f"[http]\nenabled = true\nport = {port}\n"
             f'[[submit]]\ntoken = "{TOKEN}"\nallowed_senders = ["*@example.com"]\n',
@@ -124,9 +155,9 @@ def main() -> None:
                 steady = run_clients(partial(client, port, keys), clients, args.messages, daemon)
                 what = "with keys   " if keys else "without keys"
                 print(f"{what} {clients:3d} client(s): {steady.line()}", flush=True)
-            state = sorted(Path(tmp, "queue").glob("submit-keys.*"))
-            size = sum(path.stat().st_size for path in state)
-            print(f"idempotency keys: {len(state)} blobs, {size} bytes in all")
+            journal = Path(tmp, "queue", "handover-keys")
+            if journal.exists():
+                print(f"idempotency keys: a journal of {journal.stat().st_size} bytes")
         finally:
             daemon.stop()
 
