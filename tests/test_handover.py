@@ -16,6 +16,7 @@ from mqd.events import Event, Queued
 from mqd.intake.handover import WRITERS, Handover
 from mqd.intake.source import Submission
 from mqd.plugins.host import PluginHost
+from mqd.queue.keys import Handed
 from mqd.queue.memory import MemoryStore
 from mqd.queue.store import Incoming
 from mqd.testing import wait_until
@@ -30,13 +31,14 @@ class HeldStore(MemoryStore):
         self.gates: list[asyncio.Event] = []
         self.durable: set[str] = set()
 
-    async def accept(self, batch: Sequence[Incoming]) -> None:
+    async def accept(self, batch: Sequence[Incoming]) -> dict[str, Handed]:
         gate = asyncio.Event()
         self.batches.append([item.entry.recipients[0].address for item in batch])
         self.gates.append(gate)
         await gate.wait()
-        await super().accept(batch)
+        repeats = await super().accept(batch)
         self.durable.update(item.entry.id for item in batch)
+        return repeats
 
 
 async def test_batches_written_at_once_and_each_answer_after_its_own(
