@@ -5,13 +5,13 @@ Manual acks, ``prefetch`` deliveries ahead. A delivery is acked only once its me
 durable in the queue with its AMQP message_id (``HandOver.submit_once``: the queue store keeps
 the id with the entry, for every node of the queue): a redelivery of that id, to any node, is
 acked and queues nothing; the same message_id with another message is not a redelivery, and is
-dead-lettered saying so (acking it would lose that message). The acks go out in delivery
-order, a run of them in one ``multiple`` ack (``mqd.intake.mailbox.acks``). A malformed message
-or one the policy refuses is rejected without requeue (to the queue's dead-letter exchange,
-when it has one), logged and recorded as a ``rejected`` event; when the store cannot take it
-now it is nacked back to the queue and the consumer pauses (from 1s, doubling to
-``reconnect_max``) so nothing is lost and nothing spins. The connection is retried with the
-same backoff; that the broker is down is said once, and that it is back.
+dead-lettered saying so (acking it would lose that message). A malformed message or one the
+policy
+refuses is rejected without requeue (to the queue's dead-letter exchange, when it has one),
+logged and recorded as a ``rejected`` event; when the store cannot take it now it is nacked
+back to the queue and the consumer pauses (from 1s, doubling to ``reconnect_max``) so nothing
+is lost and nothing spins. The connection is retried with the same backoff; that the broker is
+down is said once, and that it is back.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from mqd.config.schema import Config, SourceConfig
 from mqd.errors import ConfigError, MessageParseError, SubmissionError
 from mqd.faults import Fault
-from mqd.intake.mailbox.acks import Acks
 from mqd.intake.mailbox.envelope import submission_of
 from mqd.intake.mailbox.settings import MailboxSettings
 from mqd.intake.source import HandOver, Source, SourceStatus, Submission
@@ -83,8 +82,6 @@ class MailboxSource(Source):
         self._pause_for = 1.0
         self._busy = 0
         self._idle: asyncio.Event | None = None
-        #: The acks of the current channel's deliveries.
-        self._acks = Acks()
 
     # -- the Source contract --------------------------------------------------------------------
 
@@ -172,7 +169,6 @@ class MailboxSource(Source):
             channel = await connection.channel(publisher_confirms=False)
             channel.close_callbacks.add(closed)
             await channel.set_qos(prefetch_count=settings.prefetch)
-            self._acks = Acks()  # the channel's delivery tags start again from 1
             queue = await channel.get_queue(settings.queue, ensure=True)
             tag = await queue.consume(self._on_message, no_ack=False)
             self.connected, self.last_error = True, None
@@ -234,9 +230,8 @@ class MailboxSource(Source):
         assert self._idle is not None
         self._busy += 1
         self._idle.clear()
-        acks = self._acks  # (a delivery of a channel since lost keeps that channel's)
         try:
-            await self._handle(message, acks)
+            await self._handle(message)
         except Exception as exc:  # the ack/nack could not be sent: the broker redelivers
             log.info(
                 "%s: delivery %s not answered (%s); the broker delivers it again",
@@ -244,22 +239,12 @@ class MailboxSource(Source):
                 message.message_id or message.delivery_tag,
                 _reason(exc),
             )
-            await self._give_back(message, acks)
         finally:
             self._busy -= 1
             if not self._busy:
                 self._idle.set()
 
-    async def _give_back(self, message: AbstractIncomingMessage, acks: Acks) -> None:
-        """Nack a delivery left unanswered by a failure (so the ones after it are not held
-        back); when even that fails the channel is gone, and the broker has them all again."""
-        if acks.answered(message):
-            return
-        with contextlib.suppress(Exception):
-            await message.nack(requeue=True)
-            await acks.answered_alone(message)
-
-    async def _handle(self, message: AbstractIncomingMessage, acks: Acks) -> None:
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
         mid = message.message_id
         submission: Submission | None = None
         fingerprint = ""
@@ -282,26 +267,25 @@ class MailboxSource(Source):
                         f"the message_id {mid!r} was used for another message (queued as "
                         f"{queue_id}): give each message its own message_id"
                     )
-                    await self._reject(message, mid, "intake", reason, submission, acks)
+                    await self._reject(message, mid, "intake", reason, submission)
                     return
             else:
                 queue_id, repeat = await self.handover.submit(self.config, submission), False
         except MessageParseError as exc:
-            await self._reject(message, mid, "intake", str(exc), submission, acks)
+            await self._reject(message, mid, "intake", str(exc), submission)
             return
         except SubmissionError as exc:
             # An account over its limits with over_limit = "refuse" is refused as a spool
             # refuses it: held, it would fill the prefetch window and stall the other senders.
             if exc.permanent or exc.stage == "limit":
-                await self._reject(message, mid, exc.stage, exc.reason, submission, acks)
+                await self._reject(message, mid, exc.stage, exc.reason, submission)
                 return
             await message.nack(requeue=True)
-            await acks.answered_alone(message)
             assert self._paused is not None
             self._paused.set()
             return
         self._pause_for = 1.0
-        await acks.durable(message)  # acked with the deliveries around it
+        await message.ack()
         if repeat:
             log.info(
                 "%s: message_id %s was queued before (%s): acked", self.config.name, mid, queue_id
@@ -318,11 +302,9 @@ class MailboxSource(Source):
         stage: str,
         reason: str,
         submission: Submission | None,
-        acks: Acks,
     ) -> None:
         name = mid or f"delivery-{message.delivery_tag}"
         await message.reject(requeue=False)
-        await acks.answered_alone(message)
         self.refused += 1
         queue_id = self.handover.rejected(
             self.config,
