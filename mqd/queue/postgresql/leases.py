@@ -88,6 +88,11 @@ class LeaseHolder:
         self.completions.abandon()
         self._bodies.clear()
 
+    @property
+    def kept_bodies(self) -> int:
+        """How many bodies came with leases and were not read yet (bounded by the leases)."""
+        return len(self._bodies)
+
     def _fence(self, lease: Lease, **extra: object) -> dict[str, object]:
         return {"id": lease.entry.id, "token": lease.token, "node": self.node, **extra}
 
