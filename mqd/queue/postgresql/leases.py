@@ -107,7 +107,8 @@ class LeaseHolder:
         now = self.clock.time()
         params = {"now": now, "limit": limit, "node": self.node, "expires": now + self.lease_time}
         async with self._tx("leasing due entries") as conn:
-            rows = await (await conn.execute(q.LEASE, params)).fetchall()
+            # Binary rows: a body in bytea's text form is hex, twice its size, to decode.
+            rows = await (await conn.execute(q.LEASE, params, binary=True)).fetchall()
         for row in rows:
             if row[-1] is not None:  # missing: ``body`` says so when the delivery asks
                 self._bodies[row[0]] = bytes(row[-1])
