@@ -44,7 +44,8 @@ __all__ = ["LeaseHolder"]
 
 log = logging.getLogger("mqd.daemon")
 
-#: A transaction in ``conn`` named for the errors (the store's ``_tx``).
+#: A connection named for the errors: in a transaction (the store's ``_tx``), or for one
+#: statement that is its own (``_statement``).
 Transaction = Callable[[str], AbstractAsyncContextManager[Conn]]
 
 #: A grouped write that deadlocked with an administrator's (rows locked in another order) is
@@ -62,9 +63,18 @@ class LeaseHolder:
     """The lease holder's side of ``PostgresStore`` (the store delegates to it)."""
 
     def __init__(
-        self, tx: Transaction, *, node: str, clock: Clock, waker: Waker, lease_time: float
+        self,
+        tx: Transaction,
+        statement: Transaction,
+        *,
+        node: str,
+        clock: Clock,
+        waker: Waker,
+        lease_time: float,
     ) -> None:
+        #: A transaction for several statements; a connection for one (its own transaction).
         self._tx = tx
+        self._statement = statement
         self.node = node
         self.clock = clock
         self.waker = waker
@@ -106,7 +116,7 @@ class LeaseHolder:
             return []
         now = self.clock.time()
         params = {"now": now, "limit": limit, "node": self.node, "expires": now + self.lease_time}
-        async with self._tx("leasing due entries") as conn:
+        async with self._statement("leasing due entries") as conn:
             # Binary rows: a body in bytea's text form is hex, twice its size, to decode.
             rows = await (await conn.execute(q.LEASE, params, binary=True)).fetchall()
         for row in rows:
@@ -136,7 +146,7 @@ class LeaseHolder:
     async def renew(self, leases: Sequence[Lease]) -> None:
         if not leases:
             return
-        async with self._tx("renewing leases") as conn:
+        async with self._statement("renewing leases") as conn:
             await conn.execute(
                 q.RENEW,
                 (
@@ -148,7 +158,7 @@ class LeaseHolder:
             )
 
     async def next_due(self) -> float | None:
-        async with self._tx("reading the schedule") as conn:
+        async with self._statement("reading the schedule") as conn:
             cursor = await conn.execute(q.NEXT_DUE, (self.node,))
             row = await cursor.fetchone()
         return None if row is None or row[0] is None else float(row[0])
@@ -158,7 +168,7 @@ class LeaseHolder:
         kept = self._bodies.pop(entry.id, None)
         if kept is not None:
             return kept
-        async with self._tx("reading a message") as conn:
+        async with self._statement("reading a message") as conn:
             cursor = await conn.execute("SELECT body FROM mqd_body WHERE id = %s", (entry.id,))
             row = await cursor.fetchone()
         if row is None:
@@ -193,7 +203,7 @@ class LeaseHolder:
         }
         for tried in range(1, DEADLOCK_TRIES + 1):
             try:
-                async with self._tx(what) as conn:
+                async with self._statement(what) as conn:
                     rows = await (await conn.execute(statement, params)).fetchall()
                 break
             except QueueError as exc:
@@ -208,7 +218,7 @@ class LeaseHolder:
         return {"state": state, "attempts": entry.attempts, "size": entry.size, **extra}
 
     async def checkpoint(self, lease: Lease, entry: QueueEntry) -> None:
-        async with self._tx("saving an entry") as conn:
+        async with self._statement("saving an entry") as conn:
             cursor = await conn.execute(q.CHECKPOINT, {**self._fence(lease), **self._state(entry)})
             if await cursor.fetchone() is None:
                 self._ended(lease)
@@ -266,7 +276,7 @@ class LeaseHolder:
     async def release(self, lease: Lease, *, not_before: float | None = None) -> None:
         self._ended(lease)
         params = self._fence(lease, now=self.clock.time(), due=not_before)
-        async with self._tx("giving an entry back") as conn:
+        async with self._statement("giving an entry back") as conn:
             row = await (await conn.execute(q.RELEASE, params)).fetchone()
         if row is not None and row[0]:
             self.redispatched += 1
@@ -277,7 +287,7 @@ class LeaseHolder:
         for lease in leases:
             self._ended(lease)
         ids, tokens = [lease.entry.id for lease in leases], [lease.token for lease in leases]
-        async with self._tx("giving entries back") as conn:
+        async with self._statement("giving entries back") as conn:
             rows = await (await conn.execute(q.GIVE_BACK, (ids, tokens, self.node))).fetchall()
         for entry_id, was_dispatching in rows:
             if was_dispatching:

@@ -67,12 +67,17 @@ class PostgresStore(QueueStore):
         self.pool_size = pool_size
         self.waker = Waker()
         self.session = NodeSession(database, node, self.waker)
-        self.failed = PgFailedFolder(database, clock=clock, connection=self._connection)
+        self.failed = PgFailedFolder(database, clock=clock, connection=self._transaction)
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._abandoned: list[asyncio.Task[None]] = []
         self.holder = LeaseHolder(
-            self._tx, node=node, clock=clock, waker=self.waker, lease_time=lease_time
+            self._tx,
+            self._statement,
+            node=node,
+            clock=clock,
+            waker=self.waker,
+            lease_time=lease_time,
         )
         self._fleet = PgFleet(node, self._tx)
 
@@ -168,8 +173,20 @@ class PostgresStore(QueueStore):
             raise
 
     @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Conn]:
+        """A pooled connection in a transaction (committed at the end, else rolled back)."""
+        async with self._connection() as conn, conn.transaction():
+            yield conn
+
+    @contextlib.asynccontextmanager
     async def _tx(self, what: str) -> AsyncIterator[Conn]:
         """A connection in a transaction (committed at the end, else rolled back), mqd's errors."""
+        async with translated(self.database, what), self._transaction() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _statement(self, what: str) -> AsyncIterator[Conn]:
+        """A connection for one statement, its own transaction (autocommit), mqd's errors."""
         async with translated(self.database, what), self._connection() as conn:
             yield conn
 
@@ -288,7 +305,7 @@ class PostgresStore(QueueStore):
         return admin.with_redispatched(counts, self.redispatched)
 
     async def queued(self) -> int:
-        async with self._tx("counting the queue") as conn:
+        async with self._statement("counting the queue") as conn:
             row = await (await conn.execute("SELECT count(*) FROM mqd_entry")).fetchone()
         return int(row[0]) if row else 0
 
@@ -298,11 +315,11 @@ class PostgresStore(QueueStore):
     # -- a node's small state ---------------------------------------------------------------------
 
     async def load_state(self, name: str) -> bytes | None:
-        async with self._tx("reading the node's state") as conn:
+        async with self._statement("reading the node's state") as conn:
             cursor = await conn.execute(q.LOAD_STATE, (self.node, name))
             row = await cursor.fetchone()
         return None if row is None else bytes(row[0])
 
     async def save_state(self, name: str, data: bytes) -> None:
-        async with self._tx("saving the node's state") as conn:
+        async with self._statement("saving the node's state") as conn:
             await conn.execute(q.SAVE_STATE, (self.node, name, data))
