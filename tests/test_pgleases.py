@@ -154,3 +154,26 @@ async def test_a_grouped_write_whose_transaction_fails_fails_each_caller(nodes, 
     await a.give_back(leases)  # as the scheduler does with outcomes it could not write
     assert a.redispatched == 3  # they were marked: they may have gone out
     assert len(await b.lease(10)) == 3
+
+
+async def test_a_grouped_write_that_deadlocked_is_written_again(nodes, clock, schema):
+    a, _ = nodes
+    await accept(a, clock, 2)
+    leases = await a.lease(10)
+    # The first try fails as a deadlock with an administrator's locks would (the sequence is
+    # not rolled back with it); the whole group is written again.
+    sql(schema, "CREATE SEQUENCE tries")
+    sql(
+        schema,
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF nextval('tries') = 1 THEN RAISE EXCEPTION 'deadlock' USING ERRCODE = '40P01'; "
+        "END IF; RETURN NEW; END $$",
+    )
+    sql(
+        schema,
+        "CREATE TRIGGER refuse BEFORE UPDATE ON mqd_entry FOR EACH ROW EXECUTE FUNCTION refuse()",
+    )
+    assert await write_each([a.dispatching(lease) for lease in leases]) == [None, None]
+    assert a.holder.marks.batches == 1
+    assert sql(schema, "SELECT count(*) FROM mqd_entry WHERE dispatching") == [(2,)]
+    assert sql(schema, "SELECT last_value FROM tries") == [(3,)]  # one failed try, then 2 rows
