@@ -637,6 +637,13 @@ def test_prepare_rejects_what_parse_rejects():
         (" a@example.com", "spaces"),
         ("a@example.com\t", "spaces"),
         ("a@exa\x01mple.com", "control"),
+        ("a\x7f@example.com", "control"),  # DEL
+        ("jürgen\x85@example.com", "control"),  # a C1 control (NEL)
+        ("jürgen\x9b@example.com", "control"),  # a C1 control (CSI)
+        ("\u202emoc.live@example.com", "control"),  # a bidi override: reads as another
+        ("app@evil.test@example.com", "outside a quoted local part"),
+        ('"app@evil.test@example.com', "outside a quoted local part"),
+        ("app\u200b@example.com", "control"),  # a zero-width space: looks like app@
         ("<a@example.com>", "angle brackets"),
         ("a@example.com>", "angle brackets"),
         ("example.com", "local-part@domain"),
@@ -660,6 +667,8 @@ def test_address_problem(address, fragment):
         "app@example.com",
         "first.last+tag@sub.example.co.uk",
         "jörg@exämple.com",
+        '"app@evil.test"@example.com',  # a quoted @: a mailbox of example.com
+        "evil%evil.test@example.com",
         "a" * 64 + "@" + "b" * 189,  # exactly 254
     ],
 )

@@ -43,7 +43,7 @@ def status(**given: object) -> dict[str, object]:
 
 def test_status_names_the_database_and_the_node() -> None:
     lines = render_status(status(database=DSN, redispatched=3))
-    assert f"queue         PostgreSQL {DSN}, node web-1" in lines
+    assert f"queue         PostgreSQL {DSN}, node web-1, intake and delivery" in lines
     assert any(line.startswith("redispatched  3 (") for line in lines), lines
     stopped = render_status(status(database=DSN, running=False))
     assert stopped[0].endswith("not running (read from the queue database)")

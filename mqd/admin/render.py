@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from typing import Any
 
-from mqd.queue.failed import FailedMessage
+from mqd.config.schema import ROLE_WORDS
 
 __all__ = [
     "human_age",
     "human_size",
     "next_attempt",
-    "render_failed",
     "render_queue",
     "render_show",
     "render_status",
@@ -204,7 +202,8 @@ def _health(relay: Mapping[str, Any]) -> str:
 def _queue_field(status: Mapping[str, Any]) -> tuple[str, str]:
     """Where the queue is: its directory, or a PostgreSQL queue's database and this node."""
     if status.get("database"):
-        return ("queue", f"PostgreSQL {status['database']}, node {status.get('node')}")
+        role = ROLE_WORDS.get(str(status.get("role")), ROLE_WORDS["both"])
+        return ("queue", f"PostgreSQL {status['database']}, node {status.get('node')}, {role}")
     return ("queue", str(status.get("queue_dir")))
 
 
@@ -351,50 +350,3 @@ def status_problems(status: Mapping[str, Any], warn_age: float | None) -> list[s
             f"(more than --warn-age {human_age(warn_age)})"
         )
     return problems
-
-
-def render_failed(messages: Sequence[FailedMessage], now: float) -> list[str]:
-    """The failed folder: a line per message, its failed recipients and why."""
-    if not messages:
-        return ["no failed messages"]
-    table = [
-        (
-            m.id,
-            f"{human_age(now - m.failed_at)} ago" if m.failed_at else "?",
-            m.stage,
-            _address(m.sender) if m.sender is not None else "-",
-        )
-        for m in messages
-    ]
-    header = ("ID", "FAILED", "STAGE", "SENDER")
-    widths = [max(len(cells[i]) for cells in (header, *table)) for i in range(len(header) - 1)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join([*(c.ljust(w) for c, w in zip(cells, widths, strict=False)), cells[-1]])
-
-    lines = [line(header)]
-    for message, cells in zip(messages, table, strict=True):
-        lines.append(line(cells))
-        if message.subject:
-            lines.append(f"    subject: {message.subject}")
-        elif message.stage in ("intake", "recovery") and message.sender is None:
-            lines.append("    not a message (it could not be read as one)")
-        recipients = message.recipients
-        if message.stage == "delivery":
-            for r in recipients:
-                if r.status == "failed":
-                    lines.append(f"    {_recipient_line(asdict(r))}")
-            delivered = [r.address for r in recipients if r.status == "delivered"]
-            if delivered:
-                lines.append(f"    delivered (not sent again): {', '.join(delivered)}")
-            if message.is_bounce:
-                lines.append("    a bounce: not retried ('mqd failed delete' when read)")
-        else:
-            if recipients:
-                lines.append("    to " + ", ".join(_address(r.address) for r in recipients))
-            lines.append(f"    {message.reason}")
-        if message.location is None:
-            lines.append("    (the message file is missing)")
-    count = len(messages)
-    lines += ["", f"{count} failed message{'s' if count != 1 else ''}"]
-    return lines

@@ -208,6 +208,7 @@ class QueueAdmin(SuppressionOps):
             ],
             redispatched=counts.redispatched,
             database=config.queue.database.dsn if config.queue.database is not None else None,
+            role=config.queue.role,
             sources=[
                 SourceStatus(
                     name=source.name,

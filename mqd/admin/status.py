@@ -173,6 +173,10 @@ class Status:
     redispatched: int = 0
     #: A PostgreSQL queue: its DSN (never with its password); None for a queue in files.
     database: str | None = None
+    #: What the node does (``queue.role``): "both" (takes mail in and delivers), "intake"
+    #: (queues what its sources take in, delivers nothing), "delivery" (delivers, takes nothing
+    #: in).
+    role: str = "both"
     #: With queue.workers above 1: each worker process and its own queue (the counts above
     #: are of all of them).
     workers: list[WorkerStatus] = field(default_factory=list)

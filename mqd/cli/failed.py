@@ -55,7 +55,7 @@ def failed_list(
     import time
 
     from mqd.admin.failed import failed_dir, list_failed, matching
-    from mqd.admin.render import render_failed
+    from mqd.admin.renderfailed import render_failed
 
     messages = matching(asyncio.run(list_failed(failed_dir(state.load()))), stage, sender)
     shown = messages[-limit:] if limit else messages

@@ -64,7 +64,7 @@ def effective_config(config: Config) -> dict[str, Any]:
         ),
         **({"account": [_account(a) for a in config.accounts]} if config.accounts else {}),
         "sendmail": {
-            "spool": str(config.inject_spool),
+            **({"spool": str(config.inject_spool)} if config.spools else {}),
             **(
                 {"qualify_domain": config.sendmail.qualify_domain}
                 if config.sendmail.qualify_domain

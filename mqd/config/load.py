@@ -39,6 +39,7 @@ from mqd.config.sections import (
     parse_tracing,
 )
 from mqd.config.sources import GENERIC, SOURCE_KINDS, parse_sources
+from mqd.config.store import check_no_intake
 from mqd.config.tracking import parse_tracking
 from mqd.errors import ConfigError, raise_gathered
 
@@ -105,12 +106,14 @@ def parse_config(
         lambda: parse_relays(root, path, defaults, queue.workers), dict
     )
     spools: tuple[SpoolConfig, ...] = root.attempt(
-        lambda: parse_spools(root, path, defaults, relays), tuple
+        lambda: parse_spools(root, path, defaults, relays, required=queue.role != "delivery"), tuple
     )
     routes: tuple[RouteConfig, ...] = root.attempt(lambda: parse_routes(root, path, relays), tuple)
     sources: tuple[SourceConfig, ...] = root.attempt(
         lambda: parse_sources(root, path, relays), tuple
     )
+    if queue.role == "delivery" and (spools or sources):
+        check_no_intake(table("queue"), spools, sources)
     sendmail_opts = table("sendmail")
     sendmail = root.attempt(
         lambda: parse_sendmail(sendmail_opts), lambda: parse_sendmail(empty("sendmail"))

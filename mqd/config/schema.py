@@ -14,6 +14,7 @@ from pathlib import Path
 from mqd.config.limits import AccountConfig, QuotaConfig, SuppressionConfig
 from mqd.config.options import Options, Secret
 from mqd.config.paths import CONFIG_ENV
+from mqd.errors import ConfigError
 
 __all__ = [
     "CONFIG_ENV",
@@ -58,6 +59,10 @@ class RetryPolicy:
 
 #: ``queue.store``: where the queue is kept.
 STORES = ("file", "postgresql")
+#: ``queue.role``: what a node of a shared queue does (``mqd.config.store.parse_role``).
+ROLES = ("both", "intake", "delivery")
+#: Each role in the words of the logs and ``mqd status``.
+ROLE_WORDS = {"both": "intake and delivery", "intake": "intake only", "delivery": "delivery only"}
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,13 @@ class QueueConfig:
     #: ``file`` (the queue directory) or ``postgresql`` (``database``: shared by many nodes).
     store: str = "file"
     database: DatabaseConfig | None = None
+    #: ``both`` (takes its sources in and delivers), ``intake`` (queues, leases nothing) or
+    #: ``delivery`` (delivers, has no source): see ``ROLES``.
+    role: str = "both"
+
+    @property
+    def delivers(self) -> bool:
+        return self.role != "intake"
 
     @property
     def own_dir(self) -> Path:
@@ -353,8 +365,18 @@ class Config:
 
     @property
     def inject_spool(self) -> Path:
-        """The spool that ``mqd send`` and ``mqd sendmail`` write into."""
-        return self.sendmail.spool or self.spools[0].path
+        """The spool that ``mqd send`` and ``mqd sendmail`` write into; ConfigError on a node
+        without one (``queue.role = "delivery"``)."""
+        if self.sendmail.spool is not None:
+            return self.sendmail.spool
+        if not self.spools:
+            raise ConfigError(
+                'this node takes no mail in (queue.role = "delivery"): send through an intake '
+                'node, or give this one a [[spool]] and role = "both"',
+                path=self.source,
+                key="queue.role",
+            )
+        return self.spools[0].path
 
     def spool_at(self, path: str | os.PathLike[str]) -> SpoolConfig | None:
         """The ``[[spool]]`` whose directory ``path`` is (as absolute paths), or None."""

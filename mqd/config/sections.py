@@ -30,7 +30,7 @@ from mqd.config.schema import (
     default_http_connections,
 )
 from mqd.config.senders import validate_sender_pattern
-from mqd.config.store import check_workers, parse_store
+from mqd.config.store import check_workers, parse_role, parse_store
 
 __all__ = [
     "parse_http",
@@ -83,6 +83,7 @@ def parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         workers=opts.count("workers", 1, auto=available_cores),
         store=store,
         database=database,
+        role=parse_role(opts, store),
     )
     check_workers(opts, config.store, config.workers)
     if config.workers > MAX_WORKERS:
@@ -197,10 +198,19 @@ def relay_chain(opts: Options, key: str, relays: Mapping[str, RelayConfig]) -> t
 
 
 def parse_spools(
-    root: Options, path: Path | None, defaults: DefaultPaths, relays: Mapping[str, RelayConfig]
+    root: Options,
+    path: Path | None,
+    defaults: DefaultPaths,
+    relays: Mapping[str, RelayConfig],
+    *,
+    required: bool = True,
 ) -> tuple[SpoolConfig, ...]:
+    """The ``[[spool]]`` tables; none is an error when ``required`` (every node but one with
+    ``queue.role = "delivery"``)."""
     raw = root.raw("spool")
     if raw is None:
+        if not required:
+            return ()
         if path is not None:
             raise root.error("spool", "no spool is configured: add a [[spool]] table")
         raw = [{"path": str(defaults.spool_dir)}]

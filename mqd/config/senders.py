@@ -69,22 +69,34 @@ def validate_sender_pattern(pattern: str) -> str:
     return f"{match.group(1)}@{match.group(2).rstrip('.').lower()}"
 
 
+#: A-Z to a-z, and nothing else: the case mail software agrees on.
+_ASCII_LOWER = {upper: upper + 32 for upper in range(65, 91)}
+
+
+def _fold(text: str) -> str:
+    """``text`` with its ASCII letters in lower case. Not Unicode's case mapping: that makes
+    look-alikes equal (a long s folds to ``s``, the Kelvin sign lowers to ``k``, the ffi
+    ligature folds to ``ffi``), so an allowed address would let another mailbox through."""
+    return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
+
+
 def sender_allowed(sender: str, patterns: "Iterable[str]") -> bool:
     """True when ``sender`` matches one pattern: an exact address or ``*@domain``.
 
-    Domains compare case-insensitively and without a trailing dot; local parts compare
-    case-insensitively too (a looser match would never widen the list beyond one mailbox).
+    Domains compare without a trailing dot; domains and local parts compare with ASCII
+    letters case-insensitive and every other character exact, so a pattern never matches
+    beyond one mailbox (or one domain), not even a look-alike of it.
     """
     local, at, domain = sender.rpartition("@")
     if not at or not local:
         return False
-    domain = domain.rstrip(".").lower()
-    local = local.casefold()
+    domain = _fold(domain.rstrip("."))
+    local = _fold(local)
     for pattern in patterns:
         p_local, _, p_domain = pattern.rpartition("@")
-        if p_domain.rstrip(".").lower() != domain:
+        if _fold(p_domain.rstrip(".")) != domain:
             continue
-        if p_local == "*" or p_local.casefold() == local:
+        if p_local == "*" or _fold(p_local) == local:
             return True
     return False
 

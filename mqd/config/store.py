@@ -6,6 +6,7 @@ store = "postgresql"
 dsn = "postgresql://mqd@db.example.com/mqd"
 password_file = "/etc/mqd/db-password"   # or password_env (the relays' secret rules)
 node = "web-1"                            # default: the host name; unique per node
+role = "both"                             # or "intake", "delivery": parse_role
 ```
 
 The password never goes in the DSN (it would show in logs and in ``mqd config check``); a
@@ -16,12 +17,13 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Sequence
 
 from mqd.config.hostname import local_hostname
 from mqd.config.options import Options
-from mqd.config.schema import STORES, DatabaseConfig
+from mqd.config.schema import ROLES, STORES, DatabaseConfig, SourceConfig, SpoolConfig
 
-__all__ = ["check_workers", "parse_store"]
+__all__ = ["check_no_intake", "check_workers", "parse_role", "parse_store"]
 
 _URL = re.compile(r"^postgres(?:ql)?://")
 _URL_PASSWORD = re.compile(r"^postgres(?:ql)?://[^/@]*:[^/@]*@|[?&]password=")
@@ -80,5 +82,45 @@ def check_workers(opts: Options, store: str, workers: int) -> None:
                 "workers",
                 'is 1 with store = "postgresql" for now: run more nodes (each its own '
                 "queue.node) to use more cores",
+            )
+        )
+
+
+def parse_role(opts: Options, store: str) -> str:
+    """``queue.role``: ``both``, ``intake`` or ``delivery``, the latter two only on a queue
+    that nodes share (on the file store nothing else would deliver what an intake node
+    queues, and nothing else would take in what a delivery node delivers)."""
+    role: str = opts.choice("role", ROLES, "both")
+    if role != "both" and store != "postgresql":
+        opts.report(
+            opts.error(
+                "role",
+                f'{role!r} needs store = "postgresql" (a queue that other nodes share): '
+                + (
+                    "on the file store nothing would ever deliver what this node queues"
+                    if role == "intake"
+                    else "on the file store nothing else takes mail into this node's queue"
+                )
+                + '; remove the key (role = "both") or use the PostgreSQL store',
+            )
+        )
+        return "both"
+    return role
+
+
+def check_no_intake(
+    opts: Options, spools: Sequence[SpoolConfig], sources: Sequence[SourceConfig]
+) -> None:
+    """A delivery node (``queue.role = "delivery"``) is refused with intake tables: nothing on
+    it would ever read them (refused rather than ignored, so that no file waits in a spool that
+    no daemon reads, and no producer is told a port is there)."""
+    tables = (["[[spool]]"] if spools else []) + sorted({f"[[{s.kind}]]" for s in sources})
+    if tables:
+        opts.report(
+            opts.error(
+                "role",
+                f'is "delivery": this node takes no mail in, so its {", ".join(tables)} would '
+                "never be read; remove them (an intake node takes the mail in), or set role = "
+                '"both"',
             )
         )

@@ -134,7 +134,7 @@ class Reloader:
 
 
 def _check_same_store(current: Config, new: Config) -> None:
-    """A reload keeps the queue it runs on: another store, database or node name needs a
+    """A reload keeps the queue it runs on: another store, database, node name or role needs a
     restart (ConfigError); a new database password is used from the next restart."""
     was, now = current.queue.database, new.queue.database
     where = [(c.queue.store, d and (d.dsn, d.node)) for c, d in ((current, was), (new, now))]
@@ -143,6 +143,13 @@ def _check_same_store(current: Config, new: Config) -> None:
             "queue.store, queue.dsn or queue.node changed: another queue needs a restart",
             path=new.source,
             key="queue.store",
+        )
+    if current.queue.role != new.queue.role:
+        raise ConfigError(
+            f"queue.role changed from {current.queue.role!r} to {new.queue.role!r}: a node's "
+            "role changes at a restart",
+            path=new.source,
+            key="queue.role",
         )
     if was is not None and now is not None and was.password != now.password:
         log.warning("the queue database's password changed: it is used from the next restart")

@@ -23,7 +23,7 @@ import mqd.daemon.systemd as systemd
 from mqd.admin.control import ControlServer
 from mqd.admin.service import QueueAdmin
 from mqd.clock import SYSTEM_CLOCK, Clock
-from mqd.config.schema import Config
+from mqd.config.schema import ROLE_WORDS, Config
 from mqd.daemon.reload import Reloader
 from mqd.daemon.scheduler import Scheduler
 from mqd.daemon.servers import Servers
@@ -103,7 +103,11 @@ class Daemon:
             config, self.store, self.relays, self.host, self.emit, guards=self.guards, clock=clock
         )
         self.scheduler = Scheduler(
-            self.store, self.deliverer, concurrency=config.queue.concurrency, clock=clock
+            self.store,
+            self.deliverer,
+            concurrency=config.queue.concurrency,
+            delivers=config.queue.delivers,
+            clock=clock,
         )
         self.spools = SpoolIntake(
             config,
@@ -326,7 +330,8 @@ class Daemon:
         password: the config refuses one) and this node's name in it."""
         database = self.config.queue.database
         if self.config.queue.store == "postgresql" and database is not None:
-            return f"{database.dsn} (PostgreSQL, node {self.store.node})"
+            role = ROLE_WORDS[self.config.queue.role]
+            return f"{database.dsn} (PostgreSQL, node {self.store.node}, {role})"
         return str(self.config.queue.own_dir)
 
     def _announce(self) -> None:

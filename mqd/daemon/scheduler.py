@@ -36,9 +36,13 @@ class Scheduler:
         deliverer: Deliverer,
         *,
         concurrency: int,
+        delivers: bool = True,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        """``delivers`` False: an intake node (``queue.role = "intake"``), which leases nothing
+        and leaves the shared queue to the delivery nodes."""
         self.store = store
+        self.delivers = delivers
         self.deliverer = deliverer
         self.concurrency = concurrency
         self.clock = clock
@@ -100,7 +104,11 @@ class Scheduler:
 
     async def run(self, *, once: asyncio.Event | None = None) -> None:
         """Deliver until stopped; with ``once`` (set when intake has nothing more to take),
-        until nothing is due now and nothing is in flight."""
+        until nothing is due now and nothing is in flight. An intake node only waits: until
+        stopped, or with ``once`` until intake is done."""
+        if not self.delivers:
+            await self._stopping.wait() if once is None else await _first(self._stopping, once)
+            return
         renewing = None
         if self.store.lease_renewal is not None:
             renewing = asyncio.create_task(self._renew(self.store.lease_renewal), name="mqd-renew")
@@ -234,3 +242,13 @@ class Scheduler:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Until one of ``events`` is set."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

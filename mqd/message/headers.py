@@ -134,20 +134,19 @@ def address_problem(address: str) -> str | None:
         return "it is empty"
     if any(c in address for c in "\r\n\x00"):
         return "it contains CR, LF or NUL"
-    ascii = address.isascii()
-    if (
-        "<" in address
-        or ">" in address
-        or (min(address) <= " " if ascii else any(c.isspace() or ord(c) < 32 for c in address))
-    ):  # (in ASCII, the spaces and control characters are those up to " ")
+    if not address.isascii() and any("\udc80" <= c <= "\udcff" for c in address):
+        return "it is not valid UTF-8"
+    # Not printable: C0 and C1 controls, DEL, spaces other than " ", and invisible format
+    # characters (bidi overrides, zero widths) that make an address look like another.
+    if "<" in address or ">" in address or " " in address or not address.isprintable():
         return "it contains spaces, control characters or angle brackets"
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
         return "it is not of the form local-part@domain"
+    if "@" in local and not (len(local) > 1 and local[0] == local[-1] == '"'):
+        return "it holds an @ outside a quoted local part"  # a@evil@example.com: whose?
     if len(address) > _MAX_ADDRESS:
         return f"it is longer than {_MAX_ADDRESS} characters"
-    if not ascii and any("\udc80" <= c <= "\udcff" for c in address):
-        return "it is not valid UTF-8"
     return None
 
 

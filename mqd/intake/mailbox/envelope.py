@@ -20,7 +20,12 @@ TO_HEADER = "x-mqd-to"
 def submission_of(body: bytes, headers: Mapping[str, Any], peer: str | None) -> Submission:
     """The submission of one delivery. Raises MessageParseError (a malformed message, or an
     envelope header that is not one) naming what is wrong."""
-    given = {name.lower(): value for name, value in headers.items()}
+    given: dict[str, Any] = {}
+    for name, value in headers.items():
+        key = name.lower()
+        if key in given and key in (FROM_HEADER, TO_HEADER):  # which one is the envelope?
+            raise MessageParseError(f"the {key} header is given twice (in different cases)")
+        given[key] = value
     sender = _one(given.get(FROM_HEADER))
     recipients = _many(given.get(TO_HEADER))
     if sender is None or recipients is None:

@@ -206,9 +206,17 @@ def _addresses(value: str | list[str], name: str) -> list[str]:
     return found
 
 
+#: What ends a line for ``str.splitlines`` (and so for the email package): CR and LF, and
+#: VT, FF, FS, GS, RS, NEL, LS and PS.
+_LINE_BREAKS = "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
 def _no_newline(value: str, where: str) -> str:
-    if "\r" in value or "\n" in value or "\x00" in value:
-        raise unusable(f"{where} must not hold CR, LF or NUL (no header injection)")
+    if "\x00" in value or any(c in value for c in _LINE_BREAKS):
+        raise unusable(
+            f"{where} must not hold CR, LF, another line break (VT, FF, NEL, U+2028 ...) or "
+            "NUL (no header injection)"
+        )
     return value
 
 
