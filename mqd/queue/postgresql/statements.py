@@ -85,10 +85,11 @@ WHERE e.id = mine.id
 RETURNING mine.dispatching
 """
 
-#: The dispatching marks of concurrent deliveries, in one statement (``groupcommit``).
+#: The dispatching marks of concurrent deliveries, in one statement (``groupcommit``); the
+#: arrays go in binary (``%b``: half the client's time of their text form).
 DISPATCHING = """
 UPDATE mqd_entry e SET dispatching = true, lease_expires = greatest(e.lease_expires, %(expires)s)
-FROM unnest(%(ids)s::text[], %(tokens)s::int8[]) AS l(id, token)
+FROM unnest(%(ids)b::text[], %(tokens)b::int8[]) AS l(id, token)
 WHERE e.id = l.id AND e.token = l.token AND e.owner = %(node)s
 RETURNING e.id
 """
@@ -96,7 +97,7 @@ RETURNING e.id
 #: statement.
 COMPLETE = """
 WITH gone AS (
-    DELETE FROM mqd_entry e USING unnest(%(ids)s::text[], %(tokens)s::int8[]) AS l(id, token)
+    DELETE FROM mqd_entry e USING unnest(%(ids)b::text[], %(tokens)b::int8[]) AS l(id, token)
     WHERE e.id = l.id AND e.token = l.token AND e.owner = %(node)s
     RETURNING e.id
 ),
