@@ -21,7 +21,7 @@ from mqd.errors import QueueError
 from mqd.queue.entry import RcptStatus
 from mqd.queue.postgresql.connect import Database
 from mqd.queue.postgresql.store import LEASE_TIME, PostgresStore
-from mqd.queue.store import Incoming, Lease, LeaseLost
+from mqd.queue.store import EntryState, Incoming, Lease, LeaseLost
 
 
 @pytest.fixture
@@ -177,3 +177,23 @@ async def test_a_grouped_write_that_deadlocked_is_written_again(nodes, clock, sc
     assert a.holder.marks.batches == 1
     assert sql(schema, "SELECT count(*) FROM mqd_entry WHERE dispatching") == [(2,)]
     assert sql(schema, "SELECT last_value FROM tries") == [(3,)]  # one failed try, then 2 rows
+
+
+async def test_grouped_saves_apply_holds_and_retries_and_fence_each_lease(nodes, clock, schema):
+    a, b = nodes
+    await accept(a, clock, 3)
+    retried, held, deleted = await a.lease(10)
+    await b.retry([retried.entry.id])  # asked while a holds them: applied at the save
+    await b.hold([held.entry.id])
+    await b.delete([deleted.entry.id])
+    for lease in (retried, held, deleted):
+        lease.entry.attempts = 1
+        lease.entry.next_attempt_at = clock.time() + 600
+    saved = await write_each([a.save(lease, lease.entry) for lease in (retried, held, deleted)])
+    assert [type(s) for s in saved] == [type(None), type(None), LeaseLost]
+    assert (a.holder.saves.batches, a.holder.saves.items) == (1, 3)
+    [again] = await b.lease(10)  # the retried one is due now, the held one is held
+    assert again.entry.id == retried.entry.id and again.entry.attempts == 1
+    listed = await b.get(held.entry.id)
+    assert listed.state is EntryState.HELD and listed.entry.attempts == 1
+    assert listed.entry.next_attempt_at == clock.time() + 600

@@ -4,9 +4,9 @@ and ended by writes fenced on their tokens.
 A lease batch brings each entry's body in the same statement; the holder keeps it until the
 delivery asks for it (``body``) or the lease ends, so a delivery costs no read of its own (the
 bodies kept are those of the leases in flight: at most ``queue.concurrency`` of them). The
-dispatching marks and the completions of concurrent deliveries are written together
-(``groupcommit``): one statement, one transaction for all those that came in while the last
-was in flight, each caller told whether its own lease held.
+dispatching marks, the completions and the saves (those without a bounce) of concurrent
+deliveries are written together (``groupcommit``): one statement, one transaction for all those
+that came in while the last was in flight, each caller told whether its own lease held.
 """
 
 from __future__ import annotations
@@ -59,6 +59,14 @@ class _Fence:
     token: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Saved(_Fence):
+    state: str
+    attempts: int
+    size: int
+    due: float
+
+
 class LeaseHolder:
     """The lease holder's side of ``PostgresStore`` (the store delegates to it)."""
 
@@ -87,15 +95,18 @@ class LeaseHolder:
         self._bodies: dict[str, bytes] = {}
         self.marks: GroupCommit[_Fence, bool] = GroupCommit(self._mark)
         self.completions: GroupCommit[_Fence, bool] = GroupCommit(self._complete)
+        self.saves: GroupCommit[_Saved, bool] = GroupCommit(self._save)
 
     async def close(self) -> None:
         await self.marks.close()
         await self.completions.close()
+        await self.saves.close()
         self._bodies.clear()
 
     def abandon(self) -> None:
         self.marks.abandon()
         self.completions.abandon()
+        self.saves.abandon()
         self._bodies.clear()
 
     @property
@@ -225,9 +236,38 @@ class LeaseHolder:
                 raise lost(lease)
 
     async def save(self, lease: Lease, entry: QueueEntry, *, bounce: Bounce | None = None) -> None:
-        now = self.clock.time()
-        params = {**self._fence(lease), **self._state(entry, due=entry.next_attempt_at, now=now)}
-        await self._fenced(lease, entry, q.SAVE, params, bounce)
+        if bounce is not None:  # in one transaction with its bounce
+            now = self.clock.time()
+            params = {
+                **self._fence(lease),
+                **self._state(entry, due=entry.next_attempt_at, now=now),
+            }
+            await self._fenced(lease, entry, q.SAVE, params, bounce)
+            return
+        self._ended(lease)
+        saved = _Saved(
+            lease.entry.id,
+            lease.token,
+            entry.to_json().decode(),
+            entry.attempts,
+            entry.size,
+            entry.next_attempt_at,
+        )
+        if not await self.saves.submit(saved):
+            await self._lost(lease, entry)
+        self.waker.wake()
+
+    async def _save(self, saved: Sequence[_Saved]) -> list[bool]:
+        return await self._grouped(
+            "saving entries",
+            q.SAVE_GROUP,
+            saved,
+            states=[s.state for s in saved],
+            attempts=[s.attempts for s in saved],
+            sizes=[s.size for s in saved],
+            dues=[s.due for s in saved],
+            now=self.clock.time(),
+        )
 
     async def complete(self, lease: Lease, entry: QueueEntry) -> None:
         self._ended(lease)

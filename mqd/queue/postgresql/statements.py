@@ -64,6 +64,19 @@ SET state = %(state)s::jsonb, attempts = %(attempts)s, size = %(size)s,
 WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s
 RETURNING id
 """
+#: ``save`` of concurrent deliveries without a bounce, in one statement (``groupcommit``).
+SAVE_GROUP = """
+UPDATE mqd_entry e
+SET state = l.state, attempts = l.attempts, size = l.size,
+    next_attempt_at = CASE WHEN e.retry_asked THEN least(l.due, %(now)s) ELSE l.due END,
+    retry_asked = false, owner = NULL, lease_expires = NULL, dispatching = false
+FROM unnest(
+    %(ids)b::text[], %(tokens)b::int8[], %(states)b::jsonb[], %(attempts)b::int4[],
+    %(sizes)b::int8[], %(dues)b::float8[]
+) AS l(id, token, state, attempts, size, due)
+WHERE e.id = l.id AND e.token = l.token AND e.owner = %(node)s
+RETURNING e.id
+"""
 CHECKPOINT = """
 UPDATE mqd_entry SET state = %(state)s::jsonb, attempts = %(attempts)s, size = %(size)s
 WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s RETURNING id
