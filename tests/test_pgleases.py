@@ -19,6 +19,7 @@ from queue_stores import body_for, new_entry
 from mqd.clock import ManualClock
 from mqd.errors import QueueError
 from mqd.queue.entry import RcptStatus
+from mqd.queue.postgresql import leases
 from mqd.queue.postgresql.connect import Database
 from mqd.queue.postgresql.store import LEASE_TIME, PostgresStore
 from mqd.queue.store import EntryState, Incoming, Lease, LeaseLost
@@ -197,3 +198,13 @@ async def test_grouped_saves_apply_holds_and_retries_and_fence_each_lease(nodes,
     listed = await b.get(held.entry.id)
     assert listed.state is EntryState.HELD and listed.entry.attempts == 1
     assert listed.entry.next_attempt_at == clock.time() + 600
+
+
+async def test_bodies_never_read_are_let_go_of_past_a_bound(nodes, clock, monkeypatch):
+    monkeypatch.setattr(leases, "MAX_KEPT", 1)
+    a, _ = nodes
+    bodies = await accept(a, clock, 4)
+    taken = [lease for _ in range(4) for lease in await a.lease(1)]  # none of them read
+    assert a.holder.kept_bodies == 2  # twice a batch of one: the oldest went
+    for lease in taken:  # read from the database, those let go of
+        assert await a.body(lease.entry) == bodies[lease.entry.id]

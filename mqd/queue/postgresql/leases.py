@@ -48,6 +48,11 @@ log = logging.getLogger("mqd.daemon")
 #: statement that is its own (``_statement``).
 Transaction = Callable[[str], AbstractAsyncContextManager[Conn]]
 
+#: Bodies kept at the most (or twice a lease batch): more than a node's leases in flight only when
+#: some lease ended in a way that did not let go of its body (a release that failed); the oldest go
+#: first (a body let go of is read from the database if it is asked for after all).
+MAX_KEPT = 256
+
 #: A grouped write that deadlocked with an administrator's (rows locked in another order) is
 #: rolled back whole: it is written again, this many times in all.
 DEADLOCK_TRIES = 3
@@ -133,6 +138,9 @@ class LeaseHolder:
         for row in rows:
             if row[-1] is not None:  # missing: ``body`` says so when the delivery asks
                 self._bodies[row[0]] = bytes(row[-1])
+        most = max(MAX_KEPT, 2 * limit)
+        for stale in list(self._bodies)[: max(0, len(self._bodies) - most)]:
+            del self._bodies[stale]
         leases = self._leases([row[:-1] for row in rows])
         self.waker.found(bool(leases))
         return leases
