@@ -17,7 +17,14 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["JSONFormatter", "JournalFormatter", "TextFormatter", "setup_logging", "to_journal"]
+__all__ = [
+    "JSONFormatter",
+    "JournalFormatter",
+    "TextFormatter",
+    "one_line",
+    "setup_logging",
+    "to_journal",
+]
 
 LOG_FORMATS = ("text", "json")
 
@@ -46,6 +53,14 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=False, default=str)
 
 
+def one_line(message: str) -> str:
+    """``message`` with its line breaks and control characters escaped (``\\n``, ``\\x00``):
+    what a producer gave (an AMQP message_id, an SMTP address) cannot forge a log line."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in message)
+
+
 class TextFormatter(logging.Formatter):
     """``2026-12-02 19:50:25,481 INFO    mqd.delivery: ...``; the date and time are formatted
     once a second, not for every line (two lines per message at info level). The workers of
@@ -56,6 +71,10 @@ class TextFormatter(logging.Formatter):
         super().__init__(f"%(asctime)s %(levelname)-7s {tag}%(name)s: %(message)s")
         self._second = -1
         self._stamp = ""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)  # a traceback still follows on its lines
+        return super().formatMessage(record)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         second = int(record.created)
@@ -80,6 +99,10 @@ class JournalFormatter(logging.Formatter):
     def __init__(self, worker: int = 1) -> None:
         tag = f"[worker {worker}] " if worker != 1 else ""
         super().__init__(f"{tag}%(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         priority = next((p for level, p in self.PRIORITIES if record.levelno >= level), 7)

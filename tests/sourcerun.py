@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 from smtpserver import SMTPPeer
 
@@ -19,6 +20,8 @@ from mqd.relays.memory import MemoryRelay
 from mqd.testing import wait_until
 
 __all__ = ["Running", "running", "sink_holds_only"]
+
+R = TypeVar("R", bound="Running")
 
 
 class Running:
@@ -57,8 +60,13 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config, host: PluginHost) -> AsyncIterator[Running]:
-    """A daemon for ``config``, ready (the queue open, the sources started), stopped after."""
+async def running(
+    config: Config,
+    host: PluginHost,
+    kind: type[R] = Running,  # type: ignore[assignment]
+) -> AsyncIterator[R]:
+    """A daemon for ``config``, ready (the queue open, the sources started), stopped after;
+    ``kind``: a subclass of ``Running`` with a test module's own views of it."""
     MemoryRelay.instances.clear()
     daemon = Daemon(config, host=host, shutdown_timeout=5)
     events: list[Event] = []
@@ -73,7 +81,7 @@ async def running(config: Config, host: PluginHost) -> AsyncIterator[Running]:
     task = asyncio.create_task(daemon.run())
     try:
         await asyncio.wait_for(daemon.ready.wait(), 10)
-        yield Running(daemon, events)
+        yield kind(daemon, events)
     finally:
         daemon.request_stop()
         await asyncio.wait_for(task, 15)

@@ -85,3 +85,31 @@ def test_a_domain_pattern_never_allows_another_domain(local: str, allowed: str, 
 def test_an_exact_pattern_allows_only_that_mailbox(local: str, other: str, domain: str) -> None:
     allowed = sender_allowed(f"{other}@{domain}", [f"{local}@{domain}"])
     assert allowed == (other.casefold() == local.casefold())
+
+
+#: ASCII spellings and the other characters Unicode's case mappings make equal to them (long s,
+#: Kelvin sign, dotted and dotless i, sharp s, the ffi ligature).
+LOOK_ALIKES = {
+    "s": ("s", "S", "\u017f"),
+    "k": ("k", "K", "\u212a"),
+    "i": ("i", "I", "\u0130", "\u0131"),
+    "ss": ("ss", "SS", "\u00df"),
+    "ffi": ("ffi", "FFI", "\ufb03"),
+}
+
+
+@st.composite
+def spelt_two_ways(draw: st.DrawFn) -> tuple[str, str]:
+    """A local part in ASCII, and the same spelt with some of its letters' variants."""
+    parts = draw(st.lists(st.sampled_from(sorted(LOOK_ALIKES)), min_size=1, max_size=6))
+    return "".join(parts), "".join(draw(st.sampled_from(LOOK_ALIKES[p])) for p in parts)
+
+
+@SETTINGS
+@given(spelt_two_ways())
+def test_an_exact_pattern_never_matches_a_unicode_look_alike(spellings: tuple[str, str]) -> None:
+    """Only ASCII letters compare case-insensitively: a pattern never allows a mailbox that
+    differs from it by anything else (\u017fales@ for sales@, o\ufb03ce@ for office@)."""
+    local, other = spellings
+    allowed = sender_allowed(f"{other}@example.com", [f"{local}@example.com"])
+    assert allowed == other.isascii()

@@ -141,6 +141,7 @@ SPOOFS = [
     ({}, make_message(sender=SENDER, extra_headers=("From: ceo@evil.test",)), "intake"),
     ({"x-mqd-from": SENDER}, make_message(extra_headers=("From: ceo@evil.test",)), "intake"),
     ({}, make_message(sender=SENDER, envelope=("evil@evil.test", ("a@example.net",))), "policy"),
+    ({}, make_message(sender=SENDER, extra_headers=("Sender: ceo@evil.test",)), "policy"),
     ({"x-mqd-from": "<@news.example.com:evil@evil.test>"}, MESSAGE, "intake"),
     ({"x-mqd-from": '"app@news.example.com"@evil.test'}, MESSAGE, "policy"),
     ({"x-mqd-from": "app%news.example.com@evil.test"}, MESSAGE, "policy"),

@@ -103,7 +103,9 @@ SPOOF = make_message(sender="ceo@evil.test")
 BREAKS = ["\r\n", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029", "\x00"]
 
 
-@pytest.mark.parametrize("where", ["subject", "to", "cc", "from", "headers", "send_at"])
+@pytest.mark.parametrize(
+    "where", ["subject", "to", "cc", "from", "headers", "send_at", "filename", "content_type"]
+)
 @pytest.mark.parametrize("brk", BREAKS, ids=repr)
 async def test_header_injection_in_json_is_422(
     mqd: Client, smtp_server: SMTPPeer, where: str, brk: str
@@ -118,6 +120,12 @@ async def test_header_injection_in_json_is_422(
         "from": {"from": f"App <app@example.com>{brk}{injected}"},
         "headers": {"headers": {"Reply-To": f"help@example.com{brk}{injected}"}},
         "send_at": {"send_at": f"2026-12-08T09:00:00+01:00{brk}{injected}"},
+        "filename": {"attachments": [{"filename": f"a.txt{brk}{injected}", "content": "eA=="}]},
+        "content_type": {
+            "attachments": [
+                {"filename": "a.txt", "content": "eA==", "content_type": f"text/plain{brk}x: y"}
+            ]
+        },
     }
     status, problem = await mqd.post({**MESSAGE, **fields[where]})
     assert status == 422, problem
@@ -135,6 +143,7 @@ async def test_header_injection_in_json_is_422(
         ({"headers": {"Bcc": "victim@evil.test"}}, 422, "unusable-message"),
         ({"headers": {"From ": "ceo@evil.test"}}, 422, "unusable-message"),
         ({"headers": {"X-A: b\r\nFrom": "ceo@evil.test"}}, 422, "unusable-message"),
+        ({"headers": {"Sender": "ceo@evil.test"}}, 403, "sender-refused"),  # "on behalf of"
         ({"from": '"app@example.com" <ceo@evil.test>'}, 403, "sender-refused"),
         ({"from": "ceo@evil.test (app@example.com)"}, 403, "sender-refused"),
         ({"from": "app@example.com, ceo@evil.test"}, 422, "unusable-message"),

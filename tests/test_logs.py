@@ -94,3 +94,27 @@ def test_a_daemon_whose_stderr_is_the_journal_logs_priorities(
     assert lines and all(line[:3] in ("<3>", "<4>", "<6>", "<7>") for line in lines), lines
     assert any(line.startswith("<6>mqd.daemon: mqd stopped") for line in lines)
     assert not any(line[3:7].isdigit() for line in lines), "no timestamp: the journal has one"
+
+
+@pytest.mark.parametrize("fmt", ["text", "journal"])
+def test_a_producers_text_cannot_forge_a_log_line(fmt: str) -> None:
+    """An AMQP message_id, an SMTP address or a peer's name is logged as the producer gave it:
+    a line break or a control character in it is written escaped, never as a line of its own
+    (nor a carriage return that overwrites the line on a terminal)."""
+    from mqd.logs import JournalFormatter
+
+    formatter = TextFormatter() if fmt == "text" else JournalFormatter()
+    forged = "x\n2026-12-07 20:00:00,000 INFO    mqd.intake: q1 queued from=<ceo@bank.test>"
+    record = logging.LogRecord(
+        "mqd.mailbox",
+        logging.WARNING,
+        __file__,
+        1,
+        "rejected message_id=%s: %s",
+        (forged, "a\rb"),
+        None,
+    )
+    [line] = formatter.format(record).split("\n")
+    assert "message_id=x\\n2026-12-07" in line and "a\\rb" in line
+    plain = logging.LogRecord("mqd.mailbox", logging.INFO, __file__, 1, "%s", ("é\tok ✓",), None)
+    assert formatter.format(plain).endswith("é\\tok ✓")  # printable text stays as it is

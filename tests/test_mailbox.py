@@ -19,6 +19,7 @@ from typing import Any
 
 import aio_pika
 import pytest
+import sourcerun
 from amqpbroker import Broker, open_broker
 from corehelpers import make_message
 
@@ -26,9 +27,8 @@ from mqd.admin.render import render_status
 from mqd.admin.status import Status
 from mqd.config.load import load_config
 from mqd.config.schema import Config
-from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError, MessageParseError
-from mqd.events import Event, Queued, Rejected
+from mqd.events import Queued, Rejected
 from mqd.intake.mailbox import seen as seen_module
 from mqd.intake.mailbox.envelope import submission_of
 from mqd.intake.mailbox.seen import SeenIds
@@ -79,14 +79,10 @@ def mailbox_config(
     return make
 
 
-class Running:
-    def __init__(self, daemon: Daemon, events: list[Event]) -> None:
-        self.daemon = daemon
-        self.events = events
-
+class Running(sourcerun.Running):
     @property
     def mailbox(self) -> MailboxSource:
-        source = self.daemon.sources.sources[0]
+        source = self.source
         assert isinstance(source, MailboxSource)
         return source
 
@@ -95,25 +91,8 @@ class Running:
         return MemoryRelay.instances["mem"].sent
 
 
-@contextlib.asynccontextmanager
-async def running(config: Config, host: PluginHost) -> AsyncIterator[Running]:
-    daemon = Daemon(config, host=host, shutdown_timeout=5)
-    events: list[Event] = []
-    emit = daemon.emit
-
-    def record(event: Event) -> None:
-        events.append(event)
-        emit(event)
-
-    daemon.emit = record  # type: ignore[method-assign]
-    daemon.handover.emit = record
-    task = asyncio.create_task(daemon.run())
-    await asyncio.wait_for(daemon.ready.wait(), 10)
-    try:
-        yield Running(daemon, events)
-    finally:
-        daemon.request_stop()
-        await asyncio.wait_for(task, 15)
+def running(config: Config, host: PluginHost) -> contextlib.AbstractAsyncContextManager[Running]:
+    return sourcerun.running(config, host, Running)
 
 
 async def until(condition: Callable[[], Any], timeout: float = 15) -> None:

@@ -257,6 +257,35 @@ def test_a_from_that_cannot_be_read_is_refused(tmp_path, from_, fragment):
     assert "check_from = false" in reason
 
 
+@pytest.mark.parametrize(
+    ("sender_header", "refused"),
+    [
+        ("app@example.com", None),
+        ("Example Shop <news@example.org>", None),
+        ("ceo@bank.test", "Sender address ceo@bank.test is not allowed"),
+        ("app@example.com, ceo@bank.test", "Sender address ceo@bank.test"),  # two fields
+        ("<a@example.com> <ceo@bank.test>", "the Sender header cannot be parsed"),
+    ],
+)
+def test_the_sender_header_is_checked_as_from_is(tmp_path, sender_header, refused):
+    """Mail programs show the Sender header ("on behalf of"): an address in it is one a
+    recipient reads as the message's, so the lists must allow it as they allow From."""
+    config = make_config(tmp_path, spool_senders=["app@example.com", "*@example.org"])
+    headers = {"from": "app@example.com", "sender": sender_header}
+    parsed = ParsedMessage(sender="app@example.com", recipients=("r@example.net",), headers=headers)
+    reason = mqd_check_policy(
+        message=parsed, spool=config.spools[0], relay_name="main", config=config
+    )
+    if refused is None:
+        assert reason is None
+    else:
+        assert reason is not None and refused in reason and "check_from = false" in reason
+    off = make_config(tmp_path, spool_senders=["app@example.com"], check_from=False)
+    assert (
+        mqd_check_policy(message=parsed, spool=off.spools[0], relay_name="main", config=off) is None
+    )
+
+
 def test_the_envelope_sender_is_checked_first(tmp_path):
     config = make_config(tmp_path, spool_senders=["app@example.com"])
     reason = check_from(config, "ceo@bank.test", sender="intruder@example.com")

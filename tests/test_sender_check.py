@@ -172,6 +172,24 @@ def test_mqd_sendmail_refuses_the_sender_and_the_from(
     assert list(spool.iterdir()) == []
 
 
+def test_mqd_sendmail_refuses_a_sender_header_no_list_allows(
+    config: Path, spool: Path, env: dict[str, str]
+) -> None:
+    """Mail programs show Sender ("on behalf of"): checked as From is, before anything is
+    written, and by the daemon's hook alike."""
+    message = b"From: app@example.com\nSender: stranger@example.net\nTo: bob@example.net\n\nhi\n"
+    sendmail = [str(MQD), "--config", str(config), "sendmail", "-t", "-i", "-f", "app@example.com"]
+    proc = run(sendmail, env, message)
+    assert proc.returncode == ExitCode.NOPERM, proc.stderr
+    assert "Sender address stranger@example.net is not allowed" in proc.stderr
+    assert list(spool.iterdir()) == []
+    loaded = load_config(config)
+    rules = SenderRules.from_config(loaded, loaded.spools[0])
+    written = b"X-Sender: <app@example.com>\nX-Receiver: <bob@example.net>\n" + message  # as -f
+    daemon = mqd_check_policy(parse_message(written), loaded.spools[0], "main", loaded)
+    assert rules.refusal("app@example.com", "app@example.com", "stranger@example.net") == daemon
+
+
 @pytest.mark.skipif(os.name != "posix", reason="a launcher is a #! script")
 def test_the_launcher_checks_the_rule_written_into_it(
     config: Path, spool: Path, tmp_path: Path, env: dict[str, str]

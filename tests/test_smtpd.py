@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import re
 import socket
 import ssl
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import trustme
 from click.testing import CliRunner
 from corehelpers import make_message
 from smtpserver import SMTPPeer
+from sourcerun import running
 
 from mqd.admin.render import render_status
 from mqd.admin.status import SourceStatus, Status
@@ -30,7 +30,7 @@ from mqd.config.schema import Config
 from mqd.daemon.preflight import check
 from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError
-from mqd.events import Event, Queued
+from mqd.events import Queued
 from mqd.intake.smtpd import users
 from mqd.intake.smtpd.session import Connection, bare_line_ending
 from mqd.intake.smtpd.users import Verifier, hash_password, read_users, verify_password
@@ -73,38 +73,6 @@ def smtpd_config(
         return load_config(write_config(text))
 
     return make
-
-
-class Running:
-    def __init__(self, daemon: Daemon, events: list[Event]) -> None:
-        self.daemon = daemon
-        self.events = events
-
-    @property
-    def port(self) -> int:
-        [address] = self.daemon.sources.sources[0].status().listening
-        return int(address.rsplit(":", 1)[1])
-
-
-@contextlib.asynccontextmanager
-async def running(config: Config, host: PluginHost) -> AsyncIterator[Running]:
-    daemon = Daemon(config, host=host, shutdown_timeout=5)
-    events: list[Event] = []
-    emit = daemon.emit
-
-    def record(event: Event) -> None:
-        events.append(event)
-        emit(event)
-
-    daemon.emit = record  # type: ignore[method-assign]
-    daemon.handover.emit = record
-    task = asyncio.create_task(daemon.run())
-    await asyncio.wait_for(daemon.ready.wait(), 10)
-    try:
-        yield Running(daemon, events)
-    finally:
-        daemon.request_stop()
-        await asyncio.wait_for(task, 15)
 
 
 def client(port: int, **kwargs: Any) -> aiosmtplib.SMTP:

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import sourcerun
 from openapi_schema_validator import OAS31Validator
 from openapi_schema_validator import validate as validate_schema
 
@@ -117,17 +118,10 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def running(config: Config, host: PluginHost) -> AsyncIterator[Running]:
-    MemoryRelay.instances.clear()
-    daemon = Daemon(config, host=host, shutdown_timeout=5)
-    task = asyncio.create_task(daemon.run())
-    try:
-        await asyncio.wait_for(daemon.ready.wait(), 10)
-        assert daemon.http is not None
-        async with aiohttp.ClientSession(base_url=daemon.http.url) as http:
-            yield Running(daemon, http)
-    finally:
-        daemon.request_stop()
-        await asyncio.wait_for(task, 15)
+    async with sourcerun.running(config, host) as mqd:
+        assert mqd.daemon.http is not None
+        async with aiohttp.ClientSession(base_url=mqd.daemon.http.url) as http:
+            yield Running(mqd.daemon, http)
 
 
 def sent(relay: str = "main") -> list[Any]:

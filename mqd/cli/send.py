@@ -202,7 +202,7 @@ def send(
     # The envelope sender the daemon will read (From, as it has no X-Sender line), and From.
     envelope, _, _, headers = read_envelope(message, require_recipients=False)
     refusal = SenderRules.from_config(config, spool_config).refusal(
-        envelope or envelope_address(sender), headers.get("from")
+        envelope or envelope_address(sender), headers.get("from"), headers.get("sender")
     )
     if refusal:
         source = config.source or "the embedded defaults"

@@ -50,9 +50,9 @@ __all__ = [
 
 #: How a refusal of the From header ends: what to do instead, and how to turn the check off.
 FROM_ADVICE = (
-    "recipients see the From header, so it must be an allowed sender too (an application "
-    "that shows a visitor's address puts it in Reply-To); set check_from = false on the spool "
-    "{path} to allow any From"
+    "recipients see the From and Sender headers, so their addresses must be allowed senders "
+    "too (an application that shows a visitor's address puts it in Reply-To); set "
+    "check_from = false on the spool {path} to allow any From"
 )
 
 
@@ -121,22 +121,27 @@ def policy_refusal(
     from_value: str | None,
     spool: "SpoolLike",
     relays: "Iterable[tuple[str, Sequence[str]]]",
+    sender_value: str | None = None,
 ) -> str | None:
     """Why the message is refused, or None: ``sender`` (the envelope's) and, unless the spool
     says ``check_from = false``, each address of the From header (``from_value``; None when
-    there is none) against the spool's list and each of ``relays``' (its name and its list,
-    for every relay of the message's route)."""
+    there is none) and of the Sender header (``sender_value``: mail programs show it too, "on
+    behalf of") against the spool's list and each of ``relays``' (its name and its list, for
+    every relay of the message's route)."""
     relays = tuple(relays)
     refusal = _refusal("sender", sender, spool, relays)
-    if refusal or not spool.check_from or from_value is None:
-        return refusal  # without a From header, the envelope sender alone is checked
-    addresses = _from_addresses(from_value)
-    if isinstance(addresses, str):
-        return f"{addresses}: {FROM_ADVICE.format(path=spool.path)}"
-    for address in addresses:
-        refusal = _refusal("From address", address, spool, relays)
-        if refusal:
-            return f"{refusal}; {FROM_ADVICE.format(path=spool.path)}"
+    if refusal or not spool.check_from:
+        return refusal  # without From and Sender headers, the envelope sender alone is checked
+    for header, value in (("From", from_value), ("Sender", sender_value)):
+        if value is None:
+            continue
+        addresses = _from_addresses(value, header)
+        if isinstance(addresses, str):
+            return f"{addresses}: {FROM_ADVICE.format(path=spool.path)}"
+        for address in addresses:
+            refusal = _refusal(f"{header} address", address, spool, relays)
+            if refusal:
+                return f"{refusal}; {FROM_ADVICE.format(path=spool.path)}"
     return None
 
 
@@ -159,27 +164,29 @@ def _refusal(
     return None
 
 
-#: From values read (an application sends from a few, many times; reading one costs several
-#: times the rest of the check). Short ones only, and at most _FROM_CACHE_SIZE: emptied when full.
-_from_cache: "dict[str, tuple[str, ...] | str]" = {}
+#: From (and Sender) values read (an application sends from a few, many times; reading one
+#: costs several times the rest of the check). Short ones only, and at most _FROM_CACHE_SIZE:
+#: emptied when full.
+_from_cache: "dict[tuple[str, str], tuple[str, ...] | str]" = {}
 _FROM_CACHE_SIZE = 1024
 
 
-def _from_addresses(value: str) -> "tuple[str, ...] | str":
-    """The addresses of a From header's value, or why it cannot be checked."""
-    found = _from_cache.get(value)
+def _from_addresses(value: str, header: str = "From") -> "tuple[str, ...] | str":
+    """The addresses of a From (or Sender: ``header``) header's value, or why it cannot be
+    checked."""
+    found = _from_cache.get((header, value))
     if found is not None:
         return found
     try:
-        addresses = header_addresses(value, "from", strict=True)
+        addresses = header_addresses(value, header.lower(), strict=True)
     except MessageParseError as exc:
         found = str(exc)
     else:
-        found = tuple(addresses) or f"the From header holds no address ({value!r})"
+        found = tuple(addresses) or f"the {header} header holds no address ({value!r})"
     if len(value) <= 200:
         if len(_from_cache) >= _FROM_CACHE_SIZE:
             _from_cache.clear()
-        _from_cache[value] = found
+        _from_cache[(header, value)] = found
     return found
 
 
@@ -242,9 +249,12 @@ class SenderRules:
     def from_data(cls, data: "Mapping[str, Any]") -> "SenderRules":
         return cls(**data)
 
-    def refusal(self, sender: str, from_value: str | None) -> str | None:
-        """Why mail from ``sender`` with the From header ``from_value`` (None: it has none) is
-        refused, or None: ``policy_refusal`` for this spool and the message's route."""
+    def refusal(
+        self, sender: str, from_value: str | None, sender_value: str | None = None
+    ) -> str | None:
+        """Why mail from ``sender`` with the From header ``from_value`` (None: it has none) and
+        the Sender header ``sender_value`` is refused, or None: ``policy_refusal`` for this
+        spool and the message's route."""
         chain = route_of(sender, self.routes, self.relays)
         lists = [(name, self.relay_lists.get(name, ())) for name in chain]
-        return policy_refusal(sender, from_value, self, lists)
+        return policy_refusal(sender, from_value, self, lists, sender_value)

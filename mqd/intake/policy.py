@@ -1,7 +1,7 @@
 """Default plugin: the sender allow-list. mqd is never an open relay (DESIGN invariant 4).
 
 The envelope sender is checked, and (unless the spool says ``check_from = false``) so is every
-address in the From header, which is what recipients see, against the same lists.
+address in the From and Sender headers, which is what recipients see, against the same lists.
 The lists are the spool's ``allowed_senders`` when it has one, and that of every relay of the
 message's route that has one: an address must match each of them. The check itself is
 ``mqd.config.senders.policy_refusal``, which ``mqd send`` and ``mqd sendmail`` run too, before
@@ -30,4 +30,5 @@ def mqd_check_policy(
         message.headers.get("from"),
         spool,
         ((name, config.relays[name].allowed_senders) for name in relays),
+        message.headers.get("sender"),
     )

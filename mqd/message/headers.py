@@ -214,8 +214,8 @@ def unfold(raw: bytes) -> str:
 
 def _selected_headers(fields: list[tuple[bytes, bytes]], wanted: tuple[str, ...]) -> dict[str, str]:
     """The first occurrence of each wanted header (lower-case name -> unfolded value), except
-    From: repeated From fields are joined (", "), so that every address a reader may be shown
-    is checked (a message has one From; a second one must not slip past the sender checks)."""
+    From and Sender: repeated fields are joined (", "), so that every address a reader may be
+    shown is checked (a message has one of each; a second must not slip past the checks)."""
     found: dict[str, str] = {}
     for name, raw in fields:
         key = name.decode("ascii").lower()
@@ -223,7 +223,7 @@ def _selected_headers(fields: list[tuple[bytes, bytes]], wanted: tuple[str, ...]
             continue
         if key not in found:
             found[key] = unfold(raw).strip()
-        elif key == "from":
+        elif key in ("from", "sender"):
             found[key] += ", " + unfold(raw).strip()
     return found
 

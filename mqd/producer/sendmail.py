@@ -205,7 +205,9 @@ def build(
         headers = read_envelope(raw, require_sender=False, require_recipients=False)[3]
     if rules is not None:
         # As the daemon would, now, while the caller waits: the From added below is the sender.
-        refusal = rules.refusal(sender, headers.get("from", sender) if has_from else sender)
+        refusal = rules.refusal(
+            sender, headers.get("from", sender) if has_from else sender, headers.get("sender")
+        )
         if refusal:
             raise PolicyError(f"{refusal}; nothing was queued")
     extra = b""
