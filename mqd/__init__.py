@@ -64,6 +64,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ re
     from mqd.plugins.host import PluginHost
     from mqd.plugins.webhooks import Webhook, WebhookRejected, WebhookReply, WebhookRequest
     from mqd.queue.entry import QueueEntry, RcptStatus, RecipientState
+    from mqd.queue.keys import Handed
     from mqd.relays.base import DeliveryResult, Relay
     from mqd.tracking.vocabulary import ProviderEvent, Status
     from mqd.version import __version__
@@ -86,6 +87,7 @@ _LAZY = {
     "EventKind": "mqd.events",
     "Failed": "mqd.events",
     "HandOver": "mqd.intake.source",
+    "Handed": "mqd.queue.keys",
     "Login": "mqd.intake.source",
     "MQDError": "mqd.errors",
     "MessageEvent": "mqd.events",
@@ -147,6 +149,7 @@ __all__ = [
     "EventKind",
     "Failed",
     "HandOver",
+    "Handed",
     "Login",
     "MQDError",
     "ManualClock",

@@ -9,10 +9,24 @@ a ceiling; ``cleared()`` logs once that it works again. ``mqd status`` shows the
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from mqd.clock import SYSTEM_CLOCK, Clock
 
-__all__ = ["Fault"]
+__all__ = ["Fault", "Paused"]
+
+
+class Paused(Protocol):
+    """What ``mqd status`` shows of a resource that failed: a ``Fault``, or the tracker's
+    event store (``mqd.tracking.keeper.TrackingPause``), which keeps its own backoff."""
+
+    @property
+    def what(self) -> str: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def active(self) -> bool: ...
+    def retry_in(self) -> float: ...
 
 
 class Fault:

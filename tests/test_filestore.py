@@ -19,7 +19,7 @@ import contextlib
 import errno
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -28,13 +28,16 @@ from queue_stores import body_for, new_entry, rebuild
 
 import mqd.queue.file.disk
 import mqd.queue.file.failed
+import mqd.queue.file.keys
+import mqd.queue.keys
 from mqd.clock import ManualClock
 from mqd.errors import QueueLockedError
 from mqd.queue.entry import DSN_SOURCE, QueueEntry, RcptStatus, RecipientState, id_time
 from mqd.queue.failed import FailedRecipient, FailureRecord
 from mqd.queue.file.rebuild import Unread
 from mqd.queue.file.store import FileStore
-from mqd.queue.store import AcceptError, Bounce, Incoming, Refused
+from mqd.queue.keys import PRUNE_EVERY, KeyIndex
+from mqd.queue.store import AcceptError, Bounce, Handed, HandoverKey, Incoming, Refused
 
 SOURCE = "spoolkey"  # new_entry's
 
@@ -591,3 +594,91 @@ async def test_an_unreadable_state_file_is_quarantined(
     assert {lease.entry.id for lease in leased} == {good.id, bad.id}
     assert bad.id in {unread.entry_id for unread in node.rebuilt}
     assert good.id not in {unread.entry_id for unread in node.rebuilt}
+
+
+# -- hand-over keys (mqd.queue.file.keys) --------------------------------------------------------
+
+
+def keyed(clock: ManualClock, key: str, keep: float = 3600.0) -> Incoming:
+    entry = new_entry(clock)
+    return Incoming(entry, body_for(entry), key=HandoverKey("s", key, clock.time() + keep))
+
+
+async def test_a_crash_mid_accept_keeps_a_key_exactly_when_its_entry_was_queued(node, store, clock):
+    """A key is journalled before its entry and confirmed after it: a crash in between keeps
+    the key of an entry whose body made it, and forgets one whose body did not."""
+    written, lost = keyed(clock, "written"), keyed(clock, "lost")
+
+    async def crash_after_the_first(batch: Sequence[Incoming]) -> None:
+        await store._accept(batch[:1])
+        raise RuntimeError("the process dies here")
+
+    with pytest.raises(RuntimeError):
+        await store.keys.accept([written, lost], crash_after_the_first)
+    notes = await node.restart()
+    assert any("1 hand-over key(s)" in note for note in notes)
+    store = node.store
+    assert store is not None
+    again, retried = keyed(clock, "written"), keyed(clock, "lost")
+    repeats = await store.accept([again, retried])
+    assert repeats == {again.entry.id: Handed(written.entry.id, "", replayed=True)}
+    queued = {listed.entry.id for listed in await store.entries()}
+    assert queued == {written.entry.id, retried.entry.id}
+
+
+async def test_the_key_journal_is_rewritten_without_expired_keys(node, store, clock, monkeypatch):
+    monkeypatch.setattr(mqd.queue.file.keys, "COMPACT_FLOOR", 4)
+    await store.accept([keyed(clock, f"old-{n}", keep=60) for n in range(6)])
+    clock.advance(PRUNE_EVERY + 1)
+    await store.accept([keyed(clock, "new")])
+    text = store.layout.keys_path.read_text()
+    assert "old-" not in text and "new" in text
+    await node.restart()
+    assert node.store is not None
+    assert len(node.store.keys.index) == 1
+
+
+async def test_an_older_mqds_key_files_are_carried_over_then_removed(node, store, clock):
+    """The submit API's blobs and the mailboxes' id files of the mqd before hand-over keys."""
+    directory = store.directory
+    lost = keyed(clock, "lost")
+
+    async def crash(batch: Sequence[Incoming]) -> None:
+        raise RuntimeError("the process dies before the entry is written")
+
+    with pytest.raises(RuntimeError):
+        await store.keys.accept([lost], crash)
+    record = [clock.time() + 600, "fp", "first-id", "<m@x>"]
+    (directory / "submit-keys.abc.3.json").write_text(json.dumps({"k 1": record}))
+    (directory / "mailbox").mkdir()
+    expires = clock.time() + 600
+    (directory / "mailbox" / "q1.ids").write_text(f"{expires:.0f} order%2F17\n1 gone\n")
+    notes = await node.restart()
+    assert any("2 hand-over key(s) of an older mqd" in note for note in notes)
+    assert not list(directory.glob("submit-keys.*")) and not list(directory.glob("mailbox/*"))
+    for _ in range(2):  # the same after another start, from the journal alone
+        assert node.store is not None
+        submit = keyed(clock, "k 1")
+        submit = Incoming(submit.entry, submit.body, key=HandoverKey("submit.abc", "k 1", 1e12))
+        mailbox = keyed(clock, "order/17")
+        mailbox = Incoming(
+            mailbox.entry, mailbox.body, key=HandoverKey("mailbox.q1", "order/17", 1e12)
+        )
+        repeats = await node.store.accept([submit, mailbox])
+        assert repeats[submit.entry.id] == Handed("first-id", "fp <m@x>", replayed=True)
+        assert repeats[mailbox.entry.id].replayed
+        await node.restart()
+    assert node.store is not None
+    retried = keyed(clock, "lost")
+    assert await node.store.accept([retried]) == {}, "the crashed record stays unconfirmed"
+
+
+def test_a_key_index_keeps_at_most_max_keys_a_scope_the_oldest_forgotten(monkeypatch):
+    monkeypatch.setattr(mqd.queue.keys, "MAX_KEYS", 3)
+    index = KeyIndex()
+    for n in range(5):
+        index.put(HandoverKey("busy", f"k{n}", 100.0 + n), f"id{n}")
+    index.put(HandoverKey("quiet", "k0", 100.0), "idq")
+    assert index.prune(0.0)
+    assert sorted(key for (scope, key), _ in index if scope == "busy") == ["k2", "k3", "k4"]
+    assert index.get(HandoverKey("quiet", "k0", 0), 0.0) is not None

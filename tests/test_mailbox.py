@@ -29,9 +29,7 @@ from mqd.config.load import load_config
 from mqd.config.schema import Config
 from mqd.errors import ConfigError, MessageParseError
 from mqd.events import Queued, Rejected
-from mqd.intake.mailbox import seen as seen_module
 from mqd.intake.mailbox.envelope import submission_of
-from mqd.intake.mailbox.seen import SeenIds
 from mqd.intake.mailbox.source import MailboxSource
 from mqd.plugins.host import PluginHost
 from mqd.relays.memory import MemoryRelay
@@ -180,10 +178,10 @@ async def test_a_delivery_is_held_unacked_while_the_store_writes_it(
         accept = store.accept
         entered, release = asyncio.Event(), asyncio.Event()
 
-        async def held_accept(batch: Any) -> None:
+        async def held_accept(batch: Any) -> Any:
             entered.set()
             await release.wait()
-            await accept(batch)
+            return await accept(batch)
 
         store.accept = held_accept  # type: ignore[method-assign]
         await until(lambda: mqd.mailbox.connected)
@@ -496,26 +494,6 @@ def test_the_envelope_from_amqp_headers_or_the_message() -> None:
     for headers in ({"x-mqd-to": ""}, {"x-mqd-to": 7}, {"x-mqd-from": "a@x.test\r\nBcc: b"}):
         with pytest.raises(MessageParseError):
             submission_of(MESSAGE, headers, None)
-
-
-async def test_remembered_ids_expire_and_the_file_is_compacted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(seen_module, "COMPACT_FLOOR", 4)
-    seen = SeenIds(tmp_path / "mailbox" / "q.ids", window=3600)
-    await seen.load()
-    await asyncio.gather(*(seen.remember(f"id {n}/é") for n in range(3)))
-    assert "id 1/é" in seen and "id 9" not in seen
-    again = SeenIds(seen.path, window=3600)
-    await again.load()
-    assert {"id 0/é", "id 1/é", "id 2/é"} <= set(again._ids)
-    # Expired ids are dropped when the file grows past twice what is live.
-    again._ids = {mid: 1.0 for mid in again._ids}
-    again._next_prune = 0.0
-    await again.remember("fresh")
-    await again.remember("fresher")
-    lines = again.path.read_text().splitlines()
-    assert len(lines) == 2 and "id 0/é" not in again and "fresh" in again
 
 
 def test_without_aio_pika_the_table_is_refused_saying_why(

@@ -9,6 +9,7 @@ one ManualClock, so a lease expires when the test moves the clock.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 
 import psycopg
@@ -22,9 +23,18 @@ from mqd.queue.entry import RcptStatus
 from mqd.queue.failed import FailureRecord
 from mqd.queue.postgresql.connect import Database, redacted
 from mqd.queue.postgresql.failed import PgFailedFolder
-from mqd.queue.postgresql.schema import SCHEMA_VERSION, SchemaError, script, upgrade
+from mqd.queue.postgresql.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError, script, upgrade
 from mqd.queue.postgresql.store import LEASE_TIME, PostgresStore
-from mqd.queue.store import Bounce, EntryState, Incoming, LeaseLost, QueueStore, Refused
+from mqd.queue.store import (
+    Bounce,
+    EntryState,
+    Handed,
+    HandoverKey,
+    Incoming,
+    LeaseLost,
+    QueueStore,
+    Refused,
+)
 
 
 @pytest.fixture
@@ -227,6 +237,38 @@ async def test_a_node_refuses_a_database_without_the_schema_or_with_a_newer_one(
         await conn.close()
         with pytest.raises(SchemaError, match="newer than this mqd"):
             await store.open()
+    finally:
+        bare.drop()
+
+
+async def test_the_upgrade_to_4_carries_the_nodes_idempotency_keys_over_to_the_fleet(clock):
+    """Schema 4 keeps hand-over keys in ``mqd_handover``; the submit API's keys that nodes kept
+    in their small state (``submit-keys.<scope>.<shard>``) are carried over, then dropped."""
+    bare = PgSchema(upgraded=False)
+    try:
+        with psycopg.connect(bare.dsn, autocommit=True) as conn:
+            for migration in MIGRATIONS[:3]:
+                conn.execute(migration.encode())
+            conn.execute(b"INSERT INTO mqd_meta VALUES ('schema_version', '3')")
+            record = [clock.time() + 600, "fp", "first-id", "<m@x>"]
+            blobs = [
+                ("node-a", "submit-keys.abc.3", json.dumps({"k1": record}).encode()),
+                ("node-b", "submit-keys.abc.f", b"{damaged"),  # left out, with a notice
+                ("node-a", "quota", b"{}"),
+            ]
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO mqd_state VALUES (%s, %s, %s)", blobs)
+            conn.execute(script(3).encode())
+            assert conn.execute("SELECT name FROM mqd_state").fetchall() == [("quota",)]
+        store = PostgresStore(Database(bare.dsn), node="node-c", clock=clock)
+        await store.open()
+        try:
+            entry = new_entry(clock)
+            key = HandoverKey("submit.abc", "k1", clock.time() + 60)
+            repeats = await store.accept([Incoming(entry, body_for(entry), key=key)])
+            assert repeats == {entry.id: Handed("first-id", "fp <m@x>", replayed=True)}
+        finally:
+            await store.close()
     finally:
         bare.drop()
 

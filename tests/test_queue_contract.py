@@ -7,6 +7,7 @@ expiry: a lease not renewed is taken by another node, and its old holder is fenc
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from mqd.queue.store import (
     Bounce,
     EntryBusy,
     EntryState,
+    Handed,
+    HandoverKey,
     Incoming,
     LeaseLost,
     QueueStore,
@@ -399,3 +402,87 @@ async def test_a_second_store_on_the_same_state_is_refused_while_one_holds_it(ki
 
     with pytest.raises(QueueLockedError):
         await kit.make().open()
+
+
+# -- hand-over keys ------------------------------------------------------------------------------
+
+
+def keyed(
+    clock: ManualClock, key: str, *, scope: str = "submit.s1", keep: float = 3600.0
+) -> Incoming:
+    entry = new_entry(clock)
+    note = f"first answer of {entry.id}"
+    return Incoming(entry, body_for(entry), key=HandoverKey(scope, key, clock.time() + keep, note))
+
+
+async def test_a_key_accepted_twice_queues_once_and_answers_with_the_first(store, clock):
+    first = keyed(clock, "order-1")
+    assert await store.accept([first]) == {}
+    again = keyed(clock, "order-1")
+    repeats = await store.accept([again])
+    assert repeats == {again.entry.id: Handed(first.entry.id, first.key.note, replayed=True)}
+    assert await store.accept([first]) == {}, "the same entry again is no repeat (idempotent)"
+    # In one batch: the first of a key is queued, the others answered with it.
+    one, two, elsewhere = keyed(clock, "k2"), keyed(clock, "k2"), keyed(clock, "k2", scope="other")
+    repeats = await store.accept([one, two, elsewhere])
+    assert repeats == {two.entry.id: Handed(one.entry.id, one.key.note, replayed=True)}
+    queued = {listed.entry.id for listed in await store.entries()}
+    assert queued == {first.entry.id, one.entry.id, elsewhere.entry.id}
+
+
+async def test_a_key_outlives_its_entry_and_a_crash(kit, clock):
+    store = kit.make()
+    await store.open()
+    first = keyed(clock, "order-2")
+    await store.accept([first])
+    [lease] = await store.lease(10)
+    await store.complete(lease, lease.entry)  # delivered and gone: its key stays
+    again = keyed(clock, "order-2")
+    assert (await store.accept([again]))[again.entry.id].id == first.entry.id
+    kit.abandon(store)
+
+    restarted = kit.make()
+    await restarted.open()
+    try:
+        third = keyed(clock, "order-2")
+        assert await restarted.accept([third]) == {
+            third.entry.id: Handed(first.entry.id, first.key.note, replayed=True)
+        }
+        assert await restarted.entries() == []
+    finally:
+        await restarted.close()
+
+
+async def test_keys_expire(kit, store, clock):
+    first = keyed(clock, "order-3", keep=60)
+    await store.accept([first])
+    clock.advance(61)
+    later = keyed(clock, "order-3", keep=60)
+    assert await store.accept([later]) == {}, "an expired key is a new one"
+    assert {listed.entry.id for listed in await store.entries()} == {first.entry.id, later.entry.id}
+    clock.advance(30)
+    repeat = keyed(clock, "order-3")
+    assert (await store.accept([repeat]))[repeat.entry.id].id == later.entry.id
+
+
+async def test_a_key_is_queued_once_by_every_node(kit, store, clock):
+    other = kit.other()
+    if other is None:
+        pytest.skip(f"the {kit.name} store is one process's")
+    await other.open()
+    try:
+        first = keyed(clock, "order-4")
+        await store.accept([first])
+        again = keyed(clock, "order-4")
+        assert (await other.accept([again]))[again.entry.id].id == first.entry.id
+        # Two nodes accepting one key at once: one queues it, the other answers with it.
+        a, b = keyed(clock, "order-5"), keyed(clock, "order-5")
+        answers = await asyncio.gather(store.accept([a]), other.accept([b]))
+        repeats = {**answers[0], **answers[1]}
+        assert len(repeats) == 1
+        [(repeated, handed)] = repeats.items()
+        assert {repeated, handed.id} == {a.entry.id, b.entry.id}
+        queued = {listed.entry.id for listed in await other.entries()}
+        assert queued == {first.entry.id, handed.id}
+    finally:
+        await other.close()

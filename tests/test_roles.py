@@ -156,3 +156,46 @@ def test_a_reload_keeps_the_role(write_config: Callable[..., Path], tmp_path: Pa
     with pytest.raises(ConfigError, match="role changes at a restart") as caught:
         _check_same_store(intake, node_config(write_config, tmp_path, 25, queue, spool=True))
     assert caught.value.key == "queue.role"
+
+
+def test_a_delivery_node_says_its_role_and_sends_nothing_in(
+    write_config: Callable[..., Path], tmp_path: Path, env: dict[str, str]
+) -> None:
+    from test_cli import mqd
+
+    queue = 'store = "postgresql"\ndsn = "postgresql://mqd@db/mqd"\nnode = "out-1"\n'
+    node_config(write_config, tmp_path, 25, queue + 'role = "delivery"', spool=False)
+    path = str(tmp_path / "out-1.toml")
+    checked = mqd("-c", path, "config", "check", env=env)
+    assert checked.returncode == 0, checked.stderr
+    assert 'role = "delivery"' in checked.stdout and 'node = "out-1"' in checked.stdout
+    sending = mqd(
+        "-c", path, "send", "--from", "app@example.com", "--to", "bob@example.net",
+        stdin="Subject: hi\n\nhello\n", env=env,
+    )  # fmt: skip
+    assert sending.returncode != 0
+    assert "queue.role" in sending.stderr and "send through an intake node" in sending.stderr
+
+
+async def test_once_an_intake_node_queues_and_a_delivery_node_drains(
+    write_config: Callable[..., Path],
+    tmp_path: Path,
+    schema: PgSchema,
+    smtp_server,
+    host: PluginHost,
+) -> None:
+    """``mqd run --once`` on each: the intake node exits once its spool is queued, the delivery
+    node once nothing is due."""
+    port = smtp_server.port
+    intake = node_config(
+        write_config, tmp_path, port, pg_queue(schema, "in-1", "intake"), spool=True
+    )
+    delivery = node_config(
+        write_config, tmp_path, port, pg_queue(schema, "out-1", "delivery"), spool=False
+    )
+    for n in range(3):
+        drop(tmp_path / "spool", make_message(to=(f"r{n}@example.net",)))
+    await Daemon(intake, host=host, once=True, shutdown_timeout=5).run()
+    assert queued(schema) == 3 and leased_ever(schema) == 0 and smtp_server.messages == []
+    await Daemon(delivery, host=host, once=True, shutdown_timeout=5).run()
+    assert queued(schema) == 0 and len(smtp_server.wait_for(3)) == 3

@@ -196,11 +196,12 @@ async def test_250_only_once_the_message_is_durable(
         accept = store.accept
         entered, release = asyncio.Event(), asyncio.Event()
 
-        async def held_accept(batch: Any) -> None:
+        async def held_accept(batch: Any) -> Any:
             entered.set()
             await release.wait()
-            await accept(batch)
+            repeats = await accept(batch)
             order.append("durable")
+            return repeats
 
         store.accept = held_accept  # type: ignore[method-assign]
         async with client(mqd.port) as smtp:
@@ -227,10 +228,10 @@ async def test_concurrent_submissions_share_a_batch(
         batches: list[int] = []
         gate = asyncio.Event()
 
-        async def counting_accept(batch: Any) -> None:
+        async def counting_accept(batch: Any) -> Any:
             batches.append(len(batch))
             await gate.wait()
-            await accept(batch)
+            return await accept(batch)
 
         store.accept = counting_accept  # type: ignore[method-assign]
 
@@ -421,10 +422,10 @@ async def test_stop_answers_the_hand_over_under_way_then_closes(
     accept = daemon.store.accept
     entered, release = asyncio.Event(), asyncio.Event()
 
-    async def held_accept(batch: Any) -> None:
+    async def held_accept(batch: Any) -> Any:
         entered.set()
         await release.wait()
-        await accept(batch)
+        return await accept(batch)
 
     daemon.store.accept = held_accept  # type: ignore[method-assign]
     [listener] = daemon.sources.sources[0].listeners  # type: ignore[attr-defined]

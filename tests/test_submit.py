@@ -22,14 +22,12 @@ from openapi_schema_validator import OAS31Validator
 from openapi_schema_validator import validate as validate_schema
 
 from mqd.admin.render import render_status
-from mqd.clock import ManualClock
 from mqd.config.load import load_config
 from mqd.config.schema import Config
 from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError, ConfigErrors
 from mqd.http.openapi import openapi
 from mqd.intake.sources import check_sources
-from mqd.intake.submit.keys import SHARDS, IdempotencyKeys
 from mqd.plugins.host import PluginHost
 from mqd.queue.store import EntryState
 from mqd.relays.memory import MemoryRelay
@@ -509,40 +507,3 @@ async def test_a_reload_keeps_the_keys_of_a_token_and_applies_a_new_token(
         new = {"Authorization": "Bearer a-new-submit-token-0123456789"}
         status, _, answer = await mqd.post(JSON_MESSAGE, headers={**new, **key})
         assert status == 202 and answer["id"] != first["id"], "keys are per token"
-
-
-class _State:
-    """A hand-over's small state, in memory (what the queue store keeps)."""
-
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-        self.saves = 0
-
-    async def load_state(self, name: str) -> bytes | None:
-        return self.blobs.get(name)
-
-    async def save_state(self, name: str, data: bytes) -> None:
-        self.saves += 1
-        self.blobs[name] = data
-
-
-async def test_keys_expire_after_idempotency_for_and_a_damaged_blob_is_ignored() -> None:
-    state, clock = _State(), ManualClock()
-    keys = IdempotencyKeys(state, "scope", 3600.0, clock)  # type: ignore[arg-type]
-    await asyncio.gather(*(keys.put(f"k{n}", "f", f"id{n}", "<m>") for n in range(40)))
-    assert state.saves <= SHARDS, "records made together are saved together"
-    assert all(name.startswith("submit-keys.scope.") for name in state.blobs)
-    again = IdempotencyKeys(state, "scope", 3600.0, clock)  # type: ignore[arg-type]
-    await again.load()
-    record = again.get("k7")
-    assert len(again) == 40 and record is not None and record == keys.get("k7")
-    clock.advance(3601)
-    assert again.get("k7") is None
-    await again.put("new", "f", "idn", "<n>")
-    later = IdempotencyKeys(state, "scope", 3600.0, clock)  # type: ignore[arg-type]
-    await later.load()
-    assert later.get("new") is not None and later.get("k7") is None
-    state.blobs = {name: b"{not json" for name in state.blobs}
-    damaged = IdempotencyKeys(state, "scope", 3600.0, clock)  # type: ignore[arg-type]
-    await damaged.load()
-    assert len(damaged) == 0

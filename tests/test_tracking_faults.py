@@ -464,11 +464,14 @@ async def test_an_unwritable_directory_pauses_tracking_once_and_mail_flows(
     assert "events were not recorded" in caplog.text
 
 
-async def test_a_paused_store_is_retried_with_backoff(
+async def test_a_paused_store_is_retried_with_backoff_and_keeps_the_events(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A store that cannot be created (a full disk, a directory that cannot be written): its
+    events are kept meanwhile, and written in order, late, once it can be."""
     from mqd.config.load import parse_config
 
+    caplog.set_level(logging.INFO, "mqd.tracking.tracker")
     now = [1000.0]
     blocked = tmp_path / "history"
     blocked.write_text("")
@@ -482,31 +485,36 @@ async def test_a_paused_store_is_retried_with_backoff(
         None,
     )
     tracker = await Tracker.open(config, clock=lambda: now[0])
+    ids = [f"019000000000000000000{n}" for n in range(1, 5)]
     try:
 
         async def claimed(mid: str) -> None:
             tracker.observe(Claimed(message_id=mid, time=time.time(), file="a.eml", spool="/s"))
             await tracker.flush()
 
-        await claimed("0190000000000000000001")
-        assert tracker.keeper.dropped == 1 and tracker.store is None
+        await claimed(ids[0])
+        assert len(tracker.keeper.backlog) == 1 and tracker.store is None
         with pytest.raises(TrackingError, match="tracking is paused"):
-            await tracker.history("0190000000000000000001")
+            await tracker.history(ids[0])
         now[0] += FIRST_RETRY  # retried, still failing: the next try is twice as far
-        await claimed("0190000000000000000002")
+        await claimed(ids[1])
         assert "next try in 60s" in caplog.text
         blocked.unlink()
         now[0] += FIRST_RETRY  # not yet due
-        await claimed("0190000000000000000003")
-        assert tracker.store is None and tracker.keeper.dropped == 3
+        await claimed(ids[2])
+        assert tracker.store is None and len(tracker.keeper.backlog) == 3
         now[0] += 2 * FIRST_RETRY
-        await claimed("0190000000000000000004")
-        assert tracker.store is not None
-        assert await tracker.message("0190000000000000000004") is not None
+        await claimed(ids[3])
+        assert tracker.store is not None and not tracker.keeper.backlog
+        feed = await tracker.events_after(0)
+        assert [event.message for event in feed] == ids  # each once, in order
     finally:
         await tracker.close()
-    assert len(tracking_errors(caplog)) == 1
-    assert "tracking resumed" in caplog.text and "3 events were dropped" in caplog.text
+    assert len(tracking_errors(caplog)) == 1 and tracker.keeper.dropped == 0
+    assert "tracking resumed" in caplog.text
+    assert "3 events kept while it was paused were written late, 0 events were dropped" in (
+        caplog.text
+    )
 
 
 async def test_the_api_says_history_is_paused(

@@ -18,7 +18,7 @@ from mqd.delivery.deliverer import Deliverer
 from mqd.delivery.guards import Guards
 from mqd.errors import QueueLockedError
 from mqd.events import Event
-from mqd.faults import Fault
+from mqd.faults import Paused
 from mqd.intake.source import SourceStatus
 from mqd.plugins.host import PluginHost
 from mqd.queue.store import QueueStore
@@ -37,7 +37,7 @@ class _StoppedNode:
         self.guards = Guards(config)
         self.relays: Mapping[str, Relay] = {}
         self.started_at = time.time()
-        self.faults: Sequence[Fault] = ()
+        self.faults: Sequence[Paused] = ()
         # Only a bounce needs it, and then only its bounce builder: no relay is used.
         self.deliverer = Deliverer(config, store, self.relays, host, self.emit, guards=self.guards)
 

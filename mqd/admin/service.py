@@ -34,7 +34,7 @@ from mqd.delivery.guards import Guards
 from mqd.delivery.health import circuit_word, verdict
 from mqd.errors import AdminError, QueueUnavailableError
 from mqd.events import Deleted, Event
-from mqd.faults import Fault
+from mqd.faults import Paused
 from mqd.intake.source import SourceStatus as SourceCounts
 from mqd.queue.entry import RcptStatus
 from mqd.queue.store import EntryBusy, Listed, QueueCounts, QueueStore, UnknownEntry
@@ -70,7 +70,7 @@ class Node(Protocol):
     @property
     def started_at(self) -> float: ...
     @property
-    def faults(self) -> Sequence[Fault]: ...
+    def faults(self) -> Sequence[Paused]: ...
     def emit(self, event: Event) -> None: ...
     async def reload(self) -> str: ...
     def source_status(self) -> Sequence[SourceCounts]:

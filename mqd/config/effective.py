@@ -32,6 +32,12 @@ def effective_config(config: Config) -> dict[str, Any]:
             "failed_retention": format_duration(queue.failed_retention),
             "send_later_horizon": format_duration(queue.send_later_horizon),
             "workers": queue.workers,
+            "store": queue.store,
+            **(
+                {"dsn": queue.database.dsn, "node": queue.database.node, "role": queue.role}
+                if queue.database is not None
+                else {}
+            ),
             "retry": {
                 "initial": format_duration(queue.retry.initial),
                 "max": format_duration(queue.retry.max),

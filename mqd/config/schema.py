@@ -286,6 +286,8 @@ class TrackingConfig:
     store: str = "auto"
     #: Events (and messages whose newest event is) older than this are pruned.
     retention: float = 30 * 86400.0
+    #: Events kept in memory while the store cannot be written (``mqd.tracking.backlog``).
+    keep_while_paused: int = 100_000
 
 
 @dataclass(frozen=True)

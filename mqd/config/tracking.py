@@ -17,6 +17,7 @@ def parse_tracking(opts: Options, queue_store: str = "file") -> TrackingConfig:
         path=opts.filepath("path", None),
         retention=opts.duration("retention", "30d"),
         store=opts.choice("store", TRACKING_STORES, "auto"),
+        keep_while_paused=opts.integer("keep_while_paused", 100_000, minimum=0),
     )
     if config.store == "postgresql" and queue_store != "postgresql":
         raise opts.error(

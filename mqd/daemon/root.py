@@ -32,7 +32,7 @@ from mqd.daemon.workers import WorkerPool, warn_of_retired_workers, watch_parent
 from mqd.delivery.deliverer import Deliverer
 from mqd.delivery.guards import Guards
 from mqd.events import Event, EventKind
-from mqd.faults import Fault
+from mqd.faults import Paused
 from mqd.intake.handover import Handover
 from mqd.intake.pipeline import Intake
 from mqd.intake.source import Source, SourceStatus
@@ -152,7 +152,7 @@ class Daemon:
         return self.servers.metrics_server
 
     @property
-    def faults(self) -> Sequence[Fault]:
+    def faults(self) -> Sequence[Paused]:
         intake = self.intake
         return [
             intake.fault,

@@ -10,7 +10,8 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from mqd.events import Event
-from mqd.faults import Fault
+from mqd.faults import Paused
+from mqd.tracking.pause import TrackingPause
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -71,8 +72,8 @@ class Servers:
         self.metrics_server: MetricsServer | None = None
 
     @property
-    def faults(self) -> list[Fault]:
-        return []
+    def faults(self) -> list[Paused]:
+        return [TrackingPause(self.tracker.keeper)] if self.tracker is not None else []
 
     def observe(self, event: Event) -> None:
         if self.metrics is not None:

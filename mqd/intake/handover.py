@@ -37,6 +37,7 @@ from mqd.message.sendat import send_at_of
 from mqd.plugins.host import PluginHost
 from mqd.producer.inject import envelope_lines
 from mqd.queue.entry import message_id_maker
+from mqd.queue.keys import Handed, HandoverKey
 from mqd.queue.store import AcceptError, Incoming, QueueStore
 
 __all__ = ["BATCH", "Handover"]
@@ -50,7 +51,7 @@ BATCH = 256
 @dataclass
 class _Waiting:
     item: Incoming
-    done: asyncio.Future[None]
+    done: asyncio.Future[Handed]
     source: str
     login: str | None
     peer: str | None
@@ -107,17 +108,27 @@ class Handover:
         )
         return self.host.check_policy(message, as_login, route[0], self.config)
 
-    # -- a source's small state -----------------------------------------------------------------
-
-    async def load_state(self, name: str) -> bytes | None:
-        return await self.store.load_state(name)
-
-    async def save_state(self, name: str, data: bytes) -> None:
-        await self.store.save_state(name, data)
-
     # -- the hand-over --------------------------------------------------------------------------
 
     async def submit(self, source: SourceConfig, submission: Submission) -> str:
+        return (await self._submit(source, submission, None)).id
+
+    async def submit_once(
+        self,
+        source: SourceConfig,
+        submission: Submission,
+        key: str,
+        *,
+        scope: str,
+        keep_for: float,
+        note: str = "",
+    ) -> Handed:
+        once = HandoverKey(scope, key, self.clock.time() + keep_for, note)
+        return await self._submit(source, submission, once)
+
+    async def _submit(
+        self, source: SourceConfig, submission: Submission, key: HandoverKey | None
+    ) -> Handed:
         now = self.clock.time()
         body = envelope_lines(submission.sender, submission.recipients) + submission.trace
         body += _without_envelope_lines(submission.data)
@@ -162,7 +173,7 @@ class Handover:
             account.name if account is not None else None,
         )
         waiting = _Waiting(
-            Incoming(entry, body),
+            Incoming(entry, body, key=key),
             asyncio.get_running_loop().create_future(),
             source.name,
             submission.login.name if submission.login else None,
@@ -172,8 +183,7 @@ class Handover:
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write(), name="mqd-handover")
         # Shielded: a producer that goes away meanwhile does not take the batch down with it.
-        await asyncio.shield(waiting.done)
-        return entry_id
+        return await asyncio.shield(waiting.done)
 
     def rejected(
         self,
@@ -206,8 +216,9 @@ class Handover:
         while self._waiting:
             batch, self._waiting = self._waiting[:BATCH], self._waiting[BATCH:]
             error: Exception | None
+            repeats: dict[str, Handed] = {}
             try:
-                await self.store.accept([w.item for w in batch])
+                repeats = await self.store.accept([w.item for w in batch])
             except AcceptError as exc:
                 taken, error = set(exc.accepted), exc
             except (QueueError, OSError) as exc:
@@ -223,9 +234,17 @@ class Handover:
                 self.fault.failed(f"the queue cannot take messages: {error}")
             # Told before anything else is awaited: delivery may start as soon as this yields.
             for waiting in batch:
-                if waiting.item.entry.id in taken:
+                entry_id, key = waiting.item.entry.id, waiting.item.key
+                if entry_id in repeats:  # its key was handed over before: nothing queued
+                    log.info(
+                        "%s: handed over again (key %r): answered as then",
+                        repeats[entry_id].id,
+                        key and key.key,
+                    )
+                    waiting.done.set_result(repeats[entry_id])
+                elif entry_id in taken:
                     self._queued(waiting)
-                    waiting.done.set_result(None)
+                    waiting.done.set_result(Handed(entry_id, key.note if key else ""))
                 else:
                     waiting.done.set_exception(
                         SubmissionError(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mqd.config.schema import Config, SourceConfig
+from mqd.queue.keys import Handed
 
 __all__ = ["HandOver", "Login", "RegisterSource", "Source", "SourceStatus", "Submission"]
 
@@ -67,14 +68,21 @@ class HandOver(Protocol):
         cannot take it now)."""
         ...
 
-    async def load_state(self, name: str) -> bytes | None:
-        """A small blob the source saved with ``save_state`` under ``name``, or None: kept by
-        the queue store with its other small state (the HTTP submit API's idempotency keys)."""
-        ...
-
-    async def save_state(self, name: str, data: bytes) -> None:
-        """Keep ``data`` under ``name``, durably (the last write wins); ``name`` starts with
-        the source's kind (``submit-keys.<...>``)."""
+    async def submit_once(
+        self,
+        source: SourceConfig,
+        submission: Submission,
+        key: str,
+        *,
+        scope: str,
+        keep_for: float,
+        note: str = "",
+    ) -> Handed:
+        """``submit``, once per ``key`` among the keys of ``scope`` (the producer's own name
+        for the message: an HTTP ``Idempotency-Key``, an AMQP ``message_id``): the queue store
+        keeps it with the entry, in the same durable write, for ``keep_for`` seconds. While it
+        is kept, by any node of the queue, a submission with it queues nothing and gets the
+        first one's id and ``note`` (``Handed.replayed``). Raises as ``submit`` does."""
         ...
 
     def rejected(

@@ -10,6 +10,7 @@ from mqd.errors import ConfigError, ConfigErrors, PluginError, raise_gathered
 from mqd.intake.source import HandOver, Login, RegisterSource, Source, SourceStatus, Submission
 from mqd.plugins.hookspecs import hookimpl
 from mqd.plugins.host import PluginHost
+from mqd.queue.keys import Handed
 
 __all__ = ["Sources", "build_sources", "check_sources", "mqd_register_sources"]
 
@@ -64,11 +65,17 @@ class _Checking:
     async def submit(self, source: SourceConfig, submission: Submission) -> str:
         raise RuntimeError("a source built to check its config hands nothing over")
 
-    async def load_state(self, name: str) -> bytes | None:
-        raise RuntimeError("a source built to check its config keeps no state")
-
-    async def save_state(self, name: str, data: bytes) -> None:
-        raise RuntimeError("a source built to check its config keeps no state")
+    async def submit_once(
+        self,
+        source: SourceConfig,
+        submission: Submission,
+        key: str,
+        *,
+        scope: str,
+        keep_for: float,
+        note: str = "",
+    ) -> Handed:
+        raise RuntimeError("a source built to check its config hands nothing over")
 
     def rejected(
         self,

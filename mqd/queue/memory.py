@@ -15,6 +15,7 @@ from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.errors import QueueLockedError
 from mqd.queue.entry import QueueEntry
 from mqd.queue.failed import FailedError, FailedFolder, FailedMessage, FailureRecord, no_lock
+from mqd.queue.keys import Handed, KeyIndex, split_batch
 from mqd.queue.schedule import Schedule, ambiguous, unknown
 from mqd.queue.store import (
     Bounce,
@@ -37,6 +38,8 @@ class MemoryDisk:
     bodies: dict[str, bytes] = field(default_factory=dict)
     failed: dict[str, tuple[float, FailureRecord, bytes | None]] = field(default_factory=dict)
     state: dict[str, bytes] = field(default_factory=dict)
+    #: The hand-over keys, recorded with their entries.
+    keys: KeyIndex = field(default_factory=KeyIndex)
     #: Held by the store that opened it last (one store per disk, as one daemon per queue dir).
     holder: object | None = None
 
@@ -72,13 +75,20 @@ class MemoryStore(QueueStore):
 
     # -- intake -----------------------------------------------------------------------------------
 
-    async def accept(self, batch: Sequence[Incoming]) -> None:
-        for item in batch:
+    async def accept(self, batch: Sequence[Incoming]) -> dict[str, Handed]:
+        now = self.clock.time()
+        keys = self.disk.keys
+        keys.prune(now)
+        fresh, repeats = split_batch(((i, i.entry.id, i.key) for i in batch), keys, now)
+        for item in fresh:
+            if item.key is not None:
+                keys.put(item.key, item.entry.id)
             if item.entry.id in self.disk.entries:
                 continue  # accepted before a crash: idempotent
             self._write(item.entry)
             self.disk.bodies[item.entry.id] = item.body
             self._schedule.add(_copy(item.entry))
+        return repeats
 
     async def refuse(self, batch: Sequence[Refused]) -> None:
         for item in batch:

@@ -15,6 +15,11 @@ Contract, for every implementation (``tests/queue_contract.py`` holds them to it
   files themselves (``Incoming.file``), once each is in the store by an atomic rename (a crash
   then leaves it in the claim area or in the store, and intake's recovery accepts it again:
   ``accept`` is idempotent on the entry id).
+* An ``Incoming`` with a hand-over ``key`` (``mqd.queue.keys``) records key -> entry id in the
+  same durable write as the entry, shared by every node of the store; while the key is kept
+  (until its ``expires``), an item with the same key queues nothing and ``accept`` answers it
+  with the first (its id and note): across restarts, crashes and nodes. Expired keys are pruned
+  by the store.
 * ``save``, ``complete`` and ``fail`` are durable on return; a crash leaves the old state or the
   new one, never a torn one. A bounce given with them is durable before the entry records it
   and is due from then on.
@@ -37,6 +42,7 @@ from enum import StrEnum
 from mqd.errors import QueueError
 from mqd.queue.entry import QueueEntry
 from mqd.queue.failed import FailedFolder, FailureRecord
+from mqd.queue.keys import Handed, HandoverKey
 from mqd.queue.shared import FleetState
 
 __all__ = [
@@ -44,6 +50,8 @@ __all__ = [
     "Bounce",
     "EntryBusy",
     "EntryState",
+    "Handed",
+    "HandoverKey",
     "Incoming",
     "Lease",
     "LeaseLost",
@@ -106,6 +114,8 @@ class Incoming:
     #: it over (rename it) rather than write ``body``. Intake removes it if it is still there
     #: once ``accept`` returned.
     file: str | None = None
+    #: The producer's own name for it (queued once per key: see the module docstring).
+    key: HandoverKey | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,9 +207,10 @@ class QueueStore(abc.ABC):
     # -- intake -----------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def accept(self, batch: Sequence[Incoming]) -> None:
-        """Queue ``batch``: due now. Idempotent on the entry ids. Raises AcceptError (naming
-        those that were queued) when the store cannot take them all."""
+    async def accept(self, batch: Sequence[Incoming]) -> dict[str, Handed]:
+        """Queue ``batch``: due now. Idempotent on the entry ids. Returns the items not queued
+        because their key was handed over before ({entry id: the first hand-over}). Raises
+        AcceptError (naming those that were queued) when the store cannot take them all."""
 
     @abc.abstractmethod
     async def refuse(self, batch: Sequence[Refused]) -> None:

@@ -30,7 +30,7 @@ from mqd.tracking.answers import FeedEvent, MessageSummary, TimelineEvent
 from mqd.tracking.records import Record
 from mqd.tracking.vocabulary import ProviderEvent, Status
 
-__all__ = ["EventStore", "Fault"]
+__all__ = ["CommitInDoubt", "EventStore", "Fault"]
 
 
 class EventStore(abc.ABC):
@@ -41,7 +41,14 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     def record(self, records: Sequence[Record]) -> list[Record]:
         """Record ``records`` in one transaction; return those that were new (not duplicates
-        of an event recorded before, by ``event_key``)."""
+        of an event recorded before, by ``event_key``). Raises ``CommitInDoubt`` when the
+        commit failed where it may have gone through."""
+
+    def committed(self, token: object) -> bool | None:
+        """Whether the batch whose commit raised ``CommitInDoubt(token)`` committed after all
+        (None: not known yet, ask again). A store whose commit is never in doubt (SQLite's, on
+        one machine) never raises it, and is never asked."""
+        raise NotImplementedError(f"{type(self).__name__} never leaves a commit in doubt")
 
     @abc.abstractmethod
     def set_cursor(self, name: str, position: int) -> None:
@@ -133,3 +140,13 @@ class Fault(enum.Enum):
     UNAVAILABLE = "unavailable"
     #: Not the store's condition (a bug, a bad argument): the caller's to report.
     OTHER = "other"
+
+
+class CommitInDoubt(Exception):
+    """A batch's commit failed where it may have committed all the same (the connection was
+    lost during ``COMMIT``): ``token`` asks ``EventStore.committed`` which, once the store can
+    be reached again. Writing the batch again without asking could record it twice."""
+
+    def __init__(self, token: object, why: str) -> None:
+        super().__init__(f"the commit of a batch may or may not have gone through: {why}")
+        self.token = token

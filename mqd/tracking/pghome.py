@@ -3,8 +3,9 @@ errors mean (``classify``), and opening it read-only for ``mqd history`` and ``m
 (``reading``).
 
 A database is never "damaged" the way a file is: nothing is set aside. A database that cannot
-be reached, or whose schema is missing or not this mqd's, pauses tracking (the keeper retries)
-and the tracker's logs say why.
+be reached, or whose schema is missing or not this mqd's, pauses tracking (the keeper keeps the
+events and retries from 1 s doubling to 15 s, as the queue store does: a restart is over in
+seconds) and the tracker's logs say why.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from psycopg.errors import UndefinedTable
 
 from mqd.errors import QueueError, TrackingError
 from mqd.queue.postgresql.connect import Database
-from mqd.tracking.eventstore import Fault
+from mqd.tracking.eventstore import CommitInDoubt, Fault
 from mqd.tracking.postgresql import PostgresEventStore
 
 __all__ = ["PostgresHome", "classify", "reading"]
+
+#: Seconds to the first try again after the database failed, and the most (as the queue's).
+RETRY = (1.0, 15.0)
 
 
 def classify(exc: BaseException) -> Fault:
@@ -33,6 +37,7 @@ def classify(exc: BaseException) -> Fault:
         | UndefinedTable
         | QueueError
         | TrackingError
+        | CommitInDoubt
         | OSError,
     ):
         return Fault.UNAVAILABLE
@@ -49,6 +54,10 @@ class PostgresHome:
     @property
     def where(self) -> str:
         return self.database.shown
+
+    @property
+    def retry(self) -> tuple[float, float]:
+        return RETRY
 
     def open(self) -> PostgresEventStore:
         return PostgresEventStore.connect(self.database)

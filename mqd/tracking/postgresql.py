@@ -48,7 +48,7 @@ from mqd.tracking.batch import (
     event_row,
     fold,
 )
-from mqd.tracking.eventstore import EventStore
+from mqd.tracking.eventstore import CommitInDoubt, EventStore
 from mqd.tracking.records import BAD, FINAL, Record, message_status
 from mqd.tracking.sqliteactivity import collect, statements
 from mqd.tracking.vocabulary import ProviderEvent, Status
@@ -138,15 +138,37 @@ class PostgresEventStore(EventStore):
     def record(self, records: Sequence[Record]) -> list[Record]:
         for attempt in range(1, TRIES + 1):
             try:
-                with self._conn.transaction():
-                    new = self._record(records)
-                    self._committing = True
-                self._committing = False
-                return new
+                return self._record_once(records)
             except (DeadlockDetected, SerializationFailure):
                 if attempt == TRIES:
                     raise
         raise AssertionError("unreachable")
+
+    def _record_once(self, records: Sequence[Record]) -> list[Record]:
+        """One transaction; its id is taken first, so that a commit that fails on a lost
+        connection can be asked about (``committed``) rather than written twice."""
+        txid = ""
+        try:
+            with self._conn.transaction():
+                row = self._one("SELECT pg_current_xact_id()::text", ())
+                txid = str(row[0]) if row else ""
+                new = self._record(records)
+                self._committing = True
+        except psycopg.OperationalError as exc:
+            committing, self._committing = self._committing, False
+            if committing and txid:
+                raise CommitInDoubt(txid, str(exc).strip() or type(exc).__name__) from exc
+            raise
+        self._committing = False
+        return new
+
+    @_healing
+    def committed(self, token: object) -> bool | None:
+        row = self._one("SELECT pg_xact_status(%s::text::xid8)", (str(token),))
+        status = row[0] if row else None
+        if status == "in progress":
+            return None
+        return status == "committed"
 
     def _record(self, records: Sequence[Record]) -> list[Record]:
         if all(record.event_key is None for record in records):

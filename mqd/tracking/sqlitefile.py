@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mqd.errors import TrackingError
 from mqd.tracking.eventstore import Fault
+from mqd.tracking.keeper import FIRST_RETRY, MAX_RETRY
 from mqd.tracking.sqlite import SQLiteStore
 
 __all__ = ["SIDE_FILES", "SQLiteHome", "classify", "reading", "unreadable"]
@@ -74,6 +75,11 @@ class SQLiteHome:
     @property
     def where(self) -> str:
         return str(self.path)
+
+    @property
+    def retry(self) -> tuple[float, float]:
+        """30 s doubling to 10 min: a full disk or a lost lock is not over in a second."""
+        return (FIRST_RETRY, MAX_RETRY)
 
     def open(self) -> SQLiteStore:
         """The store at ``path``, created if absent. Raises what ``SQLiteStore`` raises."""

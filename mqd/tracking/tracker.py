@@ -4,7 +4,8 @@ loop, takes providers' webhook events, and answers the queries of the API and th
 Writing never holds up delivery: events are buffered and written by one worker thread every
 ``FLUSH_DELAY``. The store is kept usable by a ``StoreKeeper``: a damaged store is set aside
 and history starts afresh; a store that cannot be opened or written pauses tracking (events
-dropped and counted, retried with backoff). The queue, not this store, is what keeps the mail.
+kept, bounded, and written in order when it is back; retried with backoff). The queue, not
+this store, is what keeps the mail.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from mqd.events import (
     Rejected,
 )
 from mqd.tracking.answers import FeedEvent, MessageHistory, MessageSummary
+from mqd.tracking.backlog import Backlog
 from mqd.tracking.eventstore import EventStore
 from mqd.tracking.keeper import StoreKeeper
 from mqd.tracking.queries import failures, history, message, recent, recipient
@@ -128,6 +130,10 @@ def home_of(config: Config) -> StoreHome:
     return SQLiteHome(config.tracking_path)
 
 
+def _nothing() -> None:
+    """A call on the writer thread that returns once every call queued before it has."""
+
+
 def _queued_detail(event: Queued) -> dict[str, Any]:
     detail: dict[str, Any] = {"route": list(event.route)}
     for name in ("source", "login", "peer"):
@@ -161,6 +167,7 @@ class Tracker:
         self.unmatched = 0
         #: Pruning passes done, the first at start-up (a test waits for one before it records).
         self.prunes = 0
+        self._closed = False
 
     @classmethod
     async def open(cls, config: Config, *, clock: Callable[[], float] = time.monotonic) -> Tracker:
@@ -169,7 +176,8 @@ class Tracker:
         one is set aside (a new one opened), one that cannot be opened pauses tracking.
         ``clock`` (monotonic seconds) times the retries of a paused store."""
         writer = ThreadPoolExecutor(1, thread_name_prefix="mqd-tracking")
-        keeper = StoreKeeper(home_of(config), clock=clock)
+        backlog = Backlog(max_events=config.tracking.keep_while_paused)
+        keeper = StoreKeeper(home_of(config), clock=clock, backlog=backlog)
         path = keeper.home.where
         await asyncio.get_running_loop().run_in_executor(writer, keeper.start)
         tracker = cls(config, keeper, writer)
@@ -201,9 +209,14 @@ class Tracker:
             self._dirty.set()
 
     async def flush(self) -> None:
-        """Write what is buffered (the batch is taken now, so writes keep their order)."""
+        """Write what is buffered (the batch is taken now, so writes keep their order), behind
+        what was kept while the store could not be written."""
         batch, self._buffer = self._buffer, []
-        if not batch:
+        if not batch and not self.keeper.backlog:
+            # The flush loop may have taken the batch a moment ago: once this returns, what was
+            # observed before is written (the writer thread runs one call at a time, in order).
+            if not self._closed:
+                await self.call(_nothing)
             return
         try:
             new = await self.call(self._write, batch)
@@ -214,7 +227,7 @@ class Tracker:
             self.changed.set()
 
     def _write(self, batch: list[Record]) -> list[Record]:
-        return self.keeper.write(lambda store: store.record(batch), events=len(batch), otherwise=[])
+        return self.keeper.record(batch)
 
     async def ingest(self, source: str, events: Sequence[ProviderEvent]) -> int:
         """Record a provider's verified events; return how many were new (duplicates of an
@@ -284,7 +297,19 @@ class Tracker:
 
     async def _flush_loop(self) -> None:
         while True:
-            await self._dirty.wait()
+            # Events kept while the store could not be written: look again when it is due. (A
+            # timer, not wait_for, which on Python 3.11 can swallow the cancellation of close.)
+            waiting = self.keeper.retry_in()
+            timer = None
+            if waiting is not None:
+                timer = asyncio.get_running_loop().call_later(
+                    max(waiting, FLUSH_DELAY), self._dirty.set
+                )
+            try:
+                await self._dirty.wait()
+            finally:
+                if timer is not None:
+                    timer.cancel()
             await asyncio.sleep(FLUSH_DELAY)
             self._dirty.clear()
             await self.flush()
@@ -308,6 +333,7 @@ class Tracker:
                 await task
         await self.flush()
         await self.call(self.keeper.close)
+        self._closed = True
         self._writer.shutdown(wait=True)
 
     # -- reading (on the writer's thread: a read sees every write before it) -----------------

@@ -2,8 +2,11 @@
 their messages to, handing each over to mqd's queue.
 
 Manual acks, ``prefetch`` deliveries ahead. A delivery is acked only once its message is
-durable in the queue (``HandOver.submit`` returned) and its AMQP message_id remembered (a
-redelivery of that id is acked and queues nothing). A malformed message or one the policy
+durable in the queue with its AMQP message_id (``HandOver.submit_once``: the queue store keeps
+the id with the entry, for every node of the queue): a redelivery of that id, to any node, is
+acked and queues nothing; the same message_id with another message is not a redelivery, and is
+dead-lettered saying so (acking it would lose that message). A malformed message or one the
+policy
 refuses is rejected without requeue (to the queue's dead-letter exchange, when it has one),
 logged and recorded as a ``rejected`` event; when the store cannot take it now it is nacked
 back to the queue and the consumer pauses (from 1s, doubling to ``reconnect_max``) so nothing
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib.util
 import logging
 from typing import TYPE_CHECKING, Any
@@ -23,7 +27,6 @@ from mqd.config.schema import Config, SourceConfig
 from mqd.errors import ConfigError, MessageParseError, SubmissionError
 from mqd.faults import Fault
 from mqd.intake.mailbox.envelope import submission_of
-from mqd.intake.mailbox.seen import SeenIds
 from mqd.intake.mailbox.settings import MailboxSettings
 from mqd.intake.source import HandOver, Source, SourceStatus, Submission
 
@@ -62,8 +65,6 @@ class MailboxSource(Source):
             )
         self.settings = MailboxSettings.read(config, app)
         _quiet_amqp()
-        seen = app.queue.own_dir / "mailbox" / f"{self.settings.key}.ids"
-        self.seen = SeenIds(seen, self.settings.dedup_window)
         self.connected = False
         #: Why the broker cannot be had (or the consumer is paused), while it cannot.
         self.last_error: str | None = None
@@ -81,13 +82,10 @@ class MailboxSource(Source):
         self._pause_for = 1.0
         self._busy = 0
         self._idle: asyncio.Event | None = None
-        #: message_ids being handed over now (a second delivery of one waits for the first).
-        self._handing: dict[str, asyncio.Future[None]] = {}
 
     # -- the Source contract --------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.seen.load()
         self._stopping, self._paused, self._idle = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._idle.set()
         self._task = asyncio.create_task(self._run(), name=f"mqd-{self.config.name}")
@@ -248,28 +246,31 @@ class MailboxSource(Source):
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         mid = message.message_id
-        if mid:
-            while mid in self._handing:  # the same id delivered twice at once
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self._handing[mid])
-            if mid in self.seen:
-                log.info("%s: message_id %s was queued before: acked", self.config.name, mid)
-                await message.ack()
-                self.duplicates += 1
-                return
-            self._handing[mid] = asyncio.get_running_loop().create_future()
-        try:
-            await self._hand_over(message, mid)
-        finally:
-            if mid:
-                done = self._handing.pop(mid)
-                done.set_result(None)
-
-    async def _hand_over(self, message: AbstractIncomingMessage, mid: str | None) -> None:
         submission: Submission | None = None
+        fingerprint = ""
         try:
             submission = submission_of(message.body, message.headers or {}, message.app_id)
-            queue_id = await self.handover.submit(self.config, submission)
+            if mid:
+                fingerprint = _fingerprint(submission)
+                handed = await self.handover.submit_once(
+                    self.config,
+                    submission,
+                    mid,
+                    scope=f"mailbox.{self.settings.key}",
+                    keep_for=self.settings.dedup_window,
+                    note=fingerprint,
+                )
+                queue_id, repeat = handed.id, handed.replayed
+                # (a key carried over from an older mqd has no note: taken as a redelivery)
+                if repeat and handed.note and handed.note != fingerprint:
+                    reason = (
+                        f"the message_id {mid!r} was used for another message (queued as "
+                        f"{queue_id}): give each message its own message_id"
+                    )
+                    await self._reject(message, mid, "intake", reason, submission)
+                    return
+            else:
+                queue_id, repeat = await self.handover.submit(self.config, submission), False
         except MessageParseError as exc:
             await self._reject(message, mid, "intake", str(exc), submission)
             return
@@ -284,19 +285,13 @@ class MailboxSource(Source):
             self._paused.set()
             return
         self._pause_for = 1.0
-        if mid:
-            try:
-                await self.seen.remember(mid)
-            except OSError as exc:
-                log.warning(
-                    "%s: message_id %s (%s) is queued but cannot be remembered (%s): "
-                    "a redelivery of it would be queued again",
-                    self.config.name,
-                    mid,
-                    queue_id,
-                    exc.strerror or exc,
-                )
         await message.ack()
+        if repeat:
+            log.info(
+                "%s: message_id %s was queued before (%s): acked", self.config.name, mid, queue_id
+            )
+            self.duplicates += 1
+            return
         self.accepted += 1
         log.debug("%s: message_id %s acked as %s", self.config.name, mid, queue_id)
 
@@ -327,6 +322,15 @@ class MailboxSource(Source):
             self.config.name,
             reason,
         )
+
+
+def _fingerprint(submission: Submission) -> str:
+    """A hash of the delivery's envelope and message: a redelivery has the same."""
+    digest = hashlib.sha256()
+    for part in (submission.sender, *submission.recipients):
+        digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    digest.update(submission.data)
+    return digest.hexdigest()[:32]
 
 
 def _reason(exc: BaseException | None) -> str:

@@ -11,11 +11,9 @@ import hashlib
 import logging
 from dataclasses import dataclass
 
-from mqd.clock import SYSTEM_CLOCK
 from mqd.config.schema import Config, SourceConfig
 from mqd.errors import SubmissionError
 from mqd.intake.source import HandOver, Source, SourceStatus, Submission
-from mqd.intake.submit.keys import MAX_KEY_LENGTH, IdempotencyKeys
 from mqd.intake.submit.request import (
     Refusal,
     bad_request,
@@ -36,6 +34,8 @@ JSON = "application/json"
 ENDPOINT = "[http] POST /api/v1/messages"
 #: How long ``stop`` waits for the requests being handed over.
 STOP_TIMEOUT = 10.0
+#: The longest ``Idempotency-Key`` taken (characters); a UUID is 36.
+MAX_KEY_LENGTH = 255
 
 
 @dataclass(frozen=True)
@@ -63,14 +63,12 @@ class Accepted:
 
 
 class SubmitSource(Source):
-    """A ``[[submit]]`` table: its token, relay, allowed senders and idempotency keys."""
+    """A ``[[submit]]`` table: its token, relay and allowed senders. Its idempotency keys are
+    the queue store's (``HandOver.submit_once``), shared by every node of the queue."""
 
     def __init__(self, config: SourceConfig, app: Config, handover: HandOver) -> None:
         super().__init__(config, app, handover)
         self.settings = SubmitSettings.read(config, app)
-        self.keys = IdempotencyKeys(
-            handover, self.settings.scope, self.settings.idempotency_for, SYSTEM_CLOCK
-        )
         self.running = False
         #: Requests being handed over now, and set after each ends (``stop`` waits on them).
         self.taking = 0
@@ -81,22 +79,13 @@ class SubmitSource(Source):
         return self.settings.token.reveal()
 
     async def start(self) -> None:
-        await self.keys.load()
         self.running = True
-        log.info(
-            "%s: %s -> relay %s (%d idempotency key(s) remembered)",
-            self.config.name,
-            ENDPOINT,
-            self.config.relay,
-            len(self.keys),
-        )
+        log.info("%s: %s -> relay %s", self.config.name, ENDPOINT, self.config.relay)
 
     def take_over(self, old: Source) -> bool:
-        """The same token: keep its remembered keys (and the requests holding them)."""
+        """The same token: carry on, with no moment of 503s (the keys are the store's)."""
         if not isinstance(old, SubmitSource) or old.settings.scope != self.settings.scope:
             return False
-        self.keys = old.keys
-        self.keys.keep_for = self.settings.idempotency_for
         self.accepted, self.refused = old.accepted, old.refused
         self.running = old.running
         old.running = False  # its requests under way end; the new ones come here
@@ -135,11 +124,7 @@ class SubmitSource(Source):
             )
         self.taking += 1
         try:
-            if call.key is None:
-                return await self._queue(call)
-            key = _checked_key(call.key)
-            async with self.keys.hold(key):
-                return await self._once(call, key)
+            return await self._queue(call, None if call.key is None else _checked_key(call.key))
         except Refusal:
             self.refused += 1
             raise
@@ -147,30 +132,7 @@ class SubmitSource(Source):
             self.taking -= 1
             self._taken.set()
 
-    async def _once(self, call: Call, key: str) -> Accepted:
-        fingerprint = _fingerprint(call)
-        record = self.keys.get(key)
-        if record is not None:
-            if record.fingerprint != fingerprint:
-                raise Refusal(
-                    422,
-                    "idempotency-key-reused",
-                    "Idempotency-Key reused",
-                    f"the Idempotency-Key {key!r} was used for another request (queued as "
-                    f"{record.id}); give each message its own key",
-                )
-            log.info("%s: a repeated request (Idempotency-Key) answered again", record.id)
-            return Accepted(record.id, record.message_id, replayed=True)
-        accepted = await self._queue(call)
-        try:
-            await self.keys.put(key, fingerprint, accepted.id, accepted.message_id)
-        except Exception as exc:  # queued all the same: a retry after a restart may repeat it
-            log.warning(
-                "%s: its Idempotency-Key cannot be kept in the queue store: %s", accepted.id, exc
-            )
-        return accepted
-
-    async def _queue(self, call: Call) -> Accepted:
+    async def _queue(self, call: Call, key: str | None) -> Accepted:
         hostname = self.app.queue.hostname
         if call.content_type == JSON:
             sender, recipients, data = compose_json(read_json(call.body), hostname)
@@ -191,11 +153,41 @@ class SubmitSource(Source):
             raise _too_large(f"the message is {len(data)} bytes", "queue.max_message_size")
         submission = Submission(sender, recipients, data, peer=call.peer)
         try:
-            queue_id = await self.handover.submit(self.config, submission)
+            if key is None:
+                queue_id = await self.handover.submit(self.config, submission)
+            else:
+                return await self._once(call, key, submission, message_id)
         except SubmissionError as exc:
             raise _refusal(exc) from None
         self.accepted += 1
         return Accepted(queue_id, message_id)
+
+    async def _once(
+        self, call: Call, key: str, submission: Submission, message_id: str
+    ) -> Accepted:
+        """Hand over once per key: a repeat gets the first answer, if it is the same request."""
+        fingerprint = _fingerprint(call)
+        handed = await self.handover.submit_once(
+            self.config,
+            submission,
+            key,
+            scope=f"submit.{self.settings.scope}",
+            keep_for=self.settings.idempotency_for,
+            note=f"{fingerprint} {message_id}",
+        )
+        if not handed.replayed:
+            self.accepted += 1
+            return Accepted(handed.id, message_id)
+        first, _, first_message_id = handed.note.partition(" ")
+        if first != fingerprint:
+            raise Refusal(
+                422,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+                f"the Idempotency-Key {key!r} was used for another request (queued as "
+                f"{handed.id}); give each message its own key",
+            )
+        return Accepted(handed.id, first_message_id, replayed=True)
 
 
 def _too_large(what: str, limit: str) -> Refusal:

@@ -12,6 +12,7 @@
       failed/<id>.eml, <id>.json   (the failed folder, unless the workers share another)
       quarantine/                  state files that could not be read, with the reason
       <name>.json                  small state kept with ``save_state`` (quota.json)
+      handover-keys                the hand-over keys' journal (``mqd.queue.file.keys``)
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class Layout:
 
     def blob_path(self, name: str) -> Path:
         return self.directory / f"{name}.json"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.directory / "handover-keys"
 
     def create(self) -> None:
         try:

@@ -32,9 +32,11 @@ from mqd.queue.file.backlog import Backlog
 from mqd.queue.file.disk import Disk
 from mqd.queue.file.failed import FileFailedFolder
 from mqd.queue.file.io import BodyCache
+from mqd.queue.file.keys import KeyJournal
 from mqd.queue.file.layout import Layout
 from mqd.queue.file.rebuild import Rebuild, Unread
 from mqd.queue.file.recovery import Recovered, recover
+from mqd.queue.keys import Handed
 from mqd.queue.schedule import Schedule
 from mqd.queue.store import AcceptError, Bounce, Incoming, Lease, QueueStore, Refused
 
@@ -80,6 +82,7 @@ class FileStore(FileAdmin, QueueStore):
         #: Entries accepted with no state file yet (their body is their record).
         self.unsaved: set[str] = set()
         self.kept = BodyCache()
+        self.keys = KeyJournal(self.layout.keys_path, clock)
         self._room = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         #: Bounces written, waiting for their bounced entry to note them (by its id).
@@ -114,6 +117,8 @@ class FileStore(FileAdmin, QueueStore):
         self.node = self.layout.queue_key()
         self.schedule.node = self.node
         found = recover(self.layout, str(self.folder.directory))
+        queued = {entry.id for entry in found.entries} | {i for _, i in found.unread}
+        found.notes += self.keys.load(queued.__contains__) + self.keys.carry_over()
         # Bodies accepted before a crash may not be on disk yet: one sync for all of them rather
         # than an fsync each (100,000 of them cost ~25 s of fsyncs). (No os.sync on Windows.)
         if found.unread and hasattr(os, "sync"):
@@ -138,7 +143,13 @@ class FileStore(FileAdmin, QueueStore):
 
     # -- intake -----------------------------------------------------------------------------------
 
-    async def accept(self, batch: Sequence[Incoming]) -> None:
+    async def accept(self, batch: Sequence[Incoming]) -> dict[str, Handed]:
+        if any(item.key is not None for item in batch):
+            return await self.keys.accept(batch, self._accept)
+        await self._accept(batch)
+        return {}
+
+    async def _accept(self, batch: Sequence[Incoming]) -> None:
         taken: list[Incoming] = []
         writes: list[Incoming] = []
         later: list[Incoming] = []

@@ -16,6 +16,8 @@ The tables (all in the connection's ``search_path`` schema):
 * ``mqd_accepted``: every id accepted lately, so that accepting one again after a crash (between
   the commit and the removal of the claimed files) sends nothing twice, even when it was
   delivered and removed meanwhile.
+* ``mqd_handover``: the hand-over keys (``mqd.queue.postgresql.keys``): (scope, key) -> the
+  entry id it was accepted as, written in the accept's transaction, until it expires.
 * ``mqd_failed``: the failed folder; ``mqd_state``: each node's small blobs; ``mqd_meta``: the
   schema version.
 * ``mqd_track_message``, ``mqd_track_recipient``, ``mqd_track_event``, ``mqd_track_cursor``:
@@ -234,6 +236,41 @@ BEGIN
             RAISE NOTICE 'mqd: a node''s saved % were not carried over: %', r.name, SQLERRM;
         END;
     END LOOP;
+END
+$$;
+""",
+    # 4: hand-over keys (mqd.queue.postgresql.keys): an Idempotency-Key or an AMQP message_id
+    # queued once for the fleet, whichever node it reaches; the submit API's keys the nodes kept
+    # in their small state (submit-keys.<scope>.<shard>: {key: [expires, fingerprint, id,
+    # message_id]}) carried over, then dropped.
+    """
+CREATE TABLE mqd_handover (
+    scope text NOT NULL,
+    key text NOT NULL,
+    id text NOT NULL,
+    note text NOT NULL DEFAULT '',
+    expires double precision NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+CREATE INDEX mqd_handover_expires ON mqd_handover (expires);
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT node, name, convert_from(data, 'UTF8') AS data FROM mqd_state
+        WHERE name LIKE 'submit-keys.%' LOOP
+        BEGIN
+            INSERT INTO mqd_handover (scope, key, id, note, expires)
+            SELECT 'submit.' || split_part(r.name, '.', 2), k.key, k.value ->> 2,
+                (k.value ->> 1) || ' ' || (k.value ->> 3), (k.value ->> 0)::float8
+            FROM jsonb_each(r.data::jsonb) k
+            ON CONFLICT (scope, key) DO NOTHING;
+        EXCEPTION WHEN others THEN
+            RAISE NOTICE 'mqd: the idempotency keys % of node % were not carried over: %',
+                r.name, r.node, SQLERRM;
+        END;
+    END LOOP;
+    DELETE FROM mqd_state WHERE name LIKE 'submit-keys.%';
 END
 $$;
 """,

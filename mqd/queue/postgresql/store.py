@@ -22,9 +22,9 @@ from mqd.queue.postgresql import statements as q
 from mqd.queue.postgresql.connect import Conn, Database, fresh_pool, translated, unavailable
 from mqd.queue.postgresql.failed import PgFailedFolder, insert_failed
 from mqd.queue.postgresql.fleet import PgFleet
+from mqd.queue.postgresql.keys import Handed, PgKeys
 from mqd.queue.postgresql.leases import LeaseHolder
 from mqd.queue.postgresql.outcomes import MAY_HAVE_GONE
-from mqd.queue.postgresql.rows import insert_entries
 from mqd.queue.postgresql.schema import schema_status
 from mqd.queue.postgresql.wake import NodeSession, Waker
 from mqd.queue.store import (
@@ -80,6 +80,7 @@ class PostgresStore(QueueStore):
             lease_time=lease_time,
         )
         self._fleet = PgFleet(node, self._tx)
+        self.keys = PgKeys()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -196,23 +197,22 @@ class PostgresStore(QueueStore):
 
     # -- intake -----------------------------------------------------------------------------------
 
-    async def accept(self, batch: Sequence[Incoming]) -> None:
+    async def accept(self, batch: Sequence[Incoming]) -> dict[str, Handed]:
         if not batch:
-            return
+            return {}
         try:
             async with self._tx("queueing a batch") as conn:
-                await insert_entries(conn, [(i.entry, i.body) for i in batch], self.clock.time())
-                await self._notify(conn)
+                repeats = await self.keys.queue(conn, batch, self.clock.time(), self.channel)
         except QueueError as exc:
             raise AcceptError(f"cannot queue {len(batch)} message(s): {exc}") from exc
         self.waker.notified()
+        return repeats
 
     async def refuse(self, batch: Sequence[Refused]) -> None:
         if not batch:
             return
-        now = self.clock.time()
         async with self._tx("writing to the failed folder") as conn:
-            await insert_failed(conn, now, batch)
+            await insert_failed(conn, self.clock.time(), batch)
 
     # -- the schedule -----------------------------------------------------------------------------
 
