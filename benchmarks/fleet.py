@@ -27,6 +27,7 @@ from urllib.parse import quote
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench
 from bench import CLK, Daemon, Sink, drop
 
 from mqd.queue.postgresql.schema import script
@@ -73,7 +74,15 @@ def config(work: Path, name: str, port: int, dsn: str | None, concurrency: int) 
     return path
 
 
-def run(sink: Sink, store: str, nodes: int, n: int, size: int, concurrency: int) -> dict[str, Any]:
+def run(
+    sink: Sink,
+    store: str,
+    nodes: int,
+    n: int,
+    size: int,
+    concurrency: int,
+    profile: Path | None = None,
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"mqd-fleet-{store}-{nodes}-"))
     schema = f"mqd_bench_{secrets.token_hex(4)}"
     dsn = None
@@ -90,7 +99,10 @@ def run(sink: Sink, store: str, nodes: int, n: int, size: int, concurrency: int)
         sink.reset()
         cpu0, xact0 = postgres_cpu(), commits() if dsn else 0
         started = time.monotonic()
-        daemons = [Daemon(path, work / f"{path.stem}.log") for path in configs]
+        daemons = [
+            Daemon(path, work / f"{path.stem}.log", profile if dsn and i == 0 else None)
+            for i, path in enumerate(configs)
+        ]
         ok = sink.wait_for(n, 900)
         elapsed = time.monotonic() - started
         mqd_cpu = sum(daemon.cpu() for daemon in daemons)
@@ -121,7 +133,19 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--nodes", default="1,2,3", help="PostgreSQL node counts to run")
     parser.add_argument("--no-file", action="store_true", help="skip the file store's run")
+    parser.add_argument(
+        "--mqd", help="the mqd executable to run (another checkout's, for an A/B comparison)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="record the first node of each PostgreSQL run with py-spy into FILE (its overhead "
+        "lowers the figures; summarise with benchmarks/stacks.py FILE)",
+    )
     args = parser.parse_args()
+    if args.mqd:
+        bench.MQD = args.mqd
     sink = Sink()
     sink.controller.start()
     print(f"# loadavg before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
@@ -130,7 +154,9 @@ def main() -> None:
         runs = [] if args.no_file else [("file", 1)]
         runs += [("postgresql", int(k)) for k in args.nodes.split(",")]
         for store, nodes in runs:
-            result = run(sink, store, nodes, args.messages, args.size, args.concurrency)
+            result = run(
+                sink, store, nodes, args.messages, args.size, args.concurrency, args.profile
+            )
             print(json.dumps(result), flush=True)
             results.append(result)
     finally:

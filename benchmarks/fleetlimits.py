@@ -51,6 +51,7 @@ max_per_minute = {account_minute}
 
 transactions = 0
 _tx = PostgresStore._tx
+_statement = PostgresStore._statement
 
 
 @contextlib.asynccontextmanager
@@ -61,7 +62,17 @@ async def counted(self: PostgresStore, what: str) -> AsyncIterator[Conn]:
         yield conn
 
 
+@contextlib.asynccontextmanager
+async def counted_statement(self: PostgresStore, what: str) -> AsyncIterator[Conn]:
+    """A statement that is its own transaction (autocommit) counts as one too."""
+    global transactions
+    transactions += 1
+    async with _statement(self, what) as conn:
+        yield conn
+
+
 PostgresStore._tx = counted  # type: ignore[method-assign]
+PostgresStore._statement = counted_statement  # type: ignore[method-assign]
 
 
 def entry(now: float) -> QueueEntry:

@@ -135,7 +135,6 @@ def test_the_password_file_follows_the_secret_rules(
         ('store = "postgresql"\ndsn = "db.example.com"', "queue.dsn", "connection string"),
         ('store = "postgresql"\ndsn = "postgresql://db/mqd"\nnode = "a b"', "queue.node", "web-1"),
         ('dsn = "postgresql://db/mqd"', "queue.dsn", 'store = "postgresql" only'),
-        ('store = "postgresql"\ndsn = "postgresql://db"\nworkers = 2', "queue.workers", "nodes"),
     ],
 )
 def test_bad_store_keys_name_the_key(
@@ -153,6 +152,19 @@ def test_the_node_defaults_to_the_host_name(sink_config: Callable[..., Config]) 
     config = sink_config(queue='store = "postgresql"\ndsn = "postgresql://db/mqd"')
     assert config.queue.store == "postgresql"
     assert config.queue.database is not None and config.queue.database.node == local_hostname()
+
+
+def test_workers_on_postgresql_are_nodes_whose_limits_the_fleet_counts(
+    sink_config: Callable[..., Config],
+) -> None:
+    config = sink_config(
+        queue='store = "postgresql"\ndsn = "postgresql://db/mqd"\nworkers = 2',
+        relay="max_per_hour = 1",  # a file store's 2 workers could not share 1 a hour
+    )
+    assert config.queue.workers == 2 and config.queue.limit_shares == 1
+    assert config.relays["sink"].quota.max_per_hour == 1
+    with pytest.raises(ConfigError, match=r"cannot be shared between queue\.workers"):
+        sink_config(queue="workers = 2", relay="max_per_hour = 1")
 
 
 # -- the commands ----------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ Each worker is a daemon with its own queue directory and control socket (``mqd.d
 ``mqd.admin.service.request`` does for one) and merges the answers, so that ``mqd status`` and
 ``mqd queue ...`` show one queue. A queue id is in exactly one worker's queue: an operation on
 ids first asks every worker which of the ids (or id prefixes) it holds, then sends each worker
-its own.
+its own. On a shared store (PostgreSQL) each worker is a node that sees the whole queue: the
+queue's operations go to worker 1 alone, and ``status`` takes its counts from it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = ["daemon_status", "merge_status", "request"]
 
+#: Operations every worker answers for itself, even on a shared store.
+PER_PROCESS = ("status", "reload")
 #: Operations on named messages: each id goes to the worker that holds it.
 BY_ID = ("show", "retry", "hold", "release", "delete", "bounce")
 #: Worst first: a relay failing in one worker is reported failing, a circuit open in one open.
@@ -34,13 +37,14 @@ async def request(config: Config, op: str, args: dict[str, Any] | None = None) -
     """``op`` on the queue of every worker of ``config``, answered as by one daemon."""
     args = dict(args or {})
     workers = config.queue.workers
-    if workers == 1:
+    shared = _shared(config)
+    if workers == 1 or (shared and op not in PER_PROCESS):
         return await request_one(config, op, args)
     configs = {n: config.for_worker(n) for n in range(1, workers + 1)}
     if op in BY_ID and (args.get("ids") or op == "show"):
         return await _by_id(configs, op, args)
     if op == "status":
-        return merge_status(await _statuses(configs))
+        return merge_status(await _statuses(configs), shared=shared)
     answers = await _each(configs, op, args)
     if op == "list":
         rows = [dict(row, worker=n) for n, part in answers.items() for row in part]
@@ -58,7 +62,12 @@ async def daemon_status(admin: QueueAdmin) -> dict[str, Any]:
     if workers == 1:
         return own
     others = {n: config.for_worker(n) for n in range(2, workers + 1)}
-    return merge_status({1: own, **await _statuses(others)})
+    return merge_status({1: own, **await _statuses(others)}, shared=_shared(config))
+
+
+def _shared(config: Config) -> bool:
+    """Whether every worker sees the whole queue (a store that nodes share)."""
+    return config.queue.store != "file"
 
 
 async def _statuses(configs: dict[int, Config]) -> dict[int, dict[str, Any] | None]:
@@ -121,23 +130,27 @@ def _concatenated(answers: Any) -> dict[str, list[Any]]:
     return merged
 
 
-def merge_status(answers: dict[int, dict[str, Any] | None]) -> dict[str, Any]:
-    """One ``status`` from every worker's: counts summed, the oldest message the oldest of all,
-    a relay as healthy as its worst worker says, and a ``workers`` list (a worker that did not
-    answer, None, is listed as such and counted in nothing)."""
+def merge_status(
+    answers: dict[int, dict[str, Any] | None], *, shared: bool = False
+) -> dict[str, Any]:
+    """One ``status`` from every worker's: counts summed (``shared``: worker 1's, each worker
+    seeing the whole queue), the oldest message the oldest of all, a relay as healthy as its
+    worst worker says, and a ``workers`` list (a worker that did not answer, None, is listed as
+    such and counted in nothing)."""
     first = answers[1]
     assert first is not None
     merged = dict(first)
     parts = [p for p in answers.values() if p is not None]
-    merged["messages"] = sum(p["messages"] for p in parts)
+    counted = [first] if shared else parts
+    merged["messages"] = sum(p["messages"] for p in counted)
     merged["by_state"] = {
-        state: sum(p["by_state"].get(state, 0) for p in parts) for state in first["by_state"]
+        state: sum(p["by_state"].get(state, 0) for p in counted) for state in first["by_state"]
     }
-    merged["not_read"] = sum(p["not_read"] for p in parts)
-    merged["bytes"] = sum(p["bytes"] for p in parts)
-    ages = [p["oldest_age"] for p in parts if p["oldest_age"] is not None]
+    merged["not_read"] = sum(p["not_read"] for p in counted)
+    merged["bytes"] = sum(p["bytes"] for p in counted)
+    ages = [p["oldest_age"] for p in counted if p["oldest_age"] is not None]
     merged["oldest_age"] = max(ages) if ages else None
-    merged["relays"] = {name: _merge_relay(name, parts) for name in first["relays"]}
+    merged["relays"] = {name: _merge_relay(name, parts, shared) for name in first["relays"]}
     merged["faults"] = [
         {**fault, "what": f"worker {n}: {fault['what']}"}
         for n, part in sorted(answers.items())
@@ -159,10 +172,11 @@ def merge_status(answers: dict[int, dict[str, Any] | None]) -> dict[str, Any]:
     return merged
 
 
-def _merge_relay(name: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
+def _merge_relay(name: str, parts: list[dict[str, Any]], shared: bool) -> dict[str, Any]:
     each = [p["relays"][name] for p in parts if name in p["relays"]]
     relay = dict(each[0])
-    relay["queued"] = sum(r["queued"] for r in each)
+    if not shared:  # on a shared store each worker counts the whole queue: worker 1's stands
+        relay["queued"] = sum(r["queued"] for r in each)
     relay["errors"] = sum(r["errors"] for r in each)
     relay["failures_in_a_row"] = max(r["failures_in_a_row"] for r in each)
     relay["health"] = _worst([r["health"] for r in each], _HEALTH_ORDER)

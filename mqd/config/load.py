@@ -103,7 +103,7 @@ def parse_config(
         lambda: parse_queue(table("queue"), defaults), lambda: parse_queue(empty("queue"), defaults)
     )
     relays: Mapping[str, RelayConfig] = root.attempt(
-        lambda: parse_relays(root, path, defaults, queue.workers), dict
+        lambda: parse_relays(root, path, defaults, queue.limit_shares), dict
     )
     spools: tuple[SpoolConfig, ...] = root.attempt(
         lambda: parse_spools(root, path, defaults, relays, required=queue.role != "delivery"), tuple

@@ -99,7 +99,7 @@ class QueueConfig:
     #: Messages in the failed folder older than this are removed (0: kept for good).
     failed_retention: float = 30 * 86400.0
     #: Daemon processes sharing the claim (``mqd run`` starts the others, see
-    #: ``mqd.daemon.workers``).
+    #: ``mqd.daemon.workers``); on the PostgreSQL store each is a node of the shared queue.
     workers: int = 1
     #: Which of them this process is (1: the one ``mqd run`` started; not a config key).
     worker: int = 1
@@ -113,6 +113,13 @@ class QueueConfig:
     @property
     def delivers(self) -> bool:
         return self.role != "intake"
+
+    @property
+    def limit_shares(self) -> int:
+        """Among how many processes a relay's or an account's limits are divided, each keeping
+        to its share: the workers of a file store; 1 on a shared store, whose workers are nodes
+        of its fleet and count the limits there."""
+        return self.workers if self.store == "file" else 1
 
     @property
     def own_dir(self) -> Path:

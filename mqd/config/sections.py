@@ -30,7 +30,7 @@ from mqd.config.schema import (
     default_http_connections,
 )
 from mqd.config.senders import validate_sender_pattern
-from mqd.config.store import check_workers, parse_role, parse_store
+from mqd.config.store import parse_role, parse_store
 
 __all__ = [
     "parse_http",
@@ -85,7 +85,6 @@ def parse_queue(opts: Options, defaults: DefaultPaths) -> QueueConfig:
         database=database,
         role=parse_role(opts, store),
     )
-    check_workers(opts, config.store, config.workers)
     if config.workers > MAX_WORKERS:
         opts.report(opts.error("workers", f"at most {MAX_WORKERS}"))
     if config.shutdown_timeout < 0:

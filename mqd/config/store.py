@@ -23,7 +23,7 @@ from mqd.config.hostname import local_hostname
 from mqd.config.options import Options
 from mqd.config.schema import ROLES, STORES, DatabaseConfig, SourceConfig, SpoolConfig
 
-__all__ = ["check_no_intake", "check_workers", "parse_role", "parse_store"]
+__all__ = ["check_no_intake", "parse_role", "parse_store"]
 
 _URL = re.compile(r"^postgres(?:ql)?://")
 _URL_PASSWORD = re.compile(r"^postgres(?:ql)?://[^/@]*:[^/@]*@|[?&]password=")
@@ -71,19 +71,6 @@ def parse_store(opts: Options) -> tuple[str, DatabaseConfig | None]:
             "pip install 'mqd[postgresql]'",
         )
     return store, DatabaseConfig(dsn=dsn, password=password, node=node)
-
-
-def check_workers(opts: Options, store: str, workers: int) -> None:
-    """``queue.workers`` stays 1 with the PostgreSQL store for now (administration asks every
-    worker, and each would answer for the whole shared queue)."""
-    if store == "postgresql" and workers > 1:
-        opts.report(
-            opts.error(
-                "workers",
-                'is 1 with store = "postgresql" for now: run more nodes (each its own '
-                "queue.node) to use more cores",
-            )
-        )
 
 
 def parse_role(opts: Options, store: str) -> str:

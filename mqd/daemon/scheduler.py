@@ -153,7 +153,9 @@ class Scheduler:
                     for lease in await self.store.lease(room):
                         self._start(lease)
                     room = self.concurrency - len(self._in_flight)
-                due = await self.store.next_due()
+                # Full, it sleeps until a delivery ends whenever the next is due: not asked
+                # (a round trip to a database store, per message in a drain).
+                due = await self.store.next_due() if room > 0 or settled else None
             except QueueUnavailableError as exc:  # the database is down: wait, then again
                 log.debug("leasing failed: %r (cause %r)", exc, exc.__cause__)
                 self.database.failed(str(exc), kind="unreachable")

@@ -57,7 +57,7 @@ class AccountLimits:
         """Take a reloaded config; an account keeps its counts across it (by name)."""
         quotas: dict[str, Quota] = {}
         for account in config.accounts:
-            share = account.limits.divided(config.queue.workers)
+            share = account.limits.divided(config.queue.limit_shares)
             old = self.quotas.get(account.name)
             quota = Quota(
                 f"account {account.name}",

@@ -79,7 +79,7 @@ class Guards:
                 else Circuit(name, relay.circuit, clock=self.clock.monotonic)
             )
             quota = self.quotas.get(name)
-            share = relay.quota.divided(config.queue.workers)  # this worker's part of the limits
+            share = relay.quota.divided(config.queue.limit_shares)  # this worker's part
             if self.fleet is not None:
                 share = per_node(relay.quota, self.nodes)
             quotas[name] = (

@@ -77,10 +77,13 @@ class Database:
         return params
 
     def pool(self, *, max_size: int) -> AsyncConnectionPool[Conn]:
-        """A pool of connections (not opened yet: ``await pool.open(wait=True)``)."""
+        """A pool of connections (not opened yet: ``await pool.open(wait=True)``), in
+        autocommit: a statement alone is its own transaction, one round trip where psycopg's
+        implicit transaction takes three (BEGIN, it, COMMIT); several that must go together
+        take ``conn.transaction()``."""
         return AsyncConnectionPool(
             self.dsn,
-            kwargs=self.kwargs(),
+            kwargs={**self.kwargs(), "autocommit": True},
             min_size=1,
             max_size=max(1, max_size),
             open=False,

@@ -21,7 +21,8 @@ SET owner = %(node)s, token = nextval('mqd_token'), lease_expires = %(expires)s,
 FROM due
 WHERE e.id = due.id
 RETURNING e.id, e.state::text, e.held, e.next_attempt_at, e.token, due.taken_over,
-    (SELECT json_agg(d.recipient)::text FROM mqd_delivered d WHERE d.entry_id = e.id)
+    (SELECT json_agg(d.recipient)::text FROM mqd_delivered d WHERE d.entry_id = e.id),
+    (SELECT b.body FROM mqd_body b WHERE b.id = e.id)
 """
 LEASE_IDS = """
 UPDATE mqd_entry e
@@ -63,6 +64,19 @@ SET state = %(state)s::jsonb, attempts = %(attempts)s, size = %(size)s,
 WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s
 RETURNING id
 """
+#: ``save`` of concurrent deliveries without a bounce, in one statement (``groupcommit``).
+SAVE_GROUP = """
+UPDATE mqd_entry e
+SET state = l.state, attempts = l.attempts, size = l.size,
+    next_attempt_at = CASE WHEN e.retry_asked THEN least(l.due, %(now)s) ELSE l.due END,
+    retry_asked = false, owner = NULL, lease_expires = NULL, dispatching = false
+FROM unnest(
+    %(ids)b::text[], %(tokens)b::int8[], %(states)b::jsonb[], %(attempts)b::int4[],
+    %(sizes)b::int8[], %(dues)b::float8[]
+) AS l(id, token, state, attempts, size, due)
+WHERE e.id = l.id AND e.token = l.token AND e.owner = %(node)s
+RETURNING e.id
+"""
 CHECKPOINT = """
 UPDATE mqd_entry SET state = %(state)s::jsonb, attempts = %(attempts)s, size = %(size)s
 WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s RETURNING id
@@ -84,15 +98,21 @@ WHERE e.id = mine.id
 RETURNING mine.dispatching
 """
 
+#: The dispatching marks of concurrent deliveries, in one statement (``groupcommit``); the
+#: arrays go in binary (``%b``: half the client's time of their text form).
 DISPATCHING = """
-UPDATE mqd_entry SET dispatching = true, lease_expires = greatest(lease_expires, %(expires)s)
-WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s RETURNING id
+UPDATE mqd_entry e SET dispatching = true, lease_expires = greatest(e.lease_expires, %(expires)s)
+FROM unnest(%(ids)b::text[], %(tokens)b::int8[]) AS l(id, token)
+WHERE e.id = l.id AND e.token = l.token AND e.owner = %(node)s
+RETURNING e.id
 """
-#: ``complete``: the entry leaves, its body with it, in one statement.
+#: ``complete`` of concurrent deliveries: the entries leave, their bodies with them, in one
+#: statement.
 COMPLETE = """
 WITH gone AS (
-    DELETE FROM mqd_entry WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s
-    RETURNING id
+    DELETE FROM mqd_entry e USING unnest(%(ids)b::text[], %(tokens)b::int8[]) AS l(id, token)
+    WHERE e.id = l.id AND e.token = l.token AND e.owner = %(node)s
+    RETURNING e.id
 ),
 body AS (DELETE FROM mqd_body b USING gone WHERE b.id = gone.id)
 SELECT id FROM gone

@@ -1,15 +1,14 @@
 """The PostgreSQL store: one queue shared by many nodes, leases fenced by tokens, a mark before
 each send (taken over or given back with it: counted, logged). See docs/scale-out.md; ``schema``
-has the tables, ``statements`` the SQL, ``admin`` the administrator's acts."""
+has the tables, ``statements`` the SQL, ``leases`` the holder's side (leases, their bodies,
+the writes fenced on them, grouped), ``admin`` the administrator's acts."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -24,15 +23,8 @@ from mqd.queue.postgresql.connect import Conn, Database, fresh_pool, translated,
 from mqd.queue.postgresql.failed import PgFailedFolder, insert_failed
 from mqd.queue.postgresql.fleet import PgFleet
 from mqd.queue.postgresql.keys import Handed, PgKeys
-from mqd.queue.postgresql.outcomes import (
-    MAY_HAVE_GONE,
-    UNSURE,
-    leases_from,
-    lost,
-    remember_delivered,
-    write_outcome,
-)
-from mqd.queue.postgresql.rows import delivered_json
+from mqd.queue.postgresql.leases import LeaseHolder
+from mqd.queue.postgresql.outcomes import MAY_HAVE_GONE
 from mqd.queue.postgresql.schema import schema_status
 from mqd.queue.postgresql.wake import NodeSession, Waker
 from mqd.queue.store import (
@@ -75,13 +67,18 @@ class PostgresStore(QueueStore):
         self.pool_size = pool_size
         self.waker = Waker()
         self.session = NodeSession(database, node, self.waker)
-        self.failed = PgFailedFolder(database, clock=clock, connection=self._connection)
-        self.channel = ""
+        self.failed = PgFailedFolder(database, clock=clock, connection=self._transaction)
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._abandoned: list[asyncio.Task[None]] = []
-        #: Entries taken over with the dispatching mark set since this store opened.
-        self.redispatched = 0
+        self.holder = LeaseHolder(
+            self._tx,
+            self._statement,
+            node=node,
+            clock=clock,
+            waker=self.waker,
+            lease_time=lease_time,
+        )
         self._fleet = PgFleet(node, self._tx)
         self.keys = PgKeys()
 
@@ -89,7 +86,7 @@ class PostgresStore(QueueStore):
 
     async def open(self) -> list[str]:
         # Connected, this node's name is ours, the schema is the one this mqd knows.
-        self.channel = await self.session.open(self._check_schema)
+        self.holder.channel = await self.session.open(self._check_schema)
         try:
             return await self._recover()
         except BaseException:
@@ -119,12 +116,22 @@ class PostgresStore(QueueStore):
             )
         for entry_id, was_dispatching in given_back:
             if was_dispatching:
-                self.redispatched += 1
+                self.holder.redispatched += 1
                 log.warning("%s: %s", entry_id, MAY_HAVE_GONE)
         self._poller = asyncio.create_task(self.waker.poll(), name="mqd-queue-poll")
         return notes
 
+    @property
+    def channel(self) -> str:
+        return self.holder.channel
+
+    @property
+    def redispatched(self) -> int:
+        """Entries taken over with the dispatching mark set since this store opened."""
+        return self.holder.redispatched
+
     async def close(self) -> None:
+        await self.holder.close()
         await self._stop_poller()
         await self.session.close()
         if self._pool is not None:
@@ -142,6 +149,7 @@ class PostgresStore(QueueStore):
         """What a crash does (for tests): the connections drop, nothing is written."""
         if self._poller is not None:
             self._poller.cancel()
+        self.holder.abandon()
         self._abandoned = [self.session.abandon()]
         if self._pool is not None:
             pool, self._pool = self._pool, None
@@ -166,8 +174,20 @@ class PostgresStore(QueueStore):
             raise
 
     @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Conn]:
+        """A pooled connection in a transaction (committed at the end, else rolled back)."""
+        async with self._connection() as conn, conn.transaction():
+            yield conn
+
+    @contextlib.asynccontextmanager
     async def _tx(self, what: str) -> AsyncIterator[Conn]:
         """A connection in a transaction (committed at the end, else rolled back), mqd's errors."""
+        async with translated(self.database, what), self._transaction() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _statement(self, what: str) -> AsyncIterator[Conn]:
+        """A connection for one statement, its own transaction (autocommit), mqd's errors."""
         async with translated(self.database, what), self._connection() as conn:
             yield conn
 
@@ -197,90 +217,31 @@ class PostgresStore(QueueStore):
     # -- the schedule -----------------------------------------------------------------------------
 
     async def lease(self, limit: int) -> list[Lease]:
-        if limit <= 0:
-            return []
-        now = self.clock.time()
-        params = {"now": now, "limit": limit, "node": self.node, "expires": now + self.lease_time}
-        async with self._tx("leasing due entries") as conn:
-            rows = await (await conn.execute(q.LEASE, params)).fetchall()
-        leases = self._leases(rows)
-        self.waker.found(bool(leases))
-        return leases
-
-    def _leases(self, rows: Sequence[tuple[Any, ...]]) -> list[Lease]:
-        leases, taken_over = leases_from(rows, self.node)
-        for entry_id in taken_over:
-            self.redispatched += 1
-            log.warning("%s: %s", entry_id, MAY_HAVE_GONE)
-        return leases
+        return await self.holder.lease(limit)
 
     async def lease_ids(self, ids: Sequence[str]) -> list[Lease]:
-        wanted = list(dict.fromkeys(ids))
-        now = self.clock.time()
-        async with self._tx("leasing entries") as conn:
-            await admin.lock_for_lease(conn, wanted, now)
-            params = {"ids": wanted, "node": self.node, "expires": now + self.lease_time}
-            rows = await (await conn.execute(q.LEASE_IDS, params)).fetchall()
-        by_id = {lease.entry.id: lease for lease in self._leases(rows)}
-        return [by_id[entry_id] for entry_id in wanted]
+        return await self.holder.lease_ids(ids)
 
     async def renew(self, leases: Sequence[Lease]) -> None:
-        if not leases:
-            return
-        async with self._tx("renewing leases") as conn:
-            await conn.execute(
-                q.RENEW,
-                (
-                    self.clock.time() + self.lease_time,
-                    [lease.entry.id for lease in leases],
-                    [lease.token for lease in leases],
-                    self.node,
-                ),
-            )
+        await self.holder.renew(leases)
 
     async def next_due(self) -> float | None:
-        async with self._tx("reading the schedule") as conn:
-            cursor = await conn.execute(q.NEXT_DUE, (self.node,))
-            row = await cursor.fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+        return await self.holder.next_due()
 
     async def body(self, entry: QueueEntry) -> bytes:
-        async with self._tx("reading a message") as conn:
-            cursor = await conn.execute("SELECT body FROM mqd_body WHERE id = %s", (entry.id,))
-            row = await cursor.fetchone()
-        if row is None:
-            raise QueueError(f"{entry.id}: its message is missing from the queue database")
-        return bytes(row[0])
-
-    def _fence(self, lease: Lease, **extra: object) -> dict[str, object]:
-        return {"id": lease.entry.id, "token": lease.token, "node": self.node, **extra}
+        return await self.holder.body(entry)
 
     async def dispatching(self, lease: Lease) -> None:
-        now = self.clock.time()
-        async with self._tx("marking an entry as being sent") as conn:
-            cursor = await conn.execute(
-                q.DISPATCHING, self._fence(lease, expires=now + self.lease_time)
-            )
-            if await cursor.fetchone() is None:
-                raise lost(lease)
-
-    def _state(self, entry: QueueEntry, **extra: object) -> dict[str, object]:
-        state = entry.to_json().decode()
-        return {"state": state, "attempts": entry.attempts, "size": entry.size, **extra}
+        await self.holder.dispatching(lease)
 
     async def checkpoint(self, lease: Lease, entry: QueueEntry) -> None:
-        async with self._tx("saving an entry") as conn:
-            cursor = await conn.execute(q.CHECKPOINT, {**self._fence(lease), **self._state(entry)})
-            if await cursor.fetchone() is None:
-                raise lost(lease)
+        await self.holder.checkpoint(lease, entry)
 
     async def save(self, lease: Lease, entry: QueueEntry, *, bounce: Bounce | None = None) -> None:
-        now = self.clock.time()
-        params = {**self._fence(lease), **self._state(entry, due=entry.next_attempt_at, now=now)}
-        await self._fenced(lease, entry, q.SAVE, params, bounce)
+        await self.holder.save(lease, entry, bounce=bounce)
 
     async def complete(self, lease: Lease, entry: QueueEntry) -> None:
-        await self._fenced(lease, entry, q.COMPLETE, self._fence(lease))
+        await self.holder.complete(lease, entry)
 
     async def fail(
         self,
@@ -290,49 +251,13 @@ class PostgresStore(QueueStore):
         *,
         bounce: Bounce | None = None,
     ) -> None:
-        params = self._fence(lease, now=self.clock.time(), record=json.dumps(record.to_dict()))
-        await self._fenced(lease, entry, q.FAIL, params, bounce)
-
-    async def _fenced(
-        self,
-        lease: Lease,
-        entry: QueueEntry,
-        statement: str,
-        params: dict[str, object],
-        bounce: Bounce | None = None,
-    ) -> None:
-        """Write the outcome fenced on ``lease``, with its bounce, in one transaction. A lost
-        lease writes nothing but the delivered recipients, and raises LeaseLost."""
-        now = self.clock.time()
-        async with self._tx("saving an entry") as conn:
-            kept = await write_outcome(
-                conn, statement, params, now, bounce=bounce, channel=self.channel
-            )
-        if not kept:
-            if delivered_json(entry):
-                async with self._tx("keeping delivered recipients") as conn:
-                    await remember_delivered(conn, entry)
-            raise lost(lease)
-        self.waker.wake()
+        await self.holder.fail(lease, entry, record, bounce=bounce)
 
     async def release(self, lease: Lease, *, not_before: float | None = None) -> None:
-        params = self._fence(lease, now=self.clock.time(), due=not_before)
-        async with self._tx("giving an entry back") as conn:
-            row = await (await conn.execute(q.RELEASE, params)).fetchone()
-        if row is not None and row[0]:
-            self.redispatched += 1
-            log.warning("%s: %s", lease.entry.id, UNSURE)
-        self.waker.wake()
+        await self.holder.release(lease, not_before=not_before)
 
     async def give_back(self, leases: Sequence[Lease]) -> None:
-        ids, tokens = [lease.entry.id for lease in leases], [lease.token for lease in leases]
-        async with self._tx("giving entries back") as conn:
-            rows = await (await conn.execute(q.GIVE_BACK, (ids, tokens, self.node))).fetchall()
-        for entry_id, was_dispatching in rows:
-            if was_dispatching:
-                self.redispatched += 1
-                log.warning("%s: %s", entry_id, UNSURE)
-        self.waker.wake()
+        await self.holder.give_back(leases)
 
     # -- administration ---------------------------------------------------------------------------
 
@@ -380,7 +305,7 @@ class PostgresStore(QueueStore):
         return admin.with_redispatched(counts, self.redispatched)
 
     async def queued(self) -> int:
-        async with self._tx("counting the queue") as conn:
+        async with self._statement("counting the queue") as conn:
             row = await (await conn.execute("SELECT count(*) FROM mqd_entry")).fetchone()
         return int(row[0]) if row else 0
 
@@ -390,11 +315,11 @@ class PostgresStore(QueueStore):
     # -- a node's small state ---------------------------------------------------------------------
 
     async def load_state(self, name: str) -> bytes | None:
-        async with self._tx("reading the node's state") as conn:
+        async with self._statement("reading the node's state") as conn:
             cursor = await conn.execute(q.LOAD_STATE, (self.node, name))
             row = await cursor.fetchone()
         return None if row is None else bytes(row[0])
 
     async def save_state(self, name: str, data: bytes) -> None:
-        async with self._tx("saving the node's state") as conn:
+        async with self._statement("saving the node's state") as conn:
             await conn.execute(q.SAVE_STATE, (self.node, name, data))
