@@ -3,7 +3,8 @@
 # end to end (Postfix's SMTP injection, then mqd with one daemon and with queue.workers = 2),
 # backlog drain and latency beside Postfix with one daemon, then with two workers, then the
 # cost of mqd sendmail. Needs root (Postfix) and ../shared/bench/postfix-setup.sh done once;
-# ~6 minutes on the project's 2-core machine. The 100,000-message run is separate
+# ~6 minutes on the project's 2-core machine (~14 with FLEET=1, the default: the PostgreSQL
+# store and the network sources, which need PostgreSQL and RabbitMQ on 127.0.0.1). The 100,000-message run is separate
 # (bench.py --only big-queue: several minutes).
 #
 #   sudo benchmarks/journaled-fs.sh up          # the journaled ext4 the table was measured on
@@ -34,6 +35,19 @@ MQD="$VENV/bin/mqd" N=10000 "$BENCH/side-by-side.sh" > "$OUT/one-daemon.txt" 2>&
 MQD="$HERE/mqd-workers" MQD_BIN="$VENV/bin/mqd" N=10000 "$BENCH/side-by-side.sh" \
   > "$OUT/two-workers.txt" 2>&1
 "$VENV/bin/python" "$HERE/bench.py" --only sendmail > "$OUT/sendmail.txt" 2>&1
+# The fleet's store and the network hand-overs: one node on the PostgreSQL store (the local
+# server, a fresh schema) beside Postfix's drain; [[smtpd]] fed by smtp-source as Postfix's
+# SMTP injection was in e2e.txt; HTTP submit and the RabbitMQ mailbox (steady state).
+if [ "${FLEET:-1}" = 1 ]; then
+  MQD="$HERE/mqd-pg" MQD_PG_BIN="$VENV/bin/mqd" N=10000 "$BENCH/side-by-side.sh" \
+    > "$OUT/postgresql.txt" 2>&1
+  MQD="$HERE/mqd-workers" MQD_BIN="$HERE/mqd-pg" MQD_PG_BIN="$VENV/bin/mqd" N=10000 \
+    "$BENCH/side-by-side.sh" > "$OUT/postgresql-two-workers.txt" 2>&1
+  BASE="$BASE" MQD="$VENV/bin/mqd" N=10000 "$HERE/smtpd-side-by-side.sh" > "$OUT/smtpd.txt" 2>&1
+  "$VENV/bin/python" "$HERE/submit.py" > "$OUT/submit.txt" 2>&1
+  "$VENV/bin/python" "$HERE/mailbox.py" > "$OUT/mailbox.txt" 2>&1
+  "$HERE/mqd-pg" clean > /dev/null 2>&1 || true  # the runs' schemas
+fi
 {
   echo "== end to end (msg/s, ratio to Postfix's SMTP injection, CPU ms/msg)"
   grep -E "^(postfix-smtp|mqd-workers)" "$OUT/e2e.txt"
@@ -42,6 +56,18 @@ MQD="$HERE/mqd-workers" MQD_BIN="$VENV/bin/mqd" N=10000 "$BENCH/side-by-side.sh"
     grep -E "^\|" "$OUT/$run.txt"
     tail -1 "$OUT/$run.txt"
   done
+  if [ "${FLEET:-1}" = 1 ]; then
+    for run in postgresql postgresql-two-workers; do
+      echo "== $run (the PostgreSQL store, one node): drain and latency beside Postfix"
+      grep -E "^\|" "$OUT/$run.txt"
+      tail -1 "$OUT/$run.txt"
+    done
+    echo "== [[smtpd]] fed by smtp-source (compare with postfix-smtp above)"
+    grep -E "^(mqd-smtpd|  )" "$OUT/smtpd.txt" || tail -3 "$OUT/smtpd.txt"
+    echo "== HTTP submit and the RabbitMQ mailbox"
+    tail -8 "$OUT/submit.txt"
+    tail -4 "$OUT/mailbox.txt"
+  fi
   echo "== mqd sendmail against a bare python -c pass (ratios)"
   "$VENV/bin/python" - "$OUT/sendmail.txt" <<'PY'
 import json, sys
