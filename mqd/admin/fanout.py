@@ -151,6 +151,7 @@ def merge_status(
     ages = [p["oldest_age"] for p in counted if p["oldest_age"] is not None]
     merged["oldest_age"] = max(ages) if ages else None
     merged["relays"] = {name: _merge_relay(name, parts, shared) for name in first["relays"]}
+    merged["sources"] = _merged_sources(parts)
     merged["faults"] = [
         {**fault, "what": f"worker {n}: {fault['what']}"}
         for n, part in sorted(answers.items())
@@ -170,6 +171,24 @@ def merge_status(
         for n, p in sorted(answers.items())
     ]
     return merged
+
+
+def _merged_sources(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each source once ([[smtpd]] runs in every worker), its counts summed over the workers;
+    a broker's source connected only while every worker's consumer is."""
+    by_name: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for source in part.get("sources") or []:
+            seen = by_name.get(source["name"])
+            if seen is None:
+                by_name[source["name"]] = dict(source)
+                continue
+            for key in ("connections", "accepted", "refused"):
+                seen[key] += source[key]
+            if source.get("connected") is False:
+                seen["connected"] = False
+                seen["last_error"] = seen.get("last_error") or source.get("last_error")
+    return list(by_name.values())
 
 
 def _merge_relay(name: str, parts: list[dict[str, Any]], shared: bool) -> dict[str, Any]:

@@ -63,6 +63,9 @@ STORES = ("file", "postgresql")
 ROLES = ("both", "intake", "delivery")
 #: Each role in the words of the logs and ``mqd status``.
 ROLE_WORDS = {"both": "intake and delivery", "intake": "intake only", "delivery": "delivery only"}
+#: The sources every worker runs, by store (``Config.for_worker``): a file store's workers keep
+#: their own hand-over keys (a message the broker gave another worker would be queued twice).
+EVERY_WORKER = {"file": ("smtpd",), "postgresql": ("smtpd", "mailbox")}
 
 
 @dataclass(frozen=True)
@@ -345,11 +348,10 @@ class Config:
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
 
     def for_worker(self, worker: int) -> Config:
-        """The config of worker ``worker`` of ``queue.workers``: its own queue directory, its own
-        [metrics] endpoint (on the next port: ``port + worker - 1``), and [http], [notify] and
-        the sources that listen ([[smtpd]]) only in the first. Every worker shares the spools,
-        the failed folder and the event store, and keeps to its share of each relay's quota
-        (``QuotaConfig.divided``, applied where the quotas are counted)."""
+        """Worker ``worker``'s config: its own queue directory and [metrics] port (``port +
+        worker - 1``); [http] (and [[submit]]), [notify] and plugins' sources in the first only,
+        ``EVERY_WORKER`` in each (SO_REUSEPORT); spools, failed folder, event store shared; each
+        relay's quota its share (``QuotaConfig.divided``, applied where quotas are counted)."""
         queue = replace(self.queue, worker=worker)
         if worker == 1:
             return replace(self, queue=queue)
@@ -359,7 +361,7 @@ class Config:
             queue=queue,
             metrics=replace(self.metrics, port=port),
             http=replace(self.http, enabled=False),
-            sources=(),
+            sources=tuple(s for s in self.sources if s.kind in EVERY_WORKER[self.queue.store]),
             notify=replace(self.notify, url=None),
         )
 

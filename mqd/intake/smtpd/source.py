@@ -134,7 +134,13 @@ class SMTPListener:
         ssl = self.settings.tls_context if self.settings.tls == "implicit" else None
         try:
             self.server = await loop.create_server(
-                self._connection, self.address.host, self.address.port, ssl=ssl
+                self._connection,
+                self.address.host,
+                self.address.port,
+                ssl=ssl,
+                # queue.workers: every worker listens on the address; the kernel spreads the
+                # connections over them.
+                reuse_port=self.source.app.queue.workers > 1 or None,
             )
         except OSError as exc:
             raise ConfigError(

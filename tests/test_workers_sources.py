@@ -1,0 +1,175 @@
+"""``queue.workers`` and the network sources: [[smtpd]] listens in every worker (the kernel
+spreads the connections over them, SO_REUSEPORT), [[mailbox]] consumes in every worker on a
+shared store only (a file store's workers keep their own hand-over keys), [[submit]] stays with
+[http] in the first; ``mqd status`` counts each source once, summed over the workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+from corehelpers import DaemonProcess
+from smtpserver import SMTPPeer
+
+from mqd.admin.fanout import merge_status
+from mqd.config.load import load_config
+from mqd.testing import wait_until_sync
+
+CONFIG = """
+[queue]
+dir = "{queue}"
+bounce_sender = "mailer-daemon@mqd.test"
+workers = 2
+{queue_extra}
+[[spool]]
+path = "{queue}-spool"
+allowed_senders = ["app@example.com"]
+
+[[smtpd]]
+listen = ["127.0.0.1:{listen}"]
+allowed_senders = ["app@example.com"]
+{sources}
+[relays.sink]
+plugin = "smtp"
+host = "127.0.0.1"
+port = {port}
+security = "none"
+"""
+OTHERS = """
+[http]
+enabled = true
+port = 0
+[[submit]]
+token = "t0ken-for-the-submit-test"
+allowed_senders = ["app@example.com"]
+[[mailbox]]
+url = "amqp://guest:guest@127.0.0.1/"
+queue = "mqd-workers-sources"
+allowed_senders = ["app@example.com"]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write(
+    tmp_path: Path, *, listen: int = 0, port: int = 1, sources: str = "", **extra: str
+) -> Path:
+    path = tmp_path / "mqd.toml"
+    text = CONFIG.format(
+        queue=tmp_path / "queue",
+        listen=listen,
+        port=port,
+        sources=sources,
+        queue_extra=extra.get("queue_extra", ""),
+    )
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("store", "second"),
+    [("file", ["smtpd"]), ("postgresql", ["smtpd", "mailbox"])],
+)
+def test_the_listening_sources_run_in_every_worker(
+    tmp_path: Path, store: str, second: list[str]
+) -> None:
+    extra = 'store = "postgresql"\ndsn = "postgresql://postgres@127.0.0.1/postgres"'
+    path = write(tmp_path, sources=OTHERS, queue_extra=extra if store == "postgresql" else "")
+    config = load_config(path)
+    assert [s.kind for s in config.for_worker(1).sources] == ["smtpd", "submit", "mailbox"]
+    assert [s.kind for s in config.for_worker(2).sources] == second
+    assert not config.for_worker(2).http.enabled  # [[submit]] is served by worker 1's [http]
+
+
+def part(worker: int, accepted: int, connected: bool | None = None) -> dict[str, object]:
+    source = {
+        "name": "smtpd[0]",
+        "kind": "smtpd",
+        "listening": ["127.0.0.1:2525"],
+        "connections": worker,
+        "accepted": accepted,
+        "refused": 1,
+        "connected": connected,
+        "last_error": None if connected is not False else "refused",
+    }
+    return {
+        "running": True,
+        "pid": 100 + worker,
+        "queue_dir": f"q/{worker}",
+        "messages": 0,
+        "by_state": {},
+        "not_read": 0,
+        "bytes": 0,
+        "oldest_age": None,
+        "relays": {},
+        "sources": [source],
+    }
+
+
+def test_the_merged_status_counts_each_source_once_over_the_workers() -> None:
+    [source] = merge_status({1: part(1, 5), 2: part(2, 7)})["sources"]
+    assert (source["accepted"], source["refused"], source["connections"]) == (12, 2, 3)
+    [broker] = merge_status({1: part(1, 1, True), 2: part(2, 1, False)})["sources"]
+    assert broker["connected"] is False and broker["last_error"] == "refused"
+
+
+async def submit_each_on_its_own_connection(port: int, count: int) -> None:
+    async def one(n: int) -> None:
+        message = f"From: app@example.com\r\nTo: rcpt@example.net\r\nX-Test-Id: w-{n}\r\n\r\nhi\r\n"
+        await aiosmtplib.send(
+            message,
+            sender="app@example.com",
+            recipients=["rcpt@example.net"],
+            hostname="127.0.0.1",
+            port=port,
+        )
+
+    for first in range(0, count, 8):
+        await asyncio.gather(*(one(n) for n in range(first, min(first + 8, count))))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="SO_REUSEPORT")
+def test_every_worker_takes_smtp_submissions(
+    tmp_path: Path, smtp_server: SMTPPeer, daemons: list[DaemonProcess]
+) -> None:
+    listen = free_port()
+    path = write(tmp_path, listen=listen, port=smtp_server.port)
+    run = DaemonProcess(path, tmp_path / "mqd.log").start()
+    daemons.append(run)
+
+    def both_listen() -> bool:
+        said = f"smtpd[0] listening on 127.0.0.1:{listen}"
+        lines = [line for line in run.log.read_text().splitlines() if said in line]
+        return len(lines) == 2 and sum("[worker 2]" in line for line in lines) == 1
+
+    wait_until_sync(both_listen, "both workers listening", timeout=60)
+    count = 48
+    asyncio.run(submit_each_on_its_own_connection(listen, count))
+    smtp_server.wait_for(count, timeout=60)
+    log = run.log.read_text()
+    queued = [line for line in log.splitlines() if " queued from=<app@example.com>" in line]
+    by_worker_2 = [line for line in queued if "[worker 2]" in line]
+    assert len(queued) == count
+    # The kernel spread the connections over both (48 to one alone: a chance of 2^-47).
+    assert 0 < len(by_worker_2) < count, log[-3000:]
+    status = subprocess.run(
+        [sys.executable, "-m", "mqd", "--config", str(path), "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    [source] = json.loads(status.stdout)["sources"]
+    assert source["accepted"] == count
+    assert run.stop() == 0
