@@ -44,6 +44,8 @@ if [ "${FLEET:-1}" = 1 ]; then
   MQD="$HERE/mqd-workers" MQD_BIN="$HERE/mqd-pg" MQD_PG_BIN="$VENV/bin/mqd" N=10000 \
     "$BENCH/side-by-side.sh" > "$OUT/postgresql-two-workers.txt" 2>&1
   BASE="$BASE" MQD="$VENV/bin/mqd" N=10000 "$HERE/smtpd-side-by-side.sh" > "$OUT/smtpd.txt" 2>&1
+  BASE="$BASE" MQD="$VENV/bin/mqd" WORKERS=2 N=10000 "$HERE/smtpd-side-by-side.sh" \
+    >> "$OUT/smtpd.txt" 2>&1
   "$VENV/bin/python" "$HERE/submit.py" > "$OUT/submit.txt" 2>&1
   "$VENV/bin/python" "$HERE/mailbox.py" > "$OUT/mailbox.txt" 2>&1
   "$HERE/mqd-pg" clean > /dev/null 2>&1 || true  # the runs' schemas

@@ -10,11 +10,13 @@
 #
 #   N=5000 benchmarks/smtpd-side-by-side.sh
 #   N=5000 SESSIONS=20 ROUNDS=3 BASE=/tmp benchmarks/smtpd-side-by-side.sh
+#   WORKERS=2 N=5000 benchmarks/smtpd-side-by-side.sh      # queue.workers = 2
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 BENCH="${BENCH:-$HERE/../../shared/bench}"
 MQD="${MQD:-$HERE/../.venv/bin/mqd}"
 N="${N:-5000}"; SIZE="${SIZE:-2048}"; SESSIONS="${SESSIONS:-20}"; ROUNDS="${ROUNDS:-1}"
+WORKERS="${WORKERS:-1}"  # queue.workers: every worker listens (SO_REUSEPORT)
 BASE="${BASE:-${TMPDIR:-/tmp}}"
 [ -f "$BENCH/mqbench.py" ] || { echo "no mqbench.py in $BENCH (set BENCH)" >&2; exit 1; }
 [ -x "$MQD" ] || { echo "no mqd at $MQD (set MQD)" >&2; exit 1; }
@@ -40,6 +42,7 @@ mkdir -p "$RUN/queue" "$RUN/spool"
 cat > "$RUN/mqd.toml" <<TOML
 [queue]
 dir = "$RUN/queue"
+workers = $WORKERS
 bounce_sender = "mailer-daemon@bench.localdomain"
 
 [[spool]]
@@ -75,7 +78,7 @@ while True:
 PY
 for round in $(seq "$ROUNDS"); do
   echo "== mqd [[smtpd]] end to end N=$N, smtp-source $SESSIONS sessions, round $round"
-  timeout 900 python3 "$BENCH/mqbench.py" throughput --label "mqd-smtpd" --n "$N" \
+  timeout 900 python3 "$BENCH/mqbench.py" throughput --label "mqd-smtpd-w$WORKERS" --n "$N" \
     --size "$SIZE" --parallel "$SESSIONS" --port "$SINK_PORT" --linger 1 \
     --smtp-source "127.0.0.1:$PORT" --sut-pidfile "$PIDFILE" --out "$RES" >/dev/null || true
 done
