@@ -9,9 +9,12 @@ import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pytest
 from corehelpers import make_message
 
 from mqd.config.load import load_config
+from mqd.delivery.accounts import AccountLimits
+from mqd.errors import SubmissionError
 from mqd.events import Event, Queued
 from mqd.intake.handover import WRITERS, Handover
 from mqd.intake.source import Submission
@@ -97,3 +100,50 @@ async def test_batches_written_at_once_and_each_answer_after_its_own(
     ]
     assert len(set(ids)) == 3
     assert len([e for e in events if isinstance(e, Queued)]) == 6
+
+
+async def test_a_repeated_key_gives_back_the_account_send_it_counted(
+    write_config: Callable[[str], Path], spool: Path, queue_dir: Path
+) -> None:
+    config = load_config(
+        write_config(
+            textwrap.dedent(
+                f"""
+                [queue]
+                dir = "{queue_dir}"
+                [[spool]]
+                path = "{spool}"
+                allowed_senders = ["*@shop.example"]
+                [relays.mem]
+                plugin = "memory"
+                [[smtpd]]
+                listen = ["127.0.0.1:0"]
+                allowed_senders = ["*@shop.example"]
+                [[account]]
+                name = "shop"
+                senders = ["*@shop.example"]
+                max_per_minute = 2
+                over_limit = "refuse"
+                """
+            )
+        )
+    )
+    [source] = config.sources
+    accounts = AccountLimits(config)
+    store = MemoryStore()
+    handover = Handover(
+        config, store, PluginHost(entry_points=False), lambda event: None, accounts=accounts
+    )
+
+    async def once(key: str, to: str) -> Handed:
+        data = make_message(sender="orders@shop.example", to=(to,))
+        submission = Submission("orders@shop.example", (to,), data)
+        return await handover.submit_once(source, submission, key, scope="t", keep_for=60.0)
+
+    first = await once("order-1", "a@example.net")
+    again = await once("order-1", "a@example.net")  # a retried request: counted, then given back
+    assert again.replayed and again.id == first.id
+    other = await once("order-2", "b@example.net")  # the limit of 2 still has room for it
+    assert not other.replayed and other.id != first.id
+    with pytest.raises(SubmissionError, match="account shop reached its per-minute limit"):
+        await once("order-3", "c@example.net")

@@ -51,6 +51,8 @@ class AccountLimits:
         #: Set by the guards when the counts are a fleet's: takes one of an account's sends
         #: there (None: the counts are this node's).
         self.shared: Callable[[str], Awaitable[Hold | None]] | None = None
+        #: Set with ``shared``: gives one of an account's sends back to the fleet's counts.
+        self.shared_refund: Callable[[str], None] | None = None
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -87,6 +89,17 @@ class AccountLimits:
         """A delivery admitted by ``admit`` did not go out after all (no relay could take it)."""
         quota = self.quotas.get(name)
         if quota is not None and self.configs[name].over_limit == "wait":
+            quota.refund()
+
+    def check_out(self, name: str) -> None:
+        """A hand-over ``check_in`` counted queued nothing after all (a repeat of a key handed
+        over before, or the queue could not take it): its send is given back."""
+        quota = self.quotas.get(name)
+        if quota is None or self.configs[name].over_limit != "refuse":
+            return
+        if self.shared_refund is not None:
+            self.shared_refund(name)
+        else:
             quota.refund()
 
     async def check_in(self, name: str) -> str | None:

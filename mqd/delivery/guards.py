@@ -167,6 +167,11 @@ class Guards:
         self.accounts.seen[name] = shared.used
         return hold
 
+    def _check_out(self, name: str) -> None:
+        shared = self.shared.get(f"account:{name}")
+        if shared is not None:
+            shared.refund()
+
     def give_back_account(self, name: str) -> None:
         """A delivery admitted by ``admit_account`` did not go out after all."""
         if self.fleet is None:
@@ -236,6 +241,7 @@ class Guards:
         """Count with the fleet from now on, and take its suppression list."""
         self.fleet = fleet
         self.accounts.shared = self._check_in
+        self.accounts.shared_refund = self._check_out
         self.suppressions = Suppressions()
         self.suppressions.shared = True
         self.reconfigure(self.config)

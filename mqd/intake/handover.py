@@ -249,6 +249,10 @@ class Handover:
             # Told before anything else is awaited: delivery may start as soon as this yields.
             for waiting in batch:
                 entry_id, key = waiting.item.entry.id, waiting.item.key
+                account = waiting.item.entry.account
+                queued = entry_id in taken and entry_id not in repeats
+                if not queued and account is not None and self.accounts is not None:
+                    self.accounts.check_out(account)  # counted at check-in, sent nothing
                 if entry_id in repeats:  # its key was handed over before: nothing queued
                     log.info(
                         "%s: handed over again (key %r): answered as then",
