@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ from tcpproxy import TcpProxy
 
 from mqd.config.load import parse_config
 from mqd.config.schema import Config
+from mqd.errors import TrackingError
 from mqd.events import Claimed, Delivered, Queued
 from mqd.queue.postgresql.connect import Database
 from mqd.testing import wait_until_sync
@@ -36,7 +38,7 @@ from mqd.tracking.pghome import PostgresHome
 from mqd.tracking.postgresql import PostgresEventStore
 from mqd.tracking.records import Record
 from mqd.tracking.tracker import Tracker
-from mqd.tracking.vocabulary import Status
+from mqd.tracking.vocabulary import ProviderEvent, Status
 
 LOG = "mqd.tracking.tracker"
 
@@ -205,6 +207,28 @@ async def test_past_the_bound_events_are_dropped_and_counted(
     [resumed] = [line for line in said if "tracking resumed" in line]
     assert "7 events kept while it was paused were written late" in resumed
     assert "5 events were dropped (5 past the most it keeps)" in resumed
+
+
+async def test_provider_events_while_paused_are_refused_for_the_provider_to_send_again(
+    tmp_path: Path, schema: PgSchema, proxy: TcpProxy
+) -> None:
+    now = [0.0]
+    tracker = await Tracker.open(config_for(tmp_path, proxy.dsn(schema.dsn)), clock=lambda: now[0])
+    event = ProviderEvent(Status.BOUNCED, time.time(), "e1", recipient="bob@example.net")
+    try:
+        sent(tracker, mid(1))
+        await tracker.flush()
+        proxy.cut()
+        sent(tracker, mid(2))
+        await tracker.flush()  # paused now
+        with pytest.raises(TrackingError, match="tracking is paused"):
+            await tracker.ingest("sendgrid", [replace(event, mqd_id=mid(1))])
+        assert tracker.keeper.dropped == 0  # refused (the webhook answers 503), not dropped
+        proxy.restore()
+        now[0] += 1.0
+        assert await tracker.ingest("sendgrid", [replace(event, mqd_id=mid(1))]) == 1
+    finally:
+        await tracker.close()
 
 
 # -- a commit in doubt -------------------------------------------------------------------------

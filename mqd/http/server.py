@@ -279,6 +279,13 @@ class HttpServer:
         if tracker is not None and reply.events:
             try:
                 new = await tracker.ingest(webhook.source, reply.events)
+            except TrackingError as exc:  # paused: the provider sends them again later
+                log.warning(
+                    "webhook %s: %d event(s) not recorded: %s", name, len(reply.events), exc
+                )
+                return web.Response(
+                    status=503, text="try again later", headers={"Retry-After": "60"}
+                )
             except Exception:
                 # Not recorded: a 5xx makes the provider send the batch again.
                 log.exception("webhook %s: cannot record %d event(s)", name, len(reply.events))

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from mqd.errors import TrackingError
 from mqd.events import (
     Bounced,
     Claimed,
@@ -231,17 +232,20 @@ class Tracker:
 
     async def ingest(self, source: str, events: Sequence[ProviderEvent]) -> int:
         """Record a provider's verified events; return how many were new (duplicates of an
-        event already recorded, by ``event_id``, are skipped; while tracking is paused, none
-        is recorded and 0 returned)."""
+        event already recorded, by ``event_id``, are skipped). TrackingError while tracking is
+        paused: nothing is recorded, and the webhook's 5xx makes the provider send them again
+        (they cannot be kept as mqd's own are: matching them needs the store)."""
         await self.flush()  # so that an id dispatched a moment ago matches
         batch = list(events)
 
-        def write() -> int:
+        def write() -> int | None:
             return self.keeper.write(
-                lambda store: self._ingest(store, source, batch), events=len(batch), otherwise=0
+                lambda store: self._ingest(store, source, batch), events=0, otherwise=None
             )
 
         new = await self.call(write)
+        if new is None:
+            raise TrackingError(f"tracking is paused: {self.keeper.paused}")
         if new:
             self.changed.set()
         return new
