@@ -394,7 +394,7 @@ async def test_two_nodes_notify_each_event_once_and_hand_over(
 
 @pytest.mark.parametrize("seed", range(6))
 def test_a_batch_writes_what_the_sqlite_store_writes(
-    tmp_path: Path, schema: PgSchema, seed: int, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, schema: PgSchema, seed: int
 ) -> None:
     """The same story, in the tracker's batches, leaves the same rows in both stores."""
     import itertools
@@ -402,7 +402,6 @@ def test_a_batch_writes_what_the_sqlite_store_writes(
 
     from test_tracking_batches import batches, story, tables
 
-    from mqd.tracking import postgresql as pg_module
     from mqd.tracking.sqlite import SQLiteStore
 
     rng = random.Random(seed)
@@ -411,7 +410,6 @@ def test_a_batch_writes_what_the_sqlite_store_writes(
     lite.record(records)
     expected = tables(lite)
     lite.close()
-    monkeypatch.setattr(pg_module, "ROWS_PER_STATEMENT", 2)
     store = PostgresEventStore.connect(Database(schema.dsn))
     try:
         for batch in batches(records, rng):

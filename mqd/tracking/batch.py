@@ -68,13 +68,22 @@ RECIPIENT_COLUMNS = (*QUEUED_COLUMNS, "relay", "provider_id", "reply")
 STATUS_COLUMNS = ("id", "status", "created_at", "updated_at")
 
 # A message's row: what its first event says, then its sender and Message-ID once known.
-MESSAGE_UNTOLD = (
+_MESSAGE_SET = (
     "ON CONFLICT (id) DO UPDATE SET message_id = COALESCE(excluded.message_id, messages.message_id)"
     ", subject = COALESCE(excluded.subject, messages.subject)"
     ", not_a_message = COALESCE(excluded.not_a_message, messages.not_a_message)"
     ", account = COALESCE(excluded.account, messages.account)"
 )
-MESSAGE_TOLD = MESSAGE_UNTOLD + ", sender = excluded.sender"
+# An event that tells nothing new (most: a delivery's) leaves the row alone: an update that
+# changes nothing is still a new row version, and its indexes' entries, on PostgreSQL.
+_TELLS = (
+    "excluded.message_id IS NOT NULL OR excluded.subject IS NOT NULL"
+    " OR excluded.not_a_message IS NOT NULL OR excluded.account IS NOT NULL"
+)
+MESSAGE_UNTOLD = f"{_MESSAGE_SET} WHERE {_TELLS}"
+MESSAGE_TOLD = (
+    f"{_MESSAGE_SET}, sender = excluded.sender WHERE {_TELLS} OR excluded.sender <> messages.sender"
+)
 STATUS_UPDATE = (
     "ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated_at = CASE WHEN "
     "excluded.updated_at > messages.updated_at THEN excluded.updated_at "

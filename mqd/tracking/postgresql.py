@@ -13,7 +13,7 @@ that events committed out of ``seq`` order between nodes cannot break.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
@@ -44,11 +44,11 @@ from mqd.tracking.batch import (
     RECIPIENT_UPSERT,
     STATUS_COLUMNS,
     STATUS_UPDATE,
-    chunks,
     event_row,
     fold,
 )
 from mqd.tracking.eventstore import CommitInDoubt, EventStore
+from mqd.tracking.pgwrite import insert_rows
 from mqd.tracking.records import BAD, FINAL, Record, message_status
 from mqd.tracking.sqliteactivity import collect, statements
 from mqd.tracking.vocabulary import ProviderEvent, Status
@@ -58,7 +58,6 @@ __all__ = ["PostgresEventStore", "schema_version"]
 P = ParamSpec("P")
 T = TypeVar("T")
 
-ROWS_PER_STATEMENT = 64
 #: A batch that met another node's in a deadlock (PostgreSQL aborted it) is tried again.
 TRIES = 3
 
@@ -172,7 +171,7 @@ class PostgresEventStore(EventStore):
 
     def _record(self, records: Sequence[Record]) -> list[Record]:
         if all(record.event_key is None for record in records):
-            self._insert(_EVENTS, EVENT_COLUMNS, EVENT_KEEP, map(event_row, records))
+            self._insert(_EVENTS, EVENT_COLUMNS, EVENT_KEEP, [event_row(r) for r in records])
             new = list(records)
         else:
             new = [record for record in records if self._insert_event(record)]
@@ -181,10 +180,7 @@ class PostgresEventStore(EventStore):
         return new
 
     def _insert_event(self, r: Record) -> bool:
-        cursor = self._conn.execute(
-            _insert_sql(_EVENTS, EVENT_COLUMNS, EVENT_KEEP, 1), event_row(r)
-        )
-        return cursor.rowcount == 1
+        return self._insert(_EVENTS, EVENT_COLUMNS, EVENT_KEEP, [event_row(r)]) == 1
 
     def _apply(self, records: Sequence[Record]) -> None:
         folded = fold(records)
@@ -222,13 +218,9 @@ class PostgresEventStore(EventStore):
         self._insert(_MESSAGES, STATUS_COLUMNS, STATUS_UPDATE, rows)
 
     def _insert(
-        self, table: str, columns: Sequence[str], conflict: str, rows: Iterable[Sequence[Any]]
-    ) -> None:
-        for chunk in chunks(list(rows), ROWS_PER_STATEMENT):
-            self._conn.execute(
-                _insert_sql(table, columns, conflict, len(chunk)),
-                [value for row in chunk for value in row],
-            )
+        self, table: str, columns: Sequence[str], conflict: str, rows: Sequence[Sequence[Any]]
+    ) -> int:
+        return insert_rows(self._conn, table, _ALIAS[table], columns, conflict, rows)
 
     @_healing
     def set_cursor(self, name: str, position: int) -> None:
@@ -387,12 +379,3 @@ def schema_version(conn: psycopg.Connection[Any]) -> SchemaStatus:
 
 def _by_key(rows: dict[tuple[str, str], tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return [rows[key] for key in sorted(rows)]
-
-
-def _insert_sql(table: str, columns: Sequence[str], conflict: str, n: int) -> bytes:
-    """``INSERT`` of ``n`` rows (column names and placeholders only: every value is bound)."""
-    marks = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    return (
-        f"INSERT INTO {table} AS {_ALIAS[table]} ({', '.join(columns)}) VALUES "  # noqa: S608
-        f"{', '.join([marks] * n)} {conflict}"
-    ).encode()
