@@ -61,6 +61,12 @@ T = TypeVar("T")
 #: A batch that met another node's in a deadlock (PostgreSQL aborted it) is tried again.
 TRIES = 3
 
+#: A batch's transaction id, and index lookups for its statements: each reads or upserts rows by
+#: their key, but on a table whose statistics are missing or stale (a new one growing fast, before
+#: autovacuum's first analyze) the planner chose to read the whole table, at each batch, a cost
+#: that grew with the table (most of the server's CPU for tracking in benchmarks/fleet.py).
+_BEGIN_BATCH = "SELECT pg_current_xact_id()::text, set_config('enable_seqscan', 'off', true)"
+
 _EVENTS = "mqd_track_event"
 _MESSAGES = "mqd_track_message"
 _RECIPIENTS = "mqd_track_recipient"
@@ -149,7 +155,7 @@ class PostgresEventStore(EventStore):
         txid = ""
         try:
             with self._conn.transaction():
-                row = self._one("SELECT pg_current_xact_id()::text", ())
+                row = self._one(_BEGIN_BATCH, ())
                 txid = str(row[0]) if row else ""
                 new = self._record(records)
                 self._committing = True
