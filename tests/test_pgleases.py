@@ -91,7 +91,7 @@ async def test_grouped_writes_give_each_caller_its_own_outcome(nodes, clock, sch
 
     marks = await write_each([a.dispatching(lease) for lease in (kept0, deleted, kept2, taken)])
     assert [type(m) for m in marks] == [type(None), LeaseLost, type(None), type(None)]
-    assert (a.holder.marks.batches, a.holder.marks.items) == (1, 4)  # one statement for four
+    assert (a.holder.steps.batches, a.holder.steps.items) == (1, 4)  # one statement for four
 
     # a keeps two leases alive; the fourth expires and node b takes it over
     clock.advance(LEASE_TIME * 0.8)
@@ -105,13 +105,35 @@ async def test_grouped_writes_give_each_caller_its_own_outcome(nodes, clock, sch
 
     done = await write_each([a.complete(lease, lease.entry) for lease in (kept0, kept2, taken)])
     assert [type(d) for d in done] == [type(None), type(None), LeaseLost]
-    assert (a.holder.completions.batches, a.holder.completions.items) == (1, 3)
+    assert (a.holder.steps.batches, a.holder.steps.items) == (2, 7)
     assert sorted(r[0] for r in sql(schema, "SELECT id FROM mqd_entry")) == [taken.entry.id]
     assert sql(schema, "SELECT count(*) FROM mqd_body") == [(1,)]  # the completed ones' went
 
     await b.release(taken_by_b)  # whoever holds it next never sends to alice again
     [again] = await b.lease(10)
     assert [r.status for r in again.entry.recipients] == [RcptStatus.DELIVERED, RcptStatus.PENDING]
+
+
+async def test_marks_and_completions_that_meet_go_in_one_statement(nodes, clock, schema):
+    a, b = nodes
+    await accept(a, clock, 4)
+    sent, marked, revoked, other = await a.lease(10)
+    assert await write_each([a.dispatching(lease) for lease in (sent, other)]) == [None, None]
+    await b.delete([revoked.entry.id])  # an administrator revokes one lease meanwhile
+    before = a.holder.steps.batches
+
+    outcomes = await write_each(
+        [
+            a.complete(sent, sent.entry),
+            a.dispatching(marked),
+            a.dispatching(revoked),
+            a.complete(other, other.entry),
+        ]
+    )
+    assert [type(o) for o in outcomes] == [type(None), type(None), LeaseLost, type(None)]
+    assert a.holder.steps.batches == before + 1  # the four in one transaction
+    assert sql(schema, "SELECT id, dispatching FROM mqd_entry") == [(marked.entry.id, True)]
+    assert sql(schema, "SELECT id FROM mqd_body") == [(marked.entry.id,)]  # the others' went
 
 
 def inject_failure(schema: PgSchema, when: str) -> None:
@@ -141,7 +163,7 @@ async def test_a_grouped_write_whose_transaction_fails_fails_each_caller(nodes, 
     marks = await write_each([a.dispatching(lease) for lease in leases])
     assert all(isinstance(m, QueueError) and not isinstance(m, LeaseLost) for m in marks), marks
     assert "injected failure" in str(marks[0])
-    assert a.holder.marks.batches == 1
+    assert a.holder.steps.batches == 1
     assert sql(schema, "SELECT count(*) FROM mqd_entry WHERE dispatching") == [(0,)]
     heal(schema)
     assert await write_each([a.dispatching(lease) for lease in leases]) == [None] * 3
@@ -175,7 +197,7 @@ async def test_a_grouped_write_that_deadlocked_is_written_again(nodes, clock, sc
         "CREATE TRIGGER refuse BEFORE UPDATE ON mqd_entry FOR EACH ROW EXECUTE FUNCTION refuse()",
     )
     assert await write_each([a.dispatching(lease) for lease in leases]) == [None, None]
-    assert a.holder.marks.batches == 1
+    assert a.holder.steps.batches == 1
     assert sql(schema, "SELECT count(*) FROM mqd_entry WHERE dispatching") == [(2,)]
     assert sql(schema, "SELECT last_value FROM tries") == [(3,)]  # one failed try, then 2 rows
 

@@ -6,7 +6,9 @@ delivery asks for it (``body``) or the lease ends, so a delivery costs no read o
 bodies kept are those of the leases in flight: at most ``queue.concurrency`` of them). The
 dispatching marks, the completions and the saves (those without a bounce) of concurrent
 deliveries are written together (``groupcommit``): one statement, one transaction for all those
-that came in while the last was in flight, each caller told whether its own lease held.
+that came in while the last was in flight, each caller told whether its own lease held. Marks
+and completions share their group: in a drain one delivery's mark and another's completion go in
+the same transaction.
 """
 
 from __future__ import annotations
@@ -65,6 +67,13 @@ class _Fence:
 
 
 @dataclass(frozen=True, slots=True)
+class _Step(_Fence):
+    """A dispatching mark, or a completion (the entry leaves the queue)."""
+
+    completes: bool
+
+
+@dataclass(frozen=True, slots=True)
 class _Saved(_Fence):
     state: str
     attempts: int
@@ -98,19 +107,17 @@ class LeaseHolder:
         self.redispatched = 0
         #: The bodies that came with the leases in flight, until their delivery reads them.
         self._bodies: dict[str, bytes] = {}
-        self.marks: GroupCommit[_Fence, bool] = GroupCommit(self._mark)
-        self.completions: GroupCommit[_Fence, bool] = GroupCommit(self._complete)
+        #: Dispatching marks and completions, written together.
+        self.steps: GroupCommit[_Step, bool] = GroupCommit(self._mark_and_complete)
         self.saves: GroupCommit[_Saved, bool] = GroupCommit(self._save)
 
     async def close(self) -> None:
-        await self.marks.close()
-        await self.completions.close()
+        await self.steps.close()
         await self.saves.close()
         self._bodies.clear()
 
     def abandon(self) -> None:
-        self.marks.abandon()
-        self.completions.abandon()
+        self.steps.abandon()
         self.saves.abandon()
         self._bodies.clear()
 
@@ -197,18 +204,18 @@ class LeaseHolder:
     # -- the holder's writes ----------------------------------------------------------------------
 
     async def dispatching(self, lease: Lease) -> None:
-        if not await self.marks.submit(_Fence(lease.entry.id, lease.token)):
+        if not await self.steps.submit(_Step(lease.entry.id, lease.token, completes=False)):
             self._ended(lease)
             raise lost(lease)
 
-    async def _mark(self, fences: Sequence[_Fence]) -> list[bool]:
-        expires = self.clock.time() + self.lease_time
+    async def _mark_and_complete(self, steps: Sequence[_Step]) -> list[bool]:
         return await self._grouped(
-            "marking entries as being sent", q.DISPATCHING, fences, expires=expires
+            "marking entries as being sent, removing delivered ones",
+            q.MARK_AND_COMPLETE,
+            steps,
+            completes=[step.completes for step in steps],
+            expires=self.clock.time() + self.lease_time,
         )
-
-    async def _complete(self, fences: Sequence[_Fence]) -> list[bool]:
-        return await self._grouped("removing delivered entries", q.COMPLETE, fences)
 
     async def _grouped(
         self, what: str, statement: str, fences: Sequence[_Fence], **extra: object
@@ -279,7 +286,7 @@ class LeaseHolder:
 
     async def complete(self, lease: Lease, entry: QueueEntry) -> None:
         self._ended(lease)
-        if not await self.completions.submit(_Fence(lease.entry.id, lease.token)):
+        if not await self.steps.submit(_Step(lease.entry.id, lease.token, completes=True)):
             await self._lost(lease, entry)
         self.waker.wake()
 

@@ -49,7 +49,7 @@ async def write_outcome(
     bounce: Bounce | None,
     channel: str,
 ) -> bool:
-    """Run the fenced ``statement`` (``q.SAVE``, ``q.COMPLETE`` or ``q.FAIL``: one statement
+    """Run the fenced ``statement`` (``q.SAVE`` or ``q.FAIL``: one statement
     each) and queue the bounce with it; False, having written nothing, when the lease is lost."""
     cursor = await conn.execute(statement, params)
     if await cursor.fetchone() is None:

@@ -98,24 +98,29 @@ WHERE e.id = mine.id
 RETURNING mine.dispatching
 """
 
-#: The dispatching marks of concurrent deliveries, in one statement (``groupcommit``); the
-#: arrays go in binary (``%b``: half the client's time of their text form).
-DISPATCHING = """
-UPDATE mqd_entry e SET dispatching = true, lease_expires = greatest(e.lease_expires, %(expires)s)
-FROM unnest(%(ids)b::text[], %(tokens)b::int8[]) AS l(id, token)
-WHERE e.id = l.id AND e.token = l.token AND e.owner = %(node)s
-RETURNING e.id
-"""
-#: ``complete`` of concurrent deliveries: the entries leave, their bodies with them, in one
-#: statement.
-COMPLETE = """
-WITH gone AS (
-    DELETE FROM mqd_entry e USING unnest(%(ids)b::text[], %(tokens)b::int8[]) AS l(id, token)
-    WHERE e.id = l.id AND e.token = l.token AND e.owner = %(node)s
+#: The dispatching marks and the completions of concurrent deliveries, in one statement
+#: (``groupcommit``): a mark renews its lease, a completion removes the entry and its body. The
+#: arrays go in binary (``%b``: half the client's time of their text form). The ids of one
+#: statement differ (a delivery completes once its mark is written): each row is written once.
+MARK_AND_COMPLETE = """
+WITH l AS (
+    SELECT * FROM unnest(%(ids)b::text[], %(tokens)b::int8[], %(completes)b::bool[])
+        AS l(id, token, completes)
+),
+marked AS (
+    UPDATE mqd_entry e
+    SET dispatching = true, lease_expires = greatest(e.lease_expires, %(expires)s)
+    FROM l
+    WHERE NOT l.completes AND e.id = l.id AND e.token = l.token AND e.owner = %(node)s
+    RETURNING e.id
+),
+gone AS (
+    DELETE FROM mqd_entry e USING l
+    WHERE l.completes AND e.id = l.id AND e.token = l.token AND e.owner = %(node)s
     RETURNING e.id
 ),
 body AS (DELETE FROM mqd_body b USING gone WHERE b.id = gone.id)
-SELECT id FROM gone
+SELECT id FROM marked UNION ALL SELECT id FROM gone
 """
 #: ``fail``: the entry leaves, its body goes into the failed folder with its record.
 FAIL = """
