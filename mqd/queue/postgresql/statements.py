@@ -6,6 +6,10 @@ holder whose lease was revoked or taken over matches no row.
 
 from __future__ import annotations
 
+#: The entries due, locked in ``due``, then updated by their ids: a lookup in the primary key
+#: whatever the planner thinks of the table (joined to ``due``, it read the whole table at each
+#: lease on a queue without statistics yet: a new one, or one filled faster than autovacuum
+#: analyzes it).
 LEASE = """
 WITH due AS (
     SELECT id, owner IS NOT NULL AND dispatching AS taken_over
@@ -17,10 +21,11 @@ WITH due AS (
 )
 UPDATE mqd_entry e
 SET owner = %(node)s, token = nextval('mqd_token'), lease_expires = %(expires)s,
-    dispatching = false, redispatches = e.redispatches + due.taken_over::int
-FROM due
-WHERE e.id = due.id
-RETURNING e.id, e.state::text, e.held, e.next_attempt_at, e.token, due.taken_over,
+    dispatching = false,
+    redispatches = e.redispatches + (e.owner IS NOT NULL AND e.dispatching)::int
+WHERE e.id = ANY(ARRAY(SELECT id FROM due))
+RETURNING e.id, e.state::text, e.held, e.next_attempt_at, e.token,
+    (SELECT due.taken_over FROM due WHERE due.id = e.id),
     (SELECT json_agg(d.recipient)::text FROM mqd_delivered d WHERE d.entry_id = e.id),
     (SELECT b.body FROM mqd_body b WHERE b.id = e.id)
 """
