@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,8 +30,6 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench
 from bench import CLK, Daemon, Sink, drop
-
-from mqd.queue.postgresql.schema import script
 
 BASE = os.environ.get("MQD_BENCH_PG_DSN", "postgresql://root@127.0.0.1:5432/test")
 
@@ -139,13 +138,18 @@ def run(
         dsn = f"{BASE}{'&' if '?' in BASE else '?'}options={quote(f'-csearch_path={schema}')}"
         with psycopg.connect(BASE, autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA "{schema}"'.encode())
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(script().encode())
     try:
         configs = [
             config(work, f"node-{i + 1}", sink.port, dsn, concurrency, tracking)
             for i in range(nodes)
         ]
+        if dsn:  # by the mqd measured (--mqd: another checkout's schema may differ)
+            subprocess.run(
+                [bench.MQD, "--config", str(configs[0]), "db", "upgrade"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                env=bench.ENV,
+            )
         for number in range(n):  # the backlog, spread over the nodes' spools
             drop(work / f"node-{number % nodes + 1}" / "spool", number, size)
         sink.reset()

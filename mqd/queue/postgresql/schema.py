@@ -274,6 +274,13 @@ BEGIN
 END
 $$;
 """,
+    # 5: no index on a lease's owner, so that taking a lease and marking it dispatching are HOT
+    # updates (no indexed column changes: the new row version stays on its page, no index
+    # entry is added). A node's own leases are found by their ids (the primary key); only a
+    # node's start (giving back what it held) reads the table through.
+    """
+DROP INDEX IF EXISTS mqd_entry_owner;
+""",
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

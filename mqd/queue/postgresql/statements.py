@@ -69,7 +69,8 @@ SET state = %(state)s::jsonb, attempts = %(attempts)s, size = %(size)s,
 WHERE id = %(id)s AND token = %(token)s AND owner = %(node)s
 RETURNING id
 """
-#: ``save`` of concurrent deliveries without a bounce, in one statement (``groupcommit``).
+#: ``save`` of concurrent deliveries without a bounce, in one statement (``groupcommit``); found
+#: by the primary key, as ``MARK_AND_COMPLETE``.
 SAVE_GROUP = """
 UPDATE mqd_entry e
 SET state = l.state, attempts = l.attempts, size = l.size,
@@ -79,7 +80,7 @@ FROM unnest(
     %(ids)b::text[], %(tokens)b::int8[], %(states)b::jsonb[], %(attempts)b::int4[],
     %(sizes)b::int8[], %(dues)b::float8[]
 ) AS l(id, token, state, attempts, size, due)
-WHERE e.id = l.id AND e.token = l.token AND e.owner = %(node)s
+WHERE e.id = l.id AND e.token = l.token AND e.owner = %(node)s AND e.id = ANY(%(ids)b::text[])
 RETURNING e.id
 """
 CHECKPOINT = """
@@ -107,6 +108,8 @@ RETURNING mine.dispatching
 #: (``groupcommit``): a mark renews its lease, a completion removes the entry and its body. The
 #: arrays go in binary (``%b``: half the client's time of their text form). The ids of one
 #: statement differ (a delivery completes once its mark is written): each row is written once.
+#: ``e.id = ANY(ids)`` finds the rows by the primary key, whatever the planner thinks of the
+#: table (there is no index on the owner: a lease is a HOT update).
 MARK_AND_COMPLETE = """
 WITH l AS (
     SELECT * FROM unnest(%(ids)b::text[], %(tokens)b::int8[], %(completes)b::bool[])
@@ -117,11 +120,13 @@ marked AS (
     SET dispatching = true, lease_expires = greatest(e.lease_expires, %(expires)s)
     FROM l
     WHERE NOT l.completes AND e.id = l.id AND e.token = l.token AND e.owner = %(node)s
+        AND e.id = ANY(%(ids)b::text[])
     RETURNING e.id
 ),
 gone AS (
     DELETE FROM mqd_entry e USING l
     WHERE l.completes AND e.id = l.id AND e.token = l.token AND e.owner = %(node)s
+        AND e.id = ANY(%(ids)b::text[])
     RETURNING e.id
 ),
 body AS (DELETE FROM mqd_body b USING gone WHERE b.id = gone.id)
