@@ -230,3 +230,19 @@ async def test_bodies_never_read_are_let_go_of_past_a_bound(nodes, clock, monkey
     assert a.holder.kept_bodies == 2  # twice a batch of one: the oldest went
     for lease in taken:  # read from the database, those let go of
         assert await a.body(lease.entry) == bodies[lease.entry.id]
+
+
+async def test_the_next_due_counts_other_nodes_leases_from_their_expiry(nodes, clock, schema):
+    a, b = nodes
+    await accept(a, clock, 1)
+    await a.lease(10)
+    start = clock.time()
+    assert await b.next_due() == start + LEASE_TIME  # a's lease, once it expires
+    assert await a.next_due() is None  # its own lease is not due for a
+    free = new_entry(clock)
+    free.next_attempt_at = start + 2 * LEASE_TIME
+    await b.accept([Incoming(free, body_for(free))])
+    assert await b.next_due() == start + LEASE_TIME  # the lease expires before the free one
+    assert await a.next_due() == start + 2 * LEASE_TIME
+    sql(schema, f"UPDATE mqd_entry SET next_attempt_at = {start + 10} WHERE id = '{free.id}'")
+    assert await b.next_due() == start + 10  # the free one is due before the lease expires

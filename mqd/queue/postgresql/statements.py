@@ -159,12 +159,17 @@ UPDATE mqd_entry SET lease_expires = %s
 FROM unnest(%s::text[], %s::int8[]) AS l(id, token)
 WHERE mqd_entry.id = l.id AND mqd_entry.token = l.token AND owner = %s
 """
-#: Other nodes' leases count from their expiry: a dead node's entries are due then.
+#: Other nodes' leases count from their expiry: a dead node's entries are due then. Only the
+#: entries due no later than the first one free can be earlier (an expiry is never before its
+#: entry's due time): the due index read up to there, not the whole table at each call.
 NEXT_DUE = """
 SELECT min(CASE WHEN owner IS NULL THEN next_attempt_at
     ELSE greatest(next_attempt_at, lease_expires) END)
 FROM mqd_entry
-WHERE NOT held AND (owner IS NULL OR owner <> %s)
+WHERE NOT held AND (owner IS NULL OR owner <> %s) AND next_attempt_at <= coalesce(
+    (SELECT next_attempt_at FROM mqd_entry WHERE NOT held AND owner IS NULL
+        ORDER BY next_attempt_at LIMIT 1),
+    'infinity')
 """
 NOTIFY = "SELECT pg_notify(%s, '')"
 LOAD_STATE = "SELECT data FROM mqd_state WHERE node = %s AND name = %s"
