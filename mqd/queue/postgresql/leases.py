@@ -175,12 +175,12 @@ class LeaseHolder:
         async with self._statement("renewing leases") as conn:
             await conn.execute(
                 q.RENEW,
-                (
-                    self.clock.time() + self.lease_time,
-                    [lease.entry.id for lease in leases],
-                    [lease.token for lease in leases],
-                    self.node,
-                ),
+                {
+                    "expires": self.clock.time() + self.lease_time,
+                    "ids": [lease.entry.id for lease in leases],
+                    "tokens": [lease.token for lease in leases],
+                    "node": self.node,
+                },
             )
 
     async def next_due(self) -> float | None:
@@ -343,7 +343,8 @@ class LeaseHolder:
             self._ended(lease)
         ids, tokens = [lease.entry.id for lease in leases], [lease.token for lease in leases]
         async with self._statement("giving entries back") as conn:
-            rows = await (await conn.execute(q.GIVE_BACK, (ids, tokens, self.node))).fetchall()
+            params = {"ids": ids, "tokens": tokens, "node": self.node}
+            rows = await (await conn.execute(q.GIVE_BACK, params)).fetchall()
         for entry_id, was_dispatching in rows:
             if was_dispatching:
                 self.redispatched += 1

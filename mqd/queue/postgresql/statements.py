@@ -51,8 +51,9 @@ RETURNING e.id, mine.dispatching
 GIVE_BACK = """
 WITH mine AS (
     SELECT e.id, e.dispatching FROM mqd_entry e
-    JOIN unnest(%s::text[], %s::int8[]) AS l(id, token) ON e.id = l.id AND e.token = l.token
-    WHERE e.owner = %s FOR UPDATE OF e
+    JOIN unnest(%(ids)s::text[], %(tokens)s::int8[]) AS l(id, token)
+        ON e.id = l.id AND e.token = l.token
+    WHERE e.owner = %(node)s AND e.id = ANY(%(ids)s::text[]) FOR UPDATE OF e
 )
 UPDATE mqd_entry e
 SET owner = NULL, lease_expires = NULL, dispatching = false,
@@ -155,9 +156,10 @@ WHERE EXISTS (SELECT 1 FROM mqd_entry WHERE id = %(id)s)
 ON CONFLICT DO NOTHING
 """
 RENEW = """
-UPDATE mqd_entry SET lease_expires = %s
-FROM unnest(%s::text[], %s::int8[]) AS l(id, token)
-WHERE mqd_entry.id = l.id AND mqd_entry.token = l.token AND owner = %s
+UPDATE mqd_entry SET lease_expires = %(expires)s
+FROM unnest(%(ids)s::text[], %(tokens)s::int8[]) AS l(id, token)
+WHERE mqd_entry.id = l.id AND mqd_entry.token = l.token AND owner = %(node)s
+    AND mqd_entry.id = ANY(%(ids)s::text[])
 """
 #: Other nodes' leases count from their expiry: a dead node's entries are due then. Only the
 #: entries due no later than the first one free can be earlier (an expiry is never before its
