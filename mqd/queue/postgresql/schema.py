@@ -277,9 +277,15 @@ $$;
     # 5: no index on a lease's owner, so that taking a lease and marking it dispatching are HOT
     # updates (no indexed column changes: the new row version stays on its page, no index
     # entry is added). A node's own leases are found by their ids (the primary key); only a
-    # node's start (giving back what it held) reads the table through.
+    # node's start (giving back what it held) reads the table through. The same for tracking:
+    # a message's row changes its status and last update at each event, and a recipient's its
+    # status; without an index on the last update and with room left on each page, those are
+    # HOT updates too (the hourly prune of old messages reads the table through).
     """
 DROP INDEX IF EXISTS mqd_entry_owner;
+DROP INDEX IF EXISTS mqd_track_message_updated;
+ALTER TABLE mqd_track_message SET (fillfactor = 70);
+ALTER TABLE mqd_track_recipient SET (fillfactor = 70);
 """,
 )
 
