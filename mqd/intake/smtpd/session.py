@@ -13,10 +13,11 @@ import logging
 import re
 from typing import Any, Protocol
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 from mqd.config.schema import SourceConfig
 from mqd.errors import SubmissionError
+from mqd.intake.smtpd.data import DataState, read_data
 from mqd.intake.smtpd.settings import Listen, SMTPSettings
 from mqd.intake.smtpd.users import Verifier
 from mqd.intake.source import HandOver, Login, Submission
@@ -128,6 +129,41 @@ class Connection(SMTP):
             self._counted = False
             self.listener.release(self)
         super().connection_lost(error)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA with the text read in chunks (``mqd.intake.smtpd.data``) rather
+        than a line at a time; the same checks, answers and hand-over to ``handle_DATA``."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            state, content = await read_data(
+                self._reader, self.data_size_limit, self.line_length_limit
+            )
+        except asyncio.CancelledError:  # the connection lost during DATA, as aiosmtpd does
+            self._writer.close()
+            raise
+        if state is not DataState.NOMINAL:
+            # Translated by push, as aiosmtpd's own.
+            await self.push(
+                "500 Line too long (see RFC5321 4.5.3.1.6)"
+                if state is DataState.TOO_LONG
+                else "552 Error: Too much mail data"
+            )
+            self.envelope = self._create_envelope()  # (aiosmtpd's _set_post_data_state)
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self.envelope = self._create_envelope()
+        await self.push("250 OK" if status is MISSING else status)
 
     async def push(self, status: Any) -> None:
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else str(status)
