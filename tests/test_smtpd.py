@@ -408,6 +408,14 @@ async def test_an_idle_client_is_disconnected(
         assert (await reader.readline()).startswith(b"220")
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
         writer.close()
+        # After commands too (each moves the deadline the timer waits for).
+        reader, writer = await asyncio.open_connection("127.0.0.1", mqd.port)
+        assert (await reader.readline()).startswith(b"220")
+        for _ in range(3):
+            writer.write(b"NOOP\r\n")
+            assert (await reader.readline()).startswith(b"250")
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
 
 
 async def test_stop_answers_the_hand_over_under_way_then_closes(

@@ -107,6 +107,22 @@ class Connection(SMTP):
             return None, None
         return address, plain.group(2)
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd makes a timer and cancels the last at every command; here the deadline
+        # moves, and the timer, when it fires before it, is set again for what is left.
+        self._idle_deadline = self.loop.time() + (duration or self._timeout_duration)
+        timer = self._timeout_handle
+        if timer is None or timer.cancelled() or timer.when() > self._idle_deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
+
+    def _idle_check(self) -> None:
+        if self.loop.time() < self._idle_deadline:
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
+        else:
+            self._timeout_cb()  # type: ignore[no-untyped-call]
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._counted:  # (called again for the TLS transport after STARTTLS)
             if not self.listener.admit(self):
