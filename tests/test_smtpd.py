@@ -10,6 +10,7 @@ import re
 import socket
 import ssl
 import textwrap
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -549,6 +550,55 @@ def users_file(tmp_path: Path) -> Path:
         f"billing:{hash_password('billing-secret')}:billing@example.com\n"
     )
     return path
+
+
+def _setup(value: Any, owner: Connection) -> Any:
+    """What of a connection's attribute says how it is set up (not which objects it holds)."""
+    if isinstance(value, types.MethodType):
+        return (
+            "bound",
+            value.__func__,
+            "itself" if value.__self__ is owner else type(value.__self__),
+        )
+    if isinstance(value, dict):
+        return {key: _setup(item, owner) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return (type(value), *(_setup(item, owner) for item in value))
+    if value is owner:
+        return "itself"
+    if isinstance(value, (int, str, float, type(None), list, ssl.SSLContext)):
+        return value
+    return type(value)  # (futures, streams, the handler, the loop ...)
+
+
+@pytest.mark.parametrize("logins", [False, True])
+async def test_connections_copied_from_a_model_are_set_up_as_aiosmtpd_sets_one_up(
+    smtpd_config: Callable[..., Config],
+    host: PluginHost,
+    users_file: Path,
+    tls_files: tuple[Path, Path],
+    logins: bool,
+) -> None:
+    cert, key = tls_files
+    config = (
+        smtpd_config(
+            f'tls = "starttls"\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+            f'users_file = "{users_file}"',
+            listen='["0.0.0.0:0"]',
+        )
+        if logins
+        else smtpd_config()
+    )
+    [listener] = Daemon(config, host=host).sources.sources[0].listeners  # type: ignore[attr-defined]
+    full = listener._new_connection()  # by aiosmtpd's __init__
+    first, second = listener._connection(), listener._connection()
+    expected = {name: _setup(value, full) for name, value in vars(full).items()}
+    for copy in (first, second):
+        assert {name: _setup(value, copy) for name, value in vars(copy).items()} == expected
+    assert first._closed is not second._closed and first._strong_reader is not second._strong_reader
+    assert first._smtp_methods["DATA"].__self__ is first
+    assert first._auth_methods["LOGIN"].method.__self__ is first
+    assert (first._authenticator is not None) is logins
 
 
 def client_tls(ca: trustme.CA) -> ssl.SSLContext:
