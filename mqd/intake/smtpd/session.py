@@ -12,6 +12,7 @@ import email.utils
 import inspect
 import logging
 import re
+import time
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
@@ -357,11 +358,23 @@ def _received(server: SMTP, session: Session, hostname: str, login: Login | None
         protocol += "S"
     if login is not None:
         protocol += "A"
-    date = email.utils.formatdate(localtime=True)
     return (
         f"Received: from {helo} ([{address}])\r\n\tby {hostname} (mqd) with {protocol};"
-        f"\r\n\t{date}\r\n"
+        f"\r\n\t{_date()}\r\n"
     ).encode("utf-8", "replace")
+
+
+_dated: tuple[int, str] = (-1, "")
+
+
+def _date() -> str:
+    """Now as an RFC 5322 date in local time, made once a second (to the second, as
+    ``formatdate`` gives it)."""
+    global _dated  # (a one-entry cache)
+    second = int(time.time())
+    if _dated[0] != second:
+        _dated = (second, email.utils.formatdate(second, localtime=True))
+    return _dated[1]
 
 
 def _login(session: Session) -> Login | None:
