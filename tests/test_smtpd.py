@@ -33,6 +33,7 @@ from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError
 from mqd.events import Queued
 from mqd.intake.smtpd import users
+from mqd.intake.smtpd.data import Reader
 from mqd.intake.smtpd.session import Connection, bare_line_ending
 from mqd.intake.smtpd.users import Verifier, hash_password, read_users, verify_password
 from mqd.plugins.host import PluginHost
@@ -568,6 +569,8 @@ def _setup(value: Any, owner: Connection) -> Any:
         return "itself"
     if isinstance(value, (int, str, float, type(None), list, ssl.SSLContext)):
         return value
+    if isinstance(value, asyncio.StreamReader):
+        return asyncio.StreamReader  # (a copy's: a data.Reader)
     return type(value)  # (futures, streams, the handler, the loop ...)
 
 
@@ -596,6 +599,8 @@ async def test_connections_copied_from_a_model_are_set_up_as_aiosmtpd_sets_one_u
     for copy in (first, second):
         assert {name: _setup(value, copy) for name, value in vars(copy).items()} == expected
     assert first._closed is not second._closed and first._strong_reader is not second._strong_reader
+    assert isinstance(first._strong_reader, Reader)
+    assert first._strong_reader._limit == full._strong_reader._limit  # lines: aiosmtpd's limit
     assert first._smtp_methods["DATA"].__self__ is first
     assert first._auth_methods["LOGIN"].method.__self__ is first
     assert (first._authenticator is not None) is logins

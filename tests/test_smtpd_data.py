@@ -14,6 +14,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mqd.intake.smtpd.data import CHUNK, Reader
 from mqd.intake.smtpd.session import Connection
 
 LINE_LIMIT = 20
@@ -129,3 +130,25 @@ async def test_generated_data_read_as_aiosmtpd_reads_it(
 ) -> None:
     stream = b"".join(line + b"\r\n" for line in lines) + b".\r\n" + after
     await _both(stream, size, [c for c in cuts if c < len(stream)])
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.paused = 0
+
+    def pause_reading(self) -> None:
+        self.paused += 1
+
+
+async def test_a_connections_reader_pauses_the_transport_only_past_a_reads_worth() -> None:
+    reader = Reader(limit=LINE_LIMIT)
+    transport = _Transport()
+    reader.set_transport(transport)  # type: ignore[arg-type]
+    reader.feed_data(b"x" * CHUNK)  # (asyncio's own paused past 2 * LINE_LIMIT)
+    assert transport.paused == 0
+    reader.feed_data(b"x")
+    assert transport.paused == 1
+    # Its limit for lines is still the line limit.
+    reader.feed_data(b"\r\n")
+    with pytest.raises(asyncio.LimitOverrunError):
+        await reader.readuntil(b"\r\n")

@@ -6,8 +6,8 @@ the connection and its handler, checks its settings and logs them, at every conn
 up depends on the listener's settings only, so it is done once for them (a model connection,
 never connected) and each connection copies the model's attributes: the methods bound to the
 model are bound to the copy (in dictionaries and tuples too), containers are copied, and
-asyncio's stream state is made anew. ``tests/test_smtpd_parsing.py`` holds a copy equal to a
-connection aiosmtpd set up.
+asyncio's stream state is made anew (its reader a ``data.Reader``). ``tests/test_smtpd.py``
+holds a copy equal to a connection aiosmtpd set up.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import asyncio
 import types
 from typing import Any
 
+from mqd.intake.smtpd.data import Reader
 from mqd.intake.smtpd.session import Connection
 from mqd.intake.smtpd.settings import SMTPSettings
 
@@ -48,7 +49,7 @@ class Template:
         loop = connection.loop
         asyncio.StreamReaderProtocol.__init__(
             connection,
-            asyncio.StreamReader(limit=connection.line_length_limit, loop=loop),
+            Reader(limit=connection.line_length_limit, loop=loop),
             client_connected_cb=connection._cb_client_connected,
             loop=loop,
         )
