@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import types
+from collections.abc import Callable
 from typing import Any
 
 from mqd.intake.smtpd.data import Reader
@@ -28,24 +29,24 @@ class Template:
 
     def __init__(self, settings: SMTPSettings, model: Connection) -> None:
         self.settings = settings
-        self._model = model
-        state = vars(model)  # as aiosmtpd's __init__ left them: not connected
-        #: What refers to the model (bound methods), or may change: made for each copy.
-        self._own = {
-            name: value
-            for name, value in state.items()
-            if isinstance(value, (dict, list, set, tuple, types.MethodType)) or value is model
-        }
-        #: The rest is shared (settings, the handler, the loop ...).
-        self._shared = {name: value for name, value in state.items() if name not in self._own}
+        #: aiosmtpd's __init__'s work, as it left the model (not connected): shared by the
+        #: copies (settings, the handler, the loop ...), or made for each (see _maker).
+        self._shared: dict[str, Any] = {}
+        self._made: list[tuple[str, _Make]] = []
+        for name, value in vars(model).items():
+            make = _maker(value, model)
+            if make is None:
+                self._shared[name] = value
+            else:
+                self._made.append((name, make))
 
     def connection(self) -> Connection:
-        """A new connection, as ``model`` was when made."""
-        model = self._model
+        """A new connection, as the model was when made."""
         connection = Connection.__new__(Connection)
-        connection.__dict__.update(self._shared)
-        for name, value in self._own.items():
-            setattr(connection, name, _rebound(value, model, connection))
+        attributes = connection.__dict__
+        attributes.update(self._shared)
+        for name, make in self._made:
+            attributes[name] = make(connection)
         loop = connection.loop
         asyncio.StreamReaderProtocol.__init__(
             connection,
@@ -56,21 +57,40 @@ class Template:
         return connection
 
 
-def _rebound(value: Any, model: Connection, connection: Connection) -> Any:
-    """``value`` with what refers to ``model`` made to refer to ``connection``."""
-    if isinstance(value, types.MethodType):
-        return types.MethodType(value.__func__, connection) if value.__self__ is model else value
-    if isinstance(value, dict):
-        if not any(isinstance(item, (types.MethodType, tuple)) for item in value.values()):
-            return dict(value)
-        return {key: _rebound(item, model, connection) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_rebound(item, model, connection) for item in value]
-    if isinstance(value, set):
-        return set(value)
-    if isinstance(value, tuple) and any(isinstance(item, types.MethodType) for item in value):
-        items = [_rebound(item, model, connection) for item in value]
-        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+#: Makes a copy's own value of an attribute.
+_Make = Callable[[Connection], Any]
+
+
+def _maker(value: Any, model: Connection) -> _Make | None:
+    """How a copy gets its own ``value``: what refers to ``model`` (a method bound to it, in
+    dictionaries and tuples too) refers to the copy, containers are new; None: shared."""
     if value is model:
-        return connection
-    return value
+        return lambda connection: connection
+    if isinstance(value, types.MethodType):
+        if value.__self__ is not model:
+            return None
+        function = value.__func__
+        return lambda connection: types.MethodType(function, connection)
+    if isinstance(value, dict):
+        items = [(key, item, _maker(item, model)) for key, item in value.items()]
+        if all(make is None for _, _, make in items):
+            return lambda connection: dict(value)
+        return lambda connection: {
+            key: item if make is None else make(connection) for key, item, make in items
+        }
+    if isinstance(value, (list, set)):
+        makers = [(item, _maker(item, model)) for item in value]
+        kind = type(value)
+        return lambda connection: kind(
+            item if make is None else make(connection) for item, make in makers
+        )
+    if isinstance(value, tuple):
+        makers = [(item, _maker(item, model)) for item in value]
+        if all(make is None for _, make in makers):
+            return None
+        named: Any = type(value)
+        rebuild = named._make if hasattr(value, "_fields") else tuple  # (a NamedTuple)
+        return lambda connection: rebuild(
+            item if make is None else make(connection) for item, make in makers
+        )
+    return None
