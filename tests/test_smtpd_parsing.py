@@ -79,7 +79,7 @@ def test_bare_line_endings(data: bytes, bare: bool) -> None:
 async def test_the_ehlo_hook_is_taken_in_its_five_argument_form_and_offers_pipelining() -> None:
     loop = asyncio.get_running_loop()
     server = SMTP(Handler(object()), loop=loop)  # type: ignore[arg-type]
-    assert server._ehlo_hook_ver == "new"  # (read from the hook's stated signature)
+    assert server._ehlo_hook_ver == "new"  # (told from its signature)
     session = Session(loop)
     replies = await server._handle_hooks["EHLO"](
         server, session, Envelope(), "client.example", ["250-mx", "250-8BITMIME", "250 HELP"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import inspect
 import logging
 import re
 import time
@@ -213,21 +212,17 @@ def _commands(cls: type) -> list[str]:
     return names
 
 
-class _EHLOHook:
-    """The EHLO hook: PIPELINING offered besides aiosmtpd's extensions.
+class Handler:
+    """aiosmtpd's handler hooks for ``listener``."""
 
-    aiosmtpd reads the hook's signature (``inspect.signature``) at each connection to tell
-    its two forms apart: a third of the cost of setting a connection up, unless the hook
-    states it, which a method cannot (its bound form is made anew at each lookup)."""
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
 
-    __signature__ = inspect.Signature(
-        [
-            inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-            for name in ("server", "session", "envelope", "hostname", "responses")
-        ]
-    )
+    def __dir__(self) -> list[str]:
+        # As Connection's: aiosmtpd looks for its hooks by reflection at each connection.
+        return _commands(type(self))
 
-    async def __call__(
+    async def handle_EHLO(
         self,
         server: SMTP,
         session: Session,
@@ -240,20 +235,6 @@ class _EHLOHook:
         responses.insert(-1, "250-PIPELINING")
         # Not ENHANCEDSTATUSCODES: mqd's own answers carry one, some of aiosmtpd's do not.
         return responses
-
-
-class Handler:
-    """aiosmtpd's handler hooks for ``listener``."""
-
-    def __init__(self, listener: Listener) -> None:
-        self.listener = listener
-
-    def __dir__(self) -> list[str]:
-        # As Connection's: aiosmtpd looks for its hooks by reflection at each connection.
-        return _commands(type(self))
-
-    #: (An object, not a method: see _EHLOHook.)
-    handle_EHLO = _EHLOHook()
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
