@@ -402,6 +402,30 @@ async def test_one_connection_more_than_max_connections_gets_421(
             await again.noop()
 
 
+async def test_the_ehlo_reply_is_one_reply_of_many_lines(
+    smtpd_config: Callable[..., Config], host: PluginHost
+) -> None:
+    config = smtpd_config('hostname = "mx.example"\nmax_message_size = "2KiB"')
+    async with running(config, host) as mqd:
+        reader, writer = await asyncio.open_connection("127.0.0.1", mqd.port)
+        assert (await reader.readline()).startswith(b"220")
+        writer.write(b"EHLO client.example\r\n")
+        lines = [await reader.readline()]
+        while lines[-1].startswith(b"250-"):
+            lines.append(await reader.readline())
+        assert lines == [
+            b"250-mx.example\r\n",
+            b"250-SIZE 2048\r\n",
+            b"250-8BITMIME\r\n",
+            b"250-SMTPUTF8\r\n",
+            b"250-PIPELINING\r\n",
+            b"250 HELP\r\n",
+        ]
+        writer.write(b"NOOP\r\n")  # nothing more was written
+        assert await reader.readline() == b"250 OK\r\n"
+        writer.close()
+
+
 async def test_an_idle_client_is_disconnected(
     smtpd_config: Callable[..., Config], host: PluginHost
 ) -> None:

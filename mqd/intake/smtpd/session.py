@@ -234,7 +234,9 @@ class Handler:
         # aiosmtpd reads each command in turn after the last: it takes pipelined commands.
         responses.insert(-1, "250-PIPELINING")
         # Not ENHANCEDSTATUSCODES: mqd's own answers carry one, some of aiosmtpd's do not.
-        return responses
+        # One reply of many lines, written at once: aiosmtpd writes each line it is given
+        # apart (a send each: seven for an EHLO).
+        return ["\r\n".join(responses)]
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
