@@ -48,6 +48,12 @@ class Scheduler:
         self.clock = clock
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._leases: dict[str, Lease] = {}
+        #: The fewest free slots worth a lease while the queue has a backlog (the last lease
+        #: filled all it asked for): a store with a cost per call (a database's round trip and
+        #: index scan) is asked for larger batches less often. After a short lease (nothing more
+        #: was due) any free slot is: new mail is taken at once.
+        self._batch_floor = max(1, concurrency // 4) if store.leases_in_batches else 1
+        self._backlog = False
         #: Leases whose outcome (or release) could not be written: the database was down.
         self._stranded: list[Lease] = []
         self._wake = asyncio.Event()
@@ -149,13 +155,17 @@ class Scheduler:
             settled = once is not None and once.is_set() and not self._in_flight
             room = self.concurrency - len(self._in_flight)
             try:
-                if room > 0:
-                    for lease in await self.store.lease(room):
+                if self._worth_asking(room):
+                    leased = await self.store.lease(room)
+                    for lease in leased:
                         self._start(lease)
+                    self._backlog = len(leased) == room
                     room = self.concurrency - len(self._in_flight)
-                # Full, it sleeps until a delivery ends whenever the next is due: not asked
-                # (a round trip to a database store, per message in a drain).
-                due = await self.store.next_due() if room > 0 or settled else None
+                # Full (or waiting for a batch's room), it sleeps until a delivery ends whenever
+                # the next is due: not asked (a round trip to a database store, per message in a
+                # drain).
+                asks = self._worth_asking(room)
+                due = await self.store.next_due() if asks or settled else None
             except QueueUnavailableError as exc:  # the database is down: wait, then again
                 log.debug("leasing failed: %r (cause %r)", exc, exc.__cause__)
                 self.database.failed(str(exc), kind="unreachable")
@@ -173,13 +183,17 @@ class Scheduler:
                     return
                 continue
             timeout = MAX_SLEEP
-            if room > 0 and due is not None:
+            if asks and due is not None:
                 timeout = min(MAX_SLEEP, max(0.0, due - now))
             self.asleep = True
             try:
                 await self.clock.wait(self._wake, timeout)
             finally:
                 self.asleep = False
+
+    def _worth_asking(self, room: int) -> bool:
+        """Whether ``room`` free slots are worth a call to the store."""
+        return room > 0 and not (self._backlog and room < self._batch_floor)
 
     async def _give_back(self) -> None:
         """The leases whose outcome could not be written while the database was down: due

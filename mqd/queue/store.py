@@ -186,6 +186,9 @@ class QueueStore(abc.ABC):
     #: How often a holder must ``renew`` its leases (None: they never expire, as in a store
     #: that lives in one process: its leases end with it).
     lease_renewal: float | None = None
+    #: Whether a lease costs enough per call (a round trip, an index scan) that the scheduler
+    #: should take them in larger batches while the queue has a backlog.
+    leases_in_batches: bool = False
 
     # -- lifecycle --------------------------------------------------------------------------------
 

@@ -64,6 +64,7 @@ class PostgresStore(QueueStore):
         self.clock = clock
         self.lease_time = lease_time
         self.lease_renewal = lease_time / 3
+        self.leases_in_batches = True
         self.pool_size = pool_size
         self.waker = Waker()
         self.session = NodeSession(database, node, self.waker)
