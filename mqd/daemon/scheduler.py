@@ -1,9 +1,11 @@
 """The delivery loop: lease what the store says is due, deliver it with bounded concurrency.
 
 The store owns the schedule; this loop only asks it for up to ``queue.concurrency`` leases at a
-time and sleeps until the next entry is due, the store says something changed, or a delivery
-ends. A graceful stop leases nothing more, gives deliveries in flight ``shutdown_timeout``
-seconds, then cancels them: a cancelled attempt is not counted, and its entry is given back.
+time (from a store whose leases cost per call, in batches of a quarter of them at least while the
+queue has a backlog) and sleeps until the next entry is due, the store says something changed, or
+a delivery ends. A graceful stop leases nothing more, gives deliveries in flight
+``shutdown_timeout`` seconds, then cancels them: a cancelled attempt is not counted, and its entry
+is given back.
 """
 
 from __future__ import annotations
