@@ -147,3 +147,43 @@ async def test_a_repeated_key_gives_back_the_account_send_it_counted(
     assert not other.replayed and other.id != first.id
     with pytest.raises(SubmissionError, match="account shop reached its per-minute limit"):
         await once("order-3", "c@example.net")
+
+
+def _envelope_lines_dropped_by_splitting(data: bytes) -> bytes:
+    """What the hand-over drops, by the full header split (its way before the first-line check)."""
+    from mqd.errors import MessageParseError
+    from mqd.message.headers import envelope_field, split_header
+
+    try:
+        fields, _ = split_header(data)
+    except MessageParseError:
+        return data
+    skip = 0
+    for _name, raw in fields:
+        if envelope_field(raw) is None:
+            break
+        skip += len(raw)
+    return data[skip:]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"From: a@example.com\r\nTo: b@example.net\r\n\r\nbody\r\n",
+        b"X-Sender: <x@example.com>\r\nX-Receiver: <y@example.net>\r\nFrom: a@example.com\r\n\r\nb",
+        b"x-receiver: y@example.net\nSubject: s\n\nbody\n",
+        b"X-Sender : x@example.com\r\nFrom: a@example.com\r\n\r\n",
+        b"X-Sender: x@example.com\r\n folded@example.com\r\nTo: b@example.net\r\n\r\n",
+        b" X-Sender: x@example.com\r\nTo: b@example.net\r\n\r\n",
+        b"not a header line\r\nX-Sender: x@example.com\r\n\r\n",
+        b"\r\nX-Sender: x@example.com\r\n",
+        b"X-Sender: x@example.com",
+        b"From: a@example.com",
+        b"X-Sender: x@example.com\r\nnot a header line\r\n\r\n",
+        b"",
+    ],
+)
+def test_envelope_lines_are_dropped_as_the_full_split_drops_them(data: bytes) -> None:
+    from mqd.intake.handover import _without_envelope_lines
+
+    assert _without_envelope_lines(data) == _envelope_lines_dropped_by_splitting(data)

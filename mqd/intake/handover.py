@@ -296,6 +296,9 @@ class Handover:
 def _without_envelope_lines(data: bytes) -> bytes:
     """``data`` without leading ``X-Sender`` / ``X-Receiver`` fields: the envelope is the one
     the producer gave over the protocol, stated in front of it."""
+    first_line_end = data.find(b"\n")
+    if envelope_field(data if first_line_end < 0 else data[:first_line_end]) is None:
+        return data  # the everyday case, told by its first line: no header block to split
     try:
         fields, _ = split_header(data)
     except MessageParseError:
