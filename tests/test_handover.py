@@ -187,3 +187,29 @@ def test_envelope_lines_are_dropped_as_the_full_split_drops_them(data: bytes) ->
     from mqd.intake.handover import _without_envelope_lines
 
     assert _without_envelope_lines(data) == _envelope_lines_dropped_by_splitting(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"From: a@example.com\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nbody\r\n",
+        b"From: A <a@example.com>\nTo: b@example.net, c@example.net\nCc: b@example.net\n"
+        b"Subject: =?utf-8?q?caf=C3=A9?=\n folded\nMessage-ID: <1@x>\nX-Mqd-Send-At: +1h\n\nb\n",
+        b"X-Sender: <x@example.com>\r\nX-Receiver: <y@example.net>\r\nFrom: a@example.com\r\n"
+        b"From: evil@example.org\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-"
+        b"b7ad6b7169203331-01\r\nContent-Type: multipart/report; report-type=delivery-status\r\n"
+        b"\r\n",
+        b"From: a@example.com\r\nTo: bad address@example.net, ok@example.net\r\n\r\n",
+    ],
+)
+def test_headers_a_source_read_are_not_read_again_and_give_the_same(data: bytes) -> None:
+    from mqd.intake.handover import _parsed, _without_envelope_lines
+    from mqd.intake.mailbox.envelope import submission_of
+    from mqd.message.envelope import parse_message
+    from mqd.producer.inject import envelope_lines
+
+    submission = submission_of(data, {}, None)
+    assert submission.headers is not None
+    body = envelope_lines(submission.sender, submission.recipients)
+    body += _without_envelope_lines(submission.data)
+    assert _parsed(body, submission) == parse_message(body)

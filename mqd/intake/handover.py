@@ -149,7 +149,7 @@ class Handover:
                 permanent=True,
             )
         try:
-            parsed = parse_message(body)
+            parsed = _parsed(body, submission)
         except MessageParseError as exc:
             raise SubmissionError(str(exc), stage="intake", permanent=True) from None
         refusal = self._policy(parsed, source, submission.login)
@@ -291,6 +291,16 @@ class Handover:
                 event, source=waiting.source, login=waiting.login, peer=waiting.peer
             )
         )
+
+
+def _parsed(body: bytes, submission: Submission) -> ParsedMessage:
+    """``parse_message(body)``: ``body`` is the submission's data behind its envelope lines
+    (and its trace). Headers the source read already are not read again: only the envelope
+    lines are, which give the same sender and recipients."""
+    if submission.headers is None or submission.trace:
+        return parse_message(body)
+    lines = envelope_lines(submission.sender, submission.recipients)
+    return dataclasses.replace(parse_message(lines), headers=submission.headers)
 
 
 def _without_envelope_lines(data: bytes) -> bytes:
