@@ -626,6 +626,42 @@ async def test_a_crash_mid_accept_keeps_a_key_exactly_when_its_entry_was_queued(
     assert queued == {written.entry.id, retried.entry.id}
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names an fd through /proc")
+async def test_a_keys_confirmation_is_durable_before_its_entry_leaves_the_queue(
+    store, clock, monkeypatch
+):
+    """The confirming line is written at accept and fsynced only once an entry is to leave the
+    queue, before its body does (until then the queued entry makes its record count)."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_unlink = os.fsync, os.unlink
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def unlink(path: str | os.PathLike[str], **kwargs: object) -> None:
+        events.append(("unlink", os.fspath(path)))
+        real_unlink(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "unlink", unlink)
+    journal = str(store.layout.keys_path)
+    item = keyed(clock, "order-9")
+    assert await store.accept([item]) == {}
+    assert f"= {item.entry.id}" in store.layout.keys_path.read_text()
+    assert events.count(("fsync", journal)) == 1  # the record, before the body
+    [lease] = await store.lease(1)
+    await store.complete(lease, lease.entry)
+    body = store.layout.body_path(item.entry.source, item.entry.id)
+    assert events.count(("fsync", journal)) == 2
+    last_sync = max(n for n, event in enumerate(events) if event == ("fsync", journal))
+    assert last_sync < events.index(("unlink", body))
+    await store.accept([keyed(clock, "order-10")])
+    [lease] = await store.lease(1)
+    await store.fail(lease, lease.entry, FailureRecord("test", "refused"))
+    assert events.count(("fsync", journal)) == 4  # a record, then its confirmation at the fail
+
+
 async def test_the_key_journal_is_rewritten_without_expired_keys(node, store, clock, monkeypatch):
     monkeypatch.setattr(mqd.queue.file.keys, "COMPACT_FLOOR", 4)
     await store.accept([keyed(clock, f"old-{n}", keep=60) for n in range(6)])

@@ -5,12 +5,14 @@ A keyed batch is accepted in three steps, one batch at a time:
 
 1. a ``+ <expires> <id> <scope> <key> <note>`` line for each new key, appended and fsynced;
 2. the entries written (``FileStore``'s accept: their bodies durable);
-3. a ``= <id> ...`` line confirming those queued, appended and fsynced; then ``accept`` returns.
+3. a ``= <id> ...`` line confirming those queued, appended; then ``accept`` returns.
 
-So a key is on disk before its entry is, and an entry never leaves the queue (delivery starts
-after step 3) before its key is confirmed. At start a confirmed record counts; one that is not
-(a crash between 1 and 3) counts when its entry is queued (its body made it), and is dropped
-when it is not (the entry was never durable: its producer, never answered, sends it again).
+So a key is on disk before its entry is. The confirming lines are fsynced before an entry
+leaves the queue (``sync_confirmed``, which the store's removals call first, a few deliveries'
+worth at a time), not at step 3: until then the entries are queued, which makes their records
+count. At start a confirmed record counts; one that is not counts when its entry is queued (its
+body made it), and is dropped when it is not (a crash between 1 and 2: the entry was never
+durable, and its producer, never answered, sends it again).
 
 Expired records are dropped when the journal is read and when it is rewritten (once it has
 grown to twice what is live; a ``.`` line there confirms every record above it).
@@ -71,6 +73,9 @@ class KeyJournal:
         self.index = KeyIndex()
         self._lines = 0
         self._lock = asyncio.Lock()
+        #: Confirming lines appended, and how many of them are known durable.
+        self._confirmed = 0
+        self._synced = 0
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -179,19 +184,35 @@ class KeyJournal:
         if not keyed:
             return
         line = _confirming(keyed)
-        try:
-            await asyncio.to_thread(self._append, line)
+        try:  # on the event loop: a short write without its fsync (sync_confirmed does that)
+            self._append(line, sync=False)
         except OSError as exc:  # queued: their records count at start while they are queued
             log.warning("cannot confirm hand-over keys in %s: %s", self.path, exc)
+        else:
+            self._confirmed += 1
         for key, entry_id in keyed:
             self.index.put(key, entry_id)
 
-    def _append(self, text: str) -> None:
+    def sync_confirmed(self) -> None:
+        """Make the confirming lines appended so far durable (blocking; any thread): called
+        before an entry leaves the queue, so that its key outlives it. Cheap when they are."""
+        confirmed = self._confirmed
+        if confirmed == self._synced:
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._synced = max(self._synced, confirmed)
+
+    def _append(self, text: str, *, sync: bool = True) -> None:
         new = self._lines == 0
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, text.encode("ascii"))
-            os.fsync(fd)
+            if sync or new:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if new:
