@@ -9,9 +9,9 @@ same durable write: the file store's key journal).
     .venv/bin/python benchmarks/submit.py --workers 2    # queue.workers = 2
 
 ``--postgresql`` queues into a schema of its own on ``MQD_BENCH_PG_DSN`` (default: the local
-test server), made and dropped by the run. ``--workers N`` sets ``queue.workers``: on the
-PostgreSQL store every worker serves ``[http]`` (SO_REUSEPORT: the kernel spreads the client
-connections over them), on the file store worker 1 alone does (its hand-over keys are its own).
+test server), made and dropped by the run. ``--workers N`` sets ``queue.workers``: every
+worker serves ``[http]`` (SO_REUSEPORT: the kernel spreads the client connections over them);
+on the file store a keyed request another worker took is handed over in worker 1.
 
 Each client is a process of its own speaking HTTP/1.1 over one kept-alive socket, its request
 built once (the key aside): the client costs little, and never mqd's CPU. The relay is the

@@ -64,9 +64,9 @@ ROLES = ("both", "intake", "delivery")
 #: Each role in the words of the logs and ``mqd status``.
 ROLE_WORDS = {"both": "intake and delivery", "intake": "intake only", "delivery": "delivery only"}
 #: The sources every worker runs, by store (``Config.for_worker``; ``submit`` with ``[http]``):
-#: a file store's workers keep their own hand-over keys (a message redelivered, or a keyed
-#: request sent again, to another worker would be queued twice).
-EVERY_WORKER = {"file": ("smtpd",), "postgresql": ("smtpd", "mailbox", "submit")}
+#: a file store's workers keep their own hand-over keys, so the others hand keyed messages to
+#: the first (``mqd.daemon.firstworker``), and its mailboxes are consumed there alone.
+EVERY_WORKER = {"file": ("smtpd", "submit"), "postgresql": ("smtpd", "mailbox", "submit")}
 
 
 @dataclass(frozen=True)
@@ -350,8 +350,8 @@ class Config:
 
     def for_worker(self, worker: int) -> Config:
         """Worker ``worker``'s config: its own queue directory and [metrics] port (``port +
-        worker - 1``); [notify], plugins' sources (and [http] on the file store) in the first
-        only, ``EVERY_WORKER`` in each (SO_REUSEPORT); spools, failed folder, event store shared;
+        worker - 1``); [notify] and plugins' sources in the first only, ``EVERY_WORKER`` (with
+        [http] for [[submit]]) in each (SO_REUSEPORT); spools, failed folder, event store shared;
         each relay's quota its share (``QuotaConfig.divided``, applied where quotas count)."""
         queue, store = replace(self.queue, worker=worker), self.queue.store
         if worker == 1:
