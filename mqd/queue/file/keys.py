@@ -1,7 +1,8 @@
 """The file store's hand-over keys (``mqd.queue.keys``): a journal in the queue directory,
 ``handover-keys``, and its index in memory, rebuilt from it at start.
 
-A keyed batch is accepted in three steps, one batch at a time:
+A keyed batch is accepted in three steps (step 1 one batch at a time; the batches' writes may
+overlap, as unkeyed ones do, but a batch holding a key that one under way holds waits for it):
 
 1. a ``+ <expires> <id> <scope> <key> <note>`` line for each new key, appended and fsynced;
 2. the entries written (``FileStore``'s accept: their bodies durable);
@@ -73,6 +74,9 @@ class KeyJournal:
         self.index = KeyIndex()
         self._lines = 0
         self._lock = asyncio.Lock()
+        #: The keys of the batches under way (after step 1, before their outcome), each with
+        #: what is set once its batch is done.
+        self._under_way: dict[tuple[str, str], asyncio.Event] = {}
         #: Confirming lines appended, and how many of them are known durable.
         self._confirmed = 0
         self._synced = 0
@@ -158,9 +162,18 @@ class KeyJournal:
         queue: Callable[[Sequence[Incoming]], Awaitable[None]],
     ) -> dict[str, Handed]:
         """Accept ``batch`` through ``queue`` (the store's accept), its keys recorded around it."""
-        async with self._lock:
+        names = {(i.key.scope, i.key.key) for i in batch if i.key is not None}
+        while True:
+            await self._lock.acquire()
+            waits = [self._under_way[n] for n in names if n in self._under_way]
+            if not waits:
+                break
+            self._lock.release()  # a repeat of a key under way: answered once that is done
+            await asyncio.gather(*(wait.wait() for wait in waits))
+        try:
             now = self.clock.time()
-            if self.index.prune(now):
+            # (Rewritten only while no batch is under way: the index lacks their keys yet.)
+            if self.index.prune(now) and not self._under_way:
                 await asyncio.to_thread(self._compact_if_grown)
             fresh, repeats = split_batch(((i, i.entry.id, i.key) for i in batch), self.index, now)
             keyed = [(i.key, i.entry.id) for i in fresh if i.key is not None]
@@ -171,14 +184,24 @@ class KeyJournal:
                 except OSError as exc:
                     problem = f"cannot write the hand-over keys {self.path}: {exc}"
                     raise AcceptError(problem) from exc
-            try:
-                await queue(fresh)
-            except AcceptError as exc:
-                done = set(exc.accepted)
-                await self._confirm([(k, i) for k, i in keyed if i in done])
-                raise
+            done = asyncio.Event()
+            for key, _ in keyed:
+                self._under_way[(key.scope, key.key)] = done
+        finally:
+            self._lock.release()
+        try:
+            await queue(fresh)
+        except AcceptError as exc:
+            accepted = set(exc.accepted)
+            await self._confirm([(k, i) for k, i in keyed if i in accepted])
+            raise
+        else:
             await self._confirm(keyed)
-            return repeats
+        finally:
+            for key, _ in keyed:
+                self._under_way.pop((key.scope, key.key), None)
+            done.set()
+        return repeats
 
     async def _confirm(self, keyed: list[tuple[HandoverKey, str]]) -> None:
         if not keyed:
