@@ -10,6 +10,7 @@ import re
 import socket
 import ssl
 import textwrap
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError
 from mqd.events import Queued
 from mqd.intake.smtpd import users
+from mqd.intake.smtpd.data import Reader
 from mqd.intake.smtpd.session import Connection, bare_line_ending
 from mqd.intake.smtpd.users import Verifier, hash_password, read_users, verify_password
 from mqd.plugins.host import PluginHost
@@ -400,6 +402,30 @@ async def test_one_connection_more_than_max_connections_gets_421(
             await again.noop()
 
 
+async def test_the_ehlo_reply_is_one_reply_of_many_lines(
+    smtpd_config: Callable[..., Config], host: PluginHost
+) -> None:
+    config = smtpd_config('hostname = "mx.example"\nmax_message_size = "2KiB"')
+    async with running(config, host) as mqd:
+        reader, writer = await asyncio.open_connection("127.0.0.1", mqd.port)
+        assert (await reader.readline()).startswith(b"220")
+        writer.write(b"EHLO client.example\r\n")
+        lines = [await reader.readline()]
+        while lines[-1].startswith(b"250-"):
+            lines.append(await reader.readline())
+        assert lines == [
+            b"250-mx.example\r\n",
+            b"250-SIZE 2048\r\n",
+            b"250-8BITMIME\r\n",
+            b"250-SMTPUTF8\r\n",
+            b"250-PIPELINING\r\n",
+            b"250 HELP\r\n",
+        ]
+        writer.write(b"NOOP\r\n")  # nothing more was written
+        assert await reader.readline() == b"250 OK\r\n"
+        writer.close()
+
+
 async def test_an_idle_client_is_disconnected(
     smtpd_config: Callable[..., Config], host: PluginHost
 ) -> None:
@@ -407,6 +433,14 @@ async def test_an_idle_client_is_disconnected(
         reader, writer = await asyncio.open_connection("127.0.0.1", mqd.port)
         assert (await reader.readline()).startswith(b"220")
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
+        writer.close()
+        # After commands too (each moves the deadline the timer waits for).
+        reader, writer = await asyncio.open_connection("127.0.0.1", mqd.port)
+        assert (await reader.readline()).startswith(b"220")
+        for _ in range(3):
+            writer.write(b"NOOP\r\n")
+            assert (await reader.readline()).startswith(b"250")
+        assert await asyncio.wait_for(reader.read(), 10) == b""
         writer.close()
 
 
@@ -541,6 +575,59 @@ def users_file(tmp_path: Path) -> Path:
         f"billing:{hash_password('billing-secret')}:billing@example.com\n"
     )
     return path
+
+
+def _setup(value: Any, owner: Connection) -> Any:
+    """What of a connection's attribute says how it is set up (not which objects it holds)."""
+    if isinstance(value, types.MethodType):
+        return (
+            "bound",
+            value.__func__,
+            "itself" if value.__self__ is owner else type(value.__self__),
+        )
+    if isinstance(value, dict):
+        return {key: _setup(item, owner) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return (type(value), *(_setup(item, owner) for item in value))
+    if value is owner:
+        return "itself"
+    if isinstance(value, (int, str, float, type(None), list, ssl.SSLContext)):
+        return value
+    if isinstance(value, asyncio.StreamReader):
+        return asyncio.StreamReader  # (a copy's: a data.Reader)
+    return type(value)  # (futures, streams, the handler, the loop ...)
+
+
+@pytest.mark.parametrize("logins", [False, True])
+async def test_connections_copied_from_a_model_are_set_up_as_aiosmtpd_sets_one_up(
+    smtpd_config: Callable[..., Config],
+    host: PluginHost,
+    users_file: Path,
+    tls_files: tuple[Path, Path],
+    logins: bool,
+) -> None:
+    cert, key = tls_files
+    config = (
+        smtpd_config(
+            f'tls = "starttls"\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+            f'users_file = "{users_file}"',
+            listen='["0.0.0.0:0"]',
+        )
+        if logins
+        else smtpd_config()
+    )
+    [listener] = Daemon(config, host=host).sources.sources[0].listeners  # type: ignore[attr-defined]
+    full = listener._new_connection()  # by aiosmtpd's __init__
+    first, second = listener._connection(), listener._connection()
+    expected = {name: _setup(value, full) for name, value in vars(full).items()}
+    for copy in (first, second):
+        assert {name: _setup(value, copy) for name, value in vars(copy).items()} == expected
+    assert first._closed is not second._closed and first._strong_reader is not second._strong_reader
+    assert isinstance(first._strong_reader, Reader)
+    assert first._strong_reader._limit == full._strong_reader._limit  # lines: aiosmtpd's limit
+    assert first._smtp_methods["DATA"].__self__ is first
+    assert first._auth_methods["LOGIN"].method.__self__ is first
+    assert (first._authenticator is not None) is logins
 
 
 def client_tls(ca: trustme.CA) -> ssl.SSLContext:

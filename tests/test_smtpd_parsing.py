@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mqd.intake.smtpd.session import Connection, Handler, _commands, bare_line_ending
 
@@ -74,3 +74,16 @@ def test_a_connection_and_its_handler_list_what_aiosmtpd_looks_for() -> None:
 )
 def test_bare_line_endings(data: bytes, bare: bool) -> None:
     assert bare_line_ending(data) is bare
+
+
+async def test_the_ehlo_hook_is_taken_in_its_five_argument_form_and_offers_pipelining() -> None:
+    loop = asyncio.get_running_loop()
+    server = SMTP(Handler(object()), loop=loop)  # type: ignore[arg-type]
+    assert server._ehlo_hook_ver == "new"  # (told from its signature)
+    session = Session(loop)
+    replies = await server._handle_hooks["EHLO"](
+        server, session, Envelope(), "client.example", ["250-mx", "250-8BITMIME", "250 HELP"]
+    )
+    # (One reply of many lines, written at once.)
+    assert replies == ["250-mx\r\n250-8BITMIME\r\n250-PIPELINING\r\n250 HELP"]
+    assert session.host_name == "client.example"

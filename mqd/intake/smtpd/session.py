@@ -11,12 +11,14 @@ import asyncio
 import email.utils
 import logging
 import re
+import time
 from typing import Any, Protocol
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 from mqd.config.schema import SourceConfig
 from mqd.errors import SubmissionError
+from mqd.intake.smtpd.data import DataState, read_data
 from mqd.intake.smtpd.settings import Listen, SMTPSettings
 from mqd.intake.smtpd.users import Verifier
 from mqd.intake.source import HandOver, Login, Submission
@@ -105,6 +107,22 @@ class Connection(SMTP):
             return None, None
         return address, plain.group(2)
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd makes a timer and cancels the last at every command; here the deadline
+        # moves, and the timer, when it fires before it, is set again for what is left.
+        self._idle_deadline = self.loop.time() + (duration or self._timeout_duration)
+        timer = self._timeout_handle
+        if timer is None or timer.cancelled() or timer.when() > self._idle_deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
+
+    def _idle_check(self) -> None:
+        if self.loop.time() < self._idle_deadline:
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
+        else:
+            self._timeout_cb()  # type: ignore[no-untyped-call]
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._counted:  # (called again for the TLS transport after STARTTLS)
             if not self.listener.admit(self):
@@ -128,6 +146,41 @@ class Connection(SMTP):
             self._counted = False
             self.listener.release(self)
         super().connection_lost(error)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA with the text read in chunks (``mqd.intake.smtpd.data``) rather
+        than a line at a time; the same checks, answers and hand-over to ``handle_DATA``."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            state, content = await read_data(
+                self._reader, self.data_size_limit, self.line_length_limit
+            )
+        except asyncio.CancelledError:  # the connection lost during DATA, as aiosmtpd does
+            self._writer.close()
+            raise
+        if state is not DataState.NOMINAL:
+            # Translated by push, as aiosmtpd's own.
+            await self.push(
+                "500 Line too long (see RFC5321 4.5.3.1.6)"
+                if state is DataState.TOO_LONG
+                else "552 Error: Too much mail data"
+            )
+            self.envelope = self._create_envelope()  # (aiosmtpd's _set_post_data_state)
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self.envelope = self._create_envelope()
+        await self.push("250 OK" if status is MISSING else status)
 
     async def push(self, status: Any) -> None:
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else str(status)
@@ -181,7 +234,9 @@ class Handler:
         # aiosmtpd reads each command in turn after the last: it takes pipelined commands.
         responses.insert(-1, "250-PIPELINING")
         # Not ENHANCEDSTATUSCODES: mqd's own answers carry one, some of aiosmtpd's do not.
-        return responses
+        # One reply of many lines, written at once: aiosmtpd writes each line it is given
+        # apart (a send each: seven for an EHLO).
+        return ["\r\n".join(responses)]
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -286,11 +341,23 @@ def _received(server: SMTP, session: Session, hostname: str, login: Login | None
         protocol += "S"
     if login is not None:
         protocol += "A"
-    date = email.utils.formatdate(localtime=True)
     return (
         f"Received: from {helo} ([{address}])\r\n\tby {hostname} (mqd) with {protocol};"
-        f"\r\n\t{date}\r\n"
+        f"\r\n\t{_date()}\r\n"
     ).encode("utf-8", "replace")
+
+
+_dated: tuple[int, str] = (-1, "")
+
+
+def _date() -> str:
+    """Now as an RFC 5322 date in local time, made once a second (to the second, as
+    ``formatdate`` gives it)."""
+    global _dated  # (a one-entry cache)
+    second = int(time.time())
+    if _dated[0] != second:
+        _dated = (second, email.utils.formatdate(second, localtime=True))
+    return _dated[1]
 
 
 def _login(session: Session) -> Login | None:

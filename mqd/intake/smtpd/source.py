@@ -22,6 +22,7 @@ from mqd.config.schema import Config, SourceConfig
 from mqd.errors import ConfigError
 from mqd.intake.smtpd.session import IDENT, Connection, authenticator
 from mqd.intake.smtpd.settings import Listen, SMTPSettings
+from mqd.intake.smtpd.template import Template
 from mqd.intake.smtpd.users import Verifier
 from mqd.intake.source import HandOver, Source, SourceStatus
 
@@ -69,6 +70,8 @@ class SMTPListener:
         #: DATA hand-overs under way, and set after each one ends (``stop`` waits on them).
         self.handing_over = 0
         self.handed_over = asyncio.Event()
+        #: How its connections are set up, for the settings they are made with.
+        self._template: Template | None = None
 
     def retarget(self, source: SMTPSource) -> None:
         """Serve the connections made from now on for ``source`` (a reload's)."""
@@ -94,6 +97,13 @@ class SMTPListener:
         self.source.refused += 1
 
     def _connection(self) -> Connection:
+        template = self._template
+        if template is None or template.settings is not self.settings:  # (or reloaded)
+            template = self._template = Template(self.settings, self._new_connection())
+        return template.connection()
+
+    def _new_connection(self) -> Connection:
+        """A connection set up by aiosmtpd's __init__."""
         settings = self.settings
         loopback = self.address.loopback
         implicit = settings.tls == "implicit"
