@@ -7,6 +7,11 @@ CPU per message over the same span (from /proc), and, start-up included, the tim
 are acked.
 
     .venv/bin/python benchmarks/mailbox.py --messages 5000 --prefetch 32 256
+    .venv/bin/python benchmarks/mailbox.py --postgresql --workers 2   # a consumer per worker
+
+``--workers N`` sets ``queue.workers`` (on the file store the mailbox is consumed by worker 1
+only: its hand-over keys are its own); ``--postgresql`` queues into a schema of its own on
+``MQD_BENCH_PG_DSN`` (the local test server by default), made and dropped by the run.
 
 Needs the RabbitMQ on 127.0.0.1:5672 (guest/guest) that .ci/run starts. The relay is the
 in-memory one (nothing leaves the machine): what is measured is consuming, the hand-over (sender
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -27,7 +33,7 @@ import uuid
 from pathlib import Path
 
 import aio_pika
-from steady import ENV, Daemon, Marks, config_file
+from steady import ENV, Daemon, Marks, config_file, pg_queue
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 MESSAGE = (
@@ -101,12 +107,14 @@ def accepted(config: Path) -> int:
     return int(sources[0]["accepted"]) if sources else 0
 
 
-def measure(messages: int, prefetch: int, profile: Path | None) -> None:
+def measure(args: argparse.Namespace, prefetch: int, store: str) -> None:
+    messages, workers = args.messages, args.workers
     queue = f"mqd-bench-{uuid.uuid4().hex}"
     with tempfile.TemporaryDirectory() as tmp:
         config = config_file(
             Path(tmp, "mqd.toml"),
-            f'[queue]\ndir = "{tmp}/queue"\n[relays.mem]\nplugin = "memory"\n'
+            f'[queue]\ndir = "{tmp}/queue"\nworkers = {workers}\n{store}'
+            '[relays.mem]\nplugin = "memory"\n'
             f'[[spool]]\npath = "{tmp}/spool"\n'
             f'[[mailbox]]\nurl = "amqp://guest@127.0.0.1:5672/"\npassword_env = "BENCH_PW"\n'
             f'queue = "{queue}"\nallowed_senders = ["*@example.com"]\nprefetch = {prefetch}\n',
@@ -114,7 +122,7 @@ def measure(messages: int, prefetch: int, profile: Path | None) -> None:
         rate = asyncio.run(publish(queue, messages))
         ENV["BENCH_PW"] = "guest"  # (bench.py's environment for mqd)
         start = time.perf_counter()
-        daemon = Daemon(config, Path(tmp, "mqd.log"), profile)
+        daemon = Daemon(config, Path(tmp, "mqd.log"), args.profile)
         try:
             marks = Marks(messages, daemon)
             asyncio.run(progress(queue, messages, marks, daemon))
@@ -137,10 +145,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--prefetch", type=int, nargs="+", default=[32, 256])
+    parser.add_argument("--postgresql", action="store_true", help="the queue in PostgreSQL")
+    parser.add_argument("--workers", type=int, default=1, help="queue.workers (1)")
     parser.add_argument("--profile", type=Path, help="py-spy's raw profile of mqd (stacks.py)")
     args = parser.parse_args()
     for prefetch in args.prefetch:
-        measure(args.messages, prefetch, args.profile)
+        with pg_queue() if args.postgresql else contextlib.nullcontext("") as store:
+            measure(args, prefetch, store)
 
 
 if __name__ == "__main__":

@@ -7,18 +7,37 @@ and 90% of the messages were answered, so that neither start-up nor the last str
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import multiprocessing.sharedctypes
 import os
+import secrets
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from bench import ENV, Daemon
 
-__all__ = ["ENV", "Daemon", "Marks", "Steady", "free_port", "run_clients", "wait_listening"]
+__all__ = [
+    "ENV",
+    "Daemon",
+    "Marks",
+    "Steady",
+    "free_port",
+    "pg_queue",
+    "run_clients",
+    "wait_listening",
+    "workers_running",
+]
+
+#: The PostgreSQL server of ``--postgresql`` runs (the local test server by default).
+PG_BASE = os.environ.get("MQD_BENCH_PG_DSN", "postgresql://root@127.0.0.1:5432/test")
 
 
 def free_port() -> int:
@@ -121,3 +140,48 @@ def config_file(path: Path, text: str) -> Path:
     path.write_text(text)
     path.chmod(0o600)
     return path
+
+
+@contextmanager
+def pg_queue() -> Iterator[str]:
+    """A schema of its own on ``PG_BASE`` with mqd's tables, dropped afterwards: yields the
+    ``[queue]`` lines that put the queue there."""
+    import psycopg
+
+    from mqd.queue.postgresql.schema import script
+
+    schema = f"mqd_bench_{secrets.token_hex(4)}"
+    sep = "&" if "?" in PG_BASE else "?"
+    dsn = f"{PG_BASE}{sep}options={quote(f'-csearch_path={schema}')}"
+    with psycopg.connect(PG_BASE, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"'.encode())
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(script().encode())
+        yield f'store = "postgresql"\ndsn = "{dsn}"\nnode = "bench"\n'
+    finally:
+        with psycopg.connect(PG_BASE, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE'.encode())
+
+
+def workers_running(config: Path, workers: int, daemon: Daemon, within: float = 60.0) -> None:
+    """Until ``mqd status`` finds every worker of ``queue.workers`` running (each answers on
+    its control socket, which it opens once its servers listen)."""
+    deadline = time.monotonic() + within
+    while True:
+        out = subprocess.run(
+            [sys.executable, "-m", "mqd", "--config", str(config), "status", "--json"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=ENV,
+        ).stdout
+        try:
+            listed = json.loads(out).get("workers") or []
+        except ValueError:
+            listed = []
+        if workers == 1 or sum(1 for w in listed if w.get("running")) == workers:
+            return
+        if daemon.process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"not every worker of {workers} started: see mqd's log")
+        time.sleep(0.2)

@@ -6,9 +6,12 @@ same durable write: the file store's key journal).
 
     .venv/bin/python benchmarks/submit.py --messages 4000 --clients 1 16
     .venv/bin/python benchmarks/submit.py --postgresql   # the queue (and its keys) in PostgreSQL
+    .venv/bin/python benchmarks/submit.py --workers 2    # queue.workers = 2
 
 ``--postgresql`` queues into a schema of its own on ``MQD_BENCH_PG_DSN`` (default: the local
-test server), made and dropped by the run.
+test server), made and dropped by the run. ``--workers N`` sets ``queue.workers``: every
+worker serves ``[http]`` (SO_REUSEPORT: the kernel spreads the client connections over them);
+on the file store a keyed request another worker took is handed over in worker 1.
 
 Each client is a process of its own speaking HTTP/1.1 over one kept-alive socket, its request
 built once (the key aside): the client costs little, and never mqd's CPU. The relay is the
@@ -20,6 +23,7 @@ rate (between 10% and 90% answered) and mqd's CPU per message over the same span
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import multiprocessing.sharedctypes
@@ -30,10 +34,16 @@ import tempfile
 import time
 from functools import partial
 from pathlib import Path
-from urllib.parse import quote
 
-import psycopg
-from steady import Daemon, config_file, free_port, run_clients, wait_listening
+from steady import (
+    Daemon,
+    config_file,
+    free_port,
+    pg_queue,
+    run_clients,
+    wait_listening,
+    workers_running,
+)
 
 TOKEN = "benchmark-submit-token-0123456789abcdef"
 MESSAGE = json.dumps(
@@ -44,7 +54,6 @@ MESSAGE = json.dumps(
         "text": ("x" * 74 + "\n") * 20,  # 1.5 kB in lines of 75, as mail is written
     }
 ).encode()
-BASE = os.environ.get("MQD_BENCH_PG_DSN", "postgresql://root@127.0.0.1:5432/test")
 #: Keys differ from run to run (a database keeps them across runs).
 _RUN = secrets.token_hex(4)
 
@@ -95,14 +104,17 @@ def client(
                 answered.value += 1
 
 
-def ready(port: int, within: float = 30.0) -> None:
-    """Until the submit source takes messages (the server listens a moment before)."""
+def ready(port: int, workers: int, within: float = 30.0) -> None:
+    """Until the submit source takes messages (the server listens a moment before): in a row,
+    once, or with several workers listening (the kernel picks one per connection) 8 times."""
     deadline = time.monotonic() + within
+    taken = 0
     while True:
         with socket.create_connection(("127.0.0.1", port)) as stream:
             stream.sendall(request(False, 0))  # queued (202), or 503 until the source started
-            if answer(stream, bytearray()) != 503:
-                return
+            taken = taken + 1 if answer(stream, bytearray()) != 503 else 0
+        if taken >= (1 if workers == 1 else 8):
+            return
         if time.monotonic() > deadline:
             raise SystemExit("the submit source did not start")
         time.sleep(0.05)
@@ -114,26 +126,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--keys", choices=["without", "with", "both"], default="both")
     parser.add_argument("--postgresql", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="queue.workers (1)")
     parser.add_argument("--profile", type=Path, help="py-spy's raw profile of mqd (stacks.py)")
     parser.add_argument("--log", type=Path, help="mqd's log (default: dropped with its queue)")
     args = parser.parse_args()
-    schema = f"mqd_bench_{secrets.token_hex(4)}"
-    store = ""
-    if args.postgresql:
-        from mqd.queue.postgresql.schema import script
-
-        dsn = f"{BASE}{'&' if '?' in BASE else '?'}options={quote(f'-csearch_path={schema}')}"
-        with psycopg.connect(BASE, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"'.encode())
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(script().encode())
-        store = f'store = "postgresql"\ndsn = "{dsn}"\nnode = "bench"\n'
-    try:
+    with pg_queue() if args.postgresql else contextlib.nullcontext("") as store:
         run_daemon(args, store)
-    finally:
-        if args.postgresql:
-            with psycopg.connect(BASE, autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA "{schema}" CASCADE'.encode())
 
 
 def run_daemon(args: argparse.Namespace, store: str) -> None:
@@ -142,7 +140,8 @@ def run_daemon(args: argparse.Namespace, store: str) -> None:
         port = free_port()
         config = config_file(
             Path(tmp, "mqd.toml"),
-            f'[queue]\ndir = "{tmp}/queue"\n{store}[relays.mem]\nplugin = "memory"\n'
+            f'[queue]\ndir = "{tmp}/queue"\nworkers = {args.workers}\n{store}'
+            '[relays.mem]\nplugin = "memory"\n'
             f'[[spool]]\npath = "{tmp}/spool"\n'
             f"[http]\nenabled = true\nport = {port}\n"
             f'[[submit]]\ntoken = "{TOKEN}"\nallowed_senders = ["*@example.com"]\n',
@@ -150,7 +149,8 @@ def run_daemon(args: argparse.Namespace, store: str) -> None:
         daemon = Daemon(config, args.log or Path(tmp, "mqd.log"), args.profile)
         try:
             wait_listening(port, daemon)
-            ready(port)
+            workers_running(config, args.workers, daemon)
+            ready(port, args.workers)
             for keys, clients in itertools.product(keyed, args.clients):
                 steady = run_clients(partial(client, port, keys), clients, args.messages, daemon)
                 what = "with keys   " if keys else "without keys"

@@ -745,12 +745,19 @@ def test_an_added_date_is_the_current_local_time() -> None:
     import email.utils
     import time
 
-    from mqd.message.envelope import _date_now
+    from mqd.message.envelope import date_now
 
     before = time.time()
-    stamp = email.utils.parsedate_to_datetime(_date_now().decode()).timestamp()
+    stamp = email.utils.parsedate_to_datetime(date_now()).timestamp()
     assert int(before) - 1 <= stamp <= time.time()
-    assert email.utils.parsedate_to_datetime(_date_now().decode()).utcoffset() is not None
+    assert email.utils.parsedate_to_datetime(date_now()).utcoffset() is not None
+    # What formatdate says in the same second (the cache is refreshed each second).
+    while True:
+        second = int(time.time())
+        cached, fresh = date_now(), email.utils.formatdate(localtime=True)
+        if int(time.time()) == second:
+            break
+    assert cached == fresh
 
 
 def test_repeated_from_headers_are_all_recorded():

@@ -38,6 +38,7 @@ from mqd.queue.file.rebuild import Unread
 from mqd.queue.file.store import FileStore
 from mqd.queue.keys import PRUNE_EVERY, KeyIndex
 from mqd.queue.store import AcceptError, Bounce, Handed, HandoverKey, Incoming, Refused
+from mqd.testing import wait_until
 
 SOURCE = "spoolkey"  # new_entry's
 
@@ -624,6 +625,70 @@ async def test_a_crash_mid_accept_keeps_a_key_exactly_when_its_entry_was_queued(
     assert repeats == {again.entry.id: Handed(written.entry.id, "", replayed=True)}
     queued = {listed.entry.id for listed in await store.entries()}
     assert queued == {written.entry.id, retried.entry.id}
+
+
+async def test_keyed_batches_are_written_at_once_unless_they_share_a_key(store, clock):
+    """A second keyed batch is written while the first is (no wait for its disk), but one that
+    holds a key of a batch under way waits for its outcome, and is answered with its entry."""
+    gates: list[asyncio.Event] = []
+
+    async def held(batch: Sequence[Incoming]) -> None:
+        if not batch:  # (all repeats: nothing to write)
+            return
+        gate = asyncio.Event()
+        gates.append(gate)
+        await gate.wait()
+        await store._accept(batch)
+
+    first = asyncio.ensure_future(store.keys.accept([keyed(clock, "a")], held))
+    await wait_until(lambda: len(gates) == 1, "the first batch under way")
+    second = asyncio.ensure_future(store.keys.accept([keyed(clock, "b")], held))
+    await wait_until(lambda: len(gates) == 2, "the second beside it")
+    again = keyed(clock, "a")
+    third = asyncio.ensure_future(store.keys.accept([again], held))
+    gates[1].set()
+    assert await second == {}
+    assert not third.done() and len(gates) == 2  # it waits for the first, which holds "a"
+    gates[0].set()
+    assert await first == {}
+    repeats = await third
+    assert list(repeats) == [again.entry.id] and repeats[again.entry.id].replayed
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names an fd through /proc")
+async def test_a_keys_confirmation_is_durable_before_its_entry_leaves_the_queue(
+    store, clock, monkeypatch
+):
+    """The confirming line is written at accept and fsynced only once an entry is to leave the
+    queue, before its body does (until then the queued entry makes its record count)."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_unlink = os.fsync, os.unlink
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def unlink(path: str | os.PathLike[str], **kwargs: object) -> None:
+        events.append(("unlink", os.fspath(path)))
+        real_unlink(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "unlink", unlink)
+    journal = str(store.layout.keys_path)
+    item = keyed(clock, "order-9")
+    assert await store.accept([item]) == {}
+    assert f"= {item.entry.id}" in store.layout.keys_path.read_text()
+    assert events.count(("fsync", journal)) == 1  # the record, before the body
+    [lease] = await store.lease(1)
+    await store.complete(lease, lease.entry)
+    body = store.layout.body_path(item.entry.source, item.entry.id)
+    assert events.count(("fsync", journal)) == 2
+    last_sync = max(n for n, event in enumerate(events) if event == ("fsync", journal))
+    assert last_sync < events.index(("unlink", body))
+    await store.accept([keyed(clock, "order-10")])
+    [lease] = await store.lease(1)
+    await store.fail(lease, lease.entry, FailureRecord("test", "refused"))
+    assert events.count(("fsync", journal)) == 4  # a record, then its confirmation at the fail
 
 
 async def test_the_key_journal_is_rewritten_without_expired_keys(node, store, clock, monkeypatch):

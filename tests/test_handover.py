@@ -147,3 +147,69 @@ async def test_a_repeated_key_gives_back_the_account_send_it_counted(
     assert not other.replayed and other.id != first.id
     with pytest.raises(SubmissionError, match="account shop reached its per-minute limit"):
         await once("order-3", "c@example.net")
+
+
+def _envelope_lines_dropped_by_splitting(data: bytes) -> bytes:
+    """What the hand-over drops, by the full header split (its way before the first-line check)."""
+    from mqd.errors import MessageParseError
+    from mqd.message.headers import envelope_field, split_header
+
+    try:
+        fields, _ = split_header(data)
+    except MessageParseError:
+        return data
+    skip = 0
+    for _name, raw in fields:
+        if envelope_field(raw) is None:
+            break
+        skip += len(raw)
+    return data[skip:]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"From: a@example.com\r\nTo: b@example.net\r\n\r\nbody\r\n",
+        b"X-Sender: <x@example.com>\r\nX-Receiver: <y@example.net>\r\nFrom: a@example.com\r\n\r\nb",
+        b"x-receiver: y@example.net\nSubject: s\n\nbody\n",
+        b"X-Sender : x@example.com\r\nFrom: a@example.com\r\n\r\n",
+        b"X-Sender: x@example.com\r\n folded@example.com\r\nTo: b@example.net\r\n\r\n",
+        b" X-Sender: x@example.com\r\nTo: b@example.net\r\n\r\n",
+        b"not a header line\r\nX-Sender: x@example.com\r\n\r\n",
+        b"\r\nX-Sender: x@example.com\r\n",
+        b"X-Sender: x@example.com",
+        b"From: a@example.com",
+        b"X-Sender: x@example.com\r\nnot a header line\r\n\r\n",
+        b"",
+    ],
+)
+def test_envelope_lines_are_dropped_as_the_full_split_drops_them(data: bytes) -> None:
+    from mqd.intake.handover import _without_envelope_lines
+
+    assert _without_envelope_lines(data) == _envelope_lines_dropped_by_splitting(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"From: a@example.com\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nbody\r\n",
+        b"From: A <a@example.com>\nTo: b@example.net, c@example.net\nCc: b@example.net\n"
+        b"Subject: =?utf-8?q?caf=C3=A9?=\n folded\nMessage-ID: <1@x>\nX-Mqd-Send-At: +1h\n\nb\n",
+        b"X-Sender: <x@example.com>\r\nX-Receiver: <y@example.net>\r\nFrom: a@example.com\r\n"
+        b"From: evil@example.org\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-"
+        b"b7ad6b7169203331-01\r\nContent-Type: multipart/report; report-type=delivery-status\r\n"
+        b"\r\n",
+        b"From: a@example.com\r\nTo: bad address@example.net, ok@example.net\r\n\r\n",
+    ],
+)
+def test_headers_a_source_read_are_not_read_again_and_give_the_same(data: bytes) -> None:
+    from mqd.intake.handover import _parsed, _without_envelope_lines
+    from mqd.intake.mailbox.envelope import submission_of
+    from mqd.message.envelope import parse_message
+    from mqd.producer.inject import envelope_lines
+
+    submission = submission_of(data, {}, None)
+    assert submission.headers is not None
+    body = envelope_lines(submission.sender, submission.recipients)
+    body += _without_envelope_lines(submission.data)
+    assert _parsed(body, submission) == parse_message(body)

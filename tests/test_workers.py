@@ -140,7 +140,7 @@ def test_each_worker_has_its_own_queue_and_shares_the_rest(tmp_path: Path, spool
     first, third = config.for_worker(1), config.for_worker(3)
     assert first.queue.own_dir == queue and third.queue.own_dir == queue / "workers" / "3"
     assert first.http.enabled and first.metrics.enabled and first.metrics.port == 9400
-    assert not third.http.enabled and third.notify.url is None
+    assert third.http == first.http and third.notify.url is None  # [http]: each, one address
     assert third.metrics.enabled and third.metrics.port == 9402  # each worker its own endpoint
     assert third.tracking_path == first.tracking_path == queue / "tracking.sqlite3"
     assert third.failed_dir == first.failed_dir == queue / "failed"

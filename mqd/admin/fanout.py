@@ -55,14 +55,15 @@ async def request(config: Config, op: str, args: dict[str, Any] | None = None) -
 
 
 async def daemon_status(admin: QueueAdmin) -> dict[str, Any]:
-    """``status`` as worker 1's web view and API show it: every worker's, merged."""
+    """``status`` as a worker's web view and API show it: every worker's, merged."""
     own = await admin.op_status()
     config = admin.node.config
-    workers = config.queue.workers
+    workers, this = config.queue.workers, config.queue.worker
     if workers == 1:
         return own
-    others = {n: config.for_worker(n) for n in range(2, workers + 1)}
-    return merge_status({1: own, **await _statuses(others)}, shared=_shared(config))
+    others = {n: config.for_worker(n) for n in range(1, workers + 1) if n != this}
+    statuses = {this: own, **await _statuses(others)}
+    return merge_status(dict(sorted(statuses.items())), shared=_shared(config))
 
 
 def _shared(config: Config) -> bool:
@@ -136,9 +137,9 @@ def merge_status(
     """One ``status`` from every worker's: counts summed (``shared``: worker 1's, each worker
     seeing the whole queue), the oldest message the oldest of all, a relay as healthy as its
     worst worker says, and a ``workers`` list (a worker that did not answer, None, is listed as
-    such and counted in nothing)."""
-    first = answers[1]
-    assert first is not None
+    such and counted in nothing). The lowest worker that answered (worker 1, unless the one
+    asking is another that serves [http] and worker 1 did not answer) gives the rest."""
+    first = next(part for _, part in sorted(answers.items()) if part is not None)
     merged = dict(first)
     parts = [p for p in answers.values() if p is not None]
     counted = [first] if shared else parts

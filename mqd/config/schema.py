@@ -63,9 +63,10 @@ STORES = ("file", "postgresql")
 ROLES = ("both", "intake", "delivery")
 #: Each role in the words of the logs and ``mqd status``.
 ROLE_WORDS = {"both": "intake and delivery", "intake": "intake only", "delivery": "delivery only"}
-#: The sources every worker runs, by store (``Config.for_worker``): a file store's workers keep
-#: their own hand-over keys (a message the broker gave another worker would be queued twice).
-EVERY_WORKER = {"file": ("smtpd",), "postgresql": ("smtpd", "mailbox")}
+#: The sources every worker runs, by store (``Config.for_worker``; ``submit`` with ``[http]``):
+#: a file store's workers keep their own hand-over keys, so the others hand keyed messages to
+#: the first (``mqd.daemon.firstworker``), and its mailboxes are consumed there alone.
+EVERY_WORKER = {"file": ("smtpd", "submit"), "postgresql": ("smtpd", "mailbox", "submit")}
 
 
 @dataclass(frozen=True)
@@ -349,19 +350,19 @@ class Config:
 
     def for_worker(self, worker: int) -> Config:
         """Worker ``worker``'s config: its own queue directory and [metrics] port (``port +
-        worker - 1``); [http] (and [[submit]]), [notify] and plugins' sources in the first only,
-        ``EVERY_WORKER`` in each (SO_REUSEPORT); spools, failed folder, event store shared; each
-        relay's quota its share (``QuotaConfig.divided``, applied where quotas are counted)."""
-        queue = replace(self.queue, worker=worker)
+        worker - 1``); [notify] and plugins' sources in the first only, ``EVERY_WORKER`` (with
+        [http] for [[submit]]) in each (SO_REUSEPORT); spools, failed folder, event store shared;
+        each relay's quota its share (``QuotaConfig.divided``, applied where quotas count)."""
+        queue, store = replace(self.queue, worker=worker), self.queue.store
         if worker == 1:
             return replace(self, queue=queue)
-        port = self.metrics.port + worker - 1 if self.metrics.port else 0
+        port, every = self.metrics.port + worker - 1 if self.metrics.port else 0, EVERY_WORKER
         return replace(
             self,
             queue=queue,
             metrics=replace(self.metrics, port=port),
-            http=replace(self.http, enabled=False),
-            sources=tuple(s for s in self.sources if s.kind in EVERY_WORKER[self.queue.store]),
+            http=replace(self.http, enabled=self.http.enabled and "submit" in every[store]),
+            sources=tuple(s for s in self.sources if s.kind in every[store]),
             notify=replace(self.notify, url=None),
         )
 

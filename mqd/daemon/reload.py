@@ -17,6 +17,7 @@ import mqd.daemon.systemd as systemd
 from mqd.clock import Clock
 from mqd.config.load import load_config
 from mqd.config.schema import Config
+from mqd.daemon.firstworker import sources_handover
 from mqd.daemon.preflight import check_environment
 from mqd.daemon.scheduler import Scheduler
 from mqd.delivery.deliverer import Deliverer
@@ -99,7 +100,7 @@ class Reloader:
             raise_gathered((await asyncio.to_thread(check_environment, new)).errors)
             relays = build_relays(new, daemon.host)
             # The last check (nothing to undo after it): a source reads its own keys.
-            sources = build_sources(new, daemon.host, daemon.handover)
+            sources = build_sources(new, daemon.host, sources_handover(new, daemon.handover))
         except MQDError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             raise

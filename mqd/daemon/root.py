@@ -24,6 +24,7 @@ from mqd.admin.control import ControlServer
 from mqd.admin.service import QueueAdmin
 from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import ROLE_WORDS, Config
+from mqd.daemon.firstworker import serving_handovers, sources_handover
 from mqd.daemon.reload import Reloader
 from mqd.daemon.scheduler import Scheduler
 from mqd.daemon.servers import Servers
@@ -98,7 +99,9 @@ class Daemon:
         self.handover = Handover(
             config, self.store, self.host, self.emit, accounts=self.guards.accounts, clock=clock
         )
-        self.sources = Sources(build_sources(config, self.host, self.handover))
+        self.sources = Sources(
+            build_sources(config, self.host, sources_handover(config, self.handover))
+        )
         self.deliverer = Deliverer(
             config, self.store, self.relays, self.host, self.emit, guards=self.guards, clock=clock
         )
@@ -312,7 +315,8 @@ class Daemon:
             await self.scheduler.drain(self.shutdown_timeout)
 
     async def _start_control(self) -> None:
-        control = ControlServer(self.config.queue.own_dir, self.admin.handle)
+        handle = serving_handovers(self.admin.handle, lambda: self.config, self.handover)
+        control = ControlServer(self.config.queue.own_dir, handle)
         try:
             await control.start()
         except OSError as exc:

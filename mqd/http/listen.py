@@ -198,13 +198,23 @@ class _Admission(asyncio.Protocol):
 class GatedSite(web.BaseSite):
     """aiohttp's TCP site with every accepted connection passed through ``gate``."""
 
-    __slots__ = ("_gate", "_host", "_port")
+    __slots__ = ("_gate", "_host", "_port", "_reuse_port")
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, gate: ConnectionGate) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        gate: ConnectionGate,
+        *,
+        reuse_port: bool = False,
+    ) -> None:
+        """``reuse_port``: SO_REUSEPORT, for the workers of ``queue.workers`` that all listen."""
         super().__init__(runner)
         self._host = host
         self._port = port
         self._gate = gate
+        self._reuse_port = reuse_port
 
     @property
     def name(self) -> str:
@@ -222,6 +232,7 @@ class GatedSite(web.BaseSite):
             self._port,
             backlog=self._backlog,
             reuse_address=True,
+            reuse_port=self._reuse_port or None,
         )
 
     async def stop(self) -> None:

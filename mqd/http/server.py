@@ -140,7 +140,9 @@ class HttpServer:
         )
         await runner.setup()
         try:
-            site = GatedSite(runner, config.host, config.port, self.gate)
+            # Every worker of queue.workers listens when [http] runs in each (Config.for_worker).
+            every = self.site.config.queue.workers > 1
+            site = GatedSite(runner, config.host, config.port, self.gate, reuse_port=every)
             await site.start()
         except OSError as exc:
             await runner.cleanup()

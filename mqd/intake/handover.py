@@ -149,7 +149,7 @@ class Handover:
                 permanent=True,
             )
         try:
-            parsed = parse_message(body)
+            parsed = _parsed(body, submission)
         except MessageParseError as exc:
             raise SubmissionError(str(exc), stage="intake", permanent=True) from None
         refusal = self._policy(parsed, source, submission.login)
@@ -293,9 +293,22 @@ class Handover:
         )
 
 
+def _parsed(body: bytes, submission: Submission) -> ParsedMessage:
+    """``parse_message(body)``: ``body`` is the submission's data behind its envelope lines
+    (and its trace). Headers the source read already are not read again: only the envelope
+    lines are, which give the same sender and recipients."""
+    if submission.headers is None or submission.trace:
+        return parse_message(body)
+    lines = envelope_lines(submission.sender, submission.recipients)
+    return dataclasses.replace(parse_message(lines), headers=submission.headers)
+
+
 def _without_envelope_lines(data: bytes) -> bytes:
     """``data`` without leading ``X-Sender`` / ``X-Receiver`` fields: the envelope is the one
     the producer gave over the protocol, stated in front of it."""
+    first_line_end = data.find(b"\n")
+    if envelope_field(data if first_line_end < 0 else data[:first_line_end]) is None:
+        return data  # the everyday case, told by its first line: no header block to split
     try:
         fields, _ = split_header(data)
     except MessageParseError:

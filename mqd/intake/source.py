@@ -51,6 +51,10 @@ class Submission:
     #: Trace header fields to put in front of the message, CRLF-terminated (SMTP's
     #: ``Received:``, RFC 5321 section 4.4).
     trace: bytes = b""
+    #: The headers mqd looks at, when the source has read ``data`` already
+    #: (``mqd.message.envelope.parse_message``'s ``headers``; the data then has no NUL and a
+    #: sound header block): the hand-over does not read them again.
+    headers: dict[str, str] | None = None
 
 
 class HandOver(Protocol):

@@ -28,15 +28,17 @@ def submission_of(body: bytes, headers: Mapping[str, Any], peer: str | None) -> 
         given[key] = value
     sender = _one(given.get(FROM_HEADER))
     recipients = _many(given.get(TO_HEADER))
+    read: dict[str, str] | None = None
     if sender is None or recipients is None:
         parsed = parse_message(body)
+        read = parsed.headers  # (the hand-over does not read them again)
         if sender is None:
             sender = parsed.sender
         if recipients is None:
             recipients = tuple(parsed.recipients)
     if not recipients:
         raise MessageParseError(f"the {TO_HEADER} header names no recipient")
-    return Submission(sender=sender, recipients=recipients, data=body, peer=peer)
+    return Submission(sender=sender, recipients=recipients, data=body, peer=peer, headers=read)
 
 
 def _text(value: Any, header: str) -> str:

@@ -17,12 +17,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import make_msgid
 from typing import Any
 
 from mqd.errors import MessageParseError
 from mqd.intake.submit.plain import plain_message
-from mqd.message.envelope import parse_message
+from mqd.message.envelope import date_now, parse_message
 from mqd.message.headers import address_problem, header_addresses, split_header
 from mqd.message.mimepolicy import COMPOSING, SENDING
 
@@ -234,8 +234,12 @@ def _no_newline(value: str, where: str) -> str:
     return value
 
 
-def compose_json(message: JsonMessage, hostname: str) -> tuple[str, tuple[str, ...], bytes]:
-    """The envelope (sender, recipients) and the composed message (CRLF line endings)."""
+def compose_json(
+    message: JsonMessage, hostname: str
+) -> tuple[str, tuple[str, ...], bytes, str | None]:
+    """The envelope (sender, recipients), the composed message (CRLF line endings) and the
+    Message-ID it was given (None when the JSON's ``headers`` gave one: ``with_message_id``
+    reads it)."""
     senders = _addresses(_no_newline(message.from_, "from"), "from")
     if len(senders) != 1:
         raise unusable(f"from must name one address, not {len(senders)}")
@@ -247,14 +251,14 @@ def compose_json(message: JsonMessage, hostname: str) -> tuple[str, tuple[str, .
     if message.text is None and message.html is None:
         raise unusable("give the body: text, html or both")
     subject = _no_newline(message.subject, "subject")
-    date = formatdate(localtime=True)
+    date = date_now()
     domain = senders[0].rpartition("@")[2] or hostname
     headers = {k.lower(): (k, v) for k, v in message.headers.items()}
     message_id = None if "message-id" in headers else make_msgid(domain=domain)
     if message_id and message.text is not None and _text_only(message):
         plain = plain_message(message.from_, to, cc, subject, message.text, date, message_id)
         if plain is not None:  # the everyday message: as the email package writes it
-            return senders[0], tuple(recipients), plain
+            return senders[0], tuple(recipients), plain, message_id
     msg = EmailMessage(policy=COMPOSING)
     msg["From"] = message.from_
     if to:
@@ -282,7 +286,7 @@ def compose_json(message: JsonMessage, hostname: str) -> tuple[str, tuple[str, .
         data = msg.as_bytes(policy=SENDING)
     except (ValueError, TypeError, UnicodeError) as exc:
         raise unusable(f"the message cannot be composed: {exc}") from None
-    return senders[0], tuple(recipients), data
+    return senders[0], tuple(recipients), data, message_id
 
 
 def _text_only(message: JsonMessage) -> bool:

@@ -134,8 +134,9 @@ class SubmitSource(Source):
 
     async def _queue(self, call: Call, key: str | None) -> Accepted:
         hostname = self.app.queue.hostname
+        message_id: str | None = None
         if call.content_type == JSON:
-            sender, recipients, data = compose_json(read_json(call.body), hostname)
+            sender, recipients, data, message_id = compose_json(read_json(call.body), hostname)
         elif call.content_type == RAW:
             sender, recipients = raw_envelope(call.body, call.sender, call.recipients)
             data = call.body
@@ -147,7 +148,8 @@ class SubmitSource(Source):
                 f"send Content-Type: {JSON} (a message to compose) or {RAW} (a message as "
                 f"it is), not {call.content_type or 'none'}",
             )
-        data, message_id = with_message_id(data, sender.rpartition("@")[2] or hostname)
+        if message_id is None:  # (a composed message has the one it was given)
+            data, message_id = with_message_id(data, sender.rpartition("@")[2] or hostname)
         max_size = self.app.queue.max_message_size
         if len(data) > max_size:
             raise _too_large(f"the message is {len(data)} bytes", "queue.max_message_size")

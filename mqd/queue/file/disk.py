@@ -14,7 +14,7 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -57,6 +57,9 @@ class Disk:
         self._removals: Grouped[tuple[str, str, bool], None] = Grouped(
             lambda items: each(self._remove, items), gather=REMOVAL_GATHER
         )
+        #: Called (in the worker thread) before a body leaves the queue: the hand-over keys'
+        #: confirmations made durable first (``KeyJournal.sync_confirmed``).
+        self.before_removal: Callable[[], None] = lambda: None
 
     # -- bodies -----------------------------------------------------------------------------------
 
@@ -207,6 +210,7 @@ class Disk:
     def _remove(self, item: tuple[str, str, bool]) -> None:
         # Unlinking the body is the commit point; a leftover state file is cleaned at start-up.
         source, entry_id, has_state = item
+        self.before_removal()  # (durable once in a hop: the others of the hop find it done)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.layout.body_path(source, entry_id))
         if has_state:
@@ -220,6 +224,7 @@ class Disk:
         await asyncio.to_thread(self._fail, entry, record)
 
     def _fail(self, entry: QueueEntry, record: FailureRecord) -> None:
+        self.before_removal()
         self.failed.put(entry.id, record, file=self.layout.body_path(entry.source, entry.id))
         with contextlib.suppress(FileNotFoundError):
             self.layout.state_path(entry.id).unlink()
@@ -231,6 +236,8 @@ class Disk:
 
         def put(item: tuple[str, FailureRecord, str | None, bytes | None]) -> None:
             entry_id, record, file, body = item
+            if file is not None:  # (a queued body: the backlog's, which may have a key)
+                self.before_removal()
             self.failed.put(entry_id, record, file=file, body=body)
 
         return await asyncio.to_thread(each, put, list(items))

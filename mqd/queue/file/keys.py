@@ -1,16 +1,19 @@
 """The file store's hand-over keys (``mqd.queue.keys``): a journal in the queue directory,
 ``handover-keys``, and its index in memory, rebuilt from it at start.
 
-A keyed batch is accepted in three steps, one batch at a time:
+A keyed batch is accepted in three steps (step 1 one batch at a time; the batches' writes may
+overlap, as unkeyed ones do, but a batch holding a key that one under way holds waits for it):
 
 1. a ``+ <expires> <id> <scope> <key> <note>`` line for each new key, appended and fsynced;
 2. the entries written (``FileStore``'s accept: their bodies durable);
-3. a ``= <id> ...`` line confirming those queued, appended and fsynced; then ``accept`` returns.
+3. a ``= <id> ...`` line confirming those queued, appended; then ``accept`` returns.
 
-So a key is on disk before its entry is, and an entry never leaves the queue (delivery starts
-after step 3) before its key is confirmed. At start a confirmed record counts; one that is not
-(a crash between 1 and 3) counts when its entry is queued (its body made it), and is dropped
-when it is not (the entry was never durable: its producer, never answered, sends it again).
+So a key is on disk before its entry is. The confirming lines are fsynced before an entry
+leaves the queue (``sync_confirmed``, which the store's removals call first, a few deliveries'
+worth at a time), not at step 3: until then the entries are queued, which makes their records
+count. At start a confirmed record counts; one that is not counts when its entry is queued (its
+body made it), and is dropped when it is not (a crash between 1 and 2: the entry was never
+durable, and its producer, never answered, sends it again).
 
 Expired records are dropped when the journal is read and when it is rewritten (once it has
 grown to twice what is live; a ``.`` line there confirms every record above it).
@@ -71,6 +74,12 @@ class KeyJournal:
         self.index = KeyIndex()
         self._lines = 0
         self._lock = asyncio.Lock()
+        #: The keys of the batches under way (after step 1, before their outcome), each with
+        #: what is set once its batch is done.
+        self._under_way: dict[tuple[str, str], asyncio.Event] = {}
+        #: Confirming lines appended, and how many of them are known durable.
+        self._confirmed = 0
+        self._synced = 0
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -153,9 +162,18 @@ class KeyJournal:
         queue: Callable[[Sequence[Incoming]], Awaitable[None]],
     ) -> dict[str, Handed]:
         """Accept ``batch`` through ``queue`` (the store's accept), its keys recorded around it."""
-        async with self._lock:
+        names = {(i.key.scope, i.key.key) for i in batch if i.key is not None}
+        while True:
+            await self._lock.acquire()
+            waits = [self._under_way[n] for n in names if n in self._under_way]
+            if not waits:
+                break
+            self._lock.release()  # a repeat of a key under way: answered once that is done
+            await asyncio.gather(*(wait.wait() for wait in waits))
+        try:
             now = self.clock.time()
-            if self.index.prune(now):
+            # (Rewritten only while no batch is under way: the index lacks their keys yet.)
+            if self.index.prune(now) and not self._under_way:
                 await asyncio.to_thread(self._compact_if_grown)
             fresh, repeats = split_batch(((i, i.entry.id, i.key) for i in batch), self.index, now)
             keyed = [(i.key, i.entry.id) for i in fresh if i.key is not None]
@@ -166,32 +184,58 @@ class KeyJournal:
                 except OSError as exc:
                     problem = f"cannot write the hand-over keys {self.path}: {exc}"
                     raise AcceptError(problem) from exc
-            try:
-                await queue(fresh)
-            except AcceptError as exc:
-                done = set(exc.accepted)
-                await self._confirm([(k, i) for k, i in keyed if i in done])
-                raise
+            done = asyncio.Event()
+            for key, _ in keyed:
+                self._under_way[(key.scope, key.key)] = done
+        finally:
+            self._lock.release()
+        try:
+            await queue(fresh)
+        except AcceptError as exc:
+            accepted = set(exc.accepted)
+            await self._confirm([(k, i) for k, i in keyed if i in accepted])
+            raise
+        else:
             await self._confirm(keyed)
-            return repeats
+        finally:
+            for key, _ in keyed:
+                self._under_way.pop((key.scope, key.key), None)
+            done.set()
+        return repeats
 
     async def _confirm(self, keyed: list[tuple[HandoverKey, str]]) -> None:
         if not keyed:
             return
         line = _confirming(keyed)
-        try:
-            await asyncio.to_thread(self._append, line)
+        try:  # on the event loop: a short write without its fsync (sync_confirmed does that)
+            self._append(line, sync=False)
         except OSError as exc:  # queued: their records count at start while they are queued
             log.warning("cannot confirm hand-over keys in %s: %s", self.path, exc)
+        else:
+            self._confirmed += 1
         for key, entry_id in keyed:
             self.index.put(key, entry_id)
 
-    def _append(self, text: str) -> None:
+    def sync_confirmed(self) -> None:
+        """Make the confirming lines appended so far durable (blocking; any thread): called
+        before an entry leaves the queue, so that its key outlives it. Cheap when they are."""
+        confirmed = self._confirmed
+        if confirmed == self._synced:
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._synced = max(self._synced, confirmed)
+
+    def _append(self, text: str, *, sync: bool = True) -> None:
         new = self._lines == 0
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, text.encode("ascii"))
-            os.fsync(fd)
+            if sync or new:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if new:

@@ -83,6 +83,7 @@ class FileStore(FileAdmin, QueueStore):
         self.unsaved: set[str] = set()
         self.kept = BodyCache()
         self.keys = KeyJournal(self.layout.keys_path, clock)
+        self.disk.before_removal = self.keys.sync_confirmed
         self._room = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         #: Bounces written, waiting for their bounced entry to note them (by its id).
