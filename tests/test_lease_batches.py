@@ -1,5 +1,6 @@
-"""A store whose leases cost per call (``leases_in_batches``) is asked for larger batches while
-the queue has a backlog, and at once for new mail when it has none."""
+"""A store whose leases cost per call (``leases_in_batches``) is asked for a quarter more than
+the free slots; those kept start as the next deliveries end, without asking, and a stop releases
+those left."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ async def _queue(store: MemoryStore, clock: ManualClock, count: int) -> None:
     await store.accept([Incoming(entry, body_for(entry)) for entry in entries])
 
 
-async def test_a_backlog_is_leased_in_batches_and_new_mail_at_once() -> None:
+async def test_leases_are_taken_ahead_and_released_at_a_stop() -> None:
     clock = ManualClock()
     store = CountedLeases(clock)
     await store.open()
@@ -56,27 +57,39 @@ async def test_a_backlog_is_leased_in_batches_and_new_mail_at_once() -> None:
     scheduler = Scheduler(store, deliveries, concurrency=8, clock=clock)  # type: ignore[arg-type]
     await _queue(store, clock, 12)
     running = asyncio.create_task(scheduler.run())
-    await wait_until(lambda: len(deliveries.waiting) == 8 and scheduler.asleep, "8 leased", 10)
-    assert store.asked == [8]
+    await wait_until(lambda: len(deliveries.waiting) == 8 and scheduler.asleep, "8 started", 10)
+    assert store.asked == [10], "two more than the free slots"
 
-    passes = scheduler.passes
-    deliveries.end(1)  # one free slot of 8, a backlog: not worth a call
-    await wait_until(lambda: scheduler.passes > passes and scheduler.asleep, "a pass", 10)
-    assert store.asked == [8], "a lease for one slot while the queue has a backlog"
+    for _ in range(2):  # the two kept start as deliveries end, without asking
+        passes = scheduler.passes
+        deliveries.end(1)
+        await wait_until(lambda p=passes: scheduler.passes > p and scheduler.asleep, "a pass", 10)
+        await wait_until(lambda: len(deliveries.waiting) == 8, "the kept one started", 10)
+    assert store.asked == [10]
 
-    deliveries.end(1)  # two free: a quarter of the slots
-    await wait_until(lambda: len(deliveries.waiting) == 8, "two more leased", 10)
-    assert store.asked == [8, 2]
+    deliveries.end(1)  # none kept: asked again, two left due (one kept)
+    await wait_until(lambda: len(deliveries.waiting) == 8 and scheduler.asleep, "asked", 10)
+    assert store.asked == [10, 3]
 
-    deliveries.end(4)  # four free, two left due: a short lease, the backlog is gone
-    await wait_until(lambda: len(deliveries.waiting) == 6 and scheduler.asleep, "the rest", 10)
-    assert store.asked == [8, 2, 4]
+    scheduler.stop()
+    await asyncio.wait_for(running, 10)
+    [kept] = await store.lease(10)  # released at the stop: due again
+    assert kept.entry.id not in deliveries.waiting
+    deliveries.end(8)
+    await store.close()
 
-    for in_flight in (7, 8):  # new mail is leased at once, even for the last free slot
+
+async def test_new_mail_is_leased_at_once() -> None:
+    clock = ManualClock()
+    store = CountedLeases(clock)
+    await store.open()
+    deliveries = HeldDeliveries(store)
+    scheduler = Scheduler(store, deliveries, concurrency=8, clock=clock)  # type: ignore[arg-type]
+    running = asyncio.create_task(scheduler.run())
+    for in_flight in range(1, 9):  # up to the last free slot
         await _queue(store, clock, 1)
-        await wait_until(lambda n=in_flight: len(deliveries.waiting) == n, "new mail leased", 10)
-    assert store.asked == [8, 2, 4, 2, 1]
-
+        await wait_until(lambda n=in_flight: len(deliveries.waiting) == n, "leased", 10)
+    assert store.asked[-1] == 3, "the last free slot and two ahead asked for"
     scheduler.stop()
     deliveries.end(8)
     await asyncio.wait_for(running, 10)

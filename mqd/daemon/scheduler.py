@@ -1,16 +1,16 @@
 """The delivery loop: lease what the store says is due, deliver it with bounded concurrency.
 
 The store owns the schedule; this loop only asks it for up to ``queue.concurrency`` leases at a
-time (from a store whose leases cost per call, in batches of a quarter of them at least while the
-queue has a backlog) and sleeps until the next entry is due, the store says something changed, or
-a delivery ends. A graceful stop leases nothing more, gives deliveries in flight
-``shutdown_timeout`` seconds, then cancels them: a cancelled attempt is not counted, and its entry
-is given back.
+time (from a store whose leases cost per call, a quarter more, kept for the next free slots) and
+sleeps until the next entry is due, the store says something changed, or a delivery ends. A
+graceful stop leases nothing more, gives deliveries in flight ``shutdown_timeout`` seconds, then
+cancels them: a cancelled attempt is not counted, and its entry is given back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 
@@ -50,12 +50,12 @@ class Scheduler:
         self.clock = clock
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._leases: dict[str, Lease] = {}
-        #: The fewest free slots worth a lease while the queue has a backlog (the last lease
-        #: filled all it asked for): a store with a cost per call (a database's round trip and
-        #: index scan) is asked for larger batches less often. After a short lease (nothing more
-        #: was due) any free slot is: new mail is taken at once.
-        self._batch_floor = max(1, concurrency // 4) if store.leases_in_batches else 1
-        self._backlog = False
+        #: How many leases to take ahead of a free slot: from a store with a cost per call (a
+        #: database's round trip and index scan), a lease asks for this many more than the free
+        #: slots, and the next ones to end start those kept without asking. They are leased, not
+        #: dispatching (a crash sends none of them), renewed with the rest, released at a stop.
+        self._lease_ahead = concurrency // 4 if store.leases_in_batches else 0
+        self._ahead: collections.deque[Lease] = collections.deque()
         #: Leases whose outcome (or release) could not be written: the database was down.
         self._stranded: list[Lease] = []
         self._wake = asyncio.Event()
@@ -123,6 +123,7 @@ class Scheduler:
         try:
             await self._lease_and_start(once)
         finally:
+            await asyncio.shield(self._release_ahead())
             if renewing is not None:
                 renewing.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -155,19 +156,23 @@ class Scheduler:
             # that answers over the network may answer from before intake's last batch or a
             # delivery's outcome (a bounce); those wake the next pass, which looks again.
             settled = once is not None and once.is_set() and not self._in_flight
+            settled = settled and not self._ahead
             room = self.concurrency - len(self._in_flight)
+            while room > 0 and self._ahead:
+                self._start(self._ahead.popleft())
+                room -= 1
             try:
-                if self._worth_asking(room):
-                    leased = await self.store.lease(room)
-                    for lease in leased:
+                if room > 0:
+                    leased = await self.store.lease(room + self._lease_ahead)
+                    for lease in leased[:room]:
                         self._start(lease)
-                    self._backlog = len(leased) == room
+                    for lease in leased[room:]:
+                        self._ahead.append(lease)
+                        self._leases[lease.entry.id] = lease
                     room = self.concurrency - len(self._in_flight)
-                # Full (or waiting for a batch's room), it sleeps until a delivery ends whenever
-                # the next is due: not asked (a round trip to a database store, per message in a
-                # drain).
-                asks = self._worth_asking(room)
-                due = await self.store.next_due() if asks or settled else None
+                # Full, it sleeps until a delivery ends whenever the next is due: not asked (a
+                # round trip to a database store, per message in a drain).
+                due = await self.store.next_due() if room > 0 or settled else None
             except QueueUnavailableError as exc:  # the database is down: wait, then again
                 log.debug("leasing failed: %r (cause %r)", exc, exc.__cause__)
                 self.database.failed(str(exc), kind="unreachable")
@@ -185,7 +190,7 @@ class Scheduler:
                     return
                 continue
             timeout = MAX_SLEEP
-            if asks and due is not None:
+            if room > 0 and due is not None:
                 timeout = min(MAX_SLEEP, max(0.0, due - now))
             self.asleep = True
             try:
@@ -193,9 +198,14 @@ class Scheduler:
             finally:
                 self.asleep = False
 
-    def _worth_asking(self, room: int) -> bool:
-        """Whether ``room`` free slots are worth a call to the store."""
-        return room > 0 and not (self._backlog and room < self._batch_floor)
+    async def _release_ahead(self) -> None:
+        """At a stop: the leases taken ahead are due again at once, for this node's next start
+        or another node (a lease that cannot be released expires)."""
+        while self._ahead:
+            lease = self._ahead.popleft()
+            self._leases.pop(lease.entry.id, None)
+            with contextlib.suppress(Exception):
+                await self.store.release(lease)
 
     async def _give_back(self) -> None:
         """The leases whose outcome could not be written while the database was down: due
