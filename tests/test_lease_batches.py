@@ -1,6 +1,6 @@
-"""A store whose leases cost per call (``leases_in_batches``) is asked for a quarter more than
-the free slots; those kept start as the next deliveries end, without asking, and a stop releases
-those left."""
+"""A store whose leases cost per call (``leases_in_batches``) is asked for half as many more
+than the free slots; those kept start as the next deliveries end, without asking, and a stop
+releases those left."""
 
 from __future__ import annotations
 
@@ -55,21 +55,21 @@ async def test_leases_are_taken_ahead_and_released_at_a_stop() -> None:
     await store.open()
     deliveries = HeldDeliveries(store)
     scheduler = Scheduler(store, deliveries, concurrency=8, clock=clock)  # type: ignore[arg-type]
-    await _queue(store, clock, 12)
+    await _queue(store, clock, 14)
     running = asyncio.create_task(scheduler.run())
     await wait_until(lambda: len(deliveries.waiting) == 8 and scheduler.asleep, "8 started", 10)
-    assert store.asked == [10], "two more than the free slots"
+    assert store.asked == [12], "four more than the free slots"
 
-    for _ in range(2):  # the two kept start as deliveries end, without asking
+    for _ in range(4):  # the four kept start as deliveries end, without asking
         passes = scheduler.passes
         deliveries.end(1)
         await wait_until(lambda p=passes: scheduler.passes > p and scheduler.asleep, "a pass", 10)
         await wait_until(lambda: len(deliveries.waiting) == 8, "the kept one started", 10)
-    assert store.asked == [10]
+    assert store.asked == [12]
 
-    deliveries.end(1)  # none kept: asked again, two left due (one kept)
+    deliveries.end(1)  # none kept: asked again, two left due (one started, one kept)
     await wait_until(lambda: len(deliveries.waiting) == 8 and scheduler.asleep, "asked", 10)
-    assert store.asked == [10, 3]
+    assert store.asked == [12, 5]
 
     scheduler.stop()
     await asyncio.wait_for(running, 10)
@@ -89,7 +89,7 @@ async def test_new_mail_is_leased_at_once() -> None:
     for in_flight in range(1, 9):  # up to the last free slot
         await _queue(store, clock, 1)
         await wait_until(lambda n=in_flight: len(deliveries.waiting) == n, "leased", 10)
-    assert store.asked[-1] == 3, "the last free slot and two ahead asked for"
+    assert store.asked[-1] == 5, "the last free slot and four ahead asked for"
     scheduler.stop()
     deliveries.end(8)
     await asyncio.wait_for(running, 10)

@@ -1,7 +1,7 @@
 """The delivery loop: lease what the store says is due, deliver it with bounded concurrency.
 
 The store owns the schedule; this loop only asks it for up to ``queue.concurrency`` leases at a
-time (from a store whose leases cost per call, a quarter more, kept for the next free slots) and
+time (from a store whose leases cost per call, half as many more, kept for the next free slots) and
 sleeps until the next entry is due, the store says something changed, or a delivery ends. A
 graceful stop leases nothing more, gives deliveries in flight ``shutdown_timeout`` seconds, then
 cancels them: a cancelled attempt is not counted, and its entry is given back.
@@ -54,7 +54,7 @@ class Scheduler:
         #: database's round trip and index scan), a lease asks for this many more than the free
         #: slots, and the next ones to end start those kept without asking. They are leased, not
         #: dispatching (a crash sends none of them), renewed with the rest, released at a stop.
-        self._lease_ahead = concurrency // 4 if store.leases_in_batches else 0
+        self._lease_ahead = concurrency // 2 if store.leases_in_batches else 0
         self._ahead: collections.deque[Lease] = collections.deque()
         #: Leases whose outcome (or release) could not be written: the database was down.
         self._stranded: list[Lease] = []
