@@ -161,6 +161,7 @@ class Scheduler:
             while room > 0 and self._ahead:
                 self._start(self._ahead.popleft())
                 room -= 1
+            asked = room > 0 or settled  # the store answers this pass (not only kept leases)
             try:
                 if room > 0:
                     leased = await self.store.lease(room + self._lease_ahead)
@@ -178,7 +179,7 @@ class Scheduler:
                 self.database.failed(str(exc), kind="unreachable")
                 await self.clock.wait(self._stopping, self.database.retry_in())
                 continue
-            if self.database.active:
+            if self.database.active and asked:  # leases kept ahead tell nothing of the store
                 self.database.cleared()
             if self._stranded:
                 await self._give_back()
