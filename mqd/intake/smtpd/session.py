@@ -8,10 +8,8 @@ refusals) are translated at one seam, ``Connection.push``.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import re
-import time
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
@@ -22,7 +20,7 @@ from mqd.intake.smtpd.data import DataState, read_data
 from mqd.intake.smtpd.settings import Listen, SMTPSettings
 from mqd.intake.smtpd.users import Verifier
 from mqd.intake.source import HandOver, Login, Submission
-from mqd.message.envelope import address_problem
+from mqd.message.envelope import address_problem, date_now
 from mqd.version import __version__
 
 __all__ = ["Connection", "Handler", "Listener", "bare_line_ending", "with_crlf"]
@@ -343,21 +341,8 @@ def _received(server: SMTP, session: Session, hostname: str, login: Login | None
         protocol += "A"
     return (
         f"Received: from {helo} ([{address}])\r\n\tby {hostname} (mqd) with {protocol};"
-        f"\r\n\t{_date()}\r\n"
+        f"\r\n\t{date_now()}\r\n"
     ).encode("utf-8", "replace")
-
-
-_dated: tuple[int, str] = (-1, "")
-
-
-def _date() -> str:
-    """Now as an RFC 5322 date in local time, made once a second (to the second, as
-    ``formatdate`` gives it)."""
-    global _dated  # (a one-entry cache)
-    second = int(time.time())
-    if _dated[0] != second:
-        _dated = (second, email.utils.formatdate(second, localtime=True))
-    return _dated[1]
 
 
 def _login(session: Session) -> Login | None:
