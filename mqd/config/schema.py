@@ -63,9 +63,10 @@ STORES = ("file", "postgresql")
 ROLES = ("both", "intake", "delivery")
 #: Each role in the words of the logs and ``mqd status``.
 ROLE_WORDS = {"both": "intake and delivery", "intake": "intake only", "delivery": "delivery only"}
-#: The sources every worker runs, by store (``Config.for_worker``; ``submit`` with ``[http]``):
-#: a file store's workers keep their own hand-over keys, so the others hand keyed messages to
-#: the first (``mqd.daemon.firstworker``), and its mailboxes are consumed there alone.
+#: The sources every worker runs, by store (``Config.for_worker``; ``submit`` with ``[http]``,
+#: which every worker serves): a file store's workers keep their own hand-over keys, so the
+#: others hand keyed messages to the first (``mqd.daemon.firstworker``), and its mailboxes are
+#: consumed there alone.
 EVERY_WORKER = {"file": ("smtpd", "submit"), "postgresql": ("smtpd", "mailbox", "submit")}
 
 
@@ -350,19 +351,18 @@ class Config:
 
     def for_worker(self, worker: int) -> Config:
         """Worker ``worker``'s config: its own queue directory and [metrics] port (``port +
-        worker - 1``); [notify] and plugins' sources in the first only, ``EVERY_WORKER`` (with
-        [http] for [[submit]]) in each (SO_REUSEPORT); spools, failed folder, event store shared;
+        worker - 1``); [notify] and plugins' sources in the first only; [http] and
+        ``EVERY_WORKER`` in each (SO_REUSEPORT); spools, failed folder, event store shared;
         each relay's quota its share (``QuotaConfig.divided``, applied where quotas count)."""
-        queue, store = replace(self.queue, worker=worker), self.queue.store
+        queue = replace(self.queue, worker=worker)
         if worker == 1:
             return replace(self, queue=queue)
-        port, every = self.metrics.port + worker - 1 if self.metrics.port else 0, EVERY_WORKER
+        port = self.metrics.port + worker - 1 if self.metrics.port else 0
         return replace(
             self,
             queue=queue,
             metrics=replace(self.metrics, port=port),
-            http=replace(self.http, enabled=self.http.enabled and "submit" in every[store]),
-            sources=tuple(s for s in self.sources if s.kind in every[store]),
+            sources=tuple(s for s in self.sources if s.kind in EVERY_WORKER[self.queue.store]),
             notify=replace(self.notify, url=None),
         )
 
