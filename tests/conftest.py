@@ -19,6 +19,7 @@ from mqd.plugins.host import PluginHost
 sys.path.insert(0, os.path.dirname(__file__))
 
 from corehelpers import USERS, DaemonProcess
+from pgfixtures import PgSchema
 from smtpserver import SMTPPeer
 
 
@@ -173,3 +174,13 @@ def daemons() -> Iterator[list[DaemonProcess]]:
         if daemon.proc is not None and daemon.proc.poll() is None:
             daemon.proc.kill()
             daemon.proc.wait(10)
+
+
+@pytest.fixture
+def schema() -> Iterator[PgSchema]:
+    """A schema of its own on the local PostgreSQL (``pgfixtures``), dropped after the test."""
+    made = PgSchema()
+    try:
+        yield made
+    finally:
+        made.drop()

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -32,13 +31,6 @@ pytestmark = pytest.mark.slow
 N = int(os.environ.get("MQD_FLEET_MESSAGES", "1500"))
 NODES = ("node-1", "node-2", "node-3")
 HOLD_ID = "X-Test-Id: h"
-
-
-@pytest.fixture
-def schema() -> Iterator[PgSchema]:
-    schema = PgSchema()
-    yield schema
-    schema.drop()
 
 
 class Node:

@@ -7,13 +7,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psycopg
-import pytest
 from corehelpers import DaemonProcess
 from pgfixtures import PgSchema
 from smtpserver import SMTPPeer
@@ -22,13 +20,6 @@ from mqd.testing import wait_until
 
 TOKEN = "fleet-submit-token-0123456789abcdef"
 MESSAGE = {"from": "app@example.com", "to": ["alice@example.net"], "subject": "fleet", "text": "x"}
-
-
-@pytest.fixture
-def schema() -> Iterator[PgSchema]:
-    schema = PgSchema()
-    yield schema
-    schema.drop()
 
 
 def free_port() -> int:

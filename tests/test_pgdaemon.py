@@ -4,7 +4,7 @@ the queue's config keys, ``mqd db``, and ``mqd run`` when the database is out of
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -20,13 +20,6 @@ from mqd.plugins.host import PluginHost
 from mqd.queue.postgresql.connect import Database
 from mqd.queue.postgresql.schema import SCHEMA_VERSION
 from mqd.queue.postgresql.store import PostgresStore
-
-
-@pytest.fixture
-def schema() -> Iterator[PgSchema]:
-    schema = PgSchema()
-    yield schema
-    schema.drop()
 
 
 @pytest.fixture

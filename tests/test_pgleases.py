@@ -9,7 +9,7 @@ Nodes are stores in one process with one ManualClock (as in ``test_pgstore.py``)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 
 import psycopg
 import pytest
@@ -23,13 +23,6 @@ from mqd.queue.postgresql import leases
 from mqd.queue.postgresql.connect import Database
 from mqd.queue.postgresql.store import LEASE_TIME, PostgresStore
 from mqd.queue.store import EntryState, Incoming, Lease, LeaseLost
-
-
-@pytest.fixture
-def schema() -> Iterator[PgSchema]:
-    schema = PgSchema()
-    yield schema
-    schema.drop()
 
 
 @pytest.fixture

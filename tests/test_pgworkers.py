@@ -5,7 +5,6 @@ which sees the whole queue, and ``mqd status`` counts it once."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,13 +19,6 @@ from mqd.testing import wait_until_sync
 pytestmark = pytest.mark.slow
 
 COUNT = 400
-
-
-@pytest.fixture
-def schema() -> Iterator[PgSchema]:
-    schema = PgSchema()
-    yield schema
-    schema.drop()
 
 
 def owners(schema: PgSchema) -> set[object]:

@@ -5,7 +5,7 @@ that cannot work are refused at config load, naming the key and the fix."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -20,14 +20,6 @@ from mqd.daemon.root import Daemon
 from mqd.errors import ConfigError
 from mqd.plugins.host import PluginHost
 from mqd.testing import wait_until
-
-
-@pytest.fixture
-def schema() -> Iterator[PgSchema]:
-    schema = PgSchema()
-    yield schema
-    schema.drop()
-
 
 SINK = """
 [relays.sink]

@@ -44,15 +44,6 @@ LOG = "mqd.tracking.tracker"
 
 
 @pytest.fixture
-def schema() -> Iterator[PgSchema]:
-    made = PgSchema()
-    try:
-        yield made
-    finally:
-        made.drop()
-
-
-@pytest.fixture
 def proxy() -> Iterator[TcpProxy]:
     server = urlsplit(BASE_DSN)
     made = TcpProxy((server.hostname or "127.0.0.1", server.port or 5432))

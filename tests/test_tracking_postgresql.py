@@ -9,7 +9,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -30,15 +30,6 @@ from mqd.tracking.tracker import Tracker
 from mqd.tracking.vocabulary import ProviderEvent, Status
 
 MID = "0190000000aabbccddeeff"
-
-
-@pytest.fixture
-def schema() -> Iterator[PgSchema]:
-    made = PgSchema()
-    try:
-        yield made
-    finally:
-        made.drop()
 
 
 def record(n: int) -> Record:
