@@ -129,6 +129,30 @@ async def test_marks_and_completions_that_meet_go_in_one_statement(nodes, clock,
     assert sql(schema, "SELECT id FROM mqd_body") == [(marked.entry.id,)]  # the others' went
 
 
+async def test_an_entry_held_while_its_lease_waits_is_not_marked_and_given_back(
+    nodes, clock, schema
+):
+    """A lease kept ahead (taken, not yet marked) of an entry an administrator then holds: its
+    mark fails (not sent) and gives the lease back; the others' marks in the statement hold."""
+    a, b = nodes
+    await accept(a, clock, 3)
+    first, kept, other = await a.lease(10)
+    assert await b.hold([kept.entry.id]) == [kept.entry.id]  # from any node
+
+    outcomes = await write_each([a.dispatching(lease) for lease in (first, kept, other)])
+    assert [type(o) for o in outcomes] == [type(None), LeaseLost, type(None)]
+    rows = sql(schema, "SELECT id, held, owner, dispatching FROM mqd_entry ORDER BY id")
+    assert {row[0]: row[1:] for row in rows} == {
+        first.entry.id: (False, "node-a", True),
+        kept.entry.id: (True, None, False),  # given back, held
+        other.entry.id: (False, "node-a", True),
+    }
+    assert await a.lease(10) == []  # held: not due
+    assert await b.unhold([kept.entry.id]) == [kept.entry.id]
+    [again] = await b.lease(10)  # due again at once, for any node (no lease to expire)
+    assert again.entry.id == kept.entry.id
+
+
 def inject_failure(schema: PgSchema, when: str) -> None:
     """A trigger that makes any transaction doing ``when`` to mqd_entry fail."""
     sql(

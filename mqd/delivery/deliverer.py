@@ -116,7 +116,7 @@ class Deliverer:
                 )
             except LeaseLost:
                 self._uncount(account)
-                log.info("%s was deleted before it was sent: not sent", entry.id)
+                log.info("%s was deleted or held before it was sent: not sent", entry.id)
                 return
             except BaseException:  # cancelled (a stop) before any relay answered: not sent
                 self._uncount(account)

@@ -111,6 +111,9 @@ RETURNING mine.dispatching
 #: statement differ (a delivery completes once its mark is written): each row is written once.
 #: ``e.id = ANY(ids)`` finds the rows by the primary key, whatever the planner thinks of the
 #: table (there is no index on the owner: a lease is a HOT update).
+#: An entry held since it was leased (a lease kept ahead waits a while) is not marked: its
+#: lease is given back (``unheld``: the marks' other rows that still hold their lease), and
+#: its caller told the lease is lost, so it is not sent.
 MARK_AND_COMPLETE = """
 WITH l AS (
     SELECT * FROM unnest(%(ids)b::text[], %(tokens)b::int8[], %(completes)b::bool[])
@@ -121,8 +124,15 @@ marked AS (
     SET dispatching = true, lease_expires = greatest(e.lease_expires, %(expires)s)
     FROM l
     WHERE NOT l.completes AND e.id = l.id AND e.token = l.token AND e.owner = %(node)s
-        AND e.id = ANY(%(ids)b::text[])
+        AND NOT e.held AND e.id = ANY(%(ids)b::text[])
     RETURNING e.id
+),
+unheld AS (
+    UPDATE mqd_entry e
+    SET owner = NULL, lease_expires = NULL
+    FROM l
+    WHERE NOT l.completes AND e.id = l.id AND e.token = l.token AND e.owner = %(node)s
+        AND e.id = ANY(%(ids)b::text[]) AND e.id NOT IN (SELECT id FROM marked)
 ),
 gone AS (
     DELETE FROM mqd_entry e USING l
