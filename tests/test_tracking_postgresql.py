@@ -24,6 +24,7 @@ from mqd.queue.postgresql.connect import Database
 from mqd.testing import wait_until_sync
 from mqd.tracking.answers import FeedEvent
 from mqd.tracking.pgfeed import split
+from mqd.tracking.pgwrite import insert_rows
 from mqd.tracking.postgresql import PostgresEventStore
 from mqd.tracking.records import Record
 from mqd.tracking.tracker import Tracker
@@ -447,3 +448,18 @@ def test_a_lost_connection_is_replaced(schema: PgSchema) -> None:
     finally:
         store.close()
         rival.close()
+
+
+def test_rows_go_to_the_server_as_they_are(schema: PgSchema) -> None:
+    """``insert_rows`` sends a batch as one JSON text: any text (quotes, backslashes, braces,
+    commas, other scripts), None and a float's every digit arrive unchanged."""
+    texts = ['"quoted", {braced}', "back\\slash\\", "ünïcødé ✉ 郵便", "", "NULL", "a\nb\tc"]
+    rows = [(text, 1_765_000_000.123456 + i / 7, i, None) for i, text in enumerate(texts)]
+    with psycopg.connect(schema.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE odd (reply text, at float8, rank int4, relay text)")
+        columns = ("reply", "at", "rank", "relay")
+        assert insert_rows(conn, "odd", "o", columns, "", rows) == len(rows)
+        found = conn.execute("SELECT reply, at, rank, relay FROM odd ORDER BY rank").fetchall()
+        with pytest.raises(ValueError, match="a row of 3 values for 4 columns"):
+            insert_rows(conn, "odd", "o", columns, "", [("x", 1.0, 1)])
+    assert found == rows
