@@ -28,6 +28,7 @@ from mqd.queue.entry import QueueEntry
 from mqd.queue.failed import FailureRecord
 from mqd.queue.postgresql import admin
 from mqd.queue.postgresql import statements as q
+from mqd.queue.postgresql.arrays import bool_array, number_array, text_array
 from mqd.queue.postgresql.connect import Conn
 from mqd.queue.postgresql.groupcommit import GroupCommit
 from mqd.queue.postgresql.outcomes import (
@@ -213,17 +214,18 @@ class LeaseHolder:
             "marking entries as being sent, removing delivered ones",
             q.MARK_AND_COMPLETE,
             steps,
-            completes=[step.completes for step in steps],
+            completes=bool_array(step.completes for step in steps),
             expires=self.clock.time() + self.lease_time,
         )
 
     async def _grouped(
         self, what: str, statement: str, fences: Sequence[_Fence], **extra: object
     ) -> list[bool]:
-        """Run the fenced ``statement`` for ``fences`` (it returns the ids whose lease held)."""
+        """Run the fenced ``statement`` for ``fences`` (it returns the ids whose lease held; it
+        takes ``ids`` and ``tokens`` as text: ``%(ids)s::text[]``)."""
         params = {
-            "ids": [f.id for f in fences],
-            "tokens": [f.token for f in fences],
+            "ids": text_array(f.id for f in fences),
+            "tokens": number_array(f.token for f in fences),
             "node": self.node,
             **extra,
         }

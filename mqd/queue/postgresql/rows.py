@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mqd.queue.entry import QueueEntry, RcptStatus
+from mqd.queue.postgresql.arrays import bool_array, number_array, text_array
 from mqd.queue.postgresql.connect import Conn
 from mqd.queue.store import EntryState, Listed
 
@@ -31,7 +32,8 @@ LISTED = "id, state::text, held, next_attempt_at, owner, lease_expires"
 #: Idempotent on the id: an id accepted lately (``mqd_accepted``) is never queued again, even
 #: when it was delivered and removed meanwhile.
 #: The states and bodies go in binary (``%b``): psycopg's text form of a bytea[] or jsonb[]
-#: array escapes every byte, ten to twenty times the cost (most of intake's CPU on this store).
+#: array escapes every byte, ten to twenty times the cost (most of intake's CPU on this store);
+#: the other columns as text built by ``arrays`` (psycopg adapts a list element by element).
 #: An entry's relays come from its state: its route, or its one relay.
 _INSERT = """
 WITH batch AS (
@@ -72,12 +74,12 @@ async def insert_entries(conn: Conn, items: Sequence[tuple[QueueEntry, bytes]], 
     await conn.execute(
         _INSERT,
         {
-            "ids": [e.id for e in entries],
-            "created": [e.created_at for e in entries],
-            "due": [e.next_attempt_at for e in entries],
-            "held": [e.held for e in entries],
-            "attempts": [e.attempts for e in entries],
-            "sizes": [e.size for e in entries],
+            "ids": text_array(e.id for e in entries),
+            "created": number_array(e.created_at for e in entries),
+            "due": number_array(e.next_attempt_at for e in entries),
+            "held": bool_array(e.held for e in entries),
+            "attempts": number_array(e.attempts for e in entries),
+            "sizes": number_array(e.size for e in entries),
             "states": [e.to_json().decode() for e in entries],
             "bodies": [body for _, body in items],
             "now": now,
