@@ -1,17 +1,20 @@
 """A store whose leases cost per call (``leases_in_batches``) is asked for half as many more
 than the free slots; those kept start as the next deliveries end, without asking, and a stop
-releases those left."""
+releases those left. An entry held while its lease is kept is not sent (PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
 
+from pgfixtures import PgSchema
 from queue_stores import body_for, new_entry
 
 from mqd.clock import ManualClock
 from mqd.daemon.scheduler import Scheduler
 from mqd.queue.memory import MemoryStore
-from mqd.queue.store import Incoming, Lease
+from mqd.queue.postgresql.connect import Database
+from mqd.queue.postgresql.store import PostgresStore
+from mqd.queue.store import EntryState, Incoming, Lease, LeaseLost, QueueStore
 from mqd.testing import wait_until
 
 
@@ -30,7 +33,7 @@ class CountedLeases(MemoryStore):
 class HeldDeliveries:
     """Deliveries that end (completed) when the test lets them."""
 
-    def __init__(self, store: MemoryStore) -> None:
+    def __init__(self, store: QueueStore) -> None:
         self.store = store
         self.waiting: dict[str, asyncio.Event] = {}
 
@@ -44,7 +47,7 @@ class HeldDeliveries:
             self.waiting.pop(entry_id).set()
 
 
-async def _queue(store: MemoryStore, clock: ManualClock, count: int) -> None:
+async def _queue(store: QueueStore, clock: ManualClock, count: int) -> None:
     entries = [new_entry(clock) for _ in range(count)]
     await store.accept([Incoming(entry, body_for(entry)) for entry in entries])
 
@@ -92,5 +95,48 @@ async def test_new_mail_is_leased_at_once() -> None:
     assert store.asked[-1] == 5, "the last free slot and four ahead asked for"
     scheduler.stop()
     deliveries.end(8)
+    await asyncio.wait_for(running, 10)
+    await store.close()
+
+
+class MarkedDeliveries(HeldDeliveries):
+    """Deliveries that mark their entry dispatching first, as a relay's call would: those whose
+    lease is lost there are not sent."""
+
+    def __init__(self, store: QueueStore) -> None:
+        super().__init__(store)
+        self.sent: list[str] = []
+        self.not_sent: list[str] = []
+
+    async def attempt(self, lease: Lease) -> None:
+        try:
+            await self.store.dispatching(lease)
+        except LeaseLost:
+            self.not_sent.append(lease.entry.id)
+            return
+        self.sent.append(lease.entry.id)
+        await super().attempt(lease)
+
+
+async def test_an_entry_held_while_its_lease_is_kept_is_not_sent(schema: PgSchema) -> None:
+    clock = ManualClock()
+    store = PostgresStore(Database(schema.dsn), node="node-a", clock=clock, pool_size=3)
+    await store.open()
+    deliveries = MarkedDeliveries(store)
+    scheduler = Scheduler(store, deliveries, concurrency=2, clock=clock)  # type: ignore[arg-type]
+    await _queue(store, clock, 3)
+    running = asyncio.create_task(scheduler.run())
+    await wait_until(lambda: len(deliveries.waiting) == 2 and scheduler.asleep, "2 started", 10)
+    [kept] = [e.entry.id for e in await store.entries() if e.entry.id not in deliveries.waiting]
+    assert await store.hold([kept]) == [kept]  # an administrator, after the lease was taken
+
+    deliveries.end(1)  # the kept lease starts: its mark finds the entry held
+    await wait_until(lambda: deliveries.not_sent == [kept], "the kept one tried", 10)
+    assert kept not in deliveries.sent
+    listed = await store.get(kept)
+    assert (listed.state, listed.node) == (EntryState.HELD, None)  # its lease given back
+
+    scheduler.stop()
+    deliveries.end(2)
     await asyncio.wait_for(running, 10)
     await store.close()
