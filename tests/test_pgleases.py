@@ -84,8 +84,7 @@ async def test_grouped_writes_give_each_caller_its_own_outcome(nodes, clock, sch
 
     marks = await write_each([a.dispatching(lease) for lease in (kept0, deleted, kept2, taken)])
     assert [type(m) for m in marks] == [type(None), LeaseLost, type(None), type(None)]
-    # the lease (a group of its own: nothing else came), then one statement for the four
-    assert (a.holder.steps.batches, a.holder.steps.items) == (1 + 1, 1 + 4)
+    assert (a.holder.steps.batches, a.holder.steps.items) == (1, 4)  # one statement for four
 
     # a keeps two leases alive; the fourth expires and node b takes it over
     clock.advance(LEASE_TIME * 0.8)
@@ -99,7 +98,7 @@ async def test_grouped_writes_give_each_caller_its_own_outcome(nodes, clock, sch
 
     done = await write_each([a.complete(lease, lease.entry) for lease in (kept0, kept2, taken)])
     assert [type(d) for d in done] == [type(None), type(None), LeaseLost]
-    assert (a.holder.steps.batches, a.holder.steps.items) == (3, 8)
+    assert (a.holder.steps.batches, a.holder.steps.items) == (2, 7)
     assert sorted(r[0] for r in sql(schema, "SELECT id FROM mqd_entry")) == [taken.entry.id]
     assert sql(schema, "SELECT count(*) FROM mqd_body") == [(1,)]  # the completed ones' went
 
@@ -128,31 +127,6 @@ async def test_marks_and_completions_that_meet_go_in_one_statement(nodes, clock,
     assert a.holder.steps.batches == before + 1  # the four in one transaction
     assert sql(schema, "SELECT id, dispatching FROM mqd_entry") == [(marked.entry.id, True)]
     assert sql(schema, "SELECT id FROM mqd_body") == [(marked.entry.id,)]  # the others' went
-
-
-async def test_a_lease_that_meets_marks_and_completions_goes_in_their_statement(
-    nodes, clock, schema
-):
-    """A lease asked while marks and completions wait goes in their statement, and takes what a
-    lease of its own would have: the next due, with their bodies; never an entry of the same
-    statement (here a mark of an expired lease of this node's, which renews it instead)."""
-    a, _ = nodes
-    bodies = await accept(a, clock, 5)
-    due = sorted(bodies)  # accepted together: due at once, in their ids' order
-    first, second = await a.lease(2)
-    await a.dispatching(first)
-    before = a.holder.steps.batches
-
-    clock.advance(LEASE_TIME + 1)  # second's lease expired: due to any lease but its mark's
-    done, marked, leased = await asyncio.gather(
-        a.complete(first, first.entry), a.dispatching(second), a.lease(10)
-    )
-    assert (done, marked) == (None, None)
-    assert a.holder.steps.batches == before + 1  # one statement for the three
-    assert [lease.entry.id for lease in leased] == due[2:]
-    assert [await a.body(lease.entry) for lease in leased] == [bodies[i] for i in due[2:]]
-    rows = sql(schema, "SELECT id, owner, dispatching FROM mqd_entry ORDER BY id")
-    assert rows == [(second.entry.id, "node-a", True)] + [(i, "node-a", False) for i in due[2:]]
 
 
 async def test_an_entry_held_while_its_lease_waits_is_not_marked_and_given_back(
@@ -206,7 +180,7 @@ async def test_a_grouped_write_whose_transaction_fails_fails_each_caller(nodes, 
     marks = await write_each([a.dispatching(lease) for lease in leases])
     assert all(isinstance(m, QueueError) and not isinstance(m, LeaseLost) for m in marks), marks
     assert "injected failure" in str(marks[0])
-    assert a.holder.steps.batches == 1 + 1  # the lease, then the marks
+    assert a.holder.steps.batches == 1
     assert sql(schema, "SELECT count(*) FROM mqd_entry WHERE dispatching") == [(0,)]
     heal(schema)
     assert await write_each([a.dispatching(lease) for lease in leases]) == [None] * 3
@@ -240,7 +214,7 @@ async def test_a_grouped_write_that_deadlocked_is_written_again(nodes, clock, sc
         "CREATE TRIGGER refuse BEFORE UPDATE ON mqd_entry FOR EACH ROW EXECUTE FUNCTION refuse()",
     )
     assert await write_each([a.dispatching(lease) for lease in leases]) == [None, None]
-    assert a.holder.steps.batches == 1 + 1  # the lease, then the marks
+    assert a.holder.steps.batches == 1
     assert sql(schema, "SELECT count(*) FROM mqd_entry WHERE dispatching") == [(2,)]
     assert sql(schema, "SELECT last_value FROM tries") == [(3,)]  # one failed try, then 2 rows
 

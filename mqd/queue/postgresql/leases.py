@@ -6,9 +6,9 @@ delivery asks for it (``body``) or the lease ends, so a delivery costs no read o
 bodies kept are those of the leases in flight: at most ``queue.concurrency`` of them). The
 dispatching marks, the completions and the saves (those without a bounce) of concurrent
 deliveries are written together (``groupcommit``): one statement, one transaction for all those
-that came in while the last was in flight, each caller told whether its own lease held. Marks,
-completions and leases share their group: in a drain one delivery's mark, another's completion
-and the lease of the next ones go in the same transaction.
+that came in while the last was in flight, each caller told whether its own lease held. Marks
+and completions share their group: in a drain one delivery's mark and another's completion go in
+the same transaction.
 """
 
 from __future__ import annotations
@@ -75,17 +75,6 @@ class _Step(_Fence):
 
 
 @dataclass(frozen=True, slots=True)
-class _Ask:
-    """A lease of up to ``limit`` due entries."""
-
-    limit: int
-
-
-#: A step's outcome (its lease held), or an ask's: the rows of its leases.
-_Outcome = bool | list[tuple[Any, ...]]
-
-
-@dataclass(frozen=True, slots=True)
 class _Saved(_Fence):
     state: str
     attempts: int
@@ -119,8 +108,8 @@ class LeaseHolder:
         self.redispatched = 0
         #: The bodies that came with the leases in flight, until their delivery reads them.
         self._bodies: dict[str, bytes] = {}
-        #: Dispatching marks, completions and leases, written together.
-        self.steps: GroupCommit[_Step | _Ask, _Outcome] = GroupCommit(self._write_steps)
+        #: Dispatching marks and completions, written together.
+        self.steps: GroupCommit[_Step, bool] = GroupCommit(self._mark_and_complete)
         self.saves: GroupCommit[_Saved, bool] = GroupCommit(self._save)
 
     async def close(self) -> None:
@@ -149,9 +138,11 @@ class LeaseHolder:
     async def lease(self, limit: int) -> list[Lease]:
         if limit <= 0:
             return []
-        rows = await self.steps.submit(_Ask(limit))
-        if isinstance(rows, bool):
-            raise TypeError("a lease given a step's outcome")
+        now = self.clock.time()
+        params = {"now": now, "limit": limit, "node": self.node, "expires": now + self.lease_time}
+        async with self._statement("leasing due entries") as conn:
+            # Binary rows: a body in bytea's text form is hex, twice its size, to decode.
+            rows = await (await conn.execute(q.LEASE, params, binary=True)).fetchall()
         for row in rows:
             if row[-1] is not None:  # missing: ``body`` says so when the delivery asks
                 self._bodies[row[0]] = bytes(row[-1])
@@ -214,64 +205,41 @@ class LeaseHolder:
     # -- the holder's writes ----------------------------------------------------------------------
 
     async def dispatching(self, lease: Lease) -> None:
-        step = _Step(lease.entry.id, lease.token, completes=False)
-        if await self.steps.submit(step) is not True:
+        if not await self.steps.submit(_Step(lease.entry.id, lease.token, completes=False)):
             self._ended(lease)
             raise lost(lease)
 
-    async def _write_steps(self, items: Sequence[_Step | _Ask]) -> list[_Outcome]:
-        """The marks and completions of ``items`` and their leases, in one statement: each
-        step's outcome, each ask's rows (the leased rows in turn, up to its limit)."""
-        steps = [item for item in items if isinstance(item, _Step)]
-        limit = sum(item.limit for item in items if isinstance(item, _Ask))
-        now = self.clock.time()
-        params = self._fences(steps, now=now, limit=limit, expires=now + self.lease_time)
-        params["completes"] = bool_array(step.completes for step in steps)
-        marks = "marking entries as being sent, removing delivered ones"
-        if not limit:
-            kept = {row[0] for row in await self._run(marks, q.MARK_AND_COMPLETE, params)}
-            return [isinstance(item, _Step) and item.id in kept for item in items]
-        # Binary rows: a body in bytea's text form is hex, twice its size, to decode.
-        if not steps:
-            leased = await self._run("leasing due entries", q.LEASE, params, binary=True)
-            kept = set()
-        else:
-            what = f"leasing due entries, {marks}"
-            rows = await self._run(what, q.LEASE_AND_STEPS, params, binary=True)
-            leased = [row[1:] for row in rows if row[0]]
-            kept = {row[1] for row in rows if not row[0]}
-        outcomes: list[_Outcome] = []
-        for item in items:
-            if isinstance(item, _Step):
-                outcomes.append(item.id in kept)
-            else:
-                outcomes.append(leased[: item.limit])
-                leased = leased[item.limit :]
-        return outcomes
+    async def _mark_and_complete(self, steps: Sequence[_Step]) -> list[bool]:
+        return await self._grouped(
+            "marking entries as being sent, removing delivered ones",
+            q.MARK_AND_COMPLETE,
+            steps,
+            completes=bool_array(step.completes for step in steps),
+            expires=self.clock.time() + self.lease_time,
+        )
 
-    def _fences(self, fences: Sequence[_Fence], **extra: object) -> dict[str, object]:
-        """The parameters of a statement fenced on ``fences``, as text (``%(ids)s::text[]``)."""
-        return {
+    async def _grouped(
+        self, what: str, statement: str, fences: Sequence[_Fence], **extra: object
+    ) -> list[bool]:
+        """Run the fenced ``statement`` for ``fences`` (it returns the ids whose lease held; it
+        takes ``ids`` and ``tokens`` as text: ``%(ids)s::text[]``)."""
+        params = {
             "ids": text_array(f.id for f in fences),
             "tokens": number_array(f.token for f in fences),
             "node": self.node,
             **extra,
         }
-
-    async def _run(
-        self, what: str, statement: str, params: dict[str, object], *, binary: bool = False
-    ) -> list[tuple[Any, ...]]:
-        """``statement``'s rows, written again when it deadlocked with an administrator's."""
         for tried in range(1, DEADLOCK_TRIES + 1):
             try:
                 async with self._statement(what) as conn:
-                    cursor = await conn.execute(statement, params, binary=binary)
-                    return await cursor.fetchall()
+                    rows = await (await conn.execute(statement, params)).fetchall()
+                break
             except QueueError as exc:
                 deadlock = isinstance(exc.__cause__, psycopg.errors.DeadlockDetected)
                 if not deadlock or tried == DEADLOCK_TRIES:
                     raise
-        raise AssertionError("unreachable")
+        kept = {row[0] for row in rows}
+        return [f.id in kept for f in fences]
 
     def _state(self, entry: QueueEntry, **extra: object) -> dict[str, object]:
         state = entry.to_json().decode()
@@ -307,7 +275,9 @@ class LeaseHolder:
         self.waker.wake()
 
     async def _save(self, saved: Sequence[_Saved]) -> list[bool]:
-        params = self._fences(
+        return await self._grouped(
+            "saving entries",
+            q.SAVE_GROUP,
             saved,
             states=[s.state for s in saved],
             attempts=[s.attempts for s in saved],
@@ -315,13 +285,10 @@ class LeaseHolder:
             dues=[s.due for s in saved],
             now=self.clock.time(),
         )
-        kept = {row[0] for row in await self._run("saving entries", q.SAVE_GROUP, params)}
-        return [s.id in kept for s in saved]
 
     async def complete(self, lease: Lease, entry: QueueEntry) -> None:
         self._ended(lease)
-        step = _Step(lease.entry.id, lease.token, completes=True)
-        if await self.steps.submit(step) is not True:
+        if not await self.steps.submit(_Step(lease.entry.id, lease.token, completes=True)):
             await self._lost(lease, entry)
         self.waker.wake()
 

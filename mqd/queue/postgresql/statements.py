@@ -9,30 +9,26 @@ from __future__ import annotations
 #: The entries due, locked in ``due``, then updated by their ids: a lookup in the primary key
 #: whatever the planner thinks of the table (joined to ``due``, it read the whole table at each
 #: lease on a queue without statistics yet: a new one, or one filled faster than autovacuum
-#: analyzes it). Not the ids of the marks and completions it may go with (``ids``, empty alone):
-#: one statement writes a row once. ``LEASE`` alone, or with ``_STEPS`` (``LEASE_AND_STEPS``).
-_LEASED = """
-due AS (
+#: analyzes it).
+LEASE = """
+WITH due AS (
     SELECT id, owner IS NOT NULL AND dispatching AS taken_over
     FROM mqd_entry
     WHERE NOT held AND next_attempt_at <= %(now)s AND (owner IS NULL OR lease_expires < %(now)s)
-        AND id <> ALL(%(ids)s::text[])
     ORDER BY next_attempt_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-),
-leased AS (
-    UPDATE mqd_entry e
-    SET owner = %(node)s, token = nextval('mqd_token'), lease_expires = %(expires)s,
-        dispatching = false,
-        redispatches = e.redispatches + (e.owner IS NOT NULL AND e.dispatching)::int
-    WHERE e.id = ANY(ARRAY(SELECT id FROM due))
-    RETURNING e.id, e.state::text, e.held, e.next_attempt_at, e.token,
-        (SELECT due.taken_over FROM due WHERE due.id = e.id),
-        (SELECT json_agg(d.recipient)::text FROM mqd_delivered d WHERE d.entry_id = e.id),
-        (SELECT b.body FROM mqd_body b WHERE b.id = e.id)
-)"""
-LEASE = f"WITH {_LEASED}\nSELECT * FROM leased"
+)
+UPDATE mqd_entry e
+SET owner = %(node)s, token = nextval('mqd_token'), lease_expires = %(expires)s,
+    dispatching = false,
+    redispatches = e.redispatches + (e.owner IS NOT NULL AND e.dispatching)::int
+WHERE e.id = ANY(ARRAY(SELECT id FROM due))
+RETURNING e.id, e.state::text, e.held, e.next_attempt_at, e.token,
+    (SELECT due.taken_over FROM due WHERE due.id = e.id),
+    (SELECT json_agg(d.recipient)::text FROM mqd_delivered d WHERE d.entry_id = e.id),
+    (SELECT b.body FROM mqd_body b WHERE b.id = e.id)
+"""
 LEASE_IDS = """
 UPDATE mqd_entry e
 SET owner = %(node)s, token = nextval('mqd_token'), lease_expires = %(expires)s,
@@ -119,8 +115,8 @@ RETURNING mine.dispatching
 #: An entry held since it was leased (a lease kept ahead waits a while) is not marked: its
 #: lease is given back (``unheld``: the marks' other rows that still hold their lease), and
 #: its caller told the lease is lost, so it is not sent.
-_STEPS = """
-l AS (
+MARK_AND_COMPLETE = """
+WITH l AS (
     SELECT * FROM unnest(%(ids)s::text[], %(tokens)s::int8[], %(completes)s::bool[])
         AS l(id, token, completes)
 ),
@@ -145,16 +141,9 @@ gone AS (
         AND e.id = ANY(%(ids)s::text[])
     RETURNING e.id
 ),
-body AS (DELETE FROM mqd_body b USING gone WHERE b.id = gone.id)"""
-# The f-strings join this module's own fragments (no value is ever formatted in).
-MARK_AND_COMPLETE = f"WITH {_STEPS}\nSELECT id FROM marked UNION ALL SELECT id FROM gone"  # noqa: S608
-#: A lease that came while the marks and completions waited for their statement goes with them:
-#: its rows (flagged ``true``) and the ids whose mark or completion held (``false``).
-LEASE_AND_STEPS = f"""WITH {_LEASED}, {_STEPS}
-SELECT true, leased.* FROM leased
-UNION ALL SELECT false, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM marked
-UNION ALL SELECT false, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM gone
-"""  # noqa: S608
+body AS (DELETE FROM mqd_body b USING gone WHERE b.id = gone.id)
+SELECT id FROM marked UNION ALL SELECT id FROM gone
+"""
 #: ``fail``: the entry leaves, its body goes into the failed folder with its record.
 FAIL = """
 WITH gone AS (
