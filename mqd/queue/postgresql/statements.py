@@ -113,8 +113,8 @@ RETURNING mine.dispatching
 #: ``e.id = ANY(ids)`` finds the rows by the primary key, whatever the planner thinks of the
 #: table (there is no index on the owner: a lease is a HOT update).
 #: An entry held since it was leased (a lease kept ahead waits a while) is not marked: its
-#: lease is given back (``unheld``: the marks' other rows that still hold their lease), and
-#: its caller told the lease is lost, so it is not sent.
+#: lease is given back (``unheld``: the marks' other rows that still hold their lease, looked
+#: up only when a mark failed), and its caller told the lease is lost, so it is not sent.
 MARK_AND_COMPLETE = """
 WITH l AS (
     SELECT * FROM unnest(%(ids)s::text[], %(tokens)s::int8[], %(completes)s::bool[])
@@ -132,8 +132,9 @@ unheld AS (
     UPDATE mqd_entry e
     SET owner = NULL, lease_expires = NULL
     FROM l
-    WHERE NOT l.completes AND e.id = l.id AND e.token = l.token AND e.owner = %(node)s
-        AND e.id = ANY(%(ids)s::text[]) AND e.id NOT IN (SELECT id FROM marked)
+    WHERE e.id = ANY(ARRAY(
+            SELECT id FROM l WHERE NOT completes AND id NOT IN (SELECT id FROM marked)))
+        AND e.id = l.id AND e.token = l.token AND e.owner = %(node)s
 ),
 gone AS (
     DELETE FROM mqd_entry e USING l
