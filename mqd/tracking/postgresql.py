@@ -20,7 +20,6 @@ import psycopg
 from psycopg.errors import DeadlockDetected, SerializationFailure, UndefinedTable
 from psycopg.rows import dict_row
 
-from mqd.queue.postgresql.arrays import text_array
 from mqd.queue.postgresql.connect import Database
 from mqd.queue.postgresql.schema import SchemaStatus
 from mqd.tracking import pgfeed as feed
@@ -75,7 +74,6 @@ _RECIPIENTS = "mqd_track_recipient"
 _ALIAS = {_EVENTS: "events", _MESSAGES: "messages", _RECIPIENTS: "recipients"}
 _BAD = sorted(s.value for s in BAD)
 _FINAL = sorted(s.value for s in FINAL)
-_FINAL_ARRAY = text_array(_FINAL)
 _ACTIVITY = statements(
     events=_EVENTS,
     messages=_MESSAGES,
@@ -199,18 +197,18 @@ class PostgresEventStore(EventStore):
         self._insert(_RECIPIENTS, QUEUED_COLUMNS, QUEUED_KEEP, _by_key(folded.queued))
         self._insert(_RECIPIENTS, RECIPIENT_COLUMNS, RECIPIENT_UPSERT, _by_key(folded.recipients))
         touched = {row.id: row.last_at for row in folded.messages.values()}
-        ids = text_array(sorted(touched))
+        ids = sorted(touched)
         recipients: dict[str, list[Status]] = {}
         finals: dict[str, Status] = {}
         for message, status in self._conn.execute(
-            f"SELECT message, status FROM {_RECIPIENTS} WHERE message = ANY(%s::text[])",  # noqa: S608
+            f"SELECT message, status FROM {_RECIPIENTS} WHERE message = ANY(%s)",  # noqa: S608
             (ids,),
         ):
             recipients.setdefault(message, []).append(Status(status))
         for message, status in self._conn.execute(
-            f"SELECT message, status FROM {_EVENTS} WHERE message = ANY(%s::text[]) "  # noqa: S608
-            "AND recipient IS NULL AND status = ANY(%s::text[]) ORDER BY seq",
-            (ids, _FINAL_ARRAY),
+            f"SELECT message, status FROM {_EVENTS} WHERE message = ANY(%s) "  # noqa: S608
+            "AND recipient IS NULL AND status = ANY(%s) ORDER BY seq",
+            (ids, _FINAL),
         ):
             finals[message] = Status(status)  # the last one stays
         rows = [

@@ -1,7 +1,7 @@
 """Arrays given to a statement in their text form, built here in one join: psycopg adapts a list
 element by element in Python (each list's element type looked for, each element dumped on its
 own), several times the cost for the arrays of the hot statements (a drain's marks and
-completions, intake's columns, tracking's lookups). The statement casts the text
+completions, intake's columns). The statement casts the text
 (``%(ids)s::text[]``); ``tests/test_pgarrays.py`` checks they read as psycopg's own would."""
 
 from __future__ import annotations
