@@ -13,6 +13,7 @@ the same transaction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -206,6 +207,10 @@ class LeaseHolder:
 
     async def dispatching(self, lease: Lease) -> None:
         if not await self.steps.submit(_Step(lease.entry.id, lease.token, completes=False)):
+            # Held since it was leased (else deleted or taken over: the release finds nothing):
+            # given back now, due when it is released, rather than when the lease expires.
+            with contextlib.suppress(QueueError):
+                await self.release(lease)
             self._ended(lease)
             raise lost(lease)
 

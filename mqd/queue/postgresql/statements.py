@@ -113,8 +113,7 @@ RETURNING mine.dispatching
 #: ``e.id = ANY(ids)`` finds the rows by the primary key, whatever the planner thinks of the
 #: table (there is no index on the owner: a lease is a HOT update).
 #: An entry held since it was leased (a lease kept ahead waits a while) is not marked: its
-#: lease is given back (``unheld``: the marks' other rows that still hold their lease, looked
-#: up only when a mark failed), and its caller told the lease is lost, so it is not sent.
+#: caller is told the lease is lost, so it is not sent, and gives the lease back (``RELEASE``).
 MARK_AND_COMPLETE = """
 WITH l AS (
     SELECT * FROM unnest(%(ids)s::text[], %(tokens)s::int8[], %(completes)s::bool[])
@@ -127,14 +126,6 @@ marked AS (
     WHERE NOT l.completes AND e.id = l.id AND e.token = l.token AND e.owner = %(node)s
         AND NOT e.held AND e.id = ANY(%(ids)s::text[])
     RETURNING e.id
-),
-unheld AS (
-    UPDATE mqd_entry e
-    SET owner = NULL, lease_expires = NULL
-    FROM l
-    WHERE e.id = ANY(ARRAY(
-            SELECT id FROM l WHERE NOT completes AND id NOT IN (SELECT id FROM marked)))
-        AND e.id = l.id AND e.token = l.token AND e.owner = %(node)s
 ),
 gone AS (
     DELETE FROM mqd_entry e USING l
