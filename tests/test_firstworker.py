@@ -6,6 +6,7 @@ answers it alone. Worker 1 here is a real control server with a recording hand-o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -38,6 +39,7 @@ class FirstWorker:
         self.under_way = 0
         self.most_at_once = 0
         self.plain: list[Submission] = []
+        self.keyed: list[Submission] = []
 
     def check_sender(self, source: SourceConfig, sender: str, login: Login | None) -> str | None:
         return None
@@ -59,6 +61,7 @@ class FirstWorker:
         keep_for: float,
         note: str = "",
     ) -> Handed:
+        self.keyed.append(submission)
         self.under_way += 1
         self.most_at_once = max(self.most_at_once, self.under_way)
         try:
@@ -170,9 +173,14 @@ async def test_keyed_hand_overs_arriving_together_go_as_one_request(
     }
     alone = await call(config.for_worker(1).queue.own_dir, HANDOVER_ONCE, args)
     assert alone == {"id": "q3", "note": "k3", "replayed": True}
+    # The submission arrives whole, with the headers its source read (not read again).
+    read = {"subject": "0", "from": "app@example.com"}
+    given = dataclasses.replace(message("app@example.com", 0), peer="192.0.2.7", headers=read)
+    await keyed.submit_once(source, given, "k7", scope="s", keep_for=60)
+    assert handover.keyed[-1] == given
     # Unkeyed hand-overs stay in the worker that took them.
     assert await keyed.submit(source, message("app@example.com", 1)) == "plain-1"
-    assert ops == [HANDOVER_BATCH, HANDOVER_ONCE]
+    assert ops == [HANDOVER_BATCH, HANDOVER_ONCE, HANDOVER_BATCH]
 
 
 async def test_the_ones_that_arrive_while_a_batch_is_under_way_go_as_the_next(

@@ -102,6 +102,8 @@ class KeyedInFirstWorker:
             "data": base64.b64encode(submission.data).decode("ascii"),
             "trace": base64.b64encode(submission.trace).decode("ascii"),
             "peer": submission.peer,
+            # (those the source read already: worker 1 does not read them again)
+            "headers": submission.headers,
             "key": key,
             "scope": scope,
             "keep_for": keep_for,
@@ -188,6 +190,7 @@ async def _handover_once(config: Config, handover: HandOver, args: dict[str, Any
         base64.b64decode(args["data"]),
         peer=args["peer"],
         trace=base64.b64decode(args["trace"]),
+        headers=_headers(args.get("headers")),
     )
     try:
         handed = await handover.submit_once(
@@ -201,3 +204,9 @@ async def _handover_once(config: Config, handover: HandOver, args: dict[str, Any
     except SubmissionError as exc:
         return {"error": exc.reason, "stage": exc.stage, "permanent": exc.permanent}
     return {"id": handed.id, "note": handed.note, "replayed": handed.replayed}
+
+
+def _headers(given: Any) -> dict[str, str] | None:
+    if not isinstance(given, dict):
+        return None
+    return {str(name): str(value) for name, value in given.items()}
