@@ -129,6 +129,8 @@ def _check(value: Any, annotation: Any, where: str) -> Any:
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
         for arg in args:
+            if not _may_be(value, arg):
+                continue  # (as _check would say: a refusal made and dropped costs more)
             try:
                 return _check(value, arg, where)
             except Refusal:
@@ -150,6 +152,21 @@ def _check(value: Any, annotation: Any, where: str) -> Any:
     elif dataclasses.is_dataclass(annotation) and isinstance(value, dict):
         return _object(annotation, value, where)
     raise bad_request(f"{where} must be {_describe(annotation)}, not {json.dumps(value)[:80]}")
+
+
+def _may_be(value: Any, annotation: Any) -> bool:
+    """False when ``value`` is not of ``annotation``'s outer type (what ``_check`` first looks
+    at); True when it may be of it."""
+    if annotation is type(None):
+        return value is None
+    if annotation is str:
+        return isinstance(value, str)
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        return isinstance(value, list)
+    if origin is dict or dataclasses.is_dataclass(annotation):
+        return isinstance(value, dict)
+    return True
 
 
 def _describe(annotation: Any) -> str:
