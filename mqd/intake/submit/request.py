@@ -155,18 +155,10 @@ def _check(value: Any, annotation: Any, where: str) -> Any:
 
 
 def _may_be(value: Any, annotation: Any) -> bool:
-    """False when ``value`` is not of ``annotation``'s outer type (what ``_check`` first looks
-    at); True when it may be of it."""
-    if annotation is type(None):
-        return value is None
-    if annotation is str:
-        return isinstance(value, str)
-    origin = typing.get_origin(annotation)
-    if origin is list:
-        return isinstance(value, list)
-    if origin is dict or dataclasses.is_dataclass(annotation):
-        return isinstance(value, dict)
-    return True
+    """False when ``value`` is not of ``annotation``'s outer type (what ``_check`` looks at)."""
+    outer = typing.get_origin(annotation) or annotation
+    outer = dict if dataclasses.is_dataclass(outer) else outer
+    return outer not in (type(None), str, list, dict) or isinstance(value, outer)
 
 
 def _describe(annotation: Any) -> str:
