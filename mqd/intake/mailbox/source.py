@@ -1,9 +1,8 @@
 """A RabbitMQ mailbox (``[[mailbox]]``): a consumer of one AMQP queue that applications publish
 their messages to, handing each over to mqd's queue.
 
-Manual acks, ``prefetch`` deliveries ahead (those a store batch made durable acked by one
-frame: ``mqd.intake.mailbox.acks``). A delivery is acked only once its message is durable in
-the queue with its AMQP message_id (``HandOver.submit_once``: the queue store keeps
+Manual acks, ``prefetch`` deliveries ahead. A delivery is acked only once its message is
+durable in the queue with its AMQP message_id (``HandOver.submit_once``: the queue store keeps
 the id with the entry, for every node of the queue): a redelivery of that id, to any node, is
 acked and queues nothing; the same message_id with another message is not a redelivery, and is
 dead-lettered saying so (acking it would lose that message). A malformed message or one the
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import importlib.util
 import logging
@@ -28,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from mqd.config.schema import Config, SourceConfig
 from mqd.errors import ConfigError, MessageParseError, SubmissionError
 from mqd.faults import Fault
-from mqd.intake.mailbox.acks import Acks
 from mqd.intake.mailbox.envelope import submission_of
 from mqd.intake.mailbox.settings import MailboxSettings
 from mqd.intake.source import HandOver, Source, SourceStatus, Submission
@@ -173,8 +170,7 @@ class MailboxSource(Source):
             channel.close_callbacks.add(closed)
             await channel.set_qos(prefetch_count=settings.prefetch)
             queue = await channel.get_queue(settings.queue, ensure=True)
-            acks = Acks()  # (the channel's delivery tags)
-            tag = await queue.consume(functools.partial(self._on_message, acks), no_ack=False)
+            tag = await queue.consume(self._on_message, no_ack=False)
             self.connected, self.last_error = True, None
             if not self.broker.active:
                 log.info("%s connected: consuming %s", self.config.name, settings.where)
@@ -193,7 +189,7 @@ class MailboxSource(Source):
                 if self._stopping.is_set():
                     await self._drain()
                     return
-                tag = await self._pause(queue, lost, acks)
+                tag = await self._pause(queue, lost)
         finally:
             self.connected = False
             if not connection.is_closed:
@@ -206,7 +202,7 @@ class MailboxSource(Source):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), STOP_TIMEOUT)
 
-    async def _pause(self, queue: AbstractQueue, lost: asyncio.Event, acks: Acks) -> str:
+    async def _pause(self, queue: AbstractQueue, lost: asyncio.Event) -> str:
         """The store cannot take messages: consume nothing for a while (the deliveries it
         could not take went back to the queue), then consume again."""
         assert self._stopping is not None and self._paused is not None
@@ -226,17 +222,16 @@ class MailboxSource(Source):
         self._paused.clear()
         if lost.is_set() or self._stopping.is_set():
             return ""  # the loop above sees why
-        return await queue.consume(functools.partial(self._on_message, acks), no_ack=False)
+        return await queue.consume(self._on_message, no_ack=False)
 
     # -- one delivery ---------------------------------------------------------------------------
 
-    async def _on_message(self, acks: Acks, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
         assert self._idle is not None
-        acks.received(message)
         self._busy += 1
         self._idle.clear()
         try:
-            await self._handle(message, acks)
+            await self._handle(message)
         except Exception as exc:  # the ack/nack could not be sent: the broker redelivers
             log.info(
                 "%s: delivery %s not answered (%s); the broker delivers it again",
@@ -249,7 +244,7 @@ class MailboxSource(Source):
             if not self._busy:
                 self._idle.set()
 
-    async def _handle(self, message: AbstractIncomingMessage, acks: Acks) -> None:
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
         mid = message.message_id
         submission: Submission | None = None
         fingerprint = ""
@@ -272,26 +267,25 @@ class MailboxSource(Source):
                         f"the message_id {mid!r} was used for another message (queued as "
                         f"{queue_id}): give each message its own message_id"
                     )
-                    await self._reject(message, acks, mid, "intake", reason, submission)
+                    await self._reject(message, mid, "intake", reason, submission)
                     return
             else:
                 queue_id, repeat = await self.handover.submit(self.config, submission), False
         except MessageParseError as exc:
-            await self._reject(message, acks, mid, "intake", str(exc), submission)
+            await self._reject(message, mid, "intake", str(exc), submission)
             return
         except SubmissionError as exc:
             # An account over its limits with over_limit = "refuse" is refused as a spool
             # refuses it: held, it would fill the prefetch window and stall the other senders.
             if exc.permanent or exc.stage == "limit":
-                await self._reject(message, acks, mid, exc.stage, exc.reason, submission)
+                await self._reject(message, mid, exc.stage, exc.reason, submission)
                 return
             await message.nack(requeue=True)
-            acks.answered(message)
             assert self._paused is not None
             self._paused.set()
             return
         self._pause_for = 1.0
-        await acks.ack(message)  # with the others made durable in the same batch
+        await message.ack()
         if repeat:
             log.info(
                 "%s: message_id %s was queued before (%s): acked", self.config.name, mid, queue_id
@@ -304,7 +298,6 @@ class MailboxSource(Source):
     async def _reject(
         self,
         message: AbstractIncomingMessage,
-        acks: Acks,
         mid: str | None,
         stage: str,
         reason: str,
@@ -312,7 +305,6 @@ class MailboxSource(Source):
     ) -> None:
         name = mid or f"delivery-{message.delivery_tag}"
         await message.reject(requeue=False)
-        acks.answered(message)
         self.refused += 1
         queue_id = self.handover.rejected(
             self.config,
