@@ -9,10 +9,9 @@ are acked.
     .venv/bin/python benchmarks/mailbox.py --messages 5000 --prefetch 32 256
     .venv/bin/python benchmarks/mailbox.py --postgresql --workers 2   # a consumer per worker
 
-``--workers N`` sets ``queue.workers`` (a consumer per worker; on the file store the others
-hand each message_id's hand-over to worker 1, whose keys are the queue's); ``--postgresql``
-queues into a schema of its own on ``MQD_BENCH_PG_DSN`` (the local test server by default),
-made and dropped by the run.
+``--workers N`` sets ``queue.workers`` (on the file store the mailbox is consumed by worker 1
+only: its hand-over keys are its own); ``--postgresql`` queues into a schema of its own on
+``MQD_BENCH_PG_DSN`` (the local test server by default), made and dropped by the run.
 
 Needs the RabbitMQ on 127.0.0.1:5672 (guest/guest) that .ci/run starts. The relay is the
 in-memory one (nothing leaves the machine): what is measured is consuming, the hand-over (sender

@@ -1,9 +1,8 @@
 """``queue.workers`` and the network sources: [[smtpd]], and [http] with [[submit]], listen
 in every worker (the kernel spreads the connections over them, SO_REUSEPORT); on the file
 store, whose workers keep their own hand-over keys, a request with an Idempotency-Key is handed
-over in worker 1 whichever worker took it, and so is a [[mailbox]] delivery's message_id (the
-mailbox consumes in every worker); ``mqd status`` counts each source once, summed over the
-workers."""
+over in worker 1 whichever worker took it, and [[mailbox]] consumes in worker 1 alone (on a
+shared store in each); ``mqd status`` counts each source once, summed over the workers."""
 
 from __future__ import annotations
 
@@ -16,14 +15,13 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
-from amqpbroker import open_broker
 from corehelpers import DaemonProcess
 from pgfixtures import PgSchema
 from smtpserver import SMTPPeer
 
 from mqd.admin.fanout import merge_status
 from mqd.config.load import load_config
-from mqd.testing import wait_until, wait_until_sync
+from mqd.testing import wait_until_sync
 
 CONFIG = """
 [queue]
@@ -82,7 +80,7 @@ def write(
 
 @pytest.mark.parametrize(
     ("store", "second"),
-    [("file", ["smtpd", "submit", "mailbox"]), ("postgresql", ["smtpd", "submit", "mailbox"])],
+    [("file", ["smtpd", "submit"]), ("postgresql", ["smtpd", "submit", "mailbox"])],
 )
 def test_the_listening_sources_run_in_every_worker(
     tmp_path: Path, store: str, second: list[str]
@@ -328,64 +326,3 @@ def test_a_file_stores_workers_each_serve_http_and_hand_keyed_messages_to_the_fi
     assert len(queued) == 1 and "[worker 2]" not in queued[0], queued
     assert run.stop() == 0
     assert len(smtp_server.messages) == before + 1
-
-
-MAILBOX = """
-[[mailbox]]
-url = "amqp://guest@127.0.0.1/"
-password_env = "MQD_TEST_AMQP_PASSWORD"
-queue = "{queue}"
-allowed_senders = ["app@example.com"]
-prefetch = 4
-"""
-
-
-@pytest.mark.slow
-def test_a_file_stores_workers_each_consume_the_mailbox_and_queue_a_message_id_once(
-    tmp_path: Path,
-    smtp_server: SMTPPeer,
-    daemons: list[DaemonProcess],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("MQD_TEST_AMQP_PASSWORD", "guest")
-    body = b"From: app@example.com\r\nTo: m@example.net\r\nSubject: once\r\n\r\nhi\r\n"
-
-    async def scenario() -> DaemonProcess:
-        async with open_broker() as broker:
-            path = write(
-                tmp_path,
-                listen=free_port(),
-                port=smtp_server.port,
-                sources=MAILBOX.format(queue=broker.name),
-            )
-            run = DaemonProcess(path, tmp_path / "mqd.log").start()
-            daemons.append(run)
-
-            def both_consume() -> bool:
-                assert run.proc is not None and run.proc.poll() is None, run.log.read_text()
-                said = "connected: consuming"
-                lines = [line for line in run.log.read_text().splitlines() if said in line]
-                return len(lines) == 2 and sum("[worker 2]" in line for line in lines) == 1
-
-            await wait_until(both_consume, "both workers consuming", timeout=60)
-            # The same message_id 40 times (as redeliveries to one consumer or another are):
-            # the broker spreads them over both workers' consumers.
-            for _ in range(40):
-                await broker.publish(body, message_id="order-1")
-
-            async def all_acked() -> bool:
-                said = "message_id order-1 was queued before"
-                return await broker.count() == 0 and run.log.read_text().count(said) == 39
-
-            await wait_until(all_acked, "every delivery acked", timeout=60)
-            return run
-
-    run = asyncio.run(scenario())
-    smtp_server.wait_for(1, timeout=60)
-    log = run.log.read_text()
-    queued = [line for line in log.splitlines() if " queued from=" in line and "m@example" in line]
-    assert len(queued) == 1 and "[worker 2]" not in queued[0], queued
-    again = [line for line in log.splitlines() if "order-1 was queued before" in line]
-    assert any("[worker 2]" in line for line in again), log[-3000:]
-    assert run.stop() == 0
-    assert len(smtp_server.messages) == 1

@@ -63,11 +63,11 @@ STORES = ("file", "postgresql")
 ROLES = ("both", "intake", "delivery")
 #: Each role in the words of the logs and ``mqd status``.
 ROLE_WORDS = {"both": "intake and delivery", "intake": "intake only", "delivery": "delivery only"}
-#: The sources every worker runs, on either store (``Config.for_worker``; ``submit`` with
-#: ``[http]``, which every worker serves): a file store's workers keep their own hand-over keys,
-#: so the others hand keyed messages (an Idempotency-Key, a mailbox's message_id) to the first
-#: (``mqd.daemon.firstworker``), whose keys are the queue's.
-EVERY_WORKER = ("smtpd", "mailbox", "submit")
+#: The sources every worker runs, by store (``Config.for_worker``; ``submit`` with ``[http]``,
+#: which every worker serves): a file store's workers keep their own hand-over keys, so the
+#: others hand keyed messages to the first (``mqd.daemon.firstworker``), and its mailboxes are
+#: consumed there alone.
+EVERY_WORKER = {"file": ("smtpd", "submit"), "postgresql": ("smtpd", "mailbox", "submit")}
 
 
 @dataclass(frozen=True)
@@ -362,7 +362,7 @@ class Config:
             self,
             queue=queue,
             metrics=replace(self.metrics, port=port),
-            sources=tuple(s for s in self.sources if s.kind in EVERY_WORKER),
+            sources=tuple(s for s in self.sources if s.kind in EVERY_WORKER[self.queue.store]),
             notify=replace(self.notify, url=None),
         )
 

@@ -7,9 +7,9 @@ with the same config file. Each is a whole daemon: its own queue directory
 They share the spools (each file is claimed by exactly one of them: a claim is one atomic
 rename), the failed folder and the event store (SQLite in WAL mode takes writers from several
 processes). The relays' quotas are divided between them (``QuotaConfig.divided``); [notify]
-runs in worker 1 only, [http], [[smtpd]] and [[mailbox]] in each (``mqd.daemon.firstworker``:
-keyed hand-overs on the file store in worker 1), [metrics] in each on a port of its own.
-``mqd status`` and ``mqd queue ...`` ask every worker (``mqd.admin.fanout``).
+runs in worker 1 only, [http] in each (``mqd.daemon.firstworker``: keyed hand-overs on the file
+store in worker 1), [metrics] in each on a port of its own. ``mqd status`` and ``mqd queue
+...`` ask every worker (``mqd.admin.fanout``).
 
 Worker 1 watches the others: one that exits while nothing asked it to is started again after
 1 s, doubling to a minute. Its stop requests reach them over a pipe on their standard input
