@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from mqd.fsutil import atomic_write, fsync_dirs, make_dirs
 from mqd.queue.entry import QueueEntry
 from mqd.queue.failed import FailureRecord
 from mqd.queue.file.failed import FileFailedFolder
-from mqd.queue.file.io import Grouped, each, read_body
+from mqd.queue.file.io import Grouped, each, read_body, spread
 from mqd.queue.file.layout import Layout
 
 __all__ = ["REMOVAL_GATHER", "Disk"]
@@ -93,37 +94,32 @@ class Disk:
         sixteen 2 kB bodies, 96 ms one after the other, about half that in four threads), then
         its directories are fsynced once."""
         items = list(items)
+        if not items:
+            return []
         size = max(WRITE_CHUNK, -(-len(items) // WRITE_THREADS))
-        if len(items) <= size:  # one thread, one hop: the bodies, then their directories
-            return await asyncio.to_thread(self._write_and_sync, items, with_state)
         if self._writers is None:
             self._writers = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="mqd-writes")
-        loop = asyncio.get_running_loop()
         chunks = [items[at : at + size] for at in range(0, len(items), size)]
-        parts = await asyncio.gather(
-            *(
-                loop.run_in_executor(self._writers, self._write_bodies, chunk, with_state)
-                for chunk in chunks
-            )
+        # The directories are fsynced by the thread that writes the last chunk: one hop back.
+        return await spread(
+            self._writers,
+            chunks,
+            functools.partial(self._write_bodies, with_state=with_state),
+            self._sync_written,
         )
+
+    @staticmethod
+    def _sync_written(
+        parts: list[tuple[list[BaseException | None], list[str | Path]]],
+    ) -> list[BaseException | None]:
+        """The results of ``_write_bodies``' chunks, once their directories are fsynced."""
         results = [result for part, _ in parts for result in part]
         dirs = [directory for _, part in parts for directory in part]
         if dirs:
             try:
-                await asyncio.to_thread(fsync_dirs, dirs)
-            except OSError as exc:
-                return [exc] * len(items)
-        return results
-
-    def _write_and_sync(
-        self, items: list[tuple[QueueEntry, bytes]], with_state: bool
-    ) -> list[BaseException | None]:
-        results, dirs = self._write_bodies(items, with_state)
-        if dirs:
-            try:
                 fsync_dirs(dirs)
             except OSError as exc:
-                return [exc] * len(items)
+                return [exc] * len(results)
         return results
 
     def _write_bodies(

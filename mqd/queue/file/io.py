@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-__all__ = ["BodyCache", "Grouped", "each", "read_body"]
+__all__ = ["BodyCache", "Grouped", "each", "read_body", "spread"]
 
 #: Bodies up to this size are kept in memory after intake for their first delivery...
 KEEP_BODY_MAX = 64 * 1024
@@ -23,6 +25,7 @@ KEEP_BODIES_BYTES = 4 * 1024 * 1024
 
 T = TypeVar("T")
 R = TypeVar("R")
+P = TypeVar("P")
 
 
 class Grouped(Generic[T, R]):
@@ -80,6 +83,58 @@ class Grouped(Generic[T, R]):
             else:
                 future.set_result(result)
         self._start()
+
+
+async def spread(
+    executor: Executor,
+    chunks: Sequence[T],
+    work: Callable[[T], P],
+    finish: Callable[[list[P]], R],
+) -> R:
+    """``work`` on each of ``chunks`` in ``executor``'s threads at once, then ``finish`` on
+    their results (in order) in the thread of the last one done: its result, or the first
+    exception raised. The event loop is woken once for all, and ``finish`` starts as soon as the
+    chunks are done rather than after a hop back to the loop and another out (each ~80 us of
+    the loop's CPU, and the wait for the loop's next turn)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[R] = loop.create_future()
+    parts: list[Any] = [None] * len(chunks)
+    failures: list[BaseException] = []
+    left = [len(chunks)]
+    lock = threading.Lock()
+
+    def run(index: int, chunk: T) -> None:
+        try:
+            parts[index] = work(chunk)
+        except BaseException as exc:  # handed to the awaiting task, as run_in_executor does
+            failures.append(exc)
+        with lock:
+            left[0] -= 1
+            if left[0]:
+                return
+        if failures:
+            loop.call_soon_threadsafe(_fail, future, failures[0])
+            return
+        try:
+            result = finish(parts)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_fail, future, exc)
+            return
+        loop.call_soon_threadsafe(_succeed, future, result)
+
+    for index, chunk in enumerate(chunks):
+        executor.submit(run, index, chunk)
+    return await future
+
+
+def _succeed(future: asyncio.Future[R], result: R) -> None:
+    if not future.done():  # (done: its caller was cancelled; the work ran all the same)
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], failure: BaseException) -> None:
+    if not future.done():
+        future.set_exception(failure)
 
 
 def read_body(item: tuple[Path, int]) -> bytes:
