@@ -42,6 +42,8 @@ REMOVAL_GATHER = 0.005
 WRITE_THREADS = 16
 #: ...each writing at least this many (a thread more costs a hop of its own).
 WRITE_CHUNK = 2
+#: Loads, saves and removals: one hop of each kind at a time (``Grouped``).
+HOP_THREADS = 3
 
 
 class Disk:
@@ -50,13 +52,14 @@ class Disk:
         self.failed = failed
         self._made: set[str] = set()
         self._writers: ThreadPoolExecutor | None = None
+        self._hop_threads: ThreadPoolExecutor | None = None
         self._syncing: asyncio.Future[None] | None = None
         self._loads: Grouped[tuple[Path, int], bytes] = Grouped(
-            lambda items: each(read_body, items)
+            lambda items: each(read_body, items), self._hops
         )
-        self._saves: Grouped[tuple[Path, bytes], None] = Grouped(self._save_many)
+        self._saves: Grouped[tuple[Path, bytes], None] = Grouped(self._save_many, self._hops)
         self._removals: Grouped[tuple[str, str, bool], None] = Grouped(
-            lambda items: each(self._remove, items), gather=REMOVAL_GATHER
+            lambda items: each(self._remove, items), self._hops, gather=REMOVAL_GATHER
         )
         #: Called (in the worker thread) before a body leaves the queue: the hand-over keys'
         #: confirmations made durable first (``KeyJournal.sync_confirmed``).
@@ -97,16 +100,27 @@ class Disk:
         if not items:
             return []
         size = max(WRITE_CHUNK, -(-len(items) // WRITE_THREADS))
-        if self._writers is None:
-            self._writers = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="mqd-writes")
         chunks = [items[at : at + size] for at in range(0, len(items), size)]
         # The directories are fsynced by the thread that writes the last chunk: one hop back.
         return await spread(
-            self._writers,
+            self._writers_pool(),
             chunks,
             functools.partial(self._write_bodies, with_state=with_state),
             self._sync_written,
         )
+
+    def _writers_pool(self) -> ThreadPoolExecutor:
+        """The body writers' threads (made again after ``close``, for a late bounce)."""
+        if self._writers is None:
+            self._writers = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="mqd-writes")
+        return self._writers
+
+    def _hops(self) -> ThreadPoolExecutor:
+        """The threads of the grouped loads, saves and removals: apart from the writers', so
+        that a delivery's removal or load never waits behind a batch of fsyncs."""
+        if self._hop_threads is None:
+            self._hop_threads = ThreadPoolExecutor(HOP_THREADS, thread_name_prefix="mqd-disk")
+        return self._hop_threads
 
     @staticmethod
     def _sync_written(
@@ -161,10 +175,11 @@ class Disk:
             )
 
     def close(self) -> None:
-        """End the writers' threads (once no write is under way: ``accept`` has returned)."""
-        if self._writers is not None:
-            self._writers.shutdown(wait=False)
-            self._writers = None
+        """End the store's threads (once no write is under way: ``accept`` has returned)."""
+        for pool in (self._writers, self._hop_threads):
+            if pool is not None:
+                pool.shutdown(wait=False)
+        self._writers = self._hop_threads = None
 
     async def settle(self) -> None:
         """Wait for the background fsyncs under way, if any."""

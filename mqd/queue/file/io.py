@@ -34,13 +34,19 @@ class Grouped(Generic[T, R]):
     ``await run(item)`` queues ``item``; the first caller schedules a hop, at the end of this
     event-loop turn or ``gather`` seconds later, and callers that come while one is running
     wait for the next. ``work`` gets the items and returns one result or exception per item,
-    in order; each caller gets its own.
+    in order; each caller gets its own. The hops run in ``threads()``' threads, and come back
+    by one call to the loop (``run_in_executor``'s pair of chained futures costs the loop
+    ~40% more a hop).
     """
 
     def __init__(
-        self, work: Callable[[list[T]], list[R | BaseException]], gather: float = 0.0
+        self,
+        work: Callable[[list[T]], list[R | BaseException]],
+        threads: Callable[[], Executor],
+        gather: float = 0.0,
     ) -> None:
         self._work = work
+        self._threads = threads
         self._gather = gather
         self._queued: list[tuple[T, asyncio.Future[R]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -62,19 +68,32 @@ class Grouped(Generic[T, R]):
 
     def _start(self) -> None:
         group, self._queued = self._queued, []
-        if not group or self._loop is None:
+        loop = self._loop
+        if not group or loop is None:
             self._busy = False
             return
-        hop = self._loop.run_in_executor(None, self._work, [item for item, _ in group])
-        hop.add_done_callback(lambda hop: self._finish(group, hop))
+        items = [item for item, _ in group]
+
+        def hop() -> None:
+            try:
+                results = self._work(items)
+            except BaseException as exc:  # every caller of the group gets it
+                results = [exc] * len(group)
+            loop.call_soon_threadsafe(self._finish, loop, group, results)
+
+        try:
+            self._threads().submit(hop)
+        except RuntimeError as exc:  # the threads shut down (the store closed)
+            self._finish(loop, group, [exc] * len(group))
 
     def _finish(
-        self, group: list[tuple[T, asyncio.Future[R]]], hop: asyncio.Future[list[R | BaseException]]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        group: list[tuple[T, asyncio.Future[R]]],
+        results: list[R | BaseException],
     ) -> None:
-        failure = hop.exception() if not hop.cancelled() else asyncio.CancelledError()
-        results: list[R | BaseException] = (
-            [failure] * len(group) if failure is not None else hop.result()
-        )
+        if loop is not self._loop:  # (the loop changed meanwhile: its callers are gone)
+            return
         for (_, future), result in zip(group, results, strict=True):
             if future.done():  # its caller was cancelled; the operation ran all the same
                 continue
