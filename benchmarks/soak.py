@@ -3,7 +3,9 @@
 
 A writer drops N messages (about 2 KB, each with a unique Message-ID) into a spool while
 ``mqd run`` delivers them to a local SMTP sink; the daemon is killed with SIGKILL at random
-intervals and restarted each time, until the sink holds every Message-ID and the queue is empty.
+intervals after it said it is ready (sd_notify's READY=1 on a socket of the soak's own, so that
+on a loaded machine a kill lands while it delivers, not in its start) and restarted each time,
+until the sink holds every Message-ID and the queue is empty.
 Then it prints what arrived: every message must have arrived at least once (nothing lost), and the
 duplicates a crash between the sink's 250 and the state update may cause are counted.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import random
@@ -114,18 +117,38 @@ def main() -> int:
     run = f"{os.getpid()}-{int(time.time())}"
     written = threading.Event()
     threading.Thread(target=writer, args=(spool, args.messages, run, written), daemon=True).start()
+    # The daemon's READY=1 starts each kill's timer (abstract namespace: no path to clean up).
+    notify_name = f"mqd-soak-{os.getpid()}"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind("\0" + notify_name)
     env = {k: v for k, v in os.environ.items() if k != "MQD_CONFIG"}
+    env["NOTIFY_SOCKET"] = "@" + notify_name
     log = (work / "mqd.log").open("ab")
     kills = 0
     started = time.monotonic()
 
     def launch() -> subprocess.Popen[bytes]:
+        notify.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:  # what an earlier run said
+                notify.recv(4096)
         return subprocess.Popen(
             [args.mqd, "--config", str(config), "--log-level", "warning", "run"],
             stdout=log,
             stderr=log,
             env=env,
         )
+
+    def ready(daemon: subprocess.Popen[bytes]) -> bool:
+        """Whether ``daemon`` said READY=1 (False: it exited, or the soak's time is up)."""
+        notify.settimeout(0.2)
+        while time.monotonic() - started < args.timeout and daemon.poll() is None:
+            try:
+                if b"READY=1" in notify.recv(4096):
+                    return True
+            except TimeoutError:
+                continue
+        return False
 
     def finished() -> bool:
         return (
@@ -138,6 +161,8 @@ def main() -> int:
     try:
         while time.monotonic() - started < args.timeout:
             daemon = launch()
+            if not ready(daemon):
+                break
             deadline = time.monotonic() + rng.uniform(args.min_kill, args.max_kill)
             while time.monotonic() < deadline and not finished() and daemon.poll() is None:
                 time.sleep(0.05)
@@ -157,6 +182,7 @@ def main() -> int:
         if daemon.poll() is None:
             daemon.kill()
         sink.stop()
+        notify.close()
         log.close()
     elapsed = time.monotonic() - started
     with sink.lock:

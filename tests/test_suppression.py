@@ -185,7 +185,7 @@ async def test_a_provider_reported_complaint_suppresses_for_good(
         ProviderEvent(Status.OPENED, now, "e2", "gus@example.net", mqd_id="q1"),
     ]
     async with offline(config, host) as admin:
-        assert await admin.note_reported(events, sender_of) == 1
+        assert len(await admin.note_reported(events, sender_of)) == 1
         [row] = await admin.op_suppress_list()
     assert row["address"] == "fran@example.net" and row["account"] == "shop"
     assert row["kind"] == "complaint" and row["until"] is None

@@ -12,22 +12,27 @@ queue's operations go to worker 1 alone, and ``status`` takes its counts from it
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mqd.admin.client import request as request_one
 from mqd.admin.control import ControlError
 from mqd.admin.service import QueueAdmin, ambiguous_id, unknown_id
 from mqd.delivery.circuit import CircuitState
+from mqd.delivery.suppression import Suppression, to_csv
 
 if TYPE_CHECKING:
     from mqd.config.schema import Config
 
-__all__ = ["daemon_status", "merge_status", "request"]
+__all__ = ["daemon_status", "merge_status", "request", "share_suppressions"]
 
 #: Operations every worker answers for itself, even on a shared store.
 PER_PROCESS = ("status", "reload")
 #: Operations on named messages: each id goes to the worker that holds it.
 BY_ID = ("show", "retry", "hold", "release", "delete", "bounce")
+#: Operations on the suppression list, which every worker keeps whole (on the file store):
+#: every worker's answer, as one list.
+SUPPRESSION = ("suppress_list", "suppress_add", "suppress_remove", "suppress_import")
 #: Worst first: a relay failing in one worker is reported failing, a circuit open in one open.
 _HEALTH_ORDER = ("failing", "degraded", "healthy", "idle", "unknown")
 _CIRCUIT_ORDER = (CircuitState.OPEN.value, CircuitState.HALF_OPEN.value, CircuitState.CLOSED.value)
@@ -51,6 +56,8 @@ async def request(config: Config, op: str, args: dict[str, Any] | None = None) -
         return sorted(rows, key=lambda row: (row["created_at"], row["id"]))
     if op == "reload":
         return {"reloaded": "; ".join(str(a["reloaded"]) for a in answers.values())}
+    if op in SUPPRESSION:
+        return _one_list(answers.values())
     return _concatenated(answers.values())
 
 
@@ -64,6 +71,17 @@ async def daemon_status(admin: QueueAdmin) -> dict[str, Any]:
     others = {n: config.for_worker(n) for n in range(1, workers + 1) if n != this}
     statuses = {this: own, **await _statuses(others)}
     return merge_status(dict(sorted(statuses.items())), shared=_shared(config))
+
+
+async def share_suppressions(config: Config, items: Sequence[Suppression]) -> None:
+    """Give the other workers of a file store ``items`` this worker added to its suppression
+    list (a provider's webhook reached this one): each keeps the whole list. On a shared
+    store the list is the fleet's already."""
+    if config.queue.workers == 1 or _shared(config) or not items:
+        return
+    this = config.queue.worker
+    others = {n: config.for_worker(n) for n in range(1, config.queue.workers + 1) if n != this}
+    await _each(others, "suppress_import", {"csv_text": to_csv(items)})
 
 
 def _shared(config: Config) -> bool:
@@ -129,6 +147,31 @@ def _concatenated(answers: Any) -> dict[str, list[Any]]:
         for key, value in answer.items():
             merged.setdefault(key, []).extend(value)
     return merged
+
+
+def _one_list(answers: Any) -> Any:
+    """The answers of a suppression list operation, each worker's list being a copy of one:
+    rows once per account and address, addresses once, a count as the largest of them."""
+    answers = list(answers)
+    if all(isinstance(answer, list) for answer in answers):
+        return _unique(row for answer in answers for row in answer)
+    merged: dict[str, Any] = {}
+    for answer in answers:
+        for key, value in answer.items():
+            if isinstance(value, list):
+                merged[key] = _unique([*merged.get(key, []), *value])
+            else:
+                merged[key] = max(merged.get(key, value), value)
+    return merged
+
+
+def _unique(items: Any) -> list[Any]:
+    """``items`` in order, each once: a row (a dict) once per account and address."""
+    seen: dict[Any, Any] = {}
+    for item in items:
+        key = (item["account"], item["address"]) if isinstance(item, dict) else item
+        seen.setdefault(key, item)
+    return list(seen.values())
 
 
 def merge_status(

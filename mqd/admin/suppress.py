@@ -87,13 +87,13 @@ class SuppressionOps:
         self,
         events: Sequence[ProviderEvent],
         sender_of: Callable[[str], Awaitable[str | None]],
-    ) -> int:
+    ) -> list[Suppression]:
         """Suppress the recipients a provider's webhook reports bounced or complained, for the
-        account of the message (its sender, by ``sender_of(queue id)``); how many were new."""
+        account of the message (its sender, by ``sender_of(queue id)``); those that were new."""
         config = self.node.config
         if not config.suppression.enabled:
-            return 0
-        added = 0
+            return []
+        added: list[Suppression] = []
         for event in events:
             if event.status not in (Status.BOUNCED, Status.COMPLAINED) or not event.recipient:
                 continue
@@ -108,7 +108,8 @@ class SuppressionOps:
                 since=event.at,
                 until=config.suppression.until(kind, event.at),
             )
-            added += self.node.guards.suppressions.add(item)
+            if self.node.guards.suppressions.add(item):
+                added.append(item)
         if added:
             await self._save()
         return added

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from mqd.admin import fanout
 from mqd.config.schema import HttpConfig, open_files_limit
 from mqd.errors import ConfigError, TrackingError
 from mqd.http import access
@@ -310,8 +311,13 @@ class HttpServer:
         except Exception:
             log.exception("webhook %s: cannot update the suppression list", name)
             return
-        if added:
-            log.info("webhook %s: %d address(es) added to the suppression list", name, added)
+        if not added:
+            return
+        log.info("webhook %s: %d address(es) added to the suppression list", name, len(added))
+        try:
+            await fanout.share_suppressions(self.site.config, added)
+        except Exception as exc:  # kept here; the provider's next report may reach the others
+            log.warning("webhook %s: cannot give the other workers the additions: %s", name, exc)
 
 
 def _lower_headers(request: web.Request) -> dict[str, str]:
