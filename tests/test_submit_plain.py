@@ -1,5 +1,7 @@
 """The submit API's everyday message written directly is what the email package composes from
-the same JSON (``compose_json``'s slow path), byte for byte; anything else goes the slow way."""
+the same JSON (``compose_json``'s slow path), byte for byte; anything else goes the slow way.
+The headers it gives the hand-over with it (so that they are not read again) are the ones
+``parse_message`` reads of it."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from email.utils import formatdate, make_msgid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mqd.intake.submit.plain import plain_message
+from mqd.intake.submit.plain import plain_headers, plain_message
+from mqd.message.envelope import parse_message
 from mqd.message.mimepolicy import COMPOSING, SENDING
 
 
@@ -56,6 +59,8 @@ def test_written_as_the_email_package_writes_it(
     fast = plain_message(sender, to, cc, subject, text, DATE, MESSAGE_ID)
     if fast is not None:
         assert fast == composed(sender, to, cc, subject, text)
+        read = parse_message(fast, require_sender=False, require_recipients=False).headers
+        assert plain_headers(sender, to, cc, subject, MESSAGE_ID) == read
 
 
 def test_the_everyday_message_takes_the_short_way() -> None:
@@ -67,6 +72,7 @@ def test_the_everyday_message_takes_the_short_way() -> None:
     for sender, to, cc, subject, text in cases:
         fast = plain_message(sender, to, cc, subject, text, DATE, MESSAGE_ID)
         assert fast is not None and fast == composed(sender, to, cc, subject, text)
+        assert plain_headers(sender, to, cc, subject, MESSAGE_ID) == parse_message(fast).headers
 
 
 def test_anything_else_is_left_to_the_email_package() -> None:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from mqd.clock import SYSTEM_CLOCK, Clock
 from mqd.config.schema import Config
+from mqd.daemon import collector
 from mqd.daemon.root import Daemon
 from mqd.errors import WorkerError
 from mqd.plugins.host import PluginHost
@@ -26,13 +27,26 @@ async def async_run(
     install_signals: bool = False,
     cli_args: Sequence[str] = (),
     clock: Clock = SYSTEM_CLOCK,
+    settle_collector: bool = False,
 ) -> Daemon:
-    """Run a daemon until it is stopped (or, with ``once``, until nothing is due)."""
+    """Run a daemon until it is stopped (or, with ``once``, until nothing is due). With
+    ``settle_collector`` (a process of its own, as the CLI's) the garbage collector is set for
+    a long run once the daemon is ready (``mqd.daemon.collector``)."""
     daemon = Daemon(config, host=host, once=once, cli_args=cli_args, clock=clock)
     if install_signals:
         _install_signal_handlers(daemon)
-    await daemon.run()
+    settling = asyncio.ensure_future(_settle_when_ready(daemon)) if settle_collector else None
+    try:
+        await daemon.run()
+    finally:
+        if settling is not None:
+            settling.cancel()
     return daemon
+
+
+async def _settle_when_ready(daemon: Daemon) -> None:
+    await daemon.ready.wait()
+    collector.settle()
 
 
 def run(
@@ -45,7 +59,14 @@ def run(
     """Blocking entry point for the CLI: signals stop the daemon gracefully. With --once and
     several workers, raises WorkerError when one of the others failed."""
     daemon = asyncio.run(
-        async_run(config, once=once, host=host, install_signals=True, cli_args=cli_args)
+        async_run(
+            config,
+            once=once,
+            host=host,
+            install_signals=True,
+            cli_args=cli_args,
+            settle_collector=True,
+        )
     )
     if daemon.workers is not None and daemon.workers.failures:
         failed = ", ".join(f"{n} (code {c})" for n, c in sorted(daemon.workers.failures.items()))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["plain_message"]
+__all__ = ["plain_headers", "plain_message"]
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _ADDRESS = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
@@ -21,7 +21,8 @@ _SUBJECT = re.compile(r"(?:[!-~]+(?: [!-~]+)*)?")
 _TEXT = re.compile(r"[\t -~]*")
 #: The email package folds header lines longer than this, and encodes longer text lines.
 MAX_LINE = 78
-_BODY_HEADERS = 'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: 7bit\r\n'
+_CONTENT_TYPE = 'text/plain; charset="utf-8"'
+_BODY_HEADERS = f"Content-Type: {_CONTENT_TYPE}\r\nContent-Transfer-Encoding: 7bit\r\n"
 
 
 def plain_message(
@@ -54,3 +55,16 @@ def plain_message(
         return None
     head = "\r\n".join(fields) + "\r\n" + _BODY_HEADERS + "MIME-Version: 1.0\r\n\r\n"
     return (head + "".join(f"{line}\r\n" for line in lines)).encode("ascii")
+
+
+def plain_headers(
+    sender: str, to: list[str], cc: list[str], subject: str, message_id: str
+) -> dict[str, str]:
+    """The headers ``parse_message`` reads of the message ``plain_message`` wrote from these
+    (``ParsedMessage.headers``): the hand-over need not read them again."""
+    headers = {"from": sender}
+    if to:
+        headers["to"] = ", ".join(to)
+    if cc:
+        headers["cc"] = ", ".join(cc)
+    return headers | {"subject": subject, "message-id": message_id, "content-type": _CONTENT_TYPE}

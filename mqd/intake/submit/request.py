@@ -21,7 +21,7 @@ from email.utils import make_msgid
 from typing import Any
 
 from mqd.errors import MessageParseError
-from mqd.intake.submit.plain import plain_message
+from mqd.intake.submit.plain import plain_headers, plain_message
 from mqd.message.envelope import date_now, parse_message
 from mqd.message.headers import address_problem, header_addresses, split_header
 from mqd.message.mimepolicy import COMPOSING, SENDING
@@ -129,6 +129,8 @@ def _check(value: Any, annotation: Any, where: str) -> Any:
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
         for arg in args:
+            if not _may_be(value, arg):
+                continue  # (as _check would say: a refusal made and dropped costs more)
             try:
                 return _check(value, arg, where)
             except Refusal:
@@ -150,6 +152,13 @@ def _check(value: Any, annotation: Any, where: str) -> Any:
     elif dataclasses.is_dataclass(annotation) and isinstance(value, dict):
         return _object(annotation, value, where)
     raise bad_request(f"{where} must be {_describe(annotation)}, not {json.dumps(value)[:80]}")
+
+
+def _may_be(value: Any, annotation: Any) -> bool:
+    """False when ``value`` is not of ``annotation``'s outer type (what ``_check`` looks at)."""
+    outer = typing.get_origin(annotation) or annotation
+    outer = dict if dataclasses.is_dataclass(outer) else outer
+    return outer not in (type(None), str, list, dict) or isinstance(value, outer)
 
 
 def _describe(annotation: Any) -> str:
@@ -236,10 +245,11 @@ def _no_newline(value: str, where: str) -> str:
 
 def compose_json(
     message: JsonMessage, hostname: str
-) -> tuple[str, tuple[str, ...], bytes, str | None]:
-    """The envelope (sender, recipients), the composed message (CRLF line endings) and the
+) -> tuple[str, tuple[str, ...], bytes, str | None, dict[str, str] | None]:
+    """The envelope (sender, recipients), the composed message (CRLF line endings), the
     Message-ID it was given (None when the JSON's ``headers`` gave one: ``with_message_id``
-    reads it)."""
+    reads it) and, for the everyday message written directly, the headers ``parse_message``
+    reads of it (``Submission.headers``; else None)."""
     senders = _addresses(_no_newline(message.from_, "from"), "from")
     if len(senders) != 1:
         raise unusable(f"from must name one address, not {len(senders)}")
@@ -258,7 +268,8 @@ def compose_json(
     if message_id and message.text is not None and _text_only(message):
         plain = plain_message(message.from_, to, cc, subject, message.text, date, message_id)
         if plain is not None:  # the everyday message: as the email package writes it
-            return senders[0], tuple(recipients), plain, message_id
+            headers_read = plain_headers(message.from_, to, cc, subject, message_id)
+            return senders[0], tuple(recipients), plain, message_id, headers_read
     msg = EmailMessage(policy=COMPOSING)
     msg["From"] = message.from_
     if to:
@@ -286,7 +297,7 @@ def compose_json(
         data = msg.as_bytes(policy=SENDING)
     except (ValueError, TypeError, UnicodeError) as exc:
         raise unusable(f"the message cannot be composed: {exc}") from None
-    return senders[0], tuple(recipients), data, message_id
+    return senders[0], tuple(recipients), data, message_id, None
 
 
 def _text_only(message: JsonMessage) -> bool:

@@ -135,8 +135,10 @@ class SubmitSource(Source):
     async def _queue(self, call: Call, key: str | None) -> Accepted:
         hostname = self.app.queue.hostname
         message_id: str | None = None
+        headers: dict[str, str] | None = None  # (those of a message composed directly)
         if call.content_type == JSON:
-            sender, recipients, data, message_id = compose_json(read_json(call.body), hostname)
+            composed = compose_json(read_json(call.body), hostname)
+            sender, recipients, data, message_id, headers = composed
         elif call.content_type == RAW:
             sender, recipients = raw_envelope(call.body, call.sender, call.recipients)
             data = call.body
@@ -153,7 +155,7 @@ class SubmitSource(Source):
         max_size = self.app.queue.max_message_size
         if len(data) > max_size:
             raise _too_large(f"the message is {len(data)} bytes", "queue.max_message_size")
-        submission = Submission(sender, recipients, data, peer=call.peer)
+        submission = Submission(sender, recipients, data, peer=call.peer, headers=headers)
         try:
             if key is None:
                 queue_id = await self.handover.submit(self.config, submission)

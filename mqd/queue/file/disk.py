@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from mqd.fsutil import atomic_write, fsync_dirs, make_dirs
 from mqd.queue.entry import QueueEntry
 from mqd.queue.failed import FailureRecord
 from mqd.queue.file.failed import FileFailedFolder
-from mqd.queue.file.io import Grouped, each, read_body
+from mqd.queue.file.io import Grouped, each, read_body, spread
 from mqd.queue.file.layout import Layout
 
 __all__ = ["REMOVAL_GATHER", "Disk"]
@@ -41,6 +42,8 @@ REMOVAL_GATHER = 0.005
 WRITE_THREADS = 16
 #: ...each writing at least this many (a thread more costs a hop of its own).
 WRITE_CHUNK = 2
+#: Loads, saves and removals: one hop of each kind at a time (``Grouped``).
+HOP_THREADS = 3
 
 
 class Disk:
@@ -49,13 +52,14 @@ class Disk:
         self.failed = failed
         self._made: set[str] = set()
         self._writers: ThreadPoolExecutor | None = None
+        self._hop_threads: ThreadPoolExecutor | None = None
         self._syncing: asyncio.Future[None] | None = None
         self._loads: Grouped[tuple[Path, int], bytes] = Grouped(
-            lambda items: each(read_body, items)
+            lambda items: each(read_body, items), self._hops
         )
-        self._saves: Grouped[tuple[Path, bytes], None] = Grouped(self._save_many)
+        self._saves: Grouped[tuple[Path, bytes], None] = Grouped(self._save_many, self._hops)
         self._removals: Grouped[tuple[str, str, bool], None] = Grouped(
-            lambda items: each(self._remove, items), gather=REMOVAL_GATHER
+            lambda items: each(self._remove, items), self._hops, gather=REMOVAL_GATHER
         )
         #: Called (in the worker thread) before a body leaves the queue: the hand-over keys'
         #: confirmations made durable first (``KeyJournal.sync_confirmed``).
@@ -93,37 +97,43 @@ class Disk:
         sixteen 2 kB bodies, 96 ms one after the other, about half that in four threads), then
         its directories are fsynced once."""
         items = list(items)
+        if not items:
+            return []
         size = max(WRITE_CHUNK, -(-len(items) // WRITE_THREADS))
-        if len(items) <= size:  # one thread, one hop: the bodies, then their directories
-            return await asyncio.to_thread(self._write_and_sync, items, with_state)
+        chunks = [items[at : at + size] for at in range(0, len(items), size)]
+        # The directories are fsynced by the thread that writes the last chunk: one hop back.
+        return await spread(
+            self._writers_pool(),
+            chunks,
+            functools.partial(self._write_bodies, with_state=with_state),
+            self._sync_written,
+        )
+
+    def _writers_pool(self) -> ThreadPoolExecutor:
+        """The body writers' threads (made again after ``close``, for a late bounce)."""
         if self._writers is None:
             self._writers = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="mqd-writes")
-        loop = asyncio.get_running_loop()
-        chunks = [items[at : at + size] for at in range(0, len(items), size)]
-        parts = await asyncio.gather(
-            *(
-                loop.run_in_executor(self._writers, self._write_bodies, chunk, with_state)
-                for chunk in chunks
-            )
-        )
+        return self._writers
+
+    def _hops(self) -> ThreadPoolExecutor:
+        """The threads of the grouped loads, saves and removals: apart from the writers', so
+        that a delivery's removal or load never waits behind a batch of fsyncs."""
+        if self._hop_threads is None:
+            self._hop_threads = ThreadPoolExecutor(HOP_THREADS, thread_name_prefix="mqd-disk")
+        return self._hop_threads
+
+    @staticmethod
+    def _sync_written(
+        parts: list[tuple[list[BaseException | None], list[str | Path]]],
+    ) -> list[BaseException | None]:
+        """The results of ``_write_bodies``' chunks, once their directories are fsynced."""
         results = [result for part, _ in parts for result in part]
         dirs = [directory for _, part in parts for directory in part]
         if dirs:
             try:
-                await asyncio.to_thread(fsync_dirs, dirs)
-            except OSError as exc:
-                return [exc] * len(items)
-        return results
-
-    def _write_and_sync(
-        self, items: list[tuple[QueueEntry, bytes]], with_state: bool
-    ) -> list[BaseException | None]:
-        results, dirs = self._write_bodies(items, with_state)
-        if dirs:
-            try:
                 fsync_dirs(dirs)
             except OSError as exc:
-                return [exc] * len(items)
+                return [exc] * len(results)
         return results
 
     def _write_bodies(
@@ -165,10 +175,11 @@ class Disk:
             )
 
     def close(self) -> None:
-        """End the writers' threads (once no write is under way: ``accept`` has returned)."""
-        if self._writers is not None:
-            self._writers.shutdown(wait=False)
-            self._writers = None
+        """End the store's threads (once no write is under way: ``accept`` has returned)."""
+        for pool in (self._writers, self._hop_threads):
+            if pool is not None:
+                pool.shutdown(wait=False)
+        self._writers = self._hop_threads = None
 
     async def settle(self) -> None:
         """Wait for the background fsyncs under way, if any."""

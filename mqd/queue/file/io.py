@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-__all__ = ["BodyCache", "Grouped", "each", "read_body"]
+__all__ = ["BodyCache", "Grouped", "each", "read_body", "spread"]
 
 #: Bodies up to this size are kept in memory after intake for their first delivery...
 KEEP_BODY_MAX = 64 * 1024
@@ -23,6 +25,7 @@ KEEP_BODIES_BYTES = 4 * 1024 * 1024
 
 T = TypeVar("T")
 R = TypeVar("R")
+P = TypeVar("P")
 
 
 class Grouped(Generic[T, R]):
@@ -31,13 +34,19 @@ class Grouped(Generic[T, R]):
     ``await run(item)`` queues ``item``; the first caller schedules a hop, at the end of this
     event-loop turn or ``gather`` seconds later, and callers that come while one is running
     wait for the next. ``work`` gets the items and returns one result or exception per item,
-    in order; each caller gets its own.
+    in order; each caller gets its own. The hops run in ``threads()``' threads, and come back
+    by one call to the loop (``run_in_executor``'s pair of chained futures costs the loop
+    ~40% more a hop).
     """
 
     def __init__(
-        self, work: Callable[[list[T]], list[R | BaseException]], gather: float = 0.0
+        self,
+        work: Callable[[list[T]], list[R | BaseException]],
+        threads: Callable[[], Executor],
+        gather: float = 0.0,
     ) -> None:
         self._work = work
+        self._threads = threads
         self._gather = gather
         self._queued: list[tuple[T, asyncio.Future[R]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -59,19 +68,32 @@ class Grouped(Generic[T, R]):
 
     def _start(self) -> None:
         group, self._queued = self._queued, []
-        if not group or self._loop is None:
+        loop = self._loop
+        if not group or loop is None:
             self._busy = False
             return
-        hop = self._loop.run_in_executor(None, self._work, [item for item, _ in group])
-        hop.add_done_callback(lambda hop: self._finish(group, hop))
+        items = [item for item, _ in group]
+
+        def hop() -> None:
+            try:
+                results = self._work(items)
+            except BaseException as exc:  # every caller of the group gets it
+                results = [exc] * len(group)
+            loop.call_soon_threadsafe(self._finish, loop, group, results)
+
+        try:
+            self._threads().submit(hop)
+        except RuntimeError as exc:  # the threads shut down (the store closed)
+            self._finish(loop, group, [exc] * len(group))
 
     def _finish(
-        self, group: list[tuple[T, asyncio.Future[R]]], hop: asyncio.Future[list[R | BaseException]]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        group: list[tuple[T, asyncio.Future[R]]],
+        results: list[R | BaseException],
     ) -> None:
-        failure = hop.exception() if not hop.cancelled() else asyncio.CancelledError()
-        results: list[R | BaseException] = (
-            [failure] * len(group) if failure is not None else hop.result()
-        )
+        if loop is not self._loop:  # (the loop changed meanwhile: its callers are gone)
+            return
         for (_, future), result in zip(group, results, strict=True):
             if future.done():  # its caller was cancelled; the operation ran all the same
                 continue
@@ -80,6 +102,58 @@ class Grouped(Generic[T, R]):
             else:
                 future.set_result(result)
         self._start()
+
+
+async def spread(
+    executor: Executor,
+    chunks: Sequence[T],
+    work: Callable[[T], P],
+    finish: Callable[[list[P]], R],
+) -> R:
+    """``work`` on each of ``chunks`` in ``executor``'s threads at once, then ``finish`` on
+    their results (in order) in the thread of the last one done: its result, or the first
+    exception raised. The event loop is woken once for all, and ``finish`` starts as soon as the
+    chunks are done rather than after a hop back to the loop and another out (each ~80 us of
+    the loop's CPU, and the wait for the loop's next turn)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[R] = loop.create_future()
+    parts: list[Any] = [None] * len(chunks)
+    failures: list[BaseException] = []
+    left = [len(chunks)]
+    lock = threading.Lock()
+
+    def run(index: int, chunk: T) -> None:
+        try:
+            parts[index] = work(chunk)
+        except BaseException as exc:  # handed to the awaiting task, as run_in_executor does
+            failures.append(exc)
+        with lock:
+            left[0] -= 1
+            if left[0]:
+                return
+        if failures:
+            loop.call_soon_threadsafe(_fail, future, failures[0])
+            return
+        try:
+            result = finish(parts)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_fail, future, exc)
+            return
+        loop.call_soon_threadsafe(_succeed, future, result)
+
+    for index, chunk in enumerate(chunks):
+        executor.submit(run, index, chunk)
+    return await future
+
+
+def _succeed(future: asyncio.Future[R], result: R) -> None:
+    if not future.done():  # (done: its caller was cancelled; the work ran all the same)
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], failure: BaseException) -> None:
+    if not future.done():
+        future.set_exception(failure)
 
 
 def read_body(item: tuple[Path, int]) -> bytes:
