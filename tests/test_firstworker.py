@@ -173,9 +173,13 @@ async def test_keyed_hand_overs_arriving_together_go_as_one_request(
     }
     alone = await call(config.for_worker(1).queue.own_dir, HANDOVER_ONCE, args)
     assert alone == {"id": "q3", "note": "k3", "replayed": True}
-    # The submission arrives whole, with the headers its source read (not read again).
+    # The submission arrives whole: with the headers its source read (not read again), and
+    # its login, whose own allowed senders worker 1's policy checks too.
     read = {"subject": "0", "from": "app@example.com"}
-    given = dataclasses.replace(message("app@example.com", 0), peer="192.0.2.7", headers=read)
+    login = Login("shop", ("orders@example.com", "*@shop.example"))
+    given = dataclasses.replace(
+        message("app@example.com", 0), peer="192.0.2.7", headers=read, login=login
+    )
     await keyed.submit_once(source, given, "k7", scope="s", keep_for=60)
     assert handover.keyed[-1] == given
     # Unkeyed hand-overs stay in the worker that took them.

@@ -102,6 +102,8 @@ class KeyedInFirstWorker:
             "data": base64.b64encode(submission.data).decode("ascii"),
             "trace": base64.b64encode(submission.trace).decode("ascii"),
             "peer": submission.peer,
+            # (a login's own allowed senders are checked in worker 1, as here)
+            "login": _login_args(submission.login),
             # (those the source read already: worker 1 does not read them again)
             "headers": submission.headers,
             "key": key,
@@ -191,6 +193,7 @@ async def _handover_once(config: Config, handover: HandOver, args: dict[str, Any
         peer=args["peer"],
         trace=base64.b64decode(args["trace"]),
         headers=_headers(args.get("headers")),
+        login=_login(args.get("login")),
     )
     try:
         handed = await handover.submit_once(
@@ -204,6 +207,18 @@ async def _handover_once(config: Config, handover: HandOver, args: dict[str, Any
     except SubmissionError as exc:
         return {"error": exc.reason, "stage": exc.stage, "permanent": exc.permanent}
     return {"id": handed.id, "note": handed.note, "replayed": handed.replayed}
+
+
+def _login_args(login: Login | None) -> dict[str, Any] | None:
+    if login is None:
+        return None
+    return {"name": login.name, "allowed_senders": list(login.allowed_senders)}
+
+
+def _login(given: Any) -> Login | None:
+    if not isinstance(given, dict):
+        return None
+    return Login(str(given["name"]), tuple(str(p) for p in given.get("allowed_senders", ())))
 
 
 def _headers(given: Any) -> dict[str, str] | None:
