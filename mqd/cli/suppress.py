@@ -27,14 +27,6 @@ def suppress() -> None:
     """
 
 
-def _unique(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per account and address (with queue.workers each worker keeps the list)."""
-    seen: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in rows:
-        seen.setdefault((row["account"], row["address"]), row)
-    return list(seen.values())
-
-
 def _when(timestamp: float | None) -> str:
     if timestamp is None:
         return "for good"
@@ -47,7 +39,7 @@ def _when(timestamp: float | None) -> str:
 @pass_state
 def list_(state: State, account: str | None, as_json: bool) -> None:
     """The addresses suppressed now, newest first, and why."""
-    rows = _unique(admin_request(state.load(), "suppress_list", account=account))
+    rows = admin_request(state.load(), "suppress_list", account=account)
     if as_json:
         print_json(rows)
         return
@@ -104,7 +96,7 @@ def remove(state: State, addresses: tuple[str, ...], account: str | None) -> Non
     result = admin_request(
         state.load(), "suppress_remove", addresses=list(addresses), account=account
     )
-    removed = _unique(result["removed"])
+    removed = result["removed"]  # (once each: mqd.admin.fanout merges the workers' lists)
     click.echo(f"removed {plural(len(removed), 'suppression', 'suppressions')}")
     if not removed:
         sys.exit(1)
@@ -137,7 +129,7 @@ def export(state: State, account: str | None, output: Path | None) -> None:
     """The list as CSV (address, account, kind, reason, since, until)."""
     from mqd.delivery.suppression import Suppression, to_csv
 
-    rows = _unique(admin_request(state.load(), "suppress_list", account=account))
+    rows = admin_request(state.load(), "suppress_list", account=account)
     text = to_csv(Suppression(**row) for row in rows)
     if output is None:
         click.echo(text, nl=False)
